@@ -1,0 +1,21 @@
+//! phenovec core: pure-Rust engines behind the `phenovec` Python package.
+//!
+//! Modules mirror the Python face one to one:
+//! - [`similarity`]: row-normalised feature matrices and blocked similarity (cosine, Pearson,
+//!   Spearman, negative Euclidean) so that at most one block of the N x N matrix exists at a time.
+//! - [`pairs`]: which pairs of profiles are positives / negatives (copairs' sameby / diffby rules,
+//!   multilabel columns).
+//! - [`ranking`]: per-query (or per query-group) ranks of the positives among all candidates, with
+//!   one tie rule: a positive and a negative with equal similarity rank the positive first.
+//! - [`average_precision`]: AP from those ranks, streamed without storing ranks.
+//! - [`null`]: seeded random-ranking null distributions of AP (the fast sampler).
+//! - [`error`]: the one error type the bindings convert.
+pub mod average_precision;
+pub mod error;
+pub mod null;
+pub mod pairs;
+pub mod ranking;
+pub mod similarity;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,268 @@
+//! PyO3 bindings: `phenovec._core`. Converts arrays and errors, releases the GIL, calls the core.
+//! No logic of its own lives here.
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::average_precision as ap;
+use crate::error::EvalError;
+use crate::null;
+use crate::pairs::{Labels, MultiMode, PairRule};
+use crate::ranking::{rank_units, Units};
+use crate::similarity::{Metric, Prepared, Real};
+
+fn err(e: EvalError) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// A float32 or float64 feature matrix.
+#[derive(FromPyObject)]
+enum Feats<'py> {
+    F32(PyReadonlyArray2<'py, f32>),
+    F64(PyReadonlyArray2<'py, f64>),
+}
+
+fn to_usize(v: PyReadonlyArray1<'_, i64>, what: &str) -> PyResult<Vec<usize>> {
+    v.as_array()
+        .iter()
+        .map(|&x| usize::try_from(x).map_err(|_| PyValueError::new_err(format!("{what}: negative value {x}"))))
+        .collect()
+}
+
+fn codes(a: PyReadonlyArray2<'_, i64>) -> Vec<Vec<i64>> {
+    a.as_array().rows().into_iter().map(|r| r.to_vec()).collect()
+}
+
+fn rule(
+    n: usize,
+    same: PyReadonlyArray2<'_, i64>,
+    diff: PyReadonlyArray2<'_, i64>,
+    multi: &str,
+    labels: &Option<Labels>,
+) -> PyResult<PairRule> {
+    let m = match (multi, labels) {
+        ("none", _) => None,
+        ("same", Some(l)) => Some((l.clone(), MultiMode::Same)),
+        ("diff", Some(l)) => Some((l.clone(), MultiMode::Diff)),
+        _ => return Err(PyValueError::new_err(format!("multilabel mode {multi:?} needs labels and one of none/same/diff"))),
+    };
+    PairRule::new(n, codes(same), codes(diff), m).map_err(err)
+}
+
+/// Similarities of `rows` against all rows of `x` (cosine, pearson, spearman, euclidean = -distance).
+#[pyfunction]
+fn similarity_block<'py>(py: Python<'py>, x: Feats<'py>, metric: &str, rows: PyReadonlyArray1<'py, i64>) -> PyResult<PyObject> {
+    let metric = Metric::parse(metric).map_err(err)?;
+    let rows = to_usize(rows, "rows")?;
+    fn go<'py, T: Real + numpy::Element>(py: Python<'py>, x: PyReadonlyArray2<'py, T>, m: Metric, rows: Vec<usize>) -> PyResult<PyObject> {
+        let xv = x.as_array();
+        if let Some(&r) = rows.iter().find(|&&r| r >= xv.nrows()) {
+            return Err(PyValueError::new_err(format!("row {r} out of range (N = {})", xv.nrows())));
+        }
+        let out = py.allow_threads(|| Prepared::new(xv, m).map(|p| p.block(&rows))).map_err(err)?;
+        Ok(out.into_pyarray(py).into_any().unbind())
+    }
+    match x {
+        Feats::F32(a) => go(py, a, metric, rows),
+        Feats::F64(a) => go(py, a, metric, rows),
+    }
+}
+
+/// Validate a feature matrix for a metric (finite; non-zero norm / variance) without computing.
+#[pyfunction]
+fn check_features(x: Feats<'_>, metric: &str) -> PyResult<()> {
+    let metric = Metric::parse(metric).map_err(err)?;
+    match x {
+        Feats::F32(a) => Prepared::new(a.as_array(), metric).map(|_| ()),
+        Feats::F64(a) => Prepared::new(a.as_array(), metric).map(|_| ()),
+    }
+    .map_err(err)
+}
+
+/// Shared arguments of the ranking entry points.
+struct RankArgs {
+    units: Units,
+    pos: PairRule,
+    neg: PairRule,
+    block_rows: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rank_args(
+    n: usize,
+    unit_offsets: PyReadonlyArray1<'_, i64>,
+    unit_rows: PyReadonlyArray1<'_, i64>,
+    unit_labels: Option<PyReadonlyArray1<'_, i64>>,
+    pos_same: PyReadonlyArray2<'_, i64>,
+    pos_diff: PyReadonlyArray2<'_, i64>,
+    pos_multi: &str,
+    neg_same: PyReadonlyArray2<'_, i64>,
+    neg_diff: PyReadonlyArray2<'_, i64>,
+    neg_multi: &str,
+    label_offsets: Option<PyReadonlyArray1<'_, i64>>,
+    label_items: Option<PyReadonlyArray1<'_, i64>>,
+    block_rows: usize,
+) -> PyResult<RankArgs> {
+    let labels = match (label_offsets, label_items) {
+        (Some(o), Some(i)) => Some(Labels::new(to_usize(o, "label offsets")?, i.as_array().to_vec()).map_err(err)?),
+        _ => None,
+    };
+    let units = Units::new(
+        to_usize(unit_offsets, "unit offsets")?,
+        to_usize(unit_rows, "unit rows")?,
+        unit_labels.map(|l| l.as_array().to_vec()),
+        n,
+    )
+    .map_err(err)?;
+    Ok(RankArgs {
+        units,
+        pos: rule(n, pos_same, pos_diff, pos_multi, &labels)?,
+        neg: rule(n, neg_same, neg_diff, neg_multi, &labels)?,
+        block_rows,
+    })
+}
+
+fn nrows(x: &Feats<'_>) -> usize {
+    match x {
+        Feats::F32(a) => a.as_array().nrows(),
+        Feats::F64(a) => a.as_array().nrows(),
+    }
+}
+
+/// Per-unit AP, M and L. Returns (ap float64[U], n_pos uint64[U], n_total uint64[U]).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (x, metric, unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi, label_offsets, label_items, block_rows))]
+fn average_precision<'py>(
+    py: Python<'py>,
+    x: Feats<'py>,
+    metric: &str,
+    unit_offsets: PyReadonlyArray1<'py, i64>,
+    unit_rows: PyReadonlyArray1<'py, i64>,
+    unit_labels: Option<PyReadonlyArray1<'py, i64>>,
+    pos_same: PyReadonlyArray2<'py, i64>,
+    pos_diff: PyReadonlyArray2<'py, i64>,
+    pos_multi: &str,
+    neg_same: PyReadonlyArray2<'py, i64>,
+    neg_diff: PyReadonlyArray2<'py, i64>,
+    neg_multi: &str,
+    label_offsets: Option<PyReadonlyArray1<'py, i64>>,
+    label_items: Option<PyReadonlyArray1<'py, i64>>,
+    block_rows: usize,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>)> {
+    let metric = Metric::parse(metric).map_err(err)?;
+    let a = rank_args(
+        nrows(&x), unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi,
+        label_offsets, label_items, block_rows,
+    )?;
+    fn go<T: Real>(x: ndarray::ArrayView2<T>, m: Metric, a: &RankArgs) -> Result<Vec<ap::Ap>, EvalError> {
+        let p = Prepared::new(x, m)?;
+        Ok(ap::average_precision(&p, &a.units, &a.pos, &a.neg, a.block_rows))
+    }
+    let res = match &x {
+        Feats::F32(v) => {
+            let xv = v.as_array();
+            py.allow_threads(|| go(xv, metric, &a))
+        }
+        Feats::F64(v) => {
+            let xv = v.as_array();
+            py.allow_threads(|| go(xv, metric, &a))
+        }
+    }
+    .map_err(err)?;
+    let aps: Vec<f64> = res.iter().map(|r| r.ap).collect();
+    let m: Vec<u64> = res.iter().map(|r| r.n_pos).collect();
+    let l: Vec<u64> = res.iter().map(|r| r.n_total).collect();
+    Ok((aps.into_pyarray(py), m.into_pyarray(py), l.into_pyarray(py)))
+}
+
+/// Per-unit 0-based positive ranks in CSR form: (offsets uint64[U+1], ranks uint64[sum M],
+/// n_total uint64[U]).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (x, metric, unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi, label_offsets, label_items, block_rows))]
+fn positive_ranks<'py>(
+    py: Python<'py>,
+    x: Feats<'py>,
+    metric: &str,
+    unit_offsets: PyReadonlyArray1<'py, i64>,
+    unit_rows: PyReadonlyArray1<'py, i64>,
+    unit_labels: Option<PyReadonlyArray1<'py, i64>>,
+    pos_same: PyReadonlyArray2<'py, i64>,
+    pos_diff: PyReadonlyArray2<'py, i64>,
+    pos_multi: &str,
+    neg_same: PyReadonlyArray2<'py, i64>,
+    neg_diff: PyReadonlyArray2<'py, i64>,
+    neg_multi: &str,
+    label_offsets: Option<PyReadonlyArray1<'py, i64>>,
+    label_items: Option<PyReadonlyArray1<'py, i64>>,
+    block_rows: usize,
+) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>)> {
+    let metric = Metric::parse(metric).map_err(err)?;
+    let a = rank_args(
+        nrows(&x), unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi,
+        label_offsets, label_items, block_rows,
+    )?;
+    fn go<T: Real>(x: ndarray::ArrayView2<T>, m: Metric, a: &RankArgs) -> Result<Vec<(Vec<u64>, u64)>, EvalError> {
+        let p = Prepared::new(x, m)?;
+        Ok(rank_units(&p, &a.units, &a.pos, &a.neg, a.block_rows, |_, r| (r.ranks.to_vec(), r.n_total)))
+    }
+    let res = match &x {
+        Feats::F32(v) => {
+            let xv = v.as_array();
+            py.allow_threads(|| go(xv, metric, &a))
+        }
+        Feats::F64(v) => {
+            let xv = v.as_array();
+            py.allow_threads(|| go(xv, metric, &a))
+        }
+    }
+    .map_err(err)?;
+    let mut offsets = Vec::with_capacity(res.len() + 1);
+    offsets.push(0u64);
+    let mut ranks = Vec::new();
+    let mut totals = Vec::with_capacity(res.len());
+    for (r, t) in res {
+        ranks.extend_from_slice(&r);
+        offsets.push(ranks.len() as u64);
+        totals.push(t);
+    }
+    Ok((offsets.into_pyarray(py), ranks.into_pyarray(py), totals.into_pyarray(py)))
+}
+
+/// Fast null: (len(ms) x null_size) AP values of random rankings, one row per (M, L) config.
+#[pyfunction]
+fn random_ap<'py>(
+    py: Python<'py>,
+    ms: PyReadonlyArray1<'py, i64>,
+    ls: PyReadonlyArray1<'py, i64>,
+    null_size: usize,
+    seed: u64,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let ms = to_usize(ms, "n_pos_pairs")?;
+    let ls = to_usize(ls, "n_total_pairs")?;
+    if ms.len() != ls.len() {
+        return Err(err(EvalError::Length { what: "n_total_pairs".into(), expected: ms.len(), got: ls.len() }));
+    }
+    let rows = py
+        .allow_threads(|| {
+            ms.iter().zip(&ls).map(|(&m, &l)| null::random_ap(m as u64, l as u64, null_size, seed)).collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(err)?;
+    let mut out = ndarray::Array2::<f64>::zeros((rows.len(), null_size));
+    for (mut o, r) in out.rows_mut().into_iter().zip(rows) {
+        o.assign(&ndarray::Array1::from(r));
+    }
+    Ok(out.into_pyarray(py))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(similarity_block, m)?)?;
+    m.add_function(wrap_pyfunction!(check_features, m)?)?;
+    m.add_function(wrap_pyfunction!(average_precision, m)?)?;
+    m.add_function(wrap_pyfunction!(positive_ranks, m)?)?;
+    m.add_function(wrap_pyfunction!(random_ap, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
