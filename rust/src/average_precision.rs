@@ -22,8 +22,8 @@ pub struct Ap {
 }
 
 /// AP of every unit, streamed: no rank list outlives its unit.
-pub fn average_precision<T: Real>(p: &Prepared<T>, units: &Units, pos: &PairRule, neg: &PairRule, block_rows: usize) -> Vec<Ap> {
-    rank_units(p, units, pos, neg, block_rows, |_, r| Ap { ap: ap_from_ranks(r.ranks), n_pos: r.n_pos(), n_total: r.n_total })
+pub fn average_precision<T: Real>(p: &Prepared<T>, units: &Units, pos: &PairRule, neg: &PairRule, block_rows: usize, f32_keys: bool) -> Vec<Ap> {
+    rank_units(p, units, pos, neg, block_rows, f32_keys, |_, r| Ap { ap: ap_from_ranks(r.ranks), n_pos: r.n_pos(), n_total: r.n_total })
 }
 
 #[cfg(test)]

@@ -85,6 +85,7 @@ struct RankArgs {
     pos: PairRule,
     neg: PairRule,
     block_rows: usize,
+    f32_keys: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -102,6 +103,7 @@ fn rank_args(
     label_offsets: Option<PyReadonlyArray1<'_, i64>>,
     label_items: Option<PyReadonlyArray1<'_, i64>>,
     block_rows: usize,
+    f32_keys: bool,
 ) -> PyResult<RankArgs> {
     let labels = match (label_offsets, label_items) {
         (Some(o), Some(i)) => Some(Labels::new(to_usize(o, "label offsets")?, i.as_array().to_vec()).map_err(err)?),
@@ -119,6 +121,7 @@ fn rank_args(
         pos: rule(n, pos_same, pos_diff, pos_multi, &labels)?,
         neg: rule(n, neg_same, neg_diff, neg_multi, &labels)?,
         block_rows,
+        f32_keys,
     })
 }
 
@@ -132,7 +135,7 @@ fn nrows(x: &Feats<'_>) -> usize {
 /// Per-unit AP, M and L. Returns (ap float64[U], n_pos uint64[U], n_total uint64[U]).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (x, metric, unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi, label_offsets, label_items, block_rows))]
+#[pyo3(signature = (x, metric, unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi, label_offsets, label_items, block_rows, f32_keys=false))]
 fn average_precision<'py>(
     py: Python<'py>,
     x: Feats<'py>,
@@ -149,15 +152,16 @@ fn average_precision<'py>(
     label_offsets: Option<PyReadonlyArray1<'py, i64>>,
     label_items: Option<PyReadonlyArray1<'py, i64>>,
     block_rows: usize,
+    f32_keys: bool,
 ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>)> {
     let metric = Metric::parse(metric).map_err(err)?;
     let a = rank_args(
         nrows(&x), unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi,
-        label_offsets, label_items, block_rows,
+        label_offsets, label_items, block_rows, f32_keys,
     )?;
     fn go<T: Real>(x: ndarray::ArrayView2<T>, m: Metric, a: &RankArgs) -> Result<Vec<ap::Ap>, EvalError> {
         let p = Prepared::new(x, m)?;
-        Ok(ap::average_precision(&p, &a.units, &a.pos, &a.neg, a.block_rows))
+        Ok(ap::average_precision(&p, &a.units, &a.pos, &a.neg, a.block_rows, a.f32_keys))
     }
     let res = match &x {
         Feats::F32(v) => {
@@ -180,7 +184,7 @@ fn average_precision<'py>(
 /// n_total uint64[U]).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (x, metric, unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi, label_offsets, label_items, block_rows))]
+#[pyo3(signature = (x, metric, unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi, label_offsets, label_items, block_rows, f32_keys=false))]
 fn positive_ranks<'py>(
     py: Python<'py>,
     x: Feats<'py>,
@@ -197,15 +201,16 @@ fn positive_ranks<'py>(
     label_offsets: Option<PyReadonlyArray1<'py, i64>>,
     label_items: Option<PyReadonlyArray1<'py, i64>>,
     block_rows: usize,
+    f32_keys: bool,
 ) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>)> {
     let metric = Metric::parse(metric).map_err(err)?;
     let a = rank_args(
         nrows(&x), unit_offsets, unit_rows, unit_labels, pos_same, pos_diff, pos_multi, neg_same, neg_diff, neg_multi,
-        label_offsets, label_items, block_rows,
+        label_offsets, label_items, block_rows, f32_keys,
     )?;
     fn go<T: Real>(x: ndarray::ArrayView2<T>, m: Metric, a: &RankArgs) -> Result<Vec<(Vec<u64>, u64)>, EvalError> {
         let p = Prepared::new(x, m)?;
-        Ok(rank_units(&p, &a.units, &a.pos, &a.neg, a.block_rows, |_, r| (r.ranks.to_vec(), r.n_total)))
+        Ok(rank_units(&p, &a.units, &a.pos, &a.neg, a.block_rows, a.f32_keys, |_, r| (r.ranks.to_vec(), r.n_total)))
     }
     let res = match &x {
         Feats::F32(v) => {

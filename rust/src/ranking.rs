@@ -10,6 +10,12 @@
 //! similarity rank the positive first. This is copairs' order (stable lexsort with positives first);
 //! ties among positives or among negatives do not change any metric.
 //!
+//! **copairs' resolution** (`f32_keys`): copairs stores similarities as float32 and sorts by the
+//! float32 key `1 - s`, so similarities that differ by less than float32 resolution tie (and the
+//! positive wins). With `f32_keys` the ranking uses that same key, which reproduces copairs' AP
+//! exactly on data whose similarities crowd near 1 (e.g. raw CellProfiler features under cosine).
+//! Without it, ranking uses the full precision of the input type.
+//!
 //! Ranks are 0-based positions of each positive in that list, ascending. They are computed without
 //! sorting the candidates: positives are sorted (M log M), then each negative is placed among them
 //! by binary search (L log M), so a query costs O(L log M) after its similarity row.
@@ -20,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::error::{EvalError, Result};
 use crate::pairs::PairRule;
-use crate::similarity::{Prepared, Real};
+use crate::similarity::{Metric, Prepared, Real};
 
 /// Query units in CSR form.
 #[derive(Clone, Debug)]
@@ -92,6 +98,8 @@ fn rank_one<T: Real>(
     label: Option<i64>,
     pos: &PairRule,
     neg: &PairRule,
+    f32_keys: bool,
+    euclidean: bool,
     sc: &mut Scratch,
 ) -> u64 {
     sc.pos.clear();
@@ -111,6 +119,13 @@ fn rank_one<T: Real>(
             let is_neg = neg.matches(i, j);
             if is_pos || is_neg {
                 let s = row[j].to_f64().unwrap();
+                // copairs' sort key is the float32 value of 1 - float32(s); negate to keep "larger first"
+                // (for Euclidean copairs' similarity is 1 / (1 + d), d = -s here)
+                let s = match (f32_keys, euclidean) {
+                    (false, _) => s,
+                    (true, false) => -((1.0f32 - s as f32) as f64),
+                    (true, true) => -((1.0f32 - (1.0 / (1.0 - s)) as f32) as f64),
+                };
                 if is_pos {
                     sc.pos.push(s);
                 }
@@ -149,6 +164,7 @@ pub fn rank_units<T, R, F>(
     pos: &PairRule,
     neg: &PairRule,
     block_rows: usize,
+    f32_keys: bool,
     f: F,
 ) -> Vec<R>
 where
@@ -157,6 +173,7 @@ where
     F: Fn(usize, UnitRanks<'_>) -> R + Sync,
 {
     let block_rows = block_rows.max(1);
+    let euclidean = p.metric() == Metric::Euclidean;
     let mut out: Vec<R> = Vec::with_capacity(units.len());
     let mut start = 0;
     while start < units.len() {
@@ -177,7 +194,7 @@ where
         let part: Vec<R> = (start..end)
             .into_par_iter()
             .map_init(Scratch::default, |sc, u| {
-                let n_total = rank_one(&block, &slot, units.members(u), units.label(u), pos, neg, sc);
+                let n_total = rank_one(&block, &slot, units.members(u), units.label(u), pos, neg, f32_keys, euclidean, sc);
                 f(u, UnitRanks { ranks: &sc.ranks, n_total })
             })
             .collect();
@@ -190,7 +207,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::similarity::Metric;
     use ndarray::array;
 
     /// Brute force: sort the pooled candidate list with positives first on ties.
@@ -231,7 +247,7 @@ mod tests {
         let sims = p.block(&(0..8).collect::<Vec<_>>());
         let pos = PairRule::new(8, vec![cpd.clone()], vec![], None).unwrap();
         let neg = PairRule::new(8, vec![], vec![cpd.clone()], None).unwrap();
-        let got = rank_units(&p, &Units::per_row(8), &pos, &neg, 3, |_, r| (r.ranks.to_vec(), r.n_total));
+        let got = rank_units(&p, &Units::per_row(8), &pos, &neg, 3, false, |_, r| (r.ranks.to_vec(), r.n_total));
         for i in 0..8 {
             let want = brute(&sims, &[i], &|a, b| cpd[a] == cpd[b], &|a, b| cpd[a] != cpd[b]);
             assert_eq!(got[i].0, want, "row {i}");
@@ -239,10 +255,24 @@ mod tests {
         }
         // pooled per compound
         let units = Units::new(vec![0, 3, 5, 7, 8], vec![0, 1, 2, 3, 4, 5, 6, 7], None, 8).unwrap();
-        let got = rank_units(&p, &units, &pos, &neg, 2, |_, r| r.ranks.to_vec());
+        let got = rank_units(&p, &units, &pos, &neg, 2, false, |_, r| r.ranks.to_vec());
         let groups: [&[usize]; 4] = [&[0, 1, 2], &[3, 4], &[5, 6], &[7]];
         for (u, g) in groups.iter().enumerate() {
             assert_eq!(got[u], brute(&sims, g, &|a, b| cpd[a] == cpd[b], &|a, b| cpd[a] != cpd[b]));
         }
+    }
+
+    #[test]
+    fn f32_keys_tie_within_float32_resolution() {
+        // query 0: positive row 1 slightly less similar than negative row 2, by less than f32 resolution
+        let x = array![[1.0, 0.0], [1.0, 1.0e-4], [1.0, 0.9e-4]];
+        let p = Prepared::new(x.view(), Metric::Cosine).unwrap();
+        let cpd = vec![0i64, 0, 1];
+        let pos = PairRule::new(3, vec![cpd.clone()], vec![], None).unwrap();
+        let neg = PairRule::new(3, vec![], vec![cpd], None).unwrap();
+        let exact = rank_units(&p, &Units::per_row(3), &pos, &neg, 3, false, |_, r| r.ranks.to_vec());
+        let f32k = rank_units(&p, &Units::per_row(3), &pos, &neg, 3, true, |_, r| r.ranks.to_vec());
+        assert_eq!(exact[0], vec![1]);
+        assert_eq!(f32k[0], vec![0]);
     }
 }

@@ -14,9 +14,13 @@ metadata with ``average_precision``, ``normalized_average_precision``, ``n_pos_p
 - ``normalized_average_precision`` = clip((AP - mu0) / (1 - mu0), -1, 1) with copairs' exact
   random-ranking expectation mu0.
 
-Differences, all documented: similarities are computed by a blocked GEMM in the input's float type,
-so values agree with copairs' float32 pairwise ones to ~1e-7 and a tie copairs would see (or break)
-at float32 resolution may resolve differently; ``euclidean`` ranks by negative distance (copairs
+Resolution (``ties``): copairs stores similarities as float32 and sorts on the float32 key
+``1 - s``, so similarities closer than float32 resolution tie (positive first). ``ties="copairs"``
+(default) ranks on that same key and reproduces copairs' AP exactly (this matters for data whose
+similarities crowd near 1, e.g. raw CellProfiler features under cosine); ``ties="exact"`` ranks at
+the full precision of the input. Similarities come from a blocked GEMM in the input's float type;
+for float32 input they can differ from copairs' float32 arithmetic by an ulp, so AP agrees to ~1e-6
+there; ``euclidean`` ranks by negative distance (copairs
 1/(1+d): same order). ``batch_size`` is accepted and ignored (blocks are sized by ``block_bytes``).
 Query expressions inside the column lists are not supported: filter rows first.
 
@@ -63,10 +67,16 @@ def normalize_ap(ap, n_pos, n_total, eps: float = 1e-10) -> np.ndarray:
     return np.clip((np.asarray(ap, dtype=np.float64) - mu0) / np.maximum(1 - mu0, eps), -1.0, 1.0)
 
 
-def _run(x, distance, units: Units, rules: PairRules, block_bytes: int):
+TIES = ("copairs", "exact")
+
+
+def _run(x, distance, units: Units, rules: PairRules, block_bytes: int, ties: str):
     metric = check_metric(distance)
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     return _core.average_precision(
-        x, metric, **units.core_args(), **rules.core_args(), block_rows=block_rows_for(len(x), x.itemsize, block_bytes)
+        x, metric, **units.core_args(), **rules.core_args(),
+        block_rows=block_rows_for(len(x), x.itemsize, block_bytes), f32_keys=ties == "copairs",
     )
 
 
@@ -82,17 +92,18 @@ def average_precision(
     progress_bar: bool = True,
     multilabel_col: str | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ties: str = "copairs",
 ) -> pd.DataFrame:
     """Per-query AP (copairs 0.5.5 semantics; see the module docstring for the exact rules)."""
     if multilabel_col is not None:
         return multilabel_average_precision(meta, feats, pos_sameby, pos_diffby, neg_sameby, neg_diffby,
-                                            multilabel_col, distance=distance, block_bytes=block_bytes)
+                                            multilabel_col, distance=distance, block_bytes=block_bytes, ties=ties)
     x = as_features(feats)
     if len(meta) != len(x):
         raise ValueError(f"meta has {len(meta)} rows but feats has {len(x)} rows")
     meta = meta.reset_index(drop=True).copy()
     rules = PairRules.build(meta, pos_sameby, pos_diffby, neg_sameby, neg_diffby)
-    ap, m, l = _run(x, distance, Units.per_row(len(x)), rules, block_bytes)
+    ap, m, l = _run(x, distance, Units.per_row(len(x)), rules, block_bytes, ties)
     if m.sum() == 0:
         raise UnpairedError("Unable to find positive pairs: no two rows satisfy pos_sameby/pos_diffby")
     if (l - m).sum() == 0:
@@ -118,6 +129,7 @@ def multilabel_average_precision(
     distance: str = "cosine",
     progress_bar: bool = True,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ties: str = "copairs",
 ) -> pd.DataFrame:
     """Per-(query, label) AP, as ``copairs.map.multilabel.average_precision``."""
     x = as_features(feats)
@@ -128,7 +140,7 @@ def multilabel_average_precision(
         raise KeyError(f"multilabel_col: unknown metadata column {multilabel_col!r}")
     rules = PairRules.build(meta, pos_sameby, pos_diffby, neg_sameby, neg_diffby, multilabel_col=multilabel_col)
     units = Units.per_row_label(rules.labels)
-    ap, m, l = _run(x, distance, units, rules, block_bytes)
+    ap, m, l = _run(x, distance, units, rules, block_bytes, ties)
     keep = m > 0
     if not keep.any():
         raise UnpairedError("Unable to find positive pairs: no two rows share a label under the positive rules")

@@ -1,0 +1,50 @@
+"""Shared fixtures: the real third-party data beside the repo (../shared/data)."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared(*parts: str) -> Path:
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.fail(f"shared test data missing: {p} (the repo expects ../shared/data beside it)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def nelisa() -> pd.DataFrame:
+    """nELISA profiles (Kalinin et al. mAP paper input): 1,525 wells x 191 analytes."""
+    df = pd.read_parquet(shared("kalinin-map-nelisa", "nelisa_profiles.parquet"))
+    df["Metadata_broad_sample"] = df["Metadata_broad_sample"].fillna("DMSO")
+    return df
+
+
+@pytest.fixture(scope="session")
+def bbbc021() -> pd.DataFrame:
+    """BBBC021 per-well mean profiles joined to compound, concentration and MOA (632 wells)."""
+    d = shared("bbbc021-cytominergallery")
+    prof = pd.read_csv(d / "ljosa_jbiomolscreen_2013_per_well_mean.csv.gz")
+    img = pd.read_csv(d / "BBBC021_v1_image.csv.gz")
+    moa = pd.read_csv(d / "BBBC021_v1_moa.csv")
+    wells = (img[["Image_Metadata_Plate_DAPI", "Image_Metadata_Well_DAPI", "Image_Metadata_Compound",
+                  "Image_Metadata_Concentration"]].drop_duplicates()
+             .rename(columns={"Image_Metadata_Plate_DAPI": "Image_Metadata_Plate", "Image_Metadata_Well_DAPI": "Image_Metadata_Well"}))
+    df = prof.merge(wells, on=["Image_Metadata_Plate", "Image_Metadata_Well"])
+    df = df.merge(moa, left_on=["Image_Metadata_Compound", "Image_Metadata_Concentration"], right_on=["compound", "concentration"])
+    meta_cols = ["Image_Metadata_Plate", "Image_Metadata_Well", "compound", "concentration", "moa"]
+    df = df.rename(columns={c: "Metadata_" + c.replace("Image_Metadata_", "") for c in meta_cols})
+    df = df.drop(columns=["Image_Metadata_Compound", "Image_Metadata_Concentration"])
+    assert len(df) == 632, len(df)
+    return df
+
+
+@pytest.fixture(scope="session")
+def lincs_plate() -> pd.DataFrame:
+    """LINCS plate SQ00015054 (cytominer-eval's fixture), feature columns with NaN dropped."""
+    df = pd.read_csv(shared("cytominer-eval-lincs-plate", "SQ00015054_normalized_feature_select.csv.gz"))
+    feats = [c for c in df.columns if not c.startswith("Metadata_")]
+    bad = [c for c in feats if df[c].isna().any()]
+    return df.drop(columns=bad)
