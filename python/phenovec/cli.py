@@ -1,0 +1,158 @@
+"""The ``phenovec`` command line: one subcommand per stage.
+
+    phenovec evaluate map PROFILES --pos-sameby Metadata_cpd --neg-diffby Metadata_cpd --out ap.parquet
+    phenovec evaluate enrichment PROFILES --replicate-groups Metadata_moa --out enrichment.csv
+    phenovec demo --out demo-out
+
+Every ``evaluate`` subcommand reads CSV / CSV.gz / Parquet, writes its table (CSV or Parquet by the
+file name) and a JSON summary (``--summary``, default: beside ``--out``), and prints the summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _profiles_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("profiles", help="profile table (.csv, .csv.gz, .parquet): Metadata_* columns + features")
+    p.add_argument("--features", nargs="+", help="feature columns (default: every non-Metadata_ column)")
+    p.add_argument("--meta", nargs="+", help="metadata columns (default: every Metadata_ column)")
+    p.add_argument("--query", help="pandas query selecting the rows to evaluate, e.g. \"Metadata_moa != 'DMSO'\"")
+    p.add_argument("--out", required=True, help="output table (.csv, .csv.gz or .parquet)")
+    p.add_argument("--summary", help="JSON summary path (default: OUT with .json)")
+
+
+def _load(args):
+    from phenovec.io.profiles import read_table, split_profiles
+
+    df = read_table(args.profiles)
+    if args.query:
+        df = df.query(args.query)
+        if df.empty:
+            raise SystemExit(f"--query {args.query!r} selects no row of {args.profiles}")
+    return split_profiles(df.reset_index(drop=True), features=args.features, meta=args.meta)
+
+
+def _finish(args, table: pd.DataFrame, summary: dict) -> dict:
+    from phenovec.io.profiles import write_table
+
+    out = write_table(table, args.out)
+    spath = Path(args.summary) if args.summary else out.with_name(out.name.split(".")[0] + ".json")
+    summary = {"command": " ".join(sys.argv[1:]), "output": str(out), **summary}
+    tmp = spath.with_name("." + spath.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+    tmp.replace(spath)
+    print(json.dumps(summary, indent=2, default=_json_default))
+    return summary
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if np.isnan(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---- evaluate map ----------------------------------------------------------------------------
+
+def _add_map(sub) -> None:
+    p = sub.add_parser("map", help="average precision per query and mAP per group with p-values (copairs semantics)")
+    _profiles_args(p)
+    for name in ("pos-sameby", "pos-diffby", "neg-sameby", "neg-diffby"):
+        p.add_argument(f"--{name}", nargs="*", default=[], help=f"copairs {name.replace('-', '_')} columns")
+    p.add_argument("--multilabel-col", help="column of '|'-separated labels (positives ranked per label)")
+    p.add_argument("--label-sep", default="|", help="separator of --multilabel-col labels (default |)")
+    p.add_argument("--reference", help="query marking control rows: adds Metadata_Reference_Index (copairs' "
+                   "assign_reference_index) for replicate-vs-control (phenotypic activity) mAP")
+    p.add_argument("--distance", default="cosine", choices=["cosine", "correlation", "pearson", "spearman", "euclidean"])
+    p.add_argument("--map-sameby", nargs="+", help="group columns for mAP (default: --pos-sameby)")
+    p.add_argument("--null-size", type=int, default=10000)
+    p.add_argument("--threshold", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--null-method", choices=["copairs", "fast"], default="copairs")
+    p.add_argument("--ties", choices=["copairs", "exact"], default="copairs")
+    p.add_argument("--map-out", help="mAP table path (default: OUT with _map)")
+    p.set_defaults(run=_run_map)
+
+
+def _run_map(args) -> dict:
+    import phenovec.evaluate as pe
+    from phenovec.io.profiles import write_table
+
+    prof = _load(args)
+    meta = prof.meta.copy()
+    pos_sameby = list(args.pos_sameby)
+    neg_diffby = list(args.neg_diffby)
+    if args.reference:
+        ctrl = meta.eval(args.reference).to_numpy(bool)
+        if not ctrl.any():
+            raise SystemExit(f"--reference {args.reference!r} matches no row")
+        meta["Metadata_Reference_Index"] = np.where(ctrl, np.arange(len(meta)), -1)
+        pos_sameby.append("Metadata_Reference_Index")
+        neg_diffby.append("Metadata_Reference_Index")
+    if args.multilabel_col:
+        meta[args.multilabel_col] = meta[args.multilabel_col].map(
+            lambda v: v.split(args.label_sep) if isinstance(v, str) else v)
+    ap = pe.average_precision(meta, prof.feats, pos_sameby, args.pos_diffby, args.neg_sameby, neg_diffby,
+                              distance=args.distance, multilabel_col=args.multilabel_col, ties=args.ties)
+    sameby = args.map_sameby or [c for c in pos_sameby if c != "Metadata_Reference_Index"]
+    if args.multilabel_col and args.multilabel_col in sameby and not args.map_sameby:
+        sameby = [args.multilabel_col]
+    m = pe.mean_average_precision(ap, sameby, null_size=args.null_size, threshold=args.threshold, seed=args.seed,
+                                  null_method=args.null_method)
+    out = Path(args.out)
+    map_out = Path(args.map_out) if args.map_out else out.with_name(out.name.split(".")[0] + "_map" + "".join(out.suffixes))
+    write_table(m.drop(columns=["indices"]), map_out)
+    return _finish(args, ap, {
+        "metric": "mean_average_precision",
+        "n_profiles": len(ap),
+        "n_queries_with_positives": int((ap["n_pos_pairs"] > 0).sum()),
+        "mean_average_precision": float(m["mean_average_precision"].mean()),
+        "n_groups": len(m),
+        "fraction_below_corrected_p": float(m["below_corrected_p"].mean()),
+        "map_table": str(map_out),
+        "null_method": args.null_method,
+    })
+
+
+# ---- demo ------------------------------------------------------------------------------------
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="evaluate the real BBBC021 per-well profiles (until the image pipeline lands)")
+    p.add_argument("--data", default=None, help="folder with the BBBC021 files (default: ../shared/data/bbbc021-cytominergallery)")
+    p.add_argument("--out", default="demo-out", help="output folder")
+    p.add_argument("--null-size", type=int, default=10000)
+    p.set_defaults(run=lambda a: __import__("phenovec.demo", fromlist=["run_demo"]).run_demo(a.data, a.out, a.null_size))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phenovec", description="High-performance image-based profiling.")
+    stages = parser.add_subparsers(dest="stage", required=True)
+    ev = stages.add_parser("evaluate", help="similarity and retrieval metrics on a profile table")
+    metrics = ev.add_subparsers(dest="metric", required=True)
+    _add_map(metrics)
+    _add_demo(stages)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"phenovec: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
