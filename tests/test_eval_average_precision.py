@@ -214,3 +214,15 @@ def test_ties_rank_positive_first():
     assert ap.loc[0, "average_precision"] == 1.0
     theirs = cp_ap(meta, x, progress_bar=False, **REP)
     assert theirs.loc[0, "average_precision"] == 1.0
+
+
+def test_profile_table_and_arrow_inputs(lincs_plate):
+    import pyarrow as pa
+
+    meta, feats = split(lincs_plate)
+    args = dict(pos_sameby=["Metadata_broad_sample"], pos_diffby=[], neg_sameby=[], neg_diffby=["Metadata_broad_sample"])
+    ref = pe.average_precision(meta, feats, **args)["average_precision"].to_numpy()
+    for table in (lincs_plate, pa.Table.from_pandas(lincs_plate)):
+        got = pe.average_precision(table, None, **args)["average_precision"].to_numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_allclose(got[~np.isnan(got)], ref[~np.isnan(ref)], atol=1e-12)

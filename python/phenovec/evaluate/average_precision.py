@@ -38,7 +38,7 @@ import pandas as pd
 from phenovec import _core
 from phenovec.evaluate.null import null_distributions, unique_configs
 from phenovec.evaluate.pairs import DEFAULT_BLOCK_BYTES, PairRules, Units, block_rows_for
-from phenovec.evaluate.similarity import as_features, check_metric
+from phenovec.evaluate.similarity import as_features, as_profiles, check_metric
 
 
 class UnpairedError(ValueError):
@@ -70,6 +70,16 @@ def normalize_ap(ap, n_pos, n_total, eps: float = 1e-10) -> np.ndarray:
 TIES = ("copairs", "exact")
 
 
+def _inputs(meta, feats):
+    """copairs' (meta DataFrame, feats matrix), or a whole profile table (pandas or Arrow) with feats=None."""
+    if feats is None:
+        prof = as_profiles(meta)
+        return prof.meta, prof.feats
+    if not isinstance(meta, pd.DataFrame):
+        meta = as_profiles(meta, feats).meta
+    return meta, as_features(feats)
+
+
 def _run(x, distance, units: Units, rules: PairRules, block_bytes: int, ties: str):
     metric = check_metric(distance)
     if ties not in TIES:
@@ -81,7 +91,7 @@ def _run(x, distance, units: Units, rules: PairRules, block_bytes: int, ties: st
 
 
 def average_precision(
-    meta: pd.DataFrame,
+    meta,
     feats,
     pos_sameby: Sequence[str],
     pos_diffby: Sequence[str],
@@ -98,7 +108,7 @@ def average_precision(
     if multilabel_col is not None:
         return multilabel_average_precision(meta, feats, pos_sameby, pos_diffby, neg_sameby, neg_diffby,
                                             multilabel_col, distance=distance, block_bytes=block_bytes, ties=ties)
-    x = as_features(feats)
+    meta, x = _inputs(meta, feats)
     if len(meta) != len(x):
         raise ValueError(f"meta has {len(meta)} rows but feats has {len(x)} rows")
     meta = meta.reset_index(drop=True).copy()
@@ -118,7 +128,7 @@ def average_precision(
 
 
 def multilabel_average_precision(
-    meta: pd.DataFrame,
+    meta,
     feats,
     pos_sameby: Sequence[str],
     pos_diffby: Sequence[str],
@@ -132,7 +142,7 @@ def multilabel_average_precision(
     ties: str = "copairs",
 ) -> pd.DataFrame:
     """Per-(query, label) AP, as ``copairs.map.multilabel.average_precision``."""
-    x = as_features(feats)
+    meta, x = _inputs(meta, feats)
     if len(meta) != len(x):
         raise ValueError(f"meta has {len(meta)} rows but feats has {len(x)} rows")
     meta = meta.reset_index(drop=True)
