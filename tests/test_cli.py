@@ -38,3 +38,24 @@ def test_demo_runs_as_a_command(tmp_path):
                        capture_output=True, text=True, check=True)
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert s["profiles"] == 632 and s["moa_retrieval"]["mean_average_precision"] > 0.2
+
+
+def test_cytominer_family_cli_matches_python(tmp_path, lincs_plate):
+    import phenovec.evaluate as pe
+
+    src = tmp_path / "lincs.parquet"
+    moa = lincs_plate[lincs_plate["Metadata_moa"].notna()]
+    moa.to_parquet(src)
+    common = [str(src), "--replicate-groups", "Metadata_moa"]
+    assert main(["evaluate", "enrichment", *common, "--percentile", "0.99", "--out", str(tmp_path / "e.csv")]) == 0
+    e = pd.read_csv(tmp_path / "e.csv")
+    ref = pe.enrichment(moa, replicate_groups=["Metadata_moa"], percentile=[0.99])
+    assert abs(e["odds_ratio"].iloc[0] - ref["odds_ratio"].iloc[0]) < 1e-9
+    g = ["--groupby-columns", "Metadata_broad_sample"]
+    assert main(["evaluate", "precision-at-r", *common, *g, "--out", str(tmp_path / "r.csv")]) == 0
+    s = json.loads((tmp_path / "r.json").read_text())
+    assert abs(s["precision_at_r"] - pe.precision_at_r(moa, replicate_groups=["Metadata_moa"], groupby_columns=["Metadata_broad_sample"])[1]) < 1e-12
+    for name, extra in [("precision-recall", ["--k", "5"]), ("hit-at-k", []), ("replicate-reproducibility", [])]:
+        args = [*common, *(g if name != "replicate-reproducibility" else []), *extra, "--out", str(tmp_path / f"{name}.csv")]
+        assert main(["evaluate", name, *args]) == 0, name
+        assert (tmp_path / f"{name}.json").exists()

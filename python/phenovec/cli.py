@@ -123,6 +123,85 @@ def _run_map(args) -> dict:
     })
 
 
+# ---- cytominer-eval family ------------------------------------------------------------------
+
+def _metric_parser(sub, name: str, help: str, run, groupby: bool = False):
+    p = sub.add_parser(name, help=help)
+    _profiles_args(p)
+    p.add_argument("--replicate-groups", nargs="+", required=True, help="columns whose equality makes a replicate pair")
+    if groupby:
+        p.add_argument("--groupby-columns", nargs="+", required=True, help="columns whose groups pool one ranked list")
+    p.add_argument("--similarity-metric", default="pearson", choices=["pearson", "cosine", "spearman", "euclidean"])
+    p.set_defaults(run=run)
+    return p
+
+
+def _common(args, prof) -> dict:
+    return dict(feats=prof.feats, replicate_groups=args.replicate_groups, similarity_metric=args.similarity_metric)
+
+
+def _run_enrichment(args) -> dict:
+    from phenovec.evaluate import enrichment
+
+    prof = _load(args)
+    t = enrichment(prof.meta, percentile=args.percentile, **_common(args, prof))
+    return _finish(args, t, {"metric": "enrichment", "odds_ratio": dict(zip(t["enrichment_percentile"], t["odds_ratio"]))})
+
+
+def _run_precision_recall(args) -> dict:
+    from phenovec.evaluate import precision_recall
+
+    prof = _load(args)
+    t = precision_recall(prof.meta, groupby_columns=args.groupby_columns, k=args.k, **_common(args, prof))
+    means = t.groupby("k")[["precision", "recall"]].mean()
+    return _finish(args, t, {"metric": "precision_recall",
+                             "macro_precision": {int(k): v for k, v in means["precision"].items()},
+                             "macro_recall": {int(k): v for k, v in means["recall"].items()}})
+
+
+def _run_precision_at_r(args) -> dict:
+    from phenovec.evaluate import precision_at_r
+
+    prof = _load(args)
+    t, mean = precision_at_r(prof.meta, groupby_columns=args.groupby_columns, **_common(args, prof))
+    return _finish(args, t, {"metric": "precision_at_r", "precision_at_r": mean, "n_groups": len(t)})
+
+
+def _run_hit_at_k(args) -> dict:
+    from phenovec.evaluate import hit_at_k
+
+    prof = _load(args)
+    pl = "all" if args.percent_list == ["all"] else [int(v) for v in args.percent_list]
+    r = hit_at_k(prof.meta, groupby_columns=args.groupby_columns, percent_list=pl, **_common(args, prof))
+    hits = pd.DataFrame({"hit_rank": np.asarray(r.hits_list)})
+    return _finish(args, hits, {"metric": "hit_at_k", "percent_scores": {str(k): v for k, v in r.percent_scores.items()},
+                                "n_hits": len(hits)})
+
+
+def _run_replicate_reproducibility(args) -> dict:
+    from phenovec.evaluate import replicate_reproducibility
+
+    prof = _load(args)
+    frac, med = replicate_reproducibility(prof.meta, quantile_over_null=args.quantile_over_null,
+                                          return_median_correlations=True, **_common(args, prof))
+    return _finish(args, med, {"metric": "replicate_reproducibility", "fraction_replicating": frac,
+                               "quantile_over_null": args.quantile_over_null})
+
+
+def _add_cytominer_family(metrics) -> None:
+    p = _metric_parser(metrics, "enrichment", "odds ratio of replicate pairs above similarity percentiles", _run_enrichment)
+    p.add_argument("--percentile", nargs="+", type=float, default=[0.9, 0.95, 0.97, 0.99, 0.995])
+    p = _metric_parser(metrics, "precision-recall", "precision@k and recall@k per group", _run_precision_recall, groupby=True)
+    p.add_argument("--k", nargs="+", type=int, default=[5, 10, 20])
+    _metric_parser(metrics, "precision-at-r", "precision@R per group (R = number of replicates)", _run_precision_at_r,
+                   groupby=True)
+    p = _metric_parser(metrics, "hit-at-k", "hits list and hit@k scores", _run_hit_at_k, groupby=True)
+    p.add_argument("--percent-list", nargs="+", default=["2", "5", "10"], help="percentages, or 'all'")
+    p = _metric_parser(metrics, "replicate-reproducibility", "percent replicating against the non-replicate null",
+                       _run_replicate_reproducibility)
+    p.add_argument("--quantile-over-null", type=float, default=0.95)
+
+
 # ---- demo ------------------------------------------------------------------------------------
 
 def _add_demo(sub) -> None:
@@ -139,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = stages.add_parser("evaluate", help="similarity and retrieval metrics on a profile table")
     metrics = ev.add_subparsers(dest="metric", required=True)
     _add_map(metrics)
+    _add_cytominer_family(metrics)
     _add_demo(stages)
     return parser
 
