@@ -13,6 +13,13 @@ from phenovec.evaluate.average_precision import (
 from phenovec.evaluate.fdr import benjamini_hochberg
 from phenovec.evaluate.map import mean_average_precision
 from phenovec.evaluate.similarity import iter_similarity_blocks, similarity_matrix
+from phenovec.evaluate.enrichment import enrichment
+from phenovec.evaluate.precision_recall import precision_at_r, precision_recall
+from phenovec.evaluate.hit_at_k import HitAtK, hit_at_k
+from phenovec.evaluate.replicate_reproducibility import replicate_reproducibility
+from phenovec.evaluate.grit import grit
+from phenovec.evaluate.mp_value import mp_value
+from phenovec.evaluate.knn import knn_accuracy
 
 __all__ = [
     "UnpairedError",
@@ -21,4 +28,6 @@ __all__ = [
     "mean_average_precision",
     "multilabel_average_precision",
     "p_values",
-    "iter_similarity_blocks", "similarity_matrix"]
+    "iter_similarity_blocks", "similarity_matrix",
+    "enrichment", "precision_recall", "precision_at_r", "hit_at_k", "HitAtK", "replicate_reproducibility",
+    "grit", "mp_value", "knn_accuracy"]

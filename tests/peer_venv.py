@@ -1,0 +1,99 @@
+"""Throwaway virtual environments holding old peer tools, for equivalence tests.
+
+A peer that needs old numpy/pandas (cytominer-eval 0.1 uses ``np.float``) is installed once into a
+cached venv under ``~/.cache/phenovec/peer-venvs/<name>`` (``PHENOVEC_PEER_VENVS`` overrides the
+folder) and run as a subprocess; data go through files. Creation holds an exclusive lock file and
+builds in a temporary folder renamed into place, so concurrent test runs are safe. Failure to
+build raises :class:`PeerVenvError` with pip's output: tests must fail, never skip.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+PEERS = {
+    "cytominer-eval-0.1": [
+        "cytominer-eval==0.1",
+        "numpy==1.23.5",
+        "pandas==1.5.3",
+        "scipy==1.10.1",
+        "scikit-learn==1.2.2",
+    ],
+}
+MARKER = "phenovec-peer-venv.txt"
+
+
+class PeerVenvError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    root = os.environ.get("PHENOVEC_PEER_VENVS")
+    return Path(root) if root else Path.home() / ".cache" / "phenovec" / "peer-venvs"
+
+
+def _python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _ready(venv: Path, spec: str) -> bool:
+    marker = venv / MARKER
+    return marker.is_file() and marker.read_text() == spec and _python(venv).exists()
+
+
+def peer_python(name: str = "cytominer-eval-0.1", timeout: float = 900) -> Path:
+    """Path of the python executable of the cached peer venv ``name``, building it if needed."""
+    if name not in PEERS:
+        raise KeyError(f"unknown peer venv {name!r}: known are {sorted(PEERS)}")
+    spec = "\n".join(PEERS[name]) + "\n"
+    root = cache_root()
+    venv = root / name
+    if _ready(venv, spec):
+        return _python(venv)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if _ready(venv, spec):  # built by a concurrent run while we waited
+            return _python(venv)
+        tmp = root / f".{name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            steps = [
+                [sys.executable, "-m", "venv", str(tmp)],
+                [str(_python(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *PEERS[name]],
+            ]
+            for cmd in steps:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                if r.returncode != 0:
+                    raise PeerVenvError(
+                        f"could not build the peer venv {name!r} ({' '.join(cmd[:4])} ... exited {r.returncode}); "
+                        f"the equivalence tests need network access to PyPI once.\n"
+                        f"--- stdout ---\n{r.stdout[-3000:]}\n--- stderr ---\n{r.stderr[-3000:]}"
+                    )
+            (tmp / MARKER).write_text(spec)
+            if venv.exists():
+                shutil.rmtree(venv)
+            os.rename(tmp, venv)
+        except subprocess.TimeoutExpired as e:
+            raise PeerVenvError(f"building the peer venv {name!r} timed out after {timeout} s: {e}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _python(venv)
+
+
+def run_peer(python: Path, code: str, cwd: Path, timeout: float = 600) -> str:
+    """Run the python ``code`` (dedented) with the peer venv's ``python`` in ``cwd``; return stdout.
+
+    A non-zero exit raises :class:`PeerVenvError` with the peer's stderr.
+    """
+    script = Path(cwd) / "peer_script.py"
+    script.write_text(textwrap.dedent(code))
+    r = subprocess.run([str(python), str(script)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise PeerVenvError(f"peer script failed (exit {r.returncode}):\n{r.stderr[-5000:]}")
+    return r.stdout
