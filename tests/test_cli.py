@@ -59,3 +59,26 @@ def test_cytominer_family_cli_matches_python(tmp_path, lincs_plate):
         args = [*common, *(g if name != "replicate-reproducibility" else []), *extra, "--out", str(tmp_path / f"{name}.csv")]
         assert main(["evaluate", name, *args]) == 0, name
         assert (tmp_path / f"{name}.json").exists()
+
+
+def test_knn_grit_mp_value_cli(tmp_path, bbbc021, lincs_plate):
+    import phenovec.evaluate as pe
+
+    src = tmp_path / "b.parquet"
+    trt = bbbc021[bbbc021["Metadata_moa"] != "DMSO"].reset_index(drop=True)
+    trt.to_parquet(src)
+    assert main(["evaluate", "knn", str(src), "--moa-col", "Metadata_moa", "--compound-col", "Metadata_compound",
+                 "--k", "1", "3", "--out", str(tmp_path / "knn.csv")]) == 0
+    got = pd.read_csv(tmp_path / "knn.csv")
+    ref, _ = pe.knn_accuracy(trt, moa_col="Metadata_moa", compound_col="Metadata_compound", k=[1, 3])
+    assert abs(got["accuracy"].iloc[0] - ref["accuracy"].iloc[0]) < 1e-12
+    assert (tmp_path / "knn_predictions.csv").exists()
+    lsrc = tmp_path / "l.parquet"
+    lincs = lincs_plate.assign(Metadata_moa=lincs_plate["Metadata_moa"].fillna("unannotated"))
+    lincs.to_parquet(lsrc)
+    assert main(["evaluate", "grit", str(lsrc), "--control-perts", "DMSO", "--profile-col", "Metadata_broad_sample",
+                 "--replicate-group-col", "Metadata_moa", "--out", str(tmp_path / "grit.csv")]) == 0
+    assert pd.read_csv(tmp_path / "grit.csv")["grit"].notna().any()
+    assert main(["evaluate", "mp-value", str(lsrc), "--control-perts", "DMSO", "--replicate-id", "Metadata_broad_sample",
+                 "--nb-permutations", "20", "--out", str(tmp_path / "mp.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "mp.csv")) > 10

@@ -202,6 +202,73 @@ def _add_cytominer_family(metrics) -> None:
     p.add_argument("--quantile-over-null", type=float, default=0.95)
 
 
+# ---- grit, mp-value, knn ---------------------------------------------------------------------
+
+def _run_grit(args) -> dict:
+    from phenovec.evaluate import grit
+
+    prof = _load(args)
+    t = grit(prof.meta, prof.feats, control_perts=args.control_perts, profile_col=args.profile_col,
+             replicate_group_col=args.replicate_group_col, similarity_metric=args.similarity_metric,
+             grit_replicate_summary_method=args.summary_method)
+    return _finish(args, t, {"metric": "grit", "mean_grit": float(t["grit"].mean()),
+                             "n_perturbations": len(t), "n_without_target": int(t["grit"].isna().sum())})
+
+
+def _run_mp_value(args) -> dict:
+    from phenovec.evaluate import mp_value
+
+    prof = _load(args)
+    t = mp_value(prof.meta, prof.feats, control_perts=args.control_perts, replicate_id=args.replicate_id,
+                 rescale_pca=not args.no_rescale_pca, nb_permutations=args.nb_permutations, seed=args.seed)
+    pcol = [c for c in t.columns if "p" in c.lower() and "value" in c.lower()]
+    return _finish(args, t, {"metric": "mp_value", "n_groups": len(t), "seed": args.seed,
+                             "fraction_below_0.05": float((t[pcol[0]] < 0.05).mean()) if pcol else None})
+
+
+def _run_knn(args) -> dict:
+    from phenovec.evaluate import knn_accuracy
+
+    prof = _load(args)
+    k = "all" if args.k == ["all"] else [int(v) for v in args.k]
+    summary, pred = knn_accuracy(prof.meta, prof.feats, moa_col=args.moa_col, compound_col=args.compound_col, k=k,
+                                 exclude_same=args.exclude_same, similarity_metric=args.similarity_metric)
+    out = Path(args.out)
+    pred_out = out.with_name(out.name.split(".")[0] + "_predictions" + "".join(out.suffixes))
+    from phenovec.io.profiles import write_table
+
+    write_table(pred, pred_out)
+    return _finish(args, summary, {"metric": "knn_accuracy", "predictions": str(pred_out),
+                                   "by_k": summary.to_dict(orient="records")})
+
+
+def _add_replicate_stats(metrics) -> None:
+    p = metrics.add_parser("grit", help="grit: replicate similarity z-scored against controls (cytominer-eval)")
+    _profiles_args(p)
+    p.add_argument("--control-perts", nargs="+", required=True)
+    p.add_argument("--profile-col", required=True)
+    p.add_argument("--replicate-group-col", required=True)
+    p.add_argument("--similarity-metric", default="pearson", choices=["pearson", "cosine", "spearman", "euclidean"])
+    p.add_argument("--summary-method", default="mean", choices=["mean", "median"])
+    p.set_defaults(run=_run_grit)
+    p = metrics.add_parser("mp-value", help="mp-value: permutation test of each group against controls (seeded)")
+    _profiles_args(p)
+    p.add_argument("--control-perts", nargs="+", required=True)
+    p.add_argument("--replicate-id", required=True)
+    p.add_argument("--nb-permutations", type=int, default=100)
+    p.add_argument("--no-rescale-pca", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_mp_value)
+    p = metrics.add_parser("knn", help="leave-one-compound-out k-NN MOA accuracy and F1 (MOAProfiler protocol)")
+    _profiles_args(p)
+    p.add_argument("--moa-col", required=True)
+    p.add_argument("--compound-col", required=True)
+    p.add_argument("--k", nargs="+", default=["1", "3", "5"], help="list of k, or 'all'")
+    p.add_argument("--exclude-same", nargs="*", help="also exclude neighbours sharing these columns (plate, batch)")
+    p.add_argument("--similarity-metric", default="cosine", choices=["pearson", "cosine", "spearman", "euclidean"])
+    p.set_defaults(run=_run_knn)
+
+
 # ---- demo ------------------------------------------------------------------------------------
 
 def _add_demo(sub) -> None:
@@ -219,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = ev.add_subparsers(dest="metric", required=True)
     _add_map(metrics)
     _add_cytominer_family(metrics)
+    _add_replicate_stats(metrics)
     _add_demo(stages)
     return parser
 
