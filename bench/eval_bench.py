@@ -1,0 +1,546 @@
+"""Benchmark phenovec.evaluate against copairs on synthetic Cell Painting-like profiles.
+
+Cases (each timed in a fresh child process, so peak RSS is per case):
+
+1. ``replicate``: replicate-retrieval AP (pos_sameby=[compound], neg_diffby=[compound], cosine)
+   followed by the per-compound mean (mAP without p-values; the same pandas groupby for both
+   implementations).
+2. ``moa``: MOA-retrieval AP (pos_sameby=[moa], pos_diffby=[compound], neg_diffby=[moa]) followed by
+   ``mean_average_precision(sameby=[moa], null_size, threshold=0.05, seed=0)`` with p-values.
+   phenovec is timed with ``null_method="copairs"`` (identical p-values) and ``"fast"``; the AP step
+   is run once per repeat and each mAP step timed separately, totals = AP + mAP.
+   copairs' null cache is pointed at a fresh empty directory for every repeat.
+3. ``bound``: ``Xn @ Xn.T`` in numpy (float32, unit rows; OpenBLAS sgemm on a separate contiguous
+   transpose, so the full N x N is computed), in row blocks of <= 1 GB when N x N does not fit in ~4 GB: the lower bound of any similarity-based metric. With ``--breakdown``, also the time
+   phenovec's Rust core needs for the similarity blocks alone (``iter_similarity_blocks``), so that
+   AP time - similarity time = ranking + bookkeeping.
+4. ``full``: at the largest N (or ``--full-n``): replicate AP + mAP with p-values and MOA AP + mAP with
+   p-values (``null_method="fast"``), in one child; time, breakdown and peak RSS.
+
+Where both implementations ran, the copairs child keeps its last repeat's output and runs phenovec
+once after its timed repeats (not timed, after its peak RSS is read) and reports the max abs difference of AP (and of mAP and
+p-values with ``null_method="copairs"``).
+
+Peak RSS: ``peak_rss_eval_mb`` is the child's ``VmHWM`` during the timed calls only (the high-water
+mark is reset through ``/proc/self/clear_refs`` before each repeat, after data generation), i.e.
+resident input data + interpreter + evaluation; ``rss_after_datagen_mb`` is the RSS before the first
+repeat.
+
+Output: one JSON document on stdout (and ``--out``); progress on stderr.
+
+Example (the command RESULTS.md quotes)::
+
+    python bench/eval_bench.py --n 2000 5000 10000 50000 100000 --dim 1280 --repeats 3 \
+        --peers copairs --peer-max-n 10000 --peer-moa-max-n 5000 --null-size 1000 \
+        --out bench/out/results.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+COMPOUND, MOA, PLATE = "Metadata_Compound", "Metadata_MOA", "Metadata_Plate"
+N_REP = 4          # replicate wells per compound, each on a different plate
+WELLS_PER_PLATE = 384
+DMSO_FRACTION = 0.10
+THRESHOLD = 0.05
+BOUND_WHOLE_BYTES = 4 * 2**30   # N x N float32 computed at once up to this size
+BOUND_BLOCK_BYTES = 1 * 2**30   # otherwise blocks of at most this many bytes
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic profiles
+# ----------------------------------------------------------------------------------------------
+
+def make_profiles(n: int, dim: int, seed: int = 0):
+    """Synthetic well profiles: (meta DataFrame, float32 features N x dim, layout summary).
+
+    Layout: ~10% DMSO wells; the rest are compounds with 4 replicate wells, replicate r of every
+    compound on plate group r (so replicates are on 4 different plates); compounds grouped into
+    MOAs of 2-8 compounds. Features = noise N(0, 1) + plate effect (0.3 x plate vector) +
+    activity x (0.6 x compound vector + 0.4 x MOA vector), activity ~ U(0, 1) per compound
+    (DMSO: activity 0). Rows are shuffled.
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n_cpd = max(8, int(round((1 - DMSO_FRACTION) * n)) // N_REP)
+    n_dmso = n - N_REP * n_cpd
+    if n_dmso < 1:
+        raise ValueError(f"N = {n} is too small")
+    n_plates = max(N_REP, N_REP * int(round(n / WELLS_PER_PLATE / N_REP)))
+    per_group = n_plates // N_REP
+    sizes = []
+    while sum(sizes) < n_cpd:
+        sizes.append(int(rng.integers(2, 9)))
+    sizes[-1] -= sum(sizes) - n_cpd
+    if sizes[-1] < 2:  # fold a 0/1-compound tail into the previous MOA
+        tail = sizes.pop()
+        sizes[-1] += tail
+    moa_of_cpd = np.repeat(np.arange(len(sizes)), sizes)
+    n_moa = len(sizes)
+
+    cpd = np.concatenate([np.tile(np.arange(n_cpd), N_REP), np.full(n_dmso, -1)])
+    rep = np.concatenate([np.repeat(np.arange(N_REP), n_cpd), np.zeros(n_dmso, int)])
+    plate = np.where(cpd >= 0, rep * per_group + np.maximum(cpd, 0) % per_group, np.arange(len(cpd)) % n_plates)
+    order = rng.permutation(n)
+    cpd, plate = cpd[order], plate[order]
+    moa = np.where(cpd >= 0, moa_of_cpd[np.maximum(cpd, 0)], -1)
+
+    meta = pd.DataFrame({
+        PLATE: [f"P{p:04d}" for p in plate],
+        COMPOUND: np.where(cpd >= 0, np.char.add("C", np.char.zfill(cpd.astype(str), 6)), "DMSO"),
+        MOA: np.where(moa >= 0, np.char.add("MOA", np.char.zfill(moa.astype(str), 5)), "control"),
+    })
+
+    activity = rng.uniform(0, 1, n_cpd).astype(np.float32)
+    cpd_vec = rng.standard_normal((n_cpd, dim), dtype=np.float32)
+    moa_vec = rng.standard_normal((n_moa, dim), dtype=np.float32)
+    plate_vec = rng.standard_normal((n_plates, dim), dtype=np.float32)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    step = 8192
+    for s in range(0, n, step):
+        sl = slice(s, min(n, s + step))
+        x[sl] += 0.3 * plate_vec[plate[sl]]
+        c = cpd[sl]
+        t = np.flatnonzero(c >= 0)
+        a = activity[c[t]][:, None]
+        x[sl][t] += a * (0.6 * cpd_vec[c[t]] + 0.4 * moa_vec[moa_of_cpd[c[t]]])
+    layout = dict(n=n, dim=dim, n_plates=n_plates, n_compounds=n_cpd, n_dmso=n_dmso, n_moas=n_moa,
+                  replicates_per_compound=N_REP, compounds_per_moa="2-8")
+    return meta, x, layout
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory helpers
+# ----------------------------------------------------------------------------------------------
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_mb() -> float:
+    return _status_kb("VmHWM") / 1024
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS") / 1024
+
+
+# ----------------------------------------------------------------------------------------------
+# Child: one (case, impl, N) measurement
+# ----------------------------------------------------------------------------------------------
+
+REPLICATE = dict(pos_sameby=[COMPOUND], pos_diffby=[], neg_sameby=[], neg_diffby=[COMPOUND])
+MOA_RULES = dict(pos_sameby=[MOA], pos_diffby=[COMPOUND], neg_sameby=[], neg_diffby=[MOA])
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def _repeat(spec, body):
+    """Run body() up to spec['repeats'] times (stop early once spec['repeat_budget'] s are spent).
+
+    body returns a dict of named part times; the peak RSS over the repeats is recorded.
+    """
+    parts, peaks, spent = [], [], 0.0
+    for r in range(spec["repeats"]):
+        can_reset = reset_peak()
+        p = body()
+        peaks.append(peak_mb() if can_reset else float("nan"))
+        parts.append(p)
+        spent += sum(v for k, v in p.items() if k.startswith("total"))
+        log(f"  {spec['case']} {spec['impl']} N={spec['n']} repeat {r + 1}/{spec['repeats']}: "
+            + ", ".join(f"{k}={v:.2f}s" for k, v in p.items()))
+        if spent > spec["repeat_budget"] and r + 1 < spec["repeats"]:
+            log(f"  (stopping after {r + 1} repeats: {spent:.0f} s > repeat budget {spec['repeat_budget']} s)")
+            break
+    return parts, max(peaks)
+
+
+def child(spec: dict) -> dict:
+    import pandas as pd
+
+    res = dict(spec)
+    t0 = time.perf_counter()
+    meta, x, layout = make_profiles(spec["n"], spec["dim"], spec["seed"])
+    res["datagen_s"] = time.perf_counter() - t0
+    res["layout"] = layout
+    res["data_mb"] = x.nbytes / 2**20
+    res["rss_after_datagen_mb"] = rss_mb()
+    case, impl = spec["case"], spec["impl"]
+    null_size = spec["null_size"]
+    check = None
+    last = {}  # the last repeat's outputs (copairs), for the agreement check
+
+    if impl == "phenovec" or impl == "phenovec_similarity":
+        import phenovec.evaluate as pe
+    if impl == "copairs":
+        import copairs.map as cm
+
+    if case == "replicate":
+        if impl == "phenovec":
+            def body():
+                ta, ap = _timed(lambda: pe.average_precision(meta, x, distance="cosine", **REPLICATE))
+                tm, _ = _timed(lambda: ap.groupby(COMPOUND, observed=True)["average_precision"].mean())
+                return {"total": ta + tm, "ap": ta, "map_groupby": tm}
+        else:
+            def body():
+                ta, ap = _timed(lambda: cm.average_precision(meta, x, distance="cosine", progress_bar=False, **REPLICATE))
+                tm, _ = _timed(lambda: ap.groupby(COMPOUND, observed=True)["average_precision"].mean())
+                last["ap"] = ap
+                return {"total": ta + tm, "ap": ta, "map_groupby": tm}
+        parts, res["peak_rss_eval_mb"] = _repeat(spec, body)
+        if impl == "copairs" and spec.get("check"):
+            ref = last.pop("ap")
+            ours = pe_ap(meta, x, REPLICATE)
+            check = compare_ap(ref, ours)
+
+    elif case == "moa":
+        if impl == "phenovec":
+            def body():
+                ta, ap = _timed(lambda: pe.average_precision(meta, x, distance="cosine", **MOA_RULES))
+                tc, _ = _timed(lambda: pe.mean_average_precision(ap, [MOA], null_size, THRESHOLD, 0, progress_bar=False,
+                                                                  null_method="copairs"))
+                tf, _ = _timed(lambda: pe.mean_average_precision(ap, [MOA], null_size, THRESHOLD, 0, progress_bar=False,
+                                                                  null_method="fast"))
+                return {"total_copairs_null": ta + tc, "total_fast_null": ta + tf, "ap": ta,
+                        "map_copairs_null": tc, "map_fast_null": tf}
+        else:
+            def body():
+                cache = tempfile.mkdtemp(prefix="copairs_cache_")
+                try:
+                    ta, ap = _timed(lambda: cm.average_precision(meta, x, distance="cosine", progress_bar=False, **MOA_RULES))
+                    tm, mp = _timed(lambda: cm.mean_average_precision(ap, [MOA], null_size, THRESHOLD, 0,
+                                                                       progress_bar=False, cache_dir=cache))
+                finally:
+                    shutil.rmtree(cache, ignore_errors=True)
+                last["ap"], last["map"] = ap, mp
+                return {"total": ta + tm, "ap": ta, "map": tm}
+        parts, res["peak_rss_eval_mb"] = _repeat(spec, body)
+        if impl == "copairs" and spec.get("check"):
+            ref, ref_map = last.pop("ap"), last.pop("map")
+            ours = pe_ap(meta, x, MOA_RULES)
+            check = compare_ap(ref, ours)
+            import phenovec.evaluate as pe2
+            our_map = pe2.mean_average_precision(ours, [MOA], null_size, THRESHOLD, 0, progress_bar=False,
+                                                 null_method="copairs")
+            a = ref_map.sort_values(MOA).reset_index(drop=True)
+            b = our_map.sort_values(MOA).reset_index(drop=True)
+            check["map_groups_equal"] = bool((a[MOA].to_numpy() == b[MOA].to_numpy()).all())
+            check["map_max_abs_diff"] = float(np.max(np.abs(a["mean_average_precision"].to_numpy()
+                                                             - b["mean_average_precision"].to_numpy())))
+            check["p_value_max_abs_diff"] = float(np.max(np.abs(a["p_value"].to_numpy() - b["p_value"].to_numpy())))
+            check["below_corrected_p_mismatches"] = int((a["below_corrected_p"].to_numpy()
+                                                         != b["below_corrected_p"].to_numpy()).sum())
+
+    elif case == "bound":
+        if impl == "numpy_gemm":
+            xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+            # a separate contiguous transpose: numpy calls sgemm (full N x N flops, as phenovec
+            # computes), not ssyrk, which it picks for `xn @ xn.T` on one buffer
+            xt = np.ascontiguousarray(xn.T)
+            n = len(xn)
+            if n * n * 4 <= BOUND_WHOLE_BYTES:
+                step = n
+            else:
+                step = max(1, BOUND_BLOCK_BYTES // (n * 4))
+            res["block_rows"] = step
+
+            def body():
+                t = time.perf_counter()
+                for s in range(0, n, step):
+                    blk = xn[s : s + step] @ xt
+                    del blk
+                return {"total": time.perf_counter() - t}
+        else:  # phenovec_similarity: the Rust core's similarity blocks, no ranking
+            def body():
+                t = time.perf_counter()
+                for _, blk in pe.iter_similarity_blocks(x, "cosine"):
+                    del blk
+                return {"total": time.perf_counter() - t}
+        parts, res["peak_rss_eval_mb"] = _repeat(spec, body)
+
+    elif case == "full":
+        def body():
+            ta, ap = _timed(lambda: pe.average_precision(meta, x, distance="cosine", **REPLICATE))
+            tm, _ = _timed(lambda: pe.mean_average_precision(ap, [COMPOUND], null_size, THRESHOLD, 0,
+                                                              progress_bar=False, null_method="fast"))
+            tb, ap2 = _timed(lambda: pe.average_precision(meta, x, distance="cosine", **MOA_RULES))
+            tn, _ = _timed(lambda: pe.mean_average_precision(ap2, [MOA], null_size, THRESHOLD, 0,
+                                                              progress_bar=False, null_method="fast"))
+            return {"total": ta + tm + tb + tn, "replicate_ap": ta, "replicate_map_fast_null": tm,
+                    "moa_ap": tb, "moa_map_fast_null": tn}
+        parts, res["peak_rss_eval_mb"] = _repeat(spec, body)
+    else:
+        raise ValueError(f"unknown case {case!r}")
+
+    res["parts"] = parts
+    res["vm_hwm_note"] = "peak_rss_eval_mb: max over repeats of VmHWM during the timed calls (input data included)"
+    if check is not None:
+        res["agreement"] = check
+    return res
+
+
+def pe_ap(meta, x, rules):
+    import phenovec.evaluate as pe
+    return pe.average_precision(meta, x, distance="cosine", **rules)
+
+
+def compare_ap(ref, ours) -> dict:
+    a = ref["average_precision"].to_numpy(dtype=float)
+    b = ours["average_precision"].to_numpy(dtype=float)
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    ok = ~nan_a & ~nan_b
+    return {
+        "rows": int(len(a)),
+        "nan_positions_equal": bool((nan_a == nan_b).all()),
+        "ap_max_abs_diff": float(np.max(np.abs(a[ok] - b[ok]))) if ok.any() else None,
+        "ap_rows_differing_gt_1e-6": int((np.abs(a[ok] - b[ok]) > 1e-6).sum()),
+        "n_pos_pairs_equal": bool((ref["n_pos_pairs"].to_numpy() == ours["n_pos_pairs"].to_numpy()).all()),
+        "n_total_pairs_equal": bool((ref["n_total_pairs"].to_numpy() == ours["n_total_pairs"].to_numpy()).all()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent
+# ----------------------------------------------------------------------------------------------
+
+def run_child(spec: dict, timeout: float) -> dict:
+    log(f"case={spec['case']} impl={spec['impl']} N={spec['n']} repeats={spec['repeats']}")
+    t = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                           stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"  timed out after {timeout:.0f} s")
+        return dict(spec, error=f"timed out after {timeout:.0f} s")
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        log(f"  child failed with rc={p.returncode}")
+        return dict(spec, error=f"child exited with {p.returncode}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["child_wall_s"] = wall
+    for key in ("total", "total_copairs_null", "total_fast_null"):
+        vals = [q[key] for q in res["parts"] if key in q]
+        if vals:
+            res.setdefault("times_s", {})[key] = vals
+            res.setdefault("median_s", {})[key] = statistics.median(vals)
+    for key in res["parts"][0]:
+        res.setdefault("median_parts_s", {})[key] = statistics.median(q[key] for q in res["parts"])
+    return res
+
+
+def machine_info() -> dict:
+    import numpy
+    info = {"cores": os.cpu_count(), "affinity_cores": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    info["loadavg_start"] = os.getloadavg()
+    try:
+        cfg = numpy.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        info["numpy_blas"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration")}
+    except Exception as e:  # pragma: no cover - depends on the numpy build
+        info["numpy_blas"] = f"unavailable: {e}"
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas_threads"] = [{k: d.get(k) for k in ("internal_api", "num_threads", "architecture")}
+                                for d in threadpool_info()]
+    except ImportError:
+        pass
+    return info
+
+
+def versions() -> dict:
+    out = {}
+    for mod in ("numpy", "pandas", "scipy", "copairs", "phenovec"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "unknown")
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[2000, 10000, 50000, 100000], help="numbers of profiles")
+    ap.add_argument("--dim", type=int, default=1280, help="features per profile (float32)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats per phenovec / numpy case")
+    ap.add_argument("--repeat-budget", type=float, default=300.0,
+                    help="stop repeating a case once its repeats took this many seconds (>= 1 repeat always)")
+    ap.add_argument("--peers", nargs="*", default=["copairs"], choices=["copairs"], help="peer implementations")
+    ap.add_argument("--peer-max-n", type=int, default=10000, help="largest N for copairs replicate AP (above: skipped)")
+    ap.add_argument("--peer-moa-max-n", type=int, default=None,
+                    help="largest N for copairs MOA AP + p-values (default: --peer-max-n)")
+    ap.add_argument("--peer-repeats", type=int, default=None, help="copairs repeats for N <= --peer-repeat-max-n (default --repeats)")
+    ap.add_argument("--peer-repeat-max-n", type=int, default=2000, help="copairs runs once above this N")
+    ap.add_argument("--null-size", type=int, default=1000)
+    ap.add_argument("--cases", nargs="+", default=["replicate", "moa", "bound", "full"],
+                    choices=["replicate", "moa", "bound", "full"])
+    ap.add_argument("--case-max-n", type=int, default=None,
+                    help="run cases 1-2 (replicate, moa) only up to this N; larger N get only bound + full")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time phenovec's similarity blocks alone (case 3) up to --breakdown-max-n")
+    ap.add_argument("--breakdown-max-n", type=int, default=10**9)
+    ap.add_argument("--full-n", type=int, default=None, help="N of the full evaluation (default: largest --n)")
+    ap.add_argument("--full-repeats", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--child-timeout", type=float, default=1800.0)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child is not None:
+        res = child(json.loads(args.child))
+        print(json.dumps(res))
+        return 0
+
+    moa_max = args.peer_moa_max_n if args.peer_moa_max_n is not None else args.peer_max_n
+    peer_rep = args.peer_repeats if args.peer_repeats is not None else args.repeats
+    base = dict(dim=args.dim, seed=args.seed, null_size=args.null_size, repeat_budget=args.repeat_budget)
+    doc = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "command": "python bench/eval_bench.py "
+           + " ".join(sys.argv[1:]), "machine": machine_info(), "versions": versions(),
+           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"},
+           "notes": ["timings are wall-clock seconds on a machine shared with other users; quote medians",
+                     "replicate case: mAP = pandas groupby mean of AP, identical code for both implementations",
+                     "moa case: phenovec totals = AP + mAP (one AP per repeat, each null method timed separately)"],
+           "results": [], "skipped": []}
+    t_start = time.perf_counter()
+
+    def add(spec):
+        r = run_child(dict(base, **spec), args.child_timeout)
+        doc["results"].append(r)
+        return r
+
+    for n in args.n:
+        small = args.case_max_n is None or n <= args.case_max_n
+        bound = None
+        if "bound" in args.cases:
+            bound = add(dict(case="bound", impl="numpy_gemm", n=n, repeats=args.repeats))
+            if args.breakdown and n <= args.breakdown_max_n:
+                add(dict(case="bound", impl="phenovec_similarity", n=n, repeats=args.repeats))
+        for case in ("replicate", "moa"):
+            if case not in args.cases:
+                continue
+            if not small:
+                doc["skipped"].append({"case": case, "n": n, "impl": "phenovec",
+                                       "reason": f"N > --case-max-n {args.case_max_n}: see the full case"})
+                continue
+            pv = add(dict(case=case, impl="phenovec", n=n, repeats=args.repeats))
+            limit = args.peer_max_n if case == "replicate" else moa_max
+            for peer in args.peers:
+                if n > limit:
+                    doc["skipped"].append({"case": case, "n": n, "impl": peer,
+                                           "reason": f"skipped: too slow (N > {limit})"})
+                    continue
+                reps = peer_rep if n <= args.peer_repeat_max_n else 1
+                add(dict(case=case, impl=peer, n=n, repeats=reps, check=True))
+    if "full" in args.cases:
+        add(dict(case="full", impl="phenovec", n=args.full_n or max(args.n), repeats=args.full_repeats))
+
+    doc["summary"] = summarize(doc["results"])
+    doc["machine"]["loadavg_end"] = os.getloadavg()
+    doc["wall_s"] = time.perf_counter() - t_start
+    text = json.dumps(doc, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    log(f"done in {doc['wall_s']:.0f} s")
+    return 0
+
+
+def summarize(results) -> list:
+    """One row per (case, N): medians, copairs/phenovec ratio, phenovec/bound, peak RSS."""
+    by = {}
+    for r in results:
+        if "error" in r:
+            continue
+        by.setdefault((r["case"], r["n"]), {})[r["impl"]] = r
+    bounds = {n: d["numpy_gemm"]["median_s"]["total"] for (c, n), d in by.items() if c == "bound" and "numpy_gemm" in d}
+    rows = []
+    for (case, n), d in sorted(by.items(), key=lambda kv: (["bound", "replicate", "moa", "full"].index(kv[0][0]), kv[0][1])):
+        pv = d.get("phenovec")
+        cp = d.get("copairs")
+        if case == "bound":
+            row = {"case": case, "n": n, "numpy_gemm_s": bounds.get(n),
+                   "peak_rss_eval_mb": d["numpy_gemm"]["peak_rss_eval_mb"]}
+            if "phenovec_similarity" in d:
+                s = d["phenovec_similarity"]["median_s"]["total"]
+                row["phenovec_similarity_s"] = s
+                row["phenovec_similarity_over_bound"] = s / bounds[n] if bounds.get(n) else None
+            rows.append(row)
+            continue
+        if pv is None:
+            continue
+        keys = ["total"] if case in ("replicate", "full") else ["total_copairs_null", "total_fast_null"]
+        for key in keys:
+            row = {"case": case if key == "total" else f"{case} ({key[6:].replace('_', ' ')})", "n": n,
+                   "phenovec_s": pv["median_s"][key], "phenovec_repeats": len(pv["times_s"][key]),
+                   "phenovec_peak_rss_eval_mb": pv["peak_rss_eval_mb"], "phenovec_parts_s": pv["median_parts_s"]}
+            if cp is not None:
+                row["copairs_s"] = cp["median_s"]["total"]
+                row["copairs_repeats"] = len(cp["times_s"]["total"])
+                row["copairs_peak_rss_eval_mb"] = cp["peak_rss_eval_mb"]
+                row["copairs_over_phenovec"] = cp["median_s"]["total"] / pv["median_s"][key]
+                row["agreement"] = cp.get("agreement")
+            if n in bounds:
+                ap_s = pv["median_parts_s"].get("ap")
+                row["phenovec_over_bound"] = pv["median_s"][key] / bounds[n]
+                if ap_s is not None:
+                    row["phenovec_ap_over_bound"] = ap_s / bounds[n]
+                if case == "full":
+                    row["phenovec_over_bound"] = pv["median_s"][key] / (2 * bounds[n])
+                    row["bound_note"] = "full = two similarity passes: ratio against 2 x GEMM"
+            rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
