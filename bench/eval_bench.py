@@ -28,11 +28,11 @@ repeat.
 
 Output: one JSON document on stdout (and ``--out``); progress on stderr.
 
-Example (the command RESULTS.md quotes)::
+Example (run A of RESULTS.md, ~19 min on 2 cores)::
 
-    python bench/eval_bench.py --n 2000 5000 10000 50000 100000 --dim 1280 --repeats 3 \
-        --peers copairs --peer-max-n 10000 --peer-moa-max-n 5000 --null-size 1000 \
-        --out bench/out/results.json
+    python bench/eval_bench.py --n 2000 5000 10000 50000 100000 --dim 1280 --repeats 3 --repeat-budget 60 \
+        --peers copairs --peer-max-n 5000 --peer-moa-max-n 5000 --peer-repeats 1 --null-size 1000 \
+        --case-max-n 50000 --breakdown --breakdown-max-n 10000 --out bench/out/results.json
 """
 from __future__ import annotations
 
@@ -397,13 +397,17 @@ def machine_info() -> dict:
 
 
 def versions() -> dict:
+    from importlib import metadata
+
     out = {}
     for mod in ("numpy", "pandas", "scipy", "copairs", "phenovec"):
         try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "unknown")
-        except ImportError:
-            out[mod] = None
+            out[mod] = metadata.version(mod)
+        except metadata.PackageNotFoundError:
+            try:
+                out[mod] = getattr(__import__(mod), "__version__", "unknown")
+            except ImportError:
+                out[mod] = None
     return out
 
 
