@@ -77,7 +77,10 @@ def _inputs(meta, feats):
         return prof.meta, prof.feats
     if not isinstance(meta, pd.DataFrame):
         meta = as_profiles(meta, feats).meta
-    return meta, as_features(feats)
+    x = as_features(feats)
+    if len(meta) != len(x):
+        raise ValueError(f"meta has {len(meta)} rows but feats has {len(x)} rows")
+    return meta, x
 
 
 def _run(x, distance, units: Units, rules: PairRules, block_bytes: int, ties: str):
@@ -109,8 +112,6 @@ def average_precision(
         return multilabel_average_precision(meta, feats, pos_sameby, pos_diffby, neg_sameby, neg_diffby,
                                             multilabel_col, distance=distance, block_bytes=block_bytes, ties=ties)
     meta, x = _inputs(meta, feats)
-    if len(meta) != len(x):
-        raise ValueError(f"meta has {len(meta)} rows but feats has {len(x)} rows")
     meta = meta.reset_index(drop=True).copy()
     rules = PairRules.build(meta, pos_sameby, pos_diffby, neg_sameby, neg_diffby)
     ap, m, l = _run(x, distance, Units.per_row(len(x)), rules, block_bytes, ties)
@@ -143,8 +144,6 @@ def multilabel_average_precision(
 ) -> pd.DataFrame:
     """Per-(query, label) AP, as ``copairs.map.multilabel.average_precision``."""
     meta, x = _inputs(meta, feats)
-    if len(meta) != len(x):
-        raise ValueError(f"meta has {len(meta)} rows but feats has {len(x)} rows")
     meta = meta.reset_index(drop=True)
     if multilabel_col not in meta.columns:
         raise KeyError(f"multilabel_col: unknown metadata column {multilabel_col!r}")
