@@ -338,7 +338,11 @@ def test_linear_quantile_rule_is_numpys_bit_for_bit():
         n = int(rng.integers(1, 12))
         v = np.sort(rng.normal(size=n) * 10.0 ** rng.integers(-3, 4))
         q = float(rng.random())
-        assert pq.pandas_linear_quantile(v, q) == pd.Series(v).quantile(q) == np.quantile(v, q)
+        ours = pq.pandas_linear_quantile(v, q)
+        assert ours == np.quantile(v, q)
+        # pandas 3 calls numpy's rule directly; pandas 2 goes through percentiles (q * 100), which can
+        # land a few ulps away. Both are the "pandas linear quantile" cytominer-eval uses.
+        assert abs(ours - pd.Series(v).quantile(q)) <= 1e-12 * np.abs(v).max()
 
 
 def test_sortable_keys_preserve_order():

@@ -2,6 +2,7 @@
 
     phenovec evaluate map PROFILES --pos-sameby Metadata_cpd --neg-diffby Metadata_cpd --out ap.parquet
     phenovec evaluate enrichment PROFILES --replicate-groups Metadata_moa --out enrichment.csv
+    phenovec process run recipe.yaml wells.parquet -o profiles.parquet   (see phenovec.process.command)
     phenovec demo --out demo-out
 
 Every ``evaluate`` subcommand reads CSV / CSV.gz / Parquet, writes its table (CSV or Parquet by the
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map(metrics)
     _add_cytominer_family(metrics)
     _add_replicate_stats(metrics)
+    from phenovec.process.command import add_process_parser
+
+    add_process_parser(stages)
     _add_demo(stages)
     return parser
 

@@ -144,3 +144,109 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         if tmp.exists():
             tmp.unlink()
     return p
+
+
+OUTPUT_TYPES = ("csv", "parquet", "anndata_h5ad", "anndata_zarr")
+
+
+def infer_output_type(path: str | os.PathLike) -> str:
+    """The pycytominer output type a file name implies (.csv[.gz]/.tsv, .parquet, .h5ad, .zarr)."""
+    name = Path(path).name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith(".h5ad"):
+        return "anndata_h5ad"
+    if name.endswith(".zarr"):
+        return "anndata_zarr"
+    if ".csv" in name or ".tsv" in name:
+        return "csv"
+    raise ValueError(f"{path}: cannot tell the output type from the name (use .csv, .csv.gz, .parquet, .h5ad or .zarr)")
+
+
+def write_profiles(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    output_type: str | None = None,
+    features: Sequence[str] | None = None,
+    metadata: dict | None = None,
+    compression_options=None,
+    float_format: str | None = None,
+) -> Path:
+    """Write a profile table as pycytominer's output types, atomically (temporary name, then rename).
+
+    - ``csv``: ``DataFrame.to_csv(index=False)``; gzip when the name ends in ``.gz`` or
+      ``compression_options`` says so; ``float_format`` as pandas.
+    - ``parquet``: snappy; ``metadata`` (a JSON-serialisable dict) is stored in the Parquet schema's
+      key-value metadata under the key ``phenovec`` (read it back with :func:`read_profile_metadata`).
+    - ``anndata_h5ad`` / ``anndata_zarr``: ``X`` = the feature columns (``features``, default: every
+      non-``Metadata_`` numeric column), ``obs`` = every other column, ``var`` index = feature names;
+      ``metadata`` goes to ``uns["phenovec"]``. (pycytominer puts *every* numeric column, numeric metadata
+      included, into ``X``; phenovec keeps metadata in ``obs`` so it is never mistaken for a feature.)
+    """
+    import json
+
+    p = Path(path)
+    kind = output_type or infer_output_type(p)
+    if kind not in OUTPUT_TYPES:
+        raise ValueError(f"unknown output_type {kind!r}; use one of {OUTPUT_TYPES}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        if kind == "csv":
+            comp = compression_options
+            if comp is None and p.name.lower().endswith(".gz"):
+                comp = "gzip"
+            df.to_csv(tmp, index=False, sep="\t" if ".tsv" in p.name.lower() else ",",
+                      compression=comp, float_format=float_format)
+        elif kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if metadata is not None:
+                kv = dict(table.schema.metadata or {})
+                kv[b"phenovec"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+                table = table.replace_schema_metadata(kv)
+            pq.write_table(table, tmp, compression="snappy")
+        else:
+            import anndata as ad
+
+            feats = list(features) if features is not None else [
+                c for c in df.columns if not str(c).startswith(METADATA_PREFIX) and pd.api.types.is_numeric_dtype(df[c])
+            ]
+            obs = df[[c for c in df.columns if c not in set(feats)]].copy()
+            obs.index = obs.index.astype(str)
+            adata = ad.AnnData(
+                X=df[feats].to_numpy(dtype=np.float64 if any(df[f].dtype == np.float64 for f in feats) else np.float32),
+                obs=obs,
+                var=pd.DataFrame(index=[str(f) for f in feats]),
+            )
+            if metadata is not None:
+                adata.uns["phenovec"] = json.dumps(metadata, sort_keys=True, default=str)
+            if kind == "anndata_h5ad":
+                adata.write_h5ad(tmp)
+            else:
+                with ad.settings.override(zarr_write_format=3):
+                    adata.write_zarr(tmp)
+        if p.is_dir():
+            import shutil
+
+            shutil.rmtree(p)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    return p
+
+
+def read_profile_metadata(path: str | os.PathLike) -> dict:
+    """The ``phenovec`` metadata dict :func:`write_profiles` stored in a Parquet file ({} if none)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    kv = pq.read_schema(path).metadata or {}
+    raw = kv.get(b"phenovec")
+    return json.loads(raw) if raw else {}

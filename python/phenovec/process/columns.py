@@ -1,0 +1,145 @@
+"""Which columns of a profile table are features and which are metadata, pycytominer's way.
+
+``features="infer"`` follows pycytominer 1.7.1 ``infer_cp_features``: columns starting with a
+CellProfiler compartment (``Cells``, ``Nuclei``, ``Cytoplasm``; ``Image`` too with
+``image_features=True``, numeric ones only). phenovec addition: when no column has a CellProfiler
+prefix (learned embeddings such as ``efficientnet_0``), every numeric column that does not start with
+``Metadata_`` is a feature, so model output is usable without listing 1,280 names. ``meta_features="infer"``
+is every ``Metadata_`` column. Nothing here guesses silently on bad input: a listed column that is missing,
+a feature column that is not numeric, or a sample query that matches no row raises an error naming it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+METADATA_PREFIX = "Metadata_"
+CP_COMPARTMENTS = ("Cells", "Nuclei", "Cytoplasm")
+# strings pycytominer 1.7.1 treats as missing in otherwise numeric feature columns
+MISSING_TOKENS = frozenset({"", "nan", "none", "null", "na", "n/a"})
+
+
+def infer_cp_features(
+    df: pd.DataFrame,
+    compartments: str | Sequence[str] = CP_COMPARTMENTS,
+    metadata: bool = False,
+    image_features: bool = False,
+) -> list[str]:
+    """pycytominer ``infer_cp_features``: CellProfiler feature columns (or ``Metadata_`` columns)."""
+    comps = [compartments] if isinstance(compartments, str) else list(compartments)
+    comps = [c.title() for c in comps]
+    if image_features and "Image" not in comps:
+        comps.append("Image")
+    if metadata:
+        cols = [c for c in df.columns if str(c).startswith(METADATA_PREFIX)]
+    else:
+        cols = []
+        for c in df.columns:
+            name = str(c)
+            if not any(name.startswith(p) for p in comps):
+                continue
+            if name.startswith("Image_") and not pd.api.types.is_numeric_dtype(df[c]):
+                continue
+            if df[c].dtype == object and any(not pd.api.types.is_scalar(v) for v in df[c].dropna()):
+                continue  # nested payloads (e.g. OME-Arrow images) are never features
+            cols.append(name)
+    if not cols:
+        what = "metadata (Metadata_*)" if metadata else f"feature columns with prefixes {comps}"
+        raise ValueError(f"no {what} found; pass the column names explicitly")
+    return cols
+
+
+def resolve_columns(
+    df: pd.DataFrame,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    image_features: bool = False,
+) -> tuple[list[str], list[str]]:
+    """Return ``(features, meta_features)`` as lists of existing columns (see module docstring)."""
+    if isinstance(features, str):
+        if features != "infer":
+            raise ValueError(f"features must be 'infer' or a list of column names, got {features!r}")
+        try:
+            feats = infer_cp_features(df, image_features=image_features)
+        except ValueError:
+            feats = [
+                str(c)
+                for c in df.columns
+                if not str(c).startswith(METADATA_PREFIX) and pd.api.types.is_numeric_dtype(df[c])
+            ]
+            if not feats:
+                raise ValueError(
+                    "no feature columns found: no CellProfiler-prefixed (Cells_/Nuclei_/Cytoplasm_) and no numeric "
+                    "non-Metadata_ columns; pass features=[...]"
+                ) from None
+    else:
+        feats = check_columns(df, features, "features")
+    if isinstance(meta_features, str):
+        if meta_features != "infer":
+            raise ValueError(f"meta_features must be 'infer' or a list of column names, got {meta_features!r}")
+        meta = [c for c in df.columns if str(c).startswith(METADATA_PREFIX) and c not in set(feats)]
+    else:
+        meta = check_columns(df, meta_features, "meta_features")
+    overlap = sorted(set(feats) & set(meta))
+    if overlap:
+        raise ValueError(f"column {overlap[0]!r} is listed both as a feature and as metadata")
+    return feats, meta
+
+
+def check_columns(df: pd.DataFrame, cols: str | Sequence[str], what: str) -> list[str]:
+    """The columns as a list; ``KeyError`` naming the first one ``df`` lacks."""
+    cols = [cols] if isinstance(cols, str) else list(cols)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise KeyError(f"{what}: unknown column {missing[0]!r}{more}")
+    return cols
+
+
+def numeric_features(df: pd.DataFrame, features: Sequence[str], dtype=np.float64) -> np.ndarray:
+    """The feature block as a C-contiguous float matrix (NaN kept).
+
+    Object columns whose only strings are missing-value tokens ("nan", "None", "NA", "") become NaN, as in
+    pycytominer 1.7.1; any other non-numeric value raises ``ValueError`` naming the column, the row label and
+    the value (mixed dtypes are never coerced silently).
+    """
+    cols = []
+    for c in features:
+        s = df[c]
+        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            cols.append(s.to_numpy(dtype=dtype, na_value=np.nan) if s.hasnans else s.to_numpy(dtype=dtype))
+            continue
+        strings = s[s.map(lambda v: isinstance(v, str))]
+        bad = strings[~strings.map(lambda v: v.strip().lower() in MISSING_TOKENS)]
+        if len(bad):
+            raise ValueError(
+                f"feature column {c!r} is not numeric: row {bad.index[0]} holds {bad.iloc[0]!r}"
+            )
+        try:
+            cols.append(pd.to_numeric(s.where(~s.index.isin(strings.index), np.nan)).to_numpy(dtype=dtype))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"feature column {c!r} is not numeric ({e})") from None
+    if not cols:
+        return np.empty((len(df), 0), dtype=dtype)
+    return np.ascontiguousarray(np.column_stack(cols), dtype=dtype)
+
+
+def select_samples(df: pd.DataFrame, samples: str = "all") -> np.ndarray:
+    """Boolean mask of the rows a ``samples`` query selects (``"all"`` or a ``DataFrame.query`` string).
+
+    A query that selects no row raises ``ValueError`` naming it: fitting on nothing would give NaN output.
+    """
+    if samples is None or samples == "all":
+        return np.ones(len(df), dtype=bool)
+    if not isinstance(samples, str):
+        raise TypeError(f"samples must be 'all' or a query string, got {type(samples).__name__}")
+    try:
+        idx = df.query(samples).index
+    except Exception as e:  # pandas raises many types for a bad query
+        raise ValueError(f"samples query {samples!r} cannot be evaluated: {e}") from None
+    mask = df.index.isin(idx)
+    if not mask.any():
+        raise ValueError(f"samples query {samples!r} matches no row")
+    return np.asarray(mask)

@@ -1,0 +1,187 @@
+"""Recipes: an ordered list of processing steps, written in YAML or Python, applied by ``phenovec process run``.
+
+A recipe is a mapping ``{"name": ..., "steps": [{STEP: {kwargs}}, ...]}`` (YAML or a Python dict/list), e.g.::
+
+    name: well-profiles
+    steps:
+      - aggregate: {strata: [Metadata_Plate, Metadata_Well], operation: median}
+      - normalize: {method: mad_robustize, samples: "Metadata_treatment == 'DMSO'", by: Metadata_Plate}
+      - feature_select: {operation: [variance_threshold, correlation_threshold, drop_na_columns, blocklist]}
+      - spherize: {method: ZCA-cor, samples: "Metadata_treatment == 'DMSO'"}
+      - consensus: {replicate_columns: [Metadata_treatment], operation: modz}
+
+Steps are the ``phenovec.process`` functions of the same name; their keyword arguments are those of the
+function (pycytominer's names). When the input is a file or Zarr store and the first step is ``aggregate``, it
+runs streamed (``aggregate_stream``: memory bounded by the number of groups, not of rows) and the later steps
+run in memory on the aggregated profiles. The output records, in the Parquet metadata (key ``phenovec``) or the
+AnnData ``uns["phenovec"]``, the recipe itself, its SHA-256, the input's SHA-256 (file bytes; for a directory
+the sorted files' bytes), the phenovec version and the shape after each step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+STEP_NAMES = ("aggregate", "normalize", "feature_select", "spherize", "consensus")
+
+
+def _step_function(name: str) -> Callable:
+    if name == "aggregate":
+        from phenovec.process.aggregate import aggregate as f
+    elif name == "normalize":
+        from phenovec.process.normalize import normalize as f
+    elif name == "feature_select":
+        from phenovec.process.feature_select import feature_select as f
+    elif name == "spherize":
+        from phenovec.process.spherize import spherize as f
+    elif name == "consensus":
+        from phenovec.process.consensus import consensus as f
+    else:
+        raise ValueError(f"unknown recipe step {name!r}; steps are {', '.join(STEP_NAMES)}")
+    return f
+
+
+@dataclass
+class Recipe:
+    """An ordered list of ``(step name, keyword arguments)``."""
+
+    steps: list[tuple[str, dict[str, Any]]]
+    name: str = "recipe"
+    source: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_obj(cls, obj) -> "Recipe":
+        """From a dict ``{"name", "steps"}``, a list of steps, or a Recipe. Each step is ``{name: kwargs}``,
+        ``(name, kwargs)`` or a bare name. Unknown step names and non-mapping arguments raise ``ValueError``
+        naming the step's position."""
+        if isinstance(obj, Recipe):
+            return obj
+        name = "recipe"
+        raw = obj
+        if isinstance(obj, dict):
+            unknown = set(obj) - {"name", "steps", "description"}
+            if unknown:
+                raise ValueError(f"recipe: unknown key {sorted(unknown)[0]!r} (use name, description, steps)")
+            if "steps" not in obj:
+                raise ValueError("recipe: no 'steps' list")
+            name = str(obj.get("name", name))
+            raw = obj["steps"]
+        if not isinstance(raw, (list, tuple)) or not raw:
+            raise ValueError("recipe: 'steps' must be a non-empty list")
+        steps = []
+        for i, s in enumerate(raw, 1):
+            if isinstance(s, str):
+                step, kwargs = s, {}
+            elif isinstance(s, dict) and len(s) == 1:
+                step, kwargs = next(iter(s.items()))
+            elif isinstance(s, (list, tuple)) and len(s) == 2:
+                step, kwargs = s
+            else:
+                raise ValueError(f"recipe step {i}: expected {{name: {{arguments}}}}, got {s!r}")
+            kwargs = {} if kwargs is None else kwargs
+            if step not in STEP_NAMES:
+                raise ValueError(f"recipe step {i}: unknown step {step!r}; steps are {', '.join(STEP_NAMES)}")
+            if not isinstance(kwargs, dict):
+                raise ValueError(f"recipe step {i} ({step}): arguments must be a mapping, got {kwargs!r}")
+            bad = {"output_file", "profiles", "population_df"} & set(kwargs)
+            if bad:
+                raise ValueError(f"recipe step {i} ({step}): {sorted(bad)[0]!r} is set by the recipe runner, not the step")
+            steps.append((str(step), dict(kwargs)))
+        return cls(steps=steps, name=name, source={"name": name, "steps": [{s: k} for s, k in steps]})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Recipe":
+        """Read a YAML (or JSON) recipe file."""
+        import yaml
+
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"recipe not found: {p}")
+        try:
+            obj = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML: {e}") from None
+        try:
+            return cls.from_obj(obj)
+        except ValueError as e:
+            raise ValueError(f"{p}: {e}") from None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "steps": [{s: k} for s, k in self.steps]}
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def input_sha256(source) -> str:
+    """SHA-256 of an input: a file's bytes, a directory's files (sorted relative paths and bytes), or a
+    DataFrame's pandas row hashes (index excluded) and column names."""
+    h = hashlib.sha256()
+    if isinstance(source, pd.DataFrame):
+        h.update(json.dumps([str(c) for c in source.columns]).encode())
+        h.update(pd.util.hash_pandas_object(source, index=False).to_numpy().tobytes())
+        return h.hexdigest()
+    p = Path(source)
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for q in files:
+        if p.is_dir():
+            h.update(str(q.relative_to(p)).encode())
+        with open(q, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def apply_recipe(
+    recipe,
+    source,
+    output_file: str | os.PathLike | None = None,
+    output_type: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Apply ``recipe`` (Recipe, dict/list, or a YAML path) to ``source`` (DataFrame, or a CSV/Parquet file,
+    Parquet directory or Zarr embedding store); write ``output_file`` (csv/parquet/h5ad/zarr by name or
+    ``output_type``) with the provenance described in the module docstring, and return the final table."""
+    from tqdm.auto import tqdm
+
+    from phenovec import __version__
+    from phenovec.io.profiles import read_table, write_profiles
+
+    r = Recipe.load(recipe) if isinstance(recipe, (str, os.PathLike)) else Recipe.from_obj(recipe)
+    log = []
+    df = None
+    steps = list(r.steps)
+    is_path = not isinstance(source, pd.DataFrame)
+    bar = tqdm(steps, desc=f"recipe {r.name}", disable=not progress, unit="step")
+    for i, (step, kwargs) in enumerate(bar):
+        bar.set_postfix_str(step)
+        t0 = time.perf_counter()
+        if i == 0 and step == "aggregate" and is_path:
+            from phenovec.process.aggregate import aggregate_stream
+
+            df = aggregate_stream(source, **kwargs)
+        else:
+            if df is None:
+                df = read_table(source) if is_path else source
+            df = _step_function(step)(df, **kwargs)
+        log.append({"step": step, "rows": int(len(df)), "columns": int(df.shape[1]),
+                    "seconds": round(time.perf_counter() - t0, 3)})
+    provenance = {
+        "recipe": r.to_dict(),
+        "recipe_sha256": r.sha256(),
+        "input": str(source) if is_path else "DataFrame",
+        "input_sha256": input_sha256(source),
+        "phenovec_version": __version__,
+        "steps": log,
+    }
+    df.attrs["phenovec"] = provenance
+    if output_file is not None:
+        write_profiles(df, output_file, output_type=output_type, metadata=provenance)
+    return df

@@ -1,0 +1,160 @@
+"""Row sources for streaming: one interface over a DataFrame, Parquet, CSV and a Zarr embedding store.
+
+``open_source(x)`` returns an object with ``columns`` (list of names), ``num_rows`` and
+``iter_batches(columns=None, batch_rows=65536)`` yielding pandas DataFrames in row order, each indexed by
+its global row positions, so streaming passes hold one batch at a time whatever the input size.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from phenovec.io.embeddings import EmbeddingStore, is_embedding_store
+
+
+class DataFrameSource:
+    def __init__(self, df: pd.DataFrame):
+        self.df = df
+        self.columns = [str(c) for c in df.columns]
+        self.num_rows = len(df)
+        self.name = "DataFrame"
+
+    def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
+        cols = _check(self, columns)
+        for i in range(0, self.num_rows, batch_rows):
+            b = self.df.iloc[i : i + batch_rows]
+            b = b if cols is None else b[cols]
+            yield b.set_axis(pd.RangeIndex(i, i + len(b)), axis=0)
+
+
+class ParquetSource:
+    def __init__(self, path: Path):
+        import pyarrow.dataset as ds
+
+        self.path = path
+        self.name = str(path)
+        self.dataset = ds.dataset(str(path), format="parquet")
+        self.columns = list(self.dataset.schema.names)
+        self.num_rows = int(self.dataset.count_rows())
+
+    def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
+        cols = _check(self, columns)
+        offset = 0
+        for rb in self.dataset.to_batches(columns=cols, batch_size=batch_rows):
+            if rb.num_rows == 0:
+                continue
+            b = rb.to_pandas()
+            b.index = pd.RangeIndex(offset, offset + len(b))
+            offset += len(b)
+            yield b
+
+
+class CsvSource:
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = str(path)
+        self.sep = "\t" if ".tsv" in path.name.lower() else ","
+        self.columns = list(pd.read_csv(path, sep=self.sep, nrows=0).columns)
+        self._n = None
+
+    @property
+    def num_rows(self) -> int:
+        if self._n is None:
+            self._n = sum(len(b) for b in self.iter_batches(columns=self.columns[:1]))
+        return self._n
+
+    def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
+        cols = _check(self, columns)
+        offset = 0
+        for b in pd.read_csv(self.path, sep=self.sep, usecols=cols, chunksize=batch_rows, low_memory=False):
+            if cols is not None:
+                b = b[cols]
+            b.index = pd.RangeIndex(offset, offset + len(b))
+            offset += len(b)
+            yield b
+
+
+class EmbeddingStoreSource:
+    def __init__(self, path: Path):
+        self.store = EmbeddingStore(path)
+        self.name = str(path)
+        self.columns = self.store.meta_columns + self.store.features
+        self.num_rows = self.store.num_rows
+
+    def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
+        import pyarrow.parquet as pq
+
+        cols = _check(self, columns) or self.columns
+        meta_cols = [c for c in cols if c in set(self.store.meta_columns)]
+        pos = {f: i for i, f in enumerate(self.store.features)}
+        feat_idx = [pos[c] for c in cols if c in pos]
+        feat_names = [c for c in cols if c in pos]
+        contiguous = feat_idx == list(range(feat_idx[0], feat_idx[0] + len(feat_idx))) if feat_idx else True
+        meta_batches = (
+            pq.ParquetFile(self.store.meta_path).iter_batches(batch_size=batch_rows, columns=meta_cols)
+            if meta_cols
+            else None
+        )
+        offset = 0
+        pending = None
+        while offset < self.num_rows:
+            stop = min(offset + batch_rows, self.num_rows)
+            parts = []
+            if meta_cols:
+                need = stop - offset
+                frames = []
+                while need > 0:
+                    if pending is None or len(pending) == 0:
+                        pending = next(meta_batches).to_pandas()
+                    take = pending.iloc[:need]
+                    pending = pending.iloc[need:]
+                    frames.append(take)
+                    need -= len(take)
+                parts.append(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True))
+            if feat_idx:
+                if contiguous:
+                    x = self.store.array[offset:stop, feat_idx[0] : feat_idx[0] + len(feat_idx)]
+                else:
+                    x = self.store.array[offset:stop][:, feat_idx]
+                parts.append(pd.DataFrame(x, columns=feat_names))
+            b = pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+            b = b[cols]
+            b.index = pd.RangeIndex(offset, stop)
+            offset = stop
+            yield b
+
+
+def _check(src, columns):
+    if columns is None:
+        return None
+    cols = list(columns)
+    have = set(src.columns)
+    missing = [c for c in cols if c not in have]
+    if missing:
+        raise KeyError(f"{src.name}: unknown column {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return cols
+
+
+def open_source(source) -> DataFrameSource | ParquetSource | CsvSource | EmbeddingStoreSource:
+    """A row source for a DataFrame, a Parquet file or dataset directory, a CSV/TSV file or a Zarr embedding store."""
+    if isinstance(source, (DataFrameSource, ParquetSource, CsvSource, EmbeddingStoreSource)):
+        return source
+    if isinstance(source, pd.DataFrame):
+        return DataFrameSource(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"cannot stream rows from a {type(source).__name__}")
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"input not found: {p}")
+    if is_embedding_store(p):
+        return EmbeddingStoreSource(p)
+    name = p.name.lower()
+    if name.endswith((".parquet", ".pq")) or p.is_dir():
+        return ParquetSource(p)
+    if any(t in name for t in (".csv", ".tsv")):
+        return CsvSource(p)
+    raise ValueError(f"{p}: unknown input format (use .parquet, a Parquet directory, .csv/.tsv or a .zarr embedding store)")

@@ -1,0 +1,116 @@
+"""Row sources (DataFrame, Parquet, CSV, Zarr embedding store) and profile outputs (CSV, Parquet, AnnData)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phenovec.io.embeddings import EmbeddingStore, EmbeddingWriter, write_embeddings
+from phenovec.io.profiles import read_profile_metadata, write_profiles
+from phenovec.process.columns import numeric_features, resolve_columns, select_samples
+from phenovec.process.source import open_source
+
+
+@pytest.fixture
+def table():
+    rng = np.random.default_rng(3)
+    n = 103
+    meta = pd.DataFrame({"Metadata_Plate": np.repeat(["p1", "p2"], [50, 53]), "Metadata_Well": np.arange(n) % 7})
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    return meta, x
+
+
+def _concat(src, **kw):
+    return pd.concat(list(src.iter_batches(**kw)))
+
+
+@pytest.mark.parametrize("kind", ["frame", "parquet", "csv", "zarr"])
+def test_every_source_yields_the_rows_in_order(tmp_path, table, kind):
+    meta, x = table
+    names = [f"emb_{i}" for i in range(x.shape[1])]
+    df = pd.concat([meta, pd.DataFrame(x, columns=names)], axis=1)
+    if kind == "frame":
+        src = open_source(df)
+    elif kind == "parquet":
+        df.to_parquet(tmp_path / "t.parquet")
+        src = open_source(tmp_path / "t.parquet")
+    elif kind == "csv":
+        df.to_csv(tmp_path / "t.csv", index=False)
+        src = open_source(tmp_path / "t.csv")
+    else:
+        write_embeddings(tmp_path / "t.zarr", meta, x, features=names, chunk_rows=16)
+        src = open_source(tmp_path / "t.zarr")
+    assert src.num_rows == len(df)
+    assert src.columns == list(df.columns)
+    batches = list(src.iter_batches(batch_rows=20))
+    assert all(len(b) <= 20 for b in batches) and len(batches) >= 6
+    got = pd.concat(batches)
+    assert (got.index == np.arange(len(df))).all()
+    np.testing.assert_allclose(got[names].to_numpy(dtype=np.float32), x, rtol=1e-6 if kind == "csv" else 0)
+    assert (got["Metadata_Plate"].to_numpy() == meta["Metadata_Plate"].to_numpy()).all()
+    sub = _concat(src, columns=["emb_3", "Metadata_Well", "emb_1"], batch_rows=40)
+    assert list(sub.columns) == ["emb_3", "Metadata_Well", "emb_1"]
+    np.testing.assert_allclose(sub["emb_3"].to_numpy(dtype=np.float32), x[:, 3], rtol=1e-6 if kind == "csv" else 0)
+    with pytest.raises(KeyError, match="nope"):
+        next(src.iter_batches(columns=["nope"]))
+
+
+def test_embedding_writer_publishes_only_on_success(tmp_path, table):
+    meta, x = table
+    path = tmp_path / "e.zarr"
+    with pytest.raises(RuntimeError):
+        with EmbeddingWriter(path, ["a", "b", "c", "d", "e"], chunk_rows=8) as w:
+            w.append(meta.iloc[:10], x[:10])
+            raise RuntimeError("crash mid-write")
+    assert not path.exists() and not list(tmp_path.iterdir())
+    with EmbeddingWriter(path, ["a", "b", "c", "d", "e"], chunk_rows=8) as w:
+        w.append(meta.iloc[:10], x[:10])
+        w.append(meta.iloc[10:], x[10:])
+        with pytest.raises(ValueError, match="3 rows but the feature block has 2"):
+            w.append(meta.iloc[:3], x[:2])
+    store = EmbeddingStore(path)
+    assert store.num_rows == len(meta) and store.features == ["a", "b", "c", "d", "e"]
+    np.testing.assert_array_equal(store.array[:], x)
+    with pytest.raises(FileExistsError):
+        EmbeddingWriter(path, ["a"])
+
+
+@pytest.mark.parametrize("name", ["p.csv", "p.csv.gz", "p.parquet", "p.h5ad", "p.zarr"])
+def test_write_profiles_formats_round_trip(tmp_path, name):
+    import anndata as ad
+
+    df = pd.DataFrame({"Metadata_Plate": ["a", "b", "c"], "Metadata_Dose": [1.0, 2.0, 3.0],
+                       "Cells_x": [0.5, -1.0, 2.0], "Nuclei_y": [3.0, 4.0, np.nan]})
+    out = write_profiles(df, tmp_path / name, metadata={"recipe_sha256": "abc"})
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left behind
+    if name.endswith((".h5ad", ".zarr")):
+        a = ad.read_h5ad(out) if name.endswith(".h5ad") else ad.read_zarr(out)
+        assert list(a.var_names) == ["Cells_x", "Nuclei_y"]
+        assert list(a.obs.columns) == ["Metadata_Plate", "Metadata_Dose"]  # numeric metadata stays metadata
+        np.testing.assert_array_equal(a.X, df[["Cells_x", "Nuclei_y"]].to_numpy())
+        assert "abc" in a.uns["phenovec"]
+    else:
+        back = pd.read_parquet(out) if name.endswith(".parquet") else pd.read_csv(out)
+        pd.testing.assert_frame_equal(back, df)
+        if name.endswith(".parquet"):
+            assert read_profile_metadata(out) == {"recipe_sha256": "abc"}
+
+
+def test_columns_resolution_and_errors():
+    df = pd.DataFrame({"Metadata_Plate": ["a", "b", "b"], "Cells_a": [1.0, 2.0, 3.0],
+                       "Nuclei_b": [1.5, "nan", "None"], "Other": [1, 2, 3]})
+    feats, meta = resolve_columns(df)
+    assert feats == ["Cells_a", "Nuclei_b"] and meta == ["Metadata_Plate"]
+    x = numeric_features(df, feats)
+    np.testing.assert_array_equal(np.isnan(x[:, 1]), [False, True, True])
+    assert x[0, 1] == 1.5
+    emb = pd.DataFrame({"Metadata_Plate": ["a"], "efficientnet_0": [1.0], "efficientnet_1": [2.0]})
+    assert resolve_columns(emb)[0] == ["efficientnet_0", "efficientnet_1"]
+    bad = df.assign(Cells_a=[1.0, "x", 3.0])
+    with pytest.raises(ValueError, match=r"'Cells_a' is not numeric: row 1 holds 'x'"):
+        numeric_features(bad, ["Cells_a"])
+    with pytest.raises(KeyError, match="Cells_zz"):
+        resolve_columns(df, features=["Cells_zz"])
+    with pytest.raises(ValueError, match="matches no row"):
+        select_samples(df, "Metadata_Plate == 'zzz'")
+    assert select_samples(df, "Metadata_Plate == 'b'").tolist() == [False, True, True]
