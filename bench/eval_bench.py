@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -52,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from measure import log, machine_info, peak_mb, reset_peak, rss_mb
+
 COMPOUND, MOA, PLATE = "Metadata_Compound", "Metadata_MOA", "Metadata_Plate"
 N_REP = 4          # replicate wells per compound, each on a different plate
 WELLS_PER_PLATE = 384
@@ -59,10 +59,6 @@ DMSO_FRACTION = 0.10
 THRESHOLD = 0.05
 BOUND_WHOLE_BYTES = 4 * 2**30   # N x N float32 computed at once up to this size
 BOUND_BLOCK_BYTES = 1 * 2**30   # otherwise blocks of at most this many bytes
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,33 +127,6 @@ def make_profiles(n: int, dim: int, seed: int = 0):
 # ----------------------------------------------------------------------------------------------
 # Memory helpers
 # ----------------------------------------------------------------------------------------------
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_mb() -> float:
-    return _status_kb("VmHWM") / 1024
-
-
-def rss_mb() -> float:
-    return _status_kb("VmRSS") / 1024
-
 
 # ----------------------------------------------------------------------------------------------
 # Child: one (case, impl, N) measurement
@@ -364,36 +333,6 @@ def run_child(spec: dict, timeout: float) -> dict:
     for key in res["parts"][0]:
         res.setdefault("median_parts_s", {})[key] = statistics.median(q[key] for q in res["parts"])
     return res
-
-
-def machine_info() -> dict:
-    import numpy
-    info = {"cores": os.cpu_count(), "affinity_cores": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(), "python": platform.python_version()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            info["mem_total_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    info["loadavg_start"] = os.getloadavg()
-    try:
-        cfg = numpy.show_config(mode="dicts")
-        blas = cfg["Build Dependencies"]["blas"]
-        info["numpy_blas"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration")}
-    except Exception as e:  # pragma: no cover - depends on the numpy build
-        info["numpy_blas"] = f"unavailable: {e}"
-    try:
-        from threadpoolctl import threadpool_info
-        info["blas_threads"] = [{k: d.get(k) for k in ("internal_api", "num_threads", "architecture")}
-                                for d in threadpool_info()]
-    except ImportError:
-        pass
-    return info
 
 
 def versions() -> dict:

@@ -5,6 +5,7 @@ A recipe is a mapping ``{"name": ..., "steps": [{STEP: {kwargs}}, ...]}`` (YAML 
     name: well-profiles
     steps:
       - aggregate: {strata: [Metadata_Plate, Metadata_Well], operation: median}
+      - annotate: {platemap: platemap.txt, join_on: [Metadata_well_position, Metadata_Well]}
       - normalize: {method: mad_robustize, samples: "Metadata_treatment == 'DMSO'", by: Metadata_Plate}
       - feature_select: {operation: [variance_threshold, correlation_threshold, drop_na_columns, blocklist]}
       - spherize: {method: ZCA-cor, samples: "Metadata_treatment == 'DMSO'"}
@@ -29,12 +30,14 @@ from typing import Any, Callable
 
 import pandas as pd
 
-STEP_NAMES = ("aggregate", "normalize", "feature_select", "spherize", "consensus")
+STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus")
 
 
 def _step_function(name: str) -> Callable:
     if name == "aggregate":
         from phenovec.process.aggregate import aggregate as f
+    elif name == "annotate":
+        from phenovec.process.annotate import annotate as f
     elif name == "normalize":
         from phenovec.process.normalize import normalize as f
     elif name == "feature_select":
@@ -98,12 +101,15 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Recipe":
-        """Read a YAML (or JSON) recipe file."""
+        """Read a YAML (or JSON) recipe file, or a packaged recipe by name (see :func:`packaged_recipes`)."""
         import yaml
 
         p = Path(path)
+        if not p.exists() and str(path) in packaged_recipes():
+            p = packaged_recipes()[str(path)]
         if not p.exists():
-            raise FileNotFoundError(f"recipe not found: {p}")
+            raise FileNotFoundError(
+                f"recipe not found: {p} (packaged recipes: {', '.join(sorted(packaged_recipes()))})")
         try:
             obj = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
@@ -118,6 +124,11 @@ class Recipe:
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Recipes shipped with phenovec (``phenovec/process/recipes/*.yaml``), by name."""
+    return {q.stem: q for q in sorted((Path(__file__).parent / "recipes").glob("*.yaml"))}
 
 
 def input_sha256(source) -> str:

@@ -1,0 +1,69 @@
+"""Measurement helpers shared by the benchmarks: peak RSS of this process, machine description, logging."""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import sys
+import time
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_mb() -> float:
+    return _status_kb("VmHWM") / 1024
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS") / 1024
+
+
+def machine_info() -> dict:
+    import numpy
+    info = {"cores": os.cpu_count(), "affinity_cores": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    info["loadavg_start"] = os.getloadavg()
+    try:
+        cfg = numpy.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        info["numpy_blas"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration")}
+    except Exception as e:  # pragma: no cover - depends on the numpy build
+        info["numpy_blas"] = f"unavailable: {e}"
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas_threads"] = [{k: d.get(k) for k in ("internal_api", "num_threads", "architecture")}
+                                for d in threadpool_info()]
+    except ImportError:
+        pass
+    return info
