@@ -105,6 +105,11 @@ def numeric_features(df: pd.DataFrame, features: Sequence[str], dtype=np.float64
     pycytominer 1.7.1; any other non-numeric value raises ``ValueError`` naming the column, the row label and
     the value (mixed dtypes are never coerced silently).
     """
+    features = list(features)
+    dtypes = df.dtypes[features] if features else []
+    if features and all(isinstance(dt, np.dtype) and dt.kind in "fiub" for dt in dtypes):
+        # every column a plain numeric numpy dtype: one conversion of the block (no per-column pass)
+        return np.array(df[features].to_numpy(), dtype=dtype, order="C", copy=True)
     cols = []
     for c in features:
         s = df[c]
