@@ -435,3 +435,31 @@ def test_cuda_kernels_under_simulator():
         assert dn == 0 and dmean <= 1e-12 and dm2 <= 1e-10
     assert res["whiten_affine"] <= 1e-10 and res["whiten_plain"] <= 1e-10
     assert res["spherizer"] <= 1e-10
+
+
+# ------------------------------------------------------------------------------------------ solvers
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gram_solver_is_taken_only_when_well_conditioned(data, method):
+    """solver='auto' uses eigh of the Gram matrix on a well-conditioned tall input (LINCS plate, 384 wells x
+    200 features, kappa ~ 1e3) and still equals the peer to <= 1e-8; on BBBC021 (632 wells x 516 raw
+    CellProfiler means, kappa ~ 1e6) it falls back to the peer's SVD and is bit-identical."""
+    from phenovec.process.spherize import spherize
+
+    lincs = data["lincs"]
+    cases = {"lincs": (lincs, [c for c in lincs.columns if not c.startswith("Metadata_")][:200], "gram"),
+             "bbbc021": (data["bbbc021"], [c for c in data["bbbc021"].columns if not c.startswith("Metadata_")], "svd")}
+    for name, (df, feats, expect) in cases.items():
+        assert len(df) > len(feats)
+        assert Spherizer(method=method, device="cpu").fit(df[feats]).solver_used_ == expect, name
+        peer = _feature_block(_peer(df, features=feats, spherize_method=method))
+        pca = method.startswith("PCA")
+        diff = _max_diff(peer, _feature_block(spherize(df, features=feats, method=method, device="cpu")), pca)
+        assert diff <= (1e-8 if expect == "gram" else 0.0), (name, method, diff)
+        exact = spherize(df, features=feats, method=method, device="cpu", solver="svd")
+        assert _max_diff(peer, _feature_block(exact), pca) == 0.0
+        forced = spherize(df, features=feats, method=method, device="cpu", solver="gram")
+        assert _max_diff(peer, _feature_block(forced), pca) <= (1e-8 if expect == "gram" else np.inf)
+    with pytest.raises(ValueError, match="solver must be"):
+        Spherizer(solver="qr")

