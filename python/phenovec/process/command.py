@@ -59,9 +59,11 @@ def _fit_step(a, step: str, kwargs: dict) -> dict:
             raise ValueError("--stream is available for normalize")
         from phenovec.process.normalize import normalize_stream
 
-        kw = {k: v for k, v in kwargs.items() if k != "fit"}
-        normalize_stream(a.input, a.output, **kw)
-        return print_summary({"step": step, "arguments": kw, "output": a.output, "streamed": True})
+        out = normalize_stream(a.input, a.output, return_fit=bool(a.save_fit), **kwargs)
+        if a.save_fit:
+            out[1].save(a.save_fit)
+        return print_summary({"step": step, "arguments": kwargs, "output": a.output, "streamed": True,
+                              "fit": a.save_fit})
     mod = __import__(f"phenovec.process.{step}", fromlist=[step])
     func = getattr(mod, step)
     df = read_table(a.input) if not Path(a.input).suffix == ".zarr" else _read_store(a.input)
