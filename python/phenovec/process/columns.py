@@ -98,8 +98,9 @@ def check_columns(df: pd.DataFrame, cols: str | Sequence[str], what: str) -> lis
     return cols
 
 
-def numeric_features(df: pd.DataFrame, features: Sequence[str], dtype=np.float64) -> np.ndarray:
-    """The feature block as a C-contiguous float matrix (NaN kept).
+def numeric_features(df: pd.DataFrame, features: Sequence[str], dtype=np.float64, order: str = "C") -> np.ndarray:
+    """The feature block as a float matrix (NaN kept), C-contiguous (``order="C"``) or Fortran (``"F"``: the
+    cheapest when pandas holds the features in one block, and what column-wise statistics want).
 
     Object columns whose only strings are missing-value tokens ("nan", "None", "NA", "") become NaN, as in
     pycytominer 1.7.1; any other non-numeric value raises ``ValueError`` naming the column, the row label and
@@ -108,8 +109,11 @@ def numeric_features(df: pd.DataFrame, features: Sequence[str], dtype=np.float64
     features = list(features)
     dtypes = df.dtypes[features] if features else []
     if features and all(isinstance(dt, np.dtype) and dt.kind in "fiub" for dt in dtypes):
-        # every column a plain numeric numpy dtype: one conversion of the block (no per-column pass)
-        return np.array(df[features].to_numpy(), dtype=dtype, order="C", copy=True)
+        # every column a plain numeric numpy dtype: no per-column parsing. pandas stores a block column-major,
+        # so "F" is one memcpy; "C" stacks the columns (5x faster than transposing the block).
+        if order == "F":
+            return np.array(df[features].to_numpy(), dtype=dtype, order="F", copy=True)
+        return np.column_stack([df[c].to_numpy(dtype=dtype) for c in features])
     cols = []
     for c in features:
         s = df[c]
@@ -127,8 +131,9 @@ def numeric_features(df: pd.DataFrame, features: Sequence[str], dtype=np.float64
         except (TypeError, ValueError) as e:
             raise ValueError(f"feature column {c!r} is not numeric ({e})") from None
     if not cols:
-        return np.empty((len(df), 0), dtype=dtype)
-    return np.ascontiguousarray(np.column_stack(cols), dtype=dtype)
+        return np.empty((len(df), 0), dtype=dtype, order=order)
+    x = np.column_stack(cols).astype(dtype, copy=False)
+    return np.asfortranarray(x) if order == "F" else np.ascontiguousarray(x)
 
 
 def select_samples(df: pd.DataFrame, samples: str = "all") -> np.ndarray:
