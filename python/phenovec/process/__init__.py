@@ -9,30 +9,20 @@ than memory, and Numba kernels (CUDA with a CPU path) for spherize.
 """
 from __future__ import annotations
 
-import importlib
+# Functions are bound eagerly: a submodule of the same name (phenovec.process.normalize) would otherwise
+# shadow the function once imported.
+from phenovec.process.aggregate import aggregate, aggregate_stream
+from phenovec.process.annotate import annotate
+from phenovec.process.columns import infer_cp_features
+from phenovec.process.consensus import consensus
+from phenovec.process.feature_select import feature_select
+from phenovec.process.normalize import NormalizeFit, normalize, normalize_stream
+from phenovec.process.recipe import Recipe, apply_recipe
+from phenovec.process.source import open_source
+from phenovec.process.spherize import SpherizeFit, Spherizer, spherize
 
-_EXPORTS = {
-    "aggregate": "aggregate",
-    "aggregate_stream": "aggregate",
-    "annotate": "annotate",
-    "normalize": "normalize",
-    "normalize_stream": "normalize",
-    "NormalizeFit": "normalize",
-    "feature_select": "feature_select",
-    "spherize": "spherize",
-    "Spherizer": "spherize",
-    "SpherizeFit": "spherize",
-    "consensus": "consensus",
-    "Recipe": "recipe",
-    "apply_recipe": "recipe",
-    "open_source": "source",
-    "infer_cp_features": "columns",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"phenovec.process.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'phenovec.process' has no attribute {name!r}")
+__all__ = [
+    "aggregate", "aggregate_stream", "annotate", "normalize", "normalize_stream", "NormalizeFit",
+    "feature_select", "spherize", "Spherizer", "SpherizeFit", "consensus", "Recipe", "apply_recipe",
+    "open_source", "infer_cp_features",
+]

@@ -145,8 +145,12 @@ def select_samples(df: pd.DataFrame, samples: str = "all") -> np.ndarray:
         return np.ones(len(df), dtype=bool)
     if not isinstance(samples, str):
         raise TypeError(f"samples must be 'all' or a query string, got {type(samples).__name__}")
+    # DataFrame.query builds a resolver for every column (~1 s at 5,800 features): evaluate it on the columns
+    # whose names occur in the query text only (same mask; the whole frame if none does, e.g. an index query)
+    named = [c for c in df.columns if isinstance(c, str) and c in samples]
+    sub = df[named] if named else df
     try:
-        idx = df.query(samples).index
+        idx = sub.query(samples).index
     except Exception as e:  # pandas raises many types for a bad query
         raise ValueError(f"samples query {samples!r} cannot be evaluated: {e}") from None
     mask = df.index.isin(idx)
