@@ -8,7 +8,8 @@ Cases (each implementation timed in a fresh child process, so peak RSS is per ca
 2. ``mad_robustize``: single-cell-like rows N x D on P plates; per-plate MAD robustize fitted on each
    plate's DMSO rows. pycytominer: a loop of ``normalize(method="mad_robustize")`` over plates (it has no
    grouping, #154) + ``pd.concat``; phenovec: one ``normalize(..., by="Metadata_Plate")`` call.
-3. ``correlation``: ``feature_select(operation="correlation_threshold")`` on N x D (D = 1,280 by default).
+3. ``correlation``: ``feature_select(operation="correlation_threshold")`` on N x D (D = 1,280 by default),
+   with CellProfiler-like redundancy (families of 8 noisy copies of a latent feature, ``make_correlated_table``).
 4. ``stream``: ``--stream-n`` single-cell rows x D float32 in a Zarr embedding store (written by the child
    before timing; not timed): streamed aggregate (mean per plate x well) -> per-plate mad_robustize on DMSO
    -> ZCA-cor spherize on DMSO, with the peak RSS of the processing. pycytominer is run on the same pipeline
@@ -59,6 +60,21 @@ def make_table(n: int, d: int, plates: int, seed: int = 0, dtype=np.float64):
     return pd.concat([meta, pd.DataFrame(x, columns=feats)], axis=1), feats
 
 
+def make_correlated_table(n: int, d: int, plates: int, seed: int = 0, family: int = 8):
+    """CellProfiler-like redundancy: features come in families of ``family`` noisy copies of one latent
+    measurement (r ~ 0.9-0.99 within a family, as Intensity/Texture/AreaShape variants are), so the
+    correlation filter has thousands of pairs above 0.9 to judge -- the regime of pycytominer #633."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    base, _ = make_table(n, d, plates, seed)
+    lat = rng.standard_normal((n, -(-d // family)))
+    noise = rng.uniform(0.05, 0.5, d)
+    x = lat[:, np.arange(d) // family] + noise * rng.standard_normal((n, d))
+    feats = [f"Cells_f{i}" for i in range(d)]
+    return pd.concat([base[[PLATE, WELL, TREAT]], pd.DataFrame(x, columns=feats)], axis=1), feats
+
+
 def _timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -75,7 +91,8 @@ def run_case(spec: dict) -> dict:
     import pandas as pd
 
     case, impl, n, d = spec["case"], spec["impl"], spec["n"], spec["d"]
-    df, feats = make_table(n, d, spec["plates"], seed=spec["seed"])
+    maker = make_correlated_table if case == "correlation" else make_table
+    df, feats = maker(n, d, spec["plates"], seed=spec["seed"])
     meta = [PLATE, WELL, TREAT]
     if case == "spherize":
         if impl == "pycytominer":
@@ -253,7 +270,7 @@ def main(argv=None) -> int:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--cases", nargs="+", default=["spherize", "mad_robustize", "correlation"],
                     choices=["spherize", "mad_robustize", "correlation", "stream"])
-    ap.add_argument("--spherize-n", type=int, default=10000)
+    ap.add_argument("--spherize-n", type=int, default=20000)
     ap.add_argument("--mad-n", type=int, default=200000)
     ap.add_argument("--mad-d", type=int, default=500)
     ap.add_argument("--corr-n", type=int, default=2000)

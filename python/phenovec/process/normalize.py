@@ -42,6 +42,7 @@ from phenovec.process.column_quantiles import (
     nan_percentiles,
     nan_quantiles,
 )
+from phenovec.io.archive import save_npz_atomic
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 
 METHODS = ("standardize", "robustize", "mad_robustize", "spherize", "inverse_normal")
@@ -328,16 +329,7 @@ class NormalizeFit:
         except (TypeError, ValueError) as e:
             raise TypeError(f"NormalizeFit.save: a group key or parameter is not JSON-serialisable ({e})") from None
         arrays["spec"] = np.array(text)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, p)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return p
+        return save_npz_atomic(p, arrays)
 
     @classmethod
     def load(cls, path) -> "NormalizeFit":

@@ -82,6 +82,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from phenovec.io.archive import save_npz_atomic
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 from phenovec.process.kernel_loader import load_kernel, resolve_device
 
@@ -605,16 +606,7 @@ class SpherizeFit:
             "groups": groups,
         }
         arrays["spec"] = np.array(json.dumps(spec))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, p)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return p
+        return save_npz_atomic(p, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> "SpherizeFit":
