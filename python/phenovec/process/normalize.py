@@ -271,12 +271,7 @@ class NormalizeFit:
                 out -= self.loc[0]
                 out /= self.scale[0]
                 return out
-            order, groups, starts = _group_slices(codes)
-            ends = np.r_[starts[1:], len(order)]
-            for g, s, e in zip(groups, starts, ends):
-                rows = order[s:e]
-                out[rows] = (x[rows] - self.loc[g]) / self.scale[g]
-            return out
+            return _apply_group_affine(x, out, codes, self.loc, self.scale)
         out = np.empty((len(x), len(self.output_features)), dtype=np.float64)
         order, groups, starts = _group_slices(codes)
         ends = np.r_[starts[1:], len(order)]
@@ -418,6 +413,24 @@ def _load(profiles) -> pd.DataFrame:
     from phenovec.io.profiles import read_table
 
     return read_table(profiles)
+
+
+def _apply_group_affine(x: np.ndarray, out: np.ndarray, codes: np.ndarray, loc: np.ndarray, scale: np.ndarray,
+                        block_rows: int = 4096) -> np.ndarray:
+    """``out[i] = (x[i] - loc[codes[i]]) / scale[codes[i]]`` (the same two IEEE operations as the peer's
+    ``(x - loc) / scale``, so bit-identical), without gathering rows of a column-major matrix: column by column
+    when ``x`` is Fortran-ordered (each column contiguous; ``loc[codes, j]`` gathers from a small table),
+    else in blocks of rows. ``out`` may be ``x``."""
+    if x.flags.f_contiguous and out.flags.f_contiguous:
+        for j in range(x.shape[1]):
+            np.subtract(x[:, j], loc[codes, j], out=out[:, j])
+            out[:, j] /= scale[codes, j]
+        return out
+    for s in range(0, x.shape[0], block_rows):
+        c = codes[s : s + block_rows]
+        np.subtract(x[s : s + block_rows], loc[c], out=out[s : s + block_rows])
+        out[s : s + block_rows] /= scale[c]
+    return out
 
 
 def _feature_matrix(df: pd.DataFrame, feats: Sequence[str]) -> np.ndarray:
