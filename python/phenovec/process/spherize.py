@@ -758,11 +758,16 @@ def spherize(
                 + f"; fitted groups: {_names_list(list(fit.spherizers))}"
             )
 
-    out = np.empty((len(df), len(feats)), dtype=np.float64)
-    for key, idx in groups.items():
-        sph = fit.spherizers[key]
+    if by_cols is None:  # one fit: transform in place of a scatter copy
+        sph = fit.spherizers[None]
         sph.device = device
-        out[idx] = sph._transform_matrix(x if by_cols is None else x[idx])
+        out = sph._transform_matrix(x)
+    else:
+        out = np.empty((len(df), len(feats)), dtype=np.float64)
+        for key, idx in groups.items():
+            sph = fit.spherizers[key]
+            sph.device = device
+            out[idx] = sph._transform_matrix(x[idx])
 
     out_names = fit.output_names
     passthrough = [
@@ -770,7 +775,8 @@ def spherize(
         if c not in set(feats) and c not in set(meta) and str(c).startswith(("Image_", "ome_arrow_"))
     ]
     result = pd.concat(
-        [df.loc[:, meta], df.loc[:, passthrough], pd.DataFrame(out, columns=out_names, index=df.index)], axis="columns"
+        [df.loc[:, meta], df.loc[:, passthrough], pd.DataFrame(out, columns=out_names, index=df.index, copy=False)],
+        axis="columns", copy=False,
     )
     if output_file is not None:
         write_profiles(result, output_file, output_type=output_type, features=out_names,
