@@ -213,7 +213,7 @@ def write_cell_store(path: str, n: int, d: int, plates: int, seed: int, chunk: i
     well_of_row = np.repeat(np.arange(wells), np.diff(np.linspace(0, n, wells + 1).astype(np.int64)))
     centres = rng.normal(0, 1, (wells, d)).astype(np.float32) * 0.3
     t = time.perf_counter()
-    with EmbeddingWriter(path, [f"emb_{i}" for i in range(d)], chunk_rows=65536) as w:
+    with EmbeddingWriter(path, [f"emb_{i}" for i in range(d)]) as w:
         for i in range(0, n, chunk):
             wr = well_of_row[i : i + chunk]
             x = rng.standard_normal((len(wr), d), dtype=np.float32)

@@ -478,14 +478,14 @@ def _batches(src, columns, ids, batch_rows, n_batches, compute_object_count, obj
     """Yield ``(gids, x)`` per batch; counts non-missing ``object_feature`` values per group id on the way."""
     bar = _bar(n_batches, desc, progress)
     try:
-        for b in src.iter_batches(columns=columns, batch_rows=batch_rows):
+        meta_cols = [c for c in columns if c not in set(feats)]
+        for b, x in src.iter_arrays(meta_cols, feats, batch_rows=batch_rows):
             if len(b) == 0:
                 continue
             gids = ids.assign(b)
             if compute_object_count:
                 c = counts.ensure(len(ids))
                 c[:, 0] += np.bincount(gids[b[object_feature].notna().to_numpy()], minlength=len(c))
-            x = numeric_features(b, feats)
             bar.update(1)
             yield gids, x
     finally:

@@ -1,8 +1,10 @@
 """Row sources for streaming: one interface over a DataFrame, Parquet, CSV and a Zarr embedding store.
 
-``open_source(x)`` returns an object with ``columns`` (list of names), ``num_rows`` and
+``open_source(x)`` returns an object with ``columns`` (list of names), ``num_rows``,
 ``iter_batches(columns=None, batch_rows=65536)`` yielding pandas DataFrames in row order, each indexed by
-its global row positions, so streaming passes hold one batch at a time whatever the input size.
+its global row positions, and ``iter_arrays(meta_columns, features, batch_rows)`` yielding
+``(metadata frame, float feature matrix)`` (from a Zarr store without building a DataFrame of features), so
+streaming passes hold one batch at a time whatever the input size.
 """
 from __future__ import annotations
 
@@ -16,7 +18,20 @@ import pandas as pd
 from phenovec.io.embeddings import EmbeddingStore, is_embedding_store
 
 
-class DataFrameSource:
+class _ArrayBatches:
+    """``iter_arrays``: batches as (metadata frame, float feature matrix), the shape streaming reducers want."""
+
+    def iter_arrays(self, meta_columns: Sequence[str], features: Sequence[str], batch_rows: int = 65536,
+                    dtype=np.float64) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        from phenovec.process.columns import numeric_features
+
+        meta_columns, features = list(meta_columns), list(features)
+        for b in self.iter_batches(columns=meta_columns + [f for f in features if f not in set(meta_columns)],
+                                   batch_rows=batch_rows):
+            yield b[meta_columns], numeric_features(b, features, dtype)
+
+
+class DataFrameSource(_ArrayBatches):
     def __init__(self, df: pd.DataFrame):
         self.df = df
         self.columns = [str(c) for c in df.columns]
@@ -31,7 +46,7 @@ class DataFrameSource:
             yield b.set_axis(pd.RangeIndex(i, i + len(b)), axis=0)
 
 
-class ParquetSource:
+class ParquetSource(_ArrayBatches):
     def __init__(self, path: Path):
         import pyarrow.dataset as ds
 
@@ -55,7 +70,7 @@ class ParquetSource:
             yield b
 
 
-class CsvSource:
+class CsvSource(_ArrayBatches):
     def __init__(self, path: Path):
         self.path = path
         self.name = str(path)
@@ -86,6 +101,34 @@ class EmbeddingStoreSource:
         self.name = str(path)
         self.columns = self.store.meta_columns + self.store.features
         self.num_rows = self.store.num_rows
+
+    def iter_arrays(self, meta_columns: Sequence[str], features: Sequence[str], batch_rows: int = 65536,
+                    dtype=np.float64) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        """Metadata from ``meta.parquet`` and the feature block straight from the Zarr array (no DataFrame of
+        features is built); feature columns that are metadata columns are not supported here."""
+        import pyarrow.parquet as pq
+
+        meta_columns, features = list(meta_columns), list(features)
+        _check(self, meta_columns + features)
+        pos = {f: i for i, f in enumerate(self.store.features)}
+        bad = [f for f in features if f not in pos]
+        if bad:
+            raise KeyError(f"{self.name}: {bad[0]!r} is not a feature of the embedding store")
+        idx = [pos[f] for f in features]
+        contiguous = idx == list(range(idx[0], idx[0] + len(idx))) if idx else True
+        metas = pq.ParquetFile(self.store.meta_path).iter_batches(batch_size=batch_rows, columns=meta_columns)
+        pending = pd.DataFrame(columns=meta_columns)
+        for start in range(0, self.num_rows, batch_rows):
+            stop = min(start + batch_rows, self.num_rows)
+            while len(pending) < stop - start:
+                pending = pd.concat([pending, next(metas).to_pandas()], ignore_index=True) if len(pending) else next(metas).to_pandas()
+            meta, pending = pending.iloc[: stop - start], pending.iloc[stop - start :].reset_index(drop=True)
+            meta.index = pd.RangeIndex(start, stop)
+            if contiguous:
+                x = self.store.array[start:stop, idx[0] : idx[0] + len(idx)] if idx else np.empty((stop - start, 0))
+            else:
+                x = self.store.array[start:stop][:, idx]
+            yield meta, np.ascontiguousarray(x, dtype=dtype)
 
     def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq
