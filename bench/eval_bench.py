@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from measure import log, machine_info, peak_mb, reset_peak, rss_mb
+from measure import log, machine_info, peak_mb, reset_peak, rss_mb, run_json_child
 
 COMPOUND, MOA, PLATE = "Metadata_Compound", "Metadata_MOA", "Metadata_Plate"
 N_REP = 4          # replicate wells per compound, each on a different plate
@@ -312,19 +311,9 @@ def compare_ap(ref, ours) -> dict:
 
 def run_child(spec: dict, timeout: float) -> dict:
     log(f"case={spec['case']} impl={spec['impl']} N={spec['n']} repeats={spec['repeats']}")
-    t = time.perf_counter()
-    try:
-        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                           stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        log(f"  timed out after {timeout:.0f} s")
-        return dict(spec, error=f"timed out after {timeout:.0f} s")
-    wall = time.perf_counter() - t
-    if p.returncode != 0:
-        log(f"  child failed with rc={p.returncode}")
-        return dict(spec, error=f"child exited with {p.returncode}")
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    res["child_wall_s"] = wall
+    res = run_json_child(__file__, spec, timeout)
+    if "error" in res:
+        return res
     for key in ("total", "total_copairs_null", "total_fast_null"):
         vals = [q[key] for q in res["parts"] if key in q]
         if vals:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
+import subprocess
 import platform
 import sys
 import time
@@ -67,3 +69,21 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def run_json_child(script: str, spec: dict, timeout: float) -> dict:
+    """Run ``python SCRIPT --child SPEC_JSON`` (a fresh process: per-case peak RSS) and parse the JSON document
+    on its last stdout line; on timeout or failure return ``spec`` with an ``error``. Adds ``child_wall_s``."""
+    t = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, os.path.abspath(script), "--child", json.dumps(spec)],
+                           stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"  timed out after {timeout:.0f} s")
+        return dict(spec, error=f"timed out after {timeout:.0f} s")
+    if p.returncode != 0:
+        log(f"  child failed with rc={p.returncode}")
+        return dict(spec, error=f"child exited with {p.returncode}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["child_wall_s"] = time.perf_counter() - t
+    return res

@@ -29,14 +29,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-from measure import log, machine_info, peak_mb, reset_peak, rss_mb
+from measure import log, machine_info, peak_mb, reset_peak, rss_mb, run_json_child
 
 PLATE, WELL, TREAT = "Metadata_Plate", "Metadata_Well", "Metadata_Treatment"
 DMSO = f"{TREAT} == 'DMSO'"
@@ -230,17 +229,7 @@ def child_main(spec: dict) -> dict:
 
 def run_child(spec: dict, timeout: float) -> dict:
     log(f"case={spec['case']} impl={spec['impl']} n={spec['n']} d={spec['d']}")
-    t = time.perf_counter()
-    try:
-        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                           stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(spec, error=f"timed out after {timeout:.0f} s")
-    if p.returncode != 0:
-        return dict(spec, error=f"child exited with {p.returncode}")
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    res["child_wall_s"] = time.perf_counter() - t
-    return res
+    return run_json_child(__file__, spec, timeout)
 
 
 def compare(case: str, peer: dict, ours: dict) -> dict:
