@@ -170,3 +170,36 @@ def test_cli_process_run_and_single_steps(bbbc021, tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "n1.parquet"), pd.read_parquet(tmp_path / "n2.parquet"))
     assert main(["process", "normalize", str(src), "-o", str(tmp_path / "n3.parquet"), "--samples", "Metadata_moa == 'nope'"]) == 2
     assert "matches no row" in capsys.readouterr().err
+
+
+def test_cli_every_step_equals_the_python_call(bbbc021, tmp_path, capsys):
+    """Each `phenovec process` subcommand writes what the function of the same name returns."""
+    from phenovec.cli import main
+    from phenovec.process import aggregate, consensus, feature_select, normalize, spherize
+
+    df = bbbc021[bbbc021["Metadata_Plate"].isin(sorted(bbbc021["Metadata_Plate"].unique())[:12])].reset_index(drop=True)
+    src = tmp_path / "wells.parquet"
+    df.to_parquet(src)
+    feats = [c for c in df.columns if not c.startswith("Metadata_")][:60]
+    sel = df[[c for c in df.columns if c.startswith("Metadata_")] + feats]
+    sel_src = tmp_path / "sel.parquet"
+    sel.to_parquet(sel_src)
+
+    def run(*args):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}.parquet"
+        assert main(["process", *args[:1], str(args[1]), "-o", str(out), *args[2:]]) == 0, capsys.readouterr().err
+        return pd.read_parquet(out)
+
+    got = run("aggregate", src, "--strata", "Metadata_compound", "--operation", "mean", "--features", *feats)
+    pd.testing.assert_frame_equal(got, aggregate(df, strata=["Metadata_compound"], features=feats, operation="mean"))
+    got = run("feature-select", sel_src, "--operation", "variance_threshold", "correlation_threshold")
+    pd.testing.assert_frame_equal(got, feature_select(sel, operation=["variance_threshold", "correlation_threshold"]))
+    got = run("spherize", sel_src, "--samples", DMSO, "--method", "ZCA")
+    pd.testing.assert_frame_equal(got, spherize(sel, samples=DMSO, method="ZCA"))
+    got = run("consensus", sel_src, "--replicate-columns", "Metadata_compound", "Metadata_concentration",
+              "--operation", "modz")
+    pd.testing.assert_frame_equal(got, consensus(sel, replicate_columns=["Metadata_compound", "Metadata_concentration"],
+                                                 operation="modz"))
+    got = run("normalize", sel_src, "--method", "robustize", "--samples", DMSO, "--by", "Metadata_Plate", "--stream")
+    pd.testing.assert_frame_equal(got, normalize(sel, method="robustize", samples=DMSO, by="Metadata_Plate")
+                                  .reset_index(drop=True))
