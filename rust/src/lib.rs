@@ -11,7 +11,9 @@
 //! - [`null`]: seeded random-ranking null distributions of AP (the fast sampler).
 //! - [`error`]: the one error type the bindings convert.
 pub mod average_precision;
+pub mod crop;
 pub mod error;
+pub mod image;
 pub mod null;
 pub mod pairs;
 pub mod ranking;

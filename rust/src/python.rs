@@ -261,6 +261,78 @@ fn random_ap<'py>(
     Ok(out.into_pyarray(py))
 }
 
+// ---- ingest: decode + crop (crate::image, crate::crop) ----
+
+fn ingest_err(e: crate::image::IngestError) -> PyErr {
+    match e {
+        crate::image::IngestError::NotFound { .. } => pyo3::exceptions::PyFileNotFoundError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// Decode one TIFF (first page) or PNG greyscale image to a uint16 (H, W) array.
+#[pyfunction]
+fn decode_image<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyArray2<u16>>> {
+    let im = py.allow_threads(|| crate::image::decode_path(&path)).map_err(ingest_err)?;
+    let a = ndarray::Array2::from_shape_vec((im.height, im.width), im.data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
+/// Decode a site's channel images (in parallel) and crop every cell:
+/// returns (crops N x C x box x box: uint16, or float32 min-max rescaled per crop and channel
+/// when `rescale`; int8 edge-outcome codes N). See crate::crop for geometry and codes.
+#[pyfunction]
+fn crop_site<'py>(
+    py: Python<'py>,
+    paths: Vec<std::path::PathBuf>,
+    xs: PyReadonlyArray1<'py, f64>,
+    ys: PyReadonlyArray1<'py, f64>,
+    box_size: usize,
+    edge: &str,
+    rescale: bool,
+) -> PyResult<(PyObject, Bound<'py, PyArray1<i8>>)> {
+    use crate::crop::{crop_cells, rescale_min_max, EdgePolicy};
+    let edge = EdgePolicy::parse(edge).map_err(ingest_err)?;
+    let (xs, ys) = (xs.as_array(), ys.as_array());
+    if xs.len() != ys.len() {
+        return Err(PyValueError::new_err(format!("xs has {} centres but ys has {}", xs.len(), ys.len())));
+    }
+    let centers: Vec<(f64, f64)> = xs.iter().zip(ys.iter()).map(|(&x, &y)| (x, y)).collect();
+    let n = centers.len();
+    let nc = paths.len();
+    let len = n
+        .checked_mul(nc)
+        .and_then(|v| v.checked_mul(box_size))
+        .and_then(|v| v.checked_mul(box_size))
+        .ok_or_else(|| PyValueError::new_err("crop output size overflows"))?;
+    let shape = (n, nc, box_size, box_size);
+    let (crops, outcomes): (PyObject, Vec<i8>) = if rescale {
+        let (buf, oc) = py
+            .allow_threads(|| {
+                let ims = crate::image::decode_site(&paths)?;
+                let mut buf = vec![0f32; len];
+                let oc = crop_cells(&ims, &centers, box_size, edge, &mut buf)?;
+                rescale_min_max(&mut buf, box_size * box_size)?;
+                Ok((buf, oc))
+            })
+            .map_err(ingest_err)?;
+        let a = ndarray::Array4::from_shape_vec(shape, buf).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        (a.into_pyarray(py).into_any().unbind(), oc.into_iter().map(|o| o.code()).collect())
+    } else {
+        let (buf, oc) = py
+            .allow_threads(|| {
+                let ims = crate::image::decode_site(&paths)?;
+                let mut buf = vec![0u16; len];
+                let oc = crop_cells(&ims, &centers, box_size, edge, &mut buf)?;
+                Ok((buf, oc))
+            })
+            .map_err(ingest_err)?;
+        let a = ndarray::Array4::from_shape_vec(shape, buf).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        (a.into_pyarray(py).into_any().unbind(), oc.into_iter().map(|o| o.code()).collect())
+    };
+    Ok((crops, outcomes.into_pyarray(py)))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(similarity_block, m)?)?;
@@ -268,6 +340,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(average_precision, m)?)?;
     m.add_function(wrap_pyfunction!(positive_ranks, m)?)?;
     m.add_function(wrap_pyfunction!(random_ap, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_image, m)?)?;
+    m.add_function(wrap_pyfunction!(crop_site, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

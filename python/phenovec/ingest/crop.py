@@ -1,0 +1,162 @@
+"""Single-cell crops of every site of an image index into one chunked Zarr array, resumably.
+
+Output directory (``OUT``):
+
+- ``crops.zarr``: Zarr v3 array ``crops`` of shape cells x C x box x box (uint16, or float32 with
+  ``rescale=True``: per-crop per-channel min-max as DeepProfiler), chunked by ``chunk_cells`` cells;
+- ``cells.parquet``: one row per located nucleus: the site's metadata, ``ObjectNumber``, ``x``, ``y``,
+  ``edge`` (inside / shifted / padded / dropped / invalid) and ``row`` (its index in ``crops``; -1 when it has no
+  crop: dropped at the border or an invalid centre);
+- ``manifest.json``: the configuration, the committed row count and the sites done.
+
+Resumable: crops are written only in whole chunks aligned to ``chunk_cells`` (the last one at the end), and a site
+is recorded as done (its table part ``cells/site-NNNNN.parquet`` written, then ``manifest.json`` replaced
+atomically) only once all its crops lie in committed chunks. A crash loses at most the sites in the pending
+partial chunk; a rerun with the same configuration skips the done sites and rewrites only uncommitted chunks, so
+no chunk holding committed cells is ever rewritten. A rerun with another configuration is refused.
+Decode and crop run in Rust (``phenovec._core.crop_site``: rayon, GIL released).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from phenovec.ingest.index import ImageIndex, site_locations
+
+EDGE_POLICIES = ("drop", "shift", "pad")
+OUTCOMES = ("inside", "shifted", "padded", "dropped", "invalid")  # codes 0..4 from the Rust core
+
+
+@dataclass
+class CropResult:
+    out: Path
+    cells: int
+    crops: int
+    sites: int
+    resumed_sites: int
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def crop_index(
+    index: ImageIndex,
+    locations,
+    out: str | os.PathLike,
+    box_size: int = 128,
+    edge: str = "drop",
+    rescale: bool = False,
+    chunk_cells: int = 256,
+    progress: bool | None = None,
+) -> CropResult:
+    """Crop every located cell of every site (see the module docstring for the layout and resumability)."""
+    import zarr
+    from tqdm.auto import tqdm
+
+    from phenovec import _core
+
+    if edge not in EDGE_POLICIES:
+        raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
+    if box_size < 2:
+        raise ValueError(f"box_size must be >= 2, got {box_size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cells").mkdir(exist_ok=True)
+    config = {"channels": index.channels, "box_size": int(box_size), "edge": edge, "rescale": bool(rescale),
+              "chunk_cells": int(chunk_cells), "sites": len(index)}
+    mpath = out / "manifest.json"
+    dtype = np.float32 if rescale else np.uint16
+    shape_tail = (len(index.channels), box_size, box_size)
+    if mpath.exists():
+        manifest = json.loads(mpath.read_text())
+        if manifest["config"] != config:
+            raise ValueError(f"{out}: holds crops made with another configuration {manifest['config']}; "
+                             f"use a new output folder (asked: {config})")
+        arr = zarr.open_array(str(out / "crops.zarr"), mode="r+")
+    else:
+        manifest = {"config": config, "committed": 0, "done": [], "done_end": 0, "complete": False}
+        if (out / "crops.zarr").exists():
+            shutil.rmtree(out / "crops.zarr")
+        arr = zarr.create_array(str(out / "crops.zarr"), shape=(0, *shape_tail), chunks=(chunk_cells, *shape_tail),
+                                dtype=dtype, fill_value=0)
+        _write_json_atomic(mpath, manifest)
+    committed = int(manifest["committed"])
+    done = set(manifest["done"])
+    resumed = len(done)
+    locs = site_locations(index, locations)
+    pending: list[np.ndarray] = []
+    pending_sites: list[tuple[int, pd.DataFrame, int]] = []  # (site, table, last row + 1)
+    n_pending = 0
+    # sites are done in index order: crops restart after the last done site's rows; the rows of the next sites
+    # that already lie in committed chunks are recomputed for the table but not written again
+    next_row = int(manifest.get("done_end", 0))
+
+    def flush(final: bool) -> None:
+        nonlocal pending, n_pending, committed
+        block = np.concatenate(pending) if pending else np.empty((0, *shape_tail), dtype=dtype)
+        full = (len(block) // chunk_cells) * chunk_cells if not final else len(block)
+        if full:
+            arr.resize((committed + full, *shape_tail))
+            arr[committed : committed + full] = block[:full]
+            committed += full
+        rest = block[full:]
+        pending, n_pending = ([rest] if len(rest) else []), len(rest)
+        still = []
+        for site, table, end in pending_sites:
+            if end <= committed and not still:
+                table.to_parquet(out / "cells" / f".site-{site:05d}.tmp", index=False)
+                os.replace(out / "cells" / f".site-{site:05d}.tmp", out / "cells" / f"site-{site:05d}.parquet")
+                done.add(site)
+                manifest["done_end"] = end
+            else:
+                still.append((site, table, end))
+        pending_sites[:] = still
+        manifest.update(committed=committed, done=sorted(done))
+        _write_json_atomic(mpath, manifest)
+
+    bar = tqdm(range(len(index)), desc="crop sites", unit="site", disable=None if progress is None else not progress)
+    for s in bar:
+        if s in done:
+            continue
+        loc = locs[s]
+        xs = np.ascontiguousarray(loc["x"].to_numpy(dtype=np.float64))
+        ys = np.ascontiguousarray(loc["y"].to_numpy(dtype=np.float64))
+        crops, codes = _core.crop_site(index.paths[s], xs, ys, int(box_size), edge, bool(rescale))
+        codes = np.asarray(codes, dtype=np.int64)
+        has_crop = codes <= 2  # inside, shifted, padded
+        kept = crops[has_crop]
+        rows = np.full(len(codes), -1, dtype=np.int64)
+        rows[has_crop] = next_row + np.arange(len(kept))
+        start, next_row = next_row, next_row + len(kept)
+        kept = kept[max(0, committed - start):]  # already in committed chunks (a resumed run)
+        table = pd.DataFrame({k: np.repeat(index.sites.iloc[s][k], len(codes)) for k in index.sites.columns})
+        if "ObjectNumber" in loc.columns:
+            table["ObjectNumber"] = loc["ObjectNumber"].to_numpy()
+        table["x"], table["y"] = xs, ys
+        table["edge"] = pd.Categorical.from_codes(codes, OUTCOMES)
+        table["row"] = rows
+        if len(kept):
+            pending.append(np.asarray(kept, dtype=dtype))
+            n_pending += len(kept)
+        pending_sites.append((s, table, next_row))
+        if n_pending >= chunk_cells:
+            flush(final=False)
+    flush(final=True)
+    parts = [pd.read_parquet(out / "cells" / f"site-{s:05d}.parquet") for s in sorted(done)]
+    cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if len(cells):
+        cells["edge"] = pd.Categorical(cells["edge"].astype(str), categories=list(OUTCOMES))
+    cells.to_parquet(out / ".cells.parquet.tmp", index=False)
+    os.replace(out / ".cells.parquet.tmp", out / "cells.parquet")
+    manifest["complete"] = True
+    _write_json_atomic(mpath, manifest)
+    return CropResult(out, len(cells), committed, len(index), resumed)

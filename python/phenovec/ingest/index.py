@@ -1,0 +1,134 @@
+"""The ingest inputs: an image index (one row per site, one path column per channel) and cell locations.
+
+Image index (CSV or Parquet): ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` and one path column
+per channel. Channel columns are found by ``channels`` (names such as ``DNA``) as ``FileName_<name>``,
+``PathName_<name>`` + ``FileName_<name>`` (CellProfiler LoadData style) or a column named exactly ``<name>``.
+Relative paths are relative to the index file's folder. Other ``Metadata_*`` columns (treatment, MOA,
+control) travel with the cells.
+
+Cell locations: a CellProfiler nuclei table (CSV, Parquet or SQLite table) with ``Nuclei_Location_Center_X/Y``
+or ``AreaShape_Center_X/Y`` (``Location_Center_X/Y`` too), either one table with the site keys
+(``Metadata_Plate/Well/Site``) or one file per site given by a ``locations`` path column of the index.
+Every problem names the file and the column or row.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from phenovec.io.profiles import read_table
+
+SITE_KEYS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+CENTER_COLUMNS = [
+    ("Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"),
+    ("AreaShape_Center_X", "AreaShape_Center_Y"),
+    ("Location_Center_X", "Location_Center_Y"),
+]
+
+
+@dataclass
+class ImageIndex:
+    """Sites (metadata) and, per site, the channel image paths in the configured order."""
+
+    sites: pd.DataFrame
+    channels: list[str]
+    paths: list[list[str]]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+
+def _channel_paths(df: pd.DataFrame, name: str, root: Path, where: str) -> list[str]:
+    if f"FileName_{name}" in df.columns:
+        files = df[f"FileName_{name}"].astype(str)
+        if f"PathName_{name}" in df.columns:
+            files = [str(Path(p) / f) for p, f in zip(df[f"PathName_{name}"].astype(str), files)]
+    elif name in df.columns:
+        files = df[name].astype(str)
+    else:
+        raise KeyError(f"{where}: no column for channel {name!r} (expected FileName_{name} or {name})")
+    return [str(p) if Path(p).is_absolute() else str(root / p) for p in files]
+
+
+def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLike | None = None) -> ImageIndex:
+    """Read an image index (see the module docstring); ``root`` overrides the folder relative paths start from."""
+    if isinstance(path_or_df, pd.DataFrame):
+        df, where = path_or_df.reset_index(drop=True), "image index"
+        base = Path(root) if root is not None else Path.cwd()
+    else:
+        p = Path(path_or_df)
+        df, where = read_table(p).reset_index(drop=True), str(p)
+        base = Path(root) if root is not None else p.parent
+    missing = [k for k in SITE_KEYS if k not in df.columns]
+    if missing:
+        raise KeyError(f"{where}: missing site column {missing[0]!r}")
+    if not channels:
+        raise ValueError("channels: give at least one channel name, e.g. DNA ER RNA AGP Mito")
+    per_channel = [_channel_paths(df, c, base, where) for c in channels]
+    dup = df.duplicated(SITE_KEYS)
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise ValueError(f"{where}: row {i} repeats site {tuple(df.loc[i, SITE_KEYS])}")
+    meta = df[[c for c in df.columns if str(c).startswith("Metadata_")]]
+    paths = [list(ps) for ps in zip(*per_channel)]
+    return ImageIndex(meta, list(channels), paths, where)
+
+
+def _center_columns(df: pd.DataFrame, where: str) -> tuple[str, str]:
+    for cx, cy in CENTER_COLUMNS:
+        if cx in df.columns and cy in df.columns:
+            return cx, cy
+    raise KeyError(f"{where}: no nucleus centre columns (expected one of {[c[0] for c in CENTER_COLUMNS]} with _Y)")
+
+
+def read_locations(path: str | os.PathLike, table: str = "Nuclei") -> pd.DataFrame:
+    """A locations table as ``ObjectNumber`` (if present), ``x``, ``y`` plus any site keys it has.
+    SQLite files (``.sqlite``/``.db``) are read from ``table`` (``Per_Nuclei`` is tried too)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"locations file not found: {p}")
+    if p.suffix.lower() in (".sqlite", ".db"):
+        import sqlite3
+
+        with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as con:
+            names = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+            t = table if table in names else f"Per_{table}" if f"Per_{table}" in names else None
+            if t is None:
+                raise KeyError(f"{p}: no table {table!r} (tables: {sorted(names)})")
+            df = pd.read_sql_query(f'select * from "{t}"', con)
+            df.columns = [c.replace(f"{table}_", "", 1) if c.startswith(f"{table}_AreaShape") else c for c in df.columns]
+    else:
+        df = read_table(p)
+    cx, cy = _center_columns(df, str(p))
+    out = pd.DataFrame({"x": pd.to_numeric(df[cx], errors="coerce"), "y": pd.to_numeric(df[cy], errors="coerce")})
+    if "ObjectNumber" in df.columns:
+        out.insert(0, "ObjectNumber", df["ObjectNumber"].to_numpy())
+    for k in SITE_KEYS:
+        if k in df.columns:
+            out[k] = df[k].to_numpy()
+    return out
+
+
+def site_locations(index: ImageIndex, locations) -> list[pd.DataFrame]:
+    """Per site (index order) its locations: from one table (``DataFrame`` or path) keyed by the site columns,
+    or from a per-site path column ``locations`` of the index when ``locations`` is None."""
+    if locations is None:
+        if "Metadata_Locations" not in index.sites.columns:
+            raise KeyError(f"{index.source}: no locations table given and no Metadata_Locations column")
+        return [read_locations(p) for p in index.sites["Metadata_Locations"]]
+    table = locations if isinstance(locations, pd.DataFrame) else read_locations(locations)
+    missing = [k for k in SITE_KEYS if k not in table.columns]
+    if missing:
+        if len(index) == 1:  # one site, one table without keys: it is that site's
+            return [table]
+        raise KeyError(f"locations: missing site column {missing[0]!r} needed to match {len(index)} sites")
+    keyed = table.astype({k: str for k in SITE_KEYS})
+    groups = {k: g for k, g in keyed.groupby(SITE_KEYS, sort=False)}
+    empty = table.iloc[:0]
+    return [groups.get(tuple(str(v) for v in row), empty) for row in index.sites[SITE_KEYS].itertuples(index=False)]

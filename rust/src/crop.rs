@@ -1,0 +1,289 @@
+//! Single-cell crops: C x box x box windows cut around nucleus centres, with an explicit edge
+//! policy and a recorded outcome per cell.
+//!
+//! **Geometry.** A centre is `(x, y)` in pixels with x = column and y = row (CellProfiler's
+//! `Location_Center_X/Y`). It is rounded to a pixel by round-half-up, `cx = floor(x + 0.5)`,
+//! `cy = floor(y + 0.5)`, and the box's top-left pixel is `(cy - box/2, cx - box/2)` (integer
+//! division), so the box covers rows `cy - box/2 .. cy - box/2 + box` (end exclusive): the centre
+//! pixel sits at index `box/2` of the crop (64 for box 128; the middle for odd boxes). In numpy
+//! terms a crop is `img[cy - box//2 : cy - box//2 + box, cx - box//2 : cx - box//2 + box]`.
+//! DeepProfiler instead resamples a box of the same size around the unrounded centre with
+//! `tf.image.crop_and_resize` (bilinear, zero outside); we cut whole pixels, so no pixel is
+//! interpolated.
+//!
+//! **Outcomes** ([`EdgeOutcome`], code in parentheses): a box wholly inside the image is
+//! `Inside` (0) whatever the policy. Otherwise the policy decides: [`EdgePolicy::Drop`] leaves the
+//! crop all zeros (`Dropped`, 3); [`EdgePolicy::Shift`] moves the box the least distance that puts it
+//! inside the image (`Shifted`, 1; when the box is larger than the image it cannot fit and the
+//! cell is `Dropped`); [`EdgePolicy::Pad`] keeps the box where it is and fills pixels outside the
+//! image with 0 (`Padded`, 2). A centre that is NaN or infinite, or whose rounded pixel lies
+//! outside the image, is `Invalid` (4) under every policy and its crop is all zeros.
+//!
+//! **Rescaling.** [`rescale_min_max`] maps each crop's each channel to [0, 1] as DeepProfiler
+//! does: `(v - min) / (max - min)` over that channel's box x box values (padding zeros included);
+//! a constant channel becomes all zeros.
+use rayon::prelude::*;
+
+use crate::image::{Image, IngestError, Result};
+
+/// What to do with a box that does not lie wholly inside the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgePolicy {
+    Drop,
+    Shift,
+    Pad,
+}
+
+impl EdgePolicy {
+    /// Parse `"drop"`, `"shift"` or `"pad"`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "drop" => Ok(Self::Drop),
+            "shift" => Ok(Self::Shift),
+            "pad" => Ok(Self::Pad),
+            _ => Err(IngestError::Invalid(format!("unknown edge policy {s:?}: use one of drop, shift, pad"))),
+        }
+    }
+}
+
+/// What happened to one cell's crop; `code()` is the stored int8 code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i8)]
+pub enum EdgeOutcome {
+    Inside = 0,
+    Shifted = 1,
+    Padded = 2,
+    Dropped = 3,
+    Invalid = 4,
+}
+
+impl EdgeOutcome {
+    pub fn code(self) -> i8 {
+        self as i8
+    }
+}
+
+/// Top-left (row, column) of the box around `(x, y)` before any edge policy, or `None` when the
+/// centre is non-finite or its rounded pixel lies outside a `width` x `height` image.
+pub fn box_origin(x: f64, y: f64, box_size: usize, width: usize, height: usize) -> Option<(i64, i64)> {
+    if !x.is_finite() || !y.is_finite() {
+        return None;
+    }
+    let (cx, cy) = ((x + 0.5).floor(), (y + 0.5).floor());
+    if cx < 0.0 || cy < 0.0 || cx >= width as f64 || cy >= height as f64 {
+        return None;
+    }
+    let half = (box_size / 2) as i64;
+    Some((cy as i64 - half, cx as i64 - half))
+}
+
+/// Cut one C x box x box crop per centre into `out` (length N x C x box x box, cell-major then
+/// channel, row, column) and return each cell's outcome. Runs in parallel over cells.
+///
+/// Errors (never partial output): no channels, channels of different sizes, `box_size` 0, or an
+/// `out` of the wrong length. `out` is overwritten entirely (zeros where nothing is copied).
+pub fn crop_cells<T>(channels: &[Image], centers: &[(f64, f64)], box_size: usize, edge: EdgePolicy, out: &mut [T]) -> Result<Vec<EdgeOutcome>>
+where
+    T: Copy + Default + From<u16> + Send,
+{
+    let Some(first) = channels.first() else {
+        return Err(IngestError::Invalid("crop_cells needs at least one channel".into()));
+    };
+    let (w, h) = (first.width, first.height);
+    if let Some((i, c)) = channels.iter().enumerate().find(|(_, c)| c.width != w || c.height != h) {
+        return Err(IngestError::Invalid(format!("channel {i} is {} x {} (W x H) but channel 0 is {w} x {h}", c.width, c.height)));
+    }
+    if box_size == 0 {
+        return Err(IngestError::Invalid("box size must be at least 1 pixel".into()));
+    }
+    let nc = channels.len();
+    let plane = box_size * box_size;
+    let per_cell = nc * plane;
+    let want = centers.len().checked_mul(per_cell);
+    if want != Some(out.len()) {
+        return Err(IngestError::Invalid(format!(
+            "crop output buffer has {} values, expected {} cells x {nc} channels x {box_size} x {box_size}",
+            out.len(),
+            centers.len()
+        )));
+    }
+    if per_cell == 0 {
+        return Ok(centers.iter().map(|&(x, y)| if box_origin(x, y, box_size, w, h).is_some() { EdgeOutcome::Inside } else { EdgeOutcome::Invalid }).collect());
+    }
+    let b = box_size as i64;
+    let (wi, hi) = (w as i64, h as i64);
+    Ok(out
+        .par_chunks_mut(per_cell)
+        .zip(centers.par_iter())
+        .map(|(dst, &(x, y))| {
+            dst.fill(T::default());
+            let Some((mut r0, mut c0)) = box_origin(x, y, box_size, w, h) else {
+                return EdgeOutcome::Invalid;
+            };
+            let inside = r0 >= 0 && c0 >= 0 && r0 + b <= hi && c0 + b <= wi;
+            let outcome = if inside {
+                EdgeOutcome::Inside
+            } else {
+                match edge {
+                    EdgePolicy::Drop => return EdgeOutcome::Dropped,
+                    EdgePolicy::Shift => {
+                        if b > hi || b > wi {
+                            return EdgeOutcome::Dropped;
+                        }
+                        r0 = r0.clamp(0, hi - b);
+                        c0 = c0.clamp(0, wi - b);
+                        EdgeOutcome::Shifted
+                    }
+                    EdgePolicy::Pad => EdgeOutcome::Padded,
+                }
+            };
+            // Intersection of the box with the image, in image and crop coordinates.
+            let (ra, rb) = (r0.max(0), (r0 + b).min(hi));
+            let (ca, cb) = (c0.max(0), (c0 + b).min(wi));
+            if ra < rb && ca < cb {
+                let ncols = (cb - ca) as usize;
+                for (ch, img) in channels.iter().enumerate() {
+                    let dplane = &mut dst[ch * plane..(ch + 1) * plane];
+                    for r in ra..rb {
+                        let src = &img.data[r as usize * w + ca as usize..][..ncols];
+                        let drow = (r - r0) as usize * box_size + (ca - c0) as usize;
+                        for (d, &s) in dplane[drow..drow + ncols].iter_mut().zip(src) {
+                            *d = T::from(s);
+                        }
+                    }
+                }
+            }
+            outcome
+        })
+        .collect())
+}
+
+/// Per-crop per-channel min-max rescale to [0, 1] in place (DeepProfiler semantics; see the
+/// module docs). `crops` holds whole planes of `plane` values (box x box); a constant plane
+/// becomes zeros. Runs in parallel over planes.
+pub fn rescale_min_max(crops: &mut [f32], plane: usize) -> Result<()> {
+    if plane == 0 || crops.len() % plane != 0 {
+        return Err(IngestError::Invalid(format!("{} values do not split into planes of {plane}", crops.len())));
+    }
+    crops.par_chunks_mut(plane).for_each(|p| {
+        let (lo, hi) = p.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let range = hi - lo;
+        if range > 0.0 && range.is_finite() {
+            p.iter_mut().for_each(|v| *v = (*v - lo) / range);
+        } else {
+            p.fill(0.0);
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pixel value encodes its position: v = 100 * row + col (+ 10000 * channel).
+    fn img(w: usize, h: usize, ch: u16) -> Image {
+        let data = (0..h).flat_map(|r| (0..w).map(move |c| (10000 * ch as usize + 100 * r + c) as u16)).collect();
+        Image { width: w, height: h, bit_depth: 16, data }
+    }
+
+    fn run(ims: &[Image], centers: &[(f64, f64)], b: usize, e: EdgePolicy) -> (Vec<u16>, Vec<EdgeOutcome>) {
+        let mut out = vec![7u16; centers.len() * ims.len() * b * b];
+        let oc = crop_cells(ims, centers, b, e, &mut out).unwrap();
+        (out, oc)
+    }
+
+    #[test]
+    fn inside_crop_and_rounding() {
+        let ims = [img(10, 8, 0), img(10, 8, 1)];
+        // x = 4.5 rounds up to column 5; y = 3.49 rounds to row 3. Box 3: rows 2..5, cols 4..7.
+        let (out, oc) = run(&ims, &[(4.5, 3.49)], 3, EdgePolicy::Drop);
+        assert_eq!(oc, vec![EdgeOutcome::Inside]);
+        assert_eq!(&out[..9], &[204, 205, 206, 304, 305, 306, 404, 405, 406]);
+        assert_eq!(out[9], 10204); // channel 1 plane starts with its own top-left pixel
+        // Even box 4 around (5, 4): rows 2..6, cols 3..7; the centre pixel sits at (2, 2).
+        let (out, _) = run(&ims[..1], &[(5.0, 4.0)], 4, EdgePolicy::Drop);
+        assert_eq!(out[0], 203);
+        assert_eq!(out[2 * 4 + 2], 405);
+        assert_eq!(out[15], 506);
+        // Half-up rounding at negative halves: x = -0.5 -> column 0 (valid), x = -0.51 -> -1 (invalid).
+        assert_eq!(box_origin(-0.5, 0.0, 1, 3, 3), Some((0, 0)));
+        assert_eq!(box_origin(-0.51, 0.0, 1, 3, 3), None);
+        assert_eq!(box_origin(2.49, 2.49, 1, 3, 3), Some((2, 2)));
+        assert_eq!(box_origin(2.5, 0.0, 1, 3, 3), None);
+    }
+
+    #[test]
+    fn edge_policies() {
+        let ims = [img(6, 5, 0)];
+        let c = [(0.0, 0.0)]; // box 3 at top-left corner: rows -1..2, cols -1..2
+        let (out, oc) = run(&ims, &c, 3, EdgePolicy::Drop);
+        assert_eq!(oc, vec![EdgeOutcome::Dropped]);
+        assert!(out.iter().all(|&v| v == 0));
+
+        let (out, oc) = run(&ims, &c, 3, EdgePolicy::Pad);
+        assert_eq!(oc, vec![EdgeOutcome::Padded]);
+        assert_eq!(out, vec![0, 0, 0, 0, 0, 1, 0, 100, 101]);
+
+        let (out, oc) = run(&ims, &c, 3, EdgePolicy::Shift);
+        assert_eq!(oc, vec![EdgeOutcome::Shifted]);
+        assert_eq!(out, vec![0, 1, 2, 100, 101, 102, 200, 201, 202]);
+
+        // Bottom-right corner (5, 4): shift moves the box to rows 2..5, cols 3..6.
+        let (out, oc) = run(&ims, &[(5.0, 4.0)], 3, EdgePolicy::Shift);
+        assert_eq!(oc, vec![EdgeOutcome::Shifted]);
+        assert_eq!(out, vec![203, 204, 205, 303, 304, 305, 403, 404, 405]);
+        let (out, oc) = run(&ims, &[(5.0, 4.0)], 3, EdgePolicy::Pad);
+        assert_eq!(oc, vec![EdgeOutcome::Padded]);
+        assert_eq!(out, vec![304, 305, 0, 404, 405, 0, 0, 0, 0]);
+
+        // Box larger than the image: shift cannot fit it -> Dropped; pad still works.
+        let (out, oc) = run(&ims, &[(2.0, 2.0)], 7, EdgePolicy::Shift);
+        assert_eq!(oc, vec![EdgeOutcome::Dropped]);
+        assert!(out.iter().all(|&v| v == 0));
+        let (out, oc) = run(&ims, &[(2.0, 2.0)], 7, EdgePolicy::Pad);
+        assert_eq!(oc, vec![EdgeOutcome::Padded]);
+        // Box rows -1..6, cols -1..6: pixel (0, 0) lands at crop (1, 1).
+        assert_eq!(out[7 + 1], 0 + 0);
+        assert_eq!(out[7 + 2], 1);
+        assert_eq!(out[5 * 7 + 6], 405);
+        assert_eq!(out[6 * 7 + 6], 0);
+    }
+
+    #[test]
+    fn invalid_centres_never_panic() {
+        let ims = [img(6, 5, 0)];
+        let c = [(f64::NAN, 1.0), (1.0, f64::INFINITY), (-3.0, 2.0), (6.0, 1.0), (1.0, 5.0), (1e300, -1e300), (2.0, 2.0)];
+        for e in [EdgePolicy::Drop, EdgePolicy::Shift, EdgePolicy::Pad] {
+            let (out, oc) = run(&ims, &c, 3, e);
+            assert_eq!(&oc[..6], &[EdgeOutcome::Invalid; 6]);
+            assert_eq!(oc[6], EdgeOutcome::Inside);
+            assert!(out[..6 * 9].iter().all(|&v| v == 0));
+            assert_eq!(out[6 * 9], 101);
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let ims = [img(6, 5, 0), img(5, 6, 1)];
+        let mut out = vec![0u16; 18];
+        assert!(crop_cells(&ims, &[(1.0, 1.0)], 3, EdgePolicy::Pad, &mut out).is_err());
+        assert!(crop_cells(&ims[..1], &[(1.0, 1.0)], 3, EdgePolicy::Pad, &mut out).is_err()); // wrong out length
+        assert!(crop_cells(&ims[..1], &[(1.0, 1.0)], 0, EdgePolicy::Pad, &mut out[..0]).is_err());
+        assert!(crop_cells::<u16>(&[], &[], 3, EdgePolicy::Pad, &mut []).is_err());
+        assert!(EdgePolicy::parse("zero").is_err());
+        assert_eq!(EdgePolicy::parse("shift").unwrap(), EdgePolicy::Shift);
+    }
+
+    #[test]
+    fn float_output_and_rescale() {
+        let ims = [img(6, 5, 0), Image { width: 6, height: 5, bit_depth: 8, data: vec![9; 30] }];
+        let mut out = vec![0f32; 2 * 4];
+        let oc = crop_cells(&ims, &[(1.0, 1.0)], 2, EdgePolicy::Pad, &mut out).unwrap();
+        assert_eq!(oc, vec![EdgeOutcome::Inside]);
+        assert_eq!(out, vec![0.0, 1.0, 100.0, 101.0, 9.0, 9.0, 9.0, 9.0]);
+        rescale_min_max(&mut out, 4).unwrap();
+        assert_eq!(out, vec![0.0, 1.0 / 101.0, 100.0 / 101.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert!(rescale_min_max(&mut out, 3).is_err());
+    }
+}

@@ -1,0 +1,444 @@
+//! Decoding microscopy images (one channel of one site) into a 16-bit grey pixel buffer.
+//!
+//! Formats are recognised by their magic bytes, not by the file name:
+//! - TIFF (classic and BigTIFF, either byte order): the **first page** only; greyscale with 8 or 16
+//!   bits per sample, unsigned integer samples; uncompressed, LZW, deflate or PackBits, with or
+//!   without the horizontal predictor (all via the `tiff` crate).
+//! - PNG: greyscale with 8 or 16 bits per sample (via the `png` crate).
+//!
+//! 8-bit images are widened to `u16` without scaling (value 200 stays 200); [`Image::bit_depth`]
+//! records the stored depth. Width and height always come from the file. A file whose header
+//! declares more than [`MAX_PIXELS`] pixels is refused before any pixel buffer is allocated.
+//! Every error names the file.
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use thiserror::Error;
+
+/// Largest accepted width x height (2^28 = 268,435,456 pixels, e.g. 16384 x 16384; 512 MiB as
+/// `u16`). Larger declared sizes are refused as absurd before allocating.
+pub const MAX_PIXELS: u64 = 1 << 28;
+
+/// Errors of the ingest path (decode and crop). The bindings raise `FileNotFoundError` for
+/// [`IngestError::NotFound`] and `ValueError` for every other variant.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum IngestError {
+    #[error("image file not found: {path}")]
+    NotFound { path: PathBuf },
+    #[error("cannot read image file {path}: {msg}")]
+    Io { path: PathBuf, msg: String },
+    #[error("{path} is not a TIFF or PNG file (first bytes {magic:02x?})")]
+    UnknownFormat { path: PathBuf, magic: Vec<u8> },
+    #[error("{path}: truncated or corrupt {format} data: {msg}")]
+    Corrupt { path: PathBuf, format: &'static str, msg: String },
+    #[error("{path}: unsupported {format} image: {what} (supported: greyscale, 8 or 16 bits per sample)")]
+    Unsupported { path: PathBuf, format: &'static str, what: String },
+    #[error("{path}: declared size {width} x {height} exceeds the limit of {max} pixels; refused before allocating")]
+    TooLarge { path: PathBuf, width: u64, height: u64, max: u64 },
+    #[error("{path}: declared size {width} x {height} is empty")]
+    Empty { path: PathBuf, width: u64, height: u64 },
+    #[error("channels of one site differ in size: {first} is {first_w} x {first_h} (W x H) but {other} is {other_w} x {other_h}")]
+    SizeMismatch { first: PathBuf, first_w: usize, first_h: usize, other: PathBuf, other_w: usize, other_h: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, IngestError>;
+
+/// One decoded single-channel image, row-major: pixel (row r, column c) is `data[r * width + c]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub width: usize,
+    pub height: usize,
+    /// Bits per sample as stored in the file (8 or 16); 8-bit values are widened unscaled.
+    pub bit_depth: u8,
+    pub data: Vec<u16>,
+}
+
+impl Image {
+    /// Pixel at (row, column); panics out of range (internal use with checked indices only).
+    #[inline]
+    pub fn get(&self, row: usize, col: usize) -> u16 {
+        self.data[row * self.width + col]
+    }
+}
+
+fn check_size(path: &Path, w: u64, h: u64) -> Result<()> {
+    if w == 0 || h == 0 {
+        return Err(IngestError::Empty { path: path.into(), width: w, height: h });
+    }
+    if w.saturating_mul(h) > MAX_PIXELS {
+        return Err(IngestError::TooLarge { path: path.into(), width: w, height: h, max: MAX_PIXELS });
+    }
+    Ok(())
+}
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => IngestError::NotFound { path: path.into() },
+        _ => IngestError::Io { path: path.into(), msg: e.to_string() },
+    })
+}
+
+/// Decode one image file (TIFF first page or PNG; see the module docs).
+///
+/// Decoder panics (malformed input hitting a bug in a decoder crate) are caught and reported as
+/// [`IngestError::Corrupt`], so no panic escapes.
+pub fn decode_path(path: impl AsRef<Path>) -> Result<Image> {
+    let path = path.as_ref();
+    let mut f = open(path)?;
+    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(IngestError::Io { path: path.into(), msg: "is a directory".into() });
+    }
+    let mut magic = [0u8; 8];
+    let mut got = 0;
+    while got < magic.len() {
+        match f.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) => return Err(IngestError::Io { path: path.into(), msg: e.to_string() }),
+        }
+    }
+    let magic = &magic[..got];
+    let is_tiff = magic.len() >= 4 && (magic[..4] == *b"II*\0" || magic[..4] == *b"MM\0*" || magic[..4] == *b"II+\0" || magic[..4] == *b"MM\0+");
+    let is_png = magic == b"\x89PNG\r\n\x1a\n";
+    if !is_tiff && !is_png {
+        return Err(IngestError::UnknownFormat { path: path.into(), magic: magic.to_vec() });
+    }
+    drop(f);
+    let file = open(path)?;
+    let format = if is_tiff { "TIFF" } else { "PNG" };
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if is_tiff {
+            decode_tiff(path, file)
+        } else {
+            decode_png(path, file)
+        }
+    }));
+    match run {
+        Ok(r) => r,
+        Err(_) => Err(IngestError::Corrupt { path: path.into(), format, msg: "the decoder failed on malformed data".into() }),
+    }
+}
+
+fn tiff_err(path: &Path, e: tiff::TiffError) -> IngestError {
+    use tiff::TiffError as T;
+    match e {
+        T::UnsupportedError(u) => IngestError::Unsupported { path: path.into(), format: "TIFF", what: u.to_string() },
+        T::LimitsExceeded => IngestError::TooLarge { path: path.into(), width: 0, height: 0, max: MAX_PIXELS },
+        T::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            IngestError::Corrupt { path: path.into(), format: "TIFF", msg: format!("file ends early ({io})") }
+        }
+        other => IngestError::Corrupt { path: path.into(), format: "TIFF", msg: other.to_string() },
+    }
+}
+
+fn decode_tiff(path: &Path, file: File) -> Result<Image> {
+    use tiff::decoder::{Decoder, DecodingResult, Limits};
+    use tiff::ColorType;
+    let e = |err| tiff_err(path, err);
+    let mut limits = Limits::default();
+    limits.decoding_buffer_size = (MAX_PIXELS as usize).saturating_mul(2);
+    let mut dec = Decoder::new(BufReader::new(file)).map_err(e)?.with_limits(limits);
+    let (w, h) = dec.dimensions().map_err(e)?;
+    check_size(path, w as u64, h as u64)?;
+    let bit_depth = match dec.colortype().map_err(e)? {
+        ColorType::Gray(8) => 8u8,
+        ColorType::Gray(16) => 16u8,
+        other => {
+            return Err(IngestError::Unsupported { path: path.into(), format: "TIFF", what: format!("colour type {other:?}") })
+        }
+    };
+    let (w, h) = (w as usize, h as usize);
+    let n = w * h;
+    let data: Vec<u16> = match dec.read_image().map_err(e)? {
+        DecodingResult::U8(v) if bit_depth == 8 && v.len() >= n => v[..n].iter().map(|&x| x as u16).collect(),
+        DecodingResult::U16(mut v) if bit_depth == 16 && v.len() >= n => {
+            v.truncate(n);
+            v
+        }
+        DecodingResult::U8(v) => return Err(short(path, v.len(), n)),
+        DecodingResult::U16(v) => return Err(short(path, v.len(), n)),
+        _ => {
+            return Err(IngestError::Unsupported { path: path.into(), format: "TIFF", what: "sample format is not unsigned integer".into() })
+        }
+    };
+    Ok(Image { width: w, height: h, bit_depth, data })
+}
+
+fn short(path: &Path, got: usize, want: usize) -> IngestError {
+    IngestError::Corrupt { path: path.into(), format: "TIFF", msg: format!("decoded {got} samples, expected {want}") }
+}
+
+fn decode_png(path: &Path, file: File) -> Result<Image> {
+    use png::{BitDepth, ColorType, Decoder, Transformations};
+    let e = |err: png::DecodingError| match err {
+        png::DecodingError::LimitsExceeded => IngestError::TooLarge { path: path.into(), width: 0, height: 0, max: MAX_PIXELS },
+        png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            IngestError::Corrupt { path: path.into(), format: "PNG", msg: format!("file ends early ({io})") }
+        }
+        other => IngestError::Corrupt { path: path.into(), format: "PNG", msg: other.to_string() },
+    };
+    let mut dec = Decoder::new_with_limits(BufReader::new(file), png::Limits { bytes: (MAX_PIXELS as usize).saturating_mul(2) });
+    dec.set_transformations(Transformations::IDENTITY);
+    let mut reader = dec.read_info().map_err(e)?;
+    let (w, h, ct, bd) = {
+        let info = reader.info();
+        (info.width, info.height, info.color_type, info.bit_depth)
+    };
+    check_size(path, w as u64, h as u64)?;
+    let bit_depth = match (ct, bd) {
+        (ColorType::Grayscale, BitDepth::Eight) => 8u8,
+        (ColorType::Grayscale, BitDepth::Sixteen) => 16u8,
+        (ct, bd) => {
+            return Err(IngestError::Unsupported { path: path.into(), format: "PNG", what: format!("colour type {ct:?} with bit depth {bd:?}") })
+        }
+    };
+    let size = reader.output_buffer_size().ok_or_else(|| IngestError::TooLarge {
+        path: path.into(),
+        width: w as u64,
+        height: h as u64,
+        max: MAX_PIXELS,
+    })?;
+    let mut buf = vec![0u8; size];
+    let out = reader.next_frame(&mut buf).map_err(e)?;
+    let (w, h) = (w as usize, h as usize);
+    let line = out.line_size;
+    let mut data = Vec::with_capacity(w * h);
+    for r in 0..h {
+        let row = &buf[r * line..r * line + line];
+        if bit_depth == 8 {
+            data.extend(row[..w].iter().map(|&x| x as u16));
+        } else {
+            data.extend(row[..2 * w].chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])));
+        }
+    }
+    Ok(Image { width: w, height: h, bit_depth, data })
+}
+
+/// Decode the channels of one site in parallel (rayon) and check they all have the first
+/// channel's size. Returns the images in the order of `paths`.
+pub fn decode_site<P: AsRef<Path> + Sync>(paths: &[P]) -> Result<Vec<Image>> {
+    if paths.is_empty() {
+        return Err(IngestError::Invalid("a site needs at least one channel image path".into()));
+    }
+    let images: Vec<Result<Image>> = paths.par_iter().map(|p| decode_path(p)).collect();
+    // Report the first failing channel in path order (deterministic messages).
+    let images: Vec<Image> = images.into_iter().collect::<Result<_>>()?;
+    let (w0, h0) = (images[0].width, images[0].height);
+    for (p, im) in paths.iter().zip(&images).skip(1) {
+        if im.width != w0 || im.height != h0 {
+            return Err(IngestError::SizeMismatch {
+                first: paths[0].as_ref().into(),
+                first_w: w0,
+                first_h: h0,
+                other: p.as_ref().into(),
+                other_w: im.width,
+                other_h: im.height,
+            });
+        }
+    }
+    Ok(images)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Cursor, Write};
+    use tiff::encoder::{colortype, Compression, DeflateLevel, TiffEncoder};
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("phenovec-image-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn pattern16(w: usize, h: usize) -> Vec<u16> {
+        (0..w * h).map(|i| ((i * 2654435761usize) % 65536) as u16).collect()
+    }
+
+    fn write_tiff16(path: &Path, w: usize, h: usize, data: &[u16], c: Compression) {
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = TiffEncoder::new(&mut buf).unwrap().with_compression(c);
+        enc.write_image::<colortype::Gray16>(w as u32, h as u32, data).unwrap();
+        std::fs::write(path, buf.into_inner()).unwrap();
+    }
+
+    #[test]
+    fn tiff16_round_trip_all_compressions() {
+        let d = tmpdir("t16");
+        let (w, h) = (37, 23); // not square: width and height must not be swapped
+        let data = pattern16(w, h);
+        let comps = [
+            ("none", Compression::Uncompressed),
+            ("lzw", Compression::Lzw),
+            ("deflate", Compression::Deflate(DeflateLevel::Balanced)),
+            ("packbits", Compression::Packbits),
+        ];
+        for (name, c) in comps {
+            let p = d.join(format!("{name}.tiff"));
+            write_tiff16(&p, w, h, &data, c);
+            let im = decode_path(&p).unwrap();
+            assert_eq!((im.width, im.height, im.bit_depth), (w, h, 16), "{name}");
+            assert_eq!(im.data, data, "{name}");
+        }
+    }
+
+    #[test]
+    fn tiff8_widened_unscaled_and_first_page_only() {
+        let d = tmpdir("t8");
+        let (w, h) = (5, 3);
+        let a: Vec<u8> = (0..15).map(|i| (i * 17) as u8).collect();
+        let b: Vec<u8> = vec![9; 15 * 4];
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = TiffEncoder::new(&mut buf).unwrap().with_compression(Compression::Lzw);
+        enc.write_image::<colortype::Gray8>(w, h, &a).unwrap();
+        enc.write_image::<colortype::Gray8>(10, 6, &b).unwrap();
+        let p = d.join("two_pages.tif");
+        std::fs::write(&p, buf.into_inner()).unwrap();
+        let im = decode_path(&p).unwrap();
+        assert_eq!((im.width, im.height, im.bit_depth), (5, 3, 8));
+        assert_eq!(im.data, a.iter().map(|&x| x as u16).collect::<Vec<_>>());
+    }
+
+    fn write_png(path: &Path, w: u32, h: u32, ct: png::ColorType, bd: png::BitDepth, bytes: &[u8]) {
+        let f = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
+        enc.set_color(ct);
+        enc.set_depth(bd);
+        let mut wr = enc.write_header().unwrap();
+        wr.write_image_data(bytes).unwrap();
+    }
+
+    #[test]
+    fn png_round_trips() {
+        let d = tmpdir("png");
+        let (w, h) = (7usize, 4usize);
+        let data = pattern16(w, h);
+        let be: Vec<u8> = data.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let p16 = d.join("g16.png");
+        write_png(&p16, w as u32, h as u32, png::ColorType::Grayscale, png::BitDepth::Sixteen, &be);
+        let im = decode_path(&p16).unwrap();
+        assert_eq!((im.width, im.height, im.bit_depth), (w, h, 16));
+        assert_eq!(im.data, data);
+
+        let d8: Vec<u8> = (0..w * h).map(|i| (i * 9 % 256) as u8).collect();
+        let p8 = d.join("g8.png");
+        write_png(&p8, w as u32, h as u32, png::ColorType::Grayscale, png::BitDepth::Eight, &d8);
+        let im = decode_path(&p8).unwrap();
+        assert_eq!(im.bit_depth, 8);
+        assert_eq!(im.data, d8.iter().map(|&x| x as u16).collect::<Vec<_>>());
+
+        let rgb = d.join("rgb.png");
+        write_png(&rgb, 2, 2, png::ColorType::Rgb, png::BitDepth::Eight, &[0u8; 12]);
+        let err = decode_path(&rgb).unwrap_err();
+        assert!(matches!(err, IngestError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("rgb.png"));
+    }
+
+    #[test]
+    fn rgb_tiff_is_unsupported() {
+        let d = tmpdir("rgbt");
+        let p = d.join("rgb.tiff");
+        let mut buf = Cursor::new(Vec::new());
+        TiffEncoder::new(&mut buf).unwrap().write_image::<colortype::RGB8>(2, 2, &[1u8; 12]).unwrap();
+        std::fs::write(&p, buf.into_inner()).unwrap();
+        let err = decode_path(&p).unwrap_err();
+        assert!(matches!(err, IngestError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("rgb.tiff"));
+    }
+
+    #[test]
+    fn bad_files_give_errors_naming_the_file() {
+        let d = tmpdir("bad");
+        let missing = d.join("nope.tiff");
+        assert!(matches!(decode_path(&missing), Err(IngestError::NotFound { .. })));
+
+        let txt = d.join("text.tiff");
+        std::fs::write(&txt, "hello, not an image").unwrap();
+        let e = decode_path(&txt).unwrap_err();
+        assert!(matches!(e, IngestError::UnknownFormat { .. }) && e.to_string().contains("text.tiff"), "{e}");
+
+        let empty = d.join("empty.png");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(matches!(decode_path(&empty), Err(IngestError::UnknownFormat { .. })));
+
+        // Truncated: a valid LZW TIFF cut in the pixel data.
+        let (w, h) = (64, 64);
+        let full = d.join("full.tiff");
+        write_tiff16(&full, w, h, &pattern16(w, h), Compression::Uncompressed);
+        let bytes = std::fs::read(&full).unwrap();
+        for cut in [10usize, 100, 1000, bytes.len() - 10] {
+            let t = d.join(format!("cut{cut}.tiff"));
+            std::fs::write(&t, &bytes[..cut]).unwrap();
+            let e = decode_path(&t).unwrap_err();
+            assert!(e.to_string().contains(&format!("cut{cut}.tiff")), "{e}");
+        }
+        let png16 = d.join("full.png");
+        let be: Vec<u8> = pattern16(w, h).iter().flat_map(|v| v.to_be_bytes()).collect();
+        write_png(&png16, w as u32, h as u32, png::ColorType::Grayscale, png::BitDepth::Sixteen, &be);
+        let pb = std::fs::read(&png16).unwrap();
+        let t = d.join("cut.png");
+        std::fs::write(&t, &pb[..pb.len() / 2]).unwrap();
+        let e = decode_path(&t).unwrap_err();
+        assert!(matches!(e, IngestError::Corrupt { .. }) && e.to_string().contains("cut.png"), "{e}");
+    }
+
+    /// A hand-made TIFF header declaring 100000 x 100000 pixels with 4 bytes of data.
+    #[test]
+    fn absurd_dimensions_refused_before_allocating() {
+        let d = tmpdir("huge");
+        let mut b: Vec<u8> = b"II*\0".to_vec();
+        b.extend(8u32.to_le_bytes());
+        let entries: [(u16, u16, u32, u32); 8] = [
+            (256, 4, 1, 100_000), // ImageWidth LONG
+            (257, 4, 1, 100_000), // ImageLength
+            (258, 3, 1, 16),      // BitsPerSample
+            (259, 3, 1, 1),       // Compression none
+            (262, 3, 1, 1),       // Photometric BlackIsZero
+            (273, 4, 1, 200),     // StripOffsets
+            (278, 4, 1, 100_000), // RowsPerStrip
+            (279, 4, 1, 4),       // StripByteCounts
+        ];
+        b.extend((entries.len() as u16).to_le_bytes());
+        for (tag, ty, count, val) in entries {
+            b.extend(tag.to_le_bytes());
+            b.extend(ty.to_le_bytes());
+            b.extend(count.to_le_bytes());
+            if ty == 3 {
+                b.extend((val as u16).to_le_bytes());
+                b.extend([0u8, 0]);
+            } else {
+                b.extend(val.to_le_bytes());
+            }
+        }
+        b.extend(0u32.to_le_bytes());
+        b.resize(204, 0);
+        let p = d.join("huge.tiff");
+        std::fs::File::create(&p).unwrap().write_all(&b).unwrap();
+        let e = decode_path(&p).unwrap_err();
+        assert!(matches!(e, IngestError::TooLarge { width: 100_000, height: 100_000, .. }), "{e}");
+        assert!(e.to_string().contains("huge.tiff"));
+    }
+
+    #[test]
+    fn site_checks_sizes_and_keeps_order() {
+        let d = tmpdir("site");
+        let a = d.join("a.tiff");
+        let b = d.join("b.tiff");
+        let c = d.join("c.tiff");
+        write_tiff16(&a, 4, 3, &[1; 12], Compression::Lzw);
+        write_tiff16(&b, 4, 3, &[2; 12], Compression::Uncompressed);
+        write_tiff16(&c, 3, 4, &[3; 12], Compression::Uncompressed);
+        let ims = decode_site(&[&a, &b]).unwrap();
+        assert_eq!(ims[0].data[0], 1);
+        assert_eq!(ims[1].data[0], 2);
+        let e = decode_site(&[&a, &c]).unwrap_err();
+        let s = e.to_string();
+        assert!(matches!(e, IngestError::SizeMismatch { .. }) && s.contains("a.tiff") && s.contains("c.tiff") && s.contains("4 x 3") && s.contains("3 x 4"), "{s}");
+        let e = decode_site(&[&a, &d.join("missing.tiff")]).unwrap_err();
+        assert!(matches!(e, IngestError::NotFound { .. }) && e.to_string().contains("missing.tiff"));
+    }
+}

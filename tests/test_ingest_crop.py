@@ -1,0 +1,98 @@
+"""Crops of a real 5-channel site into Zarr (+ cell table): layout, edge outcomes, resumability after a crash."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phenovec import _core
+from phenovec.ingest.crop import OUTCOMES, crop_index
+from phenovec.ingest.index import read_image_index, read_locations
+
+from conftest import SHARED_DATA
+
+SITE = SHARED_DATA / "deepprofiler-cpjump1-site"
+CHANNELS = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 1, "Mito": 2}
+
+
+def _index(n_sites: int):
+    """The real site listed ``n_sites`` times (as sites 1..n of well A01): enough to interrupt and resume."""
+    rows = []
+    for s in range(1, n_sites + 1):
+        row = {"Metadata_Plate": "BR00116991", "Metadata_Well": "A01", "Metadata_Site": s, "Metadata_Treatment": "DMSO"}
+        row.update({f"FileName_{c}": f"r01c01f01p01-ch{k}sk1fk1fl1.tiff" for c, k in CHANNELS.items()})
+        rows.append(row)
+    return read_image_index(pd.DataFrame(rows), list(CHANNELS), root=SITE)
+
+
+def _locations(n_sites: int):
+    loc = read_locations(SITE / "Nuclei.csv")
+    parts = [loc.assign(Metadata_Plate="BR00116991", Metadata_Well="A01", Metadata_Site=s) for s in range(1, n_sites + 1)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_crops_zarr_and_cell_table(tmp_path):
+    import zarr
+
+    idx, locs = _index(1), _locations(1)
+    res = crop_index(idx, locs, tmp_path / "out", box_size=64, edge="drop", chunk_cells=32, progress=False)
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    assert len(cells) == 109 == res.cells
+    arr = zarr.open_array(str(tmp_path / "out" / "crops.zarr"), mode="r")
+    has = cells["row"] >= 0
+    assert arr.shape == (int(has.sum()), 5, 64, 64) and arr.dtype == np.uint16
+    assert set(cells.loc[~has, "edge"]) <= {"dropped", "invalid"} and set(cells.loc[has, "edge"]) == {"inside"}
+    assert (cells.loc[has, "row"].to_numpy() == np.arange(has.sum())).all()
+    crops, codes = _core.crop_site(idx.paths[0], cells["x"].to_numpy(), cells["y"].to_numpy(), 64, "drop", False)
+    np.testing.assert_array_equal(arr[:], crops[np.asarray(codes) <= 2])
+    assert list(cells["edge"].cat.categories) == list(OUTCOMES)
+    assert (cells["Metadata_Treatment"] == "DMSO").all()
+
+
+def test_crash_then_resume_equals_one_run(tmp_path, monkeypatch):
+    import zarr
+
+    idx, locs = _index(4), _locations(4)
+    whole = crop_index(idx, locs, tmp_path / "whole", box_size=48, edge="pad", chunk_cells=64, progress=False)
+    calls = []
+    real = _core.crop_site
+
+    def crashing(paths, xs, ys, box, edge, rescale):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real(paths, xs, ys, box, edge, rescale)
+
+    monkeypatch.setattr(_core, "crop_site", crashing, raising=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crop_index(idx, locs, tmp_path / "again", box_size=48, edge="pad", chunk_cells=64, progress=False)
+    import json
+
+    m = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert m["committed"] % 64 == 0 and not m["complete"]
+    done_before = len(m["done"])
+    assert done_before >= 1  # 2 sites x 109 padded crops = 218 rows: 3 whole chunks committed, site 0 done
+    calls.clear()
+    monkeypatch.setattr(_core, "crop_site", real)
+    res = crop_index(idx, locs, tmp_path / "again", box_size=48, edge="pad", chunk_cells=64, progress=False)
+    assert res.resumed_sites == done_before
+    a = zarr.open_array(str(tmp_path / "whole" / "crops.zarr"), mode="r")[:]
+    b = zarr.open_array(str(tmp_path / "again" / "crops.zarr"), mode="r")[:]
+    np.testing.assert_array_equal(a, b)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "cells.parquet"),
+                                  pd.read_parquet(tmp_path / "again" / "cells.parquet"))
+    assert whole.crops == 4 * 109
+    with pytest.raises(ValueError, match="another configuration"):
+        crop_index(idx, locs, tmp_path / "again", box_size=32, edge="pad", chunk_cells=64, progress=False)
+
+
+def test_bad_index_and_locations(tmp_path):
+    with pytest.raises(KeyError, match="channel 'DNA'"):
+        read_image_index(pd.DataFrame({"Metadata_Plate": [1], "Metadata_Well": ["A01"], "Metadata_Site": [1]}), ["DNA"])
+    with pytest.raises(FileNotFoundError, match="locations file not found"):
+        read_locations(tmp_path / "nope.csv")
+    pd.DataFrame({"a": [1.0]}).to_csv(tmp_path / "l.csv", index=False)
+    with pytest.raises(KeyError, match="no nucleus centre columns"):
+        read_locations(tmp_path / "l.csv")
+    with pytest.raises(ValueError, match="edge must be one of"):
+        crop_index(_index(1), _locations(1), tmp_path / "o", edge="wrap")
