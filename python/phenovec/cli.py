@@ -291,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec.process.command import add_process_parser
 
     add_process_parser(stages)
+    from phenovec.ingest.command import add_crop_parser, add_synth_parser
+
+    add_synth_parser(stages)
+    add_crop_parser(stages)
     _add_demo(stages)
     return parser
 

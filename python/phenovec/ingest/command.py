@@ -1,0 +1,76 @@
+"""``phenovec synth``: write a deterministic synthetic Cell-Painting plate set (see ``phenovec.ingest.synth``).
+
+    phenovec synth --out DIR --plates 1 --wells 24 --sites 2 --size 256 --seed 0
+
+Prints a JSON summary (paths, plates, sites, nuclei) on success.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _run_synth(a) -> dict:
+    import pandas as pd
+
+    from phenovec.ingest.synth import CHANNELS, synth_plate
+
+    paths = synth_plate(a.out, plates=a.plates, wells=a.wells, sites_per_well=a.sites, size=a.size,
+                        cells_per_site=(a.cells[0], a.cells[1]), channels=tuple(a.channels or CHANNELS),
+                        seed=a.seed, compression=a.compression, cell_radius=a.cell_radius,
+                        plates_per_batch=a.plates_per_batch, progress=not a.quiet)
+    index = pd.read_csv(paths["index"])
+    summary = {"index": str(paths["index"]), "nuclei": str(paths["nuclei"]), "images": str(paths["images"]),
+               "plates": a.plates, "sites": len(index), "nuclei_count": len(pd.read_csv(paths["nuclei"])),
+               "treatments": sorted(index["Metadata_Treatment"].unique().tolist()), "seed": a.seed}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_synth_parser(stages) -> argparse.ArgumentParser:
+    """Add ``synth`` to the CLI's top-level subparsers; the handler is ``args.run``."""
+    p = stages.add_parser("synth", help="write a deterministic synthetic Cell-Painting plate (TIFFs, index, nuclei)")
+    p.add_argument("--out", required=True, help="output directory (index.csv, nuclei.csv, images/)")
+    p.add_argument("--plates", type=int, default=1)
+    p.add_argument("--wells", type=int, default=24, help="wells per plate: the first N of a 384-well plate")
+    p.add_argument("--sites", type=int, default=2, help="sites (fields) per well")
+    p.add_argument("--size", type=int, default=256, help="square field side in pixels (e.g. 1080)")
+    p.add_argument("--cells", type=int, nargs=2, default=(20, 40), metavar=("LOW", "HIGH"),
+                   help="cells per site, drawn uniformly in [LOW, HIGH]")
+    p.add_argument("--cell-radius", type=float, default=12.0, help="DMSO cell radius in pixels")
+    p.add_argument("--channels", nargs="+", help="channel subset and order (default DNA ER RNA AGP Mito)")
+    p.add_argument("--plates-per-batch", type=int, default=2)
+    p.add_argument("--compression", choices=["deflate", "none"], default="deflate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_synth)
+    return p
+
+
+def _run_crop(a) -> dict:
+    from phenovec.ingest.crop import crop_index
+    from phenovec.ingest.index import read_image_index
+
+    index = read_image_index(a.index, a.channels)
+    res = crop_index(index, a.locations, a.out, box_size=a.box_size, edge=a.edge, rescale=a.rescale,
+                     chunk_cells=a.chunk_cells, progress=not a.quiet)
+    summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "crops": res.crops,
+               "resumed_sites": res.resumed_sites, "box_size": a.box_size, "edge": a.edge, "channels": a.channels}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_crop_parser(stages) -> argparse.ArgumentParser:
+    """Add ``crop`` (single-cell crops of every site of an image index into Zarr; resumable)."""
+    p = stages.add_parser("crop", help="single-cell crops around nuclei into crops.zarr + cells.parquet (resumable)")
+    p.add_argument("index", help="image index (.csv/.parquet): Metadata_Plate/Well/Site + FileName_<channel>")
+    p.add_argument("--locations", required=True, help="nuclei table with Metadata_Plate/Well/Site and centre columns")
+    p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
+    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument("--box-size", type=int, default=128)
+    p.add_argument("--edge", choices=["drop", "shift", "pad"], default="drop")
+    p.add_argument("--rescale", action="store_true", help="per-crop per-channel min-max to [0, 1] (float32), as DeepProfiler")
+    p.add_argument("--chunk-cells", type=int, default=256)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_run_crop)
+    return p
