@@ -127,3 +127,21 @@ def test_synth_then_crop_from_the_cli(tmp_path, capsys):
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["resumed_sites"] == again["sites"] == 4
+
+
+def test_locations_from_cellprofiler_sqlite():
+    """ExportToDatabase layout (NF1 Schwann cells): Per_Nuclei centres + object numbers, site keys via Per_Image."""
+    import sqlite3
+
+    db = SHARED_DATA / "cytotable-nf1-sqlite" / "all_cellprofiler.sqlite"
+    loc = read_locations(db)
+    with sqlite3.connect(db) as con:
+        ref = pd.read_sql_query(
+            "select n.Nuclei_Number_Object_Number as o, n.Nuclei_Location_Center_X as x, n.Nuclei_Location_Center_Y as y, "
+            "i.Image_Metadata_Well as w, i.Image_Metadata_Site as s from Per_Nuclei n join Per_Image i "
+            "on n.ImageNumber = i.ImageNumber", con)
+    assert len(loc) == len(ref) == 433
+    np.testing.assert_array_equal(loc["ObjectNumber"].to_numpy(), ref["o"].to_numpy())
+    np.testing.assert_allclose(loc[["x", "y"]].to_numpy(), ref[["x", "y"]].to_numpy())
+    assert (loc["Metadata_Well"].to_numpy() == ref["w"].to_numpy()).all()
+    assert (loc["Metadata_Site"].astype(str).to_numpy() == ref["s"].astype(str).to_numpy()).all()

@@ -89,7 +89,8 @@ def _center_columns(df: pd.DataFrame, where: str) -> tuple[str, str]:
 
 def read_locations(path: str | os.PathLike, table: str = "Nuclei") -> pd.DataFrame:
     """A locations table as ``ObjectNumber`` (if present), ``x``, ``y`` plus any site keys it has.
-    SQLite files (``.sqlite``/``.db``) are read from ``table`` (``Per_Nuclei`` is tried too)."""
+    SQLite files (``.sqlite``/``.db``, CellProfiler ExportToDatabase) are read from ``table`` (``Per_Nuclei`` is
+    tried too); their site keys come from ``Per_Image`` through ``ImageNumber``."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"locations file not found: {p}")
@@ -102,7 +103,18 @@ def read_locations(path: str | os.PathLike, table: str = "Nuclei") -> pd.DataFra
             if t is None:
                 raise KeyError(f"{p}: no table {table!r} (tables: {sorted(names)})")
             df = pd.read_sql_query(f'select * from "{t}"', con)
+            # ExportToDatabase per-object layout: <Object>_Number_Object_Number, <Object>_AreaShape_*; the site
+            # keys live in Per_Image (Image_Metadata_Plate/Well/Site) joined on ImageNumber
+            df = df.rename(columns={f"{table}_Number_Object_Number": "ObjectNumber"})
             df.columns = [c.replace(f"{table}_", "", 1) if c.startswith(f"{table}_AreaShape") else c for c in df.columns]
+            if "Per_Image" in names and "ImageNumber" in df.columns:
+                img_cols = {r[1] for r in con.execute('pragma table_info("Per_Image")')}
+                keys = [f"Image_Metadata_{k}" for k in ("Plate", "Well", "Site") if f"Image_Metadata_{k}" in img_cols]
+                if keys:
+                    img = pd.read_sql_query(
+                        "select ImageNumber, " + ", ".join(f'"{k}"' for k in keys) + ' from "Per_Image"', con)
+                    img.columns = ["ImageNumber"] + [k.replace("Image_", "", 1) for k in keys]
+                    df = df.merge(img, on="ImageNumber", how="left", validate="many_to_one")
     else:
         df = read_table(p)
     cx, cy = _center_columns(df, str(p))
