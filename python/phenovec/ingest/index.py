@@ -27,6 +27,7 @@ SITE_KEYS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
 CENTER_COLUMNS = [
     ("Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"),
     ("AreaShape_Center_X", "AreaShape_Center_Y"),
+    ("Nuclei_AreaShape_Center_X", "Nuclei_AreaShape_Center_Y"),
     ("Location_Center_X", "Location_Center_Y"),
 ]
 
