@@ -14,10 +14,12 @@ pub mod average_precision;
 pub mod crop;
 pub mod error;
 pub mod image;
+pub mod intensity;
 pub mod null;
 pub mod pairs;
 pub mod ranking;
 pub mod similarity;
+pub mod tiles;
 
 #[cfg(feature = "python")]
 mod python;

@@ -333,6 +333,90 @@ fn crop_site<'py>(
     Ok((crops, outcomes.into_pyarray(py)))
 }
 
+// ---- ingest: illumination correction, intensity rescaling, field tiles (crate::intensity, crate::tiles) ----
+
+/// A uint16 or float32 image: H x W, or a C x H x W stack of planes.
+#[derive(FromPyObject)]
+enum Pixels<'py> {
+    U16(numpy::PyReadonlyArrayDyn<'py, u16>),
+    F32(numpy::PyReadonlyArrayDyn<'py, f32>),
+}
+
+/// (values in C-order as f32, shape, stack shape) of an H x W or C x H x W array.
+fn stack_of<T: Copy + Into<f32> + numpy::Element>(
+    a: &numpy::PyReadonlyArrayDyn<'_, T>,
+    what: &str,
+) -> PyResult<(Vec<f32>, Vec<usize>, crate::intensity::StackShape)> {
+    let v = a.as_array();
+    let shape = v.shape().to_vec();
+    let st = match shape[..] {
+        [h, w] => crate::intensity::StackShape::new(1, h, w),
+        [c, h, w] => crate::intensity::StackShape::new(c, h, w),
+        _ => return Err(PyValueError::new_err(format!("{what} must be 2-D (H x W) or 3-D (C x H x W), got shape {shape:?}"))),
+    };
+    Ok((v.iter().map(|&x| x.into()).collect(), shape, st))
+}
+
+fn pixels(x: &Pixels<'_>, what: &str) -> PyResult<(Vec<f32>, Vec<usize>, crate::intensity::StackShape)> {
+    match x {
+        Pixels::U16(a) => stack_of(a, what),
+        Pixels::F32(a) => stack_of(a, what),
+    }
+}
+
+fn f32_array<'py>(py: Python<'py>, shape: Vec<usize>, data: Vec<f32>) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+    let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
+/// Divide an image (uint16/float32, H x W or C x H x W) by a float32 flat field of the same shape;
+/// returns float32. Flat-field values must be finite and > 0 (see crate::intensity).
+#[pyfunction]
+fn correct_illumination<'py>(py: Python<'py>, image: Pixels<'py>, flat: numpy::PyReadonlyArrayDyn<'py, f32>) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+    let (x, shape, st) = pixels(&image, "image")?;
+    let (f, fshape, fst) = stack_of(&flat, "flat field")?;
+    if shape.len() != fshape.len() {
+        return Err(PyValueError::new_err(format!("flat field has shape {fshape:?} but the image has shape {shape:?}")));
+    }
+    let out = py.allow_threads(|| crate::intensity::correct_illumination(&x, st, &f, fst)).map_err(ingest_err)?;
+    f32_array(py, shape, out)
+}
+
+fn rescale<'py>(py: Python<'py>, x: Pixels<'py>, r: crate::intensity::Rescale) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+    let (mut v, shape, st) = pixels(&x, "image")?;
+    py.allow_threads(|| r.apply(&mut v, st)).map_err(ingest_err)?;
+    f32_array(py, shape, v)
+}
+
+/// Per-plane percentile clip to [0, 1] (np.percentile linear), H x W or C x H x W; float32 out.
+#[pyfunction]
+fn rescale_percentile<'py>(py: Python<'py>, x: Pixels<'py>, low: f64, high: f64) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+    rescale(py, x, crate::intensity::Rescale::Percentile { low, high })
+}
+
+/// Fixed range [lo, hi] -> [0, 1], clipped; float32 out.
+#[pyfunction]
+fn rescale_range<'py>(py: Python<'py>, x: Pixels<'py>, lo: f64, hi: f64) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+    rescale(py, x, crate::intensity::Rescale::Range { lo, hi })
+}
+
+/// Decode a site's channels and block-mean downsample by `factor`: float32 C x H/f x W/f.
+#[pyfunction]
+#[pyo3(signature = (paths, factor=1))]
+fn field_tiles<'py>(py: Python<'py>, paths: Vec<std::path::PathBuf>, factor: usize) -> PyResult<Bound<'py, numpy::PyArray3<f32>>> {
+    let t = py.allow_threads(|| crate::tiles::site_tile(&paths, factor)).map_err(ingest_err)?;
+    let a = ndarray::Array3::from_shape_vec((t.channels, t.height, t.width), t.data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
+/// Decode a site's channels and cut tile_h x tile_w views every `stride` pixels: uint16 V x C x th x tw.
+#[pyfunction]
+fn field_views<'py>(py: Python<'py>, paths: Vec<std::path::PathBuf>, tile_h: usize, tile_w: usize, stride: usize) -> PyResult<Bound<'py, numpy::PyArray4<u16>>> {
+    let (v, c, data) = py.allow_threads(|| crate::tiles::site_views(&paths, tile_h, tile_w, stride)).map_err(ingest_err)?;
+    let a = ndarray::Array4::from_shape_vec((v, c, tile_h, tile_w), data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(similarity_block, m)?)?;
@@ -342,6 +426,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(random_ap, m)?)?;
     m.add_function(wrap_pyfunction!(decode_image, m)?)?;
     m.add_function(wrap_pyfunction!(crop_site, m)?)?;
+    m.add_function(wrap_pyfunction!(correct_illumination, m)?)?;
+    m.add_function(wrap_pyfunction!(rescale_percentile, m)?)?;
+    m.add_function(wrap_pyfunction!(rescale_range, m)?)?;
+    m.add_function(wrap_pyfunction!(field_tiles, m)?)?;
+    m.add_function(wrap_pyfunction!(field_views, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
