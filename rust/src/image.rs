@@ -135,9 +135,86 @@ fn tiff_err(path: &Path, e: tiff::TiffError) -> IngestError {
     }
 }
 
-fn decode_tiff(path: &Path, file: File) -> Result<Image> {
+/// TIFF tags that decide how the pixels are read; the first IFD may declare each at most once.
+const LAYOUT_TAGS: [(u16, &str); 17] = [
+    (256, "ImageWidth"),
+    (257, "ImageLength"),
+    (258, "BitsPerSample"),
+    (259, "Compression"),
+    (262, "PhotometricInterpretation"),
+    (273, "StripOffsets"),
+    (277, "SamplesPerPixel"),
+    (278, "RowsPerStrip"),
+    (279, "StripByteCounts"),
+    (284, "PlanarConfiguration"),
+    (317, "Predictor"),
+    (322, "TileWidth"),
+    (323, "TileLength"),
+    (324, "TileOffsets"),
+    (325, "TileByteCounts"),
+    (338, "ExtraSamples"),
+    (339, "SampleFormat"),
+];
+
+/// The first layout tag the first IFD declares twice, if any. The TIFF spec requires unique tags;
+/// the `tiff` crate silently keeps the last copy, so a corrupted tag number (e.g. SamplesPerPixel
+/// turned into a second ImageWidth) would decode to a wrong size without an error. An IFD that
+/// cannot be read here is left to the decoder to report.
+fn duplicate_layout_tag(file: &mut File) -> Option<(u16, &'static str)> {
+    use std::io::{Seek, SeekFrom};
+    let mut head = [0u8; 16];
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let got = file.read(&mut head).ok()?;
+    let le = head[0] == b'I';
+    let u16_at = |b: &[u8]| if le { u16::from_le_bytes([b[0], b[1]]) } else { u16::from_be_bytes([b[0], b[1]]) };
+    let u32_at = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+    };
+    let u64_at = |b: &[u8]| {
+        let a: [u8; 8] = b[..8].try_into().unwrap();
+        if le { u64::from_le_bytes(a) } else { u64::from_be_bytes(a) }
+    };
+    let big = u16_at(&head[2..4]) == 43;
+    let (ifd, entry_len, count_len) = if big {
+        if got < 16 {
+            return None;
+        }
+        (u64_at(&head[8..16]), 20usize, 8usize)
+    } else {
+        if got < 8 {
+            return None;
+        }
+        (u32_at(&head[4..8]) as u64, 12usize, 2usize)
+    };
+    file.seek(SeekFrom::Start(ifd)).ok()?;
+    let mut cnt = [0u8; 8];
+    file.read_exact(&mut cnt[..count_len]).ok()?;
+    // A corrupted count may claim more entries than the file holds: check those that are there.
+    let n = if big { u64_at(&cnt) } else { u16_at(&cnt) as u64 }.min(65_535);
+    let mut entries = Vec::new();
+    (&mut *file).take(n * entry_len as u64).read_to_end(&mut entries).ok()?;
+    let mut seen = [false; LAYOUT_TAGS.len()];
+    for e in entries.chunks_exact(entry_len) {
+        let tag = u16_at(&e[..2]);
+        if let Some(k) = LAYOUT_TAGS.iter().position(|&(t, _)| t == tag) {
+            if seen[k] {
+                return Some(LAYOUT_TAGS[k]);
+            }
+            seen[k] = true;
+        }
+    }
+    None
+}
+
+fn decode_tiff(path: &Path, mut file: File) -> Result<Image> {
+    use std::io::{Seek, SeekFrom};
     use tiff::decoder::{Decoder, DecodingResult, Limits};
     use tiff::ColorType;
+    if let Some((tag, name)) = duplicate_layout_tag(&mut file) {
+        return Err(IngestError::Corrupt { path: path.into(), format: "TIFF", msg: format!("the first IFD declares tag {name} ({tag}) more than once") });
+    }
+    file.seek(SeekFrom::Start(0)).map_err(|err| IngestError::Io { path: path.into(), msg: err.to_string() })?;
     let e = |err| tiff_err(path, err);
     let mut limits = Limits::default();
     limits.decoding_buffer_size = (MAX_PIXELS as usize).saturating_mul(2);
@@ -421,6 +498,57 @@ mod tests {
         let e = decode_path(&p).unwrap_err();
         assert!(matches!(e, IngestError::TooLarge { width: 100_000, height: 100_000, .. }), "{e}");
         assert!(e.to_string().contains("huge.tiff"));
+    }
+
+    /// Fuzz finding (tests/test_ingest_fuzz.py seed 2 case 5924): one byte turned the
+    /// SamplesPerPixel tag into a second ImageWidth (= 1); the decoder kept the last copy and
+    /// returned a 23 x 1 image. Duplicated layout tags are refused, naming the tag and the file.
+    #[test]
+    fn duplicate_layout_tag_is_refused() {
+        let d = tmpdir("dup");
+        let (w, h) = (37, 23);
+        for (name, le) in [("dup_le.tiff", true), ("dup_be.tiff", false)] {
+            let mut b: Vec<u8> = if le { b"II*\0".to_vec() } else { b"MM\0*".to_vec() };
+            let u16b = |v: u16| if le { v.to_le_bytes() } else { v.to_be_bytes() };
+            let u32b = |v: u32| if le { v.to_le_bytes() } else { v.to_be_bytes() };
+            b.extend(u32b(8));
+            let entries: [(u16, u16, u32); 9] = [
+                (256, 4, w as u32),
+                (257, 4, h as u32),
+                (258, 3, 16),
+                (259, 3, 1),
+                (262, 3, 1),
+                (273, 4, 200),
+                (256, 3, 1), // the corrupted SamplesPerPixel entry
+                (278, 4, h as u32),
+                (279, 4, (w * h * 2) as u32),
+            ];
+            b.extend(u16b(entries.len() as u16));
+            for (tag, ty, val) in entries {
+                b.extend(u16b(tag));
+                b.extend(u16b(ty));
+                b.extend(u32b(1));
+                if ty == 3 {
+                    b.extend(u16b(val as u16));
+                    b.extend([0u8, 0]);
+                } else {
+                    b.extend(u32b(val));
+                }
+            }
+            b.extend(u32b(0));
+            b.resize(200 + w * h * 2, 7);
+            let p = d.join(name);
+            std::fs::write(&p, &b).unwrap();
+            let e = decode_path(&p).unwrap_err();
+            let s = e.to_string();
+            assert!(matches!(e, IngestError::Corrupt { .. }) && s.contains(name) && s.contains("ImageWidth (256)"), "{s}");
+            // the same file with the entry restored to SamplesPerPixel = 1 decodes at the declared size
+            let at = 8 + 2 + 6 * 12;
+            b[at..at + 2].copy_from_slice(&u16b(277));
+            std::fs::write(&p, &b).unwrap();
+            let im = decode_path(&p).unwrap();
+            assert_eq!((im.width, im.height), (w, h));
+        }
     }
 
     #[test]
