@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from measure import log, machine_info
+from measure import emit_document, log, machine_info
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 TIFFFILE_CODEC = {"deflate": "zlib", "lzw": "lzw"}
@@ -231,13 +231,7 @@ def main(argv=None) -> int:
     finally:
         if not a.tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    doc["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-    text = json.dumps(doc, indent=2, default=float)
-    print(text)
-    if a.out:
-        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-        with open(a.out, "w") as f:
-            f.write(text)
+    emit_document(doc, a.out)
     return 0
 
 

@@ -87,3 +87,16 @@ def run_json_child(script: str, spec: dict, timeout: float) -> dict:
     res = json.loads(p.stdout.strip().splitlines()[-1])
     res["child_wall_s"] = time.perf_counter() - t
     return res
+
+
+def emit_document(doc: dict, out: str | None) -> None:
+    """Stamp ``finished``, print the benchmark's JSON document on stdout and write it to ``out`` if given."""
+    import datetime as _dt
+
+    doc["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    text = json.dumps(doc, indent=2, default=float)
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text)

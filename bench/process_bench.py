@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from measure import log, machine_info, peak_mb, reset_peak, rss_mb, run_json_child
+from measure import emit_document, log, machine_info, peak_mb, reset_peak, rss_mb, run_json_child
 
 PLATE, WELL, TREAT = "Metadata_Plate", "Metadata_Well", "Metadata_Treatment"
 DMSO = f"{TREAT} == 'DMSO'"
@@ -315,13 +315,7 @@ def main(argv=None) -> int:
     finally:
         if not a.tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    doc["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-    text = json.dumps(doc, indent=2, default=float)
-    print(text)
-    if a.out:
-        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-        with open(a.out, "w") as f:
-            f.write(text)
+    emit_document(doc, a.out)
     return 0
 
 
