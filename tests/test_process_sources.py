@@ -51,6 +51,9 @@ def test_every_source_yields_the_rows_in_order(tmp_path, table, kind):
     sub = _concat(src, columns=["emb_3", "Metadata_Well", "emb_1"], batch_rows=40)
     assert list(sub.columns) == ["emb_3", "Metadata_Well", "emb_1"]
     np.testing.assert_allclose(sub["emb_3"].to_numpy(dtype=np.float32), x[:, 3], rtol=1e-6 if kind == "csv" else 0)
+    only = _concat(src, columns=["emb_2"], batch_rows=25)
+    assert list(only.columns) == ["emb_2"] and len(only) == len(df)
+    np.testing.assert_allclose(only["emb_2"].to_numpy(dtype=np.float32), x[:, 2], rtol=1e-6 if kind == "csv" else 0)
     with pytest.raises(KeyError, match="nope"):
         next(src.iter_batches(columns=["nope"]))
 

@@ -78,25 +78,12 @@ def load_profiles(profiles) -> pd.DataFrame:
 
 
 def feature_matrix(df: pd.DataFrame, features: Sequence[str], rows: np.ndarray | None = None) -> np.ndarray:
-    """The ``rows`` (bool mask; all when None) x ``features`` block as an F-ordered float64 matrix.
-
-    F order is the layout pycytominer's numpy/sklearn calls see (``np.asarray`` of a DataFrame), which
-    makes per-column reductions (``np.nanvar``) and ``np.corrcoef`` bit-identical to the peer's. Numeric
-    columns are read in one pandas call; any other column goes through ``columns.numeric_features``
-    (missing-value tokens become NaN, other strings raise naming column and row).
-    """
-    features = list(features)
+    """The ``rows`` (bool mask; all when None) x ``features`` block as an F-ordered float64 matrix
+    (:func:`columns.numeric_features`). F order is the layout pycytominer's numpy/sklearn calls see
+    (``np.asarray`` of a DataFrame), which makes per-column reductions (``np.nanvar``) and ``np.corrcoef``
+    bit-identical to the peer's."""
     sub = df if rows is None or rows.all() else df.loc[rows]
-    if not features:
-        return np.empty((len(sub), 0), order="F")
-    dtypes = sub.dtypes[features] if sub.columns.is_unique else [sub[c].dtype for c in features]
-    if all(pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t) for t in dtypes):
-        ext = any(isinstance(t, pd.api.extensions.ExtensionDtype) for t in dtypes)
-        block = sub[features]
-        x = block.to_numpy(dtype=np.float64, na_value=np.nan) if ext else block.to_numpy(dtype=np.float64)
-    else:
-        x = numeric_features(sub, features)
-    return np.asfortranarray(x)
+    return numeric_features(sub, list(features), np.float64, order="F")
 
 
 def _check_fraction(value, what: str) -> float:

@@ -42,7 +42,7 @@ from phenovec.process.column_quantiles import (
     nan_percentiles,
     nan_quantiles,
 )
-from phenovec.io.archive import save_npz_atomic
+from phenovec.io.archive import load_npz_spec, save_npz_atomic
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 
 METHODS = ("standardize", "robustize", "mad_robustize", "spherize", "inverse_normal")
@@ -329,13 +329,7 @@ class NormalizeFit:
     @classmethod
     def load(cls, path) -> "NormalizeFit":
         """Read a fit written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as z:
-            if "spec" not in z.files:
-                raise ValueError(f"{path}: not a phenovec NormalizeFit (no 'spec')")
-            spec = json.loads(str(z["spec"]))
-            if spec.get("format") != _FORMAT:
-                raise ValueError(f"{path}: not a phenovec NormalizeFit (format {spec.get('format')!r})")
-            arrays = {k: z[k] for k in z.files if k != "spec"}
+        spec, arrays = load_npz_spec(path, _FORMAT, "NormalizeFit")
         models = None
         if "models" in spec:
             models = []
@@ -434,20 +428,9 @@ def _apply_group_affine(x: np.ndarray, out: np.ndarray, codes: np.ndarray, loc: 
 
 
 def _feature_matrix(df: pd.DataFrame, feats: Sequence[str]) -> np.ndarray:
-    """The features as a float64 column-major matrix (pandas stores columns contiguously: a copy per column,
-    no transposition; column-major is also how sklearn sees the peer's DataFrame, and what the column
-    statistics read). Non-numeric columns go through :func:`columns.numeric_features` (token coercion and
-    errors naming the column, row and value)."""
-    cols = [df[c] for c in feats]
-    if not all(pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) for s in cols):
-        return np.asfortranarray(numeric_features(df, feats))
-    x = np.empty((len(df), len(cols)), dtype=np.float64, order="F")
-    for j, s in enumerate(cols):
-        if isinstance(s.dtype, np.dtype):  # numpy-backed: NaN is already NaN
-            x[:, j] = s.to_numpy()
-        else:  # nullable extension dtypes: pd.NA -> NaN
-            x[:, j] = s.to_numpy(dtype=np.float64, na_value=np.nan)
-    return x
+    """The features as a float64 column-major matrix (:func:`columns.numeric_features` with ``order="F"``):
+    column-major is how sklearn sees the peer's DataFrame, and what the column statistics read."""
+    return numeric_features(df, feats, np.float64, order="F")
 
 
 def _check_method(method: str) -> str:

@@ -116,14 +116,19 @@ class EmbeddingStoreSource:
             raise KeyError(f"{self.name}: {bad[0]!r} is not a feature of the embedding store")
         idx = [pos[f] for f in features]
         contiguous = idx == list(range(idx[0], idx[0] + len(idx))) if idx else True
-        metas = pq.ParquetFile(self.store.meta_path).iter_batches(batch_size=batch_rows, columns=meta_columns)
+        metas = (pq.ParquetFile(self.store.meta_path).iter_batches(batch_size=batch_rows, columns=meta_columns)
+                 if meta_columns else None)
         pending = pd.DataFrame(columns=meta_columns)
         for start in range(0, self.num_rows, batch_rows):
             stop = min(start + batch_rows, self.num_rows)
-            while len(pending) < stop - start:
-                pending = pd.concat([pending, next(metas).to_pandas()], ignore_index=True) if len(pending) else next(metas).to_pandas()
-            meta, pending = pending.iloc[: stop - start], pending.iloc[stop - start :].reset_index(drop=True)
-            meta.index = pd.RangeIndex(start, stop)
+            if metas is None:
+                meta = pd.DataFrame(index=pd.RangeIndex(start, stop))
+            else:
+                while len(pending) < stop - start:
+                    nxt = next(metas).to_pandas()
+                    pending = pd.concat([pending, nxt], ignore_index=True) if len(pending) else nxt
+                meta, pending = pending.iloc[: stop - start], pending.iloc[stop - start :].reset_index(drop=True)
+                meta = meta.set_axis(pd.RangeIndex(start, stop), axis=0)
             if contiguous:
                 x = self.store.array[start:stop, idx[0] : idx[0] + len(idx)] if idx else np.empty((stop - start, 0))
             else:
@@ -131,46 +136,14 @@ class EmbeddingStoreSource:
             yield meta, np.ascontiguousarray(x, dtype=dtype)
 
     def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
-        import pyarrow.parquet as pq
-
         cols = _check(self, columns) or self.columns
-        meta_cols = [c for c in cols if c in set(self.store.meta_columns)]
-        pos = {f: i for i, f in enumerate(self.store.features)}
-        feat_idx = [pos[c] for c in cols if c in pos]
-        feat_names = [c for c in cols if c in pos]
-        contiguous = feat_idx == list(range(feat_idx[0], feat_idx[0] + len(feat_idx))) if feat_idx else True
-        meta_batches = (
-            pq.ParquetFile(self.store.meta_path).iter_batches(batch_size=batch_rows, columns=meta_cols)
-            if meta_cols
-            else None
-        )
-        offset = 0
-        pending = None
-        while offset < self.num_rows:
-            stop = min(offset + batch_rows, self.num_rows)
-            parts = []
-            if meta_cols:
-                need = stop - offset
-                frames = []
-                while need > 0:
-                    if pending is None or len(pending) == 0:
-                        pending = next(meta_batches).to_pandas()
-                    take = pending.iloc[:need]
-                    pending = pending.iloc[need:]
-                    frames.append(take)
-                    need -= len(take)
-                parts.append(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True))
-            if feat_idx:
-                if contiguous:
-                    x = self.store.array[offset:stop, feat_idx[0] : feat_idx[0] + len(feat_idx)]
-                else:
-                    x = self.store.array[offset:stop][:, feat_idx]
-                parts.append(pd.DataFrame(x, columns=feat_names))
-            b = pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
-            b = b[cols]
-            b.index = pd.RangeIndex(offset, stop)
-            offset = stop
-            yield b
+        meta_set = set(self.store.meta_columns)
+        meta_cols = [c for c in cols if c in meta_set]
+        feat_cols = [c for c in cols if c not in meta_set]
+        dtype = self.store.array.dtype
+        for meta, x in self.iter_arrays(meta_cols, feat_cols, batch_rows=batch_rows, dtype=dtype):
+            b = pd.concat([meta, pd.DataFrame(x, columns=feat_cols, index=meta.index)], axis=1)
+            yield b[cols]
 
 
 def _check(src, columns):

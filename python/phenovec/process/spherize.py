@@ -82,7 +82,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from phenovec.io.archive import save_npz_atomic
+from phenovec.io.archive import load_npz_spec, save_npz_atomic
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 from phenovec.process.kernel_loader import load_kernel, resolve_device
 
@@ -611,23 +611,15 @@ class SpherizeFit:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> "SpherizeFit":
         """Read a fit written by :meth:`save` (no pickle); ``ValueError`` if the file is not one."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"spherize fit not found: {p}")
-        with np.load(p, allow_pickle=False) as z:
-            if "spec" not in z.files:
-                raise ValueError(f"{p} is not a phenovec spherize fit (no 'spec' entry)")
-            spec = json.loads(str(z["spec"]))
-            if spec.get("format") != FORMAT:
-                raise ValueError(f"{p} is not a phenovec spherize fit (format {spec.get('format')!r})")
-            if spec.get("version") != FORMAT_VERSION:
-                raise ValueError(f"{p}: spherize fit format version {spec.get('version')} is not supported")
-            sphs = {}
-            for i, g in enumerate(spec["groups"]):
-                arrays = {k[len(f"g{i}_"):]: z[k] for k in z.files if k.startswith(f"g{i}_")}
-                sphs[_key_from_json(g["key"])] = Spherizer._from_arrays(
-                    spec["method"], spec["epsilon"], spec["center"], arrays, g, spec["features"], device
-                )
+        spec, stored = load_npz_spec(path, FORMAT, "spherize fit")
+        if spec.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: spherize fit format version {spec.get('version')} is not supported")
+        sphs = {}
+        for i, g in enumerate(spec["groups"]):
+            arrays = {k[len(f"g{i}_"):]: v for k, v in stored.items() if k.startswith(f"g{i}_")}
+            sphs[_key_from_json(g["key"])] = Spherizer._from_arrays(
+                spec["method"], spec["epsilon"], spec["center"], arrays, g, spec["features"], device
+            )
         return cls(spec["method"], float(spec["epsilon"]), bool(spec["center"]), list(spec["features"]),
                    spec["by"], spec["samples"], sphs)
 
