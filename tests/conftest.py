@@ -48,3 +48,18 @@ def lincs_plate() -> pd.DataFrame:
     feats = [c for c in df.columns if not c.startswith("Metadata_")]
     bad = [c for c in feats if df[c].isna().any()]
     return df.drop(columns=bad)
+
+
+@pytest.fixture(scope="session")
+def synth_crops(tmp_path_factory) -> Path:
+    """A synthetic 2-plate set (7 treatments, 56 wells, ~3,400 cells) cropped to 5 x 48 x 48 uint16 crops."""
+    from phenovec.ingest.crop import crop_index
+    from phenovec.ingest.index import read_image_index
+    from phenovec.ingest.synth import CHANNELS, synth_plate
+
+    root = tmp_path_factory.mktemp("synth-train")
+    p = synth_plate(root, plates=2, wells=28, sites_per_well=2, size=256, cells_per_site=(25, 35), seed=0,
+                    progress=False)
+    crop_index(read_image_index(p["index"], list(CHANNELS)), p["nuclei"], root / "crops", box_size=48,
+               edge="shift", chunk_cells=256, progress=False)
+    return root / "crops"

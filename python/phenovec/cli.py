@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth_parser(stages)
     add_crop_parser(stages)
+    from phenovec.train.command import add_train_parser
+
+    add_train_parser(stages)
     _add_demo(stages)
     return parser
 

@@ -1,0 +1,240 @@
+"""Training configuration: a YAML file (or dict) validated into typed sections, with errors naming the key.
+
+A complete configuration with every default (``phenovec train --print-config`` prints it)::
+
+    data:
+      crops: crops-dir          # output folder of `phenovec crop` (crops.zarr + cells.parquet + manifest.json)
+      label: Metadata_Treatment # any column of the cell table
+      split_by: [Metadata_Plate, Metadata_Well]   # all cells of one group land in one split (no leakage)
+      val_fraction: 0.2         # of each label's groups, at least one group when the label has two or more
+      holdout_plates: []        # Metadata_Plate values kept out of train and validation (the test split)
+      exclude_edge: [dropped, invalid]  # cells without a usable crop never train; add "padded" to drop them too
+      balance: none             # none | sampler (each epoch draws equally per class) | loss (class weights)
+      subsample: 1.0            # fraction of the training cells drawn afresh every epoch (GapNet's SC-CNN: 0.2)
+      normalize: auto           # auto | minmax | scale | none: how stored crops become model input (see data.py)
+      batch_size: 64
+      workers: 2                # DataLoader worker processes (0 = in the main process)
+      prefetch: 2               # batches prefetched per worker
+      shuffle_chunks: 8         # Zarr chunks mixed in one shuffle window
+    model:
+      arch: efficientnet_b0     # see phenovec.train.models.ARCHS
+      weights: null             # a user's state_dict file (e.g. ImageNet), adapted to the channel count
+      dropout: 0.0
+    optim:
+      name: sgd                 # sgd | adamw
+      lr: 0.02
+      weight_decay: 1.0e-4
+      momentum: 0.9
+      schedule: cosine          # constant | step | cosine
+      warmup_epochs: 5
+      step_size: 10             # epochs, for schedule: step
+      gamma: 0.1
+      label_smoothing: 0.1
+      clip_grad_norm: null      # max global gradient norm, or null
+    augment:
+      enabled: true
+      crop: 0.5                 # probability of a random 80-100 % crop resized back
+      flip: true
+      rotate: true
+      brightness: 0.1
+      contrast: [0.8, 1.2]
+    train:
+      out: train-out            # checkpoints, metrics.csv / metrics.json, split.parquet
+      epochs: 10
+      seed: 0
+      device: auto              # auto | cpu | cuda | cuda:N
+      amp: auto                 # auto (on CUDA) | true | false
+      threads: null             # torch CPU threads (null = torch's default)
+      max_minutes: null         # stop cleanly (after a checkpoint) once this wall time is exceeded
+
+Unknown keys, wrong types, out-of-range values and missing files raise ``ConfigError`` naming the key path
+(``optim.lr``) and, for unknown keys, the closest valid name.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid training configuration; the message names the key path and the source file."""
+
+
+_NONE = type(None)
+# section -> key -> (default, allowed types, check or None)
+SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
+    "data": {
+        "crops": (None, (str,), "path"),
+        "label": ("Metadata_Treatment", (str,), None),
+        "split_by": (["Metadata_Plate", "Metadata_Well"], (list, str), None),
+        "val_fraction": (0.2, (float, int), (0.0, 0.9)),
+        "holdout_plates": ([], (list,), None),
+        "exclude_edge": (["dropped", "invalid"], (list,), ("inside", "shifted", "padded", "dropped", "invalid")),
+        "balance": ("none", (str,), ("none", "sampler", "loss")),
+        "subsample": (1.0, (float, int), (1e-6, 1.0)),
+        "normalize": ("auto", (str,), ("auto", "minmax", "scale", "none")),
+        "batch_size": (64, (int,), (1, 1 << 20)),
+        "workers": (2, (int,), (0, 256)),
+        "prefetch": (2, (int,), (1, 64)),
+        "shuffle_chunks": (8, (int,), (1, 1 << 20)),
+    },
+    "model": {
+        "arch": ("efficientnet_b0", (str,), None),
+        "weights": (None, (str, _NONE), "path"),
+        "dropout": (0.0, (float, int), (0.0, 0.99)),
+    },
+    "optim": {
+        "name": ("sgd", (str,), ("sgd", "adamw")),
+        "lr": (0.02, (float, int), (0.0, 10.0)),
+        "weight_decay": (1e-4, (float, int), (0.0, 1.0)),
+        "momentum": (0.9, (float, int), (0.0, 1.0)),
+        "schedule": ("cosine", (str,), ("constant", "step", "cosine")),
+        "warmup_epochs": (5, (int,), (0, 100000)),
+        "step_size": (10, (int,), (1, 100000)),
+        "gamma": (0.1, (float, int), (0.0, 1.0)),
+        "label_smoothing": (0.1, (float, int), (0.0, 0.99)),
+        "clip_grad_norm": (None, (float, int, _NONE), (0.0, 1e12)),
+    },
+    "augment": {
+        "enabled": (True, (bool,), None),
+        "crop": (0.5, (float, int), (0.0, 1.0)),
+        "flip": (True, (bool,), None),
+        "rotate": (True, (bool,), None),
+        "brightness": (0.1, (float, int), (0.0, 1.0)),
+        "contrast": ([0.8, 1.2], (list,), None),
+    },
+    "train": {
+        "out": ("train-out", (str,), None),
+        "epochs": (10, (int,), (1, 100000)),
+        "seed": (0, (int,), None),
+        "device": ("auto", (str,), None),
+        "amp": ("auto", (str, bool), None),
+        "threads": (None, (int, _NONE), (1, 4096)),
+        "max_minutes": (None, (float, int, _NONE), (0.0, 1e9)),
+    },
+}
+
+
+def default_config() -> dict:
+    """Every section and key with its default (``data.crops`` is required and has none)."""
+    return {sec: {k: copy.deepcopy(v[0]) for k, v in keys.items()} for sec, keys in SCHEMA.items()}
+
+
+def _suggest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(valid)})"
+
+
+def _type_name(types: tuple) -> str:
+    return " or ".join("null" if t is _NONE else t.__name__ for t in types)
+
+
+def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.PathLike | None = None) -> dict:
+    """Merge ``raw`` over the defaults and check it; returns a new dict. Paths are resolved against ``base_dir``
+    (the YAML file's folder) and must exist (``data.crops``, ``model.weights``)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping of sections, got {type(raw).__name__}")
+    cfg = default_config()
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    for sec, body in raw.items():
+        if sec not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section {sec!r}{_suggest(str(sec), SCHEMA)}")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section {sec!r} must be a mapping, got {type(body).__name__}")
+        for key, value in body.items():
+            where = f"{sec}.{key}"
+            if key not in SCHEMA[sec]:
+                raise ConfigError(f"{source}: unknown key {where!r}{_suggest(str(key), SCHEMA[sec])}")
+            _, types, check = SCHEMA[sec][key]
+            if isinstance(value, bool) and bool not in types:
+                raise ConfigError(f"{source}: {where} must be {_type_name(types)}, got a boolean ({value!r})")
+            if not isinstance(value, types):
+                raise ConfigError(f"{source}: {where} must be {_type_name(types)}, got {type(value).__name__} "
+                                  f"({value!r})")
+            if isinstance(check, tuple) and value is not None:
+                if all(isinstance(c, str) for c in check):
+                    vals = value if isinstance(value, list) else [value]
+                    for v in vals:
+                        if v not in check:
+                            raise ConfigError(f"{source}: {where} = {v!r} is not one of {', '.join(check)}")
+                elif not (check[0] <= value <= check[1]):
+                    raise ConfigError(f"{source}: {where} = {value!r} is outside [{check[0]}, {check[1]}]")
+            cfg[sec][key] = copy.deepcopy(value)
+    d, m, t = cfg["data"], cfg["model"], cfg["train"]
+    if d["crops"] is None:
+        raise ConfigError(f"{source}: data.crops is required (the output folder of `phenovec crop`)")
+    if isinstance(d["split_by"], str):
+        d["split_by"] = [d["split_by"]]
+    for key in ("crops",):
+        p = (base / d[key]).resolve() if not Path(d[key]).is_absolute() else Path(d[key])
+        if not p.exists():
+            raise ConfigError(f"{source}: data.{key}: {d[key]!r} does not exist (looked at {p})")
+        d[key] = str(p)
+    if m["weights"] is not None:
+        p = (base / m["weights"]) if not Path(m["weights"]).is_absolute() else Path(m["weights"])
+        if not p.is_file():
+            raise ConfigError(f"{source}: model.weights: {m['weights']!r} is not a file (looked at {p})")
+        m["weights"] = str(p.resolve())
+    from phenovec.train.models import ARCHS
+
+    if m["arch"] not in ARCHS:
+        raise ConfigError(f"{source}: model.arch = {m['arch']!r} is unknown{_suggest(m['arch'], ARCHS)}")
+    c = cfg["augment"]["contrast"]
+    if len(c) != 2 or not all(isinstance(v, (int, float)) for v in c) or not (0 < c[0] <= c[1]):
+        raise ConfigError(f"{source}: augment.contrast must be [low, high] with 0 < low <= high, got {c!r}")
+    o = cfg["optim"]
+    if o["schedule"] == "cosine" and o["warmup_epochs"] >= t["epochs"]:
+        raise ConfigError(f"{source}: optim.warmup_epochs ({o['warmup_epochs']}) must be shorter than train.epochs "
+                          f"({t['epochs']}) for the cosine schedule")
+    dev = t["device"]
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"{source}: train.device = {dev!r}: use auto, cpu, cuda or cuda:N")
+    if isinstance(t["amp"], str) and t["amp"] != "auto":
+        raise ConfigError(f"{source}: train.amp must be auto, true or false, got {t['amp']!r}")
+    t["out"] = str((base / t["out"]).resolve()) if not Path(t["out"]).is_absolute() else t["out"]
+    return cfg
+
+
+def load_config(path_or_dict, overrides: dict | None = None) -> dict:
+    """Read a YAML file (or take a dict), apply ``overrides`` (``{"train.epochs": 3}``) and validate."""
+    if isinstance(path_or_dict, dict):
+        raw, source, base = copy.deepcopy(path_or_dict), "<config>", None
+    else:
+        path = Path(path_or_dict)
+        if not path.is_file():
+            raise ConfigError(f"training configuration {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        source, base = str(path), path.parent
+    for dotted, value in (overrides or {}).items():
+        sec, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"override {dotted!r}: use section.key=value")
+        if not isinstance(raw, dict):
+            break
+        raw.setdefault(sec, {})
+        if raw[sec] is None:
+            raw[sec] = {}
+        raw[sec][key] = value
+    return validate_config(raw, source, base)
+
+
+def config_hash(cfg: dict) -> str:
+    """SHA-256 of the settings that change the trained weights (everything but run-control keys)."""
+    keep = copy.deepcopy(cfg)
+    for k in ("out", "max_minutes", "threads", "device"):
+        keep["train"].pop(k, None)
+    for k in ("workers", "prefetch"):
+        keep["data"].pop(k, None)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()

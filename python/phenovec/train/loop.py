@@ -1,0 +1,296 @@
+"""The training loop: weakly supervised single-cell classification (the DeepProfiler / thesis recipe), resumable.
+
+``train(config)`` trains a ``ProfileNet`` to predict ``data.label`` (treatment by default) from single-cell crops;
+the profile is the pooled penultimate layer (``ProfileNet.embed``). Per epoch it runs the epoch plan of
+``phenovec.train.data`` through augmentation (``phenovec.train.augment``), the loss (cross-entropy with label
+smoothing, optionally class-weighted) and the optimiser / per-iteration schedule (``phenovec.train.schedule``),
+then evaluates on the validation split, appends a row to ``metrics.csv`` / ``metrics.json`` and writes
+``last.pt`` (and ``best.pt`` when validation accuracy improved) atomically.
+
+**Exact resume**: every random choice of an epoch (data plan, augmentation, dropout) is seeded from
+(seed, epoch), and the checkpoint holds model, optimiser, schedule and grad-scaler state. A run killed at any
+point restarts from the last completed epoch and, on the CPU, finishes with the same weights bit for bit as an
+uninterrupted run (tested with a real ``kill -9``). A rerun with a changed configuration is refused (the
+checkpoint stores the configuration's hash); a finished run is not retrained.
+
+Mixed precision (fp16 autocast + GradScaler) is used on CUDA when ``train.amp`` is ``auto`` or true.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from phenovec.train.checkpoint import load_checkpoint, save_checkpoint
+from phenovec.train.config import ConfigError, config_hash, load_config
+from phenovec.train.data import (
+    class_index,
+    epoch_batches,
+    input_scaling,
+    make_loader,
+    make_splits,
+    open_crops,
+    scale_batch,
+)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    epochs: int  # completed epochs (including those of earlier runs)
+    best_epoch: int | None
+    best_val_accuracy: float | None
+    metrics: pd.DataFrame
+    last: Path
+    best: Path | None
+    stopped_early: bool = False
+    classes: list = field(default_factory=list)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but CUDA is not available here")
+    return torch.device(name)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _augmenter(cfg: dict, seed: int, epoch: int):
+    from phenovec.train.augment import Augment
+
+    a = cfg["augment"]
+    if not a["enabled"]:
+        return None
+    seed = int(np.random.SeedSequence([seed, epoch, 0xA06]).generate_state(1)[0])
+    lo, hi = (float(v) for v in a["contrast"])
+    return Augment(seed, crop=a["crop"] > 0, flip=a["flip"], rot90=a["rotate"], brightness=a["brightness"] > 0,
+                   contrast=(lo, hi) != (1.0, 1.0), crop_p=a["crop"], brightness_delta=a["brightness"],
+                   contrast_range=(lo, hi))
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, 0x70C4]).generate_state(1)[0])
+
+
+def train(config, overrides: dict | None = None, progress: bool | None = None) -> TrainResult:
+    """Train (or resume) the run described by ``config`` (a YAML path or dict; see ``phenovec.train.config``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from phenovec import __version__
+    from phenovec.train.models import build_model
+    from phenovec.train.schedule import build_optimizer, build_scheduler
+
+    cfg = load_config(config, overrides)
+    d, m, o, t = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
+    out = Path(t["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    if t["threads"]:
+        torch.set_num_threads(int(t["threads"]))
+    device = _device(t["device"])
+    amp = device.type == "cuda" and t["amp"] in ("auto", True)
+    chash = config_hash(cfg)
+    started = time.monotonic()
+
+    crops = open_crops(d["crops"], d["exclude_edge"])
+    cells = crops.cells
+    split = make_splits(cells, d["label"], d["split_by"], d["val_fraction"], d["holdout_plates"], t["seed"])
+    is_train, is_val = (split == "train").to_numpy(), (split == "val").to_numpy()
+    if not is_train.any():
+        raise ConfigError(f"{d['crops']}: no training cells after the split (check data.holdout_plates)")
+    classes, _ = class_index(cells.loc[is_train, d["label"]])
+    lookup = {c: i for i, c in enumerate(classes)}
+    target = cells[d["label"]].map(lookup)
+    unseen = is_val & target.isna().to_numpy()
+    if unseen.any():
+        is_val &= ~unseen
+    target = target.fillna(-1).to_numpy(dtype=np.int64)
+    rows = cells["row"].to_numpy(dtype=np.int64)
+    tr_rows, tr_y = rows[is_train], target[is_train]
+    va_rows, va_y = rows[is_val], target[is_val]
+    split_table = cells.drop(columns=[c for c in ("edge",) if c in cells.columns]).assign(split=split.to_numpy())
+    split_table.to_parquet(out / ".split.parquet.tmp", index=False)
+    os.replace(out / ".split.parquet.tmp", out / "split.parquet")
+
+    rule = input_scaling(crops, d["normalize"])
+    dtype_max = float(np.iinfo(crops.dtype).max) if np.issubdtype(crops.dtype, np.integer) else 1.0
+    n_ch, box = crops.shape[1], crops.shape[2]
+    data_config = {"channels": crops.channels or [f"ch{i}" for i in range(n_ch)], "box_size": int(box),
+                   "crop_shape": [int(v) for v in crops.shape[1:]], "input_scaling": rule, "dtype_max": dtype_max,
+                   "crop_config": crops.manifest.get("config", {}), "label_column": d["label"],
+                   "classes": [str(c) for c in classes], "crops": d["crops"]}
+
+    torch.manual_seed(t["seed"])
+    model = build_model(m["arch"], n_ch, len(classes), weights=m["weights"], dropout=m["dropout"]).to(device)
+    optimizer = build_optimizer(model, o["name"], lr=o["lr"], weight_decay=o["weight_decay"],
+                                momentum=o["momentum"])
+    steps = len(epoch_batches(tr_rows, tr_y, crops.chunk_cells, d["batch_size"], t["seed"], 0, d["subsample"],
+                              d["balance"] == "sampler", d["shuffle_chunks"]))
+    scheduler = build_scheduler(optimizer, o["schedule"], epochs=t["epochs"], steps_per_epoch=steps,
+                                warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"])
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    weight = None
+    if d["balance"] == "loss":
+        counts = np.bincount(tr_y, minlength=len(classes)).astype(np.float64)
+        weight = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32,
+                              device=device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=o["label_smoothing"])
+
+    start_epoch, metrics, best = 0, [], {"epoch": None, "val_accuracy": None}
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if last_path.exists():
+        ck = load_checkpoint(last_path)
+        if ck.get("config_hash") != chash:
+            raise ConfigError(f"{last_path}: holds a run with another configuration; use a new train.out folder "
+                              "or delete it to start over")
+        model.load_state_dict(ck["model_state"])
+        optimizer.load_state_dict(ck["optimizer_state"])
+        scheduler.load_state_dict(ck["scheduler_state"])
+        if scaler is not None and ck.get("scaler_state"):
+            scaler.load_state_dict(ck["scaler_state"])
+        start_epoch, metrics, best = int(ck["epoch"]), list(ck["metrics"]), dict(ck["best"])
+
+    cache = d["shuffle_chunks"] + 2
+    stopped_early = False
+    for epoch in range(start_epoch, t["epochs"]):
+        torch.manual_seed(_epoch_seed(t["seed"], epoch))
+        plan = epoch_batches(tr_rows, tr_y, crops.chunk_cells, d["batch_size"], t["seed"], epoch, d["subsample"],
+                             d["balance"] == "sampler", d["shuffle_chunks"])
+        augment = _augmenter(cfg, t["seed"], epoch)
+        loader = make_loader(crops, tr_rows, tr_y, plan, d["workers"], d["prefetch"], cache)
+        model.train()
+        t0, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
+        bar = tqdm(loader, total=len(plan), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch",
+                   disable=None if progress is None else not progress, leave=False)
+        for x, y, _ in bar:
+            x = scale_batch(x.to(device, non_blocking=True), rule, dtype_max)
+            y = y.to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(x)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch + 1}: the loss became {loss.item()} (lower optim.lr or set "
+                                         "optim.clip_grad_norm)")
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if o["clip_grad_norm"]:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad_norm"])
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if o["clip_grad_norm"]:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad_norm"])
+                optimizer.step()
+            scheduler.step()
+            n = len(y)
+            seen += n
+            loss_sum += float(loss.detach()) * n
+            correct += int((logits.detach().argmax(1) == y).sum())
+            rate = seen / max(time.monotonic() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", cells_s=f"{rate:.0f}")
+        train_s = time.monotonic() - t0
+        val = evaluate_split(model, crops, va_rows, va_y, d["batch_size"], rule, dtype_max, device, loss_fn,
+                             d["workers"], d["prefetch"], amp) if len(va_rows) else {"loss": None, "accuracy": None}
+        row = {"epoch": epoch + 1, "lr": float(optimizer.param_groups[0]["lr"]), "train_loss": loss_sum / seen,
+               "train_accuracy": correct / seen, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+               "train_cells": seen, "train_seconds": train_s, "cells_per_s": seen / max(train_s, 1e-9)}
+        metrics.append(row)
+        improved = val["accuracy"] is not None and (best["val_accuracy"] is None
+                                                    or val["accuracy"] > best["val_accuracy"])
+        if improved:
+            best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
+        state = {"epoch": epoch + 1, "model_config": model.config,
+                 "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                 "scaler_state": scaler.state_dict() if scaler is not None else None,
+                 "config": cfg, "config_hash": chash, "data_config": data_config, "best": best, "metrics": metrics,
+                 "versions": {"phenovec": str(__version__), "torch": str(torch.__version__)}}
+        if improved or (not best_path.exists() and best["val_accuracy"] is None):
+            save_checkpoint(state, best_path)
+        save_checkpoint(state, last_path)
+        frame = pd.DataFrame(metrics)
+        _write_atomic(out / "metrics.csv", frame.to_csv(index=False))
+        _write_atomic(out / "metrics.json", json.dumps({"config_hash": chash, "classes": data_config["classes"],
+                                                        "best": best, "epochs": metrics}, indent=1))
+        if t["max_minutes"] is not None and time.monotonic() - started > 60 * t["max_minutes"] \
+                and epoch + 1 < t["epochs"]:
+            stopped_early = True
+            break
+    done = len(metrics)
+    return TrainResult(out, done, best["epoch"], best["val_accuracy"], pd.DataFrame(metrics), last_path,
+                       best_path if best_path.exists() else None, stopped_early, [str(c) for c in classes])
+
+
+def evaluate_split(model, crops, rows, targets, batch_size, rule, dtype_max, device, loss_fn=None, workers=0,
+                   prefetch=2, amp=False) -> dict:
+    """Loss and accuracy of ``model`` over the given cells (eval mode, no augmentation, storage order)."""
+    import torch
+
+    plan = epoch_batches(rows, targets, crops.chunk_cells, batch_size, None, 0)
+    loader = make_loader(crops, rows, targets, plan, workers, prefetch, 4)
+    model.eval()
+    seen, loss_sum, correct = 0, 0.0, 0
+    with torch.no_grad():
+        for x, y, _ in loader:
+            x = scale_batch(x.to(device), rule, dtype_max)
+            y = y.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logits = model(x)
+            if loss_fn is not None:
+                loss_sum += float(loss_fn(logits.float(), y)) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+    return {"loss": loss_sum / seen if loss_fn is not None else None, "accuracy": correct / seen}
+
+
+def embed_crops(model_or_checkpoint, crops_path, batch_size: int = 256, device: str = "auto",
+                exclude_edge=("dropped", "invalid"), progress: bool | None = None):
+    """(cell table, N x D float32 embeddings) of every cell with a crop, with a trained (or untrained) model.
+
+    ``model_or_checkpoint``: a checkpoint path/dict, or a ``ProfileNet`` (then the crops' ``auto`` input scaling
+    is used). This is the PyTorch path for evaluation; ``phenovec profile`` runs exported ONNX models at scale.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from phenovec.train.checkpoint import model_from_checkpoint
+
+    crops = open_crops(crops_path, exclude_edge)
+    if isinstance(model_or_checkpoint, torch.nn.Module):
+        model, rule = model_or_checkpoint, input_scaling(crops, "auto")
+    else:
+        model, ck = model_from_checkpoint(model_or_checkpoint)
+        rule = ck["data_config"]["input_scaling"]
+        if list(ck["data_config"]["crop_shape"]) != list(crops.shape[1:]):
+            raise ConfigError(f"{crops_path}: crops are {list(crops.shape[1:])} but the model was trained on "
+                              f"{ck['data_config']['crop_shape']}")
+    dtype_max = float(np.iinfo(crops.dtype).max) if np.issubdtype(crops.dtype, np.integer) else 1.0
+    dev = _device(device)
+    model = model.to(dev).eval()
+    rows = crops.cells["row"].to_numpy(dtype=np.int64)
+    plan = epoch_batches(rows, np.zeros(len(rows), dtype=np.int64), crops.chunk_cells, batch_size, None, 0)
+    out = np.empty((len(rows), model.feature_dim), dtype=np.float32)
+    loader = make_loader(crops, rows, np.zeros(len(rows), dtype=np.int64), plan, 0, 2, 4)
+    with torch.no_grad():
+        for x, _, pos in tqdm(loader, total=len(plan), desc="embed", unit="batch",
+                              disable=None if progress is None else not progress):
+            out[pos.numpy()] = model.embed(scale_batch(x.to(dev), rule, dtype_max)).float().cpu().numpy()
+    return crops.cells, out
