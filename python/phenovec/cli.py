@@ -3,6 +3,8 @@
     phenovec evaluate map PROFILES --pos-sameby Metadata_cpd --neg-diffby Metadata_cpd --out ap.parquet
     phenovec evaluate enrichment PROFILES --replicate-groups Metadata_moa --out enrichment.csv
     phenovec process run recipe.yaml wells.parquet -o profiles.parquet   (see phenovec.process.command)
+    phenovec train config.yaml                                          (see phenovec.train.config)
+    phenovec export CHECKPOINT -o model.onnx [--logits] [--parity-crops CROPS]
     phenovec demo --out demo-out
 
 Every ``evaluate`` subcommand reads CSV / CSV.gz / Parquet, writes its table (CSV or Parquet by the
@@ -298,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec.train.command import add_train_parser
 
     add_train_parser(stages)
+    from phenovec.export.command import add_export_parser
+
+    add_export_parser(stages)
     _add_demo(stages)
     return parser
 

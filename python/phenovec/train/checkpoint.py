@@ -57,8 +57,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (loaded with weights_only=True, so only tensors "
-                              f"and plain data are accepted): {str(e).splitlines()[0]}") from None
+        detail = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
+        why = detail[0] if detail else str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint. phenovec loads checkpoints with weights_only=True "
+                              f"(tensors and plain data only; a file is never unpickled): {why}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a phenovec checkpoint (no format={FORMAT!r} entry)")
     if ck.get("version") != VERSION:

@@ -1,0 +1,69 @@
+"""What export needs from a phenovec training checkpoint: the model and its data contract.
+
+Checkpoints are written by ``phenovec.train.checkpoint`` and read here through it (``torch.load(...,
+weights_only=True)``: never unpickled). The data contract embedded in the ONNX model comes from the checkpoint's
+``data_config``: ``channels``, ``box_size`` (the crop size) and the intensity description, which is
+``data_config["intensity"]`` when present, else built from the training stage's keys::
+
+    {"input_scaling": "none" | "scale" | "minmax",   # phenovec.train.data.input_scaling: stored crops -> input
+     "dtype_max": float,                             # divisor of the "scale" rule
+     "crop_rescale": bool, "crop_intensity": ...}    # how crops were made (ingest manifest), when recorded
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class CheckpointContract:
+    path: Path
+    model: object  # phenovec.train.models.ProfileNet, eval mode
+    channels: list
+    crop_size: int
+    intensity: dict
+    extra: dict = field(default_factory=dict)  # classes, label_column for the ONNX metadata
+
+
+def intensity_from_data_config(dc: dict) -> dict:
+    """The intensity description of a checkpoint's ``data_config`` (module docstring)."""
+    if "intensity" in dc:
+        return dict(dc["intensity"])
+    if "input_scaling" not in dc:
+        raise ValueError("checkpoint data_config has neither 'intensity' nor 'input_scaling'")
+    out = {"input_scaling": str(dc["input_scaling"]), "dtype_max": float(dc.get("dtype_max", 1.0))}
+    crop_cfg = dc.get("crop_config") or {}
+    if "rescale" in crop_cfg:
+        out["crop_rescale"] = bool(crop_cfg["rescale"])
+    if crop_cfg.get("intensity") is not None:
+        out["crop_intensity"] = crop_cfg["intensity"]
+    return out
+
+
+def load_contract(path: str | os.PathLike) -> CheckpointContract:
+    """Load CHECKPOINT's model (eval mode) and data contract; errors name the file and the missing key."""
+    from phenovec.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    path = Path(path)
+    ck = load_checkpoint(path)
+    dc = ck["data_config"]
+    for key in ("channels", "box_size"):
+        if key not in dc:
+            raise ValueError(f"{path}: checkpoint data_config lacks key {key!r}")
+    try:
+        intensity = intensity_from_data_config(dc)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    try:
+        model, _ = model_from_checkpoint(ck)
+    except RuntimeError as e:  # state_dict does not fit the config
+        raise ValueError(f"{path}: model_state does not fit model_config {ck['model_config']}: "
+                         f"{str(e).splitlines()[0]}") from None
+    extra = {}
+    if dc.get("classes") is not None:
+        extra["classes"] = tuple(str(c) for c in dc["classes"])
+    if dc.get("label_column") is not None:
+        extra["label_column"] = str(dc["label_column"])
+    return CheckpointContract(path=path, model=model, channels=[str(c) for c in dc["channels"]],
+                              crop_size=int(dc["box_size"]), intensity=intensity, extra=extra)

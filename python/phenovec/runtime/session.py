@@ -1,0 +1,228 @@
+"""``ProfileSession``: an onnxruntime session over a phenovec ONNX model that checks its input contract.
+
+The model's metadata (``phenovec.io.model_metadata``: channels, crop size, intensity scaling, feature dim) is read
+back from the file; ``run`` refuses crops whose channel count, crop size or dtype differ from it, and
+``check_input`` refuses a caller whose channel names / order, crop size or intensity scaling differ, so
+profiling can never silently feed a model the wrong channels.
+
+Providers (``phenovec.runtime.providers``): TensorRT -> CUDA -> CPU by availability. On CUDA / TensorRT the
+session uses IO binding (input bound from host memory, outputs allocated on the device and copied back once per
+batch). ``fp16=True`` is honoured by TensorRT only (``trt_fp16_enable``: the exported model stays float32); on
+any other provider it falls back to float32 with a ``RuntimeWarning`` and ``session.fp16`` is ``False``.
+
+Tested paths: only the CPU provider has run in phenovec's tests (no GPU on the test machine): provider choice for
+TensorRT / CUDA is tested with a stubbed ``get_available_providers``, and the IO-binding path has not run on a GPU.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from phenovec.runtime import providers as _prov
+from phenovec.io.model_metadata import ModelMetadata, check_matches
+
+INPUT_NAME = "crops"
+
+
+def _session_options(intra_op_threads: int | None, optimise: bool = True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if intra_op_threads is not None:
+        if int(intra_op_threads) < 1:
+            raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+        so.intra_op_num_threads = int(intra_op_threads)
+    if not optimise:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return so
+
+
+def read_metadata(onnx_path: str | os.PathLike) -> ModelMetadata:
+    """The phenovec metadata of an ONNX file (via a CPU onnxruntime session; no ``onnx`` package needed)."""
+    import onnxruntime as ort
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    sess = ort.InferenceSession(str(path), _session_options(1, optimise=False), providers=[_prov.CPU])
+    return ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map, source=str(path))
+
+
+class ProfileSession:
+    """Run a phenovec ONNX model on float32 crops (N x C x H x W) to features (N x D).
+
+    ``providers``: ``"auto"`` (TensorRT -> CUDA -> CPU by availability) or an explicit list of onnxruntime
+    provider names. ``trt_cache_dir``: TensorRT engine + timing cache folder. ``max_batch`` / ``opt_batch``:
+    the TensorRT optimisation profile (batch 1..max_batch). ``intra_op_threads``: onnxruntime's CPU thread pool.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, providers: str | Sequence[str] = "auto", fp16: bool = False,
+                 trt_cache_dir: str | os.PathLike | None = None, intra_op_threads: int | None = None,
+                 max_batch: int = 1024, opt_batch: int = 256):
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+        chosen = _prov.select_providers(providers, ort.get_available_providers(),
+                                        tensorrt_ok=_prov.tensorrt_importable())
+        self.fp16 = bool(fp16)
+        if self.fp16 and _prov.TENSORRT not in chosen:
+            warnings.warn(f"{self.path}: fp16=True needs the TensorRT provider (chosen: {chosen}); running float32",
+                          RuntimeWarning, stacklevel=2)
+            self.fp16 = False
+        options: list[dict] = []
+        for p in chosen:
+            if p == _prov.TENSORRT:
+                meta = read_metadata(self.path)
+                options.append(_prov.tensorrt_options(
+                    fp16=self.fp16, cache_dir=trt_cache_dir, input_name=INPUT_NAME,
+                    sample_shape=(len(meta.channels), meta.crop_size, meta.crop_size),
+                    max_batch=max_batch, opt_batch=min(opt_batch, max_batch)))
+            else:
+                options.append({})
+        self.requested_providers = chosen
+        self.session = ort.InferenceSession(str(self.path), _session_options(intra_op_threads), providers=chosen,
+                                            provider_options=options)
+        self.providers = list(self.session.get_providers())  # what onnxruntime actually enabled
+        if self.fp16 and _prov.TENSORRT not in self.providers:
+            warnings.warn(f"{self.path}: TensorRT did not start (active: {self.providers}); running float32",
+                          RuntimeWarning, stacklevel=2)
+            self.fp16 = False
+        self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map,
+                                                 source=str(self.path))
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+            raise ValueError(f"{self.path}: expected one input {INPUT_NAME!r}, got {[i.name for i in inputs]}")
+        shape = list(inputs[0].shape)
+        want = [len(self.metadata.channels), self.metadata.crop_size, self.metadata.crop_size]
+        if len(shape) != 4 or shape[1:] != want:
+            raise ValueError(f"{self.path}: graph input shape {shape} disagrees with its metadata "
+                             f"(channels {list(self.metadata.channels)}, crop_size {self.metadata.crop_size})")
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if "features" not in self.output_names:
+            raise ValueError(f"{self.path}: no 'features' output (outputs {self.output_names})")
+        self.io_binding = self.providers[0] in (_prov.TENSORRT, _prov.CUDA)
+
+    # -- the contract ---------------------------------------------------------------------------------
+    @property
+    def channels(self) -> list[str]:
+        return list(self.metadata.channels)
+
+    @property
+    def crop_size(self) -> int:
+        return self.metadata.crop_size
+
+    @property
+    def intensity(self) -> dict:
+        return dict(self.metadata.intensity)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.metadata.feature_dim
+
+    def check_input(self, channels: Sequence[str] | None = None, crop_size: int | None = None,
+                    intensity: Mapping[str, Any] | None = None) -> None:
+        """Raise ``ValueError`` naming each field (channels by name and order, crop size, intensity) that differs."""
+        check_matches(self.metadata, channels=channels, crop_size=crop_size, intensity=intensity,
+                      source=str(self.path))
+
+    def _validate(self, crops) -> np.ndarray:
+        if not isinstance(crops, np.ndarray):
+            raise ValueError(f"{self.path}: crops must be a numpy array, got {type(crops).__name__}")
+        problems = []
+        if crops.ndim != 4:
+            raise ValueError(f"{self.path}: crops must be N x C x H x W, got shape {crops.shape}")
+        if crops.shape[1] != len(self.metadata.channels):
+            problems.append(f"channel count {crops.shape[1]} != model's {len(self.metadata.channels)} "
+                            f"{list(self.metadata.channels)}")
+        if crops.shape[2:] != (self.crop_size, self.crop_size):
+            problems.append(f"crop size {crops.shape[2]} x {crops.shape[3]} != model's {self.crop_size} x "
+                            f"{self.crop_size}")
+        if crops.dtype != np.float32:
+            problems.append(f"dtype {crops.dtype} != float32 (scale crops as {self.metadata.intensity} first)")
+        if problems:
+            raise ValueError(f"{self.path}: crops of shape {crops.shape} do not match the model: "
+                             + "; ".join(problems))
+        return np.ascontiguousarray(crops)
+
+    # -- inference ------------------------------------------------------------------------------------
+    def _run(self, crops: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        if self.io_binding:  # GPU path: not exercised by the CPU-only tests
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(INPUT_NAME, crops)
+            for n in names:
+                binding.bind_output(n, "cuda")
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
+        return self.session.run(names, {INPUT_NAME: crops})
+
+    def run(self, crops: np.ndarray) -> np.ndarray:
+        """Features (N x feature_dim float32) of ``crops`` (N x C x crop_size x crop_size float32)."""
+        crops = self._validate(crops)
+        if len(crops) == 0:
+            return np.empty((0, self.feature_dim), np.float32)
+        return self._run(crops, ["features"])[0]
+
+    def run_with_logits(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features, logits); the model must have been exported with ``logits=True``."""
+        if "logits" not in self.output_names:
+            raise ValueError(f"{self.path}: exported without logits (outputs {self.output_names})")
+        crops = self._validate(crops)
+        f, lg = self._run(crops, ["features", "logits"])
+        return f, lg
+
+    def iter_batches(self, source, batch_size: int, progress: bool = False) -> Iterator[np.ndarray]:
+        """Features of ``source`` in order, one block per batch of at most ``batch_size`` crops.
+
+        ``source``: an array-like with ``shape`` and slicing (numpy, Zarr) cut into consecutive batches, or an
+        iterable of N_i x C x H x W arrays (e.g. one per site) regrouped into full batches of ``batch_size``.
+        """
+        from tqdm.auto import tqdm
+
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if hasattr(source, "shape") and hasattr(source, "__getitem__"):
+            n = int(source.shape[0])
+            with tqdm(total=n, unit="crop", desc="infer", disable=not progress) as bar:
+                for i in range(0, n, batch_size):
+                    block = np.asarray(source[i:i + batch_size])
+                    yield self.run(block)
+                    bar.update(len(block))
+            return
+        buf: list[np.ndarray] = []
+        held = 0
+        with tqdm(unit="crop", desc="infer", disable=not progress) as bar:
+            for item in _as_blocks(source):
+                buf.append(self._validate(item))
+                held += len(item)
+                while held >= batch_size:
+                    cat = np.concatenate(buf)
+                    yield self.run(cat[:batch_size])
+                    bar.update(batch_size)
+                    rest = cat[batch_size:]
+                    buf, held = ([rest] if len(rest) else []), len(rest)
+            if held:
+                yield self.run(np.concatenate(buf))
+                bar.update(held)
+
+    def run_batches(self, source, batch_size: int, progress: bool = False) -> np.ndarray:
+        """``iter_batches`` concatenated: features of every crop of ``source``, N x feature_dim."""
+        blocks = list(self.iter_batches(source, batch_size, progress))
+        return np.concatenate(blocks) if blocks else np.empty((0, self.feature_dim), np.float32)
+
+    def __repr__(self) -> str:
+        return (f"ProfileSession({str(self.path)!r}, providers={self.providers}, channels={self.channels}, "
+                f"crop_size={self.crop_size}, feature_dim={self.feature_dim}, fp16={self.fp16})")
+
+
+def _as_blocks(source: Iterable) -> Iterator[np.ndarray]:
+    for item in source:
+        a = np.asarray(item)
+        yield a[None] if a.ndim == 3 else a

@@ -1,0 +1,238 @@
+"""phenovec.export: ONNX export of ProfileNet (dynamic batch, metadata, parity with PyTorch on real crops).
+
+References: PyTorch eval-mode outputs of the same model (an independent engine from onnxruntime), the ONNX file
+as read by the ``onnx`` package, numpy min-max scaling of crops cut with tifffile + numpy from the real CPJUMP1 site.
+"""
+import io
+import json
+from contextlib import redirect_stdout
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from conftest import shared
+from phenovec.export import ParityError, check_parity, export_onnx, weights_sha256
+from phenovec.runtime import read_metadata
+from phenovec.train.models import build_model
+
+torch.set_num_threads(1)
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+FILES = {"DNA": "ch5", "ER": "ch4", "RNA": "ch3", "AGP": "ch1", "Mito": "ch2"}  # the site's README channel map
+BOX = 64
+INTENSITY = {"input_scaling": "none", "crop_rescale": True}
+
+
+def site_raw_crops(n: int = 16) -> np.ndarray:
+    """uint16 N x 5 x 64 x 64 crops around the first nuclei lying fully inside the real CPJUMP1 site."""
+    d = shared("deepprofiler-cpjump1-site")
+    img = np.stack([tifffile.imread(d / f"r01c01f01p01-{FILES[c]}sk1fk1fl1.tiff") for c in CHANNELS])
+    nuc = pd.read_csv(d / "Nuclei.csv", usecols=["AreaShape_Center_X", "AreaShape_Center_Y"])
+    out = []
+    for x, y in zip(nuc["AreaShape_Center_X"].round().astype(int), nuc["AreaShape_Center_Y"].round().astype(int)):
+        y0, x0 = y - BOX // 2, x - BOX // 2
+        if 0 <= y0 and 0 <= x0 and y0 + BOX <= img.shape[1] and x0 + BOX <= img.shape[2]:
+            out.append(img[:, y0:y0 + BOX, x0:x0 + BOX])
+        if len(out) == n:
+            break
+    assert len(out) == n
+    return np.stack(out)
+
+
+def minmax(raw: np.ndarray) -> np.ndarray:
+    """Per-crop per-channel min-max to [0, 1] (DeepProfiler's crop rescaling), float32."""
+    x = raw.astype(np.float64)
+    lo, hi = x.min(axis=(2, 3), keepdims=True), x.max(axis=(2, 3), keepdims=True)
+    return np.where(hi > lo, (x - lo) / np.where(hi > lo, hi - lo, 1), 0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def real_crops() -> np.ndarray:
+    return minmax(site_raw_crops())
+
+
+def calibrated(arch: str, crops: np.ndarray, seed: int = 0):
+    """A ProfileNet whose BatchNorm statistics come from real crops (random-init BN gives ~1e-11 features)."""
+    m = build_model(arch, 5, 4, seed=seed)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None  # cumulative average
+    m.train()
+    with torch.no_grad():
+        for _ in range(2):
+            m(torch.from_numpy(crops))
+    return m.eval()
+
+
+def torch_embed(model, crops):
+    with torch.no_grad():
+        return model.embed(torch.from_numpy(crops)).numpy()
+
+
+@pytest.mark.parametrize("arch,opset", [("efficientnet_tiny", 18), ("resnet_tiny", 18), ("resnet_tiny", 17)])
+def test_dynamic_batch_and_parity_on_real_crops(tmp_path, real_crops, arch, opset):
+    model = calibrated(arch, real_crops)
+    path = tmp_path / "m.onnx"
+    rep = export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, opset=opset,
+                      parity_crops=real_crops[:8])
+    assert rep.exporter == ("dynamo" if opset >= 18 else "torchscript")
+    assert rep.parity_crops == "given" and rep.parity.n_crops == 8
+    assert rep.max_abs_diff <= 1e-4 and rep.feature_dim == model.feature_dim
+    assert rep.parity.reference_max_abs == pytest.approx(np.abs(torch_embed(model, real_crops[:8])).max())
+    proto = onnx.load(str(path))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+    (inp,) = proto.graph.input
+    assert inp.name == "crops" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")  # symbolic batch
+    assert [d.dim_value for d in dims[1:]] == [5, BOX, BOX]
+    assert [o.name for o in proto.graph.output] == ["features"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (real_crops[:1], real_crops[4:11]):  # batch 1 and 7 (the example batch was 2)
+        (got,) = sess.run(None, {"crops": batch})
+        ref = torch_embed(model, batch)
+        assert got.shape == (len(batch), model.feature_dim)
+        assert ref.std() > 1e-3  # non-trivial features, so the tolerance means something
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_logits_output(tmp_path, real_crops):
+    model = calibrated("resnet_tiny", real_crops)
+    path = tmp_path / "m.onnx"
+    rep = export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, logits=True, opset=17,
+                      parity_crops=real_crops[:4])
+    assert rep.outputs == ["features", "logits"] and set(rep.parity.per_output) == {"features", "logits"}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    f, lg = sess.run(["features", "logits"], {"crops": real_crops[:3]})
+    with torch.no_grad():
+        rf, rl = model.forward_features(torch.from_numpy(real_crops[:3]))
+    np.testing.assert_allclose(f, rf.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(lg, rl.numpy(), atol=1e-4, rtol=0)
+    assert lg.shape == (3, 4)
+
+
+def test_metadata_round_trip(tmp_path, real_crops):
+    model = calibrated("resnet_tiny", real_crops)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity={"crop_rescale": "minmax"}, opset=17)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["channels"]) == CHANNELS and props["crop_size"] == "64"
+    assert json.loads(props["intensity"]) == {"crop_rescale": "minmax"}
+    assert props["feature_dim"] == "128" and props["arch"] == "resnet_tiny" and props["opset"] == "17"
+    assert json.loads(props["model_config"]) == model.config
+    assert props["torch_version"] == torch.__version__
+    import phenovec
+
+    assert props["phenovec_version"] == phenovec.__version__
+    meta = read_metadata(path)  # the runtime's reader sees the same contract
+    assert meta.channels == tuple(CHANNELS) and meta.crop_size == BOX and meta.feature_dim == 128
+    assert meta.intensity == {"crop_rescale": "minmax"} and meta.weights_sha256 == props["weights_sha256"]
+    # the weights hash follows the weights: same seed + same calibration -> same hash; one changed value -> another
+    twin = calibrated("resnet_tiny", real_crops)
+    assert weights_sha256(twin) == props["weights_sha256"]
+    with torch.no_grad():
+        twin.head.bias[0] += 1e-3
+    assert weights_sha256(twin) != props["weights_sha256"]
+
+
+def test_failed_parity_writes_nothing(tmp_path, real_crops):
+    model = calibrated("resnet_tiny", real_crops)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous model")
+    with pytest.raises(ParityError, match="max abs difference"):
+        export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, opset=17,
+                    parity_crops=real_crops[:4], atol=1e-12)  # fp32 kernels differ by ~1e-6: must fail
+    assert path.read_bytes() == b"previous model"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temp file left
+    new = tmp_path / "new.onnx"
+    with pytest.raises(ParityError):
+        export_onnx(model, new, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, opset=17, atol=1e-12)
+    assert not new.exists()
+
+
+def test_check_parity_detects_a_different_model(tmp_path, real_crops):
+    model = calibrated("resnet_tiny", real_crops)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, opset=17, parity=False)
+    other = calibrated("resnet_tiny", real_crops, seed=1)
+    rep = check_parity(other, path, real_crops[:4], raise_on_fail=False)
+    assert not rep.passed and rep.max_abs_diff > 1e-2
+    with pytest.raises(ParityError):
+        check_parity(other, path, real_crops[:4])
+
+
+def test_bad_inputs_are_named(tmp_path, real_crops):
+    model = calibrated("resnet_tiny", real_crops)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match="channel count mismatch: 4 channels"):
+        export_onnx(model, path, channels=CHANNELS[:4], crop_size=BOX, intensity=INTENSITY)
+    with pytest.raises(ValueError, match="parity_crops have shape"):
+        export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY,
+                    parity_crops=real_crops[:, :4])
+    with pytest.raises(ValueError, match="opset must be >= 17"):
+        export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, opset=16)
+    with pytest.raises(ValueError, match="only 'float32'"):
+        export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, dtype="float16")
+    with pytest.raises(ValueError, match="needs channels="):
+        export_onnx(model, path, crop_size=BOX, intensity=INTENSITY)
+    assert not path.exists()
+
+
+def _checkpoint(tmp_path, model, **data):
+    from phenovec.train.checkpoint import save_checkpoint
+
+    dc = {"channels": CHANNELS, "box_size": BOX, "crop_shape": [5, BOX, BOX], "input_scaling": "minmax",
+          "dtype_max": 65535.0, "crop_config": {"channels": CHANNELS, "box_size": BOX, "rescale": False},
+          "label_column": "Metadata_Treatment", "classes": ["a", "b", "c", "d"], **data}
+    return save_checkpoint({"model_config": model.config, "model_state": model.state_dict(), "data_config": dc},
+                           tmp_path / "best.pt")
+
+
+def test_cli_exports_a_checkpoint_with_real_parity_crops(tmp_path, real_crops):
+    import argparse
+
+    import zarr
+
+    from phenovec.export.command import add_export_parser
+
+    model = calibrated("resnet_tiny", real_crops)
+    ck = _checkpoint(tmp_path, model)
+    raw = site_raw_crops(12)  # raw uint16 crops as `phenovec crop` stores them without --rescale
+    store = tmp_path / "crops"
+    store.mkdir()
+    zarr.create_array(str(store / "crops.zarr"), data=raw, chunks=(4, 5, BOX, BOX))
+    (store / "manifest.json").write_text(json.dumps({"config": {"channels": CHANNELS, "box_size": BOX}}))
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers(dest="stage"))
+    out = tmp_path / "model.onnx"
+    args = parser.parse_args(["export", str(ck), "-o", str(out), "--parity-crops", str(store), "--logits",
+                              "--parity-n", "10"])
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        args.run(args)
+    rep = json.loads(buf.getvalue())
+    assert rep["path"] == str(out) and rep["opset"] == 18 and rep["feature_dim"] == 128
+    assert rep["parity_crops"] == "given" and rep["parity_n"] == 10 and rep["max_abs_diff"] <= 1e-4
+    assert rep["intensity"] == {"input_scaling": "minmax", "dtype_max": 65535.0, "crop_rescale": False}
+    meta = read_metadata(out)
+    assert meta.classes == ("a", "b", "c", "d") and meta.label_column == "Metadata_Treatment"
+    assert meta.outputs == ("features", "logits")
+    # the exported model on numpy-min-max-scaled raw crops equals PyTorch on the same input
+    x = minmax(raw)
+    (got,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["features"], {"crops": x})
+    np.testing.assert_allclose(got, torch_embed(model, x), atol=1e-4, rtol=0)
+    # contradicting the checkpoint's contract is an error naming the field
+    with pytest.raises(ValueError, match="crop_size=96 contradicts"):
+        export_onnx(ck, tmp_path / "x.onnx", crop_size=96)
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    zarr.create_array(str(wrong / "crops.zarr"), data=raw, chunks=(4, 5, BOX, BOX))
+    (wrong / "manifest.json").write_text(json.dumps({"config": {"channels": CHANNELS[::-1]}}))
+    args = parser.parse_args(["export", str(ck), "-o", str(tmp_path / "y.onnx"), "--parity-crops", str(wrong)])
+    with pytest.raises(ValueError, match="channels .* differ from the checkpoint"):
+        args.run(args)
+    assert not (tmp_path / "y.onnx").exists()

@@ -1,0 +1,199 @@
+"""phenovec.runtime: ProfileSession on the CPU provider (the only provider these tests run; TensorRT / CUDA choice
+is tested with a stubbed ``onnxruntime.get_available_providers``, their IO-binding path has not run here).
+
+Reference: PyTorch eval-mode ``embed`` of the exported model on min-max scaled crops of the real CPJUMP1 site.
+"""
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from conftest import shared
+from phenovec.export import export_onnx
+from phenovec.runtime import ProfileSession, providers, select_providers, tensorrt_options
+from phenovec.train.models import build_model
+
+torch.set_num_threads(1)
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+FILES = {"DNA": "ch5", "ER": "ch4", "RNA": "ch3", "AGP": "ch1", "Mito": "ch2"}
+BOX = 64
+INTENSITY = {"input_scaling": "minmax", "dtype_max": 65535.0}
+TRT, CUDA, CPU = providers.TENSORRT, providers.CUDA, providers.CPU
+
+
+@pytest.fixture(scope="module")
+def crops() -> np.ndarray:
+    """13 float32 crops (5 x 64 x 64) around real nuclei, per-crop per-channel min-max scaled with numpy."""
+    d = shared("deepprofiler-cpjump1-site")
+    img = np.stack([tifffile.imread(d / f"r01c01f01p01-{FILES[c]}sk1fk1fl1.tiff") for c in CHANNELS])
+    nuc = pd.read_csv(d / "Nuclei.csv", usecols=["AreaShape_Center_X", "AreaShape_Center_Y"])
+    out = []
+    for x, y in zip(nuc["AreaShape_Center_X"].round().astype(int), nuc["AreaShape_Center_Y"].round().astype(int)):
+        y0, x0 = y - BOX // 2, x - BOX // 2
+        if 0 <= y0 and 0 <= x0 and y0 + BOX <= img.shape[1] and x0 + BOX <= img.shape[2]:
+            out.append(img[:, y0:y0 + BOX, x0:x0 + BOX].astype(np.float64))
+    x = np.stack(out[:13])
+    lo, hi = x.min(axis=(2, 3), keepdims=True), x.max(axis=(2, 3), keepdims=True)
+    return np.where(hi > lo, (x - lo) / np.where(hi > lo, hi - lo, 1), 0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, crops):
+    """(model, path): a resnet_tiny with BatchNorm statistics from the real crops, exported with logits."""
+    model = build_model("resnet_tiny", 5, 3, seed=0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(crops))
+    model.eval()
+    path = tmp_path_factory.mktemp("rt") / "m.onnx"
+    export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, logits=True, opset=17,
+                parity_crops=crops[:4])
+    return model, path
+
+
+def cpu_session(path, **kw):
+    return ProfileSession(path, providers=[CPU], intra_op_threads=1, **kw)
+
+
+def embed(model, x):
+    with torch.no_grad():
+        return model.embed(torch.from_numpy(x)).numpy()
+
+
+def test_outputs_equal_pytorch(exported, crops):
+    model, path = exported
+    s = cpu_session(path)
+    assert s.providers == [CPU] and not s.io_binding
+    for batch in (crops[:1], crops[:7], crops):
+        got = s.run(batch)
+        assert got.dtype == np.float32 and got.shape == (len(batch), 128)
+        np.testing.assert_allclose(got, embed(model, batch), atol=1e-4, rtol=0)
+    f, lg = s.run_with_logits(crops[:5])
+    with torch.no_grad():
+        rl = model(torch.from_numpy(crops[:5])).numpy()
+    np.testing.assert_allclose(f, embed(model, crops[:5]), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(lg, rl, atol=1e-4, rtol=0)
+    assert s.run(crops[:0]).shape == (0, 128)
+
+
+def test_metadata_and_check_input(exported):
+    s = cpu_session(exported[1])
+    assert s.channels == CHANNELS and s.crop_size == BOX and s.feature_dim == 128 and s.intensity == INTENSITY
+    s.check_input(channels=CHANNELS, crop_size=BOX, intensity=dict(INTENSITY))  # matches: no error
+    with pytest.raises(ValueError, match=r"channels \['ER', 'DNA'.*!= model's \['DNA', 'ER'"):
+        s.check_input(channels=["ER", "DNA", "RNA", "AGP", "Mito"])  # same names, another order
+    with pytest.raises(ValueError, match="crop_size 96 != model's 64"):
+        s.check_input(channels=CHANNELS, crop_size=96)
+    with pytest.raises(ValueError, match="intensity .*'none'.* != model's"):
+        s.check_input(intensity={"input_scaling": "none", "dtype_max": 65535.0})
+    with pytest.raises(ValueError, match="channels .*; crop_size 32"):  # every mismatch is named at once
+        s.check_input(channels=CHANNELS[:4], crop_size=32)
+
+
+def test_run_refuses_mismatched_crops(exported, crops):
+    s = cpu_session(exported[1])
+    with pytest.raises(ValueError, match="channel count 4 != model's 5"):
+        s.run(crops[:, :4])
+    with pytest.raises(ValueError, match="crop size 32 x 32 != model's 64 x 64"):
+        s.run(np.ascontiguousarray(crops[:, :, :32, :32]))
+    with pytest.raises(ValueError, match="dtype uint16 != float32"):
+        s.run((crops * 65535).astype(np.uint16))
+    with pytest.raises(ValueError, match="dtype float64"):
+        s.run(crops.astype(np.float64))
+    with pytest.raises(ValueError, match="N x C x H x W"):
+        s.run(crops[0])
+
+
+def test_run_batches(exported, crops, monkeypatch):
+    import zarr
+
+    s = cpu_session(exported[1])
+    ref = s.run(crops)
+    seen = []
+    orig = s._run
+    monkeypatch.setattr(s, "_run", lambda x, names: seen.append(len(x)) or orig(x, names))
+    np.testing.assert_array_equal(s.run_batches(crops, 4), ref)
+    assert seen == [4, 4, 4, 1]
+    seen.clear()  # an iterable of uneven blocks (one per site) is regrouped into full batches
+    blocks = [crops[0:3], crops[3:8], crops[8], crops[9:13]]
+    np.testing.assert_allclose(s.run_batches(iter(blocks), 4), ref, atol=1e-6, rtol=0)
+    assert seen == [4, 4, 4, 1]
+    z = zarr.create_array(zarr.storage.MemoryStore(), data=crops, chunks=(5, 5, BOX, BOX))
+    np.testing.assert_allclose(s.run_batches(z, 6), ref, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        s.run_batches(crops, 0)
+    with pytest.raises(ValueError, match="channel count"):
+        s.run_batches(iter([crops[:2], crops[:2, :4]]), 8)
+
+
+def test_provider_selection():
+    all3 = [TRT, CUDA, "AzureExecutionProvider", CPU]
+    assert select_providers("auto", all3, tensorrt_ok=True) == [TRT, CUDA, CPU]
+    assert select_providers("auto", all3, tensorrt_ok=False) == [CUDA, CPU]  # no tensorrt package: skip TRT
+    assert select_providers("auto", [CUDA, CPU], tensorrt_ok=True) == [CUDA, CPU]
+    assert select_providers("auto", ["AzureExecutionProvider", CPU], tensorrt_ok=True) == [CPU]
+    assert select_providers([CPU], all3, tensorrt_ok=False) == [CPU]
+    with pytest.raises(ValueError, match="'CUDAExecutionProvider' is not available"):
+        select_providers([CUDA, CPU], [CPU], tensorrt_ok=False)
+    with pytest.raises(ValueError, match="'tensorrt' package does not import"):
+        select_providers([TRT, CPU], all3, tensorrt_ok=False)
+    with pytest.raises(ValueError, match="'auto' or a list"):
+        select_providers("gpu", all3, tensorrt_ok=True)
+
+
+def test_tensorrt_options(tmp_path):
+    o = tensorrt_options(fp16=True, cache_dir=tmp_path / "trt", input_name="crops", sample_shape=(5, 64, 64),
+                         max_batch=512, opt_batch=256)
+    assert o["trt_fp16_enable"] == "True" and o["trt_engine_cache_enable"] == "True"
+    assert o["trt_engine_cache_path"] == str(tmp_path / "trt") and (tmp_path / "trt").is_dir()
+    assert o["trt_profile_min_shapes"] == "crops:1x5x64x64" and o["trt_profile_max_shapes"] == "crops:512x5x64x64"
+    o = tensorrt_options(fp16=False, cache_dir=None, input_name="crops", sample_shape=(5, 64, 64), max_batch=8,
+                         opt_batch=8)
+    assert o["trt_fp16_enable"] == "False" and "trt_engine_cache_enable" not in o
+
+
+def test_auto_on_a_stubbed_gpu_build_falls_back_to_cpu(exported, crops, monkeypatch, tmp_path):
+    """With TensorRT and CUDA listed (stub) the session asks for them; this CPU-only onnxruntime runs on CPU."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(providers, "tensorrt_importable", lambda: True)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        s = ProfileSession(exported[1], fp16=True, trt_cache_dir=tmp_path / "cache", intra_op_threads=1)
+    assert s.requested_providers == [TRT, CUDA, CPU]
+    assert s.providers == [CPU] and not s.io_binding
+    assert not s.fp16 and any("TensorRT did not start" in str(x.message) for x in w)
+    np.testing.assert_allclose(s.run(crops[:3]), embed(exported[0], crops[:3]), atol=1e-4, rtol=0)
+
+
+def test_fp16_on_cpu_falls_back_with_a_warning(exported, crops):
+    with pytest.warns(RuntimeWarning, match="fp16=True needs the TensorRT provider"):
+        s = cpu_session(exported[1], fp16=True)
+    assert not s.fp16
+    np.testing.assert_allclose(s.run(crops[:3]), embed(exported[0], crops[:3]), atol=1e-4, rtol=0)
+
+
+def test_refuses_a_model_without_phenovec_metadata(exported, tmp_path):
+    proto = onnx.load(str(exported[1]))
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, str(bare))
+    with pytest.raises(ValueError, match="not a phenovec ONNX export"):
+        cpu_session(bare)
+    proto = onnx.load(str(exported[1]))
+    for p in proto.metadata_props:
+        if p.key == "channels":
+            p.value = '["DNA", "ER"'
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.raises(ValueError, match="metadata key 'channels' is malformed"):
+        cpu_session(broken)
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+        cpu_session(tmp_path / "missing.onnx")
