@@ -6,6 +6,7 @@ same pixels (tifffile, 64-row strips, no predictor) as deflate and LZW. For each
 
 (a) ``phenovec``: ``phenovec._core.crop_site(paths, xs, ys, box, "drop", False)`` per site (decodes the five
     channels in parallel in Rust, crops every nucleus in parallel; returns N x C x box x box uint16 + codes);
+    ``phenovec_compact``: the same with ``compact=True`` (rows only for kept cells, no zero rows for dropped ones);
 (b) ``python``: the same work in pure Python: ``tifffile.imread`` of each channel, ``np.stack``, then numpy
     slicing per cell into a zero-initialised N x C x box x box uint16 array, with the same geometry
     (top-left = floor(c + 0.5) - box // 2) and the same drop rule (a box not wholly inside is left zero);
@@ -94,12 +95,12 @@ def make_sites(tmp: Path, n_sites: int, size: int, cells: int, seed: int, compre
     return out
 
 
-def crop_phenovec(sites, box):
+def crop_phenovec(sites, box, compact=False):
     from phenovec import _core
 
     kept = 0
     for paths, xs, ys in sites:
-        crops, codes = _core.crop_site(paths, xs, ys, box, "drop", False)
+        crops, codes = _core.crop_site(paths, xs, ys, box, "drop", False, compact=compact)
         kept += int((codes == 0).sum())
     return kept
 
@@ -180,6 +181,7 @@ def bench_compression(comp, sites, box, repeats, workers) -> dict:
     res = {"compression": comp, "sites": n_sites, "cells": cells, "check_first_site": check}
     variants = [
         ("phenovec", lambda: crop_phenovec(sites, box)),
+        ("phenovec_compact", lambda: crop_phenovec(sites, box, compact=True)),
         ("python", lambda: crop_python(sites, box)),
         ("decode_rust", lambda: decode_rust(sites, workers)),
         ("decode_rust_serial", lambda: decode_rust_serial(sites)),
@@ -188,7 +190,7 @@ def bench_compression(comp, sites, box, repeats, workers) -> dict:
     for name, fn in variants:
         med, times, ret = timed(fn, repeats, f"{comp} {name}")
         r = {"median_s": med, "times_s": times, "sites_per_s": n_sites / med, "cells_per_s": cells / med}
-        if name in ("phenovec", "python"):
+        if name in ("phenovec", "phenovec_compact", "python"):
             r["crops_kept"] = ret
             r["crops_per_s"] = ret / med
         res[name] = r
@@ -196,6 +198,7 @@ def bench_compression(comp, sites, box, repeats, workers) -> dict:
         raise SystemExit(f"{comp}: kept crops differ: {res['phenovec']['crops_kept']} vs {res['python']['crops_kept']}")
     pv = res["phenovec"]["median_s"]
     res["speedup_vs_python"] = res["python"]["median_s"] / pv
+    res["compact_speedup_vs_python"] = res["python"]["median_s"] / res["phenovec_compact"]["median_s"]
     res["x_of_bound"] = pv / res["decode_rust"]["median_s"]
     res["x_of_tifffile_decode"] = pv / res["decode_tifffile"]["median_s"]
     log(f"{comp}: phenovec {res['phenovec']['cells_per_s']:.0f} cells/s, python {res['python']['cells_per_s']:.0f}"

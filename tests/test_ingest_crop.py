@@ -57,11 +57,11 @@ def test_crash_then_resume_equals_one_run(tmp_path, monkeypatch):
     calls = []
     real = _core.crop_site
 
-    def crashing(paths, xs, ys, box, edge, rescale):
+    def crashing(paths, xs, ys, box, edge, rescale, **kw):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
-        return real(paths, xs, ys, box, edge, rescale)
+        return real(paths, xs, ys, box, edge, rescale, **kw)
 
     monkeypatch.setattr(_core, "crop_site", crashing, raising=True)
     with pytest.raises(RuntimeError, match="simulated crash"):

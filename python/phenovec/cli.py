@@ -293,10 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec.process.command import add_process_parser
 
     add_process_parser(stages)
-    from phenovec.ingest.command import add_crop_parser, add_synth_parser
+    from phenovec.ingest.command import add_crop_parser, add_illum_parser, add_synth_parser, add_tiles_parser
 
     add_synth_parser(stages)
+    add_illum_parser(stages)
     add_crop_parser(stages)
+    add_tiles_parser(stages)
     from phenovec.train.command import add_train_parser
 
     add_train_parser(stages)

@@ -77,6 +77,122 @@ pub fn box_origin(x: f64, y: f64, box_size: usize, width: usize, height: usize) 
     Some((cy as i64 - half, cx as i64 - half))
 }
 
+/// Where one cell's box goes: its outcome and, when a crop is cut (outcomes 0-2), the box's
+/// top-left (row, column) after the edge policy (may be negative or run past the image for `Padded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub outcome: EdgeOutcome,
+    pub origin: Option<(i64, i64)>,
+}
+
+impl Placement {
+    /// True when a crop is cut (inside, shifted or padded; codes 0-2).
+    pub fn kept(&self) -> bool {
+        self.origin.is_some()
+    }
+}
+
+/// Apply the geometry and the edge policy to one centre (see the module docs).
+pub fn place(x: f64, y: f64, box_size: usize, width: usize, height: usize, edge: EdgePolicy) -> Placement {
+    let none = |outcome| Placement { outcome, origin: None };
+    let Some((r0, c0)) = box_origin(x, y, box_size, width, height) else {
+        return none(EdgeOutcome::Invalid);
+    };
+    let (b, wi, hi) = (box_size as i64, width as i64, height as i64);
+    if r0 >= 0 && c0 >= 0 && r0 + b <= hi && c0 + b <= wi {
+        return Placement { outcome: EdgeOutcome::Inside, origin: Some((r0, c0)) };
+    }
+    match edge {
+        EdgePolicy::Drop => none(EdgeOutcome::Dropped),
+        EdgePolicy::Shift if b > hi || b > wi => none(EdgeOutcome::Dropped),
+        EdgePolicy::Shift => Placement { outcome: EdgeOutcome::Shifted, origin: Some((r0.clamp(0, hi - b), c0.clamp(0, wi - b))) },
+        EdgePolicy::Pad => Placement { outcome: EdgeOutcome::Padded, origin: Some((r0, c0)) },
+    }
+}
+
+/// A borrowed single-channel `height x width` plane, row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Plane<'a, S> {
+    pub width: usize,
+    pub height: usize,
+    pub data: &'a [S],
+}
+
+impl<'a> Plane<'a, u16> {
+    pub fn of(im: &'a Image) -> Self {
+        Plane { width: im.width, height: im.height, data: &im.data }
+    }
+}
+
+/// Check the planes (at least one, all one size, data of that size) and the box; returns (W, H).
+fn check_planes<S>(planes: &[Plane<'_, S>], box_size: usize) -> Result<(usize, usize)> {
+    let Some(first) = planes.first() else {
+        return Err(IngestError::Invalid("cropping needs at least one channel".into()));
+    };
+    let (w, h) = (first.width, first.height);
+    if let Some((i, c)) = planes.iter().enumerate().find(|(_, c)| c.width != w || c.height != h || c.data.len() != w * h) {
+        return Err(IngestError::Invalid(format!("channel {i} is {} x {} (W x H) but channel 0 is {w} x {h}", c.width, c.height)));
+    }
+    if box_size == 0 {
+        return Err(IngestError::Invalid("box size must be at least 1 pixel".into()));
+    }
+    Ok((w, h))
+}
+
+/// Cut one C x box x box crop per placement into `out` (one row of C x box x box values per
+/// placement, in order), converting each value with `Into`. A placement without an origin gives an
+/// all-zero row; pixels of a padded box outside the image are zero. Rows whose box lies wholly
+/// inside the image are written once (no zero fill first). Parallel over rows.
+pub fn cut_crops<S, T>(planes: &[Plane<'_, S>], placements: &[Placement], box_size: usize, out: &mut [T]) -> Result<()>
+where
+    S: Copy + Into<T> + Sync,
+    T: Copy + Default + Send,
+{
+    let (w, h) = check_planes(planes, box_size)?;
+    let nc = planes.len();
+    let plane = box_size * box_size;
+    let per_cell = nc * plane;
+    if placements.len().checked_mul(per_cell) != Some(out.len()) {
+        return Err(IngestError::Invalid(format!(
+            "crop output buffer has {} values, expected {} cells x {nc} channels x {box_size} x {box_size}",
+            out.len(),
+            placements.len()
+        )));
+    }
+    if per_cell == 0 {
+        return Ok(());
+    }
+    let b = box_size as i64;
+    let (wi, hi) = (w as i64, h as i64);
+    out.par_chunks_mut(per_cell).zip(placements.par_iter()).for_each(|(dst, p)| {
+        let Some((r0, c0)) = p.origin else {
+            dst.fill(T::default());
+            return;
+        };
+        // Intersection of the box with the image, in image and crop coordinates.
+        let (ra, rb) = (r0.max(0), (r0 + b).min(hi));
+        let (ca, cb) = (c0.max(0), (c0 + b).min(wi));
+        let whole = ra == r0 && ca == c0 && rb == r0 + b && cb == c0 + b;
+        if !whole {
+            dst.fill(T::default());
+        }
+        if ra < rb && ca < cb {
+            let ncols = (cb - ca) as usize;
+            for (ch, img) in planes.iter().enumerate() {
+                let dplane = &mut dst[ch * plane..(ch + 1) * plane];
+                for r in ra..rb {
+                    let src = &img.data[r as usize * w + ca as usize..][..ncols];
+                    let drow = (r - r0) as usize * box_size + (ca - c0) as usize;
+                    for (d, &s) in dplane[drow..drow + ncols].iter_mut().zip(src) {
+                        *d = s.into();
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Cut one C x box x box crop per centre into `out` (length N x C x box x box, cell-major then
 /// channel, row, column) and return each cell's outcome. Runs in parallel over cells.
 ///
@@ -86,76 +202,11 @@ pub fn crop_cells<T>(channels: &[Image], centers: &[(f64, f64)], box_size: usize
 where
     T: Copy + Default + From<u16> + Send,
 {
-    let Some(first) = channels.first() else {
-        return Err(IngestError::Invalid("crop_cells needs at least one channel".into()));
-    };
-    let (w, h) = (first.width, first.height);
-    if let Some((i, c)) = channels.iter().enumerate().find(|(_, c)| c.width != w || c.height != h) {
-        return Err(IngestError::Invalid(format!("channel {i} is {} x {} (W x H) but channel 0 is {w} x {h}", c.width, c.height)));
-    }
-    if box_size == 0 {
-        return Err(IngestError::Invalid("box size must be at least 1 pixel".into()));
-    }
-    let nc = channels.len();
-    let plane = box_size * box_size;
-    let per_cell = nc * plane;
-    let want = centers.len().checked_mul(per_cell);
-    if want != Some(out.len()) {
-        return Err(IngestError::Invalid(format!(
-            "crop output buffer has {} values, expected {} cells x {nc} channels x {box_size} x {box_size}",
-            out.len(),
-            centers.len()
-        )));
-    }
-    if per_cell == 0 {
-        return Ok(centers.iter().map(|&(x, y)| if box_origin(x, y, box_size, w, h).is_some() { EdgeOutcome::Inside } else { EdgeOutcome::Invalid }).collect());
-    }
-    let b = box_size as i64;
-    let (wi, hi) = (w as i64, h as i64);
-    Ok(out
-        .par_chunks_mut(per_cell)
-        .zip(centers.par_iter())
-        .map(|(dst, &(x, y))| {
-            dst.fill(T::default());
-            let Some((mut r0, mut c0)) = box_origin(x, y, box_size, w, h) else {
-                return EdgeOutcome::Invalid;
-            };
-            let inside = r0 >= 0 && c0 >= 0 && r0 + b <= hi && c0 + b <= wi;
-            let outcome = if inside {
-                EdgeOutcome::Inside
-            } else {
-                match edge {
-                    EdgePolicy::Drop => return EdgeOutcome::Dropped,
-                    EdgePolicy::Shift => {
-                        if b > hi || b > wi {
-                            return EdgeOutcome::Dropped;
-                        }
-                        r0 = r0.clamp(0, hi - b);
-                        c0 = c0.clamp(0, wi - b);
-                        EdgeOutcome::Shifted
-                    }
-                    EdgePolicy::Pad => EdgeOutcome::Padded,
-                }
-            };
-            // Intersection of the box with the image, in image and crop coordinates.
-            let (ra, rb) = (r0.max(0), (r0 + b).min(hi));
-            let (ca, cb) = (c0.max(0), (c0 + b).min(wi));
-            if ra < rb && ca < cb {
-                let ncols = (cb - ca) as usize;
-                for (ch, img) in channels.iter().enumerate() {
-                    let dplane = &mut dst[ch * plane..(ch + 1) * plane];
-                    for r in ra..rb {
-                        let src = &img.data[r as usize * w + ca as usize..][..ncols];
-                        let drow = (r - r0) as usize * box_size + (ca - c0) as usize;
-                        for (d, &s) in dplane[drow..drow + ncols].iter_mut().zip(src) {
-                            *d = T::from(s);
-                        }
-                    }
-                }
-            }
-            outcome
-        })
-        .collect())
+    let planes: Vec<Plane<'_, u16>> = channels.iter().map(Plane::of).collect();
+    let (w, h) = check_planes(&planes, box_size)?;
+    let placements: Vec<Placement> = centers.iter().map(|&(x, y)| place(x, y, box_size, w, h, edge)).collect();
+    cut_crops(&planes, &placements, box_size, out)?;
+    Ok(placements.iter().map(|p| p.outcome).collect())
 }
 
 /// Per-crop per-channel min-max rescale to [0, 1] in place (DeepProfiler semantics; see the

@@ -1,10 +1,15 @@
 //! Decoding microscopy images (one channel of one site) into a 16-bit grey pixel buffer.
 //!
 //! Formats are recognised by their magic bytes, not by the file name:
-//! - TIFF (classic and BigTIFF, either byte order): the **first page** only; greyscale with 8 or 16
-//!   bits per sample, unsigned integer samples; uncompressed, LZW, deflate or PackBits, with or
-//!   without the horizontal predictor (all via the `tiff` crate).
-//! - PNG: greyscale with 8 or 16 bits per sample (via the `png` crate).
+//! - TIFF (classic and BigTIFF, either byte order): one page, the first by default or page `frame`
+//!   (0-based IFD index, e.g. CellProfiler's `Frame_<channel>` for one multi-page file per site);
+//!   greyscale with 8 or 16 bits per sample, unsigned integer samples; uncompressed, LZW, deflate
+//!   (inflated by zlib-rs through flate2) or PackBits, with or without the horizontal predictor
+//!   (all via the `tiff` crate). A page past the last is an error naming the file and the page count.
+//! - PNG: greyscale with 8 or 16 bits per sample (via the `png` crate); one page only (frame 0).
+//!
+//! **Label images** ([`decode_labels`], CellProfiler object masks saved as integer images): the
+//! same formats plus 32-bit unsigned TIFF samples, returned as `u32` labels (0 = background).
 //!
 //! 8-bit images are widened to `u16` without scaling (value 200 stays 200); [`Image::bit_depth`]
 //! records the stored depth. Width and height always come from the file. A file whose header
@@ -87,7 +92,54 @@ fn open(path: &Path) -> Result<File> {
 /// Decoder panics (malformed input hitting a bug in a decoder crate) are caught and reported as
 /// [`IngestError::Corrupt`], so no panic escapes.
 pub fn decode_path(path: impl AsRef<Path>) -> Result<Image> {
+    decode_path_frame(path, 0)
+}
+
+/// Decode page `frame` (0-based) of a TIFF, or a PNG when `frame` is 0; 8/16-bit greyscale.
+pub fn decode_path_frame(path: impl AsRef<Path>, frame: usize) -> Result<Image> {
     let path = path.as_ref();
+    let (w, h, bit_depth, raw) = decode_raw(path, frame)?;
+    let n = w * h;
+    let data = match raw {
+        Raw::U8(v) if bit_depth == 8 => v.into_iter().map(u16::from).collect(),
+        Raw::U16(v) => v,
+        _ => {
+            return Err(IngestError::Unsupported { path: path.into(), format: "TIFF", what: format!("{bit_depth}-bit samples (images must be 8 or 16 bits; 32-bit is read for label images only)") })
+        }
+    };
+    debug_assert_eq!(data.len(), n);
+    Ok(Image { width: w, height: h, bit_depth, data })
+}
+
+/// A decoded label image (object masks): `data[r * width + c]` is the object label, 0 background.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u32>,
+}
+
+/// Decode a label image: TIFF (first page) or PNG with 8, 16 or 32-bit unsigned integer samples,
+/// returned as `u32` values unchanged (CellProfiler writes object labels 1..n, 0 = background).
+pub fn decode_labels(path: impl AsRef<Path>) -> Result<LabelImage> {
+    let path = path.as_ref();
+    let (w, h, _, raw) = decode_raw(path, 0)?;
+    let data = match raw {
+        Raw::U8(v) => v.into_iter().map(u32::from).collect(),
+        Raw::U16(v) => v.into_iter().map(u32::from).collect(),
+        Raw::U32(v) => v,
+    };
+    Ok(LabelImage { width: w, height: h, data })
+}
+
+/// Samples as stored (exactly width x height of them).
+enum Raw {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+fn decode_raw(path: &Path, frame: usize) -> Result<(usize, usize, u8, Raw)> {
     let mut f = open(path)?;
     if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
         return Err(IngestError::Io { path: path.into(), msg: "is a directory".into() });
@@ -110,9 +162,12 @@ pub fn decode_path(path: impl AsRef<Path>) -> Result<Image> {
     drop(f);
     let file = open(path)?;
     let format = if is_tiff { "TIFF" } else { "PNG" };
+    if is_png && frame != 0 {
+        return Err(IngestError::Invalid(format!("{}: page {frame} requested but a PNG file has 1 page (page 0)", path.display())));
+    }
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if is_tiff {
-            decode_tiff(path, file)
+            decode_tiff(path, file, frame)
         } else {
             decode_png(path, file)
         }
@@ -207,7 +262,21 @@ fn duplicate_layout_tag(file: &mut File) -> Option<(u16, &'static str)> {
     None
 }
 
-fn decode_tiff(path: &Path, mut file: File) -> Result<Image> {
+/// Number of pages (IFDs) of a TIFF, counting at most `limit + 1`; errors while walking stop the count.
+fn tiff_page_count(path: &Path, limit: usize) -> usize {
+    let Ok(file) = open(path) else { return 0 };
+    let Ok(mut dec) = tiff::decoder::Decoder::new(BufReader::new(file)) else { return 0 };
+    let mut n = 1;
+    while n <= limit && dec.more_images() {
+        if dec.next_image().is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+fn decode_tiff(path: &Path, mut file: File, frame: usize) -> Result<(usize, usize, u8, Raw)> {
     use std::io::{Seek, SeekFrom};
     use tiff::decoder::{Decoder, DecodingResult, Limits};
     use tiff::ColorType;
@@ -217,39 +286,60 @@ fn decode_tiff(path: &Path, mut file: File) -> Result<Image> {
     file.seek(SeekFrom::Start(0)).map_err(|err| IngestError::Io { path: path.into(), msg: err.to_string() })?;
     let e = |err| tiff_err(path, err);
     let mut limits = Limits::default();
-    limits.decoding_buffer_size = (MAX_PIXELS as usize).saturating_mul(2);
+    limits.decoding_buffer_size = (MAX_PIXELS as usize).saturating_mul(4);
     let mut dec = Decoder::new(BufReader::new(file)).map_err(e)?.with_limits(limits);
+    if frame > 0 {
+        if let Err(err) = dec.seek_to_image(frame) {
+            if matches!(err, tiff::TiffError::FormatError(tiff::TiffFormatError::ImageFileDirectoryNotFound)) {
+                let pages = tiff_page_count(path, frame);
+                return Err(IngestError::Invalid(format!(
+                    "{}: page {frame} requested but the TIFF has {pages} page(s) (pages are numbered from 0)",
+                    path.display()
+                )));
+            }
+            return Err(e(err));
+        }
+    }
     let (w, h) = dec.dimensions().map_err(e)?;
     check_size(path, w as u64, h as u64)?;
     let bit_depth = match dec.colortype().map_err(e)? {
         ColorType::Gray(8) => 8u8,
         ColorType::Gray(16) => 16u8,
+        ColorType::Gray(32) => 32u8,
         other => {
             return Err(IngestError::Unsupported { path: path.into(), format: "TIFF", what: format!("colour type {other:?}") })
         }
     };
     let (w, h) = (w as usize, h as usize);
     let n = w * h;
-    let data: Vec<u16> = match dec.read_image().map_err(e)? {
-        DecodingResult::U8(v) if bit_depth == 8 && v.len() >= n => v[..n].iter().map(|&x| x as u16).collect(),
+    let raw = match dec.read_image().map_err(e)? {
+        DecodingResult::U8(mut v) if bit_depth == 8 && v.len() >= n => {
+            v.truncate(n);
+            Raw::U8(v)
+        }
         DecodingResult::U16(mut v) if bit_depth == 16 && v.len() >= n => {
             v.truncate(n);
-            v
+            Raw::U16(v)
+        }
+        DecodingResult::U32(mut v) if bit_depth == 32 && v.len() >= n => {
+            v.truncate(n);
+            Raw::U32(v)
         }
         DecodingResult::U8(v) => return Err(short(path, v.len(), n)),
         DecodingResult::U16(v) => return Err(short(path, v.len(), n)),
+        DecodingResult::U32(v) => return Err(short(path, v.len(), n)),
         _ => {
             return Err(IngestError::Unsupported { path: path.into(), format: "TIFF", what: "sample format is not unsigned integer".into() })
         }
     };
-    Ok(Image { width: w, height: h, bit_depth, data })
+    Ok((w, h, bit_depth, raw))
 }
 
 fn short(path: &Path, got: usize, want: usize) -> IngestError {
     IngestError::Corrupt { path: path.into(), format: "TIFF", msg: format!("decoded {got} samples, expected {want}") }
 }
 
-fn decode_png(path: &Path, file: File) -> Result<Image> {
+fn decode_png(path: &Path, file: File) -> Result<(usize, usize, u8, Raw)> {
     use png::{BitDepth, ColorType, Decoder, Transformations};
     let e = |err: png::DecodingError| match err {
         png::DecodingError::LimitsExceeded => IngestError::TooLarge { path: path.into(), width: 0, height: 0, max: MAX_PIXELS },
@@ -283,25 +373,38 @@ fn decode_png(path: &Path, file: File) -> Result<Image> {
     let out = reader.next_frame(&mut buf).map_err(e)?;
     let (w, h) = (w as usize, h as usize);
     let line = out.line_size;
+    if bit_depth == 8 {
+        let mut data = Vec::with_capacity(w * h);
+        for r in 0..h {
+            data.extend_from_slice(&buf[r * line..r * line + w]);
+        }
+        return Ok((w, h, 8, Raw::U8(data)));
+    }
     let mut data = Vec::with_capacity(w * h);
     for r in 0..h {
         let row = &buf[r * line..r * line + line];
-        if bit_depth == 8 {
-            data.extend(row[..w].iter().map(|&x| x as u16));
-        } else {
-            data.extend(row[..2 * w].chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])));
-        }
+        data.extend(row[..2 * w].chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])));
     }
-    Ok(Image { width: w, height: h, bit_depth, data })
+    Ok((w, h, 16, Raw::U16(data)))
 }
 
 /// Decode the channels of one site in parallel (rayon) and check they all have the first
 /// channel's size. Returns the images in the order of `paths`.
 pub fn decode_site<P: AsRef<Path> + Sync>(paths: &[P]) -> Result<Vec<Image>> {
+    decode_site_frames(paths, None)
+}
+
+/// [`decode_site`] with one page index per path (`frames[i]` for `paths[i]`; `None` = page 0).
+pub fn decode_site_frames<P: AsRef<Path> + Sync>(paths: &[P], frames: Option<&[usize]>) -> Result<Vec<Image>> {
     if paths.is_empty() {
         return Err(IngestError::Invalid("a site needs at least one channel image path".into()));
     }
-    let images: Vec<Result<Image>> = paths.par_iter().map(|p| decode_path(p)).collect();
+    if let Some(f) = frames {
+        if f.len() != paths.len() {
+            return Err(IngestError::Invalid(format!("{} frame indices given for {} channel paths (first {}): give one per path", f.len(), paths.len(), paths[0].as_ref().display())));
+        }
+    }
+    let images: Vec<Result<Image>> = paths.par_iter().enumerate().map(|(i, p)| decode_path_frame(p, frames.map_or(0, |f| f[i]))).collect();
     // Report the first failing channel in path order (deterministic messages).
     let images: Vec<Image> = images.into_iter().collect::<Result<_>>()?;
     let (w0, h0) = (images[0].width, images[0].height);
@@ -378,6 +481,47 @@ mod tests {
         let im = decode_path(&p).unwrap();
         assert_eq!((im.width, im.height, im.bit_depth), (5, 3, 8));
         assert_eq!(im.data, a.iter().map(|&x| x as u16).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn tiff_pages_by_frame_and_page_count_error() {
+        let d = tmpdir("pages");
+        let (w, h) = (6u32, 4u32);
+        let pages: Vec<Vec<u16>> = (0..3).map(|k| (0..24).map(|i| (1000 * k + i) as u16).collect()).collect();
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = TiffEncoder::new(&mut buf).unwrap().with_compression(Compression::Deflate(DeflateLevel::Fast));
+        for p in &pages {
+            enc.write_image::<colortype::Gray16>(w, h, p).unwrap();
+        }
+        let p = d.join("three_pages.tif");
+        std::fs::write(&p, buf.into_inner()).unwrap();
+        for (k, want) in pages.iter().enumerate() {
+            assert_eq!(&decode_path_frame(&p, k).unwrap().data, want);
+        }
+        let e = decode_path_frame(&p, 3).unwrap_err().to_string();
+        assert!(e.contains("three_pages.tif") && e.contains("page 3") && e.contains("has 3 page(s)"), "{e}");
+        let ims = decode_site_frames(&[&p, &p], Some(&[2, 0])).unwrap();
+        assert_eq!((&ims[0].data, &ims[1].data), (&pages[2], &pages[0]));
+        assert!(decode_site_frames(&[&p, &p], Some(&[0])).is_err());
+    }
+
+    #[test]
+    fn labels_decode_8_16_32_bit() {
+        let d = tmpdir("labels");
+        let lab: Vec<u32> = (0..12).map(|i| if i % 3 == 0 { 0 } else { 70_000 + i }).collect();
+        let mut buf = Cursor::new(Vec::new());
+        TiffEncoder::new(&mut buf).unwrap().write_image::<colortype::Gray32>(4, 3, &lab).unwrap();
+        let p = d.join("l32.tif");
+        std::fs::write(&p, buf.into_inner()).unwrap();
+        let l = decode_labels(&p).unwrap();
+        assert_eq!((l.width, l.height, &l.data), (4, 3, &lab));
+        // 32-bit is for labels only: as an image channel it is refused, naming the file.
+        let e = decode_path(&p).unwrap_err().to_string();
+        assert!(e.contains("l32.tif") && e.contains("32-bit"), "{e}");
+        let l16: Vec<u16> = lab.iter().map(|&v| (v % 65536) as u16).collect();
+        let p16 = d.join("l16.tif");
+        write_tiff16(&p16, 4, 3, &l16, Compression::Lzw);
+        assert_eq!(decode_labels(&p16).unwrap().data, l16.iter().map(|&v| v as u32).collect::<Vec<_>>());
     }
 
     fn write_png(path: &Path, w: u32, h: u32, ct: png::ColorType, bd: png::BitDepth, bytes: &[u8]) {

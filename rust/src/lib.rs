@@ -10,15 +10,20 @@
 //! - [`average_precision`]: AP from those ranks, streamed without storing ranks.
 //! - [`null`]: seeded random-ranking null distributions of AP (the fast sampler).
 //! - [`error`]: the one error type the bindings convert.
+//! - Ingest: [`image`] (TIFF/PNG decode, label images), [`intensity`] (illumination correction,
+//!   rescaling), [`crop`] (crop geometry and edge policies), [`labels`] (cell labels and masking),
+//!   [`site`] (one site's crop pipeline), [`tiles`] (whole-field tiles).
 pub mod average_precision;
 pub mod crop;
 pub mod error;
 pub mod image;
 pub mod intensity;
+pub mod labels;
 pub mod null;
 pub mod pairs;
 pub mod ranking;
 pub mod similarity;
+pub mod site;
 pub mod tiles;
 
 #[cfg(feature = "python")]

@@ -270,18 +270,48 @@ fn ingest_err(e: crate::image::IngestError) -> PyErr {
     }
 }
 
-/// Decode one TIFF (first page) or PNG greyscale image to a uint16 (H, W) array.
+/// Decode page `frame` of a TIFF (default the first), or a PNG, greyscale 8/16-bit, to uint16 (H, W).
 #[pyfunction]
-fn decode_image<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyArray2<u16>>> {
-    let im = py.allow_threads(|| crate::image::decode_path(&path)).map_err(ingest_err)?;
+#[pyo3(signature = (path, frame=0))]
+fn decode_image<'py>(py: Python<'py>, path: std::path::PathBuf, frame: usize) -> PyResult<Bound<'py, PyArray2<u16>>> {
+    let im = py.allow_threads(|| crate::image::decode_path_frame(&path, frame)).map_err(ingest_err)?;
     let a = ndarray::Array2::from_shape_vec((im.height, im.width), im.data).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(a.into_pyarray(py))
 }
 
-/// Decode a site's channel images (in parallel) and crop every cell:
-/// returns (crops N x C x box x box: uint16, or float32 min-max rescaled per crop and channel
-/// when `rescale`; int8 edge-outcome codes N). See crate::crop for geometry and codes.
+/// Decode a label image (8/16/32-bit unsigned TIFF or PNG, first page) to uint32 (H, W).
 #[pyfunction]
+fn decode_labels<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyArray2<u32>>> {
+    let l = py.allow_threads(|| crate::image::decode_labels(&path)).map_err(ingest_err)?;
+    let a = ndarray::Array2::from_shape_vec((l.height, l.width), l.data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
+fn centers_of(xs: &PyReadonlyArray1<'_, f64>, ys: &PyReadonlyArray1<'_, f64>) -> PyResult<Vec<(f64, f64)>> {
+    let (xs, ys) = (xs.as_array(), ys.as_array());
+    if xs.len() != ys.len() {
+        return Err(PyValueError::new_err(format!("xs has {} centres but ys has {}", xs.len(), ys.len())));
+    }
+    Ok(xs.iter().zip(ys.iter()).map(|(&x, &y)| (x, y)).collect())
+}
+
+/// Each cell's object label in a label image by DeepProfiler's 10 x 10 median rule
+/// (crate::labels::deepprofiler_label): uint32 N.
+#[pyfunction]
+fn object_labels<'py>(py: Python<'py>, path: std::path::PathBuf, xs: PyReadonlyArray1<'py, f64>, ys: PyReadonlyArray1<'py, f64>) -> PyResult<Bound<'py, PyArray1<u32>>> {
+    let c = centers_of(&xs, &ys)?;
+    let v = py.allow_threads(|| crate::site::object_labels(&path, &c)).map_err(ingest_err)?;
+    Ok(v.into_pyarray(py))
+}
+
+/// Crop one site: decode (parallel, GIL released) -> illumination correction (`flat`) -> intensity
+/// rescale -> crop with the edge policy -> mask -> per-crop min-max (`rescale`) -> dtype.
+/// Returns (crops rows x C x box x box, int8 edge-outcome codes N). Semantics and dtype rules:
+/// crate::site. `intensity` is None, ("percentile", lo, hi) or ("range", lo, hi); `mask` is None,
+/// "neighbors" or "object"; `dtype` None, "uint8", "uint16", "float16" or "float32".
+#[pyfunction]
+#[pyo3(signature = (paths, xs, ys, box_size, edge, rescale, *, frames=None, flat=None, intensity=None, labels=None, label_ids=None, mask=None, dtype=None, compact=false))]
+#[allow(clippy::too_many_arguments)]
 fn crop_site<'py>(
     py: Python<'py>,
     paths: Vec<std::path::PathBuf>,
@@ -290,47 +320,66 @@ fn crop_site<'py>(
     box_size: usize,
     edge: &str,
     rescale: bool,
+    frames: Option<Vec<i64>>,
+    flat: Option<numpy::PyReadonlyArray3<'py, f32>>,
+    intensity: Option<(String, f64, f64)>,
+    labels: Option<std::path::PathBuf>,
+    label_ids: Option<PyReadonlyArray1<'py, i64>>,
+    mask: Option<String>,
+    dtype: Option<String>,
+    compact: bool,
 ) -> PyResult<(PyObject, Bound<'py, PyArray1<i8>>)> {
-    use crate::crop::{crop_cells, rescale_min_max, EdgePolicy};
+    use crate::crop::EdgePolicy;
+    use crate::intensity::{Rescale, StackShape};
+    use crate::site::{Crops, Flat, OutDtype, SiteOptions};
     let edge = EdgePolicy::parse(edge).map_err(ingest_err)?;
-    let (xs, ys) = (xs.as_array(), ys.as_array());
-    if xs.len() != ys.len() {
-        return Err(PyValueError::new_err(format!("xs has {} centres but ys has {}", xs.len(), ys.len())));
-    }
-    let centers: Vec<(f64, f64)> = xs.iter().zip(ys.iter()).map(|(&x, &y)| (x, y)).collect();
-    let n = centers.len();
-    let nc = paths.len();
-    let len = n
-        .checked_mul(nc)
-        .and_then(|v| v.checked_mul(box_size))
-        .and_then(|v| v.checked_mul(box_size))
-        .ok_or_else(|| PyValueError::new_err("crop output size overflows"))?;
-    let shape = (n, nc, box_size, box_size);
-    let (crops, outcomes): (PyObject, Vec<i8>) = if rescale {
-        let (buf, oc) = py
-            .allow_threads(|| {
-                let ims = crate::image::decode_site(&paths)?;
-                let mut buf = vec![0f32; len];
-                let oc = crop_cells(&ims, &centers, box_size, edge, &mut buf)?;
-                rescale_min_max(&mut buf, box_size * box_size)?;
-                Ok((buf, oc))
-            })
-            .map_err(ingest_err)?;
-        let a = ndarray::Array4::from_shape_vec(shape, buf).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        (a.into_pyarray(py).into_any().unbind(), oc.into_iter().map(|o| o.code()).collect())
-    } else {
-        let (buf, oc) = py
-            .allow_threads(|| {
-                let ims = crate::image::decode_site(&paths)?;
-                let mut buf = vec![0u16; len];
-                let oc = crop_cells(&ims, &centers, box_size, edge, &mut buf)?;
-                Ok((buf, oc))
-            })
-            .map_err(ingest_err)?;
-        let a = ndarray::Array4::from_shape_vec(shape, buf).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        (a.into_pyarray(py).into_any().unbind(), oc.into_iter().map(|o| o.code()).collect())
+    let centers = centers_of(&xs, &ys)?;
+    let frames: Option<Vec<usize>> = frames
+        .map(|f| {
+            f.iter()
+                .enumerate()
+                .map(|(i, &v)| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("frames[{i}] = {v} is negative (pages are numbered from 0)"))))
+                .collect::<PyResult<Vec<usize>>>()
+        })
+        .transpose()?;
+    let flat_owned: Option<(Vec<f32>, StackShape)> = flat.as_ref().map(|a| {
+        let v = a.as_array();
+        let sh = v.shape();
+        (v.iter().copied().collect(), StackShape::new(sh[0], sh[1], sh[2]))
+    });
+    let intensity = match intensity {
+        None => None,
+        Some((k, a, b)) => Some(match k.as_str() {
+            "percentile" => Rescale::Percentile { low: a, high: b },
+            "range" => Rescale::Range { lo: a, hi: b },
+            _ => return Err(PyValueError::new_err(format!("unknown intensity mode {k:?}: use (\"percentile\", lo, hi) or (\"range\", lo, hi)"))),
+        }),
     };
-    Ok((crops, outcomes.into_pyarray(py)))
+    let mask = mask.map(|m| crate::labels::MaskMode::parse(&m)).transpose().map_err(ingest_err)?;
+    let dtype = dtype.map(|d| OutDtype::parse(&d)).transpose().map_err(ingest_err)?;
+    let ids: Option<Vec<i64>> = label_ids.map(|a| a.as_array().to_vec());
+    let opts = SiteOptions {
+        frames: frames.as_deref(),
+        flat: flat_owned.as_ref().map(|(d, s)| Flat { data: d, shape: *s }),
+        intensity,
+        labels,
+        label_ids: ids.as_deref(),
+        mask,
+        dtype,
+        compact,
+        rescale,
+    };
+    let out = py.allow_threads(|| crate::site::crop_site(&paths, &centers, box_size, edge, &opts)).map_err(ingest_err)?;
+    let shape = (out.rows, out.channels, box_size, box_size);
+    let bad = |e: ndarray::ShapeError| PyValueError::new_err(e.to_string());
+    let crops: PyObject = match out.crops {
+        Crops::U8(v) => ndarray::Array4::from_shape_vec(shape, v).map_err(bad)?.into_pyarray(py).into_any().unbind(),
+        Crops::U16(v) => ndarray::Array4::from_shape_vec(shape, v).map_err(bad)?.into_pyarray(py).into_any().unbind(),
+        Crops::F16(v) => ndarray::Array4::from_shape_vec(shape, v).map_err(bad)?.into_pyarray(py).into_any().unbind(),
+        Crops::F32(v) => ndarray::Array4::from_shape_vec(shape, v).map_err(bad)?.into_pyarray(py).into_any().unbind(),
+    };
+    let codes: Vec<i8> = out.outcomes.iter().map(|o| o.code()).collect();
+    Ok((crops, codes.into_pyarray(py)))
 }
 
 // ---- ingest: illumination correction, intensity rescaling, field tiles (crate::intensity, crate::tiles) ----
@@ -426,6 +475,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(random_ap, m)?)?;
     m.add_function(wrap_pyfunction!(decode_image, m)?)?;
     m.add_function(wrap_pyfunction!(crop_site, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_labels, m)?)?;
+    m.add_function(wrap_pyfunction!(object_labels, m)?)?;
     m.add_function(wrap_pyfunction!(correct_illumination, m)?)?;
     m.add_function(wrap_pyfunction!(rescale_percentile, m)?)?;
     m.add_function(wrap_pyfunction!(rescale_range, m)?)?;

@@ -1,8 +1,11 @@
-"""``phenovec synth``: write a deterministic synthetic Cell-Painting plate set (see ``phenovec.ingest.synth``).
+"""The ingest subcommands: ``synth``, ``illum``, ``crop``, ``tiles``.
 
     phenovec synth --out DIR --plates 1 --wells 24 --sites 2 --size 256 --seed 0
+    phenovec illum INDEX --channels DNA ER RNA AGP Mito --out ILLUM
+    phenovec crop INDEX --locations NUCLEI --out CROPS [--illumination ILLUM] [--intensity percentile 0.1 99.9]
+    phenovec tiles INDEX --out TILES [--factor 2 | --views 520 692 388]
 
-Prints a JSON summary (paths, plates, sites, nuclei) on success.
+Each prints a JSON summary on success.
 """
 from __future__ import annotations
 
@@ -47,13 +50,27 @@ def add_synth_parser(stages) -> argparse.ArgumentParser:
     return p
 
 
+def _intensity(a):
+    if a.intensity is None:
+        return None
+    kind, lo, hi = a.intensity
+    return (kind, float(lo), float(hi))
+
+
+def _intensity_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--intensity", nargs=3, metavar=("KIND", "LO", "HI"),
+                   help="rescale each image's channels to [0, 1]: 'percentile LO HI' (e.g. percentile 0.1 99.9) "
+                        "or 'range LO HI' (fixed pixel values)")
+
+
 def _run_crop(a) -> dict:
     from phenovec.ingest.crop import crop_index
     from phenovec.ingest.index import read_image_index
 
-    index = read_image_index(a.index, a.channels)
+    index = read_image_index(a.index, a.channels, labels=a.labels)
     res = crop_index(index, a.locations, a.out, box_size=a.box_size, edge=a.edge, rescale=a.rescale,
-                     chunk_cells=a.chunk_cells, progress=not a.quiet)
+                     chunk_cells=a.chunk_cells, progress=not a.quiet, illumination=a.illumination,
+                     intensity=_intensity(a), dtype=a.dtype, mask=a.mask)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "crops": res.crops,
                "resumed_sites": res.resumed_sites, "box_size": a.box_size, "edge": a.edge, "channels": a.channels}
     print(json.dumps(summary, indent=2))
@@ -71,6 +88,71 @@ def add_crop_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--edge", choices=["drop", "shift", "pad"], default="drop")
     p.add_argument("--rescale", action="store_true", help="per-crop per-channel min-max to [0, 1] (float32), as DeepProfiler")
     p.add_argument("--chunk-cells", type=int, default=256)
+    p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy)")
+    _intensity_arg(p)
+    p.add_argument("--dtype", choices=["uint16", "uint8", "float16", "float32"],
+                   help="crop type (default uint16 for raw pixels, float32 after any rescale or correction)")
+    p.add_argument("--labels", help="label-image column of the index (FileName_<name> or <name>; default Labels if present)")
+    p.add_argument("--mask", choices=["neighbors", "object"], help="with label images: zero other cells / all but the cell")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_run_crop)
+    return p
+
+
+def _run_illum(a) -> dict:
+    from phenovec.ingest.illumination import compute_illumination
+    from phenovec.ingest.index import read_image_index
+
+    index = read_image_index(a.index, a.channels)
+    res = compute_illumination(index, a.out, down_scale_factor=a.down_scale_factor,
+                               median_filter_size=a.median_filter_size, plates=a.plates, progress=not a.quiet)
+    summary = {"out": str(a.out), "plates": sorted({k[0] for k in res}), "channels": a.channels,
+               "files": len(res), "down_scale_factor": a.down_scale_factor, "median_filter_size": a.median_filter_size}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_illum_parser(stages) -> argparse.ArgumentParser:
+    """Add ``illum`` (DeepProfiler illumination functions per plate x channel; skips plates already done)."""
+    p = stages.add_parser("illum", help="illumination functions per plate x channel as DeepProfiler computes them")
+    p.add_argument("index", help="image index (.csv/.parquet): Metadata_Plate/Well/Site + FileName_<channel>")
+    p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
+    p.add_argument("--out", required=True, help="output folder: {plate}/{plate}_{channel}.npy + illumination.json")
+    p.add_argument("--down-scale-factor", type=float, default=4)
+    p.add_argument("--median-filter-size", type=float, default=24, help="median filter disk diameter (thumbnail pixels)")
+    p.add_argument("--plates", nargs="+", help="only these plates (default: all in the index)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_run_illum)
+    return p
+
+
+def _run_tiles(a) -> dict:
+    from phenovec.ingest.fields import tile_index
+    from phenovec.ingest.index import read_image_index
+
+    index = read_image_index(a.index, a.channels)
+    res = tile_index(index, a.out, factor=a.factor, views=tuple(a.views) if a.views else None,
+                     illumination=a.illumination, intensity=_intensity(a), dtype=a.dtype,
+                     chunk_sites=a.chunk_sites, progress=not a.quiet)
+    summary = {"out": str(res.out), "sites": res.sites, "tiles": res.tiles, "resumed_sites": res.resumed_sites,
+               "factor": a.factor, "views": a.views, "channels": a.channels}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_tiles_parser(stages) -> argparse.ArgumentParser:
+    """Add ``tiles`` (whole fields or views of every site into tiles.zarr + tiles.parquet; resumable)."""
+    p = stages.add_parser("tiles", help="field tiles (whole fields, downsampled, or fixed-size views) into Zarr (resumable)")
+    p.add_argument("index", help="image index (.csv/.parquet): Metadata_Plate/Well/Site + FileName_<channel>")
+    p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
+    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument("--factor", type=int, default=1, help="block-mean downsampling factor for whole fields (MOAProfiler)")
+    p.add_argument("--views", type=int, nargs=3, metavar=("TILE_H", "TILE_W", "STRIDE"),
+                   help="cut fixed-size views every STRIDE pixels instead of whole fields (GapNet)")
+    p.add_argument("--illumination", help="illumination folder from 'phenovec illum'")
+    _intensity_arg(p)
+    p.add_argument("--dtype", choices=["uint16", "uint8", "float16", "float32"])
+    p.add_argument("--chunk-sites", type=int, default=1, help="sites per Zarr chunk (the resume unit)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_run_tiles)
     return p

@@ -2,8 +2,9 @@
 
 Output directory (``OUT``):
 
-- ``crops.zarr``: Zarr v3 array ``crops`` of shape cells x C x box x box (uint16, or float32 with
-  ``rescale=True``: per-crop per-channel min-max as DeepProfiler), chunked by ``chunk_cells`` cells;
+- ``crops.zarr``: Zarr v3 array ``crops`` of shape cells x C x box x box, chunked by ``chunk_cells`` cells; its
+  attributes record the configuration (channels, box size, edge, illumination source and each ``.npy``'s
+  sha256, intensity, dtype, mask, phenovec version);
 - ``cells.parquet``: one row per located nucleus: the site's metadata, ``ObjectNumber``, ``x``, ``y``,
   ``edge`` (inside / shifted / padded / dropped / invalid) and ``row`` (its index in ``crops``; -1 when it has no
   crop: dropped at the border or an invalid centre);
@@ -14,7 +15,16 @@ is recorded as done (its table part ``cells/site-NNNNN.parquet`` written, then `
 atomically) only once all its crops lie in committed chunks. A crash loses at most the sites in the pending
 partial chunk; a rerun with the same configuration skips the done sites and rewrites only uncommitted chunks, so
 no chunk holding committed cells is ever rewritten. A rerun with another configuration is refused.
-Decode and crop run in Rust (``phenovec._core.crop_site``: rayon, GIL released).
+Decode and crop run in Rust (``phenovec._core.crop_site``: rayon, GIL released), per site in this order
+(``rust/src/site.rs``): decode (page ``Frame_<ch>`` of each channel file) -> ``illumination`` (raw / the plate's
+flat field: a folder of :func:`phenovec.ingest.illumination.compute_illumination` or a mapping
+``{(plate, channel): .npy}``) -> ``intensity`` (``("percentile", lo, hi)`` per image and channel or
+``("range", lo, hi)``, to [0, 1]) -> crop with the edge policy -> ``mask`` (with label images, the index's
+label column: ``"neighbors"`` zeroes other cells' pixels, ``"object"`` everything but the cell; the cell's label
+is its ``ObjectNumber`` when the locations have one, else DeepProfiler's median of the 10 x 10 patch at the
+centre) -> ``rescale`` (per-crop per-channel min-max as DeepProfiler) -> ``dtype``: None gives uint16 for raw
+pixels and float32 once a float step ran; ``uint8`` / ``uint16`` of [0, 1] values are ``rint(v * 255)`` /
+``rint(v * 65535)``; ``uint8`` needs a rescale. Only cells with a crop get a row (``compact``).
 """
 from __future__ import annotations
 
@@ -27,9 +37,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from phenovec.ingest.fields import DTYPES, illumination_config, normalize_intensity
 from phenovec.ingest.index import ImageIndex, site_locations
 
 EDGE_POLICIES = ("drop", "shift", "pad")
+MASK_MODES = ("neighbors", "object")
 OUTCOMES = ("inside", "shifted", "padded", "dropped", "invalid")  # codes 0..4 from the Rust core
 
 
@@ -57,24 +69,44 @@ def crop_index(
     rescale: bool = False,
     chunk_cells: int = 256,
     progress: bool | None = None,
+    illumination=None,
+    intensity=None,
+    dtype: str | None = None,
+    mask: str | None = None,
 ) -> CropResult:
-    """Crop every located cell of every site (see the module docstring for the layout and resumability)."""
+    """Crop every located cell of every site (see the module docstring for the steps, layout and resumability)."""
     import zarr
     from tqdm.auto import tqdm
 
+    import phenovec
     from phenovec import _core
 
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
     if box_size < 2:
         raise ValueError(f"box_size must be >= 2, got {box_size}")
+    intensity = normalize_intensity(intensity)
+    if mask is not None:
+        if mask not in MASK_MODES:
+            raise ValueError(f"mask must be None or one of {MASK_MODES}, got {mask!r}")
+        if index.labels is None:
+            raise ValueError(f"{index.source}: mask={mask!r} needs label images: give the index a label column "
+                             "(FileName_Labels or the column named by labels=)")
+    floats = illumination is not None or intensity is not None or rescale
+    if dtype is None:
+        dtype = "float32" if floats else "uint16"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be None or one of {DTYPES}, got {dtype!r}")
+    if dtype == "uint8" and intensity is None and not rescale:
+        raise ValueError("dtype uint8 needs a rescale (intensity or per-crop rescale) of the 16-bit pixels")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(exist_ok=True)
     config = {"channels": index.channels, "box_size": int(box_size), "edge": edge, "rescale": bool(rescale),
-              "chunk_cells": int(chunk_cells), "sites": len(index)}
+              "chunk_cells": int(chunk_cells), "sites": len(index),
+              "illumination": illumination_config(illumination), "intensity": list(intensity) if intensity else None,
+              "dtype": dtype, "mask": mask, "frames": index.frames is not None}
     mpath = out / "manifest.json"
-    dtype = np.float32 if rescale else np.uint16
     shape_tail = (len(index.channels), box_size, box_size)
     if mpath.exists():
         manifest = json.loads(mpath.read_text())
@@ -86,13 +118,22 @@ def crop_index(
         manifest = {"config": config, "committed": 0, "done": [], "done_end": 0, "complete": False}
         if (out / "crops.zarr").exists():
             shutil.rmtree(out / "crops.zarr")
+        attrs = {**config, "phenovec_version": phenovec.__version__}
+        if illumination is not None:
+            from phenovec.ingest.illumination import illumination_provenance
+
+            attrs["illumination_files"] = {p: illumination_provenance(illumination, p, index.channels)
+                                           for p in dict.fromkeys(index.sites["Metadata_Plate"].astype(str))}
         arr = zarr.create_array(str(out / "crops.zarr"), shape=(0, *shape_tail), chunks=(chunk_cells, *shape_tail),
-                                dtype=dtype, fill_value=0)
+                                dtype=dtype, fill_value=0, attributes=attrs)
         _write_json_atomic(mpath, manifest)
     committed = int(manifest["committed"])
     done = set(manifest["done"])
     resumed = len(done)
     locs = site_locations(index, locations)
+    flat_cache: list = [None, None]  # (plate, C x H x W flat field) of the last plate
+    if illumination is not None:
+        from phenovec.ingest.illumination import load_illumination
     pending: list[np.ndarray] = []
     pending_sites: list[tuple[int, pd.DataFrame, int]] = []  # (site, table, last row + 1)
     n_pending = 0
@@ -130,10 +171,30 @@ def crop_index(
         loc = locs[s]
         xs = np.ascontiguousarray(loc["x"].to_numpy(dtype=np.float64))
         ys = np.ascontiguousarray(loc["y"].to_numpy(dtype=np.float64))
-        crops, codes = _core.crop_site(index.paths[s], xs, ys, int(box_size), edge, bool(rescale))
+        opts: dict = {"compact": True}
+        if index.site_frames(s) is not None:
+            opts["frames"] = index.site_frames(s)
+        if illumination is not None:
+            plate = index.sites.iloc[s]["Metadata_Plate"]
+            if flat_cache[0] != str(plate):
+                flat_cache[:] = [str(plate), load_illumination(illumination, plate, index.channels)[0]]
+            opts["flat"] = flat_cache[1]
+        if intensity is not None:
+            opts["intensity"] = intensity
+        if mask is not None:
+            opts.update(labels=index.labels[s], mask=mask)
+            if "ObjectNumber" in loc.columns:
+                if loc["ObjectNumber"].isna().any():
+                    raise ValueError(f"locations of site {s} ({index.paths[s][0]}): ObjectNumber has missing values "
+                                     "(needed as label ids for masking)")
+                opts["label_ids"] = np.ascontiguousarray(loc["ObjectNumber"].to_numpy(dtype=np.int64))
+        opts["dtype"] = dtype
+        crops, codes = _core.crop_site(index.paths[s], xs, ys, int(box_size), edge, bool(rescale), **opts)
         codes = np.asarray(codes, dtype=np.int64)
         has_crop = codes <= 2  # inside, shifted, padded
-        kept = crops[has_crop]
+        if len(crops) != int(has_crop.sum()):
+            raise RuntimeError(f"site {s}: crop_site returned {len(crops)} crops for {int(has_crop.sum())} kept cells")
+        kept = crops
         rows = np.full(len(codes), -1, dtype=np.int64)
         rows[has_crop] = next_row + np.arange(len(kept))
         start, next_row = next_row, next_row + len(kept)

@@ -4,7 +4,9 @@ Image index (CSV or Parquet): ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_
 per channel. Channel columns are found by ``channels`` (names such as ``DNA``) as ``FileName_<name>``,
 ``PathName_<name>`` + ``FileName_<name>`` (CellProfiler LoadData style) or a column named exactly ``<name>``.
 Relative paths are relative to the index file's folder. Other ``Metadata_*`` columns (treatment, MOA,
-control) travel with the cells.
+control) travel with the cells. Multi-page TIFFs: a ``Frame_<name>`` column (CellProfiler LoadData) gives the
+0-based page of each channel (absent: page 0). Label images (for masking neighbours): a ``labels`` column
+spec (default ``Labels``) found like a channel (``FileName_Labels`` [+ ``PathName_Labels``] or ``Labels``).
 
 Cell locations: a CellProfiler nuclei table (CSV, Parquet or SQLite table) with ``Nuclei_Location_Center_X/Y``
 or ``AreaShape_Center_X/Y`` (``Location_Center_X/Y`` too), either one table with the site keys
@@ -40,6 +42,14 @@ class ImageIndex:
     channels: list[str]
     paths: list[list[str]]
     source: str
+    frames: list[list[int]] | None = None  # page per site x channel (``Frame_<name>``); None: all page 0
+    labels: list[str] | None = None  # label-image path per site; None: no label images
+
+    def site_frames(self, s: int) -> list[int] | None:
+        """The pages of site ``s``'s channels, or None when every channel is page 0."""
+        if self.frames is None or not any(self.frames[s]):
+            return None
+        return list(self.frames[s])
 
     def __len__(self) -> int:
         return len(self.sites)
@@ -57,8 +67,29 @@ def _channel_paths(df: pd.DataFrame, name: str, root: Path, where: str) -> list[
     return [str(p) if Path(p).is_absolute() else str(root / p) for p in files]
 
 
-def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLike | None = None) -> ImageIndex:
-    """Read an image index (see the module docstring); ``root`` overrides the folder relative paths start from."""
+def _frames(df: pd.DataFrame, channels: Sequence[str], where: str) -> list[list[int]] | None:
+    cols = [f"Frame_{c}" for c in channels]
+    if not any(c in df.columns for c in cols):
+        return None
+    out = []
+    for col in cols:
+        if col not in df.columns:
+            out.append(np.zeros(len(df), dtype=np.int64))
+            continue
+        v = pd.to_numeric(df[col], errors="coerce")
+        bad = v.isna() | (v < 0) | (v != np.floor(v))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{where}: row {i} column {col}: {df[col].iloc[i]!r} is not a page number >= 0")
+        out.append(v.to_numpy(dtype=np.int64))
+    return [list(map(int, r)) for r in zip(*out)]
+
+
+def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLike | None = None,
+                     labels: str | None = None) -> ImageIndex:
+    """Read an image index (see the module docstring); ``root`` overrides the folder relative paths start from.
+    ``labels`` names the label-image column (``FileName_<labels>`` [+ ``PathName_<labels>``] or ``<labels>``);
+    None: the ``Labels`` column if the index has one, else no label images."""
     if isinstance(path_or_df, pd.DataFrame):
         df, where = path_or_df.reset_index(drop=True), "image index"
         base = Path(root) if root is not None else Path.cwd()
@@ -78,7 +109,10 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
         raise ValueError(f"{where}: row {i} repeats site {tuple(df.loc[i, SITE_KEYS])}")
     meta = df[[c for c in df.columns if str(c).startswith("Metadata_")]]
     paths = [list(ps) for ps in zip(*per_channel)]
-    return ImageIndex(meta, list(channels), paths, where)
+    if labels is None and ("FileName_Labels" in df.columns or "Labels" in df.columns):
+        labels = "Labels"
+    label_paths = _channel_paths(df, labels, base, where) if labels is not None else None
+    return ImageIndex(meta, list(channels), paths, where, frames=_frames(df, channels, where), labels=label_paths)
 
 
 def _center_columns(df: pd.DataFrame, where: str) -> tuple[str, str]:
