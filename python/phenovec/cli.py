@@ -5,6 +5,7 @@
     phenovec process run recipe.yaml wells.parquet -o profiles.parquet   (see phenovec.process.command)
     phenovec train config.yaml                                          (see phenovec.train.config)
     phenovec export CHECKPOINT -o model.onnx [--logits] [--parity-crops CROPS]
+    phenovec report PROFILES --out DIR [--moa-column C --treatment-column C --control DMSO|QUERY]
     phenovec demo --out demo-out
 
 Every ``evaluate`` subcommand reads CSV / CSV.gz / Parquet, writes its table (CSV or Parquet by the
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec.export.command import add_export_parser
 
     add_export_parser(stages)
+    from phenovec.report.command import add_report_parser
+
+    add_report_parser(stages)
     _add_demo(stages)
     return parser
 

@@ -1,0 +1,72 @@
+"""``phenovec report``: well profiles to an HTML report plus a JSON file of every number; prints the HTML path.
+
+    phenovec report wells.parquet --out report-out --moa-column Metadata_moa \
+        --treatment-column Metadata_compound --control DMSO
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_report_parser(stages) -> argparse.ArgumentParser:
+    p = stages.add_parser("report", help="HTML report (inline figures) + JSON of every number from well profiles")
+    p.add_argument("profiles", help="well-level profiles (.csv, .csv.gz, .parquet): Metadata_* columns + features")
+    p.add_argument("--out", required=True, help="output folder (report.html and report.json)")
+    p.add_argument("--moa-column", default="Metadata_MOA")
+    p.add_argument("--treatment-column", default="Metadata_Treatment")
+    p.add_argument("--plate-column", default="Metadata_Plate")
+    p.add_argument("--control", default="Metadata_Control == True",
+                   help="pandas query selecting the control wells, or a treatment value such as DMSO")
+    p.add_argument("--features", nargs="+", help="feature columns (default: every non-Metadata_ column)")
+    p.add_argument("--similarity", default="cosine", choices=["cosine", "pearson", "spearman", "euclidean"])
+    p.add_argument("--null-size", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=float, default=0.05)
+    p.add_argument("--provenance", help="JSON file of run provenance (config, hashes, timings) to embed")
+    p.set_defaults(run=run_report)
+    return p
+
+
+def run_report(a) -> dict:
+    from pathlib import Path
+
+    from phenovec.report.build import build_report
+
+    prov = None
+    if a.provenance:
+        pp = Path(a.provenance)
+        if not pp.is_file():
+            raise FileNotFoundError(f"--provenance: {pp} not found")
+        try:
+            prov = json.loads(pp.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--provenance {pp}: not valid JSON ({e})") from None
+        if not isinstance(prov, dict):
+            raise ValueError(f"--provenance {pp}: must hold a JSON object")
+    paths = build_report(a.profiles, a.out, moa_column=a.moa_column, treatment_column=a.treatment_column,
+                         control_query=a.control, plate_column=a.plate_column,
+                         features=a.features if a.features else "infer", provenance=prov, similarity=a.similarity,
+                         null_size=a.null_size, seed=a.seed, threshold=a.threshold)
+    print(paths.html)
+    return {"html": str(paths.html), "json": str(paths.json)}
+
+
+def main(argv=None) -> int:
+    """Standalone entry (``python -m phenovec.report.command``) until cli.py registers the subcommand."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="phenovec")
+    add_report_parser(parser.add_subparsers(dest="stage", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"phenovec: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

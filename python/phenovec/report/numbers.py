@@ -1,0 +1,83 @@
+"""The report's JSON: every number, tidy (tables as lists of row records), NaN / inf written as ``null``.
+
+Layout (``schema`` = ``phenovec.report/1``)::
+
+    settings, counts, notes, provenance,
+    replicate_map:  {per_treatment: [...], mean_map, fraction_significant}
+    moa_map:        {per_moa: [...], mean_map, fraction_significant}
+    enrichment:     [{enrichment_percentile, threshold, odds_ratio, p-value, ...}]
+    precision_recall: {per_treatment: [...], summary: [{k, mean_precision, mean_recall}]}
+    precision_at_r: {per_treatment: [...], mean}
+    hit_at_k:       {percent_scores: [{percent, score}], accumulated: [{percent, hits, expected, normalised_score}]}
+    pca:            {explained_variance_ratio: [...], wells: [{plate, treatment, moa, control, PC1, PC2}]}
+    per_moa:        [...]
+
+A metric that could not be computed is ``null`` and ``notes`` says why.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from phenovec.report.metrics import ReportMetrics
+
+SCHEMA = "phenovec.report/1"
+
+
+def clean(v):
+    """JSON-safe value: numpy scalars to Python, NaN / inf / NA to None, containers recursively."""
+    if isinstance(v, pd.DataFrame):
+        return [clean(rec) for rec in v.to_dict(orient="records")]
+    if isinstance(v, dict):
+        return {str(k): clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray, pd.Series)):
+        return [clean(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, str):
+        return v
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(v)
+
+
+def _map_block(table: pd.DataFrame | None, key: str):
+    if table is None:
+        return None
+    return {key: table, "mean_map": float(table["mean_average_precision"].mean()),
+            "fraction_significant": float(table["below_corrected_p"].mean())}
+
+
+def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
+    """The JSON document (see the module docstring), already cleaned."""
+    doc = {
+        "schema": SCHEMA,
+        "settings": r.settings,
+        "counts": r.counts,
+        "notes": r.notes,
+        "replicate_map": _map_block(r.replicate_map, "per_treatment"),
+        "moa_map": _map_block(r.moa_map, "per_moa"),
+        "enrichment": r.enrichment,
+        "precision_recall": None if r.precision_recall is None else {
+            "per_treatment": r.precision_recall, "summary": r.precision_recall_summary},
+        "precision_at_r": None if r.precision_at_r is None else {
+            "per_treatment": r.precision_at_r, "mean": r.precision_at_r_mean},
+        "hit_at_k": None if r.hit_at_k_scores is None else {
+            "percent_scores": r.hit_at_k_scores, "accumulated": r.hit_at_k_accumulated},
+        "pca": {"explained_variance_ratio": r.pca_explained_variance_ratio, "wells": r.pca},
+        "per_moa": r.per_moa,
+        "provenance": provenance,
+    }
+    return clean(doc)
