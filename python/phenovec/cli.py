@@ -5,6 +5,7 @@
     phenovec process run recipe.yaml wells.parquet -o profiles.parquet   (see phenovec.process.command)
     phenovec train config.yaml                                          (see phenovec.train.config)
     phenovec export CHECKPOINT -o model.onnx [--logits] [--parity-crops CROPS]
+    phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT   (Dask, resumable)
     phenovec report PROFILES --out DIR [--moa-column C --treatment-column C --control DMSO|QUERY]
     phenovec demo --out demo-out
 
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec.export.command import add_export_parser
 
     add_export_parser(stages)
+    from phenovec.profile.command import add_profile_parser
+
+    add_profile_parser(stages)
     from phenovec.report.command import add_report_parser
 
     add_report_parser(stages)

@@ -53,7 +53,6 @@ Unknown keys, wrong types, out-of-range values and missing files raise ``ConfigE
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import os
@@ -62,12 +61,10 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """An invalid training configuration; the message names the key path and the source file."""
+from phenovec.io.config_schema import NONE_TYPE, ConfigError, defaults, merge_sections, suggest
 
 
-_NONE = type(None)
+_NONE = NONE_TYPE
 # section -> key -> (default, allowed types, check or None)
 SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
     "data": {
@@ -124,51 +121,14 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
 
 def default_config() -> dict:
     """Every section and key with its default (``data.crops`` is required and has none)."""
-    return {sec: {k: copy.deepcopy(v[0]) for k, v in keys.items()} for sec, keys in SCHEMA.items()}
-
-
-def _suggest(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(valid)})"
-
-
-def _type_name(types: tuple) -> str:
-    return " or ".join("null" if t is _NONE else t.__name__ for t in types)
+    return defaults(SCHEMA)
 
 
 def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.PathLike | None = None) -> dict:
     """Merge ``raw`` over the defaults and check it; returns a new dict. Paths are resolved against ``base_dir``
     (the YAML file's folder) and must exist (``data.crops``, ``model.weights``)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the configuration must be a mapping of sections, got {type(raw).__name__}")
-    cfg = default_config()
+    cfg = merge_sections(raw, SCHEMA, source)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    for sec, body in raw.items():
-        if sec not in SCHEMA:
-            raise ConfigError(f"{source}: unknown section {sec!r}{_suggest(str(sec), SCHEMA)}")
-        if body is None:
-            continue
-        if not isinstance(body, dict):
-            raise ConfigError(f"{source}: section {sec!r} must be a mapping, got {type(body).__name__}")
-        for key, value in body.items():
-            where = f"{sec}.{key}"
-            if key not in SCHEMA[sec]:
-                raise ConfigError(f"{source}: unknown key {where!r}{_suggest(str(key), SCHEMA[sec])}")
-            _, types, check = SCHEMA[sec][key]
-            if isinstance(value, bool) and bool not in types:
-                raise ConfigError(f"{source}: {where} must be {_type_name(types)}, got a boolean ({value!r})")
-            if not isinstance(value, types):
-                raise ConfigError(f"{source}: {where} must be {_type_name(types)}, got {type(value).__name__} "
-                                  f"({value!r})")
-            if isinstance(check, tuple) and value is not None:
-                if all(isinstance(c, str) for c in check):
-                    vals = value if isinstance(value, list) else [value]
-                    for v in vals:
-                        if v not in check:
-                            raise ConfigError(f"{source}: {where} = {v!r} is not one of {', '.join(check)}")
-                elif not (check[0] <= value <= check[1]):
-                    raise ConfigError(f"{source}: {where} = {value!r} is outside [{check[0]}, {check[1]}]")
-            cfg[sec][key] = copy.deepcopy(value)
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
     if d["crops"] is None:
         raise ConfigError(f"{source}: data.crops is required (the output folder of `phenovec crop`)")
@@ -187,7 +147,7 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
     from phenovec.train.models import ARCHS
 
     if m["arch"] not in ARCHS:
-        raise ConfigError(f"{source}: model.arch = {m['arch']!r} is unknown{_suggest(m['arch'], ARCHS)}")
+        raise ConfigError(f"{source}: model.arch = {m['arch']!r} is unknown{suggest(m['arch'], ARCHS)}")
     c = cfg["augment"]["contrast"]
     if len(c) != 2 or not all(isinstance(v, (int, float)) for v in c) or not (0 < c[0] <= c[1]):
         raise ConfigError(f"{source}: augment.contrast must be [low, high] with 0 < low <= high, got {c!r}")

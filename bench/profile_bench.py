@@ -1,0 +1,192 @@
+"""Benchmark whole-plate profiling: phenovec's pipeline vs the raw model bound vs a DeepProfiler-style loop.
+
+Input: ``--sites`` synthetic Cell-Painting sites (``phenovec.ingest.synth.synth_plate``: 5 channels, 16-bit,
+deflate, ``--size`` x ``--size`` px, ``--cells`` +- 5 % nuclei each) and an untrained ``--arch`` ProfileNet
+exported with ``phenovec.export.export_onnx`` at ``--box`` px crops, input scaling ``minmax`` (DeepProfiler's
+per-crop per-channel min-max). Untrained weights are fine for throughput. In the same run, each ``--repeats``
+times (medians reported):
+
+(a) ``raw_onnxruntime``: ``ProfileSession.run`` on pre-cut float32 crops, batches of ``--batch-size``: the
+    model-only bound (crops/s), no decode, no crop, no writing;
+(b) ``pipeline_threads_wN``: ``phenovec.profile.profile_sites`` (images + locations -> embeddings Zarr + well
+    profiles, float16) with the threaded Dask scheduler and N threads (``--workers``, e.g. 1 2), fresh output;
+    ``pipeline_processes_wN`` the same with N worker processes (``--processes``);
+(c) ``sequential_deepprofiler``: one site after another in one process, as DeepProfiler's ``profile``:
+    ``tifffile.imread`` of each channel, numpy crops (same geometry and drop rule), numpy min-max, the same
+    onnxruntime session in batches of ``--batch-size``, ``np.savez`` of the site's features.
+
+Rates are embedded cells (crops) per second over the whole run (wall clock, including cluster start-up and the
+final assembly for (b)). Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (target >= 0.8),
+``pipeline_vs_sequential`` = pipeline rate / sequential rate. Stage rates for ``bench/SCALE.md``:
+``decode_crop_cells_per_s`` = ``_core.crop_site`` alone (minmax crops) over all sites.
+
+Output: one JSON document on stdout (and ``--out``), progress on stderr. Example::
+
+    python bench/profile_bench.py --sites 8 --size 1080 --cells 200 --arch efficientnet_b0 --box 128 \
+        --batch-size 256 --workers 1 2 --repeats 3 --out bench/out/profile.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from measure import emit_document, log, machine_info
+
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+
+
+def make_inputs(tmp: Path, a) -> dict:
+    import torch
+
+    from phenovec.export import export_onnx
+    from phenovec.ingest.synth import synth_plate
+    from phenovec.train.models import build_model
+
+    spw = 2 if a.sites % 2 == 0 else 1
+    lo, hi = int(a.cells * 0.95), int(a.cells * 1.05)
+    t = time.perf_counter()
+    plate = synth_plate(tmp / "plate", plates=1, wells=a.sites // spw, sites_per_well=spw, size=a.size,
+                        cells_per_site=(lo, hi), progress=False, seed=a.seed)
+    log(f"synth plate: {a.sites} sites in {time.perf_counter() - t:.1f} s")
+    torch.manual_seed(a.seed)
+    model = build_model(a.arch, len(CHANNELS), 7).eval()
+    onnx_path = tmp / "model.onnx"
+    export_onnx(model, onnx_path, channels=CHANNELS, crop_size=a.box,
+                intensity={"input_scaling": "minmax", "dtype_max": 65535.0}, n_random_crops=2, atol=1e-2)
+    return {"plate": plate, "onnx": onnx_path}
+
+
+def site_inputs(plate: dict):
+    import pandas as pd
+
+    index = pd.read_csv(plate["index"])
+    nuclei = pd.read_csv(plate["nuclei"])
+    keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+    groups = {k: g for k, g in nuclei.groupby(keys, sort=False)}
+    root = Path(plate["index"]).parent
+    out = []
+    for _, row in index.iterrows():
+        g = groups[tuple(row[keys])]
+        out.append(([str(root / row[f"FileName_{c}"]) for c in CHANNELS],
+                    g["Nuclei_Location_Center_X"].to_numpy(), g["Nuclei_Location_Center_Y"].to_numpy()))
+    return out
+
+
+def sequential(sites, sess, box: int, batch: int, out: Path) -> int:
+    """DeepProfiler-style loop (module docstring (c)); returns embedded cells."""
+    import tifffile
+
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for i, (paths, xs, ys) in enumerate(sites):
+        img = np.stack([tifffile.imread(p) for p in paths])
+        h, w = img.shape[1:]
+        crops = []
+        for x, y in zip(xs, ys):
+            r0, c0 = int(np.floor(y + 0.5)) - box // 2, int(np.floor(x + 0.5)) - box // 2
+            if 0 <= r0 and 0 <= c0 and r0 + box <= h and c0 + box <= w:
+                crops.append(img[:, r0:r0 + box, c0:c0 + box])
+        x = np.asarray(crops, np.float32).reshape(-1, len(paths), box, box)
+        lo, hi = x.min(axis=(2, 3), keepdims=True), x.max(axis=(2, 3), keepdims=True)
+        x = np.where(hi > lo, (x - lo) / np.where(hi > lo, hi - lo, 1), 0).astype(np.float32)
+        feats = [sess.run(x[j:j + batch]) for j in range(0, len(x), batch)]
+        np.savez(out / f"site{i}.npz", features=np.concatenate(feats) if feats else np.empty((0, 1)))
+        n += len(x)
+    return n
+
+
+def median_rate(times, n):
+    t = statistics.median(times)
+    return {"seconds_median": t, "seconds_all": times, "cells": n, "cells_per_s": n / t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sites", type=int, default=8)
+    ap.add_argument("--size", type=int, default=1080)
+    ap.add_argument("--cells", type=int, default=200)
+    ap.add_argument("--arch", default="efficientnet_b0")
+    ap.add_argument("--box", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--processes", type=int, nargs="*", default=[])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+
+    from phenovec import _core
+    from phenovec.profile import profile_sites
+    from phenovec.runtime import ProfileSession
+
+    tmp = Path(tempfile.mkdtemp(prefix="profile_bench_"))
+    doc = {"started": _dt.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:],
+           "machine": machine_info(), "config": {k: v for k, v in vars(a).items() if k != "out"}, "results": {}}
+    try:
+        inp = make_inputs(tmp, a)
+        sites = site_inputs(inp["plate"])
+        sess = ProfileSession(inp["onnx"], providers=["CPUExecutionProvider"])
+        doc["providers"] = sess.providers
+        # stage: decode + crop (Rust) alone, and the kept crops for the raw bound
+        times, kept = [], []
+        for r in range(a.repeats):
+            t = time.perf_counter()
+            kept = [_core.crop_site(p, np.ascontiguousarray(xs, np.float64), np.ascontiguousarray(ys, np.float64),
+                                    a.box, "drop", True, compact=True)[0] for p, xs, ys in sites]
+            times.append(time.perf_counter() - t)
+        n_emb = sum(len(k) for k in kept)
+        n_loc = sum(len(xs) for _, xs, _ in sites)
+        doc["results"]["decode_crop"] = median_rate(times, n_emb)
+        log(f"decode+crop: {doc['results']['decode_crop']['cells_per_s']:.0f} cells/s ({n_emb} of {n_loc} kept)")
+        crops = np.concatenate(kept).astype(np.float32)
+        sess.run(crops[:a.batch_size])  # warm-up
+        times = []
+        for r in range(a.repeats):
+            t = time.perf_counter()
+            for j in range(0, len(crops), a.batch_size):
+                sess.run(crops[j:j + a.batch_size])
+            times.append(time.perf_counter() - t)
+        doc["results"]["raw_onnxruntime"] = median_rate(times, len(crops))
+        log(f"raw onnxruntime: {doc['results']['raw_onnxruntime']['cells_per_s']:.1f} crops/s")
+        del crops, kept
+        times = []
+        for r in range(a.repeats):
+            shutil.rmtree(tmp / "seq", ignore_errors=True)
+            t = time.perf_counter()
+            n_seq = sequential(sites, sess, a.box, a.batch_size, tmp / "seq")
+            times.append(time.perf_counter() - t)
+        doc["results"]["sequential_deepprofiler"] = median_rate(times, n_seq)
+        log(f"sequential: {doc['results']['sequential_deepprofiler']['cells_per_s']:.1f} cells/s")
+        runs = [("threads", w) for w in a.workers] + [("processes", w) for w in a.processes]
+        for sched, w in runs:
+            times = []
+            for r in range(a.repeats):
+                out = tmp / f"pipe_{sched}_{w}"
+                shutil.rmtree(out, ignore_errors=True)
+                t = time.perf_counter()
+                res = profile_sites(inp["onnx"], inp["plate"]["index"], inp["plate"]["nuclei"], out,
+                                    batch_size=a.batch_size, scheduler=sched, workers=w, progress=False)
+                times.append(time.perf_counter() - t)
+            key = f"pipeline_{sched}_w{w}"
+            doc["results"][key] = median_rate(times, res.embedded)
+            log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} cells/s")
+        raw = doc["results"]["raw_onnxruntime"]["cells_per_s"]
+        seq = doc["results"]["sequential_deepprofiler"]["cells_per_s"]
+        doc["ratios"] = {k: {"pipeline_vs_raw": v["cells_per_s"] / raw, "pipeline_vs_sequential": v["cells_per_s"] / seq}
+                         for k, v in doc["results"].items() if k.startswith("pipeline_")}
+        doc["cells_located"], doc["cells_embedded"] = n_loc, n_emb
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    emit_document(doc, a.out)
+
+
+if __name__ == "__main__":
+    main()

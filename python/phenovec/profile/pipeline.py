@@ -1,0 +1,282 @@
+"""``profile_sites``: single-cell embeddings and per-well profiles of every site, from images + locations (Rust
+decode + crop inside the worker, no crop files) or from a ``phenovec crop`` store, with an exported phenovec ONNX
+model, on Dask, resumably.
+
+Steps: the model's metadata gives the input contract (``phenovec.profile.contract``: channels matched by name,
+crop size, input scaling); sites are grouped into tasks of about ``batch_size`` cells (consecutive sites, fixed by
+the input alone, so a task's batches are the same in every run); tasks go to Dask through a bounded window
+(``phenovec.profile.scheduler``); each finished site is committed as one part file (``phenovec.profile.parts``),
+each finished well's mean and median row as soon as its last site is committed (``phenovec.profile.wells``);
+at the end the outputs are assembled from the parts (``phenovec.profile.assemble``). A rerun with the same
+configuration skips committed sites (a task with any uncommitted site is rerun whole and only its uncommitted
+sites are written) and gives output identical to an uninterrupted run; another model or configuration is refused.
+
+DeepProfiler (``deepprofiler profile``) follows the same per-site semantics (crop around each nucleus, per-crop
+min-max, one feature vector per cell, one file per site) but runs one site after another in one process.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from phenovec.profile.assemble import assemble
+from phenovec.profile.contract import contract_from_metadata, match_channels
+from phenovec.profile.parts import PartStore
+from phenovec.profile.scheduler import bounded_map, open_client
+from phenovec.profile.sites import CropJob, ModelRef, SiteJob, embed_crop_group, embed_site_group
+from phenovec.profile.wells import feature_names, well_groups, well_metadata_columns, well_profiles
+
+DTYPES = ("float16", "float32")
+EDGE_POLICIES = ("drop", "shift", "pad")
+MAX_SITES_PER_TASK = 64
+
+
+@dataclass
+class ProfileResult:
+    out: Path
+    sites: int
+    cells: int
+    embedded: int
+    resumed_sites: int
+    seconds: float
+    paths: dict = field(default_factory=dict)
+
+
+def task_groups(cells_per_site: list[int], batch_size: int) -> list[list[int]]:
+    """Consecutive sites grouped until a group holds >= ``batch_size`` cells (at most 64 sites per group)."""
+    groups, cur, n = [], [], 0
+    for s, c in enumerate(cells_per_site):
+        cur.append(s)
+        n += int(c)
+        if n >= batch_size or len(cur) >= MAX_SITES_PER_TASK:
+            groups.append(cur)
+            cur, n = [], 0
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _fingerprint(sites: pd.DataFrame, extra) -> str:
+    h = hashlib.sha256()
+    h.update(pd.util.hash_pandas_object(sites.astype(str), index=False).to_numpy().tobytes())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _index_input(index, locations, contract):
+    """(site table, per-site SiteJob args, per-site locations) of an image index matched by channel name."""
+    from phenovec.ingest.index import ImageIndex, read_image_index, site_locations
+
+    if isinstance(index, ImageIndex):
+        idx = index
+        pos = match_channels(contract.channels, idx.channels, f"image index {idx.source}")
+        paths = [tuple(p[i] for i in pos) for p in idx.paths]
+        frames = [None if idx.site_frames(s) is None else tuple(idx.site_frames(s)[i] for i in pos)
+                  for s in range(len(idx))]
+    else:
+        try:
+            idx = read_image_index(index, channels=list(contract.channels))
+        except KeyError as e:
+            raise ValueError(f"{e.args[0]}; the model's channels are {list(contract.channels)} (matched by name "
+                             "to the index's FileName_<channel> columns)") from None
+        paths = [tuple(p) for p in idx.paths]
+        frames = [idx.site_frames(s) and tuple(idx.site_frames(s)) for s in range(len(idx))]
+    locs = site_locations(idx, locations)  # non-finite centres become edge outcome "invalid" (crop_site)
+    return idx.sites.reset_index(drop=True), paths, frames, locs, idx.source
+
+
+def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir=None, batch_size: int = 256,
+                  scheduler: str | None = None, workers: int | None = None, dtype: str = "float16",
+                  edge: str = "drop", providers="auto", max_in_flight: int | None = None,
+                  progress: bool = True) -> ProfileResult:
+    """Profile every site of ``index`` (an image index path / DataFrame / ``ImageIndex``, with ``locations``: a
+    nuclei table, see ``phenovec.ingest.index``) or of a crop store ``crops_dir`` (a ``phenovec crop`` output
+    folder) with ``model_onnx`` (a ``phenovec export`` model) into ``out`` (module docstring and
+    ``phenovec.profile.assemble`` for the outputs).
+
+    ``batch_size``: crops per onnxruntime call (and the task size in cells); ``scheduler`` / ``workers``: see
+    ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype; ``edge``: the crop edge policy (images input);
+    ``max_in_flight``: tasks submitted at once (default 2 x worker slots + 1).
+    """
+    from tqdm.auto import tqdm
+
+    import phenovec
+    from phenovec.runtime import read_metadata
+
+    t0 = time.perf_counter()
+    if out is None:
+        raise ValueError("out: give the output folder")
+    if (index is None) == (crops_dir is None):
+        raise ValueError("give either index (+ locations) or crops_dir, not both / neither")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if edge not in EDGE_POLICIES:
+        raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model_path = Path(model_onnx).resolve()
+    meta = read_metadata(model_path)
+    contract = contract_from_metadata(meta, source=str(model_path))
+    out = Path(out)
+
+    if crops_dir is not None:
+        sites, jobs_of, cells_of, ncells, source, extra = _crop_input(Path(crops_dir), contract)
+        mode = "crops"
+    else:
+        sites, paths, frames, locs, source = _index_input(index, locations, contract)
+        ncells = [len(l) for l in locs]
+        cells_of = lambda s: locs[s]  # noqa: E731
+        jobs_of = lambda s: SiteJob(s, paths[s], locs[s]["x"].to_numpy(dtype=np.float64),  # noqa: E731
+                                    locs[s]["y"].to_numpy(dtype=np.float64), frames[s])
+        extra = {"paths": [list(p) for p in paths], "cells": ncells}
+        mode = "images"
+    n_sites = len(sites)
+    names = feature_names(meta.feature_dim)
+    config = {"mode": mode, "source": str(source), "input_sha256": _fingerprint(sites, extra),
+              "sites": n_sites, "cells": int(sum(ncells)), "model_weights_sha256": meta.weights_sha256,
+              "channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
+              "feature_dim": meta.feature_dim, "edge": edge if mode == "images" else None, "dtype": dtype,
+              "batch_size": batch_size}
+    store = PartStore(out, config)
+
+    wells = well_groups(sites)
+    well_cols = well_metadata_columns(sites, wells)
+    well_list = list(wells.items())
+    well_of = {s: w for w, (_, ss) in enumerate(well_list) for s in ss}
+    wdir = {op: out / "wells" / op for op in ("mean", "median")}
+    for d in wdir.values():
+        d.mkdir(parents=True, exist_ok=True)
+
+    def write_well(w: int) -> None:
+        from phenovec.profile.assemble import write_parquet_atomic
+
+        ss = well_list[w][1]
+        feats = [store.read(s)[1] for s in ss]
+        x = np.concatenate(feats) if feats else np.empty((0, len(names)))
+        rows = well_profiles(sites.iloc[ss[0]][well_cols], x, names)
+        for op in ("mean", "median"):  # median first-written is fine: the well counts as done only with both
+            write_parquet_atomic(rows[op], wdir[op] / f"well-{w:06d}.parquet")
+
+    def well_done(w: int) -> bool:
+        return all((wdir[op] / f"well-{w:06d}.parquet").exists() for op in ("mean", "median"))
+
+    done = store.done_sites()
+    resumed = len(done)
+    if not store.complete:
+        remaining = {w: sum(1 for s in ss if s not in done) for w, (_, ss) in enumerate(well_list)}
+        for w, r in remaining.items():
+            if r == 0 and not well_done(w):
+                write_well(w)
+        groups = [g for g in task_groups(ncells, batch_size) if any(s not in done for s in g)]
+        ref = ModelRef(str(model_path), meta.weights_sha256, providers)
+        total = int(sum(ncells))
+        with tqdm(total=total, initial=int(sum(ncells[s] for s in done)), unit="cell", desc="profile",
+                  disable=not progress, smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr):
+            ref = ModelRef(ref.path, ref.weights_sha256, ref.providers, thr)
+            window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
+            if mode == "images":
+                fn = functools.partial(embed_site_group, ref, contract)
+                kw = {"edge": edge, "batch_size": batch_size, "dtype": dtype}
+            else:
+                fn = functools.partial(embed_crop_group, ref, contract, extra["store"], extra["channel_idx"])
+                kw = {"batch_size": batch_size, "dtype": dtype}
+            tasks = ([jobs_of(s) for s in g] for g in groups)
+            for results in bounded_map(client, fn, tasks, window, **kw):
+                for s, codes, feats in results:
+                    if s in done:
+                        continue
+                    if len(codes) != ncells[s]:
+                        raise RuntimeError(f"site {s}: {len(codes)} edge codes for {ncells[s]} located cells")
+                    store.write(s, codes, feats)
+                    done.add(s)
+                    w = well_of[s]
+                    remaining[w] -= 1
+                    if remaining[w] == 0:
+                        write_well(w)
+                    bar.update(ncells[s])
+        missing = sorted(set(range(n_sites)) - done)
+        if missing:
+            raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
+
+    def site_table(s: int, codes: np.ndarray) -> pd.DataFrame:
+        from phenovec.profile.assemble import site_cell_table
+
+        return site_cell_table(sites.iloc[s], cells_of(s), codes)
+
+    def well_parts(op: str) -> pd.DataFrame:
+        parts = [pd.read_parquet(wdir[op] / f"well-{w:06d}.parquet") for w in range(len(well_list))]
+        if not parts:
+            return pd.DataFrame(columns=[*well_cols, "Metadata_Object_Count", *names])
+        df = pd.concat(parts, ignore_index=True)
+        return df.sort_values(["Metadata_Plate", "Metadata_Well"], kind="stable").reset_index(drop=True)
+
+    attrs = {"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
+             "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
+             "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode}
+    counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, well_parts)
+    seconds = time.perf_counter() - t0
+    store.mark_complete({**counts, "sites": n_sites})
+    paths = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("cells", "cells.parquet"),
+                                     ("wells_mean", "wells_mean.parquet"), ("wells_median", "wells_median.parquet"))}
+    return ProfileResult(out, n_sites, counts["cells"], counts["embedded"], resumed, seconds, paths)
+
+
+def _crop_input(path: Path, contract):
+    """(site table, job factory, cells factory, cells per site, source, extra) of a ``phenovec crop`` folder."""
+    import zarr
+
+    from phenovec.profile.assemble import EDGE_OUTCOMES
+
+    for name in ("crops.zarr", "cells.parquet", "manifest.json"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path}: not a crops folder ({name} is missing; make one with `phenovec crop`)")
+    manifest = json.loads((path / "manifest.json").read_text())
+    if not manifest.get("complete", False):
+        raise ValueError(f"{path}: the crop run is not complete (manifest.json); rerun `phenovec crop` to finish it")
+    cfg = manifest.get("config", {})
+    channel_idx = match_channels(contract.channels, cfg.get("channels", []), f"crop store {path}")
+    if int(cfg.get("box_size", -1)) != contract.box_size:
+        raise ValueError(f"crop store {path}: box_size {cfg.get('box_size')} != the model's crop_size "
+                         f"{contract.box_size}")
+    if bool(cfg.get("rescale", False)) != contract.crop_rescale:
+        raise ValueError(f"crop store {path}: crops made with rescale={cfg.get('rescale')} but the model was "
+                         f"trained on crop_rescale={contract.crop_rescale}")
+    ci = cfg.get("intensity")
+    if (tuple(ci) if ci else None) != (tuple(contract.crop_intensity) if contract.crop_intensity else None):
+        raise ValueError(f"crop store {path}: crops made with intensity={ci} but the model was trained on "
+                         f"crop_intensity={contract.crop_intensity}")
+    arr = zarr.open_array(str(path / "crops.zarr"), mode="r")
+    if contract.rule == "none" and not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"crop store {path}: {arr.dtype} crops but the model takes them as stored "
+                         "(input_scaling 'none', float crops)")
+    cells = pd.read_parquet(path / "cells.parquet")
+    keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+    for k in [*keys, "row", "x", "y", "edge"]:
+        if k not in cells.columns:
+            raise KeyError(f"{path / 'cells.parquet'}: no column {k!r}")
+    site_cols = [c for c in cells.columns if str(c).startswith("Metadata_")]
+    key_str = cells[keys].astype(str).agg("\x1f".join, axis=1)
+    order = pd.unique(key_str)
+    pos = {k: i for i, k in enumerate(order)}
+    site_id = key_str.map(pos).to_numpy()
+    by_site = [np.flatnonzero(site_id == i) for i in range(len(order))]
+    sites = pd.DataFrame([cells.iloc[ix[0]][site_cols] for ix in by_site]).reset_index(drop=True)
+    codes_all = pd.Categorical(cells["edge"].astype(str), categories=list(EDGE_OUTCOMES)).codes.astype(np.int8)
+    rows_all = cells["row"].to_numpy(np.int64)
+    codes_all = np.where(rows_all < 0, np.maximum(codes_all, 3), codes_all).astype(np.int8)  # no crop = not kept
+    tables = [cells.iloc[ix][[c for c in ("ObjectNumber", "x", "y") if c in cells.columns]].reset_index(drop=True)
+              for ix in by_site]
+    jobs_of = lambda s: CropJob(s, codes_all[by_site[s]], np.where(codes_all[by_site[s]] <= 2,  # noqa: E731
+                                                                    rows_all[by_site[s]], -1))
+    extra = {"store": str((path / "crops.zarr").resolve()), "channel_idx": channel_idx,
+             "crop_config": cfg, "rows": int(len(cells))}
+    return sites, jobs_of, (lambda s: tables[s]), [len(ix) for ix in by_site], path, extra

@@ -1,0 +1,129 @@
+"""The worker side of profiling: a group of sites -> per site (edge codes, embeddings).
+
+A task is one site or a few consecutive sites (grouped so a task holds about ``batch_size`` cells). In the
+worker: Rust decode + crop (``phenovec._core.crop_site``, GIL released) with the options of the model's
+:class:`~phenovec.profile.contract.InputContract`, scaling to float32, then onnxruntime inference on the
+concatenated crops of the task in batches of ``batch_size`` (a fixed composition for a given task, so a rerun of
+the task gives the same numbers). Features are cast to the output dtype in the worker (less to ship back).
+
+Sessions: one :class:`phenovec.runtime.ProfileSession` per worker process and model, cached in this module
+(threads of one process share it: onnxruntime's ``run`` is thread-safe). The cached session is checked against
+the model's ``weights_sha256``, so a model file replaced under a running cluster is an error, not a mix.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from phenovec.profile.contract import InputContract
+
+_SESSIONS: dict = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a worker needs to open the model: a path it can read, the expected weights hash, its options."""
+
+    path: str
+    weights_sha256: str
+    providers: object = "auto"
+    intra_op_threads: int | None = None
+
+
+def worker_session(ref: ModelRef):
+    """The cached :class:`ProfileSession` of ``ref`` in this process (opened on first use)."""
+    key = (ref.path, ref.weights_sha256, str(ref.providers), ref.intra_op_threads)
+    with _LOCK:
+        sess = _SESSIONS.get(key)
+        if sess is None:
+            from phenovec.runtime import ProfileSession
+
+            sess = ProfileSession(ref.path, providers=ref.providers, intra_op_threads=ref.intra_op_threads)
+            if sess.metadata.weights_sha256 != ref.weights_sha256:
+                raise ValueError(f"{ref.path}: weights_sha256 {sess.metadata.weights_sha256} on this worker differs "
+                                 f"from the run's {ref.weights_sha256} (the model file changed)")
+            _SESSIONS[key] = sess
+    return sess
+
+
+@dataclass(frozen=True)
+class SiteJob:
+    """One site to embed from images: its id (index row), channel paths in model order, centres, pages."""
+
+    site: int
+    paths: tuple
+    xs: np.ndarray
+    ys: np.ndarray
+    frames: tuple | None = None
+
+
+def infer(sess, crops: np.ndarray, batch_size: int) -> np.ndarray:
+    """Features of ``crops`` (float32) in consecutive batches of ``batch_size``."""
+    if len(crops) == 0:
+        return np.empty((0, sess.feature_dim), np.float32)
+    return np.concatenate([sess.run(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)])
+
+
+def cut_site(job: SiteJob, contract: InputContract, edge: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int8 per cell, float32 model input of the kept cells) of one site."""
+    from phenovec import _core
+
+    rescale, opts = contract.crop_site_args()
+    if job.frames is not None:
+        opts["frames"] = list(job.frames)
+    try:
+        crops, codes = _core.crop_site(list(job.paths), np.ascontiguousarray(job.xs, dtype=np.float64),
+                                       np.ascontiguousarray(job.ys, dtype=np.float64), contract.box_size, edge,
+                                       rescale, compact=True, **opts)
+    except Exception as e:  # decode errors name the file; add the site
+        raise type(e)(f"site {job.site} ({job.paths[0]}): {e}") from None
+    return np.asarray(codes, dtype=np.int8), contract.model_input_from_cut(np.asarray(crops))
+
+
+def embed_site_group(ref: ModelRef, contract: InputContract, jobs: list, edge: str, batch_size: int,
+                     dtype: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Embed a group of sites from images: ``[(site, codes, features in dtype), ...]`` in ``jobs`` order."""
+    sess = worker_session(ref)
+    cut = [cut_site(j, contract, edge) for j in jobs]
+    feats = infer(sess, np.concatenate([c for _, c in cut]) if cut else None, batch_size).astype(dtype)
+    out, at = [], 0
+    for job, (codes, crops) in zip(jobs, cut):
+        out.append((job.site, codes, feats[at:at + len(crops)]))
+        at += len(crops)
+    return out
+
+
+@dataclass(frozen=True)
+class CropJob:
+    """One site to embed from a crop store: its id, its cells' edge codes and array rows (-1: no crop)."""
+
+    site: int
+    codes: np.ndarray
+    rows: np.ndarray
+
+
+def embed_crop_group(ref: ModelRef, contract: InputContract, store: str, channel_idx: list, jobs: list,
+                     batch_size: int, dtype: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Embed a group of sites from a crop store (``crops.zarr``): rows read, channels picked by name, scaled."""
+    import zarr
+
+    sess = worker_session(ref)
+    arr = zarr.open_array(store, mode="r")
+    blocks = []
+    for j in jobs:
+        rows = j.rows[j.rows >= 0]
+        if len(rows) == 0:
+            blocks.append(np.empty((0, len(channel_idx), contract.box_size, contract.box_size), np.float32))
+            continue
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        raw = np.asarray(arr[lo:hi])[rows - lo][:, channel_idx]
+        blocks.append(contract.model_input_from_stored(raw))
+    feats = infer(sess, np.concatenate(blocks), batch_size).astype(dtype)
+    out, at = [], 0
+    for j, b in zip(jobs, blocks):
+        out.append((j.site, j.codes, feats[at:at + len(b)]))
+        at += len(b)
+    return out

@@ -1,0 +1,218 @@
+"""phenovec.profile: embeddings of a synthetic plate from images + locations (and from a crop store) against an
+independent reference (tifffile + numpy crop + numpy min-max + a plain onnxruntime session), per-well profiles
+against pandas groupby of the stored embeddings, threaded vs distributed (LocalCluster on loopback) identity,
+channel matching by name.
+"""
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from phenovec.export import export_onnx
+from phenovec.ingest.index import read_image_index
+from phenovec.ingest.synth import synth_plate
+from phenovec.io.embeddings import EmbeddingStore
+from phenovec.profile import profile_sites
+from phenovec.train.models import build_model
+
+torch.set_num_threads(1)
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+BOX = 32
+INTENSITY = {"input_scaling": "minmax", "dtype_max": 65535.0}
+KEYS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+
+
+def reference_site(index_row: pd.Series, root: Path, loc: pd.DataFrame, channels=CHANNELS):
+    """(kept mask, minmax crops of kept cells): tifffile decode, numpy crop (top-left = floor(c + .5) - box//2,
+    a box not wholly inside is dropped), per-crop per-channel min-max in float64."""
+    img = np.stack([tifffile.imread(root / index_row[f"FileName_{c}"]) for c in channels]).astype(np.float64)
+    h, w = img.shape[1:]
+    kept, crops = [], []
+    for x, y in zip(loc["Nuclei_Location_Center_X"], loc["Nuclei_Location_Center_Y"]):
+        r0, c0 = int(np.floor(y + 0.5)) - BOX // 2, int(np.floor(x + 0.5)) - BOX // 2
+        ok = 0 <= r0 and 0 <= c0 and r0 + BOX <= h and c0 + BOX <= w
+        kept.append(ok)
+        if ok:
+            crop = img[:, r0:r0 + BOX, c0:c0 + BOX]
+            lo, hi = crop.min(axis=(1, 2), keepdims=True), crop.max(axis=(1, 2), keepdims=True)
+            crops.append(np.where(hi > lo, (crop - lo) / np.where(hi > lo, hi - lo, 1), 0))
+    return np.array(kept, bool), np.array(crops, np.float32).reshape(-1, len(channels), BOX, BOX)
+
+
+def reference_embeddings(plate: dict, onnx_path: Path):
+    """(edge kept per cell, features of kept cells) in index order / location order, via plain onnxruntime."""
+    index = pd.read_csv(plate["index"])
+    nuclei = pd.read_csv(plate["nuclei"])
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    kept_all, feats = [], []
+    for _, row in index.iterrows():
+        loc = nuclei[(nuclei[KEYS].astype(str) == row[KEYS].astype(str).to_numpy()).all(axis=1)]
+        kept, crops = reference_site(row, Path(plate["index"]).parent, loc)
+        kept_all.append(kept)
+        if len(crops):
+            feats.append(sess.run(["features"], {"crops": crops})[0])
+    return np.concatenate(kept_all), np.concatenate(feats)
+
+
+def calibrated_model(plate: dict, channels=CHANNELS, seed: int = 0):
+    """resnet_tiny (7 classes) whose BatchNorm statistics come from real synthetic crops (random-init BN would
+    give near-constant features, which a 1e-4 comparison could not tell apart)."""
+    index = pd.read_csv(plate["index"])
+    nuclei = pd.read_csv(plate["nuclei"])
+    row = index.iloc[0]
+    loc = nuclei[(nuclei[KEYS].astype(str) == row[KEYS].astype(str).to_numpy()).all(axis=1)]
+    _, crops = reference_site(row, Path(plate["index"]).parent, loc)
+    m = build_model("resnet_tiny", len(channels), 7, seed=seed)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None
+    m.train()
+    with torch.no_grad():
+        m(torch.from_numpy(crops))
+    return m.eval()
+
+
+def make_plate_and_model(tmp: Path, channels=CHANNELS, seed: int = 0):
+    plate = synth_plate(tmp / "plate", plates=1, wells=6, sites_per_well=2, size=128, cells_per_site=(8, 12),
+                        progress=False)
+    model = calibrated_model(plate, seed=seed)
+    onnx_path = tmp / f"model{seed}.onnx"
+    export_onnx(model, onnx_path, channels=channels, crop_size=BOX, intensity=INTENSITY)
+    return plate, onnx_path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("profile")
+    plate, onnx_path = make_plate_and_model(tmp)
+    return tmp, plate, onnx_path
+
+
+def read_outputs(out: Path):
+    st = EmbeddingStore(out / "embeddings.zarr")
+    return (st.meta, np.asarray(st.array[:]), pd.read_parquet(out / "cells.parquet"),
+            pd.read_parquet(out / "wells_mean.parquet"), pd.read_parquet(out / "wells_median.parquet"))
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    ma, xa, ca, mea, meda = read_outputs(a)
+    mb, xb, cb, meb, medb = read_outputs(b)
+    assert xa.dtype == xb.dtype and np.array_equal(xa, xb)
+    pd.testing.assert_frame_equal(ma, mb)
+    pd.testing.assert_frame_equal(ca, cb)
+    pd.testing.assert_frame_equal(mea, meb)
+    pd.testing.assert_frame_equal(meda, medb)
+
+
+def test_embeddings_equal_reference(setup):
+    tmp, plate, onnx_path = setup
+    res = profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "f32", dtype="float32", batch_size=16,
+                        workers=2, progress=False)
+    kept, ref = reference_embeddings(plate, onnx_path)
+    meta, x, cells, _, _ = read_outputs(tmp / "f32")
+    nuclei = pd.read_csv(plate["nuclei"])
+    assert res.cells == len(nuclei) == len(cells) and res.embedded == int(kept.sum()) == len(x)
+    assert 0 < kept.sum() < len(kept)  # some cells dropped at the border, some kept
+    np.testing.assert_array_equal(cells["edge"].to_numpy() == "inside", kept)
+    np.testing.assert_array_equal(cells["row"].to_numpy() >= 0, kept)
+    assert x.dtype == np.float32 and x.shape == (kept.sum(), 128)
+    assert np.abs(ref).max() > 1e-2  # features are not degenerate
+    np.testing.assert_allclose(x, ref, atol=1e-4, rtol=0)
+    # the cell table follows the locations: same cells, same order
+    np.testing.assert_array_equal(cells["ObjectNumber"].to_numpy(), nuclei["ObjectNumber"].to_numpy())
+    np.testing.assert_array_equal(cells["x"].to_numpy(), nuclei["Nuclei_Location_Center_X"].to_numpy())
+    np.testing.assert_array_equal(meta["ObjectNumber"].to_numpy(), nuclei["ObjectNumber"].to_numpy()[kept])
+    assert (meta[KEYS].astype(str).to_numpy() == nuclei[KEYS].astype(str).to_numpy()[kept]).all()
+
+
+def test_float16_wells_equal_pandas_groupby(setup):
+    tmp, plate, onnx_path = setup
+    out = tmp / "f16"
+    profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=16, workers=2, progress=False)
+    meta, x, _, mean, median = read_outputs(out)
+    ref32 = read_outputs(tmp / "f32")[1] if (tmp / "f32").exists() else None
+    assert x.dtype == np.float16
+    if ref32 is not None:
+        np.testing.assert_array_equal(x, ref32.astype(np.float16))
+    feats = [f"feature_{i}" for i in range(x.shape[1])]
+    df = pd.concat([meta[["Metadata_Plate", "Metadata_Well"]], pd.DataFrame(x.astype(np.float64), columns=feats)],
+                   axis=1)
+    g = df.groupby(["Metadata_Plate", "Metadata_Well"], sort=True)
+    for table, ref in ((mean, g.mean()), (median, g.median())):
+        ref = ref.reset_index()
+        assert list(table.columns[:2]) == ["Metadata_Plate", "Metadata_Well"]
+        assert list(table.columns[-len(feats):]) == feats
+        assert "Metadata_Site" not in table.columns and "Metadata_Treatment" in table.columns
+        np.testing.assert_array_equal(table[["Metadata_Plate", "Metadata_Well"]].to_numpy(),
+                                      ref[["Metadata_Plate", "Metadata_Well"]].to_numpy())
+        np.testing.assert_allclose(table[feats].to_numpy(), ref[feats].to_numpy(), rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(table["Metadata_Object_Count"].to_numpy(), g.size().to_numpy())
+    index = pd.read_csv(plate["index"]).drop_duplicates(["Metadata_Plate", "Metadata_Well"])
+    merged = mean.merge(index, on=["Metadata_Plate", "Metadata_Well"], suffixes=("", "_index"))
+    assert (merged["Metadata_Treatment"] == merged["Metadata_Treatment_index"]).all()
+
+
+def test_threaded_and_distributed_identical(setup):
+    from distributed import LocalCluster
+
+    tmp, plate, onnx_path = setup
+    profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "thr", scheduler="threads", workers=1,
+                  batch_size=16, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1", protocol="tcp",
+                      dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "dist", scheduler=cluster.scheduler_address,
+                      batch_size=16, max_in_flight=2, progress=False)
+    assert_same_outputs(tmp / "thr", tmp / "dist")
+
+
+def test_channels_matched_by_name(setup):
+    tmp, plate, onnx_path = setup
+    # an ImageIndex read with the channels in another order gives the same output (matched by name)
+    idx = read_image_index(plate["index"], channels=["Mito", "AGP", "DNA", "RNA", "ER"])
+    profile_sites(onnx_path, idx, plate["nuclei"], tmp / "reordered", workers=1, batch_size=16, progress=False)
+    profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "ordered", workers=1, batch_size=16,
+                  progress=False)
+    assert_same_outputs(tmp / "ordered", tmp / "reordered")
+    # an index without one of the model's channels: a clear error naming it
+    idx4 = read_image_index(plate["index"], channels=["DNA", "ER", "RNA", "AGP"])
+    with pytest.raises(ValueError, match=r"\['Mito'\].*matched by name"):
+        profile_sites(onnx_path, idx4, plate["nuclei"], tmp / "bad1", progress=False)
+
+
+def test_model_channel_missing_from_index(setup, tmp_path):
+    _, plate, _ = setup
+    model = build_model("resnet_tiny", 5, 7).eval()
+    onnx_path = tmp_path / "actin.onnx"
+    export_onnx(model, onnx_path, channels=["DNA", "ER", "RNA", "Actin", "Mito"], crop_size=BOX,
+                intensity=INTENSITY)
+    with pytest.raises(ValueError, match="Actin"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "embeddings.zarr").exists()
+
+
+def test_from_crop_store_equals_from_images(setup):
+    from phenovec.ingest.crop import crop_index
+
+    tmp, plate, onnx_path = setup
+    idx = read_image_index(plate["index"], channels=["ER", "DNA", "RNA", "AGP", "Mito"])  # other order: by name
+    crop_index(idx, plate["nuclei"], tmp / "crops", box_size=BOX, edge="drop", chunk_cells=16, progress=False)
+    res = profile_sites(onnx_path, crops_dir=tmp / "crops", out=tmp / "from_crops", dtype="float32", batch_size=16,
+                        workers=1, progress=False)
+    if not (tmp / "f32").exists():
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "f32", dtype="float32", batch_size=16,
+                      workers=2, progress=False)
+    mc, xc, cc, _, _ = read_outputs(tmp / "from_crops")
+    mi, xi, ci, _, _ = read_outputs(tmp / "f32")
+    assert res.embedded == len(xi)
+    np.testing.assert_allclose(xc, xi, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(cc["edge"].astype(str).to_numpy(), ci["edge"].astype(str).to_numpy())
+    np.testing.assert_array_equal(mc["ObjectNumber"].to_numpy(), mi["ObjectNumber"].to_numpy())
+    m48 = tmp / "m48.onnx"
+    export_onnx(build_model("resnet_tiny", 5, 7).eval(), m48, channels=CHANNELS, crop_size=48, intensity=INTENSITY)
+    with pytest.raises(ValueError, match="box_size 32 != the model's crop_size 48"):
+        profile_sites(m48, crops_dir=tmp / "crops", out=tmp / "bad48", progress=False)
