@@ -34,7 +34,7 @@ def test_cli_reports_unknown_column(tmp_path, bbbc021, capsys):
 
 
 def test_demo_runs_as_a_command(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "phenovec.cli", "demo", "--out", str(tmp_path / "demo"), "--null-size", "500"],
+    r = subprocess.run([sys.executable, "-m", "phenovec.cli", "demo", "--bbbc021", "--out", str(tmp_path / "demo"), "--null-size", "500"],
                        capture_output=True, text=True, check=True)
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert s["profiles"] == 632 and s["moa_retrieval"]["mean_average_precision"] > 0.2

@@ -7,7 +7,8 @@
     phenovec export CHECKPOINT -o model.onnx [--logits] [--parity-crops CROPS]
     phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT   (Dask, resumable)
     phenovec report PROFILES --out DIR [--moa-column C --treatment-column C --control DMSO|QUERY]
-    phenovec demo --out demo-out
+    phenovec run config.yaml                 (every stage, cached by hash; see phenovec.pipeline)
+    phenovec demo --out demo-out             (the whole pipeline on a synthetic plate)
 
 Every ``evaluate`` subcommand reads CSV / CSV.gz / Parquet, writes its table (CSV or Parquet by the
 file name) and a JSON summary (``--summary``, default: beside ``--out``), and prints the summary.
@@ -274,16 +275,6 @@ def _add_replicate_stats(metrics) -> None:
     p.set_defaults(run=_run_knn)
 
 
-# ---- demo ------------------------------------------------------------------------------------
-
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="evaluate the real BBBC021 per-well profiles (until the image pipeline lands)")
-    p.add_argument("--data", default=None, help="folder with the BBBC021 files (default: ../shared/data/bbbc021-cytominergallery)")
-    p.add_argument("--out", default="demo-out", help="output folder")
-    p.add_argument("--null-size", type=int, default=10000)
-    p.set_defaults(run=lambda a: __import__("phenovec.demo", fromlist=["run_demo"]).run_demo(a.data, a.out, a.null_size))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phenovec", description="High-performance image-based profiling.")
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -313,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec.report.command import add_report_parser
 
     add_report_parser(stages)
-    _add_demo(stages)
+    from phenovec.pipeline import add_run_parsers
+
+    add_run_parsers(stages)
     return parser
 
 

@@ -1,6 +1,7 @@
 """The demo job: evaluate the real BBBC021 per-well CellProfiler profiles (MCF7, 12 MOAs).
 
-Until the image pipeline lands, ``phenovec demo`` shows the evaluation stage on real data: it joins
+``phenovec demo --bbbc021`` shows the evaluation stage alone on real data (``phenovec demo`` without it runs the
+whole image pipeline on a synthetic plate, ``phenovec.pipeline.demo_config``): it joins
 the per-well means to compounds and MOAs, z-scores every feature against the DMSO wells of its own
 plate, and reports phenotypic activity (replicates vs DMSO, mAP with p-values) and MOA retrieval
 (same MOA, different compound: mAP per MOA with p-values).

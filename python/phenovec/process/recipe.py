@@ -156,10 +156,17 @@ def apply_recipe(
     output_file: str | os.PathLike | None = None,
     output_type: str | None = None,
     progress: bool = True,
+    features_default: str = "recipe",
 ) -> pd.DataFrame:
     """Apply ``recipe`` (Recipe, dict/list, or a YAML path) to ``source`` (DataFrame, or a CSV/Parquet file,
     Parquet directory or Zarr embedding store); write ``output_file`` (csv/parquet/h5ad/zarr by name or
-    ``output_type``) with the provenance described in the module docstring, and return the final table."""
+    ``output_type``) with the provenance described in the module docstring, and return the final table.
+
+    ``features_default="non-metadata"``: a step without ``features`` gets every non-``Metadata_`` column of the
+    table it receives (for learned embeddings such as ``feature_0``..., which CellProfiler-prefix inference
+    does not see); the default ``"recipe"`` leaves the steps' own defaults (pycytominer's ``"infer"``)."""
+    if features_default not in ("recipe", "non-metadata"):
+        raise ValueError(f"features_default must be 'recipe' or 'non-metadata', got {features_default!r}")
     from tqdm.auto import tqdm
 
     from phenovec import __version__
@@ -181,6 +188,8 @@ def apply_recipe(
         else:
             if df is None:
                 df = read_table(source) if is_path else source
+            if features_default == "non-metadata" and "features" not in kwargs and step != "annotate":
+                kwargs = {**kwargs, "features": [c for c in df.columns if not str(c).startswith("Metadata_")]}
             df = _step_function(step)(df, **kwargs)
         log.append({"step": step, "rows": int(len(df)), "columns": int(df.shape[1]),
                     "seconds": round(time.perf_counter() - t0, 3)})

@@ -1,0 +1,103 @@
+"""phenovec run / demo: every stage chained, cached by hash, resumable; config errors name the key or file; the
+Python API mirrors the CLI."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+import phenovec
+from phenovec.io.config_schema import ConfigError
+from phenovec.pipeline import default_config, load_run_config, run
+
+SMALL = {"synth": {"plates": 2, "wells": 14, "sites": 1, "size": 192, "cells": [15, 20], "seed": 1},
+         "train": {"model": {"arch": "resnet_tiny"}, "optim": {"lr": 0.05, "warmup_epochs": 0},
+                   "train": {"epochs": 2, "threads": 2}, "data": {"batch_size": 64, "workers": 0}},
+         "report": {"null_size": 200}}
+
+
+def _chromium_figures(html) -> tuple[int, int]:
+    import re
+
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          html.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    got = re.search(r'data-figures-rendered="(\d+)"', dom)
+    want = re.search(r'data-figures-expected="(\d+)"', dom)
+    assert got and want, "chromium did not run the report's render check (is chromium installed? bash .ci/chromium.sh)"
+    return int(got.group(1)), int(want.group(1))
+
+
+def test_run_chains_every_stage_caches_and_rebuilds_what_changed(tmp_path):
+    cfg = {**SMALL, "out": str(tmp_path / "run")}
+    res = run(cfg, progress=False)
+    assert [s for s in res.stages] == ["synth", "crop", "train", "export", "profile", "process", "report"]
+    assert not any(v["cached"] for v in res.stages.values())
+    rendered, expected = _chromium_figures(res.report_html)
+    assert rendered == expected > 0
+    numbers = json.loads(res.report_json.read_text())
+    profiles = pd.read_parquet(tmp_path / "run" / "process" / "profiles.parquet")
+    assert numbers["counts"]["wells"] == len(profiles) == 28
+    assert numbers["provenance"]["run"]["config"]["synth"]["seed"] == 1
+    # the well profiles are the per-well means of the spherized single-cell embeddings the profile stage wrote
+    assert {"Metadata_Treatment", "Metadata_MOA", "Metadata_Plate"} <= set(profiles.columns)
+    again = run(cfg, progress=False)
+    assert all(v["cached"] for v in again.stages.values())
+    changed = run({**cfg, "report": {"null_size": 300}}, progress=False)
+    assert [k for k, v in changed.stages.items() if not v["cached"]] == ["report"]
+    steps = [{"aggregate": {"strata": ["Metadata_Plate", "Metadata_Well"], "operation": "median"}}]
+    changed = run({**cfg, "process": {"steps": steps}}, progress=False)
+    assert [k for k, v in changed.stages.items() if not v["cached"]] == ["process", "report"]
+
+
+def test_an_interrupted_stage_resumes(tmp_path, monkeypatch):
+    cfg = {**SMALL, "out": str(tmp_path / "run")}
+    import phenovec.profile as prof
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prof, "profile_sites", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, progress=False)
+    marker = json.loads((tmp_path / "run" / "profile" / "stage.json").read_text())
+    assert marker["complete"] is False
+    monkeypatch.undo()
+    res = run(cfg, progress=False)
+    assert [k for k, v in res.stages.items() if not v["cached"]] == ["profile", "process", "report"]
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"synth": {}, "outt": "x"}, r"unknown key 'outt'.*did you mean 'out'"),
+    ({"synth": {"wells": "many"}}, r"synth\.wells must be int, got str"),
+    ({"images": {"index": "nope.csv", "locations": "n.csv"}}, r"images\.index: .*nope\.csv does not exist"),
+    ({"images": {"locations": "n.csv"}}, r"images\.index is required"),
+    ({"synth": {}, "model": "absent.onnx"}, r"model: .*absent\.onnx does not exist"),
+    ({"synth": {}, "train": {"optim": {"lrr": 1}}}, r"\(train\): unknown key 'optim\.lrr'"),
+    ({"synth": {}, "train": {"data": {"crops": "c"}}}, r"train\.data\.crops is set by the pipeline"),
+    ({"synth": {}, "process": {"steps": [{"normalise": {}}]}}, r"process\.steps: .*normalise"),
+    ({"synth": {}, "profile": {"dtype": "int8"}}, r"profile\.dtype = 'int8' is not one of"),
+])
+def test_config_errors_name_the_key_or_file(tmp_path, raw, match):
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=match):
+        load_run_config(p)
+
+
+def test_cli_print_config_round_trips_and_api_mirrors_cli(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "phenovec.cli", "run", "--print-config"], capture_output=True,
+                       text=True, check=True)
+    printed = yaml.safe_load(r.stdout)
+    assert printed == default_config()
+    printed["synth"] = SMALL["synth"]
+    cfg = load_run_config(printed)
+    assert cfg["train"]["model"]["arch"] == "resnet_tiny" and cfg["report"]["control"] == "DMSO"
+    r = subprocess.run([sys.executable, "-m", "phenovec.cli", "run", str(tmp_path / "missing.yaml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.yaml does not exist" in r.stderr
+    from phenovec.ingest.crop import crop_index
+    from phenovec.pipeline import run as run_fn
+
+    assert phenovec.crop is crop_index and phenovec.run is run_fn
