@@ -13,7 +13,7 @@ import pytest
 
 import phenovec.evaluate as pe
 from phenovec.report import build_report
-from phenovec.report.command import main as report_main
+from phenovec.cli import main as report_main
 
 NULL = 60
 

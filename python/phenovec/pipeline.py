@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from phenovec.io.digest import file_sha256
 from phenovec.io.config_schema import NONE_TYPE, ConfigError, merge_sections, suggest
 
 STAGES = ("synth", "crop", "train", "export", "profile", "process", "report")
@@ -151,14 +152,6 @@ def load_run_config(path_or_dict) -> dict:
     return cfg
 
 
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -240,7 +233,7 @@ def run(config, progress: bool = True) -> RunResult:
         k_in = _key("synth", s, images["channels"])
         images.update(stage("synth", k_in, s, do_synth))
     else:
-        k_in = _key("images", _sha256_file(images["index"]), _sha256_file(images["locations"]), images["channels"])
+        k_in = _key("images", file_sha256(images["index"]), file_sha256(images["locations"]), images["channels"])
 
     def index():
         from phenovec.ingest.index import read_image_index
@@ -282,7 +275,7 @@ def run(config, progress: bool = True) -> RunResult:
         k_model = _key("export", cfg["export"], k_train)
         model = stage("export", k_model, cfg["export"], do_export)["model"]
     else:
-        k_model = _key("model", _sha256_file(cfg["model"]))
+        k_model = _key("model", file_sha256(cfg["model"]))
         model, trained = cfg["model"], None
 
     prof_conf = cfg["profile"]

@@ -27,7 +27,6 @@ set is refused). DeepProfiler itself pickles all of a plate's statistics in ``{p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from phenovec.ingest.index import ImageIndex
+from phenovec.io.digest import file_sha256
 
 PARAMS_FILE = "illumination.json"
 
@@ -46,14 +46,6 @@ def flat_field_path(out_dir: str | os.PathLike, plate, channel: str) -> Path:
     if not p or "/" in p or "\\" in p or p in (".", ".."):
         raise ValueError(f"plate name {p!r} cannot name an illumination file")
     return Path(out_dir) / p / f"{p}_{channel}.npy"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_channel(path: str, frame: int = 0) -> np.ndarray:
@@ -186,7 +178,7 @@ def compute_illumination(
             mean = sums[ci] / len(rows)
             func = illumination_function(mean, shape, median_filter_size, where=f"plate {plate!r} channel {c}")
             _write_npy_atomic(paths[c], func.astype(np.float32))
-            files[c] = {"file": str(paths[c].relative_to(out)), "sha256": sha256_file(paths[c])}
+            files[c] = {"file": str(paths[c].relative_to(out)), "sha256": file_sha256(paths[c])}
             result[(plate, c)] = paths[c]
         record["plates"][plate] = {"shape": list(shape), "sites": int(len(rows)), "files": files}
         _write_json_atomic(ppath, record)
@@ -215,7 +207,7 @@ def illumination_provenance(source, plate, channels: Sequence[str]) -> list[dict
     out = []
     for c in channels:
         path = flat_field_file(source, plate, c)
-        out.append({"channel": c, "path": str(path), "sha256": sha256_file(path)})
+        out.append({"channel": c, "path": str(path), "sha256": file_sha256(path)})
     return out
 
 
@@ -247,5 +239,5 @@ def load_illumination(source, plate, channels: Sequence[str], shape: tuple[int, 
             raise ValueError(f"illumination: {path} (plate {plate!r} channel {c!r}) has values that are not finite "
                              "and > 0")
         planes.append(a.astype(np.float32, copy=False))
-        prov.append({"channel": c, "path": str(path), "sha256": sha256_file(path)})
+        prov.append({"channel": c, "path": str(path), "sha256": file_sha256(path)})
     return np.ascontiguousarray(np.stack(planes)), prov

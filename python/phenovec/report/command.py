@@ -50,23 +50,3 @@ def run_report(a) -> dict:
                          null_size=a.null_size, seed=a.seed, threshold=a.threshold)
     print(paths.html)
     return {"html": str(paths.html), "json": str(paths.json)}
-
-
-def main(argv=None) -> int:
-    """Standalone entry (``python -m phenovec.report.command``) until cli.py registers the subcommand."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="phenovec")
-    add_report_parser(parser.add_subparsers(dest="stage", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"phenovec: error: {msg}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

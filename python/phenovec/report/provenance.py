@@ -6,12 +6,13 @@ layer must not import torch; see docs/architecture.md).
 """
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+
+from phenovec.io.digest import file_sha256
 
 PACKAGES = ("numpy", "pandas", "scipy", "scikit-learn", "pyarrow", "matplotlib", "torch", "onnxruntime")
 
@@ -27,14 +28,6 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def collect_provenance(source, given: dict | None, timings: dict) -> dict:
