@@ -63,3 +63,28 @@ def synth_crops(tmp_path_factory) -> Path:
     crop_index(read_image_index(p["index"], list(CHANNELS)), p["nuclei"], root / "crops", box_size=48,
                edge="shift", chunk_cells=256, progress=False)
     return root / "crops"
+
+
+# The real CPJUMP1 site: channel -> file (the folder's README channel map), and nucleus-centred crops from it.
+CPJUMP1_FILES = {c: f"r01c01f01p01-ch{k}sk1fk1fl1.tiff" for c, k in
+                 (("DNA", 5), ("ER", 4), ("RNA", 3), ("AGP", 1), ("Mito", 2))}
+
+
+def cpjump1_crops(n: int, box: int = 64):
+    """uint16 n x 5 x box x box crops (DNA, ER, RNA, AGP, Mito) around the first nuclei of the real CPJUMP1 site
+    that lie wholly inside it (tifffile + numpy slicing, centre rounded)."""
+    import numpy as np
+    import tifffile
+
+    d = shared("deepprofiler-cpjump1-site")
+    img = np.stack([tifffile.imread(d / f) for f in CPJUMP1_FILES.values()])
+    nuc = pd.read_csv(d / "Nuclei.csv", usecols=["AreaShape_Center_X", "AreaShape_Center_Y"])
+    out = []
+    for x, y in zip(nuc["AreaShape_Center_X"].round().astype(int), nuc["AreaShape_Center_Y"].round().astype(int)):
+        y0, x0 = y - box // 2, x - box // 2
+        if 0 <= y0 and 0 <= x0 and y0 + box <= img.shape[1] and x0 + box <= img.shape[2]:
+            out.append(img[:, y0:y0 + box, x0:x0 + box])
+        if len(out) == n:
+            break
+    assert len(out) == n, f"only {len(out)} nuclei lie {box // 2} px inside the site"
+    return np.stack(out)

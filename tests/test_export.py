@@ -10,37 +10,23 @@ from contextlib import redirect_stdout
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pandas as pd
 import pytest
-import tifffile
 import torch
 
-from conftest import shared
+from conftest import cpjump1_crops
 from phenovec.export import ParityError, check_parity, export_onnx, weights_sha256
 from phenovec.runtime import read_metadata
 from phenovec.train.models import build_model
 
 torch.set_num_threads(1)
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
-FILES = {"DNA": "ch5", "ER": "ch4", "RNA": "ch3", "AGP": "ch1", "Mito": "ch2"}  # the site's README channel map
 BOX = 64
 INTENSITY = {"input_scaling": "none", "crop_rescale": True}
 
 
 def site_raw_crops(n: int = 16) -> np.ndarray:
     """uint16 N x 5 x 64 x 64 crops around the first nuclei lying fully inside the real CPJUMP1 site."""
-    d = shared("deepprofiler-cpjump1-site")
-    img = np.stack([tifffile.imread(d / f"r01c01f01p01-{FILES[c]}sk1fk1fl1.tiff") for c in CHANNELS])
-    nuc = pd.read_csv(d / "Nuclei.csv", usecols=["AreaShape_Center_X", "AreaShape_Center_Y"])
-    out = []
-    for x, y in zip(nuc["AreaShape_Center_X"].round().astype(int), nuc["AreaShape_Center_Y"].round().astype(int)):
-        y0, x0 = y - BOX // 2, x - BOX // 2
-        if 0 <= y0 and 0 <= x0 and y0 + BOX <= img.shape[1] and x0 + BOX <= img.shape[2]:
-            out.append(img[:, y0:y0 + BOX, x0:x0 + BOX])
-        if len(out) == n:
-            break
-    assert len(out) == n
-    return np.stack(out)
+    return cpjump1_crops(n, BOX)
 
 
 def minmax(raw: np.ndarray) -> np.ndarray:

@@ -8,19 +8,16 @@ import warnings
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pandas as pd
 import pytest
-import tifffile
 import torch
 
-from conftest import shared
+from conftest import cpjump1_crops
 from phenovec.export import export_onnx
 from phenovec.runtime import ProfileSession, providers, select_providers, tensorrt_options
 from phenovec.train.models import build_model
 
 torch.set_num_threads(1)
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
-FILES = {"DNA": "ch5", "ER": "ch4", "RNA": "ch3", "AGP": "ch1", "Mito": "ch2"}
 BOX = 64
 INTENSITY = {"input_scaling": "minmax", "dtype_max": 65535.0}
 TRT, CUDA, CPU = providers.TENSORRT, providers.CUDA, providers.CPU
@@ -29,15 +26,7 @@ TRT, CUDA, CPU = providers.TENSORRT, providers.CUDA, providers.CPU
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
     """13 float32 crops (5 x 64 x 64) around real nuclei, per-crop per-channel min-max scaled with numpy."""
-    d = shared("deepprofiler-cpjump1-site")
-    img = np.stack([tifffile.imread(d / f"r01c01f01p01-{FILES[c]}sk1fk1fl1.tiff") for c in CHANNELS])
-    nuc = pd.read_csv(d / "Nuclei.csv", usecols=["AreaShape_Center_X", "AreaShape_Center_Y"])
-    out = []
-    for x, y in zip(nuc["AreaShape_Center_X"].round().astype(int), nuc["AreaShape_Center_Y"].round().astype(int)):
-        y0, x0 = y - BOX // 2, x - BOX // 2
-        if 0 <= y0 and 0 <= x0 and y0 + BOX <= img.shape[1] and x0 + BOX <= img.shape[2]:
-            out.append(img[:, y0:y0 + BOX, x0:x0 + BOX].astype(np.float64))
-    x = np.stack(out[:13])
+    x = cpjump1_crops(13, BOX).astype(np.float64)
     lo, hi = x.min(axis=(2, 3), keepdims=True), x.max(axis=(2, 3), keepdims=True)
     return np.where(hi > lo, (x - lo) / np.where(hi > lo, hi - lo, 1), 0).astype(np.float32)
 

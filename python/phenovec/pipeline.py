@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from phenovec.io.atomic import write_json_atomic
 from phenovec.io.digest import file_sha256
 from phenovec.io.config_schema import NONE_TYPE, ConfigError, merge_sections, suggest
 
@@ -181,9 +182,7 @@ class _Stage:
         return bool(m.get("complete"))
 
     def _write(self, obj: dict) -> None:
-        tmp = self.marker.with_name(".stage.json.tmp")
-        tmp.write_text(json.dumps(obj, indent=1, default=str))
-        os.replace(tmp, self.marker)
+        write_json_atomic(self.marker, obj)
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

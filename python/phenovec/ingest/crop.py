@@ -39,6 +39,7 @@ import pandas as pd
 
 from phenovec.ingest.fields import DTYPES, illumination_config, normalize_intensity
 from phenovec.ingest.index import ImageIndex, site_locations
+from phenovec.io.atomic import write_json_atomic
 
 EDGE_POLICIES = ("drop", "shift", "pad")
 MASK_MODES = ("neighbors", "object")
@@ -52,12 +53,6 @@ class CropResult:
     crops: int
     sites: int
     resumed_sites: int
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def crop_index(
@@ -126,7 +121,7 @@ def crop_index(
                                            for p in dict.fromkeys(index.sites["Metadata_Plate"].astype(str))}
         arr = zarr.create_array(str(out / "crops.zarr"), shape=(0, *shape_tail), chunks=(chunk_cells, *shape_tail),
                                 dtype=dtype, fill_value=0, attributes=attrs)
-        _write_json_atomic(mpath, manifest)
+        write_json_atomic(mpath, manifest)
     committed = int(manifest["committed"])
     done = set(manifest["done"])
     resumed = len(done)
@@ -162,7 +157,7 @@ def crop_index(
                 still.append((site, table, end))
         pending_sites[:] = still
         manifest.update(committed=committed, done=sorted(done))
-        _write_json_atomic(mpath, manifest)
+        write_json_atomic(mpath, manifest)
 
     bar = tqdm(range(len(index)), desc="crop sites", unit="site", disable=None if progress is None else not progress)
     for s in bar:
@@ -219,5 +214,5 @@ def crop_index(
     cells.to_parquet(out / ".cells.parquet.tmp", index=False)
     os.replace(out / ".cells.parquet.tmp", out / "cells.parquet")
     manifest["complete"] = True
-    _write_json_atomic(mpath, manifest)
+    write_json_atomic(mpath, manifest)
     return CropResult(out, len(cells), committed, len(index), resumed)

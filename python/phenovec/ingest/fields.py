@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from phenovec.ingest.index import ImageIndex
+from phenovec.io.atomic import write_json_atomic
 
 DTYPES = ("uint16", "uint8", "float16", "float32")
 
@@ -85,12 +86,6 @@ def illumination_config(illumination) -> str | dict | None:
     if isinstance(illumination, dict):
         return {f"{k[0]}/{k[1]}": str(v) for k, v in sorted(illumination.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1])))}
     return str(illumination)
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def view_origins(height: int, width: int, tile_h: int, tile_w: int, stride: int) -> list[tuple[int, int]]:
@@ -259,7 +254,7 @@ def tile_index(
                                 chunks=(chunk_sites * per_site, *tail), dtype=dtype, fill_value=0, attributes=attrs)
         manifest = {"config": config, "views_per_site": per_site, "tile_shape": list(tail), "done": [],
                     "complete": False}
-        _write_json_atomic(mpath, manifest)
+        write_json_atomic(mpath, manifest)
     per_site, tail = int(manifest["views_per_site"]), tuple(manifest["tile_shape"])
     done = set(manifest["done"])
     groups = range((len(index) + chunk_sites - 1) // chunk_sites)
@@ -291,11 +286,11 @@ def tile_index(
         os.replace(tmp, out / "tiles" / f"group-{g:05d}.parquet")
         done.add(g)
         manifest["done"] = sorted(done)
-        _write_json_atomic(mpath, manifest)
+        write_json_atomic(mpath, manifest)
     bar.close()
     table = pd.concat([pd.read_parquet(out / "tiles" / f"group-{g:05d}.parquet") for g in groups], ignore_index=True)
     table.to_parquet(out / ".tiles.parquet.tmp", index=False)
     os.replace(out / ".tiles.parquet.tmp", out / "tiles.parquet")
     manifest["complete"] = True
-    _write_json_atomic(mpath, manifest)
+    write_json_atomic(mpath, manifest)
     return TileResult(out, len(table), len(index), resumed)

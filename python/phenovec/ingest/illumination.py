@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from phenovec.ingest.index import ImageIndex
+from phenovec.io.atomic import atomic_path, write_json_atomic
 from phenovec.io.digest import file_sha256
 
 PARAMS_FILE = "illumination.json"
@@ -103,17 +104,8 @@ def illumination_function(mean_thumb: np.ndarray, shape: tuple[int, int], median
 
 
 def _write_npy_atomic(path: Path, a: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, a)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def compute_illumination(
@@ -181,7 +173,7 @@ def compute_illumination(
             files[c] = {"file": str(paths[c].relative_to(out)), "sha256": file_sha256(paths[c])}
             result[(plate, c)] = paths[c]
         record["plates"][plate] = {"shape": list(shape), "sites": int(len(rows)), "files": files}
-        _write_json_atomic(ppath, record)
+        write_json_atomic(ppath, record)
     bar.close()
     return result
 

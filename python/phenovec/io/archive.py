@@ -7,19 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from phenovec.io.atomic import atomic_path
+
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` to ``path`` via a temporary sibling renamed into place: a crash never leaves a partial fit."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return p
 
 

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from phenovec.io.atomic import atomic_path
+
 METADATA_PREFIX = "Metadata_"
 
 
@@ -128,21 +130,15 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write CSV (optionally .gz) or Parquet atomically: a temporary file renamed into place."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     name = p.name.lower()
-    try:
+    if not name.endswith((".parquet", ".pq")) and ".csv" not in name and ".tsv" not in name:
+        raise ValueError(f"{p}: unknown table format (use .csv, .csv.gz or .parquet)")
+    with atomic_path(p) as tmp:
         if name.endswith((".parquet", ".pq")):
             df.to_parquet(tmp, index=False)
-        elif ".csv" in name or ".tsv" in name:
+        else:
             comp = "gzip" if name.endswith(".gz") else None
             df.to_csv(tmp, index=False, sep="\t" if ".tsv" in name else ",", compression=comp)
-        else:
-            raise ValueError(f"{p}: unknown table format (use .csv, .csv.gz or .parquet)")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p
 
 

@@ -16,12 +16,13 @@ so the outputs do not depend on the scheduler or on interruptions.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from phenovec.io.profiles import write_table
 
 EDGE_OUTCOMES = ("inside", "shifted", "padded", "dropped", "invalid")  # codes 0..4 of _core.crop_site
 
@@ -38,12 +39,6 @@ def site_cell_table(site_meta: pd.Series, cells: pd.DataFrame, codes: np.ndarray
     t["y"] = cells["y"].to_numpy(dtype=np.float64)
     t["edge"] = np.asarray(EDGE_OUTCOMES, dtype=object)[np.asarray(codes, dtype=np.int64)]
     return t
-
-
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable, names: Sequence[str], dtype: str,
@@ -87,8 +82,8 @@ def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable,
         shutil.rmtree(writer.tmp, ignore_errors=True)
         raise
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    write_parquet_atomic(cells, out / "cells.parquet")
+    write_table(cells, out / "cells.parquet")
     for op in ("mean", "median"):
         w = well_parts(op)
-        write_parquet_atomic(w, out / f"wells_{op}.parquet")
+        write_table(w, out / f"wells_{op}.parquet")
     return {"cells": len(cells), "embedded": n_emb}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,14 +156,14 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         d.mkdir(parents=True, exist_ok=True)
 
     def write_well(w: int) -> None:
-        from phenovec.profile.assemble import write_parquet_atomic
+        from phenovec.io.profiles import write_table
 
         ss = well_list[w][1]
         feats = [store.read(s)[1] for s in ss]
         x = np.concatenate(feats) if feats else np.empty((0, len(names)))
         rows = well_profiles(sites.iloc[ss[0]][well_cols], x, names)
         for op in ("mean", "median"):  # median first-written is fine: the well counts as done only with both
-            write_parquet_atomic(rows[op], wdir[op] / f"well-{w:06d}.parquet")
+            write_table(rows[op], wdir[op] / f"well-{w:06d}.parquet")
 
     def well_done(w: int) -> bool:
         return all((wdir[op] / f"well-{w:06d}.parquet").exists() for op in ("mean", "median"))

@@ -7,11 +7,11 @@ Steps: read and check the input (:mod:`.inputs`), compute the metrics with :mod:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from phenovec.io.atomic import write_text_atomic
 from phenovec.report.figures import all_figures
 from phenovec.report.html import render_html
 from phenovec.report.inputs import load_input
@@ -24,18 +24,6 @@ from phenovec.report.provenance import collect_provenance
 class ReportPaths:
     html: Path
     json: Path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def build_report(

@@ -18,7 +18,6 @@ Mixed precision (fp16 autocast + GradScaler) is used on CUDA when ``train.amp`` 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from phenovec.io.atomic import write_text_atomic
+from phenovec.io.profiles import write_table
 from phenovec.train.checkpoint import load_checkpoint, save_checkpoint
 from phenovec.train.config import ConfigError, config_hash, load_config
 from phenovec.train.data import (
@@ -60,12 +61,6 @@ def _device(name: str):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r} but CUDA is not available here")
     return torch.device(name)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _augmenter(cfg: dict, seed: int, epoch: int):
@@ -122,8 +117,7 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
     tr_rows, tr_y = rows[is_train], target[is_train]
     va_rows, va_y = rows[is_val], target[is_val]
     split_table = cells.drop(columns=[c for c in ("edge",) if c in cells.columns]).assign(split=split.to_numpy())
-    split_table.to_parquet(out / ".split.parquet.tmp", index=False)
-    os.replace(out / ".split.parquet.tmp", out / "split.parquet")
+    write_table(split_table, out / "split.parquet")
 
     rule = input_scaling(crops, d["normalize"])
     dtype_max = float(np.iinfo(crops.dtype).max) if np.issubdtype(crops.dtype, np.integer) else 1.0
@@ -227,8 +221,8 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
             save_checkpoint(state, best_path)
         save_checkpoint(state, last_path)
         frame = pd.DataFrame(metrics)
-        _write_atomic(out / "metrics.csv", frame.to_csv(index=False))
-        _write_atomic(out / "metrics.json", json.dumps({"config_hash": chash, "classes": data_config["classes"],
+        write_text_atomic(out / "metrics.csv", frame.to_csv(index=False))
+        write_text_atomic(out / "metrics.json", json.dumps({"config_hash": chash, "classes": data_config["classes"],
                                                         "best": best, "epochs": metrics}, indent=1))
         if t["max_minutes"] is not None and time.monotonic() - started > 60 * t["max_minutes"] \
                 and epoch + 1 < t["epochs"]:
