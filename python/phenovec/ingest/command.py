@@ -57,10 +57,20 @@ def _intensity(a):
     return (kind, float(lo), float(hi))
 
 
-def _intensity_arg(p: argparse.ArgumentParser) -> None:
+def _index_args(p: argparse.ArgumentParser) -> None:
+    """The image index and its channel list (crop, illum, tiles)."""
+    p.add_argument("index", help="image index (.csv/.parquet): Metadata_Plate/Well/Site + FileName_<channel>")
+    p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
+
+
+def _correction_args(p: argparse.ArgumentParser) -> None:
+    """Illumination correction, intensity rescaling and output type (crop, tiles)."""
+    p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy)")
     p.add_argument("--intensity", nargs=3, metavar=("KIND", "LO", "HI"),
                    help="rescale each image's channels to [0, 1]: 'percentile LO HI' (e.g. percentile 0.1 99.9) "
                         "or 'range LO HI' (fixed pixel values)")
+    p.add_argument("--dtype", choices=["uint16", "uint8", "float16", "float32"],
+                   help="output type (default uint16 for raw pixels, float32 after any rescale or correction)")
 
 
 def _run_crop(a) -> dict:
@@ -80,18 +90,14 @@ def _run_crop(a) -> dict:
 def add_crop_parser(stages) -> argparse.ArgumentParser:
     """Add ``crop`` (single-cell crops of every site of an image index into Zarr; resumable)."""
     p = stages.add_parser("crop", help="single-cell crops around nuclei into crops.zarr + cells.parquet (resumable)")
-    p.add_argument("index", help="image index (.csv/.parquet): Metadata_Plate/Well/Site + FileName_<channel>")
+    _index_args(p)
     p.add_argument("--locations", required=True, help="nuclei table with Metadata_Plate/Well/Site and centre columns")
-    p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
     p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     p.add_argument("--box-size", type=int, default=128)
     p.add_argument("--edge", choices=["drop", "shift", "pad"], default="drop")
     p.add_argument("--rescale", action="store_true", help="per-crop per-channel min-max to [0, 1] (float32), as DeepProfiler")
     p.add_argument("--chunk-cells", type=int, default=256)
-    p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy)")
-    _intensity_arg(p)
-    p.add_argument("--dtype", choices=["uint16", "uint8", "float16", "float32"],
-                   help="crop type (default uint16 for raw pixels, float32 after any rescale or correction)")
+    _correction_args(p)
     p.add_argument("--labels", help="label-image column of the index (FileName_<name> or <name>; default Labels if present)")
     p.add_argument("--mask", choices=["neighbors", "object"], help="with label images: zero other cells / all but the cell")
     p.add_argument("--quiet", action="store_true")
@@ -115,8 +121,7 @@ def _run_illum(a) -> dict:
 def add_illum_parser(stages) -> argparse.ArgumentParser:
     """Add ``illum`` (DeepProfiler illumination functions per plate x channel; skips plates already done)."""
     p = stages.add_parser("illum", help="illumination functions per plate x channel as DeepProfiler computes them")
-    p.add_argument("index", help="image index (.csv/.parquet): Metadata_Plate/Well/Site + FileName_<channel>")
-    p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
+    _index_args(p)
     p.add_argument("--out", required=True, help="output folder: {plate}/{plate}_{channel}.npy + illumination.json")
     p.add_argument("--down-scale-factor", type=float, default=4)
     p.add_argument("--median-filter-size", type=float, default=24, help="median filter disk diameter (thumbnail pixels)")
@@ -143,15 +148,12 @@ def _run_tiles(a) -> dict:
 def add_tiles_parser(stages) -> argparse.ArgumentParser:
     """Add ``tiles`` (whole fields or views of every site into tiles.zarr + tiles.parquet; resumable)."""
     p = stages.add_parser("tiles", help="field tiles (whole fields, downsampled, or fixed-size views) into Zarr (resumable)")
-    p.add_argument("index", help="image index (.csv/.parquet): Metadata_Plate/Well/Site + FileName_<channel>")
-    p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
+    _index_args(p)
     p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     p.add_argument("--factor", type=int, default=1, help="block-mean downsampling factor for whole fields (MOAProfiler)")
     p.add_argument("--views", type=int, nargs=3, metavar=("TILE_H", "TILE_W", "STRIDE"),
                    help="cut fixed-size views every STRIDE pixels instead of whole fields (GapNet)")
-    p.add_argument("--illumination", help="illumination folder from 'phenovec illum'")
-    _intensity_arg(p)
-    p.add_argument("--dtype", choices=["uint16", "uint8", "float16", "float32"])
+    _correction_args(p)
     p.add_argument("--chunk-sites", type=int, default=1, help="sites per Zarr chunk (the resume unit)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_run_tiles)
