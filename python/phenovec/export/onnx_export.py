@@ -178,6 +178,8 @@ def export_onnx(
     n_random_crops: int = 8,
     atol: float = 1e-4,
     seed: int = 0,
+    input_kind: str = "crops",
+    feature_layout: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """Export ``model_or_checkpoint`` (a ``ProfileNet``, a checkpoint path or a loaded ``CheckpointContract``)
     to ONNX at ``path``.
@@ -189,6 +191,10 @@ def export_onnx(
     (default) the written model is compared with PyTorch on ``parity_crops`` (real crops, recommended) or
     ``n_random_crops`` seeded uniform [0, 1) crops; a difference above ``atol`` raises ``ParityError`` and
     nothing is written.
+
+    ``input_kind`` / ``feature_layout``: recorded in the metadata (``phenovec.io.model_metadata``): ``"fields"``
+    for a whole-field model (``crop_size`` = the field side), a per-channel layout for DeepProfiler's pretrained
+    mode (``phenovec.export.pretrained``).
     """
     import onnx
     import torch
@@ -244,7 +250,8 @@ def export_onnx(
             outputs=tuple(outputs), arch=str(getattr(model, "arch", type(model).__name__)),
             model_config=dict(getattr(model, "config", {}) or {}), weights_sha256=weights_sha256(model),
             phenovec_version=phenovec.__version__, torch_version=torch.__version__, opset=opset,
-            exporter=exporter, **extra)
+            exporter=exporter, input_kind=input_kind,
+            feature_layout=dict(feature_layout) if feature_layout is not None else None, **extra)
         del proto.metadata_props[:]
         for k, v in meta.to_props().items():
             proto.metadata_props.add(key=k, value=v)

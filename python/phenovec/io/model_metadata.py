@@ -15,7 +15,13 @@ Keys (all required in a phenovec model; ``format`` = ``phenovec-onnx``, ``format
   ``["features", "logits"]``;
 - ``arch``, ``model_config`` (JSON: ``ProfileNet.config``), ``weights_sha256`` (see
   ``phenovec.export.weights_sha256``), ``phenovec_version``, ``torch_version``, ``opset``, ``exporter``;
-- optional: ``classes`` (JSON list), ``label_column``.
+- optional: ``classes`` (JSON list), ``label_column``;
+- optional ``input_kind``: ``crops`` (default: single-cell crops around nuclei, N x C x crop_size x crop_size) or
+  ``fields`` (whole fields of view, MOAProfiler; ``crop_size`` is then the field side the model takes);
+- optional ``feature_layout`` (JSON): absent = one vector per input, features named ``feature_<i>``;
+  ``{"kind": "per_channel", "channels": [...], "dim": d}`` = DeepProfiler's pretrained mode, each channel run
+  through the network on its own and the C vectors of d concatenated in channel order (features named
+  ``feature_<channel>_<i>``).
 
 This module is plain Python (no torch, no onnxruntime) so both stages can use it.
 """
@@ -27,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 FORMAT = "phenovec-onnx"
 FORMAT_VERSION = 1
+INPUT_KINDS = ("crops", "fields")
 REQUIRED_KEYS = ("format", "format_version", "channels", "crop_size", "intensity", "feature_dim", "outputs", "arch",
                  "model_config", "weights_sha256", "phenovec_version", "torch_version", "opset", "exporter")
 
@@ -60,7 +67,31 @@ class ModelMetadata:
     exporter: str
     classes: tuple[str, ...] | None = None
     label_column: str | None = None
+    input_kind: str = "crops"
+    feature_layout: dict | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {list(INPUT_KINDS)}, got {self.input_kind!r}")
+        if self.feature_layout is not None:
+            lay = self.feature_layout
+            if not isinstance(lay, Mapping) or lay.get("kind") != "per_channel":
+                raise ValueError(f"feature_layout must be {{'kind': 'per_channel', 'channels': [...], 'dim': d}}, "
+                                 f"got {lay!r}")
+            if list(lay.get("channels", [])) != list(self.channels):
+                raise ValueError(f"feature_layout channels {lay.get('channels')} != model channels "
+                                 f"{list(self.channels)}")
+            if int(lay.get("dim", 0)) * len(self.channels) != int(self.feature_dim):
+                raise ValueError(f"feature_layout: {len(self.channels)} channels x dim {lay.get('dim')} != "
+                                 f"feature_dim {self.feature_dim}")
+
+    def feature_names(self) -> list[str]:
+        """Names of the ``features`` columns: ``feature_<i>``, or ``feature_<channel>_<i>`` per channel."""
+        if self.feature_layout is None:
+            return [f"feature_{i}" for i in range(int(self.feature_dim))]
+        d = int(self.feature_layout["dim"])
+        return [f"feature_{c}_{i}" for c in self.feature_layout["channels"] for i in range(d)]
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -75,6 +106,10 @@ class ModelMetadata:
             props["classes"] = _dumps(list(self.classes))
         if self.label_column is not None:
             props["label_column"] = str(self.label_column)
+        if self.input_kind != "crops":
+            props["input_kind"] = self.input_kind
+        if self.feature_layout is not None:
+            props["feature_layout"] = _dumps(dict(self.feature_layout))
         return props
 
     @classmethod
@@ -96,18 +131,24 @@ class ModelMetadata:
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{source}: metadata key {key!r} is malformed ({props[key]!r}): {e}") from None
 
-        known = set(REQUIRED_KEYS) | {"classes", "label_column"}
-        return cls(
-            channels=tuple(parse("channels", json.loads)), crop_size=parse("crop_size", int),
-            intensity=parse("intensity", json.loads), feature_dim=parse("feature_dim", int),
-            outputs=tuple(parse("outputs", json.loads)), arch=props["arch"],
-            model_config=parse("model_config", json.loads), weights_sha256=props["weights_sha256"],
-            phenovec_version=props["phenovec_version"], torch_version=props["torch_version"],
-            opset=parse("opset", int), exporter=props["exporter"],
-            classes=tuple(parse("classes", json.loads)) if "classes" in props else None,
-            label_column=props.get("label_column"),
-            extra={k: v for k, v in props.items() if k not in known},
-        )
+        known = set(REQUIRED_KEYS) | {"classes", "label_column", "input_kind", "feature_layout"}
+        try:
+            return cls(
+                channels=tuple(parse("channels", json.loads)), crop_size=parse("crop_size", int),
+                intensity=parse("intensity", json.loads), feature_dim=parse("feature_dim", int),
+                outputs=tuple(parse("outputs", json.loads)), arch=props["arch"],
+                model_config=parse("model_config", json.loads), weights_sha256=props["weights_sha256"],
+                phenovec_version=props["phenovec_version"], torch_version=props["torch_version"],
+                opset=parse("opset", int), exporter=props["exporter"],
+                classes=tuple(parse("classes", json.loads)) if "classes" in props else None,
+                label_column=props.get("label_column"), input_kind=props.get("input_kind", "crops"),
+                feature_layout=parse("feature_layout", json.loads) if "feature_layout" in props else None,
+                extra={k: v for k, v in props.items() if k not in known},
+            )
+        except ValueError as e:  # __post_init__'s checks; parse() errors already name the source
+            if str(e).startswith(f"{source}: "):
+                raise
+            raise ValueError(f"{source}: {e}") from None
 
 
 def check_matches(meta: ModelMetadata, *, channels: Sequence[str] | None = None, crop_size: int | None = None,

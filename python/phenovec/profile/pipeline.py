@@ -31,7 +31,7 @@ from phenovec.profile.contract import contract_from_metadata, match_channels
 from phenovec.profile.parts import PartStore
 from phenovec.profile.scheduler import bounded_map, open_client
 from phenovec.profile.sites import CropJob, ModelRef, SiteJob, embed_crop_group, embed_site_group
-from phenovec.profile.wells import feature_names, well_groups, well_metadata_columns, well_profiles
+from phenovec.profile.wells import well_groups, well_metadata_columns, well_profiles
 
 DTYPES = ("float16", "float32")
 EDGE_POLICIES = ("drop", "shift", "pad")
@@ -124,6 +124,9 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model_path = Path(model_onnx).resolve()
     meta = read_metadata(model_path)
+    if meta.input_kind != "crops":
+        raise ValueError(f"{model_path}: a whole-field model (metadata input_kind {meta.input_kind!r}); profile it "
+                         "with phenovec.profile.profile_fields / `phenovec profile --fields`")
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
 
@@ -139,7 +142,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         extra = {"paths": [list(p) for p in paths], "cells": ncells}
         mode = "images"
     n_sites = len(sites)
-    names = feature_names(meta.feature_dim)
+    names = meta.feature_names()
     config = {"mode": mode, "source": str(source), "input_sha256": _fingerprint(sites, extra),
               "sites": n_sites, "cells": int(sum(ncells)), "model_weights_sha256": meta.weights_sha256,
               "channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,

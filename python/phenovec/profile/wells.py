@@ -19,10 +19,6 @@ OBJECT_COUNT = "Metadata_Object_Count"
 OPERATIONS = ("mean", "median")
 
 
-def feature_names(dim: int) -> list[str]:
-    return [f"feature_{i}" for i in range(int(dim))]
-
-
 def well_groups(sites: pd.DataFrame) -> dict[tuple, list[int]]:
     """``{(plate, well): [site positions]}`` in order of first appearance."""
     missing = [k for k in WELL_KEYS if k not in sites.columns]
