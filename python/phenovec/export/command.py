@@ -1,6 +1,12 @@
 """``phenovec export``: a training checkpoint to ONNX, verified against PyTorch; prints a JSON report.
 
     phenovec export CHECKPOINT -o model.onnx [--logits] [--opset 18] [--parity-crops OUT/crops.zarr]
+    phenovec export --pretrained efficientnet_b0 --weights imagenet.pth --channels DNA ER RNA AGP Mito \
+        --crop-size 128 [--input-size 224] -o model.onnx
+
+``--pretrained ARCH``: DeepProfiler's pretrained mode (``phenovec.export.pretrained``): each channel as grey -> RGB
+through the ImageNet-style ``ARCH`` with the user's torchvision ``state_dict`` (``--weights``), C x D features;
+crops scaled by per-crop per-channel min-max (DeepProfiler's rule).
 
 ``--parity-crops``: a crops store written by ``phenovec crop`` (the folder or its ``crops.zarr``); its first
 ``--parity-n`` crops are scaled with the checkpoint's ``input_scaling`` rule (``phenovec.train.data.scale_batch``,
@@ -10,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +57,54 @@ def load_parity_crops(path, contract, n: int) -> np.ndarray:
                        float(contract.intensity.get("dtype_max", 1.0))).numpy()
 
 
+def _pretrained_export(a):
+    from types import SimpleNamespace
+
+    from phenovec.export.pretrained import DEFAULT_INTENSITY, export_pretrained
+
+    for flag, value in (("--channels", a.channels), ("--crop-size", a.crop_size)):
+        if value is None:
+            raise SystemExit(f"phenovec export --pretrained: {flag} is required")
+    if a.logits:
+        raise SystemExit("phenovec export --pretrained: the pretrained mode has no classifier (drop --logits)")
+    if a.weights is None:
+        print("phenovec export --pretrained: no --weights file: the network is randomly initialised",
+              file=sys.stderr)
+    contract = SimpleNamespace(channels=list(a.channels), crop_size=int(a.crop_size), intensity=DEFAULT_INTENSITY)
+    crops = load_parity_crops(a.parity_crops, contract, a.parity_n) if a.parity_crops else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the random-init warning, said above
+        return export_pretrained(a.pretrained, a.out, channels=a.channels, crop_size=a.crop_size, weights=a.weights,
+                                 input_size=a.input_size, normalize=None if a.no_imagenet_normalize else "imagenet",
+                                 opset=a.opset, exporter=a.exporter, parity_crops=crops, atol=a.atol)
+
+
 def _run_export(a) -> dict:
     from phenovec.export.checkpoint import load_contract
     from phenovec.export.onnx_export import export_onnx
 
-    contract = load_contract(a.checkpoint)
-    crops = load_parity_crops(a.parity_crops, contract, a.parity_n) if a.parity_crops else None
-    rep = export_onnx(contract, a.out, opset=a.opset, logits=a.logits, exporter=a.exporter, parity_crops=crops,
-                      atol=a.atol)
+    if (a.checkpoint is None) == (a.pretrained is None):
+        raise SystemExit("phenovec export: give a CHECKPOINT or --pretrained ARCH (not both)")
+    if a.pretrained is not None:
+        rep = _pretrained_export(a)
+    else:
+        for flag, value in (("--weights", a.weights), ("--channels", a.channels), ("--crop-size", a.crop_size),
+                            ("--input-size", a.input_size)):
+            if value is not None:
+                raise SystemExit(f"phenovec export: {flag} is for --pretrained (a checkpoint carries its own)")
+        contract = load_contract(a.checkpoint)
+        crops = load_parity_crops(a.parity_crops, contract, a.parity_n) if a.parity_crops else None
+        rep = export_onnx(contract, a.out, opset=a.opset, logits=a.logits, exporter=a.exporter, parity_crops=crops,
+                          atol=a.atol)
     summary = {"path": rep.path, "opset": rep.opset, "exporter": rep.exporter, "feature_dim": rep.feature_dim,
                "outputs": rep.outputs, "channels": rep.channels, "crop_size": rep.crop_size,
                "intensity": rep.intensity, "max_abs_diff": rep.max_abs_diff,
                "reference_max_abs": rep.parity.reference_max_abs if rep.parity else None,
                "parity_crops": rep.parity_crops,
                "parity_n": rep.parity.n_crops if rep.parity else 0, "atol": a.atol,
-               "weights_sha256": rep.weights_sha256, "size_bytes": rep.size_bytes, "checkpoint": str(a.checkpoint)}
+               "weights_sha256": rep.weights_sha256, "size_bytes": rep.size_bytes,
+               "checkpoint": None if a.checkpoint is None else str(a.checkpoint), "pretrained": a.pretrained,
+               "feature_layout": rep.metadata.get("feature_layout")}
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -72,7 +113,15 @@ def add_export_parser(stages) -> argparse.ArgumentParser:
     """Add ``export`` (checkpoint -> ONNX with embedded data contract and a parity check) to the CLI."""
     p = stages.add_parser("export", help="export a training checkpoint to ONNX (features, optional logits), "
                                          "parity-checked against PyTorch")
-    p.add_argument("checkpoint", help="training checkpoint (.pt) written by phenovec train")
+    p.add_argument("checkpoint", nargs="?", help="training checkpoint (.pt) written by phenovec train")
+    p.add_argument("--pretrained", metavar="ARCH", help="DeepProfiler's pretrained mode with this torchvision "
+                                                        "architecture (efficientnet_b0, resnet50, ...) instead")
+    p.add_argument("--weights", help="--pretrained: the architecture's RGB torchvision state_dict file (ImageNet)")
+    p.add_argument("--channels", nargs="+", help="--pretrained: channel names in input order")
+    p.add_argument("--crop-size", type=int, help="--pretrained: crop side in pixels")
+    p.add_argument("--input-size", type=int, help="--pretrained: resize crops to this side first")
+    p.add_argument("--no-imagenet-normalize", action="store_true",
+                   help="--pretrained: feed [0, 1] grey->RGB without ImageNet mean/SD standardisation")
     p.add_argument("-o", "--out", required=True, help="output ONNX file (written atomically)")
     p.add_argument("--logits", action="store_true", help="also output the classifier logits")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; 17 uses the TorchScript exporter)")
