@@ -8,6 +8,13 @@
 through the ImageNet-style ``ARCH`` with the user's torchvision ``state_dict`` (``--weights``), C x D features;
 crops scaled by per-crop per-channel min-max (DeepProfiler's rule).
 
+``--fields``: a whole-field model (MOAProfiler; ``phenovec.export.field_model``): the checkpoint's network taking
+whole ``--field-size`` fields (block-mean downsampled by ``--factor``), scaled to [0, 1] and, with
+``--field-stats INDEX``, standardised with per-channel statistics of that index's fields (``--stats-sites`` first
+sites); profile it with ``phenovec profile MODEL --index INDEX`` (no locations).
+
+    phenovec export CHECKPOINT --fields --field-size 1080 [--factor 2] [--field-stats index.csv] -o field.onnx
+
 ``--parity-crops``: a crops store written by ``phenovec crop`` (the folder or its ``crops.zarr``); its first
 ``--parity-n`` crops are scaled with the checkpoint's ``input_scaling`` rule (``phenovec.train.data.scale_batch``,
 the rule training used) and compared. Without it the parity check uses seeded uniform [0, 1) crops.
@@ -79,6 +86,25 @@ def _pretrained_export(a):
                                  opset=a.opset, exporter=a.exporter, parity_crops=crops, atol=a.atol)
 
 
+def _field_export(a):
+    from phenovec.export.checkpoint import load_contract
+    from phenovec.export.field_model import export_field_model
+
+    if a.field_size is None:
+        raise SystemExit("phenovec export --fields: --field-size is required (the fields' side in pixels)")
+    if a.logits or a.parity_crops:
+        raise SystemExit("phenovec export --fields: --logits and --parity-crops are for crop models")
+    contract = load_contract(a.checkpoint)
+    mean = std = None
+    if a.field_stats:
+        from phenovec.profile.fields import field_channel_stats
+
+        mean, std = field_channel_stats(a.field_stats, contract.channels, factor=a.factor, max_sites=a.stats_sites,
+                                        progress=True)
+    return export_field_model(contract, a.out, channels=contract.channels, field_size=a.field_size, factor=a.factor,
+                              mean=mean, std=std, opset=a.opset, exporter=a.exporter, atol=a.atol)
+
+
 def _run_export(a) -> dict:
     from phenovec.export.checkpoint import load_contract
     from phenovec.export.onnx_export import export_onnx
@@ -86,8 +112,15 @@ def _run_export(a) -> dict:
     if (a.checkpoint is None) == (a.pretrained is None):
         raise SystemExit("phenovec export: give a CHECKPOINT or --pretrained ARCH (not both)")
     if a.pretrained is not None:
+        if a.fields:
+            raise SystemExit("phenovec export: --fields takes a CHECKPOINT, not --pretrained")
         rep = _pretrained_export(a)
+    elif a.fields:
+        rep = _field_export(a)
     else:
+        for flag, value in (("--field-size", a.field_size), ("--field-stats", a.field_stats)):
+            if value is not None:
+                raise SystemExit(f"phenovec export: {flag} is for --fields")
         for flag, value in (("--weights", a.weights), ("--channels", a.channels), ("--crop-size", a.crop_size),
                             ("--input-size", a.input_size)):
             if value is not None:
@@ -104,7 +137,8 @@ def _run_export(a) -> dict:
                "parity_n": rep.parity.n_crops if rep.parity else 0, "atol": a.atol,
                "weights_sha256": rep.weights_sha256, "size_bytes": rep.size_bytes,
                "checkpoint": None if a.checkpoint is None else str(a.checkpoint), "pretrained": a.pretrained,
-               "feature_layout": rep.metadata.get("feature_layout")}
+               "feature_layout": rep.metadata.get("feature_layout"),
+               "input_kind": rep.metadata.get("input_kind", "crops")}
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -120,6 +154,12 @@ def add_export_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--channels", nargs="+", help="--pretrained: channel names in input order")
     p.add_argument("--crop-size", type=int, help="--pretrained: crop side in pixels")
     p.add_argument("--input-size", type=int, help="--pretrained: resize crops to this side first")
+    p.add_argument("--fields", action="store_true", help="export CHECKPOINT as a whole-field model (MOAProfiler)")
+    p.add_argument("--field-size", type=int, help="--fields: field side in pixels (e.g. 1080)")
+    p.add_argument("--factor", type=int, default=1, help="--fields: block-mean downsampling factor")
+    p.add_argument("--field-stats", metavar="INDEX", help="--fields: standardise with per-channel statistics of "
+                                                         "this image index's fields")
+    p.add_argument("--stats-sites", type=int, default=None, help="--fields: use the first N sites for statistics")
     p.add_argument("--no-imagenet-normalize", action="store_true",
                    help="--pretrained: feed [0, 1] grey->RGB without ImageNet mean/SD standardisation")
     p.add_argument("-o", "--out", required=True, help="output ONNX file (written atomically)")

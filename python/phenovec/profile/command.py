@@ -1,10 +1,15 @@
-"""``phenovec profile``: single-cell embeddings + per-well profiles with an exported model; prints a JSON summary.
+"""``phenovec profile``: embeddings + per-well profiles with an exported model; prints a JSON summary.
 
     phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT [--batch-size 256]
         [--scheduler threads|processes|tcp://host:port] [--workers N] [--dtype float16|float32] [--edge drop]
     phenovec profile MODEL.onnx --crops CROPS_DIR -o OUT
+    phenovec profile FIELD_MODEL.onnx --index index.csv -o OUT [--batch-size 8] [--dtype float32]
 
-Resumable: rerunning the same command into the same OUT skips finished sites (``phenovec.profile.parts``).
+The model's metadata ``input_kind`` decides the mode: ``crops`` (single-cell model) -> ``profile_sites`` (images +
+locations, or a crop store; defaults batch 256, float16, edge drop); ``fields`` (whole-field model, MOAProfiler)
+-> ``profile_fields`` (one embedding per field; defaults batch 8, float32; ``--locations`` / ``--crops`` /
+``--edge`` are errors). Resumable: rerunning the same command into the same OUT skips finished sites
+(``phenovec.profile.parts``). The summary's ``cells`` counts fields for a field model.
 """
 from __future__ import annotations
 
@@ -13,13 +18,29 @@ import json
 
 
 def _run_profile(a) -> dict:
-    from phenovec.profile.pipeline import profile_sites
+    from phenovec.runtime import read_metadata
 
-    if (a.index is None) == (a.crops is None):
-        raise SystemExit("phenovec profile: give --index (with --locations) or --crops")
-    res = profile_sites(a.model, a.index, a.locations, a.out, crops_dir=a.crops, batch_size=a.batch_size,
-                        scheduler=a.scheduler, workers=a.workers, dtype=a.dtype, edge=a.edge,
-                        max_in_flight=a.max_in_flight, progress=not a.no_progress)
+    kind = read_metadata(a.model).input_kind
+    if kind == "fields":
+        from phenovec.profile.fields import profile_fields
+
+        for flag, value in (("--locations", a.locations), ("--crops", a.crops), ("--edge", a.edge)):
+            if value is not None:
+                raise SystemExit(f"phenovec profile: {flag} does not apply to a whole-field model ({a.model} has "
+                                 "input_kind 'fields': one embedding per field, no cell locations or crops)")
+        if a.index is None:
+            raise SystemExit("phenovec profile: give --index for a whole-field model")
+        res = profile_fields(a.model, a.index, a.out, batch_size=a.batch_size or 8, scheduler=a.scheduler,
+                             workers=a.workers, dtype=a.dtype or "float32", max_in_flight=a.max_in_flight,
+                             progress=not a.no_progress)
+    else:
+        from phenovec.profile.pipeline import profile_sites
+
+        if (a.index is None) == (a.crops is None):
+            raise SystemExit("phenovec profile: give --index (with --locations) or --crops")
+        res = profile_sites(a.model, a.index, a.locations, a.out, crops_dir=a.crops, batch_size=a.batch_size or 256,
+                            scheduler=a.scheduler, workers=a.workers, dtype=a.dtype or "float16",
+                            edge=a.edge or "drop", max_in_flight=a.max_in_flight, progress=not a.no_progress)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "embedded": res.embedded,
                "resumed_sites": res.resumed_sites, "seconds": round(res.seconds, 3),
                "cells_per_s": round(res.cells / res.seconds, 1) if res.seconds > 0 else None,
@@ -29,20 +50,23 @@ def _run_profile(a) -> dict:
 
 
 def add_profile_parser(stages) -> argparse.ArgumentParser:
-    """Add ``profile`` (images + locations or a crop store -> embeddings Zarr + well profiles) to the CLI."""
-    p = stages.add_parser("profile", help="profile cells with an exported ONNX model (Dask, resumable): "
-                                          "embeddings Zarr + per-well mean/median Parquet")
-    p.add_argument("model", help="ONNX model written by phenovec export")
+    """Add ``profile`` (images + locations, a crop store, or whole fields -> embeddings Zarr + well profiles)."""
+    p = stages.add_parser("profile", help="profile cells (or whole fields) with an exported ONNX model (Dask, "
+                                          "resumable): embeddings Zarr + per-well mean/median Parquet")
+    p.add_argument("model", help="ONNX model written by phenovec export (its input_kind picks cells or fields)")
     p.add_argument("--index", help="image index (CSV/Parquet; FileName_<channel> columns matched by name)")
     p.add_argument("--locations", help="nuclei table (CSV/Parquet/SQLite); default: the index's "
-                                       "Metadata_Locations column")
-    p.add_argument("--crops", help="crops folder written by phenovec crop (instead of --index)")
+                                       "Metadata_Locations column (single-cell models only)")
+    p.add_argument("--crops", help="crops folder written by phenovec crop (instead of --index; single-cell models)")
     p.add_argument("-o", "--out", required=True, help="output folder (resumable)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="crops (default 256) or fields (default 8) per "
+                                                                "inference call")
     p.add_argument("--scheduler", default=None, help="threads (default), processes or tcp://host:port")
     p.add_argument("--workers", type=int, default=None, help="threads / processes of the local cluster")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--edge", choices=["drop", "shift", "pad"], default="drop")
+    p.add_argument("--dtype", choices=["float16", "float32"], default=None,
+                   help="embeddings dtype (default float16 for cells, float32 for fields)")
+    p.add_argument("--edge", choices=["drop", "shift", "pad"], default=None,
+                   help="crop edge policy (default drop; single-cell models)")
     p.add_argument("--max-in-flight", type=int, default=None, help="tasks submitted at once")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_profile)

@@ -1,0 +1,390 @@
+"""Field-level profiling as MOAProfiler: one embedding per whole field of view, no segmentation, no locations.
+
+MOAProfiler (Doc B, papers digest section B2) feeds each whole field (5 x 1080 x 1080 for JUMP1) to an
+EfficientNet-B0 and takes the last convolutional layer, global-average-pooled and flattened: one 1,280-d vector
+per field; the well profile is the **median** over the well's fields (the mean is written too).
+
+Input contract of a field model (``input_kind`` "fields" in the ONNX metadata, ``crop_size`` = the side the
+network takes) is its ``intensity`` dict (written by ``phenovec.export.field_model.export_field_model``)::
+
+    {"input_scaling": "field", "factor": f, "field_size": S, "dtype_max": m, "mean": [C] | None, "std": [C] | None}
+
+applied in this order (MOAProfiler: each image scaled to [0, 1], then standardised to mean 0, SD 1 with
+torchvision ``transforms.Normalize`` and dataset-level channel statistics):
+
+1. decode every channel and block-mean downsample by ``f`` (``phenovec._core.field_tiles``: each f x f block ->
+   its mean, float64 sum / f^2; f = 1 is full resolution); the result must be ``S/f x S/f`` = ``crop_size``;
+2. divide by ``dtype_max`` (65,535 for 16-bit images) -> [0, 1];
+3. with ``mean`` / ``std``: ``(x - mean_c) / std_c`` per channel (``field_channel_stats`` computes them).
+
+The arithmetic of steps 2-3 is float32 (as ``ToTensor`` + ``Normalize`` in MOAProfiler's code).
+
+``profile_fields`` runs this at scale as ``phenovec.profile.pipeline.profile_sites`` runs crops: tasks of
+``batch_size`` consecutive fields on Dask (``phenovec.profile.scheduler``), one onnxruntime call per task,
+one part file per field (``phenovec.profile.parts``, resumable, another configuration refused), per-well
+mean / median rows written as each well's last field finishes (``phenovec.profile.wells``; the
+``Metadata_Object_Count`` column counts the well's fields), and final outputs in index order.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from phenovec.profile.contract import match_channels
+from phenovec.profile.parts import PartStore
+from phenovec.profile.pipeline import DTYPES, ProfileResult
+from phenovec.profile.scheduler import bounded_map, open_client
+from phenovec.profile.sites import ModelRef, infer, worker_session
+from phenovec.profile.wells import well_groups, well_metadata_columns, well_profiles
+
+INPUT_KIND = "fields"
+INPUT_SCALING = "field"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the input contract
+
+
+def field_intensity(field_size: int, factor: int = 1, dtype_max: float = 65535.0, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None, n_channels: int | None = None) -> dict:
+    """The ``intensity`` dict of a field model (module docstring), validated; errors name the argument."""
+    try:
+        field_size, factor = int(field_size), int(factor)
+    except (TypeError, ValueError):
+        raise ValueError(f"field_size and factor must be integers, got {field_size!r}, {factor!r}") from None
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    if field_size < 1 or field_size % factor:
+        raise ValueError(f"field_size {field_size} must be a positive multiple of the downsampling factor {factor}")
+    dtype_max = float(dtype_max)
+    if not np.isfinite(dtype_max) or dtype_max <= 0:
+        raise ValueError(f"dtype_max must be a positive number, got {dtype_max}")
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std (per-channel standardisation) or neither")
+    if mean is not None:
+        mean = [float(v) for v in mean]
+        std = [float(v) for v in std]
+        if len(mean) != len(std) or (n_channels is not None and len(mean) != n_channels):
+            raise ValueError(f"mean ({len(mean)} values) and std ({len(std)} values) must give one value per channel"
+                             + (f" ({n_channels} channels)" if n_channels is not None else ""))
+        if not all(np.isfinite(mean)) or not all(np.isfinite(s) and s > 0 for s in std):
+            raise ValueError(f"mean must be finite and std finite and > 0, got mean={mean}, std={std}")
+    return {"input_scaling": INPUT_SCALING, "factor": factor, "field_size": field_size, "dtype_max": dtype_max,
+            "mean": mean, "std": std}
+
+
+def intensity_from_metadata(meta, source: str = "model") -> dict:
+    """The validated field intensity of a field model's metadata; checks ``crop_size`` = field_size / factor."""
+    inten = dict(meta.intensity)
+    if inten.get("input_scaling") != INPUT_SCALING:
+        raise ValueError(f"{source}: a field model's intensity.input_scaling must be {INPUT_SCALING!r}, got "
+                         f"{inten.get('input_scaling')!r} (intensity = {inten})")
+    for key in ("factor", "field_size"):
+        if key not in inten:
+            raise ValueError(f"{source}: field model metadata intensity lacks key {key!r} (intensity = {inten})")
+    try:
+        out = field_intensity(inten["field_size"], inten["factor"], inten.get("dtype_max", 65535.0),
+                              inten.get("mean"), inten.get("std"), n_channels=len(meta.channels))
+    except ValueError as e:
+        raise ValueError(f"{source}: metadata intensity: {e}") from None
+    if out["field_size"] // out["factor"] != int(meta.crop_size):
+        raise ValueError(f"{source}: field_size {out['field_size']} / factor {out['factor']} != crop_size "
+                         f"{meta.crop_size}")
+    return out
+
+
+def scale_fields(tiles: np.ndarray, intensity: dict) -> np.ndarray:
+    """Downsampled fields (C x h x w or N x C x h x w, pixel values) -> float32 model input (steps 2-3)."""
+    x = np.asarray(tiles, dtype=np.float32) / np.float32(intensity["dtype_max"])
+    if intensity.get("mean") is not None:
+        shape = (-1, 1, 1)
+        x = (x - np.asarray(intensity["mean"], np.float32).reshape(shape)) / np.asarray(
+            intensity["std"], np.float32).reshape(shape)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def decode_field(paths: Sequence[str], factor: int, frames: Sequence[int] | None = None) -> np.ndarray:
+    """Step 1: float32 C x H/f x W/f block means of a site's channel images (pages ``frames``, default 0)."""
+    from phenovec import _core
+
+    paths = [str(p) for p in paths]
+    if frames is None or not any(frames):
+        return _core.field_tiles(paths, int(factor))  # Rust decode + downsample, GIL released
+    planes = [_core.decode_image(p, int(f)) for p, f in zip(paths, frames)]
+    for p, a in zip(paths, planes):
+        if a.shape != planes[0].shape:
+            raise ValueError(f"{p}: channel image is {a.shape} (H, W) but {paths[0]} is {planes[0].shape}")
+    stack = np.stack(planes)
+    c, h, w = stack.shape
+    if h % factor or w % factor:
+        raise ValueError(f"site {paths[0]}: field of {h} x {w} (H x W) is not divisible by the downsampling factor "
+                         f"{factor}")
+    if factor == 1:
+        return stack.astype(np.float32)
+    return (stack.astype(np.float64).reshape(c, h // factor, factor, w // factor, factor).sum(axis=(2, 4))
+            / (factor * factor)).astype(np.float32)
+
+
+def read_field_input(paths: Sequence[str], intensity: dict, frames: Sequence[int] | None = None,
+                     source: str | None = None) -> np.ndarray:
+    """One site's float32 model input C x S/f x S/f (decode, downsample, scale); a field whose side is not
+    ``field_size`` is a ValueError naming the file and both sizes. Real parity fields for export come from here."""
+    f, size = int(intensity["factor"]), int(intensity["field_size"])
+    try:
+        tiles = decode_field(paths, f, frames)
+    except Exception as e:  # decode errors name the file; add the site
+        raise type(e)(f"{source or paths[0]}: {e}") from None
+    side = size // f
+    if tiles.shape[1:] != (side, side):
+        h, w = tiles.shape[1] * f, tiles.shape[2] * f
+        raise ValueError(f"{source or 'field'} ({paths[0]}): field of {h} x {w} pixels ({tiles.shape[1]} x "
+                         f"{tiles.shape[2]} after downsampling by {f}) but the model takes {size} x {size} fields "
+                         f"({side} x {side} after downsampling)")
+    return scale_fields(tiles, intensity)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dataset-level channel statistics
+
+
+def _index(index, channels: Sequence[str], source: str):
+    """(site table, per-site paths in ``channels`` order, per-site frames or None, index source)."""
+    from phenovec.ingest.index import ImageIndex, read_image_index
+
+    if isinstance(index, ImageIndex):
+        pos = match_channels(channels, index.channels, f"image index {index.source}")
+        paths = [tuple(p[i] for i in pos) for p in index.paths]
+        frames = [None if index.site_frames(s) is None else tuple(index.site_frames(s)[i] for i in pos)
+                  for s in range(len(index))]
+        idx = index
+    else:
+        try:
+            idx = read_image_index(index, channels=list(channels))
+        except KeyError as e:
+            raise ValueError(f"{e.args[0]}; the {source} channels are {list(channels)} (matched by name to the "
+                             "index's FileName_<channel> columns)") from None
+        paths = [tuple(p) for p in idx.paths]
+        frames = [None if idx.site_frames(s) is None else tuple(idx.site_frames(s)) for s in range(len(idx))]
+    return idx.sites.reset_index(drop=True), paths, frames, idx.source
+
+
+def field_channel_stats(index, channels: Sequence[str], factor: int = 1, dtype_max: float = 65535.0,
+                        max_sites: int | None = None, progress: bool = False) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population SD (ddof 0) of the fields scaled as a field model sees them before
+    standardisation (decode, block-mean downsample by ``factor``, divide by ``dtype_max``), over every pixel of
+    the index's sites (or its first ``max_sites``): the dataset-level statistics MOAProfiler's
+    ``transforms.Normalize`` uses. Streamed one site at a time with float64 per-site moments merged by Chan et
+    al.'s parallel rule (never all fields in memory). ``index``: an image index path / DataFrame / ImageIndex,
+    channels matched by name."""
+    from tqdm.auto import tqdm
+
+    channels = [str(c) for c in channels]
+    sites, paths, frames, _ = _index(index, channels, "requested")
+    factor, dtype_max = int(factor), float(dtype_max)
+    if factor < 1 or dtype_max <= 0:
+        raise ValueError(f"factor must be >= 1 and dtype_max > 0, got {factor}, {dtype_max}")
+    n_sites = len(sites) if max_sites is None else min(len(sites), int(max_sites))
+    if n_sites < 1:
+        raise ValueError("field_channel_stats: the index has no sites (or max_sites < 1)")
+    c = len(channels)
+    n, mean, m2 = 0, np.zeros(c), np.zeros(c)
+    for s in tqdm(range(n_sites), desc="field stats", unit="field", disable=not progress):
+        try:
+            x = decode_field(paths[s], factor, frames[s]).astype(np.float64) / dtype_max
+        except Exception as e:
+            raise type(e)(f"site {s} ({paths[s][0]}): {e}") from None
+        x = x.reshape(c, -1)
+        k = x.shape[1]
+        mk = x.mean(axis=1)
+        m2k = ((x - mk[:, None]) ** 2).sum(axis=1)
+        delta = mk - mean
+        tot = n + k
+        mean = mean + delta * (k / tot)
+        m2 = m2 + m2k + delta ** 2 * (n * k / tot)
+        n = tot
+    return [float(v) for v in mean], [float(v) for v in np.sqrt(m2 / n)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the worker side
+
+
+@dataclass(frozen=True)
+class FieldJob:
+    """One field to embed: its site id (index row), channel paths in model order, pages (or None)."""
+
+    site: int
+    paths: tuple
+    frames: tuple | None = None
+
+
+def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: int,
+                      dtype: str) -> list[tuple[int, np.ndarray]]:
+    """Embed consecutive fields: ``[(site, 1 x D features in dtype), ...]`` in ``jobs`` order."""
+    sess = worker_session(ref)
+    x = np.stack([read_field_input(j.paths, intensity, j.frames, source=f"site {j.site}") for j in jobs])
+    feats = infer(sess, x, batch_size).astype(dtype)
+    return [(j.site, feats[i:i + 1]) for i, j in enumerate(jobs)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def _fingerprint(sites: pd.DataFrame, extra) -> str:
+    h = hashlib.sha256()
+    h.update(pd.util.hash_pandas_object(sites.astype(str), index=False).to_numpy().tobytes())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: str | None = None,
+                   workers: int | None = None, dtype: str = "float32", providers="auto",
+                   max_in_flight: int | None = None, progress: bool = True) -> ProfileResult:
+    """One embedding per field of every site of ``index`` (an image index path / DataFrame / ``ImageIndex``;
+    channels matched by name to the model's) with a field model ``model_onnx`` (metadata ``input_kind``
+    "fields", made by ``export_field_model``), into ``out``:
+
+    - ``embeddings.zarr``: a ``phenovec.io.embeddings`` store, one row per field in index order, ``meta.parquet``
+      = the site's ``Metadata_*`` columns; attributes: channels, field_size, factor, crop_size, intensity, model
+      weights hash and arch, phenovec version, mode "fields";
+    - ``wells_mean.parquet``, ``wells_median.parquet``: per-well mean and median over the well's fields (the
+      median is MOAProfiler's aggregation), sorted by plate and well.
+
+    ``batch_size``: fields per task and per onnxruntime call; ``scheduler`` / ``workers`` / ``max_in_flight``:
+    see ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype. Resumable (``phenovec.profile.parts``): a
+    rerun into the same ``out`` skips finished fields and gives identical outputs; another model or
+    configuration is refused. ``result.cells`` / ``result.embedded`` count fields.
+    """
+    from tqdm.auto import tqdm
+
+    import phenovec
+    from phenovec.io.profiles import write_table
+    from phenovec.runtime import read_metadata
+
+    t0 = time.perf_counter()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model_path = Path(model_onnx).resolve()
+    meta = read_metadata(model_path)
+    if meta.input_kind != INPUT_KIND:
+        raise ValueError(f"{model_path}: not a whole-field model (metadata input_kind {meta.input_kind!r}, expected "
+                         f"{INPUT_KIND!r}); profile a single-cell model with phenovec.profile.profile_sites "
+                         "(images + locations or a crop store)")
+    intensity = intensity_from_metadata(meta, source=str(model_path))
+    channels = list(meta.channels)
+    sites, paths, frames, source = _index(index, channels, "model's")
+    n_sites = len(sites)
+    out = Path(out)
+    names = meta.feature_names()
+    extra = {"paths": [list(p) for p in paths], "frames": [None if f is None else list(f) for f in frames]}
+    config = {"mode": INPUT_KIND, "source": str(source), "input_sha256": _fingerprint(sites, extra),
+              "sites": n_sites, "model_weights_sha256": meta.weights_sha256, "channels": channels,
+              "crop_size": int(meta.crop_size), "intensity": intensity, "feature_dim": meta.feature_dim,
+              "dtype": dtype, "batch_size": batch_size}
+    store = PartStore(out, config)
+
+    wells = well_groups(sites)
+    well_cols = well_metadata_columns(sites, wells)
+    well_list = list(wells.items())
+    well_of = {s: w for w, (_, ss) in enumerate(well_list) for s in ss}
+    wdir = {op: out / "wells" / op for op in ("mean", "median")}
+    for d in wdir.values():
+        d.mkdir(parents=True, exist_ok=True)
+
+    def write_well(w: int) -> None:
+        ss = well_list[w][1]
+        x = np.concatenate([store.read(s)[1] for s in ss])
+        rows = well_profiles(sites.iloc[ss[0]][well_cols], x, names)
+        for op in ("mean", "median"):  # the well counts as done only once both exist
+            write_table(rows[op], wdir[op] / f"well-{w:06d}.parquet")
+
+    def well_done(w: int) -> bool:
+        return all((wdir[op] / f"well-{w:06d}.parquet").exists() for op in ("mean", "median"))
+
+    done = store.done_sites() & set(range(n_sites))
+    resumed = len(done)
+    remaining = {w: sum(1 for s in ss if s not in done) for w, (_, ss) in enumerate(well_list)}
+    for w, r in remaining.items():
+        if r == 0 and not well_done(w):
+            write_well(w)
+    groups = [list(range(i, min(i + batch_size, n_sites))) for i in range(0, n_sites, batch_size)]
+    groups = [g for g in groups if any(s not in done for s in g)]
+    if groups:
+        with tqdm(total=n_sites, initial=len(done), unit="field", desc="profile fields", disable=not progress,
+                  smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr):
+            ref = ModelRef(str(model_path), meta.weights_sha256, providers, thr)
+            window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
+            fn = functools.partial(embed_field_group, ref, intensity)
+            tasks = ([FieldJob(s, paths[s], frames[s]) for s in g] for g in groups)
+            for results in bounded_map(client, fn, tasks, window, batch_size=batch_size, dtype=dtype):
+                for s, feats in results:
+                    if s in done:
+                        continue
+                    store.write(s, np.zeros(1, np.int8), feats)  # code 0 = "inside": the field is embedded
+                    done.add(s)
+                    w = well_of[s]
+                    remaining[w] -= 1
+                    if remaining[w] == 0:
+                        write_well(w)
+                    bar.update(1)
+    missing = sorted(set(range(n_sites)) - done)
+    if missing:
+        raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
+
+    attrs = {"channels": channels, "field_size": intensity["field_size"], "factor": intensity["factor"],
+             "crop_size": int(meta.crop_size), "intensity": intensity, "model_weights_sha256": meta.weights_sha256,
+             "model_arch": meta.arch, "phenovec_version": phenovec.__version__, "source": str(source),
+             "mode": INPUT_KIND}
+    _write_embeddings(out / "embeddings.zarr", n_sites, lambda s: store.read(s)[1], sites, names, dtype, attrs)
+    for op in ("mean", "median"):
+        parts = [pd.read_parquet(wdir[op] / f"well-{w:06d}.parquet") for w in range(len(well_list))]
+        df = (pd.concat(parts, ignore_index=True).sort_values(["Metadata_Plate", "Metadata_Well"], kind="stable")
+              .reset_index(drop=True) if parts else pd.DataFrame(columns=[*well_cols, "Metadata_Object_Count",
+                                                                             *names]))
+        write_table(df, out / f"wells_{op}.parquet")
+    seconds = time.perf_counter() - t0
+    store.mark_complete({"sites": n_sites, "fields": n_sites})
+    paths_out = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("wells_mean", "wells_mean.parquet"),
+                                         ("wells_median", "wells_median.parquet"))}
+    return ProfileResult(out, n_sites, n_sites, n_sites, resumed, seconds, paths_out)
+
+
+def _write_embeddings(path: Path, n_sites: int, read_part, sites: pd.DataFrame, names, dtype: str, attrs: dict,
+                      chunk_rows: int = 4096) -> None:
+    """The embeddings store from the per-site parts appended in site order (buffered to ``chunk_rows`` rows)."""
+    import shutil
+
+    from phenovec.io.embeddings import EmbeddingWriter
+
+    writer = EmbeddingWriter(path, names, dtype=np.dtype(dtype), chunk_rows=chunk_rows, overwrite=True)
+    try:
+        start, buf = 0, []
+        for s in range(n_sites):
+            feats = read_part(s)
+            if feats.shape != (1, len(names)):
+                raise ValueError(f"part of site {s}: features of shape {feats.shape}, expected (1, {len(names)})")
+            buf.append(feats)
+            if len(buf) >= chunk_rows or s == n_sites - 1:
+                writer.append(sites.iloc[start:s + 1], np.concatenate(buf))
+                start, buf = s + 1, []
+        if n_sites == 0:  # an empty store that still has the site table's columns
+            writer.append(sites.iloc[:0], np.empty((0, len(names)), np.dtype(dtype)))
+        writer.group.attrs.update(attrs)
+        writer.close()
+    except BaseException:
+        if callable(getattr(writer, "abort", None)):
+            writer.abort()
+        shutil.rmtree(writer.tmp, ignore_errors=True)
+        raise
