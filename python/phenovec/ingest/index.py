@@ -11,7 +11,8 @@ spec (default ``Labels``) found like a channel (``FileName_Labels`` [+ ``PathNam
 Cell locations: a CellProfiler nuclei table (CSV, Parquet or SQLite table) with ``Nuclei_Location_Center_X/Y``
 or ``AreaShape_Center_X/Y`` (``Location_Center_X/Y`` too), either one table with the site keys
 (``Metadata_Plate/Well/Site``) or one file per site given by a ``locations`` path column of the index.
-Every problem names the file and the column or row.
+Every problem names the file and the column or row. :func:`site_centres` gives the same cells compactly
+(packed arrays, or per-site files read on demand) for runs too long to hold a DataFrame per site.
 """
 from __future__ import annotations
 
@@ -179,3 +180,106 @@ def site_locations(index: ImageIndex, locations) -> list[pd.DataFrame]:
     groups = {k: g for k, g in keyed.groupby(SITE_KEYS, sort=False)}
     empty = table.iloc[:0]
     return [groups.get(tuple(str(v) for v in row), empty) for row in index.sites[SITE_KEYS].itertuples(index=False)]
+
+
+class SiteCentres:
+    """The located cells of every site of an index without one DataFrame per site (for long profiling runs).
+
+    ``counts[s]``: cells of site ``s`` (index order); :meth:`table` gives ``ObjectNumber`` (when the locations
+    have it), ``x``, ``y`` of one site in location order, the same values as those columns of
+    ``site_locations(index, locations)[s]``; :meth:`xy` the centres as float64. Made by :func:`site_centres`:
+
+    - one table for all sites: the columns are packed into numpy arrays sorted by site (x, y float64, plus
+      ``ObjectNumber`` in its own dtype): 16 bytes per cell (24 with an int64 ``ObjectNumber``) + 16 bytes per
+      site, instead of a DataFrame per site with the site key columns;
+    - one file per site (a ``Metadata_Locations`` column): only the paths and counts are held; :meth:`table`
+      reads the site's file again (an error if it no longer has ``counts[s]`` cells).
+    """
+
+    def __init__(self, counts, *, x=None, y=None, object_number=None, starts=None, paths=None):
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self._x, self._y, self._obj, self._starts, self._paths = x, y, object_number, starts, paths
+
+    @classmethod
+    def packed(cls, x, y, object_number, counts, group_of_site=None) -> "SiteCentres":
+        """From arrays of all cells sorted by group; ``counts[g]`` cells per group; site ``s`` is group
+        ``group_of_site[s]`` (default: site = group)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        if len(x) != starts[-1] or len(y) != starts[-1] or (object_number is not None
+                                                           and len(object_number) != starts[-1]):
+            raise ValueError(f"packed centres: {len(x)} x, {len(y)} y for {starts[-1]} cells")
+        if group_of_site is None:
+            group_of_site = np.arange(len(counts))
+        g = np.asarray(group_of_site, dtype=np.int64)
+        return cls(counts[g], x=x, y=y, object_number=object_number, starts=np.stack([starts[g], starts[g + 1]], 1))
+
+    @classmethod
+    def files(cls, paths: Sequence[str], counts) -> "SiteCentres":
+        return cls(counts, paths=[str(p) for p in paths])
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the cells (the packed arrays; 0 for per-site files)."""
+        return sum(a.nbytes for a in (self._x, self._y, self._obj, self._starts) if a is not None)
+
+    def table(self, s: int) -> pd.DataFrame:
+        if self._paths is not None:
+            p = self._paths[s]
+            t = read_locations(p)
+            if len(t) != self.counts[s]:
+                raise ValueError(f"{p}: has {len(t)} cells now but {self.counts[s]} when the run started "
+                                 "(the locations file changed during the run)")
+            return t[[c for c in ("ObjectNumber", "x", "y") if c in t.columns]]
+        a, b = self._starts[s]
+        cols = {} if self._obj is None else {"ObjectNumber": self._obj[a:b]}
+        return pd.DataFrame({**cols, "x": self._x[a:b], "y": self._y[a:b]})
+
+    def xy(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._paths is not None:
+            t = self.table(s)
+            return t["x"].to_numpy(dtype=np.float64), t["y"].to_numpy(dtype=np.float64)
+        a, b = self._starts[s]
+        return self._x[a:b], self._y[a:b]
+
+
+def site_centres(index: ImageIndex, locations) -> SiteCentres:
+    """:func:`site_locations` as a compact :class:`SiteCentres` (same sites, cells, order and values)."""
+    if locations is None:
+        if "Metadata_Locations" not in index.sites.columns:
+            raise KeyError(f"{index.source}: no locations table given and no Metadata_Locations column")
+        paths = list(index.sites["Metadata_Locations"])
+        return SiteCentres.files(paths, [len(read_locations(p)) for p in paths])
+    table = locations if isinstance(locations, pd.DataFrame) else read_locations(locations)
+    for c in ("x", "y"):
+        if c not in table.columns:
+            raise KeyError(f"locations: no column {c!r} (read a nuclei table with phenovec.ingest.index."
+                           "read_locations)")
+    obj = table["ObjectNumber"].to_numpy() if "ObjectNumber" in table.columns else None
+    missing = [k for k in SITE_KEYS if k not in table.columns]
+    if missing:
+        if len(index) == 1:  # one site, one table without keys: it is that site's
+            return SiteCentres.packed(table["x"].to_numpy(np.float64), table["y"].to_numpy(np.float64), obj,
+                                      [len(table)])
+        raise KeyError(f"locations: missing site column {missing[0]!r} needed to match {len(index)} sites")
+    # the groups of site_locations: rows keyed by the str of the site columns, table order within a group
+    site_keys = [tuple(str(v) for v in row) for row in index.sites[SITE_KEYS].itertuples(index=False)]
+    uniq = list(dict.fromkeys(site_keys))
+    gid = {k: i for i, k in enumerate(uniq)}
+    group_of_site = np.array([gid[k] for k in site_keys], dtype=np.int64)
+    row_keys = pd.MultiIndex.from_frame(table[SITE_KEYS].astype(str)) if len(table) else None
+    if row_keys is None or not uniq:
+        g = np.full(len(table), -1, np.int64)
+    else:
+        g = pd.MultiIndex.from_tuples(uniq, names=SITE_KEYS).get_indexer(row_keys).astype(np.int64)
+    del row_keys
+    order = np.argsort(g, kind="stable")
+    order = order[g[order] >= 0]
+    counts = np.bincount(g[g >= 0], minlength=len(uniq))
+    return SiteCentres.packed(table["x"].to_numpy(np.float64)[order], table["y"].to_numpy(np.float64)[order],
+                              None if obj is None else obj[order], counts, group_of_site)

@@ -13,6 +13,10 @@ Under ``OUT`` (each written to a temporary sibling and renamed into place, so no
 
 Rows are in site order (index order), cells in location order within a site, whatever order sites finished in,
 so the outputs do not depend on the scheduler or on interruptions.
+
+Memory does not grow with the run: parts are read one site at a time and every output is streamed (Zarr chunks,
+Parquet row groups of ``row_group_rows`` rows); the tables equal what ``pandas.concat`` of all per-site (per-well)
+tables written with ``DataFrame.to_parquet`` gives (``phenovec.io.embeddings.ParquetAppender``).
 """
 from __future__ import annotations
 
@@ -22,8 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from phenovec.io.profiles import write_table
-
+WELL_ROW_GROUP = 256  # wells per row group of wells_*.parquet (a well row holds every feature)
 EDGE_OUTCOMES = ("inside", "shifted", "padded", "dropped", "invalid")  # codes 0..4 of _core.crop_site
 
 
@@ -42,48 +45,66 @@ def site_cell_table(site_meta: pd.Series, cells: pd.DataFrame, codes: np.ndarray
 
 
 def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable, names: Sequence[str], dtype: str,
-             attrs: dict, well_parts: Callable, chunk_rows: int = 16384) -> dict:
-    """Write the final outputs (module docstring) from the parts; returns counts."""
-    from phenovec.io.embeddings import EmbeddingWriter
+             attrs: dict, well_parts: Callable, chunk_rows: int = 16384, row_group_rows: int = 16384) -> dict:
+    """Write the final outputs (module docstring) from the parts; returns counts.
+
+    ``read_part(s)`` -> (codes, features) of site ``s``; ``site_table(s, codes)`` -> its cell table
+    (:func:`site_cell_table`); ``well_parts(op)`` -> the well rows of ``op`` ("mean" / "median") as an iterable of
+    DataFrames in output order (a single DataFrame is accepted too); a zero-row frame gives the columns of an empty
+    output.
+
+    Memory is bounded whatever the number of sites and cells: sites are read one at a time, embeddings and their
+    metadata go out every ``chunk_rows`` embedded cells (``phenovec.io.embeddings.EmbeddingWriter``), the cell
+    table and the well tables are streamed to Parquet row groups of ``row_group_rows`` rows
+    (``phenovec.io.embeddings.ParquetAppender``; at most ``WELL_ROW_GROUP`` rows for the wide well tables).
+    Nothing is held across sites but those buffers.
+    """
+    from phenovec.io.embeddings import EmbeddingWriter, ParquetAppender
 
     writer = EmbeddingWriter(out / "embeddings.zarr", names, dtype=np.dtype(dtype), chunk_rows=chunk_rows,
                              overwrite=True)
-    tables, buf_meta, buf_x, held, n_emb = [], [], [], 0, 0
+    tables = [ParquetAppender(out / "cells.parquet", row_group_rows)]
+    buf_meta, buf_x, held, n_emb, n_cells = [], [], 0, 0, 0
     try:
         for s in range(n_sites):
             codes, feats = read_part(s)
             t = site_table(s, codes)
             kept = np.asarray(codes) <= 2
+            k = int(kept.sum())
+            if len(feats) != k:
+                raise ValueError(f"part of site {s}: {len(feats)} embeddings for {k} kept cells")
             rows = np.full(len(t), -1, np.int64)
-            rows[kept] = n_emb + np.arange(int(kept.sum()))
-            n_emb += int(kept.sum())
-            if len(feats) != int(kept.sum()):
-                raise ValueError(f"part of site {s}: {len(feats)} embeddings for {int(kept.sum())} kept cells")
-            buf_meta.append(t.loc[kept].reset_index(drop=True))
-            buf_x.append(feats)
-            held += len(feats)
+            rows[kept] = n_emb + np.arange(k)
+            n_emb += k
+            n_cells += len(t)
+            meta = t.loc[kept].reset_index(drop=True)
+            if k:
+                buf_meta.append(meta)
+                buf_x.append(feats)
+                held += k
+            else:  # no row; the first such block fixes the columns of a store without any embedded cell
+                writer.append(meta, np.empty((0, len(names)), dtype))
             t["row"] = rows
-            tables.append(t)
+            tables[0].append(t)
             if held >= chunk_rows:
                 writer.append(pd.concat(buf_meta, ignore_index=True), np.concatenate(buf_x))
                 buf_meta, buf_x, held = [], [], 0
-        if held or n_emb == 0:
-            meta = pd.concat(buf_meta, ignore_index=True) if buf_meta else pd.DataFrame()
-            x = np.concatenate(buf_x) if buf_x else np.empty((0, len(names)), dtype)
-            if len(x):
-                writer.append(meta, x)
-            else:
-                writer._meta.append(meta)
+        if held:
+            writer.append(pd.concat(buf_meta, ignore_index=True), np.concatenate(buf_x))
+            buf_meta, buf_x, held = [], [], 0
+        for op in ("mean", "median"):
+            w = ParquetAppender(out / f"wells_{op}.parquet", min(row_group_rows, WELL_ROW_GROUP))
+            tables.append(w)
+            parts = well_parts(op)
+            for df in ([parts] if isinstance(parts, pd.DataFrame) else parts):
+                w.append(df)
         writer.group.attrs.update(attrs)
         writer.close()
+        for t in tables:
+            t.close()
     except BaseException:
-        import shutil
-
-        shutil.rmtree(writer.tmp, ignore_errors=True)
+        writer.abort()
+        for t in tables:
+            t.abort()
         raise
-    cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    write_table(cells, out / "cells.parquet")
-    for op in ("mean", "median"):
-        w = well_parts(op)
-        write_table(w, out / f"wells_{op}.parquet")
-    return {"cells": len(cells), "embedded": n_emb}
+    return {"cells": n_cells, "embedded": n_emb}

@@ -17,6 +17,7 @@ min-max, one feature vector per cell, one file per site) but runs one site after
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import time
@@ -31,9 +32,11 @@ from phenovec.profile.contract import contract_from_metadata, match_channels
 from phenovec.profile.parts import PartStore
 from phenovec.profile.scheduler import bounded_map, open_client
 from phenovec.profile.sites import CropJob, ModelRef, SiteJob, embed_crop_group, embed_site_group
-from phenovec.profile.wells import well_groups, well_metadata_columns, well_profiles
+from phenovec.profile.wells import WELL_KEYS, well_groups, well_metadata_columns, well_profiles
 
 DTYPES = ("float16", "float32")
+GC_SECONDS = 5.0  # full garbage collection period of the main loop (see profile_sites)
+DASK_LOG_EVENTS = 64  # events a Dask worker of a local cluster keeps for debugging (default 1,000)
 EDGE_POLICIES = ("drop", "shift", "pad")
 MAX_SITES_PER_TASK = 64
 
@@ -71,8 +74,11 @@ def _fingerprint(sites: pd.DataFrame, extra) -> str:
 
 
 def _index_input(index, locations, contract):
-    """(site table, per-site SiteJob args, per-site locations) of an image index matched by channel name."""
-    from phenovec.ingest.index import ImageIndex, read_image_index, site_locations
+    """(site table, per-site SiteJob args, per-site cells as ``SiteCentres``, source) of an image index matched by
+    channel name. The cells are held compactly (``phenovec.ingest.index.SiteCentres``: packed arrays of one
+    nuclei table, or only the counts of per-site location files, read again when a site's task is submitted and
+    when its cell table is assembled)."""
+    from phenovec.ingest.index import ImageIndex, read_image_index, site_centres
 
     if isinstance(index, ImageIndex):
         idx = index
@@ -88,8 +94,8 @@ def _index_input(index, locations, contract):
                              "to the index's FileName_<channel> columns)") from None
         paths = [tuple(p) for p in idx.paths]
         frames = [idx.site_frames(s) and tuple(idx.site_frames(s)) for s in range(len(idx))]
-    locs = site_locations(idx, locations)  # non-finite centres become edge outcome "invalid" (crop_site)
-    return idx.sites.reset_index(drop=True), paths, frames, locs, idx.source
+    centres = site_centres(idx, locations)  # non-finite centres become edge outcome "invalid" (crop_site)
+    return idx.sites.reset_index(drop=True), paths, frames, centres, idx.source
 
 
 def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir=None, batch_size: int = 256,
@@ -105,6 +111,8 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype; ``edge``: the crop edge policy (images input);
     ``max_in_flight``: tasks submitted at once (default 2 x worker slots + 1).
     """
+    import dask
+    import distributed  # noqa: F401  (its config defaults must be loaded before dask.config.set below)
     from tqdm.auto import tqdm
 
     import phenovec
@@ -126,7 +134,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     meta = read_metadata(model_path)
     if meta.input_kind != "crops":
         raise ValueError(f"{model_path}: a whole-field model (metadata input_kind {meta.input_kind!r}); profile it "
-                         "with phenovec.profile.profile_fields / `phenovec profile --fields`")
+                         "with phenovec.profile.profile_fields (`phenovec profile` dispatches on the model)")
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
 
@@ -134,11 +142,14 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         sites, jobs_of, cells_of, ncells, source, extra = _crop_input(Path(crops_dir), contract)
         mode = "crops"
     else:
-        sites, paths, frames, locs, source = _index_input(index, locations, contract)
-        ncells = [len(l) for l in locs]
-        cells_of = lambda s: locs[s]  # noqa: E731
-        jobs_of = lambda s: SiteJob(s, paths[s], locs[s]["x"].to_numpy(dtype=np.float64),  # noqa: E731
-                                    locs[s]["y"].to_numpy(dtype=np.float64), frames[s])
+        sites, paths, frames, centres, source = _index_input(index, locations, contract)
+        ncells = [int(c) for c in centres.counts]
+        cells_of = centres.table
+
+        def jobs_of(s: int) -> SiteJob:  # made when the task is submitted, dropped when it is done
+            x, y = centres.xy(s)
+            return SiteJob(s, paths[s], x, y, frames[s])
+
         extra = {"paths": [list(p) for p in paths], "cells": ncells}
         mode = "images"
     n_sites = len(sites)
@@ -181,8 +192,12 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         groups = [g for g in task_groups(ncells, batch_size) if any(s not in done for s in g)]
         ref = ModelRef(str(model_path), meta.weights_sha256, providers)
         total = int(sum(ncells))
+        # Dask workers keep their last `low-level-log-length` events, each with its task's arguments (the centres
+        # of a task's sites): 1,000 by default, i.e. megabytes; DASK_LOG_EVENTS for the clusters made here
         with tqdm(total=total, initial=int(sum(ncells[s] for s in done)), unit="cell", desc="profile",
-                  disable=not progress, smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr):
+                  disable=not progress, smoothing=0.1) as bar, \
+                dask.config.set({"distributed.admin.low-level-log-length": DASK_LOG_EVENTS}), \
+                open_client(scheduler, workers) as (client, slots, thr):
             ref = ModelRef(ref.path, ref.weights_sha256, ref.providers, thr)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             if mode == "images":
@@ -192,7 +207,14 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                 fn = functools.partial(embed_crop_group, ref, contract, extra["store"], extra["channel_idx"])
                 kw = {"batch_size": batch_size, "dtype": dtype}
             tasks = ([jobs_of(s) for s in g] for g in groups)
+            # a finished task's spec (its SiteJobs: the centres) stays in reference cycles of Dask's bookkeeping
+            # until a full collection, which Python runs rarely: collect every GC_SECONDS so that this garbage is
+            # what GC_SECONDS of tasks leave, not the whole run's (a full collection takes milliseconds)
+            last_gc = time.monotonic()
             for results in bounded_map(client, fn, tasks, window, **kw):
+                if time.monotonic() - last_gc > GC_SECONDS:
+                    gc.collect()
+                    last_gc = time.monotonic()
                 for s, codes, feats in results:
                     if s in done:
                         continue
@@ -214,12 +236,15 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
 
         return site_cell_table(sites.iloc[s], cells_of(s), codes)
 
-    def well_parts(op: str) -> pd.DataFrame:
-        parts = [pd.read_parquet(wdir[op] / f"well-{w:06d}.parquet") for w in range(len(well_list))]
-        if not parts:
-            return pd.DataFrame(columns=[*well_cols, "Metadata_Object_Count", *names])
-        df = pd.concat(parts, ignore_index=True)
-        return df.sort_values(["Metadata_Plate", "Metadata_Well"], kind="stable").reset_index(drop=True)
+    def well_parts(op: str):
+        """The per-well rows in (plate, well) order (a stable sort of the wells' key values, the order of
+        sorting the concatenated rows), one well file at a time."""
+        if not well_list:
+            yield pd.DataFrame(columns=[*well_cols, "Metadata_Object_Count", *names])
+            return
+        keys = sites.iloc[[ss[0] for _, ss in well_list]][WELL_KEYS].reset_index(drop=True)
+        for w in keys.sort_values(WELL_KEYS, kind="stable").index:
+            yield pd.read_parquet(wdir[op] / f"well-{w:06d}.parquet")
 
     attrs = {"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
              "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
@@ -236,6 +261,7 @@ def _crop_input(path: Path, contract):
     """(site table, job factory, cells factory, cells per site, source, extra) of a ``phenovec crop`` folder."""
     import zarr
 
+    from phenovec.ingest.index import SiteCentres
     from phenovec.profile.assemble import EDGE_OUTCOMES
 
     for name in ("crops.zarr", "cells.parquet", "manifest.json"):
@@ -261,6 +287,7 @@ def _crop_input(path: Path, contract):
         raise ValueError(f"crop store {path}: {arr.dtype} crops but the model takes them as stored "
                          "(input_scaling 'none', float crops)")
     cells = pd.read_parquet(path / "cells.parquet")
+    rows = len(cells)
     keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
     for k in [*keys, "row", "x", "y", "edge"]:
         if k not in cells.columns:
@@ -275,10 +302,20 @@ def _crop_input(path: Path, contract):
     codes_all = pd.Categorical(cells["edge"].astype(str), categories=list(EDGE_OUTCOMES)).codes.astype(np.int8)
     rows_all = cells["row"].to_numpy(np.int64)
     codes_all = np.where(rows_all < 0, np.maximum(codes_all, 3), codes_all).astype(np.int8)  # no crop = not kept
-    tables = [cells.iloc[ix][[c for c in ("ObjectNumber", "x", "y") if c in cells.columns]].reset_index(drop=True)
-              for ix in by_site]
-    jobs_of = lambda s: CropJob(s, codes_all[by_site[s]], np.where(codes_all[by_site[s]] <= 2,  # noqa: E731
-                                                                    rows_all[by_site[s]], -1))
+    # per-cell columns packed by site (no DataFrame per site): codes 1 + rows 8 + x, y 16 (+ ObjectNumber) bytes
+    order = np.concatenate(by_site) if by_site else np.empty(0, np.int64)
+    counts = [len(ix) for ix in by_site]
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    codes_p, rows_p = codes_all[order], rows_all[order]
+    centres = SiteCentres.packed(cells["x"].to_numpy(np.float64)[order], cells["y"].to_numpy(np.float64)[order],
+                                 cells["ObjectNumber"].to_numpy()[order] if "ObjectNumber" in cells.columns else None,
+                                 counts)
+    del cells, codes_all, rows_all, by_site, order, key_str, site_id
+
+    def jobs_of(s: int) -> CropJob:
+        c = codes_p[starts[s]:starts[s + 1]]
+        return CropJob(s, c, np.where(c <= 2, rows_p[starts[s]:starts[s + 1]], -1))
+
     extra = {"store": str((path / "crops.zarr").resolve()), "channel_idx": channel_idx,
-             "crop_config": cfg, "rows": int(len(cells))}
-    return sites, jobs_of, (lambda s: tables[s]), [len(ix) for ix in by_site], path, extra
+             "crop_config": cfg, "rows": int(rows)}
+    return sites, jobs_of, centres.table, counts, path, extra
