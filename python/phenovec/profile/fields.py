@@ -28,8 +28,6 @@ mean / median rows written as each well's last field finishes (``phenovec.profil
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +36,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from phenovec.io.embeddings import ParquetAppender
+from phenovec.profile.assemble import WELL_ROW_GROUP
 from phenovec.profile.contract import match_channels
 from phenovec.profile.parts import PartStore
-from phenovec.profile.pipeline import DTYPES, ProfileResult
+from phenovec.profile.pipeline import DTYPES, ProfileResult, input_fingerprint
 from phenovec.profile.scheduler import bounded_map, open_client
 from phenovec.profile.sites import ModelRef, infer, worker_session
-from phenovec.profile.wells import well_groups, well_metadata_columns, well_profiles
+from phenovec.profile.wells import OPERATIONS, WellWriter
 
 INPUT_KIND = "fields"
 INPUT_SCALING = "field"
@@ -239,13 +239,6 @@ def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: in
 # the run
 
 
-def _fingerprint(sites: pd.DataFrame, extra) -> str:
-    h = hashlib.sha256()
-    h.update(pd.util.hash_pandas_object(sites.astype(str), index=False).to_numpy().tobytes())
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
 def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: str | None = None,
                    workers: int | None = None, dtype: str = "float32", providers="auto",
                    max_in_flight: int | None = None, progress: bool = True) -> ProfileResult:
@@ -267,7 +260,6 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     from tqdm.auto import tqdm
 
     import phenovec
-    from phenovec.io.profiles import write_table
     from phenovec.runtime import read_metadata
 
     t0 = time.perf_counter()
@@ -289,36 +281,17 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     out = Path(out)
     names = meta.feature_names()
     extra = {"paths": [list(p) for p in paths], "frames": [None if f is None else list(f) for f in frames]}
-    config = {"mode": INPUT_KIND, "source": str(source), "input_sha256": _fingerprint(sites, extra),
+    config = {"mode": INPUT_KIND, "source": str(source), "input_sha256": input_fingerprint(sites, extra),
               "sites": n_sites, "model_weights_sha256": meta.weights_sha256, "channels": channels,
               "crop_size": int(meta.crop_size), "intensity": intensity, "feature_dim": meta.feature_dim,
               "dtype": dtype, "batch_size": batch_size}
     store = PartStore(out, config)
 
-    wells = well_groups(sites)
-    well_cols = well_metadata_columns(sites, wells)
-    well_list = list(wells.items())
-    well_of = {s: w for w, (_, ss) in enumerate(well_list) for s in ss}
-    wdir = {op: out / "wells" / op for op in ("mean", "median")}
-    for d in wdir.values():
-        d.mkdir(parents=True, exist_ok=True)
-
-    def write_well(w: int) -> None:
-        ss = well_list[w][1]
-        x = np.concatenate([store.read(s)[1] for s in ss])
-        rows = well_profiles(sites.iloc[ss[0]][well_cols], x, names)
-        for op in ("mean", "median"):  # the well counts as done only once both exist
-            write_table(rows[op], wdir[op] / f"well-{w:06d}.parquet")
-
-    def well_done(w: int) -> bool:
-        return all((wdir[op] / f"well-{w:06d}.parquet").exists() for op in ("mean", "median"))
+    wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
 
     done = store.done_sites() & set(range(n_sites))
     resumed = len(done)
-    remaining = {w: sum(1 for s in ss if s not in done) for w, (_, ss) in enumerate(well_list)}
-    for w, r in remaining.items():
-        if r == 0 and not well_done(w):
-            write_well(w)
+    wells.resume(done)
     groups = [list(range(i, min(i + batch_size, n_sites))) for i in range(0, n_sites, batch_size)]
     groups = [g for g in groups if any(s not in done for s in g)]
     if groups:
@@ -334,10 +307,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
                         continue
                     store.write(s, np.zeros(1, np.int8), feats)  # code 0 = "inside": the field is embedded
                     done.add(s)
-                    w = well_of[s]
-                    remaining[w] -= 1
-                    if remaining[w] == 0:
-                        write_well(w)
+                    wells.site_committed(s)
                     bar.update(1)
     missing = sorted(set(range(n_sites)) - done)
     if missing:
@@ -348,12 +318,15 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
              "model_arch": meta.arch, "phenovec_version": phenovec.__version__, "source": str(source),
              "mode": INPUT_KIND}
     _write_embeddings(out / "embeddings.zarr", n_sites, lambda s: store.read(s)[1], sites, names, dtype, attrs)
-    for op in ("mean", "median"):
-        parts = [pd.read_parquet(wdir[op] / f"well-{w:06d}.parquet") for w in range(len(well_list))]
-        df = (pd.concat(parts, ignore_index=True).sort_values(["Metadata_Plate", "Metadata_Well"], kind="stable")
-              .reset_index(drop=True) if parts else pd.DataFrame(columns=[*well_cols, "Metadata_Object_Count",
-                                                                             *names]))
-        write_table(df, out / f"wells_{op}.parquet")
+    for op in OPERATIONS:  # streamed, one well at a time, as profile_sites' assembly
+        table = ParquetAppender(out / f"wells_{op}.parquet", WELL_ROW_GROUP)
+        try:
+            for rows in wells.rows(op):
+                table.append(rows)
+            table.close()
+        except BaseException:
+            table.abort()
+            raise
     seconds = time.perf_counter() - t0
     store.mark_complete({"sites": n_sites, "fields": n_sites})
     paths_out = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("wells_mean", "wells_mean.parquet"),

@@ -32,7 +32,7 @@ from phenovec.profile.contract import contract_from_metadata, match_channels
 from phenovec.profile.parts import PartStore
 from phenovec.profile.scheduler import bounded_map, open_client
 from phenovec.profile.sites import CropJob, ModelRef, SiteJob, embed_crop_group, embed_site_group
-from phenovec.profile.wells import WELL_KEYS, well_groups, well_metadata_columns, well_profiles
+from phenovec.profile.wells import WellWriter
 
 DTYPES = ("float16", "float32")
 GC_SECONDS = 5.0  # full garbage collection period of the main loop (see profile_sites)
@@ -66,7 +66,7 @@ def task_groups(cells_per_site: list[int], batch_size: int) -> list[list[int]]:
     return groups
 
 
-def _fingerprint(sites: pd.DataFrame, extra) -> str:
+def input_fingerprint(sites: pd.DataFrame, extra) -> str:
     h = hashlib.sha256()
     h.update(pd.util.hash_pandas_object(sites.astype(str), index=False).to_numpy().tobytes())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
@@ -154,41 +154,19 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         mode = "images"
     n_sites = len(sites)
     names = meta.feature_names()
-    config = {"mode": mode, "source": str(source), "input_sha256": _fingerprint(sites, extra),
+    config = {"mode": mode, "source": str(source), "input_sha256": input_fingerprint(sites, extra),
               "sites": n_sites, "cells": int(sum(ncells)), "model_weights_sha256": meta.weights_sha256,
               "channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
               "feature_dim": meta.feature_dim, "edge": edge if mode == "images" else None, "dtype": dtype,
               "batch_size": batch_size}
     store = PartStore(out, config)
 
-    wells = well_groups(sites)
-    well_cols = well_metadata_columns(sites, wells)
-    well_list = list(wells.items())
-    well_of = {s: w for w, (_, ss) in enumerate(well_list) for s in ss}
-    wdir = {op: out / "wells" / op for op in ("mean", "median")}
-    for d in wdir.values():
-        d.mkdir(parents=True, exist_ok=True)
-
-    def write_well(w: int) -> None:
-        from phenovec.io.profiles import write_table
-
-        ss = well_list[w][1]
-        feats = [store.read(s)[1] for s in ss]
-        x = np.concatenate(feats) if feats else np.empty((0, len(names)))
-        rows = well_profiles(sites.iloc[ss[0]][well_cols], x, names)
-        for op in ("mean", "median"):  # median first-written is fine: the well counts as done only with both
-            write_table(rows[op], wdir[op] / f"well-{w:06d}.parquet")
-
-    def well_done(w: int) -> bool:
-        return all((wdir[op] / f"well-{w:06d}.parquet").exists() for op in ("mean", "median"))
+    wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
 
     done = store.done_sites()
     resumed = len(done)
     if not store.complete:
-        remaining = {w: sum(1 for s in ss if s not in done) for w, (_, ss) in enumerate(well_list)}
-        for w, r in remaining.items():
-            if r == 0 and not well_done(w):
-                write_well(w)
+        wells.resume(done)
         groups = [g for g in task_groups(ncells, batch_size) if any(s not in done for s in g)]
         ref = ModelRef(str(model_path), meta.weights_sha256, providers)
         total = int(sum(ncells))
@@ -222,10 +200,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                         raise RuntimeError(f"site {s}: {len(codes)} edge codes for {ncells[s]} located cells")
                     store.write(s, codes, feats)
                     done.add(s)
-                    w = well_of[s]
-                    remaining[w] -= 1
-                    if remaining[w] == 0:
-                        write_well(w)
+                    wells.site_committed(s)
                     bar.update(ncells[s])
         missing = sorted(set(range(n_sites)) - done)
         if missing:
@@ -236,20 +211,10 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
 
         return site_cell_table(sites.iloc[s], cells_of(s), codes)
 
-    def well_parts(op: str):
-        """The per-well rows in (plate, well) order (a stable sort of the wells' key values, the order of
-        sorting the concatenated rows), one well file at a time."""
-        if not well_list:
-            yield pd.DataFrame(columns=[*well_cols, "Metadata_Object_Count", *names])
-            return
-        keys = sites.iloc[[ss[0] for _, ss in well_list]][WELL_KEYS].reset_index(drop=True)
-        for w in keys.sort_values(WELL_KEYS, kind="stable").index:
-            yield pd.read_parquet(wdir[op] / f"well-{w:06d}.parquet")
-
     attrs = {"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
              "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
              "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode}
-    counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, well_parts)
+    counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, wells.rows)
     seconds = time.perf_counter() - t0
     store.mark_complete({**counts, "sites": n_sites})
     paths = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("cells", "cells.parquet"),

@@ -56,3 +56,67 @@ def well_profiles(meta: pd.Series, features: np.ndarray, names: Sequence[str]) -
         row = pd.concat([row, pd.DataFrame(v[None, :], columns=list(names))], axis=1)
         out[op] = row
     return out
+
+
+class WellWriter:
+    """The per-well rows of a profiling run (``OUT/wells/{mean,median}/well-NNNNNN.parquet``), each well written as
+    soon as its last site is committed, and read back in (plate, well) order for the final tables.
+
+    ``read_features(site)`` -> that site's embeddings (cells x D, as stored). A well's rows are written atomically
+    (``phenovec.io.profiles.write_table``), mean then median; the well counts as written only when both exist, so
+    a run killed in between rewrites it on resume (:meth:`resume`).
+    """
+
+    def __init__(self, out, sites: pd.DataFrame, names: Sequence[str], read_features):
+        from pathlib import Path
+
+        groups = well_groups(sites)
+        self.sites = sites
+        self.names = list(names)
+        self.read_features = read_features
+        self.columns = well_metadata_columns(sites, groups)
+        self.wells = list(groups.items())
+        self.well_of = {s: w for w, (_, ss) in enumerate(self.wells) for s in ss}
+        self.dirs = {op: Path(out) / "wells" / op for op in OPERATIONS}
+        for d in self.dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        self.remaining: dict[int, int] = {}
+
+    def path(self, op: str, w: int):
+        return self.dirs[op] / f"well-{w:06d}.parquet"
+
+    def written(self, w: int) -> bool:
+        return all(self.path(op, w).exists() for op in OPERATIONS)
+
+    def write(self, w: int) -> None:
+        from phenovec.io.profiles import write_table
+
+        ss = self.wells[w][1]
+        feats = [self.read_features(s) for s in ss]
+        x = np.concatenate(feats) if feats else np.empty((0, len(self.names)))
+        rows = well_profiles(self.sites.iloc[ss[0]][self.columns], x, self.names)
+        for op in OPERATIONS:
+            write_table(rows[op], self.path(op, w))
+
+    def resume(self, done: set) -> None:
+        """Count each well's uncommitted sites; write the wells whose sites are all in ``done`` but rows are not."""
+        self.remaining = {w: sum(1 for s in ss if s not in done) for w, (_, ss) in enumerate(self.wells)}
+        for w, r in self.remaining.items():
+            if r == 0 and not self.written(w):
+                self.write(w)
+
+    def site_committed(self, site: int) -> None:
+        """Count ``site`` as committed; write its well when it was the well's last site."""
+        w = self.well_of[site]
+        self.remaining[w] -= 1
+        if self.remaining[w] == 0:
+            self.write(w)
+
+    def rows(self, op: str):
+        """The well rows of ``op``, one well at a time, in (plate, well) order (a stable sort of the key values)."""
+        if not self.wells:
+            yield pd.DataFrame(columns=[*self.columns, OBJECT_COUNT, *self.names])
+            return
+        keys = self.sites.iloc[[ss[0] for _, ss in self.wells]][WELL_KEYS].reset_index(drop=True)
+        for w in keys.sort_values(WELL_KEYS, kind="stable").index:
+            yield pd.read_parquet(self.path(op, w))
