@@ -1,7 +1,7 @@
 """phenovec.profile memory and schedulers: ``assemble`` holds no more for 80 sites than for 20 (tracemalloc, the
 bound derived from what holding the cell tables would cost), its outputs equal pandas concatenations of the
 parts built independently here, the streamed Parquet writer's casts and errors, the compact site centres equal
-``site_locations``, and ``scheduler="processes"`` gives the same outputs as ``"threads"``.
+a pandas groupby of the locations, and ``scheduler="processes"`` gives the same outputs as ``"threads"``.
 """
 import tracemalloc
 from pathlib import Path
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from phenovec.export import export_onnx
-from phenovec.ingest.index import read_image_index, site_centres, site_locations
+from phenovec.ingest.index import SITE_KEYS, read_image_index, read_locations, site_centres
 from phenovec.ingest.synth import synth_plate
 from phenovec.io.embeddings import EmbeddingStore, EmbeddingWriter, ParquetAppender
 from phenovec.profile import profile_sites
@@ -158,7 +158,17 @@ def test_parquet_appender_casts_and_names_bad_columns(tmp_path):
     assert list(m.columns) == ["Metadata_Well", "n"] and m["n"].dtype == np.int64
 
 
-def test_site_centres_equal_site_locations(tmp_path):
+def reference_locations(index, locations) -> list[pd.DataFrame]:
+    """Per site its location rows, by a pandas groupby on the str of the site keys (table order in a group)."""
+    if locations is None:
+        return [read_locations(p) for p in index.sites["Metadata_Locations"]]
+    table = locations if isinstance(locations, pd.DataFrame) else read_locations(locations)
+    groups = {k: g for k, g in table.astype({k: str for k in SITE_KEYS}).groupby(SITE_KEYS, sort=False)}
+    return [groups.get(tuple(str(v) for v in row), table.iloc[:0])
+            for row in index.sites[SITE_KEYS].itertuples(index=False)]
+
+
+def test_site_centres_equal_a_pandas_groupby(tmp_path):
     plate = synth_plate(tmp_path / "plate", plates=1, wells=3, sites_per_well=2, size=64, cells_per_site=(1, 6),
                         progress=False)
     idx = read_image_index(plate["index"], channels=["DNA"])
@@ -182,7 +192,7 @@ def test_site_centres_equal_site_locations(tmp_path):
     loc_table = pd.concat([loc_table, stray.rename(columns={"Nuclei_Location_Center_X": "x",
                                                             "Nuclei_Location_Center_Y": "y"})])
     for ix, locations in ((idx, loc_table), (idx, tmp_path / "nuclei.csv"), (idx_files, None)):
-        ref = site_locations(ix, locations)
+        ref = reference_locations(ix, locations)
         got = site_centres(ix, locations)
         assert list(got.counts) == [len(r) for r in ref] and sum(got.counts) == len(nuclei)
         for s in range(len(ix)):

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from phenovec.ingest.fields import DTYPES, illumination_config, normalize_intensity
-from phenovec.ingest.index import ImageIndex, site_locations
+from phenovec.ingest.index import ImageIndex, site_centres
 from phenovec.io.atomic import write_json_atomic
 
 EDGE_POLICIES = ("drop", "shift", "pad")
@@ -125,7 +125,7 @@ def crop_index(
     committed = int(manifest["committed"])
     done = set(manifest["done"])
     resumed = len(done)
-    locs = site_locations(index, locations)
+    locs = site_centres(index, locations)
     flat_cache: list = [None, None]  # (plate, C x H x W flat field) of the last plate
     if illumination is not None:
         from phenovec.ingest.illumination import load_illumination
@@ -163,7 +163,7 @@ def crop_index(
     for s in bar:
         if s in done:
             continue
-        loc = locs[s]
+        loc = locs.table(s)
         xs = np.ascontiguousarray(loc["x"].to_numpy(dtype=np.float64))
         ys = np.ascontiguousarray(loc["y"].to_numpy(dtype=np.float64))
         opts: dict = {"compact": True}

@@ -119,6 +119,34 @@ def to_dtype(x: np.ndarray, dtype: str, rescaled: bool) -> np.ndarray:
     return np.clip(np.rint(x), 0, 65535).astype(np.uint16)
 
 
+def site_stack(paths, frames=None) -> np.ndarray:
+    """float32 C x H x W of a site's channel images (page ``frames[c]`` of each, default 0); channels of different
+    sizes are a ValueError naming the files."""
+    from phenovec import _core
+
+    if frames is None or not any(frames):
+        return _core.field_tiles([str(p) for p in paths], 1)  # exact for 16-bit pixels; checks sizes
+    from phenovec.ingest.illumination import read_channel
+
+    planes = [read_channel(p, f) for p, f in zip(paths, frames)]
+    for p, a in zip(paths, planes):
+        if a.shape != planes[0].shape:
+            raise ValueError(f"{p}: channel image is {a.shape} (H, W) but {paths[0]} is {planes[0].shape}")
+    return np.stack(planes).astype(np.float32)
+
+
+def block_mean(stack: np.ndarray, factor: int, where) -> np.ndarray:
+    """C x H x W -> float32 C x H/f x W/f: each f x f block -> its mean (float64 sum / f^2), as
+    ``_core.field_tiles``; H and W must be divisible by f (else a ValueError naming ``where``)."""
+    c, h, w = stack.shape
+    f = int(factor)
+    if h % f or w % f:
+        raise ValueError(f"site {where}: field of {h} x {w} (H x W) is not divisible by the downsampling factor {f}")
+    if f == 1:
+        return np.asarray(stack, dtype=np.float32)
+    return (stack.astype(np.float64).reshape(c, h // f, f, w // f, f).sum(axis=(2, 4)) / (f * f)).astype(np.float32)
+
+
 class SiteTiler:
     """Computes one site's tiles (module docstring) with a per-plate cache of illumination functions."""
 
@@ -153,16 +181,7 @@ class SiteTiler:
                 tiles = _core.field_tiles(paths, self.factor)[None]
                 origins = [(0, 0)]
             return to_dtype(tiles, self.dtype, rescaled=False), origins
-        if frames is None:
-            stack = _core.field_tiles(paths, 1)  # float32 C x H x W, exact for 16-bit pixels
-        else:
-            from phenovec.ingest.illumination import read_channel
-
-            planes = [read_channel(p, f) for p, f in zip(paths, frames)]
-            for p, a in zip(paths, planes):
-                if a.shape != planes[0].shape:
-                    raise ValueError(f"{p}: channel image is {a.shape} (H, W) but {paths[0]} is {planes[0].shape}")
-            stack = np.stack(planes).astype(np.float32)
+        stack = site_stack(paths, frames)
         if self.illumination is not None:
             flat = self.flats(idx.sites.iloc[s]["Metadata_Plate"], stack.shape[1:])
             stack = _core.correct_illumination(stack, flat)
@@ -175,12 +194,7 @@ class SiteTiler:
             origins = view_origins(h, w, th, tw, st)
             tiles = np.stack([stack[:, r : r + th, q : q + tw] for r, q in origins])
         else:
-            f = self.factor
-            if h % f or w % f:
-                raise ValueError(f"site {paths[0]}: field of {h} x {w} (H x W) is not divisible by the downsampling "
-                                 f"factor {f}")
-            tiles = stack if f == 1 else (
-                stack.astype(np.float64).reshape(c, h // f, f, w // f, f).sum(axis=(2, 4)) / (f * f)).astype(np.float32)
+            tiles = block_mean(stack, self.factor, paths[0])
             tiles, origins = tiles[None], [(0, 0)]
         return to_dtype(tiles, self.dtype, rescaled=self.intensity is not None), origins
 

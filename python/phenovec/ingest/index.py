@@ -11,8 +11,8 @@ spec (default ``Labels``) found like a channel (``FileName_Labels`` [+ ``PathNam
 Cell locations: a CellProfiler nuclei table (CSV, Parquet or SQLite table) with ``Nuclei_Location_Center_X/Y``
 or ``AreaShape_Center_X/Y`` (``Location_Center_X/Y`` too), either one table with the site keys
 (``Metadata_Plate/Well/Site``) or one file per site given by a ``locations`` path column of the index.
-Every problem names the file and the column or row. :func:`site_centres` gives the same cells compactly
-(packed arrays, or per-site files read on demand) for runs too long to hold a DataFrame per site.
+Every problem names the file and the column or row. :func:`site_centres` gives each site's cells compactly
+(packed arrays, or per-site files read on demand), so no run holds a DataFrame per site.
 """
 from __future__ import annotations
 
@@ -163,31 +163,12 @@ def read_locations(path: str | os.PathLike, table: str = "Nuclei") -> pd.DataFra
     return out
 
 
-def site_locations(index: ImageIndex, locations) -> list[pd.DataFrame]:
-    """Per site (index order) its locations: from one table (``DataFrame`` or path) keyed by the site columns,
-    or from a per-site path column ``locations`` of the index when ``locations`` is None."""
-    if locations is None:
-        if "Metadata_Locations" not in index.sites.columns:
-            raise KeyError(f"{index.source}: no locations table given and no Metadata_Locations column")
-        return [read_locations(p) for p in index.sites["Metadata_Locations"]]
-    table = locations if isinstance(locations, pd.DataFrame) else read_locations(locations)
-    missing = [k for k in SITE_KEYS if k not in table.columns]
-    if missing:
-        if len(index) == 1:  # one site, one table without keys: it is that site's
-            return [table]
-        raise KeyError(f"locations: missing site column {missing[0]!r} needed to match {len(index)} sites")
-    keyed = table.astype({k: str for k in SITE_KEYS})
-    groups = {k: g for k, g in keyed.groupby(SITE_KEYS, sort=False)}
-    empty = table.iloc[:0]
-    return [groups.get(tuple(str(v) for v in row), empty) for row in index.sites[SITE_KEYS].itertuples(index=False)]
-
-
 class SiteCentres:
     """The located cells of every site of an index without one DataFrame per site (for long profiling runs).
 
     ``counts[s]``: cells of site ``s`` (index order); :meth:`table` gives ``ObjectNumber`` (when the locations
-    have it), ``x``, ``y`` of one site in location order, the same values as those columns of
-    ``site_locations(index, locations)[s]``; :meth:`xy` the centres as float64. Made by :func:`site_centres`:
+    have it), ``x``, ``y`` of one site in location order; :meth:`xy` the centres as float64. Made by
+    :func:`site_centres`:
 
     - one table for all sites: the columns are packed into numpy arrays sorted by site (x, y float64, plus
       ``ObjectNumber`` in its own dtype): 16 bytes per cell (24 with an int64 ``ObjectNumber``) + 16 bytes per
@@ -249,7 +230,10 @@ class SiteCentres:
 
 
 def site_centres(index: ImageIndex, locations) -> SiteCentres:
-    """:func:`site_locations` as a compact :class:`SiteCentres` (same sites, cells, order and values)."""
+    """Per site (index order) its located cells, as a :class:`SiteCentres`: from one table (``DataFrame`` or path,
+    read with :func:`read_locations`) keyed by the site columns (rows matched on the str of the keys, table order
+    within a site, cells of sites not in the index unused), or from a per-site path column ``Metadata_Locations``
+    of the index when ``locations`` is None. A table without site columns belongs to a one-site index."""
     if locations is None:
         if "Metadata_Locations" not in index.sites.columns:
             raise KeyError(f"{index.source}: no locations table given and no Metadata_Locations column")
@@ -267,7 +251,7 @@ def site_centres(index: ImageIndex, locations) -> SiteCentres:
             return SiteCentres.packed(table["x"].to_numpy(np.float64), table["y"].to_numpy(np.float64), obj,
                                       [len(table)])
         raise KeyError(f"locations: missing site column {missing[0]!r} needed to match {len(index)} sites")
-    # the groups of site_locations: rows keyed by the str of the site columns, table order within a group
+    # rows keyed by the str of the site columns, table order within a group
     site_keys = [tuple(str(v) for v in row) for row in index.sites[SITE_KEYS].itertuples(index=False)]
     uniq = list(dict.fromkeys(site_keys))
     gid = {k: i for i, k in enumerate(uniq)}

@@ -147,10 +147,11 @@ class ParquetAppender:
 class EmbeddingWriter:
     """Append rows (metadata frame + feature matrix) to a new store; ``close()`` publishes it atomically.
 
-    Memory: features go to the Zarr array as they are appended and the metadata is streamed to ``meta.parquet``
-    (:class:`ParquetAppender`, row groups of about ``chunk_rows`` rows), so the writer holds at most one row group
-    of metadata. A zero-row
-    ``append`` adds no row; the first one fixes the metadata columns of a store that gets no rows at all.
+    Blocks of any size may be appended (one site's cells, say): features are buffered and written to the Zarr
+    array a whole chunk (``chunk_rows`` rows) at a time, the rest on ``close()``, so no chunk is rewritten; the
+    metadata is streamed to ``meta.parquet`` (:class:`ParquetAppender`, row groups of about ``chunk_rows`` rows).
+    The writer holds at most about one chunk of features and one row group of metadata. A zero-row ``append``
+    adds no row; the first one fixes the metadata columns of a store that gets no rows at all.
     """
 
     def __init__(
@@ -181,6 +182,10 @@ class EmbeddingWriter:
         )
         self.group.attrs.update({"phenovec": STORE_KIND, "version": 1, "features": self.features})
         self._meta = ParquetAppender(self.tmp / "meta.parquet", row_group_rows=int(chunk_rows))
+        self.chunk_rows = int(chunk_rows)
+        self._pending: list[np.ndarray] = []  # features appended but not yet written (less than a chunk)
+        self._held = 0
+        self.written = 0  # rows in the Zarr array
         self.n = 0
 
     def append(self, meta: pd.DataFrame, feats: np.ndarray) -> None:
@@ -189,12 +194,26 @@ class EmbeddingWriter:
             raise ValueError(f"expected a matrix with {len(self.features)} columns, got shape {feats.shape}")
         if len(meta) != feats.shape[0]:
             raise ValueError(f"metadata has {len(meta)} rows but the feature block has {feats.shape[0]}")
-        n0, n1 = self.n, self.n + feats.shape[0]
-        if n1 > n0:
-            self.array.resize((n1, len(self.features)))
-            self.array[n0:n1] = feats.astype(self.array.dtype, copy=False)
+        if len(feats):
+            self._pending.append(feats.astype(self.array.dtype, copy=False))
+            self._held += len(feats)
+            if self._held >= self.chunk_rows:
+                self._write(final=False)
         self._meta.append(meta.reset_index(drop=True))
-        self.n = n1
+        self.n += feats.shape[0]
+
+    def _write(self, final: bool) -> None:
+        """Write the whole chunks of the pending features (all of them when ``final``)."""
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        k = len(block) if final else (len(block) // self.chunk_rows) * self.chunk_rows
+        n0, n1 = self.written, self.written + k
+        self.array.resize((n1, len(self.features)))
+        self.array[n0:n1] = block[:k]
+        self.written = n1
+        rest = block[k:]
+        self._pending, self._held = ([rest] if len(rest) else []), len(rest)
 
     def abort(self) -> None:
         """Drop the store being written (nothing is published)."""
@@ -203,6 +222,7 @@ class EmbeddingWriter:
 
     def close(self) -> Path:
         try:
+            self._write(final=True)
             self._meta.close()
         except BaseException:
             self.abort()

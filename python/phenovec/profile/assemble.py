@@ -54,7 +54,7 @@ def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable,
     output.
 
     Memory is bounded whatever the number of sites and cells: sites are read one at a time, embeddings and their
-    metadata go out every ``chunk_rows`` embedded cells (``phenovec.io.embeddings.EmbeddingWriter``), the cell
+    metadata go out a whole chunk of ``chunk_rows`` at a time (``phenovec.io.embeddings.EmbeddingWriter``), the cell
     table and the well tables are streamed to Parquet row groups of ``row_group_rows`` rows
     (``phenovec.io.embeddings.ParquetAppender``; at most ``WELL_ROW_GROUP`` rows for the wide well tables).
     Nothing is held across sites but those buffers.
@@ -64,7 +64,7 @@ def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable,
     writer = EmbeddingWriter(out / "embeddings.zarr", names, dtype=np.dtype(dtype), chunk_rows=chunk_rows,
                              overwrite=True)
     tables = [ParquetAppender(out / "cells.parquet", row_group_rows)]
-    buf_meta, buf_x, held, n_emb, n_cells = [], [], 0, 0, 0
+    n_emb, n_cells = 0, 0
     try:
         for s in range(n_sites):
             codes, feats = read_part(s)
@@ -77,21 +77,9 @@ def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable,
             rows[kept] = n_emb + np.arange(k)
             n_emb += k
             n_cells += len(t)
-            meta = t.loc[kept].reset_index(drop=True)
-            if k:
-                buf_meta.append(meta)
-                buf_x.append(feats)
-                held += k
-            else:  # no row; the first such block fixes the columns of a store without any embedded cell
-                writer.append(meta, np.empty((0, len(names)), dtype))
+            writer.append(t.loc[kept].reset_index(drop=True), feats)  # the writer fills whole chunks
             t["row"] = rows
             tables[0].append(t)
-            if held >= chunk_rows:
-                writer.append(pd.concat(buf_meta, ignore_index=True), np.concatenate(buf_x))
-                buf_meta, buf_x, held = [], [], 0
-        if held:
-            writer.append(pd.concat(buf_meta, ignore_index=True), np.concatenate(buf_x))
-            buf_meta, buf_x, held = [], [], 0
         for op in ("mean", "median"):
             w = ParquetAppender(out / f"wells_{op}.parquet", min(row_group_rows, WELL_ROW_GROUP))
             tables.append(w)

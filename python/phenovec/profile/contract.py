@@ -110,3 +110,23 @@ def match_channels(model_channels: Sequence[str], available: Sequence[str], sour
         raise ValueError(f"{source}: channel(s) {missing} of the model (channels {list(model_channels)}) are not "
                          f"in the input (channels {available}); channels are matched by name")
     return [available.index(c) for c in model_channels]
+
+
+def index_by_name(index, channels: Sequence[str], whose: str = "model's"):
+    """An image index (path / DataFrame / ``phenovec.ingest.index.ImageIndex``) with its channels matched by name
+    to ``channels``: ``(ImageIndex, per-site paths in channels order, per-site pages in that order or None)``."""
+    from phenovec.ingest.index import ImageIndex, read_image_index
+
+    if isinstance(index, ImageIndex):
+        pos = match_channels(channels, index.channels, f"image index {index.source}")
+        paths = [tuple(p[i] for i in pos) for p in index.paths]
+        frames = [None if index.site_frames(s) is None else tuple(index.site_frames(s)[i] for i in pos)
+                  for s in range(len(index))]
+        return index, paths, frames
+    try:
+        idx = read_image_index(index, channels=list(channels))
+    except KeyError as e:
+        raise ValueError(f"{e.args[0]}; the {whose} channels are {list(channels)} (matched by name to the index's "
+                         "FileName_<channel> columns)") from None
+    frames = [None if idx.site_frames(s) is None else tuple(idx.site_frames(s)) for s in range(len(idx))]
+    return idx, [tuple(p) for p in idx.paths], frames

@@ -38,7 +38,7 @@ import pandas as pd
 
 from phenovec.io.embeddings import ParquetAppender
 from phenovec.profile.assemble import WELL_ROW_GROUP
-from phenovec.profile.contract import match_channels
+from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
 from phenovec.profile.pipeline import DTYPES, ProfileResult, input_fingerprint
 from phenovec.profile.scheduler import bounded_map, open_client
@@ -112,25 +112,15 @@ def scale_fields(tiles: np.ndarray, intensity: dict) -> np.ndarray:
 
 
 def decode_field(paths: Sequence[str], factor: int, frames: Sequence[int] | None = None) -> np.ndarray:
-    """Step 1: float32 C x H/f x W/f block means of a site's channel images (pages ``frames``, default 0)."""
+    """Step 1: float32 C x H/f x W/f block means of a site's channel images (pages ``frames``, default 0); the
+    steps of ``phenovec tiles`` (``phenovec.ingest.fields``)."""
     from phenovec import _core
+    from phenovec.ingest.fields import block_mean, site_stack
 
     paths = [str(p) for p in paths]
     if frames is None or not any(frames):
         return _core.field_tiles(paths, int(factor))  # Rust decode + downsample, GIL released
-    planes = [_core.decode_image(p, int(f)) for p, f in zip(paths, frames)]
-    for p, a in zip(paths, planes):
-        if a.shape != planes[0].shape:
-            raise ValueError(f"{p}: channel image is {a.shape} (H, W) but {paths[0]} is {planes[0].shape}")
-    stack = np.stack(planes)
-    c, h, w = stack.shape
-    if h % factor or w % factor:
-        raise ValueError(f"site {paths[0]}: field of {h} x {w} (H x W) is not divisible by the downsampling factor "
-                         f"{factor}")
-    if factor == 1:
-        return stack.astype(np.float32)
-    return (stack.astype(np.float64).reshape(c, h // factor, factor, w // factor, factor).sum(axis=(2, 4))
-            / (factor * factor)).astype(np.float32)
+    return block_mean(site_stack(paths, frames), factor, paths[0])
 
 
 def read_field_input(paths: Sequence[str], intensity: dict, frames: Sequence[int] | None = None,
@@ -155,27 +145,6 @@ def read_field_input(paths: Sequence[str], intensity: dict, frames: Sequence[int
 # dataset-level channel statistics
 
 
-def _index(index, channels: Sequence[str], source: str):
-    """(site table, per-site paths in ``channels`` order, per-site frames or None, index source)."""
-    from phenovec.ingest.index import ImageIndex, read_image_index
-
-    if isinstance(index, ImageIndex):
-        pos = match_channels(channels, index.channels, f"image index {index.source}")
-        paths = [tuple(p[i] for i in pos) for p in index.paths]
-        frames = [None if index.site_frames(s) is None else tuple(index.site_frames(s)[i] for i in pos)
-                  for s in range(len(index))]
-        idx = index
-    else:
-        try:
-            idx = read_image_index(index, channels=list(channels))
-        except KeyError as e:
-            raise ValueError(f"{e.args[0]}; the {source} channels are {list(channels)} (matched by name to the "
-                             "index's FileName_<channel> columns)") from None
-        paths = [tuple(p) for p in idx.paths]
-        frames = [None if idx.site_frames(s) is None else tuple(idx.site_frames(s)) for s in range(len(idx))]
-    return idx.sites.reset_index(drop=True), paths, frames, idx.source
-
-
 def field_channel_stats(index, channels: Sequence[str], factor: int = 1, dtype_max: float = 65535.0,
                         max_sites: int | None = None, progress: bool = False) -> tuple[list[float], list[float]]:
     """Per-channel mean and population SD (ddof 0) of the fields scaled as a field model sees them before
@@ -187,7 +156,8 @@ def field_channel_stats(index, channels: Sequence[str], factor: int = 1, dtype_m
     from tqdm.auto import tqdm
 
     channels = [str(c) for c in channels]
-    sites, paths, frames, _ = _index(index, channels, "requested")
+    idx, paths, frames = index_by_name(index, channels, "requested")
+    sites = idx.sites
     factor, dtype_max = int(factor), float(dtype_max)
     if factor < 1 or dtype_max <= 0:
         raise ValueError(f"factor must be >= 1 and dtype_max > 0, got {factor}, {dtype_max}")
@@ -276,7 +246,8 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
                          "(images + locations or a crop store)")
     intensity = intensity_from_metadata(meta, source=str(model_path))
     channels = list(meta.channels)
-    sites, paths, frames, source = _index(index, channels, "model's")
+    idx, paths, frames = index_by_name(index, channels)
+    sites, source = idx.sites.reset_index(drop=True), idx.source
     n_sites = len(sites)
     out = Path(out)
     names = meta.feature_names()
@@ -336,28 +307,15 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
 
 def _write_embeddings(path: Path, n_sites: int, read_part, sites: pd.DataFrame, names, dtype: str, attrs: dict,
                       chunk_rows: int = 4096) -> None:
-    """The embeddings store from the per-site parts appended in site order (buffered to ``chunk_rows`` rows)."""
-    import shutil
-
+    """The embeddings store from the per-site parts appended in site order."""
     from phenovec.io.embeddings import EmbeddingWriter
 
-    writer = EmbeddingWriter(path, names, dtype=np.dtype(dtype), chunk_rows=chunk_rows, overwrite=True)
-    try:
-        start, buf = 0, []
+    with EmbeddingWriter(path, names, dtype=np.dtype(dtype), chunk_rows=chunk_rows, overwrite=True) as writer:
         for s in range(n_sites):
             feats = read_part(s)
             if feats.shape != (1, len(names)):
                 raise ValueError(f"part of site {s}: features of shape {feats.shape}, expected (1, {len(names)})")
-            buf.append(feats)
-            if len(buf) >= chunk_rows or s == n_sites - 1:
-                writer.append(sites.iloc[start:s + 1], np.concatenate(buf))
-                start, buf = s + 1, []
+            writer.append(sites.iloc[s:s + 1], feats)
         if n_sites == 0:  # an empty store that still has the site table's columns
             writer.append(sites.iloc[:0], np.empty((0, len(names)), np.dtype(dtype)))
         writer.group.attrs.update(attrs)
-        writer.close()
-    except BaseException:
-        if callable(getattr(writer, "abort", None)):
-            writer.abort()
-        shutil.rmtree(writer.tmp, ignore_errors=True)
-        raise

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from phenovec.profile.assemble import assemble
-from phenovec.profile.contract import contract_from_metadata, match_channels
+from phenovec.profile.contract import contract_from_metadata, index_by_name, match_channels
 from phenovec.profile.parts import PartStore
 from phenovec.profile.scheduler import bounded_map, open_client
 from phenovec.profile.sites import CropJob, ModelRef, SiteJob, embed_crop_group, embed_site_group
@@ -78,22 +78,9 @@ def _index_input(index, locations, contract):
     channel name. The cells are held compactly (``phenovec.ingest.index.SiteCentres``: packed arrays of one
     nuclei table, or only the counts of per-site location files, read again when a site's task is submitted and
     when its cell table is assembled)."""
-    from phenovec.ingest.index import ImageIndex, read_image_index, site_centres
+    from phenovec.ingest.index import site_centres
 
-    if isinstance(index, ImageIndex):
-        idx = index
-        pos = match_channels(contract.channels, idx.channels, f"image index {idx.source}")
-        paths = [tuple(p[i] for i in pos) for p in idx.paths]
-        frames = [None if idx.site_frames(s) is None else tuple(idx.site_frames(s)[i] for i in pos)
-                  for s in range(len(idx))]
-    else:
-        try:
-            idx = read_image_index(index, channels=list(contract.channels))
-        except KeyError as e:
-            raise ValueError(f"{e.args[0]}; the model's channels are {list(contract.channels)} (matched by name "
-                             "to the index's FileName_<channel> columns)") from None
-        paths = [tuple(p) for p in idx.paths]
-        frames = [idx.site_frames(s) and tuple(idx.site_frames(s)) for s in range(len(idx))]
+    idx, paths, frames = index_by_name(index, contract.channels)
     centres = site_centres(idx, locations)  # non-finite centres become edge outcome "invalid" (crop_site)
     return idx.sites.reset_index(drop=True), paths, frames, centres, idx.source
 
@@ -258,24 +245,21 @@ def _crop_input(path: Path, contract):
         if k not in cells.columns:
             raise KeyError(f"{path / 'cells.parquet'}: no column {k!r}")
     site_cols = [c for c in cells.columns if str(c).startswith("Metadata_")]
-    key_str = cells[keys].astype(str).agg("\x1f".join, axis=1)
-    order = pd.unique(key_str)
-    pos = {k: i for i, k in enumerate(order)}
-    site_id = key_str.map(pos).to_numpy()
-    by_site = [np.flatnonzero(site_id == i) for i in range(len(order))]
-    sites = pd.DataFrame([cells.iloc[ix[0]][site_cols] for ix in by_site]).reset_index(drop=True)
+    # sites in order of first appearance; cells grouped by site in table order (one stable sort, no pass per site)
+    site_id = pd.factorize(cells[keys].astype(str).agg("\x1f".join, axis=1))[0]
+    order = np.argsort(site_id, kind="stable")
+    counts = np.bincount(site_id, minlength=int(site_id.max()) + 1 if len(site_id) else 0)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    sites = cells.iloc[order[starts[:-1]]][site_cols].reset_index(drop=True)
     codes_all = pd.Categorical(cells["edge"].astype(str), categories=list(EDGE_OUTCOMES)).codes.astype(np.int8)
     rows_all = cells["row"].to_numpy(np.int64)
     codes_all = np.where(rows_all < 0, np.maximum(codes_all, 3), codes_all).astype(np.int8)  # no crop = not kept
     # per-cell columns packed by site (no DataFrame per site): codes 1 + rows 8 + x, y 16 (+ ObjectNumber) bytes
-    order = np.concatenate(by_site) if by_site else np.empty(0, np.int64)
-    counts = [len(ix) for ix in by_site]
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     codes_p, rows_p = codes_all[order], rows_all[order]
     centres = SiteCentres.packed(cells["x"].to_numpy(np.float64)[order], cells["y"].to_numpy(np.float64)[order],
                                  cells["ObjectNumber"].to_numpy()[order] if "ObjectNumber" in cells.columns else None,
                                  counts)
-    del cells, codes_all, rows_all, by_site, order, key_str, site_id
+    del cells, codes_all, rows_all, order, site_id
 
     def jobs_of(s: int) -> CropJob:
         c = codes_p[starts[s]:starts[s + 1]]
@@ -283,4 +267,4 @@ def _crop_input(path: Path, contract):
 
     extra = {"store": str((path / "crops.zarr").resolve()), "channel_idx": channel_idx,
              "crop_config": cfg, "rows": int(rows)}
-    return sites, jobs_of, centres.table, counts, path, extra
+    return sites, jobs_of, centres.table, [int(c) for c in counts], path, extra
