@@ -88,3 +88,18 @@ def cpjump1_crops(n: int, box: int = 64):
             break
     assert len(out) == n, f"only {len(out)} nuclei lie {box // 2} px inside the site"
     return np.stack(out)
+
+
+def calibrate_batchnorm(model, x):
+    """Set ``model``'s BatchNorm statistics from the real inputs ``x`` (numpy N x C x H x W, float32) in one
+    train-mode pass (cumulative averages), then eval mode. A randomly initialised network's BatchNorm otherwise
+    gives features near 1e-14, which would make an ONNX-vs-PyTorch comparison vacuous."""
+    import torch
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    return model.eval()

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 import torch
 
+from conftest import calibrate_batchnorm
 from phenovec.export import export_onnx
 from phenovec.ingest.index import read_image_index
 from phenovec.ingest.synth import synth_plate
@@ -66,14 +67,7 @@ def calibrated_model(plate: dict, channels=CHANNELS, seed: int = 0):
     row = index.iloc[0]
     loc = nuclei[(nuclei[KEYS].astype(str) == row[KEYS].astype(str).to_numpy()).all(axis=1)]
     _, crops = reference_site(row, Path(plate["index"]).parent, loc)
-    m = build_model("resnet_tiny", len(channels), 7, seed=seed)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.momentum = None
-    m.train()
-    with torch.no_grad():
-        m(torch.from_numpy(crops))
-    return m.eval()
+    return calibrate_batchnorm(build_model("resnet_tiny", len(channels), 7, seed=seed), crops)
 
 
 def make_plate_and_model(tmp: Path, channels=CHANNELS, seed: int = 0):

@@ -12,30 +12,19 @@ import pytest
 import tifffile
 import torch
 
-from conftest import CPJUMP1_FILES, shared
+from conftest import CPJUMP1_FILES, calibrate_batchnorm, shared
 from phenovec.export import export_onnx
 from phenovec.export.field_model import export_field_model
 from phenovec.ingest.index import read_image_index
 from phenovec.ingest.synth import synth_plate
 from phenovec.io.embeddings import EmbeddingStore
-from phenovec.profile import field_channel_stats, profile_fields
+from phenovec.profile import field_channel_stats, profile_fields, profile_sites
 from phenovec.train.models import build_model
 
 torch.set_num_threads(1)
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
 WELL = ["Metadata_Plate", "Metadata_Well"]
 FACTOR, SIZE = 4, 128
-
-
-def calibrate(model, x: np.ndarray):
-    """BatchNorm statistics from real inputs (random-init BN gives ~1e-14 features: a vacuous comparison)."""
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.from_numpy(x))
-    return model.eval()
 
 
 def numpy_fields(paths_per_site, factor: int) -> np.ndarray:
@@ -54,7 +43,7 @@ def test_cpjump1_field_equals_pytorch(tmp_path):
     assert x01.shape == (5, 1080, 1080)
     mean, std = x01.mean(axis=(1, 2)), x01.std(axis=(1, 2))
     ref_in = ((x01 - mean[:, None, None]) / std[:, None, None]).astype(np.float32)[None]
-    model = calibrate(build_model("efficientnet_b0", 5, 7, seed=0), ref_in)
+    model = calibrate_batchnorm(build_model("efficientnet_b0", 5, 7, seed=0), ref_in)
     with torch.no_grad():
         ref = model.embed(torch.from_numpy(ref_in)).numpy()
     index = pd.DataFrame({"Metadata_Plate": ["CPJUMP1"], "Metadata_Well": ["A01"], "Metadata_Site": [1],
@@ -86,7 +75,7 @@ def setup(tmp_path_factory):
     fields01 = numpy_fields(idx.paths, FACTOR) / 65535.0
     mean, std = fields01.mean(axis=(0, 2, 3)), fields01.std(axis=(0, 2, 3))
     inputs = ((fields01 - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
-    model = calibrate(build_model("resnet_tiny", 5, 7, seed=0), inputs)
+    model = calibrate_batchnorm(build_model("resnet_tiny", 5, 7, seed=0), inputs)
     onnx_path = tmp / "field.onnx"
     export_field_model(model, onnx_path, channels=CHANNELS, field_size=SIZE, factor=FACTOR, mean=mean.tolist(),
                        std=std.tolist())
@@ -155,9 +144,10 @@ def test_resume_after_losing_parts_identical(setup):
 def test_refusals(setup, tmp_path):
     tmp, plate, idx, inputs, onnx_path = setup
     # another model into the same OUT
-    out = tmp / "resume" if (tmp / "resume").exists() else tmp / "run"
+    out = tmp_path / "first"  # a run of its own: the test does not depend on the others having run
+    profile_fields(onnx_path, plate["index"], out, batch_size=5, workers=1, progress=False)
     other = tmp_path / "other.onnx"
-    export_field_model(calibrate(build_model("resnet_tiny", 5, 7, seed=1), inputs), other, channels=CHANNELS,
+    export_field_model(calibrate_batchnorm(build_model("resnet_tiny", 5, 7, seed=1), inputs), other, channels=CHANNELS,
                        field_size=SIZE, factor=FACTOR, parity=False)
     with pytest.raises(ValueError, match=r"another configuration.*model_weights_sha256"):
         profile_fields(other, plate["index"], out, batch_size=5, workers=1, progress=False)
@@ -167,6 +157,10 @@ def test_refusals(setup, tmp_path):
                 intensity={"input_scaling": "minmax", "dtype_max": 65535.0}, parity=False)
     with pytest.raises(ValueError, match=r"crops\.onnx.*input_kind 'crops'.*profile_sites"):
         profile_fields(crops, plate["index"], tmp_path / "o1", progress=False)
+    # and the field model is refused by the single-cell pipeline
+    with pytest.raises(ValueError, match=r"field\.onnx.*input_kind 'fields'.*profile_fields"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / "o2", progress=False)
+    assert not (tmp_path / "o2").exists()
     # a field of another size: 96 x 96 images -> 24 x 24 after downsampling, the model takes 32 x 32
     rng = np.random.default_rng(0)
     row = {"Metadata_Plate": "P", "Metadata_Well": "A01", "Metadata_Site": 1}
@@ -219,7 +213,7 @@ def test_export_from_checkpoint_and_distributed_run_identical(setup, tmp_path):
     from phenovec.train.checkpoint import save_checkpoint
 
     tmp, plate, _, inputs, onnx_path = setup
-    model = calibrate(build_model("resnet_tiny", 5, 7, seed=0), inputs)
+    model = calibrate_batchnorm(build_model("resnet_tiny", 5, 7, seed=0), inputs)
     dc = {"channels": CHANNELS, "box_size": 48, "input_scaling": "minmax", "dtype_max": 65535.0,
           "classes": [f"t{i}" for i in range(7)], "label_column": "Metadata_Treatment"}
     ck = save_checkpoint({"model_config": model.config, "model_state": model.state_dict(), "data_config": dc},
@@ -250,7 +244,7 @@ def test_cli_export_fields_with_statistics(setup, tmp_path, capsys):
     from phenovec.train.checkpoint import save_checkpoint
 
     tmp, plate, _, inputs, onnx_path = setup
-    model = calibrate(build_model("resnet_tiny", 5, 7, seed=0), inputs)
+    model = calibrate_batchnorm(build_model("resnet_tiny", 5, 7, seed=0), inputs)
     dc = {"channels": CHANNELS, "box_size": 48, "input_scaling": "minmax", "dtype_max": 65535.0}
     ck = save_checkpoint({"model_config": model.config, "model_state": model.state_dict(), "data_config": dc},
                          tmp_path / "best.pt")

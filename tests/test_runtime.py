@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import cpjump1_crops
+from conftest import calibrate_batchnorm, cpjump1_crops
 from phenovec.export import export_onnx
 from phenovec.runtime import ProfileSession, providers, select_providers, tensorrt_options
 from phenovec.train.models import build_model
@@ -34,14 +34,7 @@ def crops() -> np.ndarray:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, crops):
     """(model, path): a resnet_tiny with BatchNorm statistics from the real crops, exported with logits."""
-    model = build_model("resnet_tiny", 5, 3, seed=0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.from_numpy(crops))
-    model.eval()
+    model = calibrate_batchnorm(build_model("resnet_tiny", 5, 3, seed=0), crops)
     path = tmp_path_factory.mktemp("rt") / "m.onnx"
     export_onnx(model, path, channels=CHANNELS, crop_size=BOX, intensity=INTENSITY, logits=True, opset=17,
                 parity_crops=crops[:4])

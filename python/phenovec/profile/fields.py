@@ -40,7 +40,7 @@ from phenovec.io.embeddings import ParquetAppender
 from phenovec.profile.assemble import WELL_ROW_GROUP
 from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
-from phenovec.profile.pipeline import DTYPES, ProfileResult, input_fingerprint
+from phenovec.profile.pipeline import ProfileResult, input_fingerprint, open_run_model
 from phenovec.profile.scheduler import bounded_map, open_client
 from phenovec.profile.sites import ModelRef, infer, worker_session
 from phenovec.profile.wells import OPERATIONS, WellWriter
@@ -230,20 +230,9 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     from tqdm.auto import tqdm
 
     import phenovec
-    from phenovec.runtime import read_metadata
 
     t0 = time.perf_counter()
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model_path = Path(model_onnx).resolve()
-    meta = read_metadata(model_path)
-    if meta.input_kind != INPUT_KIND:
-        raise ValueError(f"{model_path}: not a whole-field model (metadata input_kind {meta.input_kind!r}, expected "
-                         f"{INPUT_KIND!r}); profile a single-cell model with phenovec.profile.profile_sites "
-                         "(images + locations or a crop store)")
+    model_path, meta, batch_size = open_run_model(model_onnx, INPUT_KIND, dtype, batch_size)
     intensity = intensity_from_metadata(meta, source=str(model_path))
     channels = list(meta.channels)
     idx, paths, frames = index_by_name(index, channels)

@@ -73,6 +73,26 @@ def input_fingerprint(sites: pd.DataFrame, extra) -> str:
     return h.hexdigest()
 
 
+def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size) -> tuple[Path, object, int]:
+    """(resolved model path, its ``ModelMetadata``, batch size) of a profiling run, after checking the run's
+    ``dtype`` and ``batch_size`` and that the model takes ``input_kind`` ("crops": ``profile_sites``, "fields":
+    ``phenovec.profile.profile_fields``; ``phenovec profile`` dispatches on the model)."""
+    from phenovec.runtime import read_metadata
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model_path = Path(model_onnx).resolve()
+    meta = read_metadata(model_path)
+    if meta.input_kind != input_kind:
+        other = "profile_fields" if meta.input_kind == "fields" else "profile_sites"
+        raise ValueError(f"{model_path}: metadata input_kind {meta.input_kind!r}, but this run profiles {input_kind}; "
+                         f"profile it with phenovec.profile.{other} (`phenovec profile` dispatches on the model)")
+    return model_path, meta, batch_size
+
+
 def _index_input(index, locations, contract):
     """(site table, per-site SiteJob args, per-site cells as ``SiteCentres``, source) of an image index matched by
     channel name. The cells are held compactly (``phenovec.ingest.index.SiteCentres``: packed arrays of one
@@ -103,25 +123,15 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     from tqdm.auto import tqdm
 
     import phenovec
-    from phenovec.runtime import read_metadata
 
     t0 = time.perf_counter()
     if out is None:
         raise ValueError("out: give the output folder")
     if (index is None) == (crops_dir is None):
         raise ValueError("give either index (+ locations) or crops_dir, not both / neither")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model_path = Path(model_onnx).resolve()
-    meta = read_metadata(model_path)
-    if meta.input_kind != "crops":
-        raise ValueError(f"{model_path}: a whole-field model (metadata input_kind {meta.input_kind!r}); profile it "
-                         "with phenovec.profile.profile_fields (`phenovec profile` dispatches on the model)")
+    model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size)
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
 
