@@ -21,6 +21,9 @@ def _run_profile(a) -> dict:
     from phenovec.runtime import read_metadata
 
     kind = read_metadata(a.model).input_kind
+    # options left out take the entry point's own defaults (batch 256 / 8, float16 / float32, edge drop)
+    opts = {k: v for k, v in (("batch_size", a.batch_size), ("dtype", a.dtype), ("scheduler", a.scheduler),
+                              ("workers", a.workers), ("max_in_flight", a.max_in_flight)) if v is not None}
     if kind == "fields":
         from phenovec.profile.fields import profile_fields
 
@@ -30,17 +33,16 @@ def _run_profile(a) -> dict:
                                  "input_kind 'fields': one embedding per field, no cell locations or crops)")
         if a.index is None:
             raise SystemExit("phenovec profile: give --index for a whole-field model")
-        res = profile_fields(a.model, a.index, a.out, batch_size=a.batch_size or 8, scheduler=a.scheduler,
-                             workers=a.workers, dtype=a.dtype or "float32", max_in_flight=a.max_in_flight,
-                             progress=not a.no_progress)
+        res = profile_fields(a.model, a.index, a.out, progress=not a.no_progress, **opts)
     else:
         from phenovec.profile.pipeline import profile_sites
 
         if (a.index is None) == (a.crops is None):
             raise SystemExit("phenovec profile: give --index (with --locations) or --crops")
-        res = profile_sites(a.model, a.index, a.locations, a.out, crops_dir=a.crops, batch_size=a.batch_size or 256,
-                            scheduler=a.scheduler, workers=a.workers, dtype=a.dtype or "float16",
-                            edge=a.edge or "drop", max_in_flight=a.max_in_flight, progress=not a.no_progress)
+        if a.edge is not None:
+            opts["edge"] = a.edge
+        res = profile_sites(a.model, a.index, a.locations, a.out, crops_dir=a.crops, progress=not a.no_progress,
+                            **opts)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "embedded": res.embedded,
                "resumed_sites": res.resumed_sites, "seconds": round(res.seconds, 3),
                "cells_per_s": round(res.cells / res.seconds, 1) if res.seconds > 0 else None,
