@@ -129,7 +129,7 @@ def test_resume_after_losing_parts_identical(setup):
     first = read_outputs(out)
     for s in (3, 7):
         (out / "parts" / f"site-{s:07d}.npz").unlink()
-    (out / "wells" / "median" / "well-000001.parquet").unlink()
+    (out / "wells" / "well-000001.npz").unlink()
     shutil.rmtree(out / "embeddings.zarr")
     (out / "wells_mean.parquet").unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("site-*.npz")}

@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-WELL_ROW_GROUP = 256  # wells per row group of wells_*.parquet (a well row holds every feature)
+from phenovec.profile.wells import WELL_ROW_GROUP
+
 EDGE_OUTCOMES = ("inside", "shifted", "padded", "dropped", "invalid")  # codes 0..4 of _core.crop_site
 
 

@@ -37,13 +37,12 @@ import numpy as np
 import pandas as pd
 
 from phenovec.io.embeddings import ParquetAppender
-from phenovec.profile.assemble import WELL_ROW_GROUP
 from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
 from phenovec.profile.pipeline import ProfileResult, input_fingerprint, open_run_model
 from phenovec.profile.scheduler import bounded_map, open_client
 from phenovec.profile.sites import ModelRef, infer, worker_session
-from phenovec.profile.wells import OPERATIONS, WellWriter
+from phenovec.profile.wells import OPERATIONS, WELL_ROW_GROUP, WellWriter
 
 INPUT_KIND = "fields"
 INPUT_SCALING = "field"

@@ -8,7 +8,8 @@ Layout under ``OUT``:
 - ``parts/site-NNNNNNN.npz``: one finished site: ``codes`` (int8 edge outcome per located cell) and
   ``features`` (kept cells x D in the output dtype). Written to a temporary sibling and ``os.replace``d, so a
   part either exists whole or not at all; its existence is the commit. A kill -9 loses only sites in flight.
-- ``wells/mean/*.parquet``, ``wells/median/*.parquet``: the profile row of each finished well (same commit rule).
+- ``wells/well-NNNNNN.npz``: the mean and median profile of each finished well (``phenovec.profile.wells``; same
+  commit rule).
 
 Leftover temporary files (a killed writer) are removed when the store is opened.
 """
@@ -46,7 +47,7 @@ class PartStore:
         else:
             self.manifest = {"config": config, "complete": False}
             write_json_atomic(self.manifest_path, self.manifest)
-        for d in (self.parts, self.out / "wells" / "mean", self.out / "wells" / "median", self.out):
+        for d in (self.parts, self.out / "wells", self.out):
             if d.is_dir():
                 for tmp in d.glob(".*.tmp*"):
                     if tmp.is_file():

@@ -59,11 +59,19 @@ class ProfileSession:
     ``providers``: ``"auto"`` (TensorRT -> CUDA -> CPU by availability) or an explicit list of onnxruntime
     provider names. ``trt_cache_dir``: TensorRT engine + timing cache folder. ``max_batch`` / ``opt_batch``:
     the TensorRT optimisation profile (batch 1..max_batch). ``intra_op_threads``: onnxruntime's CPU thread pool.
+
+    ``exclusive`` (default): calls from several threads run one at a time (a lock around each onnxruntime
+    ``run``), each with the whole intra-op pool. Concurrent runs of one CPU session contend for the same cores
+    (on 2 cores with 2 Dask threads: 0.73x the raw rate with concurrent runs against 0.81x serialised, median of
+    3, ``bench/RESULTS.md``); while one thread infers, the others are free to decode and crop. ``False`` lets
+    onnxruntime run calls concurrently.
     """
 
     def __init__(self, onnx_path: str | os.PathLike, providers: str | Sequence[str] = "auto", fp16: bool = False,
                  trt_cache_dir: str | os.PathLike | None = None, intra_op_threads: int | None = None,
-                 max_batch: int = 1024, opt_batch: int = 256):
+                 max_batch: int = 1024, opt_batch: int = 256, exclusive: bool = True):
+        import threading
+
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
@@ -108,6 +116,7 @@ class ProfileSession:
         if "features" not in self.output_names:
             raise ValueError(f"{self.path}: no 'features' output (outputs {self.output_names})")
         self.io_binding = self.providers[0] in (_prov.TENSORRT, _prov.CUDA)
+        self._lock = threading.Lock() if exclusive else None
 
     # -- the contract ---------------------------------------------------------------------------------
     @property
@@ -153,6 +162,12 @@ class ProfileSession:
 
     # -- inference ------------------------------------------------------------------------------------
     def _run(self, crops: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        if self._lock is None:
+            return self._run_unlocked(crops, names)
+        with self._lock:
+            return self._run_unlocked(crops, names)
+
+    def _run_unlocked(self, crops: np.ndarray, names: list[str]) -> list[np.ndarray]:
         if self.io_binding:  # GPU path: not exercised by the CPU-only tests
             binding = self.session.io_binding()
             binding.bind_cpu_input(INPUT_NAME, crops)
