@@ -7,7 +7,9 @@ per-crop per-channel min-max). Untrained weights are fine for throughput. In the
 times (medians reported):
 
 (a) ``raw_onnxruntime``: ``ProfileSession.run`` on pre-cut float32 crops, batches of ``--batch-size``: the
-    model-only bound (crops/s), no decode, no crop, no writing;
+    model-only bound (crops/s), no decode, no crop, no writing; ``raw_onnxruntime_N_thread_sessions``: the same
+    crops over N threads with a session each of cpu_count // N onnxruntime threads (the threaded pipeline's layout
+    with N > 1 workers). The ratios use the faster of the raw rates;
 (b) ``pipeline_threads_wN``: ``phenovec.profile.profile_sites`` (images + locations -> embeddings Zarr + well
     profiles, float16) with the threaded Dask scheduler and N threads (``--workers``, e.g. 1 2), fresh output;
     ``pipeline_processes_wN`` the same with N worker processes (``--processes``);
@@ -15,10 +17,15 @@ times (medians reported):
     ``tifffile.imread`` of each channel, numpy crops (same geometry and drop rule), numpy min-max, the same
     onnxruntime session in batches of ``--batch-size``, ``np.savez`` of the site's features.
 
-Rates are embedded cells (crops) per second over the whole run (wall clock, including cluster start-up and the
-final assembly for (b)). Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (target >= 0.8),
-``pipeline_vs_sequential`` = pipeline rate / sequential rate. Stage rates for ``bench/SCALE.md``:
-``decode_crop_cells_per_s`` = ``_core.crop_site`` alone (minmax crops) over all sites.
+Rates are embedded cells (crops) per second over the whole run (wall clock, including cluster start-up, opening
+the session and its first calls, and the final assembly for (b); each run opens its own session). ``*_steady`` (b): the marginal rate between a run on the
+first half of the sites and a run on all of them, (cells_all - cells_half) / (median time_all - median
+time_half): the throughput once the fixed costs of a run are paid, which is what a plate-scale run sees.
+``--shared-session`` adds ``pipeline_threads_wN_shared``: the same runs with the Dask threads sharing one
+session (onnxruntime's default threads, one call at a time: ``ProfileSession(exclusive=True)``) instead of a
+session per thread. Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (target >= 0.8), ``pipeline_vs_sequential`` =
+pipeline rate / sequential rate. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
+``_core.crop_site`` alone (minmax crops) over all sites.
 
 Output: one JSON document on stdout (and ``--out``), progress on stderr. Example::
 
@@ -28,6 +35,7 @@ Output: one JSON document on stdout (and ``--out``), progress on stderr. Example
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import shutil
 import statistics
@@ -108,6 +116,61 @@ def median_rate(times, n):
     return {"seconds_median": t, "seconds_all": times, "cells": n, "cells_per_s": n / t}
 
 
+def raw_thread_sessions(onnx, crops, batch: int, threads: int, repeats: int) -> list[float]:
+    """Seconds to run ``crops`` split over ``threads`` threads, each with its own session of cpu_count // threads
+    onnxruntime threads, in batches of ``batch`` (``repeats`` times, after a warm-up call per session)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phenovec.runtime import ProfileSession
+
+    n = max(1, len(os.sched_getaffinity(0)) // threads)
+    sessions = [ProfileSession(onnx, providers=["CPUExecutionProvider"], intra_op_threads=n, exclusive=False)
+                for _ in range(threads)]
+    for s in sessions:
+        s.run(crops[:batch])
+    starts = list(range(0, len(crops), batch))
+
+    def work(i):
+        for j in starts[i::threads]:
+            sessions[i].run(crops[j:j + batch])
+
+    times = []
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            list(pool.map(work, range(threads)))
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def half_index(plate: dict) -> Path:
+    """An index of the first half of the plate's sites, beside the full one (same relative image paths)."""
+    import pandas as pd
+
+    index = pd.read_csv(plate["index"])
+    path = Path(plate["index"]).with_name("index_half.csv")
+    index.iloc[:max(1, len(index) // 2)].to_csv(path, index=False)
+    return path
+
+
+@contextlib.contextmanager
+def session_layout(shared: bool):
+    """With ``shared``, threaded profiling runs in this process share one session between Dask threads."""
+    from phenovec.profile import pipeline
+
+    orig = pipeline.run_model_ref
+
+    def one_session(path, sha, providers, threads, thread_sessions):
+        return orig(path, sha, providers, None, False)
+
+    pipeline.run_model_ref = one_session if shared else orig
+    try:
+        yield
+    finally:
+        pipeline.run_model_ref = orig
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=8)
@@ -119,12 +182,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--processes", type=int, nargs="*", default=[])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shared-session", action="store_true",
+                    help="also run the threaded pipeline with one session shared by the Dask threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     a = ap.parse_args()
 
     from phenovec import _core
     from phenovec.profile import profile_sites
+    from phenovec.profile import sites as worker_sites
     from phenovec.runtime import ProfileSession
 
     tmp = Path(tempfile.mkdtemp(prefix="profile_bench_"))
@@ -156,6 +222,11 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         doc["results"]["raw_onnxruntime"] = median_rate(times, len(crops))
         log(f"raw onnxruntime: {doc['results']['raw_onnxruntime']['cells_per_s']:.1f} crops/s")
+        for w in sorted({w for w in a.workers if w > 1}):  # the threaded pipeline's layout: a session per thread
+            key = f"raw_onnxruntime_{w}_thread_sessions"
+            doc["results"][key] = median_rate(raw_thread_sessions(inp["onnx"], crops, a.batch_size, w, a.repeats),
+                                              len(crops))
+            log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} crops/s")
         del crops, kept
         times = []
         for r in range(a.repeats):
@@ -165,20 +236,31 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         doc["results"]["sequential_deepprofiler"] = median_rate(times, n_seq)
         log(f"sequential: {doc['results']['sequential_deepprofiler']['cells_per_s']:.1f} cells/s")
-        runs = [("threads", w) for w in a.workers] + [("processes", w) for w in a.processes]
-        for sched, w in runs:
-            times = []
-            for r in range(a.repeats):
-                out = tmp / f"pipe_{sched}_{w}"
-                shutil.rmtree(out, ignore_errors=True)
-                t = time.perf_counter()
-                res = profile_sites(inp["onnx"], inp["plate"]["index"], inp["plate"]["nuclei"], out,
-                                    batch_size=a.batch_size, scheduler=sched, workers=w, progress=False)
-                times.append(time.perf_counter() - t)
-            key = f"pipeline_{sched}_w{w}"
-            doc["results"][key] = median_rate(times, res.embedded)
-            log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} cells/s")
-        raw = doc["results"]["raw_onnxruntime"]["cells_per_s"]
+        runs = [("threads", w, False) for w in a.workers] + [("processes", w, False) for w in a.processes]
+        if a.shared_session:
+            runs += [("threads", w, True) for w in a.workers if w > 1]
+        half = half_index(inp["plate"])
+        for sched, w, shared in runs:
+            key = f"pipeline_{sched}_w{w}" + ("_shared" if shared else "")
+            timed = {}
+            with session_layout(shared):
+                for r in range(a.repeats):
+                    for part, index in (("all", inp["plate"]["index"]), ("half", half)):
+                        out = tmp / f"pipe_{sched}_{w}_{part}"
+                        shutil.rmtree(out, ignore_errors=True)
+                        worker_sites._SESSIONS.clear()  # each run opens its session, as a fresh process would
+                        t = time.perf_counter()
+                        res = profile_sites(inp["onnx"], index, inp["plate"]["nuclei"], out,
+                                            batch_size=a.batch_size, scheduler=sched, workers=w, progress=False)
+                        timed.setdefault(part, ([], res.embedded))[0].append(time.perf_counter() - t)
+            doc["results"][key] = median_rate(*timed["all"])
+            (t_all, n_all), (t_half, n_half) = [(statistics.median(timed[p][0]), timed[p][1]) for p in ("all", "half")]
+            doc["results"][key + "_steady"] = {"cells": n_all - n_half, "seconds_median": t_all - t_half,
+                                               "cells_per_s": (n_all - n_half) / (t_all - t_half),
+                                               "half_run": median_rate(*timed["half"])}
+            log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} cells/s whole run, "
+                f"{doc['results'][key + '_steady']['cells_per_s']:.1f} steady")
+        raw = max(v["cells_per_s"] for k, v in doc["results"].items() if k.startswith("raw_onnxruntime"))
         seq = doc["results"]["sequential_deepprofiler"]["cells_per_s"]
         doc["ratios"] = {k: {"pipeline_vs_raw": v["cells_per_s"] / raw, "pipeline_vs_sequential": v["cells_per_s"] / seq}
                          for k, v in doc["results"].items() if k.startswith("pipeline_")}

@@ -213,3 +213,35 @@ def test_from_crop_store_equals_from_images(setup):
     export_onnx(build_model("resnet_tiny", 5, 7).eval(), m48, channels=CHANNELS, crop_size=48, intensity=INTENSITY)
     with pytest.raises(ValueError, match="box_size 32 != the model's crop_size 48"):
         profile_sites(m48, crops_dir=tmp / "crops", out=tmp / "bad48", progress=False)
+
+
+def test_worker_sessions_per_thread_on_cpu_shared_on_gpu(setup, monkeypatch):
+    """The threaded scheduler on the CPU gives each Dask thread its own session (cores / threads onnxruntime
+    threads, runs not serialised); a GPU provider keeps one shared exclusive session per process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phenovec.profile import sites
+
+    from phenovec.runtime import read_metadata
+
+    tmp, plate, onnx_path = setup
+    sha = read_metadata(onnx_path).weights_sha256
+    ref = sites.run_model_ref(str(onnx_path), sha, ["CPUExecutionProvider"], 1, True)
+    assert ref.per_thread and ref.intra_op_threads == 1
+    with ThreadPoolExecutor(2) as pool:
+        a = list(pool.map(lambda _: id(sites.worker_session(ref)), range(8)))
+    assert len(set(a)) == 2  # one per thread, reused within a thread
+    s = sites.worker_session(ref)
+    assert s is sites.worker_session(ref) and s._lock is None
+    # a scheduler that allows no per-thread sessions (processes / an external cluster): one session per process
+    shared = sites.run_model_ref(str(onnx_path), sha, ["CPUExecutionProvider"], 2, False)
+    assert not shared.per_thread and shared.intra_op_threads == 2
+    with ThreadPoolExecutor(2) as pool:
+        b = set(pool.map(lambda _: id(sites.worker_session(shared)), range(4)))
+    assert len(b) == 1 and sites.worker_session(shared)._lock is not None
+    # auto providers on a (stubbed) CUDA build: shared, onnxruntime's default threads
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    gpu = sites.run_model_ref(str(onnx_path), sha, "auto", 1, True)
+    assert not gpu.per_thread and gpu.intra_op_threads is None
+    with pytest.raises(ValueError, match="weights_sha256"):
+        sites.worker_session(sites.ModelRef(str(onnx_path), "0" * 64, ["CPUExecutionProvider"], 1, True))

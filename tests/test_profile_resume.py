@@ -56,6 +56,9 @@ def test_sigkill_then_resume_identical(setup):
     assert 4 <= len(done) < 12
     assert not (out / "embeddings.zarr").exists() and not (out / "wells_mean.parquet").exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in done}
+    # what a writer killed during assembly leaves (the child's PID is dead now): removed on resume
+    (out / f".embeddings.zarr.tmp{proc.pid}" / "features").mkdir(parents=True)
+    (out / f".cells.parquet.tmp{proc.pid}").write_bytes(b"PAR1")
 
     res = profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=1, workers=1, progress=False)
     assert res.resumed_sites == len(done) and res.sites == 12
@@ -79,3 +82,24 @@ def test_rerun_with_other_model_or_config_refused(setup):
     _, other = make_plate_and_model(tmp / "other", seed=1)
     with pytest.raises(ValueError, match=r"another configuration.*model_weights_sha256"):
         profile_sites(other, plate["index"], plate["nuclei"], out, batch_size=16, progress=False)
+
+
+def test_stale_temporaries_removed_live_ones_kept(tmp_path):
+    from phenovec.io.atomic import remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".embeddings.zarr.tmp{dead.pid}").mkdir()
+    (tmp_path / f".embeddings.zarr.tmp{dead.pid}" / "zarr.json").write_text("{}")
+    (tmp_path / f".cells.parquet.tmp{dead.pid}").write_bytes(b"PAR1")
+    live = [tmp_path / f".wells_mean.parquet.tmp{os.getpid()}", tmp_path / f".other.npz.tmp{os.getppid()}"]
+    for p in live:
+        p.write_bytes(b"x")
+    keep = [tmp_path / "cells.parquet", tmp_path / ".hidden", tmp_path / f"x.tmp{dead.pid}"]
+    for p in keep:
+        p.write_bytes(b"y")
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".cells.parquet.tmp{dead.pid}",
+                                                      f".embeddings.zarr.tmp{dead.pid}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in live + keep)
+    assert remove_stale_temporaries(tmp_path / "missing") == []

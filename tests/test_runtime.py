@@ -179,3 +179,42 @@ def test_refuses_a_model_without_phenovec_metadata(exported, tmp_path):
         cpu_session(broken)
     with pytest.raises(FileNotFoundError, match="ONNX model not found"):
         cpu_session(tmp_path / "missing.onnx")
+
+
+class _CountingSession:
+    """Wraps an onnxruntime session: counts calls running at the same time (each held ~50 ms)."""
+
+    def __init__(self, inner):
+        import threading
+
+        self.inner, self.now, self.most, self.lock = inner, 0, 0, threading.Lock()
+
+    def run(self, names, feeds):
+        import time
+
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.05)
+            return self.inner.run(names, feeds)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_exclusive_serialises_runs_of_threads(exported, crops, exclusive):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, path = exported
+    s = cpu_session(path, exclusive=exclusive)
+    s.session = counting = _CountingSession(s.session)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: s.run(crops[i:i + 3]), range(8)))
+    for i, g in enumerate(got):  # each thread got its own crops' features
+        np.testing.assert_allclose(g, embed(model, crops[i:i + 3]), atol=1e-4, rtol=0)
+    if exclusive:
+        assert counting.most == 1
+    else:
+        assert counting.most > 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -42,3 +44,42 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     """``obj`` as indented JSON with sorted keys (non-JSON values as ``str``)."""
     return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+_TMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings (``.NAME.tmpPID`` files or folders, as ``atomic_path`` and the Zarr / Parquet
+    writers of ``phenovec.io.embeddings`` make them) that a killed writer left in ``folder``; returns them.
+
+    A temporary whose PID is a live process on this machine other than this one is kept (a writer may still be
+    running); this process's own are kept too. ``folder`` need not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.iterdir():
+        m = _TMP_NAME.match(p.name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        removed.append(p)
+    return removed

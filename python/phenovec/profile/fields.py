@@ -41,7 +41,7 @@ from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
 from phenovec.profile.pipeline import ProfileResult, input_fingerprint, open_run_model
 from phenovec.profile.scheduler import bounded_map, open_client
-from phenovec.profile.sites import ModelRef, infer, worker_session
+from phenovec.profile.sites import ModelRef, infer, run_model_ref, worker_session
 from phenovec.profile.wells import OPERATIONS, WELL_ROW_GROUP, WellWriter
 
 INPUT_KIND = "fields"
@@ -255,8 +255,8 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     groups = [g for g in groups if any(s not in done for s in g)]
     if groups:
         with tqdm(total=n_sites, initial=len(done), unit="field", desc="profile fields", disable=not progress,
-                  smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr):
-            ref = ModelRef(str(model_path), meta.weights_sha256, providers, thr)
+                  smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr, per_thread):
+            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             fn = functools.partial(embed_field_group, ref, intensity)
             tasks = ([FieldJob(s, paths[s], frames[s]) for s in g] for g in groups)

@@ -11,7 +11,8 @@ Layout under ``OUT``:
 - ``wells/well-NNNNNN.npz``: the mean and median profile of each finished well (``phenovec.profile.wells``; same
   commit rule).
 
-Leftover temporary files (a killed writer) are removed when the store is opened.
+Temporary files and folders a killed writer left (parts, well parts, an unfinished ``embeddings.zarr`` or Parquet
+table) are removed when the store is opened (``phenovec.io.atomic.remove_stale_temporaries``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phenovec.io.atomic import write_bytes_atomic, write_json_atomic
+from phenovec.io.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 
 
 class PartStore:
@@ -48,10 +49,7 @@ class PartStore:
             self.manifest = {"config": config, "complete": False}
             write_json_atomic(self.manifest_path, self.manifest)
         for d in (self.parts, self.out / "wells", self.out):
-            if d.is_dir():
-                for tmp in d.glob(".*.tmp*"):
-                    if tmp.is_file():
-                        tmp.unlink()
+            remove_stale_temporaries(d)
 
     @property
     def complete(self) -> bool:

@@ -31,7 +31,7 @@ from phenovec.profile.assemble import assemble
 from phenovec.profile.contract import contract_from_metadata, index_by_name, match_channels
 from phenovec.profile.parts import PartStore
 from phenovec.profile.scheduler import bounded_map, open_client
-from phenovec.profile.sites import CropJob, ModelRef, SiteJob, embed_crop_group, embed_site_group
+from phenovec.profile.sites import CropJob, SiteJob, embed_crop_group, embed_site_group, run_model_ref
 from phenovec.profile.wells import WellWriter
 
 DTYPES = ("float16", "float32")
@@ -165,15 +165,14 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     if not store.complete:
         wells.resume(done)
         groups = [g for g in task_groups(ncells, batch_size) if any(s not in done for s in g)]
-        ref = ModelRef(str(model_path), meta.weights_sha256, providers)
         total = int(sum(ncells))
         # Dask workers keep their last `low-level-log-length` events, each with its task's arguments (the centres
         # of a task's sites): 1,000 by default, i.e. megabytes; DASK_LOG_EVENTS for the clusters made here
         with tqdm(total=total, initial=int(sum(ncells[s] for s in done)), unit="cell", desc="profile",
                   disable=not progress, smoothing=0.1) as bar, \
                 dask.config.set({"distributed.admin.low-level-log-length": DASK_LOG_EVENTS}), \
-                open_client(scheduler, workers) as (client, slots, thr):
-            ref = ModelRef(ref.path, ref.weights_sha256, ref.providers, thr)
+                open_client(scheduler, workers) as (client, slots, thr, per_thread):
+            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             if mode == "images":
                 fn = functools.partial(embed_site_group, ref, contract)

@@ -3,7 +3,9 @@
 ``scheduler``:
 
 - ``"threads"`` (default): an in-process ``dask.distributed.LocalCluster(processes=False)`` with one worker of
-  ``workers`` threads; decode/crop (Rust) and onnxruntime release the GIL, and the threads share one session;
+  ``workers`` threads; decode/crop (Rust) and onnxruntime release the GIL. On the CPU provider each thread has
+  its own session of ``cpu_count // workers`` onnxruntime threads, on a GPU provider they share one
+  (``phenovec.profile.sites``);
 - ``"processes"``: a ``LocalCluster`` of ``workers`` worker processes, one thread each; each process opens its
   own session with ``cpu_count // workers`` onnxruntime threads;
 - ``"tcp://host:port"``: a ``Client`` connected to an existing dask.distributed scheduler (the cluster is not
@@ -29,7 +31,8 @@ def default_workers() -> int:
 
 @contextlib.contextmanager
 def open_client(scheduler: str | None, workers: int | None):
-    """Yield ``(client, n_slots, onnxruntime threads per session or None)`` for ``scheduler`` (module docstring)."""
+    """Yield ``(client, n_slots, onnxruntime threads per session or None, whether each Dask thread may have its own
+    session)`` for ``scheduler`` (module docstring; the caller decides per provider)."""
     from distributed import Client, LocalCluster
 
     scheduler = scheduler or "threads"
@@ -37,7 +40,7 @@ def open_client(scheduler: str | None, workers: int | None):
         client = Client(scheduler)
         try:
             slots = sum(client.nthreads().values()) or 1
-            yield client, slots, None
+            yield client, slots, None, False
         finally:
             client.close()
         return
@@ -49,13 +52,11 @@ def open_client(scheduler: str | None, workers: int | None):
         raise ValueError(f"workers must be >= 1, got {workers}")
     if scheduler == "threads":
         cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None)
-        ort_threads = None
     else:
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        ort_threads = max(1, default_workers() // n)
     try:
         with Client(cluster) as client:
-            yield client, n, ort_threads
+            yield client, n, max(1, default_workers() // n), scheduler == "threads"
     finally:
         cluster.close()
 

@@ -6,9 +6,15 @@ worker: Rust decode + crop (``phenovec._core.crop_site``, GIL released) with the
 concatenated crops of the task in batches of ``batch_size`` (a fixed composition for a given task, so a rerun of
 the task gives the same numbers). Features are cast to the output dtype in the worker (less to ship back).
 
-Sessions: one :class:`phenovec.runtime.ProfileSession` per worker process and model, cached in this module
-(threads of one process share it: onnxruntime's ``run`` is thread-safe). The cached session is checked against
-the model's ``weights_sha256``, so a model file replaced under a running cluster is an error, not a mix.
+Sessions (:func:`worker_session`), cached in this module and checked against the model's ``weights_sha256`` (a
+model file replaced under a running cluster is an error, not a mix):
+
+- ``ModelRef.per_thread`` (the threaded scheduler on the CPU provider): one session per Dask thread, each with
+  ``intra_op_threads`` onnxruntime threads (cores / Dask threads). Each thread decodes, then infers on its own
+  cores; no thread waits for another's inference and no onnxruntime pool is stalled by a decode running on one of
+  its cores (on 2 cores: steady rate +X % over one shared 2-thread session, ``bench/RESULTS.md``);
+- otherwise one ``exclusive`` session per worker process, shared by its threads (GPU providers: one engine and
+  one copy of the weights on the device; runs take turns).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from phenovec.profile.contract import InputContract
 
 _SESSIONS: dict = {}
 _LOCK = threading.Lock()
+_THREAD = threading.local()  # per-thread sessions: freed with their thread
 
 
 @dataclass(frozen=True)
@@ -31,22 +38,51 @@ class ModelRef:
     weights_sha256: str
     providers: object = "auto"
     intra_op_threads: int | None = None
+    per_thread: bool = False
+
+
+def run_model_ref(path: str, weights_sha256: str, providers, threads: int | None, thread_sessions: bool) -> ModelRef:
+    """The ``ModelRef`` of a run whose scheduler gave ``threads`` onnxruntime threads per session and allows a
+    session per Dask thread (``thread_sessions``, ``phenovec.profile.scheduler.open_client``): per-thread
+    sessions only when ``providers`` resolve to the CPU provider alone in this process (the threaded scheduler's
+    workers are this process); a GPU provider keeps one shared session with onnxruntime's default threads."""
+    if thread_sessions:
+        import onnxruntime as ort
+
+        from phenovec.runtime import providers as prov
+
+        chosen = prov.select_providers(providers, ort.get_available_providers(),
+                                       tensorrt_ok=prov.tensorrt_importable())
+        if chosen != [prov.CPU]:
+            return ModelRef(path, weights_sha256, providers, None, False)
+        return ModelRef(path, weights_sha256, providers, threads, True)
+    return ModelRef(path, weights_sha256, providers, threads, False)
+
+
+def _open(ref: ModelRef):
+    from phenovec.runtime import ProfileSession
+
+    sess = ProfileSession(ref.path, providers=ref.providers, intra_op_threads=ref.intra_op_threads,
+                          exclusive=not ref.per_thread)
+    if sess.metadata.weights_sha256 != ref.weights_sha256:
+        raise ValueError(f"{ref.path}: weights_sha256 {sess.metadata.weights_sha256} on this worker differs "
+                         f"from the run's {ref.weights_sha256} (the model file changed)")
+    return sess
 
 
 def worker_session(ref: ModelRef):
-    """The cached :class:`ProfileSession` of ``ref`` in this process (opened on first use)."""
+    """The cached :class:`ProfileSession` of ``ref`` in this process, or in this thread with ``ref.per_thread``
+    (opened on first use; see the module docstring)."""
     key = (ref.path, ref.weights_sha256, str(ref.providers), ref.intra_op_threads)
+    if ref.per_thread:
+        cache = _THREAD.__dict__.setdefault("sessions", {})
+        if key not in cache:
+            cache[key] = _open(ref)
+        return cache[key]
     with _LOCK:
-        sess = _SESSIONS.get(key)
-        if sess is None:
-            from phenovec.runtime import ProfileSession
-
-            sess = ProfileSession(ref.path, providers=ref.providers, intra_op_threads=ref.intra_op_threads)
-            if sess.metadata.weights_sha256 != ref.weights_sha256:
-                raise ValueError(f"{ref.path}: weights_sha256 {sess.metadata.weights_sha256} on this worker differs "
-                                 f"from the run's {ref.weights_sha256} (the model file changed)")
-            _SESSIONS[key] = sess
-    return sess
+        if key not in _SESSIONS:
+            _SESSIONS[key] = _open(ref)
+        return _SESSIONS[key]
 
 
 @dataclass(frozen=True)
