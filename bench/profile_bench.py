@@ -21,7 +21,10 @@ Rates are embedded cells (crops) per second over the whole run (wall clock, incl
 the session and its first calls, and the final assembly for (b); each run opens its own session). ``*_steady`` (b): the marginal rate between a run on the
 first half of the sites and a run on all of them, (cells_all - cells_half) / (median time_all - median
 time_half): the throughput once the fixed costs of a run are paid, which is what a plate-scale run sees.
-``--shared-session`` adds ``pipeline_threads_wN_shared``: the same runs with the Dask threads sharing one
+Noise control: before each repeat of each pipeline variant the bench probes the raw rate (``raw_probe``: 8
+batches, both session layouts, the faster) and the sequential loop (first 8 sites); ``ratios`` also give each
+pipeline rate against the medians of the probes taken around its own runs (``vs_raw_near``,
+``vs_sequential_near``), which a slow spell of a shared machine affects on both sides. ``--shared-session`` adds ``pipeline_threads_wN_shared``: the same runs with the Dask threads sharing one
 session (onnxruntime's default threads, one call at a time: ``ProfileSession(exclusive=True)``) instead of a
 session per thread. Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (target >= 0.8), ``pipeline_vs_sequential`` =
 pipeline rate / sequential rate. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
@@ -144,6 +147,19 @@ def raw_thread_sessions(onnx, crops, batch: int, threads: int, repeats: int) -> 
     return times
 
 
+def raw_probe(sess, onnx, probe, batch: int, threads: int) -> float:
+    """The raw rate on ``probe`` crops now: the faster of one session (``sess``) and ``threads`` per-thread
+    sessions (1 repeat each, after a warm-up call)."""
+    sess.run(probe[:batch])
+    t = time.perf_counter()
+    for j in range(0, len(probe), batch):
+        sess.run(probe[j:j + batch])
+    rates = [len(probe) / (time.perf_counter() - t)]
+    if threads > 1:
+        rates.append(len(probe) / raw_thread_sessions(onnx, probe, batch, threads, 1)[0])
+    return max(rates)
+
+
 def half_index(plate: dict) -> Path:
     """An index of the first half of the plate's sites, beside the full one (same relative image paths)."""
     import pandas as pd
@@ -227,6 +243,7 @@ def main() -> None:
             doc["results"][key] = median_rate(raw_thread_sessions(inp["onnx"], crops, a.batch_size, w, a.repeats),
                                               len(crops))
             log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} crops/s")
+        probe = crops[:8 * a.batch_size].copy()  # the raw rate near each pipeline run (noise control)
         del crops, kept
         times = []
         for r in range(a.repeats):
@@ -236,6 +253,7 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         doc["results"]["sequential_deepprofiler"] = median_rate(times, n_seq)
         log(f"sequential: {doc['results']['sequential_deepprofiler']['cells_per_s']:.1f} cells/s")
+        doc["near"] = {}
         runs = [("threads", w, False) for w in a.workers] + [("processes", w, False) for w in a.processes]
         if a.shared_session:
             runs += [("threads", w, True) for w in a.workers if w > 1]
@@ -243,8 +261,13 @@ def main() -> None:
         for sched, w, shared in runs:
             key = f"pipeline_{sched}_w{w}" + ("_shared" if shared else "")
             timed = {}
+            near = {"raw": [], "sequential": []}
             with session_layout(shared):
                 for r in range(a.repeats):
+                    near["raw"].append(raw_probe(sess, inp["onnx"], probe, a.batch_size, max(a.workers)))
+                    t = time.perf_counter()
+                    n_probe = sequential(sites[:8], sess, a.box, a.batch_size, tmp / "seq_probe")
+                    near["sequential"].append(n_probe / (time.perf_counter() - t))
                     for part, index in (("all", inp["plate"]["index"]), ("half", half)):
                         out = tmp / f"pipe_{sched}_{w}_{part}"
                         shutil.rmtree(out, ignore_errors=True)
@@ -258,12 +281,19 @@ def main() -> None:
             doc["results"][key + "_steady"] = {"cells": n_all - n_half, "seconds_median": t_all - t_half,
                                                "cells_per_s": (n_all - n_half) / (t_all - t_half),
                                                "half_run": median_rate(*timed["half"])}
+            near = {k: statistics.median(v) for k, v in near.items()} | {"all": near}
+            doc["near"][key] = near
             log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} cells/s whole run, "
-                f"{doc['results'][key + '_steady']['cells_per_s']:.1f} steady")
+                f"{doc['results'][key + '_steady']['cells_per_s']:.1f} steady; probes near it: raw "
+                f"{near['raw']:.1f}, sequential {near['sequential']:.1f}")
         raw = max(v["cells_per_s"] for k, v in doc["results"].items() if k.startswith("raw_onnxruntime"))
         seq = doc["results"]["sequential_deepprofiler"]["cells_per_s"]
         doc["ratios"] = {k: {"pipeline_vs_raw": v["cells_per_s"] / raw, "pipeline_vs_sequential": v["cells_per_s"] / seq}
                          for k, v in doc["results"].items() if k.startswith("pipeline_")}
+        for k, r in doc["ratios"].items():  # against the probes taken around the same runs
+            near = doc["near"][k.removesuffix("_steady")]
+            v = doc["results"][k]["cells_per_s"]
+            r.update(vs_raw_near=v / near["raw"], vs_sequential_near=v / near["sequential"])
         doc["cells_located"], doc["cells_embedded"] = n_loc, n_emb
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

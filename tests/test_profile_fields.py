@@ -263,3 +263,29 @@ def test_cli_export_fields_with_statistics(setup, tmp_path, capsys):
         with pytest.raises(SystemExit, match="--field-size|--logits"):
             main(args)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_multipage_frames_equal_single_page_files(setup):
+    """An index whose channels are pages of one multi-page TIFF per site (``Frame_<channel>``, pages in reverse
+    channel order) gives the same field embeddings as the one-file-per-channel index."""
+    tmp, plate, idx, inputs, onnx_path = setup
+    root = tmp / "multipage"
+    root.mkdir()
+    index = pd.read_csv(plate["index"])
+    src = Path(plate["index"]).parent
+    pages = list(reversed(CHANNELS))
+    for i, row in index.iterrows():
+        name = f"site{i}.tif"
+        tifffile.imwrite(root / name, np.stack([tifffile.imread(src / row[f"FileName_{c}"]) for c in pages]),
+                         compression="zlib")
+        for c in CHANNELS:
+            index.loc[i, f"FileName_{c}"] = name
+            index.loc[i, f"Frame_{c}"] = pages.index(c)
+    index[[f"Frame_{c}" for c in CHANNELS]] = index[[f"Frame_{c}" for c in CHANNELS]].astype(int)
+    index.to_csv(root / "index.csv", index=False)
+    res = profile_fields(onnx_path, root / "index.csv", tmp / "multipage_out", batch_size=5, workers=1,
+                         progress=False)
+    assert res.embedded == 12
+    got = np.asarray(EmbeddingStore(tmp / "multipage_out" / "embeddings.zarr").array[:])
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, sess.run(["features"], {"crops": inputs})[0], atol=1e-5, rtol=0)
