@@ -15,7 +15,15 @@ times (medians reported):
     ``pipeline_processes_wN`` the same with N worker processes (``--processes``);
 (c) ``sequential_deepprofiler``: one site after another in one process, as DeepProfiler's ``profile``:
     ``tifffile.imread`` of each channel, numpy crops (same geometry and drop rule), numpy min-max, the same
-    onnxruntime session in batches of ``--batch-size``, ``np.savez`` of the site's features.
+    onnxruntime session in batches of ``--batch-size``, ``np.savez`` of the site's features: DeepProfiler's loop
+    with phenovec's runtime, which isolates what running sites concurrently gains;
+(d) ``deepprofiler`` (``--deepprofiler``): DeepProfiler 0.5.1 itself (``deepprofiler profile``: skimage reads,
+    TF1 ``crop_and_resize`` graph, Keras ``predict`` of EfficientNet-B0 at the same crop size and batch size,
+    ``np.savez_compressed``) on the first ``--deepprofiler-sites`` sites, in its own venv (``deepprofiler_peer.py``);
+    rate = embedded cells / seconds of its scan loop (TensorFlow import and model build excluded, reported apart),
+    medians of ``--repeats`` scans in one process. Around its runs the bench probes (c) on the same sites, and
+    ``vs_deepprofiler_near`` = pipeline / (c)-probe near the pipeline x (c)-probe near DeepProfiler / DeepProfiler:
+    the ratio with both sides brought to the machine state of one time.
 
 Rates are embedded cells (crops) per second over the whole run (wall clock, including cluster start-up, opening
 the session and its first calls, and the final assembly for (b); each run opens its own session). ``*_steady`` (b): the marginal rate between a run on the
@@ -27,7 +35,7 @@ pipeline rate against the medians of the probes taken around its own runs (``vs_
 ``vs_sequential_near``), which a slow spell of a shared machine affects on both sides. ``--shared-session`` adds ``pipeline_threads_wN_shared``: the same runs with the Dask threads sharing one
 session (onnxruntime's default threads, one call at a time: ``ProfileSession(exclusive=True)``) instead of a
 session per thread. Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (target >= 0.8), ``pipeline_vs_sequential`` =
-pipeline rate / sequential rate. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
+pipeline rate / sequential rate, ``pipeline_vs_deepprofiler`` = pipeline rate / DeepProfiler's. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
 ``_core.crop_site`` alone (minmax crops) over all sites.
 
 Output: one JSON document on stdout (and ``--out``), progress on stderr. Example::
@@ -200,6 +208,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shared-session", action="store_true",
                     help="also run the threaded pipeline with one session shared by the Dask threads")
+    ap.add_argument("--deepprofiler", action="store_true",
+                    help="also run DeepProfiler 0.5.1 itself (its own venv, built from PyPI on first use)")
+    ap.add_argument("--deepprofiler-sites", type=int, default=8,
+                    help="sites DeepProfiler profiles (the plate's first; ~30 cells/s on 2 cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -254,6 +266,31 @@ def main() -> None:
         doc["results"]["sequential_deepprofiler"] = median_rate(times, n_seq)
         log(f"sequential: {doc['results']['sequential_deepprofiler']['cells_per_s']:.1f} cells/s")
         doc["near"] = {}
+        if a.deepprofiler:
+            from deepprofiler_peer import run_deepprofiler, write_project
+
+            n_dp = min(a.deepprofiler_sites, len(sites))
+            config, located = write_project(inp["plate"]["index"], inp["plate"]["nuclei"], tmp / "deepprofiler",
+                                            CHANNELS, n_dp, a.box, a.batch_size)
+            probes = []
+            t = time.perf_counter()
+            probes.append(sequential(sites[:n_dp], sess, a.box, a.batch_size, tmp / "seq_probe") /
+                          (time.perf_counter() - t))
+            dp = run_deepprofiler(config, a.repeats)
+            t = time.perf_counter()
+            probes.append(sequential(sites[:n_dp], sess, a.box, a.batch_size, tmp / "seq_probe") /
+                          (time.perf_counter() - t))
+            if dp["cells"] != located or dp["sites"] != n_dp:
+                raise RuntimeError(f"DeepProfiler embedded {dp['cells']} cells of {dp['sites']} sites, expected "
+                                   f"{located} of {n_dp}")
+            doc["results"]["deepprofiler"] = median_rate(dp["scan_s"], dp["cells"]) | {
+                "sites": n_dp, "feature_dim": dp["feature_dim"], "import_s": dp["import_s"],
+                "setup_s": dp["setup_s"], "stages_last_scan_s": dp["stages_last_scan_s"],
+                "first_command_s": dp["import_s"] + dp["setup_s"] + dp["scan_s"][0]}
+            doc["near"]["deepprofiler"] = {"sequential": statistics.median(probes), "all": {"sequential": probes}}
+            log(f"DeepProfiler 0.5.1: {doc['results']['deepprofiler']['cells_per_s']:.1f} cells/s "
+                f"({dp['cells']} cells, {n_dp} sites; stages {dp['stages_last_scan_s']}); sequential probe "
+                f"{statistics.median(probes):.1f}")
         runs = [("threads", w, False) for w in a.workers] + [("processes", w, False) for w in a.processes]
         if a.shared_session:
             runs += [("threads", w, True) for w in a.workers if w > 1]
@@ -288,12 +325,16 @@ def main() -> None:
                 f"{near['raw']:.1f}, sequential {near['sequential']:.1f}")
         raw = max(v["cells_per_s"] for k, v in doc["results"].items() if k.startswith("raw_onnxruntime"))
         seq = doc["results"]["sequential_deepprofiler"]["cells_per_s"]
+        dp = doc["results"].get("deepprofiler", {}).get("cells_per_s")
         doc["ratios"] = {k: {"pipeline_vs_raw": v["cells_per_s"] / raw, "pipeline_vs_sequential": v["cells_per_s"] / seq}
                          for k, v in doc["results"].items() if k.startswith("pipeline_")}
         for k, r in doc["ratios"].items():  # against the probes taken around the same runs
             near = doc["near"][k.removesuffix("_steady")]
             v = doc["results"][k]["cells_per_s"]
             r.update(vs_raw_near=v / near["raw"], vs_sequential_near=v / near["sequential"])
+            if dp:
+                r.update(pipeline_vs_deepprofiler=v / dp,
+                         vs_deepprofiler_near=r["vs_sequential_near"] * doc["near"]["deepprofiler"]["sequential"] / dp)
         doc["cells_located"], doc["cells_embedded"] = n_loc, n_emb
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

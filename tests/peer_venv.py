@@ -1,10 +1,11 @@
-"""Throwaway virtual environments holding old peer tools, for equivalence tests.
+"""Throwaway virtual environments holding old peer tools, for equivalence tests and benchmarks.
 
 A peer that needs old numpy/pandas (cytominer-eval 0.1 uses ``np.float``) is installed once into a
 cached venv under ``~/.cache/phenovec/peer-venvs/<name>`` (``PHENOVEC_PEER_VENVS`` overrides the
 folder) and run as a subprocess; data go through files. Creation holds an exclusive lock file and
 builds in a temporary folder renamed into place, so concurrent test runs are safe. Failure to
-build raises :class:`PeerVenvError` with pip's output: tests must fail, never skip.
+build raises :class:`PeerVenvError` with pip's output: tests must fail, never skip. The benchmarks
+(``bench/``) use the same venvs (DeepProfiler, whose TensorFlow pins exclude phenovec's Python stack).
 """
 from __future__ import annotations
 
@@ -24,7 +25,19 @@ PEERS = {
         "scipy==1.10.1",
         "scikit-learn==1.2.2",
     ],
+    # DeepProfiler 0.5.1 (PyPI; Python 3.10-3.11, TensorFlow < 2.16): the sequential peer of bench/profile_bench.py
+    "deepprofiler-0.5.1": [
+        "tensorflow-cpu==2.15.1",
+        "numpy==1.26.4",
+        "pandas==2.2.3",  # its MetadataColumnTarget sorts .unique() in place: a numpy array in pandas 2, not 3
+        "scikit-image==0.24.0",
+        "efficientnet==1.1.1",
+        "click==8.5.1",
+    ],
 }
+# installed afterwards with --no-deps: deepprofiler declares the `tensorflow` distribution, which PEERS supplies
+# as `tensorflow-cpu` (the same TensorFlow built for CPUs only, a third of the download)
+NO_DEPS = {"deepprofiler-0.5.1": ["deepprofiler==0.5.1"]}
 MARKER = "phenovec-peer-venv.txt"
 
 
@@ -50,7 +63,7 @@ def peer_python(name: str = "cytominer-eval-0.1", timeout: float = 900) -> Path:
     """Path of the python executable of the cached peer venv ``name``, building it if needed."""
     if name not in PEERS:
         raise KeyError(f"unknown peer venv {name!r}: known are {sorted(PEERS)}")
-    spec = "\n".join(PEERS[name]) + "\n"
+    spec = "\n".join(PEERS[name]) + "\n" + "".join(f"--no-deps {p}\n" for p in NO_DEPS.get(name, []))
     root = cache_root()
     venv = root / name
     if _ready(venv, spec):
@@ -67,6 +80,9 @@ def peer_python(name: str = "cytominer-eval-0.1", timeout: float = 900) -> Path:
                 [sys.executable, "-m", "venv", str(tmp)],
                 [str(_python(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *PEERS[name]],
             ]
+            if NO_DEPS.get(name):
+                steps.append([str(_python(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                              "--no-deps", *NO_DEPS[name]])
             for cmd in steps:
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
                 if r.returncode != 0:
