@@ -12,7 +12,7 @@ pandas < 3, TensorFlow < 2.16), so it runs in its own cached venv (``tests/peer_
   weights: throughput only), no compression (16-bit TIFFs read as they are);
 - :data:`DRIVER` runs, in the peer venv, what ``deepprofiler profile`` runs (``read_dataset(config, "profile")``,
   ``Profile(config, dset).configure()``, ``dset.scan(profile.extract_features, frame="all", check=profile.check)``)
-  ``repeats`` times in one process, deleting the features folder before each scan (DeepProfiler skips sites
+  ``repeats`` times in one process (``CONFIG`` and ``REPEATS`` prepended by :func:`run_deepprofiler`), deleting the features folder before each scan (DeepProfiler skips sites
   whose ``.npz`` exists), and times the import, the model build and each scan; during the last scan it also
   times DeepProfiler's stages (``pixels.openImage``, the TF1 crop graph ``prepare_image``, Keras ``predict``,
   ``np.savez_compressed``). It prints one ``RESULT`` line of JSON.
@@ -29,7 +29,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 DRIVER = r'''
-import collections, glob, json, shutil, sys, time
+import collections, glob, json, shutil, time
 t0 = time.perf_counter()
 import numpy as np
 import deepprofiler.dataset.image_dataset as image_dataset
@@ -37,8 +37,8 @@ import deepprofiler.dataset.pixels as pixels
 import deepprofiler.profiling as profiling
 t_import = time.perf_counter() - t0
 
-config = json.load(open(sys.argv[1]))
-repeats = int(sys.argv[2])
+config = json.load(open(CONFIG))
+repeats = REPEATS
 t = time.perf_counter()
 dset = image_dataset.read_dataset(config, mode="profile")
 prof = profiling.Profile(config, dset)
@@ -126,19 +126,13 @@ def write_project(index_csv: Path, nuclei_csv: Path, root: Path, channels: list[
 
 def run_deepprofiler(config: Path, repeats: int, timeout: float = 3600) -> dict:
     """Run :data:`DRIVER` on ``config`` in the DeepProfiler peer venv (built on first use); its RESULT dict."""
-    import os
-    import subprocess
-
     sys.path.insert(0, str(TESTS))
-    from peer_venv import PeerVenvError, peer_python
+    from peer_venv import PeerVenvError, peer_python, run_peer
 
     python = peer_python("deepprofiler-0.5.1", timeout=1800)
-    script = Path(config).parent / "deepprofiler_driver.py"
-    script.write_text(DRIVER)
-    r = subprocess.run([str(python), str(script), str(config), str(int(repeats))], cwd=Path(config).parent,
-                       capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-    if r.returncode != 0 or not lines:
-        raise PeerVenvError(f"DeepProfiler run failed (exit {r.returncode}):\n{r.stderr[-4000:]}")
+    code = f"CONFIG = {str(config)!r}\nREPEATS = {int(repeats)}\n" + DRIVER
+    lines = [ln for ln in run_peer(python, code, Path(config).parent, timeout=timeout).splitlines()
+             if ln.startswith("RESULT ")]
+    if not lines:
+        raise PeerVenvError(f"DeepProfiler run on {config} printed no RESULT line")
     return json.loads(lines[-1][len("RESULT "):])
