@@ -122,6 +122,13 @@ def sequential(sites, sess, box: int, batch: int, out: Path) -> int:
     return n
 
 
+def sequential_probe(sites, sess, box: int, batch: int, out: Path) -> float:
+    """The rate (cells/s) of the sequential loop on ``sites`` now (noise control)."""
+    t = time.perf_counter()
+    n = sequential(sites, sess, box, batch, out)
+    return n / (time.perf_counter() - t)
+
+
 def median_rate(times, n):
     t = statistics.median(times)
     return {"seconds_median": t, "seconds_all": times, "cells": n, "cells_per_s": n / t}
@@ -211,10 +218,13 @@ def main() -> None:
     ap.add_argument("--deepprofiler", action="store_true",
                     help="also run DeepProfiler 0.5.1 itself (its own venv, built from PyPI on first use)")
     ap.add_argument("--deepprofiler-sites", type=int, default=8,
-                    help="sites DeepProfiler profiles (the plate's first; ~30 cells/s on 2 cores)")
+                    help="sites DeepProfiler profiles (the plate's first; it embeds ~50 cells/s on 2 cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.deepprofiler and a.arch != "efficientnet_b0":
+        ap.error("--deepprofiler profiles with DeepProfiler's EfficientNet-B0: give --arch efficientnet_b0 "
+                 "so both sides run the same network")
 
     from phenovec import _core
     from phenovec.profile import profile_sites
@@ -272,14 +282,9 @@ def main() -> None:
             n_dp = min(a.deepprofiler_sites, len(sites))
             config, located = write_project(inp["plate"]["index"], inp["plate"]["nuclei"], tmp / "deepprofiler",
                                             CHANNELS, n_dp, a.box, a.batch_size)
-            probes = []
-            t = time.perf_counter()
-            probes.append(sequential(sites[:n_dp], sess, a.box, a.batch_size, tmp / "seq_probe") /
-                          (time.perf_counter() - t))
+            probes = [sequential_probe(sites[:n_dp], sess, a.box, a.batch_size, tmp / "seq_probe")]
             dp = run_deepprofiler(config, a.repeats)
-            t = time.perf_counter()
-            probes.append(sequential(sites[:n_dp], sess, a.box, a.batch_size, tmp / "seq_probe") /
-                          (time.perf_counter() - t))
+            probes.append(sequential_probe(sites[:n_dp], sess, a.box, a.batch_size, tmp / "seq_probe"))
             if dp["cells"] != located or dp["sites"] != n_dp:
                 raise RuntimeError(f"DeepProfiler embedded {dp['cells']} cells of {dp['sites']} sites, expected "
                                    f"{located} of {n_dp}")
@@ -302,9 +307,8 @@ def main() -> None:
             with session_layout(shared):
                 for r in range(a.repeats):
                     near["raw"].append(raw_probe(sess, inp["onnx"], probe, a.batch_size, max(a.workers)))
-                    t = time.perf_counter()
-                    n_probe = sequential(sites[:8], sess, a.box, a.batch_size, tmp / "seq_probe")
-                    near["sequential"].append(n_probe / (time.perf_counter() - t))
+                    near["sequential"].append(sequential_probe(sites[:8], sess, a.box, a.batch_size,
+                                                               tmp / "seq_probe"))
                     for part, index in (("all", inp["plate"]["index"]), ("half", half)):
                         out = tmp / f"pipe_{sched}_{w}_{part}"
                         shutil.rmtree(out, ignore_errors=True)
