@@ -6,8 +6,11 @@ exported with ``phenovec.export.export_onnx`` at ``--box`` px crops, input scali
 per-crop per-channel min-max). Untrained weights are fine for throughput. In the same run, each ``--repeats``
 times (medians reported):
 
-(a) ``raw_onnxruntime``: ``ProfileSession.run`` on pre-cut float32 crops, batches of ``--batch-size``: the
-    model-only bound (crops/s), no decode, no crop, no writing; ``raw_onnxruntime_N_thread_sessions``: the same
+(a) ``raw_onnxruntime``: ``ProfileSession.run`` on pre-cut float32 crops, batches of ``--batch-size`` (each run
+    as the session's default CPU micro-batches, ``phenovec.runtime.session``, as the pipeline runs them): the
+    model-only bound (crops/s), no decode, no crop, no writing; ``raw_onnxruntime_unsplit``: the same with one
+    onnxruntime call per batch (``micro_batch=None``), ``raw_onnxruntime_micro_batch_M`` with M crops per call
+    (``--micro-batch-sweep``); ``raw_onnxruntime_N_thread_sessions``: the same
     crops over N threads with a session each of cpu_count // N onnxruntime threads (the threaded pipeline's layout
     with N > 1 workers). The ratios use the faster of the raw rates;
 (b) ``pipeline_threads_wN``: ``phenovec.profile.profile_sites`` (images + locations -> embeddings Zarr + well
@@ -35,7 +38,7 @@ pipeline rate against the medians of the probes taken around its own runs (``vs_
 ``vs_sequential_near``), which a slow spell of a shared machine affects on both sides. ``--shared-session`` adds ``pipeline_threads_wN_shared``: the same runs with the Dask threads sharing one
 session (onnxruntime's default threads, one call at a time: ``ProfileSession(exclusive=True)``) instead of a
 session per thread. Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (target >= 0.8), ``pipeline_vs_sequential`` =
-pipeline rate / sequential rate, ``pipeline_vs_deepprofiler`` = pipeline rate / DeepProfiler's. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
+pipeline rate / sequential rate (all against the fastest raw variant), ``pipeline_vs_deepprofiler`` = pipeline rate / DeepProfiler's. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
 ``_core.crop_site`` alone (minmax crops) over all sites.
 
 Output: one JSON document on stdout (and ``--out``), progress on stderr. Example::
@@ -192,8 +195,8 @@ def session_layout(shared: bool):
 
     orig = pipeline.run_model_ref
 
-    def one_session(path, sha, providers, threads, thread_sessions):
-        return orig(path, sha, providers, None, False)
+    def one_session(path, sha, providers, threads, thread_sessions, micro_batch="auto"):
+        return orig(path, sha, providers, None, False, micro_batch)
 
     pipeline.run_model_ref = one_session if shared else orig
     try:
@@ -219,6 +222,8 @@ def main() -> None:
                     help="also run DeepProfiler 0.5.1 itself (its own venv, built from PyPI on first use)")
     ap.add_argument("--deepprofiler-sites", type=int, default=8,
                     help="sites DeepProfiler profiles (the plate's first; it embeds ~50 cells/s on 2 cores)")
+    ap.add_argument("--micro-batch-sweep", type=int, nargs="*", default=[],
+                    help="also measure the raw rate with these crops per onnxruntime call (e.g. 8 32 64)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -259,7 +264,21 @@ def main() -> None:
                 sess.run(crops[j:j + a.batch_size])
             times.append(time.perf_counter() - t)
         doc["results"]["raw_onnxruntime"] = median_rate(times, len(crops))
-        log(f"raw onnxruntime: {doc['results']['raw_onnxruntime']['cells_per_s']:.1f} crops/s")
+        log(f"raw onnxruntime: {doc['results']['raw_onnxruntime']['cells_per_s']:.1f} crops/s "
+            f"(micro-batches of {sess.micro_batch})")
+        for mb in [None, *a.micro_batch_sweep]:  # one onnxruntime call per batch, and other call sizes
+            key = "raw_onnxruntime_unsplit" if mb is None else f"raw_onnxruntime_micro_batch_{mb}"
+            other = ProfileSession(inp["onnx"], providers=["CPUExecutionProvider"], micro_batch=mb)
+            other.run(crops[:a.batch_size])
+            times = []
+            for r in range(a.repeats):
+                t = time.perf_counter()
+                for j in range(0, len(crops), a.batch_size):
+                    other.run(crops[j:j + a.batch_size])
+                times.append(time.perf_counter() - t)
+            doc["results"][key] = median_rate(times, len(crops))
+            log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} crops/s")
+            del other
         for w in sorted({w for w in a.workers if w > 1}):  # the threaded pipeline's layout: a session per thread
             key = f"raw_onnxruntime_{w}_thread_sessions"
             doc["results"][key] = median_rate(raw_thread_sessions(inp["onnx"], crops, a.batch_size, w, a.repeats),

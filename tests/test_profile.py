@@ -245,3 +245,23 @@ def test_worker_sessions_per_thread_on_cpu_shared_on_gpu(setup, monkeypatch):
     assert not gpu.per_thread and gpu.intra_op_threads is None
     with pytest.raises(ValueError, match="weights_sha256"):
         sites.worker_session(sites.ModelRef(str(onnx_path), "0" * 64, ["CPUExecutionProvider"], 1, True))
+
+
+def test_micro_batches_change_no_number(setup, monkeypatch):
+    """Splitting each batch of 16 into onnxruntime calls of 3 crops gives the same bytes as one call per batch,
+    and the worker sessions do split (the micro-batch reaches them)."""
+    from phenovec.runtime import session
+
+    tmp, plate, onnx_path = setup
+    sizes = []
+    orig = session.ProfileSession._run_call
+    monkeypatch.setattr(session.ProfileSession, "_run_call",
+                        lambda self, x, names: sizes.append(len(x)) or orig(self, x, names))
+    profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "mb3", batch_size=16, workers=2,
+                  micro_batch=3, progress=False)
+    assert sizes and max(sizes) == 3
+    sizes.clear()
+    profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "mb_none", batch_size=16, workers=2,
+                  micro_batch=None, progress=False)
+    assert max(sizes) > 3
+    assert_same_outputs(tmp / "mb3", tmp / "mb_none")

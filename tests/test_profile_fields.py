@@ -201,6 +201,16 @@ def test_cli_dispatch(setup, capsys):
     for flag in (["--locations", str(plate["nuclei"])], ["--edge", "shift"]):
         with pytest.raises(SystemExit, match=flag[0]):
             main(["profile", str(onnx_path), "--index", str(plate["index"]), "-o", str(out), *flag])
+    # --micro-batch (fields per onnxruntime call) reaches the sessions and changes no number
+    for mb in ("2", "none"):
+        assert main(["profile", str(onnx_path), "--index", str(plate["index"]), "-o", str(tmp / f"cli_mb{mb}"),
+                     "--workers", "1", "--batch-size", "6", "--micro-batch", mb, "--no-progress"]) == 0
+        assert_same_outputs(read_outputs(tmp / f"cli_mb{mb}"), read_outputs(out))
+    capsys.readouterr()
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit):
+            main(["profile", str(onnx_path), "--index", str(plate["index"]), "-o", str(out), "--micro-batch", bad])
+        assert "expected auto, none or an integer >= 1" in capsys.readouterr().err
 
 
 def test_export_from_checkpoint_and_distributed_run_identical(setup, tmp_path):

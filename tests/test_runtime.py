@@ -218,3 +218,48 @@ def test_exclusive_serialises_runs_of_threads(exported, crops, exclusive):
         assert counting.most == 1
     else:
         assert counting.most > 1
+
+
+class _CallSizes:
+    """Wraps an onnxruntime session: records the number of crops of each onnxruntime call."""
+
+    def __init__(self, inner):
+        self.inner, self.sizes = inner, []
+
+    def run(self, names, feeds):
+        self.sizes.append(len(feeds["crops"]))
+        return self.inner.run(names, feeds)
+
+
+def test_micro_batches_split_cpu_calls_and_change_no_number(exported, crops):
+    from phenovec.runtime.session import CPU_CALL_ELEMENTS, auto_micro_batch
+
+    model, path = exported
+    whole = cpu_session(path, micro_batch=None)
+    whole.session = w = _CallSizes(whole.session)
+    ref_f, ref_l = whole.run_with_logits(crops)
+    assert w.sizes == [13] and whole.micro_batch is None
+    split = cpu_session(path, micro_batch=4)
+    split.session = s = _CallSizes(split.session)
+    f, lg = split.run_with_logits(crops)
+    assert s.sizes == [4, 4, 4, 1]
+    np.testing.assert_array_equal(f, ref_f)  # bit-identical: no crop's features depend on its call's other crops
+    np.testing.assert_array_equal(lg, ref_l)
+    np.testing.assert_array_equal(split.run(crops[:4]), ref_f[:4])
+    assert s.sizes[-1] == 4 and split.run(crops[:0]).shape == (0, 128)
+    np.testing.assert_allclose(f, embed(model, crops), atol=1e-4, rtol=0)
+    # "auto" (default): CPU_CALL_ELEMENTS input values per call on the CPU provider, no split on a GPU provider
+    auto = cpu_session(path)
+    assert auto.micro_batch == CPU_CALL_ELEMENTS // (5 * BOX * BOX) == 64 and "micro_batch=64" in repr(auto)
+    assert auto_micro_batch(CPU, (5, 128, 128)) == 16 and auto_micro_batch(CPU, (5, 1080, 1080)) == 1
+    assert auto_micro_batch(CUDA, (5, 128, 128)) is None and auto_micro_batch(TRT, (5, 64, 64)) is None
+    for bad in (0, -2, True, 2.5, "big"):
+        with pytest.raises(ValueError, match="micro_batch must be 'auto', None or an integer >= 1"):
+            cpu_session(path, micro_batch=bad)
+
+
+def test_micro_batch_auto_follows_the_provider_that_started(exported, monkeypatch):
+    """A stubbed GPU build that falls back to CPU splits as the CPU provider: the active provider decides."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    s = ProfileSession(exported[1], intra_op_threads=1)
+    assert s.requested_providers == [CUDA, CPU] and s.providers == [CPU] and s.micro_batch == 64

@@ -2,6 +2,7 @@
 
     phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT [--batch-size 256]
         [--scheduler threads|processes|tcp://host:port] [--workers N] [--dtype float16|float32] [--edge drop]
+        [--micro-batch auto|none|N]
     phenovec profile MODEL.onnx --crops CROPS_DIR -o OUT
     phenovec profile FIELD_MODEL.onnx --index index.csv -o OUT [--batch-size 8] [--dtype float32]
 
@@ -24,6 +25,8 @@ def _run_profile(a) -> dict:
     # options left out take the entry point's own defaults (batch 256 / 8, float16 / float32, edge drop)
     opts = {k: v for k, v in (("batch_size", a.batch_size), ("dtype", a.dtype), ("scheduler", a.scheduler),
                               ("workers", a.workers), ("max_in_flight", a.max_in_flight)) if v is not None}
+    if a.micro_batch is not None:
+        opts["micro_batch"] = None if a.micro_batch == "none" else a.micro_batch
     if kind == "fields":
         from phenovec.profile.fields import profile_fields
 
@@ -51,6 +54,19 @@ def _run_profile(a) -> dict:
     return summary
 
 
+def _micro_batch(text: str):
+    """``--micro-batch``: auto, none or an integer >= 1."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto, none or an integer >= 1, got {value}")
+    return value
+
+
 def add_profile_parser(stages) -> argparse.ArgumentParser:
     """Add ``profile`` (images + locations, a crop store, or whole fields -> embeddings Zarr + well profiles)."""
     p = stages.add_parser("profile", help="profile cells (or whole fields) with an exported ONNX model (Dask, "
@@ -63,6 +79,10 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output folder (resumable)")
     p.add_argument("--batch-size", type=int, default=None, help="crops (default 256) or fields (default 8) per "
                                                                 "inference call")
+    p.add_argument("--micro-batch", type=_micro_batch, default=None,
+                   help="crops (fields) per onnxruntime call within a batch: auto (default: cache-sized calls on "
+                        "the CPU provider, whole batches on a GPU), none (one call per batch) or a number; "
+                        "changes no number, only the speed")
     p.add_argument("--scheduler", default=None, help="threads (default), processes or tcp://host:port")
     p.add_argument("--workers", type=int, default=None, help="threads / processes of the local cluster")
     p.add_argument("--dtype", choices=["float16", "float32"], default=None,

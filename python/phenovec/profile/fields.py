@@ -210,7 +210,8 @@ def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: in
 
 def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: str | None = None,
                    workers: int | None = None, dtype: str = "float32", providers="auto",
-                   max_in_flight: int | None = None, progress: bool = True) -> ProfileResult:
+                   max_in_flight: int | None = None, micro_batch: int | str | None = "auto",
+                   progress: bool = True) -> ProfileResult:
     """One embedding per field of every site of ``index`` (an image index path / DataFrame / ``ImageIndex``;
     channels matched by name to the model's) with a field model ``model_onnx`` (metadata ``input_kind``
     "fields", made by ``export_field_model``), into ``out``:
@@ -221,7 +222,8 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     - ``wells_mean.parquet``, ``wells_median.parquet``: per-well mean and median over the well's fields (the
       median is MOAProfiler's aggregation), sorted by plate and well.
 
-    ``batch_size``: fields per task and per onnxruntime call; ``scheduler`` / ``workers`` / ``max_in_flight``:
+    ``batch_size``: fields per task and per inference call; ``micro_batch``: fields per onnxruntime call within it
+    (``phenovec.runtime.ProfileSession``; changes no number); ``scheduler`` / ``workers`` / ``max_in_flight``:
     see ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype. Resumable (``phenovec.profile.parts``): a
     rerun into the same ``out`` skips finished fields and gives identical outputs; another model or
     configuration is refused. ``result.cells`` / ``result.embedded`` count fields.
@@ -256,7 +258,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     if groups:
         with tqdm(total=n_sites, initial=len(done), unit="field", desc="profile fields", disable=not progress,
                   smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr, per_thread):
-            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread)
+            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             fn = functools.partial(embed_field_group, ref, intensity)
             tasks = ([FieldJob(s, paths[s], frames[s]) for s in g] for g in groups)

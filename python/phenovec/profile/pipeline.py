@@ -35,7 +35,8 @@ from phenovec.profile.sites import CropJob, SiteJob, embed_crop_group, embed_sit
 from phenovec.profile.wells import WellWriter
 
 DTYPES = ("float16", "float32")
-GC_SECONDS = 5.0  # full garbage collection period of the main loop (see profile_sites)
+GC_SECONDS = 5.0  # shortest full garbage collection period of the main loop (see profile_sites)
+GC_SHARE = 0.01  # longest share of the main loop's time in full collections (each holds the GIL: workers stall)
 DASK_LOG_EVENTS = 64  # events a Dask worker of a local cluster keeps for debugging (default 1,000)
 EDGE_POLICIES = ("drop", "shift", "pad")
 MAX_SITES_PER_TASK = 64
@@ -108,13 +109,15 @@ def _index_input(index, locations, contract):
 def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir=None, batch_size: int = 256,
                   scheduler: str | None = None, workers: int | None = None, dtype: str = "float16",
                   edge: str = "drop", providers="auto", max_in_flight: int | None = None,
-                  progress: bool = True) -> ProfileResult:
+                  micro_batch: int | str | None = "auto", progress: bool = True) -> ProfileResult:
     """Profile every site of ``index`` (an image index path / DataFrame / ``ImageIndex``, with ``locations``: a
     nuclei table, see ``phenovec.ingest.index``) or of a crop store ``crops_dir`` (a ``phenovec crop`` output
     folder) with ``model_onnx`` (a ``phenovec export`` model) into ``out`` (module docstring and
     ``phenovec.profile.assemble`` for the outputs).
 
-    ``batch_size``: crops per onnxruntime call (and the task size in cells); ``scheduler`` / ``workers``: see
+    ``batch_size``: crops per inference call (and the task size in cells); ``micro_batch``: crops per onnxruntime
+    call within it (``phenovec.runtime.ProfileSession``: ``"auto"`` splits CPU calls into cache-sized ones, which is
+    faster and changes no number); ``scheduler`` / ``workers``: see
     ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype; ``edge``: the crop edge policy (images input);
     ``max_in_flight``: tasks submitted at once (default 2 x worker slots + 1).
     """
@@ -172,7 +175,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                   disable=not progress, smoothing=0.1) as bar, \
                 dask.config.set({"distributed.admin.low-level-log-length": DASK_LOG_EVENTS}), \
                 open_client(scheduler, workers) as (client, slots, thr, per_thread):
-            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread)
+            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             if mode == "images":
                 fn = functools.partial(embed_site_group, ref, contract)
@@ -182,12 +185,16 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                 kw = {"batch_size": batch_size, "dtype": dtype}
             tasks = ([jobs_of(s) for s in g] for g in groups)
             # a finished task's spec (its SiteJobs: the centres) stays in reference cycles of Dask's bookkeeping
-            # until a full collection, which Python runs rarely: collect every GC_SECONDS so that this garbage is
-            # what GC_SECONDS of tasks leave, not the whole run's (a full collection takes milliseconds)
-            last_gc = time.monotonic()
+            # until a full collection, which Python runs rarely: collect every GC_SECONDS (or, when a collection
+            # takes longer than GC_SHARE of that, every last-collection-time / GC_SHARE: 60-120 ms in a profiling
+            # process, during which the workers wait for the GIL) so that this garbage is what seconds of tasks
+            # leave, not the whole run's
+            last_gc, gc_cost = time.monotonic(), 0.0
             for results in bounded_map(client, fn, tasks, window, **kw):
-                if time.monotonic() - last_gc > GC_SECONDS:
+                if time.monotonic() - last_gc > max(GC_SECONDS, gc_cost / GC_SHARE):
+                    t_gc = time.perf_counter()
                     gc.collect()
+                    gc_cost = time.perf_counter() - t_gc
                     last_gc = time.monotonic()
                 for s, codes, feats in results:
                     if s in done:

@@ -40,13 +40,16 @@ class ModelRef:
     providers: object = "auto"
     intra_op_threads: int | None = None
     per_thread: bool = False
+    micro_batch: int | str | None = "auto"
 
 
-def run_model_ref(path: str, weights_sha256: str, providers, threads: int | None, thread_sessions: bool) -> ModelRef:
+def run_model_ref(path: str, weights_sha256: str, providers, threads: int | None, thread_sessions: bool,
+                  micro_batch: int | str | None = "auto") -> ModelRef:
     """The ``ModelRef`` of a run whose scheduler gave ``threads`` onnxruntime threads per session and allows a
     session per Dask thread (``thread_sessions``, ``phenovec.profile.scheduler.open_client``): per-thread
     sessions only when ``providers`` resolve to the CPU provider alone in this process (the threaded scheduler's
-    workers are this process); a GPU provider keeps one shared session with onnxruntime's default threads."""
+    workers are this process); a GPU provider keeps one shared session with onnxruntime's default threads.
+    ``micro_batch``: :class:`~phenovec.runtime.ProfileSession`'s (crops per onnxruntime call)."""
     if thread_sessions:
         import onnxruntime as ort
 
@@ -55,16 +58,16 @@ def run_model_ref(path: str, weights_sha256: str, providers, threads: int | None
         chosen = prov.select_providers(providers, ort.get_available_providers(),
                                        tensorrt_ok=prov.tensorrt_importable())
         if chosen != [prov.CPU]:
-            return ModelRef(path, weights_sha256, providers, None, False)
-        return ModelRef(path, weights_sha256, providers, threads, True)
-    return ModelRef(path, weights_sha256, providers, threads, False)
+            return ModelRef(path, weights_sha256, providers, None, False, micro_batch)
+        return ModelRef(path, weights_sha256, providers, threads, True, micro_batch)
+    return ModelRef(path, weights_sha256, providers, threads, False, micro_batch)
 
 
 def _open(ref: ModelRef):
     from phenovec.runtime import ProfileSession
 
     sess = ProfileSession(ref.path, providers=ref.providers, intra_op_threads=ref.intra_op_threads,
-                          exclusive=not ref.per_thread)
+                          exclusive=not ref.per_thread, micro_batch=ref.micro_batch)
     if sess.metadata.weights_sha256 != ref.weights_sha256:
         raise ValueError(f"{ref.path}: weights_sha256 {sess.metadata.weights_sha256} on this worker differs "
                          f"from the run's {ref.weights_sha256} (the model file changed)")
@@ -74,7 +77,7 @@ def _open(ref: ModelRef):
 def worker_session(ref: ModelRef):
     """The cached :class:`ProfileSession` of ``ref`` in this process, or in this thread with ``ref.per_thread``
     (opened on first use; see the module docstring)."""
-    key = (ref.path, ref.weights_sha256, str(ref.providers), ref.intra_op_threads)
+    key = (ref.path, ref.weights_sha256, str(ref.providers), ref.intra_op_threads, ref.micro_batch)
     if ref.per_thread:
         cache = _THREAD.__dict__.setdefault("sessions", {})
         if key not in cache:

@@ -10,6 +10,14 @@ session uses IO binding (input bound from host memory, outputs allocated on the 
 batch). ``fp16=True`` is honoured by TensorRT only (``trt_fp16_enable``: the exported model stays float32); on
 any other provider it falls back to float32 with a ``RuntimeWarning`` and ``session.fp16`` is ``False``.
 
+Micro-batches (``micro_batch``): on the CPU provider one ``run`` call of many crops is split into onnxruntime calls
+of at most ``micro_batch`` crops (default ``"auto"``: :func:`auto_micro_batch`, about ``CPU_CALL_ELEMENTS`` input
+values per call; 16 crops of 5 x 128 x 128). A large CPU batch is slower per crop than a small one once its
+intermediate tensors outgrow the caches (EfficientNet-B0, 5 x 128 x 128, 2 cores: 282 crops/s at 256 per call,
+372 at 16, medians of 5, ``bench/RESULTS.md``). Each crop's features do not depend on the other crops of its call
+(tested: bit-identical), so the split changes no number, only the speed. GPU providers are not split (a GPU
+wants the whole batch).
+
 Tested paths: only the CPU provider has run in phenovec's tests (no GPU on the test machine): provider choice for
 TensorRT / CUDA is tested with a stubbed ``get_available_providers``, and the IO-binding path has not run on a GPU.
 """
@@ -26,6 +34,18 @@ from phenovec.runtime import providers as _prov
 from phenovec.io.model_metadata import ModelMetadata, check_matches
 
 INPUT_NAME = "crops"
+
+#: Input values (crops x channels x height x width) per onnxruntime call on the CPU provider with
+#: ``micro_batch="auto"``: 16 crops of 5 x 128 x 128 (5 MiB of float32; module docstring).
+CPU_CALL_ELEMENTS = 16 * 5 * 128 * 128
+
+
+def auto_micro_batch(first_provider: str, sample_shape: Sequence[int]) -> int | None:
+    """Crops per onnxruntime call for ``micro_batch="auto"``: ``CPU_CALL_ELEMENTS`` // values per crop (at least
+    1) on the CPU provider; ``None`` (no split) on a GPU provider."""
+    if first_provider != _prov.CPU:
+        return None
+    return max(1, CPU_CALL_ELEMENTS // max(1, int(np.prod([int(d) for d in sample_shape]))))
 
 
 def _session_options(intra_op_threads: int | None, optimise: bool = True):
@@ -60,6 +80,9 @@ class ProfileSession:
     provider names. ``trt_cache_dir``: TensorRT engine + timing cache folder. ``max_batch`` / ``opt_batch``:
     the TensorRT optimisation profile (batch 1..max_batch). ``intra_op_threads``: onnxruntime's CPU thread pool.
 
+    ``micro_batch``: ``"auto"`` (default; :func:`auto_micro_batch`), a number of crops per onnxruntime call, or
+    ``None`` (one onnxruntime call per ``run``); see the module docstring.
+
     ``exclusive`` (default): calls from several threads run one at a time (a lock around each onnxruntime
     ``run``), each with the whole intra-op pool. Concurrent runs of one CPU session contend for the same cores
     (2 cores, 2 Dask threads sharing one session, 48 EfficientNet-B0 sites: 262 cells/s serialised against 224
@@ -69,7 +92,8 @@ class ProfileSession:
 
     def __init__(self, onnx_path: str | os.PathLike, providers: str | Sequence[str] = "auto", fp16: bool = False,
                  trt_cache_dir: str | os.PathLike | None = None, intra_op_threads: int | None = None,
-                 max_batch: int = 1024, opt_batch: int = 256, exclusive: bool = True):
+                 max_batch: int = 1024, opt_batch: int = 256, exclusive: bool = True,
+                 micro_batch: int | str | None = "auto"):
         import threading
 
         import onnxruntime as ort
@@ -116,6 +140,14 @@ class ProfileSession:
         if "features" not in self.output_names:
             raise ValueError(f"{self.path}: no 'features' output (outputs {self.output_names})")
         self.io_binding = self.providers[0] in (_prov.TENSORRT, _prov.CUDA)
+        if micro_batch == "auto":
+            self.micro_batch = auto_micro_batch(self.providers[0], want)
+        elif micro_batch is None:
+            self.micro_batch = None
+        elif isinstance(micro_batch, bool) or not isinstance(micro_batch, (int, np.integer)) or micro_batch < 1:
+            raise ValueError(f"micro_batch must be 'auto', None or an integer >= 1, got {micro_batch!r}")
+        else:
+            self.micro_batch = int(micro_batch)
         self._lock = threading.Lock() if exclusive else None
 
     # -- the contract ---------------------------------------------------------------------------------
@@ -168,6 +200,13 @@ class ProfileSession:
             return self._run_unlocked(crops, names)
 
     def _run_unlocked(self, crops: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        m = self.micro_batch
+        if m is None or len(crops) <= m:
+            return self._run_call(crops, names)
+        parts = [self._run_call(crops[i:i + m], names) for i in range(0, len(crops), m)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
+
+    def _run_call(self, crops: np.ndarray, names: list[str]) -> list[np.ndarray]:
         if self.io_binding:  # GPU path: not exercised by the CPU-only tests
             binding = self.session.io_binding()
             binding.bind_cpu_input(INPUT_NAME, crops)
@@ -234,7 +273,8 @@ class ProfileSession:
 
     def __repr__(self) -> str:
         return (f"ProfileSession({str(self.path)!r}, providers={self.providers}, channels={self.channels}, "
-                f"crop_size={self.crop_size}, feature_dim={self.feature_dim}, fp16={self.fp16})")
+                f"crop_size={self.crop_size}, feature_dim={self.feature_dim}, fp16={self.fp16}, "
+                f"micro_batch={self.micro_batch})")
 
 
 def _as_blocks(source: Iterable) -> Iterator[np.ndarray]:
