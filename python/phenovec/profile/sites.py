@@ -12,8 +12,8 @@ model file replaced under a running cluster is an error, not a mix):
 - ``ModelRef.per_thread`` (the threaded scheduler on the CPU provider): one session per Dask thread, each with
   ``intra_op_threads`` onnxruntime threads (cores / Dask threads). Each thread decodes, then infers on its own
   cores; no thread waits for another's inference and no onnxruntime pool is stalled by a decode running on one of
-  its cores (2 cores, EfficientNet-B0: steady rate 318 cells/s against 257 with one shared 2-thread session;
-  ``bench/RESULTS.md``);
+  its cores (2 cores, EfficientNet-B0: steady rate 318 cells/s against 257 with one shared 2-thread session on
+  an AMD EPYC, 307 against 234 on an Intel Xeon with CPU micro-batches; ``bench/RESULTS.md``);
 - otherwise one ``exclusive`` session per worker process, shared by its threads (GPU providers: one engine and
   one copy of the weights on the device; runs take turns).
 """
