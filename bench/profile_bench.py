@@ -137,6 +137,18 @@ def median_rate(times, n):
     return {"seconds_median": t, "seconds_all": times, "cells": n, "cells_per_s": n / t}
 
 
+def raw_times(sess, crops, batch: int, repeats: int) -> list[float]:
+    """Seconds to run ``crops`` through ``sess`` in batches of ``batch`` (``repeats`` times, after a warm-up call)."""
+    sess.run(crops[:batch])
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for j in range(0, len(crops), batch):
+            sess.run(crops[j:j + batch])
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def raw_thread_sessions(onnx, crops, batch: int, threads: int, repeats: int) -> list[float]:
     """Seconds to run ``crops`` split over ``threads`` threads, each with its own session of cpu_count // threads
     onnxruntime threads, in batches of ``batch`` (``repeats`` times, after a warm-up call per session)."""
@@ -256,27 +268,13 @@ def main() -> None:
         doc["results"]["decode_crop"] = median_rate(times, n_emb)
         log(f"decode+crop: {doc['results']['decode_crop']['cells_per_s']:.0f} cells/s ({n_emb} of {n_loc} kept)")
         crops = np.concatenate(kept).astype(np.float32)
-        sess.run(crops[:a.batch_size])  # warm-up
-        times = []
-        for r in range(a.repeats):
-            t = time.perf_counter()
-            for j in range(0, len(crops), a.batch_size):
-                sess.run(crops[j:j + a.batch_size])
-            times.append(time.perf_counter() - t)
-        doc["results"]["raw_onnxruntime"] = median_rate(times, len(crops))
+        doc["results"]["raw_onnxruntime"] = median_rate(raw_times(sess, crops, a.batch_size, a.repeats), len(crops))
         log(f"raw onnxruntime: {doc['results']['raw_onnxruntime']['cells_per_s']:.1f} crops/s "
             f"(micro-batches of {sess.micro_batch})")
         for mb in [None, *a.micro_batch_sweep]:  # one onnxruntime call per batch, and other call sizes
             key = "raw_onnxruntime_unsplit" if mb is None else f"raw_onnxruntime_micro_batch_{mb}"
             other = ProfileSession(inp["onnx"], providers=["CPUExecutionProvider"], micro_batch=mb)
-            other.run(crops[:a.batch_size])
-            times = []
-            for r in range(a.repeats):
-                t = time.perf_counter()
-                for j in range(0, len(crops), a.batch_size):
-                    other.run(crops[j:j + a.batch_size])
-                times.append(time.perf_counter() - t)
-            doc["results"][key] = median_rate(times, len(crops))
+            doc["results"][key] = median_rate(raw_times(other, crops, a.batch_size, a.repeats), len(crops))
             log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} crops/s")
             del other
         for w in sorted({w for w in a.workers if w > 1}):  # the threaded pipeline's layout: a session per thread
