@@ -265,3 +265,9 @@ def test_micro_batches_change_no_number(setup, monkeypatch):
                   micro_batch=None, progress=False)
     assert max(sizes) > 3
     assert_same_outputs(tmp / "mb3", tmp / "mb_none")
+    # a bad micro_batch is refused before a cluster starts or any output is written
+    for bad in (0, "big"):
+        with pytest.raises(ValueError, match="micro_batch must be 'auto', None or an integer >= 1"):
+            profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "mb_bad", micro_batch=bad,
+                          progress=False)
+        assert not (tmp / "mb_bad").exists()

@@ -55,16 +55,15 @@ def _run_profile(a) -> dict:
 
 
 def _micro_batch(text: str):
-    """``--micro-batch``: auto, none or an integer >= 1."""
-    if text in ("auto", "none"):
+    """``--micro-batch``: auto, none or an integer >= 1 (checked by ``ProfileSession``'s rule)."""
+    from phenovec.runtime.session import check_micro_batch
+
+    if text == "none":
         return text
     try:
-        value = int(text)
+        return check_micro_batch(text if text == "auto" else int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto, none or an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected auto, none or an integer >= 1, got {value}")
-    return value
 
 
 def add_profile_parser(stages) -> argparse.ArgumentParser:

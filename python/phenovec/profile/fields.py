@@ -233,7 +233,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     import phenovec
 
     t0 = time.perf_counter()
-    model_path, meta, batch_size = open_run_model(model_onnx, INPUT_KIND, dtype, batch_size)
+    model_path, meta, batch_size = open_run_model(model_onnx, INPUT_KIND, dtype, batch_size, micro_batch)
     intensity = intensity_from_metadata(meta, source=str(model_path))
     channels = list(meta.channels)
     idx, paths, frames = index_by_name(index, channels)

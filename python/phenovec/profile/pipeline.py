@@ -74,12 +74,16 @@ def input_fingerprint(sites: pd.DataFrame, extra) -> str:
     return h.hexdigest()
 
 
-def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size) -> tuple[Path, object, int]:
+def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size,
+                   micro_batch="auto") -> tuple[Path, object, int]:
     """(resolved model path, its ``ModelMetadata``, batch size) of a profiling run, after checking the run's
-    ``dtype`` and ``batch_size`` and that the model takes ``input_kind`` ("crops": ``profile_sites``, "fields":
-    ``phenovec.profile.profile_fields``; ``phenovec profile`` dispatches on the model)."""
+    ``dtype``, ``batch_size`` and ``micro_batch`` (before any output or cluster exists) and that the model takes
+    ``input_kind`` ("crops": ``profile_sites``, "fields": ``phenovec.profile.profile_fields``; ``phenovec profile``
+    dispatches on the model)."""
     from phenovec.runtime import read_metadata
+    from phenovec.runtime.session import check_micro_batch
 
+    check_micro_batch(micro_batch)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     batch_size = int(batch_size)
@@ -134,7 +138,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         raise ValueError("give either index (+ locations) or crops_dir, not both / neither")
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
-    model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size)
+    model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch)
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
 

@@ -40,6 +40,15 @@ INPUT_NAME = "crops"
 CPU_CALL_ELEMENTS = 16 * 5 * 128 * 128
 
 
+def check_micro_batch(micro_batch):
+    """``micro_batch`` if it is ``"auto"``, ``None`` or an integer >= 1 (as ``int``), else ``ValueError``."""
+    if micro_batch == "auto" or micro_batch is None:
+        return micro_batch
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, (int, np.integer)) or micro_batch < 1:
+        raise ValueError(f"micro_batch must be 'auto', None or an integer >= 1, got {micro_batch!r}")
+    return int(micro_batch)
+
+
 def auto_micro_batch(first_provider: str, sample_shape: Sequence[int]) -> int | None:
     """Crops per onnxruntime call for ``micro_batch="auto"``: ``CPU_CALL_ELEMENTS`` // values per crop (at least
     1) on the CPU provider; ``None`` (no split) on a GPU provider."""
@@ -140,14 +149,8 @@ class ProfileSession:
         if "features" not in self.output_names:
             raise ValueError(f"{self.path}: no 'features' output (outputs {self.output_names})")
         self.io_binding = self.providers[0] in (_prov.TENSORRT, _prov.CUDA)
-        if micro_batch == "auto":
-            self.micro_batch = auto_micro_batch(self.providers[0], want)
-        elif micro_batch is None:
-            self.micro_batch = None
-        elif isinstance(micro_batch, bool) or not isinstance(micro_batch, (int, np.integer)) or micro_batch < 1:
-            raise ValueError(f"micro_batch must be 'auto', None or an integer >= 1, got {micro_batch!r}")
-        else:
-            self.micro_batch = int(micro_batch)
+        micro_batch = check_micro_batch(micro_batch)
+        self.micro_batch = auto_micro_batch(self.providers[0], want) if micro_batch == "auto" else micro_batch
         self._lock = threading.Lock() if exclusive else None
 
     # -- the contract ---------------------------------------------------------------------------------
