@@ -152,6 +152,25 @@ def test_rescale_to_uint8_and_float16_of_raw(site):
 
 
 @pytest.mark.parametrize("edge", ["drop", "shift", "pad"])
+def test_float32_min_max_is_bit_identical_to_numpy(site, edge):
+    """Without a mask the per-crop min-max runs inside the cut (rust crop::cut_crops_min_max):
+    every value, of whole, shifted, padded and dropped boxes, equals numpy's two-step result bit
+    for bit, from raw pixels and from illumination-corrected float planes."""
+    paths, raw, xs, ys, flat = site
+    ref, codes = crop_ref(raw, xs, ys, BOX, edge)
+    crops, got = _core.crop_site(paths, xs, ys, BOX, edge, True, dtype="float32")
+    np.testing.assert_array_equal(got, codes)
+    assert crops.dtype == np.float32
+    np.testing.assert_array_equal(crops.view(np.uint32), minmax_ref(ref).view(np.uint32))
+    assert set(np.unique(codes)) >= {0, 4}
+    corrected = raw.astype(np.float32) / flat
+    ref, _ = crop_ref(corrected, xs, ys, BOX, edge)
+    crops, _ = _core.crop_site(paths, xs, ys, BOX, edge, True, flat=flat, dtype="float32", compact=True)
+    keep = codes <= 2
+    np.testing.assert_array_equal(crops.view(np.uint32), minmax_ref(ref)[keep].view(np.uint32))
+
+
+@pytest.mark.parametrize("edge", ["drop", "shift", "pad"])
 def test_compact_keeps_rows_of_codes_0_to_2(site, edge):
     paths, raw, xs, ys, flat = site
     full, codes = _core.crop_site(paths, xs, ys, BOX, edge, True, dtype="uint8")

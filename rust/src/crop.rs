@@ -139,6 +139,62 @@ fn check_planes<S>(planes: &[Plane<'_, S>], box_size: usize) -> Result<(usize, u
     Ok((w, h))
 }
 
+/// Check `out` holds one C x box x box row per placement; returns (W, H, values per row).
+fn check_out<S, T>(planes: &[Plane<'_, S>], placements: &[Placement], box_size: usize, out: &[T]) -> Result<(usize, usize, usize)> {
+    let (w, h) = check_planes(planes, box_size)?;
+    let nc = planes.len();
+    let per_cell = nc * box_size * box_size;
+    if placements.len().checked_mul(per_cell) != Some(out.len()) {
+        return Err(IngestError::Invalid(format!(
+            "crop output buffer has {} values, expected {} cells x {nc} channels x {box_size} x {box_size}",
+            out.len(),
+            placements.len()
+        )));
+    }
+    Ok((w, h, per_cell))
+}
+
+/// The box of `origin` when it lies wholly inside a `w` x `h` image.
+fn whole_box(origin: (i64, i64), box_size: usize, w: usize, h: usize) -> bool {
+    let (r0, c0) = origin;
+    let b = box_size as i64;
+    r0 >= 0 && c0 >= 0 && r0 + b <= h as i64 && c0 + b <= w as i64
+}
+
+/// Cut one placement's crop into its row `dst` (see [`cut_crops`]).
+fn cut_row<S, T>(planes: &[Plane<'_, S>], p: &Placement, box_size: usize, dst: &mut [T])
+where
+    S: Copy + Into<T>,
+    T: Copy + Default,
+{
+    let Some((r0, c0)) = p.origin else {
+        dst.fill(T::default());
+        return;
+    };
+    let (w, h) = (planes[0].width, planes[0].height);
+    let plane = box_size * box_size;
+    let b = box_size as i64;
+    // Intersection of the box with the image, in image and crop coordinates.
+    let (ra, rb) = (r0.max(0), (r0 + b).min(h as i64));
+    let (ca, cb) = (c0.max(0), (c0 + b).min(w as i64));
+    if !whole_box((r0, c0), box_size, w, h) {
+        dst.fill(T::default());
+    }
+    if ra < rb && ca < cb {
+        let ncols = (cb - ca) as usize;
+        for (ch, img) in planes.iter().enumerate() {
+            let dplane = &mut dst[ch * plane..(ch + 1) * plane];
+            for r in ra..rb {
+                let src = &img.data[r as usize * w + ca as usize..][..ncols];
+                let drow = (r - r0) as usize * box_size + (ca - c0) as usize;
+                for (d, &s) in dplane[drow..drow + ncols].iter_mut().zip(src) {
+                    *d = s.into();
+                }
+            }
+        }
+    }
+}
+
 /// Cut one C x box x box crop per placement into `out` (one row of C x box x box values per
 /// placement, in order), converting each value with `Into`. A placement without an origin gives an
 /// all-zero row; pixels of a padded box outside the image are zero. Rows whose box lies wholly
@@ -148,45 +204,51 @@ where
     S: Copy + Into<T> + Sync,
     T: Copy + Default + Send,
 {
-    let (w, h) = check_planes(planes, box_size)?;
-    let nc = planes.len();
-    let plane = box_size * box_size;
-    let per_cell = nc * plane;
-    if placements.len().checked_mul(per_cell) != Some(out.len()) {
-        return Err(IngestError::Invalid(format!(
-            "crop output buffer has {} values, expected {} cells x {nc} channels x {box_size} x {box_size}",
-            out.len(),
-            placements.len()
-        )));
-    }
+    let (_, _, per_cell) = check_out(planes, placements, box_size, out)?;
     if per_cell == 0 {
         return Ok(());
     }
-    let b = box_size as i64;
-    let (wi, hi) = (w as i64, h as i64);
+    out.par_chunks_mut(per_cell).zip(placements.par_iter()).for_each(|(dst, p)| cut_row(planes, p, box_size, dst));
+    Ok(())
+}
+
+/// [`cut_crops`] followed by [`rescale_min_max`] of every plane, in one pass over each crop: the
+/// same f32 values bit for bit. A box wholly inside the image takes its min and max from the
+/// source rows and writes each value once as `(v - min) / (max - min)`; other rows (padded, or
+/// without a crop) are cut and then rescaled (their zeros count). Parallel over rows.
+pub fn cut_crops_min_max<S>(planes: &[Plane<'_, S>], placements: &[Placement], box_size: usize, out: &mut [f32]) -> Result<()>
+where
+    S: Copy + Into<f32> + Sync,
+{
+    let (w, h, per_cell) = check_out(planes, placements, box_size, out)?;
+    if per_cell == 0 {
+        return Ok(());
+    }
+    let plane = box_size * box_size;
     out.par_chunks_mut(per_cell).zip(placements.par_iter()).for_each(|(dst, p)| {
-        let Some((r0, c0)) = p.origin else {
-            dst.fill(T::default());
+        let origin = p.origin.filter(|&o| whole_box(o, box_size, w, h));
+        let Some((r0, c0)) = origin else {
+            cut_row(planes, p, box_size, dst);
+            dst.chunks_mut(plane).for_each(min_max_plane);
             return;
         };
-        // Intersection of the box with the image, in image and crop coordinates.
-        let (ra, rb) = (r0.max(0), (r0 + b).min(hi));
-        let (ca, cb) = (c0.max(0), (c0 + b).min(wi));
-        let whole = ra == r0 && ca == c0 && rb == r0 + b && cb == c0 + b;
-        if !whole {
-            dst.fill(T::default());
-        }
-        if ra < rb && ca < cb {
-            let ncols = (cb - ca) as usize;
-            for (ch, img) in planes.iter().enumerate() {
-                let dplane = &mut dst[ch * plane..(ch + 1) * plane];
-                for r in ra..rb {
-                    let src = &img.data[r as usize * w + ca as usize..][..ncols];
-                    let drow = (r - r0) as usize * box_size + (ca - c0) as usize;
-                    for (d, &s) in dplane[drow..drow + ncols].iter_mut().zip(src) {
-                        *d = s.into();
+        let (r0, c0) = (r0 as usize, c0 as usize);
+        for (img, dplane) in planes.iter().zip(dst.chunks_mut(plane)) {
+            let rows = || (r0..r0 + box_size).map(|r| &img.data[r * w + c0..][..box_size]);
+            let (lo, hi) = rows().flatten().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                let v: f32 = v.into();
+                (lo.min(v), hi.max(v))
+            });
+            let range = hi - lo;
+            if range > 0.0 && range.is_finite() {
+                for (drow, src) in dplane.chunks_mut(box_size).zip(rows()) {
+                    for (d, &s) in drow.iter_mut().zip(src) {
+                        let v: f32 = s.into();
+                        *d = (v - lo) / range;
                     }
                 }
+            } else {
+                dplane.fill(0.0);
             }
         }
     });
@@ -216,16 +278,19 @@ pub fn rescale_min_max(crops: &mut [f32], plane: usize) -> Result<()> {
     if plane == 0 || crops.len() % plane != 0 {
         return Err(IngestError::Invalid(format!("{} values do not split into planes of {plane}", crops.len())));
     }
-    crops.par_chunks_mut(plane).for_each(|p| {
-        let (lo, hi) = p.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let range = hi - lo;
-        if range > 0.0 && range.is_finite() {
-            p.iter_mut().for_each(|v| *v = (*v - lo) / range);
-        } else {
-            p.fill(0.0);
-        }
-    });
+    crops.par_chunks_mut(plane).for_each(min_max_plane);
     Ok(())
+}
+
+/// One plane to [0, 1] by its min and max; a constant (or non-finite range) plane becomes zeros.
+fn min_max_plane(p: &mut [f32]) {
+    let (lo, hi) = p.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let range = hi - lo;
+    if range > 0.0 && range.is_finite() {
+        p.iter_mut().for_each(|v| *v = (*v - lo) / range);
+    } else {
+        p.fill(0.0);
+    }
 }
 
 #[cfg(test)]
@@ -336,5 +401,59 @@ mod tests {
         rescale_min_max(&mut out, 4).unwrap();
         assert_eq!(out, vec![0.0, 1.0 / 101.0, 100.0 / 101.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
         assert!(rescale_min_max(&mut out, 3).is_err());
+    }
+
+    /// Cut + rescale in two passes, the reference for the fused path.
+    fn two_pass<S: Copy + Into<f32> + Sync>(planes: &[Plane<'_, S>], pl: &[Placement], b: usize) -> Vec<f32> {
+        let mut out = vec![0f32; pl.len() * planes.len() * b * b];
+        cut_crops(planes, pl, b, &mut out).unwrap();
+        rescale_min_max(&mut out, b * b).unwrap();
+        out
+    }
+
+    #[test]
+    fn fused_min_max_is_bit_identical_to_two_passes() {
+        let (w, h, b) = (23usize, 17usize, 6usize);
+        // Pseudo-random 16-bit pixels (LCG), a constant channel, and every edge outcome.
+        let mut x = 12345u32;
+        let mut noise = || {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            (x >> 16) as u16
+        };
+        let a: Vec<u16> = (0..w * h).map(|_| noise()).collect();
+        let c: Vec<u16> = (0..w * h).map(|_| noise() % 7 + 100).collect();
+        let k = vec![42u16; w * h];
+        let planes = [Plane { width: w, height: h, data: &a[..] }, Plane { width: w, height: h, data: &c[..] }, Plane { width: w, height: h, data: &k[..] }];
+        let centres = [(8.0, 8.0), (11.3, 9.6), (0.0, 0.0), (22.0, 16.0), (3.0, 14.0), (f64::NAN, 2.0), (30.0, 2.0)];
+        for edge in [EdgePolicy::Drop, EdgePolicy::Shift, EdgePolicy::Pad] {
+            let pl: Vec<Placement> = centres.iter().map(|&(cx, cy)| place(cx, cy, b, w, h, edge)).collect();
+            let mut fused = vec![f32::NAN; pl.len() * 3 * b * b];
+            cut_crops_min_max(&planes, &pl, b, &mut fused).unwrap();
+            let want = two_pass(&planes, &pl, b);
+            assert_eq!(fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{edge:?}");
+            // The constant channel is zeros, the others span [0, 1] for whole boxes.
+            let row = &fused[..3 * b * b];
+            assert!(row[2 * b * b..].iter().all(|&v| v == 0.0));
+            for p in [&row[..b * b], &row[b * b..2 * b * b]] {
+                assert_eq!(p.iter().cloned().fold(f32::INFINITY, f32::min), 0.0);
+                assert_eq!(p.iter().cloned().fold(f32::NEG_INFINITY, f32::max), 1.0);
+            }
+        }
+        // Float sources with NaN and infinity behave as in two passes (NaN stays NaN; an infinite
+        // range gives zeros).
+        let mut f: Vec<f32> = a.iter().map(|&v| v as f32 / 7.0).collect();
+        f[8 * w + 8] = f32::NAN;
+        let mut g = f.clone();
+        g[3 * w + 4] = f32::INFINITY;
+        let fp = [Plane { width: w, height: h, data: &f[..] }, Plane { width: w, height: h, data: &g[..] }];
+        let pl: Vec<Placement> = [(8.0, 8.0), (4.0, 3.0), (1.0, 1.0)].iter().map(|&(cx, cy)| place(cx, cy, b, w, h, EdgePolicy::Pad)).collect();
+        let mut fused = vec![0f32; pl.len() * 2 * b * b];
+        cut_crops_min_max(&fp, &pl, b, &mut fused).unwrap();
+        let want = two_pass(&fp, &pl, b);
+        assert_eq!(fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert!(fused[..b * b].iter().any(|v| v.is_nan()));
+        assert!(fused[3 * b * b..4 * b * b].iter().all(|&v| v == 0.0)); // cell 1 channel 1: range inf
+        let mut short = vec![0f32; 5];
+        assert!(cut_crops_min_max(&fp, &pl, b, &mut short).is_err());
     }
 }

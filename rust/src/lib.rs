@@ -12,8 +12,10 @@
 //! - [`error`]: the one error type the bindings convert.
 //! - Ingest: [`image`] (TIFF/PNG decode, label images), [`intensity`] (illumination correction,
 //!   rescaling), [`crop`] (crop geometry and edge policies), [`labels`] (cell labels and masking),
-//!   [`site`] (one site's crop pipeline), [`tiles`] (whole-field tiles).
+//!   [`site`] (one site's crop pipeline), [`tiles`] (whole-field tiles), [`buffer`] (large output
+//!   buffers on huge pages).
 pub mod average_precision;
+pub mod buffer;
 pub mod crop;
 pub mod error;
 pub mod image;

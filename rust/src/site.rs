@@ -15,7 +15,8 @@
 //! 5. **Mask** ([`crate::labels`]): the cell's label is `label_ids[i]`, or DeepProfiler's 10 x 10
 //!    median rule at the centre when no ids are given.
 //! 6. **Per-crop min-max** (`rescale`): each crop's each channel to [0, 1] as DeepProfiler
-//!    ([`crate::crop::rescale_min_max`]; masked and padding zeros included).
+//!    ([`crate::crop::rescale_min_max`]; masked and padding zeros included). Without a mask it
+//!    runs inside the cut ([`crate::crop::cut_crops_min_max`]: same values, one pass).
 //! 7. **Output dtype** ([`OutDtype`]): values in [0, 1] (after step 3 or 6) become uint8
 //!    `rint(v * 255)` or uint16 `rint(v * 65535)` (round half to even as numpy's `np.rint`, the
 //!    product in f32), floats as they are. Without rescaling, uint16 holds the raw values, or the
@@ -28,7 +29,8 @@ use std::path::{Path, PathBuf};
 use half::f16;
 use rayon::prelude::*;
 
-use crate::crop::{cut_crops, place, rescale_min_max, EdgeOutcome, EdgePolicy, Placement, Plane};
+use crate::buffer::zeroed;
+use crate::crop::{cut_crops, cut_crops_min_max, place, rescale_min_max, EdgeOutcome, EdgePolicy, Placement, Plane};
 use crate::image::{decode_labels, decode_site_frames, Image, IngestError, LabelImage, Result};
 use crate::intensity::{correct_illumination, Rescale, StackShape};
 use crate::labels::{deepprofiler_label, mask_crops, MaskMode};
@@ -235,27 +237,36 @@ pub fn crop_site(paths: &[PathBuf], centers: &[(f64, f64)], box_size: usize, edg
     let crops = if !float_path {
         // Raw values straight into uint16 rows.
         let planes: Vec<Plane<'_, u16>> = images.iter().map(Plane::of).collect();
-        let mut buf = vec![0u16; len];
+        let mut buf: Vec<u16> = zeroed(len);
         cut_crops(&planes, &rows, box_size, &mut buf)?;
         if let (Some(l), Some(m), Some(cl)) = (&labels, o.mask, &cell_labels) {
             mask_crops(&mut buf, nc, box_size, &rows, cl, l, m)?;
         }
         Crops::U16(buf)
     } else {
-        let mut buf = vec![0f32; len];
+        let mut buf: Vec<f32> = zeroed(len);
+        // Without a mask the per-crop min-max is fused into the cut (same values, one pass).
+        let fused = o.rescale && o.mask.is_none();
+        fn cut<S: Copy + Into<f32> + Sync>(planes: &[Plane<'_, S>], rows: &[Placement], box_size: usize, fused: bool, buf: &mut [f32]) -> Result<()> {
+            if fused {
+                cut_crops_min_max(planes, rows, box_size, buf)
+            } else {
+                cut_crops(planes, rows, box_size, buf)
+            }
+        }
         if o.flat.is_some() || o.intensity.is_some() {
             let fl = float_planes(&images, paths, o)?;
             drop(images);
             let planes: Vec<Plane<'_, f32>> = fl.iter().map(|d| Plane { width: w, height: h, data: d }).collect();
-            cut_crops(&planes, &rows, box_size, &mut buf)?;
+            cut(&planes, &rows, box_size, fused, &mut buf)?;
         } else {
             let planes: Vec<Plane<'_, u16>> = images.iter().map(Plane::of).collect();
-            cut_crops(&planes, &rows, box_size, &mut buf)?;
+            cut(&planes, &rows, box_size, fused, &mut buf)?;
         }
         if let (Some(l), Some(m), Some(cl)) = (&labels, o.mask, &cell_labels) {
             mask_crops(&mut buf, nc, box_size, &rows, cl, l, m)?;
         }
-        if o.rescale {
+        if o.rescale && !fused {
             rescale_min_max(&mut buf, plane)?;
         }
         convert(buf, dtype, scaled, per_cell, plane)?
