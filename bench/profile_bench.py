@@ -39,7 +39,7 @@ pipeline rate against the medians of the probes taken around its own runs (``vs_
 session (onnxruntime's default threads, one call at a time: ``ProfileSession(exclusive=True)``) instead of a
 session per thread. Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (target >= 0.8), ``pipeline_vs_sequential`` =
 pipeline rate / sequential rate (all against the fastest raw variant), ``pipeline_vs_deepprofiler`` = pipeline rate / DeepProfiler's. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
-``_core.crop_site`` alone (minmax crops) over all sites.
+``_core.crop_site`` alone (minmax crops) over all sites, each site's crops dropped at once as in the pipeline.
 
 Output: one JSON document on stdout (and ``--out``), progress on stderr. Example::
 
@@ -256,12 +256,19 @@ def main() -> None:
         sites = site_inputs(inp["plate"])
         sess = ProfileSession(inp["onnx"], providers=["CPUExecutionProvider"])
         doc["providers"] = sess.providers
-        # stage: decode + crop (Rust) alone, and the kept crops for the raw bound
-        times, kept = [], []
+        # stage: decode + crop (Rust) alone, and the kept crops for the raw bound. The kept crops come from an
+        # untimed pass: timed passes drop each site's crops at once, as the pipeline does (holding every pass's
+        # crops grows the process by GBs, and first-touched memory on a VM made those passes 3x slower)
+        def cut(p, xs, ys):
+            return _core.crop_site(p, np.ascontiguousarray(xs, np.float64), np.ascontiguousarray(ys, np.float64),
+                                   a.box, "drop", True, compact=True)[0]
+
+        kept = [cut(*job) for job in sites]
+        times = []
         for r in range(a.repeats):
             t = time.perf_counter()
-            kept = [_core.crop_site(p, np.ascontiguousarray(xs, np.float64), np.ascontiguousarray(ys, np.float64),
-                                    a.box, "drop", True, compact=True)[0] for p, xs, ys in sites]
+            for job in sites:
+                cut(*job)
             times.append(time.perf_counter() - t)
         n_emb = sum(len(k) for k in kept)
         n_loc = sum(len(xs) for _, xs, _ in sites)
