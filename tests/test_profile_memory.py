@@ -245,3 +245,24 @@ def test_processes_scheduler_equals_threads(tmp_path):
     for name in ("cells.parquet", "wells_mean.parquet", "wells_median.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(outs["threads"] / name),
                                       pd.read_parquet(outs["processes"] / name))
+
+
+def test_local_clusters_run_quiet_background_chores():
+    """The clusters open_client makes run dask.distributed's pollers at profiling rates (scheduler module docs):
+    no statistical profiler, a 1 s event-loop tick, no work stealing and a 1 s memory monitor for the in-process
+    worker; the settings hold inside tasks and end with the cluster."""
+    import dask
+
+    from phenovec.profile.scheduler import LOCAL_CLUSTER_CONFIG, open_client
+
+    with open_client("threads", 2) as (client, slots, thr, per_thread):
+        assert (slots, per_thread) == (2, True)
+        (worker,) = client.cluster.workers.values()
+        assert "profile" not in worker.periodic_callbacks and "profile-cycle" not in worker.periodic_callbacks
+        assert worker.periodic_callbacks["tick"].callback_time == 1000
+        assert "stealing" not in client.cluster.scheduler.extensions
+        assert worker.memory_manager.memory_monitor_interval == 1.0
+        assert client.submit(dask.config.get, "distributed.admin.low-level-log-length", pure=False).result() == \
+            LOCAL_CLUSTER_CONFIG["distributed.admin.low-level-log-length"]
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+    assert dask.config.get("distributed.scheduler.work-stealing") is True

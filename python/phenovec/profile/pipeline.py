@@ -37,7 +37,6 @@ from phenovec.profile.wells import WellWriter
 DTYPES = ("float16", "float32")
 GC_SECONDS = 5.0  # shortest full garbage collection period of the main loop (see profile_sites)
 GC_SHARE = 0.01  # longest share of the main loop's time in full collections (each holds the GIL: workers stall)
-DASK_LOG_EVENTS = 64  # events a Dask worker of a local cluster keeps for debugging (default 1,000)
 EDGE_POLICIES = ("drop", "shift", "pad")
 MAX_SITES_PER_TASK = 64
 
@@ -125,8 +124,6 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype; ``edge``: the crop edge policy (images input);
     ``max_in_flight``: tasks submitted at once (default 2 x worker slots + 1).
     """
-    import dask
-    import distributed  # noqa: F401  (its config defaults must be loaded before dask.config.set below)
     from tqdm.auto import tqdm
 
     import phenovec
@@ -173,11 +170,8 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         wells.resume(done)
         groups = [g for g in task_groups(ncells, batch_size) if any(s not in done for s in g)]
         total = int(sum(ncells))
-        # Dask workers keep their last `low-level-log-length` events, each with its task's arguments (the centres
-        # of a task's sites): 1,000 by default, i.e. megabytes; DASK_LOG_EVENTS for the clusters made here
         with tqdm(total=total, initial=int(sum(ncells[s] for s in done)), unit="cell", desc="profile",
                   disable=not progress, smoothing=0.1) as bar, \
-                dask.config.set({"distributed.admin.low-level-log-length": DASK_LOG_EVENTS}), \
                 open_client(scheduler, workers) as (client, slots, thr, per_thread):
             ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
