@@ -180,12 +180,19 @@ fn rint_scaled(v: f32, scale: f32) -> f32 {
     (v * scale).round_ties_even()
 }
 
+/// `f` of every value, in parallel, into a fresh [`zeroed`] buffer (huge pages).
+fn map_into<T: Copy + Default + Send>(buf: &[f32], f: impl Fn(f32) -> T + Sync) -> Vec<T> {
+    let mut out: Vec<T> = zeroed(buf.len());
+    out.par_iter_mut().zip(buf.par_iter()).for_each(|(o, &v)| *o = f(v));
+    out
+}
+
 fn convert(buf: Vec<f32>, dtype: OutDtype, scaled: bool, per_cell: usize, plane: usize) -> Result<Crops> {
     Ok(match dtype {
         OutDtype::F32 => Crops::F32(buf),
-        OutDtype::U8 => Crops::U8(buf.par_iter().map(|&v| rint_scaled(v, 255.0) as u8).collect()),
-        OutDtype::U16 if scaled => Crops::U16(buf.par_iter().map(|&v| rint_scaled(v, 65535.0) as u16).collect()),
-        OutDtype::U16 => Crops::U16(buf.par_iter().map(|&v| v.round_ties_even().clamp(0.0, 65535.0) as u16).collect()),
+        OutDtype::U8 => Crops::U8(map_into(&buf, |v| rint_scaled(v, 255.0) as u8)),
+        OutDtype::U16 if scaled => Crops::U16(map_into(&buf, |v| rint_scaled(v, 65535.0) as u16)),
+        OutDtype::U16 => Crops::U16(map_into(&buf, |v| v.round_ties_even().clamp(0.0, 65535.0) as u16)),
         OutDtype::F16 => {
             let max = f16::MAX.to_f32();
             if let Some(i) = buf.par_iter().position_first(|v| v.abs() > max) {
@@ -196,7 +203,7 @@ fn convert(buf: Vec<f32>, dtype: OutDtype, scaled: bool, per_cell: usize, plane:
                     (i % per_cell) / plane
                 )));
             }
-            Crops::F16(buf.par_iter().map(|&v| f16::from_f32(v)).collect())
+            Crops::F16(map_into(&buf, f16::from_f32))
         }
     })
 }
