@@ -8,6 +8,11 @@
 //! transparent huge pages are `always` or `madvise`, the default of common distributions), 512x
 //! fewer faults; elsewhere the hint is a no-op. The buffer is an ordinary `Vec` either way (handed
 //! to numpy without a copy) and its contents are not affected.
+//!
+//! With `defrag` set to `madvise` the kernel may compact memory to find a huge page for a hinted
+//! buffer, which on a long-running host with fragmented memory can stall a fault; set
+//! `PHENOVEC_HUGE_PAGES=0` (or `off`, `false`, `no`) to drop the hint.
+use std::sync::OnceLock;
 
 /// Smallest buffer worth the hint (bytes): one huge page.
 const HUGE_PAGE: usize = 2 << 20;
@@ -23,7 +28,7 @@ pub fn zeroed<T: Copy + Default>(len: usize) -> Vec<T> {
 /// when the kernel refuses: the hint never fails an allocation).
 fn hint_huge_pages<T>(v: &mut [T]) {
     let bytes = std::mem::size_of_val(v);
-    if bytes < HUGE_PAGE {
+    if bytes < HUGE_PAGE || !hint_enabled() {
         return;
     }
     #[cfg(target_os = "linux")]
@@ -41,6 +46,17 @@ fn hint_huge_pages<T>(v: &mut [T]) {
     }
 }
 
+/// Whether `PHENOVEC_HUGE_PAGES` (read once) allows the hint.
+fn hint_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| enabled_by(std::env::var("PHENOVEC_HUGE_PAGES").ok().as_deref()))
+}
+
+/// The hint is on unless the variable says `0`, `off`, `false` or `no` (any case, spaces trimmed).
+fn enabled_by(value: Option<&str>) -> bool {
+    !matches!(value.map(|v| v.trim().to_ascii_lowercase()).as_deref(), Some("0" | "off" | "false" | "no"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +72,14 @@ mod tests {
         }
         let u: Vec<u16> = zeroed(5 << 20);
         assert!(u.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn the_variable_turns_the_hint_off() {
+        assert!(enabled_by(None));
+        assert!(enabled_by(Some("1")) && enabled_by(Some("yes")) && enabled_by(Some("")));
+        for off in ["0", "off", "OFF", " false ", "No"] {
+            assert!(!enabled_by(Some(off)), "{off}");
+        }
     }
 }
