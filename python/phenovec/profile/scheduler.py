@@ -19,9 +19,9 @@ The clusters made here run with :data:`LOCAL_CLUSTER_CONFIG`: dask.distributed's
 profiling run that no dashboard watches. Its defaults poll under the GIL many times a second (the worker's
 statistical profiler every 10 ms, the event-loop health tick every 20 ms, the memory monitor every 100 ms, the
 system monitor every 500 ms, work stealing every second); with ``threads`` those polls share one process and its
-GIL with the Dask threads. On a 2-core machine profiling 24 sites, the event-loop thread held the GIL in 424-664
-of py-spy's samples (200 Hz, whole run) by default and 94 with these settings. A cluster given by address keeps its
-own configuration.
+GIL with the Dask threads. On a 2-core machine profiling 24 sites, dask.distributed's code (its event loop,
+mostly) held the GIL in 424-664 of py-spy's samples (200 Hz, whole run) by default and 94 with these settings. A
+cluster given by address keeps its own configuration.
 """
 from __future__ import annotations
 
