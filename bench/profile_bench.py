@@ -31,7 +31,9 @@ times (medians reported):
 Rates are embedded cells (crops) per second over the whole run (wall clock, including cluster start-up, opening
 the session and its first calls, and the final assembly for (b); each run opens its own session). ``*_steady`` (b): the marginal rate between a run on the
 first half of the sites and a run on all of them, (cells_all - cells_half) / (median time_all - median
-time_half): the throughput once the fixed costs of a run are paid, which is what a plate-scale run sees.
+time_half): the throughput once the fixed costs of a run are paid, which is what a plate-scale run sees;
+``paired_cells_per_s`` the same per repeat (its adjacent half and whole runs), ``paired_vs_raw_probe_median`` the
+median of each of those over the raw probe taken just before it.
 Noise control: before each repeat of each pipeline variant the bench probes the raw rate (``raw_probe``: 8
 batches, both session layouts, the faster) and the sequential loop (first 8 sites); ``ratios`` also give each
 pipeline rate against the medians of the probes taken around its own runs (``vs_raw_near``,
@@ -343,14 +345,24 @@ def main() -> None:
                         timed.setdefault(part, ([], res.embedded))[0].append(time.perf_counter() - t)
             doc["results"][key] = median_rate(*timed["all"])
             (t_all, n_all), (t_half, n_half) = [(statistics.median(timed[p][0]), timed[p][1]) for p in ("all", "half")]
+            # paired: the marginal rate of each repeat's adjacent half and whole runs, and its ratio to the raw
+            # probe taken just before them (a slow spell then slows both sides of each pair)
+            paired = [(n_all - n_half) / (ta - th) if ta > th else float("nan")
+                      for ta, th in zip(timed["all"][0], timed["half"][0])]
             doc["results"][key + "_steady"] = {"cells": n_all - n_half, "seconds_median": t_all - t_half,
                                                "cells_per_s": (n_all - n_half) / (t_all - t_half),
-                                               "half_run": median_rate(*timed["half"])}
+                                               "half_run": median_rate(*timed["half"]),
+                                               "paired_cells_per_s": paired,
+                                               "paired_cells_per_s_median": statistics.median(paired),
+                                               "paired_vs_raw_probe_median": statistics.median(
+                                                   v / p for v, p in zip(paired, near["raw"]))}
             near = {k: statistics.median(v) for k, v in near.items()} | {"all": near}
             doc["near"][key] = near
             log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} cells/s whole run, "
-                f"{doc['results'][key + '_steady']['cells_per_s']:.1f} steady; probes near it: raw "
-                f"{near['raw']:.1f}, sequential {near['sequential']:.1f}")
+                f"{doc['results'][key + '_steady']['cells_per_s']:.1f} steady "
+                f"({doc['results'][key + '_steady']['paired_cells_per_s_median']:.1f} paired, "
+                f"{doc['results'][key + '_steady']['paired_vs_raw_probe_median']:.2f}x its raw probes); probes near "
+                f"it: raw {near['raw']:.1f}, sequential {near['sequential']:.1f}")
         raw = max(v["cells_per_s"] for k, v in doc["results"].items() if k.startswith("raw_onnxruntime"))
         seq = doc["results"]["sequential_deepprofiler"]["cells_per_s"]
         dp = doc["results"].get("deepprofiler", {}).get("cells_per_s")
