@@ -272,34 +272,3 @@ def test_micro_batches_change_no_number(setup, monkeypatch):
                           progress=False)
         assert not (tmp / "mb_bad").exists()
 
-
-def test_batches_span_sites_without_copying_whole_groups():
-    """A group's per-site crop blocks are batched as if concatenated, but only a batch that spans two
-    blocks is copied (the group never holds its crops twice); infer's features follow the blocks."""
-    from phenovec.profile.sites import batches, infer
-
-    rng = np.random.default_rng(5)
-    sizes = [0, 5, 3, 0, 9, 1, 2]
-    blocks = [rng.random((n, 2, 3, 3), dtype=np.float32) for n in sizes]
-    got = list(batches(blocks, 4))
-    assert [len(b) for b in got] == [4, 4, 4, 4, 4]
-    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(blocks))
-    # Batches 0 (rows 0-3 of block 1), 2 and 3 (rows 0-7 of block 4) are views; 1 and 4 span blocks.
-    assert [any(np.shares_memory(b, blk) for blk in blocks) for b in got] == [True, False, True, True, False]
-    assert [len(b) for b in batches(blocks, 100)] == [20]
-    assert list(batches([blocks[0]], 4)) == []
-
-    class Sum:
-        feature_dim = 1
-        calls: list = []
-
-        def run(self, x):
-            self.calls.append(len(x))
-            return x.reshape(len(x), -1).sum(axis=1, keepdims=True)
-
-    sess = Sum()
-    want = np.concatenate(blocks).reshape(20, -1).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(infer(sess, blocks, 6), want, rtol=1e-6)
-    assert sess.calls == [6, 6, 6, 2]
-    np.testing.assert_allclose(infer(sess, np.concatenate(blocks), 7), want, rtol=1e-6)
-    assert infer(sess, [blocks[0], blocks[3]], 4).shape == (0, 1)

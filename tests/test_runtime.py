@@ -110,6 +110,14 @@ def test_run_batches(exported, crops, monkeypatch):
     assert seen == [4, 4, 4, 1]
     z = zarr.create_array(zarr.storage.MemoryStore(), data=crops, chunks=(5, 5, BOX, BOX))
     np.testing.assert_allclose(s.run_batches(z, 6), ref, atol=1e-6, rtol=0)
+    seen.clear()  # blocks of per-site crops: batches inside one block are views of it (no copy), empty blocks pass
+    got = []
+    monkeypatch.setattr(s, "_run", lambda x, names: got.append(x) or orig(x, names))
+    blocks = [crops[:0], crops[0:9], crops[9:9], crops[9:13]]
+    np.testing.assert_allclose(s.run_batches(blocks, 4), ref, atol=1e-6, rtol=0)
+    assert [len(x) for x in got] == [4, 4, 4, 1]
+    assert [np.shares_memory(x, crops) for x in got] == [True, True, False, True]  # batch 3 spans two blocks
+    assert s.run_batches([crops[:0]], 4).shape == (0, s.feature_dim)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         s.run_batches(crops, 0)
     with pytest.raises(ValueError, match="channel count"):
@@ -263,3 +271,19 @@ def test_micro_batch_auto_follows_the_provider_that_started(exported, monkeypatc
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     s = ProfileSession(exported[1], intra_op_threads=1)
     assert s.requested_providers == [CUDA, CPU] and s.providers == [CPU] and s.micro_batch == 64
+
+
+def test_rebatch_views_and_copies():
+    """rebatch: batches over blocks as if concatenated; only a batch spanning blocks is a copy."""
+    from phenovec.runtime.session import rebatch
+
+    rng = np.random.default_rng(5)
+    blocks = [rng.random((n, 2, 3, 3), dtype=np.float32) for n in [0, 5, 3, 0, 9, 1, 2]]
+    got = list(rebatch(blocks, 4))
+    assert [len(b) for b in got] == [4, 4, 4, 4, 4]
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(blocks))
+    # batches 0 (rows 0-3 of block 1), 2 and 3 (rows 0-7 of block 4) are views; 1 and 4 span blocks
+    assert [any(np.shares_memory(b, blk) for blk in blocks) for b in got] == [True, False, True, True, False]
+    assert [len(b) for b in rebatch(blocks, 100)] == [20]
+    assert [len(b) for b in rebatch(blocks, 6)] == [6, 6, 6, 2]
+    assert list(rebatch([blocks[0]], 4)) == [] and list(rebatch([], 4)) == []

@@ -41,7 +41,7 @@ from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
 from phenovec.profile.pipeline import ProfileResult, input_fingerprint, open_run_model
 from phenovec.profile.scheduler import bounded_map, open_client
-from phenovec.profile.sites import ModelRef, infer, run_model_ref, worker_session
+from phenovec.profile.sites import ModelRef, run_model_ref, worker_session
 from phenovec.profile.wells import OPERATIONS, WELL_ROW_GROUP, WellWriter
 
 INPUT_KIND = "fields"
@@ -200,7 +200,7 @@ def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: in
     """Embed consecutive fields: ``[(site, 1 x D features in dtype), ...]`` in ``jobs`` order."""
     sess = worker_session(ref)
     x = np.stack([read_field_input(j.paths, intensity, j.frames, source=f"site {j.site}") for j in jobs])
-    feats = infer(sess, x, batch_size).astype(dtype)
+    feats = sess.run_batches(x, batch_size).astype(dtype)
     return [(j.site, feats[i:i + 1]) for i, j in enumerate(jobs)]
 
 

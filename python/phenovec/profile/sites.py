@@ -100,39 +100,6 @@ class SiteJob:
     frames: tuple | None = None
 
 
-def batches(blocks: list[np.ndarray], batch_size: int):
-    """Consecutive batches of ``batch_size`` rows over the blocks as if they were concatenated: a
-    batch inside one block is a view of it; only a batch that spans blocks is copied (so a group of
-    sites never holds its crops twice)."""
-    pending, held = [], 0
-    for b in blocks:
-        at = 0
-        if pending:  # finish the batch begun in earlier blocks
-            take = min(batch_size - held, len(b))
-            pending.append(b[:take])
-            held += take
-            at = take
-            if held < batch_size:
-                continue
-            yield np.concatenate(pending)
-            pending, held = [], 0
-        while len(b) - at >= batch_size:
-            yield b[at:at + batch_size]
-            at += batch_size
-        if at < len(b):
-            pending, held = [b[at:]], len(b) - at
-    if pending:
-        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
-
-
-def infer(sess, crops, batch_size: int) -> np.ndarray:
-    """Features of ``crops`` (float32; one array, or a list of per-site blocks taken in order) in
-    consecutive batches of ``batch_size`` (see :func:`batches`)."""
-    blocks = [crops] if isinstance(crops, np.ndarray) else list(crops)
-    feats = [sess.run(x) for x in batches(blocks, batch_size)]
-    return np.concatenate(feats) if feats else np.empty((0, sess.feature_dim), np.float32)
-
-
 def cut_site(job: SiteJob, contract: InputContract, edge: str) -> tuple[np.ndarray, np.ndarray]:
     """(codes int8 per cell, float32 model input of the kept cells) of one site."""
     from phenovec import _core
@@ -154,7 +121,7 @@ def embed_site_group(ref: ModelRef, contract: InputContract, jobs: list, edge: s
     """Embed a group of sites from images: ``[(site, codes, features in dtype), ...]`` in ``jobs`` order."""
     sess = worker_session(ref)
     cut = [cut_site(j, contract, edge) for j in jobs]
-    feats = infer(sess, [c for _, c in cut], batch_size).astype(dtype)
+    feats = sess.run_batches([c for _, c in cut], batch_size).astype(dtype)
     out, at = [], 0
     for job, (codes, crops) in zip(jobs, cut):
         out.append((job.site, codes, feats[at:at + len(crops)]))
@@ -187,7 +154,7 @@ def embed_crop_group(ref: ModelRef, contract: InputContract, store: str, channel
         lo, hi = int(rows.min()), int(rows.max()) + 1
         raw = np.asarray(arr[lo:hi])[rows - lo][:, channel_idx]
         blocks.append(contract.model_input_from_stored(raw))
-    feats = infer(sess, blocks, batch_size).astype(dtype)
+    feats = sess.run_batches(blocks, batch_size).astype(dtype)
     out, at = [], 0
     for j, b in zip(jobs, blocks):
         out.append((j.site, j.codes, feats[at:at + len(b)]))

@@ -238,7 +238,8 @@ class ProfileSession:
         """Features of ``source`` in order, one block per batch of at most ``batch_size`` crops.
 
         ``source``: an array-like with ``shape`` and slicing (numpy, Zarr) cut into consecutive batches, or an
-        iterable of N_i x C x H x W arrays (e.g. one per site) regrouped into full batches of ``batch_size``.
+        iterable of N_i x C x H x W arrays (e.g. one per site) regrouped into full batches of ``batch_size``
+        (:func:`rebatch`: views of the blocks, a copy only for a batch that spans two).
         """
         from tqdm.auto import tqdm
 
@@ -253,21 +254,10 @@ class ProfileSession:
                     yield self.run(block)
                     bar.update(len(block))
             return
-        buf: list[np.ndarray] = []
-        held = 0
         with tqdm(unit="crop", desc="infer", disable=not progress) as bar:
-            for item in _as_blocks(source):
-                buf.append(self._validate(item))
-                held += len(item)
-                while held >= batch_size:
-                    cat = np.concatenate(buf)
-                    yield self.run(cat[:batch_size])
-                    bar.update(batch_size)
-                    rest = cat[batch_size:]
-                    buf, held = ([rest] if len(rest) else []), len(rest)
-            if held:
-                yield self.run(np.concatenate(buf))
-                bar.update(held)
+            for batch in rebatch((self._validate(b) for b in _as_blocks(source)), batch_size):
+                yield self.run(batch)
+                bar.update(len(batch))
 
     def run_batches(self, source, batch_size: int, progress: bool = False) -> np.ndarray:
         """``iter_batches`` concatenated: features of every crop of ``source``, N x feature_dim."""
@@ -278,6 +268,31 @@ class ProfileSession:
         return (f"ProfileSession({str(self.path)!r}, providers={self.providers}, channels={self.channels}, "
                 f"crop_size={self.crop_size}, feature_dim={self.feature_dim}, fp16={self.fp16}, "
                 f"micro_batch={self.micro_batch})")
+
+
+def rebatch(blocks: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Consecutive batches of ``batch_size`` rows over ``blocks`` as if they were concatenated (the last may be
+    shorter): a batch inside one block is a view of it; only a batch that spans blocks is copied, so a group of
+    sites' crops is never held twice."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for b in blocks:
+        at = 0
+        if pending:  # finish the batch begun in earlier blocks
+            at = min(batch_size - held, len(b))
+            pending.append(b[:at])
+            held += at
+            if held < batch_size:
+                continue
+            yield np.concatenate(pending)
+            pending, held = [], 0
+        while len(b) - at >= batch_size:
+            yield b[at:at + batch_size]
+            at += batch_size
+        if at < len(b):
+            pending, held = [b[at:]], len(b) - at
+    if pending:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
 
 
 def _as_blocks(source: Iterable) -> Iterator[np.ndarray]:
