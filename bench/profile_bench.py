@@ -347,22 +347,22 @@ def main() -> None:
             (t_all, n_all), (t_half, n_half) = [(statistics.median(timed[p][0]), timed[p][1]) for p in ("all", "half")]
             # paired: the marginal rate of each repeat's adjacent half and whole runs, and its ratio to the raw
             # probe taken just before them (a slow spell then slows both sides of each pair)
-            paired = [(n_all - n_half) / (ta - th) if ta > th else float("nan")
+            # (a pair whose whole run was not slower than its half, possible in tiny runs, gives no rate: None)
+            paired = [(n_all - n_half) / (ta - th) if ta > th else None
                       for ta, th in zip(timed["all"][0], timed["half"][0])]
-            doc["results"][key + "_steady"] = {"cells": n_all - n_half, "seconds_median": t_all - t_half,
-                                               "cells_per_s": (n_all - n_half) / (t_all - t_half),
-                                               "half_run": median_rate(*timed["half"]),
-                                               "paired_cells_per_s": paired,
-                                               "paired_cells_per_s_median": statistics.median(paired),
-                                               "paired_vs_raw_probe_median": statistics.median(
-                                                   v / p for v, p in zip(paired, near["raw"]))}
+            ok = [(v, p) for v, p in zip(paired, near["raw"]) if v is not None]
+            steady = {"cells": n_all - n_half, "seconds_median": t_all - t_half,
+                      "cells_per_s": (n_all - n_half) / (t_all - t_half), "half_run": median_rate(*timed["half"]),
+                      "paired_cells_per_s": paired,
+                      "paired_cells_per_s_median": statistics.median(v for v, _ in ok) if ok else float("nan"),
+                      "paired_vs_raw_probe_median": statistics.median(v / p for v, p in ok) if ok else float("nan")}
+            doc["results"][key + "_steady"] = steady
             near = {k: statistics.median(v) for k, v in near.items()} | {"all": near}
             doc["near"][key] = near
-            log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} cells/s whole run, "
-                f"{doc['results'][key + '_steady']['cells_per_s']:.1f} steady "
-                f"({doc['results'][key + '_steady']['paired_cells_per_s_median']:.1f} paired, "
-                f"{doc['results'][key + '_steady']['paired_vs_raw_probe_median']:.2f}x its raw probes); probes near "
-                f"it: raw {near['raw']:.1f}, sequential {near['sequential']:.1f}")
+            log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} cells/s whole run, {steady['cells_per_s']:.1f} "
+                f"steady ({steady['paired_cells_per_s_median']:.1f} paired, "
+                f"{steady['paired_vs_raw_probe_median']:.2f}x its raw probes); probes near it: raw "
+                f"{near['raw']:.1f}, sequential {near['sequential']:.1f}")
         raw = max(v["cells_per_s"] for k, v in doc["results"].items() if k.startswith("raw_onnxruntime"))
         seq = doc["results"]["sequential_deepprofiler"]["cells_per_s"]
         dp = doc["results"].get("deepprofiler", {}).get("cells_per_s")
