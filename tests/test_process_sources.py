@@ -78,6 +78,28 @@ def test_embedding_writer_publishes_only_on_success(tmp_path, table):
         EmbeddingWriter(path, ["a"])
 
 
+def test_embedding_writer_sizes_chunks_to_a_small_store(tmp_path, table):
+    import zarr
+
+    meta, x = table
+    n = len(meta)
+    for expected, chunk in ((None, 16384), (n, n), (0, 1), (n + 5, n + 5), (10 ** 6, 16384)):
+        path = tmp_path / f"e{expected}.zarr"
+        with EmbeddingWriter(path, list("abcde"), expected_rows=expected) as w:
+            w.append(meta, x)
+        assert zarr.open_group(str(path), mode="r")["features"].chunks == (chunk, 5)
+        np.testing.assert_array_equal(EmbeddingStore(path).array[:], x)
+        pd.testing.assert_frame_equal(EmbeddingStore(path).meta.reset_index(drop=True), meta.reset_index(drop=True))
+    # more rows than expected are still all written (in more chunks), in order
+    path = tmp_path / "more.zarr"
+    with EmbeddingWriter(path, list("abcde"), expected_rows=7) as w:
+        w.append(meta.iloc[:10], x[:10])
+        w.append(meta.iloc[10:], x[10:])
+    np.testing.assert_array_equal(EmbeddingStore(path).array[:], x)
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1"):
+        EmbeddingWriter(tmp_path / "bad.zarr", ["a"], chunk_rows=0)
+
+
 @pytest.mark.parametrize("name", ["p.csv", "p.csv.gz", "p.parquet", "p.h5ad", "p.zarr"])
 def test_write_profiles_formats_round_trip(tmp_path, name):
     import anndata as ad

@@ -114,6 +114,8 @@ def test_embeddings_equal_reference(setup):
     np.testing.assert_array_equal(cells["edge"].to_numpy() == "inside", kept)
     np.testing.assert_array_equal(cells["row"].to_numpy() >= 0, kept)
     assert x.dtype == np.float32 and x.shape == (kept.sum(), 128)
+    # a store smaller than one chunk is one chunk of at most the located cells (no encoded padding)
+    assert EmbeddingStore(tmp / "f32" / "embeddings.zarr").array.chunks == (len(nuclei), 128)
     assert np.abs(ref).max() > 1e-2  # features are not degenerate
     np.testing.assert_allclose(x, ref, atol=1e-4, rtol=0)
     # the cell table follows the locations: same cells, same order

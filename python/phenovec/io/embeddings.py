@@ -152,6 +152,11 @@ class EmbeddingWriter:
     metadata is streamed to ``meta.parquet`` (:class:`ParquetAppender`, row groups of about ``chunk_rows`` rows).
     The writer holds at most about one chunk of features and one row group of metadata. A zero-row ``append``
     adds no row; the first one fixes the metadata columns of a store that gets no rows at all.
+
+    ``expected_rows`` (when the caller knows an upper bound of the rows it will append): a store expected to hold
+    fewer rows than ``chunk_rows`` gets chunks of that many rows instead. Zarr encodes whole chunks, so the one
+    partial chunk of a small store was encoded at full size, padding included (3,863 float16 rows x 1,280: 0.13-0.5 s
+    with 16,384-row chunks, 0.06 s with 4,800-row ones). More rows than expected are still written, in more chunks.
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class EmbeddingWriter:
         dtype=np.float32,
         chunk_rows: int = 16384,
         overwrite: bool = False,
+        expected_rows: int | None = None,
     ):
         import zarr
         from zarr.codecs import ZstdCodec
@@ -169,6 +175,10 @@ class EmbeddingWriter:
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"embedding store already exists: {self.path}")
         self.features = [str(f) for f in features]
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        if expected_rows is not None:
+            chunk_rows = min(int(chunk_rows), max(1, int(expected_rows)))
         self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
@@ -254,7 +264,8 @@ def write_embeddings(
     """Write a whole store at once (see the module docstring for the layout)."""
     feats = np.asarray(feats)
     names = list(features) if features is not None else [f"feature_{i}" for i in range(feats.shape[1])]
-    w = EmbeddingWriter(path, names, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite)
+    w = EmbeddingWriter(path, names, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
+                        expected_rows=feats.shape[0])
     with w:
         for i in range(0, feats.shape[0], chunk_rows):
             w.append(meta.iloc[i : i + chunk_rows], feats[i : i + chunk_rows])

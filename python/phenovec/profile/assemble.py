@@ -46,7 +46,8 @@ def site_cell_table(site_meta: pd.Series, cells: pd.DataFrame, codes: np.ndarray
 
 
 def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable, names: Sequence[str], dtype: str,
-             attrs: dict, well_parts: Callable, chunk_rows: int = 16384, row_group_rows: int = 16384) -> dict:
+             attrs: dict, well_parts: Callable, chunk_rows: int = 16384, row_group_rows: int = 16384,
+             expected_rows: int | None = None) -> dict:
     """Write the final outputs (module docstring) from the parts; returns counts.
 
     ``read_part(s)`` -> (codes, features) of site ``s``; ``site_table(s, codes)`` -> its cell table
@@ -58,12 +59,13 @@ def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable,
     metadata go out a whole chunk of ``chunk_rows`` at a time (``phenovec.io.embeddings.EmbeddingWriter``), the cell
     table and the well tables are streamed to Parquet row groups of ``row_group_rows`` rows
     (``phenovec.io.embeddings.ParquetAppender``; at most ``WELL_ROW_GROUP`` rows for the wide well tables).
-    Nothing is held across sites but those buffers.
+    Nothing is held across sites but those buffers. ``expected_rows``: an upper bound of the embedded cells (the
+    located ones), which sizes the chunks of a store smaller than one chunk (``EmbeddingWriter``).
     """
     from phenovec.io.embeddings import EmbeddingWriter, ParquetAppender
 
     writer = EmbeddingWriter(out / "embeddings.zarr", names, dtype=np.dtype(dtype), chunk_rows=chunk_rows,
-                             overwrite=True)
+                             overwrite=True, expected_rows=expected_rows)
     tables = [ParquetAppender(out / "cells.parquet", row_group_rows)]
     n_emb, n_cells = 0, 0
     try:

@@ -300,7 +300,8 @@ def _write_embeddings(path: Path, n_sites: int, read_part, sites: pd.DataFrame, 
     """The embeddings store from the per-site parts appended in site order."""
     from phenovec.io.embeddings import EmbeddingWriter
 
-    with EmbeddingWriter(path, names, dtype=np.dtype(dtype), chunk_rows=chunk_rows, overwrite=True) as writer:
+    with EmbeddingWriter(path, names, dtype=np.dtype(dtype), chunk_rows=chunk_rows, overwrite=True,
+                        expected_rows=n_sites) as writer:
         for s in range(n_sites):
             feats = read_part(s)
             if feats.shape != (1, len(names)):

@@ -215,7 +215,8 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     attrs = {"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
              "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
              "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode}
-    counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, wells.rows)
+    counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, wells.rows,
+                      expected_rows=config["cells"])
     seconds = time.perf_counter() - t0
     store.mark_complete({**counts, "sites": n_sites})
     paths = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("cells", "cells.parquet"),
