@@ -12,7 +12,8 @@ times (medians reported):
     onnxruntime call per batch (``micro_batch=None``), ``raw_onnxruntime_micro_batch_M`` with M crops per call
     (``--micro-batch-sweep``); ``raw_onnxruntime_N_thread_sessions``: the same
     crops over N threads with a session each of cpu_count // N onnxruntime threads (the threaded pipeline's layout
-    with N > 1 workers). The ratios use the faster of the raw rates;
+    with N > 1 workers). The ratios use the faster of the raw rates. ``--raw-crops N``: the raw rates on the first
+    sites' N kept crops (a plate-scale run's float32 crops would take GBs);
 (b) ``pipeline_threads_wN``: ``phenovec.profile.profile_sites`` (images + locations -> embeddings Zarr + well
     profiles, float16) with the threaded Dask scheduler and N threads (``--workers``, e.g. 1 2), fresh output;
     ``pipeline_processes_wN`` the same with N worker processes (``--processes``);
@@ -238,9 +239,14 @@ def main() -> None:
                     help="sites DeepProfiler profiles (the plate's first; it embeds ~50 cells/s on 2 cores)")
     ap.add_argument("--micro-batch-sweep", type=int, nargs="*", default=[],
                     help="also measure the raw rate with these crops per onnxruntime call (e.g. 8 32 64)")
+    ap.add_argument("--raw-crops", type=int, default=None,
+                    help="measure the raw rates on the kept crops of the first sites up to this many (default: "
+                         "all; a plate-scale run's float32 crops would take GBs: 96 sites ~5 GB)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.raw_crops is not None and a.raw_crops < a.batch_size:
+        ap.error(f"--raw-crops {a.raw_crops}: give at least one batch (--batch-size {a.batch_size})")
     if a.deepprofiler and a.arch != "efficientnet_b0":
         ap.error("--deepprofiler profiles with DeepProfiler's EfficientNet-B0: give --arch efficientnet_b0 "
                  "so both sides run the same network")
@@ -265,18 +271,25 @@ def main() -> None:
             return _core.crop_site(p, np.ascontiguousarray(xs, np.float64), np.ascontiguousarray(ys, np.float64),
                                    a.box, "drop", True, compact=True)[0]
 
-        kept = [cut(*job) for job in sites]
+        kept, held = [], 0
+        for job in sites:  # the crops for the raw rates (the first sites' up to --raw-crops)
+            if a.raw_crops is not None and held >= a.raw_crops:
+                break
+            kept.append(cut(*job))
+            held += len(kept[-1])
+        if a.raw_crops is not None:
+            kept = [np.concatenate(kept)[:a.raw_crops]]
         times = []
         for r in range(a.repeats):
             t = time.perf_counter()
-            for job in sites:
-                cut(*job)
+            last = [len(cut(*job)) for job in sites]  # each site's crops dropped at once
             times.append(time.perf_counter() - t)
-        n_emb = sum(len(k) for k in kept)
+        n_emb = sum(last)
         n_loc = sum(len(xs) for _, xs, _ in sites)
         doc["results"]["decode_crop"] = median_rate(times, n_emb)
         log(f"decode+crop: {doc['results']['decode_crop']['cells_per_s']:.0f} cells/s ({n_emb} of {n_loc} kept)")
         crops = np.concatenate(kept).astype(np.float32)
+        doc["raw_crops"] = len(crops)
         doc["results"]["raw_onnxruntime"] = median_rate(raw_times(sess, crops, a.batch_size, a.repeats), len(crops))
         log(f"raw onnxruntime: {doc['results']['raw_onnxruntime']['cells_per_s']:.1f} crops/s "
             f"(micro-batches of {sess.micro_batch})")
