@@ -226,3 +226,46 @@ def test_multipage_tiff_frames_match_tifffile(site, tmp_path):
     a8 = (raw[:2, :100, :90] // 256).astype(np.uint8)
     tifffile.imwrite(p8, a8, compression="lzw", photometric="minisblack", metadata=None)
     np.testing.assert_array_equal(_core.decode_image(str(p8), frame=1), a8[1].astype(np.uint16))
+
+
+@pytest.mark.parametrize("edge", ["drop", "shift", "pad"])
+def test_crops_into_a_dirty_buffer_equal_fresh_crops(site, edge):
+    """``out=``: float32 crops cut into the first rows of a caller's buffer (the profiling workers reuse one per
+    thread) are the fresh crops bit for bit, whatever the buffer held (NaN here: padded and dropped rows are
+    written, not assumed zero); the crops returned are a view of the buffer; values past them are untouched."""
+    paths, raw, xs, ys, flat = site
+    per_cell = 5 * BOX * BOX
+    for compact in (True, False):
+        for opts in ({}, {"flat": flat}, {"intensity": ("percentile", 1.0, 99.0)}):
+            for rescale in (True, False):
+                want, codes = _core.crop_site(paths, xs, ys, BOX, edge, rescale, dtype="float32", compact=compact,
+                                              **opts)
+                buf = np.full(len(xs) * per_cell + 7, np.nan, np.float32)
+                got, got_codes = _core.crop_site(paths, xs, ys, BOX, edge, rescale, dtype="float32",
+                                                 compact=compact, out=buf, **opts)
+                np.testing.assert_array_equal(got_codes, codes)
+                assert got.shape == want.shape and got.dtype == np.float32 and np.shares_memory(got, buf)
+                np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+                assert np.isnan(buf[want.size:]).all()
+    # a 2-D buffer is fine as long as it is C-contiguous; min-max rows from the raw pixels, cells kept only
+    buf = np.full((len(xs), per_cell), np.nan, np.float32)
+    got, codes = _core.crop_site(paths, xs, ys, BOX, edge, True, compact=True, out=buf)
+    ref, ref_codes = crop_ref(raw, xs, ys, BOX, edge)
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_array_equal(got.view(np.uint32), minmax_ref(ref)[codes <= 2].view(np.uint32))
+
+
+def test_crops_into_a_buffer_refuses_what_it_cannot_fill(site):
+    paths, raw, xs, ys, flat = site
+    n = len(xs) * 5 * BOX * BOX
+    with pytest.raises(ValueError, match=rf"output buffer has {n - 1} values, fewer than {len(xs)} cells x 5 "
+                                         rf"channels x {BOX} x {BOX}.*ch5sk1"):
+        _core.crop_site(paths, xs, ys, BOX, "pad", True, compact=True, out=np.empty(n - 1, np.float32))
+    for opts in ({}, {"dtype": "uint16"}, {"dtype": "float16"}):  # not float32 crops: the buffer cannot take them
+        rescale = opts.get("dtype") == "float16"
+        with pytest.raises(ValueError, match="takes float32 crops"):
+            _core.crop_site(paths, xs, ys, BOX, "pad", rescale, out=np.empty(n, np.float32), **opts)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.crop_site(paths, xs, ys, BOX, "pad", True, out=np.empty(2 * n, np.float32)[::2])
+    with pytest.raises(TypeError):
+        _core.crop_site(paths, xs, ys, BOX, "pad", True, out=np.empty(n, np.float64))

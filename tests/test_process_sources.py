@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phenovec.io.embeddings import EmbeddingStore, EmbeddingWriter, write_embeddings
+from phenovec.io.embeddings import EmbeddingStore, EmbeddingWriter, cast_features, write_embeddings
 from phenovec.io.profiles import read_profile_metadata, write_profiles
 from phenovec.process.columns import numeric_features, resolve_columns, select_samples
 from phenovec.process.source import open_source
@@ -139,3 +139,28 @@ def test_columns_resolution_and_errors():
     with pytest.raises(ValueError, match="matches no row"):
         select_samples(df, "Metadata_Plate == 'zzz'")
     assert select_samples(df, "Metadata_Plate == 'b'").tolist() == [False, True, True]
+
+
+def test_cast_features_to_float16_is_numpys_cast_bit_for_bit():
+    """float32 -> float16 through Rust (F16C where the CPU has it): every value numpy's astype gives, ties to even,
+    subnormals, infinities, signed zeros, NaN; any shape and memory layout; a finite value float16 cannot hold is
+    an error naming row and column (numpy gives inf); other dtypes through astype."""
+    rng = np.random.default_rng(3)
+    mags = 10.0 ** rng.uniform(-30, 4.8, 20_000)  # up to ~63,000: all within float16
+    x = (mags * rng.choice([-1.0, 1.0], mags.size)).astype(np.float32)
+    ulp = np.float32(2.0 ** -24)  # float16's smallest subnormal: exact multiples and halfway points
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, 65504.0, 65519.99, 1e-8, ulp, ulp / 2, ulp * 1.5,
+                         ulp * 2.5, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 6.1035e-5, 6.1e-5], np.float32)
+    x = np.concatenate([x, specials, -specials])
+    m = x[:x.size // 7 * 7].reshape(-1, 7)
+    for a in (x, m, m.T, m[::3, 1:], x[:0].reshape(0, 4)):
+        got = cast_features(a, "float16")
+        assert got.dtype == np.float16 and got.shape == a.shape
+        np.testing.assert_array_equal(got.view(np.uint16), a.astype(np.float16).view(np.uint16))
+    with pytest.raises(ValueError, match=r"feature value 65520 at row 1, column 2 is beyond float16's range.*float32"):
+        cast_features(np.array([[0, 1, 2], [3, 4, 65520]], np.float32), "float16")  # numpy: inf and a warning
+    nan = cast_features(np.array([[np.nan, 1.0]], np.float32), np.float16)
+    assert np.isnan(nan[0, 0]) and nan[0, 1] == 1.0
+    same = np.ones((2, 3), np.float32)
+    assert cast_features(same, "float32") is same  # already in the store dtype: no copy
+    np.testing.assert_array_equal(cast_features(np.ones(3, np.float64), "float16"), np.ones(3, np.float16))

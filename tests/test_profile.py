@@ -274,3 +274,59 @@ def test_micro_batches_change_no_number(setup, monkeypatch):
                           progress=False)
         assert not (tmp / "mb_bad").exists()
 
+
+
+def test_site_groups_cut_into_one_reused_buffer(setup, monkeypatch):
+    """Float32 contracts: a group's sites are cut one after another into the thread's crop buffer, so its crops
+    are one block (a view of the buffer) equal bit for bit to each site cut on its own; the next group reuses the
+    buffer (a smaller one as it is, stale contents never showing; a larger one grows it); features equal those
+    of per-site blocks (the path of integer contracts) bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phenovec.profile import sites
+    from phenovec.profile.contract import InputContract, contract_from_metadata
+    from phenovec.runtime import read_metadata
+
+    tmp, plate, onnx_path = setup
+    meta = read_metadata(onnx_path)
+    contract = contract_from_metadata(meta)
+    assert contract.cuts_float32
+    index, nuclei, root = pd.read_csv(plate["index"]), pd.read_csv(plate["nuclei"]), Path(plate["index"]).parent
+    jobs = []
+    for i, row in index.iterrows():
+        loc = nuclei[(nuclei[KEYS].astype(str) == row[KEYS].astype(str).to_numpy()).all(axis=1)]
+        jobs.append(sites.SiteJob(i, tuple(str(root / row[f"FileName_{c}"]) for c in CHANNELS),
+                                  loc["Nuclei_Location_Center_X"].to_numpy(), loc["Nuclei_Location_Center_Y"].to_numpy()))
+
+    def check(group):
+        codes, blocks = sites.cut_group(group, contract, "drop")
+        assert len(blocks) == 1 and np.shares_memory(blocks[0], sites._THREAD.crops)
+        fresh = [sites.cut_site(j, contract, "drop") for j in group]
+        for c, (fc, _) in zip(codes, fresh):
+            np.testing.assert_array_equal(c, fc)
+        want = np.concatenate([x for _, x in fresh])
+        assert blocks[0].shape == want.shape and 0 < len(want) < sum(len(j.xs) for j in group)  # some dropped
+        np.testing.assert_array_equal(blocks[0].view(np.uint32), want.view(np.uint32))
+        return sites._THREAD.crops
+
+    def in_one_thread():
+        first = check(jobs[:4])
+        first.fill(np.nan)  # what a finished group leaves is never read
+        assert check(jobs[4:5]) is first  # smaller: the same buffer
+        grown = check(jobs)
+        assert grown is not first and grown.size > first.size
+        ref = sites.run_model_ref(str(onnx_path), meta.weights_sha256, ["CPUExecutionProvider"], 1, True)
+        return sites.embed_site_group(ref, contract, jobs[:5], "drop", 16, "float32")
+
+    with ThreadPoolExecutor(1) as pool:  # a fresh thread: no buffer yet
+        got = pool.submit(in_one_thread).result()
+    monkeypatch.setattr(InputContract, "cuts_float32", property(lambda self: False))
+    with ThreadPoolExecutor(1) as pool:
+        ref = sites.run_model_ref(str(onnx_path), meta.weights_sha256, ["CPUExecutionProvider"], 1, True)
+        want = pool.submit(sites.embed_site_group, ref, contract, jobs[:5], "drop", 16, "float32").result()
+        assert pool.submit(lambda: getattr(sites._THREAD, "crops", None)).result() is None  # per-site blocks
+    assert [s for s, _, _ in got] == [s for s, _, _ in want] == list(range(5))
+    for (_, ca, fa), (_, cb, fb) in zip(got, want):
+        np.testing.assert_array_equal(ca, cb)
+        assert fa.shape[0] == int((ca <= 2).sum())
+        np.testing.assert_array_equal(fa.view(np.uint32), fb.view(np.uint32))

@@ -14,10 +14,12 @@
 //!   rescaling), [`crop`] (crop geometry and edge policies), [`labels`] (cell labels and masking),
 //!   [`site`] (one site's crop pipeline), [`tiles`] (whole-field tiles), [`buffer`] (large output
 //!   buffers on huge pages).
+//! - [`float16`]: float32 -> float16 casts of feature rows (embeddings stored as float16).
 pub mod average_precision;
 pub mod buffer;
 pub mod crop;
 pub mod error;
+pub mod float16;
 pub mod image;
 pub mod intensity;
 pub mod labels;

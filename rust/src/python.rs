@@ -309,8 +309,11 @@ fn object_labels<'py>(py: Python<'py>, path: std::path::PathBuf, xs: PyReadonlyA
 /// Returns (crops rows x C x box x box, int8 edge-outcome codes N). Semantics and dtype rules:
 /// crate::site. `intensity` is None, ("percentile", lo, hi) or ("range", lo, hi); `mask` is None,
 /// "neighbors" or "object"; `dtype` None, "uint8", "uint16", "float16" or "float32".
+/// `out`: a C-contiguous float32 array of at least N x C x box x box values to write the crops
+/// into (crate::site::crop_site_into; float32 options only); the crops returned are then a view of
+/// its first rows.
 #[pyfunction]
-#[pyo3(signature = (paths, xs, ys, box_size, edge, rescale, *, frames=None, flat=None, intensity=None, labels=None, label_ids=None, mask=None, dtype=None, compact=false))]
+#[pyo3(signature = (paths, xs, ys, box_size, edge, rescale, *, frames=None, flat=None, intensity=None, labels=None, label_ids=None, mask=None, dtype=None, compact=false, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn crop_site<'py>(
     py: Python<'py>,
@@ -328,6 +331,7 @@ fn crop_site<'py>(
     mask: Option<String>,
     dtype: Option<String>,
     compact: bool,
+    out: Option<numpy::PyReadwriteArrayDyn<'py, f32>>,
 ) -> PyResult<(PyObject, Bound<'py, PyArray1<i8>>)> {
     use crate::crop::EdgePolicy;
     use crate::intensity::{Rescale, StackShape};
@@ -369,6 +373,15 @@ fn crop_site<'py>(
         compact,
         rescale,
     };
+    if let Some(mut buf) = out {
+        let slice = buf.as_slice_mut().map_err(|_| PyValueError::new_err("out must be a C-contiguous float32 array"))?;
+        let done = py.allow_threads(|| crate::site::crop_site_into(&paths, &centers, box_size, edge, &opts, slice)).map_err(ingest_err)?;
+        let n = done.rows * done.channels * box_size * box_size;
+        let flat = buf.as_any().call_method1("reshape", (-1,))?;
+        let crops = flat.get_item(pyo3::types::PySlice::new(py, 0, n as isize, 1))?.call_method1("reshape", ((done.rows, done.channels, box_size, box_size),))?;
+        let codes: Vec<i8> = done.outcomes.iter().map(|o| o.code()).collect();
+        return Ok((crops.unbind(), codes.into_pyarray(py)));
+    }
     let out = py.allow_threads(|| crate::site::crop_site(&paths, &centers, box_size, edge, &opts)).map_err(ingest_err)?;
     let shape = (out.rows, out.channels, box_size, box_size);
     let bad = |e: ndarray::ShapeError| PyValueError::new_err(e.to_string());
@@ -466,6 +479,21 @@ fn field_views<'py>(py: Python<'py>, paths: Vec<std::path::PathBuf>, tile_h: usi
     Ok(a.into_pyarray(py))
 }
 
+// ---- float16 storage (crate::float16) ----
+
+/// A C-contiguous float32 array cast to float16, same shape (crate::float16::features_to_f16:
+/// numpy's rounding bit for bit, F16C when the CPU has it; a finite value beyond float16's range is
+/// a ValueError naming its row and column of the last axis), GIL released.
+#[pyfunction]
+fn to_float16<'py>(py: Python<'py>, x: numpy::PyReadonlyArrayDyn<'py, f32>) -> PyResult<Bound<'py, numpy::PyArrayDyn<half::f16>>> {
+    let src = x.as_slice().map_err(|_| PyValueError::new_err("to_float16 needs a C-contiguous float32 array"))?;
+    let shape = x.as_array().shape().to_vec();
+    let row_len = shape.last().copied().unwrap_or(1);
+    let v = py.allow_threads(|| crate::float16::features_to_f16(src, row_len)).map_err(err)?;
+    let a = ndarray::ArrayD::from_shape_vec(shape, v).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(similarity_block, m)?)?;
@@ -482,6 +510,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rescale_range, m)?)?;
     m.add_function(wrap_pyfunction!(field_tiles, m)?)?;
     m.add_function(wrap_pyfunction!(field_views, m)?)?;
+    m.add_function(wrap_pyfunction!(to_float16, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

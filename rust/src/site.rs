@@ -210,8 +210,54 @@ fn convert(buf: Vec<f32>, dtype: OutDtype, scaled: bool, per_cell: usize, plane:
 
 /// Crop one site (see the module docs). `centers` are (x, y) in pixels, one per cell.
 pub fn crop_site(paths: &[PathBuf], centers: &[(f64, f64)], box_size: usize, edge: EdgePolicy, o: &SiteOptions<'_>) -> Result<SiteCrops> {
+    let (crops, rows) = crop_site_to(paths, centers, box_size, edge, o, None)?;
+    let crops = crops.expect("crop_site_to without `out` returns the crops");
+    Ok(SiteCrops { crops, rows: rows.rows, channels: rows.channels, outcomes: rows.outcomes })
+}
+
+/// Result of [`crop_site_into`]: what [`SiteCrops`] says but the crops, which are in the caller's buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteRows {
+    /// Crop rows written at the start of `out`: N, or the kept cells (codes 0-2) when compact.
+    pub rows: usize,
+    pub channels: usize,
+    /// Edge outcome of every cell (all N).
+    pub outcomes: Vec<EdgeOutcome>,
+}
+
+/// [`crop_site`] with float32 crops written into the first rows of `out` instead of a fresh buffer:
+/// a caller that crops site after site into one buffer (the profiling workers) skips allocating and
+/// page-faulting tens of MB per site, whose kernel zeroing cost more CPU than the crop itself.
+/// `out` must hold N x C x box x box values (C = `paths.len()`, whatever `compact` keeps) and the
+/// options must give float32 crops (`dtype` float32, or None with a float step); both are checked
+/// before decoding. Every value of the rows written is overwritten (stale contents never leak into
+/// a crop); values past them are left as they were.
+pub fn crop_site_into(paths: &[PathBuf], centers: &[(f64, f64)], box_size: usize, edge: EdgePolicy, o: &SiteOptions<'_>, out: &mut [f32]) -> Result<SiteRows> {
+    crop_site_to(paths, centers, box_size, edge, o, Some(out)).map(|(_, rows)| rows)
+}
+
+/// [`crop_site`] (`out` None: the crops in a fresh buffer) or [`crop_site_into`] (`out`: float32
+/// rows written there, no crops returned).
+fn crop_site_to(paths: &[PathBuf], centers: &[(f64, f64)], box_size: usize, edge: EdgePolicy, o: &SiteOptions<'_>, out: Option<&mut [f32]>) -> Result<(Option<Crops>, SiteRows)> {
     let n = centers.len();
     let (dtype, scaled) = validate(paths, n, box_size, o)?;
+    if let Some(buf) = &out {
+        if dtype != OutDtype::F32 {
+            return Err(IngestError::Invalid(format!(
+                "an output buffer takes float32 crops, but the options for the site of {} give {dtype:?}: pass dtype=\"float32\"",
+                paths[0].display()
+            )));
+        }
+        let want = n.checked_mul(paths.len()).and_then(|v| v.checked_mul(box_size)).and_then(|v| v.checked_mul(box_size));
+        if want.is_none_or(|want| buf.len() < want) {
+            return Err(IngestError::Invalid(format!(
+                "output buffer has {} values, fewer than {n} cells x {} channels x {box_size} x {box_size} (the site of {})",
+                buf.len(),
+                paths.len(),
+                paths[0].display()
+            )));
+        }
+    }
     let (images, labels) = rayon::join(
         || decode_site_frames(paths, o.frames),
         || o.labels.as_deref().map(decode_labels).transpose(),
@@ -242,6 +288,7 @@ pub fn crop_site(paths: &[PathBuf], centers: &[(f64, f64)], box_size: usize, edg
     });
     let float_path = o.flat.is_some() || o.intensity.is_some() || o.rescale || dtype != OutDtype::U16;
     let crops = if !float_path {
+        debug_assert!(out.is_none(), "checked above: an output buffer takes float32 crops");
         // Raw values straight into uint16 rows.
         let planes: Vec<Plane<'_, u16>> = images.iter().map(Plane::of).collect();
         let mut buf: Vec<u16> = zeroed(len);
@@ -249,9 +296,17 @@ pub fn crop_site(paths: &[PathBuf], centers: &[(f64, f64)], box_size: usize, edg
         if let (Some(l), Some(m), Some(cl)) = (&labels, o.mask, &cell_labels) {
             mask_crops(&mut buf, nc, box_size, &rows, cl, l, m)?;
         }
-        Crops::U16(buf)
+        Some(Crops::U16(buf))
     } else {
-        let mut buf: Vec<f32> = zeroed(len);
+        let into_out = out.is_some();
+        let mut owned: Vec<f32> = Vec::new();
+        let buf: &mut [f32] = match out {
+            Some(o) => &mut o[..len],
+            None => {
+                owned = zeroed(len);
+                &mut owned
+            }
+        };
         // Without a mask the per-crop min-max is fused into the cut (same values, one pass).
         let fused = o.rescale && o.mask.is_none();
         fn cut<S: Copy + Into<f32> + Sync>(planes: &[Plane<'_, S>], rows: &[Placement], box_size: usize, fused: bool, buf: &mut [f32]) -> Result<()> {
@@ -265,20 +320,24 @@ pub fn crop_site(paths: &[PathBuf], centers: &[(f64, f64)], box_size: usize, edg
             let fl = float_planes(&images, paths, o)?;
             drop(images);
             let planes: Vec<Plane<'_, f32>> = fl.iter().map(|d| Plane { width: w, height: h, data: d }).collect();
-            cut(&planes, &rows, box_size, fused, &mut buf)?;
+            cut(&planes, &rows, box_size, fused, buf)?;
         } else {
             let planes: Vec<Plane<'_, u16>> = images.iter().map(Plane::of).collect();
-            cut(&planes, &rows, box_size, fused, &mut buf)?;
+            cut(&planes, &rows, box_size, fused, buf)?;
         }
         if let (Some(l), Some(m), Some(cl)) = (&labels, o.mask, &cell_labels) {
-            mask_crops(&mut buf, nc, box_size, &rows, cl, l, m)?;
+            mask_crops(buf, nc, box_size, &rows, cl, l, m)?;
         }
         if o.rescale && !fused {
-            rescale_min_max(&mut buf, plane)?;
+            rescale_min_max(buf, plane)?;
         }
-        convert(buf, dtype, scaled, per_cell, plane)?
+        if into_out {
+            None
+        } else {
+            Some(convert(owned, dtype, scaled, per_cell, plane)?)
+        }
     };
-    Ok(SiteCrops { crops, rows: rows.len(), channels: nc, outcomes })
+    Ok((crops, SiteRows { rows: rows.len(), channels: nc, outcomes }))
 }
 
 /// Each cell's label in a label image by DeepProfiler's rule ([`deepprofiler_label`]).
@@ -332,5 +391,64 @@ mod tests {
         assert!(crop_site(&p, &[(1.0, 1.0)], 3, EdgePolicy::Pad, &o).is_err());
         let e = crop_site(&p, &[(1.0, 1.0)], 3, EdgePolicy::Pad, &SiteOptions::default()).unwrap_err();
         assert!(matches!(e, IngestError::NotFound { .. }));
+    }
+
+    fn write_site(name: &str, w: usize, h: usize, channels: usize) -> Vec<PathBuf> {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let d = std::env::temp_dir().join(format!("phenovec-site-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        (0..channels)
+            .map(|c| {
+                let data: Vec<u16> = (0..w * h).map(|i| ((i * 2654435761usize + c * 7919) % 65536) as u16).collect();
+                let path = d.join(format!("ch{c}.tiff"));
+                let mut buf = std::io::Cursor::new(Vec::new());
+                TiffEncoder::new(&mut buf).unwrap().write_image::<colortype::Gray16>(w as u32, h as u32, &data).unwrap();
+                std::fs::write(&path, buf.into_inner()).unwrap();
+                path
+            })
+            .collect()
+    }
+
+    #[test]
+    fn crops_into_a_dirty_buffer_equal_fresh_crops() {
+        let paths = write_site("into", 40, 30, 3);
+        // inside, padded at each edge, beyond the image (dropped or invalid), NaN: every kind of row
+        let centers = [(20.0, 15.0), (1.0, 1.0), (38.5, 28.0), (200.0, 5.0), (f64::NAN, 3.0), (10.0, 29.0), (5.0, 14.0)];
+        let label_free = [
+            SiteOptions { rescale: true, compact: true, ..Default::default() },
+            SiteOptions { rescale: true, compact: false, ..Default::default() },
+            SiteOptions { dtype: Some(OutDtype::F32), compact: true, ..Default::default() },
+            SiteOptions { intensity: Some(Rescale::Range { lo: 100.0, hi: 60000.0 }), rescale: true, compact: true, ..Default::default() },
+        ];
+        for edge in [EdgePolicy::Pad, EdgePolicy::Shift, EdgePolicy::Drop] {
+            for o in &label_free {
+                let fresh = crop_site(&paths, &centers, 8, edge, o).unwrap();
+                let Crops::F32(want) = &fresh.crops else { panic!("float32 crops expected") };
+                let per_cell = 3 * 8 * 8;
+                let mut buf = vec![f32::NAN; centers.len() * per_cell + 5];
+                let done = crop_site_into(&paths, &centers, 8, edge, o, &mut buf).unwrap();
+                assert_eq!((done.rows, done.channels, &done.outcomes), (fresh.rows, fresh.channels, &fresh.outcomes));
+                let n = done.rows * per_cell;
+                assert!(buf[..n].iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "{edge:?} {o:?}");
+                assert!(buf[n..].iter().all(|v| v.is_nan()), "values past the rows are left as they were");
+            }
+        }
+    }
+
+    #[test]
+    fn crops_into_a_buffer_check_dtype_and_size_before_decoding() {
+        let p = vec![PathBuf::from("missing-a.tiff"), PathBuf::from("missing-b.tiff")];
+        let centers = [(1.0, 1.0), (2.0, 2.0)];
+        let mut small = vec![0f32; 2 * 2 * 4 * 4 - 1];
+        let o = SiteOptions { rescale: true, ..Default::default() };
+        let e = crop_site_into(&p, &centers, 4, EdgePolicy::Pad, &o, &mut small).unwrap_err().to_string();
+        assert!(e.contains("output buffer has 63 values, fewer than 2 cells x 2 channels x 4 x 4") && e.contains("missing-a.tiff"), "{e}");
+        let mut big = vec![0f32; 64];
+        for o in [SiteOptions::default(), SiteOptions { rescale: true, dtype: Some(OutDtype::F16), ..Default::default() }] {
+            let e = crop_site_into(&p, &centers, 4, EdgePolicy::Pad, &o, &mut big).unwrap_err().to_string();
+            assert!(e.contains("takes float32 crops"), "{e}");
+        }
+        let e = crop_site_into(&p, &centers, 4, EdgePolicy::Pad, &o, &mut big).unwrap_err();
+        assert!(matches!(e, IngestError::NotFound { .. }), "{e}");
     }
 }

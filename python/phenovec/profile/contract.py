@@ -52,6 +52,11 @@ class InputContract:
             return self.crop_rescale, opts
         return self.crop_rescale, {**opts, "dtype": "float32"}
 
+    @property
+    def cuts_float32(self) -> bool:
+        """Whether :meth:`crop_site_args` cut float32 crops (rules minmax and none), which are the model input."""
+        return self.crop_site_args()[1].get("dtype") == "float32"
+
     def model_input_from_cut(self, crops: np.ndarray) -> np.ndarray:
         """Crops cut by ``crop_site`` with :meth:`crop_site_args` -> float32 model input."""
         if self.rule == "scale":

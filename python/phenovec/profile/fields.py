@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from phenovec.io.embeddings import ParquetAppender
+from phenovec.io.embeddings import ParquetAppender, cast_features
 from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
 from phenovec.profile.pipeline import ProfileResult, input_fingerprint, open_run_model
@@ -200,7 +200,7 @@ def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: in
     """Embed consecutive fields: ``[(site, 1 x D features in dtype), ...]`` in ``jobs`` order."""
     sess = worker_session(ref)
     x = np.stack([read_field_input(j.paths, intensity, j.frames, source=f"site {j.site}") for j in jobs])
-    feats = sess.run_batches(x, batch_size).astype(dtype)
+    feats = cast_features(sess.run_batches(x, batch_size), dtype)
     return [(j.site, feats[i:i + 1]) for i, j in enumerate(jobs)]
 
 
