@@ -330,3 +330,8 @@ def test_site_groups_cut_into_one_reused_buffer(setup, monkeypatch):
         np.testing.assert_array_equal(ca, cb)
         assert fa.shape[0] == int((ca <= 2).sum())
         np.testing.assert_array_equal(fa.view(np.uint32), fb.view(np.uint32))
+    # a contract whose model input were not the float32 cut itself would leave raw crops in the block: refused
+    monkeypatch.setattr(InputContract, "cuts_float32", property(lambda self: True))
+    monkeypatch.setattr(InputContract, "model_input_from_cut", lambda self, crops: np.array(crops, copy=True))
+    with pytest.raises(RuntimeError, match="model input of site 0 is not the crops cut into the buffer"):
+        sites.cut_group(jobs[:1], contract, "drop")

@@ -148,6 +148,8 @@ def cut_group(jobs: list, contract: InputContract, edge: str) -> tuple[list[np.n
     codes, at = [], 0
     for j in jobs:
         c, crops = cut_site(j, contract, edge, out=buf[at:])
+        if crops.size and not np.may_share_memory(crops, buf):  # model_input_from_cut must keep float32 cuts as they are
+            raise RuntimeError(f"the model input of site {j.site} is not the crops cut into the buffer")
         codes.append(c)
         at += crops.size
     return codes, [buf[:at].reshape(-1, len(contract.channels), contract.box_size, contract.box_size)]
