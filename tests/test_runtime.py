@@ -1,5 +1,6 @@
-"""phenovec.runtime: ProfileSession on the CPU provider (the only provider these tests run; TensorRT / CUDA choice
-is tested with a stubbed ``onnxruntime.get_available_providers``, their IO-binding path has not run here).
+"""phenovec.runtime: ProfileSession on the CPU provider and on OpenVINO's CPU plugin (fp32 and bf16); the IO-binding
+code runs on the CPU providers. TensorRT / CUDA choice is tested with a stubbed
+``onnxruntime.get_available_providers``: no GPU provider has run here.
 
 Reference: PyTorch eval-mode ``embed`` of the exported model on min-max scaled crops of the real CPJUMP1 site.
 """
@@ -20,7 +21,7 @@ torch.set_num_threads(1)
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
 BOX = 64
 INTENSITY = {"input_scaling": "minmax", "dtype_max": 65535.0}
-TRT, CUDA, CPU = providers.TENSORRT, providers.CUDA, providers.CPU
+TRT, CUDA, OV, CPU = providers.TENSORRT, providers.CUDA, providers.OPENVINO, providers.CPU
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,17 @@ def test_provider_selection():
         select_providers([TRT, CPU], all3, tensorrt_ok=False)
     with pytest.raises(ValueError, match="'auto' or a list"):
         select_providers("gpu", all3, tensorrt_ok=True)
+    # OpenVINO: in "auto" only for bf16, and then after any GPU provider; combines only with CPU
+    assert select_providers("auto", [OV, CPU], tensorrt_ok=False) == [CPU]
+    assert select_providers("auto", [OV, CPU], tensorrt_ok=False, precision="bf16") == [OV, CPU]
+    assert select_providers("auto", [CUDA, OV, CPU], tensorrt_ok=False, precision="bf16") == [CUDA, CPU]
+    assert select_providers([OV, CPU], [OV, CPU], tensorrt_ok=False) == [OV, CPU]
+    with pytest.raises(ValueError, match="combines only with 'CPUExecutionProvider'"):
+        select_providers([CUDA, OV, CPU], [CUDA, OV, CPU], tensorrt_ok=False)
+    with pytest.raises(ValueError, match="'OpenVINOExecutionProvider' is not available.*openvino extra"):
+        select_providers([OV, CPU], [CPU], tensorrt_ok=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        select_providers("auto", [CPU], tensorrt_ok=False, precision="int8")
 
 
 def test_tensorrt_options(tmp_path):
@@ -156,17 +168,17 @@ def test_auto_on_a_stubbed_gpu_build_falls_back_to_cpu(exported, crops, monkeypa
     monkeypatch.setattr(providers, "tensorrt_importable", lambda: True)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        s = ProfileSession(exported[1], fp16=True, trt_cache_dir=tmp_path / "cache", intra_op_threads=1)
+        s = ProfileSession(exported[1], precision="fp16", trt_cache_dir=tmp_path / "cache", intra_op_threads=1)
     assert s.requested_providers == [TRT, CUDA, CPU]
     assert s.providers == [CPU] and not s.io_binding
-    assert not s.fp16 and any("TensorRT did not start" in str(x.message) for x in w)
+    assert s.precision == "fp32" and any("TensorrtExecutionProvider did not start" in str(x.message) for x in w)
     np.testing.assert_allclose(s.run(crops[:3]), embed(exported[0], crops[:3]), atol=1e-4, rtol=0)
 
 
 def test_fp16_on_cpu_falls_back_with_a_warning(exported, crops):
-    with pytest.warns(RuntimeWarning, match="fp16=True needs the TensorRT provider"):
-        s = cpu_session(exported[1], fp16=True)
-    assert not s.fp16
+    with pytest.warns(RuntimeWarning, match="fp16 needs the TensorRT provider"):
+        s = cpu_session(exported[1], precision="fp16")
+    assert s.precision == "fp32"
     np.testing.assert_allclose(s.run(crops[:3]), embed(exported[0], crops[:3]), atol=1e-4, rtol=0)
 
 
@@ -287,3 +299,74 @@ def test_rebatch_views_and_copies():
     assert [len(b) for b in rebatch(blocks, 100)] == [20]
     assert [len(b) for b in rebatch(blocks, 6)] == [6, 6, 6, 2]
     assert list(rebatch([blocks[0]], 4)) == [] and list(rebatch([], 4)) == []
+
+
+def test_io_binding_path_on_the_cpu(exported, crops):
+    """The binding code of the GPU providers (input bound from host memory, outputs bound and copied back) run on the
+    CPU provider: the same features bit for bit as a plain run, with logits and micro-batches."""
+    plain = cpu_session(exported[1])
+    bound = cpu_session(exported[1], io_binding=True)
+    assert bound.io_binding and not plain.io_binding and bound._output_device == "cpu"
+    np.testing.assert_array_equal(bound.run(crops), plain.run(crops))
+    for got, want in zip(bound.run_with_logits(crops[:5]), plain.run_with_logits(crops[:5])):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_openvino_fp32_equals_pytorch_and_is_batch_independent(exported, crops):
+    """OpenVINO's CPU plugin with float32 asked explicitly (its default on AMX CPUs is bf16): PyTorch's features to
+    1e-4, and each crop's features independent of its call's other crops (micro-batches change no number)."""
+    model, path = exported
+    s = ProfileSession(path, providers=[OV, CPU], intra_op_threads=1, micro_batch=4)
+    assert s.providers[0] == OV and s.precision == "fp32" and s.micro_batch == 4
+    got = s.run(crops)
+    np.testing.assert_allclose(got, embed(model, crops), atol=1e-4, rtol=0)
+    whole = ProfileSession(path, providers=[OV, CPU], intra_op_threads=1, micro_batch=None)
+    np.testing.assert_array_equal(whole.run(crops), got)
+    np.testing.assert_array_equal(s.run(crops[3:4]), got[3:4])
+    assert ProfileSession(path, providers=[OV, CPU], intra_op_threads=1).micro_batch == 64  # host CPU: split
+
+
+def test_bf16_on_openvino(exported, crops):
+    """bf16 on a CPU with AMX / AVX512-BF16: close to float32 but not equal (it really ran in bf16); a repeated call
+    gives the same bits (so a rerun of a fixed task does), another call size the same to float32 rounding (~1e-7,
+    far inside bf16's error); on a CPU without bfloat16 a warning and float32."""
+    model, path = exported
+    ref = embed(model, crops)
+    if providers.device_supports_bf16(providers.openvino_device()):
+        s = ProfileSession(path, precision="bf16", intra_op_threads=1, micro_batch=4)
+        assert s.requested_providers == [OV, CPU] and s.providers[0] == OV and s.precision == "bf16"
+        got = s.run(crops)
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        assert 1e-5 < err < 5e-2, err  # float32 would agree to ~1e-7 relative; bf16 keeps 8 mantissa bits
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() > 0.999
+        np.testing.assert_array_equal(s.run(crops), got)
+        whole = ProfileSession(path, precision="bf16", intra_op_threads=1, micro_batch=None)
+        np.testing.assert_allclose(whole.run(crops), got, atol=1e-6 * np.abs(ref).max(), rtol=0)
+        assert "precision='bf16'" in repr(s)
+    else:
+        with pytest.warns(RuntimeWarning, match="bf16 needs a CPU with AMX or AVX512-BF16"):
+            s = ProfileSession(path, precision="bf16", intra_op_threads=1)
+        assert s.precision == "fp32"
+        np.testing.assert_allclose(s.run(crops), ref, atol=1e-4, rtol=0)
+
+
+def test_bf16_without_openvino_falls_back_with_a_warning(exported, crops, monkeypatch):
+    monkeypatch.setattr(providers, "openvino_installed", lambda: False)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
+    with pytest.warns(RuntimeWarning, match="bf16 needs the OpenVINO provider.*onnxruntime-ep-openvino"):
+        s = ProfileSession(exported[1], precision="bf16", intra_op_threads=1)
+    assert s.precision == "fp32" and s.providers == [CPU]
+    np.testing.assert_allclose(s.run(crops[:3]), embed(exported[0], crops[:3]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ProfileSession(exported[1], precision="half")
+
+
+def test_openvino_options_always_name_the_precision():
+    import json
+
+    for precision, hint in (("fp32", "f32"), ("bf16", "bf16")):
+        cfg = json.loads(providers.openvino_options(precision=precision, threads=None)["load_config"])
+        assert cfg == {"CPU": {"INFERENCE_PRECISION_HINT": hint}}
+    cfg = json.loads(providers.openvino_options(precision="fp32", threads=2)["load_config"])
+    assert cfg["CPU"]["INFERENCE_NUM_THREADS"] == "2"

@@ -204,7 +204,7 @@ def export_onnx(
     t0 = time.perf_counter()
     if dtype != "float32":
         raise ValueError(f"dtype={dtype!r}: only 'float32' export is supported; run fp16 through the runtime "
-                         "(ProfileSession(fp16=True) on TensorRT)")
+                         "(ProfileSession(precision='fp16') on TensorRT)")
     opset = int(opset)
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")

@@ -5,21 +5,32 @@ back from the file; ``run`` refuses crops whose channel count, crop size or dtyp
 ``check_input`` refuses a caller whose channel names / order, crop size or intensity scaling differ, so
 profiling can never silently feed a model the wrong channels.
 
-Providers (``phenovec.runtime.providers``): TensorRT -> CUDA -> CPU by availability. On CUDA / TensorRT the
-session uses IO binding (input bound from host memory, outputs allocated on the device and copied back once per
-batch). ``fp16=True`` is honoured by TensorRT only (``trt_fp16_enable``: the exported model stays float32); on
-any other provider it falls back to float32 with a ``RuntimeWarning`` and ``session.fp16`` is ``False``.
+Providers (``phenovec.runtime.providers``): TensorRT -> CUDA -> CPU by availability (OpenVINO on the CPU for
+bf16). On CUDA / TensorRT the session uses IO binding (input bound from host memory, outputs allocated on the
+device and copied back once per batch); ``io_binding=True`` runs the same binding path on the CPU providers
+(outputs bound to host memory), which is how the tests exercise it.
 
-Micro-batches (``micro_batch``): on the CPU provider one ``run`` call of many crops is split into onnxruntime calls
-of at most ``micro_batch`` crops (default ``"auto"``: :func:`auto_micro_batch`, about ``CPU_CALL_ELEMENTS`` input
-values per call; 16 crops of 5 x 128 x 128). A large CPU batch is slower per crop than a small one once its
-intermediate tensors outgrow the caches (EfficientNet-B0, 5 x 128 x 128, 2 cores: 282 crops/s at 256 per call,
-372 at 16, medians of 5, ``bench/RESULTS.md``). Each crop's features do not depend on the other crops of its call
-(tested: bit-identical), so the split changes no number, only the speed. GPU providers are not split (a GPU
-wants the whole batch).
+``precision`` (the exported model stays float32; the runtime lowers it):
 
-Tested paths: only the CPU provider has run in phenovec's tests (no GPU on the test machine): provider choice for
-TensorRT / CUDA is tested with a stubbed ``get_available_providers``, and the IO-binding path has not run on a GPU.
+- ``"fp32"`` (default);
+- ``"fp16"``: TensorRT only (``trt_fp16_enable``);
+- ``"bf16"``: OpenVINO's CPU plugin on CPUs with AMX / AVX512-BF16 (``providers.openvino_options``): ResNet-50 ~5x
+  and EfficientNet-B0 ~1.4x the float32 CPU rate on 2 Xeon cores, features within ~1e-2 relative of float32.
+
+A precision the chosen providers cannot run falls back to float32 with a ``RuntimeWarning``, and
+``session.precision`` says what runs. In float32 each crop's features do not depend on the other crops of its
+call (tested bit for bit on the CPU and OpenVINO providers); in bf16 a repeated call gives the same bits and
+another call size the same to float32 rounding (~1e-7 relative, far inside bf16's error).
+
+Micro-batches (``micro_batch``): on the host-CPU providers (CPU, OpenVINO) one ``run`` call of many crops is split
+into onnxruntime calls of at most ``micro_batch`` crops (default ``"auto"``: :func:`auto_micro_batch`, about
+``CPU_CALL_ELEMENTS`` input values per call; 16 crops of 5 x 128 x 128). A large CPU batch is slower per crop than
+a small one once its intermediate tensors outgrow the caches (EfficientNet-B0, 5 x 128 x 128, 2 cores: 282
+crops/s at 256 per call, 372 at 16, medians of 5, ``bench/RESULTS.md``). The split changes no number, only the
+speed. GPU providers are not split (a GPU wants the whole batch).
+
+Tested paths: the CPU provider, OpenVINO on the CPU (fp32 and bf16) and the IO-binding code on the CPU providers.
+TensorRT / CUDA choice is tested with a stubbed ``get_available_providers``; no GPU provider has run.
 """
 from __future__ import annotations
 
@@ -51,8 +62,8 @@ def check_micro_batch(micro_batch):
 
 def auto_micro_batch(first_provider: str, sample_shape: Sequence[int]) -> int | None:
     """Crops per onnxruntime call for ``micro_batch="auto"``: ``CPU_CALL_ELEMENTS`` // values per crop (at least
-    1) on the CPU provider; ``None`` (no split) on a GPU provider."""
-    if first_provider != _prov.CPU:
+    1) on the host-CPU providers (CPU, OpenVINO); ``None`` (no split) on a GPU provider."""
+    if first_provider not in _prov.HOST:
         return None
     return max(1, CPU_CALL_ELEMENTS // max(1, int(np.prod([int(d) for d in sample_shape]))))
 
@@ -85,9 +96,12 @@ def read_metadata(onnx_path: str | os.PathLike) -> ModelMetadata:
 class ProfileSession:
     """Run a phenovec ONNX model on float32 crops (N x C x H x W) to features (N x D).
 
-    ``providers``: ``"auto"`` (TensorRT -> CUDA -> CPU by availability) or an explicit list of onnxruntime
-    provider names. ``trt_cache_dir``: TensorRT engine + timing cache folder. ``max_batch`` / ``opt_batch``:
-    the TensorRT optimisation profile (batch 1..max_batch). ``intra_op_threads``: onnxruntime's CPU thread pool.
+    ``providers``: ``"auto"`` (TensorRT -> CUDA -> CPU by availability; OpenVINO on the CPU for bf16) or an explicit
+    list of onnxruntime provider names. ``precision``: ``"fp32"``, ``"fp16"`` (TensorRT) or ``"bf16"`` (OpenVINO on
+    the CPU); see the module docstring. ``trt_cache_dir``: TensorRT engine + timing cache folder. ``max_batch`` /
+    ``opt_batch``: the TensorRT optimisation profile (batch 1..max_batch). ``intra_op_threads``: onnxruntime's CPU
+    thread pool (and OpenVINO's thread count). ``io_binding``: ``None`` (default: on GPU providers), ``True`` or
+    ``False``.
 
     ``micro_batch``: ``"auto"`` (default; :func:`auto_micro_batch`), a number of crops per onnxruntime call, or
     ``None`` (one onnxruntime call per ``run``); see the module docstring.
@@ -99,10 +113,10 @@ class ProfileSession:
     decode and crop. ``False`` lets onnxruntime run calls concurrently (a session used by one thread only).
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, providers: str | Sequence[str] = "auto", fp16: bool = False,
-                 trt_cache_dir: str | os.PathLike | None = None, intra_op_threads: int | None = None,
-                 max_batch: int = 1024, opt_batch: int = 256, exclusive: bool = True,
-                 micro_batch: int | str | None = "auto"):
+    def __init__(self, onnx_path: str | os.PathLike, providers: str | Sequence[str] = "auto",
+                 precision: str = "fp32", trt_cache_dir: str | os.PathLike | None = None,
+                 intra_op_threads: int | None = None, max_batch: int = 1024, opt_batch: int = 256,
+                 exclusive: bool = True, micro_batch: int | str | None = "auto", io_binding: bool | None = None):
         import threading
 
         import onnxruntime as ort
@@ -110,31 +124,37 @@ class ProfileSession:
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        chosen = _prov.select_providers(providers, ort.get_available_providers(),
-                                        tensorrt_ok=_prov.tensorrt_importable())
-        self.fp16 = bool(fp16)
-        if self.fp16 and _prov.TENSORRT not in chosen:
-            warnings.warn(f"{self.path}: fp16=True needs the TensorRT provider (chosen: {chosen}); running float32",
-                          RuntimeWarning, stacklevel=2)
-            self.fp16 = False
-        options: list[dict] = []
-        for p in chosen:
-            if p == _prov.TENSORRT:
-                meta = read_metadata(self.path)
-                options.append(_prov.tensorrt_options(
-                    fp16=self.fp16, cache_dir=trt_cache_dir, input_name=INPUT_NAME,
-                    sample_shape=(len(meta.channels), meta.crop_size, meta.crop_size),
-                    max_batch=max_batch, opt_batch=min(opt_batch, max_batch)))
-            else:
-                options.append({})
+        precision = _prov.check_precision(precision)
+        micro_batch = check_micro_batch(micro_batch)
+        wants_openvino = precision == "bf16" or (not isinstance(providers, str) and _prov.OPENVINO in providers)
+        chosen = _prov.select_providers(providers, _prov.available_providers(openvino=wants_openvino),
+                                        tensorrt_ok=_prov.tensorrt_importable(), precision=precision)
+        device = _prov.openvino_device() if _prov.OPENVINO in chosen else None
+        self.precision = self._runnable(precision, chosen, device)
+        so = _session_options(intra_op_threads)
+        if device is not None:  # a plugin EP: added for its device; onnxruntime appends the CPU provider itself
+            so.add_provider_for_devices([device], _prov.openvino_options(precision=self.precision,
+                                                                        threads=intra_op_threads))
+            self.session = ort.InferenceSession(str(self.path), so)
+        else:
+            options: list[dict] = []
+            for p in chosen:
+                if p == _prov.TENSORRT:
+                    meta = read_metadata(self.path)
+                    options.append(_prov.tensorrt_options(
+                        fp16=self.precision == "fp16", cache_dir=trt_cache_dir, input_name=INPUT_NAME,
+                        sample_shape=(len(meta.channels), meta.crop_size, meta.crop_size),
+                        max_batch=max_batch, opt_batch=min(opt_batch, max_batch)))
+                else:
+                    options.append({})
+            self.session = ort.InferenceSession(str(self.path), so, providers=chosen, provider_options=options)
         self.requested_providers = chosen
-        self.session = ort.InferenceSession(str(self.path), _session_options(intra_op_threads), providers=chosen,
-                                            provider_options=options)
         self.providers = list(self.session.get_providers())  # what onnxruntime actually enabled
-        if self.fp16 and _prov.TENSORRT not in self.providers:
-            warnings.warn(f"{self.path}: TensorRT did not start (active: {self.providers}); running float32",
+        needs = {"fp16": _prov.TENSORRT, "bf16": _prov.OPENVINO}.get(self.precision)
+        if needs is not None and needs not in self.providers:
+            warnings.warn(f"{self.path}: {needs} did not start (active: {self.providers}); running float32",
                           RuntimeWarning, stacklevel=2)
-            self.fp16 = False
+            self.precision = "fp32"
         self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map,
                                                  source=str(self.path))
         inputs = self.session.get_inputs()
@@ -148,10 +168,26 @@ class ProfileSession:
         self.output_names = [o.name for o in self.session.get_outputs()]
         if "features" not in self.output_names:
             raise ValueError(f"{self.path}: no 'features' output (outputs {self.output_names})")
-        self.io_binding = self.providers[0] in (_prov.TENSORRT, _prov.CUDA)
-        micro_batch = check_micro_batch(micro_batch)
+        on_gpu = self.providers[0] in _prov.GPU
+        self.io_binding = on_gpu if io_binding is None else bool(io_binding)
+        self._output_device = "cuda" if on_gpu else "cpu"
         self.micro_batch = auto_micro_batch(self.providers[0], want) if micro_batch == "auto" else micro_batch
         self._lock = threading.Lock() if exclusive else None
+
+    def _runnable(self, precision: str, chosen: list[str], device) -> str:
+        """``precision`` if the chosen providers can run it, else ``"fp32"`` with a ``RuntimeWarning`` naming why."""
+        if precision == "fp16" and _prov.TENSORRT not in chosen:
+            why = f"fp16 needs the TensorRT provider (chosen: {chosen})"
+        elif precision == "bf16" and device is None:
+            why = (f"bf16 needs the OpenVINO provider (chosen: {chosen}; install the openvino extra: "
+                   "onnxruntime-ep-openvino)")
+        elif precision == "bf16" and not _prov.device_supports_bf16(device):
+            why = (f"bf16 needs a CPU with AMX or AVX512-BF16 (OpenVINO reports "
+                   f"{device.ep_metadata.get('OPTIMIZATION_CAPABILITIES', '')!r})")
+        else:
+            return precision
+        warnings.warn(f"{self.path}: {why}; running float32", RuntimeWarning, stacklevel=3)
+        return "fp32"
 
     # -- the contract ---------------------------------------------------------------------------------
     @property
@@ -210,11 +246,11 @@ class ProfileSession:
         return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
     def _run_call(self, crops: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        if self.io_binding:  # GPU path: not exercised by the CPU-only tests
+        if self.io_binding:  # GPU providers; on the CPU only when asked (how the tests run this path)
             binding = self.session.io_binding()
             binding.bind_cpu_input(INPUT_NAME, crops)
             for n in names:
-                binding.bind_output(n, "cuda")
+                binding.bind_output(n, self._output_device)
             self.session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()
         return self.session.run(names, {INPUT_NAME: crops})
@@ -266,7 +302,7 @@ class ProfileSession:
 
     def __repr__(self) -> str:
         return (f"ProfileSession({str(self.path)!r}, providers={self.providers}, channels={self.channels}, "
-                f"crop_size={self.crop_size}, feature_dim={self.feature_dim}, fp16={self.fp16}, "
+                f"crop_size={self.crop_size}, feature_dim={self.feature_dim}, precision={self.precision!r}, "
                 f"micro_batch={self.micro_batch})")
 
 
