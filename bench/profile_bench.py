@@ -44,6 +44,10 @@ session per thread. Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (targ
 pipeline rate / sequential rate (all against the fastest raw variant), ``pipeline_vs_deepprofiler`` = pipeline rate / DeepProfiler's. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
 ``_core.crop_site`` alone (minmax crops) over all sites, each site's crops dropped at once as in the pipeline.
 
+Runtime: every session of the run (raw, sequential, pipeline) uses ``--providers`` (default auto: TensorRT, CUDA,
+then CPU) and ``--precision`` (default fp32; bf16 runs OpenVINO's CPU plugin on CPUs with AMX / AVX512-BF16, fp16
+TensorRT; a precision that does not run here stops the bench). DeepProfiler always runs its own float32 Keras.
+
 Output: one JSON document on stdout (and ``--out``), progress on stderr. Example::
 
     python bench/profile_bench.py --sites 8 --size 1080 --cells 200 --arch efficientnet_b0 --box 128 \
@@ -152,6 +156,10 @@ def raw_times(sess, crops, batch: int, repeats: int) -> list[float]:
     return times
 
 
+#: ``ProfileSession`` options shared by every session of the run (raw, sequential, pipeline): --providers, --precision
+RUNTIME: dict = {"providers": "auto", "precision": "fp32"}
+
+
 def raw_thread_sessions(onnx, crops, batch: int, threads: int, repeats: int) -> list[float]:
     """Seconds to run ``crops`` split over ``threads`` threads, each with its own session of cpu_count // threads
     onnxruntime threads, in batches of ``batch`` (``repeats`` times, after a warm-up call per session)."""
@@ -161,8 +169,7 @@ def raw_thread_sessions(onnx, crops, batch: int, threads: int, repeats: int) -> 
     from phenovec.runtime import ProfileSession
 
     n = max(1, len(os.sched_getaffinity(0)) // threads)
-    sessions = [ProfileSession(onnx, providers=["CPUExecutionProvider"], intra_op_threads=n, exclusive=False)
-                for _ in range(threads)]
+    sessions = [ProfileSession(onnx, intra_op_threads=n, exclusive=False, **RUNTIME) for _ in range(threads)]
     for s in sessions:
         s.run(crops[:batch])
     starts = list(range(0, len(crops), batch))
@@ -210,8 +217,8 @@ def session_layout(shared: bool):
 
     orig = pipeline.run_model_ref
 
-    def one_session(path, sha, providers, threads, thread_sessions, micro_batch="auto"):
-        return orig(path, sha, providers, None, False, micro_batch)
+    def one_session(path, sha, providers, threads, thread_sessions, *args, **kw):
+        return orig(path, sha, providers, None, False, *args, **kw)
 
     pipeline.run_model_ref = one_session if shared else orig
     try:
@@ -242,6 +249,11 @@ def main() -> None:
     ap.add_argument("--raw-crops", type=int, default=None,
                     help="measure the raw rates on the kept crops of the first sites up to this many (default: "
                          "all; a plate-scale run's float32 crops would take GBs: 96 sites ~5 GB)")
+    ap.add_argument("--providers", nargs="+", default=["auto"],
+                    help="onnxruntime providers of every session (raw, sequential, pipeline); default auto")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                    help="inference precision of every session (bf16: OpenVINO on CPUs with AMX / AVX512-BF16); "
+                         "DeepProfiler (--deepprofiler) always runs its own float32")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -251,6 +263,7 @@ def main() -> None:
         ap.error("--deepprofiler profiles with DeepProfiler's EfficientNet-B0: give --arch efficientnet_b0 "
                  "so both sides run the same network")
 
+    RUNTIME.update(providers=a.providers[0] if a.providers == ["auto"] else a.providers, precision=a.precision)
     from phenovec import _core
     from phenovec.profile import profile_sites
     from phenovec.profile import sites as worker_sites
@@ -262,8 +275,10 @@ def main() -> None:
     try:
         inp = make_inputs(tmp, a)
         sites = site_inputs(inp["plate"])
-        sess = ProfileSession(inp["onnx"], providers=["CPUExecutionProvider"])
-        doc["providers"] = sess.providers
+        sess = ProfileSession(inp["onnx"], **RUNTIME)
+        if sess.precision != a.precision:
+            raise SystemExit(f"--precision {a.precision} does not run here (the session fell back to {sess.precision})")
+        doc["providers"], doc["precision"] = sess.providers, sess.precision
         # stage: decode + crop (Rust) alone, and the kept crops for the raw bound. The kept crops come from an
         # untimed pass: timed passes drop each site's crops at once, as the pipeline does (holding every pass's
         # crops grows the process by GBs, and first-touched memory on a VM made those passes 3x slower)
@@ -293,7 +308,7 @@ def main() -> None:
             f"(micro-batches of {sess.micro_batch})")
         for mb in [None, *a.micro_batch_sweep]:  # one onnxruntime call per batch, and other call sizes
             key = "raw_onnxruntime_unsplit" if mb is None else f"raw_onnxruntime_micro_batch_{mb}"
-            other = ProfileSession(inp["onnx"], providers=["CPUExecutionProvider"], micro_batch=mb)
+            other = ProfileSession(inp["onnx"], micro_batch=mb, **RUNTIME)
             doc["results"][key] = median_rate(raw_times(other, crops, a.batch_size, a.repeats), len(crops))
             log(f"{key}: {doc['results'][key]['cells_per_s']:.1f} crops/s")
             del other
@@ -352,7 +367,8 @@ def main() -> None:
                         worker_sites._SESSIONS.clear()  # each run opens its session, as a fresh process would
                         t = time.perf_counter()
                         res = profile_sites(inp["onnx"], index, inp["plate"]["nuclei"], out,
-                                            batch_size=a.batch_size, scheduler=sched, workers=w, progress=False)
+                                            batch_size=a.batch_size, scheduler=sched, workers=w, progress=False,
+                                            **RUNTIME)
                         timed.setdefault(part, ([], res.embedded))[0].append(time.perf_counter() - t)
             doc["results"][key] = median_rate(*timed["all"])
             (t_all, n_all), (t_half, n_half) = [(statistics.median(timed[p][0]), timed[p][1]) for p in ("all", "half")]

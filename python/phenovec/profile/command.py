@@ -2,7 +2,8 @@
 
     phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT [--batch-size 256]
         [--scheduler threads|processes|tcp://host:port] [--workers N] [--dtype float16|float32] [--edge drop]
-        [--micro-batch auto|none|N]
+        [--micro-batch auto|none|N] [--providers auto|NAME ...] [--precision fp32|fp16|bf16]
+        [--trt-cache-dir DIR]
     phenovec profile MODEL.onnx --crops CROPS_DIR -o OUT
     phenovec profile FIELD_MODEL.onnx --index index.csv -o OUT [--batch-size 8] [--dtype float32]
 
@@ -24,7 +25,10 @@ def _run_profile(a) -> dict:
     kind = read_metadata(a.model).input_kind
     # options left out take the entry point's own defaults (batch 256 / 8, float16 / float32, edge drop)
     opts = {k: v for k, v in (("batch_size", a.batch_size), ("dtype", a.dtype), ("scheduler", a.scheduler),
-                              ("workers", a.workers), ("max_in_flight", a.max_in_flight)) if v is not None}
+                              ("workers", a.workers), ("max_in_flight", a.max_in_flight),
+                              ("precision", a.precision), ("trt_cache_dir", a.trt_cache_dir)) if v is not None}
+    if a.providers is not None:
+        opts["providers"] = a.providers[0] if a.providers == ["auto"] else a.providers
     if a.micro_batch is not None:
         opts["micro_batch"] = None if a.micro_batch == "none" else a.micro_batch
     if kind == "fields":
@@ -82,6 +86,13 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
                    help="crops (fields) per onnxruntime call within a batch: auto (default: cache-sized calls on "
                         "the CPU provider, whole batches on a GPU), none (one call per batch) or a number; "
                         "changes no number, only the speed")
+    p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
+                   help="onnxruntime execution providers in priority order, or auto (default: TensorRT, CUDA, "
+                        "then CPU; OpenVINO on the CPU for --precision bf16)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="inference precision (default fp32): fp16 on TensorRT, bf16 on CPUs with AMX / "
+                        "AVX512-BF16 through OpenVINO (the openvino extra); a worker that cannot run it is an error")
+    p.add_argument("--trt-cache-dir", default=None, help="TensorRT engine + timing cache folder (reused by reruns)")
     p.add_argument("--scheduler", default=None, help="threads (default), processes or tcp://host:port")
     p.add_argument("--workers", type=int, default=None, help="threads / processes of the local cluster")
     p.add_argument("--dtype", choices=["float16", "float32"], default=None,

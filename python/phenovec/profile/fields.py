@@ -210,8 +210,8 @@ def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: in
 
 def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: str | None = None,
                    workers: int | None = None, dtype: str = "float32", providers="auto",
-                   max_in_flight: int | None = None, micro_batch: int | str | None = "auto",
-                   progress: bool = True) -> ProfileResult:
+                   precision: str = "fp32", trt_cache_dir=None, max_in_flight: int | None = None,
+                   micro_batch: int | str | None = "auto", progress: bool = True) -> ProfileResult:
     """One embedding per field of every site of ``index`` (an image index path / DataFrame / ``ImageIndex``;
     channels matched by name to the model's) with a field model ``model_onnx`` (metadata ``input_kind``
     "fields", made by ``export_field_model``), into ``out``:
@@ -223,7 +223,8 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
       median is MOAProfiler's aggregation), sorted by plate and well.
 
     ``batch_size``: fields per task and per inference call; ``micro_batch``: fields per onnxruntime call within it
-    (``phenovec.runtime.ProfileSession``; changes no number); ``scheduler`` / ``workers`` / ``max_in_flight``:
+    (``phenovec.runtime.ProfileSession``; changes no number); ``providers`` / ``precision`` / ``trt_cache_dir``: as
+    ``phenovec.profile.profile_sites``; ``scheduler`` / ``workers`` / ``max_in_flight``:
     see ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype. Resumable (``phenovec.profile.parts``): a
     rerun into the same ``out`` skips finished fields and gives identical outputs; another model or
     configuration is refused. ``result.cells`` / ``result.embedded`` count fields.
@@ -233,7 +234,8 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     import phenovec
 
     t0 = time.perf_counter()
-    model_path, meta, batch_size = open_run_model(model_onnx, INPUT_KIND, dtype, batch_size, micro_batch)
+    model_path, meta, batch_size = open_run_model(model_onnx, INPUT_KIND, dtype, batch_size, micro_batch,
+                                                  precision)
     intensity = intensity_from_metadata(meta, source=str(model_path))
     channels = list(meta.channels)
     idx, paths, frames = index_by_name(index, channels)
@@ -245,7 +247,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     config = {"mode": INPUT_KIND, "source": str(source), "input_sha256": input_fingerprint(sites, extra),
               "sites": n_sites, "model_weights_sha256": meta.weights_sha256, "channels": channels,
               "crop_size": int(meta.crop_size), "intensity": intensity, "feature_dim": meta.feature_dim,
-              "dtype": dtype, "batch_size": batch_size}
+              "dtype": dtype, "batch_size": batch_size, "precision": precision}
     store = PartStore(out, config)
 
     wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
@@ -258,7 +260,8 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     if groups:
         with tqdm(total=n_sites, initial=len(done), unit="field", desc="profile fields", disable=not progress,
                   smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr, per_thread):
-            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch)
+            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
+                                precision, trt_cache_dir)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             fn = functools.partial(embed_field_group, ref, intensity)
             tasks = ([FieldJob(s, paths[s], frames[s]) for s in g] for g in groups)

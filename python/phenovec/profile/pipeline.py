@@ -74,15 +74,18 @@ def input_fingerprint(sites: pd.DataFrame, extra) -> str:
 
 
 def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size,
-                   micro_batch="auto") -> tuple[Path, object, int]:
+                   micro_batch="auto", precision: str = "fp32") -> tuple[Path, object, int]:
     """(resolved model path, its ``ModelMetadata``, batch size) of a profiling run, after checking the run's
-    ``dtype``, ``batch_size`` and ``micro_batch`` (before any output or cluster exists) and that the model takes
+    ``dtype``, ``batch_size``, ``micro_batch`` and ``precision`` (before any output or cluster exists) and that the
+    model takes
     ``input_kind`` ("crops": ``profile_sites``, "fields": ``phenovec.profile.profile_fields``; ``phenovec profile``
     dispatches on the model)."""
     from phenovec.runtime import read_metadata
+    from phenovec.runtime.providers import check_precision
     from phenovec.runtime.session import check_micro_batch
 
     check_micro_batch(micro_batch)
+    check_precision(precision)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     batch_size = int(batch_size)
@@ -111,8 +114,9 @@ def _index_input(index, locations, contract):
 
 def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir=None, batch_size: int = 256,
                   scheduler: str | None = None, workers: int | None = None, dtype: str = "float16",
-                  edge: str = "drop", providers="auto", max_in_flight: int | None = None,
-                  micro_batch: int | str | None = "auto", progress: bool = True) -> ProfileResult:
+                  edge: str = "drop", providers="auto", precision: str = "fp32", trt_cache_dir=None,
+                  max_in_flight: int | None = None, micro_batch: int | str | None = "auto",
+                  progress: bool = True) -> ProfileResult:
     """Profile every site of ``index`` (an image index path / DataFrame / ``ImageIndex``, with ``locations``: a
     nuclei table, see ``phenovec.ingest.index``) or of a crop store ``crops_dir`` (a ``phenovec crop`` output
     folder) with ``model_onnx`` (a ``phenovec export`` model) into ``out`` (module docstring and
@@ -122,6 +126,9 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     call within it (``phenovec.runtime.ProfileSession``: ``"auto"`` splits CPU calls into cache-sized ones, which is
     faster and changes no number); ``scheduler`` / ``workers``: see
     ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype; ``edge``: the crop edge policy (images input);
+    ``providers`` / ``precision`` / ``trt_cache_dir``: the runtime's (``phenovec.runtime.ProfileSession``: "bf16"
+    runs OpenVINO on CPUs with AMX / AVX512-BF16, "fp16" TensorRT; a worker that cannot run the precision is an
+    error, and the precision is part of the run's configuration, so a resume cannot mix precisions);
     ``max_in_flight``: tasks submitted at once (default 2 x worker slots + 1).
     """
     from tqdm.auto import tqdm
@@ -135,7 +142,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         raise ValueError("give either index (+ locations) or crops_dir, not both / neither")
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
-    model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch)
+    model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch, precision)
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
 
@@ -159,7 +166,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
               "sites": n_sites, "cells": int(sum(ncells)), "model_weights_sha256": meta.weights_sha256,
               "channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
               "feature_dim": meta.feature_dim, "edge": edge if mode == "images" else None, "dtype": dtype,
-              "batch_size": batch_size}
+              "batch_size": batch_size, "precision": precision}
     store = PartStore(out, config)
 
     wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
@@ -173,7 +180,8 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         with tqdm(total=total, initial=int(sum(ncells[s] for s in done)), unit="cell", desc="profile",
                   disable=not progress, smoothing=0.1) as bar, \
                 open_client(scheduler, workers) as (client, slots, thr, per_thread):
-            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch)
+            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
+                                precision, trt_cache_dir)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             if mode == "images":
                 fn = functools.partial(embed_site_group, ref, contract)

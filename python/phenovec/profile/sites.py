@@ -16,6 +16,10 @@ model file replaced under a running cluster is an error, not a mix):
   an AMD EPYC, 307 against 234 on an Intel Xeon with CPU micro-batches; ``bench/RESULTS.md``);
 - otherwise one ``exclusive`` session per worker process, shared by its threads (GPU providers: one engine and
   one copy of the weights on the device; runs take turns).
+
+A worker whose session cannot run the run's ``precision`` (``phenovec.runtime.ProfileSession`` falls back to
+float32 with a warning, e.g. bf16 on a CPU without AMX / AVX512-BF16, fp16 without TensorRT) is an error here:
+one run's embeddings are never a mix of precisions.
 """
 from __future__ import annotations
 
@@ -42,33 +46,50 @@ class ModelRef:
     intra_op_threads: int | None = None
     per_thread: bool = False
     micro_batch: int | str | None = "auto"
+    precision: str = "fp32"
+    trt_cache_dir: str | None = None
 
 
 def run_model_ref(path: str, weights_sha256: str, providers, threads: int | None, thread_sessions: bool,
-                  micro_batch: int | str | None = "auto") -> ModelRef:
+                  micro_batch: int | str | None = "auto", precision: str = "fp32",
+                  trt_cache_dir: str | None = None) -> ModelRef:
     """The ``ModelRef`` of a run whose scheduler gave ``threads`` onnxruntime threads per session and allows a
     session per Dask thread (``thread_sessions``, ``phenovec.profile.scheduler.open_client``): per-thread
-    sessions only when ``providers`` resolve to the CPU provider alone in this process (the threaded scheduler's
-    workers are this process); a GPU provider keeps one shared session with onnxruntime's default threads.
-    ``micro_batch``: :class:`~phenovec.runtime.ProfileSession`'s (crops per onnxruntime call)."""
+    sessions only when ``providers`` resolve to host-CPU providers alone in this process (CPU, or OpenVINO + CPU;
+    the threaded scheduler's workers are this process); a GPU provider keeps one shared session with
+    onnxruntime's default threads. ``micro_batch``, ``precision``, ``trt_cache_dir``:
+    :class:`~phenovec.runtime.ProfileSession`'s."""
+    from phenovec.runtime import providers as prov
+
+    prov.check_precision(precision)
+    cache = None if trt_cache_dir is None else str(trt_cache_dir)
+    common = dict(micro_batch=micro_batch, precision=precision, trt_cache_dir=cache)
     if thread_sessions:
-        import onnxruntime as ort
-
-        from phenovec.runtime import providers as prov
-
-        chosen = prov.select_providers(providers, ort.get_available_providers(),
-                                       tensorrt_ok=prov.tensorrt_importable())
-        if chosen != [prov.CPU]:
-            return ModelRef(path, weights_sha256, providers, None, False, micro_batch)
-        return ModelRef(path, weights_sha256, providers, threads, True, micro_batch)
-    return ModelRef(path, weights_sha256, providers, threads, False, micro_batch)
+        wants_openvino = precision == "bf16" or (not isinstance(providers, str) and prov.OPENVINO in providers)
+        chosen = prov.select_providers(providers, prov.available_providers(openvino=wants_openvino),
+                                       tensorrt_ok=prov.tensorrt_importable(), precision=precision)
+        if all(p in prov.HOST for p in chosen):
+            return ModelRef(path, weights_sha256, providers, threads, True, **common)
+        return ModelRef(path, weights_sha256, providers, None, False, **common)
+    return ModelRef(path, weights_sha256, providers, threads, False, **common)
 
 
 def _open(ref: ModelRef):
+    import socket
+    import warnings
+
     from phenovec.runtime import ProfileSession
 
-    sess = ProfileSession(ref.path, providers=ref.providers, intra_op_threads=ref.intra_op_threads,
-                          exclusive=not ref.per_thread, micro_batch=ref.micro_batch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        sess = ProfileSession(ref.path, providers=ref.providers, intra_op_threads=ref.intra_op_threads,
+                              exclusive=not ref.per_thread, micro_batch=ref.micro_batch, precision=ref.precision,
+                              trt_cache_dir=ref.trt_cache_dir)
+    if sess.precision != ref.precision:
+        why = "; ".join(str(w.message) for w in caught) or f"providers {sess.providers}"
+        raise RuntimeError(f"precision {ref.precision!r} cannot run on worker {socket.gethostname()}: {why}")
+    for w in caught:  # other warnings pass on
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if sess.metadata.weights_sha256 != ref.weights_sha256:
         raise ValueError(f"{ref.path}: weights_sha256 {sess.metadata.weights_sha256} on this worker differs "
                          f"from the run's {ref.weights_sha256} (the model file changed)")
@@ -78,7 +99,8 @@ def _open(ref: ModelRef):
 def worker_session(ref: ModelRef):
     """The cached :class:`ProfileSession` of ``ref`` in this process, or in this thread with ``ref.per_thread``
     (opened on first use; see the module docstring)."""
-    key = (ref.path, ref.weights_sha256, str(ref.providers), ref.intra_op_threads, ref.micro_batch)
+    key = (ref.path, ref.weights_sha256, str(ref.providers), ref.intra_op_threads, ref.micro_batch, ref.precision,
+           ref.trt_cache_dir)
     if ref.per_thread:
         cache = _THREAD.__dict__.setdefault("sessions", {})
         if key not in cache:

@@ -1,0 +1,106 @@
+"""Runtime options through profiling: ``precision`` ("bf16" on OpenVINO's CPU plugin), ``providers`` and the
+TensorRT cache folder reach the workers of ``profile_sites`` / ``profile_fields`` / ``phenovec profile``; a
+worker that cannot run the run's precision is an error (never a silent float32 mix), and the precision is part of
+the run's configuration (a resume with another precision is refused).
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from phenovec.profile import profile_sites, sites
+from phenovec.runtime import providers, read_metadata
+from test_profile import make_plate_and_model, read_outputs
+
+OV, CPU = providers.OPENVINO, providers.CPU
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("precision")
+    plate, onnx_path = make_plate_and_model(tmp)
+    fp32 = tmp / "fp32"
+    profile_sites(onnx_path, plate["index"], plate["nuclei"], fp32, batch_size=16, dtype="float32", workers=2,
+                  progress=False)
+    return tmp, plate, onnx_path, fp32
+
+
+BF16 = providers.device_supports_bf16(providers.openvino_device())
+
+
+def test_bf16_run_is_close_to_float32_and_recorded(setup):
+    """bf16 (on a CPU with AMX / AVX512-BF16): every cell's embedding within bf16's error of the float32 run's but
+    not equal to it, the same cells and wells; the run's manifest records the precision. On a CPU without
+    bfloat16 the run is refused (no silent float32)."""
+    tmp, plate, onnx_path, fp32 = setup
+    out = tmp / "bf16"
+    if not BF16:
+        with pytest.raises(RuntimeError, match="precision 'bf16' cannot run on worker .*AMX or AVX512-BF16"):
+            profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=16, dtype="float32",
+                          precision="bf16", progress=False)
+        return
+    res = profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=16, dtype="float32",
+                        workers=2, precision="bf16", progress=False)
+    m16, x16, c16, w16, _ = read_outputs(out)
+    m32, x32, c32, w32, _ = read_outputs(fp32)
+    assert res.embedded == len(x32) and x16.shape == x32.shape
+    assert m16.equals(m32) and c16.equals(c32)
+    err = np.abs(x16 - x32).max() / np.abs(x32).max()
+    assert 1e-5 < err < 5e-2, err
+    cos = (x16 * x32).sum(1) / np.linalg.norm(x16, axis=1) / np.linalg.norm(x32, axis=1)
+    assert cos.min() > 0.999
+    assert w16.filter(like="Metadata_").equals(w32.filter(like="Metadata_"))
+    assert json.loads((out / "manifest.json").read_text())["config"]["precision"] == "bf16"
+    # a rerun: resumes (nothing to do) with the same precision, refused with another
+    again = profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=16, dtype="float32",
+                          workers=2, precision="bf16", progress=False)
+    assert again.resumed_sites == again.sites
+    with pytest.raises(ValueError, match="another configuration"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=16, dtype="float32",
+                      workers=2, progress=False)
+
+
+def test_a_worker_that_cannot_run_the_precision_is_an_error(setup, tmp_path):
+    """fp16 needs TensorRT: on this CPU-only onnxruntime the worker refuses instead of running float32."""
+    _, plate, onnx_path, _ = setup
+    with pytest.raises(RuntimeError, match="precision 'fp16' cannot run on worker .*fp16 needs the TensorRT"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / "o", batch_size=16,
+                      precision="fp16", progress=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / "p", precision="int8",
+                      progress=False)
+    assert not (tmp_path / "p").exists()  # refused before any output
+
+
+def test_openvino_sessions_per_thread_and_options_reach_them(setup, tmp_path):
+    """OpenVINO on the CPU is a host provider: one session per Dask thread, as the CPU provider; the precision and
+    TensorRT cache folder are carried to the worker's session."""
+    _, _, onnx_path, _ = setup
+    sha = read_metadata(onnx_path).weights_sha256
+    ref = sites.run_model_ref(str(onnx_path), sha, [OV, CPU], 1, True, precision="fp32",
+                              trt_cache_dir=tmp_path / "trt")
+    assert ref.per_thread and ref.intra_op_threads == 1 and ref.trt_cache_dir == str(tmp_path / "trt")
+    s = sites.worker_session(ref)
+    assert s.providers[0] == OV and s.precision == "fp32" and s.micro_batch is not None
+    auto = sites.run_model_ref(str(onnx_path), sha, "auto", 1, True, precision="bf16")
+    assert auto.per_thread and auto.precision == "bf16"
+
+
+def test_cli_precision_and_providers(setup, tmp_path):
+    """``phenovec profile --providers OpenVINOExecutionProvider CPUExecutionProvider --precision fp32`` equals the
+    CPU provider's float32 run to float32 rounding; a bad --precision is refused by argparse."""
+    _, plate, onnx_path, fp32 = setup
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "phenovec.cli", "profile", str(onnx_path), "--index", str(plate["index"]),
+           "--locations", str(plate["nuclei"]), "-o", str(out), "--batch-size", "16", "--dtype", "float32",
+           "--providers", OV, CPU, "--precision", "fp32", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    _, x, _, _, _ = read_outputs(out)
+    _, ref, _, _, _ = read_outputs(fp32)
+    np.testing.assert_allclose(x, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+    assert json.loads((out / "manifest.json").read_text())["config"]["precision"] == "fp32"
+    bad = subprocess.run(cmd[:-3] + ["--precision", "int8"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'int8'" in bad.stderr
