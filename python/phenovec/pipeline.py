@@ -17,7 +17,8 @@ Configuration (YAML; every key with its default: ``phenovec run --print-config``
     train: {...}           # sections data / model / optim / augment / train of `phenovec train` (data.crops and
                            # train.out are filled in by the pipeline)
     export: {opset: 18}
-    profile: {batch_size: 256, scheduler: null, workers: null, dtype: float32}
+    profile: {batch_size: 256, scheduler: null, workers: null, dtype: float32, precision: fp32}
+                           # precision: fp32, fp16 (TensorRT) or bf16 (OpenVINO on AMX / AVX512-BF16 CPUs)
     process: {steps: null}  # recipe steps (null = the default above)
     report: {moa_column: Metadata_MOA, treatment_column: Metadata_Treatment, control: DMSO, null_size: 2000, seed: 0}
 
@@ -56,7 +57,8 @@ SCHEMA = {
     "export": {"opset": (18, (int,), (17, 30))},
     "profile": {"batch_size": (256, (int,), (1, 1 << 20)), "scheduler": (None, (str, NONE_TYPE), None),
                 "workers": (None, (int, NONE_TYPE), (1, 4096)),
-                "dtype": ("float32", (str,), ("float16", "float32"))},
+                "dtype": ("float32", (str,), ("float16", "float32")),
+                "precision": ("fp32", (str,), ("fp32", "fp16", "bf16"))},
     "process": {"steps": (None, (list, NONE_TYPE), None)},
     "report": {"moa_column": ("Metadata_MOA", (str,), None), "treatment_column": ("Metadata_Treatment", (str,), None),
                "control": ("DMSO", (str,), None), "null_size": (2000, (int,), (10, 10_000_000)),
@@ -284,7 +286,7 @@ def run(config, progress: bool = True) -> RunResult:
 
         res = profile_sites(model, index=index(), locations=images["locations"], out=d, batch_size=prof_conf["batch_size"],
                             scheduler=prof_conf["scheduler"], workers=prof_conf["workers"], dtype=prof_conf["dtype"],
-                            edge=cfg["crop"]["edge"], progress=progress)
+                            precision=prof_conf["precision"], edge=cfg["crop"]["edge"], progress=progress)
         return {k: str(v) for k, v in res.paths.items()} | {"cells": res.cells, "embedded": res.embedded}
 
     k_prof = _key("profile", prof_conf, cfg["crop"]["edge"], k_model, k_in)
