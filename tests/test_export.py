@@ -222,3 +222,51 @@ def test_cli_exports_a_checkpoint_with_real_parity_crops(tmp_path, real_crops):
     with pytest.raises(ValueError, match="channels .* differ from the checkpoint"):
         args.run(args)
     assert not (tmp_path / "y.onnx").exists()
+
+
+@pytest.mark.parametrize("illumination", ["/train/machine/illum", {"P1/DNA": "/train/machine/P1_DNA.npy"}])
+def test_crop_steps_of_the_training_store_round_trip(tmp_path, real_crops, illumination):
+    """A checkpoint trained on illumination-corrected, masked crops (its data_config's crop_config = the crop
+    store's manifest config) exports crop_illumination / crop_mask, never the training machine's paths, and
+    profiling reads them back; old metadata without the keys reads as no correction, no mask."""
+    from phenovec.export import intensity_from_data_config
+    from phenovec.profile import contract_from_metadata
+
+    model = calibrated("resnet_tiny", real_crops)
+    cfg = {"channels": CHANNELS, "box_size": BOX, "rescale": False, "illumination": illumination,
+           "intensity": None, "mask": "neighbors"}
+    ck = _checkpoint(tmp_path, model, crop_config=cfg)
+    out = tmp_path / "m.onnx"
+    export_onnx(ck, out, opset=17, parity=False)
+    want = {"input_scaling": "minmax", "dtype_max": 65535.0, "crop_rescale": False, "crop_illumination": True,
+            "crop_mask": "neighbors"}
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["intensity"]) == want and "/train/machine" not in props["intensity"]
+    meta = read_metadata(out)
+    assert meta.intensity == want
+    contract = contract_from_metadata(meta, source=str(out))
+    assert contract.crop_illumination is True and contract.crop_mask == "neighbors"
+    assert contract.crop_site_args() == (True, {"mask": "neighbors", "dtype": "float32"})
+    # a store cut without correction or mask records neither key; an explicit intensity keeps its own values
+    plain = intensity_from_data_config({"input_scaling": "minmax", "crop_config": {**cfg, "illumination": None,
+                                                                                   "mask": None}})
+    assert plain == {"input_scaling": "minmax", "dtype_max": 1.0, "crop_rescale": False}
+    assert intensity_from_data_config({"intensity": {"input_scaling": "none", "crop_mask": "object"},
+                                       "crop_config": cfg}) == {"input_scaling": "none", "crop_mask": "object",
+                                                                "crop_illumination": True}
+    old = export_onnx(model, tmp_path / "old.onnx", channels=CHANNELS, crop_size=BOX, opset=17, parity=False,
+                      intensity={"input_scaling": "minmax", "dtype_max": 65535.0})
+    c = contract_from_metadata(read_metadata(old.path))
+    assert c.crop_illumination is False and c.crop_mask is None and "mask" not in c.crop_site_args()[1]
+    for key, bad in (("crop_illumination", "yes"), ("crop_mask", "cells")):
+        export_onnx(model, tmp_path / "bad.onnx", channels=CHANNELS, crop_size=BOX, opset=17, parity=False,
+                    intensity={"input_scaling": "minmax", key: bad})
+        with pytest.raises(ValueError, match=rf"bad\.onnx: metadata intensity\.{key} = '{bad}'"):
+            contract_from_metadata(read_metadata(tmp_path / "bad.onnx"), source=str(tmp_path / "bad.onnx"))
+    # a field model has no illumination step: a checkpoint trained on corrected crops is refused
+    from phenovec.export.field_model import export_field_model
+
+    with pytest.raises(ValueError, match=r"best\.pt: the checkpoint was trained on illumination-corrected crops "
+                                         r"\(intensity\.crop_illumination = true"):
+        export_field_model(ck, tmp_path / "field.onnx", channels=None, field_size=BOX, parity=False)
+    assert not (tmp_path / "field.onnx").exists()

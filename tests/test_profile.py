@@ -3,6 +3,7 @@ independent reference (tifffile + numpy crop + numpy min-max + a plain onnxrunti
 against pandas groupby of the stored embeddings, threaded vs distributed (LocalCluster on loopback) identity,
 channel matching by name.
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from phenovec.ingest.index import read_image_index
 from phenovec.ingest.synth import synth_plate
 from phenovec.io.embeddings import EmbeddingStore
 from phenovec.profile import profile_sites
+from phenovec.runtime import read_metadata
 from phenovec.train.models import build_model
 
 torch.set_num_threads(1)
@@ -335,3 +337,215 @@ def test_site_groups_cut_into_one_reused_buffer(setup, monkeypatch):
     monkeypatch.setattr(InputContract, "model_input_from_cut", lambda self, crops: np.array(crops, copy=True))
     with pytest.raises(RuntimeError, match="model input of site 0 is not the crops cut into the buffer"):
         sites.cut_group(jobs[:1], contract, "drop")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the crop steps and input rules training recorded, applied from images: each model is the setup's network
+# exported with the intensity contract a training run on a `phenovec crop` store records (train.loop's
+# data_config -> intensity_from_data_config), and its embeddings from images must equal those from that store
+
+
+def store_model(plate: dict, store: Path, path: Path) -> Path:
+    """The setup's network exported with the contract of a model trained on ``store`` (rule and dtype_max as
+    ``phenovec.train`` picks them, crop steps from the store's manifest)."""
+    from phenovec.export.checkpoint import intensity_from_data_config
+    from phenovec.train.data import input_scaling, open_crops
+
+    crops = open_crops(store)
+    dtype_max = float(np.iinfo(crops.dtype).max) if np.issubdtype(crops.dtype, np.integer) else 1.0
+    intensity = intensity_from_data_config({"input_scaling": input_scaling(crops), "dtype_max": dtype_max,
+                                            "crop_config": crops.manifest["config"]})
+    export_onnx(calibrated_model(plate), path, channels=CHANNELS, crop_size=BOX, intensity=intensity, parity=False)
+    return path
+
+
+def assert_images_equal_store(onnx_path: Path, index, plate: dict, store: Path, tmp: Path, name: str, **kw):
+    """Profile ``index`` (images) and ``store`` (its crops) with ``onnx_path``; the same cells, equal embeddings.
+    Returns the embeddings from images."""
+    profile_sites(onnx_path, index, plate["nuclei"], tmp / f"{name}_images", dtype="float32", batch_size=16,
+                  workers=2, progress=False, **kw)
+    profile_sites(onnx_path, crops_dir=store, out=tmp / f"{name}_store", dtype="float32", batch_size=16, workers=1,
+                  progress=False)
+    mi, xi, ci, _, _ = read_outputs(tmp / f"{name}_images")
+    ms, xs, cs, _, _ = read_outputs(tmp / f"{name}_store")
+    np.testing.assert_array_equal(ci["edge"].astype(str).to_numpy(), cs["edge"].astype(str).to_numpy())
+    np.testing.assert_array_equal(mi["ObjectNumber"].to_numpy(), ms["ObjectNumber"].to_numpy())
+    assert len(xi) > 0 and np.abs(xi).max() > 1e-2
+    np.testing.assert_allclose(xi, xs, atol=2e-5, rtol=0)
+    return xi
+
+
+def unscaled_reference(setup) -> np.ndarray:
+    """Embeddings of the setup's model (minmax, no crop steps) from images, to show a step changed something."""
+    tmp, plate, onnx_path = setup
+    if not (tmp / "f32").exists():
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "f32", dtype="float32", batch_size=16,
+                      workers=2, progress=False)
+    return read_outputs(tmp / "f32")[1]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_scale_rule_from_images_equals_store(setup, dtype):
+    """input_scaling "scale": crops cut as uint8 / uint16 after the per-crop rescale, divided by dtype_max."""
+    import phenovec
+
+    tmp, plate, _ = setup
+    store = tmp / f"crops_{dtype}"
+    phenovec.crop(read_image_index(plate["index"], CHANNELS), plate["nuclei"], store, box_size=BOX, edge="drop",
+                  rescale=True, dtype=dtype, chunk_cells=16, progress=False)
+    onnx_path = store_model(plate, store, tmp / f"scale_{dtype}.onnx")
+    dtype_max = 255.0 if dtype == "uint8" else 65535.0
+    assert read_metadata(onnx_path).intensity == {"input_scaling": "scale", "dtype_max": dtype_max,
+                                                  "crop_rescale": True}
+    x = assert_images_equal_store(onnx_path, plate["index"], plate, store, tmp, f"scale_{dtype}")
+    if dtype == "uint8":  # quantised to 256 levels: not the float minmax input
+        assert np.abs(x - unscaled_reference(setup)).max() > 1e-3
+
+
+def test_none_rule_with_crop_intensity_from_images_equals_store(setup):
+    """input_scaling "none": float32 crops used as stored, here after a per-image percentile rescale."""
+    import phenovec
+
+    tmp, plate, _ = setup
+    store = tmp / "crops_pct"
+    phenovec.crop(read_image_index(plate["index"], CHANNELS), plate["nuclei"], store, box_size=BOX, edge="drop",
+                  intensity=("percentile", 1.0, 99.0), chunk_cells=16, progress=False)
+    onnx_path = store_model(plate, store, tmp / "none_pct.onnx")
+    assert read_metadata(onnx_path).intensity == {"input_scaling": "none", "dtype_max": 1.0, "crop_rescale": False,
+                                                  "crop_intensity": ["percentile", 1.0, 99.0]}
+    x = assert_images_equal_store(onnx_path, plate["index"], plate, store, tmp, "none_pct")
+    assert np.abs(x - unscaled_reference(setup)).max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def illum(setup):
+    """Flat fields of the setup's plate (``phenovec illum``), a store cut with them (+ per-crop rescale: float32
+    crops, rule "none") and the model trained on it (metadata ``crop_illumination``)."""
+    import phenovec
+    from phenovec.ingest.illumination import compute_illumination
+
+    tmp, plate, _ = setup
+    idx = read_image_index(plate["index"], CHANNELS)
+    compute_illumination(idx, tmp / "illum", progress=False)
+    store = tmp / "crops_illum"
+    phenovec.crop(idx, plate["nuclei"], store, box_size=BOX, edge="drop", rescale=True, chunk_cells=16,
+                  illumination=tmp / "illum", progress=False)
+    onnx_path = store_model(plate, store, tmp / "illum.onnx")
+    return tmp / "illum", store, onnx_path
+
+
+def test_illumination_from_images_equals_store(setup, illum):
+    tmp, plate, _ = setup
+    folder, store, onnx_path = illum
+    inten = read_metadata(onnx_path).intensity
+    assert inten["crop_illumination"] is True and "crop_mask" not in inten
+    assert str(folder) not in json.dumps(inten)  # the training machine's paths are not recorded
+    x = assert_images_equal_store(onnx_path, plate["index"], plate, store, tmp, "illum", illumination=folder)
+    # the flat fields change the crops (the synthetic plate has a gradient + vignetting illumination field)
+    assert np.abs(x - unscaled_reference(setup)).max() > 1e-3
+    attrs = EmbeddingStore(tmp / "illum_images" / "embeddings.zarr").group.attrs
+    files = attrs["illumination_files"][str(pd.read_csv(plate["index"])["Metadata_Plate"][0])]
+    assert [f["channel"] for f in files] == CHANNELS and all(len(f["sha256"]) == 64 for f in files)
+
+
+def test_illumination_refusals(setup, illum):
+    """Each mismatch is refused before any output, naming the model file and the metadata key."""
+    import phenovec
+
+    tmp, plate, plain = setup
+    folder, store, onnx_path = illum
+    with pytest.raises(ValueError, match=rf"{onnx_path.name}: .*intensity\.crop_illumination = true.*illumination="):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "r1", progress=False)
+    with pytest.raises(ValueError, match=rf"{plain.name}: .*without illumination correction.*crop_illumination "
+                                         "absent or false"):
+        profile_sites(plain, plate["index"], plate["nuclei"], tmp / "r2", illumination=folder, progress=False)
+    with pytest.raises(ValueError, match="illumination applies to images"):
+        profile_sites(onnx_path, crops_dir=store, out=tmp / "r3", illumination=folder, progress=False)
+    # crop stores: corrected or not must be the model's (the stores and models differ only in that)
+    raw = tmp / "crops_rescaled"
+    phenovec.crop(read_image_index(plate["index"], CHANNELS), plate["nuclei"], raw, box_size=BOX, edge="drop",
+                  rescale=True, chunk_cells=16, progress=False)
+    raw_model = store_model(plate, raw, tmp / "rescaled.onnx")
+    profile_sites(raw_model, crops_dir=raw, out=tmp / "r_ok", workers=1, progress=False)
+    with pytest.raises(ValueError, match=r"crop store .*crops_illum: crops made with illumination correction "
+                                         r".*model .*rescaled\.onnx was trained on crops without it \(metadata "
+                                         r"intensity\.crop_illumination = false\)"):
+        profile_sites(raw_model, crops_dir=store, out=tmp / "r4", progress=False)
+    with pytest.raises(ValueError, match=r"crops made without illumination correction but the model "
+                                         r".*illum\.onnx was trained on crops with it \(metadata "
+                                         r"intensity\.crop_illumination = true\)"):
+        profile_sites(onnx_path, crops_dir=raw, out=tmp / "r5", progress=False)
+    assert not any((tmp / f"r{i}").exists() for i in range(1, 6))
+
+
+def test_resume_refused_with_other_flat_fields(setup, illum, tmp_path):
+    """The flat fields' sha256 are the run's configuration: the same files through a mapping resume the run,
+    changed ones are refused; a worker whose file differs from the run's hash refuses it."""
+    import shutil
+
+    from phenovec.profile import sites
+
+    tmp, plate, _ = setup
+    folder, _, onnx_path = illum
+    out = tmp_path / "run"
+    first = profile_sites(onnx_path, plate["index"], plate["nuclei"], out, illumination=folder, batch_size=16,
+                          workers=1, progress=False)
+    plate_name = str(pd.read_csv(plate["index"])["Metadata_Plate"][0])
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    mapping = {(plate_name, c): copy / plate_name / f"{plate_name}_{c}.npy" for c in CHANNELS}
+    again = profile_sites(onnx_path, plate["index"], plate["nuclei"], out, illumination=mapping, batch_size=16,
+                          workers=1, progress=False)
+    assert again.resumed_sites == first.sites
+    f = copy / plate_name / f"{plate_name}_ER.npy"
+    np.save(f, np.load(f) * np.float32(1.01))
+    with pytest.raises(ValueError, match=r"another configuration \(differs in \['illumination'\]"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], out, illumination=mapping, batch_size=16,
+                      workers=1, progress=False)
+    ref = sites.FlatFieldRef(folder, tuple(CHANNELS), {plate_name: ("0" * 64,) * len(CHANNELS)})
+    with pytest.raises(ValueError, match=rf"{plate_name}_DNA.npy: the flat field of plate .* changed"):
+        sites.worker_flat_field(ref, plate_name)
+
+
+def labelled_index(plate: dict, radius: float = 9.0) -> Path:
+    """The plate's index with a ``FileName_Labels`` column: per site a uint16 label image in which each pixel
+    within ``radius`` of a nucleus centre carries the nearest nucleus's ObjectNumber (0 elsewhere)."""
+    root = Path(plate["index"]).parent
+    index, nuclei = pd.read_csv(plate["index"]), pd.read_csv(plate["nuclei"])
+    names = []
+    for i, row in index.iterrows():
+        loc = nuclei[(nuclei[KEYS].astype(str) == row[KEYS].astype(str).to_numpy()).all(axis=1)]
+        h, w = tifffile.imread(root / row["FileName_DNA"]).shape
+        yy, xx = np.mgrid[:h, :w]
+        d2 = ((xx[None] - loc["Nuclei_Location_Center_X"].to_numpy()[:, None, None]) ** 2
+              + (yy[None] - loc["Nuclei_Location_Center_Y"].to_numpy()[:, None, None]) ** 2)
+        lab = np.where(d2.min(0) <= radius ** 2, loc["ObjectNumber"].to_numpy()[d2.argmin(0)], 0)
+        names.append(f"labels_{i}.tif")
+        tifffile.imwrite(root / names[-1], lab.astype(np.uint16))
+    index["FileName_Labels"] = names
+    index.to_csv(root / "index_labels.csv", index=False)
+    return root / "index_labels.csv"
+
+
+def test_masked_model_with_labels(setup):
+    """A model trained on masked crops ("object": all but the cell zeroed) is profiled from an index with label
+    images as from its store; without a label column, or with a store masked otherwise, it is refused."""
+    import phenovec
+
+    tmp, plate, plain = setup
+    labelled = labelled_index(plate)
+    store = tmp / "crops_masked"
+    phenovec.crop(read_image_index(labelled, CHANNELS), plate["nuclei"], store, box_size=BOX, edge="drop",
+                  mask="object", chunk_cells=16, progress=False)
+    onnx_path = store_model(plate, store, tmp / "masked.onnx")
+    assert read_metadata(onnx_path).intensity == {"input_scaling": "minmax", "dtype_max": 65535.0,
+                                                  "crop_rescale": False, "crop_mask": "object"}
+    x = assert_images_equal_store(onnx_path, labelled, plate, store, tmp, "masked")
+    assert np.abs(x - unscaled_reference(setup)).max() > 1e-3  # the mask changed the crops
+    with pytest.raises(ValueError, match=rf"{onnx_path.name}: .*intensity\.crop_mask = 'object'\) but the image "
+                                         r"index .*index\.csv has no label images"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp / "m1", progress=False)
+    with pytest.raises(ValueError, match=rf"crops made with mask='object' but the model .*{plain.name} was trained "
+                                         r"on crop_mask=None \(metadata intensity\.crop_mask\)"):
+        profile_sites(plain, crops_dir=store, out=tmp / "m2", progress=False)
+    assert not (tmp / "m1").exists() and not (tmp / "m2").exists()

@@ -173,6 +173,17 @@ def test_refusals(setup, tmp_path):
     idx4 = read_image_index(plate["index"], channels=["DNA", "ER", "RNA", "AGP"])
     with pytest.raises(ValueError, match=r"\['Mito'\].*matched by name"):
         profile_fields(onnx_path, idx4, tmp_path / "o3", progress=False)
+    # metadata recording illumination-corrected training input: field profiling has no such step
+    from phenovec.profile.fields import INPUT_KIND, field_intensity
+
+    corrected = tmp_path / "corrected.onnx"
+    export_onnx(build_model("resnet_tiny", 5, 7, seed=0), corrected, channels=CHANNELS, crop_size=SIZE // FACTOR,
+                intensity={**field_intensity(SIZE, FACTOR), "crop_illumination": True}, input_kind=INPUT_KIND,
+                parity=False)
+    with pytest.raises(ValueError, match=r"corrected\.onnx: .*intensity\.crop_illumination = true\); field "
+                                         "profiling applies no illumination correction"):
+        profile_fields(corrected, plate["index"], tmp_path / "o4", progress=False)
+    assert not (tmp_path / "o4").exists()
 
 
 def test_field_channel_stats_equal_numpy(setup):
@@ -198,7 +209,7 @@ def test_cli_dispatch(setup, capsys):
     assert summary["sites"] == summary["cells"] == summary["embedded"] == 12
     assert set(summary["outputs"]) == {"embeddings", "wells_mean", "wells_median"}
     assert EmbeddingStore(out / "embeddings.zarr").array.dtype == np.float32
-    for flag in (["--locations", str(plate["nuclei"])], ["--edge", "shift"]):
+    for flag in (["--locations", str(plate["nuclei"])], ["--edge", "shift"], ["--illumination", str(tmp)]):
         with pytest.raises(SystemExit, match=flag[0]):
             main(["profile", str(onnx_path), "--index", str(plate["index"]), "-o", str(out), *flag])
     # --micro-batch (fields per onnxruntime call) reaches the sessions and changes no number

@@ -7,7 +7,15 @@ weights_only=True)``: never unpickled). The data contract embedded in the ONNX m
 
     {"input_scaling": "none" | "scale" | "minmax",   # phenovec.train.data.input_scaling: stored crops -> input
      "dtype_max": float,                             # divisor of the "scale" rule
-     "crop_rescale": bool, "crop_intensity": ...}    # how crops were made (ingest manifest), when recorded
+     "crop_rescale": bool, "crop_intensity": ...,    # how crops were made (ingest manifest), when recorded
+     "crop_illumination": true,                      # the crops were illumination corrected (only when so)
+     "crop_mask": "neighbors" | "object"}            # the crops were masked with label images (only when so)
+
+``crop_illumination`` and ``crop_mask`` come from the crop store's manifest config (``crop_config``: its
+``illumination`` source and ``mask`` mode, ``phenovec.ingest.crop``), in both cases (added to an explicit
+``data_config["intensity"]`` that does not state them). Only the fact of the correction is recorded, never the
+training machine's flat-field paths: profiling is given the flat fields of the plates it profiles. Absent keys
+(metadata of models exported before they were recorded) mean no correction and no mask.
 """
 from __future__ import annotations
 
@@ -28,16 +36,27 @@ class CheckpointContract:
 
 def intensity_from_data_config(dc: dict) -> dict:
     """The intensity description of a checkpoint's ``data_config`` (module docstring)."""
+    crop_cfg = dc.get("crop_config") or {}
     if "intensity" in dc:
-        return dict(dc["intensity"])
+        return {**crop_steps(crop_cfg), **dc["intensity"]}
     if "input_scaling" not in dc:
         raise ValueError("checkpoint data_config has neither 'intensity' nor 'input_scaling'")
     out = {"input_scaling": str(dc["input_scaling"]), "dtype_max": float(dc.get("dtype_max", 1.0))}
-    crop_cfg = dc.get("crop_config") or {}
     if "rescale" in crop_cfg:
         out["crop_rescale"] = bool(crop_cfg["rescale"])
     if crop_cfg.get("intensity") is not None:
         out["crop_intensity"] = crop_cfg["intensity"]
+    return {**out, **crop_steps(crop_cfg)}
+
+
+def crop_steps(crop_cfg: dict) -> dict:
+    """``crop_illumination`` / ``crop_mask`` of a crop store's manifest config (module docstring): only the keys
+    of the steps that ran."""
+    out: dict = {}
+    if crop_cfg.get("illumination") is not None:
+        out["crop_illumination"] = True
+    if crop_cfg.get("mask") is not None:
+        out["crop_mask"] = str(crop_cfg["mask"])
     return out
 
 

@@ -7,6 +7,10 @@ N x C x side x side with side = ``field_size // factor``, dynamic batch, output 
 ``input_kind`` "fields" and the field intensity contract of ``phenovec.profile.fields`` (decode, block-mean
 downsample by ``factor``, divide by ``dtype_max``, then ``(x - mean_c) / std_c`` when ``mean`` / ``std`` are
 given), which ``phenovec.profile.profile_fields`` applies.
+
+The checkpoint's crop-level contract (per-crop rescale, masking around one cell) is replaced by the field
+contract, but a checkpoint trained on illumination-corrected crops (its ``intensity.crop_illumination``) is
+refused: the field contract has no illumination step, so the model would see uncorrected fields.
 """
 from __future__ import annotations
 
@@ -58,6 +62,10 @@ def export_field_model(model_or_checkpoint, path: str | os.PathLike, *, channels
             raise ValueError(f"{ck.path}: channels={list(channels)} differ from the checkpoint's data_config "
                              f"channels {list(ck.channels)} (names and order must match)")
         channels = list(ck.channels)
+        if ck.intensity.get("crop_illumination"):
+            raise ValueError(f"{ck.path}: the checkpoint was trained on illumination-corrected crops (intensity."
+                             "crop_illumination = true, from its crop store's manifest); a field model applies no "
+                             "illumination correction, so it would be profiled on uncorrected fields")
     intensity = field_intensity(field_size, factor, dtype_max, mean, std, n_channels=len(channels))
     side = intensity["field_size"] // intensity["factor"]
     if not isinstance(model_or_checkpoint, torch.nn.Module):

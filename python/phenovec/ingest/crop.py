@@ -55,6 +55,17 @@ class CropResult:
     resumed_sites: int
 
 
+def cell_label_ids(loc: pd.DataFrame, where: str) -> np.ndarray | None:
+    """The label of each cell of a site's locations for masking (``crop_site(label_ids=)``): its ``ObjectNumber``
+    as int64, or None when the locations have none (``crop_site`` then takes DeepProfiler's median rule); missing
+    values are an error naming ``where``."""
+    if "ObjectNumber" not in loc.columns:
+        return None
+    if loc["ObjectNumber"].isna().any():
+        raise ValueError(f"{where}: ObjectNumber has missing values (needed as label ids for masking)")
+    return np.ascontiguousarray(loc["ObjectNumber"].to_numpy(dtype=np.int64))
+
+
 def crop_index(
     index: ImageIndex,
     locations,
@@ -178,11 +189,9 @@ def crop_index(
             opts["intensity"] = intensity
         if mask is not None:
             opts.update(labels=index.labels[s], mask=mask)
-            if "ObjectNumber" in loc.columns:
-                if loc["ObjectNumber"].isna().any():
-                    raise ValueError(f"locations of site {s} ({index.paths[s][0]}): ObjectNumber has missing values "
-                                     "(needed as label ids for masking)")
-                opts["label_ids"] = np.ascontiguousarray(loc["ObjectNumber"].to_numpy(dtype=np.int64))
+            ids = cell_label_ids(loc, f"locations of site {s} ({index.paths[s][0]})")
+            if ids is not None:
+                opts["label_ids"] = ids
         opts["dtype"] = dtype
         crops, codes = _core.crop_site(index.paths[s], xs, ys, int(box_size), edge, bool(rescale), **opts)
         codes = np.asarray(codes, dtype=np.int64)

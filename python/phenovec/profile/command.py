@@ -3,15 +3,19 @@
     phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT [--batch-size 256]
         [--scheduler threads|processes|tcp://host:port] [--workers N] [--dtype float16|float32] [--edge drop]
         [--micro-batch auto|none|N] [--providers auto|NAME ...] [--precision fp32|fp16|bf16]
-        [--trt-cache-dir DIR]
+        [--trt-cache-dir DIR] [--illumination ILLUM]
     phenovec profile MODEL.onnx --crops CROPS_DIR -o OUT
     phenovec profile FIELD_MODEL.onnx --index index.csv -o OUT [--batch-size 8] [--dtype float32]
 
 The model's metadata ``input_kind`` decides the mode: ``crops`` (single-cell model) -> ``profile_sites`` (images +
 locations, or a crop store; defaults batch 256, float16, edge drop); ``fields`` (whole-field model, MOAProfiler)
 -> ``profile_fields`` (one embedding per field; defaults batch 8, float32; ``--locations`` / ``--crops`` /
-``--edge`` are errors). Resumable: rerunning the same command into the same OUT skips finished sites
-(``phenovec.profile.parts``). The summary's ``cells`` counts fields for a field model.
+``--edge`` / ``--illumination`` are errors). ``--illumination``: the ``phenovec illum`` folder of the profiled
+plates, required exactly when the model was trained on illumination-corrected crops (its metadata
+``intensity.crop_illumination``; images input only: a crop store was corrected when cut); a model trained on
+masked crops (``intensity.crop_mask``) needs an index with a label column. Resumable: rerunning the same
+command into the same OUT skips finished sites (``phenovec.profile.parts``). The summary's ``cells`` counts
+fields for a field model.
 """
 from __future__ import annotations
 
@@ -34,10 +38,12 @@ def _run_profile(a) -> dict:
     if kind == "fields":
         from phenovec.profile.fields import profile_fields
 
-        for flag, value in (("--locations", a.locations), ("--crops", a.crops), ("--edge", a.edge)):
+        for flag, value in (("--locations", a.locations), ("--crops", a.crops), ("--edge", a.edge),
+                            ("--illumination", a.illumination)):
             if value is not None:
                 raise SystemExit(f"phenovec profile: {flag} does not apply to a whole-field model ({a.model} has "
-                                 "input_kind 'fields': one embedding per field, no cell locations or crops)")
+                                 "input_kind 'fields': one embedding per field, no cell locations, crops or "
+                                 "illumination correction)")
         if a.index is None:
             raise SystemExit("phenovec profile: give --index for a whole-field model")
         res = profile_fields(a.model, a.index, a.out, progress=not a.no_progress, **opts)
@@ -48,8 +54,8 @@ def _run_profile(a) -> dict:
             raise SystemExit("phenovec profile: give --index (with --locations) or --crops")
         if a.edge is not None:
             opts["edge"] = a.edge
-        res = profile_sites(a.model, a.index, a.locations, a.out, crops_dir=a.crops, progress=not a.no_progress,
-                            **opts)
+        res = profile_sites(a.model, a.index, a.locations, a.out, crops_dir=a.crops, illumination=a.illumination,
+                            progress=not a.no_progress, **opts)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "embedded": res.embedded,
                "resumed_sites": res.resumed_sites, "seconds": round(res.seconds, 3),
                "cells_per_s": round(res.cells / res.seconds, 1) if res.seconds > 0 else None,
@@ -79,6 +85,8 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--locations", help="nuclei table (CSV/Parquet/SQLite); default: the index's "
                                        "Metadata_Locations column (single-cell models only)")
     p.add_argument("--crops", help="crops folder written by phenovec crop (instead of --index; single-cell models)")
+    p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy) "
+                                          "for a model trained on illumination-corrected crops (--index only)")
     p.add_argument("-o", "--out", required=True, help="output folder (resumable)")
     p.add_argument("--batch-size", type=int, default=None, help="crops (default 256) or fields (default 8) per "
                                                                 "inference call")

@@ -1,4 +1,4 @@
-"""The model's input contract, as profiling applies it: channels by name, crop size and input scaling.
+"""The model's input contract, as profiling applies it: channels by name, crop size, crop steps and input scaling.
 
 Everything comes from the ONNX model's metadata (``phenovec.io.model_metadata``), never from the caller, so the
 crops a worker cuts can never disagree with what the model was trained on:
@@ -18,8 +18,16 @@ crops a worker cuts can never disagree with what the model was trained on:
   * ``none``: crops are used as stored (float32): ``crop_site`` with ``crop_intensity`` / ``crop_rescale`` and
     ``dtype="float32"``.
 
-  Illumination correction at crop time is not part of the recorded contract; a model whose intensity names
-  ``crop_illumination`` is refused rather than profiled without it.
+- the crop steps before scaling (``intensity.crop_illumination``: true when training crops were illumination
+  corrected; ``intensity.crop_mask``: the mask mode, ``phenovec.ingest.crop.MASK_MODES``; absent = not done):
+
+  * from images the run applies them as ``phenovec crop`` did: each site's plate flat field (the caller's
+    illumination source, which must be given exactly when the model was trained on corrected crops:
+    :func:`check_index_steps`) and, for a masked model, the site's label image with the model's mask mode (the
+    index needs a label column). Refused with an error naming the model file and the key, never profiled
+    without the step;
+  * from a crop store, its manifest's ``illumination`` (corrected or not) and ``mask`` must be the model's
+    (:func:`check_store_steps`).
 """
 from __future__ import annotations
 
@@ -28,7 +36,11 @@ from typing import Sequence
 
 import numpy as np
 
+from phenovec.ingest.crop import MASK_MODES
+
 RULES = ("none", "scale", "minmax")
+OLD_MODEL_HINT = ("; a model exported before phenovec recorded crop_illumination lacks the key: export it again "
+                  "from its checkpoint")
 
 
 @dataclass(frozen=True)
@@ -39,12 +51,18 @@ class InputContract:
     dtype_max: float
     crop_rescale: bool
     crop_intensity: tuple | None
+    crop_illumination: bool = False
+    crop_mask: str | None = None
 
     def crop_site_args(self) -> tuple[bool, dict]:
-        """(``rescale``, keyword options) for ``_core.crop_site`` that cut crops as training stored them."""
+        """(``rescale``, keyword options) for ``_core.crop_site`` that cut crops as training stored them; the
+        per-site options (``frames``, the plate's ``flat`` field, the ``labels`` image and ``label_ids`` of a
+        masked model) come from the site."""
         opts: dict = {}
         if self.crop_intensity is not None:
             opts["intensity"] = self.crop_intensity
+        if self.crop_mask is not None:
+            opts["mask"] = self.crop_mask
         if self.rule == "minmax":
             return True, {**opts, "dtype": "float32"}
         if self.rule == "scale":
@@ -87,10 +105,14 @@ def contract_from_metadata(meta, source: str = "model") -> InputContract:
     if rule not in RULES:
         raise ValueError(f"{source}: metadata intensity.input_scaling is {rule!r}; expected one of {list(RULES)} "
                          f"(intensity = {inten})")
-    if inten.get("crop_illumination") not in (None, False):
-        raise ValueError(f"{source}: the model was trained on illumination-corrected crops "
-                         f"(intensity.crop_illumination = {inten['crop_illumination']!r}); profiling does not "
-                         "apply illumination correction")
+    illum = inten.get("crop_illumination")
+    if illum not in (None, False, True):
+        raise ValueError(f"{source}: metadata intensity.crop_illumination = {illum!r}; expected true, false or "
+                         "absent")
+    mask = inten.get("crop_mask")
+    if mask is not None and mask not in MASK_MODES:
+        raise ValueError(f"{source}: metadata intensity.crop_mask = {mask!r}; expected one of {list(MASK_MODES)} "
+                         "or absent")
     dtype_max = float(inten.get("dtype_max", 1.0))
     if rule == "scale" and dtype_max not in (255.0, 65535.0):
         raise ValueError(f"{source}: intensity.dtype_max = {dtype_max} with input_scaling 'scale'; expected 255 "
@@ -104,7 +126,41 @@ def contract_from_metadata(meta, source: str = "model") -> InputContract:
             raise ValueError(f"{source}: intensity.crop_intensity = {ci!r} is not (kind, lo, hi)") from None
     return InputContract(channels=tuple(meta.channels), box_size=int(meta.crop_size), rule=rule,
                          dtype_max=dtype_max, crop_rescale=bool(inten.get("crop_rescale", False)),
-                         crop_intensity=ci)
+                         crop_intensity=ci, crop_illumination=bool(illum), crop_mask=mask)
+
+
+def check_index_steps(contract: InputContract, model: str, illumination, index) -> None:
+    """Refuse to profile the images of ``index`` (an ``ImageIndex``) with ``illumination`` (a flat-field source or
+    None) unless the run can apply the crop steps the model was trained with (module docstring); errors name the
+    model file and the metadata key."""
+    if contract.crop_illumination and illumination is None:
+        raise ValueError(f"{model}: the model was trained on illumination-corrected crops (metadata "
+                         "intensity.crop_illumination = true); give the flat fields of the profiled plates "
+                         "(illumination=, `phenovec profile --illumination DIR`: a `phenovec illum` folder)")
+    if not contract.crop_illumination and illumination is not None:
+        raise ValueError(f"{model}: the model was trained on crops without illumination correction (metadata "
+                         "intensity.crop_illumination absent or false), so illumination= would feed it images "
+                         "it never saw; leave it out" + OLD_MODEL_HINT)
+    if contract.crop_mask is not None and index.labels is None:
+        raise ValueError(f"{model}: the model was trained on masked crops (metadata intensity.crop_mask = "
+                         f"{contract.crop_mask!r}) but the image index {index.source} has no label images: give it "
+                         "a label column (FileName_Labels, or read_image_index(labels=))")
+
+
+def check_store_steps(contract: InputContract, model: str, store, cfg: dict) -> None:
+    """Refuse a crop store (manifest config ``cfg``) whose illumination correction or mask is not the model's."""
+    corrected = cfg.get("illumination") is not None
+    if corrected != contract.crop_illumination:
+        source = cfg.get("illumination")
+        made = ("without illumination correction" if not corrected else "with illumination correction ("
+                + (f"{len(source)} flat-field files" if isinstance(source, dict) else f"flat fields of {source}") + ")")
+        trained = "with" if contract.crop_illumination else "without"
+        raise ValueError(f"crop store {store}: crops made {made} but the model {model} was trained on crops "
+                         f"{trained} it (metadata intensity.crop_illumination = "
+                         f"{str(contract.crop_illumination).lower()})" + (OLD_MODEL_HINT if corrected else ""))
+    if cfg.get("mask") != contract.crop_mask:
+        raise ValueError(f"crop store {store}: crops made with mask={cfg.get('mask')!r} but the model {model} was "
+                         f"trained on crop_mask={contract.crop_mask!r} (metadata intensity.crop_mask)")
 
 
 def match_channels(model_channels: Sequence[str], available: Sequence[str], source: str) -> list[int]:

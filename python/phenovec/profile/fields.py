@@ -17,7 +17,10 @@ torchvision ``transforms.Normalize`` and dataset-level channel statistics):
 2. divide by ``dtype_max`` (65,535 for 16-bit images) -> [0, 1];
 3. with ``mean`` / ``std``: ``(x - mean_c) / std_c`` per channel (``field_channel_stats`` computes them).
 
-The arithmetic of steps 2-3 is float32 (as ``ToTensor`` + ``Normalize`` in MOAProfiler's code).
+The arithmetic of steps 2-3 is float32 (as ``ToTensor`` + ``Normalize`` in MOAProfiler's code). There is no
+illumination correction step: a field model whose intensity records ``crop_illumination`` (or one exported from
+a checkpoint trained on corrected crops, which ``export_field_model`` refuses) is refused rather than fed
+uncorrected fields.
 
 ``profile_fields`` runs this at scale as ``phenovec.profile.pipeline.profile_sites`` runs crops: tasks of
 ``batch_size`` consecutive fields on Dask (``phenovec.profile.scheduler``), one onnxruntime call per task,
@@ -89,6 +92,9 @@ def intensity_from_metadata(meta, source: str = "model") -> dict:
     for key in ("factor", "field_size"):
         if key not in inten:
             raise ValueError(f"{source}: field model metadata intensity lacks key {key!r} (intensity = {inten})")
+    if inten.get("crop_illumination"):
+        raise ValueError(f"{source}: the field model records illumination-corrected training input (metadata "
+                         "intensity.crop_illumination = true); field profiling applies no illumination correction")
     try:
         out = field_intensity(inten["field_size"], inten["factor"], inten.get("dtype_max", 65535.0),
                               inten.get("mean"), inten.get("std"), n_channels=len(meta.channels))

@@ -3,8 +3,9 @@ decode + crop inside the worker, no crop files) or from a ``phenovec crop`` stor
 model, on Dask, resumably.
 
 Steps: the model's metadata gives the input contract (``phenovec.profile.contract``: channels matched by name,
-crop size, input scaling); sites are grouped into tasks of about ``batch_size`` cells (consecutive sites, fixed by
-the input alone, so a task's batches are the same in every run); tasks go to Dask through a bounded window
+crop size, the crop steps of training (illumination correction, masking), input scaling); sites are grouped into
+tasks of about ``batch_size`` cells (consecutive sites, fixed by the input alone, so a task's batches are the same
+in every run); tasks go to Dask through a bounded window
 (``phenovec.profile.scheduler``); each finished site is committed as one part file (``phenovec.profile.parts``),
 each finished well's mean and median row as soon as its last site is committed (``phenovec.profile.wells``);
 at the end the outputs are assembled from the parts (``phenovec.profile.assemble``). A rerun with the same
@@ -28,10 +29,12 @@ import numpy as np
 import pandas as pd
 
 from phenovec.profile.assemble import assemble
-from phenovec.profile.contract import contract_from_metadata, index_by_name, match_channels
+from phenovec.profile.contract import (check_index_steps, check_store_steps, contract_from_metadata, index_by_name,
+                                      match_channels)
 from phenovec.profile.parts import PartStore
 from phenovec.profile.scheduler import bounded_map, open_client
-from phenovec.profile.sites import CropJob, SiteJob, embed_crop_group, embed_site_group, run_model_ref
+from phenovec.profile.sites import (CropJob, FlatFieldRef, SiteJob, embed_crop_group, embed_site_group,
+                                    run_model_ref)
 from phenovec.profile.wells import WellWriter
 
 DTYPES = ("float16", "float32")
@@ -100,22 +103,51 @@ def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size,
     return model_path, meta, batch_size
 
 
-def _index_input(index, locations, contract):
-    """(site table, per-site SiteJob args, per-site cells as ``SiteCentres``, source) of an image index matched by
-    channel name. The cells are held compactly (``phenovec.ingest.index.SiteCentres``: packed arrays of one
-    nuclei table, or only the counts of per-site location files, read again when a site's task is submitted and
-    when its cell table is assembled)."""
+def _index_input(index, locations, contract, illumination, model: str):
+    """(site table, SiteJob factory, cells factory, cells per site, source, fingerprint extra, illumination record)
+    of an image index matched by channel name, after :func:`~phenovec.profile.contract.check_index_steps`. The
+    cells are held compactly (``phenovec.ingest.index.SiteCentres``: packed arrays of one nuclei table, or only
+    the counts of per-site location files, read again when a site's task is submitted and when its cell table is
+    assembled). The illumination record is None without ``illumination``, else ``(FlatFieldRef, per plate the
+    provenance of each channel's flat field)``: every plate's files are hashed here, before any task runs."""
+    from phenovec.ingest.crop import cell_label_ids
     from phenovec.ingest.index import site_centres
 
     idx, paths, frames = index_by_name(index, contract.channels)
+    check_index_steps(contract, model, illumination, idx)
     centres = site_centres(idx, locations)  # non-finite centres become edge outcome "invalid" (crop_site)
-    return idx.sites.reset_index(drop=True), paths, frames, centres, idx.source
+    sites = idx.sites.reset_index(drop=True)
+    plates = sites["Metadata_Plate"].astype(str).to_numpy()
+    labels = idx.labels if contract.crop_mask is not None else None
+
+    def jobs_of(s: int) -> SiteJob:  # made when the task is submitted, dropped when it is done
+        if labels is None:
+            x, y = centres.xy(s)
+            return SiteJob(s, paths[s], x, y, frames[s], plates[s])
+        loc = centres.table(s)
+        ids = cell_label_ids(loc, f"locations of site {s} ({paths[s][0]})")
+        return SiteJob(s, paths[s], loc["x"].to_numpy(np.float64), loc["y"].to_numpy(np.float64), frames[s],
+                       plates[s], labels[s], ids)
+
+    ncells = [int(c) for c in centres.counts]
+    extra = {"paths": [list(p) for p in paths], "cells": ncells}
+    if labels is not None:
+        extra["labels"] = list(labels)
+    flats = None
+    if illumination is not None:
+        from phenovec.ingest.illumination import illumination_provenance
+
+        files = {p: illumination_provenance(illumination, p, contract.channels) for p in dict.fromkeys(plates)}
+        ref = FlatFieldRef(illumination, tuple(contract.channels),
+                           {p: tuple(f["sha256"] for f in prov) for p, prov in files.items()})
+        flats = (ref, files)
+    return sites, jobs_of, centres.table, ncells, idx.source, extra, flats
 
 
-def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir=None, batch_size: int = 256,
-                  scheduler: str | None = None, workers: int | None = None, dtype: str = "float16",
-                  edge: str = "drop", providers="auto", precision: str = "fp32", trt_cache_dir=None,
-                  max_in_flight: int | None = None, micro_batch: int | str | None = "auto",
+def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir=None, illumination=None,
+                  batch_size: int = 256, scheduler: str | None = None, workers: int | None = None,
+                  dtype: str = "float16", edge: str = "drop", providers="auto", precision: str = "fp32",
+                  trt_cache_dir=None, max_in_flight: int | None = None, micro_batch: int | str | None = "auto",
                   progress: bool = True) -> ProfileResult:
     """Profile every site of ``index`` (an image index path / DataFrame / ``ImageIndex``, with ``locations``: a
     nuclei table, see ``phenovec.ingest.index``) or of a crop store ``crops_dir`` (a ``phenovec crop`` output
@@ -130,6 +162,15 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     runs OpenVINO on CPUs with AMX / AVX512-BF16, "fp16" TensorRT; a worker that cannot run the precision is an
     error, and the precision is part of the run's configuration, so a resume cannot mix precisions);
     ``max_in_flight``: tasks submitted at once (default 2 x worker slots + 1).
+
+    ``illumination`` (images input; required exactly when the model was trained on illumination-corrected crops,
+    metadata ``intensity.crop_illumination``): the flat fields of the index's plates, a ``phenovec illum`` folder
+    or a ``{(plate, channel): path to .npy}`` mapping (``phenovec.ingest.illumination.load_illumination``); each
+    site is corrected with its plate's, as ``phenovec crop --illumination`` did. Their sha256 per plate and
+    channel are part of the run's configuration (a resumed run with other flat fields is refused) and the files
+    are recorded in the embeddings' attributes (``illumination_files``). A model trained on masked crops
+    (``intensity.crop_mask``) needs an index with label images; its crops are masked with the model's mode, as
+    ``phenovec crop --mask`` did.
     """
     from tqdm.auto import tqdm
 
@@ -140,25 +181,22 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         raise ValueError("out: give the output folder")
     if (index is None) == (crops_dir is None):
         raise ValueError("give either index (+ locations) or crops_dir, not both / neither")
+    if crops_dir is not None and illumination is not None:
+        raise ValueError(f"illumination applies to images (index=); the crops of {crops_dir} were corrected or not "
+                         "when they were cut (their manifest says which)")
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
     model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch, precision)
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
 
+    flats = None
     if crops_dir is not None:
-        sites, jobs_of, cells_of, ncells, source, extra = _crop_input(Path(crops_dir), contract)
+        sites, jobs_of, cells_of, ncells, source, extra = _crop_input(Path(crops_dir), contract, str(model_path))
         mode = "crops"
     else:
-        sites, paths, frames, centres, source = _index_input(index, locations, contract)
-        ncells = [int(c) for c in centres.counts]
-        cells_of = centres.table
-
-        def jobs_of(s: int) -> SiteJob:  # made when the task is submitted, dropped when it is done
-            x, y = centres.xy(s)
-            return SiteJob(s, paths[s], x, y, frames[s])
-
-        extra = {"paths": [list(p) for p in paths], "cells": ncells}
+        sites, jobs_of, cells_of, ncells, source, extra, flats = _index_input(index, locations, contract,
+                                                                              illumination, str(model_path))
         mode = "images"
     n_sites = len(sites)
     names = meta.feature_names()
@@ -167,6 +205,10 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
               "channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
               "feature_dim": meta.feature_dim, "edge": edge if mode == "images" else None, "dtype": dtype,
               "batch_size": batch_size, "precision": precision}
+    attrs = {}
+    if flats is not None:  # the content of the flat fields decides the output, not where they lie
+        config["illumination"] = {p: {f["channel"]: f["sha256"] for f in prov} for p, prov in flats[1].items()}
+        attrs["illumination_files"] = flats[1]
     store = PartStore(out, config)
 
     wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
@@ -184,7 +226,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                                 precision, trt_cache_dir)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             if mode == "images":
-                fn = functools.partial(embed_site_group, ref, contract)
+                fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None)
                 kw = {"edge": edge, "batch_size": batch_size, "dtype": dtype}
             else:
                 fn = functools.partial(embed_crop_group, ref, contract, extra["store"], extra["channel_idx"])
@@ -220,9 +262,9 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
 
         return site_cell_table(sites.iloc[s], cells_of(s), codes)
 
-    attrs = {"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
-             "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
-             "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode}
+    attrs.update({"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
+                  "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
+                  "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode})
     counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, wells.rows,
                       expected_rows=config["cells"])
     seconds = time.perf_counter() - t0
@@ -232,8 +274,9 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     return ProfileResult(out, n_sites, counts["cells"], counts["embedded"], resumed, seconds, paths)
 
 
-def _crop_input(path: Path, contract):
-    """(site table, job factory, cells factory, cells per site, source, extra) of a ``phenovec crop`` folder."""
+def _crop_input(path: Path, contract, model: str):
+    """(site table, job factory, cells factory, cells per site, source, extra) of a ``phenovec crop`` folder whose
+    configuration is the model's (``model``: its file, for the errors)."""
     import zarr
 
     from phenovec.ingest.index import SiteCentres
@@ -257,6 +300,7 @@ def _crop_input(path: Path, contract):
     if (tuple(ci) if ci else None) != (tuple(contract.crop_intensity) if contract.crop_intensity else None):
         raise ValueError(f"crop store {path}: crops made with intensity={ci} but the model was trained on "
                          f"crop_intensity={contract.crop_intensity}")
+    check_store_steps(contract, model, path, cfg)
     arr = zarr.open_array(str(path / "crops.zarr"), mode="r")
     if contract.rule == "none" and not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"crop store {path}: {arr.dtype} crops but the model takes them as stored "

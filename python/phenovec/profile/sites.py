@@ -2,9 +2,17 @@
 
 A task is one site or a few consecutive sites (grouped so a task holds about ``batch_size`` cells). In the
 worker: Rust decode + crop (``phenovec._core.crop_site``, GIL released) with the options of the model's
-:class:`~phenovec.profile.contract.InputContract`, scaling to float32, then onnxruntime inference on the
-concatenated crops of the task in batches of ``batch_size`` (a fixed composition for a given task, so a rerun of
-the task gives the same numbers). Features are cast to the output dtype in the worker (less to ship back).
+:class:`~phenovec.profile.contract.InputContract` and of the site (pages, its plate's flat field, its label
+image), scaling to float32, then onnxruntime inference on the concatenated crops of the task in batches of
+``batch_size`` (a fixed composition for a given task, so a rerun of the task gives the same numbers). Features
+are cast to the output dtype in the worker (less to ship back).
+
+Flat fields (a model trained on illumination-corrected crops, :func:`worker_flat_field`) are not shipped with
+the tasks: a task names its sites' plates, and each worker process loads a plate's flat fields from the run's
+source on first use, checks them against the sha256 the run recorded when it started (a file replaced under a
+running cluster is an error, not a mix) and keeps the last ``FLAT_PLATES`` plates (tasks are consecutive sites,
+so a process works on the plate ending and the one starting: each plate is loaded once per process when the
+index is sorted by plate).
 
 Sessions (:func:`worker_session`), cached in this module and checked against the model's ``weights_sha256`` (a
 model file replaced under a running cluster is an error, not a mix):
@@ -24,6 +32,7 @@ one run's embeddings are never a mix of precisions.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +43,9 @@ from phenovec.profile.contract import InputContract
 _SESSIONS: dict = {}
 _LOCK = threading.Lock()
 _THREAD = threading.local()  # per-thread sessions: freed with their thread
+FLAT_PLATES = 2  # plates whose flat fields a worker process keeps (module docstring)
+_FLATS: OrderedDict = OrderedDict()
+_FLAT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -113,27 +125,73 @@ def worker_session(ref: ModelRef):
 
 
 @dataclass(frozen=True)
+class FlatFieldRef:
+    """What a worker needs to load a run's flat fields: the illumination ``source`` (a ``phenovec illum`` folder
+    or a ``{(plate, channel): path}`` mapping, ``phenovec.ingest.illumination.load_illumination``), the model's
+    ``channels`` and, per plate, the sha256 of each channel's file (channels order) when the run started."""
+
+    source: object
+    channels: tuple
+    sha256: dict  # plate -> tuple of sha256
+
+
+def worker_flat_field(ref: FlatFieldRef, plate: str) -> np.ndarray:
+    """The float32 C x H x W flat fields of ``plate`` in this process: loaded from ``ref.source`` on first use and
+    checked against the run's sha256 (module docstring). The cache is keyed by the files' hashes, so another
+    run's (or changed) flat fields are never taken for these."""
+    from phenovec.ingest.illumination import load_illumination
+
+    want = tuple(ref.sha256[plate])
+    key = (tuple(ref.channels), want)
+    with _FLAT_LOCK:
+        if key in _FLATS:
+            _FLATS.move_to_end(key)
+            return _FLATS[key]
+        flat, prov = load_illumination(ref.source, plate, list(ref.channels))
+        for p, sha in zip(prov, want):
+            if p["sha256"] != sha:
+                raise ValueError(f"{p['path']}: the flat field of plate {plate!r} channel {p['channel']!r} has "
+                                 f"sha256 {p['sha256']} on this worker but {sha} when the run started (the file "
+                                 "changed)")
+        _FLATS[key] = flat
+        while len(_FLATS) > FLAT_PLATES:
+            _FLATS.popitem(last=False)
+        return flat
+
+
+@dataclass(frozen=True)
 class SiteJob:
-    """One site to embed from images: its id (index row), channel paths in model order, centres, pages."""
+    """One site to embed from images: its id (index row), channel paths in model order, centres, pages, and for
+    the crop steps of the model its plate (illumination), label image and cells' label ids (a masked model;
+    ``label_ids`` None: DeepProfiler's median rule)."""
 
     site: int
     paths: tuple
     xs: np.ndarray
     ys: np.ndarray
     frames: tuple | None = None
+    plate: str | None = None
+    labels: str | None = None
+    label_ids: np.ndarray | None = None
 
 
-def cut_site(job: SiteJob, contract: InputContract, edge: str,
-             out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cut_site(job: SiteJob, contract: InputContract, edge: str, out: np.ndarray | None = None,
+             flats: FlatFieldRef | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(codes int8 per cell, float32 model input of the kept cells) of one site. ``out`` (contracts that cut
     float32 crops, :attr:`InputContract.cuts_float32`): a flat float32 buffer of at least cells x C x box x box
     values that the crops are cut into (``_core.crop_site(out=)``); the model input is then a view of its first
-    rows."""
+    rows. ``flats``: the run's flat fields (a model trained on illumination-corrected crops)."""
     from phenovec import _core
 
     rescale, opts = contract.crop_site_args()
     if job.frames is not None:
         opts["frames"] = list(job.frames)
+    if flats is not None:
+        opts["flat"] = worker_flat_field(flats, job.plate)
+    if contract.crop_mask is not None:
+        opts["labels"] = job.labels
+        if job.label_ids is not None:
+            opts["label_ids"] = job.label_ids
     if out is not None:
         opts["out"] = out
     try:
@@ -157,19 +215,20 @@ def crop_buffer(values: int) -> np.ndarray:
     return buf
 
 
-def cut_group(jobs: list, contract: InputContract, edge: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def cut_group(jobs: list, contract: InputContract, edge: str,
+              flats: FlatFieldRef | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(codes per site, model input blocks) of a group of sites. Float32 contracts cut the sites one after
     another into this thread's :func:`crop_buffer`, so the group's crops are one block (views of it: no copy for
     a batch that spans two sites); the buffer is reused by the thread's next group, so the blocks are valid only
     until then. Other contracts give one fresh block per site."""
     if not contract.cuts_float32:
-        cut = [cut_site(j, contract, edge) for j in jobs]
+        cut = [cut_site(j, contract, edge, flats=flats) for j in jobs]
         return [c for c, _ in cut], [x for _, x in cut]
     per_cell = len(contract.channels) * contract.box_size ** 2
     buf = crop_buffer(sum(len(j.xs) for j in jobs) * per_cell)
     codes, at = [], 0
     for j in jobs:
-        c, crops = cut_site(j, contract, edge, out=buf[at:])
+        c, crops = cut_site(j, contract, edge, out=buf[at:], flats=flats)
         if crops.size and not np.may_share_memory(crops, buf):  # model_input_from_cut must keep float32 cuts as they are
             raise RuntimeError(f"the model input of site {j.site} is not the crops cut into the buffer")
         codes.append(c)
@@ -178,11 +237,11 @@ def cut_group(jobs: list, contract: InputContract, edge: str) -> tuple[list[np.n
 
 
 def embed_site_group(ref: ModelRef, contract: InputContract, jobs: list, edge: str, batch_size: int,
-                     dtype: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
+                     dtype: str, flats: FlatFieldRef | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Embed a group of sites from images: ``[(site, codes, features in dtype), ...]`` in ``jobs`` order (the
     crops of :func:`cut_group`, not referred to once the features are computed)."""
     sess = worker_session(ref)
-    codes, blocks = cut_group(jobs, contract, edge)
+    codes, blocks = cut_group(jobs, contract, edge, flats)
     feats = cast_features(sess.run_batches(blocks, batch_size), dtype)
     out, at = [], 0
     for job, c in zip(jobs, codes):
