@@ -367,6 +367,6 @@ def test_openvino_options_always_name_the_precision():
 
     for precision, hint in (("fp32", "f32"), ("bf16", "bf16")):
         cfg = json.loads(providers.openvino_options(precision=precision, threads=None)["load_config"])
-        assert cfg == {"CPU": {"INFERENCE_PRECISION_HINT": hint}}
+        assert cfg == {"CPU": {"INFERENCE_PRECISION_HINT": hint, "ENABLE_CPU_PINNING": "NO"}}
     cfg = json.loads(providers.openvino_options(precision="fp32", threads=2)["load_config"])
     assert cfg["CPU"]["INFERENCE_NUM_THREADS"] == "2"
