@@ -178,31 +178,41 @@ def _checkpoint(tmp_path, model, **data):
                            tmp_path / "best.pt")
 
 
-def test_cli_exports_a_checkpoint_with_real_parity_crops(tmp_path, real_crops):
-    import argparse
-
+def _crop_store(folder, raw: np.ndarray, channels=CHANNELS):
+    """A crop store as `phenovec crop` writes it (crops.zarr + manifest.json) holding ``raw``."""
     import zarr
+
+    folder.mkdir()
+    zarr.create_array(str(folder / "crops.zarr"), data=raw, chunks=(4, *raw.shape[1:]))
+    (folder / "manifest.json").write_text(json.dumps({"config": {"channels": list(channels), "box_size": BOX}}))
+    return folder
+
+
+def _cli_export(*argv) -> dict:
+    import argparse
 
     from phenovec.export.command import add_export_parser
 
-    model = calibrated("resnet_tiny", real_crops)
-    ck = _checkpoint(tmp_path, model)
-    raw = site_raw_crops(12)  # raw uint16 crops as `phenovec crop` stores them without --rescale
-    store = tmp_path / "crops"
-    store.mkdir()
-    zarr.create_array(str(store / "crops.zarr"), data=raw, chunks=(4, 5, BOX, BOX))
-    (store / "manifest.json").write_text(json.dumps({"config": {"channels": CHANNELS, "box_size": BOX}}))
     parser = argparse.ArgumentParser()
     add_export_parser(parser.add_subparsers(dest="stage"))
-    out = tmp_path / "model.onnx"
-    args = parser.parse_args(["export", str(ck), "-o", str(out), "--parity-crops", str(store), "--logits",
-                              "--parity-n", "10"])
+    args = parser.parse_args(["export", *map(str, argv)])
     buf = io.StringIO()
     with redirect_stdout(buf):
         args.run(args)
-    rep = json.loads(buf.getvalue())
+    return json.loads(buf.getvalue())
+
+
+def test_cli_exports_a_checkpoint_with_real_parity_crops(tmp_path, real_crops):
+    model = calibrated("resnet_tiny", real_crops)
+    raw = site_raw_crops(12)  # raw uint16 crops as `phenovec crop` stores them without --rescale
+    store = _crop_store(tmp_path / "crops", raw)
+    train_store = _crop_store(tmp_path / "train-crops", raw[::-1].copy())
+    ck = _checkpoint(tmp_path, model, crops=str(train_store))
+    out = tmp_path / "model.onnx"
+    rep = _cli_export(ck, "-o", out, "--parity-crops", store, "--logits", "--parity-n", 10)
     assert rep["path"] == str(out) and rep["opset"] == 18 and rep["feature_dim"] == 128
     assert rep["parity_crops"] == "given" and rep["parity_n"] == 10 and rep["max_abs_diff"] <= 1e-4
+    assert rep["parity_source"] == str(store)  # the flag wins over the checkpoint's training store
     assert rep["intensity"] == {"input_scaling": "minmax", "dtype_max": 65535.0, "crop_rescale": False}
     meta = read_metadata(out)
     assert meta.classes == ("a", "b", "c", "d") and meta.label_column == "Metadata_Treatment"
@@ -211,17 +221,80 @@ def test_cli_exports_a_checkpoint_with_real_parity_crops(tmp_path, real_crops):
     x = minmax(raw)
     (got,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["features"], {"crops": x})
     np.testing.assert_allclose(got, torch_embed(model, x), atol=1e-4, rtol=0)
+    # without --parity-crops: the checkpoint's training store, --parity-n crops of it; once it is gone: random
+    rep = _cli_export(ck, "-o", tmp_path / "auto.onnx", "--parity-n", 6)
+    assert rep["parity_source"] == str(train_store) and rep["parity_crops"] == "store" and rep["parity_n"] == 6
+    assert rep["max_abs_diff"] <= 1e-4
+    train_store.rename(tmp_path / "moved")
+    with pytest.warns(UserWarning, match=r"best\.pt: data_config\['crops'\] = .*train-crops: the training crop "
+                                         r"store is gone"):
+        rep = _cli_export(ck, "-o", tmp_path / "gone.onnx", "--parity-n", 6)
+    assert rep["parity_source"] == "random" and rep["parity_crops"] == "random" and rep["parity_n"] == 8
     # contradicting the checkpoint's contract is an error naming the field
     with pytest.raises(ValueError, match="crop_size=96 contradicts"):
         export_onnx(ck, tmp_path / "x.onnx", crop_size=96)
-    wrong = tmp_path / "wrong"
-    wrong.mkdir()
-    zarr.create_array(str(wrong / "crops.zarr"), data=raw, chunks=(4, 5, BOX, BOX))
-    (wrong / "manifest.json").write_text(json.dumps({"config": {"channels": CHANNELS[::-1]}}))
-    args = parser.parse_args(["export", str(ck), "-o", str(tmp_path / "y.onnx"), "--parity-crops", str(wrong)])
+    wrong = _crop_store(tmp_path / "wrong", raw, channels=CHANNELS[::-1])
     with pytest.raises(ValueError, match="channels .* differ from the checkpoint"):
-        args.run(args)
+        _cli_export(ck, "-o", tmp_path / "y.onnx", "--parity-crops", wrong)
     assert not (tmp_path / "y.onnx").exists()
+
+
+def test_checkpoint_parity_uses_its_training_crops(tmp_path, real_crops, monkeypatch):
+    """Without parity_crops, a checkpoint is compared on the first crops of the store it was trained on, scaled
+    as training scaled them (here min-max of raw uint16, computed in numpy); a store that is gone, or a bare
+    model, falls back to seeded random crops and the report says so; given crops still win."""
+    import warnings
+
+    import phenovec.export.onnx_export as onnx_export
+    from phenovec.export.field_model import export_field_model
+
+    seen = []
+    real_check = onnx_export.check_parity
+
+    def spy(model, path, crops, **kw):
+        seen.append(np.array(crops))
+        return real_check(model, path, crops, **kw)
+
+    monkeypatch.setattr(onnx_export, "check_parity", spy)
+    model = calibrated("resnet_tiny", real_crops)
+    raw = site_raw_crops(12)
+    store = _crop_store(tmp_path / "crops", raw)
+    ck = _checkpoint(tmp_path, model, crops=str(store))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a store that exists is no fallback: nothing to warn about
+        rep = export_onnx(ck, tmp_path / "m.onnx", opset=17, n_store_crops=10)
+    assert rep.parity_source == str(store) and rep.parity_crops == "store" and rep.parity.n_crops == 10
+    assert rep.max_abs_diff <= 1e-4
+    assert seen[-1].dtype == np.float32
+    np.testing.assert_allclose(seen[-1], minmax(raw[:10]), atol=1e-6, rtol=0)  # the store's first 10, scaled
+    assert rep.parity.reference_max_abs == pytest.approx(np.abs(torch_embed(model, minmax(raw[:10]))).max(),
+                                                         rel=1e-5)
+    # given crops are used as given, store or not
+    rep = export_onnx(ck, tmp_path / "g.onnx", opset=17, parity_crops=real_crops[:3])
+    assert rep.parity_source == "given" and rep.parity_crops == "given"
+    np.testing.assert_array_equal(seen[-1], real_crops[:3])
+    # a field model's input is whole fields: the training store's crops are no parity input for it
+    rep = export_field_model(ck, tmp_path / "f.onnx", channels=None, field_size=2 * BOX, opset=17)
+    assert rep.parity_source == "random" and seen[-1].shape == (2, 5, 2 * BOX, 2 * BOX)
+    # the store gone: seeded random crops, warned about and recorded
+    store.rename(tmp_path / "moved")
+    with pytest.warns(UserWarning, match="the training crop store is gone"):
+        rep = export_onnx(ck, tmp_path / "r.onnx", opset=17)
+    assert rep.parity_source == "random" and rep.parity_crops == "random" and rep.parity.n_crops == 8
+    np.testing.assert_array_equal(seen[-1], np.random.default_rng(0).random((8, 5, BOX, BOX), dtype=np.float32))
+    # a bare model has no store: random, recorded, not warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = export_onnx(model, tmp_path / "b.onnx", channels=CHANNELS, crop_size=BOX, intensity=INTENSITY,
+                          opset=17)
+    assert rep.parity_source == "random" and rep.parity_crops == "random"
+    assert export_onnx(model, tmp_path / "n.onnx", channels=CHANNELS, crop_size=BOX, intensity=INTENSITY,
+                       opset=17, parity=False).parity_source is None
+    # a store at the recorded path that no longer fits the checkpoint is an error naming the key, not noise
+    _crop_store(tmp_path / "crops", raw[:, :4], channels=CHANNELS[:4])
+    with pytest.raises(ValueError, match=r"best\.pt: data_config\['crops'\] .*crops: channels .* differ"):
+        export_onnx(ck, tmp_path / "w.onnx", opset=17)
+    assert not (tmp_path / "w.onnx").exists()
 
 
 @pytest.mark.parametrize("illumination", ["/train/machine/illum", {"P1/DNA": "/train/machine/P1_DNA.npy"}])

@@ -34,6 +34,10 @@ def test_run_chains_every_stage_caches_and_rebuilds_what_changed(tmp_path):
     res = run(cfg, progress=False)
     assert [s for s in res.stages] == ["synth", "crop", "train", "export", "profile", "process", "report"]
     assert not any(v["cached"] for v in res.stages.values())
+    # the export's parity check ran on real crops: the first crops of the crop stage's store, scaled as training
+    exported = json.loads((tmp_path / "run" / "export" / "stage.json").read_text())["outputs"]
+    assert exported["parity_source"] == str(tmp_path / "run" / "crop" / "crops")
+    assert exported["max_abs_diff"] <= 1e-4
     rendered, expected = _chromium_figures(res.report_html)
     assert rendered == expected > 0
     numbers = json.loads(res.report_json.read_text())

@@ -270,8 +270,10 @@ def run(config, progress: bool = True) -> RunResult:
         def do_export(d: Path) -> dict:
             from phenovec.export import export_onnx
 
+            # parity on the first crops of the crop stage's store (the checkpoint's data_config["crops"])
             rep = export_onnx(trained["checkpoint"], d / "model.onnx", opset=cfg["export"]["opset"])
-            return {"model": str(d / "model.onnx"), "max_abs_diff": getattr(rep, "max_abs_diff", None)}
+            return {"model": str(d / "model.onnx"), "max_abs_diff": rep.max_abs_diff,
+                    "parity_source": rep.parity_source}
 
         k_model = _key("export", cfg["export"], k_train)
         model = stage("export", k_model, cfg["export"], do_export)["model"]

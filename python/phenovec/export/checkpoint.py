@@ -16,6 +16,9 @@ weights_only=True)``: never unpickled). The data contract embedded in the ONNX m
 ``data_config["intensity"]`` that does not state them). Only the fact of the correction is recorded, never the
 training machine's flat-field paths: profiling is given the flat fields of the plates it profiles. Absent keys
 (metadata of models exported before they were recorded) mean no correction and no mask.
+
+``data_config["crops"]`` (the crop store training read, an absolute path) becomes ``CheckpointContract.crops``:
+``export_onnx`` checks parity on that store's first crops while it exists.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ class CheckpointContract:
     crop_size: int
     intensity: dict
     extra: dict = field(default_factory=dict)  # classes, label_column for the ONNX metadata
+    crops: str | None = None  # data_config["crops"]: the crop store training read (parity crops come from it)
 
 
 def intensity_from_data_config(dc: dict) -> dict:
@@ -85,4 +89,5 @@ def load_contract(path: str | os.PathLike) -> CheckpointContract:
     if dc.get("label_column") is not None:
         extra["label_column"] = str(dc["label_column"])
     return CheckpointContract(path=path, model=model, channels=[str(c) for c in dc["channels"]],
-                              crop_size=int(dc["box_size"]), intensity=intensity, extra=extra)
+                              crop_size=int(dc["box_size"]), intensity=intensity, extra=extra,
+                              crops=None if dc.get("crops") is None else str(dc["crops"]))

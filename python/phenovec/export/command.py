@@ -17,7 +17,9 @@ sites); profile it with ``phenovec profile MODEL --index INDEX`` (no locations).
 
 ``--parity-crops``: a crops store written by ``phenovec crop`` (the folder or its ``crops.zarr``); its first
 ``--parity-n`` crops are scaled with the checkpoint's ``input_scaling`` rule (``phenovec.train.data.scale_batch``,
-the rule training used) and compared. Without it the parity check uses seeded uniform [0, 1) crops.
+the rule training used) and compared. Without it a checkpoint is compared on the first ``--parity-n`` crops of the
+store it was trained on (its ``data_config["crops"]``) while that store exists, else (with a warning) on seeded
+uniform [0, 1) crops; the printed JSON's ``parity_source`` says which: the store's path or ``"random"``.
 """
 from __future__ import annotations
 
@@ -25,43 +27,8 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 
-import numpy as np
-
-
-def load_parity_crops(path, contract, n: int) -> np.ndarray:
-    """The first ``n`` crops of a crops store, scaled to model input as in training; checks channels and size."""
-    import zarr
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"--parity-crops: {p} does not exist")
-    arr_path = p / "crops.zarr" if (p / "crops.zarr").exists() else p
-    manifest = arr_path.parent / "manifest.json"
-    if manifest.is_file():
-        chans = json.loads(manifest.read_text()).get("config", {}).get("channels")
-        if chans is not None and list(chans) != list(contract.channels):
-            raise ValueError(f"--parity-crops {p}: channels {chans} differ from the checkpoint's {contract.channels}")
-    arr = zarr.open_array(str(arr_path), mode="r")
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != (len(contract.channels), contract.crop_size, contract.crop_size):
-        raise ValueError(f"--parity-crops {arr_path}: shape {arr.shape}, expected N x {len(contract.channels)} x "
-                         f"{contract.crop_size} x {contract.crop_size}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"--parity-crops {arr_path}: holds no crops")
-    raw = np.asarray(arr[: int(n)])
-    rule = contract.intensity.get("input_scaling")
-    if rule is None:
-        if raw.dtype != np.float32:
-            raise ValueError(f"--parity-crops {arr_path}: {raw.dtype} crops and no input_scaling rule in the "
-                             "checkpoint to scale them")
-        return raw
-    import torch
-
-    from phenovec.train.data import scale_batch
-
-    return scale_batch(torch.from_numpy(raw.astype(np.float32) if raw.dtype == np.uint16 else raw), rule,
-                       float(contract.intensity.get("dtype_max", 1.0))).numpy()
+from phenovec.export.parity import load_parity_crops
 
 
 def _pretrained_export(a):
@@ -128,12 +95,13 @@ def _run_export(a) -> dict:
         contract = load_contract(a.checkpoint)
         crops = load_parity_crops(a.parity_crops, contract, a.parity_n) if a.parity_crops else None
         rep = export_onnx(contract, a.out, opset=a.opset, logits=a.logits, exporter=a.exporter, parity_crops=crops,
-                          atol=a.atol)
+                          n_store_crops=a.parity_n, atol=a.atol)
     summary = {"path": rep.path, "opset": rep.opset, "exporter": rep.exporter, "feature_dim": rep.feature_dim,
                "outputs": rep.outputs, "channels": rep.channels, "crop_size": rep.crop_size,
                "intensity": rep.intensity, "max_abs_diff": rep.max_abs_diff,
                "reference_max_abs": rep.parity.reference_max_abs if rep.parity else None,
                "parity_crops": rep.parity_crops,
+               "parity_source": str(a.parity_crops) if a.parity_crops else rep.parity_source,
                "parity_n": rep.parity.n_crops if rep.parity else 0, "atol": a.atol,
                "weights_sha256": rep.weights_sha256, "size_bytes": rep.size_bytes,
                "checkpoint": None if a.checkpoint is None else str(a.checkpoint), "pretrained": a.pretrained,
@@ -166,7 +134,8 @@ def add_export_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--logits", action="store_true", help="also output the classifier logits")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; 17 uses the TorchScript exporter)")
     p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
-    p.add_argument("--parity-crops", help="crops store (phenovec crop output folder or its crops.zarr) for parity")
+    p.add_argument("--parity-crops", help="crops store (phenovec crop output folder or its crops.zarr) for parity "
+                                          "(default: the checkpoint's training store while it exists, else random)")
     p.add_argument("--parity-n", type=int, default=32, help="number of crops for the parity check")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed ONNX vs PyTorch difference")
     p.set_defaults(run=_run_export)

@@ -69,7 +69,8 @@ def export_field_model(model_or_checkpoint, path: str | os.PathLike, *, channels
     intensity = field_intensity(field_size, factor, dtype_max, mean, std, n_channels=len(channels))
     side = intensity["field_size"] // intensity["factor"]
     if not isinstance(model_or_checkpoint, torch.nn.Module):
-        # the checkpoint's crop-level contract is replaced by the field contract; classes / label_column stay
-        model = dataclasses.replace(ck, crop_size=side, intensity=intensity)
+        # the checkpoint's crop-level contract is replaced by the field contract; classes / label_column stay;
+        # its training crop store holds crops, not fields, so it is no parity input (crops=None)
+        model = dataclasses.replace(ck, crop_size=side, intensity=intensity, crops=None)
     return export_onnx(model, path, channels=channels, crop_size=side, intensity=intensity, input_kind=INPUT_KIND,
                        **export_kwargs)

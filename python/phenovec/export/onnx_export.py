@@ -14,6 +14,12 @@ cleanly with ``dynamic_axes``. Both are tested (batch 1 and 7, parity <= 1e-4).
 
 Writes are atomic: the model is written to a temporary sibling, checked for parity there, and only then
 ``os.replace``d onto ``path``; any failure leaves no file at ``path`` (and an older file there untouched).
+
+Parity crops, in order of preference: the caller's ``parity_crops`` (``"given"``); for a checkpoint, the first
+``n_store_crops`` crops of the crop store it was trained on (``data_config["crops"]``), scaled with its
+``input_scaling`` rule (``"store"``, ``phenovec.export.parity.load_parity_crops``); else ``n_random_crops``
+seeded uniform [0, 1) crops (``"random"``: a bare model, a checkpoint that records no store, or one whose store
+is gone, which is warned about). ``ExportReport.parity_crops`` says which kind, ``parity_source`` where from.
 """
 from __future__ import annotations
 
@@ -22,13 +28,14 @@ import hashlib
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from phenovec.export.parity import ParityReport, check_parity
+from phenovec.export.parity import ParityReport, check_parity, load_parity_crops
 from phenovec.io.model_metadata import ModelMetadata, normalise_intensity
 
 MIN_OPSET = 17
@@ -51,7 +58,8 @@ class ExportReport:
     seconds: float
     parity: ParityReport | None = None
     max_abs_diff: float | None = None
-    parity_crops: str | None = None  # "given" (real crops) or "random" (uniform [0, 1), seeded)
+    parity_crops: str | None = None  # "given" (the caller's), "store" (training's crops) or "random" (seeded)
+    parity_source: str | None = None  # "given", the training crop store's path, or "random"
     metadata: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -96,10 +104,12 @@ def _feature_head(model, logits: bool):
 
 
 def _resolve(model_or_checkpoint, channels, crop_size, intensity):
-    """(model, channels, crop_size, intensity, extra metadata); checkpoint values fill what is not given."""
+    """(model, channels, crop_size, intensity, extra metadata, CheckpointContract or None for a bare model);
+    checkpoint values fill what is not given."""
     import torch
 
     extra: dict[str, Any] = {}
+    ck = None
     if isinstance(model_or_checkpoint, torch.nn.Module):
         model = model_or_checkpoint
         if channels is None or crop_size is None or intensity is None:
@@ -134,7 +144,21 @@ def _resolve(model_or_checkpoint, channels, crop_size, intensity):
     crop_size = int(crop_size)
     if crop_size < 1:
         raise ValueError(f"crop_size must be >= 1, got {crop_size}")
-    return model, channels, crop_size, normalise_intensity(intensity), extra
+    return model, channels, crop_size, normalise_intensity(intensity), extra, ck
+
+
+def _training_store_crops(ck, n: int):
+    """(crops, store path) from the first ``n`` crops of the checkpoint's training crop store, scaled as in
+    training; (None, None) when there is no checkpoint, it records no store, or the store is gone (warned)."""
+    if ck is None or ck.crops is None:
+        return None, None
+    store = Path(ck.crops)
+    if not (store / "crops.zarr").exists():
+        warnings.warn(f"{ck.path}: data_config['crops'] = {store}: the training crop store is gone (no crops.zarr "
+                      "there); the parity check falls back to seeded random crops, not real ones (give "
+                      "parity_crops= / --parity-crops for a real-crop check)", UserWarning, stacklevel=3)
+        return None, None
+    return load_parity_crops(store, ck, n, what=f"{ck.path}: data_config['crops']"), str(store)
 
 
 def _export_proto(head, example, opset: int, exporter: str, outputs: Sequence[str]):
@@ -175,6 +199,7 @@ def export_onnx(
     exporter: str = "auto",
     parity: bool = True,
     parity_crops: np.ndarray | None = None,
+    n_store_crops: int = 32,
     n_random_crops: int = 8,
     atol: float = 1e-4,
     seed: int = 0,
@@ -188,9 +213,12 @@ def export_onnx(
     ``data_config`` (a given value that contradicts it is an error). The model runs in eval mode; its training
     mode is restored afterwards. ``dtype`` is ``"float32"`` only: fp16 is a runtime choice (TensorRT
     ``trt_fp16_enable`` in ``phenovec.runtime``), so one exported file serves every provider. With ``parity``
-    (default) the written model is compared with PyTorch on ``parity_crops`` (real crops, recommended) or
-    ``n_random_crops`` seeded uniform [0, 1) crops; a difference above ``atol`` raises ``ParityError`` and
-    nothing is written.
+    (default) the written model is compared with PyTorch on ``parity_crops`` (real crops scaled as model input)
+    when given; else, for a checkpoint whose training crop store (``data_config["crops"]``) still exists, on
+    its first ``n_store_crops`` crops scaled with the checkpoint's ``input_scaling`` rule; else on
+    ``n_random_crops`` seeded uniform [0, 1) crops (a store that is gone is warned about). A difference above
+    ``atol`` raises ``ParityError`` and nothing is written. The report's ``parity_crops`` (``"given"`` /
+    ``"store"`` / ``"random"``) and ``parity_source`` (``"given"``, the store's path, ``"random"``) say which.
 
     ``input_kind`` / ``feature_layout``: recorded in the metadata (``phenovec.io.model_metadata``): ``"fields"``
     for a whole-field model (``crop_size`` = the field side), a per-channel layout for DeepProfiler's pretrained
@@ -215,7 +243,13 @@ def export_onnx(
     if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
         raise ValueError(f"the dynamo exporter emits opset >= {DYNAMO_MIN_OPSET}; use exporter='torchscript' "
                          f"for opset {opset}")
-    model, channels, crop_size, intensity, extra = _resolve(model_or_checkpoint, channels, crop_size, intensity)
+    model, channels, crop_size, intensity, extra, ck = _resolve(model_or_checkpoint, channels, crop_size, intensity)
+    kind = source = None
+    if parity and parity_crops is None:
+        parity_crops, store = _training_store_crops(ck, n_store_crops)
+        kind, source = ("store", store) if store is not None else ("random", "random")
+    elif parity:
+        kind = source = "given"
     if parity_crops is not None:
         parity_crops = np.asarray(parity_crops)
         if parity_crops.ndim != 4 or parity_crops.shape[1:] != (len(channels), crop_size, crop_size):
@@ -274,6 +308,5 @@ def export_onnx(
         path=str(path), opset=opset, exporter=exporter, feature_dim=feature_dim, outputs=outputs,
         channels=channels, crop_size=crop_size, intensity=intensity, weights_sha256=meta.weights_sha256,
         size_bytes=path.stat().st_size, seconds=time.perf_counter() - t0, parity=rep,
-        max_abs_diff=rep.max_abs_diff if rep else None,
-        parity_crops=None if rep is None else ("given" if parity_crops is not None else "random"),
+        max_abs_diff=rep.max_abs_diff if rep else None, parity_crops=kind, parity_source=source,
         metadata=meta.to_props())

@@ -3,11 +3,17 @@
 The ``features`` output is compared with ``model.embed(crops)`` and, when exported, ``logits`` with
 ``model.forward(crops)``; the statistic is the maximum absolute element-wise difference over all given crops
 (the issue's target: <= 1e-4 in float32). Above ``atol`` ``ParityError`` is raised (unless ``raise_on_fail=False``).
+
+The crops compared are real ones where possible: ``load_parity_crops`` reads the first N crops of a crop store
+written by ``phenovec crop`` (``--parity-crops``, or the checkpoint's training store, ``data_config["crops"]``) and
+scales them with the checkpoint's ``input_scaling`` rule (``phenovec.train.data.scale_batch``, training's rule).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -92,3 +98,40 @@ def check_parity(model, onnx_path: str | os.PathLike, crops: np.ndarray, atol: f
         raise ParityError(f"{onnx_path}: ONNX vs PyTorch max abs difference {rep.max_abs_diff:.3g} > atol {atol:g} "
                           f"on {rep.n_crops} crops (per output: {per})")
     return rep
+
+
+def load_parity_crops(path, contract, n: int, what: str = "--parity-crops") -> np.ndarray:
+    """The first ``n`` crops of the crop store at ``path`` (a ``phenovec crop`` folder or its ``crops.zarr``),
+    scaled to model input as in training (``contract.intensity["input_scaling"]`` / ``dtype_max``); checks them
+    against ``contract``'s channels (the store's manifest) and crop size. ``what`` names the store's origin in
+    errors (the CLI flag, or the checkpoint's ``data_config['crops']``)."""
+    import zarr
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what}: {p} does not exist")
+    arr_path = p / "crops.zarr" if (p / "crops.zarr").exists() else p
+    manifest = arr_path.parent / "manifest.json"
+    if manifest.is_file():
+        chans = json.loads(manifest.read_text()).get("config", {}).get("channels")
+        if chans is not None and list(chans) != list(contract.channels):
+            raise ValueError(f"{what} {p}: channels {chans} differ from the checkpoint's {contract.channels}")
+    arr = zarr.open_array(str(arr_path), mode="r")
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != (len(contract.channels), contract.crop_size, contract.crop_size):
+        raise ValueError(f"{what} {arr_path}: shape {arr.shape}, expected N x {len(contract.channels)} x "
+                         f"{contract.crop_size} x {contract.crop_size}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what} {arr_path}: holds no crops")
+    raw = np.asarray(arr[: int(n)])
+    rule = contract.intensity.get("input_scaling")
+    if rule is None:
+        if raw.dtype != np.float32:
+            raise ValueError(f"{what} {arr_path}: {raw.dtype} crops and no input_scaling rule in the "
+                             "checkpoint to scale them")
+        return raw
+    import torch
+
+    from phenovec.train.data import scale_batch
+
+    return scale_batch(torch.from_numpy(raw.astype(np.float32) if raw.dtype == np.uint16 else raw), rule,
+                       float(contract.intensity.get("dtype_max", 1.0))).numpy()
