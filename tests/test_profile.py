@@ -549,3 +549,19 @@ def test_masked_model_with_labels(setup):
                                          r"on crop_mask=None \(metadata intensity\.crop_mask\)"):
         profile_sites(plain, crops_dir=store, out=tmp / "m2", progress=False)
     assert not (tmp / "m1").exists() and not (tmp / "m2").exists()
+    # `phenovec profile --labels Seg`: a label column of another name, read by the command; --labels with a store
+    # is refused
+    import subprocess
+    import sys
+
+    seg = pd.read_csv(labelled).rename(columns={"FileName_Labels": "FileName_Seg"})
+    seg.to_csv(labelled.with_name("index_seg.csv"), index=False)
+    cmd = [sys.executable, "-m", "phenovec.cli", "profile", str(onnx_path), "--index",
+           str(labelled.with_name("index_seg.csv")), "--locations", str(plate["nuclei"]), "-o", str(tmp / "m3"),
+           "--labels", "Seg", "--dtype", "float32", "--batch-size", "16", "--workers", "2", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(read_outputs(tmp / "m3")[1], x)
+    r = subprocess.run(cmd[:5] + ["--crops", str(store), "-o", str(tmp / "m4"), "--labels", "Seg"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "--labels names a label-image column of --index" in r.stderr

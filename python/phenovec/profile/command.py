@@ -3,7 +3,7 @@
     phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT [--batch-size 256]
         [--scheduler threads|processes|tcp://host:port] [--workers N] [--dtype float16|float32] [--edge drop]
         [--micro-batch auto|none|N] [--providers auto|NAME ...] [--precision fp32|fp16|bf16]
-        [--trt-cache-dir DIR] [--illumination ILLUM]
+        [--trt-cache-dir DIR] [--illumination ILLUM] [--labels COLUMN]
     phenovec profile MODEL.onnx --crops CROPS_DIR -o OUT
     phenovec profile FIELD_MODEL.onnx --index index.csv -o OUT [--batch-size 8] [--dtype float32]
 
@@ -13,7 +13,8 @@ locations, or a crop store; defaults batch 256, float16, edge drop); ``fields`` 
 ``--edge`` / ``--illumination`` are errors). ``--illumination``: the ``phenovec illum`` folder of the profiled
 plates, required exactly when the model was trained on illumination-corrected crops (its metadata
 ``intensity.crop_illumination``; images input only: a crop store was corrected when cut); a model trained on
-masked crops (``intensity.crop_mask``) needs an index with a label column. Resumable: rerunning the same
+masked crops (``intensity.crop_mask``) needs an index with a label column (``FileName_Labels`` / ``Labels``, or
+the one named by ``--labels``). Resumable: rerunning the same
 command into the same OUT skips finished sites (``phenovec.profile.parts``). The summary's ``cells`` counts
 fields for a field model.
 """
@@ -39,7 +40,7 @@ def _run_profile(a) -> dict:
         from phenovec.profile.fields import profile_fields
 
         for flag, value in (("--locations", a.locations), ("--crops", a.crops), ("--edge", a.edge),
-                            ("--illumination", a.illumination)):
+                            ("--illumination", a.illumination), ("--labels", a.labels)):
             if value is not None:
                 raise SystemExit(f"phenovec profile: {flag} does not apply to a whole-field model ({a.model} has "
                                  "input_kind 'fields': one embedding per field, no cell locations, crops or "
@@ -54,7 +55,15 @@ def _run_profile(a) -> dict:
             raise SystemExit("phenovec profile: give --index (with --locations) or --crops")
         if a.edge is not None:
             opts["edge"] = a.edge
-        res = profile_sites(a.model, a.index, a.locations, a.out, crops_dir=a.crops, illumination=a.illumination,
+        index = a.index
+        if a.labels is not None:
+            if a.index is None:
+                raise SystemExit("phenovec profile: --labels names a label-image column of --index (a crop store's "
+                                 "crops were masked, or not, when they were cut)")
+            from phenovec.ingest.index import read_image_index
+
+            index = read_image_index(a.index, read_metadata(a.model).channels, labels=a.labels)
+        res = profile_sites(a.model, index, a.locations, a.out, crops_dir=a.crops, illumination=a.illumination,
                             progress=not a.no_progress, **opts)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "embedded": res.embedded,
                "resumed_sites": res.resumed_sites, "seconds": round(res.seconds, 3),
@@ -85,6 +94,8 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--locations", help="nuclei table (CSV/Parquet/SQLite); default: the index's "
                                        "Metadata_Locations column (single-cell models only)")
     p.add_argument("--crops", help="crops folder written by phenovec crop (instead of --index; single-cell models)")
+    p.add_argument("--labels", help="label-image column of --index (FileName_<name> or <name>; default Labels if "
+                                     "present), for a model trained on masked crops")
     p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy) "
                                           "for a model trained on illumination-corrected crops (--index only)")
     p.add_argument("-o", "--out", required=True, help="output folder (resumable)")
