@@ -39,7 +39,7 @@ Noise control: before each repeat of each pipeline variant the bench probes the 
 batches, both session layouts, the faster) and the sequential loop (first 8 sites); ``ratios`` also give each
 pipeline rate against the medians of the probes taken around its own runs (``vs_raw_near``,
 ``vs_sequential_near``), which a slow spell of a shared machine affects on both sides. ``--shared-session`` adds ``pipeline_threads_wN_shared``: the same runs with the Dask threads sharing one
-session (onnxruntime's default threads, one call at a time: ``ProfileSession(exclusive=True)``) instead of a
+session (``profile_sites(sessions="shared")``: onnxruntime's default threads, one call at a time) instead of a
 session per thread. Ratios: ``pipeline_vs_raw`` = pipeline rate / raw rate (target >= 0.8), ``pipeline_vs_sequential`` =
 pipeline rate / sequential rate (all against the fastest raw variant), ``pipeline_vs_deepprofiler`` = pipeline rate / DeepProfiler's. Stage rates for ``bench/SCALE.md``: ``decode_crop_cells_per_s`` =
 ``_core.crop_site`` alone (minmax crops) over all sites, each site's crops dropped at once as in the pipeline.
@@ -56,7 +56,6 @@ Output: one JSON document on stdout (and ``--out``), progress on stderr. Example
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import shutil
 import statistics
@@ -210,23 +209,6 @@ def half_index(plate: dict) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def session_layout(shared: bool):
-    """With ``shared``, threaded profiling runs in this process share one session between Dask threads."""
-    from phenovec.profile import pipeline
-
-    orig = pipeline.run_model_ref
-
-    def one_session(path, sha, providers, threads, thread_sessions, *args, **kw):
-        return orig(path, sha, providers, None, False, *args, **kw)
-
-    pipeline.run_model_ref = one_session if shared else orig
-    try:
-        yield
-    finally:
-        pipeline.run_model_ref = orig
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=8)
@@ -356,20 +338,19 @@ def main() -> None:
             key = f"pipeline_{sched}_w{w}" + ("_shared" if shared else "")
             timed = {}
             near = {"raw": [], "sequential": []}
-            with session_layout(shared):
-                for r in range(a.repeats):
-                    near["raw"].append(raw_probe(sess, inp["onnx"], probe, a.batch_size, max(a.workers)))
-                    near["sequential"].append(sequential_probe(sites[:8], sess, a.box, a.batch_size,
-                                                               tmp / "seq_probe"))
-                    for part, index in (("all", inp["plate"]["index"]), ("half", half)):
-                        out = tmp / f"pipe_{sched}_{w}_{part}"
-                        shutil.rmtree(out, ignore_errors=True)
-                        worker_sites._SESSIONS.clear()  # each run opens its session, as a fresh process would
-                        t = time.perf_counter()
-                        res = profile_sites(inp["onnx"], index, inp["plate"]["nuclei"], out,
-                                            batch_size=a.batch_size, scheduler=sched, workers=w, progress=False,
-                                            **RUNTIME)
-                        timed.setdefault(part, ([], res.embedded))[0].append(time.perf_counter() - t)
+            for r in range(a.repeats):
+                near["raw"].append(raw_probe(sess, inp["onnx"], probe, a.batch_size, max(a.workers)))
+                near["sequential"].append(sequential_probe(sites[:8], sess, a.box, a.batch_size,
+                                                           tmp / "seq_probe"))
+                for part, index in (("all", inp["plate"]["index"]), ("half", half)):
+                    out = tmp / f"pipe_{sched}_{w}_{part}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    worker_sites._SESSIONS.clear()  # each run opens its session, as a fresh process would
+                    t = time.perf_counter()
+                    res = profile_sites(inp["onnx"], index, inp["plate"]["nuclei"], out,
+                                        batch_size=a.batch_size, scheduler=sched, workers=w, progress=False,
+                                        sessions="shared" if shared else "auto", **RUNTIME)
+                    timed.setdefault(part, ([], res.embedded))[0].append(time.perf_counter() - t)
             doc["results"][key] = median_rate(*timed["all"])
             (t_all, n_all), (t_half, n_half) = [(statistics.median(timed[p][0]), timed[p][1]) for p in ("all", "half")]
             # paired: the marginal rate of each repeat's adjacent half and whole runs, and its ratio to the raw

@@ -104,3 +104,39 @@ def test_cli_precision_and_providers(setup, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["config"]["precision"] == "fp32"
     bad = subprocess.run(cmd[:-3] + ["--precision", "int8"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'int8'" in bad.stderr
+
+
+def test_session_layouts(setup, tmp_path):
+    """sessions="shared": one exclusive session per process with all its cores; "per_thread": a session per Dask
+    thread; neither changes a float32 number. Refusals: an unknown layout, per_thread off the threads scheduler
+    (before any output) or on a GPU provider (stubbed)."""
+    _, plate, onnx_path, fp32 = setup
+    sha = read_metadata(onnx_path).weights_sha256
+    shared = sites.run_model_ref(str(onnx_path), sha, [CPU], 1, True, sessions="shared")
+    assert not shared.per_thread and shared.intra_op_threads is None
+    procs = sites.run_model_ref(str(onnx_path), sha, [CPU], 2, False, sessions="shared")
+    assert not procs.per_thread and procs.intra_op_threads == 2
+    assert sites.run_model_ref(str(onnx_path), sha, [CPU], 1, True, sessions="per_thread").per_thread
+    with pytest.raises(ValueError, match="per_thread' needs the threads scheduler"):
+        sites.run_model_ref(str(onnx_path), sha, [CPU], 1, False, sessions="per_thread")
+    out = tmp_path / "shared"
+    profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=16, dtype="float32", workers=2,
+                  sessions="shared", progress=False)
+    np.testing.assert_array_equal(read_outputs(out)[1], read_outputs(fp32)[1])
+    with pytest.raises(ValueError, match="sessions must be one of"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / "x", sessions="many", progress=False)
+    with pytest.raises(ValueError, match="per_thread' needs the threads scheduler"):
+        profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / "y", sessions="per_thread",
+                      scheduler="processes", progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_per_thread_sessions_refused_on_a_gpu_provider(setup, monkeypatch):
+    import onnxruntime as ort
+
+    _, _, onnx_path, _ = setup
+    sha = read_metadata(onnx_path).weights_sha256
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [providers.CUDA, CPU])
+    with pytest.raises(ValueError, match="per_thread' is for host-CPU providers"):
+        sites.run_model_ref(str(onnx_path), sha, "auto", 1, True, sessions="per_thread")
+    assert not sites.run_model_ref(str(onnx_path), sha, "auto", 1, True).per_thread

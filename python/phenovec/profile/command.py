@@ -3,7 +3,7 @@
     phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT [--batch-size 256]
         [--scheduler threads|processes|tcp://host:port] [--workers N] [--dtype float16|float32] [--edge drop]
         [--micro-batch auto|none|N] [--providers auto|NAME ...] [--precision fp32|fp16|bf16]
-        [--trt-cache-dir DIR] [--illumination ILLUM] [--labels COLUMN]
+        [--trt-cache-dir DIR] [--sessions auto|per_thread|shared] [--illumination ILLUM] [--labels COLUMN]
     phenovec profile MODEL.onnx --crops CROPS_DIR -o OUT
     phenovec profile FIELD_MODEL.onnx --index index.csv -o OUT [--batch-size 8] [--dtype float32]
 
@@ -31,7 +31,8 @@ def _run_profile(a) -> dict:
     # options left out take the entry point's own defaults (batch 256 / 8, float16 / float32, edge drop)
     opts = {k: v for k, v in (("batch_size", a.batch_size), ("dtype", a.dtype), ("scheduler", a.scheduler),
                               ("workers", a.workers), ("max_in_flight", a.max_in_flight),
-                              ("precision", a.precision), ("trt_cache_dir", a.trt_cache_dir)) if v is not None}
+                              ("precision", a.precision), ("trt_cache_dir", a.trt_cache_dir),
+                              ("sessions", a.sessions)) if v is not None}
     if a.providers is not None:
         opts["providers"] = a.providers[0] if a.providers == ["auto"] else a.providers
     if a.micro_batch is not None:
@@ -111,6 +112,9 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                    help="inference precision (default fp32): fp16 on TensorRT, bf16 on CPUs with AMX / "
                         "AVX512-BF16 through OpenVINO (the openvino extra); a worker that cannot run it is an error")
+    p.add_argument("--sessions", choices=["auto", "per_thread", "shared"], default=None,
+                   help="onnxruntime sessions: auto (default: one per Dask thread on the CPU with the threads "
+                        "scheduler, else one per process), per_thread or shared (one per process, all its cores)")
     p.add_argument("--trt-cache-dir", default=None, help="TensorRT engine + timing cache folder (reused by reruns)")
     p.add_argument("--scheduler", default=None, help="threads (default), processes or tcp://host:port")
     p.add_argument("--workers", type=int, default=None, help="threads / processes of the local cluster")

@@ -44,7 +44,7 @@ from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
 from phenovec.profile.pipeline import ProfileResult, input_fingerprint, open_run_model
 from phenovec.profile.scheduler import bounded_map, open_client
-from phenovec.profile.sites import ModelRef, run_model_ref, worker_session
+from phenovec.profile.sites import ModelRef, check_sessions, run_model_ref, worker_session
 from phenovec.profile.wells import OPERATIONS, WELL_ROW_GROUP, WellWriter
 
 INPUT_KIND = "fields"
@@ -216,7 +216,8 @@ def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: in
 
 def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: str | None = None,
                    workers: int | None = None, dtype: str = "float32", providers="auto",
-                   precision: str = "fp32", trt_cache_dir=None, max_in_flight: int | None = None,
+                   precision: str = "fp32", trt_cache_dir=None, sessions: str = "auto",
+                   max_in_flight: int | None = None,
                    micro_batch: int | str | None = "auto", progress: bool = True) -> ProfileResult:
     """One embedding per field of every site of ``index`` (an image index path / DataFrame / ``ImageIndex``;
     channels matched by name to the model's) with a field model ``model_onnx`` (metadata ``input_kind``
@@ -230,7 +231,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
 
     ``batch_size``: fields per task and per inference call; ``micro_batch``: fields per onnxruntime call within it
     (``phenovec.runtime.ProfileSession``; changes no number); ``providers`` / ``precision`` / ``trt_cache_dir``: as
-    ``phenovec.profile.profile_sites``; ``scheduler`` / ``workers`` / ``max_in_flight``:
+    ``phenovec.profile.profile_sites``; ``sessions`` too; ``scheduler`` / ``workers`` / ``max_in_flight``:
     see ``phenovec.profile.scheduler``; ``dtype``: embeddings dtype. Resumable (``phenovec.profile.parts``): a
     rerun into the same ``out`` skips finished fields and gives identical outputs; another model or
     configuration is refused. ``result.cells`` / ``result.embedded`` count fields.
@@ -240,6 +241,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     import phenovec
 
     t0 = time.perf_counter()
+    check_sessions(sessions, scheduler)
     model_path, meta, batch_size = open_run_model(model_onnx, INPUT_KIND, dtype, batch_size, micro_batch,
                                                   precision)
     intensity = intensity_from_metadata(meta, source=str(model_path))
@@ -267,7 +269,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
         with tqdm(total=n_sites, initial=len(done), unit="field", desc="profile fields", disable=not progress,
                   smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr, per_thread):
             ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
-                                precision, trt_cache_dir)
+                                precision, trt_cache_dir, sessions)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             fn = functools.partial(embed_field_group, ref, intensity)
             tasks = ([FieldJob(s, paths[s], frames[s]) for s in g] for g in groups)

@@ -33,8 +33,8 @@ from phenovec.profile.contract import (check_index_steps, check_store_steps, con
                                       match_channels)
 from phenovec.profile.parts import PartStore
 from phenovec.profile.scheduler import bounded_map, open_client
-from phenovec.profile.sites import (CropJob, FlatFieldRef, SiteJob, embed_crop_group, embed_site_group,
-                                    run_model_ref)
+from phenovec.profile.sites import (CropJob, FlatFieldRef, SiteJob, check_sessions, embed_crop_group,
+                                    embed_site_group, run_model_ref)
 from phenovec.profile.wells import WellWriter
 
 DTYPES = ("float16", "float32")
@@ -147,7 +147,8 @@ def _index_input(index, locations, contract, illumination, model: str):
 def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir=None, illumination=None,
                   batch_size: int = 256, scheduler: str | None = None, workers: int | None = None,
                   dtype: str = "float16", edge: str = "drop", providers="auto", precision: str = "fp32",
-                  trt_cache_dir=None, max_in_flight: int | None = None, micro_batch: int | str | None = "auto",
+                  trt_cache_dir=None, sessions: str = "auto", max_in_flight: int | None = None,
+                  micro_batch: int | str | None = "auto",
                   progress: bool = True) -> ProfileResult:
     """Profile every site of ``index`` (an image index path / DataFrame / ``ImageIndex``, with ``locations``: a
     nuclei table, see ``phenovec.ingest.index``) or of a crop store ``crops_dir`` (a ``phenovec crop`` output
@@ -161,6 +162,8 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     ``providers`` / ``precision`` / ``trt_cache_dir``: the runtime's (``phenovec.runtime.ProfileSession``: "bf16"
     runs OpenVINO on CPUs with AMX / AVX512-BF16, "fp16" TensorRT; a worker that cannot run the precision is an
     error, and the precision is part of the run's configuration, so a resume cannot mix precisions);
+    ``sessions``: "auto", "per_thread" or "shared" (``phenovec.profile.sites``: one onnxruntime session per Dask
+    thread or per process);
     ``max_in_flight``: tasks submitted at once (default 2 x worker slots + 1).
 
     ``illumination`` (images input; required exactly when the model was trained on illumination-corrected crops,
@@ -186,6 +189,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                          "when they were cut (their manifest says which)")
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
+    check_sessions(sessions, scheduler)
     model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch, precision)
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
@@ -223,7 +227,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                   disable=not progress, smoothing=0.1) as bar, \
                 open_client(scheduler, workers) as (client, slots, thr, per_thread):
             ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
-                                precision, trt_cache_dir)
+                                precision, trt_cache_dir, sessions)
             window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
             if mode == "images":
                 fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None)

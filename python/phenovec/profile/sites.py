@@ -25,6 +25,12 @@ model file replaced under a running cluster is an error, not a mix):
 - otherwise one ``exclusive`` session per worker process, shared by its threads (GPU providers: one engine and
   one copy of the weights on the device; runs take turns).
 
+``sessions`` chooses explicitly (:data:`SESSION_LAYOUTS`): ``"auto"`` the rules above, ``"shared"`` one exclusive
+session per process with all of the process's cores (ResNet-50 in bf16 on 2 cores: 413 cells/s against 384 with a
+session per thread; EfficientNet-B0: 653 against 717, ``bench/RESULTS.md`` session 20), ``"per_thread"`` a session
+per Dask thread (the threaded scheduler on host-CPU providers only). Neither changes a float32 number (each crop's
+features do not depend on its batch or the session's threads).
+
 A worker whose session cannot run the run's ``precision`` (``phenovec.runtime.ProfileSession`` falls back to
 float32 with a warning, e.g. bf16 on a CPU without AMX / AVX512-BF16, fp16 without TensorRT) is an error here:
 one run's embeddings are never a mix of precisions.
@@ -40,6 +46,7 @@ import numpy as np
 from phenovec.io.embeddings import cast_features
 from phenovec.profile.contract import InputContract
 
+SESSION_LAYOUTS = ("auto", "per_thread", "shared")
 _SESSIONS: dict = {}
 _LOCK = threading.Lock()
 _THREAD = threading.local()  # per-thread sessions: freed with their thread
@@ -62,27 +69,46 @@ class ModelRef:
     trt_cache_dir: str | None = None
 
 
+def check_sessions(sessions: str, scheduler: str | None) -> str:
+    """``sessions`` if it is one of :data:`SESSION_LAYOUTS` and ``scheduler`` allows it (``"per_thread"``: the
+    threaded scheduler only), else ``ValueError`` (checked before a run writes anything)."""
+    if sessions not in SESSION_LAYOUTS:
+        raise ValueError(f"sessions must be one of {list(SESSION_LAYOUTS)}, got {sessions!r}")
+    if sessions == "per_thread" and (scheduler or "threads") != "threads":
+        raise ValueError(f"sessions='per_thread' needs the threads scheduler (scheduler {scheduler!r} runs each "
+                         "worker in its own process: one session per process)")
+    return sessions
+
+
 def run_model_ref(path: str, weights_sha256: str, providers, threads: int | None, thread_sessions: bool,
                   micro_batch: int | str | None = "auto", precision: str = "fp32",
-                  trt_cache_dir: str | None = None) -> ModelRef:
+                  trt_cache_dir: str | None = None, sessions: str = "auto") -> ModelRef:
     """The ``ModelRef`` of a run whose scheduler gave ``threads`` onnxruntime threads per session and allows a
     session per Dask thread (``thread_sessions``, ``phenovec.profile.scheduler.open_client``): per-thread
     sessions only when ``providers`` resolve to host-CPU providers alone in this process (CPU, or OpenVINO + CPU;
     the threaded scheduler's workers are this process); a GPU provider keeps one shared session with
-    onnxruntime's default threads. ``micro_batch``, ``precision``, ``trt_cache_dir``:
-    :class:`~phenovec.runtime.ProfileSession`'s."""
+    onnxruntime's default threads. ``sessions`` (module docstring) overrides the choice: ``"shared"`` one
+    session per process (in the threaded scheduler with the process's cores), ``"per_thread"`` a session per
+    thread (refused unless ``thread_sessions`` and host-CPU providers). ``micro_batch``, ``precision``,
+    ``trt_cache_dir``: :class:`~phenovec.runtime.ProfileSession`'s."""
     from phenovec.runtime import providers as prov
 
     prov.check_precision(precision)
     cache = None if trt_cache_dir is None else str(trt_cache_dir)
     common = dict(micro_batch=micro_batch, precision=precision, trt_cache_dir=cache)
+    if sessions == "shared":
+        return ModelRef(path, weights_sha256, providers, None if thread_sessions else threads, False, **common)
     if thread_sessions:
         wants_openvino = precision == "bf16" or (not isinstance(providers, str) and prov.OPENVINO in providers)
         chosen = prov.select_providers(providers, prov.available_providers(openvino=wants_openvino),
                                        tensorrt_ok=prov.tensorrt_importable(), precision=precision)
         if all(p in prov.HOST for p in chosen):
             return ModelRef(path, weights_sha256, providers, threads, True, **common)
+        if sessions == "per_thread":
+            raise ValueError(f"sessions='per_thread' is for host-CPU providers; {chosen} share one session")
         return ModelRef(path, weights_sha256, providers, None, False, **common)
+    if sessions == "per_thread":
+        raise ValueError("sessions='per_thread' needs the threads scheduler")
     return ModelRef(path, weights_sha256, providers, threads, False, **common)
 
 
