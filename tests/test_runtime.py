@@ -356,8 +356,9 @@ def test_bf16_without_openvino_falls_back_with_a_warning(exported, crops, monkey
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
     with pytest.warns(RuntimeWarning, match="bf16 needs the OpenVINO provider.*onnxruntime-ep-openvino"):
         s = ProfileSession(exported[1], precision="bf16", intra_op_threads=1)
-    assert s.precision == "fp32" and s.providers == [CPU]
+    assert s.precision == "fp32" and s.providers == [CPU] and "bf16 needs the OpenVINO provider" in s.precision_fallback
     np.testing.assert_allclose(s.run(crops[:3]), embed(exported[0], crops[:3]), atol=1e-4, rtol=0)
+    assert cpu_session(exported[1]).precision_fallback is None
     with pytest.raises(ValueError, match="precision must be one of"):
         ProfileSession(exported[1], precision="half")
 

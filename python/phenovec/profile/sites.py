@@ -114,20 +114,15 @@ def run_model_ref(path: str, weights_sha256: str, providers, threads: int | None
 
 def _open(ref: ModelRef):
     import socket
-    import warnings
 
     from phenovec.runtime import ProfileSession
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        sess = ProfileSession(ref.path, providers=ref.providers, intra_op_threads=ref.intra_op_threads,
-                              exclusive=not ref.per_thread, micro_batch=ref.micro_batch, precision=ref.precision,
-                              trt_cache_dir=ref.trt_cache_dir)
+    sess = ProfileSession(ref.path, providers=ref.providers, intra_op_threads=ref.intra_op_threads,
+                          exclusive=not ref.per_thread, micro_batch=ref.micro_batch, precision=ref.precision,
+                          trt_cache_dir=ref.trt_cache_dir)
     if sess.precision != ref.precision:
-        why = "; ".join(str(w.message) for w in caught) or f"providers {sess.providers}"
-        raise RuntimeError(f"precision {ref.precision!r} cannot run on worker {socket.gethostname()}: {why}")
-    for w in caught:  # other warnings pass on
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        raise RuntimeError(f"precision {ref.precision!r} cannot run on worker {socket.gethostname()}: "
+                           f"{sess.precision_fallback}")
     if sess.metadata.weights_sha256 != ref.weights_sha256:
         raise ValueError(f"{ref.path}: weights_sha256 {sess.metadata.weights_sha256} on this worker differs "
                          f"from the run's {ref.weights_sha256} (the model file changed)")

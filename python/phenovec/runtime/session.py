@@ -17,8 +17,8 @@ device and copied back once per batch); ``io_binding=True`` runs the same bindin
 - ``"bf16"``: OpenVINO's CPU plugin on CPUs with AMX / AVX512-BF16 (``providers.openvino_options``): ResNet-50 ~5x
   and EfficientNet-B0 ~1.4x the float32 CPU rate on 2 Xeon cores, features within ~1e-2 relative of float32.
 
-A precision the chosen providers cannot run falls back to float32 with a ``RuntimeWarning``, and
-``session.precision`` says what runs. In float32 each crop's features do not depend on the other crops of its
+A precision the chosen providers cannot run falls back to float32 with a ``RuntimeWarning``;
+``session.precision`` says what runs and ``session.precision_fallback`` why it fell back. In float32 each crop's features do not depend on the other crops of its
 call (tested bit for bit on the CPU and OpenVINO providers); in bf16 a repeated call gives the same bits and
 another call size the same to float32 rounding (~1e-7 relative, far inside bf16's error).
 
@@ -126,6 +126,7 @@ class ProfileSession:
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
         precision = _prov.check_precision(precision)
         micro_batch = check_micro_batch(micro_batch)
+        self.precision_fallback: str | None = None  # why the asked precision fell back to float32, if it did
         wants_openvino = precision == "bf16" or (not isinstance(providers, str) and _prov.OPENVINO in providers)
         chosen = _prov.select_providers(providers, _prov.available_providers(openvino=wants_openvino),
                                         tensorrt_ok=_prov.tensorrt_importable(), precision=precision)
@@ -152,8 +153,8 @@ class ProfileSession:
         self.providers = list(self.session.get_providers())  # what onnxruntime actually enabled
         needs = {"fp16": _prov.TENSORRT, "bf16": _prov.OPENVINO}.get(self.precision)
         if needs is not None and needs not in self.providers:
-            warnings.warn(f"{self.path}: {needs} did not start (active: {self.providers}); running float32",
-                          RuntimeWarning, stacklevel=2)
+            self.precision_fallback = f"{needs} did not start (active: {self.providers})"
+            warnings.warn(f"{self.path}: {self.precision_fallback}; running float32", RuntimeWarning, stacklevel=2)
             self.precision = "fp32"
         self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map,
                                                  source=str(self.path))
@@ -186,6 +187,7 @@ class ProfileSession:
                    f"{device.ep_metadata.get('OPTIMIZATION_CAPABILITIES', '')!r})")
         else:
             return precision
+        self.precision_fallback = why
         warnings.warn(f"{self.path}: {why}; running float32", RuntimeWarning, stacklevel=3)
         return "fp32"
 
