@@ -1,4 +1,5 @@
-"""``phenovec.runtime``: onnxruntime sessions (TensorRT -> CUDA -> CPU; OpenVINO on the CPU for bf16) over phenovec ONNX models that check the
+"""``phenovec.runtime``: onnxruntime sessions (TensorRT -> CUDA -> CPU; OpenVINO on the CPU for bf16) over
+phenovec ONNX models that check the
 model's embedded data contract (channels, crop size, intensity scaling) before running. No torch needed.
 """
 from phenovec.io.model_metadata import ModelMetadata, check_matches

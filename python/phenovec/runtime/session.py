@@ -17,10 +17,10 @@ device and copied back once per batch); ``io_binding=True`` runs the same bindin
 - ``"bf16"``: OpenVINO's CPU plugin on CPUs with AMX / AVX512-BF16 (``providers.openvino_options``): ResNet-50 ~5x
   and EfficientNet-B0 ~1.4x the float32 CPU rate on 2 Xeon cores, features within ~1e-2 relative of float32.
 
-A precision the chosen providers cannot run falls back to float32 with a ``RuntimeWarning``;
-``session.precision`` says what runs and ``session.precision_fallback`` why it fell back. In float32 each crop's features do not depend on the other crops of its
-call (tested bit for bit on the CPU and OpenVINO providers); in bf16 a repeated call gives the same bits and
-another call size the same to float32 rounding (~1e-7 relative, far inside bf16's error).
+A precision the chosen providers cannot run falls back to float32 with a ``RuntimeWarning``; ``session.precision``
+says what runs and ``session.precision_fallback`` why it fell back. In float32 each crop's features do not depend
+on the other crops of its call (tested bit for bit on the CPU and OpenVINO providers); in bf16 a repeated call
+gives the same bits and another call size the same to float32 rounding (~1e-7 relative, far inside bf16's error).
 
 Micro-batches (``micro_batch``): on the host-CPU providers (CPU, OpenVINO) one ``run`` call of many crops is split
 into onnxruntime calls of at most ``micro_batch`` crops (default ``"auto"``: :func:`auto_micro_batch`, about
