@@ -15,7 +15,7 @@ device and copied back once per batch); ``io_binding=True`` runs the same bindin
 - ``"fp32"`` (default);
 - ``"fp16"``: TensorRT only (``trt_fp16_enable``);
 - ``"bf16"``: OpenVINO's CPU plugin on CPUs with AMX / AVX512-BF16 (``providers.openvino_options``): ResNet-50 ~5x
-  and EfficientNet-B0 ~1.4x the float32 CPU rate on 2 Xeon cores, features within ~1e-2 relative of float32.
+  and EfficientNet-B0 ~1.5x the float32 CPU rate on 2 Xeon cores, features within ~1e-2 relative of float32.
 
 A precision the chosen providers cannot run falls back to float32 with a ``RuntimeWarning``; ``session.precision``
 says what runs and ``session.precision_fallback`` why it fell back. In float32 each crop's features do not depend
