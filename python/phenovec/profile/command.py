@@ -10,7 +10,7 @@
 The model's metadata ``input_kind`` decides the mode: ``crops`` (single-cell model) -> ``profile_sites`` (images +
 locations, or a crop store; defaults batch 256, float16, edge drop); ``fields`` (whole-field model, MOAProfiler)
 -> ``profile_fields`` (one embedding per field; defaults batch 8, float32; ``--locations`` / ``--crops`` /
-``--edge`` / ``--illumination`` are errors). ``--illumination``: the ``phenovec illum`` folder of the profiled
+``--edge`` / ``--illumination`` / ``--labels`` are errors). ``--illumination``: the ``phenovec illum`` folder of the profiled
 plates, required exactly when the model was trained on illumination-corrected crops (its metadata
 ``intensity.crop_illumination``; images input only: a crop store was corrected when cut); a model trained on
 masked crops (``intensity.crop_mask``) needs an index with a label column (``FileName_Labels`` / ``Labels``, or
@@ -27,7 +27,8 @@ import json
 def _run_profile(a) -> dict:
     from phenovec.runtime import read_metadata
 
-    kind = read_metadata(a.model).input_kind
+    meta = read_metadata(a.model)
+    kind = meta.input_kind
     # options left out take the entry point's own defaults (batch 256 / 8, float16 / float32, edge drop)
     opts = {k: v for k, v in (("batch_size", a.batch_size), ("dtype", a.dtype), ("scheduler", a.scheduler),
                               ("workers", a.workers), ("max_in_flight", a.max_in_flight),
@@ -63,7 +64,7 @@ def _run_profile(a) -> dict:
                                  "crops were masked, or not, when they were cut)")
             from phenovec.ingest.index import read_image_index
 
-            index = read_image_index(a.index, read_metadata(a.model).channels, labels=a.labels)
+            index = read_image_index(a.index, meta.channels, labels=a.labels)
         res = profile_sites(a.model, index, a.locations, a.out, crops_dir=a.crops, illumination=a.illumination,
                             progress=not a.no_progress, **opts)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "embedded": res.embedded,

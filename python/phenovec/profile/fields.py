@@ -44,7 +44,7 @@ from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
 from phenovec.profile.pipeline import ProfileResult, input_fingerprint, open_run_model
 from phenovec.profile.scheduler import bounded_map, open_client
-from phenovec.profile.sites import ModelRef, check_sessions, run_model_ref, worker_session
+from phenovec.profile.sites import ModelRef, run_model_ref, worker_session
 from phenovec.profile.wells import OPERATIONS, WELL_ROW_GROUP, WellWriter
 
 INPUT_KIND = "fields"
@@ -241,9 +241,8 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     import phenovec
 
     t0 = time.perf_counter()
-    check_sessions(sessions, scheduler)
     model_path, meta, batch_size = open_run_model(model_onnx, INPUT_KIND, dtype, batch_size, micro_batch,
-                                                  precision)
+                                                  precision, sessions, scheduler)
     intensity = intensity_from_metadata(meta, source=str(model_path))
     channels = list(meta.channels)
     idx, paths, frames = index_by_name(index, channels)

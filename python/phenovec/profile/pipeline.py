@@ -76,11 +76,12 @@ def input_fingerprint(sites: pd.DataFrame, extra) -> str:
     return h.hexdigest()
 
 
-def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size,
-                   micro_batch="auto", precision: str = "fp32") -> tuple[Path, object, int]:
+def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size, micro_batch="auto",
+                   precision: str = "fp32", sessions: str = "auto",
+                   scheduler: str | None = None) -> tuple[Path, object, int]:
     """(resolved model path, its ``ModelMetadata``, batch size) of a profiling run, after checking the run's
-    ``dtype``, ``batch_size``, ``micro_batch`` and ``precision`` (before any output or cluster exists) and that the
-    model takes
+    ``dtype``, ``batch_size``, ``micro_batch``, ``precision`` and ``sessions`` for ``scheduler`` (before any output
+    or cluster exists) and that the model takes
     ``input_kind`` ("crops": ``profile_sites``, "fields": ``phenovec.profile.profile_fields``; ``phenovec profile``
     dispatches on the model)."""
     from phenovec.runtime import read_metadata
@@ -89,6 +90,7 @@ def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size,
 
     check_micro_batch(micro_batch)
     check_precision(precision)
+    check_sessions(sessions, scheduler)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     batch_size = int(batch_size)
@@ -189,8 +191,8 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                          "when they were cut (their manifest says which)")
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
-    check_sessions(sessions, scheduler)
-    model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch, precision)
+    model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch, precision,
+                                                  sessions, scheduler)
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
 

@@ -93,15 +93,12 @@ def run_model_ref(path: str, weights_sha256: str, providers, threads: int | None
     ``trt_cache_dir``: :class:`~phenovec.runtime.ProfileSession`'s."""
     from phenovec.runtime import providers as prov
 
-    prov.check_precision(precision)
     cache = None if trt_cache_dir is None else str(trt_cache_dir)
     common = dict(micro_batch=micro_batch, precision=precision, trt_cache_dir=cache)
     if sessions == "shared":
         return ModelRef(path, weights_sha256, providers, None if thread_sessions else threads, False, **common)
     if thread_sessions:
-        wants_openvino = precision == "bf16" or (not isinstance(providers, str) and prov.OPENVINO in providers)
-        chosen = prov.select_providers(providers, prov.available_providers(openvino=wants_openvino),
-                                       tensorrt_ok=prov.tensorrt_importable(), precision=precision)
+        chosen = prov.choose_providers(providers, precision)
         if all(p in prov.HOST for p in chosen):
             return ModelRef(path, weights_sha256, providers, threads, True, **common)
         if sessions == "per_thread":

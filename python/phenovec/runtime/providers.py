@@ -105,6 +105,14 @@ def available_providers(*, openvino: bool) -> list[str]:
     return list(dict.fromkeys(ort.get_available_providers()))
 
 
+def choose_providers(providers: str | Sequence[str], precision: str = "fp32") -> list[str]:
+    """:func:`select_providers` over this process's available providers, with the OpenVINO plugin registered first
+    when the choice may need it (``precision="bf16"``, or OpenVINO named in ``providers``)."""
+    openvino = precision == "bf16" or (not isinstance(providers, str) and OPENVINO in providers)
+    return select_providers(providers, available_providers(openvino=openvino), tensorrt_ok=tensorrt_importable(),
+                            precision=precision)
+
+
 def tensorrt_options(*, fp16: bool, cache_dir: str | os.PathLike | None, input_name: str,
                      sample_shape: Sequence[int], max_batch: int, opt_batch: int) -> dict:
     """TensorRT EP provider options (all values strings, as onnxruntime's Python API accepts)."""

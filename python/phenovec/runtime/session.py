@@ -127,9 +127,7 @@ class ProfileSession:
         precision = _prov.check_precision(precision)
         micro_batch = check_micro_batch(micro_batch)
         self.precision_fallback: str | None = None  # why the asked precision fell back to float32, if it did
-        wants_openvino = precision == "bf16" or (not isinstance(providers, str) and _prov.OPENVINO in providers)
-        chosen = _prov.select_providers(providers, _prov.available_providers(openvino=wants_openvino),
-                                        tensorrt_ok=_prov.tensorrt_importable(), precision=precision)
+        chosen = _prov.choose_providers(providers, precision)
         device = _prov.openvino_device() if _prov.OPENVINO in chosen else None
         self.precision = self._runnable(precision, chosen, device)
         so = _session_options(intra_op_threads)
