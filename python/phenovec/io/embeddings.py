@@ -317,6 +317,16 @@ class EmbeddingStore:
         return pd.read_parquet(self.meta_path)
 
     def read(self) -> pd.DataFrame:
-        """The whole store as one table (metadata columns, then features)."""
+        """The whole store as one table (metadata columns, then features); the feature names are recorded in
+        ``attrs[phenovec.io.profiles.FEATURES_ATTR]``, so per-cell metadata without the ``Metadata_`` prefix
+        (``ObjectNumber``, ``x``, ``y``, ``edge``) is never taken for a feature."""
+        from phenovec.io.profiles import FEATURES_ATTR
+
         x = self.array[:]
-        return pd.concat([self.meta, pd.DataFrame(x, columns=self.features)], axis=1)
+        meta = self.meta
+        clash = [f for f in self.features if f in set(meta.columns)]
+        if clash:
+            raise ValueError(f"{self.path}: {clash[0]!r} is both a metadata column and a feature name")
+        df = pd.concat([meta, pd.DataFrame(x, columns=self.features)], axis=1)
+        df.attrs[FEATURES_ATTR] = list(self.features)
+        return df

@@ -3,6 +3,17 @@
 A profile table has ``Metadata_*`` columns and numeric feature columns. Callers may instead pass
 explicit ``features=`` / ``meta=`` lists, or a numpy matrix with a metadata frame. Everything that
 goes wrong names the column or row.
+
+Formats (:func:`read_table`, by name, else by the file's first bytes): CSV / TSV (optionally compressed),
+Parquet (a file or a folder of files), AnnData ``.h5ad`` and ``.zarr`` (what :func:`write_profiles` writes, and
+pycytominer's), phenovec's own embedding store (``embeddings.zarr``, :mod:`phenovec.io.embeddings`) and DeepProfiler
+``.npz`` feature files (one, or a folder of them; :mod:`phenovec.io.deepprofiler`, never unpickled). Anything else,
+or a file that is not what its name says, is a ``ValueError`` naming the file and the formats accepted.
+
+Readers that know which columns are features (AnnData ``var``, an embedding store's feature list, DeepProfiler's
+``features`` array) record them in ``DataFrame.attrs[FEATURES_ATTR]``; :func:`split_profiles` uses that list when
+it is given no ``features=`` / ``meta=``, so per-cell columns such as ``ObjectNumber`` or ``x`` / ``y`` stay
+metadata. Without it, CellProfiler's object ids (:data:`ID_COLUMNS`) are metadata too, never features.
 """
 from __future__ import annotations
 
@@ -17,6 +28,12 @@ import pandas as pd
 from phenovec.io.atomic import atomic_path
 
 METADATA_PREFIX = "Metadata_"
+# CellProfiler object / image ids: metadata whatever their dtype, never features
+ID_COLUMNS = ("ImageNumber", "ObjectNumber", "TableNumber")
+# DataFrame.attrs key where readers that know the feature columns list them
+FEATURES_ATTR = "phenovec_features"
+READ_FORMATS = (".csv / .csv.gz / .tsv, .parquet (file or folder), AnnData .h5ad or .zarr, a phenovec embedding "
+                "store (embeddings.zarr), DeepProfiler .npz (file or folder)")
 
 
 @dataclass
@@ -53,7 +70,9 @@ def split_profiles(
 ) -> Profiles:
     """Split a profile table into metadata and a feature matrix.
 
-    - ``table`` alone: ``Metadata_*`` columns are metadata, every other column a feature.
+    - ``table`` alone: the features its reader declared (``table.attrs[FEATURES_ATTR]``, see the module
+      docstring) when every one is a column; else ``Metadata_*`` and :data:`ID_COLUMNS` are metadata, every
+      other column a feature.
     - ``features=`` / ``meta=``: explicit column lists (the other is inferred as the rest).
     - ``feats=`` (numpy, N x D) with ``table`` as the metadata frame.
 
@@ -82,8 +101,10 @@ def split_profiles(
         mcols = _check_columns(df, meta, "meta")
         fcols = [c for c in df.columns if c not in set(mcols)]
     else:
-        mcols = [c for c in df.columns if str(c).startswith(METADATA_PREFIX)]
-        fcols = [c for c in df.columns if not str(c).startswith(METADATA_PREFIX)]
+        fcols = declared_features(df)
+        if fcols is None:
+            fcols = [c for c in df.columns if not is_metadata_column(c)]
+        mcols = [c for c in df.columns if c not in set(fcols)]
     if not fcols:
         raise ValueError("no feature columns: pass features=[...] or name metadata columns Metadata_*")
     bad = [c for c in fcols if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
@@ -95,6 +116,20 @@ def split_profiles(
         )
     x = df[fcols].to_numpy()
     return Profiles(df[mcols].reset_index(drop=True), _to_float(x, dtype), [str(c) for c in fcols])
+
+
+def is_metadata_column(name) -> bool:
+    """``Metadata_*`` or a CellProfiler id column (:data:`ID_COLUMNS`)."""
+    return str(name).startswith(METADATA_PREFIX) or str(name) in ID_COLUMNS
+
+
+def declared_features(df: pd.DataFrame) -> list[str] | None:
+    """The feature columns a reader recorded in ``df.attrs[FEATURES_ATTR]``, if every one is still a column."""
+    names = df.attrs.get(FEATURES_ATTR) if hasattr(df, "attrs") else None
+    if not names:
+        return None
+    cols = set(df.columns)
+    return list(names) if all(n in cols for n in names) else None
 
 
 def _check_columns(df: pd.DataFrame, cols: Sequence[str], what: str) -> list[str]:
@@ -113,18 +148,140 @@ def _to_float(x: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float64)
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read CSV, CSV.gz (any compression pandas infers), TSV or Parquet by file name."""
+def table_format(path: str | os.PathLike) -> str:
+    """What :func:`read_table` will read ``path`` as: ``csv``, ``parquet``, ``anndata_h5ad``, ``anndata_zarr``,
+    ``embeddings`` or ``deepprofiler`` (a ``.npz`` file or a folder of them). By name first; a file whose name says
+    nothing is told by its first bytes. ``ValueError`` naming the file and :data:`READ_FORMATS` otherwise."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"profile table not found: {p}")
     name = p.name.lower()
-    if name.endswith((".parquet", ".pq")) or p.is_dir():
-        return pd.read_parquet(p)
-    sep = "\t" if ".tsv" in name else ","
-    if any(name.endswith(ext) for ext in (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".tsv", ".tsv.gz")):
-        return pd.read_csv(p, sep=sep, low_memory=False)
-    raise ValueError(f"{p}: unknown table format (use .csv, .csv.gz, .tsv or .parquet)")
+    if p.is_dir():
+        from phenovec.io.embeddings import is_embedding_store
+
+        if is_embedding_store(p):
+            return "embeddings"
+        if _is_anndata_zarr(p):
+            return "anndata_zarr"
+        if any(p.rglob("*.parquet")) or any(p.rglob("*.pq")):
+            return "parquet"
+        if any(p.rglob("*.npz")):
+            return "deepprofiler"
+        raise ValueError(f"{p}: a folder that is none of the table formats phenovec reads ({READ_FORMATS})")
+    magic = _magic(p)
+    by_magic = {b"PAR1": "parquet", b"\x89HDF": "anndata_h5ad", b"PK\x03\x04": "deepprofiler"}.get(magic[:4])
+    if name.endswith((".parquet", ".pq")):
+        kind = "parquet"
+    elif name.endswith(".h5ad"):
+        kind = "anndata_h5ad"
+    elif name.endswith(".npz"):
+        kind = "deepprofiler"
+    elif any(name.endswith(e) for e in (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".tsv", ".tsv.gz",
+                                         ".txt")):
+        return "csv"
+    elif by_magic is not None:
+        return by_magic
+    else:
+        raise ValueError(f"{p}: unknown table format (phenovec reads {READ_FORMATS})")
+    if not magic:
+        raise ValueError(f"{p}: the file is empty (0 bytes), not a {kind} table")
+    if by_magic != kind:
+        raise ValueError(f"{p}: not a {kind} file (its first bytes are {magic[:8]!r}); phenovec reads {READ_FORMATS}")
+    return kind
+
+
+def _magic(p: Path) -> bytes:
+    with open(p, "rb") as f:
+        return f.read(8)
+
+
+def _is_anndata_zarr(p: Path) -> bool:
+    import json
+
+    for meta in ("zarr.json", ".zattrs"):
+        f = p / meta
+        if f.is_file():
+            try:
+                obj = json.loads(f.read_text())
+            except (ValueError, OSError):
+                return False
+            attrs = obj.get("attributes", obj) if meta == "zarr.json" else obj
+            return isinstance(attrs, dict) and attrs.get("encoding-type") == "anndata"
+    return False
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a profile table in any format of :func:`table_format` (see the module docstring).
+
+    AnnData and embedding stores give the metadata (``obs`` / ``meta.parquet``) then the features; AnnData written
+    by :func:`write_profiles` gets its original column order and string dtypes back. Every failure is a
+    ``ValueError`` / ``FileNotFoundError`` naming the file."""
+    p = Path(path)
+    kind = table_format(p)
+    try:
+        if kind == "csv":
+            return pd.read_csv(p, sep=_separator(p), low_memory=False)
+        if kind == "parquet":
+            return pd.read_parquet(p)
+        if kind == "embeddings":
+            from phenovec.io.embeddings import EmbeddingStore
+
+            return EmbeddingStore(p).read()
+        if kind in ("anndata_h5ad", "anndata_zarr"):
+            return _read_anndata(p, kind)
+        from phenovec.io.deepprofiler import read_deepprofiler_dir, read_deepprofiler_npz
+
+        return read_deepprofiler_dir(p) if p.is_dir() else read_deepprofiler_npz(p)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        msg = str(e.args[0]) if e.args else str(e)
+        if str(p) in msg:
+            raise
+        raise type(e)(f"{p}: cannot read as {kind}: {msg}") from None
+    except Exception as e:  # pyarrow / h5py / zarr / pandas parser errors: say which file and what was expected
+        raise ValueError(f"{p}: cannot read as {kind} ({type(e).__name__}: {e}); phenovec reads {READ_FORMATS}") from None
+
+
+def _separator(p: Path) -> str:
+    """Tab for .tsv; for .txt (platemaps) a tab if the header line has one; else a comma."""
+    name = p.name.lower()
+    if ".tsv" in name:
+        return "\t"
+    if name.endswith(".txt"):
+        with open(p, "rb") as f:
+            return "\t" if b"\t" in f.readline() else ","
+    return ","
+
+
+_COLUMNS_UNS = "phenovec_columns"
+
+
+def _read_anndata(p: Path, kind: str) -> pd.DataFrame:
+    import json
+
+    import anndata as ad
+
+    adata = ad.read_h5ad(p) if kind == "anndata_h5ad" else ad.read_zarr(p)
+    x = adata.X
+    if hasattr(x, "toarray"):
+        x = x.toarray()
+    names = [str(v) for v in adata.var_names]
+    obs = adata.obs.reset_index(drop=True)
+    feats = pd.DataFrame(np.asarray(x), columns=names)
+    dup = [c for c in names if c in set(obs.columns)]
+    if dup:
+        raise ValueError(f"{p}: column {dup[0]!r} is both in obs and in var")
+    df = pd.concat([obs, feats], axis=1)
+    info = adata.uns.get(_COLUMNS_UNS)
+    if info is not None:
+        info = json.loads(str(info))
+        order = [c for c in info.get("order", []) if c in set(df.columns)]
+        if len(order) == df.shape[1]:
+            df = df[order]
+        for c, dt in info.get("dtypes", {}).items():
+            if c in df.columns and dt in ("object", "str", "string") and isinstance(df[c].dtype, pd.CategoricalDtype):
+                df[c] = df[c].astype(object).where(df[c].notna(), None)
+    df.attrs[FEATURES_ATTR] = [c for c in names if not is_metadata_column(c)]
+    return df
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -175,8 +332,9 @@ def write_profiles(
     - ``parquet``: snappy; ``metadata`` (a JSON-serialisable dict) is stored in the Parquet schema's
       key-value metadata under the key ``phenovec`` (read it back with :func:`read_profile_metadata`).
     - ``anndata_h5ad`` / ``anndata_zarr``: ``X`` = the feature columns (``features``, default: every
-      non-``Metadata_`` numeric column), ``obs`` = every other column, ``var`` index = feature names;
-      ``metadata`` goes to ``uns["phenovec"]``. (pycytominer puts *every* numeric column, numeric metadata
+      non-``Metadata_`` numeric column except :data:`ID_COLUMNS`, or the features ``df.attrs`` declares), ``obs``
+      = every other column, ``var`` index = feature names; ``metadata`` goes to ``uns["phenovec"]``, the column
+      order and dtypes to ``uns["phenovec_columns"]`` (so :func:`read_table` gives the same table back). (pycytominer puts *every* numeric column, numeric metadata
       included, into ``X``; phenovec keeps metadata in ``obs`` so it is never mistaken for a feature.)
     """
     import json
@@ -207,16 +365,21 @@ def write_profiles(
         else:
             import anndata as ad
 
-            feats = list(features) if features is not None else [
-                c for c in df.columns if not str(c).startswith(METADATA_PREFIX) and pd.api.types.is_numeric_dtype(df[c])
-            ]
+            feats = list(features) if features is not None else declared_features(df)
+            if feats is None:
+                feats = [c for c in df.columns if not is_metadata_column(c) and pd.api.types.is_numeric_dtype(df[c])]
             obs = df[[c for c in df.columns if c not in set(feats)]].copy()
             obs.index = obs.index.astype(str)
+            all32 = bool(feats) and all(df[f].dtype == np.float32 for f in feats)
             adata = ad.AnnData(
-                X=df[feats].to_numpy(dtype=np.float64 if any(df[f].dtype == np.float64 for f in feats) else np.float32),
+                X=df[feats].to_numpy(dtype=np.float32 if all32 else np.float64),
                 obs=obs,
                 var=pd.DataFrame(index=[str(f) for f in feats]),
             )
+            # what the reader needs to give the same table back: column order, and which categorical obs columns
+            # were strings (AnnData stores string columns as categoricals)
+            adata.uns[_COLUMNS_UNS] = json.dumps({"order": [str(c) for c in df.columns],
+                                                  "dtypes": {str(c): str(df[c].dtype) for c in obs.columns}})
             if metadata is not None:
                 adata.uns["phenovec"] = json.dumps(metadata, sort_keys=True, default=str)
             if kind == "anndata_h5ad":
@@ -238,10 +401,22 @@ def write_profiles(
 
 
 def read_profile_metadata(path: str | os.PathLike) -> dict:
-    """The ``phenovec`` metadata dict :func:`write_profiles` stored in a Parquet file ({} if none)."""
+    """The ``phenovec`` metadata dict :func:`write_profiles` stored in a Parquet file or AnnData ``uns`` ({} if
+    none)."""
     import json
 
     import pyarrow.parquet as pq
+
+    kind = table_format(path)
+    if kind in ("anndata_h5ad", "anndata_zarr"):
+        import anndata as ad
+
+        p = Path(path)
+        adata = ad.read_h5ad(p, backed="r") if kind == "anndata_h5ad" else ad.read_zarr(p)
+        raw = adata.uns.get("phenovec")
+        if kind == "anndata_h5ad":
+            adata.file.close()
+        return json.loads(str(raw)) if raw is not None else {}
 
     kv = pq.read_schema(path).metadata or {}
     raw = kv.get(b"phenovec")

@@ -17,8 +17,12 @@ and streamed.
 - ``subset_data_df`` is the peer's inner merge.
 
 Differences (documented policy): features are resolved with :func:`phenovec.process.columns.resolve_columns`
-(CellProfiler prefixes as the peer; without any, every numeric non-``Metadata_`` column, so embeddings need no
-list); feature columns that hold strings other than missing-value tokens raise ``ValueError`` naming column and
+(CellProfiler prefixes as the peer; without any, every numeric non-``Metadata_`` column except CellProfiler's
+``ImageNumber`` / ``ObjectNumber`` / ``TableNumber`` ids, so embeddings need no list); an input whose format names
+its features (phenovec's ``embeddings.zarr``, AnnData, DeepProfiler ``.npz``: ``declared_features``) uses exactly
+those, so per-cell metadata such as ``ObjectNumber``, ``x``, ``y`` is never averaged; with
+``compute_object_count`` and the default ``object_feature="Metadata_ObjectNumber"`` absent, ``ObjectNumber``
+(CellProfiler's and phenovec's per-cell column) is counted instead; feature columns that hold strings other than missing-value tokens raise ``ValueError`` naming column and
 row (the peer raises from ``astype(float)``); an unknown stratum raises ``KeyError`` naming it; a stratum that is
 also a feature raises ``ValueError``.
 
@@ -58,6 +62,33 @@ _BLOCK_ELEMS = 1 << 22  # values per batched sort in the median kernel
 
 
 # --------------------------------------------------------------------------------------------------- checks
+
+
+def _features(table: pd.DataFrame, features, image_features: bool, declared: list[str] | None) -> list[str]:
+    """``features`` resolved: the format's declared features for ``"infer"`` when it has them, else
+    ``resolve_columns`` without CellProfiler's id columns (which are metadata)."""
+    from phenovec.io.profiles import ID_COLUMNS
+
+    if isinstance(features, str) and features == "infer" and declared:
+        return list(declared)
+    feats, _ = resolve_columns(table, features, image_features=image_features)
+    if isinstance(features, str):
+        feats = [f for f in feats if f not in ID_COLUMNS]
+        if not feats:
+            raise ValueError("no feature columns found besides CellProfiler ids; pass features=[...]")
+    return feats
+
+
+def _object_feature(columns, object_feature: str) -> str:
+    """``object_feature``, or ``ObjectNumber`` when the default ``Metadata_ObjectNumber`` is absent and it is
+    there; ``KeyError`` naming the column otherwise."""
+    cols = set(columns)
+    if object_feature in cols:
+        return object_feature
+    if object_feature == "Metadata_ObjectNumber" and "ObjectNumber" in cols:
+        return "ObjectNumber"
+    raise KeyError(f"object_feature: unknown column {object_feature!r}"
+                   + (" (nor ObjectNumber)" if object_feature == "Metadata_ObjectNumber" else ""))
 
 
 def check_operation(operation: str, allowed: Sequence[str] = OPERATIONS) -> str:
@@ -284,8 +315,10 @@ def aggregate(
         ).reindex(population_df.columns, axis="columns")
     strata = check_columns(population_df, _strata_list(strata), "strata")
     if compute_object_count:
-        check_columns(population_df, [object_feature], "object_feature")
-    feats, _ = resolve_columns(population_df, features, image_features=image_features)
+        object_feature = _object_feature(population_df.columns, object_feature)
+    from phenovec.io.profiles import declared_features
+
+    feats = _features(population_df, features, image_features, declared_features(population_df))
     _check_disjoint(strata, feats)
 
     x = numeric_features(population_df, feats)
@@ -432,12 +465,12 @@ def aggregate_stream(
     missing = [c for c in strata if c not in set(src.columns)]
     if missing:
         raise KeyError(f"strata: unknown column {missing[0]!r}")
-    if compute_object_count and object_feature not in set(src.columns):
-        raise KeyError(f"object_feature: unknown column {object_feature!r}")
+    if compute_object_count:
+        object_feature = _object_feature(src.columns, object_feature)
     head = next(iter(src.iter_batches(batch_rows=min(batch_rows, 4096))), None)
     if head is None:
-        raise ValueError("the input has no rows")
-    feats, _ = resolve_columns(head, features, image_features=image_features)
+        raise ValueError(f"{src.name}: the input has no rows")
+    feats = _features(head, features, image_features, getattr(src, "declared_features", None))
     _check_disjoint(strata, feats)
     del head
     columns = list(dict.fromkeys(strata + ([object_feature] if compute_object_count else []) + feats))

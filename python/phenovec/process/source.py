@@ -4,7 +4,10 @@
 ``iter_batches(columns=None, batch_rows=65536)`` yielding pandas DataFrames in row order, each indexed by
 its global row positions, and ``iter_arrays(meta_columns, features, batch_rows)`` yielding
 ``(metadata frame, float feature matrix)`` (from a Zarr store without building a DataFrame of features), so
-streaming passes hold one batch at a time whatever the input size.
+streaming passes hold one batch at a time whatever the input size. Formats that cannot be streamed (AnnData
+``.h5ad`` / ``.zarr``, DeepProfiler ``.npz``) are read whole (:func:`phenovec.io.profiles.read_table`) and served
+from memory. ``declared_features`` is the list of feature columns when the format says which they are (an
+embedding store's features, AnnData ``var``, DeepProfiler ``features``), else ``None``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from phenovec.io.embeddings import EmbeddingStore, is_embedding_store
+from phenovec.io.embeddings import EmbeddingStore
 
 
 class _ArrayBatches:
@@ -32,11 +35,14 @@ class _ArrayBatches:
 
 
 class DataFrameSource(_ArrayBatches):
-    def __init__(self, df: pd.DataFrame):
+    def __init__(self, df: pd.DataFrame, name: str = "DataFrame"):
+        from phenovec.io.profiles import declared_features
+
         self.df = df
         self.columns = [str(c) for c in df.columns]
         self.num_rows = len(df)
-        self.name = "DataFrame"
+        self.name = name
+        self.declared_features = declared_features(df)
 
     def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
         cols = _check(self, columns)
@@ -52,7 +58,11 @@ class ParquetSource(_ArrayBatches):
 
         self.path = path
         self.name = str(path)
-        self.dataset = ds.dataset(str(path), format="parquet")
+        self.declared_features = None
+        try:
+            self.dataset = ds.dataset(str(path), format="parquet")
+        except Exception as e:  # pyarrow's "magic bytes" and friends: name the input and say what was expected
+            raise ValueError(f"{path}: cannot read as Parquet ({type(e).__name__}: {e})") from None
         self.columns = list(self.dataset.schema.names)
         self.num_rows = int(self.dataset.count_rows())
 
@@ -74,8 +84,14 @@ class CsvSource(_ArrayBatches):
     def __init__(self, path: Path):
         self.path = path
         self.name = str(path)
-        self.sep = "\t" if ".tsv" in path.name.lower() else ","
-        self.columns = list(pd.read_csv(path, sep=self.sep, nrows=0).columns)
+        from phenovec.io.profiles import _separator
+
+        self.sep = _separator(path)
+        self.declared_features = None
+        try:
+            self.columns = list(pd.read_csv(path, sep=self.sep, nrows=0).columns)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read as CSV ({type(e).__name__}: {e})") from None
         self._n = None
 
     @property
@@ -100,6 +116,7 @@ class EmbeddingStoreSource:
         self.store = EmbeddingStore(path)
         self.name = str(path)
         self.columns = self.store.meta_columns + self.store.features
+        self.declared_features = list(self.store.features)
         self.num_rows = self.store.num_rows
 
     def iter_arrays(self, meta_columns: Sequence[str], features: Sequence[str], batch_rows: int = 65536,
@@ -113,7 +130,9 @@ class EmbeddingStoreSource:
         pos = {f: i for i, f in enumerate(self.store.features)}
         bad = [f for f in features if f not in pos]
         if bad:
-            raise KeyError(f"{self.name}: {bad[0]!r} is not a feature of the embedding store")
+            raise KeyError(f"{self.name}: {bad[0]!r} is a metadata column of the embedding store, not one of its "
+                           f"{len(pos)} features ({self.store.features[0]} .. {self.store.features[-1]}); leave "
+                           "features out to use them all")
         idx = [pos[f] for f in features]
         contiguous = idx == list(range(idx[0], idx[0] + len(idx))) if idx else True
         metas = (pq.ParquetFile(self.store.meta_path).iter_batches(batch_size=batch_rows, columns=meta_columns)
@@ -168,11 +187,13 @@ def open_source(source) -> DataFrameSource | ParquetSource | CsvSource | Embeddi
     p = Path(source)
     if not p.exists():
         raise FileNotFoundError(f"input not found: {p}")
-    if is_embedding_store(p):
+    from phenovec.io.profiles import read_table, table_format
+
+    kind = table_format(p)  # ValueError naming the file and the formats for anything else
+    if kind == "embeddings":
         return EmbeddingStoreSource(p)
-    name = p.name.lower()
-    if name.endswith((".parquet", ".pq")) or p.is_dir():
+    if kind == "parquet":
         return ParquetSource(p)
-    if any(t in name for t in (".csv", ".tsv")):
+    if kind == "csv":
         return CsvSource(p)
-    raise ValueError(f"{p}: unknown input format (use .parquet, a Parquet directory, .csv/.tsv or a .zarr embedding store)")
+    return DataFrameSource(read_table(p), name=str(p))
