@@ -43,6 +43,7 @@ from phenovec.process.column_quantiles import (
     nan_quantiles,
 )
 from phenovec.io.archive import load_npz_spec, save_npz_atomic
+from phenovec.io.row_filter import RowFilter, parse_filter
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 
 METHODS = ("standardize", "robustize", "mad_robustize", "spherize", "inverse_normal")
@@ -578,10 +579,11 @@ def normalize(
 ):
     """pycytominer 1.7.1 ``normalize`` (see the module docstring for each method and the tolerance).
 
-    ``profiles``: DataFrame or path. ``samples``: ``"all"`` or a ``DataFrame.query`` string choosing the rows to
-    fit on; every row is transformed. ``by``: column(s); each group (NaN keys included, as their own group) is
-    fitted on its own selected rows and transformed with its own fit; a group where ``samples`` selects no row
-    raises ``ValueError`` naming the group and the query. ``fit``: a :class:`NormalizeFit` or its ``.npz`` path
+    ``profiles``: DataFrame or path. ``samples``: ``"all"`` or a filter choosing the rows to fit on
+    (:mod:`phenovec.io.row_filter`: pycytominer's ``"Metadata_broad_sample == 'DMSO'"``, never run as code);
+    every row is transformed. ``by``: column(s); each group (NaN keys included, as their own group) is fitted
+    on its own selected rows and transformed with its own fit; a group where ``samples`` selects no row raises
+    ``ValueError`` naming the group and the query. ``fit``: a :class:`NormalizeFit` or its ``.npz`` path
     to apply instead of fitting (its method, features, groups and parameters are used; ``features`` must be
     ``"infer"`` or the fit's features). ``return_fit``: also return the fit. With ``output_file`` the table is
     written (CSV / Parquet / AnnData by name or ``output_type``) and its path returned, as pycytominer.
@@ -627,16 +629,18 @@ def normalize(
 # ---------------------------------------------------------------------------------------------------------
 # streamed
 # ---------------------------------------------------------------------------------------------------------
-def _batch_mask(batch: pd.DataFrame, samples: str) -> np.ndarray:
-    if samples is None or samples == "all":
+def _batch_mask(batch: pd.DataFrame, samples: "RowFilter | None") -> np.ndarray:
+    """The rows of one batch that ``samples`` (parsed once by :func:`_samples_filter`; None: all) selects."""
+    if samples is None:
         return np.ones(len(batch), dtype=bool)
-    if not isinstance(samples, str):
-        raise TypeError(f"samples must be 'all' or a query string, got {type(samples).__name__}")
-    try:
-        idx = batch.query(samples).index
-    except Exception as e:  # pandas raises many types for a bad query
-        raise ValueError(f"samples query {samples!r} cannot be evaluated: {e}") from None
-    return np.asarray(batch.index.isin(idx))
+    return samples.mask(batch)
+
+
+def _samples_filter(samples) -> "RowFilter | None":
+    """``samples`` checked before any pass: None for ``"all"``, else the parsed filter (never run as code)."""
+    if samples is None or samples == "all":
+        return None
+    return parse_filter(samples, key="samples")
 
 
 def normalize_stream(
@@ -682,6 +686,7 @@ def normalize_stream(
     if int(batch_rows) < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     batch_rows = int(batch_rows)
+    samples_filter = _samples_filter(samples) if fit is None else None  # checked before reading any row
     src = open_source(source)
     if src.num_rows == 0:
         raise ValueError(f"{getattr(src, 'name', 'source')}: no rows to normalize")
@@ -714,7 +719,8 @@ def normalize_stream(
         by_cols = _by_list(by)
         if by_cols:
             check_columns(head, by_cols, "by")
-        fit = _fit_stream(batches, feats, samples, method, params, by_cols, quantile_options or {})
+        fit = _fit_stream(batches, feats, samples, samples_filter, method, params, by_cols,
+                          quantile_options or {})
     del head
     check_inf = given_fit and fit.method in _REJECT_INF  # a fresh fit checked every row in its first pass
 
@@ -750,8 +756,8 @@ def normalize_stream(
     return (str(out_path), fit) if return_fit else str(out_path)
 
 
-def _fit_stream(batches, feats, samples, method, params, by_cols, qopts) -> NormalizeFit:
-    """Fitting passes of :func:`normalize_stream` (see there)."""
+def _fit_stream(batches, feats, samples, flt, method, params, by_cols, qopts) -> NormalizeFit:
+    """Fitting passes of :func:`normalize_stream` (see there); ``flt``: ``samples`` parsed (None: all rows)."""
     grouper = _Grouper(by_cols)
     d = len(feats)
     acc = _Moments(d) if method == "standardize" else ColumnRange(d)
@@ -761,7 +767,7 @@ def _fit_stream(batches, feats, samples, method, params, by_cols, qopts) -> Norm
         x = _feature_matrix(batch, feats)
         if method in _REJECT_INF:
             _check_finite(x, feats, batch.index)
-        mask = _batch_mask(batch, samples)
+        mask = _batch_mask(batch, flt)
         codes = grouper.codes(batch, grow=True)
         if len(n_fit) < len(grouper.keys):
             n_fit = np.r_[n_fit, np.zeros(len(grouper.keys) - len(n_fit), dtype=np.int64)]
@@ -782,7 +788,7 @@ def _fit_stream(batches, feats, samples, method, params, by_cols, qopts) -> Norm
             while not sel.done:
                 passes += 1
                 for batch in batches(f"normalize_stream: pass {passes} (quantiles)"):
-                    mask = _batch_mask(batch, samples)
+                    mask = _batch_mask(batch, flt)
                     if mask.any():
                         sub = batch[mask]
                         codes = grouper.codes(sub, grow=False)
