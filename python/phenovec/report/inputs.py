@@ -4,9 +4,10 @@ Profiles follow pycytominer: ``Metadata_*`` columns plus feature columns (a Data
 CSV.gz / Parquet path read by :func:`phenovec.io.profiles.read_table`). ``features="infer"`` takes every
 non-``Metadata_`` column; a list names them explicitly (any names).
 
-The control wells are chosen by ``control_query``: either a pandas query over the metadata
-(``"Metadata_Control == True"``, ``"Metadata_moa == 'DMSO'"``) or, when it is a bare value that is not a
-valid query (e.g. ``DMSO``), the wells whose ``treatment_column`` equals it. Every problem (missing
+The control wells are chosen by ``control_query``: either a filter over the metadata
+(:mod:`phenovec.io.row_filter`, never run as code: ``"Metadata_Control == True"``, ``"Metadata_moa == 'DMSO'"``)
+or, when it is a bare value (e.g. ``DMSO``, or a value of ``treatment_column`` that is not a valid filter), the
+wells whose ``treatment_column`` equals it. Every problem (missing
 column, a query selecting no well, all wells controls, non-finite features) raises ``ValueError`` /
 ``KeyError`` naming the column, query, row or file.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from phenovec.io.profiles import read_table, split_profiles
+from phenovec.io.row_filter import parse_filter
 
 
 @dataclass
@@ -37,27 +39,32 @@ class ReportInput:
     source: str  # path or "<DataFrame>"
 
 
-def _control_mask(meta: pd.DataFrame, control_query: str, treatment_column: str) -> tuple[np.ndarray, str]:
+def _control_mask(meta: pd.DataFrame, control_query: str, treatment_column: str,
+                  key: str = "control_query") -> tuple[np.ndarray, str]:
     if not isinstance(control_query, str) or not control_query.strip():
-        raise ValueError(f"control_query must be a non-empty string, got {control_query!r}")
+        raise ValueError(f"{key} must be a non-empty string, got {control_query!r}")
     q = control_query.strip()
     looks_like_query = any(op in q for op in ("==", "!=", "<", ">", " in ", "~", "&", "|", "(")) or q in meta.columns
-    if looks_like_query:
-        try:
-            mask = meta.eval(q)
-        except Exception as e:  # pandas raises many types (UndefinedVariableError, SyntaxError, ...)
-            raise ValueError(f"control_query {q!r} cannot be evaluated on the metadata columns "
-                             f"{list(meta.columns)}: {e}") from None
-        mask = np.asarray(mask)
-        if mask.shape != (len(meta),) or mask.dtype != bool:
-            raise ValueError(f"control_query {q!r} must give one True/False per well, got dtype {mask.dtype}")
-        return mask, "query"
-    return (meta[treatment_column].astype(str) == q).to_numpy(), "treatment"
+    if not looks_like_query:
+        return (meta[treatment_column].astype(str) == q).to_numpy(), "treatment"
+    try:
+        flt = parse_filter(q, key=key)
+    except ValueError:
+        if (meta[treatment_column].astype(str) == q).any():  # a treatment named like an expression: "DMSO (0.1%)"
+            return (meta[treatment_column].astype(str) == q).to_numpy(), "treatment"
+        raise
+    try:
+        mask = flt.mask(meta)
+    except ValueError as e:  # a missing column (FilterColumnError), values that cannot be compared
+        detail = str(e).removeprefix(f"{key}: ")
+        raise ValueError(f"{key} {q!r} cannot be evaluated on the metadata columns: {detail}") from None
+    return mask, "query"
 
 
 def load_input(profiles, *, moa_column: str, treatment_column: str, control_query: str, plate_column: str,
-               features="infer") -> ReportInput:
-    """Read and check the profiles (see the module docstring)."""
+               features="infer", control_key: str = "control_query") -> ReportInput:
+    """Read and check the profiles (see the module docstring). ``control_key`` names where ``control_query``
+    came from in errors about it (e.g. ``"report.control in run.yaml"``)."""
     if isinstance(profiles, (str, Path)):
         source = str(profiles)
         df = read_table(profiles)
@@ -88,13 +95,13 @@ def load_input(profiles, *, moa_column: str, treatment_column: str, control_quer
         r, c = np.argwhere(bad)[0]
         raise ValueError(f"{source}: feature {prof.features[c]!r} is not finite at row {r} ({int(bad.any(axis=1).sum())} "
                          "row(s) affected); the report needs processed profiles without NaN / inf")
-    control, rule = _control_mask(meta, control_query, treatment_column)
+    control, rule = _control_mask(meta, control_query, treatment_column, control_key)
     if not control.any():
         detail = (f"query over {[c for c in meta.columns]}" if rule == "query"
                   else f"value of {treatment_column!r} (values: {sorted(map(str, meta[treatment_column].unique()))[:10]})")
-        raise ValueError(f"{source}: control_query {control_query!r} selects no control well (read as a {detail})")
+        raise ValueError(f"{source}: {control_key} {control_query!r} selects no control well (read as a {detail})")
     if control.all():
-        raise ValueError(f"{source}: control_query {control_query!r} selects every well; no treatment is left to evaluate")
+        raise ValueError(f"{source}: {control_key} {control_query!r} selects every well; no treatment is left to evaluate")
     na = meta.loc[~control, treatment_column].isna().to_numpy()
     if na.any():
         raise ValueError(f"{source}: treatment_column {treatment_column!r} is missing at row "
