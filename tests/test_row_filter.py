@@ -73,7 +73,8 @@ def _atom(rng: random.Random) -> str:
         lambda: f"Metadata_t {op()} {repr(rng.choice(['kiwi', 'apple', 'z']))}",
         lambda: f"Metadata_s {rng.choice(['in', 'not in'])} [{', '.join(word() for _ in range(rng.randint(1, 3)))}]",
         lambda: f"{numcol()} {rng.choice(['in', 'not in'])} ({', '.join(num() for _ in range(rng.randint(1, 3)))},)",
-        lambda: f"{rng.choice(['Metadata_a', 'Metadata_s', 'Metadata_c'])}.{rng.choice(['isna', 'notna', 'isnull', 'notnull'])}()",
+        lambda: (f"{rng.choice(['Metadata_a', 'Metadata_s', 'Metadata_c'])}."
+                 f"{rng.choice(['isna', 'notna', 'isnull', 'notnull'])}()"),
         lambda: rng.choice(["Metadata_b", "~Metadata_b", "Metadata_b == False"]),
         lambda: f"`Metadata Plate` {rng.choice(['==', '!='])} {repr(rng.choice(['P1', 'P2', 'P 3']))}",
     ]
@@ -118,7 +119,8 @@ def test_nan_semantics_and_columns():
     assert filter_mask(df, "s.isna()", key="k").tolist() == [False, True, True]
     f = parse_filter("(x > 0) & `s` in ['a'] | y.notna() and x == y", key="k")
     assert f.columns == ("x", "s", "y")
-    nullable = pd.DataFrame({"v": pd.array([1, None, 3], dtype="Int64"), "w": pd.array(["a", None, "b"], dtype="string")})
+    nullable = pd.DataFrame({"v": pd.array([1, None, 3], dtype="Int64"),
+                             "w": pd.array(["a", None, "b"], dtype="string")})
     assert filter_mask(nullable, "v != 1", key="k").tolist() == pandas_mask(nullable, "v != 1").tolist()
     assert filter_mask(nullable, "w == 'a' | v > 2", key="k").tolist() == [True, False, True]
 

@@ -166,7 +166,8 @@ def _available(df: pd.DataFrame, missing: str) -> str:
     parts = []
     if close:
         parts.append(f"did you mean {', '.join(map(repr, close))}?")
-    parts.append(f"columns: {', '.join(map(repr, shown))}" + (f", ... ({len(names)} in all)" if len(names) > 12 else ""))
+    more = f", ... ({len(names)} in all)" if len(names) > len(shown) else ""
+    parts.append(f"columns: {', '.join(map(repr, shown))}{more}")
     return "; ".join(parts)
 
 
