@@ -13,6 +13,7 @@ from phenovec.io.config_schema import ConfigError
 from phenovec.pipeline import default_config, load_run_config, run
 
 SMALL = {"synth": {"plates": 2, "wells": 14, "sites": 1, "size": 192, "cells": [15, 20], "seed": 1},
+         "crop": {"box_size": 48},
          "train": {"model": {"arch": "resnet_tiny"}, "optim": {"lr": 0.05, "warmup_epochs": 0},
                    "train": {"epochs": 2, "threads": 2}, "data": {"batch_size": 64, "workers": 0}},
          "report": {"null_size": 200}}
@@ -97,7 +98,7 @@ def test_cli_print_config_round_trips_and_api_mirrors_cli(tmp_path):
     assert printed == default_config()
     printed["synth"] = SMALL["synth"]
     cfg = load_run_config(printed)
-    assert cfg["train"]["model"]["arch"] == "resnet_tiny" and cfg["report"]["control"] == "DMSO"
+    assert cfg["train"]["model"]["arch"] == "efficientnet_b0" and cfg["report"]["control"] == "DMSO"
     r = subprocess.run([sys.executable, "-m", "phenovec.cli", "run", str(tmp_path / "missing.yaml")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "missing.yaml does not exist" in r.stderr

@@ -12,6 +12,11 @@
 
 Every ``evaluate`` subcommand reads CSV / CSV.gz / Parquet, writes its table (CSV or Parquet by the
 file name) and a JSON summary (``--summary``, default: beside ``--out``), and prints the summary.
+
+Building the parser imports no stage: each subcommand imports what it needs when it runs, so ``phenovec --help``,
+``evaluate`` and ``process`` work with the core install alone (no torch, onnxruntime or matplotlib). A user error
+(a bad file, column, value or configuration key, or a missing optional package) is one line on stderr and exit
+status 2, never a traceback. The shared option vocabulary is ``phenovec.cli_options``.
 """
 from __future__ import annotations
 
@@ -20,31 +25,35 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from phenovec.cli_options import Parser, add_out, add_quiet, add_similarity, option, show_progress
 
 
 def _profiles_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("profiles", help="profile table (.csv, .csv.gz, .parquet): Metadata_* columns + features")
     p.add_argument("--features", nargs="+", help="feature columns (default: every non-Metadata_ column)")
-    p.add_argument("--meta", nargs="+", help="metadata columns (default: every Metadata_ column)")
-    p.add_argument("--query", help="pandas query selecting the rows to evaluate, e.g. \"Metadata_moa != 'DMSO'\"")
-    p.add_argument("--out", required=True, help="output table (.csv, .csv.gz or .parquet)")
+    option(p, "--meta-features", old=["--meta"], nargs="+",
+           help="metadata columns (default: every Metadata_ column)")
+    p.add_argument("--query", help="filter selecting the rows to evaluate, e.g. \"Metadata_moa != 'DMSO'\" "
+                                   "(columns, literals, comparisons, and / or / not, in [...], .isna(); "
+                                   "see phenovec.io.row_filter)")
+    add_out(p, "output table (.csv, .csv.gz or .parquet)")
     p.add_argument("--summary", help="JSON summary path (default: OUT with .json)")
+    add_quiet(p)
 
 
 def _load(args):
     from phenovec.io.profiles import read_table, split_profiles
+    from phenovec.io.row_filter import filter_mask
 
     df = read_table(args.profiles)
     if args.query:
-        df = df.query(args.query)
+        df = df[filter_mask(df, args.query, key="--query")]
         if df.empty:
-            raise SystemExit(f"--query {args.query!r} selects no row of {args.profiles}")
-    return split_profiles(df.reset_index(drop=True), features=args.features, meta=args.meta)
+            raise ValueError(f"--query {args.query!r} selects no row of {args.profiles}")
+    return split_profiles(df.reset_index(drop=True), features=args.features, meta=args.meta_features)
 
 
-def _finish(args, table: pd.DataFrame, summary: dict) -> dict:
+def _finish(args, table, summary: dict) -> dict:
     from phenovec.io.profiles import write_table
 
     out = write_table(table, args.out)
@@ -58,6 +67,8 @@ def _finish(args, table: pd.DataFrame, summary: dict) -> dict:
 
 
 def _json_default(o):
+    import numpy as np
+
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
@@ -73,47 +84,56 @@ def _add_map(sub) -> None:
     p = sub.add_parser("map", help="average precision per query and mAP per group with p-values (copairs semantics)")
     _profiles_args(p)
     for name in ("pos-sameby", "pos-diffby", "neg-sameby", "neg-diffby"):
-        p.add_argument(f"--{name}", nargs="*", default=[], help=f"copairs {name.replace('-', '_')} columns")
-    p.add_argument("--multilabel-col", help="column of '|'-separated labels (positives ranked per label)")
-    p.add_argument("--label-sep", default="|", help="separator of --multilabel-col labels (default |)")
-    p.add_argument("--reference", help="query marking control rows: adds Metadata_Reference_Index (copairs' "
-                   "assign_reference_index) for replicate-vs-control (phenotypic activity) mAP")
-    p.add_argument("--distance", default="cosine", choices=["cosine", "correlation", "pearson", "spearman", "euclidean"])
+        p.add_argument(f"--{name}", nargs="*", default=[], help=f"copairs {name.replace('-', '_')} columns "
+                                                                "(default: none)")
+    option(p, "--multilabel-column", old=["--multilabel-col"],
+           help="column of separated labels (positives ranked per label)")
+    p.add_argument("--label-sep", default="|", help="separator of --multilabel-column labels")
+    p.add_argument("--reference", help="filter marking control rows (as --query): adds Metadata_Reference_Index "
+                   "(copairs' assign_reference_index) for replicate-vs-control (phenotypic activity) mAP")
+    add_similarity(p, "cosine", help="similarity ranking the pairs (copairs' distance)")
     p.add_argument("--map-sameby", nargs="+", help="group columns for mAP (default: --pos-sameby)")
-    p.add_argument("--null-size", type=int, default=10000)
-    p.add_argument("--threshold", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--null-method", choices=["copairs", "fast"], default="copairs")
-    p.add_argument("--ties", choices=["copairs", "exact"], default="copairs")
+    p.add_argument("--null-size", type=int, default=10000, help="null distribution size for the mAP p-values")
+    p.add_argument("--threshold", type=float, default=0.05, help="significance level of the corrected p-values")
+    p.add_argument("--seed", type=int, default=0, help="seed of the null distributions")
+    p.add_argument("--null-method", choices=["copairs", "fast"], default="copairs",
+                   help="copairs: copairs 0.5.5's exact random stream; fast: the same null sampled in Rust")
+    p.add_argument("--ties", choices=["copairs", "exact"], default="copairs",
+                   help="copairs: copairs' float32 sort key; exact: float64 similarities")
     p.add_argument("--map-out", help="mAP table path (default: OUT with _map)")
     p.set_defaults(run=_run_map)
 
 
 def _run_map(args) -> dict:
+    import numpy as np
+
     import phenovec.evaluate as pe
     from phenovec.io.profiles import write_table
+    from phenovec.io.row_filter import filter_mask
 
     prof = _load(args)
     meta = prof.meta.copy()
     pos_sameby = list(args.pos_sameby)
     neg_diffby = list(args.neg_diffby)
     if args.reference:
-        ctrl = meta.eval(args.reference).to_numpy(bool)
+        ctrl = filter_mask(meta, args.reference, key="--reference")
         if not ctrl.any():
-            raise SystemExit(f"--reference {args.reference!r} matches no row")
+            raise ValueError(f"--reference {args.reference!r} matches no row")
         meta["Metadata_Reference_Index"] = np.where(ctrl, np.arange(len(meta)), -1)
         pos_sameby.append("Metadata_Reference_Index")
         neg_diffby.append("Metadata_Reference_Index")
-    if args.multilabel_col:
-        meta[args.multilabel_col] = meta[args.multilabel_col].map(
-            lambda v: v.split(args.label_sep) if isinstance(v, str) else v)
+    label_col = args.multilabel_column
+    if label_col:
+        meta[label_col] = meta[label_col].map(lambda v: v.split(args.label_sep) if isinstance(v, str) else v)
+    progress = show_progress(args)
     ap = pe.average_precision(meta, prof.feats, pos_sameby, args.pos_diffby, args.neg_sameby, neg_diffby,
-                              distance=args.distance, multilabel_col=args.multilabel_col, ties=args.ties)
+                              distance=args.similarity, multilabel_col=label_col, ties=args.ties,
+                              progress_bar=progress)
     sameby = args.map_sameby or [c for c in pos_sameby if c != "Metadata_Reference_Index"]
-    if args.multilabel_col and args.multilabel_col in sameby and not args.map_sameby:
-        sameby = [args.multilabel_col]
+    if label_col and label_col in sameby and not args.map_sameby:
+        sameby = [label_col]
     m = pe.mean_average_precision(ap, sameby, null_size=args.null_size, threshold=args.threshold, seed=args.seed,
-                                  null_method=args.null_method)
+                                  null_method=args.null_method, progress_bar=progress)
     out = Path(args.out)
     map_out = Path(args.map_out) if args.map_out else out.with_name(out.name.split(".")[0] + "_map" + "".join(out.suffixes))
     write_table(m.drop(columns=["indices"]), map_out)
@@ -137,13 +157,13 @@ def _metric_parser(sub, name: str, help: str, run, groupby: bool = False):
     p.add_argument("--replicate-groups", nargs="+", required=True, help="columns whose equality makes a replicate pair")
     if groupby:
         p.add_argument("--groupby-columns", nargs="+", required=True, help="columns whose groups pool one ranked list")
-    p.add_argument("--similarity-metric", default="pearson", choices=["pearson", "cosine", "spearman", "euclidean"])
+    add_similarity(p, "pearson", help="similarity between profiles (cytominer-eval's similarity_metric)")
     p.set_defaults(run=run)
     return p
 
 
 def _common(args, prof) -> dict:
-    return dict(feats=prof.feats, replicate_groups=args.replicate_groups, similarity_metric=args.similarity_metric)
+    return dict(feats=prof.feats, replicate_groups=args.replicate_groups, similarity_metric=args.similarity)
 
 
 def _run_enrichment(args) -> dict:
@@ -174,6 +194,9 @@ def _run_precision_at_r(args) -> dict:
 
 
 def _run_hit_at_k(args) -> dict:
+    import numpy as np
+    import pandas as pd
+
     from phenovec.evaluate import hit_at_k
 
     prof = _load(args)
@@ -196,16 +219,18 @@ def _run_replicate_reproducibility(args) -> dict:
 
 def _add_cytominer_family(metrics) -> None:
     p = _metric_parser(metrics, "enrichment", "odds ratio of replicate pairs above similarity percentiles", _run_enrichment)
-    p.add_argument("--percentile", nargs="+", type=float, default=[0.9, 0.95, 0.97, 0.99, 0.995])
+    p.add_argument("--percentile", nargs="+", type=float, default=[0.9, 0.95, 0.97, 0.99, 0.995],
+                   help="similarity percentiles of the enrichment thresholds")
     p = _metric_parser(metrics, "precision-recall", "precision@k and recall@k per group", _run_precision_recall, groupby=True)
-    p.add_argument("--k", nargs="+", type=int, default=[5, 10, 20])
+    p.add_argument("--k", nargs="+", type=int, default=[5, 10, 20], help="ranks k of precision@k / recall@k")
     _metric_parser(metrics, "precision-at-r", "precision@R per group (R = number of replicates)", _run_precision_at_r,
                    groupby=True)
     p = _metric_parser(metrics, "hit-at-k", "hits list and hit@k scores", _run_hit_at_k, groupby=True)
     p.add_argument("--percent-list", nargs="+", default=["2", "5", "10"], help="percentages, or 'all'")
     p = _metric_parser(metrics, "replicate-reproducibility", "percent replicating against the non-replicate null",
                        _run_replicate_reproducibility)
-    p.add_argument("--quantile-over-null", type=float, default=0.95)
+    p.add_argument("--quantile-over-null", type=float, default=0.95,
+                   help="quantile of the non-replicate null a replicate median must exceed")
 
 
 # ---- grit, mp-value, knn ---------------------------------------------------------------------
@@ -214,8 +239,8 @@ def _run_grit(args) -> dict:
     from phenovec.evaluate import grit
 
     prof = _load(args)
-    t = grit(prof.meta, prof.feats, control_perts=args.control_perts, profile_col=args.profile_col,
-             replicate_group_col=args.replicate_group_col, similarity_metric=args.similarity_metric,
+    t = grit(prof.meta, prof.feats, control_perts=args.control_perts, profile_col=args.profile_column,
+             replicate_group_col=args.replicate_group_column, similarity_metric=args.similarity,
              grit_replicate_summary_method=args.summary_method)
     return _finish(args, t, {"metric": "grit", "mean_grit": float(t["grit"].mean()),
                              "n_perturbations": len(t), "n_without_target": int(t["grit"].isna().sum())})
@@ -237,8 +262,8 @@ def _run_knn(args) -> dict:
 
     prof = _load(args)
     k = "all" if args.k == ["all"] else [int(v) for v in args.k]
-    summary, pred = knn_accuracy(prof.meta, prof.feats, moa_col=args.moa_col, compound_col=args.compound_col, k=k,
-                                 exclude_same=args.exclude_same, similarity_metric=args.similarity_metric)
+    summary, pred = knn_accuracy(prof.meta, prof.feats, moa_col=args.moa_column, compound_col=args.compound_column,
+                                 k=k, exclude_same=args.exclude_same, similarity_metric=args.similarity)
     out = Path(args.out)
     pred_out = out.with_name(out.name.split(".")[0] + "_predictions" + "".join(out.suffixes))
     from phenovec.io.profiles import write_table
@@ -251,72 +276,110 @@ def _run_knn(args) -> dict:
 def _add_replicate_stats(metrics) -> None:
     p = metrics.add_parser("grit", help="grit: replicate similarity z-scored against controls (cytominer-eval)")
     _profiles_args(p)
-    p.add_argument("--control-perts", nargs="+", required=True)
-    p.add_argument("--profile-col", required=True)
-    p.add_argument("--replicate-group-col", required=True)
-    p.add_argument("--similarity-metric", default="pearson", choices=["pearson", "cosine", "spearman", "euclidean"])
-    p.add_argument("--summary-method", default="mean", choices=["mean", "median"])
+    p.add_argument("--control-perts", nargs="+", required=True, help="control perturbation values (of the "
+                                                                      "--profile-column)")
+    option(p, "--profile-column", old=["--profile-col"], required=True, help="column naming each perturbation")
+    option(p, "--replicate-group-column", old=["--replicate-group-col"], required=True,
+           help="column grouping perturbations (e.g. the gene of several guides)")
+    add_similarity(p, "pearson")
+    p.add_argument("--summary-method", default="mean", choices=["mean", "median"],
+                   help="summary of each perturbation's replicate similarities")
     p.set_defaults(run=_run_grit)
     p = metrics.add_parser("mp-value", help="mp-value: permutation test of each group against controls (seeded)")
     _profiles_args(p)
-    p.add_argument("--control-perts", nargs="+", required=True)
-    p.add_argument("--replicate-id", required=True)
-    p.add_argument("--nb-permutations", type=int, default=100)
-    p.add_argument("--no-rescale-pca", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--control-perts", nargs="+", required=True, help="control values of --replicate-id")
+    p.add_argument("--replicate-id", required=True, help="column whose values form the tested groups")
+    p.add_argument("--nb-permutations", type=int, default=100, help="permutations per group")
+    p.add_argument("--no-rescale-pca", action="store_true", help="do not rescale the PCA components by variance")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     p.set_defaults(run=_run_mp_value)
     p = metrics.add_parser("knn", help="leave-one-compound-out k-NN MOA accuracy and F1 (MOAProfiler protocol)")
     _profiles_args(p)
-    p.add_argument("--moa-col", required=True)
-    p.add_argument("--compound-col", required=True)
+    option(p, "--moa-column", old=["--moa-col"], required=True, help="column of the MOA labels predicted")
+    option(p, "--compound-column", old=["--compound-col"], required=True,
+           help="column of compounds: a query's own compound is left out of its neighbours")
     p.add_argument("--k", nargs="+", default=["1", "3", "5"], help="list of k, or 'all'")
     p.add_argument("--exclude-same", nargs="*", help="also exclude neighbours sharing these columns (plate, batch)")
-    p.add_argument("--similarity-metric", default="cosine", choices=["pearson", "cosine", "spearman", "euclidean"])
+    add_similarity(p, "cosine")
     p.set_defaults(run=_run_knn)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phenovec", description="High-performance image-based profiling.")
-    stages = parser.add_subparsers(dest="stage", required=True)
+    """The whole command line; imports only the stages' ``command`` modules (no torch, onnxruntime, matplotlib,
+    Dask, scikit-learn, SciPy or Zarr)."""
+    from phenovec import __version__
+    from phenovec.export.command import add_export_parser
+    from phenovec.ingest.command import add_crop_parser, add_illum_parser, add_synth_parser, add_tiles_parser
+    from phenovec.pipeline import add_run_parsers
+    from phenovec.process.command import add_process_parser
+    from phenovec.profile.command import add_profile_parser
+    from phenovec.report.command import add_report_parser
+    from phenovec.train.command import add_train_parser
+
+    parser = Parser(prog="phenovec", description="High-performance image-based profiling.")
+    parser.add_argument("--version", action="version", version=f"phenovec {__version__}")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND")
     ev = stages.add_parser("evaluate", help="similarity and retrieval metrics on a profile table")
-    metrics = ev.add_subparsers(dest="metric", required=True)
+    metrics = ev.add_subparsers(dest="metric", required=True, metavar="METRIC")
     _add_map(metrics)
     _add_cytominer_family(metrics)
     _add_replicate_stats(metrics)
-    from phenovec.process.command import add_process_parser
-
     add_process_parser(stages)
-    from phenovec.ingest.command import add_crop_parser, add_illum_parser, add_synth_parser, add_tiles_parser
-
-    add_synth_parser(stages)
-    add_illum_parser(stages)
-    add_crop_parser(stages)
-    add_tiles_parser(stages)
-    from phenovec.train.command import add_train_parser
-
-    add_train_parser(stages)
-    from phenovec.export.command import add_export_parser
-
-    add_export_parser(stages)
-    from phenovec.profile.command import add_profile_parser
-
-    add_profile_parser(stages)
-    from phenovec.report.command import add_report_parser
-
-    add_report_parser(stages)
-    from phenovec.pipeline import add_run_parsers
-
-    add_run_parsers(stages)
+    for add in (add_synth_parser, add_illum_parser, add_crop_parser, add_tiles_parser, add_train_parser,
+                add_export_parser, add_profile_parser, add_report_parser, add_run_parsers):
+        add(stages)
     return parser
 
 
+# optional package (import name) -> the extras of pyproject.toml that install it
+OPTIONAL = {"torch": ("train", "export"), "torchvision": ("train", "export"), "onnx": ("export",),
+            "onnxscript": ("export",), "onnxruntime": ("profile",), "dask": ("profile",),
+            "distributed": ("profile",), "matplotlib": ("report",), "anndata": ("anndata",), "h5py": ("anndata",)}
+PIPELINE_EXTRAS = "train,export,profile,report"
+
+
+def missing_dependency(error: ModuleNotFoundError, stage: str | None) -> str | None:
+    """The one-line message for an optional package that is not installed, or None for any other module."""
+    package = (error.name or "").split(".")[0]
+    extras = OPTIONAL.get(package)
+    if extras is None:
+        return None
+    extra = PIPELINE_EXTRAS if stage in ("run", "demo") else stage if stage in extras else extras[0]
+    return (f"phenovec {stage} needs the optional package {package}, which is not installed: "
+            f"pip install phenovec[{extra}]")
+
+
+def _error_message(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors are one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except BrokenPipeError:  # stdout closed early (phenovec ... | head): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except ModuleNotFoundError as e:
+        msg = missing_dependency(e, args.stage)
+        if msg is None:
+            raise
         print(f"phenovec: error: {msg}", file=sys.stderr)
+        return 2
+    except (KeyError, ValueError, OSError) as e:  # OSError: missing, unreadable or unwritable files, full disks
+        print(f"phenovec: error: {_error_message(e)}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # a stage's own refusal: SystemExit("message")
+        if not isinstance(e.code, str):
+            raise
+        print(f"phenovec: error: {e.code}", file=sys.stderr)
         return 2
     return 0
 

@@ -52,7 +52,8 @@ def _zscore_to_dmso(df: pd.DataFrame, feats: list[str]) -> np.ndarray:
     return out[:, keep]
 
 
-def run_demo(data=None, out="demo-out", null_size: int = 10000) -> dict:
+def run_demo(data=None, out="demo-out", null_size: int = 10000, progress: bool = False) -> dict:
+    """Evaluate BBBC021 into ``out`` (activity_map.csv, moa_map.csv, summary.json); prints and returns the summary."""
     import phenovec.evaluate as pe
     from phenovec.io.profiles import write_table
 
@@ -66,15 +67,17 @@ def run_demo(data=None, out="demo-out", null_size: int = 10000) -> dict:
     meta["Metadata_Reference_Index"] = np.where(meta["Metadata_moa"] == "DMSO", np.arange(len(meta)), -1)
 
     act = pe.average_precision(meta, x, pos_sameby=["Metadata_treatment", "Metadata_Reference_Index"], pos_diffby=[],
-                               neg_sameby=[], neg_diffby=["Metadata_treatment", "Metadata_Reference_Index"])
+                               neg_sameby=[], neg_diffby=["Metadata_treatment", "Metadata_Reference_Index"],
+                               progress_bar=progress)
     act = act[act["Metadata_moa"] != "DMSO"]
     act_map = pe.mean_average_precision(act, ["Metadata_treatment"], null_size=null_size, threshold=0.05, seed=0,
-                                        progress_bar=False)
+                                        progress_bar=progress)
     trt = meta["Metadata_moa"] != "DMSO"
     moa_ap = pe.average_precision(meta[trt].reset_index(drop=True), x[trt.to_numpy()], pos_sameby=["Metadata_moa"],
-                                  pos_diffby=["Metadata_compound"], neg_sameby=[], neg_diffby=["Metadata_moa"])
+                                  pos_diffby=["Metadata_compound"], neg_sameby=[], neg_diffby=["Metadata_moa"],
+                                  progress_bar=progress)
     moa_map = pe.mean_average_precision(moa_ap, ["Metadata_moa"], null_size=null_size, threshold=0.05, seed=0,
-                                        progress_bar=False)
+                                        progress_bar=progress)
     write_table(act_map.drop(columns=["indices"]), outdir / "activity_map.csv")
     write_table(moa_map.drop(columns=["indices"]), outdir / "moa_map.csv")
     summary = {

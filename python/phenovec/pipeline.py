@@ -7,20 +7,24 @@ Stages, in order (each is also usable alone; see its own module):
 ``process`` (a recipe over the single-cell embeddings; default: drop zero-variance features, spherize on the
 control cells, average per well) -> ``report`` (HTML + JSON).
 
-Configuration (YAML; every key with its default: ``phenovec run --print-config``)::
+Configuration (YAML): ``phenovec run --print-config`` prints every key with its default and a comment
+(``default_config()``, the defaults ``load_run_config`` fills in; ``COMMENTS``)::
 
     out: run-out
     synth: null            # or {plates, wells, sites, size, cells: [lo, hi], seed}: generate the plate first
     images: {index: null, locations: null, channels: [DNA, ER, RNA, AGP, Mito]}
     model: null            # an exported phenovec ONNX model: skips crop, train and export
-    crop: {box_size: 48, edge: shift, chunk_cells: 256}
-    train: {...}           # sections data / model / optim / augment / train of `phenovec train` (data.crops and
-                           # train.out are filled in by the pipeline)
+    crop: {box_size: 128, edge: shift, chunk_cells: 256}
+    train: {...}           # sections data / model / optim / augment / train of `phenovec train`, with its defaults
+                           # (data.crops and train.out are filled in by the pipeline)
     export: {opset: 18}
     profile: {batch_size: 256, scheduler: null, workers: null, dtype: float32, precision: fp32}
                            # precision: fp32, fp16 (TensorRT) or bf16 (OpenVINO on AMX / AVX512-BF16 CPUs)
     process: {steps: null}  # recipe steps (null = the default above)
-    report: {moa_column: Metadata_MOA, treatment_column: Metadata_Treatment, control: DMSO, null_size: 2000, seed: 0}
+    report: {moa_column: Metadata_MOA, treatment_column: Metadata_Treatment, control: DMSO, null_size: 10000, seed: 0}
+
+The demo (``demo_config``) sets its own small values: a 2-plate synthetic set, 48-pixel crops, a tiny ResNet
+for 6 epochs, a 2000-draw null.
 
 **Caching and resume**: a stage's key is the SHA-256 of its name, its configuration and the keys of the stages
 it reads (the first stage also hashes the index and locations files). Its folder ``OUT/<stage>`` holds
@@ -52,7 +56,7 @@ SCHEMA = {
                "channels": (["DNA", "ER", "RNA", "AGP", "Mito"], (list,), None)},
     "synth": {"plates": (2, (int,), (1, 1000)), "wells": (28, (int,), (2, 384)), "sites": (2, (int,), (1, 100)),
               "size": (256, (int,), (64, 4096)), "cells": ([25, 35], (list,), None), "seed": (0, (int,), None)},
-    "crop": {"box_size": (48, (int,), (8, 1024)), "edge": ("shift", (str,), ("drop", "shift", "pad")),
+    "crop": {"box_size": (128, (int,), (8, 1024)), "edge": ("shift", (str,), ("drop", "shift", "pad")),
              "chunk_cells": (256, (int,), (1, 1 << 20))},
     "export": {"opset": (18, (int,), (17, 30))},
     "profile": {"batch_size": (256, (int,), (1, 1 << 20)), "scheduler": (None, (str, NONE_TYPE), None),
@@ -61,12 +65,14 @@ SCHEMA = {
                 "precision": ("fp32", (str,), ("fp32", "fp16", "bf16"))},
     "process": {"steps": (None, (list, NONE_TYPE), None)},
     "report": {"moa_column": ("Metadata_MOA", (str,), None), "treatment_column": ("Metadata_Treatment", (str,), None),
-               "control": ("DMSO", (str,), None), "null_size": (2000, (int,), (10, 10_000_000)),
+               "control": ("DMSO", (str,), None), "null_size": (10000, (int,), (10, 10_000_000)),
                "seed": (0, (int,), None)},
 }
+# the keys of the train section the pipeline sets itself
+PIPELINE_SET = (("data", "crops"), ("train", "out"))
 # the demo's training: a tiny ResNet for a few minutes on 2 cores
-DEFAULT_TRAIN = {"model": {"arch": "resnet_tiny"}, "optim": {"lr": 0.05, "warmup_epochs": 1},
-                 "train": {"epochs": 6, "threads": 2}, "data": {"batch_size": 64, "workers": 0}}
+DEMO_TRAIN = {"model": {"arch": "resnet_tiny"}, "optim": {"lr": 0.05, "warmup_epochs": 1},
+              "train": {"epochs": 6, "threads": 2}, "data": {"batch_size": 64, "workers": 0}}
 
 
 def default_steps(control_query: str) -> list:
@@ -75,13 +81,80 @@ def default_steps(control_query: str) -> list:
             {"aggregate": {"strata": ["Metadata_Plate", "Metadata_Well"], "operation": "mean"}}]
 
 
+def default_train() -> dict:
+    """``phenovec train``'s defaults, less the keys the pipeline sets (``PIPELINE_SET``)."""
+    from phenovec.train.config import default_config as train_defaults
+
+    tr = train_defaults()
+    for sec, key in PIPELINE_SET:
+        del tr[sec][key]
+    return tr
+
+
 def default_config() -> dict:
+    """Every key with the default ``load_run_config`` gives it (``synth`` and ``model`` default to none)."""
     from phenovec.io.config_schema import defaults
 
     cfg = defaults(SCHEMA)
     return {"out": "run-out", "synth": None, "model": None, "images": cfg["images"], "crop": cfg["crop"],
-            "train": copy.deepcopy(DEFAULT_TRAIN), "export": cfg["export"], "profile": cfg["profile"],
+            "train": default_train(), "export": cfg["export"], "profile": cfg["profile"],
             "process": cfg["process"], "report": cfg["report"]}
+
+
+def _comments() -> dict:
+    """``COMMENTS`` plus the train section's (``phenovec train``'s own) for ``--print-config``."""
+    from phenovec.commented_yaml import inline_yaml
+    from phenovec.train.command import COMMENTS as TRAIN_COMMENTS
+
+    synth = inline_yaml({k: v[0] for k, v in SCHEMA["synth"].items()})
+    return {**COMMENTS, "synth": f"null (read images.index / images.locations), or a synthetic plate to generate "
+                                 f"first, e.g. {synth}",
+            **{f"train.{k}": v for k, v in TRAIN_COMMENTS.items()
+               if tuple(k.split(".")) not in PIPELINE_SET}}
+
+
+COMMENTS = {
+    "out": "output folder: one subfolder per stage (rerun to resume; finished stages are skipped)",
+    "model": "null (crop -> train -> export a model), or the path of an exported phenovec ONNX model: skips crop, "
+             "train and export",
+    "images": "the plate's images (index and locations unused with synth)",
+    "images.index": "image index (.csv / .parquet): Metadata_Plate / Well / Site + FileName_<channel>; required "
+                    "without synth",
+    "images.locations": "nuclei table (.csv / .parquet / .sqlite) with Metadata_Plate / Well / Site and centres; "
+                        "required without synth",
+    "images.channels": "channel names, in model input order",
+    "crop": "single-cell crops for training (phenovec crop)",
+    "crop.box_size": "crop side in pixels, centred on the nucleus",
+    "crop.edge": "drop | shift | pad: a box crossing the image edge (also used when profiling)",
+    "crop.chunk_cells": "cells per Zarr chunk (the resume unit)",
+    "train": "the sections of `phenovec train` (data.crops and train.out are set by the pipeline); unused with "
+             "model",
+    "export": "ONNX export (phenovec export)",
+    "export.opset": "ONNX opset (>= 17; 17 uses the TorchScript exporter)",
+    "profile": "single-cell embeddings and well profiles (phenovec profile)",
+    "profile.batch_size": "crops per inference call",
+    "profile.scheduler": "null (threads), processes, or a Dask scheduler address tcp://host:port",
+    "profile.workers": "null (the CPU count) or threads / processes of the local cluster",
+    "profile.dtype": "float16 | float32: embeddings on disk",
+    "profile.precision": "fp32 | fp16 (TensorRT) | bf16 (OpenVINO on AMX / AVX512-BF16 CPUs)",
+    "process": "single-cell embeddings to well profiles (a phenovec process recipe)",
+    "process.steps": "null = drop zero-variance features, spherize (ZCA) on the control cells, average per well; "
+                     "or a list of recipe steps, e.g. [{normalize: {method: mad_robustize}}, {aggregate: {strata: "
+                     "[Metadata_Plate, Metadata_Well], operation: median}}]",
+    "report": "the HTML report and its numbers (phenovec report)",
+    "report.moa_column": "column of the mechanism-of-action labels",
+    "report.treatment_column": "column naming each treatment",
+    "report.control": "the control treatment's value in treatment_column",
+    "report.null_size": "null distribution size for the mAP p-values",
+    "report.seed": "seed of the null distributions",
+}
+
+
+def print_config() -> str:
+    """``default_config()`` as YAML, every key commented (``phenovec run --print-config``)."""
+    from phenovec.commented_yaml import commented_yaml
+
+    return commented_yaml(default_config(), _comments())
 
 
 def _resolve(base: Path, p: str | None) -> str | None:
@@ -133,7 +206,7 @@ def load_run_config(path_or_dict) -> dict:
         if not Path(model).is_file():
             raise ConfigError(f"{source}: model: {model} does not exist")
     cfg["model"] = model
-    tr = raw.get("train", DEFAULT_TRAIN if model is None else None)
+    tr = raw.get("train", default_train() if model is None else None)
     if tr is not None:
         if not isinstance(tr, dict):
             raise ConfigError(f"{source}: train must be a mapping of `phenovec train` sections")
@@ -141,7 +214,7 @@ def load_run_config(path_or_dict) -> dict:
 
         for sec, body in tr.items():
             for key in (body or {}):
-                if (sec, key) in (("data", "crops"), ("train", "out")):
+                if (sec, key) in PIPELINE_SET:
                     raise ConfigError(f"{source}: train.{sec}.{key} is set by the pipeline; remove it")
         merge_sections(tr, TRAIN_SCHEMA, f"{source} (train)")  # key and type errors now, not after cropping
     cfg["train"] = tr
@@ -340,29 +413,37 @@ def run(config, progress: bool = True) -> RunResult:
 
 
 def demo_config(out: str | os.PathLike = "demo-out", null_size: int = 2000) -> dict:
-    """The demo: a 2-plate synthetic set (7 treatments, 3 MOAs, DMSO) through every stage, a few minutes on 2 cores."""
+    """The demo: a 2-plate synthetic set (7 treatments, 3 MOAs, DMSO) through every stage, a few minutes on 2 cores:
+    48-pixel crops and a tiny ResNet (``DEMO_TRAIN``) on 256-pixel fields."""
     cfg = default_config()
-    cfg.update(out=str(out), synth={"plates": 2, "wells": 28, "sites": 2, "size": 256, "cells": [25, 35], "seed": 0})
+    cfg.update(out=str(out), synth={"plates": 2, "wells": 28, "sites": 2, "size": 256, "cells": [25, 35], "seed": 0},
+               train=copy.deepcopy(DEMO_TRAIN))
+    cfg["crop"]["box_size"] = 48
     cfg["report"]["null_size"] = int(null_size)
     cfg["images"].pop("index"), cfg["images"].pop("locations")
     return cfg
 
 
 def _run_cli(a) -> dict:
+    from phenovec.cli_options import show_progress
+
     if a.print_config:
-        print(yaml.safe_dump(default_config(), sort_keys=False))
+        print(print_config())
         return {}
     if a.stage == "demo" and a.bbbc021:
         from phenovec.demo import run_demo
 
-        return run_demo(a.data, a.out, a.null_size)
+        return run_demo(a.data, a.out, a.null_size, progress=show_progress(a))
     if a.stage == "demo":
         config = demo_config(a.out, a.null_size)
     elif a.config is None:
         raise ValueError("phenovec run needs a configuration file (see --print-config)")
+    elif a.out is not None:  # -o overrides the configuration's out
+        config = load_run_config(a.config)
+        config["out"] = str(Path(a.out).resolve())
     else:
         config = a.config
-    res = run(config, progress=not a.quiet)
+    res = run(config, progress=show_progress(a))
     summary = {"report": str(res.report_html), "numbers": str(res.report_json), "out": str(res.out),
                "stages": {k: {"cached": v["cached"], "seconds": v.get("seconds")} for k, v in res.stages.items()}}
     print(json.dumps(summary, indent=2))
@@ -372,15 +453,20 @@ def _run_cli(a) -> dict:
 
 def add_run_parsers(stages) -> None:
     """``phenovec run CONFIG`` and ``phenovec demo``."""
+    from phenovec.cli_options import add_out, add_quiet
+
     p = stages.add_parser("run", help="images -> crops -> train -> export -> profile -> process -> report, cached")
     p.add_argument("config", nargs="?", help="run configuration (YAML; see --print-config)")
-    p.add_argument("--print-config", action="store_true", help="print the full default configuration and exit")
-    p.add_argument("--quiet", action="store_true")
+    add_out(p, "output folder (default: the configuration's out)", required=False)
+    p.add_argument("--print-config", action="store_true",
+                   help="print every configuration key with its default and a comment, and exit")
+    add_quiet(p)
     p.set_defaults(run=_run_cli)
     d = stages.add_parser("demo", help="the whole pipeline on a synthetic plate (a few minutes); prints the report")
-    d.add_argument("--out", default="demo-out", help="output folder (rerun to resume; stages are cached)")
+    add_out(p=d, help="output folder (rerun to resume; stages are cached)", required=False, default="demo-out")
     d.add_argument("--null-size", type=int, default=2000, help="null distribution size for mAP p-values")
     d.add_argument("--bbbc021", action="store_true", help="instead: evaluate the real BBBC021 CellProfiler profiles")
-    d.add_argument("--data", default=None, help="with --bbbc021: folder of the BBBC021 files")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--data", default=None, help="with --bbbc021: folder of the BBBC021 files (default: "
+                                                "../shared/data/bbbc021-cytominergallery)")
+    add_quiet(d)
     d.set_defaults(run=_run_cli, print_config=False, config=None)

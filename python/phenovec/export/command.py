@@ -28,12 +28,13 @@ import json
 import sys
 import warnings
 
-from phenovec.export.parity import load_parity_crops
+from phenovec.cli_options import add_out, add_quiet, show_progress
 
 
 def _pretrained_export(a):
     from types import SimpleNamespace
 
+    from phenovec.export.parity import load_parity_crops
     from phenovec.export.pretrained import DEFAULT_INTENSITY, export_pretrained
 
     for flag, value in (("--channels", a.channels), ("--crop-size", a.crop_size)):
@@ -67,7 +68,7 @@ def _field_export(a):
         from phenovec.profile.fields import field_channel_stats
 
         mean, std = field_channel_stats(a.field_stats, contract.channels, factor=a.factor, max_sites=a.stats_sites,
-                                        progress=True)
+                                        progress=show_progress(a))
     return export_field_model(contract, a.out, channels=contract.channels, field_size=a.field_size, factor=a.factor,
                               mean=mean, std=std, opset=a.opset, exporter=a.exporter, atol=a.atol)
 
@@ -75,6 +76,7 @@ def _field_export(a):
 def _run_export(a) -> dict:
     from phenovec.export.checkpoint import load_contract
     from phenovec.export.onnx_export import export_onnx
+    from phenovec.export.parity import load_parity_crops
 
     if (a.checkpoint is None) == (a.pretrained is None):
         raise SystemExit("phenovec export: give a CHECKPOINT or --pretrained ARCH (not both)")
@@ -127,16 +129,18 @@ def add_export_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, default=1, help="--fields: block-mean downsampling factor")
     p.add_argument("--field-stats", metavar="INDEX", help="--fields: standardise with per-channel statistics of "
                                                          "this image index's fields")
-    p.add_argument("--stats-sites", type=int, default=None, help="--fields: use the first N sites for statistics")
+    p.add_argument("--stats-sites", type=int, default=None, help="--fields: use the first N sites for statistics (default: all)")
     p.add_argument("--no-imagenet-normalize", action="store_true",
                    help="--pretrained: feed [0, 1] grey->RGB without ImageNet mean/SD standardisation")
-    p.add_argument("-o", "--out", required=True, help="output ONNX file (written atomically)")
+    add_out(p, "output ONNX file (written atomically)")
     p.add_argument("--logits", action="store_true", help="also output the classifier logits")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; 17 uses the TorchScript exporter)")
-    p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+    p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
+                   help="torch.onnx exporter (auto: dynamo for opset >= 18, else TorchScript)")
     p.add_argument("--parity-crops", help="crops store (phenovec crop output folder or its crops.zarr) for parity "
                                           "(default: the checkpoint's training store while it exists, else random)")
     p.add_argument("--parity-n", type=int, default=32, help="number of crops for the parity check")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed ONNX vs PyTorch difference")
+    add_quiet(p)
     p.set_defaults(run=_run_export)
     return p

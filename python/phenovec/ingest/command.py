@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from phenovec.cli_options import add_out, add_quiet, show_progress
+
 
 def _run_synth(a) -> dict:
     import pandas as pd
@@ -21,7 +23,7 @@ def _run_synth(a) -> dict:
     paths = synth_plate(a.out, plates=a.plates, wells=a.wells, sites_per_well=a.sites, size=a.size,
                         cells_per_site=(a.cells[0], a.cells[1]), channels=tuple(a.channels or CHANNELS),
                         seed=a.seed, compression=a.compression, cell_radius=a.cell_radius,
-                        plates_per_batch=a.plates_per_batch, progress=not a.quiet)
+                        plates_per_batch=a.plates_per_batch, progress=show_progress(a))
     index = pd.read_csv(paths["index"])
     summary = {"index": str(paths["index"]), "nuclei": str(paths["nuclei"]), "images": str(paths["images"]),
                "plates": a.plates, "sites": len(index), "nuclei_count": len(pd.read_csv(paths["nuclei"])),
@@ -33,8 +35,8 @@ def _run_synth(a) -> dict:
 def add_synth_parser(stages) -> argparse.ArgumentParser:
     """Add ``synth`` to the CLI's top-level subparsers; the handler is ``args.run``."""
     p = stages.add_parser("synth", help="write a deterministic synthetic Cell-Painting plate (TIFFs, index, nuclei)")
-    p.add_argument("--out", required=True, help="output directory (index.csv, nuclei.csv, images/)")
-    p.add_argument("--plates", type=int, default=1)
+    add_out(p, "output directory (index.csv, nuclei.csv, images/)")
+    p.add_argument("--plates", type=int, default=1, help="number of plates")
     p.add_argument("--wells", type=int, default=24, help="wells per plate: the first N of a 384-well plate")
     p.add_argument("--sites", type=int, default=2, help="sites (fields) per well")
     p.add_argument("--size", type=int, default=256, help="square field side in pixels (e.g. 1080)")
@@ -42,10 +44,10 @@ def add_synth_parser(stages) -> argparse.ArgumentParser:
                    help="cells per site, drawn uniformly in [LOW, HIGH]")
     p.add_argument("--cell-radius", type=float, default=12.0, help="DMSO cell radius in pixels")
     p.add_argument("--channels", nargs="+", help="channel subset and order (default DNA ER RNA AGP Mito)")
-    p.add_argument("--plates-per-batch", type=int, default=2)
-    p.add_argument("--compression", choices=["deflate", "none"], default="deflate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--plates-per-batch", type=int, default=2, help="plates per Metadata_Batch")
+    p.add_argument("--compression", choices=["deflate", "none"], default="deflate", help="TIFF compression")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything generated (same seed, same files)")
+    add_quiet(p)
     p.set_defaults(run=_run_synth)
     return p
 
@@ -79,7 +81,7 @@ def _run_crop(a) -> dict:
 
     index = read_image_index(a.index, a.channels, labels=a.labels)
     res = crop_index(index, a.locations, a.out, box_size=a.box_size, edge=a.edge, rescale=a.rescale,
-                     chunk_cells=a.chunk_cells, progress=not a.quiet, illumination=a.illumination,
+                     chunk_cells=a.chunk_cells, progress=show_progress(a), illumination=a.illumination,
                      intensity=_intensity(a), dtype=a.dtype, mask=a.mask)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "crops": res.crops,
                "resumed_sites": res.resumed_sites, "box_size": a.box_size, "edge": a.edge, "channels": a.channels}
@@ -92,15 +94,16 @@ def add_crop_parser(stages) -> argparse.ArgumentParser:
     p = stages.add_parser("crop", help="single-cell crops around nuclei into crops.zarr + cells.parquet (resumable)")
     _index_args(p)
     p.add_argument("--locations", required=True, help="nuclei table with Metadata_Plate/Well/Site and centre columns")
-    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    p.add_argument("--box-size", type=int, default=128)
-    p.add_argument("--edge", choices=["drop", "shift", "pad"], default="drop")
+    add_out(p, "output folder (rerun the same command to resume)")
+    p.add_argument("--box-size", type=int, default=128, help="crop side in pixels, centred on the nucleus")
+    p.add_argument("--edge", choices=["drop", "shift", "pad"], default="drop",
+                   help="a box crossing the image edge: drop the cell, shift the box inside, or zero-pad")
     p.add_argument("--rescale", action="store_true", help="per-crop per-channel min-max to [0, 1] (float32), as DeepProfiler")
-    p.add_argument("--chunk-cells", type=int, default=256)
+    p.add_argument("--chunk-cells", type=int, default=256, help="cells per Zarr chunk (the resume unit)")
     _correction_args(p)
     p.add_argument("--labels", help="label-image column of the index (FileName_<name> or <name>; default Labels if present)")
     p.add_argument("--mask", choices=["neighbors", "object"], help="with label images: zero other cells / all but the cell")
-    p.add_argument("--quiet", action="store_true")
+    add_quiet(p)
     p.set_defaults(run=_run_crop)
     return p
 
@@ -111,7 +114,7 @@ def _run_illum(a) -> dict:
 
     index = read_image_index(a.index, a.channels)
     res = compute_illumination(index, a.out, down_scale_factor=a.down_scale_factor,
-                               median_filter_size=a.median_filter_size, plates=a.plates, progress=not a.quiet)
+                               median_filter_size=a.median_filter_size, plates=a.plates, progress=show_progress(a))
     summary = {"out": str(a.out), "plates": sorted({k[0] for k in res}), "channels": a.channels,
                "files": len(res), "down_scale_factor": a.down_scale_factor, "median_filter_size": a.median_filter_size}
     print(json.dumps(summary, indent=2))
@@ -122,11 +125,11 @@ def add_illum_parser(stages) -> argparse.ArgumentParser:
     """Add ``illum`` (DeepProfiler illumination functions per plate x channel; skips plates already done)."""
     p = stages.add_parser("illum", help="illumination functions per plate x channel as DeepProfiler computes them")
     _index_args(p)
-    p.add_argument("--out", required=True, help="output folder: {plate}/{plate}_{channel}.npy + illumination.json")
-    p.add_argument("--down-scale-factor", type=float, default=4)
+    add_out(p, "output folder: {plate}/{plate}_{channel}.npy + illumination.json")
+    p.add_argument("--down-scale-factor", type=float, default=4, help="flat fields are computed on thumbnails 1/FACTOR of the image side (DeepProfiler's down_scale_factor)")
     p.add_argument("--median-filter-size", type=float, default=24, help="median filter disk diameter (thumbnail pixels)")
     p.add_argument("--plates", nargs="+", help="only these plates (default: all in the index)")
-    p.add_argument("--quiet", action="store_true")
+    add_quiet(p)
     p.set_defaults(run=_run_illum)
     return p
 
@@ -138,7 +141,7 @@ def _run_tiles(a) -> dict:
     index = read_image_index(a.index, a.channels)
     res = tile_index(index, a.out, factor=a.factor, views=tuple(a.views) if a.views else None,
                      illumination=a.illumination, intensity=_intensity(a), dtype=a.dtype,
-                     chunk_sites=a.chunk_sites, progress=not a.quiet)
+                     chunk_sites=a.chunk_sites, progress=show_progress(a))
     summary = {"out": str(res.out), "sites": res.sites, "tiles": res.tiles, "resumed_sites": res.resumed_sites,
                "factor": a.factor, "views": a.views, "channels": a.channels}
     print(json.dumps(summary, indent=2))
@@ -149,12 +152,12 @@ def add_tiles_parser(stages) -> argparse.ArgumentParser:
     """Add ``tiles`` (whole fields or views of every site into tiles.zarr + tiles.parquet; resumable)."""
     p = stages.add_parser("tiles", help="field tiles (whole fields, downsampled, or fixed-size views) into Zarr (resumable)")
     _index_args(p)
-    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    add_out(p, "output folder (rerun the same command to resume)")
     p.add_argument("--factor", type=int, default=1, help="block-mean downsampling factor for whole fields (MOAProfiler)")
     p.add_argument("--views", type=int, nargs=3, metavar=("TILE_H", "TILE_W", "STRIDE"),
                    help="cut fixed-size views every STRIDE pixels instead of whole fields (GapNet)")
     _correction_args(p)
     p.add_argument("--chunk-sites", type=int, default=1, help="sites per Zarr chunk (the resume unit)")
-    p.add_argument("--quiet", action="store_true")
+    add_quiet(p)
     p.set_defaults(run=_run_tiles)
     return p

@@ -3,9 +3,15 @@ ONNX model: Rust decode + crop and onnxruntime inference inside Dask workers (or
 per site, with per-well mean / median profiles written as wells finish; and the whole-field mode (MOAProfiler:
 one embedding per field, ``profile_fields``). Uses ``phenovec.runtime``; no torch.
 """
-from phenovec.profile.contract import InputContract, contract_from_metadata, match_channels
-from phenovec.profile.fields import field_channel_stats, profile_fields
-from phenovec.profile.pipeline import ProfileResult, profile_sites, task_groups
+from phenovec.lazy_exports import lazy_exports
+
+# public name -> submodule, imported on first use (the CLI's parser imports profile.command only)
+_EXPORTS = {
+    **dict.fromkeys(["InputContract", "contract_from_metadata", "match_channels"], "contract"),
+    **dict.fromkeys(["field_channel_stats", "profile_fields"], "fields"),
+    **dict.fromkeys(["ProfileResult", "profile_sites", "task_groups"], "pipeline"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["InputContract", "ProfileResult", "contract_from_metadata", "field_channel_stats", "match_channels",
            "profile_fields", "profile_sites", "task_groups"]

@@ -3,7 +3,7 @@
     phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT [--batch-size 256]
         [--scheduler threads|processes|tcp://host:port] [--workers N] [--dtype float16|float32] [--edge drop]
         [--micro-batch auto|none|N] [--providers auto|NAME ...] [--precision fp32|fp16|bf16]
-        [--trt-cache-dir DIR] [--sessions auto|per_thread|shared] [--illumination ILLUM] [--labels COLUMN]
+        [--trt-cache-dir DIR] [--sessions auto|per_thread|shared] [--illumination ILLUM] [--labels COLUMN] [--quiet]
     phenovec profile MODEL.onnx --crops CROPS_DIR -o OUT
     phenovec profile FIELD_MODEL.onnx --index index.csv -o OUT [--batch-size 8] [--dtype float32]
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from phenovec.cli_options import add_out, add_quiet, show_progress
 
 
 def _run_profile(a) -> dict:
@@ -49,7 +51,7 @@ def _run_profile(a) -> dict:
                                  "illumination correction)")
         if a.index is None:
             raise SystemExit("phenovec profile: give --index for a whole-field model")
-        res = profile_fields(a.model, a.index, a.out, progress=not a.no_progress, **opts)
+        res = profile_fields(a.model, a.index, a.out, progress=show_progress(a), **opts)
     else:
         from phenovec.profile.pipeline import profile_sites
 
@@ -66,7 +68,7 @@ def _run_profile(a) -> dict:
 
             index = read_image_index(a.index, meta.channels, labels=a.labels)
         res = profile_sites(a.model, index, a.locations, a.out, crops_dir=a.crops, illumination=a.illumination,
-                            progress=not a.no_progress, **opts)
+                            progress=show_progress(a), **opts)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "embedded": res.embedded,
                "resumed_sites": res.resumed_sites, "seconds": round(res.seconds, 3),
                "cells_per_s": round(res.cells / res.seconds, 1) if res.seconds > 0 else None,
@@ -100,7 +102,7 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
                                      "present), for a model trained on masked crops")
     p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy) "
                                           "for a model trained on illumination-corrected crops (--index only)")
-    p.add_argument("-o", "--out", required=True, help="output folder (resumable)")
+    add_out(p, "output folder (resumable)")
     p.add_argument("--batch-size", type=int, default=None, help="crops (default 256) or fields (default 8) per "
                                                                 "inference call")
     p.add_argument("--micro-batch", type=_micro_batch, default=None,
@@ -116,14 +118,17 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--sessions", choices=["auto", "per_thread", "shared"], default=None,
                    help="onnxruntime sessions: auto (default: one per Dask thread on the CPU with the threads "
                         "scheduler, else one per process), per_thread or shared (one per process, all its cores)")
-    p.add_argument("--trt-cache-dir", default=None, help="TensorRT engine + timing cache folder (reused by reruns)")
+    p.add_argument("--trt-cache-dir", default=None, help="TensorRT engine + timing cache folder, reused by reruns "
+                                                         "(default: none)")
     p.add_argument("--scheduler", default=None, help="threads (default), processes or tcp://host:port")
-    p.add_argument("--workers", type=int, default=None, help="threads / processes of the local cluster")
+    p.add_argument("--workers", type=int, default=None, help="threads / processes of the local cluster (default: "
+                                                             "the CPU count)")
     p.add_argument("--dtype", choices=["float16", "float32"], default=None,
                    help="embeddings dtype (default float16 for cells, float32 for fields)")
     p.add_argument("--edge", choices=["drop", "shift", "pad"], default=None,
                    help="crop edge policy (default drop; single-cell models)")
-    p.add_argument("--max-in-flight", type=int, default=None, help="tasks submitted at once")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-in-flight", type=int, default=None, help="tasks submitted at once (default: 2 x worker "
+                                                                    "slots + 1)")
+    add_quiet(p, old=["--no-progress"])
     p.set_defaults(run=_run_profile)
     return p

@@ -4,8 +4,14 @@
     paths = build_report("wells.parquet", "report-out", moa_column="Metadata_moa",
                          treatment_column="Metadata_compound", control_query="DMSO")
 """
-from phenovec.report.build import ReportPaths, build_report
-from phenovec.report.inputs import ReportInput, load_input
-from phenovec.report.metrics import ReportMetrics, compute_metrics
+from phenovec.lazy_exports import lazy_exports
+
+# public name -> submodule, imported on first use (the CLI's parser imports report.command only)
+_EXPORTS = {
+    **dict.fromkeys(["ReportPaths", "build_report"], "build"),
+    **dict.fromkeys(["ReportInput", "load_input"], "inputs"),
+    **dict.fromkeys(["ReportMetrics", "compute_metrics"], "metrics"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["ReportPaths", "build_report", "ReportInput", "load_input", "ReportMetrics", "compute_metrics"]

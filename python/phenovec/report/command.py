@@ -8,22 +8,27 @@ from __future__ import annotations
 import argparse
 import json
 
+from phenovec.cli_options import add_out, add_quiet, add_similarity
+
 
 def add_report_parser(stages) -> argparse.ArgumentParser:
+    """Add ``report`` (well profiles -> report.html + report.json) to the CLI."""
     p = stages.add_parser("report", help="HTML report (inline figures) + JSON of every number from well profiles")
     p.add_argument("profiles", help="well-level profiles (.csv, .csv.gz, .parquet): Metadata_* columns + features")
-    p.add_argument("--out", required=True, help="output folder (report.html and report.json)")
-    p.add_argument("--moa-column", default="Metadata_MOA")
-    p.add_argument("--treatment-column", default="Metadata_Treatment")
-    p.add_argument("--plate-column", default="Metadata_Plate")
+    add_out(p, "output folder (report.html and report.json)")
+    p.add_argument("--moa-column", default="Metadata_MOA", help="column of the mechanism-of-action labels")
+    p.add_argument("--treatment-column", default="Metadata_Treatment", help="column naming each treatment")
+    p.add_argument("--plate-column", default="Metadata_Plate", help="column naming each plate")
     p.add_argument("--control", default="Metadata_Control == True",
-                   help="pandas query selecting the control wells, or a treatment value such as DMSO")
+                   help="filter selecting the control wells (columns, literals, comparisons, and / or / not; see "
+                        "phenovec.io.row_filter), or a treatment value such as DMSO")
     p.add_argument("--features", nargs="+", help="feature columns (default: every non-Metadata_ column)")
-    p.add_argument("--similarity", default="cosine", choices=["cosine", "pearson", "spearman", "euclidean"])
-    p.add_argument("--null-size", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threshold", type=float, default=0.05)
+    add_similarity(p, "cosine")
+    p.add_argument("--null-size", type=int, default=10000, help="null distribution size for the mAP p-values")
+    p.add_argument("--seed", type=int, default=0, help="seed of the null distributions")
+    p.add_argument("--threshold", type=float, default=0.05, help="significance level of the corrected p-values")
     p.add_argument("--provenance", help="JSON file of run provenance (config, hashes, timings) to embed")
+    add_quiet(p)
     p.set_defaults(run=run_report)
     return p
 

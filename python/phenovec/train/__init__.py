@@ -5,9 +5,15 @@
 Modules: ``config`` (YAML schema), ``data`` (splits, epoch plans, loader), ``models`` (ProfileNet),
 ``augment``, ``schedule`` (optimisers, learning-rate schedules), ``checkpoint``, ``loop``, ``command`` (CLI).
 """
-from phenovec.train.checkpoint import load_checkpoint, model_from_checkpoint
-from phenovec.train.config import ConfigError, default_config, load_config
-from phenovec.train.loop import TrainResult, embed_crops, train
+from phenovec.lazy_exports import lazy_exports
+
+# public name -> submodule, imported on first use (the CLI's parser imports train.command only)
+_EXPORTS = {
+    **dict.fromkeys(["load_checkpoint", "model_from_checkpoint"], "checkpoint"),
+    **dict.fromkeys(["ConfigError", "default_config", "load_config"], "config"),
+    **dict.fromkeys(["TrainResult", "embed_crops", "train"], "loop"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["ConfigError", "TrainResult", "default_config", "embed_crops", "load_checkpoint", "load_config",
            "model_from_checkpoint", "train"]

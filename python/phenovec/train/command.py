@@ -10,6 +10,56 @@ from __future__ import annotations
 import argparse
 import json
 
+from phenovec.cli_options import add_quiet, show_progress
+
+# every key of phenovec.train.config.SCHEMA, for --print-config (and the train section of phenovec run's)
+COMMENTS = {
+    "data": "the crops and how they are split, sampled and fed",
+    "data.crops": "output folder of `phenovec crop` (crops.zarr + cells.parquet + manifest.json); required",
+    "data.label": "the class each cell is trained to predict: any column of the cell table",
+    "data.split_by": "all cells of one group land in one split (no leakage)",
+    "data.val_fraction": "fraction of each label's groups for validation (at least one when it has two or more)",
+    "data.holdout_plates": "Metadata_Plate values kept out of train and validation (the test split)",
+    "data.exclude_edge": "edge outcomes never trained on: inside | shifted | padded | dropped | invalid",
+    "data.balance": "none | sampler (each epoch draws equally per class) | loss (class weights)",
+    "data.subsample": "fraction of the training cells drawn afresh every epoch (GapNet's SC-CNN: 0.2)",
+    "data.normalize": "auto | minmax | scale | none: how stored crops become model input",
+    "data.batch_size": "crops per training step",
+    "data.workers": "DataLoader worker processes (0 = in the main process)",
+    "data.prefetch": "batches prefetched per worker",
+    "data.shuffle_chunks": "Zarr chunks mixed in one shuffle window",
+    "model": "the network",
+    "model.arch": "efficientnet_b0 | resnet50 | resnet18 | efficientnet_tiny | resnet_tiny",
+    "model.weights": "null (random init) or a state_dict file (e.g. ImageNet), adapted to the channel count",
+    "model.dropout": "dropout before the classifier",
+    "optim": "optimiser and learning-rate schedule",
+    "optim.name": "sgd | adamw",
+    "optim.lr": "peak learning rate",
+    "optim.weight_decay": "L2 weight decay",
+    "optim.momentum": "SGD momentum",
+    "optim.schedule": "constant | step | cosine",
+    "optim.warmup_epochs": "linear warm-up epochs",
+    "optim.step_size": "epochs between decays, for schedule: step",
+    "optim.gamma": "decay factor, for schedule: step",
+    "optim.label_smoothing": "cross-entropy label smoothing",
+    "optim.clip_grad_norm": "null (no clipping) or the max global gradient norm",
+    "augment": "DeepProfiler's augmentation",
+    "augment.enabled": "false turns every augmentation off",
+    "augment.crop": "probability of a random 80-100 % crop resized back",
+    "augment.flip": "random horizontal / vertical flips",
+    "augment.rotate": "random 90-degree rotations",
+    "augment.brightness": "random brightness shift, up to this fraction",
+    "augment.contrast": "random contrast factor range [low, high]",
+    "train": "the run",
+    "train.out": "checkpoints, metrics.csv / metrics.json, split.parquet (rerun to resume)",
+    "train.epochs": "epochs",
+    "train.seed": "seed of splits, sampling, augmentation and initialisation",
+    "train.device": "auto | cpu | cuda | cuda:N",
+    "train.amp": "auto (on CUDA) | true | false: mixed precision",
+    "train.threads": "null (torch's default) or torch CPU threads",
+    "train.max_minutes": "null (no limit) or stop cleanly after a checkpoint once this wall time is exceeded",
+}
+
 
 def _parse_override(text: str) -> tuple[str, object]:
     import yaml
@@ -26,14 +76,16 @@ def _run_train(a) -> dict:
     from phenovec.train.config import default_config
 
     if a.print_config:
-        print(yaml.safe_dump(default_config(), sort_keys=False))
+        from phenovec.commented_yaml import commented_yaml
+
+        print(commented_yaml(default_config(), COMMENTS))
         return {}
     if not a.config:
         raise ValueError("phenovec train needs a configuration file (see --print-config)")
     from phenovec.train.loop import train
 
     overrides = dict(_parse_override(s) for s in a.set or [])
-    res = train(a.config, overrides, progress=not a.quiet)
+    res = train(a.config, overrides, progress=show_progress(a))
     last = res.metrics.to_dict(orient="records")[-1] if len(res.metrics) else {}
     summary = {"out": str(res.out), "epochs": res.epochs, "best_epoch": res.best_epoch,
                "best_val_accuracy": res.best_val_accuracy, "last": str(res.last),
@@ -47,8 +99,10 @@ def add_train_parser(stages) -> argparse.ArgumentParser:
     """Add ``train`` to the CLI's top-level subparsers; the handler is ``args.run``."""
     p = stages.add_parser("train", help="train a weakly supervised single-cell classifier on crops (PyTorch)")
     p.add_argument("config", nargs="?", help="training configuration (YAML)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a configuration value")
-    p.add_argument("--print-config", action="store_true", help="print the full default configuration and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a configuration value (repeatable)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every configuration key with its default and a comment, and exit")
+    add_quiet(p)
     p.set_defaults(run=_run_train)
     return p
