@@ -1,4 +1,5 @@
 """Shared fixtures: the real third-party data beside the repo (../shared/data)."""
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -103,3 +104,37 @@ def calibrate_batchnorm(model, x):
     with torch.no_grad():
         model(torch.from_numpy(x))
     return model.eval()
+
+
+class _NoOpenVINODevice:
+    """onnxruntime as on a CPU where OpenVINO's plugin lists no device (issue 22's AMD EPYC): ``get_ep_devices`` is
+    empty and a second registration of the plugin library fails as onnxruntime does ("already registered")."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def register(self, name, path):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError(f"EP library is already registered under {name}")
+
+
+@pytest.fixture
+def no_openvino_device(monkeypatch):
+    """This process's onnxruntime behaves as on a CPU where the OpenVINO plugin (installed) lists no device; the
+    plugin's once-per-process registration state starts fresh and is restored afterwards."""
+    import types
+
+    import onnxruntime as ort
+
+    from phenovec.runtime import providers
+
+    fake = _NoOpenVINODevice()
+    plugin = types.SimpleNamespace(get_library_path=lambda: "libonnxruntime_providers_openvino_plugin.so")
+    monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", plugin)
+    monkeypatch.setattr(providers, "_REGISTERED", False)
+    monkeypatch.setattr(providers, "_REGISTER_ERROR", None)
+    monkeypatch.setattr(providers, "openvino_installed", lambda: True)
+    monkeypatch.setattr(ort, "get_ep_devices", lambda: [])
+    monkeypatch.setattr(ort, "register_execution_provider_library", fake.register)
+    return fake

@@ -27,7 +27,15 @@ def setup(tmp_path_factory):
     return tmp, plate, onnx_path, fp32
 
 
-BF16 = providers.device_supports_bf16(providers.openvino_device())
+def bf16_here() -> bool:
+    """Whether this machine's OpenVINO CPU device runs bfloat16 (asked when a test runs, never at collection)."""
+    return providers.device_supports_bf16(providers.openvino_device())
+
+
+def needs_openvino_device():
+    why = providers.openvino_unavailable()
+    if why is not None:
+        pytest.skip(f"needs OpenVINO's CPU device: {why}")
 
 
 def test_bf16_run_is_close_to_float32_and_recorded(setup):
@@ -36,10 +44,11 @@ def test_bf16_run_is_close_to_float32_and_recorded(setup):
     bfloat16 the run is refused (no silent float32)."""
     tmp, plate, onnx_path, fp32 = setup
     out = tmp / "bf16"
-    if not BF16:
-        with pytest.raises(RuntimeError, match="precision 'bf16' cannot run on worker .*AMX or AVX512-BF16"):
+    if not bf16_here():
+        with pytest.raises(ValueError, match="precision 'bf16' cannot run on this machine: bf16 needs"):
             profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=16, dtype="float32",
                           precision="bf16", progress=False)
+        assert not out.exists()  # refused before any output
         return
     res = profile_sites(onnx_path, plate["index"], plate["nuclei"], out, batch_size=16, dtype="float32",
                         workers=2, precision="bf16", progress=False)
@@ -62,21 +71,46 @@ def test_bf16_run_is_close_to_float32_and_recorded(setup):
                       workers=2, progress=False)
 
 
-def test_a_worker_that_cannot_run_the_precision_is_an_error(setup, tmp_path):
-    """fp16 needs TensorRT: on this CPU-only onnxruntime the worker refuses instead of running float32."""
+def test_a_precision_this_machine_cannot_run_is_refused_before_any_output(setup, tmp_path):
+    """fp16 needs TensorRT: on this CPU-only onnxruntime the run is refused before any output (local workers are
+    this machine), and a worker elsewhere (a cluster's) refuses instead of running float32."""
     _, plate, onnx_path, _ = setup
-    with pytest.raises(RuntimeError, match="precision 'fp16' cannot run on worker .*fp16 needs the TensorRT"):
+    with pytest.raises(ValueError, match="precision 'fp16' cannot run on this machine: fp16 needs the TensorRT"):
         profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / "o", batch_size=16,
                       precision="fp16", progress=False)
+    assert not (tmp_path / "o").exists()
+    ref = sites.ModelRef(str(onnx_path), read_metadata(onnx_path).weights_sha256, [CPU], 1, precision="fp16")
+    with pytest.raises(RuntimeError, match="precision 'fp16' cannot run on worker .*fp16 needs the TensorRT"):
+        sites.worker_session(ref)
     with pytest.raises(ValueError, match="precision must be one of"):
         profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / "p", precision="int8",
                       progress=False)
     assert not (tmp_path / "p").exists()  # refused before any output
 
 
+def test_bf16_without_an_openvino_device_is_a_clear_refusal(setup, tmp_path, no_openvino_device):
+    """A CPU where OpenVINO's plugin lists no device (as on the AMD EPYC Zen 4 VM of issue 22): the plugin is
+    registered once per process (a second registration was onnxruntime's "already registered" traceback inside a
+    Dask worker); ``profile_sites`` and ``phenovec profile --precision bf16`` refuse before any output, naming why."""
+    _, plate, onnx_path, _ = setup
+    for name in ("a", "b"):  # twice in one process: still one registration, the same clear refusal
+        with pytest.raises(ValueError, match="precision 'bf16' cannot run on this machine: .*lists no CPU device"):
+            profile_sites(onnx_path, plate["index"], plate["nuclei"], tmp_path / name, batch_size=16,
+                          precision="bf16", progress=False)
+        assert not (tmp_path / name).exists()
+    assert no_openvino_device.calls == 1
+    from phenovec.cli import main
+
+    argv = ["profile", str(onnx_path), "--index", str(plate["index"]), "--locations", str(plate["nuclei"]),
+            "-o", str(tmp_path / "cli"), "--precision", "bf16"]
+    assert main(argv) == 2
+    assert not (tmp_path / "cli").exists() and no_openvino_device.calls == 1
+
+
 def test_openvino_sessions_per_thread_and_options_reach_them(setup, tmp_path):
     """OpenVINO on the CPU is a host provider: one session per Dask thread, as the CPU provider; the precision and
     TensorRT cache folder are carried to the worker's session."""
+    needs_openvino_device()
     _, _, onnx_path, _ = setup
     sha = read_metadata(onnx_path).weights_sha256
     ref = sites.run_model_ref(str(onnx_path), sha, [OV, CPU], 1, True, precision="fp32",
@@ -91,6 +125,7 @@ def test_openvino_sessions_per_thread_and_options_reach_them(setup, tmp_path):
 def test_cli_precision_and_providers(setup, tmp_path):
     """``phenovec profile --providers OpenVINOExecutionProvider CPUExecutionProvider --precision fp32`` equals the
     CPU provider's float32 run to float32 rounding; a bad --precision is refused by argparse."""
+    needs_openvino_device()
     _, plate, onnx_path, fp32 = setup
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "phenovec.cli", "profile", str(onnx_path), "--index", str(plate["index"]),

@@ -315,6 +315,9 @@ def test_io_binding_path_on_the_cpu(exported, crops):
 def test_openvino_fp32_equals_pytorch_and_is_batch_independent(exported, crops):
     """OpenVINO's CPU plugin with float32 asked explicitly (its default on AMX CPUs is bf16): PyTorch's features to
     1e-4, and each crop's features independent of its call's other crops (micro-batches change no number)."""
+    why = providers.openvino_unavailable()
+    if why is not None:
+        pytest.skip(f"needs OpenVINO's CPU device: {why}")
     model, path = exported
     s = ProfileSession(path, providers=[OV, CPU], intra_op_threads=1, micro_batch=4)
     assert s.providers[0] == OV and s.precision == "fp32" and s.micro_batch == 4
@@ -329,10 +332,11 @@ def test_openvino_fp32_equals_pytorch_and_is_batch_independent(exported, crops):
 def test_bf16_on_openvino(exported, crops):
     """bf16 on a CPU with AMX / AVX512-BF16: close to float32 but not equal (it really ran in bf16); a repeated call
     gives the same bits (so a rerun of a fixed task does), another call size the same to float32 rounding (~1e-7,
-    far inside bf16's error); on a CPU without bfloat16 a warning and float32."""
+    far inside bf16's error); on a CPU without bfloat16 (or without an OpenVINO device) a warning and float32."""
     model, path = exported
     ref = embed(model, crops)
-    if providers.device_supports_bf16(providers.openvino_device()):
+    device = providers.openvino_device()
+    if providers.device_supports_bf16(device):
         s = ProfileSession(path, precision="bf16", intra_op_threads=1, micro_batch=4)
         assert s.requested_providers == [OV, CPU] and s.providers[0] == OV and s.precision == "bf16"
         got = s.run(crops)
@@ -345,10 +349,43 @@ def test_bf16_on_openvino(exported, crops):
         np.testing.assert_allclose(whole.run(crops), got, atol=1e-6 * np.abs(ref).max(), rtol=0)
         assert "precision='bf16'" in repr(s)
     else:
-        with pytest.warns(RuntimeWarning, match="bf16 needs a CPU with AMX or AVX512-BF16"):
+        why = "bf16 needs a CPU with AMX or AVX512-BF16" if device is not None else "bf16 needs the OpenVINO provider"
+        with pytest.warns(RuntimeWarning, match=why):
             s = ProfileSession(path, precision="bf16", intra_op_threads=1)
         assert s.precision == "fp32"
         np.testing.assert_allclose(s.run(crops), ref, atol=1e-4, rtol=0)
+
+
+def test_no_openvino_device_is_an_answer_not_an_error(exported, crops, no_openvino_device):
+    """A CPU where the installed OpenVINO plugin lists no device: the library is registered once per process (a
+    second try raised onnxruntime's "already registered"), every question is answered (no device, no bf16, why),
+    bf16 falls back with a warning naming why, and OpenVINO named explicitly is a clear error."""
+    assert providers.openvino_device() is None and providers.openvino_device() is None
+    assert no_openvino_device.calls == 1
+    assert not providers.device_supports_bf16(None)
+    assert "lists no CPU device on this CPU" in providers.openvino_unavailable()
+    assert "lists no CPU device" in providers.precision_unrunnable("bf16")
+    assert providers.precision_unrunnable("fp32") is None
+    with pytest.warns(RuntimeWarning, match="bf16 needs the OpenVINO provider.*lists no CPU device"):
+        s = ProfileSession(exported[1], precision="bf16", intra_op_threads=1)
+    assert s.precision == "fp32" and s.providers == [CPU] and no_openvino_device.calls == 1
+    np.testing.assert_allclose(s.run(crops[:3]), embed(exported[0], crops[:3]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="OpenVINOExecutionProvider' is not available"):
+        ProfileSession(exported[1], providers=[OV, CPU])
+
+
+def test_a_plugin_that_cannot_register_is_not_present(monkeypatch, no_openvino_device):
+    """A registration that fails (a broken install, an onnxruntime without plugin EPs) is remembered, not retried,
+    and reported as the reason."""
+    def broken(name, path):
+        no_openvino_device.calls += 1
+        raise RuntimeError("cannot load library")
+
+    monkeypatch.setattr(ort, "register_execution_provider_library", broken)
+    assert providers.openvino_device() is None and providers.openvino_device() is None
+    assert no_openvino_device.calls == 1
+    assert "could not be registered with onnxruntime (RuntimeError: cannot load library)" in \
+        providers.openvino_unavailable()
 
 
 def test_bf16_without_openvino_falls_back_with_a_warning(exported, crops, monkeypatch):

@@ -9,9 +9,11 @@ onnxruntime does not list is an error naming it and the available ones.
 OpenVINO (``onnxruntime-ep-openvino``, the ``openvino`` extra) is an onnxruntime *plugin* execution provider: its
 library is registered with onnxruntime once per process (:func:`openvino_device`) and a session adds it for the
 OpenVINO CPU device (``SessionOptions.add_provider_for_devices``; naming it in ``providers=`` is silently
-ignored by onnxruntime). Its CPU plugin runs bfloat16 on CPUs with AMX or AVX512-BF16 (Intel Xeon since Sapphire
-Rapids, AMD Zen 4): ResNet-50 at 5 x 128 x 128 on 2 Xeon cores 133 -> 650-716 crops/s, EfficientNet-B0 568 ->
-770-812 (``bench/RESULTS.md``), features within ~1e-2 relative of float32 (cosine >= 0.9999). The precision is
+ignored by onnxruntime). Its CPU plugin runs bfloat16 on CPUs whose OpenVINO device reports ``BF16`` (AMX or
+AVX512-BF16: Intel Xeon since Sapphire Rapids; on the 2-core AMD EPYC Zen 4 VM it was tried on, the plugin listed no
+CPU device at all, so bf16 is refused there): everything is asked at run time, and "not present" is an answer,
+never an error (:func:`openvino_unavailable` says why). ResNet-50 at 5 x 128 x 128 on 2 Xeon cores 133 -> 650-716
+crops/s, EfficientNet-B0 568 -> 770-812 (``bench/RESULTS.md``), features within ~1e-2 relative of float32 (cosine >= 0.9999). The precision is
 always set explicitly (``INFERENCE_PRECISION_HINT``, through ``load_config``): OpenVINO's own default on such CPUs
 is bf16, and the EP's ``precision`` option is ignored by the plugin, so float32 must be asked for. In float32
 OpenVINO is no faster than onnxruntime's CPU provider here (EfficientNet-B0 512 vs 568 crops/s), hence it is not
@@ -42,6 +44,9 @@ HOST = (OPENVINO, CPU)
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 _REGISTER_LOCK = threading.Lock()
+_LIBRARY_NAME = "phenovec-openvino"
+_REGISTERED = False  # this process registered the plugin library (once; onnxruntime refuses a second time)
+_REGISTER_ERROR: str | None = None  # why registering failed, if it did (not retried)
 
 
 def check_precision(precision) -> str:
@@ -62,24 +67,83 @@ def openvino_installed() -> bool:
 
 
 def openvino_device():
-    """The OpenVINO EP's CPU device (``onnxruntime.OrtEpDevice``), registering the plugin library with onnxruntime
-    on first use in this process; ``None`` when the plugin package is not installed or lists no CPU device."""
+    """The OpenVINO EP's CPU device (``onnxruntime.OrtEpDevice``), or ``None`` when the plugin package is not
+    installed, its library could not be registered, or it lists no CPU device (:func:`openvino_unavailable`
+    says which). The plugin library is registered with onnxruntime at most once per process: onnxruntime refuses
+    a second registration under the same name, so a CPU where the plugin lists no device must not try again (a
+    Dask worker asking after the driver did would otherwise fail with "already registered")."""
+    global _REGISTERED, _REGISTER_ERROR
     if not openvino_installed():
         return None
     import onnxruntime as ort
-    import onnxruntime_ep_openvino as plugin
 
     with _REGISTER_LOCK:
-        if not any(d.ep_name == OPENVINO for d in ort.get_ep_devices()):
-            ort.register_execution_provider_library("phenovec-openvino", plugin.get_library_path())
+        if not _REGISTERED and _REGISTER_ERROR is None:
+            if not any(d.ep_name == OPENVINO for d in ort.get_ep_devices()):
+                try:
+                    import onnxruntime_ep_openvino as plugin
+
+                    ort.register_execution_provider_library(_LIBRARY_NAME, plugin.get_library_path())
+                except Exception as e:  # a broken install or an onnxruntime without plugin EPs: not present
+                    _REGISTER_ERROR = f"{type(e).__name__}: {e}"
+            _REGISTERED = _REGISTER_ERROR is None
         devices = [d for d in ort.get_ep_devices() if d.ep_name == OPENVINO
                    and d.ep_metadata.get("ov_device") == "CPU" and "ov_meta_device" not in d.ep_metadata]
     return devices[0] if devices else None
 
 
+def openvino_unavailable() -> str | None:
+    """Why OpenVINO's CPU device cannot be used in this process, or ``None`` when it can (asks at run time)."""
+    if not openvino_installed():
+        return "the OpenVINO plugin is not installed (the openvino extra: onnxruntime-ep-openvino)"
+    if openvino_device() is not None:
+        return None
+    if _REGISTER_ERROR is not None:
+        return f"the OpenVINO plugin could not be registered with onnxruntime ({_REGISTER_ERROR})"
+    return f"the OpenVINO plugin lists no CPU device on this CPU ({cpu_model()})"
+
+
+def cpu_model() -> str:
+    """The host CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), for messages."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def device_supports_bf16(device) -> bool:
-    """Whether an OpenVINO CPU device reports bfloat16 among its ``OPTIMIZATION_CAPABILITIES`` (AMX / AVX512-BF16)."""
+    """Whether an OpenVINO CPU device reports bfloat16 among its ``OPTIMIZATION_CAPABILITIES`` (AMX / AVX512-BF16);
+    ``False`` for ``None`` (no device)."""
+    if device is None:
+        return False
     return "BF16" in str(device.ep_metadata.get("OPTIMIZATION_CAPABILITIES", "")).split()
+
+
+def precision_unrunnable(precision: str, providers: str | Sequence[str] = "auto") -> str | None:
+    """Why this process cannot run ``precision`` with ``providers`` (asked at run time: providers listed, the
+    OpenVINO device and its capabilities), or ``None`` when it can. ``fp16`` needs TensorRT among the chosen
+    providers, ``bf16`` OpenVINO with a CPU device reporting ``BF16``; ``fp32`` always runs."""
+    check_precision(precision)
+    if precision == "fp32":
+        return None
+    chosen = choose_providers(providers, precision)
+    if precision == "fp16":
+        return None if TENSORRT in chosen else f"fp16 needs the TensorRT provider (chosen: {chosen})"
+    if OPENVINO not in chosen:
+        return f"bf16 needs the OpenVINO provider (chosen: {chosen}; {openvino_unavailable() or 'not chosen'})"
+    device = openvino_device()
+    if device is None:
+        return f"bf16 needs the OpenVINO provider (chosen: {chosen}; {openvino_unavailable()})"
+    if not device_supports_bf16(device):
+        caps = device.ep_metadata.get("OPTIMIZATION_CAPABILITIES", "")
+        return f"bf16 needs a CPU with AMX or AVX512-BF16 (OpenVINO reports {caps!r} on {cpu_model()})"
+    return None
 
 
 def openvino_options(*, precision: str, threads: int | None) -> dict:
@@ -97,12 +161,12 @@ def openvino_options(*, precision: str, threads: int | None) -> dict:
 
 def available_providers(*, openvino: bool) -> list[str]:
     """onnxruntime's available providers; with ``openvino``, after registering the OpenVINO plugin (when installed)
-    so that it is listed too."""
+    so that it is listed too, and without it when it lists no CPU device."""
     import onnxruntime as ort
 
-    if openvino:
-        openvino_device()
-    return list(dict.fromkeys(ort.get_available_providers()))
+    no_device = openvino and openvino_device() is None  # registers the plugin first, so that it is listed
+    listed = list(dict.fromkeys(ort.get_available_providers()))
+    return [p for p in listed if p != OPENVINO] if no_device else listed  # no CPU device: cannot run here
 
 
 def choose_providers(providers: str | Sequence[str], precision: str = "fp32") -> list[str]:

@@ -129,7 +129,7 @@ class ProfileSession:
         self.precision_fallback: str | None = None  # why the asked precision fell back to float32, if it did
         chosen = _prov.choose_providers(providers, precision)
         device = _prov.openvino_device() if _prov.OPENVINO in chosen else None
-        self.precision = self._runnable(precision, chosen, device)
+        self.precision = self._runnable(precision, chosen)
         so = _session_options(intra_op_threads)
         if device is not None:  # a plugin EP: added for its device; onnxruntime appends the CPU provider itself
             so.add_provider_for_devices([device], _prov.openvino_options(precision=self.precision,
@@ -173,17 +173,10 @@ class ProfileSession:
         self.micro_batch = auto_micro_batch(self.providers[0], want) if micro_batch == "auto" else micro_batch
         self._lock = threading.Lock() if exclusive else None
 
-    def _runnable(self, precision: str, chosen: list[str], device) -> str:
+    def _runnable(self, precision: str, chosen: list[str]) -> str:
         """``precision`` if the chosen providers can run it, else ``"fp32"`` with a ``RuntimeWarning`` naming why."""
-        if precision == "fp16" and _prov.TENSORRT not in chosen:
-            why = f"fp16 needs the TensorRT provider (chosen: {chosen})"
-        elif precision == "bf16" and device is None:
-            why = (f"bf16 needs the OpenVINO provider (chosen: {chosen}; install the openvino extra: "
-                   "onnxruntime-ep-openvino)")
-        elif precision == "bf16" and not _prov.device_supports_bf16(device):
-            why = (f"bf16 needs a CPU with AMX or AVX512-BF16 (OpenVINO reports "
-                   f"{device.ep_metadata.get('OPTIMIZATION_CAPABILITIES', '')!r})")
-        else:
+        why = _prov.precision_unrunnable(precision, chosen)
+        if why is None:
             return precision
         self.precision_fallback = why
         warnings.warn(f"{self.path}: {why}; running float32", RuntimeWarning, stacklevel=3)
