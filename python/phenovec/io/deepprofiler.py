@@ -195,7 +195,7 @@ def read_deepprofiler_npz(path: str | os.PathLike, fallback_feature_prefix: str 
 
     ``locations=True`` adds ``Location_Center_X`` / ``Location_Center_Y`` (pycytominer's ``load_npz_locations``
     names, columns 0 and 1 of ``locations``) after the metadata; they are not features."""
-    from phenovec.io.profiles import FEATURES_ATTR
+    from phenovec.io.profiles import declare_features
 
     p = Path(path)
     if not p.is_file():
@@ -234,20 +234,21 @@ def read_deepprofiler_npz(path: str | os.PathLike, fallback_feature_prefix: str 
     names = [f"{prefix}_{i}" for i in range(feats.shape[1])]
     parts.append(pd.DataFrame(feats, columns=names))
     df = pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
-    df.attrs[FEATURES_ATTR] = names
-    return df
+    return declare_features(df, names)
 
 
 def read_deepprofiler_dir(path: str | os.PathLike, fallback_feature_prefix: str = "DP", metadata: bool = True,
                           locations: bool = False) -> pd.DataFrame:
     """Every ``.npz`` under ``path`` (recursively, sorted by relative path) as one table; the files must have the
     same columns (``ValueError`` naming the first file that differs)."""
-    from phenovec.io.profiles import FEATURES_ATTR
+    from phenovec.io.profiles import declare_features
 
     p = Path(path)
     files = sorted(p.rglob("*.npz"))
     if not files:
         raise ValueError(f"{p}: no DeepProfiler .npz feature files in this folder")
+    from phenovec.io.profiles import FEATURES_ATTR
+
     tables = []
     for f in files:
         t = read_deepprofiler_npz(f, fallback_feature_prefix, metadata, locations)
@@ -255,6 +256,4 @@ def read_deepprofiler_dir(path: str | os.PathLike, fallback_feature_prefix: str 
             raise ValueError(f"{f}: its columns differ from {files[0]}'s "
                              f"({t.shape[1]} vs {tables[0].shape[1]}; same metadata keys and feature count needed)")
         tables.append(t)
-    df = pd.concat(tables, ignore_index=True)
-    df.attrs[FEATURES_ATTR] = list(tables[0].attrs[FEATURES_ATTR])
-    return df
+    return declare_features(pd.concat(tables, ignore_index=True), tables[0].attrs[FEATURES_ATTR])

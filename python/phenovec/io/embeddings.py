@@ -320,13 +320,11 @@ class EmbeddingStore:
         """The whole store as one table (metadata columns, then features); the feature names are recorded in
         ``attrs[phenovec.io.profiles.FEATURES_ATTR]``, so per-cell metadata without the ``Metadata_`` prefix
         (``ObjectNumber``, ``x``, ``y``, ``edge``) is never taken for a feature."""
-        from phenovec.io.profiles import FEATURES_ATTR
+        from phenovec.io.profiles import declare_features
 
         x = self.array[:]
         meta = self.meta
         clash = [f for f in self.features if f in set(meta.columns)]
         if clash:
             raise ValueError(f"{self.path}: {clash[0]!r} is both a metadata column and a feature name")
-        df = pd.concat([meta, pd.DataFrame(x, columns=self.features)], axis=1)
-        df.attrs[FEATURES_ATTR] = list(self.features)
-        return df
+        return declare_features(pd.concat([meta, pd.DataFrame(x, columns=self.features)], axis=1), self.features)

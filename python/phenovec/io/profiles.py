@@ -36,6 +36,24 @@ READ_FORMATS = (".csv / .csv.gz / .tsv, .parquet (file or folder), AnnData .h5ad
                 "store (embeddings.zarr), DeepProfiler .npz (file or folder)")
 
 
+class FeatureNames(tuple):
+    """The declared feature names kept in ``DataFrame.attrs``: a tuple that copies as itself. pandas deep-copies
+    ``attrs`` into every derived object (each ``df[column]``), so a plain list of 6,400 names made a loop over
+    the columns quadratic (8 s to split one DeepProfiler site)."""
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def declare_features(df: pd.DataFrame, names) -> pd.DataFrame:
+    """Record ``names`` as ``df``'s feature columns (``df.attrs[FEATURES_ATTR]``); returns ``df``."""
+    df.attrs[FEATURES_ATTR] = FeatureNames(str(n) for n in names)
+    return df
+
+
 @dataclass
 class Profiles:
     """Metadata and a C-contiguous float feature matrix with the same rows."""
@@ -107,10 +125,11 @@ def split_profiles(
         mcols = [c for c in df.columns if c not in set(fcols)]
     if not fcols:
         raise ValueError("no feature columns: pass features=[...] or name metadata columns Metadata_*")
-    bad = [c for c in fcols if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+    dtypes = df.dtypes  # one Series of dtypes: no per-column frame access
+    bad = [c for c in fcols if not (pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c]))]
     if bad:
         raise ValueError(
-            f"feature column {bad[0]!r} is not numeric (dtype {df[bad[0]].dtype})"
+            f"feature column {bad[0]!r} is not numeric (dtype {dtypes[bad[0]]})"
             + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
             + "; pass meta=[...] or features=[...] to say which columns are which"
         )
@@ -280,8 +299,7 @@ def _read_anndata(p: Path, kind: str) -> pd.DataFrame:
         for c, dt in info.get("dtypes", {}).items():
             if c in df.columns and dt in ("object", "str", "string") and isinstance(df[c].dtype, pd.CategoricalDtype):
                 df[c] = df[c].astype(object).where(df[c].notna(), None)
-    df.attrs[FEATURES_ATTR] = [c for c in names if not is_metadata_column(c)]
-    return df
+    return declare_features(df, [c for c in names if not is_metadata_column(c)])
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -1,30 +1,51 @@
 """``phenovec process ...``: the processing steps and recipes on the command line.
 
-    phenovec process run RECIPE.yaml INPUT -o OUT.parquet
+    phenovec process recipes                                   (the packaged recipes, one line each)
+    phenovec process show lincs-cellprofiler                   (a recipe's YAML)
+    phenovec process run lincs-cellprofiler cells.parquet -o profiles.parquet --platemap platemap.txt \\
+        --set normalize.samples="Metadata_broad_sample == 'DMSO'"
+    phenovec process collate ANALYSIS_FOLDER -o cells.parquet  (CellProfiler Image + compartment tables)
+    phenovec process aggregate INPUT -o OUT.parquet --strata Metadata_Plate Metadata_Well --operation median
+    phenovec process annotate INPUT --platemap platemap.txt -o OUT.parquet --join-on Metadata_well_position Metadata_Well
     phenovec process normalize INPUT -o OUT.parquet --method mad_robustize --samples "Metadata_x == 'DMSO'" --by Metadata_Plate
     phenovec process spherize INPUT -o OUT.parquet --method ZCA-cor --samples "..." --save-fit fit.npz
     phenovec process feature-select INPUT -o OUT.parquet --operation variance_threshold correlation_threshold
-    phenovec process aggregate INPUT -o OUT.parquet --strata Metadata_Plate Metadata_Well --operation median
     phenovec process consensus INPUT -o OUT.parquet --replicate-columns Metadata_cpd --operation modz
 
-Outputs are CSV, Parquet, AnnData .h5ad or .zarr by the file name (or ``--output-type``); Parquet carries the
-step, its arguments and the input's SHA-256 in its metadata. Every subcommand prints a JSON summary.
+Inputs: anything :func:`phenovec.io.profiles.read_table` reads (CSV, Parquet, AnnData .h5ad / .zarr, phenovec's
+embeddings.zarr, DeepProfiler .npz). Outputs are CSV, Parquet, AnnData .h5ad or .zarr by the file name (or
+``--output-type``); Parquet / AnnData carry the step, its arguments and the input's SHA-256 in their metadata.
+Every subcommand prints a JSON summary (``--quiet``: no progress bars).
 """
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from phenovec.cli_options import add_out, add_quiet, option, show_progress
+
+OUTPUT_TYPES = ["csv", "parquet", "anndata_h5ad", "anndata_zarr"]
+INPUT_HELP = ("profiles: .csv[.gz], .parquet (file or folder), AnnData .h5ad / .zarr, a phenovec embeddings.zarr or "
+              "DeepProfiler .npz (file or folder)")
+SAMPLES_HELP = "rows to fit on: 'all' or a filter expression such as \"Metadata_treatment == 'DMSO'\""
 
 
-def _common(p: argparse.ArgumentParser, features: bool = True) -> None:
-    p.add_argument("input", help="profiles: .csv[.gz], .parquet, a Parquet directory or a Zarr embedding store")
-    p.add_argument("-o", "--output", required=True, help="output: .csv[.gz], .parquet, .h5ad or .zarr")
-    p.add_argument("--output-type", choices=["csv", "parquet", "anndata_h5ad", "anndata_zarr"])
-    if features:
-        p.add_argument("--features", nargs="+", default=None,
-                       help="feature columns (default: infer: CellProfiler prefixes, else numeric non-Metadata_)")
-        p.add_argument("--meta-features", nargs="+", default=None, help="metadata columns (default: Metadata_*)")
+def _output(p: argparse.ArgumentParser) -> None:
+    add_out(p, "output: .csv[.gz], .parquet, .h5ad or .zarr (type by the name unless --output-type)",
+            old=("--output",))
+    option(p, "--output-type", choices=OUTPUT_TYPES, default=None,
+           help="output type (default: from the output's file name)")
+    add_quiet(p)
+
+
+def _common(p: argparse.ArgumentParser, meta_features: bool = False) -> None:
+    p.add_argument("input", help=INPUT_HELP)
+    _output(p)
+    option(p, "--features", nargs="+", default=None,
+           help="feature columns (default: the input's declared features, else CellProfiler prefixes, "
+                "else every numeric non-Metadata_ column)")
+    if meta_features:
+        option(p, "--meta-features", nargs="+", default=None, help="metadata columns (default: every Metadata_ column)")
 
 
 def _feature_kwargs(a) -> dict:
@@ -43,8 +64,9 @@ def _by(v):
 def _run_step(a, step: str, kwargs: dict) -> dict:
     from phenovec.process.recipe import apply_recipe
 
-    df = apply_recipe({"name": step, "steps": [{step: kwargs}]}, a.input, a.output, a.output_type, progress=False)
-    return print_summary({"step": step, "arguments": kwargs, "rows": len(df), "columns": df.shape[1], "output": a.output})
+    df = apply_recipe({"name": step, "steps": [{step: kwargs}]}, a.input, a.out, a.output_type,
+                      progress=show_progress(a))
+    return print_summary({"step": step, "arguments": kwargs, "rows": len(df), "columns": df.shape[1], "output": a.out})
 
 
 def _fit_step(a, step: str, kwargs: dict) -> dict:
@@ -59,88 +81,138 @@ def _fit_step(a, step: str, kwargs: dict) -> dict:
             raise ValueError("--stream is available for normalize")
         from phenovec.process.normalize import normalize_stream
 
-        out = normalize_stream(a.input, a.output, return_fit=bool(a.save_fit), **kwargs)
+        out = normalize_stream(a.input, a.out, return_fit=bool(a.save_fit), **kwargs)
         if a.save_fit:
             out[1].save(a.save_fit)
-        return print_summary({"step": step, "arguments": kwargs, "output": a.output, "streamed": True,
+        return print_summary({"step": step, "arguments": kwargs, "output": a.out, "streamed": True,
                               "fit": a.save_fit})
     mod = __import__(f"phenovec.process.{step}", fromlist=[step])
     func = getattr(mod, step)
-    df = read_table(a.input) if not Path(a.input).suffix == ".zarr" else _read_store(a.input)
+    df = read_table(a.input)
+    if len(df) == 0:
+        raise ValueError(f"{a.input}: the input has no rows")
     out = func(df, return_fit=bool(a.save_fit), **kwargs)
     if a.save_fit:
         out, fit = out
         fit.save(a.save_fit)
     meta = {"step": step, "arguments": {k: str(v) for k, v in kwargs.items()}, "input": a.input,
             "input_sha256": input_sha256(a.input)}
-    write_profiles(out, a.output, output_type=a.output_type, metadata=meta)
-    return print_summary({**meta, "rows": len(out), "columns": out.shape[1], "output": a.output, "fit": a.save_fit})
-
-
-def _read_store(path):
-    from phenovec.io.embeddings import EmbeddingStore
-
-    return EmbeddingStore(path).read()
+    write_profiles(out, a.out, output_type=a.output_type, metadata=meta)
+    return print_summary({**meta, "rows": len(out), "columns": out.shape[1], "output": a.out, "fit": a.save_fit})
 
 
 def add_process_parser(stages) -> None:
-    pr = stages.add_parser("process", help="aggregate, normalize, feature-select, spherize, consensus; recipes")
+    pr = stages.add_parser("process", help="collate, aggregate, annotate, normalize, feature-select, spherize, "
+                                           "consensus; recipes")
     sub = pr.add_subparsers(dest="step", required=True)
 
-    p = sub.add_parser("run", help="apply a YAML recipe (ordered steps) to an input")
-    p.add_argument("recipe", help="recipe YAML")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--output-type", choices=["csv", "parquet", "anndata_h5ad", "anndata_zarr"])
+    p = sub.add_parser("recipes", help="list the packaged recipes (name and what it does)")
+    p.set_defaults(run=_list_recipes)
+
+    p = sub.add_parser("show", help="print a recipe's YAML (a packaged name or a file)")
+    p.add_argument("recipe", help="packaged recipe name (see `phenovec process recipes`) or a YAML file")
+    p.set_defaults(run=_show_recipe)
+
+    p = sub.add_parser("run", help="apply a recipe (ordered steps) to an input")
+    p.add_argument("recipe", help="packaged recipe name (see `phenovec process recipes`) or a YAML file")
+    p.add_argument("input", help=INPUT_HELP)
+    _output(p)
+    option(p, "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+           help="override a recipe key: STEP.ARGUMENT=VALUE (e.g. normalize.method=robustize), steps.N.ARGUMENT "
+                "for the N-th step (1-based), or name / description; VALUE is read as YAML (repeatable; default: none)")
+    option(p, "--platemap", default=None,
+           help="platemap file for the recipe's annotate step (same as --set annotate.platemap=FILE; "
+                "default: the recipe's, which lincs-cellprofiler leaves unset)")
     p.set_defaults(run=_run_recipe)
+
+    p = sub.add_parser("collate", help="merge CellProfiler Image + Cells/Cytoplasm/Nuclei tables into single cells "
+                                       "(pycytominer collate / SingleCells.merge_single_cells)")
+    p.add_argument("input", help="a folder of CellProfiler CSV exports (one subfolder per site with Image.csv and "
+                                 "one CSV per compartment) or a cytominer-database SQLite file")
+    _output(p)
+    option(p, "--compartments", nargs="+", default=["cells", "cytoplasm", "nuclei"],
+           help="compartment tables to merge")
+    option(p, "--strata", nargs="+", default=["Metadata_Plate", "Metadata_Well"],
+           help="Image-table columns carried to every cell")
+    option(p, "--image-columns", nargs="+", default=["TableNumber", "ImageNumber", "Metadata_Site"],
+           help="more Image-table columns carried to every cell")
+    option(p, "--image-table", default="Image", help="name of the Image table in a SQLite input")
+    p.set_defaults(run=_run_collate)
 
     p = sub.add_parser("aggregate", help="cells to site/well profiles (streamed from files: bounded memory)")
     _common(p)
-    p.add_argument("--strata", nargs="+", default=["Metadata_Plate", "Metadata_Well"])
-    p.add_argument("--operation", choices=["median", "mean"], default="median")
-    p.add_argument("--compute-object-count", action="store_true")
+    option(p, "--strata", nargs="+", default=["Metadata_Plate", "Metadata_Well"], help="columns to group by")
+    option(p, "--operation", choices=["median", "mean"], default="median", help="per-group statistic")
+    option(p, "--compute-object-count", action="store_true",
+           help="add Metadata_Object_Count (non-missing --object-feature values per group; default: off)")
+    option(p, "--object-feature", default="Metadata_ObjectNumber",
+           help="column counted by --compute-object-count (default: Metadata_ObjectNumber, or ObjectNumber "
+                "when that column is absent)")
     p.set_defaults(run=lambda a: _run_step(a, "aggregate", {
         **({"features": a.features} if a.features else {}), "strata": a.strata, "operation": a.operation,
-        "compute_object_count": a.compute_object_count}))
+        "compute_object_count": a.compute_object_count, "object_feature": a.object_feature}))
+
+    p = sub.add_parser("annotate", help="join a platemap (and external metadata) to profiles (pycytominer annotate)")
+    p.add_argument("input", help=INPUT_HELP)
+    _output(p)
+    option(p, "--platemap", required=True,
+           help="platemap: .txt / .tsv (tab-separated), .csv or any profile table format (required)")
+    option(p, "--join-on", nargs="+", default=["Metadata_well_position", "Metadata_Well"],
+           metavar="COLUMN", help="platemap column and profile column to join on (one name: the same in both)")
+    option(p, "--external-metadata", default=None, help="another table to left-join (with --external-join-on; default: none)")
+    option(p, "--external-join-on", nargs="+", default=None, metavar="COLUMN",
+           help="column(s) joining --external-metadata (default: none)")
+    option(p, "--no-add-metadata-id", action="store_true",
+           help="keep the platemap's column names (default: prefix them with Metadata_)")
+    option(p, "--no-clean-cellprofiler", action="store_true",
+           help="keep Image_Metadata_Plate/Well/Site (default: rename them Metadata_*)")
+    p.set_defaults(run=_run_annotate)
 
     p = sub.add_parser("normalize", help="standardize / robustize / mad_robustize / inverse_normal / spherize")
-    _common(p)
-    p.add_argument("--method", default="standardize",
-                   choices=["standardize", "robustize", "mad_robustize", "inverse_normal", "spherize"])
-    p.add_argument("--samples", default="all", help="rows to fit on: 'all' or a pandas query")
-    p.add_argument("--by", nargs="+", help="fit per group of these columns (e.g. Metadata_Plate)")
-    p.add_argument("--mad-robustize-epsilon", type=float, default=1e-18)
-    p.add_argument("--fit", help="apply this saved fit (.npz) instead of fitting")
-    p.add_argument("--save-fit", help="save the fitted statistics (.npz)")
-    p.add_argument("--stream", action="store_true", help="two passes over the input, bounded memory (Parquet output)")
+    _common(p, meta_features=True)
+    option(p, "--method", default="standardize",
+           choices=["standardize", "robustize", "mad_robustize", "inverse_normal", "spherize"],
+           help="normalization")
+    option(p, "--samples", default="all", help=SAMPLES_HELP)
+    option(p, "--by", nargs="+", default=None, help="fit per group of these columns, e.g. Metadata_Plate "
+                                                     "(default: one fit on all rows)")
+    option(p, "--mad-robustize-epsilon", type=float, default=1e-18, help="added to the MAD (mad_robustize)")
+    option(p, "--fit", default=None, help="apply this saved fit (.npz) instead of fitting (default: fit)")
+    option(p, "--save-fit", default=None, help="save the fitted statistics (.npz; default: not saved)")
+    option(p, "--stream", action="store_true",
+           help="two passes over the input, bounded memory (Parquet output; default: in memory)")
     p.set_defaults(run=lambda a: _fit_step(a, "normalize", {
         **_feature_kwargs(a), "method": a.method, "samples": a.samples, "by": _by(a.by),
         "mad_robustize_epsilon": a.mad_robustize_epsilon}))
 
     p = sub.add_parser("spherize", help="ZCA / PCA whitening (-cor variants) fitted on controls")
-    _common(p)
-    p.add_argument("--method", default="ZCA-cor", choices=["ZCA", "PCA", "ZCA-cor", "PCA-cor"])
-    p.add_argument("--samples", default="all")
-    p.add_argument("--epsilon", type=float, default=1e-6)
-    p.add_argument("--no-center", action="store_true")
-    p.add_argument("--by", nargs="+", help="fit per group (default: one global fit, as the DeepProfiler thesis)")
-    p.add_argument("--fit", help="apply this saved fit (.npz)")
-    p.add_argument("--save-fit", help="save the fitted transform (.npz)")
+    _common(p, meta_features=True)
+    option(p, "--method", default="ZCA-cor", choices=["ZCA", "PCA", "ZCA-cor", "PCA-cor"], help="whitening")
+    option(p, "--samples", default="all", help=SAMPLES_HELP)
+    option(p, "--epsilon", type=float, default=1e-6, help="regularization added to the eigenvalues")
+    option(p, "--no-center", action="store_true", help="do not center before whitening (default: center)")
+    option(p, "--by", nargs="+", default=None,
+           help="fit per group (default: one global fit, as the DeepProfiler thesis)")
+    option(p, "--fit", default=None, help="apply this saved fit (.npz) instead of fitting (default: fit)")
+    option(p, "--save-fit", default=None, help="save the fitted transform (.npz; default: not saved)")
     p.set_defaults(run=lambda a: _fit_step(a, "spherize", {
         **_feature_kwargs(a), "method": a.method, "samples": a.samples, "epsilon": a.epsilon,
         "center": not a.no_center, "by": _by(a.by)}))
 
     p = sub.add_parser("feature-select", help="variance / frequency / correlation / NA / outlier / blocklist / noise")
     _common(p)
-    p.add_argument("--operation", nargs="+", default=["variance_threshold"])
-    p.add_argument("--samples", default="all")
-    p.add_argument("--corr-threshold", type=float, default=0.9)
-    p.add_argument("--corr-method", default="pearson", choices=["pearson", "spearman", "kendall"])
-    p.add_argument("--na-cutoff", type=float, default=0.05)
-    p.add_argument("--blocklist-file")
-    p.add_argument("--outlier-cutoff", type=float, default=500)
-    p.add_argument("--noise-removal-perturb-groups")
-    p.add_argument("--noise-removal-stdev-cutoff", type=float)
+    option(p, "--operation", nargs="+", default=["variance_threshold"],
+           help="variance_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal")
+    option(p, "--samples", default="all", help=SAMPLES_HELP)
+    option(p, "--corr-threshold", type=float, default=0.9, help="correlation_threshold: drop above this |r|")
+    option(p, "--corr-method", default="pearson", choices=["pearson", "spearman", "kendall"],
+           help="correlation_threshold: correlation")
+    option(p, "--na-cutoff", type=float, default=0.05, help="drop_na_columns: largest allowed fraction of NA")
+    option(p, "--blocklist-file", default=None, help="blocklist: file of feature names (default: pycytominer's)")
+    option(p, "--outlier-cutoff", type=float, default=500, help="drop_outliers: largest allowed |value|")
+    option(p, "--noise-removal-perturb-groups", default=None, help="noise_removal: column of perturbation groups (default: none)")
+    option(p, "--noise-removal-stdev-cutoff", type=float, default=None,
+           help="noise_removal: largest allowed mean within-group standard deviation (default: none)")
     p.set_defaults(run=lambda a: _run_step(a, "feature_select", {
         **({"features": a.features} if a.features else {}), "operation": a.operation, "samples": a.samples,
         "corr_threshold": a.corr_threshold, "corr_method": a.corr_method, "na_cutoff": a.na_cutoff,
@@ -150,17 +222,68 @@ def add_process_parser(stages) -> None:
 
     p = sub.add_parser("consensus", help="replicates to consensus profiles: median, mean or MODZ")
     _common(p)
-    p.add_argument("--replicate-columns", nargs="+", default=["Metadata_Plate", "Metadata_Well"])
-    p.add_argument("--operation", default="median", choices=["median", "mean", "modz"])
+    option(p, "--replicate-columns", nargs="+", default=["Metadata_Plate", "Metadata_Well"],
+           help="columns whose values identify a replicate group")
+    option(p, "--operation", default="median", choices=["median", "mean", "modz"], help="consensus statistic")
     p.set_defaults(run=lambda a: _run_step(a, "consensus", {
         **({"features": a.features} if a.features else {}), "replicate_columns": a.replicate_columns,
         "operation": a.operation}))
 
 
-def _run_recipe(a) -> dict:
-    from phenovec.process.recipe import apply_recipe
+def _run_annotate(a) -> dict:
+    join = a.join_on[0] if len(a.join_on) == 1 else a.join_on
+    if len(a.join_on) > 2:
+        raise SystemExit(f"--join-on takes 1 or 2 column names (platemap column, profile column), got {a.join_on}")
+    if (a.external_metadata is None) != (a.external_join_on is None):
+        raise SystemExit("--external-metadata and --external-join-on go together")
+    kwargs = {"platemap": a.platemap, "join_on": join, "add_metadata_id_to_platemap": not a.no_add_metadata_id,
+              "clean_cellprofiler": not a.no_clean_cellprofiler}
+    if a.external_metadata is not None:
+        ext = a.external_join_on
+        kwargs.update(external_metadata=a.external_metadata, external_join_on=ext[0] if len(ext) == 1 else ext)
+    return _run_step(a, "annotate", kwargs)
 
-    df = apply_recipe(a.recipe, a.input, a.output, a.output_type)
+
+def _run_collate(a) -> dict:
+    from phenovec import __version__
+    from phenovec.io.profiles import write_profiles
+    from phenovec.process.collate import collate
+
+    kwargs = {"compartments": a.compartments, "strata": a.strata, "image_columns": a.image_columns,
+              "image_table": a.image_table}
+    df = collate(a.input, **kwargs)
+    meta = {"step": "collate", "arguments": kwargs, "input": a.input, "phenovec_version": __version__}
+    write_profiles(df, a.out, output_type=a.output_type, metadata=meta)
+    return print_summary({**meta, "rows": len(df), "columns": df.shape[1], "output": a.out})
+
+
+def _list_recipes(a) -> dict:
+    from phenovec.process.recipe import Recipe, packaged_recipes
+
+    rows = {name: Recipe.load(path).description for name, path in packaged_recipes().items()}
+    width = max(map(len, rows), default=0)
+    for name, desc in rows.items():
+        print(f"{name:<{width}}  {desc}")
+    return rows
+
+
+def _show_recipe(a) -> dict:
+    from phenovec.process.recipe import recipe_path
+
+    p = recipe_path(a.recipe)
+    text = p.read_text()
+    print(text, end="" if text.endswith("\n") else "\n")
+    return {"recipe": str(p)}
+
+
+def _run_recipe(a) -> dict:
+    from phenovec.process.recipe import Recipe, apply_recipe
+
+    overrides = list(a.overrides)
+    if a.platemap is not None:
+        overrides.append(("annotate.platemap", a.platemap))
+    r = Recipe.load(a.recipe, overrides=overrides)
+    df = apply_recipe(r, a.input, a.out, a.output_type, progress=show_progress(a))
     prov = df.attrs["phenovec"]
     print(json.dumps(prov, indent=2, default=str))
     return prov

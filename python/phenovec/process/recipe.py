@@ -1,11 +1,13 @@
 """Recipes: an ordered list of processing steps, written in YAML or Python, applied by ``phenovec process run``.
 
-A recipe is a mapping ``{"name": ..., "steps": [{STEP: {kwargs}}, ...]}`` (YAML or a Python dict/list), e.g.::
+A recipe is a mapping ``{"name": ..., "description": ..., "steps": [{STEP: {kwargs}}, ...]}`` (YAML or a Python
+dict/list), e.g.::
 
     name: well-profiles
+    description: single cells to normalized, feature-selected, spherized consensus profiles
     steps:
       - aggregate: {strata: [Metadata_Plate, Metadata_Well], operation: median}
-      - annotate: {platemap: platemap.txt, join_on: [Metadata_well_position, Metadata_Well]}
+      - annotate: {platemap: null, join_on: [Metadata_well_position, Metadata_Well]}
       - normalize: {method: mad_robustize, samples: "Metadata_treatment == 'DMSO'", by: Metadata_Plate}
       - feature_select: {operation: [variance_threshold, correlation_threshold, drop_na_columns, blocklist]}
       - spherize: {method: ZCA-cor, samples: "Metadata_treatment == 'DMSO'"}
@@ -17,16 +19,25 @@ runs streamed (``aggregate_stream``: memory bounded by the number of groups, not
 run in memory on the aggregated profiles. The output records, in the Parquet metadata (key ``phenovec``) or the
 AnnData ``uns["phenovec"]``, the recipe itself, its SHA-256, the input's SHA-256 (file bytes; for a directory
 the sorted files' bytes), the phenovec version and the shape after each step.
+
+Overrides (``Recipe.load(..., overrides=["normalize.method=robustize"])``, the CLI's ``--set``): ``STEP.ARGUMENT``
+for a step that occurs once, ``steps.N.ARGUMENT`` for the N-th step (1-based), deeper keys into a mapping
+argument (``consensus.modz_args.method``), or ``name`` / ``description``. The value is read with
+``yaml.safe_load`` (``1e-6`` a float, ``[a, b]`` a list, ``null`` None). A key that names no step, or an argument
+the step's function does not take, is a ``ValueError`` naming the key. A step argument the recipe leaves ``null``
+but the step needs (``annotate``'s ``platemap``) is an error naming the key to set, before anything runs.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -58,6 +69,7 @@ class Recipe:
     steps: list[tuple[str, dict[str, Any]]]
     name: str = "recipe"
     source: dict = field(default_factory=dict)
+    description: str = ""
 
     @classmethod
     def from_obj(cls, obj) -> "Recipe":
@@ -67,6 +79,7 @@ class Recipe:
         if isinstance(obj, Recipe):
             return obj
         name = "recipe"
+        description = ""
         raw = obj
         if isinstance(obj, dict):
             unknown = set(obj) - {"name", "steps", "description"}
@@ -75,6 +88,7 @@ class Recipe:
             if "steps" not in obj:
                 raise ValueError("recipe: no 'steps' list")
             name = str(obj.get("name", name))
+            description = "" if obj.get("description") is None else " ".join(str(obj["description"]).split())
             raw = obj["steps"]
         if not isinstance(raw, (list, tuple)) or not raw:
             raise ValueError("recipe: 'steps' must be a non-empty list")
@@ -97,33 +111,128 @@ class Recipe:
             if bad:
                 raise ValueError(f"recipe step {i} ({step}): {sorted(bad)[0]!r} is set by the recipe runner, not the step")
             steps.append((str(step), dict(kwargs)))
-        return cls(steps=steps, name=name, source={"name": name, "steps": [{s: k} for s, k in steps]})
+        return cls(steps=steps, name=name, source={"name": name, "steps": [{s: k} for s, k in steps]},
+                   description=description)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Recipe":
-        """Read a YAML (or JSON) recipe file, or a packaged recipe by name (see :func:`packaged_recipes`)."""
+    def load(cls, path: str | os.PathLike, overrides: Iterable = ()) -> "Recipe":
+        """Read a YAML (or JSON) recipe file, or a packaged recipe by name (see :func:`packaged_recipes`), and apply
+        ``overrides`` (see the module docstring)."""
         import yaml
 
-        p = Path(path)
-        if not p.exists() and str(path) in packaged_recipes():
-            p = packaged_recipes()[str(path)]
-        if not p.exists():
-            raise FileNotFoundError(
-                f"recipe not found: {p} (packaged recipes: {', '.join(sorted(packaged_recipes()))})")
+        p = recipe_path(path)
         try:
             obj = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise ValueError(f"{p}: not valid YAML: {e}") from None
         try:
-            return cls.from_obj(obj)
+            return cls.from_obj(obj).with_overrides(overrides)
         except ValueError as e:
             raise ValueError(f"{p}: {e}") from None
 
+    def with_overrides(self, overrides: Iterable) -> "Recipe":
+        """A copy with ``overrides`` applied: ``"KEY=VALUE"`` strings (VALUE read as YAML) or ``(KEY, value)`` pairs
+        (value taken as is); see the module docstring for the keys."""
+        steps = [(s, copy.deepcopy(k)) for s, k in self.steps]
+        name, description = self.name, self.description
+        for item in overrides:
+            key, value = _parse_override(item)
+            parts = key.split(".")
+            if parts == ["name"]:
+                name = str(value)
+                continue
+            if parts == ["description"]:
+                description = "" if value is None else str(value)
+                continue
+            if parts[0] == "steps":
+                if len(parts) < 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(steps):
+                    raise ValueError(f"--set {key}: 'steps.N.ARGUMENT' needs N between 1 and {len(steps)}")
+                i, rest = int(parts[1]) - 1, parts[2:]
+            elif parts[0] in STEP_NAMES:
+                where = [i for i, (s, _) in enumerate(steps) if s == parts[0]]
+                if not where:
+                    raise ValueError(f"--set {key}: unknown key: the recipe has no {parts[0]} step "
+                                     f"(steps: {', '.join(s for s, _ in steps)})")
+                if len(where) > 1:
+                    raise ValueError(f"--set {key}: the recipe has {len(where)} {parts[0]} steps (steps "
+                                     f"{', '.join(str(i + 1) for i in where)}); use steps.N.{'.'.join(parts[1:])}")
+                i, rest = where[0], parts[1:]
+            else:
+                raise ValueError(f"--set {key}: unknown key {parts[0]!r} (use STEP.ARGUMENT with a step of "
+                                 f"{', '.join(s for s, _ in steps)}, steps.N.ARGUMENT, name or description)")
+            step, kwargs = steps[i]
+            if not rest or not all(rest):
+                raise ValueError(f"--set {key}: name an argument of step {i + 1} ({step}), e.g. {step}.ARGUMENT")
+            allowed = step_arguments(step)
+            if rest[0] not in allowed:
+                raise ValueError(f"--set {key}: unknown key: {step} has no argument {rest[0]!r} "
+                                 f"(arguments: {', '.join(allowed)})")
+            target = kwargs
+            for j, k in enumerate(rest[:-1]):
+                nxt = target.get(k)
+                if nxt is None:
+                    nxt = target[k] = {}
+                if not isinstance(nxt, dict):
+                    raise ValueError(f"--set {key}: unknown key: {'.'.join(rest[: j + 1])} of {step} is "
+                                     f"{type(nxt).__name__}, not a mapping")
+                target = nxt
+            target[rest[-1]] = value
+        r = Recipe.from_obj({"name": name, "description": description or None,
+                             "steps": [{s: k} for s, k in steps]})
+        return r
+
+    def check_required(self) -> None:
+        """``ValueError`` naming the key to set when a step lacks an argument it needs (annotate's platemap)."""
+        for i, (step, kwargs) in enumerate(self.steps, 1):
+            if step == "annotate" and kwargs.get("platemap") is None:
+                raise ValueError(f"recipe {self.name!r}, step {i} (annotate) needs a platemap: give --platemap FILE "
+                                 "(or --set annotate.platemap=FILE; from Python, overrides=[('annotate.platemap', "
+                                 "FILE)])")
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "steps": [{s: k} for s, k in self.steps]}
+        d = {"name": self.name, "steps": [{s: k} for s, k in self.steps]}
+        if self.description:
+            d["description"] = self.description
+        return d
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+_RUNNER_ARGUMENTS = ("profiles", "population_df", "output_file", "output_type", "return_fit")
+
+
+def step_arguments(step: str) -> list[str]:
+    """The keyword arguments a recipe may give ``step`` (its function's, less those the runner sets)."""
+    return [a for a in inspect.signature(_step_function(step)).parameters if a not in _RUNNER_ARGUMENTS]
+
+
+def _parse_override(item) -> tuple[str, Any]:
+    import yaml
+
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return str(item[0]).strip(), item[1]
+    if not isinstance(item, str) or "=" not in item:
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ValueError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {key}: the value {text!r} is not a YAML scalar or list: {e}") from None
+    return key, value
+
+
+def recipe_path(recipe: str | os.PathLike) -> Path:
+    """A recipe file, or the packaged recipe of that name; ``FileNotFoundError`` naming both otherwise."""
+    p = Path(recipe)
+    if not p.exists() and str(recipe) in packaged_recipes():
+        p = packaged_recipes()[str(recipe)]
+    if not p.is_file():
+        raise FileNotFoundError(f"recipe not found: {p} (packaged recipes: {', '.join(sorted(packaged_recipes()))})")
+    return p
 
 
 def packaged_recipes() -> dict[str, Path]:
@@ -173,6 +282,7 @@ def apply_recipe(
     from phenovec.io.profiles import read_table, write_profiles
 
     r = Recipe.load(recipe) if isinstance(recipe, (str, os.PathLike)) else Recipe.from_obj(recipe)
+    r.check_required()
     log = []
     df = None
     steps = list(r.steps)
@@ -188,6 +298,8 @@ def apply_recipe(
         else:
             if df is None:
                 df = read_table(source) if is_path else source
+                if len(df) == 0:
+                    raise ValueError(f"{source if is_path else 'the input DataFrame'}: the input has no rows")
             if features_default == "non-metadata" and "features" not in kwargs and step != "annotate":
                 kwargs = {**kwargs, "features": [c for c in df.columns if not str(c).startswith("Metadata_")]}
             df = _step_function(step)(df, **kwargs)
