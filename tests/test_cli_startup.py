@@ -104,6 +104,7 @@ def test_process_normalize_without_optional_packages(table, tmp_path):
 @pytest.mark.parametrize("args, package, extra", [
     (["train", "train.yaml"], "torch", "train"),
     (["export", "best.pt", "-o", "model.onnx"], "torch", "export"),
+    (["profile", "model.onnx", "--crops", "crops", "-o", "prof"], "onnxruntime", "profile"),
 ])
 def test_a_command_needing_a_missing_package_says_which_extra(tmp_path, args, package, extra):
     r = _blocked(*args, cwd=tmp_path)

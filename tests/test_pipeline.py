@@ -106,3 +106,21 @@ def test_cli_print_config_round_trips_and_api_mirrors_cli(tmp_path):
     from phenovec.pipeline import run as run_fn
 
     assert phenovec.crop is crop_index and phenovec.run is run_fn
+
+
+def test_cli_run_out_overrides_the_configuration(tmp_path, monkeypatch):
+    import phenovec.pipeline as pipeline
+    from phenovec.cli import main
+
+    seen = {}
+
+    def fake_run(config, progress):
+        seen.update(config=config, progress=progress)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump({"out": "from-config", "synth": {"plates": 1}}))
+    assert main(["run", str(p), "-o", str(tmp_path / "elsewhere"), "--quiet"]) == 2
+    assert seen["config"]["out"] == str((tmp_path / "elsewhere").resolve()) and seen["progress"] is False
+    assert seen["config"]["synth"]["plates"] == 1 and seen["config"]["train"] == default_config()["train"]
