@@ -67,18 +67,8 @@ def test_the_walk_sees_every_stage():
     assert len([n for n in LEAVES if n.startswith("evaluate ")]) == 9
 
 
-@pytest.mark.parametrize("name", [n for n in LEAVES if not n.startswith("process")])
+@pytest.mark.parametrize("name", list(LEAVES))
 def test_every_subcommand_keeps_the_vocabulary(name):
-    assert _problems(LEAVES[name]) == []
-
-
-# phenovec/process/command.py is owned by another helper of issue 22, told the same vocabulary. Until it is
-# converted, its subcommands are checked here separately and expected to fail (xfail, not strict: they pass as
-# soon as the file keeps the vocabulary; then drop the marker).
-@pytest.mark.xfail(reason="process/command.py not yet on the shared vocabulary (-o/--out, --quiet, help on every "
-                          "option); owned by the process helper", strict=False)
-@pytest.mark.parametrize("name", [n for n in LEAVES if n.startswith("process")])
-def test_every_process_subcommand_keeps_the_vocabulary(name):
     assert _problems(LEAVES[name]) == []
 
 
@@ -133,8 +123,6 @@ def test_process_old_output_spelling_still_parses(argv):
 
 def test_old_spellings_are_hidden_from_help():
     for name, parser in LEAVES.items():
-        if name.startswith("process"):
-            continue
         text = parser.format_help()
         for s in OLD_SPELLINGS:
             assert f"{s} " not in text and f"{s}," not in text and not text.rstrip().endswith(s), (name, s)
