@@ -39,7 +39,7 @@ import pandas as pd
 
 from phenovec.ingest.fields import DTYPES, illumination_config, normalize_intensity
 from phenovec.ingest.index import ImageIndex, site_centres
-from phenovec.io.atomic import write_json_atomic
+from phenovec.io.atomic import output_folder, write_json_atomic
 
 EDGE_POLICIES = ("drop", "shift", "pad")
 MASK_MODES = ("neighbors", "object")
@@ -64,6 +64,22 @@ def cell_label_ids(loc: pd.DataFrame, where: str) -> np.ndarray | None:
     if loc["ObjectNumber"].isna().any():
         raise ValueError(f"{where}: ObjectNumber has missing values (needed as label ids for masking)")
     return np.ascontiguousarray(loc["ObjectNumber"].to_numpy(dtype=np.int64))
+
+
+def _refuse_outside(codes: np.ndarray, xs: np.ndarray, ys: np.ndarray, loc: pd.DataFrame, index: ImageIndex,
+                    s: int, locations) -> None:
+    """A finite centre the crop core found outside the site's image (outcome ``invalid``) is an error naming the
+    locations, the site, the cell and the image: such a table belongs to other images (another size or site)."""
+    bad = np.flatnonzero((codes == OUTCOMES.index("invalid")) & np.isfinite(xs) & np.isfinite(ys))
+    if len(bad):
+        i = int(bad[0])
+        src = "locations" if isinstance(locations, pd.DataFrame) or locations is None else str(locations)
+        cell = f"ObjectNumber {loc['ObjectNumber'].iloc[i]}" if "ObjectNumber" in loc.columns else f"cell {i}"
+        site = " ".join(str(index.sites.iloc[s][k]) for k in ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
+                        if k in index.sites.columns)
+        raise ValueError(f"{src}: {cell} of site {site} has its centre (x={xs[i]:g}, y={ys[i]:g}) outside the "
+                         f"image {index.paths[s][0]} ({len(bad)} such cells in the site): are these the locations "
+                         "of these images?")
 
 
 def crop_index(
@@ -105,123 +121,128 @@ def crop_index(
         raise ValueError(f"dtype must be None or one of {DTYPES}, got {dtype!r}")
     if dtype == "uint8" and intensity is None and not rescale:
         raise ValueError("dtype uint8 needs a rescale (intensity or per-crop rescale) of the 16-bit pixels")
+    if len(index) == 0:
+        raise ValueError(f"{index.source}: the image index has no site")
+    locs = site_centres(index, locations)  # read and checked before anything is written
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cells").mkdir(exist_ok=True)
-    config = {"channels": index.channels, "box_size": int(box_size), "edge": edge, "rescale": bool(rescale),
-              "chunk_cells": int(chunk_cells), "sites": len(index),
-              "illumination": illumination_config(illumination), "intensity": list(intensity) if intensity else None,
-              "dtype": dtype, "mask": mask, "frames": index.frames is not None}
-    mpath = out / "manifest.json"
-    shape_tail = (len(index.channels), box_size, box_size)
-    if mpath.exists():
-        manifest = json.loads(mpath.read_text())
-        if manifest["config"] != config:
-            raise ValueError(f"{out}: holds crops made with another configuration {manifest['config']}; "
-                             f"use a new output folder (asked: {config})")
-        arr = zarr.open_array(str(out / "crops.zarr"), mode="r+")
-    else:
-        manifest = {"config": config, "committed": 0, "done": [], "done_end": 0, "complete": False}
-        if (out / "crops.zarr").exists():
-            shutil.rmtree(out / "crops.zarr")
-        attrs = {**config, "phenovec_version": phenovec.__version__}
+    with output_folder(out) as run:
+        (out / "cells").mkdir(exist_ok=True)
+        config = {"channels": index.channels, "box_size": int(box_size), "edge": edge, "rescale": bool(rescale),
+                  "chunk_cells": int(chunk_cells), "sites": len(index),
+                  "illumination": illumination_config(illumination), "intensity": list(intensity) if intensity else None,
+                  "dtype": dtype, "mask": mask, "frames": index.frames is not None}
+        mpath = out / "manifest.json"
+        shape_tail = (len(index.channels), box_size, box_size)
+        if mpath.exists():
+            manifest = json.loads(mpath.read_text())
+            if manifest["config"] != config:
+                raise ValueError(f"{out}: holds crops made with another configuration {manifest['config']}; "
+                                 f"use a new output folder (asked: {config})")
+            arr = zarr.open_array(str(out / "crops.zarr"), mode="r+")
+        else:
+            manifest = {"config": config, "committed": 0, "done": [], "done_end": 0, "complete": False}
+            if (out / "crops.zarr").exists():
+                shutil.rmtree(out / "crops.zarr")
+            attrs = {**config, "phenovec_version": phenovec.__version__}
+            if illumination is not None:
+                from phenovec.ingest.illumination import illumination_provenance
+
+                attrs["illumination_files"] = {p: illumination_provenance(illumination, p, index.channels)
+                                               for p in dict.fromkeys(index.sites["Metadata_Plate"].astype(str))}
+            arr = zarr.create_array(str(out / "crops.zarr"), shape=(0, *shape_tail), chunks=(chunk_cells, *shape_tail),
+                                    dtype=dtype, fill_value=0, attributes=attrs)
+            write_json_atomic(mpath, manifest)
+        committed = int(manifest["committed"])
+        done = set(manifest["done"])
+        resumed = len(done)
+        run.resumable = bool(done)
+        flat_cache: list = [None, None]  # (plate, C x H x W flat field) of the last plate
         if illumination is not None:
-            from phenovec.ingest.illumination import illumination_provenance
+            from phenovec.ingest.illumination import load_illumination
+        pending: list[np.ndarray] = []
+        pending_sites: list[tuple[int, pd.DataFrame, int]] = []  # (site, table, last row + 1)
+        n_pending = 0
+        # sites are done in index order: crops restart after the last done site's rows; the rows of the next sites
+        # that already lie in committed chunks are recomputed for the table but not written again
+        next_row = int(manifest.get("done_end", 0))
 
-            attrs["illumination_files"] = {p: illumination_provenance(illumination, p, index.channels)
-                                           for p in dict.fromkeys(index.sites["Metadata_Plate"].astype(str))}
-        arr = zarr.create_array(str(out / "crops.zarr"), shape=(0, *shape_tail), chunks=(chunk_cells, *shape_tail),
-                                dtype=dtype, fill_value=0, attributes=attrs)
+        def flush(final: bool) -> None:
+            nonlocal pending, n_pending, committed
+            block = np.concatenate(pending) if pending else np.empty((0, *shape_tail), dtype=dtype)
+            full = (len(block) // chunk_cells) * chunk_cells if not final else len(block)
+            if full:
+                arr.resize((committed + full, *shape_tail))
+                arr[committed : committed + full] = block[:full]
+                committed += full
+            rest = block[full:]
+            pending, n_pending = ([rest] if len(rest) else []), len(rest)
+            still = []
+            for site, table, end in pending_sites:
+                if end <= committed and not still:
+                    table.to_parquet(out / "cells" / f".site-{site:05d}.tmp", index=False)
+                    os.replace(out / "cells" / f".site-{site:05d}.tmp", out / "cells" / f"site-{site:05d}.parquet")
+                    done.add(site)
+                    manifest["done_end"] = end
+                    run.resumable = True
+                else:
+                    still.append((site, table, end))
+            pending_sites[:] = still
+            manifest.update(committed=committed, done=sorted(done))
+            write_json_atomic(mpath, manifest)
+
+        bar = tqdm(range(len(index)), desc="crop sites", unit="site", disable=None if progress is None else not progress)
+        for s in bar:
+            if s in done:
+                continue
+            loc = locs.table(s)
+            xs = np.ascontiguousarray(loc["x"].to_numpy(dtype=np.float64))
+            ys = np.ascontiguousarray(loc["y"].to_numpy(dtype=np.float64))
+            opts: dict = {"compact": True}
+            if index.site_frames(s) is not None:
+                opts["frames"] = index.site_frames(s)
+            if illumination is not None:
+                plate = index.sites.iloc[s]["Metadata_Plate"]
+                if flat_cache[0] != str(plate):
+                    flat_cache[:] = [str(plate), load_illumination(illumination, plate, index.channels)[0]]
+                opts["flat"] = flat_cache[1]
+            if intensity is not None:
+                opts["intensity"] = intensity
+            if mask is not None:
+                opts.update(labels=index.labels[s], mask=mask)
+                ids = cell_label_ids(loc, f"locations of site {s} ({index.paths[s][0]})")
+                if ids is not None:
+                    opts["label_ids"] = ids
+            opts["dtype"] = dtype
+            crops, codes = _core.crop_site(index.paths[s], xs, ys, int(box_size), edge, bool(rescale), **opts)
+            codes = np.asarray(codes, dtype=np.int64)
+            _refuse_outside(codes, xs, ys, loc, index, s, locations)
+            has_crop = codes <= 2  # inside, shifted, padded
+            if len(crops) != int(has_crop.sum()):
+                raise RuntimeError(f"site {s}: crop_site returned {len(crops)} crops for {int(has_crop.sum())} kept cells")
+            kept = crops
+            rows = np.full(len(codes), -1, dtype=np.int64)
+            rows[has_crop] = next_row + np.arange(len(kept))
+            start, next_row = next_row, next_row + len(kept)
+            kept = kept[max(0, committed - start):]  # already in committed chunks (a resumed run)
+            table = pd.DataFrame({k: np.repeat(index.sites.iloc[s][k], len(codes)) for k in index.sites.columns})
+            if "ObjectNumber" in loc.columns:
+                table["ObjectNumber"] = loc["ObjectNumber"].to_numpy()
+            table["x"], table["y"] = xs, ys
+            table["edge"] = pd.Categorical.from_codes(codes, OUTCOMES)
+            table["row"] = rows
+            if len(kept):
+                pending.append(np.asarray(kept, dtype=dtype))
+                n_pending += len(kept)
+            pending_sites.append((s, table, next_row))
+            if n_pending >= chunk_cells:
+                flush(final=False)
+        flush(final=True)
+        parts = [pd.read_parquet(out / "cells" / f"site-{s:05d}.parquet") for s in sorted(done)]
+        cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        if len(cells):
+            cells["edge"] = pd.Categorical(cells["edge"].astype(str), categories=list(OUTCOMES))
+        cells.to_parquet(out / ".cells.parquet.tmp", index=False)
+        os.replace(out / ".cells.parquet.tmp", out / "cells.parquet")
+        manifest["complete"] = True
         write_json_atomic(mpath, manifest)
-    committed = int(manifest["committed"])
-    done = set(manifest["done"])
-    resumed = len(done)
-    locs = site_centres(index, locations)
-    flat_cache: list = [None, None]  # (plate, C x H x W flat field) of the last plate
-    if illumination is not None:
-        from phenovec.ingest.illumination import load_illumination
-    pending: list[np.ndarray] = []
-    pending_sites: list[tuple[int, pd.DataFrame, int]] = []  # (site, table, last row + 1)
-    n_pending = 0
-    # sites are done in index order: crops restart after the last done site's rows; the rows of the next sites
-    # that already lie in committed chunks are recomputed for the table but not written again
-    next_row = int(manifest.get("done_end", 0))
-
-    def flush(final: bool) -> None:
-        nonlocal pending, n_pending, committed
-        block = np.concatenate(pending) if pending else np.empty((0, *shape_tail), dtype=dtype)
-        full = (len(block) // chunk_cells) * chunk_cells if not final else len(block)
-        if full:
-            arr.resize((committed + full, *shape_tail))
-            arr[committed : committed + full] = block[:full]
-            committed += full
-        rest = block[full:]
-        pending, n_pending = ([rest] if len(rest) else []), len(rest)
-        still = []
-        for site, table, end in pending_sites:
-            if end <= committed and not still:
-                table.to_parquet(out / "cells" / f".site-{site:05d}.tmp", index=False)
-                os.replace(out / "cells" / f".site-{site:05d}.tmp", out / "cells" / f"site-{site:05d}.parquet")
-                done.add(site)
-                manifest["done_end"] = end
-            else:
-                still.append((site, table, end))
-        pending_sites[:] = still
-        manifest.update(committed=committed, done=sorted(done))
-        write_json_atomic(mpath, manifest)
-
-    bar = tqdm(range(len(index)), desc="crop sites", unit="site", disable=None if progress is None else not progress)
-    for s in bar:
-        if s in done:
-            continue
-        loc = locs.table(s)
-        xs = np.ascontiguousarray(loc["x"].to_numpy(dtype=np.float64))
-        ys = np.ascontiguousarray(loc["y"].to_numpy(dtype=np.float64))
-        opts: dict = {"compact": True}
-        if index.site_frames(s) is not None:
-            opts["frames"] = index.site_frames(s)
-        if illumination is not None:
-            plate = index.sites.iloc[s]["Metadata_Plate"]
-            if flat_cache[0] != str(plate):
-                flat_cache[:] = [str(plate), load_illumination(illumination, plate, index.channels)[0]]
-            opts["flat"] = flat_cache[1]
-        if intensity is not None:
-            opts["intensity"] = intensity
-        if mask is not None:
-            opts.update(labels=index.labels[s], mask=mask)
-            ids = cell_label_ids(loc, f"locations of site {s} ({index.paths[s][0]})")
-            if ids is not None:
-                opts["label_ids"] = ids
-        opts["dtype"] = dtype
-        crops, codes = _core.crop_site(index.paths[s], xs, ys, int(box_size), edge, bool(rescale), **opts)
-        codes = np.asarray(codes, dtype=np.int64)
-        has_crop = codes <= 2  # inside, shifted, padded
-        if len(crops) != int(has_crop.sum()):
-            raise RuntimeError(f"site {s}: crop_site returned {len(crops)} crops for {int(has_crop.sum())} kept cells")
-        kept = crops
-        rows = np.full(len(codes), -1, dtype=np.int64)
-        rows[has_crop] = next_row + np.arange(len(kept))
-        start, next_row = next_row, next_row + len(kept)
-        kept = kept[max(0, committed - start):]  # already in committed chunks (a resumed run)
-        table = pd.DataFrame({k: np.repeat(index.sites.iloc[s][k], len(codes)) for k in index.sites.columns})
-        if "ObjectNumber" in loc.columns:
-            table["ObjectNumber"] = loc["ObjectNumber"].to_numpy()
-        table["x"], table["y"] = xs, ys
-        table["edge"] = pd.Categorical.from_codes(codes, OUTCOMES)
-        table["row"] = rows
-        if len(kept):
-            pending.append(np.asarray(kept, dtype=dtype))
-            n_pending += len(kept)
-        pending_sites.append((s, table, next_row))
-        if n_pending >= chunk_cells:
-            flush(final=False)
-    flush(final=True)
-    parts = [pd.read_parquet(out / "cells" / f"site-{s:05d}.parquet") for s in sorted(done)]
-    cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    if len(cells):
-        cells["edge"] = pd.Categorical(cells["edge"].astype(str), categories=list(OUTCOMES))
-    cells.to_parquet(out / ".cells.parquet.tmp", index=False)
-    os.replace(out / ".cells.parquet.tmp", out / "cells.parquet")
-    manifest["complete"] = True
-    write_json_atomic(mpath, manifest)
-    return CropResult(out, len(cells), committed, len(index), resumed)
+        return CropResult(out, len(cells), committed, len(index), resumed)

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from phenovec.ingest.index import ImageIndex
-from phenovec.io.atomic import write_json_atomic
+from phenovec.io.atomic import output_folder, write_json_atomic
 
 DTYPES = ("uint16", "uint8", "float16", "float32")
 
@@ -238,73 +238,75 @@ def tile_index(
     if len(index) == 0:
         raise ValueError(f"{index.source}: the image index has no site")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tiles").mkdir(exist_ok=True)
-    config = {"channels": list(index.channels), "factor": factor, "views": list(views) if views else None,
-              "illumination": illumination_config(illumination), "intensity": list(intensity) if intensity else None,
-              "dtype": dtype, "chunk_sites": int(chunk_sites), "sites": len(index)}
-    tiler = SiteTiler(index, factor, views, illumination, intensity, dtype)
-    mpath = out / "manifest.json"
-    first = None
-    if mpath.exists():
-        manifest = json.loads(mpath.read_text())
-        if manifest["config"] != config:
-            raise ValueError(f"{out}: holds tiles made with another configuration {manifest['config']}; "
-                             f"use a new output folder (asked: {config})")
-        arr = zarr.open_array(str(out / "tiles.zarr"), mode="r+")
-    else:
-        first = tiler(0)
-        per_site, tail = first[0].shape[0], first[0].shape[1:]
-        if (out / "tiles.zarr").exists():
-            shutil.rmtree(out / "tiles.zarr")
-        attrs = {**config, "tile_shape": list(tail), "views_per_site": per_site,
-                 "phenovec_version": getattr(phenovec, "__version__", "unknown")}
-        if illumination is not None:
-            from phenovec.ingest.illumination import illumination_provenance
+    with output_folder(out) as run:
+        (out / "tiles").mkdir(exist_ok=True)
+        config = {"channels": list(index.channels), "factor": factor, "views": list(views) if views else None,
+                  "illumination": illumination_config(illumination), "intensity": list(intensity) if intensity else None,
+                  "dtype": dtype, "chunk_sites": int(chunk_sites), "sites": len(index)}
+        tiler = SiteTiler(index, factor, views, illumination, intensity, dtype)
+        mpath = out / "manifest.json"
+        first = None
+        if mpath.exists():
+            manifest = json.loads(mpath.read_text())
+            if manifest["config"] != config:
+                raise ValueError(f"{out}: holds tiles made with another configuration {manifest['config']}; "
+                                 f"use a new output folder (asked: {config})")
+            arr = zarr.open_array(str(out / "tiles.zarr"), mode="r+")
+        else:
+            first = tiler(0)
+            per_site, tail = first[0].shape[0], first[0].shape[1:]
+            if (out / "tiles.zarr").exists():
+                shutil.rmtree(out / "tiles.zarr")
+            attrs = {**config, "tile_shape": list(tail), "views_per_site": per_site,
+                     "phenovec_version": getattr(phenovec, "__version__", "unknown")}
+            if illumination is not None:
+                from phenovec.ingest.illumination import illumination_provenance
 
-            attrs["illumination_files"] = {p: illumination_provenance(illumination, p, index.channels)
-                                           for p in dict.fromkeys(index.sites["Metadata_Plate"].astype(str))}
-        arr = zarr.create_array(str(out / "tiles.zarr"), shape=(len(index) * per_site, *tail),
-                                chunks=(chunk_sites * per_site, *tail), dtype=dtype, fill_value=0, attributes=attrs)
-        manifest = {"config": config, "views_per_site": per_site, "tile_shape": list(tail), "done": [],
-                    "complete": False}
+                attrs["illumination_files"] = {p: illumination_provenance(illumination, p, index.channels)
+                                               for p in dict.fromkeys(index.sites["Metadata_Plate"].astype(str))}
+            arr = zarr.create_array(str(out / "tiles.zarr"), shape=(len(index) * per_site, *tail),
+                                    chunks=(chunk_sites * per_site, *tail), dtype=dtype, fill_value=0, attributes=attrs)
+            manifest = {"config": config, "views_per_site": per_site, "tile_shape": list(tail), "done": [],
+                        "complete": False}
+            write_json_atomic(mpath, manifest)
+        per_site, tail = int(manifest["views_per_site"]), tuple(manifest["tile_shape"])
+        done = set(manifest["done"])
+        run.resumable = bool(done)
+        groups = range((len(index) + chunk_sites - 1) // chunk_sites)
+        resumed = sum(min(chunk_sites, len(index) - g * chunk_sites) for g in done)
+        meta_cols = list(index.sites.columns)
+        bar = tqdm(total=len(index) - resumed, desc="tile sites", unit="site", disable=None if progress is None else not progress)
+        for g in groups:
+            if g in done:
+                continue
+            sites = range(g * chunk_sites, min((g + 1) * chunk_sites, len(index)))
+            blocks, parts = [], []
+            for s in sites:
+                tiles, origins = first if (s == 0 and first is not None) else tiler(s)
+                if tiles.shape != (per_site, *tail):
+                    raise ValueError(f"site {s} ({index.paths[s][0]}): tiles of shape {tiles.shape} but the first site "
+                                     f"gave {(per_site, *tail)}: all fields must have one size")
+                blocks.append(tiles)
+                meta = index.sites.iloc[s]
+                part = pd.DataFrame({k: np.repeat(meta[k], per_site) for k in meta_cols})
+                part["view"] = np.arange(per_site)
+                part["y0"] = [o[0] for o in origins]
+                part["x0"] = [o[1] for o in origins]
+                part["row"] = s * per_site + np.arange(per_site)
+                parts.append(part)
+                bar.update(1)
+            arr[sites.start * per_site : sites.stop * per_site] = np.concatenate(blocks)
+            tmp = out / "tiles" / f".group-{g:05d}.tmp"
+            pd.concat(parts, ignore_index=True).to_parquet(tmp, index=False)
+            os.replace(tmp, out / "tiles" / f"group-{g:05d}.parquet")
+            done.add(g)
+            run.resumable = True
+            manifest["done"] = sorted(done)
+            write_json_atomic(mpath, manifest)
+        bar.close()
+        table = pd.concat([pd.read_parquet(out / "tiles" / f"group-{g:05d}.parquet") for g in groups], ignore_index=True)
+        table.to_parquet(out / ".tiles.parquet.tmp", index=False)
+        os.replace(out / ".tiles.parquet.tmp", out / "tiles.parquet")
+        manifest["complete"] = True
         write_json_atomic(mpath, manifest)
-    per_site, tail = int(manifest["views_per_site"]), tuple(manifest["tile_shape"])
-    done = set(manifest["done"])
-    groups = range((len(index) + chunk_sites - 1) // chunk_sites)
-    resumed = sum(min(chunk_sites, len(index) - g * chunk_sites) for g in done)
-    meta_cols = list(index.sites.columns)
-    bar = tqdm(total=len(index) - resumed, desc="tile sites", unit="site", disable=None if progress is None else not progress)
-    for g in groups:
-        if g in done:
-            continue
-        sites = range(g * chunk_sites, min((g + 1) * chunk_sites, len(index)))
-        blocks, parts = [], []
-        for s in sites:
-            tiles, origins = first if (s == 0 and first is not None) else tiler(s)
-            if tiles.shape != (per_site, *tail):
-                raise ValueError(f"site {s} ({index.paths[s][0]}): tiles of shape {tiles.shape} but the first site "
-                                 f"gave {(per_site, *tail)}: all fields must have one size")
-            blocks.append(tiles)
-            meta = index.sites.iloc[s]
-            part = pd.DataFrame({k: np.repeat(meta[k], per_site) for k in meta_cols})
-            part["view"] = np.arange(per_site)
-            part["y0"] = [o[0] for o in origins]
-            part["x0"] = [o[1] for o in origins]
-            part["row"] = s * per_site + np.arange(per_site)
-            parts.append(part)
-            bar.update(1)
-        arr[sites.start * per_site : sites.stop * per_site] = np.concatenate(blocks)
-        tmp = out / "tiles" / f".group-{g:05d}.tmp"
-        pd.concat(parts, ignore_index=True).to_parquet(tmp, index=False)
-        os.replace(tmp, out / "tiles" / f"group-{g:05d}.parquet")
-        done.add(g)
-        manifest["done"] = sorted(done)
-        write_json_atomic(mpath, manifest)
-    bar.close()
-    table = pd.concat([pd.read_parquet(out / "tiles" / f"group-{g:05d}.parquet") for g in groups], ignore_index=True)
-    table.to_parquet(out / ".tiles.parquet.tmp", index=False)
-    os.replace(out / ".tiles.parquet.tmp", out / "tiles.parquet")
-    manifest["complete"] = True
-    write_json_atomic(mpath, manifest)
     return TileResult(out, len(table), len(index), resumed)

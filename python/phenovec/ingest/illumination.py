@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from phenovec.ingest.index import ImageIndex
-from phenovec.io.atomic import atomic_path, write_json_atomic
+from phenovec.io.atomic import atomic_path, output_folder, write_json_atomic
 from phenovec.io.digest import file_sha256
 
 PARAMS_FILE = "illumination.json"
@@ -125,56 +125,61 @@ def compute_illumination(
     if down_scale_factor <= 0 or median_filter_size <= 0:
         raise ValueError(f"down_scale_factor ({down_scale_factor}) and median_filter_size ({median_filter_size}) "
                          "must be > 0")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     params = {"method": "deepprofiler", "down_scale_factor": down_scale_factor,
               "median_filter_size": median_filter_size, "channels": list(index.channels)}
+    out = Path(out_dir)
     ppath = out / PARAMS_FILE
     record = json.loads(ppath.read_text()) if ppath.exists() else {"params": params, "plates": {}}
     if record["params"] != params:
         raise ValueError(f"{out}: holds illumination functions made with {record['params']}; use another folder "
                          f"(asked: {params})")
+    if len(index) == 0:
+        raise ValueError(f"{index.source}: the image index has no site")
     plate_col = index.sites["Metadata_Plate"].astype(str).to_numpy()
     wanted = list(dict.fromkeys(plate_col)) if plates is None else [str(p) for p in plates]
     for p in wanted:
         if p not in set(plate_col):
             raise KeyError(f"{index.source}: no site of plate {p!r}")
-    frames = index.frames
-    result: dict[tuple[str, str], Path] = {}
-    sites_total = sum(int((plate_col == p).sum()) for p in wanted if p not in record["plates"])
-    bar = tqdm(total=sites_total, desc="illumination", unit="site", disable=None if progress is None else not progress)
-    for plate in wanted:
-        paths = {c: flat_field_path(out, plate, c) for c in index.channels}
-        done = record["plates"].get(plate)
-        if done and all(paths[c].exists() for c in index.channels):
-            result.update({(plate, c): paths[c] for c in index.channels})
-            continue
-        rows = np.flatnonzero(plate_col == plate)
-        sums: list[np.ndarray | None] = [None] * len(index.channels)
-        shape = None
-        for s in rows:
+    with output_folder(out) as run:
+        run.resumable = bool(record["plates"])
+        frames = index.frames
+        result: dict[tuple[str, str], Path] = {}
+        sites_total = sum(int((plate_col == p).sum()) for p in wanted if p not in record["plates"])
+        bar = tqdm(total=sites_total, desc="illumination", unit="site",
+                   disable=None if progress is None else not progress)
+        for plate in wanted:
+            paths = {c: flat_field_path(out, plate, c) for c in index.channels}
+            done = record["plates"].get(plate)
+            if done and all(paths[c].exists() for c in index.channels):
+                result.update({(plate, c): paths[c] for c in index.channels})
+                continue
+            rows = np.flatnonzero(plate_col == plate)
+            sums: list[np.ndarray | None] = [None] * len(index.channels)
+            shape = None
+            for s in rows:
+                for ci, c in enumerate(index.channels):
+                    path = index.paths[s][ci]
+                    img = read_channel(path, int(frames[s][ci]) if frames is not None else 0)
+                    if shape is None:
+                        shape = img.shape
+                    elif img.shape != shape:
+                        raise ValueError(f"{path}: image of plate {plate!r} channel {c} is {img.shape} (H, W) but "
+                                         f"the plate's first image is {shape}: a plate's images must share one size")
+                    thumb = resize_like_skimage(img.astype(np.float64),
+                                                (shape[0] / down_scale_factor, shape[1] / down_scale_factor))
+                    sums[ci] = thumb if sums[ci] is None else sums[ci] + thumb
+                bar.update(1)
+            files = {}
             for ci, c in enumerate(index.channels):
-                path = index.paths[s][ci]
-                img = read_channel(path, int(frames[s][ci]) if frames is not None else 0)
-                if shape is None:
-                    shape = img.shape
-                elif img.shape != shape:
-                    raise ValueError(f"{path}: image of plate {plate!r} channel {c} is {img.shape} (H, W) but the "
-                                     f"plate's first image is {shape}: a plate's images must share one size")
-                thumb = resize_like_skimage(img.astype(np.float64),
-                                            (shape[0] / down_scale_factor, shape[1] / down_scale_factor))
-                sums[ci] = thumb if sums[ci] is None else sums[ci] + thumb
-            bar.update(1)
-        files = {}
-        for ci, c in enumerate(index.channels):
-            mean = sums[ci] / len(rows)
-            func = illumination_function(mean, shape, median_filter_size, where=f"plate {plate!r} channel {c}")
-            _write_npy_atomic(paths[c], func.astype(np.float32))
-            files[c] = {"file": str(paths[c].relative_to(out)), "sha256": file_sha256(paths[c])}
-            result[(plate, c)] = paths[c]
-        record["plates"][plate] = {"shape": list(shape), "sites": int(len(rows)), "files": files}
-        write_json_atomic(ppath, record)
-    bar.close()
+                mean = sums[ci] / len(rows)
+                func = illumination_function(mean, shape, median_filter_size, where=f"plate {plate!r} channel {c}")
+                _write_npy_atomic(paths[c], func.astype(np.float32))
+                files[c] = {"file": str(paths[c].relative_to(out)), "sha256": file_sha256(paths[c])}
+                result[(plate, c)] = paths[c]
+            record["plates"][plate] = {"shape": list(shape), "sites": int(len(rows)), "files": files}
+            write_json_atomic(ppath, record)
+            run.resumable = True
+        bar.close()
     return result
 
 

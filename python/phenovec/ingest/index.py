@@ -154,13 +154,39 @@ def read_locations(path: str | os.PathLike, table: str = "Nuclei") -> pd.DataFra
     else:
         df = read_table(p)
     cx, cy = _center_columns(df, str(p))
+    if not len(df):
+        raise ValueError(f"{p}: no located cell (the table has no rows)")
     out = pd.DataFrame({"x": pd.to_numeric(df[cx], errors="coerce"), "y": pd.to_numeric(df[cy], errors="coerce")})
+    for col, name in ((cx, "x"), (cy, "y")):
+        bad = ~np.isfinite(out[name].to_numpy(dtype=np.float64))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            v = df[col].iloc[i]
+            v = repr(v) if isinstance(v, str) else v
+            raise ValueError(f"{p}: row {i} column {col}: {v} is not a finite pixel "
+                             f"coordinate ({int(bad.sum())} such rows)")
     if "ObjectNumber" in df.columns:
         out.insert(0, "ObjectNumber", df["ObjectNumber"].to_numpy())
     for k in SITE_KEYS:
         if k in df.columns:
             out[k] = df[k].to_numpy()
+    _refuse_repeated_cells(out, p)
     return out
+
+
+def _refuse_repeated_cells(loc: pd.DataFrame, where) -> None:
+    """A cell listed twice (same site and ``ObjectNumber``, or same site and centre when there is no object
+    number) is an error naming both rows: it would be cropped and counted twice."""
+    keys = [k for k in SITE_KEYS if k in loc.columns] + (["ObjectNumber"] if "ObjectNumber" in loc.columns
+                                                         else ["x", "y"])
+    dup = loc.duplicated(keys, keep=False).to_numpy()
+    if dup.any():
+        rows = np.flatnonzero(dup)
+        first = loc.iloc[rows].astype(str).groupby(keys, sort=False).indices
+        pair = next(iter(first.values()))
+        i, j = int(rows[pair[0]]), int(rows[pair[1]])
+        what = ", ".join(f"{k}={loc[k].iloc[j]!r}" for k in keys)
+        raise ValueError(f"{where}: row {j} repeats row {i} ({what}): each cell must be listed once")
 
 
 class SiteCentres:
@@ -262,6 +288,10 @@ def site_centres(index: ImageIndex, locations) -> SiteCentres:
     else:
         g = pd.MultiIndex.from_tuples(uniq, names=SITE_KEYS).get_indexer(row_keys).astype(np.int64)
     del row_keys
+    if len(table) and not (g >= 0).any():
+        src = "locations" if isinstance(locations, pd.DataFrame) else str(locations)
+        raise ValueError(f"{src}: none of its {len(table)} rows belongs to a site of {index.source} (matched on "
+                         f"{SITE_KEYS}; first row: {tuple(table[SITE_KEYS].iloc[0])}, first site: {site_keys[0]})")
     order = np.argsort(g, kind="stable")
     order = order[g[order] >= 0]
     counts = np.bincount(g[g >= 0], minlength=len(uniq))

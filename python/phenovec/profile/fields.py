@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from phenovec.io.atomic import output_folder
 from phenovec.io.embeddings import ParquetAppender, cast_features
 from phenovec.profile.contract import index_by_name
 from phenovec.profile.parts import PartStore
@@ -242,7 +243,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
 
     t0 = time.perf_counter()
     model_path, meta, batch_size = open_run_model(model_onnx, INPUT_KIND, dtype, batch_size, micro_batch,
-                                                  precision, sessions, scheduler)
+                                                  precision, sessions, scheduler, providers)
     intensity = intensity_from_metadata(meta, source=str(model_path))
     channels = list(meta.channels)
     idx, paths, frames = index_by_name(index, channels)
@@ -255,51 +256,54 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
               "sites": n_sites, "model_weights_sha256": meta.weights_sha256, "channels": channels,
               "crop_size": int(meta.crop_size), "intensity": intensity, "feature_dim": meta.feature_dim,
               "dtype": dtype, "batch_size": batch_size, "precision": precision}
-    store = PartStore(out, config)
+    with output_folder(out) as run:  # locked; a run that fails before its first field leaves nothing
+        store = PartStore(out, config)
 
-    wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
+        wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
 
-    done = store.done_sites() & set(range(n_sites))
-    resumed = len(done)
-    wells.resume(done)
-    groups = [list(range(i, min(i + batch_size, n_sites))) for i in range(0, n_sites, batch_size)]
-    groups = [g for g in groups if any(s not in done for s in g)]
-    if groups:
-        with tqdm(total=n_sites, initial=len(done), unit="field", desc="profile fields", disable=not progress,
-                  smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr, per_thread):
-            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
-                                precision, trt_cache_dir, sessions)
-            window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
-            fn = functools.partial(embed_field_group, ref, intensity)
-            tasks = ([FieldJob(s, paths[s], frames[s]) for s in g] for g in groups)
-            for results in bounded_map(client, fn, tasks, window, batch_size=batch_size, dtype=dtype):
-                for s, feats in results:
-                    if s in done:
-                        continue
-                    store.write(s, np.zeros(1, np.int8), feats)  # code 0 = "inside": the field is embedded
-                    done.add(s)
-                    wells.site_committed(s)
-                    bar.update(1)
-    missing = sorted(set(range(n_sites)) - done)
-    if missing:
-        raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
+        done = store.done_sites() & set(range(n_sites))
+        run.resumable = bool(done)
+        resumed = len(done)
+        wells.resume(done)
+        groups = [list(range(i, min(i + batch_size, n_sites))) for i in range(0, n_sites, batch_size)]
+        groups = [g for g in groups if any(s not in done for s in g)]
+        if groups:
+            with tqdm(total=n_sites, initial=len(done), unit="field", desc="profile fields", disable=not progress,
+                      smoothing=0.1) as bar, open_client(scheduler, workers) as (client, slots, thr, per_thread):
+                ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
+                                    precision, trt_cache_dir, sessions)
+                window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
+                fn = functools.partial(embed_field_group, ref, intensity)
+                tasks = ([FieldJob(s, paths[s], frames[s]) for s in g] for g in groups)
+                for results in bounded_map(client, fn, tasks, window, batch_size=batch_size, dtype=dtype):
+                    for s, feats in results:
+                        if s in done:
+                            continue
+                        store.write(s, np.zeros(1, np.int8), feats)  # code 0 = "inside": the field is embedded
+                        done.add(s)
+                        run.resumable = True
+                        wells.site_committed(s)
+                        bar.update(1)
+        missing = sorted(set(range(n_sites)) - done)
+        if missing:
+            raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
 
-    attrs = {"channels": channels, "field_size": intensity["field_size"], "factor": intensity["factor"],
-             "crop_size": int(meta.crop_size), "intensity": intensity, "model_weights_sha256": meta.weights_sha256,
-             "model_arch": meta.arch, "phenovec_version": phenovec.__version__, "source": str(source),
-             "mode": INPUT_KIND}
-    _write_embeddings(out / "embeddings.zarr", n_sites, lambda s: store.read(s)[1], sites, names, dtype, attrs)
-    for op in OPERATIONS:  # streamed, one well at a time, as profile_sites' assembly
-        table = ParquetAppender(out / f"wells_{op}.parquet", WELL_ROW_GROUP)
-        try:
-            for rows in wells.rows(op):
-                table.append(rows)
-            table.close()
-        except BaseException:
-            table.abort()
-            raise
-    seconds = time.perf_counter() - t0
-    store.mark_complete({"sites": n_sites, "fields": n_sites})
+        attrs = {"channels": channels, "field_size": intensity["field_size"], "factor": intensity["factor"],
+                 "crop_size": int(meta.crop_size), "intensity": intensity, "model_weights_sha256": meta.weights_sha256,
+                 "model_arch": meta.arch, "phenovec_version": phenovec.__version__, "source": str(source),
+                 "mode": INPUT_KIND}
+        _write_embeddings(out / "embeddings.zarr", n_sites, lambda s: store.read(s)[1], sites, names, dtype, attrs)
+        for op in OPERATIONS:  # streamed, one well at a time, as profile_sites' assembly
+            table = ParquetAppender(out / f"wells_{op}.parquet", WELL_ROW_GROUP)
+            try:
+                for rows in wells.rows(op):
+                    table.append(rows)
+                table.close()
+            except BaseException:
+                table.abort()
+                raise
+        seconds = time.perf_counter() - t0
+        store.mark_complete({"sites": n_sites, "fields": n_sites})
     paths_out = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("wells_mean", "wells_mean.parquet"),
                                          ("wells_median", "wells_median.parquet"))}
     return ProfileResult(out, n_sites, n_sites, n_sites, resumed, seconds, paths_out)

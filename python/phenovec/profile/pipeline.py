@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from phenovec.io.atomic import output_folder
 from phenovec.profile.assemble import assemble
 from phenovec.profile.contract import (check_index_steps, check_store_steps, contract_from_metadata, index_by_name,
                                       match_channels)
@@ -78,19 +79,23 @@ def input_fingerprint(sites: pd.DataFrame, extra) -> str:
 
 def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size, micro_batch="auto",
                    precision: str = "fp32", sessions: str = "auto",
-                   scheduler: str | None = None) -> tuple[Path, object, int]:
+                   scheduler: str | None = None, providers="auto") -> tuple[Path, object, int]:
     """(resolved model path, its ``ModelMetadata``, batch size) of a profiling run, after checking the run's
     ``dtype``, ``batch_size``, ``micro_batch``, ``precision`` and ``sessions`` for ``scheduler`` (before any output
     or cluster exists) and that the model takes
     ``input_kind`` ("crops": ``profile_sites``, "fields": ``phenovec.profile.profile_fields``; ``phenovec profile``
     dispatches on the model)."""
     from phenovec.runtime import read_metadata
-    from phenovec.runtime.providers import check_precision
+    from phenovec.runtime.providers import check_precision, precision_unrunnable
     from phenovec.runtime.session import check_micro_batch
 
     check_micro_batch(micro_batch)
     check_precision(precision)
     check_sessions(sessions, scheduler)
+    if "://" not in str(scheduler or "threads"):  # local workers (this machine): refuse here, before any output
+        why = precision_unrunnable(precision, providers)
+        if why is not None:
+            raise ValueError(f"precision {precision!r} cannot run on this machine: {why}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     batch_size = int(batch_size)
@@ -192,7 +197,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
     model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch, precision,
-                                                  sessions, scheduler)
+                                                  sessions, scheduler, providers)
     contract = contract_from_metadata(meta, source=str(model_path))
     out = Path(out)
 
@@ -215,66 +220,69 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     if flats is not None:  # the content of the flat fields decides the output, not where they lie
         config["illumination"] = {p: {f["channel"]: f["sha256"] for f in prov} for p, prov in flats[1].items()}
         attrs["illumination_files"] = flats[1]
-    store = PartStore(out, config)
+    with output_folder(out) as run:  # locked; a run that fails before its first site leaves nothing
+        store = PartStore(out, config)
 
-    wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
+        wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
 
-    done = store.done_sites()
-    resumed = len(done)
-    if not store.complete:
-        wells.resume(done)
-        groups = [g for g in task_groups(ncells, batch_size) if any(s not in done for s in g)]
-        total = int(sum(ncells))
-        with tqdm(total=total, initial=int(sum(ncells[s] for s in done)), unit="cell", desc="profile",
-                  disable=not progress, smoothing=0.1) as bar, \
-                open_client(scheduler, workers) as (client, slots, thr, per_thread):
-            ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
-                                precision, trt_cache_dir, sessions)
-            window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
-            if mode == "images":
-                fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None)
-                kw = {"edge": edge, "batch_size": batch_size, "dtype": dtype}
-            else:
-                fn = functools.partial(embed_crop_group, ref, contract, extra["store"], extra["channel_idx"])
-                kw = {"batch_size": batch_size, "dtype": dtype}
-            tasks = ([jobs_of(s) for s in g] for g in groups)
-            # a finished task's spec (its SiteJobs: the centres) stays in reference cycles of Dask's bookkeeping
-            # until a full collection, which Python runs rarely: collect every GC_SECONDS (or, when a collection
-            # takes longer than GC_SHARE of that, every last-collection-time / GC_SHARE: 60-120 ms in a profiling
-            # process, during which the workers wait for the GIL) so that this garbage is what seconds of tasks
-            # leave, not the whole run's
-            last_gc, gc_cost = time.monotonic(), 0.0
-            for results in bounded_map(client, fn, tasks, window, **kw):
-                if time.monotonic() - last_gc > max(GC_SECONDS, gc_cost / GC_SHARE):
-                    t_gc = time.perf_counter()
-                    gc.collect()
-                    gc_cost = time.perf_counter() - t_gc
-                    last_gc = time.monotonic()
-                for s, codes, feats in results:
-                    if s in done:
-                        continue
-                    if len(codes) != ncells[s]:
-                        raise RuntimeError(f"site {s}: {len(codes)} edge codes for {ncells[s]} located cells")
-                    store.write(s, codes, feats)
-                    done.add(s)
-                    wells.site_committed(s)
-                    bar.update(ncells[s])
-        missing = sorted(set(range(n_sites)) - done)
-        if missing:
-            raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
+        done = store.done_sites()
+        resumed = len(done)
+        run.resumable = bool(done)
+        if not store.complete:
+            wells.resume(done)
+            groups = [g for g in task_groups(ncells, batch_size) if any(s not in done for s in g)]
+            total = int(sum(ncells))
+            with tqdm(total=total, initial=int(sum(ncells[s] for s in done)), unit="cell", desc="profile",
+                      disable=not progress, smoothing=0.1) as bar, \
+                    open_client(scheduler, workers) as (client, slots, thr, per_thread):
+                ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
+                                    precision, trt_cache_dir, sessions)
+                window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
+                if mode == "images":
+                    fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None)
+                    kw = {"edge": edge, "batch_size": batch_size, "dtype": dtype}
+                else:
+                    fn = functools.partial(embed_crop_group, ref, contract, extra["store"], extra["channel_idx"])
+                    kw = {"batch_size": batch_size, "dtype": dtype}
+                tasks = ([jobs_of(s) for s in g] for g in groups)
+                # a finished task's spec (its SiteJobs: the centres) stays in reference cycles of Dask's bookkeeping
+                # until a full collection, which Python runs rarely: collect every GC_SECONDS (or, when a collection
+                # takes longer than GC_SHARE of that, every last-collection-time / GC_SHARE: 60-120 ms in a profiling
+                # process, during which the workers wait for the GIL) so that this garbage is what seconds of tasks
+                # leave, not the whole run's
+                last_gc, gc_cost = time.monotonic(), 0.0
+                for results in bounded_map(client, fn, tasks, window, **kw):
+                    if time.monotonic() - last_gc > max(GC_SECONDS, gc_cost / GC_SHARE):
+                        t_gc = time.perf_counter()
+                        gc.collect()
+                        gc_cost = time.perf_counter() - t_gc
+                        last_gc = time.monotonic()
+                    for s, codes, feats in results:
+                        if s in done:
+                            continue
+                        if len(codes) != ncells[s]:
+                            raise RuntimeError(f"site {s}: {len(codes)} edge codes for {ncells[s]} located cells")
+                        store.write(s, codes, feats)
+                        done.add(s)
+                        run.resumable = True
+                        wells.site_committed(s)
+                        bar.update(ncells[s])
+            missing = sorted(set(range(n_sites)) - done)
+            if missing:
+                raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
 
-    def site_table(s: int, codes: np.ndarray) -> pd.DataFrame:
-        from phenovec.profile.assemble import site_cell_table
+        def site_table(s: int, codes: np.ndarray) -> pd.DataFrame:
+            from phenovec.profile.assemble import site_cell_table
 
-        return site_cell_table(sites.iloc[s], cells_of(s), codes)
+            return site_cell_table(sites.iloc[s], cells_of(s), codes)
 
-    attrs.update({"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
-                  "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
-                  "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode})
-    counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, wells.rows,
-                      expected_rows=config["cells"])
-    seconds = time.perf_counter() - t0
-    store.mark_complete({**counts, "sites": n_sites})
+        attrs.update({"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
+                      "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
+                      "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode})
+        counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, wells.rows,
+                          expected_rows=config["cells"])
+        seconds = time.perf_counter() - t0
+        store.mark_complete({**counts, "sites": n_sites})
     paths = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("cells", "cells.parquet"),
                                      ("wells_mean", "wells_mean.parquet"), ("wells_median", "wells_median.parquet"))}
     return ProfileResult(out, n_sites, counts["cells"], counts["embedded"], resumed, seconds, paths)

@@ -45,6 +45,17 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def _load_error(e: BaseException) -> str:
+    """What torch's load error says is wrong with the file, without its advice (re-running with weights_only=False,
+    filing an issue, allow-listing globals), which phenovec never follows."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        text = text.split(" Please use `torch.serialization", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines) if lines else type(e).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; errors name the file."""
     import pickle
@@ -57,10 +68,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        detail = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
-        why = detail[0] if detail else str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint. phenovec loads checkpoints with weights_only=True "
-                              f"(tensors and plain data only; a file is never unpickled): {why}") from None
+        raise CheckpointError(f"{path}: not a phenovec checkpoint: it is not a torch file of tensors and plain "
+                              f"data that weights_only=True can read ({_load_error(e)}); phenovec never unpickles "
+                              "a checkpoint") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a phenovec checkpoint (no format={FORMAT!r} entry)")
     if ck.get("version") != VERSION:

@@ -75,6 +75,9 @@ def open_crops(path, exclude_edge=("dropped", "invalid")) -> CropSet:
         raise DataError(f"{path / 'cells.parquet'}: no 'row' column")
     edge = cells["edge"].astype(str) if "edge" in cells.columns else pd.Series("inside", index=cells.index)
     keep = (cells["row"].to_numpy() >= 0) & ~edge.isin(list(exclude_edge)).to_numpy()
+    if not keep.any():
+        raise DataError(f"{path}: the crop store is empty: no cell with a crop to train on ({len(cells)} cells in "
+                        f"cells.parquet, none kept with exclude_edge={list(exclude_edge)})")
     cells = cells.loc[keep].reset_index(drop=True)
     rows = cells["row"].to_numpy()
     if len(rows) and (rows.max() >= arr.shape[0]):

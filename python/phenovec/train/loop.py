@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from phenovec.io.atomic import write_text_atomic
+from phenovec.io.atomic import output_folder, write_text_atomic
 from phenovec.io.profiles import write_table
 from phenovec.train.checkpoint import load_checkpoint, save_checkpoint
 from phenovec.train.config import ConfigError, config_hash, load_config
@@ -92,7 +92,6 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
     cfg = load_config(config, overrides)
     d, m, o, t = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
     out = Path(t["out"])
-    out.mkdir(parents=True, exist_ok=True)
     if t["threads"]:
         torch.set_num_threads(int(t["threads"]))
     device = _device(t["device"])
@@ -116,118 +115,121 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
     rows = cells["row"].to_numpy(dtype=np.int64)
     tr_rows, tr_y = rows[is_train], target[is_train]
     va_rows, va_y = rows[is_val], target[is_val]
-    split_table = cells.drop(columns=[c for c in ("edge",) if c in cells.columns]).assign(split=split.to_numpy())
-    write_table(split_table, out / "split.parquet")
+    with output_folder(out) as run:  # locked; a run that fails before its first checkpoint leaves nothing
+        split_table = cells.drop(columns=[c for c in ("edge",) if c in cells.columns]).assign(split=split.to_numpy())
+        write_table(split_table, out / "split.parquet")
 
-    rule = input_scaling(crops, d["normalize"])
-    dtype_max = float(np.iinfo(crops.dtype).max) if np.issubdtype(crops.dtype, np.integer) else 1.0
-    n_ch, box = crops.shape[1], crops.shape[2]
-    data_config = {"channels": crops.channels or [f"ch{i}" for i in range(n_ch)], "box_size": int(box),
-                   "crop_shape": [int(v) for v in crops.shape[1:]], "input_scaling": rule, "dtype_max": dtype_max,
-                   "crop_config": crops.manifest.get("config", {}), "label_column": d["label"],
-                   "classes": [str(c) for c in classes], "crops": d["crops"]}
+        rule = input_scaling(crops, d["normalize"])
+        dtype_max = float(np.iinfo(crops.dtype).max) if np.issubdtype(crops.dtype, np.integer) else 1.0
+        n_ch, box = crops.shape[1], crops.shape[2]
+        data_config = {"channels": crops.channels or [f"ch{i}" for i in range(n_ch)], "box_size": int(box),
+                       "crop_shape": [int(v) for v in crops.shape[1:]], "input_scaling": rule, "dtype_max": dtype_max,
+                       "crop_config": crops.manifest.get("config", {}), "label_column": d["label"],
+                       "classes": [str(c) for c in classes], "crops": d["crops"]}
 
-    torch.manual_seed(t["seed"])
-    model = build_model(m["arch"], n_ch, len(classes), weights=m["weights"], dropout=m["dropout"]).to(device)
-    optimizer = build_optimizer(model, o["name"], lr=o["lr"], weight_decay=o["weight_decay"],
-                                momentum=o["momentum"])
-    steps = len(epoch_batches(tr_rows, tr_y, crops.chunk_cells, d["batch_size"], t["seed"], 0, d["subsample"],
-                              d["balance"] == "sampler", d["shuffle_chunks"]))
-    scheduler = build_scheduler(optimizer, o["schedule"], epochs=t["epochs"], steps_per_epoch=steps,
-                                warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"])
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    weight = None
-    if d["balance"] == "loss":
-        counts = np.bincount(tr_y, minlength=len(classes)).astype(np.float64)
-        weight = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32,
-                              device=device)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=o["label_smoothing"])
+        torch.manual_seed(t["seed"])
+        model = build_model(m["arch"], n_ch, len(classes), weights=m["weights"], dropout=m["dropout"]).to(device)
+        optimizer = build_optimizer(model, o["name"], lr=o["lr"], weight_decay=o["weight_decay"],
+                                    momentum=o["momentum"])
+        steps = len(epoch_batches(tr_rows, tr_y, crops.chunk_cells, d["batch_size"], t["seed"], 0, d["subsample"],
+                                  d["balance"] == "sampler", d["shuffle_chunks"]))
+        scheduler = build_scheduler(optimizer, o["schedule"], epochs=t["epochs"], steps_per_epoch=steps,
+                                    warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"])
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+        weight = None
+        if d["balance"] == "loss":
+            counts = np.bincount(tr_y, minlength=len(classes)).astype(np.float64)
+            weight = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32,
+                                  device=device)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=o["label_smoothing"])
 
-    start_epoch, metrics, best = 0, [], {"epoch": None, "val_accuracy": None}
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists():
-        ck = load_checkpoint(last_path)
-        if ck.get("config_hash") != chash:
-            raise ConfigError(f"{last_path}: holds a run with another configuration; use a new train.out folder "
-                              "or delete it to start over")
-        model.load_state_dict(ck["model_state"])
-        optimizer.load_state_dict(ck["optimizer_state"])
-        scheduler.load_state_dict(ck["scheduler_state"])
-        if scaler is not None and ck.get("scaler_state"):
-            scaler.load_state_dict(ck["scaler_state"])
-        start_epoch, metrics, best = int(ck["epoch"]), list(ck["metrics"]), dict(ck["best"])
+        start_epoch, metrics, best = 0, [], {"epoch": None, "val_accuracy": None}
+        last_path, best_path = out / "last.pt", out / "best.pt"
+        run.resumable = last_path.exists()
+        if last_path.exists():
+            ck = load_checkpoint(last_path)
+            if ck.get("config_hash") != chash:
+                raise ConfigError(f"{last_path}: holds a run with another configuration; use a new train.out folder "
+                                  "or delete it to start over")
+            model.load_state_dict(ck["model_state"])
+            optimizer.load_state_dict(ck["optimizer_state"])
+            scheduler.load_state_dict(ck["scheduler_state"])
+            if scaler is not None and ck.get("scaler_state"):
+                scaler.load_state_dict(ck["scaler_state"])
+            start_epoch, metrics, best = int(ck["epoch"]), list(ck["metrics"]), dict(ck["best"])
 
-    cache = d["shuffle_chunks"] + 2
-    stopped_early = False
-    for epoch in range(start_epoch, t["epochs"]):
-        torch.manual_seed(_epoch_seed(t["seed"], epoch))
-        plan = epoch_batches(tr_rows, tr_y, crops.chunk_cells, d["batch_size"], t["seed"], epoch, d["subsample"],
-                             d["balance"] == "sampler", d["shuffle_chunks"])
-        augment = _augmenter(cfg, t["seed"], epoch)
-        loader = make_loader(crops, tr_rows, tr_y, plan, d["workers"], d["prefetch"], cache)
-        model.train()
-        t0, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
-        bar = tqdm(loader, total=len(plan), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch",
-                   disable=None if progress is None else not progress, leave=False)
-        for x, y, _ in bar:
-            x = scale_batch(x.to(device, non_blocking=True), rule, dtype_max)
-            y = y.to(device, non_blocking=True)
-            if augment is not None:
-                x = augment(x)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch + 1}: the loss became {loss.item()} (lower optim.lr or set "
-                                         "optim.clip_grad_norm)")
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if o["clip_grad_norm"]:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad_norm"])
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if o["clip_grad_norm"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad_norm"])
-                optimizer.step()
-            scheduler.step()
-            n = len(y)
-            seen += n
-            loss_sum += float(loss.detach()) * n
-            correct += int((logits.detach().argmax(1) == y).sum())
-            rate = seen / max(time.monotonic() - t0, 1e-9)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", cells_s=f"{rate:.0f}")
-        train_s = time.monotonic() - t0
-        val = evaluate_split(model, crops, va_rows, va_y, d["batch_size"], rule, dtype_max, device, loss_fn,
-                             d["workers"], d["prefetch"], amp) if len(va_rows) else {"loss": None, "accuracy": None}
-        row = {"epoch": epoch + 1, "lr": float(optimizer.param_groups[0]["lr"]), "train_loss": loss_sum / seen,
-               "train_accuracy": correct / seen, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-               "train_cells": seen, "train_seconds": train_s, "cells_per_s": seen / max(train_s, 1e-9)}
-        metrics.append(row)
-        improved = val["accuracy"] is not None and (best["val_accuracy"] is None
-                                                    or val["accuracy"] > best["val_accuracy"])
-        if improved:
-            best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
-        state = {"epoch": epoch + 1, "model_config": model.config,
-                 "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                 "scaler_state": scaler.state_dict() if scaler is not None else None,
-                 "config": cfg, "config_hash": chash, "data_config": data_config, "best": best, "metrics": metrics,
-                 "versions": {"phenovec": str(__version__), "torch": str(torch.__version__)}}
-        if improved or (not best_path.exists() and best["val_accuracy"] is None):
-            save_checkpoint(state, best_path)
-        save_checkpoint(state, last_path)
-        frame = pd.DataFrame(metrics)
-        write_text_atomic(out / "metrics.csv", frame.to_csv(index=False))
-        write_text_atomic(out / "metrics.json", json.dumps({"config_hash": chash, "classes": data_config["classes"],
-                                                        "best": best, "epochs": metrics}, indent=1))
-        if t["max_minutes"] is not None and time.monotonic() - started > 60 * t["max_minutes"] \
-                and epoch + 1 < t["epochs"]:
-            stopped_early = True
-            break
+        cache = d["shuffle_chunks"] + 2
+        stopped_early = False
+        for epoch in range(start_epoch, t["epochs"]):
+            torch.manual_seed(_epoch_seed(t["seed"], epoch))
+            plan = epoch_batches(tr_rows, tr_y, crops.chunk_cells, d["batch_size"], t["seed"], epoch, d["subsample"],
+                                 d["balance"] == "sampler", d["shuffle_chunks"])
+            augment = _augmenter(cfg, t["seed"], epoch)
+            loader = make_loader(crops, tr_rows, tr_y, plan, d["workers"], d["prefetch"], cache)
+            model.train()
+            t0, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
+            bar = tqdm(loader, total=len(plan), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch",
+                       disable=None if progress is None else not progress, leave=False)
+            for x, y, _ in bar:
+                x = scale_batch(x.to(device, non_blocking=True), rule, dtype_max)
+                y = y.to(device, non_blocking=True)
+                if augment is not None:
+                    x = augment(x)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"epoch {epoch + 1}: the loss became {loss.item()} (lower optim.lr or set "
+                                             "optim.clip_grad_norm)")
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if o["clip_grad_norm"]:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad_norm"])
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if o["clip_grad_norm"]:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad_norm"])
+                    optimizer.step()
+                scheduler.step()
+                n = len(y)
+                seen += n
+                loss_sum += float(loss.detach()) * n
+                correct += int((logits.detach().argmax(1) == y).sum())
+                rate = seen / max(time.monotonic() - t0, 1e-9)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", cells_s=f"{rate:.0f}")
+            train_s = time.monotonic() - t0
+            val = evaluate_split(model, crops, va_rows, va_y, d["batch_size"], rule, dtype_max, device, loss_fn,
+                                 d["workers"], d["prefetch"], amp) if len(va_rows) else {"loss": None, "accuracy": None}
+            row = {"epoch": epoch + 1, "lr": float(optimizer.param_groups[0]["lr"]), "train_loss": loss_sum / seen,
+                   "train_accuracy": correct / seen, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                   "train_cells": seen, "train_seconds": train_s, "cells_per_s": seen / max(train_s, 1e-9)}
+            metrics.append(row)
+            improved = val["accuracy"] is not None and (best["val_accuracy"] is None
+                                                        or val["accuracy"] > best["val_accuracy"])
+            if improved:
+                best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
+            state = {"epoch": epoch + 1, "model_config": model.config,
+                     "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                     "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                     "scaler_state": scaler.state_dict() if scaler is not None else None,
+                     "config": cfg, "config_hash": chash, "data_config": data_config, "best": best, "metrics": metrics,
+                     "versions": {"phenovec": str(__version__), "torch": str(torch.__version__)}}
+            if improved or (not best_path.exists() and best["val_accuracy"] is None):
+                save_checkpoint(state, best_path)
+            save_checkpoint(state, last_path)
+            run.resumable = True
+            frame = pd.DataFrame(metrics)
+            write_text_atomic(out / "metrics.csv", frame.to_csv(index=False))
+            write_text_atomic(out / "metrics.json", json.dumps({"config_hash": chash, "classes": data_config["classes"],
+                                                            "best": best, "epochs": metrics}, indent=1))
+            if t["max_minutes"] is not None and time.monotonic() - started > 60 * t["max_minutes"] \
+                    and epoch + 1 < t["epochs"]:
+                stopped_early = True
+                break
     done = len(metrics)
     return TrainResult(out, done, best["epoch"], best["val_accuracy"], pd.DataFrame(metrics), last_path,
                        best_path if best_path.exists() else None, stopped_early, [str(c) for c in classes])
