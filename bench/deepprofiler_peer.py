@@ -129,7 +129,7 @@ def run_deepprofiler(config: Path, repeats: int, timeout: float = 3600) -> dict:
     sys.path.insert(0, str(TESTS))
     from peer_venv import PeerVenvError, peer_python, run_peer
 
-    python = peer_python("deepprofiler-0.5.1", timeout=1800)
+    python = peer_python("deepprofiler-0.5.1", timeout=1800, build=True)
     code = f"CONFIG = {str(config)!r}\nREPEATS = {int(repeats)}\n" + DRIVER
     lines = [ln for ln in run_peer(python, code, Path(config).parent, timeout=timeout).splitlines()
              if ln.startswith("RESULT ")]

@@ -2,10 +2,12 @@
 
 A peer that needs old numpy/pandas (cytominer-eval 0.1 uses ``np.float``) is installed once into a
 cached venv under ``~/.cache/phenovec/peer-venvs/<name>`` (``PHENOVEC_PEER_VENVS`` overrides the
-folder) and run as a subprocess; data go through files. Creation holds an exclusive lock file and
-builds in a temporary folder renamed into place, so concurrent test runs are safe. Failure to
-build raises :class:`PeerVenvError` with pip's output: tests must fail, never skip. The benchmarks
-(``bench/``) use the same venvs (DeepProfiler, whose TensorFlow pins exclude phenovec's Python stack).
+folder) and run as a subprocess; data go through files. The venvs the tests use (:data:`TEST_PEERS`) are built by
+``.ci/setup`` (``python tests/peer_venv.py NAME ...``), never at test time: a test finding one missing fails with
+:class:`PeerVenvError` saying to run the setup, so a machine with a warm cache runs the suite offline. Creation
+holds an exclusive lock file and builds in a temporary folder renamed into place, so concurrent runs are safe;
+failure to build raises :class:`PeerVenvError` with pip's output. The benchmarks (``bench/``) build theirs on first
+use (``build=True``: DeepProfiler, whose TensorFlow pins exclude phenovec's Python stack).
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ PEERS = {
 # as `tensorflow-cpu` (the same TensorFlow built for CPUs only, a third of the download)
 NO_DEPS = {"deepprofiler-0.5.1": ["deepprofiler==0.5.1"]}
 MARKER = "phenovec-peer-venv.txt"
+#: the peer venvs tests run (built by .ci/setup); the others are the benchmarks'
+TEST_PEERS = ("cytominer-eval-0.1",)
 
 
 class PeerVenvError(RuntimeError):
@@ -59,8 +63,9 @@ def _ready(venv: Path, spec: str) -> bool:
     return marker.is_file() and marker.read_text() == spec and _python(venv).exists()
 
 
-def peer_python(name: str = "cytominer-eval-0.1", timeout: float = 900) -> Path:
-    """Path of the python executable of the cached peer venv ``name``, building it if needed."""
+def peer_python(name: str = "cytominer-eval-0.1", timeout: float = 900, build: bool = False) -> Path:
+    """Path of the python executable of the cached peer venv ``name``; a missing one is built with ``build``, else
+    :class:`PeerVenvError` (tests never install: ``.ci/setup`` builds :data:`TEST_PEERS`)."""
     if name not in PEERS:
         raise KeyError(f"unknown peer venv {name!r}: known are {sorted(PEERS)}")
     spec = "\n".join(PEERS[name]) + "\n" + "".join(f"--no-deps {p}\n" for p in NO_DEPS.get(name, []))
@@ -68,6 +73,9 @@ def peer_python(name: str = "cytominer-eval-0.1", timeout: float = 900) -> Path:
     venv = root / name
     if _ready(venv, spec):
         return _python(venv)
+    if not build:
+        raise PeerVenvError(f"the peer venv {name!r} is not built (or its pins changed) under {root}: run "
+                            f"`bash .ci/setup`, or `python tests/peer_venv.py {name}`, once with PyPI reachable")
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
@@ -113,3 +121,8 @@ def run_peer(python: Path, code: str, cwd: Path, timeout: float = 600) -> str:
     if r.returncode != 0:
         raise PeerVenvError(f"peer script failed (exit {r.returncode}):\n{r.stderr[-5000:]}")
     return r.stdout
+
+
+if __name__ == "__main__":  # .ci/setup: python tests/peer_venv.py NAME ... (default: the tests' peers)
+    for peer in sys.argv[1:] or TEST_PEERS:
+        print(f"peer venv {peer}: {peer_python(peer, build=True)}")

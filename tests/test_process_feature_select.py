@@ -298,8 +298,11 @@ def test_correlation_matrices_are_the_peers_bit_for_bit(cells_small):
     assert np.array_equal(pandas_nancorr(x), sub.corr().to_numpy(), equal_nan=True)
     assert np.array_equal(spearman_matrix(x), sub.corr("spearman").to_numpy(), equal_nan=True)
     k = f[:25] + f[-25:]
-    assert np.array_equal(kendall_matrix(feature_matrix(cells_small, k)), cells_small[k].corr("kendall").to_numpy(),
-                          equal_nan=True)
+    got, want = kendall_matrix(feature_matrix(cells_small, k)), cells_small[k].corr("kendall").to_numpy()
+    if int(pd.__version__.split(".")[0]) < 3:  # the pandas pycytominer 1.7.1 runs with (CI pins 2.3.3): bit for bit
+        assert np.array_equal(got, want, equal_nan=True)
+    else:  # pandas 3 sums tau-b in another order: equal to the last bits (1.1e-16 seen under pandas 3.1)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
     full = [c for c in f if not cells_small[c].isna().any()]
     xf = feature_matrix(cells_small, full)
     assert np.array_equal(peer_corrcoef(xf), np.corrcoef(cells_small.loc[:, full].transpose()), equal_nan=True)
