@@ -203,3 +203,92 @@ def test_cli_every_step_equals_the_python_call(bbbc021, tmp_path, capsys):
     got = run("normalize", sel_src, "--method", "robustize", "--samples", DMSO, "--by", "Metadata_Plate", "--stream")
     pd.testing.assert_frame_equal(got, normalize(sel, method="robustize", samples=DMSO, by="Metadata_Plate")
                                   .reset_index(drop=True))
+
+
+# ---- the recipe CLI: recipes / show / run --set / --platemap --------------------------------------------------
+
+def _cells_and_platemap(tmp_path, seed=0):
+    rng = np.random.default_rng(seed)
+    wells = [f"{r}{c:02d}" for r in "AB" for c in range(1, 13)]
+    pm = pd.DataFrame({"well_position": wells,
+                       "broad_sample": ["DMSO" if i % 2 == 0 else f"BRD-{i % 6}" for i in range(len(wells))],
+                       "mmoles_per_liter": [0.0 if i % 2 == 0 else 10.0 for i in range(len(wells))]})
+    rows = []
+    for plate in ("P1", "P2"):
+        for w in wells:
+            for cell in range(3):
+                rows.append({"Metadata_Plate": plate, "Metadata_Well": w, "Metadata_ObjectNumber": cell + 1,
+                             **{f"Cells_F{j}": rng.normal(j, 1 + j / 3) for j in range(5)}})
+    cells = pd.DataFrame(rows)
+    cells_path = tmp_path / "cells.parquet"
+    cells.to_parquet(cells_path, index=False)
+    pm_path = tmp_path / "maps" / "plate-map.txt"
+    pm_path.parent.mkdir()
+    pm.to_csv(pm_path, sep="\t", index=False)
+    return cells_path, pm_path
+
+
+def test_cli_recipes_and_show(capsys):
+    from phenovec.cli import main
+
+    assert main(["process", "recipes"]) in (0, None)
+    listing = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in listing]
+    assert names == sorted(packaged_recipes())
+    assert all(len(line.split(None, 1)) == 2 for line in listing)  # every recipe has a one-line description
+    for name, path in packaged_recipes().items():
+        assert main(["process", "show", name]) in (0, None)
+        assert capsys.readouterr().out == path.read_text()
+        assert Recipe.load(name).description
+    assert main(["process", "show", "no-such-recipe"]) == 2
+    assert "lincs-cellprofiler" in capsys.readouterr().err
+
+
+def test_lincs_recipe_needs_a_platemap_option(tmp_path, capsys, monkeypatch):
+    from phenovec.cli import main
+
+    cells, pm = _cells_and_platemap(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "platemap.txt").write_text("well_position\tbroad_sample\n")  # never read: nothing is assumed
+    out = tmp_path / "profiles.parquet"
+    assert main(["process", "run", "lincs-cellprofiler", str(cells), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--platemap" in err and "annotate.platemap" in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="annotate.platemap"):
+        apply_recipe("lincs-cellprofiler", cells)
+    # --platemap and --set annotate.platemap are the same thing; both equal the Python chain
+    assert main(["process", "run", "lincs-cellprofiler", str(cells), "-o", str(out), "--platemap", str(pm),
+                 "--set", "normalize.samples=Metadata_broad_sample == 'DMSO'", "--quiet"]) in (0, None)
+    a = pd.read_parquet(out)
+    out2 = tmp_path / "profiles2.parquet"
+    assert main(["process", "run", "lincs-cellprofiler", str(cells), "-o", str(out2), "--quiet",
+                 "--set", f"annotate.platemap={pm}"]) in (0, None)
+    pd.testing.assert_frame_equal(pd.read_parquet(out2), a)
+    r = Recipe.load("lincs-cellprofiler", overrides=[("annotate.platemap", str(pm))])
+    pd.testing.assert_frame_equal(apply_recipe(r, cells, progress=False).reset_index(drop=True), a)
+    assert set(a["Metadata_broad_sample"]) == {"DMSO", "BRD-1", "BRD-3", "BRD-5"}
+    prov = read_profile_metadata(out)
+    assert prov["recipe"]["steps"][1]["annotate"]["platemap"] == str(pm)
+
+
+def test_set_overrides_and_unknown_keys():
+    r = Recipe.load("lincs-cellprofiler", overrides=[
+        "normalize.method=robustize", "steps.6.operation=median", "feature_select.corr_threshold=0.8",
+        "aggregate.strata=[Metadata_Plate, Metadata_Well, Metadata_Site]", "consensus.modz_args.method=spearman",
+        "name=mine", "spherize.epsilon=1e-5"])
+    steps = dict(r.steps)
+    assert steps["normalize"]["method"] == "robustize"
+    assert steps["consensus"]["operation"] == "median" and steps["consensus"]["modz_args"] == {"method": "spearman"}
+    assert steps["feature_select"]["corr_threshold"] == 0.8 and isinstance(steps["spherize"]["epsilon"], float)
+    assert steps["aggregate"]["strata"] == ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+    assert r.name == "mine"
+    assert dict(Recipe.load("lincs-cellprofiler").steps)["normalize"]["method"] == "mad_robustize"  # a copy
+    for bad, match in [("normalize.metod=x", r"normalize\.metod.*no argument 'metod'"),
+                       ("normalise.method=x", r"unknown key 'normalise'"),
+                       ("annotate=x", r"name an argument"),
+                       ("steps.9.method=x", r"steps\.9"),
+                       ("normalize.method", r"KEY=VALUE"),
+                       ("normalize.method.deeper=x", r"normalize\.method\.deeper.*not a mapping")]:
+        with pytest.raises(ValueError, match=match):
+            Recipe.load("lincs-cellprofiler", overrides=[bad])

@@ -34,6 +34,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,7 @@ class Recipe:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _RUNNER_ARGUMENTS = ("profiles", "population_df", "output_file", "output_type", "return_fit")
 
 
@@ -222,6 +224,8 @@ def _parse_override(item) -> tuple[str, Any]:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as e:
         raise ValueError(f"--set {key}: the value {text!r} is not a YAML scalar or list: {e}") from None
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 (PyYAML) reads 1e-5 as a string; it is the number
     return key, value
 
 
