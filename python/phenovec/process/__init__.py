@@ -1,5 +1,5 @@
-"""Profile processing with pycytominer's names and numbers: aggregate, normalize, feature_select, spherize,
-consensus, and recipes that chain them. Switching from pycytominer is a change of import::
+"""Profile processing with pycytominer's names and numbers: collate, aggregate, annotate, normalize, feature_select,
+spherize, consensus, and recipes that chain them. Switching from pycytominer is a change of import::
 
     from phenovec.process import aggregate, normalize, feature_select, consensus
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 # shadow the function once imported.
 from phenovec.process.aggregate import aggregate, aggregate_stream
 from phenovec.process.annotate import annotate
+from phenovec.process.collate import collate
 from phenovec.process.columns import infer_cp_features
 from phenovec.process.consensus import consensus
 from phenovec.process.feature_select import feature_select
@@ -22,7 +23,7 @@ from phenovec.process.source import open_source
 from phenovec.process.spherize import SpherizeFit, Spherizer, spherize
 
 __all__ = [
-    "aggregate", "aggregate_stream", "annotate", "normalize", "normalize_stream", "NormalizeFit",
+    "aggregate", "aggregate_stream", "annotate", "collate", "normalize", "normalize_stream", "NormalizeFit",
     "feature_select", "spherize", "Spherizer", "SpherizeFit", "consensus", "Recipe", "apply_recipe",
     "open_source", "infer_cp_features",
 ]
