@@ -368,7 +368,7 @@ def run(config, progress: bool = True) -> RunResult:
     profiled = stage("profile", k_prof, prof_conf, do_profile)
 
     rep = cfg["report"]
-    control_query = f"{rep['treatment_column']} == {rep['control']!r}"
+    control_query = f"`{rep['treatment_column']}` == {rep['control']!r}"  # a row filter (phenovec.io.row_filter)
     steps = cfg["process"]["steps"] or default_steps(control_query)
 
     def do_process(d: Path) -> dict:
@@ -404,7 +404,8 @@ def run(config, progress: bool = True) -> RunResult:
                       "training": trained if trained is not None else {"model": cfg["model"]}}
         paths = build_report(processed["profiles"], d, moa_column=rep["moa_column"],
                              treatment_column=rep["treatment_column"], control_query=rep["control"],
-                             provenance=provenance, null_size=rep["null_size"], seed=rep["seed"])
+                             control_key="report.control", provenance=provenance, null_size=rep["null_size"],
+                             seed=rep["seed"])
         return {"html": str(paths.html), "json": str(paths.json)}
 
     k_rep = _key("report", rep, k_proc)

@@ -1,4 +1,6 @@
-"""Schema and I/O: profile tables and their readers/writers."""
-from phenovec.io.profiles import Profiles, read_table, split_profiles, write_table
+"""Schema and I/O: profile tables and their readers/writers (bound on first use: importing a small submodule such as
+``phenovec.io.atomic`` does not import pandas)."""
+from phenovec.lazy_exports import lazy_exports
 
 __all__ = ["Profiles", "read_table", "split_profiles", "write_table"]
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, "profiles"))

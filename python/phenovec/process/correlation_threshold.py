@@ -97,8 +97,8 @@ def correlation_threshold(
     Same arguments and the same excluded set as ``pycytominer.operations.correlation_threshold`` (see the
     module docstring for the rule and for why the set is identical, not just close). ``population_df``: a
     DataFrame or a table path; ``features``: ``"infer"`` or column names; ``samples``: ``"all"`` or a
-    ``DataFrame.query`` string (``ValueError`` if it selects no row); ``method``: pearson, spearman or
-    kendall. Returns the excluded names in column order.
+    row filter (:mod:`phenovec.io.row_filter`; ``ValueError`` if it selects no row); ``method``: pearson,
+    spearman or kendall. Returns the excluded names in column order.
     """
     from phenovec.process.columns import resolve_columns
     from phenovec.process.feature_select import feature_matrix, load_profiles, sample_rows

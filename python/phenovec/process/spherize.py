@@ -660,8 +660,8 @@ def spherize(
 
     ``profiles``: DataFrame or a path (``read_table``). Columns: ``features``/``meta_features`` as
     pycytominer (inferred CellProfiler features, ``Metadata_*`` metadata). The transform is fitted on the
-    ``samples`` rows (``"all"`` or a ``DataFrame.query`` string, e.g. ``"Metadata_broad_sample == 'DMSO'"``)
-    and applied to all rows. ``method``/``epsilon``/``center`` are the peer's ``spherize_method``,
+    ``samples`` rows (``"all"`` or a row filter, :mod:`phenovec.io.row_filter`, e.g.
+    ``"Metadata_broad_sample == 'DMSO'"``) and applied to all rows. ``method``/``epsilon``/``center`` are the peer's ``spherize_method``,
     ``spherize_epsilon``, ``spherize_center``.
 
     Returns the peer's frame: metadata columns, then pass-through ``Image_*``/``ome_arrow_*`` non-feature

@@ -33,6 +33,7 @@ def build_report(
     moa_column: str = "Metadata_MOA",
     treatment_column: str = "Metadata_Treatment",
     control_query: str = "Metadata_Control == True",
+    control_key: str = "control_query",
     plate_column: str = "Metadata_Plate",
     features="infer",
     provenance: dict | None = None,
@@ -48,16 +49,18 @@ def build_report(
 ) -> ReportPaths:
     """Evaluate well-level profiles and write ``OUT_DIR/NAME.html`` and ``OUT_DIR/NAME.json``.
 
-    ``profiles``: a DataFrame or a CSV / Parquet path (pycytominer layout). ``control_query``: a pandas
-    query (``"Metadata_Control == True"``) or a treatment value (``"DMSO"``). ``features``: ``"infer"``
-    (every non-``Metadata_`` column) or a list of column names. ``provenance``: the caller's dict
-    (config, hashes, timings), stored under ``provenance.run``. Metric definitions:
-    :mod:`phenovec.report.metrics`; JSON layout: :mod:`phenovec.report.numbers`.
+    ``profiles``: a DataFrame or a CSV / Parquet path (pycytominer layout). ``control_query``: a row filter
+    (:mod:`phenovec.io.row_filter`, never evaluated as code: ``"Metadata_Control == True"``) or a treatment value
+    (``"DMSO"``); ``control_key`` is the name errors give it (a CLI option, a configuration key). ``features``:
+    ``"infer"`` (every non-``Metadata_`` column) or a list of column names. ``provenance``: the caller's dict (config,
+    hashes, timings), stored under ``provenance.run``. Metric definitions: :mod:`phenovec.report.metrics`; JSON
+    layout: :mod:`phenovec.report.numbers`.
     """
     timings = {}
     t0 = time.perf_counter()
     inp = load_input(profiles, moa_column=moa_column, treatment_column=treatment_column,
-                     control_query=control_query, plate_column=plate_column, features=features)
+                     control_query=control_query, plate_column=plate_column, features=features,
+                     control_key=control_key)
     timings["load"] = round(time.perf_counter() - t0, 4)
     t0 = time.perf_counter()
     res = compute_metrics(inp, similarity=similarity, null_size=null_size, seed=seed, threshold=threshold,

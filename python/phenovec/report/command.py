@@ -50,7 +50,7 @@ def run_report(a) -> dict:
         if not isinstance(prov, dict):
             raise ValueError(f"--provenance {pp}: must hold a JSON object")
     paths = build_report(a.profiles, a.out, moa_column=a.moa_column, treatment_column=a.treatment_column,
-                         control_query=a.control, plate_column=a.plate_column,
+                         control_query=a.control, control_key="--control", plate_column=a.plate_column,
                          features=a.features if a.features else "infer", provenance=prov, similarity=a.similarity,
                          null_size=a.null_size, seed=a.seed, threshold=a.threshold)
     print(paths.html)

@@ -8,16 +8,16 @@ onnxruntime does not list is an error naming it and the available ones.
 
 OpenVINO (``onnxruntime-ep-openvino``, the ``openvino`` extra) is an onnxruntime *plugin* execution provider: its
 library is registered with onnxruntime once per process (:func:`openvino_device`) and a session adds it for the
-OpenVINO CPU device (``SessionOptions.add_provider_for_devices``; naming it in ``providers=`` is silently
-ignored by onnxruntime). Its CPU plugin runs bfloat16 on CPUs whose OpenVINO device reports ``BF16`` (AMX or
-AVX512-BF16: Intel Xeon since Sapphire Rapids; on the 2-core AMD EPYC Zen 4 VM it was tried on, the plugin listed no
-CPU device at all, so bf16 is refused there): everything is asked at run time, and "not present" is an answer,
-never an error (:func:`openvino_unavailable` says why). ResNet-50 at 5 x 128 x 128 on 2 Xeon cores 133 -> 650-716
-crops/s, EfficientNet-B0 568 -> 770-812 (``bench/RESULTS.md``), features within ~1e-2 relative of float32 (cosine >= 0.9999). The precision is
-always set explicitly (``INFERENCE_PRECISION_HINT``, through ``load_config``): OpenVINO's own default on such CPUs
-is bf16, and the EP's ``precision`` option is ignored by the plugin, so float32 must be asked for. In float32
-OpenVINO is no faster than onnxruntime's CPU provider here (EfficientNet-B0 512 vs 568 crops/s), hence it is not
-in ``"auto"`` for float32.
+OpenVINO CPU device (``SessionOptions.add_provider_for_devices``; naming it in ``providers=`` is silently ignored by
+onnxruntime). Its CPU plugin runs bfloat16 on CPUs whose OpenVINO device reports ``BF16`` (AMX or AVX512-BF16: Intel
+Xeon since Sapphire Rapids; on the 2-core AMD EPYC Zen 4 VM it was tried on, the plugin listed no CPU device at all,
+so bf16 is refused there): everything is asked at run time, and "not present" is an answer, never an error
+(:func:`openvino_unavailable` says why). ResNet-50 at 5 x 128 x 128 on 2 Xeon cores 133 -> 650-716 crops/s,
+EfficientNet-B0 568 -> 770-812 (``bench/RESULTS.md``), features within ~1e-2 relative of float32 (cosine >= 0.9999).
+The precision is always set explicitly (``INFERENCE_PRECISION_HINT``, through ``load_config``): OpenVINO's own default
+on such CPUs is bf16, and the EP's ``precision`` option is ignored by the plugin, so float32 must be asked for. In
+float32 OpenVINO is no faster than onnxruntime's CPU provider here (EfficientNet-B0 512 vs 568 crops/s), hence it is
+not in ``"auto"`` for float32.
 
 TensorRT options: the engine cache (``trt_engine_cache_enable``, ``trt_engine_cache_path``; also the timing
 cache) when ``trt_cache_dir`` is given, ``trt_fp16_enable`` when ``fp16``, and one optimisation profile covering
