@@ -307,9 +307,8 @@ CASES = [
     Case("profile", "index misses a channel", profile(index=index_only(drop="FileName_Mito")), r"index\.csv: no column for channel 'Mito'"),
     Case("profile", "truncated image", profile(bad_image=image("truncated")), r"site 0 .*truncated\.tif: truncated or corrupt"),
     Case("profile", "NaN centre", profile(locs=nan_centre), r"nuclei\.csv: row 1 column Nuclei_Location_Center_Y"),
-    Case("profile", "centre outside the image", profile(locs=outside), r"nuclei\.csv: .*outside the image",
-         xfail="profile/sites.py records a finite centre outside the image as 'invalid' (crop refuses it): "
-               "refuse it there as phenovec.ingest.crop._refuse_outside does"),
+    Case("profile", "centre outside the image", profile(locs=outside),
+         r"nuclei\.csv: ObjectNumber 2 of site SYNTH-P01 A01 1 has its centre \(x=5000, .*outside the image"),
     Case("process", "inf feature", process(inf_feature, "normalize"), r"feature column 'f2' holds inf at row 3"),
     Case("process", "constant feature (spherize)", process(const_feature, "spherize"), r"ZCA-cor: feature\(s\) constant .*'f3'"),
     Case("process", "empty table", process(empty_table, "normalize"), r"wells\.parquet.* no row"),

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from phenovec.ingest.fields import DTYPES, illumination_config, normalize_intensity
-from phenovec.ingest.index import ImageIndex, site_centres
+from phenovec.ingest.index import ImageIndex, locations_name, site_centres
 from phenovec.io.atomic import output_folder, write_json_atomic
 
 EDGE_POLICIES = ("drop", "shift", "pad")
@@ -66,20 +66,25 @@ def cell_label_ids(loc: pd.DataFrame, where: str) -> np.ndarray | None:
     return np.ascontiguousarray(loc["ObjectNumber"].to_numpy(dtype=np.int64))
 
 
-def _refuse_outside(codes: np.ndarray, xs: np.ndarray, ys: np.ndarray, loc: pd.DataFrame, index: ImageIndex,
-                    s: int, locations) -> None:
-    """A finite centre the crop core found outside the site's image (outcome ``invalid``) is an error naming the
-    locations, the site, the cell and the image: such a table belongs to other images (another size or site)."""
-    bad = np.flatnonzero((codes == OUTCOMES.index("invalid")) & np.isfinite(xs) & np.isfinite(ys))
+def refuse_centres_outside(codes: np.ndarray, loc: pd.DataFrame, site: str, image: str, source: str) -> None:
+    """A finite centre that the crop core found outside the site's image (outcome ``invalid``; a NaN centre is
+    refused when the locations are read) is an error naming the locations ``source``, the ``site``, the cell
+    (``loc``: the site's ``x``, ``y`` and ``ObjectNumber`` if any, in the order of ``codes``) and the ``image``:
+    such a table belongs to other images (another size or site). Used by ``crop`` and ``profile``."""
+    xs, ys = loc["x"].to_numpy(np.float64), loc["y"].to_numpy(np.float64)
+    bad = np.flatnonzero((np.asarray(codes) == OUTCOMES.index("invalid")) & np.isfinite(xs) & np.isfinite(ys))
     if len(bad):
         i = int(bad[0])
-        src = "locations" if isinstance(locations, pd.DataFrame) or locations is None else str(locations)
         cell = f"ObjectNumber {loc['ObjectNumber'].iloc[i]}" if "ObjectNumber" in loc.columns else f"cell {i}"
-        site = " ".join(str(index.sites.iloc[s][k]) for k in ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
-                        if k in index.sites.columns)
-        raise ValueError(f"{src}: {cell} of site {site} has its centre (x={xs[i]:g}, y={ys[i]:g}) outside the "
-                         f"image {index.paths[s][0]} ({len(bad)} such cells in the site): are these the locations "
-                         "of these images?")
+        raise ValueError(f"{source}: {cell} of site {site} has its centre (x={xs[i]:g}, y={ys[i]:g}) outside the "
+                         f"image {image} ({len(bad)} such cells in the site): are these the locations of these "
+                         "images?")
+
+
+def site_label(sites: pd.DataFrame, s: int) -> str:
+    """``plate well site`` of row ``s`` of an index's site table, for messages."""
+    return " ".join(str(sites.iloc[s][k]) for k in ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
+                    if k in sites.columns)
 
 
 def crop_index(
@@ -215,7 +220,8 @@ def crop_index(
             opts["dtype"] = dtype
             crops, codes = _core.crop_site(index.paths[s], xs, ys, int(box_size), edge, bool(rescale), **opts)
             codes = np.asarray(codes, dtype=np.int64)
-            _refuse_outside(codes, xs, ys, loc, index, s, locations)
+            refuse_centres_outside(codes, loc, site_label(index.sites, s), index.paths[s][0],
+                               locations_name(locations))
             has_crop = codes <= 2  # inside, shifted, padded
             if len(crops) != int(has_crop.sum()):
                 raise RuntimeError(f"site {s}: crop_site returned {len(crops)} crops for {int(has_crop.sum())} kept cells")

@@ -154,8 +154,6 @@ def read_locations(path: str | os.PathLike, table: str = "Nuclei") -> pd.DataFra
     else:
         df = read_table(p)
     cx, cy = _center_columns(df, str(p))
-    if not len(df):
-        raise ValueError(f"{p}: no located cell (the table has no rows)")
     out = pd.DataFrame({"x": pd.to_numeric(df[cx], errors="coerce"), "y": pd.to_numeric(df[cy], errors="coerce")})
     for col, name in ((cx, "x"), (cy, "y")):
         bad = ~np.isfinite(out[name].to_numpy(dtype=np.float64))
@@ -255,6 +253,11 @@ class SiteCentres:
         return self._x[a:b], self._y[a:b]
 
 
+def locations_name(locations) -> str:
+    """How messages name a locations argument: its path, or ``locations`` for a table or a per-site column."""
+    return "locations" if locations is None or isinstance(locations, pd.DataFrame) else str(locations)
+
+
 def site_centres(index: ImageIndex, locations) -> SiteCentres:
     """Per site (index order) its located cells, as a :class:`SiteCentres`: from one table (``DataFrame`` or path,
     read with :func:`read_locations`) keyed by the site columns (rows matched on the str of the keys, table order
@@ -270,6 +273,8 @@ def site_centres(index: ImageIndex, locations) -> SiteCentres:
         if c not in table.columns:
             raise KeyError(f"locations: no column {c!r} (read a nuclei table with phenovec.ingest.index."
                            "read_locations)")
+    if not len(table):  # one table for every site (a per-site file may be empty: a site without cells)
+        raise ValueError(f"{locations_name(locations)}: no located cell (the table has no rows)")
     obj = table["ObjectNumber"].to_numpy() if "ObjectNumber" in table.columns else None
     missing = [k for k in SITE_KEYS if k not in table.columns]
     if missing:
@@ -288,9 +293,9 @@ def site_centres(index: ImageIndex, locations) -> SiteCentres:
     else:
         g = pd.MultiIndex.from_tuples(uniq, names=SITE_KEYS).get_indexer(row_keys).astype(np.int64)
     del row_keys
-    if len(table) and not (g >= 0).any():
-        src = "locations" if isinstance(locations, pd.DataFrame) else str(locations)
-        raise ValueError(f"{src}: none of its {len(table)} rows belongs to a site of {index.source} (matched on "
+    if not (g >= 0).any():
+        raise ValueError(f"{locations_name(locations)}: none of its {len(table)} rows belongs to a site of "
+                         f"{index.source} (matched on "
                          f"{SITE_KEYS}; first row: {tuple(table[SITE_KEYS].iloc[0])}, first site: {site_keys[0]})")
     order = np.argsort(g, kind="stable")
     order = order[g[order] >= 0]

@@ -122,7 +122,7 @@ def _index_input(index, locations, contract, illumination, model: str):
 
     idx, paths, frames = index_by_name(index, contract.channels)
     check_index_steps(contract, model, illumination, idx)
-    centres = site_centres(idx, locations)  # non-finite centres become edge outcome "invalid" (crop_site)
+    centres = site_centres(idx, locations)  # finite centres outside the image are refused as the sites finish
     sites = idx.sites.reset_index(drop=True)
     plates = sites["Metadata_Plate"].astype(str).to_numpy()
     labels = idx.labels if contract.crop_mask is not None else None
@@ -239,6 +239,9 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                                     precision, trt_cache_dir, sessions)
                 window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
                 if mode == "images":
+                    from phenovec.ingest.crop import refuse_centres_outside, site_label
+                    from phenovec.ingest.index import locations_name
+
                     fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None)
                     kw = {"edge": edge, "batch_size": batch_size, "dtype": dtype}
                 else:
@@ -262,6 +265,9 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                             continue
                         if len(codes) != ncells[s]:
                             raise RuntimeError(f"site {s}: {len(codes)} edge codes for {ncells[s]} located cells")
+                        if mode == "images":  # a finite centre outside the image: locations of other images
+                            refuse_centres_outside(codes, cells_of(s), site_label(sites, s), extra["paths"][s][0],
+                                                   locations_name(locations))
                         store.write(s, codes, feats)
                         done.add(s)
                         run.resumable = True
