@@ -78,9 +78,6 @@ def test_process_reads_and_writes_each_format(tmp_path, name):
                                atol=1e-12)
 
 
-@pytest.mark.xfail(reason="process/columns.py resolve_columns (not this helper's file): the numeric non-Metadata_ "
-                          "fallback must leave out phenovec.io.profiles.ID_COLUMNS (ImageNumber, ObjectNumber, "
-                          "TableNumber) and honour io.profiles.declared_features(df)", strict=False)
 def test_normalize_keeps_cellprofiler_ids_as_metadata(tmp_path):
     df = _table(seed=1)
     out = tmp_path / "o.parquet"

@@ -3,9 +3,10 @@
 ``features="infer"`` follows pycytominer 1.7.1 ``infer_cp_features``: columns starting with a
 CellProfiler compartment (``Cells``, ``Nuclei``, ``Cytoplasm``; ``Image`` too with
 ``image_features=True``, numeric ones only). phenovec addition: when no column has a CellProfiler
-prefix (learned embeddings such as ``efficientnet_0``), every numeric column that does not start with
-``Metadata_`` is a feature, so model output is usable without listing 1,280 names. ``meta_features="infer"``
-is every ``Metadata_`` column. Nothing here guesses silently on bad input: a listed column that is missing,
+prefix (learned embeddings such as ``efficientnet_0``), the features a reader declared (a phenovec embedding
+store's), else every numeric column that does not start with ``Metadata_`` and is no CellProfiler id
+(``ImageNumber``, ``ObjectNumber``, ``TableNumber``) is a feature, so model output is usable without listing 1,280
+names. ``meta_features="infer"`` is every ``Metadata_`` column, plus those ids off pycytominer's own inference. Nothing here guesses silently on bad input: a listed column that is missing,
 a feature column that is not numeric, or a sample query that matches no row raises an error naming it.
 """
 from __future__ import annotations
@@ -60,28 +61,35 @@ def resolve_columns(
     image_features: bool = False,
 ) -> tuple[list[str], list[str]]:
     """Return ``(features, meta_features)`` as lists of existing columns (see module docstring)."""
+    from phenovec.io.profiles import ID_COLUMNS, declared_features
+
+    cp_inferred = False
     if isinstance(features, str):
         if features != "infer":
             raise ValueError(f"features must be 'infer' or a list of column names, got {features!r}")
-        try:
-            feats = infer_cp_features(df, image_features=image_features)
-        except ValueError:
-            feats = [
-                str(c)
-                for c in df.columns
-                if not str(c).startswith(METADATA_PREFIX) and pd.api.types.is_numeric_dtype(df[c])
-            ]
-            if not feats:
-                raise ValueError(
-                    "no feature columns found: no CellProfiler-prefixed (Cells_/Nuclei_/Cytoplasm_) and no numeric "
-                    "non-Metadata_ columns; pass features=[...]"
-                ) from None
+        feats = declared_features(df)  # what the reader knew (a phenovec embedding store's features)
+        if feats is None:
+            try:
+                feats, cp_inferred = infer_cp_features(df, image_features=image_features), True
+            except ValueError:
+                feats = [
+                    str(c)
+                    for c in df.columns
+                    if not str(c).startswith(METADATA_PREFIX) and str(c) not in ID_COLUMNS
+                    and pd.api.types.is_numeric_dtype(df[c])
+                ]
+                if not feats:
+                    raise ValueError(
+                        "no feature columns found: no CellProfiler-prefixed (Cells_/Nuclei_/Cytoplasm_) and no "
+                        "numeric non-Metadata_ columns; pass features=[...]"
+                    ) from None
     else:
         feats = check_columns(df, features, "features")
     if isinstance(meta_features, str):
         if meta_features != "infer":
             raise ValueError(f"meta_features must be 'infer' or a list of column names, got {meta_features!r}")
-        meta = [c for c in df.columns if str(c).startswith(METADATA_PREFIX) and c not in set(feats)]
+        ids = () if cp_inferred else ID_COLUMNS  # pycytominer's own inference keeps Metadata_* alone
+        meta = [c for c in df.columns if (str(c).startswith(METADATA_PREFIX) or str(c) in ids) and c not in set(feats)]
     else:
         meta = check_columns(df, meta_features, "meta_features")
     overlap = sorted(set(feats) & set(meta))
