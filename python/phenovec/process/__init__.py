@@ -9,21 +9,34 @@ than memory, and Numba kernels (CUDA with a CPU path) for spherize.
 """
 from __future__ import annotations
 
-# Functions are bound eagerly: a submodule of the same name (phenovec.process.normalize) would otherwise
-# shadow the function once imported.
-from phenovec.process.aggregate import aggregate, aggregate_stream
-from phenovec.process.annotate import annotate
-from phenovec.process.collate import collate
-from phenovec.process.columns import infer_cp_features
-from phenovec.process.consensus import consensus
-from phenovec.process.feature_select import feature_select
-from phenovec.process.normalize import NormalizeFit, normalize, normalize_stream
-from phenovec.process.recipe import Recipe, apply_recipe
-from phenovec.process.source import open_source
-from phenovec.process.spherize import SpherizeFit, Spherizer, spherize
+import sys
+import types
 
-__all__ = [
-    "aggregate", "aggregate_stream", "annotate", "collate", "normalize", "normalize_stream", "NormalizeFit",
-    "feature_select", "spherize", "Spherizer", "SpherizeFit", "consensus", "Recipe", "apply_recipe",
-    "open_source", "infer_cp_features",
-]
+from phenovec.lazy_exports import lazy_exports
+
+#: public name -> the submodule defining it; bound on first use, so that ``phenovec.process.command`` (the CLI's
+#: parser) imports neither pandas nor scikit-learn
+_EXPORTS = {
+    "aggregate": "aggregate", "aggregate_stream": "aggregate", "annotate": "annotate", "collate": "collate",
+    "infer_cp_features": "columns", "consensus": "consensus", "feature_select": "feature_select",
+    "NormalizeFit": "normalize", "normalize": "normalize", "normalize_stream": "normalize", "Recipe": "recipe",
+    "apply_recipe": "recipe", "open_source": "source", "SpherizeFit": "spherize", "Spherizer": "spherize",
+    "spherize": "spherize",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+class _StepFunctionsFirst(types.ModuleType):
+    """This package, where ``phenovec.process.normalize`` (and aggregate, annotate, collate, consensus,
+    feature_select, spherize) is the step *function*, as pycytominer's names are: the import system binds each
+    imported submodule on its package under the same name, which would shadow the function; that binding is
+    skipped, so the lazy ``__getattr__`` answers with the function. The submodules stay in ``sys.modules``."""
+
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _StepFunctionsFirst
