@@ -4,6 +4,7 @@ anything runs; end to end through recipes, ``phenovec process``, the ``phenovec 
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pandas as pd
@@ -369,10 +370,15 @@ def test_run_configuration_with_an_injected_samples_or_control_is_refused(tmp_pa
         path.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "synth": {"plates": 1},
                                         "process": {"steps": [{"spherize": {"samples": text}}]},
                                         "report": {"control": text}}))
-        cfg = load_run_config(path)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: process.steps: recipe step 1 \(spherize\) "
+                                             "samples"):
+            load_run_config(path)  # refused when the configuration is read, before any stage
         with pytest.raises(ValueError, match="samples"):
-            apply_recipe({"name": "pipeline", "steps": cfg["process"]["steps"]}, wells, progress=False,
+            apply_recipe({"name": "pipeline", "steps": [{"spherize": {"samples": text}}]}, wells, progress=False,
                          features_default="non-metadata")
+        path.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "synth": {"plates": 1},
+                                        "report": {"control": text}}))
+        cfg = load_run_config(path)
         with pytest.raises(ValueError, match="^control_query: "):
             build_report(wells, tmp_path / "rep", control_query=cfg["report"]["control"], null_size=60)
         assert not target.exists(), text

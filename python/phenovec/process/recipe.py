@@ -42,6 +42,8 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from phenovec.io.row_filter import parse_filter
+
 STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus")
 
 
@@ -111,6 +113,9 @@ class Recipe:
             bad = {"output_file", "profiles", "population_df"} & set(kwargs)
             if bad:
                 raise ValueError(f"recipe step {i} ({step}): {sorted(bad)[0]!r} is set by the recipe runner, not the step")
+            samples = kwargs.get("samples")
+            if isinstance(samples, str) and samples != "all":  # refused when the recipe is read, before any step
+                parse_filter(samples, key=f"recipe step {i} ({step}) samples")
             steps.append((str(step), dict(kwargs)))
         return cls(steps=steps, name=name, source={"name": name, "steps": [{s: k} for s, k in steps]},
                    description=description)
