@@ -386,16 +386,39 @@ READ_ONLY = {"crop": crop(plate_index), "illum": lambda t, w: ["illum", str(w.pl
              "train": train_cfg(), "profile": profile()}
 
 
+def refuse_writes_under(folder: Path, monkeypatch):
+    """What the kernel does in a read-only folder for a user without CAP_DAC_OVERRIDE, for a root process (CI runs
+    as root, where permission bits are not enforced): creating anything below ``folder`` is EACCES."""
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def below(path) -> bool:
+        return Path(os.path.abspath(os.fspath(path))).is_relative_to(folder) and Path(path) != folder
+
+    def mkdir(path, *a, **k):
+        if below(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_mkdir(path, *a, **k)
+
+    def open_(path, flags, *a, **k):
+        if below(path) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+
+
 @pytest.mark.parametrize("stage", sorted(READ_ONLY))
-def test_read_only_output_folder_is_a_clear_error(stage, world, tmp_path, capsys):
+def test_read_only_output_folder_is_a_clear_error(stage, world, tmp_path, capsys, monkeypatch):
+    """A read-only folder for the output: as a user, by its permission bits; as root (CI), by refusing creation
+    below it the way the kernel would (root ignores the bits)."""
     t = tmp_path / "t"
     t.mkdir()
     argv = READ_ONLY[stage](t, world)
     t.chmod(0o555)
     try:
         if os.access(t, os.W_OK):
-            pytest.skip("running as root (or with CAP_DAC_OVERRIDE): a read-only folder is writable here, so "
-                        "the permission check cannot be exercised")
+            refuse_writes_under(t, monkeypatch)
         capsys.readouterr()
         assert main(argv) == 2
         err = capsys.readouterr().err
