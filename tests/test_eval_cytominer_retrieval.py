@@ -125,6 +125,18 @@ def test_enrichment_threshold_is_pandas_quantile_of_all_offdiagonal_pairs(moa_ro
         assert (row.replicate_below, row.nonreplicate_below) == (int((~above & rep).sum()), int((~above & ~rep).sum()))
 
 
+def test_enrichment_moaprofiler_percentiles(moa_rows):
+    """percentile="moaprofiler": the paper's 98th..99.8th percentiles in 0.2 steps, each equal to its own call."""
+    got = pe.enrichment(moa_rows, replicate_groups=["Metadata_moa"], percentile="moaprofiler")
+    want = [0.98, 0.982, 0.984, 0.986, 0.988, 0.99, 0.992, 0.994, 0.996, 0.998]
+    assert got["enrichment_percentile"].tolist() == want
+    one = pe.enrichment(moa_rows, replicate_groups=["Metadata_moa"], percentile=0.99)
+    pd.testing.assert_frame_equal(got[got["enrichment_percentile"] == 0.99].reset_index(drop=True), one)
+    assert (np.diff(got["threshold"]) >= 0).all()
+    with pytest.raises(ValueError, match="'moaprofiler'"):
+        pe.enrichment(moa_rows, replicate_groups=["Metadata_moa"], percentile="paper")
+
+
 def test_precision_recall_matches_cytominer_eval(moa_rows, ref):
     case = ref["precision_recall_moa"]
     got = pe.precision_recall(moa_rows, k=case["call"]["precision_recall_k"], **MOA)

@@ -93,10 +93,11 @@ def test_one_nn_matches_sklearn_kneighbors(bbbc021):
         held = comp == c
         clf = KNeighborsClassifier(n_neighbors=1, metric="cosine", algorithm="brute").fit(x[~held], y[~held])
         expected[held] = clf.predict(x[held])
-    _, pred = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=1)
+    _, pred = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=1, similarity_metric="cosine")
     assert pred["predicted"].tolist() == expected.tolist()
     # and the same with a tiny block size (many similarity blocks)
-    _, pred2 = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=1, block_bytes=5 * len(x) * 8)
+    _, pred2 = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=1, block_bytes=5 * len(x) * 8,
+                            similarity_metric="cosine")
     pd.testing.assert_frame_equal(pred, pred2)
 
 
@@ -104,7 +105,7 @@ def test_k_all(bbbc021):
     meta, x = bbbc021
     sub = meta["moa"].isin(["Actin disruptors", "Kinase inhibitors", "Eg5 inhibitors"]).to_numpy()
     m, xs = meta[sub].reset_index(drop=True), x[sub]
-    summary, pred = knn_accuracy(m, xs, moa_col="moa", compound_col="compound", k="all")
+    summary, pred = knn_accuracy(m, xs, moa_col="moa", compound_col="compound", k="all", similarity_metric="cosine")
     max_cand = len(m) - m["compound"].value_counts().min()
     assert summary["k"].tolist() == list(range(1, max_cand + 1))
     ref = reference(m, xs, list(range(1, max_cand + 1)), "cosine")
@@ -118,7 +119,8 @@ def test_tie_rules():
     x = np.stack([np.cos(ang), np.sin(ang)], axis=1)
     meta = pd.DataFrame({"compound": ["Q", "c1", "c2", "c3", "c4", "c5"],
                          "moa": ["m0", "A", "B", "C", "C", "A"]})
-    _, pred = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=[1, 2, 3, 4, 5])
+    _, pred = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=[1, 2, 3, 4, 5],
+                           similarity_metric="cosine")
     q = pred[pred["row"] == 0].set_index("k")["predicted"]
     assert q[1] == "A"
     assert q[2] == "A"  # A and B tie 1-1: A's neighbour is nearer
@@ -129,7 +131,7 @@ def test_tie_rules():
     x2 = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     for moas in (["M", "Y", "Z"], ["M", "Z", "Y"]):
         m = pd.DataFrame({"compound": ["q", "r1", "r2"], "moa": moas})
-        _, p = knn_accuracy(m, x2, moa_col="moa", compound_col="compound", k=1)
+        _, p = knn_accuracy(m, x2, moa_col="moa", compound_col="compound", k=1, similarity_metric="cosine")
         assert p.loc[p["row"] == 0, "predicted"].item() == moas[1]
 
 
@@ -137,7 +139,8 @@ def test_fewer_candidates_than_k_uses_all():
     x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     meta = pd.DataFrame({"compound": ["a", "a", "b", "c"], "moa": ["X", "X", "Y", "Y"],
                          "plate": [1, 2, 1, 2]})
-    summary, pred = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=[1, 2], exclude_same="plate")
+    summary, pred = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=[1, 2], exclude_same="plate",
+                                 similarity_metric="cosine")
     # row 0 (plate 1): candidates are other compounds on other plates: only row 3
     assert pred.loc[pred["row"] == 0, "n_candidates"].tolist() == [1, 1]
     assert pred.loc[pred["row"] == 0, "predicted"].tolist() == ["Y", "Y"]
@@ -147,7 +150,7 @@ def test_fewer_candidates_than_k_uses_all():
 def test_bad_input():
     x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     meta = pd.DataFrame({"compound": ["a", "a", "b", "c"], "moa": ["X", "X", "Y", "Y"], "plate": [1, 1, 1, 2]})
-    kw = dict(moa_col="moa", compound_col="compound")
+    kw = dict(moa_col="moa", compound_col="compound", similarity_metric="cosine")
     with pytest.raises(KeyError, match="moa_col: unknown metadata column 'nope'"):
         knn_accuracy(meta, x, **(kw | dict(moa_col="nope")))
     with pytest.raises(KeyError, match="exclude_same"):
@@ -175,4 +178,25 @@ def test_bad_input():
     with pytest.raises(ValueError, match="row 3"):
         knn_accuracy(meta, y, **kw, k=1)
     with pytest.raises(ValueError, match="unknown similarity metric"):
-        knn_accuracy(meta, x, **kw, k=1, similarity_metric="kendall")
+        knn_accuracy(meta, x, **(kw | dict(similarity_metric="kendall")), k=1)
+    with pytest.raises(ValueError, match="leave_out must be"):
+        knn_accuracy(meta, x, **kw, k=1, leave_out="plate")
+
+
+def test_default_is_the_papers_pcc_and_leave_out_well(bbbc021):
+    """The default metric is PCC (the paper's); leave_out="well" keeps the query's own compound as candidates."""
+    meta, x = bbbc021
+    a, pa = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=[1, 3])
+    b, pb = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=[1, 3], similarity_metric="pearson")
+    pd.testing.assert_frame_equal(a, b)
+    _, pw = knn_accuracy(meta, x, moa_col="moa", compound_col="compound", k=[1, 3, 5], leave_out="well")
+    # the paper's protocol equals "not same compound" on a column unique per row
+    uniq = meta.assign(uid=np.arange(len(meta)))
+    _, pu = knn_accuracy(uniq, x, moa_col="moa", compound_col="uid", k=[1, 3, 5])
+    assert pw["predicted"].tolist() == pu["predicted"].tolist()
+    assert (pw["n_candidates"] == len(meta) - 1).all()
+    ref = reference(uniq.rename(columns={"compound": "c0", "uid": "compound"}), x, [1, 3, 5], "pearson")
+    for k in (1, 3, 5):
+        assert pw.loc[pw["k"] == k, "predicted"].tolist() == ref[k]
+    # replicates of the same compound are the nearest wells: accuracy rises above not-same-compound
+    assert pw.loc[pw["k"] == 1, "correct"].mean() > pb.loc[pb["k"] == 1, "correct"].mean()

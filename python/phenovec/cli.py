@@ -2,6 +2,9 @@
 
     phenovec evaluate map PROFILES --pos-sameby Metadata_cpd --neg-diffby Metadata_cpd --out ap.parquet
     phenovec evaluate enrichment PROFILES --replicate-groups Metadata_moa --out enrichment.csv
+    phenovec evaluate three-group-pcc PROFILES --moa-column Metadata_moa --compound-column Metadata_compound \
+        --test-wells -o groups.csv      (and moa-similarity-delta, class-latent-assignment,
+                                         holdout-moa-identification, batch-diagnostic: MOAProfiler's protocol)
     phenovec process run recipe.yaml wells.parquet -o profiles.parquet   (see phenovec.process.command)
     phenovec train config.yaml                                          (see phenovec.train.config)
     phenovec export CHECKPOINT -o model.onnx [--logits] [--parity-crops CROPS]
@@ -170,7 +173,10 @@ def _run_enrichment(args) -> dict:
     from phenovec.evaluate import enrichment
 
     prof = _load(args)
-    t = enrichment(prof.meta, percentile=args.percentile, **_common(args, prof))
+    pct = "moaprofiler" if "moaprofiler" in args.percentile else args.percentile
+    if pct == "moaprofiler" and len(args.percentile) > 1:
+        raise ValueError("--percentile: give 'moaprofiler' alone or a list of fractions")
+    t = enrichment(prof.meta, percentile=pct, **_common(args, prof))
     return _finish(args, t, {"metric": "enrichment", "odds_ratio": dict(zip(t["enrichment_percentile"], t["odds_ratio"]))})
 
 
@@ -217,10 +223,20 @@ def _run_replicate_reproducibility(args) -> dict:
                                "quantile_over_null": args.quantile_over_null})
 
 
+def _percentile(text: str):
+    if text == "moaprofiler":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction or 'moaprofiler': {text!r}") from None
+
+
 def _add_cytominer_family(metrics) -> None:
     p = _metric_parser(metrics, "enrichment", "odds ratio of replicate pairs above similarity percentiles", _run_enrichment)
-    p.add_argument("--percentile", nargs="+", type=float, default=[0.9, 0.95, 0.97, 0.99, 0.995],
-                   help="similarity percentiles of the enrichment thresholds")
+    p.add_argument("--percentile", nargs="+", type=_percentile, default=[0.9, 0.95, 0.97, 0.99, 0.995],
+                   help="similarity percentiles of the enrichment thresholds (fractions), or 'moaprofiler' "
+                        "(the paper's 0.98 to 0.998 in steps of 0.002)")
     p = _metric_parser(metrics, "precision-recall", "precision@k and recall@k per group", _run_precision_recall, groupby=True)
     p.add_argument("--k", nargs="+", type=int, default=[5, 10, 20], help="ranks k of precision@k / recall@k")
     _metric_parser(metrics, "precision-at-r", "precision@R per group (R = number of replicates)", _run_precision_at_r,
@@ -263,13 +279,16 @@ def _run_knn(args) -> dict:
     prof = _load(args)
     k = "all" if args.k == ["all"] else [int(v) for v in args.k]
     summary, pred = knn_accuracy(prof.meta, prof.feats, moa_col=args.moa_column, compound_col=args.compound_column,
-                                 k=k, exclude_same=args.exclude_same, similarity_metric=args.similarity)
+                                 k=k, exclude_same=args.exclude_same, similarity_metric=args.similarity,
+                                 leave_out=args.leave_out)
     out = Path(args.out)
     pred_out = out.with_name(out.name.split(".")[0] + "_predictions" + "".join(out.suffixes))
     from phenovec.io.profiles import write_table
 
     write_table(pred, pred_out)
+    best = summary.loc[summary["f1_weighted"].idxmax()]
     return _finish(args, summary, {"metric": "knn_accuracy", "predictions": str(pred_out),
+                                   "best_k": int(best["k"]), "best_f1_weighted": float(best["f1_weighted"]),
                                    "by_k": summary.to_dict(orient="records")})
 
 
@@ -300,8 +319,71 @@ def _add_replicate_stats(metrics) -> None:
            help="column of compounds: a query's own compound is left out of its neighbours")
     p.add_argument("--k", nargs="+", default=["1", "3", "5"], help="list of k, or 'all'")
     p.add_argument("--exclude-same", nargs="*", help="also exclude neighbours sharing these columns (plate, batch)")
-    add_similarity(p, "cosine")
+    p.add_argument("--leave-out", choices=["compound", "well"], default="compound",
+                   help="neighbours exclude the query's whole compound, or only the query well (the paper's)")
+    add_similarity(p, "pearson", help="similarity ranking the neighbours (the paper's PCC)")
     p.set_defaults(run=_run_knn)
+
+
+# ---- MOAProfiler protocol (Wong et al. 2023) -------------------------------------------------
+
+MOAPROFILER_METRICS = {
+    "moa-similarity-delta": ("moa_similarity_delta", "mean same-MOA minus different-MOA pair similarity (per-MOA table)"),
+    "three-group-pcc": ("three_group_pcc", "mean similarity of same-compound, same-MOA and different-MOA pairs, "
+                                           "with z-test p-values"),
+    "class-latent-assignment": ("class_latent_assignment", "assign each well the MOA of its most similar "
+                                                           "leave-query-out MOA median (weighted F1 / P / R)"),
+    "holdout-moa-identification": ("holdout_moa_identification", "identify held-out compounds' MOAs from training "
+                                                                 "MOA medians (individual and aggregated vote)"),
+    "batch-diagnostic": ("batch_diagnostic", "same-MOA similarity within vs across plates and the DMSO "
+                                             "batch-enrichment score"),
+}
+
+
+def _run_moaprofiler(args) -> dict:
+    import phenovec.evaluate as pe
+
+    name = MOAPROFILER_METRICS[args.metric][0]
+    prof = _load(args)
+    meta, feats = prof.meta, prof.feats
+    batch = name == "batch_diagnostic"
+    if args.test_wells:
+        meta, feats = pe.moa_test_wells(meta, feats, moa_col=args.moa_column, compound_col=args.compound_column,
+                                        control=args.control, missing=args.missing_moa, keep_controls=batch)
+    kw = dict(moa_col=args.moa_column, compound_col=args.compound_column, similarity_metric=args.similarity)
+    if name == "holdout_moa_identification":
+        kw.update(split_col=args.split_column, train_value=args.train_value, test_value=args.test_value)
+    if batch:
+        kw.update(plate_col=args.plate_column, batch_col=args.batch_column, control=args.control,
+                  bes_percentile=args.bes_percentile)
+    summary, table = getattr(pe, name)(meta, feats, **kw)
+    return _finish(args, table, {"metric": name, "n_rows": len(meta), **summary.iloc[0].to_dict()})
+
+
+def _add_moaprofiler(metrics) -> None:
+    for cmd, (name, help) in MOAPROFILER_METRICS.items():
+        p = metrics.add_parser(cmd, help=f"{help} (MOAProfiler protocol)")
+        _profiles_args(p)
+        option(p, "--moa-column", old=["--moa-col"], required=True, help="column of the MOA labels")
+        option(p, "--compound-column", old=["--compound-col"], required=True, help="column of the compounds")
+        p.add_argument("--test-wells", action="store_true",
+                       help="first drop the --control wells and MOAs with fewer than 2 compounds (the paper's "
+                            "test wells; phenovec.evaluate.moa_test_wells)")
+        p.add_argument("--control", default="DMSO", help="control value of --compound-column (or --moa-column)")
+        p.add_argument("--missing-moa", choices=["raise", "drop"], default="raise",
+                       help="with --test-wells: wells without an MOA are an error, or dropped")
+        if name == "holdout_moa_identification":
+            p.add_argument("--split-column", required=True, help="column marking training and held-out wells")
+            p.add_argument("--train-value", default="train", help="--split-column value of the training wells")
+            p.add_argument("--test-value", default="test", help="--split-column value of the held-out wells")
+        if name == "batch_diagnostic":
+            p.add_argument("--plate-column", default="Metadata_Plate", help="column of the plates")
+            p.add_argument("--batch-column", help="column of the batches of the DMSO batch-enrichment score "
+                                                  "(default: --plate-column)")
+            p.add_argument("--bes-percentile", type=float, default=0.995,
+                           help="similarity percentile of the batch-enrichment score (Bornholdt: 99.5th)")
+        add_similarity(p, "pearson", help="similarity between wells (the paper's PCC)")
+        p.set_defaults(run=_run_moaprofiler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map(metrics)
     _add_cytominer_family(metrics)
     _add_replicate_stats(metrics)
+    _add_moaprofiler(metrics)
     add_process_parser(stages)
     for add in (add_synth_parser, add_illum_parser, add_crop_parser, add_tiles_parser, add_train_parser,
                 add_export_parser, add_profile_parser, add_report_parser, add_run_parsers):

@@ -20,6 +20,12 @@ from phenovec.evaluate.replicate_reproducibility import replicate_reproducibilit
 from phenovec.evaluate.grit import grit
 from phenovec.evaluate.mp_value import mp_value
 from phenovec.evaluate.knn import knn_accuracy
+from phenovec.evaluate.moa_test_wells import moa_test_wells
+from phenovec.evaluate.moa_similarity_delta import moa_similarity_delta
+from phenovec.evaluate.three_group_pcc import three_group_pcc
+from phenovec.evaluate.class_latent_assignment import class_latent_assignment
+from phenovec.evaluate.holdout_moa_identification import holdout_moa_identification
+from phenovec.evaluate.batch_diagnostic import batch_diagnostic
 
 __all__ = [
     "UnpairedError",
@@ -30,4 +36,7 @@ __all__ = [
     "p_values",
     "iter_similarity_blocks", "similarity_matrix",
     "enrichment", "precision_recall", "precision_at_r", "hit_at_k", "HitAtK", "replicate_reproducibility",
-    "grit", "mp_value", "knn_accuracy"]
+    "grit", "mp_value", "knn_accuracy",
+    # MOAProfiler protocol (Wong et al. 2023)
+    "moa_test_wells", "moa_similarity_delta", "three_group_pcc", "class_latent_assignment",
+    "holdout_moa_identification", "batch_diagnostic"]

@@ -14,6 +14,11 @@ passes (:mod:`phenovec.evaluate.pair_quantile`), so the result is cytominer-eval
 N x N matrix. Counting both directions doubles every cell of the table, as cytominer-eval does
 (the odds ratio is unchanged; the p-value is that of the doubled table). No ties problem: the
 metric does not rank.
+
+MOAProfiler (Wong et al. 2023, B5.2) defines the enrichment factor the same way (one-sided Fisher's
+exact odds ratio of "strongly correlated" vs MOA-replicate pairs, PCC) at the 98th to 99.8th
+percentile in steps of 0.2, headline at the 99th: ``percentile="moaprofiler"`` is that list
+(:data:`MOAPROFILER_PERCENTILES`); ``replicate_groups`` is then the MOA column.
 """
 from __future__ import annotations
 
@@ -28,7 +33,15 @@ from phenovec.evaluate.pairs import DEFAULT_BLOCK_BYTES
 from phenovec.evaluate.similarity import as_profiles, check_metric
 
 
+# the paper's thresholds: 98th to 99.8th percentile in steps of 0.2 (headline: the 99th)
+MOAPROFILER_PERCENTILES = tuple(round(0.98 + 0.002 * i, 3) for i in range(10))
+
+
 def _check_percentiles(percentile) -> list[float]:
+    if isinstance(percentile, str):
+        if percentile != "moaprofiler":
+            raise ValueError(f"percentile must be numbers in [0, 1] or 'moaprofiler', got {percentile!r}")
+        return list(MOAPROFILER_PERCENTILES)
     ps = [percentile] if not isinstance(percentile, (list, tuple, np.ndarray)) else list(percentile)
     if not ps:
         raise ValueError("percentile: give at least one value")
@@ -53,6 +66,8 @@ def enrichment(
     block_bytes: int = DEFAULT_BLOCK_BYTES // 4,
 ) -> pd.DataFrame:
     """Enrichment odds ratio at each ``percentile`` (cytominer-eval semantics, exact).
+
+    ``percentile``: a fraction, a list of them, or ``"moaprofiler"`` (0.98, 0.982, ..., 0.998).
 
     ``profiles`` is a whole profile table or a metadata frame with ``feats``. Output, one row per
     percentile: ``enrichment_percentile``, ``threshold``, ``ods_ratio`` (cytominer-eval's

@@ -64,7 +64,8 @@ def knn_accuracy(
     compound_col: str,
     k: int | Sequence[int] | str = (1, 3, 5),
     exclude_same: str | Sequence[str] | None = None,
-    similarity_metric: str = "cosine",
+    similarity_metric: str = "pearson",
+    leave_out: str = "compound",
     block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Leave-one-compound-out k-NN MOA prediction; returns ``(summary, predictions)``.
@@ -83,8 +84,9 @@ def knn_accuracy(
     ``k``: an int, a list of ints, or ``"all"`` (every k from 1 to the largest candidate count, the
     paper's "all k from 1 to N-1"; its cost is O(N^2 x #MOAs)).
 
-    The paper itself ranks all other wells (only the query left out) by PCC: pass a column unique
-    per row (e.g. the well id) as ``compound_col`` and ``similarity_metric="pearson"`` for that.
+    ``leave_out``: ``"compound"`` (default, as above) or ``"well"``: the paper's own protocol, where only
+    the query itself is left out and wells of its compound are candidates (``compound_col`` is then only
+    reported). ``similarity_metric`` defaults to the paper's PCC (``"pearson"``).
 
     Returns:
       - ``summary``: one row per k with ``k``, ``n_queries``, ``accuracy`` and sklearn's
@@ -99,6 +101,8 @@ def knn_accuracy(
     with no candidate neighbour (named), ``k`` larger than every query's candidate count.
     """
     metric = check_metric(similarity_metric)
+    if leave_out not in ("compound", "well"):
+        raise ValueError(f"leave_out must be 'compound' or 'well', got {leave_out!r}")
     prof = as_profiles(profiles, feats, features=features, meta_features=meta_features)
     meta = prof.meta
     excl = as_list(exclude_same)
@@ -108,8 +112,10 @@ def knn_accuracy(
     encode_column(meta, moa_col, "moa_col")
     moa, moa_values = pd.factorize(meta[moa_col], sort=True)
     moa = moa.astype(np.int64)
-    excl_codes = [encode_column(meta, compound_col, "compound_col")] + [encode_column(meta, c, "exclude_same") for c in excl]
+    cpd_codes = encode_column(meta, compound_col, "compound_col")
     n, n_moa = len(meta), len(moa_values)
+    own = cpd_codes if leave_out == "compound" else np.arange(n, dtype=np.int64)
+    excl_codes = [own] + [encode_column(meta, c, "exclude_same") for c in excl]
     if n < 2:
         raise ValueError(f"knn_accuracy needs at least 2 profiles, got {n}")
 
