@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from phenovec import _core
 from phenovec.evaluate.moa_labels import group_medians, moa_labels
 from phenovec.evaluate.pairs import check_columns, encode_column
 from phenovec.evaluate.reference_similarity import similarity_to
@@ -84,7 +85,8 @@ def holdout_moa_identification(
     meta = prof.meta
     train, test = _split(meta, split_col, train_value, test_value)
     lab = moa_labels(meta, moa_col, compound_col, min_wells=1, what="holdout_moa_identification")
-    x = np.asarray(prof.feats, dtype=np.float64)
+    x = np.ascontiguousarray(prof.feats, dtype=np.float64)
+    _core.check_features(x, metric)  # non-finite / constant rows, named by their input row
     train_moas = np.unique(lab.moa[train])
     if len(train_moas) < 2:
         raise ValueError(f"moa_col: the training rows of {moa_col!r} have {len(train_moas)} MOA; "

@@ -18,9 +18,14 @@ from phenovec.evaluate.similarity import as_features, check_metric
 def similarity_to(x: np.ndarray, refs: np.ndarray, metric: str) -> np.ndarray:
     """``out[i, r]`` = similarity of row i of ``x`` to reference r."""
     metric = check_metric(metric)
-    refs = np.asarray(refs, dtype=np.float64)
-    stack = np.ascontiguousarray(np.vstack([refs, np.asarray(x, dtype=np.float64)]))
-    _core.check_features(stack, metric)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    refs = np.ascontiguousarray(refs, dtype=np.float64)
+    _core.check_features(x, metric)  # errors name the row of x
+    try:
+        _core.check_features(refs, metric)
+    except ValueError as e:
+        raise ValueError(f"reference embeddings (medians): {e}") from None
+    stack = np.vstack([refs, x])
     r = len(refs)
     block = _core.similarity_block(stack, metric, np.arange(r, dtype=np.int64))
     return np.ascontiguousarray(block[:, r:].T)
