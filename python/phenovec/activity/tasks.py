@@ -45,6 +45,25 @@ def compound_profiles(profiles: pd.DataFrame, compound_column: str | Sequence[st
     from phenovec.process import consensus
 
     cols = [compound_column] if isinstance(compound_column, str) else list(compound_column)
+    key = compound_ids(profiles, cols, source=source)
+    df = profiles.drop(columns=cols).assign(_compound=key)
+    cons = consensus(df, replicate_columns=["_compound"], operation=operation, features=features)
+    feats = [c for c in cons.columns if c != "_compound"]
+    x = cons[feats].to_numpy(dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"{source}: compound {cons['_compound'].iloc[i]!r} has a non-finite consensus value in "
+                         f"feature {feats[j]!r} (impute or drop the feature first)")
+    return pd.DataFrame(x, index=pd.Index(cons["_compound"].astype(str).to_numpy(), name="compound"), columns=feats)
+
+
+def compound_ids(profiles: pd.DataFrame, columns: str | Sequence[str], *, source: str = "profiles") -> np.ndarray:
+    """Each row's compound id: the stripped text of ``columns`` joined by ``|`` (compound and dose, say); a missing
+    column or id is an error naming it (and the first such data row)."""
+    cols = [columns] if isinstance(columns, str) else list(columns)
+    if not cols:
+        raise ValueError(f"{source}: compound_column names no column")
     for c in cols:
         if c not in profiles.columns:
             raise ValueError(f"{source}: no column {c!r} (compound_column)")
@@ -55,16 +74,7 @@ def compound_profiles(profiles: pd.DataFrame, compound_column: str | Sequence[st
     key = profiles[cols[0]].astype(str).str.strip()
     for c in cols[1:]:
         key = key + "|" + profiles[c].astype(str).str.strip()
-    df = profiles.drop(columns=cols).assign(_compound=key.to_numpy())
-    cons = consensus(df, replicate_columns=["_compound"], operation=operation, features=features)
-    feats = [c for c in cons.columns if c != "_compound"]
-    x = cons[feats].to_numpy(dtype=np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{source}: compound {cons['_compound'].iloc[i]!r} has a non-finite consensus value in "
-                         f"feature {feats[j]!r} (impute or drop the feature first)")
-    return pd.DataFrame(x, index=pd.Index(cons["_compound"].astype(str).to_numpy(), name="compound"), columns=feats)
+    return key.to_numpy(dtype=object)
 
 
 def _count(value: float | int, n: int, key: str) -> int:

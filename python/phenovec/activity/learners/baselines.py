@@ -145,5 +145,5 @@ class GradientBoostingLearner(_SearchedLearner):
         from scipy.stats import loguniform
 
         return {"learning_rate": loguniform(1e-2, 3e-1), "max_iter": [25, 50, 100],
-                "max_leaf_nodes": [4, 8, 16, 31], "min_samples_leaf": [2, 4, 8],
+                "max_leaf_nodes": [4, 8, 16, 31], "min_samples_leaf": [1, 2, 4],
                 "l2_regularization": loguniform(1e-4, 1.0)}

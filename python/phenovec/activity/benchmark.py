@@ -1,0 +1,425 @@
+"""The FSL-CP benchmark (thesis ch. 2) on any label table and profiles: every learner on every episode of every test
+task, from one YAML configuration.
+
+Configuration (paths relative to the configuration file; every key checked, errors name ``section.key``)::
+
+    labels:                      # a label file (phenovec.io.activity_labels) ...
+      path: labels.csv
+      layout: auto               # auto | long | wide | matrix_market
+      coding: auto               # auto | binary (1/0) | signed (+1/-1, 0 = unmeasured)
+      compound_column: null      # long: 'compound'; wide: compound, else INCHIKEY
+      assay_column: assay
+      label_column: label
+      # ... or one task per class of a profile column: one_vs_rest: injury_type, exclude_classes: [Control]
+    profiles:
+      path: wells.parquet        # anything phenovec.io.profiles.read_table reads
+      compound_column: Metadata_compound   # or a list (compound and dose): ids joined by '|'
+      features: infer            # or a list of columns
+      consensus: median          # median | mean | modz over a compound's replicate wells
+    tasks:
+      min_actives: 10
+      min_inactives: 10
+      missing_profiles: error    # error | drop
+      test: 0.2                  # fraction of the kept tasks, or a count
+      validation: 0.1
+      test_tasks: null           # or the test tasks by name
+      names: null                # or only these tasks (each must pass the thresholds)
+    episodes:
+      support_sizes: [8, 16, 32, 64, 96]
+      query_size: 32
+      episodes: 100
+      small_tasks: error         # error | skip: a (task, M) the task is too small for
+    learners:                    # name -> options (null = defaults); `learner:` picks the class of another name
+      logreg: {}
+      fnn: {n_configs: 10}
+      logreg_quick: {learner: logreg, n_configs: 3}
+    seed: 0
+
+Each learner is built once, pre-trained on the train and validation tasks (the thesis' auxiliary tasks), then fitted
+on each episode's support set and scored on its query set. Outputs (written atomically into the output folder):
+``results.csv`` (tidy: learner, task, M, episode, sizes, every metric, seconds), ``per_task.csv`` (means over
+episodes), ``summary.csv`` (means over episodes then tasks, per learner and M), ``wilcoxon.csv`` (one-sided paired
+p-values of "learner beats versus" on per-task mean AUROC, per M), ``throughput.csv`` (pre-training seconds and
+episodes/s per learner), ``tasks.csv`` (the split), ``auroc_vs_m.png`` and ``report.md``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from phenovec.io.config_schema import NONE_TYPE, ConfigError, merge_sections, suggest
+
+SCHEMA = {
+    "labels": {
+        "path": (None, (str, NONE_TYPE), "path"),
+        "layout": ("auto", (str,), ("auto", "long", "wide", "matrix_market")),
+        "coding": ("auto", (str,), ("auto", "binary", "signed")),
+        "compound_column": (None, (str, NONE_TYPE), None),
+        "assay_column": ("assay", (str,), None),
+        "label_column": ("label", (str,), None),
+        "assays": (None, (list, NONE_TYPE), None),
+        "row_index": (None, (str, NONE_TYPE), "path"),
+        "column_index": (None, (str, NONE_TYPE), "path"),
+        "one_vs_rest": (None, (str, NONE_TYPE), None),
+        "exclude_classes": ([], (list,), None),
+    },
+    "profiles": {
+        "path": (None, (str, NONE_TYPE), "path"),
+        "compound_column": ("Metadata_compound", (str, list), None),
+        "features": ("infer", (str, list), None),
+        "consensus": ("median", (str,), ("median", "mean", "modz")),
+    },
+    "tasks": {
+        "min_actives": (10, (int,), (1, 10 ** 9)),
+        "min_inactives": (10, (int,), (1, 10 ** 9)),
+        "missing_profiles": ("error", (str,), ("error", "drop")),
+        "test": (0.2, (int, float), (0, 10 ** 9)),
+        "validation": (0.1, (int, float), (0, 10 ** 9)),
+        "test_tasks": (None, (list, NONE_TYPE), None),
+        "names": (None, (list, NONE_TYPE), None),
+    },
+    "episodes": {
+        "support_sizes": ([8, 16, 32, 64, 96], (list,), None),
+        "query_size": (32, (int,), (2, 10 ** 6)),
+        "episodes": (100, (int,), (1, 10 ** 7)),
+        "small_tasks": ("error", (str,), ("error", "skip")),
+    },
+}
+TOP_LEVEL = (*SCHEMA, "learners", "seed")
+
+
+@dataclass
+class BenchmarkConfig:
+    """A checked benchmark configuration (see the module docstring); ``base`` resolves relative paths."""
+
+    labels: dict
+    profiles: dict
+    tasks: dict
+    episodes: dict
+    learners: dict[str, dict]
+    seed: int = 0
+    source: str = "config"
+    base: Path = field(default_factory=Path.cwd)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "BenchmarkConfig":
+        import yaml
+
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: no such benchmark configuration") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        return cls.from_dict(raw if raw is not None else {}, source=str(p), base=p.resolve().parent)
+
+    @classmethod
+    def from_dict(cls, raw, *, source: str = "config", base: str | os.PathLike | None = None) -> "BenchmarkConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the configuration must be a mapping, got {type(raw).__name__}")
+        for key in raw:
+            if key not in TOP_LEVEL:
+                raise ConfigError(f"{source}: unknown key {key!r}{suggest(str(key), TOP_LEVEL)}")
+        cfg = merge_sections(raw, SCHEMA, source, sections=tuple(SCHEMA))
+        seed = raw.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"{source}: seed must be an integer >= 0, got {seed!r}")
+        lab, prof = cfg["labels"], cfg["profiles"]
+        if prof["path"] is None:
+            raise ConfigError(f"{source}: profiles.path is required")
+        if (lab["path"] is None) == (lab["one_vs_rest"] is None):
+            raise ConfigError(f"{source}: give exactly one of labels.path (a label file) and labels.one_vs_rest "
+                              "(a class column of the profiles)")
+        if lab["exclude_classes"] and lab["one_vs_rest"] is None:
+            raise ConfigError(f"{source}: labels.exclude_classes needs labels.one_vs_rest")
+        if isinstance(prof["compound_column"], list) and not all(isinstance(c, str) for c in prof["compound_column"]):
+            raise ConfigError(f"{source}: profiles.compound_column must be a column name or a list of names")
+        if isinstance(prof["features"], str) and prof["features"] != "infer":
+            raise ConfigError(f"{source}: profiles.features must be 'infer' or a list of columns, "
+                              f"got {prof['features']!r}")
+        sizes = cfg["episodes"]["support_sizes"]
+        if not sizes or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in sizes):
+            raise ConfigError(f"{source}: episodes.support_sizes must be a non-empty list of integers >= 2, "
+                              f"got {sizes!r}")
+        for key in ("test", "validation"):
+            v = cfg["tasks"][key]
+            if isinstance(v, float) and not (0 <= v < 1):
+                raise ConfigError(f"{source}: tasks.{key} must be a fraction in [0, 1) or a task count, got {v!r}")
+        return cls(labels=lab, profiles=prof, tasks=cfg["tasks"], episodes=cfg["episodes"],
+                   learners=_learners(raw.get("learners"), source), seed=seed, source=source,
+                   base=Path(base) if base is not None else Path.cwd())
+
+    def path(self, section: str, key: str) -> Path | None:
+        value = getattr(self, section)[key]
+        if value is None:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+
+def _learners(raw, source: str) -> dict[str, dict]:
+    """``name -> options`` with ``learner`` (the registry name) filled in; names checked against the registry."""
+    from phenovec.activity.learners import LEARNERS
+
+    if raw is None:
+        raise ConfigError(f"{source}: learners is required (known: {', '.join(sorted(LEARNERS))})")
+    if isinstance(raw, list):
+        raw = {name: None for name in raw}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{source}: learners must be a list of names or a mapping name -> options")
+    out = {}
+    for name, opts in raw.items():
+        opts = {} if opts is None else opts
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{source}: learners.{name} must be a mapping of options, got {type(opts).__name__}")
+        opts = copy.deepcopy(opts)
+        kind = opts.pop("learner", name)
+        if kind not in LEARNERS:
+            raise ConfigError(f"{source}: learners.{name}: unknown learner {kind!r}{suggest(str(kind), LEARNERS)}")
+        out[str(name)] = {"learner": kind, "options": opts}
+    return out
+
+
+def fit_seed(seed: int, task: str, m: int, episode: int) -> int:
+    """The seed a learner's ``fit`` gets for one episode: a function of the episode's identity alone."""
+    rng = np.random.default_rng([int(seed), zlib.crc32(str(task).encode("utf-8")), int(m), int(episode), 1])
+    return int(rng.integers(2 ** 31 - 1))
+
+
+def load_tasks(config: BenchmarkConfig):
+    """The :class:`~phenovec.activity.tasks.TaskSet` of a configuration."""
+    from phenovec.activity.tasks import build_tasks, compound_ids, compound_profiles
+    from phenovec.io.activity_labels import one_vs_rest_labels, read_activity_labels
+    from phenovec.io.profiles import read_table
+
+    prof_path = config.path("profiles", "path")
+    wells = read_table(prof_path)
+    lab = config.labels
+    if lab["one_vs_rest"] is not None:
+        ids = compound_ids(wells, config.profiles["compound_column"], source=str(prof_path))
+        if lab["one_vs_rest"] not in wells.columns:
+            raise ValueError(f"{prof_path}: no column {lab['one_vs_rest']!r} (labels.one_vs_rest)")
+        frame = pd.DataFrame({"compound": ids, "cls": wells[lab["one_vs_rest"]].to_numpy()})
+        labels = one_vs_rest_labels(frame, compound_column="compound", class_column="cls", source=str(prof_path),
+                                    exclude=[str(c) for c in lab["exclude_classes"]])
+    else:
+        labels = read_activity_labels(
+            config.path("labels", "path"), layout=lab["layout"], coding=lab["coding"],
+            compound_column=lab["compound_column"], assay_column=lab["assay_column"],
+            label_column=lab["label_column"], assays=lab["assays"], row_index=config.path("labels", "row_index"),
+            column_index=config.path("labels", "column_index"))
+    profiles = compound_profiles(wells, config.profiles["compound_column"], features=config.profiles["features"],
+                                 operation=config.profiles["consensus"], source=str(prof_path))
+    t = config.tasks
+    return build_tasks(labels, profiles, min_actives=t["min_actives"], min_inactives=t["min_inactives"],
+                       test=t["test"], validation=t["validation"], test_tasks=t["test_tasks"], tasks=t["names"],
+                       missing_profiles=t["missing_profiles"], seed=config.seed)
+
+
+def _plan(tasks, sizes, query_size: int, small: str) -> tuple[list[tuple], list[dict]]:
+    """``(task, M)`` pairs to run, and those skipped (``small_tasks: skip``) with why; an error naming the task for
+    the first pair that cannot run under ``small_tasks: error``."""
+    from phenovec.activity.episodes import check_sizes
+
+    plan, skipped = [], []
+    for task in tasks:
+        for m in sizes:
+            try:
+                check_sizes(task, m, query_size)
+            except ValueError as e:
+                if small == "error":
+                    raise ValueError(f"{e} (episodes.small_tasks: skip leaves such tasks out at this M)") from None
+                skipped.append({"task": task.name, "M": m, "reason": str(e)})
+                continue
+            plan.append((task, m))
+    if not plan:
+        raise ValueError("no test task is large enough for any support size")
+    return plan, skipped
+
+
+def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike, *, progress: bool = False) -> dict:
+    """Run the benchmark of ``config`` into the folder ``out`` (see the module docstring); returns a summary."""
+    from phenovec.activity.episodes import episodes
+    from phenovec.activity.learners import learner_class
+    from phenovec.activity.metrics import METRICS, score
+    from phenovec.io.atomic import output_folder, write_text_atomic
+    from phenovec.io.profiles import write_table
+
+    ts = load_tasks(config)
+    ep = config.episodes
+    plan, skipped = _plan(ts.test, ep["support_sizes"], ep["query_size"], ep["small_tasks"])
+    learners = {}
+    for name, spec in config.learners.items():
+        try:
+            learners[name] = learner_class(spec["learner"])(**spec["options"])
+        except TypeError as e:
+            raise ConfigError(f"{config.source}: learners.{name}: {e}") from None
+    rows, throughput = [], []
+    total = len(learners) * len(plan) * ep["episodes"]
+    bar = _bar(total, progress)
+    for name, learner in learners.items():
+        t0 = time.perf_counter()
+        learner.pretrain(ts.train + ts.validation, seed=config.seed)
+        pretrain_s = time.perf_counter() - t0
+        n_done, t1 = 0, time.perf_counter()
+        for task, m in plan:
+            for e in episodes(task, m, ep["episodes"], seed=config.seed, query_size=ep["query_size"]):
+                s = time.perf_counter()
+                learner.fit(task.x[e.support], task.y[e.support], seed=fit_seed(config.seed, task.name, m, e.episode))
+                p = learner.predict_proba(task.x[e.query])
+                secs = time.perf_counter() - s
+                where = f"learner {name!r}, task {task.name!r}, M = {m}, episode {e.episode}"
+                rows.append({"learner": name, "task": task.name, "M": m, "episode": e.episode,
+                             "support_actives": int(task.y[e.support].sum()), "query_size": len(e.query),
+                             "query_actives": int(task.y[e.query].sum()),
+                             **score(task.y[e.query], p, where=where), "seconds": secs})
+                n_done += 1
+                bar(1)
+        run_s = time.perf_counter() - t1
+        throughput.append({"learner": name, "class": type(learner).__name__, "pretrain_seconds": pretrain_s,
+                           "episodes": n_done, "episode_seconds": run_s,
+                           "episodes_per_second": n_done / run_s if run_s > 0 else float("inf")})
+    bar(None)
+    results = pd.DataFrame(rows)
+    per_task = results.groupby(["learner", "task", "M"], sort=False)[list(METRICS)].mean().reset_index()
+    summary = per_task.groupby(["learner", "M"], sort=False)[list(METRICS)].mean().reset_index()
+    summary.insert(2, "tasks", per_task.groupby(["learner", "M"], sort=False).size().to_numpy())
+    wilcox = wilcoxon_table(per_task)
+    tp = pd.DataFrame(throughput)
+    with output_folder(out) as run:
+        folder = run.path
+        write_table(results, folder / "results.csv")
+        write_table(per_task, folder / "per_task.csv")
+        write_table(summary, folder / "summary.csv")
+        write_table(wilcox, folder / "wilcoxon.csv")
+        write_table(tp, folder / "throughput.csv")
+        write_table(ts.summary(), folder / "tasks.csv")
+        plot = plot_auroc_vs_m(summary, folder / "auroc_vs_m.png")
+        write_text_atomic(folder / "report.md", report_markdown(config, ts, summary, wilcox, tp, skipped, plot))
+        write_text_atomic(folder / "run.json", json.dumps(
+            {"source": config.source, "seed": config.seed, "labels": config.labels, "profiles": config.profiles,
+             "tasks": config.tasks, "episodes": config.episodes, "learners": config.learners,
+             "dropped_tasks": ts.dropped, "skipped": skipped}, indent=1, default=str))
+    return {"output": str(out), "test_tasks": len(ts.test), "train_tasks": len(ts.train),
+            "validation_tasks": len(ts.validation), "dropped_tasks": len(ts.dropped), "episodes": len(results),
+            "skipped": len(skipped),
+            "mean_auroc": {f"{r.learner} M={r.M}": round(float(r.auroc), 4) for r in summary.itertuples()},
+            "episodes_per_second": {r.learner: round(float(r.episodes_per_second), 3) for r in tp.itertuples()}}
+
+
+def _bar(total: int, progress: bool):
+    if not progress:
+        return lambda n: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="episode", desc="benchmark")
+
+    def step(n):
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+    return step
+
+
+def wilcoxon_table(per_task: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
+    """Per M, the one-sided paired p-value of "``learner`` beats ``versus``" over the tasks both have, on per-task
+    mean ``metric``: columns ``M``, ``learner``, ``versus``, ``tasks``, ``p``."""
+    from phenovec.activity.wilcoxon import wilcoxon_matrix
+
+    rows = []
+    for m, g in per_task.groupby("M", sort=True):
+        names = list(dict.fromkeys(g["learner"]))
+        wide = g.pivot(index="task", columns="learner", values=metric)[names]
+        have = wide.notna().astype(int)
+        pairs = have.T @ have  # tasks both learners have
+        p = wilcoxon_matrix(wide)
+        rows += [{"M": m, "learner": a, "versus": b, "tasks": int(pairs.loc[a, b]), "p": p.loc[a, b]}
+                 for a in names for b in names if a != b]
+    return pd.DataFrame(rows, columns=["M", "learner", "versus", "tasks", "p"])
+
+
+def plot_auroc_vs_m(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Mean AUROC against M, one line per learner (matplotlib, Agg); ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError:
+        return None
+    from phenovec.io.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, g in summary.groupby("learner", sort=False):
+        ax.plot(g["M"], g["auroc"], marker="o", label=name)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("support set size M")
+    ax.set_ylabel("mean AUROC (episodes, then tasks)")
+    ax.set_xscale("log", base=2)
+    ms = sorted(summary["M"].unique())
+    ax.set_xticks(ms, [str(m) for m in ms])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = []
+        for v in row:
+            if isinstance(v, (float, np.floating)):
+                cells.append("" if np.isnan(v) else (f"{v:.2e}" if floatfmt == "p" else format(v, floatfmt)))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_markdown(config: BenchmarkConfig, ts, summary: pd.DataFrame, wilcox: pd.DataFrame, tp: pd.DataFrame,
+                    skipped: list[dict], plot: Path | None) -> str:
+    """The benchmark report: tasks, mean AUROC per learner per M, the p-value matrices, throughput."""
+    from phenovec.activity.metrics import METRICS
+
+    auroc = summary.pivot(index="learner", columns="M", values="auroc").reindex(list(config.learners))
+    auroc.columns = [f"M={m}" for m in auroc.columns]
+    parts = [
+        "# Few-shot activity benchmark", "",
+        f"Configuration `{config.source}`, seed {config.seed}; {config.episodes['episodes']} episodes per test task "
+        f"and M, query sets of up to {config.episodes['query_size']}.", "",
+        f"Tasks: {len(ts.train)} train, {len(ts.validation)} validation (pre-training), {len(ts.test)} test; "
+        f"{len(ts.dropped)} dropped (fewer than {config.tasks['min_actives']} actives / "
+        f"{config.tasks['min_inactives']} inactives or one class).", "",
+        "## Mean AUROC (over episodes, then test tasks)", "", _markdown(auroc.reset_index()), "",
+    ]
+    if plot is not None:
+        parts += [f"![mean AUROC vs M]({plot.name})", ""]
+    parts += ["## All metrics", "", _markdown(summary[["learner", "M", "tasks", *METRICS]]), "",
+              "## One-sided paired Wilcoxon on per-task mean AUROC", "",
+              "p-value that the row learner beats the column learner, over the test tasks (exact for up to 100 "
+              "tasks).", ""]
+    for m, g in wilcox.groupby("M", sort=True):
+        mat = g.pivot(index="learner", columns="versus", values="p")
+        order = [n for n in config.learners if n in mat.index]
+        mat = mat.reindex(index=order, columns=order)
+        parts += [f"### M = {m} ({int(g['tasks'].max()) if len(g) else 0} tasks)", "",
+                  _markdown(mat.reset_index(), "p"), ""]
+    parts += ["## Throughput", "", _markdown(tp[["learner", "class", "pretrain_seconds", "episodes",
+                                                 "episodes_per_second"]], ".2f"), ""]
+    if skipped:
+        parts += ["## Skipped (task, M)", "", _markdown(pd.DataFrame(skipped)), ""]
+    return "\n".join(parts)

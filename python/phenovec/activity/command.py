@@ -1,0 +1,57 @@
+"""``phenovec activity ...``: few-shot activity prediction on the command line.
+
+    phenovec activity benchmark CONFIG -o OUT     (every learner on every episode; see phenovec.activity.benchmark)
+    phenovec activity learners                    (the learner names a configuration may use)
+
+The parser imports nothing heavy; the benchmark imports scikit-learn / PyTorch only for the learners it runs.
+"""
+from __future__ import annotations
+
+import json
+
+from phenovec.cli_options import add_out, add_quiet, option, show_progress
+
+
+def _run_benchmark(a) -> dict:
+    from phenovec.activity.benchmark import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig.from_file(a.config)
+    if a.episodes is not None:
+        if a.episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {a.episodes}")
+        config.episodes["episodes"] = a.episodes
+    if a.learners:
+        unknown = [n for n in a.learners if n not in config.learners]
+        if unknown:
+            raise ValueError(f"--learners: {unknown[0]!r} is not a learner of {a.config} "
+                             f"({', '.join(config.learners)})")
+        config.learners = {n: config.learners[n] for n in a.learners}
+    summary = run_benchmark(config, a.out, progress=show_progress(a))
+    print(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _list_learners(a) -> dict:
+    from phenovec.activity.learners import LEARNERS
+
+    for name, target in LEARNERS.items():
+        print(f"{name}\t{target}")
+    return dict(LEARNERS)
+
+
+def add_activity_parser(stages) -> None:
+    """``phenovec activity`` and its subcommands, on the CLI's subparsers ``stages``."""
+    ac = stages.add_parser("activity", help="few-shot activity prediction: the FSL-CP benchmark of learners on "
+                                            "assay tasks")
+    sub = ac.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("benchmark", help="run every learner on every episode of the test tasks of a YAML "
+                                         "configuration; writes results, summary, Wilcoxon p-values, plot, report")
+    p.add_argument("config", help="benchmark configuration (YAML; see phenovec.activity.benchmark)")
+    add_out(p, "output folder (results.csv, summary.csv, wilcoxon.csv, throughput.csv, auroc_vs_m.png, report.md)")
+    option(p, "--episodes", type=int, default=None, help="episodes per task and M (default: the configuration's)")
+    option(p, "--learners", nargs="+", default=None,
+           help="run only these learners of the configuration (default: all)")
+    add_quiet(p)
+    p.set_defaults(run=_run_benchmark)
+    p = sub.add_parser("learners", help="list the learner names a benchmark configuration may use")
+    p.set_defaults(run=_list_learners)
