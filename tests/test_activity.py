@@ -319,3 +319,10 @@ def test_baseline_deterministic_and_refuses_bad_support():
 def _synthetic_small():
     labels, wells = synthetic_activity(n_moas=4, n_features=8, seed=1)
     return labels, compound_profiles(wells, "Metadata_compound")
+
+
+def test_package_exports_resolve():
+    import phenovec.activity as activity
+
+    for name in activity.__all__:
+        assert getattr(activity, name) is not None, name

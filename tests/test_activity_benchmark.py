@@ -134,6 +134,23 @@ def test_config_errors_name_the_key(tmp_path, over, match):
     assert str(path) in str(e.value)
 
 
+def test_profile_rows_filter(tmp_path):
+    from phenovec.activity.benchmark import load_tasks
+
+    path = _write(tmp_path, **{"profiles.samples": "Metadata_replicate != 0"})
+    ts = load_tasks(BenchmarkConfig.from_file(path))
+    wells = pd.read_parquet(tmp_path / "wells.parquet")
+    t = ts.test[0]
+    kept = wells[(wells.Metadata_replicate != 0) & (wells.Metadata_compound == t.compounds[0])]
+    np.testing.assert_allclose(t.x[0], kept.filter(like="Cells_").median().to_numpy(), rtol=1e-6)
+    bad = _write(tmp_path, **{"profiles.samples": "__import__('os').getcwd()"})
+    with pytest.raises(ValueError, match="profiles.samples"):
+        BenchmarkConfig.from_file(bad)
+    none = _write(tmp_path, **{"profiles.samples": "Metadata_replicate > 5"})
+    with pytest.raises(ValueError, match="profiles.samples selects no row"):
+        load_tasks(BenchmarkConfig.from_file(none))
+
+
 def test_missing_profile_names_the_compound(tmp_path):
     path = _write(tmp_path)
     wells = pd.read_parquet(tmp_path / "wells.parquet")

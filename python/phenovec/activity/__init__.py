@@ -16,7 +16,7 @@ _EXPORTS = {
     "Episode": "episodes", "episode": "episodes", "episodes": "episodes",
     "METRICS": "metrics", "score": "metrics",
     "wilcoxon_matrix": "wilcoxon", "paired_wilcoxon": "wilcoxon",
-    "run_benchmark": "benchmark", "BenchmarkConfig": "benchmark",
+    "run_benchmark": "benchmark", "BenchmarkConfig": "benchmark", "synthetic_activity": "synthetic",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

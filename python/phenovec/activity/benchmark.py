@@ -16,6 +16,7 @@ Configuration (paths relative to the configuration file; every key checked, erro
       compound_column: Metadata_compound   # or a list (compound and dose): ids joined by '|'
       features: infer            # or a list of columns
       consensus: median          # median | mean | modz over a compound's replicate wells
+      samples: all               # or a row filter (phenovec.io.row_filter): "`Compound Name`.notna()"
     tasks:
       min_actives: 10
       min_inactives: 10
@@ -76,6 +77,7 @@ SCHEMA = {
         "compound_column": ("Metadata_compound", (str, list), None),
         "features": ("infer", (str, list), None),
         "consensus": ("median", (str,), ("median", "mean", "modz")),
+        "samples": ("all", (str,), None),
     },
     "tasks": {
         "min_actives": (10, (int,), (1, 10 ** 9)),
@@ -146,6 +148,10 @@ class BenchmarkConfig:
         if isinstance(prof["features"], str) and prof["features"] != "infer":
             raise ConfigError(f"{source}: profiles.features must be 'infer' or a list of columns, "
                               f"got {prof['features']!r}")
+        if prof["samples"] != "all":
+            from phenovec.io.row_filter import parse_filter
+
+            parse_filter(prof["samples"], key=f"{source}: profiles.samples")
         sizes = cfg["episodes"]["support_sizes"]
         if not sizes or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in sizes):
             raise ConfigError(f"{source}: episodes.support_sizes must be a non-empty list of integers >= 2, "
@@ -203,6 +209,12 @@ def load_tasks(config: BenchmarkConfig):
 
     prof_path = config.path("profiles", "path")
     wells = read_table(prof_path)
+    if config.profiles["samples"] != "all":
+        from phenovec.io.row_filter import filter_mask
+
+        wells = wells[filter_mask(wells, config.profiles["samples"], key=f"{config.source}: profiles.samples")]
+        if wells.empty:
+            raise ValueError(f"{config.source}: profiles.samples selects no row of {prof_path}")
     lab = config.labels
     if lab["one_vs_rest"] is not None:
         ids = compound_ids(wells, config.profiles["compound_column"], source=str(prof_path))
