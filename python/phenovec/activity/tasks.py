@@ -129,6 +129,7 @@ def build_tasks(labels: pd.DataFrame, profiles: pd.DataFrame, *, min_actives: in
             raise ValueError(f"tasks: no labels for task {unknown[0]!r}")
     kept: list[TaskData] = []
     dropped: dict[str, str] = {}
+    counts: dict[str, tuple[int, int]] = {}
     frame = pd.DataFrame({"compound": compounds.to_numpy(), "assay": labels["assay"].astype(str).to_numpy(),
                           "label": labels["label"].to_numpy(dtype=np.int8), "pos": pos})
     for assay, g in frame.groupby("assay", sort=True):
@@ -137,6 +138,7 @@ def build_tasks(labels: pd.DataFrame, profiles: pd.DataFrame, *, min_actives: in
         g = g.sort_values("compound", kind="stable")
         n_act = int(g.label.sum())
         n_inact = len(g) - n_act
+        counts[assay] = (n_act, n_inact)
         if n_act == 0 or n_inact == 0:
             reason = f"one class only ({n_act} actives, {n_inact} inactives)"
         elif n_act < min_actives or n_inact < min_inactives:
@@ -150,8 +152,10 @@ def build_tasks(labels: pd.DataFrame, profiles: pd.DataFrame, *, min_actives: in
             raise ValueError(f"task {assay!r}: {reason}")
         dropped[assay] = reason
     if not kept:
+        closest = max(counts, key=lambda k: min(counts[k]), default=None)
         raise ValueError(f"no task has at least {min_actives} actives and {min_inactives} inactives "
-                         f"({len(dropped)} tasks dropped)")
+                         f"({len(dropped)} tasks dropped" + (f"; the most balanced, {closest!r}, has "
+                         f"{counts[closest][0]} actives and {counts[closest][1]} inactives)" if closest else ")"))
     return split_tasks(kept, features=[str(c) for c in profiles.columns], test=test, validation=validation,
                        test_tasks=test_tasks, seed=seed, dropped=dropped)
 
