@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line; imports only the stages' ``command`` modules (no torch, onnxruntime, matplotlib,
     Dask, scikit-learn, SciPy or Zarr)."""
     from phenovec import __version__
+    from phenovec.activity.command import add_activity_parser
     from phenovec.export.command import add_export_parser
     from phenovec.ingest.command import add_crop_parser, add_illum_parser, add_synth_parser, add_tiles_parser
     from phenovec.pipeline import add_run_parsers
@@ -409,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_moaprofiler(metrics)
     add_process_parser(stages)
     for add in (add_synth_parser, add_illum_parser, add_crop_parser, add_tiles_parser, add_train_parser,
-                add_export_parser, add_profile_parser, add_report_parser, add_run_parsers):
+                add_export_parser, add_profile_parser, add_report_parser, add_activity_parser, add_run_parsers):
         add(stages)
     return parser
 
