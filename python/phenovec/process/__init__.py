@@ -9,13 +9,11 @@ than memory, and Numba kernels (CUDA with a CPU path) for spherize.
 """
 from __future__ import annotations
 
-import sys
-import types
-
 from phenovec.lazy_exports import lazy_exports
 
 #: public name -> the submodule defining it; bound on first use, so that ``phenovec.process.command`` (the CLI's
-#: parser) imports neither pandas nor scikit-learn
+#: parser) imports neither pandas nor scikit-learn; ``phenovec.process.normalize`` (and the other steps) stays the
+#: function, as in pycytominer, even once its submodule is imported (phenovec.lazy_exports)
 _EXPORTS = {
     "aggregate": "aggregate", "aggregate_stream": "aggregate", "annotate": "annotate", "collate": "collate",
     "infer_cp_features": "columns", "consensus": "consensus", "feature_select": "feature_select",
@@ -25,18 +23,3 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-
-class _StepFunctionsFirst(types.ModuleType):
-    """This package, where ``phenovec.process.normalize`` (and aggregate, annotate, collate, consensus,
-    feature_select, spherize) is the step *function*, as pycytominer's names are: the import system binds each
-    imported submodule on its package under the same name, which would shadow the function; that binding is
-    skipped, so the lazy ``__getattr__`` answers with the function. The submodules stay in ``sys.modules``."""
-
-    def __setattr__(self, name, value):
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _StepFunctionsFirst
