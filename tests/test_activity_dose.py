@@ -135,3 +135,21 @@ def test_cell_injury_dose_series_scores_per_inference_dose():
     assert table.set_index("model").loc["[20µM/20µM/HDAC]", "auroc"] > 0.8  # HDAC inhibitors are clear at 20 µM
     comp = dose_comparison(table)
     assert comp.shape == (6, 2)
+
+
+def test_cli_dose_study_on_the_cell_injury_series(tmp_path, capsys):
+    """``phenovec activity dose``: the comparison printed per inference dose, the tidy table written; a training
+    dose the table lacks is a clear error."""
+    from phenovec.cli import main
+
+    table = INJURY / "aligned_plate_holdout.csv.gz"
+    if not table.exists():
+        pytest.skip(f"real data not present: {table}")
+    out = tmp_path / "dose.csv"
+    assert main(["activity", "dose", str(table), "--train-dose", "20", "-o", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "tasks (7)" in printed and "train 20µM" in printed and "infer 0.62µM" in printed
+    got = pd.read_csv(out)
+    assert set(got["train_dose"]) == {20.0} and got["infer_dose"].nunique() >= 6 and got["task"].nunique() == 7
+    assert main(["activity", "dose", str(table), "--train-dose", "7", "-o", str(tmp_path / "x.csv")]) == 2
+    assert "7" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()

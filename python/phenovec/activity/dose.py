@@ -17,13 +17,11 @@ dose is the conventional model.
 - :func:`cross_dose_table`: per task and (train, inference) dose: AUROC, RIPtoP-AUPRC, precision and recall at 0.5.
 - :func:`dose_comparison`: the mean over tasks as an inference-dose x training-dose table.
 
-``python -m phenovec.activity.dose TABLE.csv --train-dose 20 --train-dose 0.62`` prints the tables (and writes
-the tidy one with ``--out``).
+- :func:`dose_series_study`: all of it for every one-vs-rest task of a well table (``phenovec activity dose TABLE
+  --train-dose 20 --train-dose 0.62 -o OUT.csv`` prints the comparison and writes the tidy table).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,47 +265,27 @@ def dose_comparison(table: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     return mean
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m phenovec.activity.dose",
-        description="Low-concentration inference on a well table: one-vs-rest tasks per label, trained at each "
-                    "--train-dose, scored out-of-fold at every dose.")
-    parser.add_argument("table", help="CSV well table (defaults: Dahlin et al. 2023 cell-injury columns)")
-    parser.add_argument("--train-dose", type=float, action="append", required=True)
-    parser.add_argument("--min-compounds", type=int, default=5, help="tasks: labels with at least this many compounds")
-    parser.add_argument("--exclude-label", action="append", default=["Control"])
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="write the tidy per-task table here (CSV, atomic)")
-    args = parser.parse_args(argv)
-    try:
-        series = read_dose_series(args.table)
-    except (KeyError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def dose_series_study(table: str | Path, train_doses: Sequence[float], *, min_compounds: int = 5,
+                      exclude_labels: Sequence[str] = ("Control",), folds: int = 5,
+                      seed: int = 0) -> tuple[DoseSeries, list[str], pd.DataFrame]:
+    """The thesis' low-concentration study on one well table: one-vs-rest tasks for every label with at least
+    ``min_compounds`` compounds (``exclude_labels`` left out), each trained at every ``train_doses`` dose and scored
+    out-of-fold (scaffold-grouped, stratified ``folds``-fold) at every dose given to at least half of the compounds.
+    Returns (the series, the tasks, the tidy :func:`cross_dose_table` of every task)."""
+    if not train_doses:
+        raise ValueError("train_doses: give at least one training dose")
+    series = read_dose_series(table)
     per_label = pd.Series(series.label).groupby(series.compound).first().value_counts()
-    tasks = sorted(lab for lab, n in per_label.items() if n >= args.min_compounds and lab not in args.exclude_label)
-    # inference doses: those given to at least half of the compounds (the dose series proper)
+    tasks = sorted(lab for lab, n in per_label.items() if n >= min_compounds and lab not in exclude_labels)
+    if not tasks:
+        raise ValueError(f"{series.source}: no label has {min_compounds} or more compounds "
+                         f"(most: {per_label.to_dict() if len(per_label) <= 5 else per_label.head(5).to_dict()})")
     compounds_at = pd.Series(series.compound).groupby(series.dose).nunique()
     infer = [d for d, n in compounds_at.items() if n >= len(set(series.compound)) / 2]
     tables = []
     for task in tasks:
-        folds = compound_folds(series, task, args.folds, args.seed)
-        scores = cross_dose_scores(series, task, args.train_dose, folds, estimator=default_estimator(args.seed),
+        task_folds = compound_folds(series, task, folds, seed)
+        scores = cross_dose_scores(series, task, train_doses, task_folds, estimator=default_estimator(seed),
                                    infer_doses=infer)
         tables.append(cross_dose_table(scores))
-    table = pd.concat(tables, ignore_index=True)
-    print(f"{series.source}: {len(series.x)} dosed wells, {len(set(series.compound))} compounds, "
-          f"doses {[format_dose(d) for d in series.doses()]} µM; tasks ({len(tasks)}): {', '.join(tasks)}")
-    for metric in ("auroc", "riptop_auprc"):
-        print(f"\nmean {metric} over the {len(tasks)} tasks (out-of-fold, scaffold-grouped {args.folds}-fold):")
-        print(dose_comparison(table, metric).round(3).to_string())
-    if args.out:
-        from phenovec.io.atomic import write_text_atomic
-
-        write_text_atomic(args.out, table.to_csv(index=False))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
+    return series, tasks, pd.concat(tables, ignore_index=True)
