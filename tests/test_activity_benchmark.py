@@ -170,3 +170,23 @@ def test_command_module_imports_nothing_heavy():
             "print(sorted(m for m in ('sklearn', 'torch', 'scipy', 'matplotlib', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_torch_threads_are_set_while_learners_run_and_restored():
+    """``threads`` (default 1): PyTorch's CPU threads while the learners run, the caller's count restored; a bad value
+    is a configuration error naming the key."""
+    import torch
+
+    from phenovec.activity.benchmark import BenchmarkConfig, torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    base = {"labels": {"one_vs_rest": "Metadata_moa"}, "profiles": {"path": "p.parquet"}, "learners": ["logreg"]}
+    assert BenchmarkConfig.from_dict(base).threads == 1
+    assert BenchmarkConfig.from_dict({**base, "threads": None}).threads is None
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        BenchmarkConfig.from_dict({**base, "threads": 0})
