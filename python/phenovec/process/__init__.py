@@ -19,7 +19,7 @@ _EXPORTS = {
     "infer_cp_features": "columns", "consensus": "consensus", "feature_select": "feature_select",
     "NormalizeFit": "normalize", "normalize": "normalize", "normalize_stream": "normalize", "Recipe": "recipe",
     "apply_recipe": "recipe", "open_source": "source", "SpherizeFit": "spherize", "Spherizer": "spherize",
-    "spherize": "spherize",
+    "spherize": "spherize", "moa_profiles": "moa_profiles",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

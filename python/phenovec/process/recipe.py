@@ -44,7 +44,7 @@ import pandas as pd
 
 from phenovec.io.row_filter import parse_filter
 
-STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus")
+STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus", "moa_profiles")
 
 
 def _step_function(name: str) -> Callable:
@@ -60,6 +60,8 @@ def _step_function(name: str) -> Callable:
         from phenovec.process.spherize import spherize as f
     elif name == "consensus":
         from phenovec.process.consensus import consensus as f
+    elif name == "moa_profiles":
+        from phenovec.process.moa_profiles import moa_profiles as f
     else:
         raise ValueError(f"unknown recipe step {name!r}; steps are {', '.join(STEP_NAMES)}")
     return f
