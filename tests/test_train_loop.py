@@ -97,3 +97,33 @@ def test_bad_data_errors(synth_crops, tmp_path):
         train(_cfg(synth_crops, tmp_path / "x", **{"data.label": "Metadata_Nope"}), progress=False)
     with pytest.raises(ValueError, match=r"holdout_plates \['P9'\]"):
         train(_cfg(synth_crops, tmp_path / "x", **{"data.holdout_plates": ["P9"]}), progress=False)
+
+
+def test_moaprofiler_splits_from_the_configuration(synth_crops, tmp_path):
+    """data.split: well_holdout / compound_holdout (phenovec.train.moa_splits) reach the trainer: its split.parquet
+    keeps wells whole, holds a test set, and the compound hold-out leaves out one compound per multi-compound MOA;
+    refusals name the key."""
+    res = train(_cfg(synth_crops, tmp_path / "well", **{"data.label": "Metadata_MOA", "data.split": "well_holdout",
+                                                          "data.min_test_plates": 2, "train.epochs": 1,
+                                                          "optim.warmup_epochs": 0}),
+                progress=False)
+    split = pd.read_parquet(tmp_path / "well" / "split.parquet")
+    assert (split.groupby(["Metadata_Plate", "Metadata_Well"])["split"].nunique() == 1).all()
+    assert set(split["split"]) == {"train", "val", "test"} and len(res.classes) == 4
+    test_plates = split[split["split"] == "test"].groupby("Metadata_MOA")["Metadata_Plate"].nunique()
+    assert (test_plates == 2).all(), test_plates  # spread over both plates
+    train(_cfg(synth_crops, tmp_path / "cpd", **{"data.label": "Metadata_MOA", "data.split": "compound_holdout",
+                                                 "data.compound_column": "Metadata_Treatment", "train.epochs": 1,
+                                                 "optim.warmup_epochs": 0}),
+          progress=False)
+    split = pd.read_parquet(tmp_path / "cpd" / "split.parquet")
+    held = split[split["split"] == "test"].groupby("Metadata_MOA")["Metadata_Treatment"].unique()
+    assert sorted(held.index) == ["Actin disruptor", "Aurora kinase inhibitor", "Mitochondrial stressor"]
+    assert all(len(v) == 1 for v in held)  # one compound per MOA with two; DMSO (one compound) only trains
+    for t in held:
+        assert set(split.loc[split["Metadata_Treatment"] == t[0], "split"]) == {"test"}
+    with pytest.raises(ConfigError, match="compound_holdout needs data.compound_column"):
+        train(_cfg(synth_crops, tmp_path / "x", **{"data.split": "compound_holdout"}), progress=False)
+    with pytest.raises(ConfigError, match="data.holdout_plates is for data.split: plates"):
+        train(_cfg(synth_crops, tmp_path / "y", **{"data.split": "well_holdout", "data.holdout_plates": ["P1"]}),
+              progress=False)

@@ -20,6 +20,13 @@ COMMENTS = {
     "data.split_by": "all cells of one group land in one split (no leakage)",
     "data.val_fraction": "fraction of each label's groups for validation (at least one when it has two or more)",
     "data.holdout_plates": "Metadata_Plate values kept out of train and validation (the test split)",
+    "data.split": "plates (val_fraction of each label's groups; holdout_plates) | well_holdout | compound_holdout "
+                  "(MOAProfiler's splits, phenovec.train.moa_splits; data.label is then the MOA)",
+    "data.compound_column": "null, or the compound of each cell (required by split: compound_holdout)",
+    "data.split_fractions": "train / val / test fractions of each MOA's wells, for split: well_holdout",
+    "data.min_test_plates": "well_holdout: spread each MOA's test wells over at least this many plates (warns "
+                            "naming the MOA where the plates are not there)",
+    "data.train_fraction": "compound_holdout: the train share of the wells not held out (the rest validate)",
     "data.exclude_edge": "edge outcomes never trained on: inside | shifted | padded | dropped | invalid",
     "data.balance": "none | sampler (each epoch draws equally per class) | loss (class weights)",
     "data.subsample": "fraction of the training cells drawn afresh every epoch (GapNet's SC-CNN: 0.2)",

@@ -8,6 +8,12 @@ A complete configuration with every default (``phenovec train --print-config`` p
       split_by: [Metadata_Plate, Metadata_Well]   # all cells of one group land in one split (no leakage)
       val_fraction: 0.2         # of each label's groups, at least one group when the label has two or more
       holdout_plates: []        # Metadata_Plate values kept out of train and validation (the test split)
+      split: plates             # plates (val_fraction of each label's groups; holdout_plates) | well_holdout |
+                                # compound_holdout (MOAProfiler's, phenovec.train.moa_splits; label = the MOA)
+      compound_column: null     # the compound of each cell, for split: compound_holdout
+      split_fractions: [0.6, 0.1, 0.3]   # train / val / test wells per MOA, for split: well_holdout
+      min_test_plates: 7        # well_holdout: spread each MOA's test wells over at least this many plates
+      train_fraction: 0.7       # compound_holdout: train share of the other wells (the rest validate)
       exclude_edge: [dropped, invalid]  # cells without a usable crop never train; add "padded" to drop them too
       balance: none             # none | sampler (each epoch draws equally per class) | loss (class weights)
       subsample: 1.0            # fraction of the training cells drawn afresh every epoch (GapNet's SC-CNN: 0.2)
@@ -73,6 +79,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
         "split_by": (["Metadata_Plate", "Metadata_Well"], (list, str), None),
         "val_fraction": (0.2, (float, int), (0.0, 0.9)),
         "holdout_plates": ([], (list,), None),
+        "split": ("plates", (str,), ("plates", "well_holdout", "compound_holdout")),
+        "compound_column": (None, (str, _NONE), None),
+        "split_fractions": ([0.6, 0.1, 0.3], (list,), None),
+        "min_test_plates": (7, (int,), (0, 100000)),
+        "train_fraction": (0.7, (float, int), (0.05, 0.95)),
         "exclude_edge": (["dropped", "invalid"], (list,), ("inside", "shifted", "padded", "dropped", "invalid")),
         "balance": ("none", (str,), ("none", "sampler", "loss")),
         "subsample": (1.0, (float, int), (1e-6, 1.0)),
@@ -134,6 +145,17 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
         raise ConfigError(f"{source}: data.crops is required (the output folder of `phenovec crop`)")
     if isinstance(d["split_by"], str):
         d["split_by"] = [d["split_by"]]
+    if d["split"] != "plates" and d["holdout_plates"]:
+        raise ConfigError(f"{source}: data.holdout_plates is for data.split: plates; {d['split']} makes its own "
+                          "test set")
+    if d["split"] == "compound_holdout" and d["compound_column"] is None:
+        raise ConfigError(f"{source}: data.split: compound_holdout needs data.compound_column (the compound of "
+                          "each cell)")
+    fr = d["split_fractions"]
+    if len(fr) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in fr) \
+            or abs(sum(fr) - 1) > 1e-9:
+        raise ConfigError(f"{source}: data.split_fractions must be three fractions (train, val, test) summing to 1, "
+                          f"got {fr!r}")
     for key in ("crops",):
         p = (base / d[key]).resolve() if not Path(d[key]).is_absolute() else Path(d[key])
         if not p.exists():

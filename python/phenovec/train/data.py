@@ -87,6 +87,29 @@ def open_crops(path, exclude_edge=("dropped", "invalid")) -> CropSet:
     return CropSet(path, cells, tuple(arr.shape), np.dtype(arr.dtype), int(arr.chunks[0]), manifest)
 
 
+def split_cells(cells: pd.DataFrame, data: dict, seed: int = 0) -> pd.Series:
+    """The split name per cell for a checked ``data`` configuration section: ``split: plates`` is
+    :func:`make_splits`; ``well_holdout`` / ``compound_holdout`` are MOAProfiler's (:mod:`phenovec.train.moa_splits`,
+    ``data.label`` being the MOA, ``data.split_by`` the well). Their input errors become :class:`DataError`."""
+    kind = data.get("split", "plates")
+    if kind == "plates":
+        return make_splits(cells, data["label"], data["split_by"], data["val_fraction"], data["holdout_plates"], seed)
+    from phenovec.train import moa_splits
+
+    try:
+        if kind == "well_holdout":
+            return moa_splits.well_holdout_split(
+                cells, moa_col=data["label"], well_cols=tuple(data["split_by"]), fractions=tuple(data["split_fractions"]),
+                seed=seed, min_test_plates=data["min_test_plates"])
+        if kind == "compound_holdout":
+            return moa_splits.compound_holdout_split(
+                cells, moa_col=data["label"], compound_col=data["compound_column"], well_cols=tuple(data["split_by"]),
+                seed=seed, train_fraction=data["train_fraction"])
+    except ValueError as e:
+        raise DataError(f"data.split {kind}: {e}") from None
+    raise ValueError(f"data.split must be plates, well_holdout or compound_holdout, got {kind!r}")
+
+
 def make_splits(cells: pd.DataFrame, label: str, split_by, val_fraction: float, holdout_plates=(),
                 seed: int = 0) -> pd.Series:
     """A split name (``train`` / ``val`` / ``test``) per cell (see the module docstring)."""

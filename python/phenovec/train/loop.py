@@ -34,9 +34,9 @@ from phenovec.train.data import (
     epoch_batches,
     input_scaling,
     make_loader,
-    make_splits,
     open_crops,
     scale_batch,
+    split_cells,
 )
 
 
@@ -101,7 +101,7 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
 
     crops = open_crops(d["crops"], d["exclude_edge"])
     cells = crops.cells
-    split = make_splits(cells, d["label"], d["split_by"], d["val_fraction"], d["holdout_plates"], t["seed"])
+    split = split_cells(cells, d, t["seed"])
     is_train, is_val = (split == "train").to_numpy(), (split == "val").to_numpy()
     if not is_train.any():
         raise ConfigError(f"{d['crops']}: no training cells after the split (check data.holdout_plates)")
