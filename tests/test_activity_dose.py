@@ -3,7 +3,6 @@ computed per inference dose from that dose's wells, the [train/infer/threshold] 
 cell-injury dose series."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,8 @@ from phenovec.activity.dose import (
     read_dose_series,
 )
 
-INJURY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cell-injury-dahlin-dose"
+from conftest import shared
+
 DOSES = (20.0, 5.0, 1.25, 0.31)
 
 
@@ -113,11 +113,10 @@ def test_errors_name_the_problem(tmp_path):
         cross_dose_scores(s, "hit", [20.0], {k: v for k, v in folds.items() if k != "c00"})
 
 
-@pytest.mark.skipif(not INJURY.is_dir(), reason="shared cell-injury dose data not present")
 def test_cell_injury_dose_series_scores_per_inference_dose():
     """U2OS wells of the Dahlin et al. set: the one-vs-rest HDAC task trained at 20 µM and at 0.62 µM, scored out of
     fold (scaffold-grouped) at each of the six doses from that dose's wells."""
-    s = read_dose_series(INJURY / "aligned_plate_holdout.csv.gz")
+    s = read_dose_series(shared("cell-injury-dahlin-dose", "aligned_plate_holdout.csv.gz"))
     main = [0.62, 1.25, 2.5, 5.0, 10.0, 20.0]
     assert all(d in s.doses() for d in main)
     folds = compound_folds(s, "HDAC", k=5, seed=0)
@@ -142,9 +141,7 @@ def test_cli_dose_study_on_the_cell_injury_series(tmp_path, capsys):
     dose the table lacks is a clear error."""
     from phenovec.cli import main
 
-    table = INJURY / "aligned_plate_holdout.csv.gz"
-    if not table.exists():
-        pytest.skip(f"real data not present: {table}")
+    table = shared("cell-injury-dahlin-dose", "aligned_plate_holdout.csv.gz")  # missing shared data fails
     out = tmp_path / "dose.csv"
     assert main(["activity", "dose", str(table), "--train-dose", "20", "-o", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out

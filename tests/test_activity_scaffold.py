@@ -124,10 +124,12 @@ def test_fold_agreement_is_label_invariant():
     assert fold_agreement(a, rng.integers(0, 5, 300))["adjusted_rand"] < 0.05
 
 
-@pytest.mark.skipif(not MOSHKOV.is_dir(), reason="shared Moshkov 2023 assay metadata not present")
 def test_kfold_reproduces_moshkov_2023_scaffold_folds():
     """Their folds: chemprop's non-generic Murcko scaffolds of the 16,170 kept compounds, groups by decreasing size
     into the smallest fold, then the fold list shuffled by Python's random.seed(0). Ours matches it row for row."""
+    from conftest import shared
+
+    shared("moshkov-2023-assay-metadata")  # missing shared data fails, naming the folder
     smiles = (MOSHKOV / "smiles.txt").read_text().splitlines()[1:]
     keep = np.load(MOSHKOV / "compounds16978to16170.npy")
     paper = np.load(MOSHKOV / "scaffold_based_split.npz")["features"]

@@ -210,8 +210,7 @@ def test_deepprofiler_npz_equals_pycytominer_real():
     from pycytominer.cyto_utils.load import load_npz_features
 
     files = sorted(DP_DIR.glob("*.npz"))
-    if not files:
-        pytest.skip(f"no DeepProfiler .npz files in {DP_DIR}")
+    assert files, f"no DeepProfiler .npz files in {DP_DIR} (the repo expects ../shared/data beside it)"
     for f in files:
         ours = read_table(f)
         peer = load_npz_features(str(f))

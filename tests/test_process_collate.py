@@ -51,8 +51,7 @@ def _assert_equal_to_peer(ours: pd.DataFrame, peer: pd.DataFrame):
 
 @pytest.fixture(scope="module")
 def target2_tables():
-    if not TARGET2.is_dir():
-        pytest.skip(f"no JUMP Target2 CellProfiler tables in {TARGET2}")
+    assert TARGET2.is_dir(), f"no JUMP Target2 CellProfiler tables in {TARGET2} (../shared/data beside the repo)"
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         tables = read_compartment_tables(TARGET2)
