@@ -58,6 +58,7 @@ COMMENTS = {
     "augment.brightness": "random brightness shift, up to this fraction",
     "augment.contrast": "random contrast factor range [low, high]",
     "train": "the run",
+    "train.task": "classify | assays (GapNet multi-task) | simclr: what is optimised (phenovec.train.objectives)",
     "train.out": "checkpoints, metrics.csv / metrics.json, split.parquet (rerun to resume)",
     "train.epochs": "epochs",
     "train.seed": "seed of splits, sampling, augmentation and initialisation",
@@ -85,7 +86,9 @@ def _run_train(a) -> dict:
     if a.print_config:
         from phenovec.commented_yaml import commented_yaml
 
-        print(commented_yaml(default_config(), COMMENTS))
+        from phenovec.train.objectives import objective_class
+
+        print(commented_yaml(default_config(a.task), {**COMMENTS, **objective_class(a.task).COMMENTS}))
         return {}
     if not a.config:
         raise ValueError("phenovec train needs a configuration file (see --print-config)")
@@ -95,7 +98,8 @@ def _run_train(a) -> dict:
     res = train(a.config, overrides, progress=show_progress(a))
     last = res.metrics.to_dict(orient="records")[-1] if len(res.metrics) else {}
     summary = {"out": str(res.out), "epochs": res.epochs, "best_epoch": res.best_epoch,
-               "best_val_accuracy": res.best_val_accuracy, "last": str(res.last),
+               "best_val_accuracy": res.best_val_accuracy, "score": res.score_name, "best_score": res.best_score,
+               "last": str(res.last),
                "best": str(res.best) if res.best else None, "stopped_early": res.stopped_early,
                "classes": res.classes, "last_epoch": last}
     print(json.dumps(summary, indent=2, default=float))
@@ -110,6 +114,7 @@ def add_train_parser(stages) -> argparse.ArgumentParser:
                    help="override a configuration value (repeatable)")
     p.add_argument("--print-config", action="store_true",
                    help="print every configuration key with its default and a comment, and exit")
+    p.add_argument("--task", default="classify", help="with --print-config: the train.task whose keys to print")
     add_quiet(p)
     p.set_defaults(run=_run_train)
     return p

@@ -45,6 +45,7 @@ A complete configuration with every default (``phenovec train --print-config`` p
       brightness: 0.1
       contrast: [0.8, 1.2]
     train:
+      task: classify            # classify | assays (GapNet) | simclr: what is optimised (phenovec.train.objectives)
       out: train-out            # checkpoints, metrics.csv / metrics.json, split.parquet
       epochs: 10
       seed: 0
@@ -119,6 +120,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
         "contrast": ([0.8, 1.2], (list,), None),
     },
     "train": {
+        "task": ("classify", (str,), None),
         "out": ("train-out", (str,), None),
         "epochs": (10, (int,), (1, 100000)),
         "seed": (0, (int,), None),
@@ -130,15 +132,36 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
 }
 
 
-def default_config() -> dict:
+def task_schema(task: str = "classify") -> dict:
+    """``SCHEMA`` plus the sections of ``task``'s objective (e.g. ``assays``), raising ``ConfigError`` for an
+    unknown task."""
+    from phenovec.train.objectives import objective_class
+
+    try:
+        cls = objective_class(task)
+    except (KeyError, ModuleNotFoundError) as e:
+        raise ConfigError(str(e).strip('"')) from None
+    return {**SCHEMA, **cls.SCHEMA}
+
+
+def default_config(task: str = "classify") -> dict:
     """Every section and key with its default (``data.crops`` is required and has none)."""
-    return defaults(SCHEMA)
+    out = defaults(task_schema(task))
+    out["train"]["task"] = task
+    return out
 
 
 def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.PathLike | None = None) -> dict:
     """Merge ``raw`` over the defaults and check it; returns a new dict. Paths are resolved against ``base_dir``
     (the YAML file's folder) and must exist (``data.crops``, ``model.weights``)."""
-    cfg = merge_sections(raw, SCHEMA, source)
+    task = ((raw or {}).get("train") or {}).get("task", "classify") if isinstance(raw, dict) else "classify"
+    if not isinstance(task, str):
+        raise ConfigError(f"{source}: train.task must be a string, got {task!r}")
+    try:
+        schema = task_schema(task)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    cfg = merge_sections(raw, schema, source)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
     if d["crops"] is None:
@@ -183,6 +206,9 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
     if isinstance(t["amp"], str) and t["amp"] != "auto":
         raise ConfigError(f"{source}: train.amp must be auto, true or false, got {t['amp']!r}")
     t["out"] = str((base / t["out"]).resolve()) if not Path(t["out"]).is_absolute() else t["out"]
+    from phenovec.train.objectives import objective_class
+
+    objective_class(task).check_config(cfg, source, base)
     return cfg
 
 

@@ -51,6 +51,8 @@ class TrainResult:
     best: Path | None
     stopped_early: bool = False
     classes: list = field(default_factory=list)
+    score_name: str = "val_accuracy"  # the validation metric that picked best.pt (the objective's)
+    best_score: float | None = None
 
 
 def _device(name: str):
@@ -87,6 +89,7 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
 
     from phenovec import __version__
     from phenovec.train.models import build_model
+    from phenovec.train.objectives import objective_class
     from phenovec.train.schedule import build_optimizer, build_scheduler
 
     cfg = load_config(config, overrides)
@@ -98,6 +101,8 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
     amp = device.type == "cuda" and t["amp"] in ("auto", True)
     chash = config_hash(cfg)
     started = time.monotonic()
+    objective = objective_class(t["task"])(cfg)
+    score_key = f"val_{objective.score}"
 
     crops = open_crops(d["crops"], d["exclude_edge"])
     cells = crops.cells
@@ -105,16 +110,18 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
     is_train, is_val = (split == "train").to_numpy(), (split == "val").to_numpy()
     if not is_train.any():
         raise ConfigError(f"{d['crops']}: no training cells after the split (check data.holdout_plates)")
-    classes, _ = class_index(cells.loc[is_train, d["label"]])
-    lookup = {c: i for i, c in enumerate(classes)}
-    target = cells[d["label"]].map(lookup)
-    unseen = is_val & target.isna().to_numpy()
-    if unseen.any():
-        is_val &= ~unseen
-    target = target.fillna(-1).to_numpy(dtype=np.int64)
+    targets = objective.targets(cells, is_train)
+    if targets.usable is not None:
+        is_val &= targets.usable
+        is_train &= targets.usable
     rows = cells["row"].to_numpy(dtype=np.int64)
-    tr_rows, tr_y = rows[is_train], target[is_train]
-    va_rows, va_y = rows[is_val], target[is_val]
+    tr_rows, tr_y = rows[is_train], targets.values[is_train]
+    va_rows, va_y = rows[is_val], targets.values[is_val]
+    tr_groups = targets.groups[is_train] if targets.groups is not None else None
+    if d["balance"] == "sampler" and tr_groups is None:
+        raise ConfigError(f"data.balance: sampler is not defined for train.task: {t['task']} (use none)")
+    if tr_groups is None:
+        tr_groups = np.zeros(len(tr_rows), dtype=np.int64)
     with output_folder(out) as run:  # locked; a run that fails before its first checkpoint leaves nothing
         split_table = cells.drop(columns=[c for c in ("edge",) if c in cells.columns]).assign(split=split.to_numpy())
         write_table(split_table, out / "split.parquet")
@@ -124,26 +131,26 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
         n_ch, box = crops.shape[1], crops.shape[2]
         data_config = {"channels": crops.channels or [f"ch{i}" for i in range(n_ch)], "box_size": int(box),
                        "crop_shape": [int(v) for v in crops.shape[1:]], "input_scaling": rule, "dtype_max": dtype_max,
-                       "crop_config": crops.manifest.get("config", {}), "label_column": d["label"],
-                       "classes": [str(c) for c in classes], "crops": d["crops"]}
+                       "crop_config": crops.manifest.get("config", {}), "task": t["task"], "classes": [],
+                       **targets.meta, "crops": d["crops"]}
 
         torch.manual_seed(t["seed"])
-        model = build_model(m["arch"], n_ch, len(classes), weights=m["weights"], dropout=m["dropout"]).to(device)
-        optimizer = build_optimizer(model, o["name"], lr=o["lr"], weight_decay=o["weight_decay"],
+        model = build_model(m["arch"], n_ch, targets.outputs, weights=m["weights"], dropout=m["dropout"]).to(device)
+        objective.setup(model, tr_y, device)
+        extra = objective.extra_modules()
+        if extra is not None:
+            extra.to(device)
+        params = torch.nn.ModuleList([model] + ([extra] if extra is not None else []))
+        optimizer = build_optimizer(params, o["name"], lr=o["lr"], weight_decay=o["weight_decay"],
                                     momentum=o["momentum"])
-        steps = len(epoch_batches(tr_rows, tr_y, crops.chunk_cells, d["batch_size"], t["seed"], 0, d["subsample"],
-                                  d["balance"] == "sampler", d["shuffle_chunks"]))
+        sampler = d["balance"] == "sampler"
+        steps = len(epoch_batches(tr_rows, tr_groups, crops.chunk_cells, d["batch_size"], t["seed"], 0,
+                                  d["subsample"], sampler, d["shuffle_chunks"]))
         scheduler = build_scheduler(optimizer, o["schedule"], epochs=t["epochs"], steps_per_epoch=steps,
                                     warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"])
         scaler = torch.amp.GradScaler("cuda") if amp else None
-        weight = None
-        if d["balance"] == "loss":
-            counts = np.bincount(tr_y, minlength=len(classes)).astype(np.float64)
-            weight = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32,
-                                  device=device)
-        loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=o["label_smoothing"])
 
-        start_epoch, metrics, best = 0, [], {"epoch": None, "val_accuracy": None}
+        start_epoch, metrics, best = 0, [], {"epoch": None, score_key: None}
         last_path, best_path = out / "last.pt", out / "best.pt"
         run.resumable = last_path.exists()
         if last_path.exists():
@@ -152,6 +159,8 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
                 raise ConfigError(f"{last_path}: holds a run with another configuration; use a new train.out folder "
                                   "or delete it to start over")
             model.load_state_dict(ck["model_state"])
+            if extra is not None:
+                extra.load_state_dict(ck["objective_state"])
             optimizer.load_state_dict(ck["optimizer_state"])
             scheduler.load_state_dict(ck["scheduler_state"])
             if scaler is not None and ck.get("scaler_state"):
@@ -162,23 +171,20 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
         stopped_early = False
         for epoch in range(start_epoch, t["epochs"]):
             torch.manual_seed(_epoch_seed(t["seed"], epoch))
-            plan = epoch_batches(tr_rows, tr_y, crops.chunk_cells, d["batch_size"], t["seed"], epoch, d["subsample"],
-                                 d["balance"] == "sampler", d["shuffle_chunks"])
+            plan = epoch_batches(tr_rows, tr_groups, crops.chunk_cells, d["batch_size"], t["seed"], epoch,
+                                 d["subsample"], sampler, d["shuffle_chunks"])
             augment = _augmenter(cfg, t["seed"], epoch)
             loader = make_loader(crops, tr_rows, tr_y, plan, d["workers"], d["prefetch"], cache)
-            model.train()
-            t0, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
+            params.train()
+            t0, seen, loss_sum, stats = time.monotonic(), 0, 0.0, {}
             bar = tqdm(loader, total=len(plan), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch",
                        disable=None if progress is None else not progress, leave=False)
             for x, y, _ in bar:
                 x = scale_batch(x.to(device, non_blocking=True), rule, dtype_max)
                 y = y.to(device, non_blocking=True)
-                if augment is not None:
-                    x = augment(x)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                    logits = model(x)
-                    loss = loss_fn(logits, y)
+                    loss, batch_stats = objective.step(model, x, y, augment)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"epoch {epoch + 1}: the loss became {loss.item()} (lower optim.lr or set "
                                              "optim.clip_grad_norm)")
@@ -186,75 +192,82 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
                     scaler.scale(loss).backward()
                     if o["clip_grad_norm"]:
                         scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad_norm"])
+                        torch.nn.utils.clip_grad_norm_(params.parameters(), o["clip_grad_norm"])
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     loss.backward()
                     if o["clip_grad_norm"]:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad_norm"])
+                        torch.nn.utils.clip_grad_norm_(params.parameters(), o["clip_grad_norm"])
                     optimizer.step()
                 scheduler.step()
                 n = len(y)
                 seen += n
                 loss_sum += float(loss.detach()) * n
-                correct += int((logits.detach().argmax(1) == y).sum())
+                for k, (v, c) in batch_stats.items():
+                    s0, c0 = stats.get(k, (0.0, 0))
+                    stats[k] = (s0 + v, c0 + c)
                 rate = seen / max(time.monotonic() - t0, 1e-9)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", cells_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", **objective.progress(stats), cells_s=f"{rate:.0f}")
             train_s = time.monotonic() - t0
-            val = evaluate_split(model, crops, va_rows, va_y, d["batch_size"], rule, dtype_max, device, loss_fn,
-                                 d["workers"], d["prefetch"], amp) if len(va_rows) else {"loss": None, "accuracy": None}
+            val = _validate(objective, model, extra, crops, va_rows, va_y, d, rule, dtype_max, device, amp)
             row = {"epoch": epoch + 1, "lr": float(optimizer.param_groups[0]["lr"]), "train_loss": loss_sum / seen,
-                   "train_accuracy": correct / seen, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                   **{f"train_{k}": v / max(c, 1) for k, (v, c) in stats.items()},
+                   **{f"val_{k}": v for k, v in val.items()},
                    "train_cells": seen, "train_seconds": train_s, "cells_per_s": seen / max(train_s, 1e-9)}
             metrics.append(row)
-            improved = val["accuracy"] is not None and (best["val_accuracy"] is None
-                                                        or val["accuracy"] > best["val_accuracy"])
+            score, held = row.get(score_key), best.get(score_key)
+            improved = score is not None and (held is None or (score > held if objective.higher_is_better
+                                                               else score < held))
             if improved:
-                best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
+                best = {"epoch": epoch + 1, score_key: score}
             state = {"epoch": epoch + 1, "model_config": model.config,
                      "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                     "objective_state": ({k: v.detach().cpu() for k, v in extra.state_dict().items()}
+                                         if extra is not None else None),
                      "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
                      "scaler_state": scaler.state_dict() if scaler is not None else None,
                      "config": cfg, "config_hash": chash, "data_config": data_config, "best": best, "metrics": metrics,
                      "versions": {"phenovec": str(__version__), "torch": str(torch.__version__)}}
-            if improved or (not best_path.exists() and best["val_accuracy"] is None):
+            if improved or (not best_path.exists() and best.get(score_key) is None):
                 save_checkpoint(state, best_path)
             save_checkpoint(state, last_path)
             run.resumable = True
             frame = pd.DataFrame(metrics)
             write_text_atomic(out / "metrics.csv", frame.to_csv(index=False))
-            write_text_atomic(out / "metrics.json", json.dumps({"config_hash": chash, "classes": data_config["classes"],
-                                                            "best": best, "epochs": metrics}, indent=1))
+            write_text_atomic(out / "metrics.json", json.dumps({"config_hash": chash, "task": t["task"],
+                                                                "classes": data_config["classes"], "score": score_key,
+                                                                "best": best, "epochs": metrics}, indent=1))
             if t["max_minutes"] is not None and time.monotonic() - started > 60 * t["max_minutes"] \
                     and epoch + 1 < t["epochs"]:
                 stopped_early = True
                 break
     done = len(metrics)
-    return TrainResult(out, done, best["epoch"], best["val_accuracy"], pd.DataFrame(metrics), last_path,
-                       best_path if best_path.exists() else None, stopped_early, [str(c) for c in classes])
+    return TrainResult(out, done, best["epoch"], best.get("val_accuracy"), pd.DataFrame(metrics), last_path,
+                       best_path if best_path.exists() else None, stopped_early, list(data_config["classes"]),
+                       score_key, best.get(score_key))
 
 
-def evaluate_split(model, crops, rows, targets, batch_size, rule, dtype_max, device, loss_fn=None, workers=0,
-                   prefetch=2, amp=False) -> dict:
-    """Loss and accuracy of ``model`` over the given cells (eval mode, no augmentation, storage order)."""
+def _validate(objective, model, extra, crops, rows, targets, d, rule, dtype_max, device, amp) -> dict:
+    """The objective's validation metrics over the given cells (eval mode, no augmentation, storage order)."""
     import torch
 
-    plan = epoch_batches(rows, targets, crops.chunk_cells, batch_size, None, 0)
-    loader = make_loader(crops, rows, targets, plan, workers, prefetch, 4)
+    if not len(rows):
+        return {objective.score: None}
+    plan = epoch_batches(rows, np.zeros(len(rows), dtype=np.int64), crops.chunk_cells, d["batch_size"], None, 0)
+    loader = make_loader(crops, rows, targets, plan, d["workers"], d["prefetch"], 4)
     model.eval()
-    seen, loss_sum, correct = 0, 0.0, 0
-    with torch.no_grad():
+    if extra is not None:
+        extra.eval()
+
+    def batches():
         for x, y, _ in loader:
             x = scale_batch(x.to(device), rule, dtype_max)
-            y = y.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                logits = model(x)
-            if loss_fn is not None:
-                loss_sum += float(loss_fn(logits.float(), y)) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-    return {"loss": loss_sum / seen if loss_fn is not None else None, "accuracy": correct / seen}
+                yield x, y.to(device)
+
+    with torch.no_grad():
+        return objective.validate(model, batches())
 
 
 def embed_crops(model_or_checkpoint, crops_path, batch_size: int = 256, device: str = "auto",
