@@ -1,6 +1,6 @@
 """The ingest subcommands: ``synth``, ``illum``, ``crop``, ``tiles``.
 
-    phenovec synth --out DIR --plates 1 --wells 24 --sites 2 --size 256 --seed 0
+    phenovec synth --out DIR --plates 1 --wells 24 --sites 2 --size 256 --seed 0 [--assays 12]
     phenovec illum INDEX --channels DNA ER RNA AGP Mito --out ILLUM
     phenovec crop INDEX --locations NUCLEI --out CROPS [--illumination ILLUM] [--intensity percentile 0.1 99.9]
     phenovec tiles INDEX --out TILES [--factor 2 | --views 520 692 388]
@@ -28,6 +28,11 @@ def _run_synth(a) -> dict:
     summary = {"index": str(paths["index"]), "nuclei": str(paths["nuclei"]), "images": str(paths["images"]),
                "plates": a.plates, "sites": len(index), "nuclei_count": len(pd.read_csv(paths["nuclei"])),
                "treatments": sorted(index["Metadata_Treatment"].unique().tolist()), "seed": a.seed}
+    if a.assays:
+        from phenovec.ingest.synth_assay_labels import write_synth_assay_labels
+
+        labels = write_synth_assay_labels(a.out, a.assays, index=paths["index"], seed=a.seed)
+        summary.update({k: str(v) for k, v in labels.items()}, assays=a.assays)
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -47,6 +52,9 @@ def add_synth_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--plates-per-batch", type=int, default=2, help="plates per Metadata_Batch")
     p.add_argument("--compression", choices=["deflate", "none"], default="deflate", help="TIFF compression")
     p.add_argument("--seed", type=int, default=0, help="seed of everything generated (same seed, same files)")
+    p.add_argument("--assays", type=int, default=0, metavar="N",
+                   help="also write N synthetic assays driven by the MOAs (assay_labels.csv: one row per compound, "
+                        "1 / 0 / empty; assays.csv: each assay's responding MOAs; phenovec.ingest.synth_assay_labels)")
     add_quiet(p)
     p.set_defaults(run=_run_synth)
     return p
