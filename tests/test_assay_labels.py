@@ -87,7 +87,7 @@ def test_overlap_with_the_lincs_plate(gapnet):
 def test_overlap_with_the_cell_injury_set(gapnet):
     """Cell-injury (Dahlin) wells by full InChIKey: 22 labelled compounds x 149 assays (1,099 labels, 588 active)
     over the set's 138 compounds (the metadata table of every well); the two feature tables here hold 15 and 12 of
-    them. By the 14-character block 26 compounds (27 label rows) would match, so that join is refused."""
+    them (17 together). By the 14-character block 26 compounds (27 label rows) would match, so that join is refused."""
     d = ("cell-injury-dahlin-dose",)
     meta = pd.read_csv(shared(*d, "aligned_cell_injury_metadata_after_holdout.csv.gz"),
                        usecols=["Compound InChIKey"])
@@ -103,9 +103,13 @@ def test_overlap_with_the_cell_injury_set(gapnet):
     assert (int(block_rows.sum()), len(set(gapnet.compounds[block_rows].str[:14]))) == (27, 26)
     with pytest.raises(AssayLabelError, match="matches label rows .* by inchikey14"):
         gapnet.join(meta, "Compound InChIKey", match="inchikey14")
+    feature_tables = []
     for name, n in (("aligned_plate_holdout.csv.gz", 15), ("aligned_wells_holdout.csv.gz", 12)):
         t = pd.read_csv(shared(*d, name), usecols=["Compound InChIKey"])
         assert gapnet.join(t, "Compound InChIKey").report.matched_compounds == n, name
+        feature_tables.append(t)
+    both = pd.concat(feature_tables)  # the files with features hold 17 of the 22 together
+    assert gapnet.join(both, "Compound InChIKey").report.matched_compounds == 17
     ship = labels_from_frame(pd.read_csv(shared(*HTI, "overlap_cell_injury_compounds_labels.csv"), dtype=str))
     assert ship.shape == (22, 149) and set(ship.compounds) == set(over.compounds)
     assert int(np.sum(ship.values == 1)) == 588
