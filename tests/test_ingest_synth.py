@@ -173,6 +173,9 @@ def test_plate_effect_present(plate):
     (dict(compression="lzw"), "compression"),
     (dict(treatments=[("DMSO", "control"), ("DMSO", "x")]), "duplicate"),
     (dict(size=64, cells_per_site=(200, 200)), "cannot place 200 cells"),
+    (dict(treatments=[("DMSO", "control"), ("A", "x", -1.0)]), "strength"),
+    (dict(treatments=[("DMSO", "control"), ("A", "x", "strong")]), "strength"),
+    (dict(bad_wells=2), "fewer than two good wells"),
 ])
 def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, match):
     args = {**SMALL, **kwargs}
@@ -194,3 +197,46 @@ def test_cli_synth(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["sites"] == 4 and 3 * 4 <= summary["nuclei_count"] <= 5 * 4
     assert len(pd.read_csv(tmp_path / "index.csv")) == 4
+
+
+def test_strength_scales_the_effect_and_zero_is_inactive(tmp_path):
+    """A treatment's strength multiplies its whole effect: strength 0 renders exactly the DMSO morphology draws (an
+    inactive compound), 0.5 lies between DMSO and full strength on the MOA's designed feature."""
+    from phenovec.ingest.synth import PARAMS, _treatments
+
+    t = _treatments([("DMSO", "control"), ("AKI-1", "Aurora kinase inhibitor", 1.0),
+                     ("AKI-H", "Aurora kinase inhibitor", 0.5), ("AKI-0", "Aurora kinase inhibitor", 0.0)], 0)
+    full, half, zero = (x.effect[PARAMS.index("nucleus_size")] for x in t[1:])
+    assert zero == 0.0 and 0 < half < full
+    assert np.all(t[3].effect == 0) and not t[3].control
+
+
+def test_bad_wells_are_empty_or_blurred_and_labelled(tmp_path):
+    wells = 16
+    paths = synth_plate(tmp_path, plates=1, wells=wells, sites_per_well=1, size=96, cells_per_site=(6, 8), seed=1,
+                        treatments=[("DMSO", "control"), ("A", "Actin disruptor"), ("B", "Mitochondrial stressor")],
+                        bad_wells=2, progress=False)
+    index, nuclei = pd.read_csv(paths["index"]), pd.read_csv(paths["nuclei"])
+    qc = index.set_index("Metadata_Well")["Metadata_WellQC"]
+    assert sorted(qc[qc != "ok"]) == ["empty", "out_of_focus"]
+    counts = nuclei.groupby("Metadata_Well").size()
+    empty = qc.index[qc == "empty"][0]
+    assert empty not in counts.index and (counts > 0).all() and len(counts) == wells - 1
+    # every treatment keeps at least two good wells
+    good = index[index["Metadata_WellQC"] == "ok"]
+    assert good.groupby("Metadata_Treatment").size().min() >= 2
+
+    def sharpness(well):  # mean squared Laplacian of the DNA channel
+        from scipy import ndimage
+
+        r = index[index["Metadata_Well"] == well].iloc[0]
+        img = tifffile.imread(paths["index"].parent / r["FileName_DNA"]).astype(np.float64)
+        return float((ndimage.laplace(ndimage.gaussian_filter(img, 1.0)) ** 2).mean())
+
+    blurred = qc.index[qc == "out_of_focus"][0]
+    ok = [w for w in qc.index if qc[w] == "ok"]
+    assert sharpness(blurred) < 0.5 * min(sharpness(w) for w in ok)
+    # without bad wells the index has no QC column (and the images are unchanged: see the byte-identity test)
+    plain = synth_plate(tmp_path / "plain", plates=1, wells=6, sites_per_well=1, size=96, cells_per_site=(4, 5),
+                        progress=False)
+    assert "Metadata_WellQC" not in pd.read_csv(plain["index"]).columns

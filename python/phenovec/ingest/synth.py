@@ -26,7 +26,13 @@ Image model (per site, float intensities, then Poisson + Gaussian read noise, ro
   vignetting) per batch x channel;
 * treatments: a control (name ``DMSO``, case-insensitive) is unperturbed. Every other treatment applies its MOA's
   effect (log-fold changes of the morphology parameters below) scaled by a compound potency in [0.7, 1.3] plus a
-  small compound-specific off-axis change, so compounds of one MOA share a phenotype and still differ.
+  small compound-specific off-axis change, so compounds of one MOA share a phenotype and still differ. A treatment
+  given as ``(name, moa, strength)`` scales its whole effect by ``strength`` (0 = an inactive compound that looks
+  like DMSO, 0.3 = a weak one): graded strengths make the metrics spread out instead of saturating.
+* bad wells (``bad_wells`` per plate, seeded, never a control well's only replicate): alternately an *empty* well
+  (no cells: a dispensing failure) and an *out-of-focus* well (every channel blurred, Gaussian sigma 3 px). The
+  index says which in ``Metadata_WellQC`` (``ok`` | ``empty`` | ``out_of_focus``), the ground truth a QC check is
+  tested against.
 
   =========================  ==========================================================================
   MOA (built in)             effect
@@ -105,9 +111,13 @@ def _treatments(treatments: Sequence[Sequence[str]], seed: int) -> list[Treatmen
     out: list[Treatment] = []
     seen: set[str] = set()
     for i, t in enumerate(treatments):
-        if len(t) != 2 or not all(isinstance(x, str) and x for x in t):
-            raise ValueError(f"treatments[{i}]: expected a (name, moa) pair of non-empty strings, got {t!r}")
-        name, moa = t
+        if len(t) not in (2, 3) or not all(isinstance(x, str) and x for x in t[:2]):
+            raise ValueError(f"treatments[{i}]: expected a (name, moa) pair of non-empty strings or (name, moa, "
+                             f"strength), got {t!r}")
+        name, moa = t[0], t[1]
+        strength = 1.0 if len(t) == 2 else t[2]
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 5:
+            raise ValueError(f"treatments[{i}]: strength must be a number in [0, 5], got {strength!r}")
         if name in seen:
             raise ValueError(f"treatments[{i}]: duplicate treatment name {name!r}")
         seen.add(name)
@@ -123,7 +133,7 @@ def _treatments(treatments: Sequence[Sequence[str]], seed: int) -> list[Treatmen
                 moa_effect = np.array([known.get(p, 0.0) for p in PARAMS])
             r = _rng(seed, 2, _crc(name))
             potency = r.uniform(0.7, 1.3)
-            effect = potency * moa_effect + r.normal(0.0, 0.04, len(PARAMS))
+            effect = strength * (potency * moa_effect + r.normal(0.0, 0.04, len(PARAMS)))
         out.append(Treatment(name, moa, control, effect))
     if not out:
         raise ValueError("treatments: at least one (name, moa) pair is required")
@@ -278,17 +288,40 @@ def _check_args(plates, wells, sites_per_well, size, cells_per_site, channels, c
     return wells, (int(lo), int(hi))
 
 
+def _bad_wells(rng: np.random.Generator, well_treat: dict, count: int, where: str) -> dict[str, str]:
+    """``count`` wells of a plate -> ``empty`` / ``out_of_focus`` (alternating), chosen among wells whose treatment
+    keeps at least two good wells on the plate."""
+    if count < 0:
+        raise ValueError(f"bad_wells: expected a count >= 0, got {count!r}")
+    left = {}
+    for t in well_treat.values():
+        left[t.name] = left.get(t.name, 0) + 1
+    out: dict[str, str] = {}
+    for well in rng.permutation(sorted(well_treat)):
+        if len(out) == count:
+            break
+        t = well_treat[str(well)]
+        if left[t.name] > 2:
+            left[t.name] -= 1
+            out[str(well)] = ("empty", "out_of_focus")[len(out) % 2]
+    if len(out) < count:
+        raise ValueError(f"{where}: bad_wells = {count} leaves a treatment with fewer than two good wells; use more "
+                         "wells or fewer bad ones")
+    return out
+
+
 def synth_plate(out_dir, plates: int = 1, wells: Sequence[str] | int = 24, sites_per_well: int = 2,
                 size: int = 256, cells_per_site: tuple[int, int] = (20, 40),
                 channels: Sequence[str] = CHANNELS, treatments: Sequence[Sequence[str]] = DEFAULT_TREATMENTS,
                 seed: int = 0, compression: str = "deflate", cell_radius: float = 12.0,
-                plates_per_batch: int = 2, progress: bool = True) -> dict[str, Path]:
+                plates_per_batch: int = 2, bad_wells: int = 0, progress: bool = True) -> dict[str, Path]:
     """Write a synthetic plate set under ``out_dir``; returns ``{"index", "nuclei", "images"}`` paths.
 
     Wells get treatments round-robin over a per-plate shuffled well order (so every treatment has
     ``len(wells) // len(treatments)`` or one more wells per plate, at plate positions that differ between
     plates). Cells per site are drawn uniformly in ``cells_per_site`` (inclusive). Plates are named
-    ``SYNTH-P01`` ..., batches ``SYNTH-B01`` ... Existing files of the same names are overwritten; the index and
+    ``SYNTH-P01`` ..., batches ``SYNTH-B01`` ... ``bad_wells`` wells per plate are empty or out of focus (module
+    docstring). Existing files of the same names are overwritten; the index and
     the nuclei table are written last (a crash leaves no index).
     """
     import tifffile
@@ -316,6 +349,7 @@ def synth_plate(out_dir, plates: int = 1, wells: Sequence[str] | int = 24, sites
             illum = _illumination(seed, batch_i, size, len(CHANNELS))[ch_idx]
             order = pr.permutation(len(wells))
             well_treat = {wells[w]: treats[i % len(treats)] for i, w in enumerate(order)}
+            bad = _bad_wells(_rng(seed, 7, p), well_treat, bad_wells, f"plate {plate}") if bad_wells else {}
             (img_root / plate).mkdir(parents=True, exist_ok=True)
             for w_i, well in enumerate(wells):
                 tr = well_treat[well]
@@ -325,8 +359,10 @@ def synth_plate(out_dir, plates: int = 1, wells: Sequence[str] | int = 24, sites
                 for s in range(1, sites_per_well + 1):
                     sr = _rng(seed, 6, p, w_i, s)
                     where = f"plate {plate} well {well} site {s}"
-                    n = int(sr.integers(lo, hi + 1))
+                    n = int(sr.integers(lo, hi + 1)) if bad.get(well) != "empty" else 0
                     clean, centres = render_site(params, n, size, cell_radius, channels, sr, where)
+                    if bad.get(well) == "out_of_focus":
+                        clean = ndimage.gaussian_filter(clean, (0, 3.0, 3.0))
                     row = {"Metadata_Plate": plate, "Metadata_Batch": batch, "Metadata_Well": well,
                            "Metadata_Site": s}
                     for c_i, ch in enumerate(channels):
@@ -339,6 +375,8 @@ def synth_plate(out_dir, plates: int = 1, wells: Sequence[str] | int = 24, sites
                                          metadata=None, rowsperstrip=64)
                         row[f"FileName_{ch}"] = rel.as_posix()
                     row.update(Metadata_Treatment=tr.name, Metadata_MOA=tr.moa, Metadata_Control=tr.control)
+                    if bad_wells:
+                        row["Metadata_WellQC"] = bad.get(well, "ok")
                     rows.append(row)
                     for j, (x, y) in enumerate(centres, start=1):
                         nuclei.append((plate, well, s, j, round(float(x), 3), round(float(y), 3)))
