@@ -26,6 +26,13 @@ Architectures (:data:`ARCHS` maps name -> feature dimension):
   depth 0.25 (torchvision's channel/depth rounding; one MBConv block per stage), 320-d.
 * ``resnet_tiny`` - torchvision ``ResNet`` class with ``BasicBlock``, one block per stage and stage
   widths 16/32/64/128, 128-d.
+* ``resnet101`` - torchvision ResNet-101, 2,048-d; ``densenet121`` - torchvision DenseNet-121, 1,024-d: GapNet's
+  comparison networks (Hofmarcher et al. 2019, Table 2: with 5 channels and 209 outputs they have 42,934,673 and
+  7,174,353 parameters, as the paper lists).
+* ``gapnet`` - GapNet (``phenovec.train.gapnet``): SELU convolutions with a dilated last block, the GAPs of the four
+  blocks concatenated, two fully connected SELU layers of 1,024; the profile is the second one's output, 1,024-d.
+  ``sc_cnn`` - the same without dilation, for 96 x 96 single-cell crops. Their dropout (``dropout``) is SELU's
+  AlphaDropout, after each fully connected layer; their weights start LeCun normal.
 
 The tiny configurations exist for CPU tests and smoke runs (64-96 px crops on 2 cores); every network
 reduces the input by 32, and adaptive average pooling makes any ``H, W >= 32`` valid.
@@ -40,6 +47,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models import densenet as tv_densenet
 from torchvision.models import efficientnet as tv_efficientnet
 from torchvision.models import resnet as tv_resnet
 
@@ -52,6 +60,10 @@ ARCHS: dict[str, int] = {
     "resnet18": 512,
     "efficientnet_tiny": 320,
     "resnet_tiny": 128,
+    "resnet101": 2048,
+    "densenet121": 1024,
+    "gapnet": 1024,
+    "sc_cnn": 1024,
 }
 
 #: Smallest spatial side every architecture accepts (total stride of the networks).
@@ -61,8 +73,9 @@ _CONFIG_VERSION = 1
 _CONFIG_KEYS = {"format_version", "arch", "in_channels", "num_classes", "feature_dim", "dropout"}
 
 # torchvision key names of the first convolution and of the classifier head, per family.
-_FIRST_CONV = {"efficientnet": "features.0.0.weight", "resnet": "conv1.weight"}
-_HEAD_PREFIX = {"efficientnet": "classifier.", "resnet": "fc."}
+_FIRST_CONV = {"efficientnet": "features.0.0.weight", "resnet": "conv1.weight", "densenet": "features.conv0.weight",
+               "gapnet": "block1.0.weight"}
+_HEAD_PREFIX = {"efficientnet": "classifier.", "resnet": "fc.", "densenet": "classifier.", "gapnet": "head."}
 
 
 class WeightsError(ValueError):
@@ -70,7 +83,13 @@ class WeightsError(ValueError):
 
 
 def _family(arch: str) -> str:
-    return "efficientnet" if arch.startswith("efficientnet") else "resnet"
+    if arch.startswith("efficientnet"):
+        return "efficientnet"
+    if arch.startswith("densenet"):
+        return "densenet"
+    if arch in ("gapnet", "sc_cnn"):
+        return "gapnet"
+    return "resnet"
 
 
 class _NarrowResNet(tv_resnet.ResNet):
@@ -113,6 +132,10 @@ def _torchvision_model(arch: str, num_classes: int) -> nn.Module:
         return tv_resnet.resnet50(weights=None, num_classes=num_classes)
     if arch == "resnet18":
         return tv_resnet.resnet18(weights=None, num_classes=num_classes)
+    if arch == "resnet101":
+        return tv_resnet.resnet101(weights=None, num_classes=num_classes)
+    if arch == "densenet121":
+        return tv_densenet.densenet121(weights=None, num_classes=num_classes)
     if arch == "efficientnet_tiny":
         conf, _ = tv_efficientnet._efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.25)
         return tv_efficientnet.EfficientNet(conf, dropout=0.0, num_classes=num_classes)
@@ -158,11 +181,18 @@ class ProfileNet(nn.Module):
         self.dropout_p = float(dropout)
         family = _family(arch)
 
+        if family == "gapnet":
+            self._init_gapnet(arch)
+            return
         net = _torchvision_model(arch, self.num_classes)
         if family == "efficientnet":
             head = net.classifier[1]
             net.classifier = nn.Identity()
             old = net.features[0][0]
+        elif family == "densenet":
+            head = net.classifier
+            net.classifier = nn.Identity()
+            old = net.features.conv0
         else:
             head = net.fc
             net.fc = nn.Identity()
@@ -178,11 +208,23 @@ class ProfileNet(nn.Module):
                 nn.init.zeros_(conv.bias)
             if family == "efficientnet":
                 net.features[0][0] = conv
+            elif family == "densenet":
+                net.features.conv0 = conv
             else:
                 net.conv1 = conv
         self.backbone = net
         self.dropout = nn.Dropout(self.dropout_p)
         self.head = head
+
+    def _init_gapnet(self, arch: str) -> None:
+        """GapNet / SC-CNN: the backbone returns the second fc layer (the profile); SELU's AlphaDropout before
+        the LeCun-initialised task head."""
+        from phenovec.train.gapnet import GapNet, lecun_normal_
+
+        self.backbone = GapNet(self.in_channels, self.feature_dim, dilated=arch == "gapnet", dropout=self.dropout_p)
+        self.dropout = nn.AlphaDropout(self.dropout_p)
+        self.head = nn.Linear(self.feature_dim, self.num_classes)
+        lecun_normal_(self.head)
 
     # -- configuration -------------------------------------------------------------------------------
     @property
