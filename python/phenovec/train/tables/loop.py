@@ -15,8 +15,9 @@ mAP of raw CP, raw TX and the learned space for replicate and MOA labels) or ``t
 **Exact resume**, as the image trainer (``phenovec.train.loop``): each epoch's batch order, replicate partners,
 masks, noise and dropout are seeded from (seed, epoch), the checkpoint holds model and optimiser state, so a run
 killed at any point and rerun finishes, on the CPU, with the same weights bit for bit as an uninterrupted run. A
-rerun with another configuration is refused; a finished run is not retrained. Writes are atomic and the folder is
-locked (``phenovec.io.atomic.output_folder``).
+rerun with another configuration is refused; a finished run is not retrained, and raising ``train.epochs``
+continues it (there is no learning-rate schedule, so the epoch count changes no earlier epoch). Writes are atomic
+and the folder is locked (``phenovec.io.atomic.output_folder``).
 """
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ class TableTrainResult:
     knn: pd.DataFrame | None = None
     map: pd.DataFrame | None = None
     task_auc: pd.DataFrame | None = None
+
+
+def _table_config_hash(cfg: dict) -> str:
+    """``config_hash`` without ``train.epochs``: nothing here depends on the planned epoch count (no learning-rate
+    schedule), so a finished run may be continued by raising it; every other weight-changing key is hashed."""
+    keep = dict(cfg, train={k: v for k, v in cfg["train"].items() if k != "epochs"})
+    return config_hash(keep)
 
 
 def _epoch_seed(seed: int, epoch: int, salt: int = 0x7AB1) -> int:
@@ -254,7 +262,7 @@ def train_tables(config, overrides: dict | None = None, progress: bool | None = 
     if t["threads"]:
         torch.set_num_threads(int(t["threads"]))
     device = _device(t["device"])
-    chash = config_hash(cfg)
+    chash = _table_config_hash(cfg)
     started = time.monotonic()
     data = prepare_table_data(cfg)
     group_col = PERTURBATION if task == "clip" else d["compound"]
