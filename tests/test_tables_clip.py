@@ -6,11 +6,9 @@ modalities on kNN accuracy (k = 5) for replicate and MOA labels on held-out comp
 import pytest
 
 from phenovec.train.tables.loop import train_tables
-from phenovec.train.tables.synthetic import write_synthetic_tables
+from phenovec.train.tables.synthetic import synthetic_config, write_synthetic_tables
 
 DATA = {"n_moa": 8, "compounds_per_moa": 16, "nuisance_scale": 1.5}
-SMALL_NETS = {"cp_hidden": [64, 64], "tx_hidden": [64, 64], "embed_dim": 32, "proj_dim": 16,
-              "bae_encoder": [64], "bae_cp_decoder": [64], "bae_tx_decoder": [64]}
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +16,8 @@ def tables(tmp_path_factory):
     return write_synthetic_tables(tmp_path_factory.mktemp("paired"), **DATA)
 
 
-def _cfg(tables, task, out, epochs=30, **eval_):
-    return {"data": {"cp": tables["cp"], "tx": tables["tx"], "replicate": "Metadata_replicate",
-                     "moa": "Metadata_moa", "batch_size": 64},
-            "model": dict(SMALL_NETS), "optim": {"lr": 1e-3},
-            "train": {"task": task, "out": str(out), "epochs": epochs, "device": "cpu", "threads": 1},
-            "eval": {"map_null_size": 0, **eval_}}
+def _cfg(tables, task, out, epochs=30, map_null_size=0):
+    return synthetic_config(tables, task, out, epochs=epochs, map_null_size=map_null_size)
 
 
 def test_clip_beats_both_raw_modalities(tables, tmp_path):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from phenovec.train.tables.loop import train_tables
-from phenovec.train.tables.synthetic import write_synthetic_tables
+from phenovec.train.tables.synthetic import synthetic_config, write_synthetic_tables
 
 DATA = {"n_moa": 3, "compounds_per_moa": 6, "replicates": 3, "cp_dim": 12, "tx_dim": 16}
 
@@ -15,15 +15,8 @@ def tables(tmp_path_factory):
 
 
 def _cfg(tables, task, out, epochs, **model):
-    paired = task in ("clip", "bae")
-    return {"data": {"cp": tables["cp"], "moa": "Metadata_moa", "batch_size": 8, "replicate": "Metadata_replicate",
-                     **({"tx": tables["tx"]} if paired else {}),
-                     **({"labels": tables["labels"], "min_per_class": 1} if task == "fnn" else {})},
-            "model": {"cp_hidden": [16, 16], "tx_hidden": [16], "embed_dim": 8, "proj_dim": 4, "bae_encoder": [16],
-                      "bae_cp_decoder": [16], "bae_tx_decoder": [16], "fnn_hidden": [16], "dropout": 0.1, **model},
-            "optim": {"lr": 1e-3},
-            "train": {"task": task, "out": str(out), "epochs": epochs, "device": "cpu", "threads": 1},
-            "eval": {"map_null_size": 0}}
+    return synthetic_config(tables, task, out, epochs=epochs, batch_size=8, width=16, embed_dim=8, proj_dim=4,
+                            dropout=0.1, **model)
 
 
 @pytest.mark.parametrize("task, opset", [("clip", 17), ("bae", 18), ("simclr_profiles", 17), ("fnn", 17)])

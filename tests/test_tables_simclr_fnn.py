@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from phenovec.train.tables.loop import train_tables
-from phenovec.train.tables.synthetic import write_synthetic_tables
+from phenovec.train.tables.synthetic import synthetic_config, write_synthetic_tables
 
 DATA = {"n_moa": 8, "compounds_per_moa": 16, "nuisance_scale": 1.5}
 
@@ -14,12 +14,7 @@ def tables(tmp_path_factory):
 
 
 def _cfg(tables, task, out, epochs, **model):
-    return {"data": {"cp": tables["cp"], "moa": "Metadata_moa", "batch_size": 64,
-                     **({"labels": tables["labels"], "label_compound_column": "compound"} if task == "fnn" else {})},
-            "model": {"cp_hidden": [64, 64], "embed_dim": 32, "proj_dim": 16, "fnn_hidden": [64, 64], **model},
-            "optim": {"lr": 1e-3},
-            "train": {"task": task, "out": str(out), "epochs": epochs, "device": "cpu", "threads": 1},
-            "eval": {"map_null_size": 0}}
+    return synthetic_config(tables, task, out, epochs=epochs, **model)
 
 
 def test_simclr_views_loss_falls(tables, tmp_path):

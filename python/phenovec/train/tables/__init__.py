@@ -12,8 +12,8 @@ from phenovec.lazy_exports import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(["TABLE_TASKS", "TABLE_COMMENTS", "default_table_config", "load_table_config"], "config"),
     **dict.fromkeys(["PairingError", "PairingReport", "pair_tables", "single_table", "split_rows"], "pairing"),
-    **dict.fromkeys(["SyntheticPairs", "synthetic_paired", "synthetic_assay_labels", "write_synthetic_tables"],
-                   "synthetic"),
+    **dict.fromkeys(["SyntheticPairs", "synthetic_assay_labels", "synthetic_config", "synthetic_paired",
+                     "write_synthetic_tables"], "synthetic"),
     **dict.fromkeys(["TableTrainResult", "prepare_table_data", "train_tables"], "loop"),
     **dict.fromkeys(["TableExportReport", "export_table_model"], "export"),
     **dict.fromkeys(["embed_table"], "inference"),

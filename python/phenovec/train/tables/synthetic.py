@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["SyntheticPairs", "synthetic_assay_labels", "synthetic_paired", "write_synthetic_tables"]
+__all__ = ["SyntheticPairs", "synthetic_assay_labels", "synthetic_config", "synthetic_paired",
+           "write_synthetic_tables"]
 
 _RINGS = ("c1ccccc1", "c1ccncc1", "C1CCCCC1", "c1ccc2ccccc2c1", "C1CCNCC1", "c1ccsc1", "c1ccoc1", "C1CCOC1",
           "n1ccncc1", "c1ccc2[nH]ccc2c1", "C1CC1", "c1nc[nH]c1")
@@ -121,3 +122,20 @@ def write_synthetic_tables(folder, *, n_tasks: int = 0, seed: int = 0, **kwargs)
         paths["labels"] = str(folder / "labels.csv")
         synthetic_assay_labels(data, n_tasks=n_tasks, seed=seed).to_csv(paths["labels"], index=False)
     return paths
+
+
+def synthetic_config(paths: dict, task: str, out, *, epochs: int = 20, batch_size: int = 64, width: int = 64,
+                     embed_dim: int = 32, proj_dim: int = 16, lr: float = 1e-3, threads: int | None = 1,
+                     map_null_size: int = 0, **model) -> dict:
+    """A table-trainer configuration for the tables of :func:`write_synthetic_tables` with small networks (every
+    hidden width ``width``, two layers for the encoders, one for the BAE parts); ``model`` overrides model keys."""
+    data = {"cp": paths["cp"], "moa": "Metadata_moa", "replicate": "Metadata_replicate", "batch_size": batch_size}
+    if task in ("clip", "bae"):
+        data["tx"] = paths["tx"]
+    if task == "fnn":
+        data.update(labels=paths["labels"], label_compound_column="compound", min_per_class=1)
+    nets = {"cp_hidden": [width, width], "tx_hidden": [width, width], "embed_dim": embed_dim, "proj_dim": proj_dim,
+            "bae_encoder": [width], "bae_cp_decoder": [width], "bae_tx_decoder": [width], "fnn_hidden": [width, width]}
+    return {"data": data, "model": {**nets, **model}, "optim": {"lr": lr},
+            "train": {"task": task, "out": str(out), "epochs": epochs, "device": "cpu", "threads": threads},
+            "eval": {"map_null_size": map_null_size}}
