@@ -9,9 +9,10 @@ A complete configuration with every default (``phenovec train --print-config`` p
       val_fraction: 0.2         # of each label's groups, at least one group when the label has two or more
       holdout_plates: []        # Metadata_Plate values kept out of train and validation (the test split)
       split: plates             # plates (val_fraction of each label's groups; holdout_plates) | well_holdout |
-                                # compound_holdout (MOAProfiler's, phenovec.train.moa_splits; label = the MOA)
-      compound_column: null     # the compound of each cell, for split: compound_holdout
-      split_fractions: [0.6, 0.1, 0.3]   # train / val / test wells per MOA, for split: well_holdout
+                                # compound_holdout (MOAProfiler's, phenovec.train.moa_splits; label = the MOA) |
+                                # compound (GapNet's: split_fractions of the compounds, phenovec.train.compound_folds)
+      compound_column: null     # the compound of each cell, for split: compound_holdout / compound
+      split_fractions: [0.6, 0.1, 0.3]   # train / val / test wells per MOA (well_holdout) or compounds (compound)
       min_test_plates: 7        # well_holdout: spread each MOA's test wells over at least this many plates
       train_fraction: 0.7       # compound_holdout: train share of the other wells (the rest validate)
       exclude_edge: [dropped, invalid]  # cells without a usable crop never train; add "padded" to drop them too
@@ -80,7 +81,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
         "split_by": (["Metadata_Plate", "Metadata_Well"], (list, str), None),
         "val_fraction": (0.2, (float, int), (0.0, 0.9)),
         "holdout_plates": ([], (list,), None),
-        "split": ("plates", (str,), ("plates", "well_holdout", "compound_holdout")),
+        "split": ("plates", (str,), ("plates", "well_holdout", "compound_holdout", "compound")),
         "compound_column": (None, (str, _NONE), None),
         "split_fractions": ([0.6, 0.1, 0.3], (list,), None),
         "min_test_plates": (7, (int,), (0, 100000)),
@@ -171,8 +172,8 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
     if d["split"] != "plates" and d["holdout_plates"]:
         raise ConfigError(f"{source}: data.holdout_plates is for data.split: plates; {d['split']} makes its own "
                           "test set")
-    if d["split"] == "compound_holdout" and d["compound_column"] is None:
-        raise ConfigError(f"{source}: data.split: compound_holdout needs data.compound_column (the compound of "
+    if d["split"] in ("compound_holdout", "compound") and d["compound_column"] is None:
+        raise ConfigError(f"{source}: data.split: {d['split']} needs data.compound_column (the compound of "
                           "each cell)")
     fr = d["split_fractions"]
     if len(fr) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in fr) \

@@ -90,7 +90,9 @@ def open_crops(path, exclude_edge=("dropped", "invalid")) -> CropSet:
 def split_cells(cells: pd.DataFrame, data: dict, seed: int = 0) -> pd.Series:
     """The split name per cell for a checked ``data`` configuration section: ``split: plates`` is
     :func:`make_splits`; ``well_holdout`` / ``compound_holdout`` are MOAProfiler's (:mod:`phenovec.train.moa_splits`,
-    ``data.label`` being the MOA, ``data.split_by`` the well). Their input errors become :class:`DataError`."""
+    ``data.label`` being the MOA, ``data.split_by`` the well); ``compound`` is GapNet's (``split_fractions`` of the
+    distinct values of ``compound_column`` to train / val / test, every cell of a compound in one split,
+    :func:`phenovec.train.compound_folds.compound_split_table`). Their input errors become :class:`DataError`."""
     kind = data.get("split", "plates")
     if kind == "plates":
         return make_splits(cells, data["label"], data["split_by"], data["val_fraction"], data["holdout_plates"], seed)
@@ -105,9 +107,13 @@ def split_cells(cells: pd.DataFrame, data: dict, seed: int = 0) -> pd.Series:
             return moa_splits.compound_holdout_split(
                 cells, moa_col=data["label"], compound_col=data["compound_column"], well_cols=tuple(data["split_by"]),
                 seed=seed, train_fraction=data["train_fraction"])
+        if kind == "compound":
+            from phenovec.train.compound_folds import compound_split_table
+
+            return compound_split_table(cells, data["compound_column"], tuple(data["split_fractions"]), seed=seed)
     except ValueError as e:
         raise DataError(f"data.split {kind}: {e}") from None
-    raise ValueError(f"data.split must be plates, well_holdout or compound_holdout, got {kind!r}")
+    raise ValueError(f"data.split must be plates, well_holdout, compound_holdout or compound, got {kind!r}")
 
 
 def make_splits(cells: pd.DataFrame, label: str, split_by, val_fraction: float, holdout_plates=(),
