@@ -391,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     Dask, scikit-learn, SciPy or Zarr)."""
     from phenovec import __version__
     from phenovec.activity.command import add_activity_parser
+    from phenovec.evaluate.assay_command import add_assay_parsers
     from phenovec.export.command import add_export_parser
     from phenovec.ingest.command import add_crop_parser, add_illum_parser, add_synth_parser, add_tiles_parser
     from phenovec.pipeline import add_run_parsers
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cytominer_family(metrics)
     _add_replicate_stats(metrics)
     _add_moaprofiler(metrics)
+    add_assay_parsers(metrics)
     add_process_parser(stages)
     for add in (add_synth_parser, add_illum_parser, add_crop_parser, add_tiles_parser, add_train_parser,
                 add_export_parser, add_profile_parser, add_report_parser, add_activity_parser, add_run_parsers):
