@@ -72,3 +72,34 @@ def test_fnn_labels_for_no_profiled_compound_is_an_error(tables, tmp_path):
     with pytest.raises(PairingError, match=r"labels.csv: no compound of the label file is in .*cp.parquet"):
         train_tables(cfg)
     assert not (tmp_path / "fnn_bad").exists()
+
+
+def test_fnn_on_real_lincs_profiles_and_gapnet_labels(lincs_plate, tmp_path):
+    """The profile path on real data: the LINCS plate's 15 compounds with GapNet labels (+1 / -1 / 0 coding, by
+    InChIKey14): labels reach the right wells, a task without both classes in training is dropped with a warning,
+    training runs and the held-out compounds are scored."""
+    from conftest import shared
+
+    labels = shared("hti-cnn-chembl-assay-labels", "overlap_lincs_SQ00015054_labels.csv")
+    cp = lincs_plate[lincs_plate["Metadata_InChIKey14"].notna()].reset_index(drop=True)
+    path = tmp_path / "lincs.parquet"
+    cp.to_parquet(path)
+    cfg = {"data": {"cp": str(path), "keys": ["Metadata_InChIKey14", "Metadata_mmoles_per_liter"],
+                    "labels": str(labels), "label_compound_column": "InChIKey14", "label_coding": "signed",
+                    "min_per_class": 1, "batch_size": 32},
+           "model": {"fnn_hidden": [32, 32]}, "optim": {"lr": 1e-3},
+           "train": {"task": "fnn", "out": str(tmp_path / "out"), "epochs": 3, "device": "cpu", "threads": 1}}
+    with pytest.warns(UserWarning, match=r"task\(s\) with fewer than data.min_per_class = 1 training actives"):
+        r = train_tables(cfg)
+    from phenovec.train.tables.loop import prepare_table_data
+    from phenovec.train.tables.config import load_table_config
+
+    with pytest.warns(UserWarning):
+        d = prepare_table_data(load_table_config(cfg))
+    import pandas as pd
+
+    ids = pd.read_csv(labels)["InChIKey14"]
+    assert d.meta["Metadata_InChIKey14"].isin(ids).sum() == 96  # the 15 labelled compounds' wells
+    measured = ~np.isnan(d.labels).all(axis=1)
+    assert 10 <= d.meta.loc[measured, "Metadata_InChIKey14"].nunique() <= 15 and 0 < len(d.tasks) < 106
+    assert np.isfinite(r.metrics["train_loss"]).all() and r.evaluation["tasks"] == len(d.tasks)
