@@ -1,0 +1,68 @@
+"""Integration metrics against scib-metrics 0.5.10 itself (PCR, isolated labels, k-means and Leiden NMI / ARI)."""
+import numpy as np
+import pytest
+import scib_metrics as scib
+
+import phenovec.evaluate.integration as pi
+from integration_data import scib_neighbors, synthetic_with_graph
+
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_with_graph(15)
+
+
+def test_pcr(data):
+    from scib_metrics.utils import principal_component_regression as scib_pcr
+
+    X, _, batches, _ = data
+    rng = np.random.default_rng(1)
+    cont = rng.normal(size=len(X)) + X[:, 0]
+    for kwargs, cov in (({"categorical": True}, batches), ({}, cont), ({"categorical": True, "n_components": 4}, batches)):
+        ours = pi.principal_component_regression(X, cov, **kwargs)
+        ref = scib_pcr(X, cov, **kwargs)
+        assert abs(ours - ref) < 1e-6 * max(1, abs(ref)), kwargs
+    post = X - np.array([X[batches == b].mean(axis=0) for b in batches]) * 0.7
+    assert abs(pi.pcr_comparison(X, post, batches, categorical=True)
+               - scib.pcr_comparison(X, post, batches, categorical=True)) < 1e-6
+
+
+def test_isolated_labels(data):
+    X, labels, batches, _ = data
+    lab = labels.copy()
+    lab[batches == "plate2"] = np.where(lab[batches == "plate2"] == "moa4", "moa0", lab[batches == "plate2"])
+    # moa4 now lives in 2 plates, the others in 3: it is the isolated label
+    assert abs(pi.isolated_labels(X, lab, batches) - scib.isolated_labels(X, lab, batches)) < 1e-6
+    assert abs(pi.isolated_labels(X, lab, batches, iso_threshold=3)
+               - scib.isolated_labels(X, lab, batches, iso_threshold=3)) < 1e-6
+
+
+def test_kmeans_nmi_ari_with_scibs_own_seeding(data):
+    import jax
+    from scib_metrics.utils import _kmeans
+
+    X, labels, _, _ = data
+    X32 = X.astype(np.float32)
+    k = len(np.unique(labels))
+    km = _kmeans.KMeans(k)
+    key = jax.random.split(km.seed, 1)[0]  # the key scib's fit() draws its one initialisation from
+    mean = X32.mean(axis=0)
+    init = np.asarray(_kmeans._initialize_plus_plus(X32 - mean, k, key)) + mean
+    ref = scib.nmi_ari_cluster_labels_kmeans(X32, labels)
+    ours = pi.nmi_ari_cluster_labels_kmeans(X32, labels, init=init)
+    assert ours == pytest.approx(ref, abs=1e-12)
+    np.testing.assert_array_equal(pi.KMeans(k, init=init).fit(X32).labels_, km.fit(X32.copy()).labels_)
+    # phenovec's own seeding (NumPy's generator) is deterministic and finds the same well-separated structure
+    a = pi.nmi_ari_cluster_labels_kmeans(X, labels, seed=3)
+    assert a == pi.nmi_ari_cluster_labels_kmeans(X, labels, seed=3)
+    assert a["nmi"] > 0.5 and a["ari"] > 0.3
+
+
+def test_leiden(data):
+    _, labels, _, g = data
+    g15 = g.subset_neighbors(15)
+    for res in (0.4, 1.0):
+        assert pi.nmi_ari_cluster_labels_leiden(g15, labels, optimize_resolution=False, resolution=res) == pytest.approx(
+            scib.nmi_ari_cluster_labels_leiden(scib_neighbors(g15), labels, optimize_resolution=False,
+                                               resolution=res), abs=1e-12)

@@ -1,0 +1,47 @@
+"""kBET against scib-metrics 0.5.10, its diffusion-space neighbours replaced by the same exact kNN."""
+import numpy as np
+import pytest
+import scib_metrics as scib
+
+import phenovec.evaluate.integration as pi
+from integration_data import scib_neighbors, synthetic
+
+
+
+@pytest.fixture
+def exact_diffusion_neighbours(monkeypatch):
+    import scib_metrics.utils._diffusion_nn as dn
+
+    def exact(X, n_neighbors, **kwargs):
+        return scib_neighbors(pi.knn_graph(X, n_neighbors))
+
+    monkeypatch.setattr(dn.nearest_neighbors, "pynndescent", exact)
+
+
+def test_kbet(exact_diffusion_neighbours):
+    X, labels, batches = synthetic(n=450, n_labels=3, batch_shift=0.8, seed=2)
+    g = pi.knn_graph(X, 50)
+    nn = scib_neighbors(g)
+    acc, stats, p = pi.kbet(g, batches)
+    ref = scib.kbet(nn, batches)
+    assert acc == ref[0]
+    np.testing.assert_allclose(stats, ref[1], rtol=1e-5)
+    np.testing.assert_allclose(p, ref[2], atol=1e-5)
+    ours, df = pi.kbet_per_label(g, batches, labels, return_df=True)
+    theirs, ref_df = scib.kbet_per_label(nn, batches, labels, return_df=True)
+    assert abs(ours - theirs) < 1e-12
+    np.testing.assert_allclose(df["kBET"], ref_df["kBET"], atol=1e-12)
+    assert 0 < ours < 1
+
+
+def test_kbet_skips_small_and_single_batch_labels(exact_diffusion_neighbours):
+    X, labels, batches = synthetic(n=300, n_labels=2, seed=4)
+    labels = labels.copy()
+    labels[:6] = "tiny"  # fewer than 10 rows: NaN, left out of the mean
+    batches = batches.copy()
+    batches[labels == "moa1"] = "plate0"  # one batch: NaN
+    g = pi.knn_graph(X, 50)
+    ours, df = pi.kbet_per_label(g, batches, labels, return_df=True)
+    theirs, ref_df = scib.kbet_per_label(scib_neighbors(g), batches, labels, return_df=True)
+    assert df["kBET"].isna().sum() == 2 and ref_df["kBET"].isna().sum() == 2
+    assert abs(ours - theirs) < 1e-12

@@ -1,0 +1,112 @@
+"""Integration metrics against scib-metrics 0.5.10 itself, on the same input and the same kNN graph."""
+import numpy as np
+import pytest
+import scib_metrics as scib
+import scipy.sparse as sp
+
+import phenovec.evaluate.integration as pi
+from integration_data import scib_neighbors, synthetic_with_graph
+
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_with_graph(90)
+
+
+def test_knn_graph_is_exact_with_self_first(data):
+    from sklearn.neighbors import NearestNeighbors
+
+    X, _, _, g = data
+    d, i = NearestNeighbors(n_neighbors=90, algorithm="brute").fit(X).kneighbors(X)
+    assert (g.indices[:, 0] == np.arange(len(X))).all() and (g.distances[:, 0] == 0).all()
+    np.testing.assert_array_equal(g.indices, i)
+    np.testing.assert_allclose(g.distances, d, atol=1e-9)
+    g32 = pi.knn_graph(X.astype(np.float32), 90)
+    np.testing.assert_array_equal(g32.indices, i)
+
+
+def test_knn_graph_ties_and_errors():
+    X = np.array([[0.0, 0], [1, 0], [0, 0], [-1, 0], [0, 3]])
+    g = pi.knn_graph(X, 3)
+    # row 0: itself, then its duplicate (row 2), then the tie of rows 1 and 3 broken by row number
+    assert g.indices[0].tolist() == [0, 2, 1] and g.indices[2].tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match="exceeds the number of rows"):
+        pi.knn_graph(X, 6)
+    with pytest.raises(ValueError, match="row 1"):
+        pi.knn_graph(np.array([[0.0], [np.nan], [1.0]]), 2)
+
+
+def test_connectivities_equal_umap(data):
+    from umap.umap_ import fuzzy_simplicial_set
+
+    X, _, _, g = data
+    g50 = g.subset_neighbors(50)
+    ref = fuzzy_simplicial_set(sp.coo_matrix(([], ([], [])), shape=(len(X), 1)), n_neighbors=50, random_state=None,
+                               metric=None, knn_indices=g50.indices, knn_dists=g50.distances,
+                               set_op_mix_ratio=1.0, local_connectivity=1.0)[0]
+    assert abs(ref - g50.knn_graph_connectivities).max() == 0
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_silhouettes(data, metric):
+    X, labels, batches, _ = data
+    assert abs(pi.silhouette_label(X, labels, metric=metric) - scib.silhouette_label(X, labels, metric=metric)) < 1e-6
+    for between in (("nearest", "mean_other", "furthest") if metric == "euclidean" else ("nearest",)):
+        ours = pi.silhouette_batch(X, labels, batches, metric=metric, between_cluster_distances=between)
+        ref = scib.silhouette_batch(X, labels, batches, metric=metric, between_cluster_distances=between)
+        assert abs(ours - ref) < 1e-6, between
+    assert abs(pi.bras(X, labels, batches) - scib.bras(X, labels, batches)) < 1e-6
+
+
+def test_silhouette_samples_singletons_and_float32(data):
+    from scib_metrics.utils import silhouette_samples
+
+    X, labels, _, _ = data
+    lab = labels.astype(object)
+    lab[:2] = ["solo_a", "solo_b"]  # singleton classes score 0, as scib / scikit-learn
+    ours = pi.silhouette_samples(X, lab)
+    np.testing.assert_allclose(ours, silhouette_samples(X, lab), atol=1e-5)
+    assert ours[0] == 0 and ours[1] == 0
+    np.testing.assert_allclose(pi.silhouette_samples(X.astype(np.float32), lab), ours, atol=1e-5)
+
+
+def test_lisi(data):
+    _, labels, batches, g = data
+    nn = scib_neighbors(g)
+    assert abs(pi.ilisi_knn(g, batches) - scib.ilisi_knn(nn, batches)) < 1e-6
+    assert abs(pi.clisi_knn(g, labels) - scib.clisi_knn(nn, labels)) < 1e-6
+    assert abs(pi.ilisi_knn(g, batches, scale=False) - scib.ilisi_knn(nn, batches, scale=False)) < 1e-6
+    np.testing.assert_allclose(pi.lisi_knn(g, batches), scib.lisi_knn(nn, batches), rtol=1e-4)
+    g30 = g.subset_neighbors(30)
+    assert abs(pi.ilisi_knn(g30, batches, perplexity=7) - scib.ilisi_knn(scib_neighbors(g30), batches, perplexity=7)) < 1e-6
+
+
+def test_graph_connectivity(data):
+    _, labels, _, g = data
+    for k in (5, 15):
+        gk = g.subset_neighbors(k)
+        assert abs(pi.graph_connectivity(gk, labels) - scib.graph_connectivity(scib_neighbors(gk), labels)) < 1e-12
+
+
+def test_accepts_scib_neighbors_results(data):
+    _, _, batches, g = data
+    assert pi.ilisi_knn(scib_neighbors(g), batches) == pi.ilisi_knn(g, batches)
+
+
+def test_bad_annotations(data):
+    X, labels, batches, g = data
+    b = batches.astype(object)
+    b[7] = np.nan
+    with pytest.raises(ValueError, match="batches: missing value .* row 7"):
+        pi.ilisi_knn(g, b)
+    with pytest.raises(ValueError, match="batch: missing value .* row 7"):
+        pi.silhouette_batch(X, labels, b)
+    with pytest.raises(ValueError, match="at least 2 needed"):
+        pi.ilisi_knn(g, np.full(len(X), "plate0"))
+    lab = labels.astype(object)
+    lab[3] = None
+    with pytest.raises(ValueError, match="labels: missing value .* row 3"):
+        pi.silhouette_label(X, lab)
+    with pytest.raises(ValueError, match="labels: 599 values for 600 rows"):
+        pi.clisi_knn(g, labels[:-1])
