@@ -171,3 +171,20 @@ def test_errors_name_the_row_class_or_layer(planted, classifier, tmp_path):
     with pytest.raises(ValueError, match="outside the model's 2 outputs"):
         grad_cam(model, _crops(crops, [0]), target=5)
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_explain_gradcam_command(planted, classifier, tmp_path):
+    from phenovec.cli_options import Parser
+    from phenovec.train.gradcam_command import add_explain_parser
+
+    crops, _ = planted
+    parser = Parser(prog="phenovec")
+    add_explain_parser(parser.add_subparsers(dest="stage"))
+    args = parser.parse_args(["explain", "gradcam", str(classifier), "--crops", str(crops), "--query",
+                              "Metadata_Well == 'W01'", "--max-crops", "2", "--target", "1", "-o", str(tmp_path)])
+    summary = args.run(args)
+    assert summary["rows"] == [24, 25] and len(summary["pngs"]) == 2
+    assert set(pd.read_csv(tmp_path / "channel_share.csv")["target"]) == {"class square"}
+    with pytest.raises(ValueError, match="--rows or --query"):
+        args = parser.parse_args(["explain", "gradcam", str(classifier), "--crops", str(crops), "-o", str(tmp_path)])
+        args.run(args)

@@ -261,9 +261,12 @@ def gradcam_pngs(checkpoint, crops_path, rows: Sequence[int], out_dir, target=No
         reference = np.asarray(target, dtype=np.float32)
     elif classes:
         if isinstance(target, str):
-            if target not in classes:
+            if target in classes:
+                target = classes.index(target)
+            elif target.isdigit():  # a class index given as text (the CLI's --target 3)
+                target = int(target)
+            else:
                 raise ValueError(f"target {target!r} is not a class of {checkpoint} (classes: {', '.join(classes)})")
-            target = classes.index(target)
     elif isinstance(target, str):
         reference = _reference_of_label(model, crops, ck, target, rule, dtype_max)
     elif target is None:
