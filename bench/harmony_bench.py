@@ -1,0 +1,97 @@
+"""Harmony: phenovec.batch.run_harmony vs harmonypy 2.1.0, side by side in one process, same input, same seed.
+
+    python bench/harmony_bench.py --cells 10000 100000 --pcs 50 --repeats 3 --json bench_harmony.json
+
+Synthetic PCs: 12 cell states plus additive shifts from three batch variables (20 plates, 8 rows, 3 sources).
+Each repeat runs harmonypy then phenovec (order alternating between repeats), reports wall-clock medians, the
+ratio, and the result check: max |Z_corr difference| / max |Z_corr| and the objective trajectories. ``--ncores``
+is passed to both (0: each library's default; harmonypy 2.1.0 uses one thread per physical core, phenovec
+every Numba thread). Warm-up: one small phenovec run first (Numba compiles or loads its cache).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+
+
+def synthetic(n: int, d: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    meta = pd.DataFrame({
+        "Metadata_Plate": rng.integers(0, 20, n).astype(str),
+        "Metadata_Row": rng.integers(0, 8, n).astype(str),
+        "Metadata_Source": rng.integers(0, 3, n).astype(str),
+    })
+    centers = rng.normal(size=(12, d)) * 3
+    x = centers[rng.integers(0, 12, n)] + rng.normal(size=(n, d))
+    for col, scale in (("Metadata_Plate", 1.0), ("Metadata_Row", 0.5), ("Metadata_Source", 2.0)):
+        codes = pd.factorize(meta[col])[0]
+        x += (rng.normal(size=(codes.max() + 1, d)) * scale)[codes]
+    return x, meta
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--pcs", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ncores", type=int, default=0)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    import harmonypy
+
+    from phenovec.batch.harmony import run_harmony
+
+    logging.getLogger("harmonypy").setLevel(logging.WARNING)
+    vars_use = ["Metadata_Plate", "Metadata_Row", "Metadata_Source"]
+    x, meta = synthetic(2000, args.pcs, seed=1)
+    run_harmony(x, meta, vars_use, ncores=args.ncores)  # warm-up (Numba compile / cache load)
+    out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                       "load_average": list(os.getloadavg())},
+           "pcs": args.pcs, "batch_variables": vars_use, "ncores": args.ncores, "runs": []}
+    for n in args.cells:
+        x, meta = synthetic(n, args.pcs)
+        times = {"harmonypy": [], "phenovec": []}
+        ref = ours = None
+        for rep in range(args.repeats):
+            order = ("harmonypy", "phenovec") if rep % 2 == 0 else ("phenovec", "harmonypy")
+            for who in order:
+                t = time.perf_counter()
+                if who == "harmonypy":
+                    ref = harmonypy.run_harmony(x, meta, vars_use, verbose=False, ncores=args.ncores)
+                else:
+                    ours = run_harmony(x, meta, vars_use, ncores=args.ncores)
+                times[who].append(time.perf_counter() - t)
+        zr, zo = ref.Z_corr, ours.Z_corr
+        hp, pv = statistics.median(times["harmonypy"]), statistics.median(times["phenovec"])
+        row = {
+            "cells": n,
+            "harmonypy_s": times["harmonypy"], "phenovec_s": times["phenovec"],
+            "harmonypy_median_s": hp, "phenovec_median_s": pv, "speedup": hp / pv,
+            "z_corr_max_rel_diff": float(np.abs(zr - zo).max() / np.abs(zr).max()),
+            "objective_harmony": {"harmonypy": list(map(float, ref.objective_harmony)),
+                                  "phenovec": ours.objective_harmony},
+            "iterations": {"harmonypy": len(ref.objective_harmony) - 1, "phenovec": len(ours.objective_harmony) - 1},
+            "load_average_after": list(os.getloadavg()),
+        }
+        out["runs"].append(row)
+        print(f"{n} cells x {args.pcs} PCs, 3 batch variables: harmonypy {hp:.2f} s, phenovec {pv:.2f} s, "
+              f"{hp / pv:.1f}x; Z_corr max rel diff {row['z_corr_max_rel_diff']:.2e}", flush=True)
+    if args.json:
+        from phenovec.io.atomic import atomic_path
+
+        with atomic_path(args.json) as tmp, open(tmp, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,838 @@
+"""Numba CPU kernels of Harmony (Korsunsky et al. 2019) with harmonypy 2.1.0's arithmetic.
+
+Loaded by path through ``phenovec.process.kernel_loader.load_kernel("harmony")`` and driven by
+``phenovec.batch.harmony`` (which holds the algorithm's steps and their order; this file holds the loops).
+
+harmonypy 2.1.0 (``src/harmony.cpp``) computes in float32 with a fixed summation order that does not depend on
+its thread count. These kernels keep that order where it decides the result bits:
+
+- the random stream: ``std::mt19937`` seeded with ``random_state`` (:func:`mt_seed`, :func:`mt_next`),
+  ``std::uniform_real_distribution<float>`` (one 32-bit word / 2**32), and libstdc++'s ``std::shuffle`` (GCC 14,
+  the compiler of the 2.1.0 wheel: two swap positions per word while ``N * N < 2**32``, Lemire's bounded integers);
+- the k-means initialisation (a random cell per cluster, then per cluster the cell minimising
+  ``-log(u) / |2 (1 - y.x)|``, then 10 Lloyd steps with Armadillo's distance order and tie-breaking);
+- the soft-assignment update, on one thread (its blocks depend on each other, and a parallel region per block
+  cost more than it saved on 2 busy cores: Numba divides a loop among its threads up front, so one descheduled
+  thread stalls the block) (blocks of ``N * block_size`` shuffled cells; O and E frozen within a block; each
+  block's cells grouped by batch in runs of at most 1024 cells, summed in float32 run by run; the softmax, its
+  sums, the objective terms accumulated in double per run);
+- the correction ``Z_corr = Z_orig - sum_k R_k M_k`` summed in float32 over clusters in order.
+
+The other loops run in parallel (Numba ``prange``). The dense products that only feed float64 sums (the ridge system's weighted sums) run in BLAS instead (see
+``phenovec.batch.harmony``). Every parallel loop writes per-task results that are combined in task order, so the
+results do not depend on the number of threads.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+CELLS_PER_TASK = 1024
+F0 = np.float32(0.0)
+F1 = np.float32(1.0)
+F2 = np.float32(2.0)
+F_TINY = np.float32(1e-10)
+F_2_32 = np.float32(4294967296.0)
+F_BELOW_1 = np.float32(np.nextafter(np.float32(1.0), np.float32(0.0)))
+F_INF = np.float32(np.inf)
+MASK32 = np.uint64(0xFFFFFFFF)
+
+# ------------------------------------------------------------------------------------------ std::mt19937
+
+
+@njit(cache=True)
+def mt_seed(seed):
+    """State of ``std::mt19937(seed)``: 624 words and the position (index 624), as uint64."""
+    mt = np.empty(625, np.uint64)
+    mt[0] = np.uint64(seed) & MASK32
+    for i in range(1, 624):
+        prev = mt[i - 1]
+        mt[i] = (np.uint64(1812433253) * (prev ^ (prev >> np.uint64(30))) + np.uint64(i)) & MASK32
+    mt[624] = 624
+    return mt
+
+
+@njit(cache=True)
+def _twist(mt):
+    for kk in range(624):
+        y = (mt[kk] & np.uint64(0x80000000)) | (mt[(kk + 1) % 624] & np.uint64(0x7FFFFFFF))
+        v = mt[(kk + 397) % 624] ^ (y >> np.uint64(1))
+        if y & np.uint64(1):
+            v ^= np.uint64(0x9908B0DF)
+        mt[kk] = v
+    mt[624] = 0
+
+
+@njit(cache=True)
+def mt_next(mt):
+    """The next 32-bit output of the generator (tempered), as uint64."""
+    if mt[624] >= 624:
+        _twist(mt)
+    i = mt[624]
+    y = mt[i]
+    mt[624] = i + 1
+    y ^= y >> np.uint64(11)
+    y ^= (y << np.uint64(7)) & np.uint64(0x9D2C5680)
+    y ^= (y << np.uint64(15)) & np.uint64(0xEFC60000)
+    y ^= y >> np.uint64(18)
+    return y & MASK32
+
+
+@njit(cache=True)
+def mt_uniform01(mt, out):
+    """``std::uniform_real_distribution<float>(0, 1)`` draws (libstdc++: one word / 2**32, below 1)."""
+    for j in range(out.shape[0]):
+        u = np.float32(mt_next(mt)) / F_2_32
+        if u >= F1:
+            u = F_BELOW_1
+        out[j] = u
+
+
+@njit(cache=True)
+def _bounded(mt, urange):
+    """libstdc++ ``uniform_int_distribution`` on [0, urange) from 32-bit words (Lemire's method, ``_S_nd``)."""
+    r = np.uint64(urange)
+    product = mt_next(mt) * r
+    low = product & MASK32
+    if low < r:
+        threshold = ((np.uint64(4294967296) - r) & MASK32) % r
+        while low < threshold:
+            product = mt_next(mt) * r
+            low = product & MASK32
+    return np.int64(product >> np.uint64(32))
+
+
+@njit(cache=True)
+def mt_shuffled_range(mt, n):
+    """``std::iota`` then libstdc++ 14 ``std::shuffle`` of 0..n-1 with the generator."""
+    a = np.arange(n)
+    if n == 0:
+        return a
+    if np.uint64(4294967295) // np.uint64(n) >= np.uint64(n):
+        i = 1
+        if n % 2 == 0:
+            j = _bounded(mt, 2)
+            t = a[i]
+            a[i] = a[j]
+            a[j] = t
+            i += 1
+        while i != n:
+            swap_range = i + 1
+            x = _bounded(mt, swap_range * (swap_range + 1))
+            p1 = x // (swap_range + 1)
+            p2 = x % (swap_range + 1)
+            t = a[i]
+            a[i] = a[p1]
+            a[p1] = t
+            i += 1
+            t = a[i]
+            a[i] = a[p2]
+            a[p2] = t
+            i += 1
+        return a
+    for i in range(1, n):
+        j = _bounded(mt, i + 1)
+        t = a[i]
+        a[i] = a[j]
+        a[j] = t
+    return a
+
+
+# ------------------------------------------------------------------------------------------ small helpers
+
+
+@njit(cache=True, inline="always")
+def _term(a, b, i, n):
+    return a[i] * b[i] if i < n else F0  # adding a zero product leaves a partial sum unchanged
+
+
+@njit(cache=True, inline="always")
+def _dot8(a, b, n):
+    """float32 dot product in eight partial sums combined in a fixed order (harmonypy's ``dot``)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F0
+    for i in range(0, n, 8):
+        s0 += _term(a, b, i, n)
+        s1 += _term(a, b, i + 1, n)
+        s2 += _term(a, b, i + 2, n)
+        s3 += _term(a, b, i + 3, n)
+        s4 += _term(a, b, i + 4, n)
+        s5 += _term(a, b, i + 5, n)
+        s6 += _term(a, b, i + 6, n)
+        s7 += _term(a, b, i + 7, n)
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(cache=True, inline="always")
+def _accumulate(x, n):
+    """Sum of n float32 as ``arma::sum``: two interleaved partial sums."""
+    acc1 = F0
+    acc2 = F0
+    j = 1
+    while j < n:
+        acc1 += x[j - 1]
+        acc2 += x[j]
+        j += 2
+    if j - 1 < n:
+        acc1 += x[j - 1]
+    return acc1 + acc2
+
+
+@njit(cache=True, parallel=True)
+def normalise_rows(x):
+    """Scale each row to unit L2 norm in place (the norm summed in double, rounded to float32, as harmonypy's
+    ``scale_to_unit_length`` gives; zero rows stay zero)."""
+    n, d = x.shape
+    for j in prange(n):
+        row = x[j]
+        acc = 0.0
+        for a in range(d):
+            acc += np.float64(row[a]) * np.float64(row[a])
+        nrm = np.float32(math.sqrt(acc))
+        if nrm > F0:
+            for a in range(d):
+                row[a] = row[a] / nrm
+
+
+# ------------------------------------------------------------------------------------------ k-means init
+
+
+@njit(cache=True, parallel=True)
+def _init_probabilities(x, y, u, p, task_max):
+    n, d = x.shape
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    for t in prange(n_tasks):
+        j0 = t * CELLS_PER_TASK
+        j1 = min(n, j0 + CELLS_PER_TASK)
+        best = -F_INF
+        for j in range(j0, j1):
+            distance = abs((F1 - _dot8(y, x[j], d)) * F2)
+            p[j] = (-np.float32(math.log(u[j]))) / (distance + F_TINY)
+            if p[j] > best:
+                best = p[j]
+        task_max[t] = best
+
+
+@njit(cache=True)
+def _first_min(p):
+    best = 0
+    m = F_INF
+    for j in range(p.shape[0]):
+        if p[j] < m:
+            m = p[j]
+            best = j
+    return best
+
+
+@njit(cache=True)
+def _max(p):
+    m = -F_INF
+    for j in range(p.shape[0]):
+        if p[j] > m:
+            m = p[j]
+    return m
+
+
+@njit(cache=True)
+def kmeans_seed_cells(x, k, mt):
+    """harmonypy 2.1.0 ``kmeans_init`` before its Lloyd steps: the cells chosen as the k initial means."""
+    n, d = x.shape
+    first = np.empty(k, np.float32)
+    mt_uniform01(mt, first)
+    seeds = np.empty(k, np.int64)
+    for i in range(k):
+        v = first[i] * np.float32(n)  # float32 product, then std::round (half away from zero)
+        r = math.floor(np.float64(v))
+        if np.float64(v) - r >= 0.5:
+            r += 1.0
+        idx = np.int64(r)
+        if idx >= n:
+            idx = n - 1
+        seeds[i] = idx
+    u = np.empty(n, np.float32)
+    p = np.empty(n, np.float32)
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    task_max = np.empty(n_tasks, np.float32)
+    chosen = np.zeros(n, np.bool_)
+    cells = np.empty(k, np.int64)
+    for i in range(k):
+        mt_uniform01(mt, u)
+        _init_probabilities(x, x[seeds[i]], u, p, task_max)
+        max_prob = -F_INF
+        for t in range(n_tasks):
+            if task_max[t] > max_prob:
+                max_prob = task_max[t]
+        for c in range(i):
+            p[cells[c]] = max_prob
+        best = _first_min(p)
+        while chosen[best]:
+            p[best] = _max(p)
+            best = _first_min(p)
+        chosen[best] = True
+        cells[i] = best
+    return cells
+
+
+@njit(cache=True, parallel=True)
+def nearest_candidates(g, msq, tol, assignment, unsure):
+    """From ``g = x @ means.T`` (float32 BLAS) and the means' squared norms: each cell's nearest mean by
+    ``|m|^2 - 2 x.m``, and whether the runner-up is within ``tol`` (then the exact order must decide)."""
+    n, k = g.shape
+    for j in prange(n):
+        gj = g[j]
+        best = 0
+        b1 = np.inf
+        b2 = np.inf
+        for q in range(k):
+            v = np.float64(msq[q]) - 2.0 * np.float64(gj[q])
+            if v < b1:
+                b2 = b1
+                b1 = v
+                best = q
+            elif v < b2:
+                b2 = v
+        assignment[j] = best
+        unsure[j] = (b2 - b1) <= tol
+
+
+@njit(cache=True, parallel=True)
+def assign_nearest_exact(x, means, cells, assignment):
+    """Armadillo's nearest mean (squared distance summed as harmonypy's ``kmeans_lloyd_step``: even dimensions
+    in one float32 sum, odd in another; first mean on ties) for the cells ``cells``."""
+    d = x.shape[1]
+    k = means.shape[0]
+    means_t = np.ascontiguousarray(means.T)  # d x k
+    n = cells.shape[0]
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    for t in prange(n_tasks):
+        j0 = t * CELLS_PER_TASK
+        j1 = min(n, j0 + CELLS_PER_TASK)
+        acc1 = np.empty(k, np.float32)
+        acc2 = np.empty(k, np.float32)
+        for i in range(j0, j1):
+            j = cells[i]
+            xj = x[j]
+            for g in range(k):
+                acc1[g] = F0
+                acc2[g] = F0
+            a = 0
+            b = 1
+            while b < d:
+                xa = xj[a]
+                xb = xj[b]
+                ma = means_t[a]
+                mb = means_t[b]
+                for g in range(k):
+                    ta = xa - ma[g]
+                    tb = xb - mb[g]
+                    acc1[g] += ta * ta
+                    acc2[g] += tb * tb
+                a += 2
+                b += 2
+            if a < d:
+                xa = xj[a]
+                ma = means_t[a]
+                for g in range(k):
+                    ta = xa - ma[g]
+                    acc1[g] += ta * ta
+            best = 0
+            m = F_INF
+            for g in range(k):
+                dist = acc1[g] + acc2[g]
+                if dist < m:
+                    m = dist
+                    best = g
+            assignment[j] = best
+
+
+@njit(cache=True)
+def _group_by_key(key, n_keys):
+    n = key.shape[0]
+    offsets = np.zeros(n_keys + 1, np.int64)
+    for j in range(n):
+        offsets[key[j] + 1] += 1
+    for g in range(n_keys):
+        offsets[g + 1] += offsets[g]
+    nxt = offsets[:-1].copy()
+    cells = np.empty(n, np.int64)
+    for j in range(n):
+        cells[nxt[key[j]]] = j
+        nxt[key[j]] += 1
+    return offsets, cells
+
+
+@njit(cache=True, parallel=True)
+def _sum_groups(x, offsets, cells, sums):
+    """sums[g] = float32 sum of x[cells[i]] over group g's positions, in order."""
+    n_groups = offsets.shape[0] - 1
+    d = x.shape[1]
+    for g in prange(n_groups):
+        acc = np.zeros(d, np.float32)
+        for i in range(offsets[g], offsets[g + 1]):
+            row = x[cells[i]]
+            for a in range(d):
+                acc[a] += row[a]
+        sums[g] = acc
+
+
+@njit(cache=True)
+def lloyd_update(means, x, assignment):
+    """The update half of one ``arma::kmeans(keep_existing, 1 iteration)`` step as harmonypy 2.1.0 runs it, given
+    each cell's nearest mean; returns (new means, status): status 0 ok, 1 failed (Armadillo's failure: the caller
+    stops), 2 an empty cluster needed a random cell (Armadillo's ``randi``, which phenovec cannot reproduce: the
+    last cell is taken)."""
+    n, d = x.shape
+    k = means.shape[0]
+    offsets, cells = _group_by_key(assignment, k)
+    sums = np.empty((k, d), np.float32)
+    _sum_groups(x, offsets, cells, sums)
+    new = np.empty((k, d), np.float32)
+    counts = np.empty(k, np.int64)
+    last = np.zeros(k, np.int64)
+    status = 0
+    for g in range(k):
+        counts[g] = offsets[g + 1] - offsets[g]
+        if counts[g] > 0:
+            last[g] = cells[offsets[g + 1] - 1]
+        for a in range(d):
+            new[g, a] = sums[g, a] / np.float32(counts[g]) if counts[g] >= 1 else F0
+    n_dead = 0
+    for g in range(k):
+        if counts[g] == 0:
+            n_dead += 1
+    if n_dead:
+        live = np.empty(k, np.int64)
+        n_live = 0
+        for g in range(k - 1, -1, -1):
+            if counts[g] >= 2:
+                live[n_live] = g
+                n_live += 1
+        if n_live == 0:
+            return means, 1
+        used = 0
+        for g in range(k):
+            if counts[g] != 0:
+                continue
+            if used < n_live:
+                live_g = live[used]
+                used += 1
+                if live_g == g:
+                    return means, 1
+                proposed = last[live_g]
+            else:
+                proposed = n - 1
+                status = 2
+            new[g] = x[proposed]
+    for g in range(k):
+        for a in range(d):
+            if not np.isfinite(new[g, a]):
+                return means, 1
+    return new, status
+
+
+# ------------------------------------------------------------------------------------------ assignments
+
+
+@njit(cache=True, inline="always")
+def _softmax(x, k):
+    m = -F_INF
+    for i in range(k):
+        if x[i] > m:
+            m = x[i]
+    for i in range(k):
+        x[i] = np.float32(math.exp(x[i] - m))
+    total = _accumulate(x, k)
+    if not (np.isfinite(total) and total > F0):
+        return False
+    for i in range(k):
+        x[i] = x[i] / total
+    return True
+
+
+@njit(cache=True, parallel=True)
+def assign_without_diversity(x, y, sigma, dist, r):
+    """dist = 2 (1 - x.y) (summed over dimensions in order), R = softmax(-dist / sigma) per cell; returns the
+    number of cells whose normaliser was not finite and positive."""
+    n, d = x.shape
+    k = y.shape[0]
+    y_t = np.ascontiguousarray(y.T)
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    bad = np.zeros(n_tasks, np.int64)
+    for t in prange(n_tasks):
+        j0 = t * CELLS_PER_TASK
+        j1 = min(n, j0 + CELLS_PER_TASK)
+        for j in range(j0, j1):
+            xj = x[j]
+            dj = dist[j]
+            for g in range(k):
+                dj[g] = F0
+            for a in range(d):
+                xa = xj[a]
+                ya = y_t[a]
+                for g in range(k):
+                    dj[g] += xa * ya[g]
+            rj = r[j]
+            for g in range(k):
+                distance = F2 * (F1 - dj[g])
+                dj[g] = distance
+                rj[g] = (-distance) / sigma[g]
+            if not _softmax(rj, k):
+                bad[t] += 1
+    return bad.sum()
+
+
+@njit(cache=True)
+def _run_sums(r, cells, run_begin, run_end, first, last, out):
+    k = r.shape[1]
+    for q in range(first, last):
+        acc = np.zeros(k, np.float32)
+        for i in range(run_begin[q], run_end[q]):
+            row = r[cells[i]]
+            for g in range(k):
+                acc[g] += row[g]
+        out[q] = acc
+
+
+@njit(cache=True)
+def _runs_of(offsets, base, run_group, run_begin, run_end, n_runs, group_first):
+    """Append runs of at most CELLS_PER_TASK positions for each group g (positions base + offsets[g]..)."""
+    for g in range(offsets.shape[0] - 1):
+        start = base + offsets[g]
+        end = base + offsets[g + 1]
+        while start < end:
+            run_group[n_runs] = group_first + g
+            run_begin[n_runs] = start
+            run_end[n_runs] = min(end, start + CELLS_PER_TASK)
+            n_runs += 1
+            start += CELLS_PER_TASK
+    return n_runs
+
+
+@njit(cache=True)
+def batch_runs(cell_batches, cov_bounds, n_batches):
+    """Cells of each batch (index order, batches of all covariates in order) and runs of at most 1024 of them:
+    harmonypy's ``batch_groups``. Returns (cells, run_group, run_begin, run_end)."""
+    n, n_cov = cell_batches.shape
+    offsets = np.zeros(n_batches + 1, np.int64)
+    for j in range(n):
+        for c in range(n_cov):
+            offsets[cell_batches[j, c] + 1] += 1
+    for b in range(n_batches):
+        offsets[b + 1] += offsets[b]
+    nxt = offsets[:-1].copy()
+    cells = np.empty(n * n_cov, np.int64)
+    for j in range(n):
+        for c in range(n_cov):
+            b = cell_batches[j, c]
+            cells[nxt[b]] = j
+            nxt[b] += 1
+    max_runs = n * n_cov // CELLS_PER_TASK + n_batches + 1
+    run_group = np.empty(max_runs, np.int64)
+    run_begin = np.empty(max_runs, np.int64)
+    run_end = np.empty(max_runs, np.int64)
+    n_runs = _runs_of(offsets, 0, run_group, run_begin, run_end, 0, 0)
+    return cells, run_group[:n_runs], run_begin[:n_runs], run_end[:n_runs]
+
+
+@njit(cache=True, parallel=True)
+def rebuild_o_e(r, pr_b, cells, run_group, run_begin, run_end, o, e):
+    """E(b, k) = (sum of R over cells)(k) * Pr_b(b); O(b) = sum of R over batch b's cells (run by run)."""
+    n, k = r.shape
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    task_sums = np.empty((n_tasks, k), np.float32)
+    for t in prange(n_tasks):
+        acc = np.zeros(k, np.float32)
+        for j in range(t * CELLS_PER_TASK, min(n, (t + 1) * CELLS_PER_TASK)):
+            for g in range(k):
+                acc[g] += r[j, g]
+        task_sums[t] = acc
+    totals = np.zeros(k, np.float32)
+    for t in range(n_tasks):
+        for g in range(k):
+            totals[g] += task_sums[t, g]
+    for b in range(e.shape[0]):
+        for g in range(k):
+            e[b, g] = totals[g] * pr_b[b]
+    sums = np.empty((run_group.shape[0], k), np.float32)
+    _run_sums(r, cells, run_begin, run_end, 0, run_group.shape[0], sums)
+    o[:] = F0
+    for q in range(run_group.shape[0]):
+        for g in range(k):
+            o[run_group[q], g] += sums[q, g]
+
+
+@njit(cache=True, parallel=True)
+def init_objective_terms(r, dist, sigma):
+    """(sum R * dist, sum sigma * R log R) in double, per 1024-cell task then in task order."""
+    n, k = r.shape
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    errors = np.zeros(n_tasks)
+    entropies = np.zeros(n_tasks)
+    for t in prange(n_tasks):
+        error = 0.0
+        entropy = 0.0
+        for j in range(t * CELLS_PER_TASK, min(n, (t + 1) * CELLS_PER_TASK)):
+            for g in range(k):
+                rv = r[j, g]
+                error += np.float64(rv) * dist[j, g]
+                if rv > F0:
+                    entropy += np.float64(sigma[g]) * (rv * np.float32(math.log(rv)))
+        errors[t] = error
+        entropies[t] = entropy
+    error = 0.0
+    entropy = 0.0
+    for t in range(n_tasks):
+        error += errors[t]
+        entropy += entropies[t]
+    return error, entropy
+
+
+@njit(cache=True)
+def objective(error, entropy, o, e, theta, sigma, n):
+    """harmonypy's ``record_objective``: (objective, distance, entropy, cross-entropy terms) as float32."""
+    norm_const = np.float32(2000.0) / np.float32(n)
+    cross = 0.0
+    for b in range(o.shape[0]):
+        for g in range(o.shape[1]):
+            ev = e[b, g]
+            ov = o[b, g]
+            twice = F2 * ev
+            ratio = (ov + ev + F1) / (twice + F1)
+            term = np.float32(math.log(ratio))
+            term = term * theta[b]
+            term = term * sigma[g]
+            term = term * ov
+            cross += term
+    ef = np.float32(error)
+    nf = np.float32(entropy)
+    cf = np.float32(cross)
+    return (ef + nf + cf) * norm_const, ef * norm_const, nf * norm_const, cf * norm_const
+
+
+@njit(cache=True)
+def _log_diversity(o, e, theta, out):
+    for b in range(o.shape[0]):
+        w = theta[b]
+        for g in range(o.shape[1]):
+            twice = F2 * e[b, g]
+            log_expected = np.float32(math.log(twice + F1))
+            total = o[b, g] + e[b, g]
+            log_observed = np.float32(math.log(total + F1))
+            out[b, g] = (log_expected - log_observed) * w
+
+
+@njit(cache=True)
+def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
+              run_sums, run_error, run_entropy, run_flags):
+    k = r.shape[1]
+    n_cov = cell_batches.shape[1]
+    for q in range(n_lead):
+        lead = log_div[run_group[q]]
+        sums = np.zeros(k, np.float32)
+        error = 0.0
+        entropy = 0.0
+        flags = 0
+        for i in range(run_begin[q], run_end[q]):
+            j = cells[i]
+            dj = dist[j]
+            logits = r[j]
+            for g in range(k):
+                scaled = (-dj[g]) / sigma[g]
+                logits[g] = scaled + lead[g]
+            for c in range(1, n_cov):
+                div = log_div[cell_batches[j, c]]
+                for g in range(k):
+                    logits[g] = logits[g] + div[g]
+            m = -F_INF
+            for g in range(k):
+                if logits[g] > m:
+                    m = logits[g]
+            weighted = 0.0
+            weighted_shifted = 0.0
+            for g in range(k):
+                shifted = logits[g] - m
+                ex = np.float32(math.exp(shifted))
+                logits[g] = ex
+                w = np.float64(sigma[g]) * ex
+                weighted += w
+                weighted_shifted += w * shifted
+            total = _accumulate(logits, k)
+            if not (np.isfinite(total) and total > F0):
+                flags |= 1
+                continue
+            cell_error = 0.0
+            for g in range(k):
+                pv = logits[g] / total
+                logits[g] = pv
+                sums[g] += pv
+                cell_error += np.float64(pv) * dj[g]
+            column_sum = _accumulate(logits, k)
+            if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4):
+                flags |= 2
+            error += cell_error
+            entropy += (weighted_shifted - math.log(np.float64(total)) * weighted) / np.float64(total)
+        run_sums[q] = sums
+        run_error[q] = error
+        run_entropy[q] = entropy
+        run_flags[q] = flags
+
+
+@njit(cache=True)
+def _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, sign):
+    """Add (sign 1) or remove (sign -1) a block's run sums to O, run by run, and their total times Pr_b to E
+    (``x + (-y)`` is ``x - y`` in IEEE arithmetic, so both directions keep harmonypy's bits)."""
+    k = o.shape[1]
+    totals[:] = F0
+    for q in range(n_runs):
+        ob = o[run_group[q]]
+        for g in range(k):
+            ob[g] += sign * run_sums[q, g]
+        if q < n_lead:
+            for g in range(k):
+                totals[g] += run_sums[q, g]
+    for b in range(o.shape[0]):
+        for g in range(k):
+            moved = totals[g] * pr_b[b]
+            e[b, g] += sign * moved
+
+
+@njit(cache=True)
+def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, cov_bounds, n_blocks,
+                       cells_per_block):
+    """One pass of harmonypy 2.1.0 ``update_R`` over the shuffled cells ``order``: block by block, take the block
+    out of O and E, reassign its cells with the diversity penalty (O, E frozen), put them back.
+    Returns (error, entropy, flags) with the objective's terms summed in double."""
+    n = order.shape[0]
+    k = r.shape[1]
+    n_cov = cell_batches.shape[1]
+    n_batches = o.shape[0]
+    log_div = np.empty((n_batches, k), np.float32)
+    totals = np.empty(k, np.float32)
+    error = 0.0
+    entropy = 0.0
+    flags = 0
+    for blk in range(n_blocks):
+        idx_min = blk * cells_per_block
+        idx_max = (blk + 1) * cells_per_block - 1
+        if blk == n_blocks - 1:
+            idx_max = n - 1
+        if idx_min >= n:
+            break
+        m = idx_max - idx_min + 1
+        block = order[idx_min: idx_max + 1]
+        # group the block's cells by batch, once per covariate (stable), runs of <= 1024 cells
+        block_cells = np.empty(m * n_cov, np.int64)
+        max_runs = n_cov * (m // CELLS_PER_TASK + 1) + n_batches + 1
+        run_group = np.empty(max_runs, np.int64)
+        run_begin = np.empty(max_runs, np.int64)
+        run_end = np.empty(max_runs, np.int64)
+        n_runs = 0
+        n_lead = 0
+        for c in range(n_cov):
+            first = 0 if c == 0 else cov_bounds[c - 1]
+            last = cov_bounds[c]
+            counts = np.zeros(last - first + 1, np.int64)
+            for i in range(m):
+                counts[cell_batches[block[i], c] - first + 1] += 1
+            for b in range(last - first):
+                counts[b + 1] += counts[b]
+            nxt = counts[:-1].copy()
+            for i in range(m):
+                b = cell_batches[block[i], c] - first
+                block_cells[c * m + nxt[b]] = block[i]
+                nxt[b] += 1
+            n_runs = _runs_of(counts, c * m, run_group, run_begin, run_end, n_runs, first)
+            if c == 0:
+                n_lead = n_runs
+        run_sums = np.empty((n_runs, k), np.float32)
+        run_error = np.empty(n_lead)
+        run_entropy = np.empty(n_lead)
+        run_flags = np.empty(n_lead, np.int64)
+        # take the block out of O and E
+        _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
+        _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, -F1)
+        _log_diversity(o, e, theta, log_div)
+        _reassign(r, dist, sigma, log_div, cell_batches, block_cells, run_group, run_begin, run_end, n_lead,
+                  run_sums, run_error, run_entropy, run_flags)
+        for q in range(n_lead):
+            if run_flags[q] & 1:
+                return error, entropy, 1
+        # put the block back
+        _run_sums(r, block_cells, run_begin, run_end, n_lead, n_runs, run_sums)
+        _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, F1)
+        for q in range(n_lead):
+            error += run_error[q]
+            entropy += run_entropy[q]
+            flags |= run_flags[q]
+    return error, entropy, flags
+
+
+# ------------------------------------------------------------------------------------------ correction
+
+
+@njit(cache=True)
+def combination_order(cell_batches):
+    """Cells sorted (stably) by their tuple of batches, and where each new tuple starts."""
+    n, n_cov = cell_batches.shape
+    keys = np.zeros(n, np.int64)
+    for c in range(n_cov):
+        span = 0
+        for j in range(n):
+            if cell_batches[j, c] + 1 > span:
+                span = cell_batches[j, c] + 1
+        for j in range(n):
+            keys[j] = keys[j] * span + cell_batches[j, c]
+    return np.argsort(keys, kind="mergesort")
+
+
+@njit(cache=True, parallel=True)
+def apply_corrections(z_orig, r, m, used, cell_batches, by_combination, z_corr):
+    """z_corr[j] = z_orig[j] - sum_k r[j, k] * (sum over j's used batches b of m[b, k]), the batch sum in covariate
+    order and the cluster sum in cluster order (float32); cells with no used batch are copied."""
+    n, d = z_orig.shape
+    k = r.shape[1]
+    n_cov = cell_batches.shape[1]
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    for t in prange(n_tasks):
+        combined = np.zeros((k, d), np.float32)
+        total = np.zeros(d, np.float32)
+        have = False
+        corrected = False
+        prev = 0
+        for i in range(t * CELLS_PER_TASK, min(n, (t + 1) * CELLS_PER_TASK)):
+            j = by_combination[i]
+            same = have
+            if have:
+                for c in range(n_cov):
+                    if cell_batches[j, c] != cell_batches[prev, c]:
+                        same = False
+                        break
+            if not same:
+                have = True
+                prev = j
+                corrected = False
+                combined[:] = F0
+                for c in range(n_cov):
+                    b = cell_batches[j, c]
+                    if not used[b]:
+                        continue
+                    corrected = True
+                    for g in range(k):
+                        for a in range(d):
+                            combined[g, a] += m[b, g, a]
+            zj = z_orig[j]
+            out = z_corr[j]
+            if not corrected:
+                for a in range(d):
+                    out[a] = zj[a]
+                continue
+            total[:] = F0
+            rj = r[j]
+            for g in range(k):
+                rk = rj[g]
+                cg = combined[g]
+                for a in range(d):
+                    total[a] += cg[a] * rk
+            for a in range(d):
+                out[a] = zj[a] - total[a]

@@ -1,0 +1,15 @@
+"""Batch correction, beside the process steps it resembles: Harmony (harmonypy 2.1.0's numbers, faster), EFAAR's
+TVN (PCA on controls + per-batch CORAL) and the JUMP profiling recipe's corrections, each as a function on arrays
+and as a profile-table step (``phenovec.batch.steps``) with ``Metadata_*`` columns kept and a saved, re-appliable
+fit where the step has one.
+"""
+from __future__ import annotations
+
+from phenovec.lazy_exports import lazy_exports
+
+_EXPORTS = {
+    "run_harmony": "harmony", "Harmony": "harmony", "HarmonyWarning": "harmony",
+    "harmony_initial_centroids": "harmony",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,571 @@
+"""Harmony (Korsunsky et al. 2019, Nature Methods) as harmonypy 2.1.0 computes it, faster.
+
+:func:`run_harmony` is a drop-in for ``harmonypy.run_harmony`` (same arguments, same defaults, a result with
+``Z_corr`` (cells x PCs, float64), ``Z_orig``, ``Z_cos``, ``R`` (cells x clusters), ``Y`` (PCs x clusters),
+``K``, ``objective_harmony``, ``objective_kmeans``, ``kmeans_rounds`` and ``result()``), plus ``init_centroids``
+(start from given centroids instead of the k-means initialisation).
+
+Peer: harmonypy 2.1.0 (its C++ backend, ``src/harmony.cpp``, which follows R harmony 1.2 / "harmony2"). One
+Harmony iteration is
+
+1. clustering: cosine-normalise the corrected embedding, distances ``2 (1 - y.z)`` to the centroids, soft
+   assignments ``R = softmax(-dist / sigma)``, then ``max_iter_kmeans`` passes of the diversity-penalised update
+   over the cells in a random order, ``N * block_size`` cells at a time
+   (``R ~ exp(-dist / sigma) * prod_c ((2E + 1) / (O + E + 1)) ** theta`` for the cell's batch in each variable);
+2. correction: per cluster k, a ridge regression of the original embedding on the batch indicators weighted by
+   ``R_k`` (one row for the intercept, one per batch the cluster has more than ``batch_prop_cutoff`` of; the
+   penalty ``alpha * E`` (``lamb=None``) or ``lamb``), then ``Z_corr = Z_orig - sum_k R_k (M_k for the cell's
+   batches)`` and the centroids ``Y_k`` = the intercepts;
+
+until the objective ``(sum R dist + sum sigma R log R + cross-entropy) * 2000 / N`` falls by less than
+``epsilon_harmony`` (relative). The initial centroids are harmonypy's: a random cell per cluster, then per
+cluster the cell minimising ``-log(u) / |2 (1 - y.z)|`` (u uniform), then 10 Lloyd steps.
+
+Equality with the peer: the same float32 arithmetic and summation order in every step that is not a float64 sum
+(``kernels/harmony.py``), the same random stream (``std::mt19937(random_state)``, libstdc++'s shuffle), so the
+same initial centroids and cell orders. The ridge sums are float64 BLAS products here (harmonypy: float64 loops),
+which changes their last bits only. Tests run harmonypy 2.1.0 itself and assert ``Z_corr`` to 1e-6 relative and
+the objective trajectory to 1e-5 relative. An empty k-means cluster that Armadillo refills with a random cell
+(``arma::randi``, not reproducible here) takes the last cell instead and warns.
+
+phenovec's policies (stricter than harmonypy, which accepts them): a batch with one cell, a missing batch label,
+more clusters than cells and non-finite coordinates are ``ValueError`` naming the variable, batch, row or column.
+
+Speed: BLAS for the ridge sums, Numba-parallel float32 loops for the rest (``numba.set_num_threads(ncores)``
+while running). Measured side by side with harmonypy 2.1.0 in ``bench/harmony_bench.py``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from contextlib import contextmanager
+from typing import Any, Sequence
+
+import numpy as np
+
+from phenovec.process.kernel_loader import load_kernel
+
+logger = logging.getLogger("phenovec.batch.harmony")
+
+_F32 = np.float32
+#: squared-distance gap below which a cell's nearest k-means centroid is decided in harmonypy's exact float32 order
+#: (float32 BLAS errs by ~1e-6 on unit vectors); cells farther apart get the same answer either way
+_NEAR_TIE = 1e-4
+
+
+class HarmonyWarning(UserWarning):
+    """A Harmony run is valid but departs from harmonypy (see the module docstring)."""
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def _label_codes(values, name: str) -> tuple[np.ndarray, list]:
+    """Codes of a batch variable in sorted-label order (harmonypy's ``_factorize``); missing labels raise."""
+    import pandas as pd
+
+    s = pd.Series(np.asarray(values, dtype=object) if not hasattr(values, "dtype") else values)
+    na = s.isna().to_numpy()
+    if na.any():
+        row = int(np.argmax(na))
+        label = s.index[row] if hasattr(values, "index") else row
+        raise ValueError(f"batch variable {name!r} is missing (NaN/None) in row {label!r}; label those rows or "
+                         "drop them before Harmony")
+    try:
+        codes, uniques = pd.factorize(s, sort=True)
+    except TypeError:
+        uniques, codes = np.unique(s.astype(str).to_numpy(), return_inverse=True)
+    return np.asarray(codes, dtype=np.int64), list(uniques)
+
+
+def _numbers(values, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(values)
+        if a.dtype.kind == "O":
+            a = a.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number or a sequence of numbers") from err
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a number or a sequence of numbers, not {a.dtype}")
+    if a.ndim > 1 and a.size == max(a.shape):
+        a = a.reshape(-1)
+    return a.astype(np.float32)
+
+
+def _per_batch(values, phi_n: np.ndarray, name: str, other: str | None = None) -> np.ndarray:
+    """One float32 per batch from one number, one per variable or one per batch (harmonypy's ``_per_batch``)."""
+    v = _numbers(values, name)
+    if v.ndim == 0:
+        return np.repeat(v, int(phi_n.sum()))
+    if v.ndim == 1 and len(v) == len(phi_n):
+        return np.repeat(v, phi_n)
+    if v.ndim == 1 and len(v) == int(phi_n.sum()):
+        return v
+    forms = ["one number", f"one per batch variable ({len(phi_n)})", f"one per batch ({int(phi_n.sum())})"]
+    forms += [other] if other else []
+    raise ValueError(f"{name} must be {', '.join(forms[:-1])}, or {forms[-1]}; got shape {v.shape}")
+
+
+def _column(meta_data, var: str):
+    try:
+        return meta_data[var]
+    except (KeyError, IndexError, ValueError):
+        cols = list(getattr(meta_data, "columns", getattr(meta_data, "keys", lambda: [])()))
+        raise KeyError(f"batch variable {var!r} is not a column of meta_data (columns: {cols[:10]})") from None
+
+
+# --------------------------------------------------------------------------------------------- result
+
+
+class Harmony:
+    """Result of :func:`run_harmony`, with harmonypy 2.1.0's attributes (cells in rows)."""
+
+    def __init__(self, state: dict):
+        self._s = state
+
+    @property
+    def Z_corr(self) -> np.ndarray:
+        """Corrected embedding (N x d, float64)."""
+        return self._s["z_corr"].astype(np.float64)
+
+    @property
+    def Z_orig(self) -> np.ndarray:
+        """Original embedding (N x d, float64 of the float32 input)."""
+        return self._s["z_orig"].astype(np.float64)
+
+    @property
+    def Z_cos(self) -> np.ndarray:
+        """Corrected embedding with each cell scaled to unit length (N x d)."""
+        z = self._s["z_corr"].copy()
+        load_kernel("harmony").normalise_rows(z)
+        return z.astype(np.float64)
+
+    @property
+    def R(self) -> np.ndarray:
+        """Soft cluster assignments (N x K)."""
+        return self._s["r"].astype(np.float64)
+
+    @property
+    def Y(self) -> np.ndarray:
+        """Centroids (d x K)."""
+        return self._s["y"].T.astype(np.float64)
+
+    @property
+    def K(self) -> int:
+        return int(self._s["y"].shape[0])
+
+    @property
+    def objective_harmony(self) -> list[float]:
+        return [float(v) for v in self._s["objective_harmony"]]
+
+    @property
+    def objective_kmeans(self) -> list[float]:
+        return [float(v) for v in self._s["objective_kmeans"]]
+
+    @property
+    def kmeans_rounds(self) -> list[int]:
+        return list(self._s["kmeans_rounds"])
+
+    @property
+    def initial_centroids(self) -> np.ndarray:
+        """The centroids the run started from (K x d, before their normalisation; phenovec addition)."""
+        return self._s["init_centroids"].astype(np.float64)
+
+    def result(self) -> np.ndarray:
+        return self.Z_corr
+
+
+# --------------------------------------------------------------------------------------------- the algorithm
+
+
+@contextmanager
+def _threads(ncores: int):
+    """Numba threads = ``ncores`` (0: all) and BLAS on one thread while Harmony runs: its BLAS products are many
+    small ones (one per combination of batches), which BLAS threads only slow down (measured 10-20x on 2 busy
+    cores)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    before = numba.get_num_threads()
+    limit = numba.config.NUMBA_NUM_THREADS
+    try:
+        numba.set_num_threads(max(1, min(int(ncores), limit)) if ncores and ncores > 0 else limit)
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int = 0) -> tuple[np.ndarray, Any]:
+    """harmonypy 2.1.0's k-means initialisation on the unit-length embedding ``z_cos`` (N x d float32):
+    returns ``(centroids K x d float32, generator state after it)``."""
+    kern = load_kernel("harmony")
+    mt = kern.mt_seed(np.int64(int(random_state) & 0xFFFFFFFF))
+    x = np.ascontiguousarray(z_cos, dtype=np.float32)
+    cells = kern.kmeans_seed_cells(x, int(nclust), mt)
+    y = x[cells].copy()
+    n = x.shape[0]
+    assignment = np.empty(n, np.int64)
+    unsure = np.empty(n, np.bool_)
+    for _ in range(10):
+        # nearest means by BLAS, then the exact float32 order for the cells whose runner-up is close
+        g = x @ y.T
+        kern.nearest_candidates(g, np.einsum("ij,ij->i", y, y, dtype=np.float64), _NEAR_TIE, assignment, unsure)
+        kern.assign_nearest_exact(x, y, np.flatnonzero(unsure), assignment)
+        new, status = kern.lloyd_update(y, x, assignment)
+        if status == 1:
+            raise ValueError("Harmony's k-means initialisation failed (every cluster but one is empty); "
+                             "use fewer clusters (nclust) or pass init_centroids")
+        if status == 2:
+            warnings.warn("an empty k-means cluster was refilled with the last cell (harmonypy picks a random cell "
+                          "with Armadillo's generator): results depart from harmonypy", HarmonyWarning, stacklevel=3)
+        y = new
+    return y, mt
+
+
+def run_harmony(
+    data_mat,
+    meta_data,
+    vars_use,
+    theta=None,
+    lamb=None,
+    sigma=0.1,
+    nclust=None,
+    tau=0,
+    block_size=0.05,
+    max_iter_harmony=10,
+    max_iter_kmeans=4,
+    epsilon_cluster=1e-3,
+    epsilon_harmony=1e-2,
+    alpha=0.2,
+    batch_prop_cutoff=1e-5,
+    verbose=False,
+    random_state=0,
+    ncores=0,
+    init_centroids=None,
+) -> Harmony:
+    """Harmony batch correction: harmonypy 2.1.0's ``run_harmony`` (same arguments and defaults, except
+    ``verbose=False``) with its numbers (module docstring).
+
+    ``data_mat``: cells x PCs (or PCs x cells) array or DataFrame (numeric columns); ``meta_data``: a DataFrame
+    (or mapping of columns) with the batch variables ``vars_use`` (one name or a list). ``theta`` / ``lamb``: one
+    number, one per variable or one per batch (levels in sorted order); ``lamb=None`` (or -1) estimates the
+    penalty as ``alpha * E``. ``ncores``: Numba threads (0: all). ``init_centroids``: K x d centroids to start from
+    (phenovec addition; the random stream is advanced past harmonypy's initialisation draws first, so passing
+    harmonypy's own initial centroids reproduces its run).
+    """
+    kern = load_kernel("harmony")
+    if hasattr(data_mat, "select_dtypes"):
+        data_mat = data_mat.select_dtypes(include=[np.number]).to_numpy()
+    elif hasattr(data_mat, "values") and not isinstance(data_mat, np.ndarray):
+        data_mat = data_mat.values
+    data = np.asarray(data_mat)
+    if data.ndim != 2:
+        raise ValueError(f"data_mat must be a 2-D matrix, got shape {data.shape}")
+    vars_use = [vars_use] if isinstance(vars_use, str) else list(vars_use)
+    if not vars_use:
+        raise ValueError("vars_use names no batch variable")
+    columns = [_column(meta_data, v) for v in vars_use]
+    n = len(columns[0])
+    if data.shape[0] == n:
+        z = data
+    elif data.shape[1] == n:
+        z = data.T
+    else:
+        raise ValueError(f"data_mat has shape {data.shape}, but meta_data has {n} cells. One dimension of data_mat "
+                         "must match the number of cells.")
+    z_orig = np.ascontiguousarray(z, dtype=np.float32)
+    bad = ~np.isfinite(z_orig)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"data_mat is not finite in row {int(r)}, column {int(c)} ({z[r, c]!r}); Harmony needs "
+                         "finite coordinates")
+    d = z_orig.shape[1]
+    if nclust is None:
+        nclust = int(min(round(n / 30.0), 100))
+    nclust = int(nclust)
+    if nclust < 1:
+        raise ValueError(f"nclust must be at least 1, got {nclust}")
+    if nclust > n:
+        raise ValueError(f"nclust = {nclust} clusters for {n} cells: Harmony needs at least as many cells as clusters")
+
+    cell_batches = np.empty((n, len(vars_use)), dtype=np.int64)
+    phi_n = np.empty(len(vars_use), dtype=np.int64)
+    offset = 0
+    labels = []
+    for c, (var, col) in enumerate(zip(vars_use, columns)):
+        codes, uniques = _label_codes(col, var)
+        if len(codes) != n:
+            raise ValueError(f"batch variable {var!r} has {len(codes)} values, {vars_use[0]!r} has {n}")
+        counts = np.bincount(codes, minlength=len(uniques))
+        if (counts < 2).any():
+            one = uniques[int(np.argmax(counts < 2))]
+            raise ValueError(f"batch variable {var!r}: batch {one!r} has {int(counts.min())} row; Harmony needs at "
+                             "least 2 rows per batch (merge or drop it)")
+        cell_batches[:, c] = codes + offset
+        phi_n[c] = len(uniques)
+        offset += len(uniques)
+        labels.append(uniques)
+    n_batches = int(phi_n.sum())
+    cov_bounds = np.cumsum(phi_n).astype(np.int64)
+
+    sigma_v = np.asarray(sigma, dtype=np.float64)
+    if sigma_v.ndim == 0:
+        sigma_v = np.repeat(sigma_v, nclust)
+    if sigma_v.shape != (nclust,):
+        raise ValueError(f"sigma must be one number or one per cluster ({nclust}), got shape {sigma_v.shape}")
+    theta_v = _per_batch(2.0 if theta is None else theta, phi_n, "theta")
+    lamb_v = None if lamb is None else _numbers(lamb, "lamb")
+    estimate = lamb_v is None or (lamb_v.size == 1 and lamb_v.reshape(-1)[0] == -1)
+    if not estimate:
+        if lamb_v.ndim != 1 or len(lamb_v) != n_batches + 1:
+            other = f"the intercept's penalty and then one per batch ({n_batches + 1})"
+            lamb_v = np.insert(_per_batch(lamb_v, phi_n, "lamb", other), 0, 0)
+        if not np.all(np.isfinite(lamb_v)) or np.any(lamb_v < 0):
+            raise ValueError("lamb must be finite and not negative")
+    elif not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError("alpha must be finite and not negative")
+    n_b = np.bincount(cell_batches.ravel(), minlength=n_batches).astype(np.float32)
+    pr_b = (n_b / n).astype(np.float32)
+    if tau > 0:
+        theta_v = theta_v * (1 - np.exp(-(n_b / (nclust * tau)) ** 2))
+    theta_v = theta_v.astype(np.float32)
+    sigma32 = sigma_v.astype(np.float32)
+    lamb32 = None if estimate else lamb_v.astype(np.float32)
+
+    with _threads(ncores):
+        state = _harmonize(
+            kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
+            float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
+            _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids, bool(verbose),
+        )
+    state["labels"] = labels
+    state["vars_use"] = vars_use
+    return Harmony(state)
+
+
+def _check(flags: int, stage: str) -> None:
+    if flags & 1:
+        raise FloatingPointError(f"Harmony numerical error during {stage}: assignment normalizers must be finite and "
+                                 "positive (sigma too small for the distances?)")
+    if flags & 2:
+        raise FloatingPointError(f"Harmony numerical error during {stage}: assignment columns must sum to one")
+
+
+def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta, lamb, alpha, nclust, block_size,
+               max_iter_harmony, max_iter_kmeans, eps_kmeans, eps_harmony, cutoff, random_state, init_centroids,
+               verbose):
+    n, d = z_orig.shape
+    k = nclust
+    n_batches = int(phi_n.sum())
+    z_corr = z_orig.copy()
+    kern.normalise_rows(z_corr)
+
+    if init_centroids is None:
+        y, mt = harmony_initial_centroids(z_corr, k, random_state)
+    else:
+        y = np.array(init_centroids, dtype=np.float32)
+        if y.shape != (k, d):
+            if y.shape == (d, k):
+                y = np.ascontiguousarray(y.T)
+            else:
+                raise ValueError(f"init_centroids must be nclust x d = {k} x {d}, got shape {y.shape}")
+        if not np.isfinite(y).all():
+            raise ValueError("init_centroids must be finite")
+        mt = kern.mt_seed(np.int64(random_state & 0xFFFFFFFF))
+        kern.mt_uniform01(mt, np.empty(k + k * n, np.float32))  # the draws harmonypy's initialisation makes
+    init = y.copy()
+    kern.normalise_rows(y)
+
+    dist = np.empty((n, k), np.float32)
+    r = np.empty((n, k), np.float32)
+    o = np.zeros((n_batches, k), np.float32)
+    e = np.zeros((n_batches, k), np.float32)
+    cells, run_group, run_begin, run_end = kern.batch_runs(cell_batches, cov_bounds, n_batches)
+
+    def assign(stage):
+        _check(int(kern.assign_without_diversity(z_corr, y, sigma, dist, r) > 0), stage)
+        kern.rebuild_o_e(r, pr_b, cells, run_group, run_begin, run_end, o, e)
+
+    assign("initialization")
+    err, ent = kern.init_objective_terms(r, dist, sigma)
+    obj_kmeans = [kern.objective(err, ent, o, e, theta, sigma, n)[0]]
+    obj_harmony = [obj_kmeans[-1]]
+    rounds = []
+
+    n_blocks = int(math.ceil(1.0 / float(np.float32(block_size))))
+    cells_per_block = max(1, int(np.float32(n) * np.float32(block_size)))
+    by_combination = kern.combination_order(cell_batches)
+    ridge = _Ridge(z_orig, cell_batches, by_combination, phi_n, lamb, alpha, cutoff)
+    window = 3
+    for it in range(1, max_iter_harmony + 1):
+        if verbose:
+            logger.info("Harmony iteration %d of %d", it, max_iter_harmony)
+        if len(obj_harmony) > 1:
+            kern.normalise_rows(z_corr)
+            assign("cluster initialization")
+        done = 0
+        for i in range(max_iter_kmeans):
+            order = kern.mt_shuffled_range(mt, n)
+            err, ent, flags = kern.update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches,
+                                                      cov_bounds, n_blocks, cells_per_block)
+            _check(int(flags), "assignment update")
+            obj_kmeans.append(kern.objective(err, ent, o, e, theta, sigma, n)[0])
+            done = i + 1
+            if i > window and _kmeans_converged(obj_kmeans, window, eps_kmeans):
+                break
+        rounds.append(done)
+        obj_harmony.append(obj_kmeans[-1])
+        m, used = ridge.solve(r, o, e, y)
+        kern.apply_corrections(z_orig, r, m, used, cell_batches, by_combination, z_corr)
+        kern.normalise_rows(y)
+        if _harmony_converged(obj_harmony[-2], obj_harmony[-1], eps_harmony):
+            if verbose:
+                logger.info("Harmony converged after %d iteration%s", it, "s" if it > 1 else "")
+            break
+    if not np.isfinite(z_corr).all():
+        raise FloatingPointError("Harmony numerical error: corrected coordinates must be finite")
+    return {"z_corr": z_corr, "z_orig": z_orig, "r": r, "y": y, "objective_harmony": obj_harmony,
+            "objective_kmeans": obj_kmeans, "kmeans_rounds": rounds, "init_centroids": init}
+
+
+def _kmeans_converged(obj: list, window: int, eps) -> bool:
+    if len(obj) <= window + 1:
+        return False
+    old = _F32(0)
+    new = _F32(0)
+    for i in range(window):
+        old = _F32(old + obj[-2 - i])
+        new = _F32(new + obj[-1 - i])
+    return bool(_F32(abs(_F32(old - new))) / _F32(abs(old)) < eps)
+
+
+def _harmony_converged(old, new, eps) -> bool:
+    old, new = _F32(old), _F32(new)
+    if not (np.isfinite(old) and np.isfinite(new) and np.isfinite(eps)):
+        return False
+    if old == 0:
+        return bool(new == 0)
+    delta = _F32(_F32(old - new) / _F32(abs(old)))
+    return bool(delta >= 0 and delta < eps)
+
+
+class _Ridge:
+    """The per-cluster ridge regressions of harmonypy 2.1.0's ``moe_correct_ridge``.
+
+    Every sum the systems need (each batch's R-weighted coordinate sums and totals, the intercept's, the overlap
+    of batches of different variables) is a sum over the cells of one *combination* of batches (one batch per
+    variable), so the cells are sorted by combination once and each iteration computes, per combination g,
+    ``S_g = R_g^T [Z_g, 1]`` (float64 BLAS: N K (d+1) multiply-adds in all, whatever the number of variables);
+    the per-batch sums are then sums of the S_g. The systems of all clusters that correct the same batches are
+    solved together."""
+
+    def __init__(self, z_orig, cell_batches, by_combination, phi_n, lamb, alpha, cutoff):
+        self.n, self.d = z_orig.shape
+        self.n_cov = cell_batches.shape[1]
+        self.n_batches = int(phi_n.sum())
+        self.phi_n = phi_n
+        self.cov_first = np.concatenate([[0], np.cumsum(phi_n)[:-1]]).astype(np.int64)
+        self.lamb = lamb
+        self.alpha = alpha
+        self.cutoff = cutoff
+        self.sizes = np.bincount(cell_batches.ravel(), minlength=self.n_batches).astype(np.float32)
+        self.order = by_combination
+        sorted_batches = cell_batches[by_combination]
+        change = np.ones(self.n, dtype=bool)
+        change[1:] = (sorted_batches[1:] != sorted_batches[:-1]).any(axis=1)
+        self.starts = np.flatnonzero(change)
+        self.ends = np.append(self.starts[1:], self.n)
+        self.combos = sorted_batches[self.starts]  # G x n_cov batch indices
+        g = len(self.starts)
+        self.h = np.zeros((g, self.n_batches))  # combination -> batch indicator
+        self.h[np.arange(g)[:, None], self.combos] = 1.0
+        # batch pairs of each combination, flattened: the R-weighted co-occurrence of batches is totals^T @ hh
+        self.hh = (self.h[:, :, None] * self.h[:, None, :]).reshape(g, -1)
+        self.zs = np.empty((self.n, self.d + 1))
+        self.zs[:, : self.d] = z_orig[by_combination]
+        self.zs[:, self.d] = 1.0
+
+    def keeps(self, o):
+        avg = o / self.sizes[:, None]  # float32, B x K, as harmonypy
+        above = avg > self.cutoff
+        keep = np.zeros_like(above)
+        active = np.zeros(o.shape[1], dtype=bool)
+        for c in range(self.n_cov):
+            lo, hi = self.cov_first[c], self.cov_first[c] + self.phi_n[c]
+            ok = above[lo:hi].sum(axis=0) > 1
+            keep[lo:hi] = above[lo:hi] & ok[None, :]
+            active |= ok
+        keep &= active[None, :]
+        return keep, active
+
+    def solve(self, r, o, e, y):
+        """Solve every active cluster's system; set ``y``'s rows to the intercepts; return ``(M, used)`` with
+        ``M[b, k]`` the correction direction of batch b in cluster k (float32)."""
+        d = self.d
+        k = r.shape[1]
+        keep, active = self.keeps(o)
+        used = keep.any(axis=1)
+        m = np.zeros((self.n_batches, k, d), np.float32)
+        if not active.any():
+            return m, used
+        rs = r[self.order].astype(np.float64)
+        sums = np.empty((len(self.starts), k, d + 1))
+        for g, (a, b) in enumerate(zip(self.starts, self.ends)):
+            np.matmul(rs[a:b].T, self.zs[a:b], out=sums[g])
+        flat = sums.reshape(len(sums), -1)
+        rz = (self.h.T @ flat).reshape(self.n_batches, k, d + 1)  # per batch
+        totals = sums[:, :, d]  # G x K
+        if self.n_cov > 1:
+            # cells counted in the intercept: those with any batch kept in the cluster (once each)
+            counted = (self.h @ keep) > 0  # G x K
+            weighted = np.where(counted[:, :, None], sums, 0.0).sum(axis=0)  # K x (d+1)
+            z_all, cov_sum = weighted[:, :d], weighted[:, d]
+            # R-weighted co-occurrence of batches: diagonal O, across variables the overlaps
+            cooc = (totals.T @ self.hh).reshape(k, self.n_batches, self.n_batches)
+        estimate = self.lamb is None
+        groups: dict[bytes, list[int]] = {}
+        for kk in np.flatnonzero(active):
+            groups.setdefault(keep[:, kk].tobytes(), []).append(int(kk))
+        for ks in groups.values():
+            kept = np.flatnonzero(keep[:, ks[0]])
+            size = 1 + len(kept)
+            ks = np.asarray(ks)
+            a = np.zeros((len(ks), size, size))
+            rhs = np.zeros((len(ks), size, d))
+            ok = rz[kept][:, ks, d].T  # len(ks) x kept
+            pen = (self.alpha * e[kept][:, ks]).T.astype(np.float64) if estimate else \
+                np.broadcast_to(self.lamb[kept + 1].astype(np.float64), ok.shape)
+            a[:, 0, 1:] = ok
+            a[:, 1:, 0] = ok
+            rhs[:, 1:] = rz[kept][:, ks, :d].transpose(1, 0, 2)
+            if self.n_cov > 1:
+                a[:, 1:, 1:] = cooc[ks][:, kept][:, :, kept]
+                a[:, 0, 0] = cov_sum[ks]
+                rhs[:, 0] = z_all[ks]
+            else:
+                a[:, 0, 0] = ok.sum(axis=1)
+                rhs[:, 0] = rhs[:, 1:].sum(axis=1)
+                a[:, np.arange(1, size), np.arange(1, size)] = ok
+            a[:, np.arange(1, size), np.arange(1, size)] += pen
+            if not estimate and len(kept) == self.n_batches:
+                a[:, 0, 0] += float(self.lamb[0])
+            _check_pivots(a, ks)
+            w = np.linalg.solve(a, rhs)
+            y[ks] = w[:, 0].astype(np.float32)
+            m[kept[:, None], ks[None, :]] = w[:, 1:].transpose(1, 0, 2).astype(np.float32)
+        return m, used
+
+
+def _check_pivots(a: np.ndarray, clusters: np.ndarray) -> None:
+    """harmonypy's singularity test: a Cholesky pivot below 1e-10 times the largest diagonal entry."""
+    try:
+        chol = np.linalg.cholesky(a)
+        piv = np.diagonal(chol, axis1=1, axis2=2) ** 2
+        bad = piv.min(axis=1) <= 1e-10 * np.diagonal(a, axis1=1, axis2=2).max(axis=1)
+    except np.linalg.LinAlgError:
+        bad = np.ones(len(a), dtype=bool)
+    if bad.any():
+        raise FloatingPointError(f"Harmony ridge correction, cluster {int(clusters[np.argmax(bad)])}: the ridge system "
+                                 "is singular; lamb (or alpha) is zero or too small")

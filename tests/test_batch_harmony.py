@@ -1,0 +1,123 @@
+"""phenovec.batch.run_harmony against harmonypy 2.1.0 itself (same input, same seed: same initial centroids, same
+cell orders), with its own seed (close), and its refusals."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phenovec.batch.harmony import harmony_initial_centroids, run_harmony
+from phenovec.process.kernel_loader import load_kernel
+
+harmonypy = pytest.importorskip("harmonypy")
+logging.getLogger("harmonypy").setLevel(logging.WARNING)
+
+
+def _data(n=1200, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    meta = pd.DataFrame({
+        "Metadata_Plate": rng.integers(0, 5, n).astype(str),
+        "Metadata_Row": rng.choice(["A", "B", "C"], n),
+        "Metadata_Source": rng.integers(0, 2, n),
+    })
+    x = rng.normal(size=(6, d))[rng.integers(0, 6, n)] * 2 + rng.normal(size=(n, d))
+    for col, s in (("Metadata_Plate", 1.0), ("Metadata_Row", 0.5), ("Metadata_Source", 1.5)):
+        codes = pd.factorize(meta[col])[0]
+        x += (rng.normal(size=(codes.max() + 1, d)) * s)[codes]
+    return x, meta
+
+
+def _spread(z, labels):
+    """Mean distance of the batches' means from the overall mean."""
+    mu = z.mean(axis=0)
+    return float(np.mean([np.linalg.norm(z[labels == b].mean(axis=0) - mu) for b in np.unique(labels)]))
+
+
+@pytest.mark.parametrize("vars_use,kw", [
+    (["Metadata_Plate"], {}),
+    (["Metadata_Plate", "Metadata_Row"], {"theta": [2.0, 1.0], "random_state": 3}),
+    (["Metadata_Plate", "Metadata_Row", "Metadata_Source"], {"nclust": 20, "max_iter_kmeans": 6}),
+    (["Metadata_Plate", "Metadata_Row"], {"lamb": 1.0, "sigma": 0.2, "block_size": 0.1, "tau": 5}),
+])
+def test_equals_harmonypy(vars_use, kw):
+    x, meta = _data()
+    ref = harmonypy.run_harmony(x, meta, vars_use, verbose=False, **kw)
+    ours = run_harmony(x, meta, vars_use, **kw)
+    assert ours.Z_corr.shape == ref.Z_corr.shape == x.shape
+    scale = np.abs(ref.Z_corr).max()
+    assert np.abs(ours.Z_corr - ref.Z_corr).max() <= 1e-6 * scale
+    assert ours.kmeans_rounds == list(ref.kmeans_rounds)
+    np.testing.assert_allclose(ours.objective_harmony, ref.objective_harmony, rtol=1e-5)
+    np.testing.assert_allclose(ours.objective_kmeans, ref.objective_kmeans, rtol=1e-5)
+    np.testing.assert_allclose(ours.R, ref.R, atol=1e-6)
+    np.testing.assert_allclose(ours.Y, ref.Y, atol=1e-6)
+    assert ours.K == ref.K
+
+
+def test_initial_centroids_are_harmonypys_and_can_be_given():
+    x, meta = _data(seed=1)
+    ref0 = harmonypy.run_harmony(x, meta, ["Metadata_Plate"], verbose=False, max_iter_harmony=0, random_state=5)
+    z = x.astype(np.float32)
+    load_kernel("harmony").normalise_rows(z)
+    init, _ = harmony_initial_centroids(z, ref0.K, random_state=5)
+    y = init / np.linalg.norm(init, axis=1, keepdims=True)
+    np.testing.assert_allclose(y.T, ref0.Y, atol=1e-6)
+    # given centroids = harmonypy's own: the run is harmonypy's
+    ref = harmonypy.run_harmony(x, meta, ["Metadata_Plate"], verbose=False, random_state=5)
+    ours = run_harmony(x, meta, ["Metadata_Plate"], random_state=5, init_centroids=init)
+    assert np.abs(ours.Z_corr - ref.Z_corr).max() <= 1e-6 * np.abs(ref.Z_corr).max()
+    np.testing.assert_allclose(ours.objective_harmony, ref.objective_harmony, rtol=1e-5)
+    # other centroids change the run
+    other = run_harmony(x, meta, ["Metadata_Plate"], random_state=5, init_centroids=init[::-1].copy() + 0.3)
+    assert np.abs(other.Z_corr - ref.Z_corr).max() > 1e-3
+
+
+def test_own_seed_corrects_as_harmonypy():
+    x, meta = _data(n=1500, seed=2)
+    vars_use = ["Metadata_Plate", "Metadata_Source"]
+    ref = harmonypy.run_harmony(x, meta, vars_use, verbose=False, random_state=0)
+    ours = run_harmony(x, meta, vars_use, random_state=11)
+    assert np.abs(ours.Z_corr - ref.Z_corr).max() > 1e-6  # another seed: another run
+    for col in vars_use:
+        labels = meta[col].to_numpy()
+        raw, theirs, mine = _spread(x, labels), _spread(ref.Z_corr, labels), _spread(ours.Z_corr, labels)
+        assert theirs < 0.5 * raw and mine < 0.5 * raw
+        assert abs(mine - theirs) <= 0.25 * theirs + 0.02 * raw
+
+
+def test_generator_is_mt19937():
+    kern = load_kernel("harmony")
+    mt = kern.mt_seed(12345)
+    ours = np.array([kern.mt_next(mt) for _ in range(2000)], dtype=np.uint64)
+    bg = np.random.MT19937()
+    bg._legacy_seeding(12345)
+    np.testing.assert_array_equal(ours, bg.random_raw(2000))
+    # a shuffle is a permutation, and the two libstdc++ paths (pairs below 65536 elements) both run
+    for n in (10, 11, 70000):
+        p = kern.mt_shuffled_range(kern.mt_seed(1), n)
+        assert np.array_equal(np.sort(p), np.arange(n)) and not np.array_equal(p, np.arange(n))
+
+
+def test_refusals_name_the_problem():
+    x, meta = _data(n=300)
+    one = meta.copy()
+    one.loc[0, "Metadata_Plate"] = "lonely"
+    with pytest.raises(ValueError, match=r"'Metadata_Plate'.*'lonely' has 1 row"):
+        run_harmony(x, one, ["Metadata_Plate"])
+    nan = meta.copy()
+    nan["Metadata_Row"] = nan["Metadata_Row"].astype(object)
+    nan.loc[7, "Metadata_Row"] = None
+    with pytest.raises(ValueError, match=r"'Metadata_Row' is missing .* row 7"):
+        run_harmony(x, nan, ["Metadata_Plate", "Metadata_Row"])
+    with pytest.raises(ValueError, match="nclust = 301 clusters for 300 cells"):
+        run_harmony(x, meta, ["Metadata_Plate"], nclust=301)
+    with pytest.raises(KeyError, match="'Metadata_Well' is not a column"):
+        run_harmony(x, meta, ["Metadata_Well"])
+    bad = x.copy()
+    bad[4, 2] = np.nan
+    with pytest.raises(ValueError, match="row 4, column 2"):
+        run_harmony(bad, meta, ["Metadata_Plate"])
+    with pytest.raises(ValueError, match="theta must be"):
+        run_harmony(x, meta, ["Metadata_Plate"], theta=[1.0, 2.0, 3.0])
