@@ -156,6 +156,29 @@ def test_refusals_name_the_key(tiny_crops, tmp_path):
     assert not (tmp_path / "y" / "last.pt").exists()
 
 
+def test_knn_monitor_accuracy_against_a_loop_reference():
+    from phenovec.train.objectives.simclr import knn_monitor_accuracy
+
+    rng = np.random.default_rng(0)
+    ref, q = rng.normal(size=(60, 6)), rng.normal(size=(25, 6))
+    ref_y, q_y = rng.integers(0, 3, 60), rng.integers(0, 3, 25)
+
+    def loop(k):
+        rn, qn = ref / np.linalg.norm(ref, axis=1, keepdims=True), q / np.linalg.norm(q, axis=1, keepdims=True)
+        hits = 0
+        for i in range(len(q)):
+            order = np.argsort(-(rn @ qn[i]), kind="stable")[:k]
+            votes = np.bincount(ref_y[order], minlength=3).astype(float)
+            best = np.flatnonzero(votes == votes.max())
+            first = next(ref_y[j] for j in order if ref_y[j] in best)  # tie: the class of the nearest tied vote
+            hits += first == q_y[i]
+        return hits / len(q)
+
+    for k in (1, 4, 5, 60):
+        got = knn_monitor_accuracy(torch.tensor(q), torch.tensor(q_y), torch.tensor(ref), torch.tensor(ref_y), k)
+        assert got == pytest.approx(loop(k)), k
+
+
 def test_print_config_has_the_simclr_section_with_a_comment_on_every_key():
     import yaml
 

@@ -23,9 +23,9 @@ thesis' "positive pairs from the same compound (different views or replicates)".
 
 **Validation** (``best.pt``): ``score = knn_accuracy``, higher is better: the kNN monitor of Wu et al. 2018
 (InstDisc) and MoCo. During the epoch the encoder embeddings of the first view of the last ``simclr.knn_cells``
-(10,000) training crops are kept with their ``data.label``; each validation cell (no augmentation, eval mode) is
-given the majority ``data.label`` of its ``simclr.knn_k`` (5, the thesis' k) most cosine-similar kept training
-crops (ties go to the class whose votes rank nearer). Validation wells are never training wells (the split keeps
+(10,000, rounded up to whole batches) training crops are kept with their ``data.label``; each validation cell (no
+augmentation, eval mode) is given the majority ``data.label`` of its ``simclr.knn_k`` (5, the thesis' k) most
+cosine-similar kept training crops (a tie goes to the tied class of the nearest neighbour). Validation wells are never training wells (the split keeps
 ``data.split_by`` groups whole), so the score measures how well the space generalises to unseen wells, not how a
 well resembles itself. ``val_loss`` is NT-Xent on the validation cells with two views drawn by a fixed-seed
 augmentation (the same views every epoch, so comparable across epochs); it is reported, not used to pick. A
@@ -88,8 +88,9 @@ class SimCLR(Objective):
                             "simclr.replicate_column)",
         "simclr.replicate_column": "null (= data.label) or the cell-table column whose equal values are replicate "
                                    "positives (e.g. the compound)",
-        "simclr.knn_k": "k of the validation kNN accuracy (data.label, neighbours from other wells) that picks best.pt",
-        "simclr.knn_cells": "at most this many validation cells (a seeded sample) in the kNN vote",
+        "simclr.knn_k": "k of the validation kNN accuracy that picks best.pt (each validation cell takes the majority "
+                        "data.label of its k nearest training crops)",
+        "simclr.knn_cells": "the kNN reference: the embeddings of the epoch's last this many training crops",
     }
 
     @classmethod
@@ -219,7 +220,7 @@ class SimCLR(Objective):
         return loss, {"view_accuracy": (hits, 2 * x.shape[0])}
 
     def _keep(self, emb, labels) -> None:
-        """Bank the newest training embeddings, at most ``simclr.knn_cells`` of them."""
+        """Bank the newest training embeddings: the last ``simclr.knn_cells``, rounded up to whole batches."""
         self._bank.append((emb, labels))
         cap, total = self.cfg["simclr"]["knn_cells"], sum(len(e) for e, _ in self._bank)
         while total - len(self._bank[0][0]) >= cap:
@@ -241,14 +242,14 @@ class SimCLR(Objective):
         if not embs or not bank:
             return {"loss": loss_sum / seen if seen else None, "knn_accuracy": None}
         y = torch.cat(ys)
-        acc = knn_accuracy(torch.cat(embs), y[:, 0], torch.cat([e for e, _ in bank]), torch.cat([l for _, l in bank]),
+        acc = knn_monitor_accuracy(torch.cat(embs), y[:, 0], torch.cat([e for e, _ in bank]), torch.cat([l for _, l in bank]),
                            self.cfg["simclr"]["knn_k"])
         return {"loss": loss_sum / seen if seen else None, "knn_accuracy": acc}
 
 
-def knn_accuracy(query, query_labels, reference, reference_labels, k: int = 5, block: int = 1024) -> float:
+def knn_monitor_accuracy(query, query_labels, reference, reference_labels, k: int = 5, block: int = 1024) -> float:
     """Share of ``query`` rows whose majority label among their ``k`` most cosine-similar ``reference`` rows is
-    their own (torch tensors: N x D, N, M x D, M); ties go to the class whose votes rank nearer."""
+    their own (torch tensors: N x D, N, M x D, M); a tie goes to the tied class of the nearest neighbour."""
     import torch
 
     q = torch.nn.functional.normalize(query.float(), dim=1)
@@ -256,10 +257,13 @@ def knn_accuracy(query, query_labels, reference, reference_labels, k: int = 5, b
     query_labels, reference_labels = query_labels.long(), reference_labels.long()
     n_cls = int(max(query_labels.max(), reference_labels.max())) + 1
     kk = min(k, len(r))
-    rank_weight = 1.0 + 1e-3 * (kk - torch.arange(kk, dtype=torch.float32))  # < 1 vote in all: only breaks ties
+    ranks = torch.arange(kk).expand(min(block, len(q)), kk)
     correct = 0
     for i in range(0, len(q), block):
-        idx = (q[i:i + block] @ r.T).topk(kk, dim=1).indices
-        votes = torch.zeros(len(idx), n_cls).scatter_add_(1, reference_labels[idx], rank_weight.expand(len(idx), kk))
-        correct += int((votes.argmax(1) == query_labels[i:i + block]).sum())
+        lab = reference_labels[(q[i:i + block] @ r.T).topk(kk, dim=1).indices]
+        rk = ranks[: len(lab)]
+        counts = torch.zeros(len(lab), n_cls, dtype=torch.long).scatter_add_(1, lab, torch.ones_like(lab))
+        nearest = torch.full((len(lab), n_cls), kk, dtype=torch.long).scatter_reduce_(1, lab, rk, reduce="amin")
+        # most votes; among tied classes, the one with the nearest vote
+        correct += int(((counts * (kk + 1) + (kk - nearest)).argmax(1) == query_labels[i:i + block]).sum())
     return correct / len(q)
