@@ -9,7 +9,10 @@ from phenovec.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "run_harmony": "harmony", "Harmony": "harmony", "HarmonyWarning": "harmony",
-    "harmony_initial_centroids": "harmony",
+    "harmony_initial_centroids": "harmony", "BatchFit": "fit_record",
+    "harmony": "steps", "tvn": "steps", "subtract_well_mean": "steps", "regress_cell_count": "steps",
+    "remove_outliers": "steps", "rank_int": "steps", "pca": "steps", "sphere_by_map": "steps",
+    "arm_correction": "steps",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

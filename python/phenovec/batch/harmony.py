@@ -44,6 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from phenovec.batch.finite import require_finite
 from phenovec.process.kernel_loader import load_kernel
 
 logger = logging.getLogger("phenovec.batch.harmony")
@@ -276,11 +277,7 @@ def run_harmony(
         raise ValueError(f"data_mat has shape {data.shape}, but meta_data has {n} cells. One dimension of data_mat "
                          "must match the number of cells.")
     z_orig = np.ascontiguousarray(z, dtype=np.float32)
-    bad = ~np.isfinite(z_orig)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise ValueError(f"data_mat is not finite in row {int(r)}, column {int(c)} ({z[r, c]!r}); Harmony needs "
-                         "finite coordinates")
+    require_finite(z_orig, "Harmony data_mat")
     d = z_orig.shape[1]
     if nclust is None:
         nclust = int(min(round(n / 30.0), 100))

@@ -1,0 +1,27 @@
+"""PCA keeping a fraction of the variance (JUMP profiling recipe, ``correct.corrections.transform_data``:
+``sklearn.decomposition.PCA(0.98).fit_transform``): the smallest number of components whose explained-variance ratios
+sum to more than ``variance``, on the centred features; outputs named ``PC1..PCk``."""
+from __future__ import annotations
+
+import numpy as np
+
+from phenovec.batch.finite import require_finite
+from phenovec.batch.fit_record import BatchFit
+
+
+def fit_pca(x: np.ndarray, variance: float = 0.98) -> BatchFit:
+    """sklearn's PCA(``variance``) fitted on ``x``; the fit keeps its mean and components."""
+    from sklearn.decomposition import PCA
+
+    if not (isinstance(variance, (int, float)) and 0 < variance < 1):
+        raise ValueError(f"variance must be a fraction in (0, 1), got {variance!r}")
+    x = np.asarray(x, dtype=np.float64)
+    require_finite(x, "PCA")
+    p = PCA(n_components=variance).fit(x)
+    return BatchFit("pca", {"variance": float(variance), "n_components": int(p.n_components_),
+                            "explained_variance_ratio": [float(v) for v in p.explained_variance_ratio_]},
+                    {"mean": p.mean_, "components": p.components_})
+
+
+def apply_pca(fit: BatchFit, x: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, dtype=np.float64) - fit.arrays["mean"]) @ fit.arrays["components"].T

@@ -1,0 +1,342 @@
+"""The batch corrections as profile-table steps (for ``phenovec process`` recipes and the run pipeline), in
+pycytominer's vocabulary: ``step(profiles, *, features="infer", meta_features="infer", ...) -> DataFrame`` with the
+``Metadata_*`` columns (and pass-through ``Image_*`` / ``ome_arrow_*`` columns) kept in front, the index kept.
+
+Row selections (``controls``, ``negcon``, ``background``, ``rows``) are filters of :mod:`phenovec.io.row_filter`
+(``"Metadata_pert_type == 'negcon'"``), never run as code. Steps with a fit take ``fit=`` (a
+:class:`~phenovec.batch.fit_record.BatchFit` or the path of a saved one) to re-apply it instead of fitting, and
+``return_fit=True`` to also return theirs (``(table, fit)``); ``output_file`` writes the table as the process steps
+do. Harmony is transductive (no re-application): its fit records the parameters, centroids and objective.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from phenovec.batch.finite import require_finite
+from phenovec.batch.fit_record import BatchFit, as_fit
+from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
+
+
+def _load(profiles) -> pd.DataFrame:
+    if isinstance(profiles, pd.DataFrame):
+        return profiles
+    from phenovec.io.profiles import read_table
+
+    return read_table(profiles)
+
+
+def _columns(df, features, meta_features, image_features, exclude: Sequence[str] = ()):
+    feats, meta = resolve_columns(df, features, meta_features, image_features)
+    feats = [f for f in feats if f not in set(exclude)]
+    if not feats:
+        raise ValueError("no feature columns left to correct")
+    return feats, meta
+
+
+def _finish(df, feats, meta, out: np.ndarray, names, fit, return_fit, output_file, output_type=None):
+    passthrough = [c for c in df.columns if c not in set(feats) and c not in set(meta)
+                   and str(c).startswith(("Image_", "ome_arrow_"))]
+    kept = [c for c in df.columns if c not in set(feats) and c not in set(meta) and c not in set(passthrough)]
+    result = pd.concat([df.loc[:, meta], df.loc[:, passthrough], df.loc[:, kept],
+                        pd.DataFrame(out, columns=list(names), index=df.index)], axis="columns")
+    if output_file is not None:
+        from phenovec.io.profiles import write_profiles
+
+        write_profiles(result, output_file, output_type=output_type, features=list(names))
+        result = str(output_file)
+    return (result, fit) if return_fit else result
+
+
+def _finite(x, feats, index, step):
+    require_finite(x, step, lambda r: index[r], lambda c: feats[c])
+
+
+def _prepare(df, step, fit, features, meta_features, image_features, exclude=(), finite=False):
+    """``(fit or None, features, metadata, feature matrix)``: with a fit, its features; else the inferred ones."""
+    if fit is not None:
+        fit = as_fit(fit, step)
+        feats, meta = _columns(df, fit.params["features"], meta_features, image_features)
+    else:
+        feats, meta = _columns(df, features, meta_features, image_features, exclude=exclude)
+    x = numeric_features(df, feats, np.float64)
+    if finite:
+        _finite(x, feats, df.index, step)
+    return fit, feats, meta, x
+
+
+def harmony(
+    profiles,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    vars_use: str | Sequence[str] = "Metadata_Plate",
+    n_components: int | None = None,
+    theta=None,
+    lamb=None,
+    sigma: float = 0.1,
+    nclust: int | None = None,
+    max_iter_harmony: int = 10,
+    max_iter_kmeans: int = 4,
+    epsilon_cluster: float = 1e-3,
+    epsilon_harmony: float = 1e-2,
+    random_state: int = 0,
+    ncores: int = 0,
+    image_features: bool = False,
+    return_fit: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """Harmony (:func:`phenovec.batch.harmony.run_harmony`, harmonypy 2.1.0's numbers) on the features, or on their
+    first ``n_components`` principal components (sklearn PCA, then columns ``PC1..``); batch variables ``vars_use``
+    are metadata columns. Output: the corrected features under the same names."""
+    from phenovec.batch.harmony import run_harmony
+
+    df = _load(profiles)
+    vars_use = [vars_use] if isinstance(vars_use, str) else list(vars_use)
+    check_columns(df, vars_use, "vars_use")
+    feats, meta = _columns(df, features, meta_features, image_features, exclude=vars_use)
+    x = numeric_features(df, feats, np.float64)
+    _finite(x, feats, df.index, "harmony")
+    names = feats
+    if n_components is not None:
+        from sklearn.decomposition import PCA
+
+        x = PCA(n_components=int(n_components)).fit_transform(x)
+        names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
+    h = run_harmony(x, df[vars_use].reset_index(drop=True), vars_use, theta=theta, lamb=lamb, sigma=sigma,
+                    nclust=nclust, max_iter_harmony=max_iter_harmony, max_iter_kmeans=max_iter_kmeans,
+                    epsilon_cluster=epsilon_cluster, epsilon_harmony=epsilon_harmony, random_state=random_state,
+                    ncores=ncores)
+    fit = BatchFit("harmony", {"features": feats, "vars_use": vars_use, "n_components": n_components,
+                               "random_state": random_state, "objective_harmony": h.objective_harmony,
+                               "kmeans_rounds": h.kmeans_rounds}, {"centroids": h.Y.T})
+    return _finish(df, feats, meta, h.Z_corr, names, fit, return_fit, output_file)
+
+
+def tvn(
+    profiles,
+    controls: str,
+    batch: str | None = "Metadata_Plate",
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    regularization: float = 0.5,
+    target: str = "controls",
+    fit=None,
+    image_features: bool = False,
+    return_fit: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """TVN (:mod:`phenovec.batch.tvn`): PCA on the ``controls`` rows, per-``batch`` CORAL; outputs ``PC1..``."""
+    from phenovec.batch.tvn import apply_tvn, fit_tvn
+
+    df = _load(profiles)
+    if batch is not None:
+        check_columns(df, [batch], "batch")
+        if df[batch].isna().any():
+            raise ValueError(f"batch column {batch!r} is missing in row {df.index[np.argmax(df[batch].isna())]!r}")
+    batches = None if batch is None else df[batch].to_numpy()
+    fit, feats, meta, x = _prepare(df, "tvn", fit, features, meta_features, image_features, finite=True)
+    if fit is None:
+        mask = select_samples(df, controls, key="tvn controls")
+        fit = fit_tvn(x, mask, batches, regularization, target)
+        fit.params.update({"features": feats, "controls": controls, "batch": batch})
+    out = apply_tvn(fit, x, batches)
+    return _finish(df, feats, meta, out, [f"PC{i}" for i in range(1, out.shape[1] + 1)], fit, return_fit, output_file)
+
+
+def subtract_well_mean(
+    profiles,
+    well: str = "Metadata_Well",
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    fit=None,
+    image_features: bool = False,
+    return_fit: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """Subtract each feature's mean over the rows of the same well position (:mod:`phenovec.batch.well_position`)."""
+    from phenovec.batch.well_position import subtract_well_means, well_means
+
+    df = _load(profiles)
+    check_columns(df, [well], "well")
+    fit, feats, meta, x = _prepare(df, "subtract_well_mean", fit, features, meta_features, image_features, [well])
+    if fit is None:
+        labels, means = well_means(x, df[well])
+        fit = BatchFit("subtract_well_mean", {"features": feats, "well": well, "wells": labels}, {"means": means})
+    out = subtract_well_means(x, df[well], fit.params["wells"], fit.arrays["means"])
+    return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)
+
+
+def regress_cell_count(
+    profiles,
+    cell_count: str = "Cells_Count_Count",
+    min_unique: int = 100,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    fit=None,
+    image_features: bool = False,
+    return_fit: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """Replace each feature with more than ``min_unique`` values by its OLS residual on ``cell_count``
+    (:mod:`phenovec.batch.cell_count`); the count column itself is kept unchanged."""
+    from phenovec.batch.cell_count import apply_cell_count, fit_cell_count
+
+    df = _load(profiles)
+    check_columns(df, [cell_count], "cell_count")
+    counts = pd.to_numeric(df[cell_count], errors="raise").to_numpy(dtype=np.float64)
+    fit, feats, meta, x = _prepare(df, "regress_cell_count", fit, features, meta_features, image_features,
+                                   [cell_count])
+    if fit is None:
+        mask, a, b = fit_cell_count(x, counts, min_unique)
+        fit = BatchFit("regress_cell_count", {"features": feats, "cell_count": cell_count, "min_unique": min_unique},
+                       {"regressed": mask, "intercept": a, "slope": b})
+    out = apply_cell_count(x, counts, fit.arrays["regressed"], fit.arrays["intercept"], fit.arrays["slope"])
+    return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)
+
+
+def remove_outliers(
+    profiles,
+    threshold: float = 100.0,
+    clip: bool = True,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    fit=None,
+    image_features: bool = False,
+    return_fit: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """Drop the features whose 99th percentile of ``|x|`` exceeds ``threshold``, clip the rest to ``+-threshold``
+    (:mod:`phenovec.batch.outliers`; the fit keeps the surviving features)."""
+    from phenovec.batch.outliers import outlier_features
+
+    df = _load(profiles)
+    fit, feats, meta, x = _prepare(df, "remove_outliers", fit, features, meta_features, image_features)
+    if fit is not None:
+        kept = list(fit.params["kept"])
+        threshold, clip = fit.params["threshold"], fit.params["clip"]
+    else:
+        drop = outlier_features(x, threshold)
+        kept = [f for f, d in zip(feats, drop) if not d]
+        fit = BatchFit("remove_outliers", {"features": feats, "kept": kept, "threshold": float(threshold),
+                                           "clip": bool(clip)})
+    out = numeric_features(df, kept, np.float64)
+    if clip:
+        out = np.clip(out, -threshold, threshold)
+    return _finish(df, feats, meta, out, kept, fit, return_fit, output_file)
+
+
+def rank_int(
+    profiles,
+    ties: str = "stochastic",
+    seed: int = 0,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    image_features: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """Rank-based inverse normal transform with Blom's constant, per feature (:mod:`phenovec.batch.rank_int`)."""
+    from phenovec.batch.rank_int import blom_transform
+
+    df = _load(profiles)
+    feats, meta = _columns(df, features, meta_features, image_features)
+    x = numeric_features(df, feats, np.float64)
+    _finite(x, feats, df.index, "rank_int")
+    return _finish(df, feats, meta, blom_transform(x, ties, seed), feats, None, False, output_file)
+
+
+def pca(
+    profiles,
+    variance: float = 0.98,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    fit=None,
+    image_features: bool = False,
+    return_fit: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """PCA keeping ``variance`` of the variance (:mod:`phenovec.batch.pca`); outputs ``PC1..``."""
+    from phenovec.batch.pca import apply_pca, fit_pca
+
+    df = _load(profiles)
+    fit, feats, meta, x = _prepare(df, "pca", fit, features, meta_features, image_features, finite=True)
+    if fit is None:
+        fit = fit_pca(x, variance)
+        fit.params["features"] = feats
+    out = apply_pca(fit, x)
+    return _finish(df, feats, meta, out, [f"PC{i}" for i in range(1, out.shape[1] + 1)], fit, return_fit, output_file)
+
+
+def sphere_by_map(
+    profiles,
+    negcon: str,
+    perturbation: str = "Metadata_JCP2022",
+    plate: str = "Metadata_Plate",
+    poscon: str | None = None,
+    method: str = "ZCA",
+    n_epsilons: int = 25,
+    epsilons: Sequence[float] | None = None,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    fit=None,
+    image_features: bool = False,
+    return_fit: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """Sphering fitted on the ``negcon`` rows with epsilon chosen by mAP over the recipe's grid
+    (:mod:`phenovec.batch.sphering_search`); the fit keeps the chosen epsilon, every candidate's scores and the
+    whitening (re-applied with ``fit=``)."""
+    from phenovec.batch.sphering_search import choose_epsilon, epsilon_grid
+    from phenovec.process.spherize import Spherizer
+
+    df = _load(profiles)
+    fit, feats, meta, x = _prepare(df, "sphere_by_map", fit, features, meta_features, image_features, finite=True)
+    if fit is None:
+        check_columns(df, [perturbation, plate], "perturbation/plate")
+        neg = select_samples(df, negcon, key="sphere_by_map negcon")
+        pos = None if poscon is None else select_samples(df, poscon, key="sphere_by_map poscon")
+        grid = epsilon_grid(n_epsilons) if epsilons is None else np.asarray(epsilons, dtype=np.float64)
+        best, table = choose_epsilon(x, df[perturbation].to_numpy(), df[plate].to_numpy(), neg, method, grid, pos)
+        sph = Spherizer(method=method, epsilon=best, center=True, device="cpu").fit(x[neg])
+        fit = BatchFit("sphere_by_map", {"features": feats, "method": method, "epsilon": best, "negcon": negcon,
+                                         "scores": table.to_dict(orient="list")},
+                       {"W": sph.W_, "mean": sph.mean_})
+    out = (x - fit.arrays["mean"]) @ fit.arrays["W"]
+    names = [f"PC{i}" for i in range(1, out.shape[1] + 1)] if fit.params["method"].startswith("PCA") else feats
+    return _finish(df, feats, meta, out, names, fit, return_fit, output_file)
+
+
+def arm_correction(
+    profiles,
+    background: str,
+    arm: str = "Metadata_arm",
+    gene: str | None = "Metadata_Symbol",
+    rows: str | None = None,
+    min_genes: int = 20,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    fit=None,
+    image_features: bool = False,
+    return_fit: bool = False,
+    output_file: str | os.PathLike | None = None,
+):
+    """CRISPR chromosome-arm correction (:mod:`phenovec.batch.arm_correction`): subtract each arm's mean over the
+    ``background`` rows (knockouts of unexpressed genes) from the ``rows`` (default all) on that arm."""
+    from phenovec.batch.arm_correction import apply_arm_means, fit_arm_means
+
+    df = _load(profiles)
+    check_columns(df, [arm] + ([gene] if gene else []), "arm/gene")
+    sel = None if rows is None else select_samples(df, rows, key="arm_correction rows")
+    fit, feats, meta, x = _prepare(df, "arm_correction", fit, features, meta_features, image_features)
+    if fit is None:
+        bg = select_samples(df, background, key="arm_correction background")
+        if sel is not None:
+            bg &= sel
+        labels, means = fit_arm_means(x, df[arm].to_numpy(), bg, None if gene is None else df[gene].to_numpy(),
+                                      min_genes)
+        fit = BatchFit("arm_correction", {"features": feats, "arm": arm, "arms": labels, "background": background,
+                                          "min_genes": min_genes}, {"means": means})
+    out = apply_arm_means(x, df[arm].to_numpy(), fit.params["arms"], fit.arrays["means"], sel)
+    return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)

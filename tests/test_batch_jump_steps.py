@@ -1,0 +1,151 @@
+"""The JUMP profiling recipe's corrections as profile-table steps, each against a brute-force reference."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm, rankdata
+
+from phenovec.batch import (
+    arm_correction, pca, rank_int, regress_cell_count, remove_outliers, sphere_by_map, subtract_well_mean,
+)
+from phenovec.batch.sphering_search import epsilon_grid, map_scores
+
+
+def _plates(n_plates=3, seed=0, d=5):
+    rng = np.random.default_rng(seed)
+    wells = [f"{r}{c:02d}" for r in "AB" for c in range(1, 7)]
+    rows = []
+    for p in range(n_plates):
+        for i, w in enumerate(wells):
+            pert = "DMSO" if i % 3 == 0 else f"cmp{i % 4}"
+            rows.append({"Metadata_Plate": f"P{p}", "Metadata_Well": w, "Metadata_JCP2022": pert,
+                         "Cells_Count_Count": int(rng.integers(200, 2000))})
+    df = pd.DataFrame(rows)
+    x = rng.normal(size=(len(df), d)) * np.array([1, 5, 20, 0.1, 300])
+    x[:, 0] += df["Cells_Count_Count"].to_numpy() * 0.01
+    for j in range(d):
+        df[f"Cells_f{j}"] = x[:, j]
+    return df
+
+
+FEATS = [f"Cells_f{j}" for j in range(5)]
+
+
+def test_subtract_well_mean_and_reapply(tmp_path):
+    df = _plates()
+    df.loc[4, "Cells_f1"] = np.nan
+    out, fit = subtract_well_mean(df, features=FEATS, return_fit=True)
+    ref = df[FEATS] - df.groupby("Metadata_Well")[FEATS].transform("mean")
+    np.testing.assert_allclose(out[FEATS].to_numpy(), ref.to_numpy(), atol=1e-12)
+    assert np.isnan(out.loc[4, "Cells_f1"])
+    fit.save(tmp_path / "w.npz")
+    again = subtract_well_mean(df, fit=tmp_path / "w.npz")
+    np.testing.assert_array_equal(again[FEATS].to_numpy(), out[FEATS].to_numpy())
+    bad = df.copy()
+    bad.loc[0, "Metadata_Well"] = "Z99"
+    with pytest.raises(KeyError, match="'Z99'"):
+        subtract_well_mean(bad, fit=fit)
+
+
+def test_regress_cell_count_against_least_squares():
+    df = _plates(n_plates=10)
+    df.loc[7, "Cells_f2"] = np.nan
+    out = regress_cell_count(df, features=FEATS, min_unique=50)
+    c = df["Cells_Count_Count"].to_numpy(float)
+    for f in FEATS:
+        y = df[f].to_numpy()
+        ok = np.isfinite(y)
+        b, a = np.polyfit(c[ok], y[ok], 1)
+        ref = np.where(ok, y - (a + b * c), y)
+        np.testing.assert_allclose(out[f].to_numpy(), ref, atol=1e-9 * np.nanmax(np.abs(y)))
+    assert "Cells_Count_Count" in out.columns and out["Cells_Count_Count"].equals(df["Cells_Count_Count"])
+    few = regress_cell_count(df, features=FEATS, min_unique=10**6)  # no feature has that many values: untouched
+    np.testing.assert_array_equal(few[FEATS].to_numpy(), df[FEATS].to_numpy())
+
+
+def test_remove_outliers_drops_and_clips():
+    df = _plates(n_plates=30)
+    df.loc[0, "Cells_f2"] = 1e4  # one large value: 99th percentile still small for f2
+    out, fit = remove_outliers(df, features=FEATS, return_fit=True)
+    q = df[FEATS].abs().quantile(0.99)
+    kept = [f for f in FEATS if q[f] <= 100]
+    assert fit.params["kept"] == kept and "Cells_f4" not in out.columns
+    np.testing.assert_array_equal(out[kept].to_numpy(), df[kept].clip(-100, 100).to_numpy())
+    assert out["Cells_f2"].max() == 100
+    raw = remove_outliers(df, features=FEATS, clip=False)
+    assert raw["Cells_f2"].max() == 1e4
+
+
+@pytest.mark.parametrize("ties", ["average", "stochastic"])
+def test_blom_against_norm_ppf(ties):
+    df = _plates()
+    df["Cells_f3"] = np.round(df["Cells_f3"], 1)  # ties
+    out = rank_int(df, features=FEATS, ties=ties)
+    n = len(df)
+    for f in FEATS:
+        v = df[f].to_numpy()
+        if ties == "average":
+            r = rankdata(v, method="average")
+        else:
+            perm = np.random.default_rng(0).permutation(n)
+            r = rankdata(v[perm], method="ordinal")[np.argsort(perm)]
+        np.testing.assert_allclose(out[f].to_numpy(), norm.ppf((r - 3 / 8) / (n + 1 / 4)), atol=1e-12)
+    bad = df.copy()
+    bad.loc[2, "Cells_f0"] = np.nan
+    with pytest.raises(ValueError, match="row 2, column 'Cells_f0'"):
+        rank_int(bad, features=FEATS)
+
+
+def test_pca_98_percent_variance():
+    df = _plates(n_plates=8)
+    out, fit = pca(df, features=FEATS, return_fit=True)
+    x = df[FEATS].to_numpy()
+    xc = x - x.mean(axis=0)
+    lam, v = np.linalg.eigh(np.cov(xc, rowvar=False))
+    lam, v = lam[::-1], v[:, ::-1]
+    k = int(np.searchsorted(np.cumsum(lam) / lam.sum(), 0.98, side="right") + 1)
+    pcs = [c for c in out.columns if c.startswith("PC")]
+    assert len(pcs) == k == fit.params["n_components"]
+    np.testing.assert_allclose(np.abs(out[pcs].to_numpy()), np.abs(xc @ v[:, :k]), atol=1e-8 * np.abs(x).max())
+
+
+def test_sphere_by_map_picks_the_best_epsilon():
+    df = _plates(n_plates=4, d=5)
+    df[FEATS] = df[FEATS] / df[FEATS].std()
+    grid = [1e-4, 1e-1, 10.0]
+    out, fit = sphere_by_map(df, negcon="Metadata_JCP2022 == 'DMSO'", features=FEATS, epsilons=grid, return_fit=True)
+    scores = pd.DataFrame(fit.params["scores"])
+    assert list(scores["epsilon"]) == grid
+    assert fit.params["epsilon"] == scores.sort_values(by="score").iloc[-1]["epsilon"]
+    # each candidate's score by brute force: sphere on DMSO rows, mAP as the recipe's two mAPs
+    from phenovec.process.spherize import Spherizer
+
+    neg = (df["Metadata_JCP2022"] == "DMSO").to_numpy()
+    for eps, score in zip(grid, scores["score"]):
+        z = Spherizer(method="ZCA", epsilon=eps).fit(df.loc[neg, FEATS]).transform(df[FEATS]).to_numpy()
+        s = map_scores(z, df["Metadata_JCP2022"], df["Metadata_Plate"], neg)
+        assert s["score"] == pytest.approx(score)
+    assert len(epsilon_grid()) == 25 and 1e-5 <= epsilon_grid().min() and epsilon_grid().max() <= 1e3
+
+
+def test_arm_correction_subtracts_background_mean():
+    rng = np.random.default_rng(3)
+    n = 200
+    df = pd.DataFrame({"Metadata_arm": rng.choice(["1p", "1q", "2p"], n).astype(object),
+                       "Metadata_Symbol": [f"g{i % 60}" for i in range(n)],
+                       "Metadata_unexpressed": rng.random(n) < 0.6})
+    df.loc[:4, "Metadata_arm"] = None
+    for f in FEATS:
+        df[f] = rng.normal(size=n)
+    out = arm_correction(df, background="Metadata_unexpressed == True", features=FEATS, min_genes=10)
+    ref = df[FEATS].to_numpy().copy()
+    bg = df["Metadata_unexpressed"].to_numpy()
+    for arm in ("1p", "1q", "2p"):
+        on = (df["Metadata_arm"] == arm).to_numpy()
+        if df.loc[on & bg, "Metadata_Symbol"].nunique() > 10:
+            ref[on] -= df.loc[on & bg, FEATS].mean().to_numpy()
+    np.testing.assert_allclose(out[FEATS].to_numpy(), ref, atol=1e-12)
+    np.testing.assert_array_equal(out.loc[:4, FEATS].to_numpy(), df.loc[:4, FEATS].to_numpy())
+    none = arm_correction(df, background="Metadata_unexpressed == True", features=FEATS, min_genes=1000)
+    np.testing.assert_array_equal(none[FEATS].to_numpy(), df[FEATS].to_numpy())
