@@ -71,3 +71,35 @@ def merge_sections(raw, schema: Schema, source: str, sections: tuple[str, ...] |
             check_value(where, value, types, check, source)
             cfg[sec][key] = copy.deepcopy(value)
     return cfg
+
+
+def read_config_source(path_or_dict, overrides: dict | None = None):
+    """(raw mapping, source name for errors, base folder or None) of a YAML file or a dict, with ``overrides``
+    (``{"train.epochs": 3}``, from ``--set section.key=value``) applied; errors name the file or override."""
+    from pathlib import Path
+
+    import yaml
+
+    if isinstance(path_or_dict, dict):
+        raw, source, base = copy.deepcopy(path_or_dict), "<config>", None
+    else:
+        path = Path(path_or_dict)
+        if not path.is_file():
+            raise ConfigError(f"training configuration {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        source, base = str(path), path.parent
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        sec, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"override {dotted!r}: use section.key=value")
+        if raw.get(sec) is None:
+            raw[sec] = {}
+        if not isinstance(raw[sec], dict):
+            raise ConfigError(f"{source}: section {sec!r} must be a mapping, got {type(raw[sec]).__name__}")
+        raw[sec][key] = value
+    return raw, source, base

@@ -1,7 +1,8 @@
-"""``phenovec train``: train a single-cell classifier on a crops folder (see ``phenovec.train.config``).
+"""``phenovec train``: train on a crops folder (``phenovec.train.config``: classify, assays, simclr) or on profile
+tables (``phenovec.train.tables``: clip, bae, simclr_profiles, fnn), as the configuration's ``train.task`` says.
 
     phenovec train config.yaml [--set train.epochs=3 --set data.batch_size=32]
-    phenovec train --print-config          # every key with its default
+    phenovec train --print-config [--task clip]   # every key with its default
 
 Resumes the run in ``train.out`` when it holds a checkpoint of the same configuration. Prints a JSON summary.
 """
@@ -58,7 +59,9 @@ COMMENTS = {
     "augment.brightness": "random brightness shift, up to this fraction",
     "augment.contrast": "random contrast factor range [low, high]",
     "train": "the run",
-    "train.task": "classify | assays (GapNet multi-task) | simclr: what is optimised (phenovec.train.objectives)",
+    "train.task": "classify | assays (GapNet multi-task) | simclr: what is optimised on crops (phenovec.train."
+                  "objectives); clip | bae | simclr_profiles | fnn train on profile tables (phenovec.train.tables, "
+                  "--print-config --task clip)",
     "train.out": "checkpoints, metrics.csv / metrics.json, split.parquet (rerun to resume)",
     "train.epochs": "epochs",
     "train.seed": "seed of splits, sampling, augmentation and initialisation",
@@ -86,15 +89,22 @@ def _run_train(a) -> dict:
     if a.print_config:
         from phenovec.commented_yaml import commented_yaml
 
+        from phenovec.train.tables.config import TABLE_COMMENTS, TABLE_TASKS, default_table_config
+
+        if a.task in TABLE_TASKS:
+            print(commented_yaml(default_table_config(a.task), TABLE_COMMENTS))
+            return {}
         from phenovec.train.objectives import objective_class
 
         print(commented_yaml(default_config(a.task), {**COMMENTS, **objective_class(a.task).COMMENTS}))
         return {}
     if not a.config:
         raise ValueError("phenovec train needs a configuration file (see --print-config)")
+    overrides = dict(_parse_override(s) for s in a.set or [])
+    if _task(a.config, overrides) in _table_tasks():
+        return _run_table_train(a.config, overrides, show_progress(a))
     from phenovec.train.loop import train
 
-    overrides = dict(_parse_override(s) for s in a.set or [])
     res = train(a.config, overrides, progress=show_progress(a))
     last = res.metrics.to_dict(orient="records")[-1] if len(res.metrics) else {}
     summary = {"out": str(res.out), "epochs": res.epochs, "best_epoch": res.best_epoch,
@@ -102,6 +112,33 @@ def _run_train(a) -> dict:
                "last": str(res.last),
                "best": str(res.best) if res.best else None, "stopped_early": res.stopped_early,
                "classes": res.classes, "last_epoch": last}
+    print(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _table_tasks() -> tuple:
+    from phenovec.train.tables.config import TABLE_TASKS
+
+    return tuple(TABLE_TASKS)
+
+
+def _task(config_path, overrides: dict) -> str:
+    """``train.task`` of a configuration file (after ``--set``), to route it to the image or the table trainer."""
+    from phenovec.io.config_schema import read_config_source
+
+    raw, _, _ = read_config_source(config_path, overrides)
+    task = (raw.get("train") or {}).get("task", "classify") if isinstance(raw.get("train"), dict) else "classify"
+    return task if isinstance(task, str) else "classify"
+
+
+def _run_table_train(config_path, overrides: dict, progress) -> dict:
+    from phenovec.train.tables.loop import train_tables
+
+    res = train_tables(config_path, overrides, progress=progress)
+    last = res.metrics.to_dict(orient="records")[-1] if len(res.metrics) else {}
+    summary = {"out": str(res.out), "task": res.task, "epochs": res.epochs, "best_epoch": res.best_epoch,
+               "best_val_loss": res.best_val_loss, "last": str(res.last), "best": str(res.best) if res.best else None,
+               "stopped_early": res.stopped_early, "evaluation": res.evaluation, "last_epoch": last}
     print(json.dumps(summary, indent=2, default=float))
     return summary
 
@@ -114,7 +151,9 @@ def add_train_parser(stages) -> argparse.ArgumentParser:
                    help="override a configuration value (repeatable)")
     p.add_argument("--print-config", action="store_true",
                    help="print every configuration key with its default and a comment, and exit")
-    p.add_argument("--task", default="classify", help="with --print-config: the train.task whose keys to print")
+    p.add_argument("--task", default="classify",
+                   help="with --print-config: the train.task whose keys to print (classify, assays, simclr; the "
+                        "profile-table tasks clip, bae, simclr_profiles, fnn)")
     add_quiet(p)
     p.set_defaults(run=_run_train)
     return p

@@ -67,9 +67,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from phenovec.io.config_schema import NONE_TYPE, ConfigError, defaults, merge_sections, suggest
+from phenovec.io.config_schema import NONE_TYPE, ConfigError, defaults, merge_sections, read_config_source, suggest
 
 
 _NONE = NONE_TYPE
@@ -215,27 +214,7 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
 
 def load_config(path_or_dict, overrides: dict | None = None) -> dict:
     """Read a YAML file (or take a dict), apply ``overrides`` (``{"train.epochs": 3}``) and validate."""
-    if isinstance(path_or_dict, dict):
-        raw, source, base = copy.deepcopy(path_or_dict), "<config>", None
-    else:
-        path = Path(path_or_dict)
-        if not path.is_file():
-            raise ConfigError(f"training configuration {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        source, base = str(path), path.parent
-    for dotted, value in (overrides or {}).items():
-        sec, _, key = dotted.partition(".")
-        if not key:
-            raise ConfigError(f"override {dotted!r}: use section.key=value")
-        if not isinstance(raw, dict):
-            break
-        raw.setdefault(sec, {})
-        if raw[sec] is None:
-            raw[sec] = {}
-        raw[sec][key] = value
+    raw, source, base = read_config_source(path_or_dict, overrides)
     return validate_config(raw, source, base)
 
 

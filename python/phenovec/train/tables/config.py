@@ -65,14 +65,12 @@ Unknown keys, wrong types, out-of-range values and missing files raise ``ConfigE
 """
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from phenovec.io.config_schema import NONE_TYPE, ConfigError, defaults, merge_sections
+from phenovec.io.config_schema import NONE_TYPE, ConfigError, defaults, merge_sections, read_config_source
 from phenovec.train.config import config_hash
 
 __all__ = ["TABLE_TASKS", "TABLE_SCHEMA", "TABLE_COMMENTS", "ConfigError", "config_hash", "default_table_config",
@@ -312,26 +310,5 @@ def validate_table_config(raw: dict, source: str = "<config>", base_dir: str | o
 
 def load_table_config(path_or_dict, overrides: dict | None = None) -> dict:
     """Read a YAML file (or take a dict), apply ``overrides`` (``{"train.epochs": 3}``) and validate."""
-    if isinstance(path_or_dict, dict):
-        raw, source, base = copy.deepcopy(path_or_dict), "<config>", None
-    else:
-        path = Path(path_or_dict)
-        if not path.is_file():
-            raise ConfigError(f"training configuration {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        source, base = str(path), path.parent
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the configuration must be a mapping of sections, got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
-        sec, _, key = dotted.partition(".")
-        if not key:
-            raise ConfigError(f"override {dotted!r}: use section.key=value")
-        if raw.get(sec) is None:
-            raw[sec] = {}
-        if not isinstance(raw[sec], dict):
-            raise ConfigError(f"{source}: section {sec!r} must be a mapping, got {type(raw[sec]).__name__}")
-        raw[sec][key] = value
+    raw, source, base = read_config_source(path_or_dict, overrides)
     return validate_table_config(raw, source, base)
