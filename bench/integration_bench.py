@@ -1,0 +1,185 @@
+"""Benchmark phenovec's integration metric set against scib-metrics 0.5.10, end to end, side by side.
+
+The metric set: scib's ``silhouette_label``, ``silhouette_batch``, ``isolated_labels``,
+``nmi_ari_cluster_labels_kmeans``, ``clisi_knn``, ``ilisi_knn``, ``kbet_per_label``, ``graph_connectivity`` and
+``pcr_comparison`` (against a second, "pre-integration" embedding of the same rows), with scib-metrics'
+Benchmarker neighbour counts (one 90-NN graph cut to 15 / 50 / 90).
+
+- ``scib``: what a scib-metrics user runs: ``scib_metrics.nearest_neighbors.pynndescent(X, 90, random_state=0,
+  n_jobs=--jobs)`` (the Benchmarker's default neighbour search, approximate) then each ``scib_metrics`` function
+  as ``Benchmarker.benchmark`` calls it (JAX on the CPU, float32).
+- ``ours``: ``phenovec.evaluate.integration``: the exact kNN graph, the same functions; label silhouettes shared by
+  ``silhouette_label`` and ``isolated_labels`` as ``integration_table`` does. phenovec's extra label mAP is timed
+  apart (``--map-max-n``) and is not in the ratio.
+
+Input: seeded synthetic profiles, ``n`` rows x ``--dim`` features (float32), ``--labels`` labels and
+``--batches`` batches with label and batch offsets; both sides get the same arrays (regenerated from the seed in
+each child). Each (side, n) runs in a fresh child process: ``import_s`` (importing the package), ``wall_s`` (the
+metric set, including JIT compilation: numba's is cached on disk after the first run, JAX compiles in every
+process, as its users pay), per-metric seconds, ``peak_rss_mb`` (the child's VmHWM after data generation was
+reset: input + interpreter + metrics) and the metric values, so the two sides can be compared (kNN-dependent
+metrics differ a little: scib's neighbours are approximate).
+
+Example (the numbers of RESULTS.md)::
+
+    python bench/integration_bench.py --n 10000 100000 --ours-only-n 1000000 --repeats 3 --scib-repeats 1 \
+        --out bench/out/integration.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import emit_document, log, machine_info, peak_mb, reset_peak, run_json_child  # noqa: E402
+
+
+def make_data(n: int, dim: int, n_labels: int, n_batches: int, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_labels, n)
+    batches = rng.integers(0, n_batches, n)
+    centres = rng.normal(size=(n_labels, dim)).astype(np.float32) * 0.8
+    offsets = rng.normal(size=(n_batches, dim)).astype(np.float32) * 0.5
+    pre = rng.standard_normal((n, dim), dtype=np.float32) + centres[labels] + offsets[batches]
+    post = pre - 0.7 * offsets[batches]  # a partial "correction"
+    return pre, post, labels, batches
+
+
+def run_scib(pre, post, labels, batches, jobs: int) -> tuple[dict, dict]:
+    import scib_metrics as sm
+    from scib_metrics.nearest_neighbors import pynndescent
+
+    t, v = {}, {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        t[name] = time.perf_counter() - t0
+        return out
+
+    nn = timed("knn_graph", lambda: pynndescent(post, n_neighbors=90, random_state=0, n_jobs=jobs))
+    nn15, nn50, nn90 = nn.subset_neighbors(15), nn.subset_neighbors(50), nn.subset_neighbors(90)
+    v["isolated_labels"] = timed("isolated_labels", lambda: sm.isolated_labels(post, labels, batches))
+    km = timed("kmeans", lambda: sm.nmi_ari_cluster_labels_kmeans(post, labels))
+    v["kmeans_nmi"], v["kmeans_ari"] = km["nmi"], km["ari"]
+    v["silhouette_label"] = timed("silhouette_label", lambda: sm.silhouette_label(post, labels))
+    v["clisi_knn"] = timed("clisi_knn", lambda: sm.clisi_knn(nn90, labels))
+    v["silhouette_batch"] = timed("silhouette_batch", lambda: sm.silhouette_batch(post, labels, batches))
+    v["ilisi_knn"] = timed("ilisi_knn", lambda: sm.ilisi_knn(nn90, batches))
+    v["kbet_per_label"] = timed("kbet_per_label", lambda: sm.kbet_per_label(nn50, batches, labels))
+    v["graph_connectivity"] = timed("graph_connectivity", lambda: sm.graph_connectivity(nn15, labels))
+    v["pcr_comparison"] = timed("pcr_comparison", lambda: sm.pcr_comparison(pre, post, batches, categorical=True))
+    return t, v
+
+
+def run_ours(pre, post, labels, batches, with_map: bool) -> tuple[dict, dict]:
+    import phenovec.evaluate.integration as pi
+    from phenovec.evaluate.integration.isolated_labels import isolated_labels_from_samples
+    from phenovec.evaluate.integration.silhouette import _label_asw
+
+    t, v = {}, {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        t[name] = time.perf_counter() - t0
+        return out
+
+    g = timed("knn_graph", lambda: pi.knn_graph(post, 90))
+    g15, g50, g90 = g.subset_neighbors(15), g.subset_neighbors(50), g
+    sil = timed("silhouette_samples", lambda: pi.silhouette_samples(post, labels))
+    v["isolated_labels"] = isolated_labels_from_samples(sil, labels, batches)
+    v["silhouette_label"] = _label_asw(sil, True)
+    km = timed("kmeans", lambda: pi.nmi_ari_cluster_labels_kmeans(post, labels))
+    v["kmeans_nmi"], v["kmeans_ari"] = km["nmi"], km["ari"]
+    v["clisi_knn"] = timed("clisi_knn", lambda: pi.clisi_knn(g90, labels))
+    v["silhouette_batch"] = timed("silhouette_batch", lambda: pi.silhouette_batch(post, labels, batches))
+    v["ilisi_knn"] = timed("ilisi_knn", lambda: pi.ilisi_knn(g90, batches))
+    v["kbet_per_label"] = timed("kbet_per_label", lambda: pi.kbet_per_label(g50, batches, labels))
+    v["graph_connectivity"] = timed("graph_connectivity", lambda: pi.graph_connectivity(g15, labels))
+    v["pcr_comparison"] = timed("pcr_comparison", lambda: pi.pcr_comparison(pre, post, batches, categorical=True))
+    if with_map:  # not part of the compared set
+        t0 = time.perf_counter()
+        v["mean_average_precision"] = pi.label_map(post, labels)
+        t["mean_average_precision_extra"] = time.perf_counter() - t0
+    return t, v
+
+
+def child(spec: dict) -> dict:
+    t0 = time.perf_counter()
+    if spec["side"] == "scib":
+        import scib_metrics  # noqa: F401
+    else:
+        import phenovec.evaluate.integration  # noqa: F401
+    import_s = time.perf_counter() - t0
+    pre, post, labels, batches = make_data(spec["n"], spec["dim"], spec["labels"], spec["batches"], spec["seed"])
+    reset_peak()
+    t0 = time.perf_counter()
+    if spec["side"] == "scib":
+        steps, values = run_scib(pre, post, labels, batches, spec["jobs"])
+    else:
+        steps, values = run_ours(pre, post, labels, batches, spec["n"] <= spec["map_max_n"])
+    wall = time.perf_counter() - t0 - steps.get("mean_average_precision_extra", 0.0)
+    return dict(spec, import_s=import_s, wall_s=wall, steps_s=steps, values=values, peak_rss_mb=peak_mb())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--child")
+    ap.add_argument("--n", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--ours-only-n", type=int, nargs="*", default=[], help="sizes run for phenovec alone")
+    ap.add_argument("--dim", type=int, default=50)
+    ap.add_argument("--labels", type=int, default=30)
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of phenovec per size (median reported)")
+    ap.add_argument("--scib-repeats", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count(), help="pynndescent n_jobs for scib's kNN")
+    ap.add_argument("--map-max-n", type=int, default=20000, help="time phenovec's label mAP up to this n")
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(json.loads(a.child)), default=float))
+        return
+    doc = {"benchmark": "integration metric set: phenovec vs scib-metrics", "machine": machine_info(),
+           "scib_metrics": __import__("importlib.metadata").metadata.version("scib-metrics"), "runs": [],
+           "summary": []}
+    base = {"dim": a.dim, "labels": a.labels, "batches": a.batches, "seed": a.seed, "jobs": a.jobs,
+            "map_max_n": a.map_max_n}
+    for n in list(a.n) + list(a.ours_only_n):
+        per = {}
+        sides = ["ours", "scib"] if n in a.n else ["ours"]
+        for side in sides:
+            reps = a.repeats if side == "ours" else a.scib_repeats
+            for r in range(reps):
+                log(f"n={n} {side} repeat {r + 1}/{reps}")
+                res = run_json_child(__file__, dict(base, side=side, n=n, repeat=r), a.timeout)
+                doc["runs"].append(res)
+                per.setdefault(side, []).append(res)
+                if "error" not in res:
+                    log(f"  {res['wall_s']:.1f} s, peak {res['peak_rss_mb']:.0f} MB")
+        row = {"n": n}
+        for side, rs in per.items():
+            ok = [r for r in rs if "error" not in r]
+            if ok:
+                row[f"{side}_median_s"] = statistics.median(r["wall_s"] for r in ok)
+                row[f"{side}_peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+                row[f"{side}_values"] = ok[-1]["values"]
+        if "ours_median_s" in row and "scib_median_s" in row:
+            row["speedup"] = row["scib_median_s"] / row["ours_median_s"]
+            row["max_abs_value_diff"] = max(abs(row["ours_values"][k] - row["scib_values"][k])
+                                            for k in row["scib_values"])
+        doc["summary"].append(row)
+        log(json.dumps({k: v for k, v in row.items() if not k.endswith("values")}, default=float))
+    emit_document(doc, a.out)
+
+
+if __name__ == "__main__":
+    main()
