@@ -159,6 +159,21 @@ def test_embedding_model_without_classes_uses_label_means_or_the_chosen_crops(pl
         gradcam_pngs(ck, crops, rows, tmp_path / "x", target="circle")
 
 
+@pytest.mark.parametrize("arch, layer", [("resnet_tiny", "backbone.layer4"), ("efficientnet_tiny", "backbone.features.8"),
+                                         ("densenet121", "backbone.features"), ("gapnet", "backbone.block4"),
+                                         ("sc_cnn", "backbone.block4")])
+def test_every_arch_has_its_last_conv_block_and_valid_maps(arch, layer):
+    from phenovec.train.models import build_model
+
+    model = build_model(arch, 3, 4, seed=0)
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    res = grad_cam(model, x, target=1)
+    assert res.layer == layer and res.cam.shape == (2, 96, 96) and res.channel_maps.shape == (2, 3, 96, 96)
+    assert np.isfinite(res.cam).all() and (res.cam >= 0).all() and (res.channel_maps >= 0).all()
+    ref = grad_cam(model, x, reference=np.ones(model.feature_dim, dtype=np.float32))
+    assert ref.targets == ["similarity", "similarity"] and np.isfinite(ref.channel_maps).all()
+
+
 def test_errors_name_the_row_class_or_layer(planted, classifier, tmp_path):
     crops, _ = planted
     with pytest.raises(ValueError, match=r"row\(s\) \[99999\] are not crops of the store"):

@@ -12,8 +12,9 @@ deck's "Grad-CAM over the 6 stain channels").
   gradient, so a single crop needs a reference.
 
 **Target layer** (``target_layer``): the backbone's last convolutional block, found by the architecture:
-``backbone.layer4`` for the ResNets, ``backbone.features[-1]`` (the last Conv-BN-SiLU) for the EfficientNets; a
-model may name its own with a ``gradcam_layer()`` method (e.g. GapNet); otherwise the last ``nn.Conv2d``. Every
+``backbone.layer4`` for the ResNets, ``backbone.features[-1]`` (the last Conv-BN-SiLU) for the EfficientNets,
+``backbone.features`` (dense block 4 and its BatchNorm) for DenseNet-121, ``backbone.block4`` (the dilated block) for
+GapNet and SC-CNN; another model may name its own with a ``gradcam_layer()`` method, else the last ``nn.Conv2d``. Every
 phenovec backbone reduces the input by 32, so the last block of a 64-px crop is 2 x 2; ``layer=`` takes a module
 name (``"backbone.layer3"``) for a finer map.
 
@@ -82,6 +83,10 @@ def target_layer(model, layer: str | None = None):
         return backbone.layer4, "backbone.layer4"
     if arch.startswith("efficientnet") and backbone is not None:
         return backbone.features[-1], f"backbone.features.{len(backbone.features) - 1}"
+    if arch.startswith("densenet") and backbone is not None:
+        return backbone.features, "backbone.features"  # dense block 4 + its final BatchNorm
+    if arch in ("gapnet", "sc_cnn") and backbone is not None:
+        return backbone.block4, "backbone.block4"
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM; name one with layer=")
