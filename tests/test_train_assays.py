@@ -225,3 +225,20 @@ def test_print_config_has_the_assays_section_with_a_comment_on_every_key():
     assert cfg["assays"]["labels"] is None and cfg["assays"]["min_actives"] == 1
     text = commented_yaml(cfg, {**COMMENTS, **cls.COMMENTS})  # raises KeyError for a key without a comment
     assert yaml.safe_load(text) == cfg and "Matrix Market" in text
+
+
+@pytest.mark.parametrize("name", ["gapnet", "sc_cnn", "densenet121", "resnet101"])
+def test_presets_are_valid_configurations_with_the_papers_optimiser(plate, tmp_path, name):
+    from phenovec.train.objectives.assays import PRESETS
+
+    preset = PRESETS[name]
+    cfg = load_config({**preset, "data": {**preset["data"], "crops": str(plate[1]),
+                                          "compound_column": "Metadata_Treatment"},
+                       "train": {**preset["train"], "out": str(tmp_path)}, "assays": {"labels": str(plate[2])}})
+    paper = {"gapnet": (0.01, 0.9, 128), "sc_cnn": (0.01, 0.2, 2048), "densenet121": (0.01, 0.9, 12),
+             "resnet101": (0.001, 0.9, 24)}[name]
+    o = cfg["optim"]
+    assert (o["name"], o["lr"], o["momentum"], o["weight_decay"], cfg["data"]["batch_size"]) == ("sgd", *paper[:2],
+                                                                                                1e-4, paper[2])
+    assert cfg["model"]["arch"] == name and cfg["data"]["split_fractions"] == [0.7, 0.1, 0.2]
+    assert cfg["data"]["subsample"] == (0.2 if name == "sc_cnn" else 1.0)

@@ -22,18 +22,19 @@ autocast). **Validation**: the masked BCE and the per-task ROC AUC over the vali
 (:func:`phenovec.evaluate.assay_prediction.assay_metrics`), tasks with one class among those cells skipped;
 ``mean_auc`` (their mean) picks ``best.pt``.
 
-The paper's optimisers (Doc A, Table: all SGD with momentum 0.9 except SC-CNN's, lr / weight decay / batch)::
+**Presets** (:data:`PRESETS`: configuration overrides per network, merged under a user's configuration by whoever
+offers ``preset: NAME``). The paper's optimisers (Doc A's table: SGD; lr, momentum, L2 weight decay, batch)::
 
-    gapnet:      optim: {name: sgd, lr: 0.01,  momentum: 0.9, weight_decay: 1.0e-4, schedule: constant,
-                         warmup_epochs: 0, clip_grad_norm: 5}   data: {batch_size: 128}
-    sc_cnn:      optim: {name: sgd, lr: 0.01,  momentum: 0.2, weight_decay: 1.0e-4, ...}   data: {batch_size: 2048,
-                         subsample: 0.2}   (the authors' code has momentum 0.9; the paper's text 0.2)
+    gapnet:      optim: {name: sgd, lr: 0.01,  momentum: 0.9, weight_decay: 1.0e-4}   data: {batch_size: 128}
+    sc_cnn:      optim: {name: sgd, lr: 0.01,  momentum: 0.2, weight_decay: 1.0e-4}   data: {batch_size: 2048,
+                 subsample: 0.2}   (the paper's text says momentum 0.2, the authors' code 0.9; the text is used)
     densenet121: optim: {name: sgd, lr: 0.01,  momentum: 0.9, weight_decay: 1.0e-4}   data: {batch_size: 12}
     resnet101:   optim: {name: sgd, lr: 0.001, momentum: 0.9, weight_decay: 1.0e-4}   data: {batch_size: 24}
 
-with ``data.split: compound`` and ``data.split_fractions: [0.7, 0.1, 0.2]`` (70 / 10 / 20 % of the compounds, every
-crop of a compound in one fold) and ``augment.enabled: false`` (the paper states no augmentation). The clipping
-(max norm 5), constant learning rate and 100 epochs are the authors' code's (digest appendix X.1), not the paper's.
+each with ``data.split: compound`` and ``data.split_fractions: [0.7, 0.1, 0.2]`` (70 / 10 / 20 % of the compounds,
+every crop of a compound in one fold), ``augment.enabled: false`` (the paper states no augmentation), a constant
+learning rate, 100 epochs and gradient-norm clipping at 5 (these three are the authors' code's, digest appendix
+X.1, not stated in the paper). ``data.compound_column`` and ``assays.labels`` are the user's.
 """
 from __future__ import annotations
 
@@ -45,6 +46,23 @@ import pandas as pd
 
 from phenovec.io.config_schema import NONE_TYPE, ConfigError
 from phenovec.train.objectives.base import Objective, Targets
+
+def _preset(arch: str, lr: float, momentum: float, batch: int, **data) -> dict:
+    return {"model": {"arch": arch},
+            "optim": {"name": "sgd", "lr": lr, "momentum": momentum, "weight_decay": 1.0e-4, "schedule": "constant",
+                      "warmup_epochs": 0, "clip_grad_norm": 5.0},
+            "data": {"batch_size": batch, "split": "compound", "split_fractions": [0.7, 0.1, 0.2], **data},
+            "augment": {"enabled": False},
+            "train": {"task": "assays", "epochs": 100}}
+
+
+#: GapNet's paper, per network: configuration overrides (module docstring)
+PRESETS = {
+    "gapnet": _preset("gapnet", 0.01, 0.9, 128),
+    "sc_cnn": _preset("sc_cnn", 0.01, 0.2, 2048, subsample=0.2),
+    "densenet121": _preset("densenet121", 0.01, 0.9, 12),
+    "resnet101": _preset("resnet101", 0.001, 0.9, 24),
+}
 
 #: the cell-table compound columns tried, in order, when neither assays.compound_column nor data.compound_column is set
 DEFAULT_COMPOUND_COLUMNS = ("Metadata_Compound", "Metadata_Treatment")
