@@ -25,13 +25,13 @@ import logging
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.linalg import eigh
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 from scipy.special import gammainc
 
 from phenovec.evaluate.integration.annotations import annotation_codes
 from phenovec.evaluate.integration.knn_graph import KnnGraph, as_neighbors, knn_graph
+from phenovec.evaluate.integration.threads import threads_for
 
 logger = logging.getLogger(__name__)
 _EPS = 1e-8
@@ -70,7 +70,7 @@ def _eigen(T: sp.spmatrix, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
     n_comps = min(T.shape[0] - 1, n_comps)
     T = T.astype(np.float64)
     if T.shape[0] <= DENSE_EIGEN_ROWS:
-        w, v = eigh(T.toarray())
+        w, v = np.linalg.eigh(T.toarray())
         pick = np.argsort(-np.abs(w), kind="stable")[:n_comps]
         pick = pick[np.argsort(w[pick], kind="stable")]
         w, v = w[pick], v[:, pick]
@@ -119,29 +119,27 @@ def kbet_per_label(X, batches, labels, alpha: float = 0.05, diffusion_n_comps: i
         k0 = int(min(70, max(10, quarter_mean)))
         if k0 * n_obs >= size_max:
             k0 = int(np.floor(size_max / n_obs))
-        n_comp, comp = connected_components(sub, connection="strong")
-        if n_comp == 1:
-            try:
-                nn = diffusion_nn(sub, k=k0, n_comps=min(diffusion_n_comps, n_obs - 1))
-                score = kbet(nn, b_sub, alpha=alpha)[0]
-            except ValueError:
-                logger.info("Diffusion distance failed. Skip.")
-                score = 0.0
-        else:
-            sizes = np.bincount(comp)
-            keep = np.flatnonzero(np.isin(comp, np.flatnonzero(sizes >= 3 * k0)))
-            if len(keep) / len(comp) >= 0.75:
-                sub2 = sub[keep][:, keep].tocsr()
-                sub2.sort_indices()
-                try:
-                    nn = diffusion_nn(sub2, k=k0, n_comps=min(diffusion_n_comps, sub2.shape[0] - 1))
-                    score = kbet(nn, b_sub[keep], alpha=alpha)[0]
-                except ValueError:
-                    logger.info("Diffusion distance failed. Skip.")
-                    score = 0.0
-            else:
-                score = 0.0
+        with threads_for(n_obs):
+            score = _label_score(sub, b_sub, k0, alpha, diffusion_n_comps)
         scores.append(score)
     df = pd.DataFrame({"cluster": levels, "kBET": scores})
     final = float(np.nanmean(df["kBET"])) if df["kBET"].notna().any() else float("nan")
     return (final, df) if return_df else final
+
+
+def _label_score(sub, b_sub, k0: int, alpha: float, diffusion_n_comps: int) -> float:
+    """kBET of one label's connectivity subgraph (scib-metrics' branches on its connected components)."""
+    n_comp, comp = connected_components(sub, connection="strong")
+    if n_comp > 1:
+        keep = np.flatnonzero(np.isin(comp, np.flatnonzero(np.bincount(comp) >= 3 * k0)))
+        if len(keep) / len(comp) < 0.75:
+            return 0.0  # too many small components: 100 % rejection
+        sub = sub[keep][:, keep].tocsr()
+        sub.sort_indices()
+        b_sub = b_sub[keep]
+    try:
+        nn = diffusion_nn(sub, k=k0, n_comps=min(diffusion_n_comps, sub.shape[0] - 1))
+        return kbet(nn, b_sub, alpha=alpha)[0]
+    except ValueError:
+        logger.info("Diffusion distance failed. Skip.")
+        return 0.0

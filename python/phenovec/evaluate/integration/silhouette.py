@@ -26,6 +26,7 @@ import numba
 import numpy as np
 
 from phenovec.evaluate.integration.annotations import annotation_codes, embedding_matrix, label_codes
+from phenovec.evaluate.integration.threads import threads_for
 
 DEFAULT_BLOCK_BYTES = 32 * 2**20
 _BETWEEN = {"nearest": 0, "mean_other": 1, "furthest": 2}
@@ -146,8 +147,9 @@ def silhouette_batch(X, labels, batch, rescale: bool = True, chunk_size: int = 2
         nb = len(np.unique(bat[rows]))
         if nb == 1 or nb == len(rows):
             continue
-        s = np.abs(silhouette_samples(x[rows], bat[rows], metric=metric,
-                                      between_cluster_distances=between_cluster_distances))
+        with threads_for(len(rows)):
+            s = np.abs(silhouette_samples(x[rows], bat[rows], metric=metric,
+                                          between_cluster_distances=between_cluster_distances))
         if rescale:
             s = 1 - s
         means.append(s.mean())

@@ -1,0 +1,30 @@
+"""Thread counts for small sub-problems: one BLAS and one Numba thread below a size threshold.
+
+``kbet_per_label`` runs one small eigendecomposition and kNN search per label. On 2 busy cores, OpenBLAS' and
+Numba's thread teams cost more than such problems (a 333 x 333 ``eigh`` took 0.65 s with 2 OpenBLAS threads and
+0.03 s with one on the benchmark machine), so problems of at most ``SMALL_ROWS`` rows run single-threaded.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import numba
+from threadpoolctl import threadpool_limits
+
+SMALL_ROWS = 1000
+
+
+@contextmanager
+def _single_thread():
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def threads_for(rows: int):
+    """A context running its body single-threaded when ``rows <= SMALL_ROWS``, else unchanged."""
+    return _single_thread() if rows <= SMALL_ROWS else nullcontext()
