@@ -29,3 +29,18 @@ def test_print_config_per_task(capsys):
     assert assays["train"]["task"] == "assays" and "labels" in assays["assays"]
     assert main(["train", "--print-config", "--task", "nonsense"]) == 2
     assert "train.task = 'nonsense' is unknown" in capsys.readouterr().err
+
+
+def test_export_routes_a_table_checkpoint(tmp_path, capsys):
+    paths = write_synthetic_tables(tmp_path / "tables", seed=1)
+    cfg = synthetic_config(paths, "simclr_profiles", str(tmp_path / "run"), epochs=1)
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(f), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run" / "last.pt"), "-o", str(tmp_path / "m.onnx"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["input_kind"] == "profiles" and (tmp_path / "m.onnx").is_file()
+    assert main(["export", str(tmp_path / "run" / "last.pt"), "-o", str(tmp_path / "x.onnx"), "--logits"]) == 2
+    assert "profile-table run" in capsys.readouterr().err

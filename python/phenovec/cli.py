@@ -392,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec import __version__
     from phenovec.activity.command import add_activity_parser
     from phenovec.evaluate.assay_command import add_assay_parsers
+    from phenovec.evaluate.probe_command import add_probe_parser
     from phenovec.export.command import add_export_parser
     from phenovec.ingest.command import add_crop_parser, add_illum_parser, add_synth_parser, add_tiles_parser
     from phenovec.pipeline import add_run_parsers
@@ -399,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec.profile.command import add_profile_parser
     from phenovec.report.command import add_report_parser
     from phenovec.train.command import add_train_parser
+    from phenovec.train.gradcam_command import add_explain_parser
 
     parser = Parser(prog="phenovec", description="High-performance image-based profiling.")
     parser.add_argument("--version", action="version", version=f"phenovec {__version__}")
@@ -410,9 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replicate_stats(metrics)
     _add_moaprofiler(metrics)
     add_assay_parsers(metrics)
+    add_probe_parser(metrics)
     add_process_parser(stages)
     for add in (add_synth_parser, add_illum_parser, add_crop_parser, add_tiles_parser, add_train_parser,
-                add_export_parser, add_profile_parser, add_report_parser, add_activity_parser, add_run_parsers):
+                add_export_parser, add_profile_parser, add_report_parser, add_activity_parser, add_explain_parser,
+                add_run_parsers):
         add(stages)
     return parser
 

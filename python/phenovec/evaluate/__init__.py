@@ -27,6 +27,8 @@ _EXPORTS = {
     "class_latent_assignment": "class_latent_assignment",
     "holdout_moa_identification": "holdout_moa_identification",
     "batch_diagnostic": "batch_diagnostic",
+    # frozen-encoder probes (logistic regression / Random Forest on embeddings)
+    **dict.fromkeys(["probe", "ProbeResult"], "probes"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -73,6 +73,27 @@ def _field_export(a):
                               mean=mean, std=std, opset=a.opset, exporter=a.exporter, atol=a.atol)
 
 
+def _table_checkpoint(path):
+    """The checkpoint dict when ``path`` is a profile-table run's (``phenovec.train.tables``), else None."""
+    from phenovec.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    return ck if "cp_standardization" in (ck.get("data_config") or {}) else None
+
+
+def _table_export(a, ck) -> dict:
+    """A profile-table model (clip / bae / simclr_profiles / fnn) to ONNX, standardisation inside the graph."""
+    from phenovec.train.tables.export import export_table_model
+
+    for flag, value in (("--fields", a.fields), ("--logits", a.logits), ("--parity-crops", a.parity_crops)):
+        if value:
+            raise SystemExit(f"phenovec export: {flag} is for crop models; {a.checkpoint} is a profile-table run")
+    rep = export_table_model(ck, a.out, opset=a.opset, exporter=a.exporter, atol=a.atol)
+    summary = {**rep.to_dict(), "checkpoint": str(a.checkpoint), "input_kind": "profiles"}
+    print(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
 def _run_export(a) -> dict:
     from phenovec.export.checkpoint import load_contract
     from phenovec.export.onnx_export import export_onnx
@@ -94,6 +115,9 @@ def _run_export(a) -> dict:
                             ("--input-size", a.input_size)):
             if value is not None:
                 raise SystemExit(f"phenovec export: {flag} is for --pretrained (a checkpoint carries its own)")
+        table = _table_checkpoint(a.checkpoint)
+        if table is not None:
+            return _table_export(a, table)
         contract = load_contract(a.checkpoint)
         crops = load_parity_crops(a.parity_crops, contract, a.parity_n) if a.parity_crops else None
         rep = export_onnx(contract, a.out, opset=a.opset, logits=a.logits, exporter=a.exporter, parity_crops=crops,

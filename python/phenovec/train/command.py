@@ -100,6 +100,8 @@ def _run_train(a) -> dict:
         return {}
     if not a.config:
         raise ValueError("phenovec train needs a configuration file (see --print-config)")
+    import torch  # noqa: F401  (every task needs it: a missing install is named before the configuration is read)
+
     overrides = dict(_parse_override(s) for s in a.set or [])
     if _task(a.config, overrides) in _table_tasks():
         return _run_table_train(a.config, overrides, show_progress(a))
@@ -145,7 +147,8 @@ def _run_table_train(config_path, overrides: dict, progress) -> dict:
 
 def add_train_parser(stages) -> argparse.ArgumentParser:
     """Add ``train`` to the CLI's top-level subparsers; the handler is ``args.run``."""
-    p = stages.add_parser("train", help="train a weakly supervised single-cell classifier on crops (PyTorch)")
+    p = stages.add_parser("train", help="train on crops (classifier, GapNet assays, SimCLR) or on profile tables "
+                                       "(CLIP, bimodal autoencoder, SimCLR, assay fnn); PyTorch")
     p.add_argument("config", nargs="?", help="training configuration (YAML)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a configuration value (repeatable)")

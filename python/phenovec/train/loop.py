@@ -55,7 +55,7 @@ class TrainResult:
     best_score: float | None = None
 
 
-def _device(name: str):
+def device_from_name(name: str):
     import torch
 
     if name == "auto":
@@ -97,7 +97,7 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
     out = Path(t["out"])
     if t["threads"]:
         torch.set_num_threads(int(t["threads"]))
-    device = _device(t["device"])
+    device = device_from_name(t["device"])
     amp = device.type == "cuda" and t["amp"] in ("auto", True)
     chash = config_hash(cfg)
     started = time.monotonic()
@@ -292,7 +292,7 @@ def embed_crops(model_or_checkpoint, crops_path, batch_size: int = 256, device: 
             raise ConfigError(f"{crops_path}: crops are {list(crops.shape[1:])} but the model was trained on "
                               f"{ck['data_config']['crop_shape']}")
     dtype_max = float(np.iinfo(crops.dtype).max) if np.issubdtype(crops.dtype, np.integer) else 1.0
-    dev = _device(device)
+    dev = device_from_name(device)
     model = model.to(dev).eval()
     rows = crops.cells["row"].to_numpy(dtype=np.int64)
     plan = epoch_batches(rows, np.zeros(len(rows), dtype=np.int64), crops.chunk_cells, batch_size, None, 0)

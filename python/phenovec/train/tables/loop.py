@@ -34,7 +34,7 @@ import pandas as pd
 from phenovec.io.atomic import output_folder, write_json_atomic, write_text_atomic
 from phenovec.io.profiles import read_table, write_table
 from phenovec.train.checkpoint import load_checkpoint, save_checkpoint
-from phenovec.train.loop import _device  # the image trainer's device rule (auto | cpu | cuda[:N])
+from phenovec.train.loop import device_from_name  # the image trainer's device rule (auto | cpu | cuda[:N])
 from phenovec.train.tables.config import PAIRED_TASKS, ConfigError, config_hash, load_table_config
 from phenovec.train.tables.pairing import (PERTURBATION, PairingError, fit_on_sources, pair_tables,
                                            replicate_groups, single_table, split_rows)
@@ -261,7 +261,7 @@ def train_tables(config, overrides: dict | None = None, progress: bool | None = 
     task, out = t["task"], Path(t["out"])
     if t["threads"]:
         torch.set_num_threads(int(t["threads"]))
-    device = _device(t["device"])
+    device = device_from_name(t["device"])
     chash = _table_config_hash(cfg)
     started = time.monotonic()
     data = prepare_table_data(cfg)
