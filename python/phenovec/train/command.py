@@ -22,9 +22,12 @@ COMMENTS = {
     "data.val_fraction": "fraction of each label's groups for validation (at least one when it has two or more)",
     "data.holdout_plates": "Metadata_Plate values kept out of train and validation (the test split)",
     "data.split": "plates (val_fraction of each label's groups; holdout_plates) | well_holdout | compound_holdout "
-                  "(MOAProfiler's splits, phenovec.train.moa_splits; data.label is then the MOA)",
-    "data.compound_column": "null, or the compound of each cell (required by split: compound_holdout)",
-    "data.split_fractions": "train / val / test fractions of each MOA's wells, for split: well_holdout",
+                  "(MOAProfiler's splits, phenovec.train.moa_splits; data.label is then the MOA) | compound (GapNet's: "
+                  "split_fractions of the compounds, every cell of a compound in one split; needs "
+                  "data.compound_column)",
+    "data.compound_column": "null, or the compound of each cell (required by split: compound_holdout and compound)",
+    "data.split_fractions": "train / val / test fractions of each MOA's wells (split: well_holdout) or of the "
+                            "compounds (split: compound; GapNet 0.7 / 0.1 / 0.2)",
     "data.min_test_plates": "well_holdout: spread each MOA's test wells over at least this many plates (warns "
                             "naming the MOA where the plates are not there)",
     "data.train_fraction": "compound_holdout: the train share of the wells not held out (the rest validate)",
@@ -37,9 +40,10 @@ COMMENTS = {
     "data.prefetch": "batches prefetched per worker",
     "data.shuffle_chunks": "Zarr chunks mixed in one shuffle window",
     "model": "the network",
-    "model.arch": "efficientnet_b0 | resnet50 | resnet18 | efficientnet_tiny | resnet_tiny",
+    "model.arch": "efficientnet_b0 | resnet50 | resnet18 | resnet101 | densenet121 | efficientnet_tiny | resnet_tiny "
+                  "| gapnet | sc_cnn",
     "model.weights": "null (random init) or a state_dict file (e.g. ImageNet), adapted to the channel count",
-    "model.dropout": "dropout before the classifier",
+    "model.dropout": "dropout before the classifier (gapnet / sc_cnn: SELU's AlphaDropout after each fc layer)",
     "optim": "optimiser and learning-rate schedule",
     "optim.name": "sgd | adamw",
     "optim.lr": "peak learning rate",
