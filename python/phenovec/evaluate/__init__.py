@@ -12,6 +12,7 @@ _EXPORTS = {
                     "average_precision"),
     "benjamini_hochberg": "fdr",
     "mean_average_precision": "map",
+    "evaluate_many": "evaluate_many",
     **dict.fromkeys(["iter_similarity_blocks", "similarity_matrix"], "similarity"),
     "enrichment": "enrichment",
     **dict.fromkeys(["precision_at_r", "precision_recall"], "precision_recall"),

@@ -1,0 +1,290 @@
+"""Several copairs rule sets ranked from one pass of similarity blocks.
+
+``evaluate_many(meta, feats, {name: rules, ...})`` returns ``{name: DataFrame}``, each frame equal to
+``average_precision(meta[rows], feats[rows], **rules)`` (same rows, columns and values; AP values are
+bit-identical: the blocks come from the same Rust kernel, ``phenovec._core.similarity_block``, and the
+ranking below repeats the core's arithmetic: copairs' float32 keys with ``ties="copairs"``, positives first
+on ties, AP summed in rank order). A rule set is a mapping with ``pos_sameby``, ``pos_diffby``,
+``neg_sameby``, ``neg_diffby`` and optionally ``rows``: a boolean mask over ``meta``'s rows or a filter
+string in :mod:`phenovec.io.row_filter`'s language (never executed as code).
+
+How the work is shared:
+
+- one integer pass per rule set counts each row's positives M and candidates L (no similarities);
+- only rows with M > 0 under some rule set are queries (AP is NaN otherwise, as copairs);
+- queries are taken in blocks; for each block the union of the candidate columns of all rule sets is
+  found, and the block's similarities are computed ONCE against those columns: against all N rows
+  when the union is large (replicate-vs-all, MOA consistency), against the block's own rows plus the
+  union when it is small (replicate vs control wells: each query's replicates plus the reference rows,
+  cost N x (M + R) x D instead of N^2 x D). Every rule set is then ranked from that block.
+
+``columns="all"`` forces full rows (the reduced path is identical in value; the switch exists to
+measure it). Multilabel rules and grouped query units are not supported here: use
+:func:`phenovec.evaluate.average_precision` for those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numba
+import numpy as np
+import pandas as pd
+
+from phenovec import _core
+from phenovec.evaluate.average_precision import TIES, UnpairedError, _inputs, normalize_ap
+from phenovec.evaluate.pairs import DEFAULT_BLOCK_BYTES, PairRules, block_rows_for
+from phenovec.evaluate.similarity import check_metric
+from phenovec.io.row_filter import filter_mask
+
+RULE_KEYS = ("pos_sameby", "pos_diffby", "neg_sameby", "neg_diffby")
+OPTIONAL_KEYS = ("rows",)
+COLUMNS = ("auto", "all")
+REDUCED_FRACTION = 0.5  # a block's column union below this fraction of N is computed as a reduced block
+
+
+@numba.njit(inline="always")
+def _match(i, j, same, diff):
+    for c in range(same.shape[0]):
+        if same[c, i] != same[c, j]:
+            return False
+    for c in range(diff.shape[0]):
+        if diff[c, i] == diff[c, j]:
+            return False
+    return True
+
+
+@numba.njit(parallel=True, cache=True)
+def _counts(active, ps, pd_, ns, nd):
+    n = active.shape[0]
+    m = np.zeros(n, np.int64)
+    l = np.zeros(n, np.int64)
+    for i in numba.prange(n):
+        if not active[i]:
+            continue
+        mi = 0
+        li = 0
+        for j in range(n):
+            if j == i or not active[j]:
+                continue
+            p = _match(i, j, ps, pd_)
+            q = _match(i, j, ns, nd)
+            if p:
+                mi += 1
+                li += 1
+            if q:
+                li += 1
+        m[i] = mi
+        l[i] = li
+    return m, l
+
+
+@numba.njit(cache=True)
+def _mark_columns(queries, want, active, ps, pd_, ns, nd, mask):
+    n = active.shape[0]
+    for t in range(queries.shape[0]):
+        if not want[t]:
+            continue
+        i = queries[t]
+        for j in range(n):
+            if j != i and active[j] and not mask[j]:
+                if _match(i, j, ps, pd_) or _match(i, j, ns, nd):
+                    mask[j] = True
+
+
+@numba.njit(inline="always")
+def _key(s, f32_keys, euclidean):
+    if not f32_keys:
+        return s
+    if euclidean:
+        return -np.float64(np.float32(1.0) - np.float32(1.0 / (1.0 - s)))
+    return -np.float64(np.float32(1.0) - np.float32(s))
+
+
+@numba.njit(parallel=True, cache=True)
+def _rank_block(block, queries, want, cols, active, ps, pd_, ns, nd, f32_keys, euclidean, ap_out):
+    """AP of each wanted query (row t of ``block``; ``cols`` are the global rows of its columns)."""
+    nc = cols.shape[0]
+    for t in numba.prange(queries.shape[0]):
+        if not want[t]:
+            continue
+        i = queries[t]
+        pos = np.empty(nc, np.float64)
+        neg = np.empty(nc, np.float64)
+        mp = 0
+        mn = 0
+        for c in range(nc):
+            j = cols[c]
+            if j == i or not active[j]:
+                continue
+            p = _match(i, j, ps, pd_)
+            q = _match(i, j, ns, nd)
+            if p or q:
+                s = _key(np.float64(block[t, c]), f32_keys, euclidean)
+                if p:
+                    pos[mp] = s
+                    mp += 1
+                if q:
+                    neg[mn] = s
+                    mn += 1
+        if mp == 0:
+            ap_out[t] = np.nan
+            continue
+        asc = np.sort(pos[:mp])
+        cnt = np.zeros(mp + 1, np.int64)
+        for k in range(mn):
+            # positives with s >= v stay above this negative (ties: positive first); k-th in decreasing order
+            above = mp - np.searchsorted(asc, neg[k], side="left")
+            cnt[above] += 1
+        total = 0.0
+        above = 0
+        for k in range(mp):
+            above += cnt[k]
+            total += np.float64(k + 1) / np.float64(k + above + 1)
+        ap_out[t] = total / mp
+
+
+@dataclass
+class _Rule:
+    name: str
+    rows: np.ndarray  # global row indices of the rule set's rows, ascending
+    active: np.ndarray  # bool[N]
+    ps: np.ndarray
+    pd_: np.ndarray
+    ns: np.ndarray
+    nd: np.ndarray
+    m: np.ndarray = None
+    l: np.ndarray = None
+    ap: np.ndarray = None
+
+
+def _rows_mask(meta: pd.DataFrame, spec, name: str) -> np.ndarray:
+    key = f"rule set {name!r}: rows"
+    if spec is None:
+        return np.ones(len(meta), dtype=bool)
+    if isinstance(spec, str):
+        return filter_mask(meta, spec, key=key)
+    mask = np.asarray(spec)
+    if mask.dtype != bool or mask.shape != (len(meta),):
+        raise ValueError(f"{key}: expected a filter string or a boolean mask of {len(meta)} rows, "
+                         f"got dtype {mask.dtype} shape {mask.shape}")
+    return mask
+
+
+def _build_rule(meta: pd.DataFrame, name: str, spec: Mapping) -> _Rule:
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"rule set {name!r}: expected a mapping of {', '.join(RULE_KEYS)}, got {type(spec).__name__}")
+    unknown = set(spec) - set(RULE_KEYS) - set(OPTIONAL_KEYS)
+    if unknown:
+        raise ValueError(f"rule set {name!r}: unknown key(s) {sorted(unknown)}; allowed: {list(RULE_KEYS + OPTIONAL_KEYS)}")
+    missing = [k for k in RULE_KEYS if k not in spec]
+    if missing:
+        raise ValueError(f"rule set {name!r}: missing key(s) {missing}")
+    active = _rows_mask(meta, spec.get("rows"), name)
+    rows = np.flatnonzero(active)
+    if len(rows) == 0:
+        raise ValueError(f"rule set {name!r}: the rows filter selects no row")
+    sub = meta.iloc[rows].reset_index(drop=True)
+    try:
+        pr = PairRules.build(sub, *(spec[k] for k in RULE_KEYS))
+    except (KeyError, ValueError) as e:
+        raise type(e)(f"rule set {name!r}: {e.args[0] if e.args else e}") from None
+
+    def full(codes):  # codes over the selected rows -> codes over all N rows (inactive rows never compared)
+        out = np.full((codes.shape[0], len(meta)), -1, dtype=np.int64)
+        out[:, rows] = codes
+        return np.ascontiguousarray(out)
+
+    return _Rule(name, rows, active, full(pr.pos_same), full(pr.pos_diff), full(pr.neg_same), full(pr.neg_diff))
+
+
+def _query_order(queries: np.ndarray, rules: list[_Rule]) -> np.ndarray:
+    """Queries grouped by their positive keys, so a block's replicates mostly sit inside the block."""
+    keys = [r.ps[c, queries] for r in rules for c in range(r.ps.shape[0])]
+    if not keys:
+        return queries
+    return queries[np.lexsort(keys[::-1])]
+
+
+def evaluate_many(
+    meta,
+    feats,
+    rule_sets: Mapping[str, Mapping],
+    distance: str = "cosine",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ties: str = "copairs",
+    columns: str = "auto",
+    stats: dict | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Per-query AP for every rule set from one pass of similarity blocks (see the module docstring).
+
+    ``stats``, when a dict, receives ``full_blocks``, ``reduced_blocks`` and ``similarities`` (the number
+    of similarity values computed), so a caller can see which path ran.
+    """
+    if not isinstance(rule_sets, Mapping) or not rule_sets:
+        raise ValueError("rule_sets: expected a non-empty mapping of name -> rules")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    if columns not in COLUMNS:
+        raise ValueError(f"columns must be one of {COLUMNS}, got {columns!r}")
+    metric = check_metric(distance)
+    meta, x = _inputs(meta, feats)
+    meta = meta.reset_index(drop=True)
+    _core.check_features(x, metric)
+    n = len(x)
+    rules = [_build_rule(meta, str(name), spec) for name, spec in rule_sets.items()]
+    for r in rules:
+        r.m, r.l = _counts(r.active, r.ps, r.pd_, r.ns, r.nd)
+        if r.m.sum() == 0:
+            raise UnpairedError(f"rule set {r.name!r}: unable to find positive pairs: no two rows satisfy pos_sameby/pos_diffby")
+        if (r.l - r.m).sum() == 0:
+            raise UnpairedError(f"rule set {r.name!r}: unable to find negative pairs: no two rows satisfy neg_sameby/neg_diffby")
+        r.ap = np.full(n, np.nan)
+    wanted = np.zeros(n, dtype=bool)
+    for r in rules:
+        wanted |= r.m > 0
+    queries = _query_order(np.flatnonzero(wanted).astype(np.int64), rules)
+    f32_keys, euclidean = ties == "copairs", metric == "euclidean"
+    step = block_rows_for(n, x.itemsize, block_bytes)
+    all_cols = np.arange(n, dtype=np.int64)
+    counters = {"full_blocks": 0, "reduced_blocks": 0, "similarities": 0}
+    for s in range(0, len(queries), step):
+        q = np.ascontiguousarray(queries[s : s + step])
+        wants = [np.ascontiguousarray(r.m[q] > 0) for r in rules]
+        cols = all_cols
+        if columns == "auto":
+            mask = np.zeros(n, dtype=bool)
+            mask[q] = True
+            for r, w in zip(rules, wants):
+                _mark_columns(q, w, r.active, r.ps, r.pd_, r.ns, r.nd, mask)
+                if mask.sum() >= REDUCED_FRACTION * n:
+                    break
+            if mask.sum() < REDUCED_FRACTION * n:
+                cols = np.flatnonzero(mask).astype(np.int64)
+        if cols is all_cols:
+            block = _core.similarity_block(x, metric, q)
+            counters["full_blocks"] += 1
+        else:
+            # rows are prepared one by one (normalised independently), so the sub-matrix gives the same values
+            block = _core.similarity_block(np.ascontiguousarray(x[cols]), metric, np.searchsorted(cols, q))
+            counters["reduced_blocks"] += 1
+        counters["similarities"] += block.size
+        for r, w in zip(rules, wants):
+            out = np.empty(len(q))
+            _rank_block(block, q, w, cols, r.active, r.ps, r.pd_, r.ns, r.nd, f32_keys, euclidean, out)
+            r.ap[q[w]] = out[w]
+        del block
+    if stats is not None:
+        stats.update(counters)
+    results = {}
+    for r in rules:
+        df = meta.iloc[r.rows].reset_index(drop=True).copy()
+        m, l, ap = r.m[r.rows], r.l[r.rows], r.ap[r.rows]
+        df["n_pos_pairs"] = m
+        df["n_total_pairs"] = l
+        df["average_precision"] = ap
+        norm = normalize_ap(np.nan_to_num(ap), m, l)
+        norm[np.isnan(ap)] = np.nan
+        df["normalized_average_precision"] = norm
+        results[r.name] = df
+    return results
