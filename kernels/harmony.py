@@ -198,51 +198,14 @@ def normalise_rows(x):
 # ------------------------------------------------------------------------------------------ k-means init
 
 
-@njit(cache=True, parallel=True)
-def _init_probabilities(x, y, u, p, task_max):
-    n, d = x.shape
-    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
-    for t in prange(n_tasks):
-        j0 = t * CELLS_PER_TASK
-        j1 = min(n, j0 + CELLS_PER_TASK)
-        best = -F_INF
-        for j in range(j0, j1):
-            distance = abs((F1 - _dot8(y, x[j], d)) * F2)
-            p[j] = (-np.float32(math.log(u[j]))) / (distance + F_TINY)
-            if p[j] > best:
-                best = p[j]
-        task_max[t] = best
-
-
 @njit(cache=True)
-def _first_min(p):
-    best = 0
-    m = F_INF
-    for j in range(p.shape[0]):
-        if p[j] < m:
-            m = p[j]
-            best = j
-    return best
-
-
-@njit(cache=True)
-def _max(p):
-    m = -F_INF
-    for j in range(p.shape[0]):
-        if p[j] > m:
-            m = p[j]
-    return m
-
-
-@njit(cache=True)
-def kmeans_seed_cells(x, k, mt):
-    """harmonypy 2.1.0 ``kmeans_init`` before its Lloyd steps: the cells chosen as the k initial means."""
-    n, d = x.shape
+def kmeans_random_cells(mt, n, k):
+    """The first k draws of harmonypy's ``kmeans_init``: ``round(u * N)`` (float32 product, std::round), clipped."""
     first = np.empty(k, np.float32)
     mt_uniform01(mt, first)
     seeds = np.empty(k, np.int64)
     for i in range(k):
-        v = first[i] * np.float32(n)  # float32 product, then std::round (half away from zero)
+        v = first[i] * np.float32(n)
         r = math.floor(np.float64(v))
         if np.float64(v) - r >= 0.5:
             r += 1.0
@@ -250,28 +213,53 @@ def kmeans_seed_cells(x, k, mt):
         if idx >= n:
             idx = n - 1
         seeds[i] = idx
+    return seeds
+
+
+@njit(cache=True)
+def kmeans_seed_cells(x, seeds, g, mt, first_cluster, chosen, cells):
+    """harmonypy 2.1.0 ``kmeans_init`` before its Lloyd steps, for clusters ``first_cluster ..`` (one per column of
+    ``g``): cluster i takes the cell minimising ``p = -log(u) / (|2 (1 - y_i.x)| + 1e-10)`` (u: N fresh uniform
+    draws; cells already taken excluded; the first on ties).
+
+    ``g[:, c] = x @ x[seeds[i]]`` from float32 BLAS only screens: every cell whose p could be the minimum given the
+    BLAS rounding (|error| < 1e-5 on unit vectors) is recomputed in harmonypy's order (eight-sum dot, float32
+    ``logf``), and the exact minimum among them is taken. A degenerate draw (every p equal) falls back to every
+    cell."""
+    n, d = x.shape
     u = np.empty(n, np.float32)
-    p = np.empty(n, np.float32)
-    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
-    task_max = np.empty(n_tasks, np.float32)
-    chosen = np.zeros(n, np.bool_)
-    cells = np.empty(k, np.int64)
-    for i in range(k):
+    lo = np.empty(n)
+    delta = 1e-5
+    for c in range(g.shape[1]):
+        i = first_cluster + c
         mt_uniform01(mt, u)
-        _init_probabilities(x, x[seeds[i]], u, p, task_max)
-        max_prob = -F_INF
-        for t in range(n_tasks):
-            if task_max[t] > max_prob:
-                max_prob = task_max[t]
-        for c in range(i):
-            p[cells[c]] = max_prob
-        best = _first_min(p)
-        while chosen[best]:
-            p[best] = _max(p)
-            best = _first_min(p)
+        y = x[seeds[i]]
+        best_hi = np.inf
+        for j in range(n):
+            if chosen[j]:
+                lo[j] = np.inf
+                continue
+            e = -math.log(np.float64(u[j]))
+            dist = abs((1.0 - np.float64(g[j, c])) * 2.0)
+            lo[j] = e * (1.0 - 1e-6) / (dist + delta + 1e-10)
+            hi = e * (1.0 + 1e-6) / (max(dist - delta, 0.0) + 1e-10)
+            if hi < best_hi:
+                best_hi = hi
+        best = -1
+        best_p = F_INF
+        for j in range(n):
+            if lo[j] <= best_hi:
+                distance = abs((F1 - _dot8(y, x[j], d)) * F2)
+                pj = (-np.float32(math.log(u[j]))) / (distance + F_TINY)
+                if pj < best_p:
+                    best_p = pj
+                    best = j
+        if best < 0:  # every candidate infinite: harmonypy's rule over all cells
+            best = 0
+            while chosen[best] and best < n - 1:
+                best += 1
         chosen[best] = True
         cells[i] = best
-    return cells
 
 
 @njit(cache=True, parallel=True)
@@ -622,9 +610,76 @@ def _log_diversity(o, e, theta, out):
             out[b, g] = (log_expected - log_observed) * w
 
 
+@njit(cache=True, inline="always")
+def _logits_of(j, dj, logits, sigma, lead, log_div, cell_batches, k, n_cov):
+    """-dist / sigma plus the diversity penalty of each of the cell's batches (lead covariate first)."""
+    for g in range(k):
+        scaled = (-dj[g]) / sigma[g]
+        logits[g] = scaled + lead[g]
+    for c in range(1, n_cov):
+        div = log_div[cell_batches[j, c]]
+        for g in range(k):
+            logits[g] = logits[g] + div[g]
+
+
+@njit(cache=True, inline="always")
+def _accumulate2(x, y, n):
+    """``_accumulate`` of two vectors at once (four independent chains; each result as ``_accumulate``'s)."""
+    x1 = F0
+    x2 = F0
+    y1 = F0
+    y2 = F0
+    j = 1
+    while j < n:
+        x1 += x[j - 1]
+        y1 += y[j - 1]
+        x2 += x[j]
+        y2 += y[j]
+        j += 2
+    if j - 1 < n:
+        x1 += x[j - 1]
+        y1 += y[j - 1]
+    return x1 + x2, y1 + y2
+
+
+@njit(cache=True)
+def _reassign_one(logits, dj, sigma, sums, k):
+    """Softmax of one cell's logits in place; ``(flags, error term, entropy term)``."""
+    m = -F_INF
+    for g in range(k):
+        if logits[g] > m:
+            m = logits[g]
+    weighted = 0.0
+    weighted_shifted = 0.0
+    for g in range(k):
+        shifted = logits[g] - m
+        ex = np.float32(math.exp(shifted))
+        logits[g] = ex
+        w = np.float64(sigma[g]) * ex
+        weighted += w
+        weighted_shifted += w * shifted
+    total = _accumulate(logits, k)
+    if not (np.isfinite(total) and total > F0):
+        return 1, 0.0, 0.0
+    cell_error = 0.0
+    for g in range(k):
+        pv = logits[g] / total
+        logits[g] = pv
+        sums[g] += pv
+        cell_error += np.float64(pv) * dj[g]
+    flags = 0
+    column_sum = _accumulate(logits, k)
+    if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4):
+        flags = 2
+    return flags, cell_error, (weighted_shifted - math.log(np.float64(total)) * weighted) / np.float64(total)
+
+
 @njit(cache=True)
 def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
               run_sums, run_error, run_entropy, run_flags):
+    """Reassign the cells of each lead run (one batch of the first variable) with O and E frozen: the softmax of
+    the penalised logits, per cell in harmonypy's order. Two cells at a time: their dependency chains (the float and
+    double running sums) interleave, each cell's arithmetic unchanged, their contributions added in cell order."""
     k = r.shape[1]
     n_cov = cell_batches.shape[1]
     for q in range(n_lead):
@@ -633,45 +688,74 @@ def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin
         error = 0.0
         entropy = 0.0
         flags = 0
-        for i in range(run_begin[q], run_end[q]):
-            j = cells[i]
-            dj = dist[j]
-            logits = r[j]
-            for g in range(k):
-                scaled = (-dj[g]) / sigma[g]
-                logits[g] = scaled + lead[g]
-            for c in range(1, n_cov):
-                div = log_div[cell_batches[j, c]]
-                for g in range(k):
-                    logits[g] = logits[g] + div[g]
-            m = -F_INF
-            for g in range(k):
-                if logits[g] > m:
-                    m = logits[g]
-            weighted = 0.0
-            weighted_shifted = 0.0
-            for g in range(k):
-                shifted = logits[g] - m
-                ex = np.float32(math.exp(shifted))
-                logits[g] = ex
-                w = np.float64(sigma[g]) * ex
-                weighted += w
-                weighted_shifted += w * shifted
-            total = _accumulate(logits, k)
-            if not (np.isfinite(total) and total > F0):
-                flags |= 1
+        i = run_begin[q]
+        while i < run_end[q]:
+            ja = cells[i]
+            la = r[ja]
+            da = dist[ja]
+            _logits_of(ja, da, la, sigma, lead, log_div, cell_batches, k, n_cov)
+            if i + 1 == run_end[q]:
+                f, ce, en = _reassign_one(la, da, sigma, sums, k)
+                flags |= f
+                if f != 1:
+                    error += ce
+                    entropy += en
+                i += 1
                 continue
-            cell_error = 0.0
+            jb = cells[i + 1]
+            lb = r[jb]
+            db = dist[jb]
+            _logits_of(jb, db, lb, sigma, lead, log_div, cell_batches, k, n_cov)
+            i += 2
+            ma = -F_INF
+            mb = -F_INF
             for g in range(k):
-                pv = logits[g] / total
-                logits[g] = pv
-                sums[g] += pv
-                cell_error += np.float64(pv) * dj[g]
-            column_sum = _accumulate(logits, k)
-            if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4):
+                if la[g] > ma:
+                    ma = la[g]
+                if lb[g] > mb:
+                    mb = lb[g]
+            wa = 0.0
+            wsa = 0.0
+            wb = 0.0
+            wsb = 0.0
+            for g in range(k):
+                sa = la[g] - ma
+                sb = lb[g] - mb
+                ea = np.float32(math.exp(sa))
+                eb = np.float32(math.exp(sb))
+                la[g] = ea
+                lb[g] = eb
+                s64 = np.float64(sigma[g])
+                w = s64 * ea
+                wa += w
+                wsa += w * sa
+                w = s64 * eb
+                wb += w
+                wsb += w * sb
+            ta, tb = _accumulate2(la, lb, k)
+            if not (np.isfinite(ta) and ta > F0 and np.isfinite(tb) and tb > F0):
+                flags |= 1  # harmonypy stops the run with an error: which cell does not matter
+                continue
+            ca = 0.0
+            cb = 0.0
+            for g in range(k):
+                pa = la[g] / ta
+                pb = lb[g] / tb
+                la[g] = pa
+                lb[g] = pb
+                sums[g] += pa
+                sums[g] += pb
+                ca += np.float64(pa) * da[g]
+                cb += np.float64(pb) * db[g]
+            csa, csb = _accumulate2(la, lb, k)
+            if not np.isfinite(csa) or abs(csa - F1) > np.float32(1e-4):
                 flags |= 2
-            error += cell_error
-            entropy += (weighted_shifted - math.log(np.float64(total)) * weighted) / np.float64(total)
+            if not np.isfinite(csb) or abs(csb - F1) > np.float32(1e-4):
+                flags |= 2
+            error += ca
+            entropy += (wsa - math.log(np.float64(ta)) * wa) / np.float64(ta)
+            error += cb
+            entropy += (wsb - math.log(np.float64(tb)) * wb) / np.float64(tb)
         run_sums[q] = sums
         run_error[q] = error
         run_entropy[q] = entropy
@@ -769,6 +853,28 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
 
 
 # ------------------------------------------------------------------------------------------ correction
+
+
+@njit(cache=True, parallel=True)
+def weighted_sums(r, z, cells, run_begin, run_end, out):
+    """``out[q, k, :d] = sum r[j, k] * z[j]`` and ``out[q, k, d] = sum r[j, k]`` over the cells ``cells[run_begin[q]:
+    run_end[q]]`` of each run q, accumulated in double (the ridge system's sums; harmonypy sums them in double too)."""
+    k = r.shape[1]
+    d = z.shape[1]
+    for q in prange(run_begin.shape[0]):
+        acc = np.zeros((k, d + 1))
+        zj = np.empty(d)
+        for i in range(run_begin[q], run_end[q]):
+            j = cells[i]
+            for a in range(d):
+                zj[a] = z[j, a]
+            for g in range(k):
+                rk = np.float64(r[j, g])
+                row = acc[g]
+                for a in range(d):
+                    row[a] += rk * zj[a]
+                row[d] += rk
+        out[q] = acc
 
 
 @njit(cache=True)
