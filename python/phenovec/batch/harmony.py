@@ -186,18 +186,28 @@ class Harmony:
 # --------------------------------------------------------------------------------------------- the algorithm
 
 
+#: with ``ncores=0``, cells below which Harmony runs on one thread: each Numba parallel region costs 10-40 ms on a
+#: busy 2-core machine, more than its share of the work for small inputs (measured: 10,000 cells 2.6 s on 2 threads,
+#: 1.5 s on 1; 100,000 cells 10.6 s on 2, 11.9 s on 1)
+PARALLEL_MIN_CELLS = 50_000
+
+
 @contextmanager
-def _threads(ncores: int):
-    """Numba threads = ``ncores`` (0: all) and BLAS on one thread while Harmony runs: its BLAS products are many
-    small ones (one per combination of batches), which BLAS threads only slow down (measured 10-20x on 2 busy
-    cores)."""
+def _threads(ncores: int, n_cells: int):
+    """Numba threads = ``ncores`` (0: all, or one below :data:`PARALLEL_MIN_CELLS` cells) and BLAS on one thread
+    while Harmony runs: its BLAS products are small ones, which BLAS threads only slow down (measured 10-20x on 2
+    busy cores)."""
     import numba
     from threadpoolctl import threadpool_limits
 
     before = numba.get_num_threads()
     limit = numba.config.NUMBA_NUM_THREADS
+    if ncores and ncores > 0:
+        threads = max(1, min(int(ncores), limit))
+    else:
+        threads = limit if n_cells >= PARALLEL_MIN_CELLS else 1
     try:
-        numba.set_num_threads(max(1, min(int(ncores), limit)) if ncores and ncores > 0 else limit)
+        numba.set_num_threads(threads)
         with threadpool_limits(limits=1, user_api="blas"):
             yield
     finally:
@@ -265,7 +275,8 @@ def run_harmony(
     ``data_mat``: cells x PCs (or PCs x cells) array or DataFrame (numeric columns); ``meta_data``: a DataFrame
     (or mapping of columns) with the batch variables ``vars_use`` (one name or a list). ``theta`` / ``lamb``: one
     number, one per variable or one per batch (levels in sorted order); ``lamb=None`` (or -1) estimates the
-    penalty as ``alpha * E``. ``ncores``: Numba threads (0: all). ``init_centroids``: K x d centroids to start from
+    penalty as ``alpha * E``. ``ncores``: Numba threads (0: all of them from :data:`PARALLEL_MIN_CELLS` cells on,
+    else one). ``init_centroids``: K x d centroids to start from
     (phenovec addition; the random stream is advanced past harmonypy's initialisation draws first, so passing
     harmonypy's own initial centroids reproduces its run).
     """
@@ -344,7 +355,7 @@ def run_harmony(
     sigma32 = sigma_v.astype(np.float32)
     lamb32 = None if estimate else lamb_v.astype(np.float32)
 
-    with _threads(ncores):
+    with _threads(ncores, n):
         state = _harmonize(
             kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
             float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
