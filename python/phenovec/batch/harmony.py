@@ -37,7 +37,7 @@ sums once per combination of batches instead of once per batch and variable, the
 batches, the assignment pass two cells at a time; Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)``
 while running; the assignment pass is sequential, as its blocks depend on each other). Observed outputs:
 bit-identical to harmonypy 2.1.0 on every input tried (tests; 10k and 100k cells in the benchmark). Measured side
-by side in ``bench/harmony_bench.py``: on 2 shared, busy cores 1.5-2x harmonypy 2.1.0, short of the 5x target
+by side in ``bench/harmony_bench.py``: on 2 shared, busy cores 1.0x (10k cells) to 1.5x (100k) harmonypy 2.1.0, short of the 5x target
 (the sequential assignment pass, 1e7 float32 ``expf`` per pass at 100k cells, is half the time).
 """
 from __future__ import annotations
