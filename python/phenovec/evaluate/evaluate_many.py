@@ -24,6 +24,7 @@ measure it). Multilabel rules and grouped query units are not supported here: us
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -41,6 +42,7 @@ RULE_KEYS = ("pos_sameby", "pos_diffby", "neg_sameby", "neg_diffby")
 OPTIONAL_KEYS = ("rows",)
 COLUMNS = ("auto", "all")
 REDUCED_FRACTION = 0.5  # a block's column union below this fraction of N is computed as a reduced block
+REDUCED_QUERY_ROWS = 512  # queries per reduced block (few, so that their positives stay few)
 
 
 @numba.njit(inline="always")
@@ -52,31 +54,6 @@ def _match(i, j, same, diff):
         if diff[c, i] == diff[c, j]:
             return False
     return True
-
-
-@numba.njit(parallel=True, cache=True)
-def _counts(active, ps, pd_, ns, nd):
-    n = active.shape[0]
-    m = np.zeros(n, np.int64)
-    l = np.zeros(n, np.int64)
-    for i in numba.prange(n):
-        if not active[i]:
-            continue
-        mi = 0
-        li = 0
-        for j in range(n):
-            if j == i or not active[j]:
-                continue
-            p = _match(i, j, ps, pd_)
-            q = _match(i, j, ns, nd)
-            if p:
-                mi += 1
-                li += 1
-            if q:
-                li += 1
-        m[i] = mi
-        l[i] = li
-    return m, l
 
 
 @numba.njit(cache=True)
@@ -134,8 +111,16 @@ def _rank_block(block, queries, want, cols, active, ps, pd_, ns, nd, f32_keys, e
         cnt = np.zeros(mp + 1, np.int64)
         for k in range(mn):
             # positives with s >= v stay above this negative (ties: positive first); k-th in decreasing order
-            above = mp - np.searchsorted(asc, neg[k], side="left")
-            cnt[above] += 1
+            v = neg[k]
+            lo = 0
+            hi = mp
+            while lo < hi:  # first position with asc >= v
+                mid = (lo + hi) >> 1
+                if asc[mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            cnt[mp - lo] += 1
         total = 0.0
         above = 0
         for k in range(mp):
@@ -156,6 +141,7 @@ class _Rule:
     m: np.ndarray = None
     l: np.ndarray = None
     ap: np.ndarray = None
+    key: np.ndarray = None  # one code per row: equal <=> equal in every column of the rule set
 
 
 def _rows_mask(meta: pd.DataFrame, spec, name: str) -> np.ndarray:
@@ -195,7 +181,18 @@ def _build_rule(meta: pd.DataFrame, name: str, spec: Mapping) -> _Rule:
         out[:, rows] = codes
         return np.ascontiguousarray(out)
 
-    return _Rule(name, rows, active, full(pr.pos_same), full(pr.pos_diff), full(pr.neg_same), full(pr.neg_diff))
+    rule = _Rule(name, rows, active, full(_combine(pr.pos_same)), full(pr.pos_diff), full(_combine(pr.neg_same)),
+                 full(pr.neg_diff))
+    rule.key = _combine(np.vstack([rule.ps, rule.pd_, rule.ns, rule.nd]))[0]
+    return rule
+
+
+def _combine(codes: np.ndarray) -> np.ndarray:
+    """Several ``sameby`` code rows -> one (equal in all of them <=> equal combined code): one compare per pair."""
+    if codes.shape[0] <= 1:
+        return codes
+    _, inverse = np.unique(codes.T, axis=0, return_inverse=True)
+    return inverse.reshape(1, -1).astype(np.int64)
 
 
 def _query_order(queries: np.ndarray, rules: list[_Rule]) -> np.ndarray:
@@ -204,6 +201,72 @@ def _query_order(queries: np.ndarray, rules: list[_Rule]) -> np.ndarray:
     if not keys:
         return queries
     return queries[np.lexsort(keys[::-1])]
+
+
+def _group_counts(keys: list[np.ndarray], n: int) -> np.ndarray:
+    """For each row, how many rows (itself included) are equal to it in every one of ``keys``."""
+    if not keys:
+        return np.full(n, n, dtype=np.int64)
+    code = _combine(np.vstack(keys))[0]
+    return np.bincount(code)[code].astype(np.int64)
+
+
+def _pair_counts(same: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    """Per row, the rows j != i equal in ``same`` and different in every ``diff`` row (inclusion-exclusion)."""
+    n = same.shape[1] if same.shape[0] else diff.shape[1]
+    total = np.zeros(n, dtype=np.int64)
+    k = diff.shape[0]
+    for subset in itertools.chain.from_iterable(itertools.combinations(range(k), t) for t in range(k + 1)):
+        sign = -1 if len(subset) % 2 else 1
+        total += sign * _group_counts([*same, *(diff[c] for c in subset)], n)
+    return total - (1 if k == 0 else 0)  # each term counts the row itself; the signs cancel that unless k == 0
+
+
+def _counts(r: "_Rule") -> tuple[np.ndarray, np.ndarray]:
+    """(M, L) per row of all N (0 outside the rule set's rows), without similarities: O(N log N)."""
+    sub = r.rows
+    m = np.zeros(len(r.active), dtype=np.int64)
+    l = np.zeros(len(r.active), dtype=np.int64)
+    m[sub] = _pair_counts(r.ps[:, sub], r.pd_[:, sub])
+    l[sub] = m[sub] + _pair_counts(r.ns[:, sub], r.nd[:, sub])
+    return m, l
+
+
+def _columns_for(q: np.ndarray, rules: list[_Rule], n: int) -> np.ndarray | None:
+    """Sorted rows the block ``q`` needs (itself + every rule set's candidates), or None when that is most rows."""
+    mask = np.zeros(n, dtype=bool)
+    mask[q] = True
+    limit = REDUCED_FRACTION * n
+    for r in rules:
+        # rows with equal codes in every column of the rule set have the same candidates (q itself is marked):
+        # scan one query per distinct key
+        w = q[r.m[q] > 0]
+        _, first = np.unique(r.key[w], return_index=True)
+        u = np.ascontiguousarray(w[first])
+        _mark_columns(u, np.ones(len(u), dtype=bool), r.active, r.ps, r.pd_, r.ns, r.nd, mask)
+        if mask.sum() >= limit:
+            return None
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def _one_block(x, metric, q, rules, n, columns, f32_keys, euclidean, counters) -> None:
+    """Similarities of the queries ``q`` once (all columns or only the needed ones), then every rule set ranked."""
+    q = np.ascontiguousarray(q, dtype=np.int64)
+    cols = _columns_for(q, rules, n) if columns == "auto" else None
+    if cols is None:
+        cols = np.arange(n, dtype=np.int64)
+        block = _core.similarity_block(x, metric, q)
+        counters["full_blocks"] += 1
+    else:
+        # rows are prepared (normalised) one by one, so the sub-matrix gives the same values as the full one
+        block = _core.similarity_block(np.ascontiguousarray(x[cols]), metric, np.searchsorted(cols, q))
+        counters["reduced_blocks"] += 1
+    counters["similarities"] += block.size
+    for r in rules:
+        w = np.ascontiguousarray(r.m[q] > 0)
+        out = np.empty(len(q))
+        _rank_block(block, q, w, cols, r.active, r.ps, r.pd_, r.ns, r.nd, f32_keys, euclidean, out)
+        r.ap[q[w]] = out[w]
 
 
 def evaluate_many(
@@ -234,7 +297,7 @@ def evaluate_many(
     n = len(x)
     rules = [_build_rule(meta, str(name), spec) for name, spec in rule_sets.items()]
     for r in rules:
-        r.m, r.l = _counts(r.active, r.ps, r.pd_, r.ns, r.nd)
+        r.m, r.l = _counts(r)
         if r.m.sum() == 0:
             raise UnpairedError(f"rule set {r.name!r}: unable to find positive pairs: no two rows satisfy pos_sameby/pos_diffby")
         if (r.l - r.m).sum() == 0:
@@ -246,34 +309,16 @@ def evaluate_many(
     queries = _query_order(np.flatnonzero(wanted).astype(np.int64), rules)
     f32_keys, euclidean = ties == "copairs", metric == "euclidean"
     step = block_rows_for(n, x.itemsize, block_bytes)
-    all_cols = np.arange(n, dtype=np.int64)
     counters = {"full_blocks": 0, "reduced_blocks": 0, "similarities": 0}
     for s in range(0, len(queries), step):
-        q = np.ascontiguousarray(queries[s : s + step])
-        wants = [np.ascontiguousarray(r.m[q] > 0) for r in rules]
-        cols = all_cols
-        if columns == "auto":
-            mask = np.zeros(n, dtype=bool)
-            mask[q] = True
-            for r, w in zip(rules, wants):
-                _mark_columns(q, w, r.active, r.ps, r.pd_, r.ns, r.nd, mask)
-                if mask.sum() >= REDUCED_FRACTION * n:
-                    break
-            if mask.sum() < REDUCED_FRACTION * n:
-                cols = np.flatnonzero(mask).astype(np.int64)
-        if cols is all_cols:
-            block = _core.similarity_block(x, metric, q)
-            counters["full_blocks"] += 1
-        else:
-            # rows are prepared one by one (normalised independently), so the sub-matrix gives the same values
-            block = _core.similarity_block(np.ascontiguousarray(x[cols]), metric, np.searchsorted(cols, q))
-            counters["reduced_blocks"] += 1
-        counters["similarities"] += block.size
-        for r, w in zip(rules, wants):
-            out = np.empty(len(q))
-            _rank_block(block, q, w, cols, r.active, r.ps, r.pd_, r.ns, r.nd, f32_keys, euclidean, out)
-            r.ap[q[w]] = out[w]
-        del block
+        chunk = queries[s : s + step]
+        if columns == "auto" and len(chunk) > REDUCED_QUERY_ROWS:
+            # probe one small block: when its candidate columns are few, take the chunk in small reduced blocks
+            if _columns_for(chunk[:REDUCED_QUERY_ROWS], rules, n) is not None:
+                for t in range(0, len(chunk), REDUCED_QUERY_ROWS):
+                    _one_block(x, metric, chunk[t : t + REDUCED_QUERY_ROWS], rules, n, columns, f32_keys, euclidean, counters)
+                continue
+        _one_block(x, metric, chunk, rules, n, columns, f32_keys, euclidean, counters)
     if stats is not None:
         stats.update(counters)
     results = {}
