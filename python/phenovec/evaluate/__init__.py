@@ -13,6 +13,7 @@ _EXPORTS = {
     "benjamini_hochberg": "fdr",
     "mean_average_precision": "map",
     "evaluate_many": "evaluate_many",
+    **dict.fromkeys(["hierarchical_fdr", "mean_average_precision_hierarchical"], "hierarchical_fdr"),
     **dict.fromkeys(["iter_similarity_blocks", "similarity_matrix"], "similarity"),
     "enrichment": "enrichment",
     **dict.fromkeys(["precision_at_r", "precision_recall"], "precision_recall"),
