@@ -150,3 +150,83 @@ def test_bad_rule_sets_are_named():
         evaluate_many(meta, x, {"a": {**ACT, "rows": "Metadata_cpd == 'DMSO'"}})  # controls: unique reference index
     with pytest.raises(ValueError, match="columns"):
         evaluate_many(meta, x, {"a": ACT}, columns="some")
+
+
+# ---- phenovec evaluate suite CONFIG.yaml ----------------------------------------------------------
+
+def suite_parser():
+    import argparse
+
+    from phenovec.evaluate.suite_command import add_suite_parser
+
+    parser = argparse.ArgumentParser()
+    add_suite_parser(parser.add_subparsers(dest="metric"))
+    return parser
+
+
+SUITE_YAML = """
+profiles: profiles.parquet
+reference: "Metadata_cpd == 'DMSO'"
+map: {null_size: 500, seed: 3}
+rule_sets:
+  replicate_vs_dmso:
+    pos_sameby: [Metadata_cpd, Metadata_Reference_Index]
+    pos_diffby: []
+    neg_sameby: []
+    neg_diffby: [Metadata_cpd, Metadata_Reference_Index]
+    map_sameby: [Metadata_cpd]
+  moa:
+    pos_sameby: [Metadata_moa]
+    pos_diffby: [Metadata_cpd]
+    neg_sameby: []
+    neg_diffby: [Metadata_moa]
+    rows: "Metadata_cpd != 'DMSO'"
+    map_sameby: [Metadata_moa, Metadata_cpd]
+    hierarchical_by: [Metadata_moa]
+"""
+
+
+def test_suite_command_writes_what_single_calls_give(tmp_path):
+    meta, x = synthetic(n_cpd=60, n_ctrl=30, d=16, seed=4)
+    meta = meta.drop(columns=[REF])
+    table = pd.concat([meta, pd.DataFrame(x, columns=[f"f{k}" for k in range(x.shape[1])])], axis=1)
+    table.to_parquet(tmp_path / "profiles.parquet", index=False)
+    (tmp_path / "suite.yaml").write_text(SUITE_YAML)
+    args = suite_parser().parse_args(["suite", str(tmp_path / "suite.yaml"), "-o", str(tmp_path / "out"), "--quiet"])
+    summary = args.run(args)
+    assert set(summary["rule_sets"]) == {"replicate_vs_dmso", "moa"}
+    m = meta.copy()
+    m[REF] = np.where(m["Metadata_cpd"] == "DMSO", np.arange(len(m)), -1)
+    act = pd.read_parquet(tmp_path / "out" / "replicate_vs_dmso_ap.parquet")
+    assert_same(act, pe.average_precision(m, x, **ACT))
+    keep = (m["Metadata_cpd"] != "DMSO").to_numpy()
+    moa_rules = dict(pos_sameby=["Metadata_moa"], pos_diffby=["Metadata_cpd"], neg_sameby=[], neg_diffby=["Metadata_moa"])
+    moa_ap = pe.average_precision(m[keep].reset_index(drop=True), x[keep], **moa_rules)
+    assert_same(pd.read_parquet(tmp_path / "out" / "moa_ap.parquet"), moa_ap)
+    want = pe.mean_average_precision_hierarchical(moa_ap, ["Metadata_moa", "Metadata_cpd"], null_size=500, threshold=0.05,
+                                                  seed=3, hierarchical_by=["Metadata_moa"], progress_bar=False)
+    got = pd.read_parquet(tmp_path / "out" / "moa_map.parquet")
+    np.testing.assert_array_equal(got["corrected_p_value"], want["corrected_p_value"])
+    assert "stage1_p_value" in got.columns
+    assert (tmp_path / "out" / "suite.json").is_file()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("rule_sets:", "rulesets:"), "unknown key"),
+    (lambda s: s.replace("    map_sameby: [Metadata_cpd]\n", "    map_sameby: [Metadata_cpd]\n    query: x\n"),
+     "rule_sets.replicate_vs_dmso: unknown key"),
+    (lambda s: s.replace('rows: "Metadata_cpd != \'DMSO\'"', "rows: [1, 2]"), "rule_sets.moa.rows"),
+    (lambda s: s.replace("null_size: 500", "null_size: many"), "map.null_size"),
+    (lambda s: s.replace("rows: \"Metadata_cpd != 'DMSO'\"", "rows: \"__import__('os')\""), "rule_sets.moa.rows"),
+])
+def test_suite_config_errors_name_the_key(tmp_path, edit, message):
+    from phenovec.evaluate.suite_command import read_suite, run_suite
+
+    meta, x = synthetic(n_cpd=10, n_ctrl=4, d=8)
+    table = pd.concat([meta.drop(columns=[REF]), pd.DataFrame(x, columns=[f"f{k}" for k in range(8)])], axis=1)
+    table.to_parquet(tmp_path / "profiles.parquet", index=False)
+    cfg = tmp_path / "suite.yaml"
+    cfg.write_text(edit(SUITE_YAML))
+    with pytest.raises(ValueError, match=message) as e:
+        run_suite(read_suite(cfg), tmp_path / "out")
+    assert "suite.yaml" in str(e.value)
