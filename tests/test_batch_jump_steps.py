@@ -149,3 +149,25 @@ def test_arm_correction_subtracts_background_mean():
     np.testing.assert_array_equal(out.loc[:4, FEATS].to_numpy(), df.loc[:4, FEATS].to_numpy())
     none = arm_correction(df, background="Metadata_unexpressed == True", features=FEATS, min_genes=1000)
     np.testing.assert_array_equal(none[FEATS].to_numpy(), df[FEATS].to_numpy())
+
+
+def test_batch_steps_run_in_a_recipe_and_bad_filters_are_refused_when_read(tmp_path):
+    """The batch steps are recipe steps (phenovec process): tvn with its controls filter runs from a recipe, and a
+    malformed filter in any filter argument is refused when the recipe is read."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from phenovec.process.recipe import Recipe, apply_recipe
+
+    rng = np.random.default_rng(0)
+    n = 60
+    df = pd.DataFrame({"Metadata_Plate": np.repeat(["P1", "P2", "P3"], n // 3),
+                       "Metadata_pert_type": np.tile(["negcon", "trt", "trt", "trt"], n // 4)})
+    for j in range(6):
+        df[f"f{j}"] = rng.normal(size=n) + (df["Metadata_Plate"] == "P2") * 2.0
+    out = apply_recipe({"name": "t", "steps": [{"tvn": {"controls": "Metadata_pert_type == 'negcon'",
+                                                         "batch": "Metadata_Plate"}}]}, df)
+    assert len(out) == n and np.isfinite(out.filter(regex="^(?!Metadata_)").to_numpy(dtype=float)).all()
+    with pytest.raises(ValueError, match=r"recipe step 1 \(tvn\) controls"):
+        Recipe.from_obj([{"tvn": {"controls": "Metadata_pert_type === 'negcon'"}}])

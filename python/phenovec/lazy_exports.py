@@ -3,7 +3,8 @@ such as a stage's ``command``) does not import its heavy dependencies (torch, on
 
     __getattr__, __dir__ = lazy_exports(__name__, {"train": "loop", "load_config": "config"})
 
-maps each public name to the submodule (relative to the package) that defines it; ``from pkg import name`` and
+maps each public name to the submodule (relative to the package, or an absolute ``phenovec.`` module name for a
+name another stage defines) that defines it; ``from pkg import name`` and
 ``pkg.name`` import that submodule the first time and return its attribute. A public name may be a submodule's
 name too (pycytominer's ``phenovec.process.normalize`` is the step function): the import system binds each imported
 submodule on its package under its name, which would shadow the function, so that binding is skipped for the
@@ -21,7 +22,9 @@ def lazy_exports(package: str, names: dict[str, str]):
     each public name ahead of a same-named submodule (module docstring)."""
     def __getattr__(name: str):
         if name in names:
-            return getattr(importlib.import_module(f"{package}.{names[name]}"), name)
+            target = names[name]  # a submodule of the package, or an absolute "phenovec.<stage>.<module>"
+            return getattr(importlib.import_module(target if target.startswith("phenovec.") else
+                                                   f"{package}.{target}"), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__():

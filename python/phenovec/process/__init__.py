@@ -20,6 +20,8 @@ _EXPORTS = {
     "NormalizeFit": "normalize", "normalize": "normalize", "normalize_stream": "normalize", "Recipe": "recipe",
     "apply_recipe": "recipe", "open_source": "source", "SpherizeFit": "spherize", "Spherizer": "spherize",
     "spherize": "spherize", "moa_profiles": "moa_profiles",
+    # Harmony's drop-in for harmonypy.run_harmony (defined in phenovec.batch, beside the other batch corrections)
+    "run_harmony": "phenovec.batch.harmony",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

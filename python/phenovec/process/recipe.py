@@ -44,7 +44,13 @@ import pandas as pd
 
 from phenovec.io.row_filter import parse_filter
 
-STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus", "moa_profiles")
+# batch correction (phenovec.batch): Harmony, TVN and the JUMP profiling recipe's steps
+BATCH_STEPS = ("harmony", "tvn", "subtract_well_mean", "regress_cell_count", "remove_outliers", "rank_int", "pca",
+               "sphere_by_map", "arm_correction")
+STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus",
+              "moa_profiles") + BATCH_STEPS
+# the arguments of any step that are row filters (phenovec.io.row_filter), checked when the recipe is read
+FILTER_ARGUMENTS = ("samples", "controls", "negcon", "poscon", "background", "rows")
 
 
 def _step_function(name: str) -> Callable:
@@ -62,6 +68,10 @@ def _step_function(name: str) -> Callable:
         from phenovec.process.consensus import consensus as f
     elif name == "moa_profiles":
         from phenovec.process.moa_profiles import moa_profiles as f
+    elif name in BATCH_STEPS:
+        from phenovec.batch import steps as batch_steps
+
+        f = getattr(batch_steps, name)
     else:
         raise ValueError(f"unknown recipe step {name!r}; steps are {', '.join(STEP_NAMES)}")
     return f
@@ -115,9 +125,10 @@ class Recipe:
             bad = {"output_file", "profiles", "population_df"} & set(kwargs)
             if bad:
                 raise ValueError(f"recipe step {i} ({step}): {sorted(bad)[0]!r} is set by the recipe runner, not the step")
-            samples = kwargs.get("samples")
-            if isinstance(samples, str) and samples != "all":  # refused when the recipe is read, before any step
-                parse_filter(samples, key=f"recipe step {i} ({step}) samples")
+            for key in FILTER_ARGUMENTS:  # a bad filter is refused when the recipe is read, before any step
+                value = kwargs.get(key)
+                if isinstance(value, str) and value != "all":
+                    parse_filter(value, key=f"recipe step {i} ({step}) {key}")
             steps.append((str(step), dict(kwargs)))
         return cls(steps=steps, name=name, source={"name": name, "steps": [{s: k} for s, k in steps]},
                    description=description)
