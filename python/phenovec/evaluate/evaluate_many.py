@@ -56,19 +56,6 @@ def _match(i, j, same, diff):
     return True
 
 
-@numba.njit(cache=True)
-def _mark_columns(queries, want, active, ps, pd_, ns, nd, mask):
-    n = active.shape[0]
-    for t in range(queries.shape[0]):
-        if not want[t]:
-            continue
-        i = queries[t]
-        for j in range(n):
-            if j != i and active[j] and not mask[j]:
-                if _match(i, j, ps, pd_) or _match(i, j, ns, nd):
-                    mask[j] = True
-
-
 @numba.njit(inline="always")
 def _key(s, f32_keys, euclidean):
     if not f32_keys:
@@ -141,7 +128,7 @@ class _Rule:
     m: np.ndarray = None
     l: np.ndarray = None
     ap: np.ndarray = None
-    key: np.ndarray = None  # one code per row: equal <=> equal in every column of the rule set
+    terms: list = None  # [positive terms, negative terms] of _terms
 
 
 def _rows_mask(meta: pd.DataFrame, spec, name: str) -> np.ndarray:
@@ -183,8 +170,25 @@ def _build_rule(meta: pd.DataFrame, name: str, spec: Mapping) -> _Rule:
 
     rule = _Rule(name, rows, active, full(_combine(pr.pos_same)), full(pr.pos_diff), full(_combine(pr.neg_same)),
                  full(pr.neg_diff))
-    rule.key = _combine(np.vstack([rule.ps, rule.pd_, rule.ns, rule.nd]))[0]
+    rule.terms = [_terms(rule.ps, rule.pd_), _terms(rule.ns, rule.nd)]
     return rule
+
+
+def _terms(same: np.ndarray, diff: np.ndarray) -> list:
+    """Inclusion-exclusion terms (sign, dense group code or None, number of codes) of "equal in ``same``, different
+    in every ``diff`` row": the count of partners = sum over subsets T of diff of (-1)^|T| #(equal in same + T)."""
+    out = []
+    k = diff.shape[0]
+    for subset in itertools.chain.from_iterable(itertools.combinations(range(k), t) for t in range(k + 1)):
+        rows = [*same, *(diff[c] for c in subset)]
+        sign = -1 if len(subset) % 2 else 1
+        if not rows:
+            out.append((sign, None, 0))
+            continue
+        _, code = np.unique(np.vstack(rows).T, axis=0, return_inverse=True)
+        code = code.reshape(-1).astype(np.int64)
+        out.append((sign, code, int(code.max()) + 1))
+    return out
 
 
 def _combine(codes: np.ndarray) -> np.ndarray:
@@ -203,47 +207,38 @@ def _query_order(queries: np.ndarray, rules: list[_Rule]) -> np.ndarray:
     return queries[np.lexsort(keys[::-1])]
 
 
-def _group_counts(keys: list[np.ndarray], n: int) -> np.ndarray:
-    """For each row, how many rows (itself included) are equal to it in every one of ``keys``."""
-    if not keys:
-        return np.full(n, n, dtype=np.int64)
-    code = _combine(np.vstack(keys))[0]
-    return np.bincount(code)[code].astype(np.int64)
-
-
-def _pair_counts(same: np.ndarray, diff: np.ndarray) -> np.ndarray:
-    """Per row, the rows j != i equal in ``same`` and different in every ``diff`` row (inclusion-exclusion)."""
-    n = same.shape[1] if same.shape[0] else diff.shape[1]
+def _partners(terms: list, queries: np.ndarray, n: int) -> np.ndarray:
+    """For every row j of N, how many of ``queries`` pair with it under one rule (``_terms``), j itself included
+    when it is a query and the rule has no ``diffby`` column (the signs of a rule with one sum to 0)."""
     total = np.zeros(n, dtype=np.int64)
-    k = diff.shape[0]
-    for subset in itertools.chain.from_iterable(itertools.combinations(range(k), t) for t in range(k + 1)):
-        sign = -1 if len(subset) % 2 else 1
-        total += sign * _group_counts([*same, *(diff[c] for c in subset)], n)
-    return total - (1 if k == 0 else 0)  # each term counts the row itself; the signs cancel that unless k == 0
+    for sign, code, k in terms:
+        total += sign * (len(queries) if code is None else np.bincount(code[queries], minlength=k)[code])
+    return total
 
 
 def _counts(r: "_Rule") -> tuple[np.ndarray, np.ndarray]:
     """(M, L) per row of all N (0 outside the rule set's rows), without similarities: O(N log N)."""
-    sub = r.rows
-    m = np.zeros(len(r.active), dtype=np.int64)
-    l = np.zeros(len(r.active), dtype=np.int64)
-    m[sub] = _pair_counts(r.ps[:, sub], r.pd_[:, sub])
-    l[sub] = m[sub] + _pair_counts(r.ns[:, sub], r.nd[:, sub])
+    m, l = np.zeros(len(r.active), dtype=np.int64), np.zeros(len(r.active), dtype=np.int64)
+    pos, neg = (_partners(t, r.rows, len(r.active))[r.rows] - sum(sign for sign, _, _ in t) for t in r.terms)
+    m[r.rows] = pos
+    l[r.rows] = pos + neg
     return m, l
 
 
 def _columns_for(q: np.ndarray, rules: list[_Rule], n: int) -> np.ndarray | None:
-    """Sorted rows the block ``q`` needs (itself + every rule set's candidates), or None when that is most rows."""
+    """Sorted rows the block ``q`` needs (itself + every rule set's candidates), or None when that is most rows.
+
+    Row j is a candidate of some query when the number of queries i in ``q`` (with positives) pairing with it is
+    > 0; that number is counted for all j at once by inclusion-exclusion over the ``diffby`` columns (the rule's
+    precomputed group codes, one ``bincount`` per term): O(N) per block, no similarity and no N x |q| scan.
+    """
     mask = np.zeros(n, dtype=bool)
     mask[q] = True
     limit = REDUCED_FRACTION * n
     for r in rules:
-        # rows with equal codes in every column of the rule set have the same candidates (q itself is marked):
-        # scan one query per distinct key
         w = q[r.m[q] > 0]
-        _, first = np.unique(r.key[w], return_index=True)
-        u = np.ascontiguousarray(w[first])
-        _mark_columns(u, np.ones(len(u), dtype=bool), r.active, r.ps, r.pd_, r.ns, r.nd, mask)
+        for terms in r.terms:
+            mask |= (_partners(terms, w, n) > 0) & r.active
         if mask.sum() >= limit:
             return None
     return np.flatnonzero(mask).astype(np.int64)
