@@ -186,6 +186,21 @@ def _export_proto(head, example, opset: int, exporter: str, outputs: Sequence[st
         return onnx.load_from_string(buf.getvalue())
 
 
+def resolve_exporter(opset, exporter: str = "auto") -> tuple[int, str]:
+    """(opset, exporter) checked: opset >= MIN_OPSET, ``auto`` -> dynamo from DYNAMO_MIN_OPSET on, else TorchScript."""
+    opset = int(opset)
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if exporter == "auto":
+        exporter = "dynamo" if opset >= DYNAMO_MIN_OPSET else "torchscript"
+    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
+        raise ValueError(f"the dynamo exporter emits opset >= {DYNAMO_MIN_OPSET}; use exporter='torchscript' "
+                         f"for opset {opset}")
+    return opset, exporter
+
+
 def export_onnx(
     model_or_checkpoint,
     path: str | os.PathLike,
@@ -233,16 +248,7 @@ def export_onnx(
     if dtype != "float32":
         raise ValueError(f"dtype={dtype!r}: only 'float32' export is supported; run fp16 through the runtime "
                          "(ProfileSession(precision='fp16') on TensorRT)")
-    opset = int(opset)
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    if exporter == "auto":
-        exporter = "dynamo" if opset >= DYNAMO_MIN_OPSET else "torchscript"
-    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
-        raise ValueError(f"the dynamo exporter emits opset >= {DYNAMO_MIN_OPSET}; use exporter='torchscript' "
-                         f"for opset {opset}")
+    opset, exporter = resolve_exporter(opset, exporter)
     model, channels, crop_size, intensity, extra, ck = _resolve(model_or_checkpoint, channels, crop_size, intensity)
     kind = source = None
     if parity and parity_crops is None:

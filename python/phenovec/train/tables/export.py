@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phenovec.export.onnx_export import DYNAMO_MIN_OPSET, EXPORTERS, MIN_OPSET, weights_sha256
+from phenovec.export.onnx_export import resolve_exporter, weights_sha256
 from phenovec.export.parity import ParityError, ParityReport
 
 __all__ = ["FORMAT", "TableExportReport", "export_table_model", "table_model_from_checkpoint"]
@@ -152,16 +152,7 @@ def export_table_model(checkpoint, path: str | os.PathLike, *, opset: int = 18, 
     import phenovec
 
     t0 = time.perf_counter()
-    opset = int(opset)
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    if exporter == "auto":
-        exporter = "dynamo" if opset >= DYNAMO_MIN_OPSET else "torchscript"
-    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
-        raise ValueError(f"the dynamo exporter emits opset >= {DYNAMO_MIN_OPSET}; use exporter='torchscript' "
-                         f"for opset {opset}")
+    opset, exporter = resolve_exporter(opset, exporter)
     model, ck = table_model_from_checkpoint(checkpoint)
     dc = ck["data_config"]
     mean = np.asarray(dc["cp_standardization"]["mean"], dtype=np.float32)
