@@ -176,6 +176,7 @@ def test_plate_effect_present(plate):
     (dict(treatments=[("DMSO", "control"), ("A", "x", -1.0)]), "strength"),
     (dict(treatments=[("DMSO", "control"), ("A", "x", "strong")]), "strength"),
     (dict(bad_wells=2), "fewer than two good wells"),
+    (dict(control_wells=3), "control_wells = 3"),
 ])
 def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, match):
     args = {**SMALL, **kwargs}
@@ -236,6 +237,11 @@ def test_bad_wells_are_empty_or_blurred_and_labelled(tmp_path):
     blurred = qc.index[qc == "out_of_focus"][0]
     ok = [w for w in qc.index if qc[w] == "ok"]
     assert sharpness(blurred) < 0.5 * min(sharpness(w) for w in ok)
+    # control_wells: that many DMSO wells per plate, the rest shared by the other treatments
+    cw = synth_plate(tmp_path / "cw", plates=1, wells=12, sites_per_well=1, size=96, cells_per_site=(4, 5),
+                     treatments=[("DMSO", "control"), ("A", "x"), ("B", "y")], control_wells=6, progress=False)
+    n = pd.read_csv(cw["index"]).groupby("Metadata_Treatment").size().to_dict()
+    assert n == {"DMSO": 6, "A": 3, "B": 3}
     # without bad wells the index has no QC column (and the images are unchanged: see the byte-identity test)
     plain = synth_plate(tmp_path / "plain", plates=1, wells=6, sites_per_well=1, size=96, cells_per_site=(4, 5),
                         progress=False)

@@ -16,7 +16,7 @@ SMALL = {"synth": {"plates": 2, "wells": 14, "sites": 1, "size": 192, "cells": [
          "crop": {"box_size": 48},
          "train": {"model": {"arch": "resnet_tiny"}, "optim": {"lr": 0.05, "warmup_epochs": 0},
                    "train": {"epochs": 2, "threads": 2}, "data": {"batch_size": 64, "workers": 0}},
-         "report": {"null_size": 200}}
+         "report": {"null_size": 200, "umap": False}}
 
 
 def _chromium_figures(html) -> tuple[int, int]:
@@ -43,13 +43,19 @@ def test_run_chains_every_stage_caches_and_rebuilds_what_changed(tmp_path):
     assert rendered == expected > 0
     numbers = json.loads(res.report_json.read_text())
     profiles = pd.read_parquet(tmp_path / "run" / "process" / "profiles.parquet")
-    assert numbers["counts"]["wells"] == len(profiles) == 28
+    # the report evaluates the wells the model did not train on (validation wells here: no test plate), and says so
+    assert sum(numbers["scope"]["by_split"].values()) == len(profiles) == 28
+    assert numbers["scope"]["held_out"] and numbers["scope"]["split"] == "val"
+    assert numbers["counts"]["wells"] == numbers["scope"]["wells"] == (profiles["Metadata_Split"] == "val").sum()
+    assert set(profiles["Metadata_Split"]) == {"train", "val"}
+    assert numbers["training"] and len(numbers["training"]) == 2 and numbers["qc"]["cells_per_well"]
+    assert "/" not in json.dumps(numbers["provenance"]["run"]["config"]["out"])  # paths relative to the run
     assert numbers["provenance"]["run"]["config"]["synth"]["seed"] == 1
     # the well profiles are the per-well means of the spherized single-cell embeddings the profile stage wrote
     assert {"Metadata_Treatment", "Metadata_MOA", "Metadata_Plate"} <= set(profiles.columns)
     again = run(cfg, progress=False)
     assert all(v["cached"] for v in again.stages.values())
-    changed = run({**cfg, "report": {"null_size": 300}}, progress=False)
+    changed = run({**cfg, "report": {"null_size": 300, "umap": False}}, progress=False)
     assert [k for k, v in changed.stages.items() if not v["cached"]] == ["report"]
     steps = [{"aggregate": {"strata": ["Metadata_Plate", "Metadata_Well"], "operation": "median"}}]
     changed = run({**cfg, "process": {"steps": steps}}, progress=False)

@@ -94,12 +94,12 @@ def test_synthetic_report_renders_every_figure_in_chromium(tmp_path):
     page = paths.html.read_text()
     # self-contained: every image is an inline PNG, nothing is fetched
     srcs = re.findall(r'<img[^>]*src="([^"]*)"', page)
-    assert len(srcs) == len(doc["figures"]) == 7
+    assert len(srcs) == len(doc["figures"]) == 6
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(https?:)?//', page)
     dom = chromium_dom(paths.html, tmp_path)
-    assert _body_attr(dom, "data-figures-expected") == 7
-    assert _body_attr(dom, "data-figures-rendered") == 7, "some figure did not render in Chromium"
+    assert _body_attr(dom, "data-figures-expected") == 6
+    assert _body_attr(dom, "data-figures-rendered") == 6, "some figure did not render in Chromium"
     assert doc["counts"]["wells"] == len(df) and doc["counts"]["control_wells"] == 8
     assert doc["counts"]["treatments"] == 6 and doc["counts"]["moas"] == 3 and doc["counts"]["plates"] == 2
     assert doc["provenance"]["run"] == {"config": {"a": 1}, "hash": "abc"}
@@ -115,7 +115,7 @@ def test_chromium_counts_a_broken_figure(tmp_path):
     broken = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]{40}", "data:image/png;base64,AAAA", page, count=1)
     bad = tmp_path / "broken.html"
     bad.write_text(broken)
-    assert _body_attr(chromium_dom(bad, tmp_path), "data-figures-rendered") == 6
+    assert _body_attr(chromium_dom(bad, tmp_path), "data-figures-rendered") == 5
 
 
 def _zscore_to_controls(df: pd.DataFrame, feats, control: np.ndarray) -> np.ndarray:
@@ -247,3 +247,41 @@ def test_bad_input_names_the_column_or_query(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.parquet"):
         build_report(tmp_path / "missing.parquet", tmp_path, null_size=NULL)
     assert not list(tmp_path.glob("*.html")) and not list(tmp_path.glob("*.json"))
+
+
+def test_held_out_scope_denominators_and_readable_tables(tmp_path):
+    """With a training split the metrics are over the held-out wells only, the training wells get a labelled
+    secondary view, the summary carries denominators, p-values are formatted and one odds-ratio column is shown."""
+    from phenovec.report.context import ReportContext
+
+    df = synthetic()
+    df["Metadata_Split"] = np.where(df["Metadata_Plate"] == "P2", "test", "train")
+    df.loc[df.index[:3], "Metadata_Split"] = "val"
+    cells = df.loc[df.index.repeat(5), ["Metadata_Plate"]].reset_index(drop=True)
+    cells["Metadata_Well"] = [f"A{(i // 5) % 24 + 1:02d}" for i in range(len(cells))]
+    ctx = ReportContext(dataset="unit-test plates", cells=cells, min_cells=6,
+                        training=pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.9],
+                                               "train_accuracy": [0.3, 0.6], "val_accuracy": [0.25, 0.4]}))
+    paths = build_report(df, tmp_path / "rep", null_size=NULL, context=ctx)
+    doc = _strict_json(paths.json)
+    assert doc["scope"]["held_out"] and doc["scope"]["split"] == "test"
+    assert doc["counts"]["wells"] == int((df["Metadata_Split"] == "test").sum()) == 22
+    assert doc["scope"]["by_split"] == {"test": 22, "train": 19, "val": 3}
+    assert doc["training_wells"]["wells"] == 19 and "replicate_map" in doc["training_wells"]
+    # the JSON's PCA is over the evaluated wells; the views cover every well
+    assert len(doc["pca"]["wells"]) == 22 and len(doc["views"]["wells"]) == len(df)
+    page = paths.html.read_text()
+    assert "unit-test plates" in page and "computed on the 22 test wells" in page
+    assert re.search(r"mean over \d+ of 6 treatments", page) and re.search(r"mean over \d+ of 3 MOAs", page)
+    assert "Secondary view: the training wells" in page
+    assert "ods_ratio" not in page and "odds ratio" in page
+    assert "training_curve" in doc["figures"] and "qc_cells" in doc["figures"]
+    assert "fewer than 6 cells" in page  # every well has 5 cells: all flagged
+    assert 'class="wide"' not in page  # no table is clipped behind a scroll bar
+
+
+def test_p_value_formatting():
+    from phenovec.report.html import format_p
+
+    assert format_p(0.0) == "< 1e-300" and format_p(0.0123) == "0.0123" and format_p(2.5e-7) == "2.50e-07"
+    assert format_p(float("nan")) == ""

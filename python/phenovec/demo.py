@@ -52,8 +52,11 @@ def _zscore_to_dmso(df: pd.DataFrame, feats: list[str]) -> np.ndarray:
     return out[:, keep]
 
 
-def run_demo(data=None, out="demo-out", null_size: int = 10000, progress: bool = False) -> dict:
-    """Evaluate BBBC021 into ``out`` (activity_map.csv, moa_map.csv, summary.json); prints and returns the summary."""
+def run_demo(data=None, out="demo-bbbc021", null_size: int = 10000, progress: bool = False) -> dict:
+    """Evaluate BBBC021 into ``out``: ``profiles.parquet`` (the plate-wise DMSO z-scored well profiles),
+    ``activity_map.csv``, ``moa_map.csv`` (MOA retrieval excluding the same compound at other doses), the HTML
+    report (``report/report.html`` + ``report.json``, every section that applies to profiles) and
+    ``summary.json``; prints and returns the summary."""
     import phenovec.evaluate as pe
     from phenovec.io.profiles import write_table
 
@@ -80,6 +83,19 @@ def run_demo(data=None, out="demo-out", null_size: int = 10000, progress: bool =
                                         progress_bar=progress)
     write_table(act_map.drop(columns=["indices"]), outdir / "activity_map.csv")
     write_table(moa_map.drop(columns=["indices"]), outdir / "moa_map.csv")
+    from phenovec.report import build_report
+    from phenovec.report.context import ReportContext
+
+    profiles = pd.concat([meta.drop(columns=["Metadata_Reference_Index"]).reset_index(drop=True),
+                          pd.DataFrame(x, columns=[f"feature_{i}" for i in range(x.shape[1])])], axis=1)
+    write_table(profiles, outdir / "profiles.parquet")
+    rep = build_report(profiles, outdir / "report", moa_column="Metadata_moa", treatment_column="Metadata_treatment",
+                       control_query="Metadata_moa == 'DMSO'", null_size=null_size, seed=0, umap=True,
+                       context=ReportContext(dataset="BBBC021 (MCF7, Ljosa 2013 per-well mean CellProfiler profiles)",
+                                             run_dir=outdir.resolve()),
+                       title="phenovec demo report: BBBC021")
+    written = ["profiles.parquet", "activity_map.csv", "moa_map.csv", "report/report.html", "report/report.json",
+               "summary.json"]
     summary = {
         "data": "BBBC021 per-well mean CellProfiler profiles (632 wells, 103 treatments, 12 MOAs)",
         "profiles": int(len(df)), "features_used": int(x.shape[1]),
@@ -89,8 +105,11 @@ def run_demo(data=None, out="demo-out", null_size: int = 10000, progress: bool =
         "moa_retrieval": {"mean_average_precision": float(moa_map["mean_average_precision"].mean()),
                           "fraction_significant_fdr_0.05": float(moa_map["below_corrected_p"].mean()),
                           "per_moa": dict(zip(moa_map["Metadata_moa"], moa_map["mean_average_precision"].round(4)))},
-        "outputs": sorted(p.name for p in outdir.iterdir()),
+        "report": str(rep.html),
+        "outputs": written,
     }
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    from phenovec.io.atomic import write_text_atomic
+
+    write_text_atomic(outdir / "summary.json", json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return summary

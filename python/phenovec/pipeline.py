@@ -49,13 +49,15 @@ from phenovec.io.atomic import write_json_atomic
 from phenovec.io.digest import file_sha256
 from phenovec.io.config_schema import NONE_TYPE, ConfigError, merge_sections, suggest
 
-STAGES = ("synth", "crop", "train", "export", "profile", "process", "report")
-TOP_KEYS = ("out", "synth", "model", "images", "crop", "train", "export", "profile", "process", "report")
+STAGES = ("synth", "crop", "train", "assays", "export", "profile", "process", "report")  # assays: with a preset
+TOP_KEYS = ("out", "preset", "synth", "model", "images", "crop", "train", "export", "profile", "process", "report")
 SCHEMA = {
     "images": {"index": (None, (str, NONE_TYPE), "path"), "locations": (None, (str, NONE_TYPE), "path"),
                "channels": (["DNA", "ER", "RNA", "AGP", "Mito"], (list,), None)},
     "synth": {"plates": (2, (int,), (1, 1000)), "wells": (28, (int,), (2, 384)), "sites": (2, (int,), (1, 100)),
-              "size": (256, (int,), (64, 4096)), "cells": ([25, 35], (list,), None), "seed": (0, (int,), None)},
+              "size": (256, (int,), (64, 4096)), "cells": ([25, 35], (list,), None), "seed": (0, (int,), None),
+              "treatments": (None, (list, NONE_TYPE), None), "bad_wells": (0, (int,), (0, 384)),
+              "control_wells": (None, (int, NONE_TYPE), (1, 384)), "assays": (0, (int,), (0, 10_000))},
     "crop": {"box_size": (128, (int,), (8, 1024)), "edge": ("shift", (str,), ("drop", "shift", "pad")),
              "chunk_cells": (256, (int,), (1, 1 << 20))},
     "export": {"opset": (18, (int,), (17, 30))},
@@ -66,7 +68,9 @@ SCHEMA = {
     "process": {"steps": (None, (list, NONE_TYPE), None)},
     "report": {"moa_column": ("Metadata_MOA", (str,), None), "treatment_column": ("Metadata_Treatment", (str,), None),
                "control": ("DMSO", (str,), None), "null_size": (10000, (int,), (10, 10_000_000)),
-               "seed": (0, (int,), None)},
+               "seed": (0, (int,), None), "evaluate_on": ("held_out", (str,), ("held_out", "all")),
+               "dataset": (None, (str, NONE_TYPE), None), "umap": (True, (bool,), None),
+               "gallery": (3, (int,), (0, 50)), "min_cells": (5, (int,), (0, 1_000_000))},
 }
 # the keys of the train section the pipeline sets itself
 PIPELINE_SET = (("data", "crops"), ("train", "out"))
@@ -96,7 +100,7 @@ def default_config() -> dict:
     from phenovec.io.config_schema import defaults
 
     cfg = defaults(SCHEMA)
-    return {"out": "run-out", "synth": None, "model": None, "images": cfg["images"], "crop": cfg["crop"],
+    return {"out": "run-out", "preset": None, "synth": None, "model": None, "images": cfg["images"], "crop": cfg["crop"],
             "train": default_train(), "export": cfg["export"], "profile": cfg["profile"],
             "process": cfg["process"], "report": cfg["report"]}
 
@@ -147,6 +151,16 @@ COMMENTS = {
     "report.control": "the control treatment's value in treatment_column",
     "report.null_size": "null distribution size for the mAP p-values",
     "report.seed": "seed of the null distributions",
+    "preset": "null, or gapnet | sc_cnn | densenet121 | resnet101: GapNet's multi-task assay prediction "
+              "(train.task: assays with the paper's optimiser, split by compound; an assays stage scores the held-out "
+              "compounds and the report gets an assay section; train.assays.labels, or synth.assays for synthetic "
+              "labels)",
+    "report.evaluate_on": "held_out (metrics on the wells the model did not train on: test, else val; the training "
+                          "wells get a labelled secondary view) | all",
+    "report.dataset": "null (the synthetic plate / the index file's name) or a name for the report's title",
+    "report.umap": "add a UMAP of the well profiles (umap-learn) beside the PCA",
+    "report.gallery": "example crops per MOA in the report (0: none)",
+    "report.min_cells": "QC: wells with fewer profiled cells are flagged",
 }
 
 
@@ -190,6 +204,10 @@ def load_run_config(path_or_dict) -> dict:
         c = cfg["synth"]["cells"]
         if len(c) != 2 or not all(isinstance(v, int) for v in c) or not 1 <= c[0] <= c[1]:
             raise ConfigError(f"{source}: synth.cells must be [low, high] integers with 1 <= low <= high, got {c!r}")
+        for i, t in enumerate(cfg["synth"]["treatments"] or []):
+            if not isinstance(t, list) or len(t) not in (2, 3):
+                raise ConfigError(f"{source}: synth.treatments[{i}] must be [name, moa] or [name, moa, strength], "
+                                  f"got {t!r}")
     img = cfg["images"]
     if cfg["synth"] is None:
         for key in ("index", "locations"):
@@ -206,17 +224,41 @@ def load_run_config(path_or_dict) -> dict:
         if not Path(model).is_file():
             raise ConfigError(f"{source}: model: {model} does not exist")
     cfg["model"] = model
+    preset = raw.get("preset")
+    if preset is not None:
+        from phenovec.train.objectives.assays import PRESETS
+
+        if preset not in PRESETS:
+            raise ConfigError(f"{source}: preset = {preset!r} is unknown{suggest(str(preset), PRESETS)}")
+        if model is not None:
+            raise ConfigError(f"{source}: preset {preset} trains its own model; remove model")
+    cfg["preset"] = preset
     tr = raw.get("train", default_train() if model is None else None)
+    if preset is not None:
+        tr = _preset_train(preset, tr or {})
+        labels = ((tr.get("assays") or {}).get("labels"))
+        if labels is None and not (cfg["synth"] is not None and cfg["synth"]["assays"]):
+            if cfg["synth"] is None:
+                raise ConfigError(f"{source}: preset {preset} needs train.assays.labels (the compound x assay label "
+                                  "table) or a synth section (synthetic labels)")
+            cfg["synth"]["assays"] = 12
+        if labels is not None:
+            tr["assays"]["labels"] = _resolve(base, labels)
     if tr is not None:
         if not isinstance(tr, dict):
             raise ConfigError(f"{source}: train must be a mapping of `phenovec train` sections")
-        from phenovec.train.config import SCHEMA as TRAIN_SCHEMA
+        from phenovec.train.config import task_schema
 
         for sec, body in tr.items():
             for key in (body or {}):
                 if (sec, key) in PIPELINE_SET:
                     raise ConfigError(f"{source}: train.{sec}.{key} is set by the pipeline; remove it")
-        merge_sections(tr, TRAIN_SCHEMA, f"{source} (train)")  # key and type errors now, not after cropping
+        task = (tr.get("train") or {}).get("task", "classify")
+        try:
+            schema = task_schema(task)
+        except ConfigError as e:
+            raise ConfigError(f"{source} (train): {e}") from None
+        merge_sections(tr, schema, f"{source} (train)")  # key and type errors now, not after cropping
     cfg["train"] = tr
     if cfg["process"]["steps"] is not None:
         from phenovec.process.recipe import Recipe
@@ -226,6 +268,23 @@ def load_run_config(path_or_dict) -> dict:
         except ValueError as e:
             raise ConfigError(f"{source}: process.steps: {e}") from None
     return cfg
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _preset_train(preset: str, user: dict) -> dict:
+    """The train section of ``preset: NAME``: the paper's recipe (``phenovec.train.objectives.assays.PRESETS``) for
+    ``train.task: assays``, the compound column defaulting to ``Metadata_Treatment``, under the user's own keys."""
+    from phenovec.train.objectives.assays import PRESETS
+
+    base = _deep_merge(PRESETS[preset], {"train": {"task": "assays"},
+                                         "data": {"compound_column": "Metadata_Treatment"}, "assays": {}})
+    return _deep_merge(base, user)
 
 
 def _key(*parts) -> str:
@@ -299,10 +358,17 @@ def run(config, progress: bool = True) -> RunResult:
         def do_synth(d: Path) -> dict:
             from phenovec.ingest.synth import synth_plate
 
+            extra = {"treatments": [tuple(t) for t in s["treatments"]]} if s["treatments"] else {}
             p = synth_plate(d, plates=s["plates"], wells=s["wells"], sites_per_well=s["sites"], size=s["size"],
                             cells_per_site=tuple(s["cells"]), channels=tuple(images["channels"]), seed=s["seed"],
-                            progress=progress)
-            return {"index": str(p["index"]), "locations": str(p["nuclei"])}
+                            bad_wells=s["bad_wells"], control_wells=s["control_wells"], progress=progress, **extra)
+            outputs = {"index": str(p["index"]), "locations": str(p["nuclei"])}
+            if s["assays"]:
+                from phenovec.ingest.synth_assay_labels import write_synth_assay_labels
+
+                lab = write_synth_assay_labels(d, s["assays"], seed=s["seed"])
+                outputs["assay_labels"] = str(lab["assay_labels"])
+            return outputs
 
         k_in = _key("synth", s, images["channels"])
         images.update(stage("synth", k_in, s, do_synth))
@@ -314,6 +380,7 @@ def run(config, progress: bool = True) -> RunResult:
 
         return read_image_index(images["index"], images["channels"])
 
+    assays = None
     if cfg["model"] is None:
         crop_conf = cfg["crop"]
 
@@ -333,12 +400,19 @@ def run(config, progress: bool = True) -> RunResult:
             tr = copy.deepcopy(cfg["train"])
             tr.setdefault("data", {})["crops"] = crops
             tr.setdefault("train", {})["out"] = str(d)
+            if tr["train"].get("task") == "assays" and not (tr.get("assays") or {}).get("labels"):
+                tr.setdefault("assays", {})["labels"] = images["assay_labels"]
             res = train(tr, progress=progress)
             best = res.best if res.best is not None else res.last
             return {"checkpoint": str(best), "best_val_accuracy": res.best_val_accuracy, "epochs": res.epochs}
 
         k_train = _key("train", cfg["train"], k_crop)
         trained = stage("train", k_train, cfg["train"], do_train)
+        if (cfg["train"].get("train") or {}).get("task") == "assays":
+            def do_assays(d: Path) -> dict:
+                return _score_assays(trained["checkpoint"], crops, d, cfg["train"], images, progress)
+
+            assays = stage("assays", _key("assays", k_train), {}, do_assays)
 
         def do_export(d: Path) -> dict:
             from phenovec.export import export_onnx
@@ -392,9 +466,11 @@ def run(config, progress: bool = True) -> RunResult:
                                   cells.groupby(strata)[c].nunique(dropna=False).max() == 1]}
         apply_recipe({"name": "pipeline", "steps": steps_run}, cells, output_file=d / "profiles.parquet",
                      progress=progress, features_default="non-metadata")
+        if trained is not None:
+            _attach_split(d / "profiles.parquet", Path(trained["checkpoint"]).parent / "split.parquet")
         return {"profiles": str(d / "profiles.parquet")}
 
-    k_proc = _key("process", steps, k_prof)
+    k_proc = _key("process", steps, k_prof, k_model)
     processed = stage("process", k_proc, {"steps": steps}, do_process)
 
     def do_report(d: Path) -> dict:
@@ -402,23 +478,163 @@ def run(config, progress: bool = True) -> RunResult:
 
         provenance = {"config": cfg, "stages": stages, "timings_s": timings,
                       "training": trained if trained is not None else {"model": cfg["model"]}}
+        context = _report_context(cfg, out, images, profiled, trained, crops if cfg["model"] is None else None,
+                                  processed["profiles"])
+        if assays is not None:
+            import pandas as pd
+
+            context.assay_per_task = pd.read_csv(assays["per_task"])
+            context.assay_summary = json.loads(Path(assays["summary"]).read_text())
         paths = build_report(processed["profiles"], d, moa_column=rep["moa_column"],
                              treatment_column=rep["treatment_column"], control_query=rep["control"],
                              control_key="report.control", provenance=provenance, null_size=rep["null_size"],
-                             seed=rep["seed"])
+                             seed=rep["seed"], evaluate_on=rep["evaluate_on"], context=context, umap=rep["umap"],
+                             title="phenovec run report")
         return {"html": str(paths.html), "json": str(paths.json)}
 
-    k_rep = _key("report", rep, k_proc)
+    k_rep = _key("report", rep, k_proc, assays)
     reported = stage("report", k_rep, rep, do_report)
     return RunResult(out, Path(reported["html"]), Path(reported["json"]), stages)
 
 
+def _score_assays(checkpoint: str, crops: str, d: Path, train_cfg: dict, images: dict, progress) -> dict:
+    """The assays stage: the trained model's task probabilities averaged per compound over the test compounds'
+    crops (``predict_assays``), scored per assay against the label table (``evaluate_assay_predictions``)."""
+    import pandas as pd
+
+    from phenovec.evaluate.assay_prediction import evaluate_assay_predictions, measured_vs_auc_figure
+    from phenovec.io.assay_labels import read_assay_labels
+    from phenovec.io.atomic import write_text_atomic
+    from phenovec.io.profiles import write_table
+    from phenovec.train.assay_inference import predict_assays
+    from phenovec.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    split = pd.read_parquet(Path(checkpoint).parent / "split.parquet", columns=["row", "split"])
+    which = "test" if (split["split"] == "test").any() else "val"
+    rows = split.loc[split["split"] == which, "row"].to_numpy()
+    preds = predict_assays(ck, crops, by="compound", rows=rows, progress=progress)
+    labels_path = (train_cfg.get("assays") or {}).get("labels") or images["assay_labels"]
+    labels = read_assay_labels(labels_path)
+    compound = ck["data_config"]["compound_column"]
+    per_task, summary = evaluate_assay_predictions(preds, labels, compound_column=compound,
+                                                   tasks=ck["data_config"]["tasks"])
+    summary = {**summary, "split": which, "compounds": int(len(preds)), "labels": Path(labels_path).name}
+    write_table(preds, d / "predictions.parquet")
+    write_table(per_task, d / "per_task.csv")
+    write_text_atomic(d / "summary.json", json.dumps(summary, indent=1, default=float))
+    measured_vs_auc_figure(per_task, d / "measured_vs_auc.png")
+    return {"predictions": str(d / "predictions.parquet"), "per_task": str(d / "per_task.csv"),
+            "summary": str(d / "summary.json"), "figure": str(d / "measured_vs_auc.png")}
+
+
+def _attach_split(profiles_path: Path, split_path: Path) -> None:
+    """Add ``Metadata_Split`` (train / val / test / unused per well, from the training run's ``split.parquet``) to the
+    well profiles, so the report evaluates what the model did not train on. A well whose cells straddle splits
+    is ``mixed``; a well the training never saw (e.g. cells without a crop) is ``unused``."""
+    import pandas as pd
+
+    from phenovec.io.profiles import write_table
+
+    if not split_path.is_file():
+        return
+    keys = ["Metadata_Plate", "Metadata_Well"]
+    split = pd.read_parquet(split_path, columns=keys + ["split"])
+    per_well = split.groupby(keys)["split"].agg(lambda v: v.iloc[0] if v.nunique() == 1 else "mixed")
+    prof = pd.read_parquet(profiles_path)
+    if not set(keys) <= set(prof.columns):
+        return
+    col = prof.set_index(keys).index.map(per_well.to_dict()).to_series(index=prof.index).fillna("unused")
+    meta = [c for c in prof.columns if str(c).startswith("Metadata_")]
+    prof.insert(len(meta), "Metadata_Split", col.astype(str).to_numpy())
+    write_table(prof, profiles_path)
+
+
+def _report_context(cfg: dict, out: Path, images: dict, profiled: dict, trained: dict | None, crops: str | None,
+                    profiles: str):
+    """What the report shows beside the metrics (``phenovec.report.context``): dataset name, training curve,
+    QC tables and example cells of the held-out wells."""
+    import pandas as pd
+
+    from phenovec.report.context import ReportContext, gallery_from_crops, read_training
+
+    rep = cfg["report"]
+    if rep["dataset"]:
+        dataset = rep["dataset"]
+    elif cfg["synth"] is not None:
+        s = cfg["synth"]
+        dataset = f"synthetic plates (phenovec synth: {s['plates']} plates x {s['wells']} wells, seed {s['seed']})"
+    else:
+        dataset = Path(images["index"]).name
+    ctx = ReportContext(dataset=dataset, run_dir=out, min_cells=rep["min_cells"])
+    if trained is not None:
+        ctx.training = read_training(Path(trained["checkpoint"]).parent)
+    cells_path = Path(profiled["embeddings"]).parent / "cells.parquet"
+    if cells_path.is_file():
+        ctx.cells = pd.read_parquet(cells_path, columns=["Metadata_Plate", "Metadata_Well"])
+    from phenovec.io.profiles import read_table
+
+    layout = read_table(images["index"])
+    ctx.layout = layout if {"Metadata_Plate", "Metadata_Well"} <= set(layout.columns) else None
+    if crops is not None:
+        cells = pd.read_parquet(Path(crops) / "cells.parquet")
+        if "edge" in cells.columns:
+            ctx.edge = {str(k): int(v) for k, v in cells["edge"].value_counts().items() if v}
+        if rep["gallery"]:
+            prof = pd.read_parquet(profiles, columns=None)
+            held = prof[prof["Metadata_Split"] != "train"] if "Metadata_Split" in prof.columns else None
+            ctx.gallery, ctx.channels = gallery_from_crops(crops, rep["moa_column"], rep["treatment_column"],
+                                                           per_moa=rep["gallery"], seed=rep["seed"], wells=held)
+    return ctx
+
+
+# the demo's plate design: graded strengths (1 = the MOA's full phenotype, 0 = inactive), an MOA with a single
+# compound, and an inactive compound annotated with a real MOA, so the metrics spread out instead of saturating
+DEMO_TREATMENTS = [
+    ["DMSO", "control"],
+    ["AKI-1", "Aurora kinase inhibitor", 1.0], ["AKI-2", "Aurora kinase inhibitor", 0.55],
+    ["AKI-3", "Aurora kinase inhibitor", 0.25],
+    ["MST-1", "Mitochondrial stressor", 1.0], ["MST-2", "Mitochondrial stressor", 0.4],
+    ["ACT-1", "Actin disruptor", 0.8], ["ACT-2", "Actin disruptor", 0.3], ["ACT-0", "Actin disruptor", 0.0],
+    ["TUB-1", "Tubulin destabilizer", 0.7],
+    ["KIN-1", "Kinase inhibitor", 0.15],
+]
+DEMO_HELD_OUT_PLATE = "SYNTH-P03"
+
+
 def demo_config(out: str | os.PathLike = "demo-out", null_size: int = 2000) -> dict:
-    """The demo: a 2-plate synthetic set (7 treatments, 3 MOAs, DMSO) through every stage, a few minutes on 2 cores:
-    48-pixel crops and a tiny ResNet (``DEMO_TRAIN``) on 256-pixel fields."""
+    """The demo: 3 synthetic plates (``DEMO_TREATMENTS``: 10 compounds of 6 MOAs at graded strengths, 8 DMSO wells
+    per plate, 2 bad wells per plate) through every stage. The model trains on plates 1-2 (validation wells drawn
+    there) and never sees plate 3, on which the report evaluates; 48-pixel crops and a tiny ResNet
+    (``DEMO_TRAIN``) on 256-pixel fields, a few minutes on 2 cores."""
     cfg = default_config()
-    cfg.update(out=str(out), synth={"plates": 2, "wells": 28, "sites": 2, "size": 256, "cells": [25, 35], "seed": 0},
+    cfg.update(out=str(out), synth={"plates": 3, "wells": 40, "sites": 2, "size": 256, "cells": [20, 30], "seed": 0,
+                                    "treatments": copy.deepcopy(DEMO_TREATMENTS), "bad_wells": 2,
+                                    "control_wells": 8},
                train=copy.deepcopy(DEMO_TRAIN))
+    cfg["train"]["data"]["holdout_plates"] = [DEMO_HELD_OUT_PLATE]
+    cfg["crop"]["box_size"] = 48
+    cfg["report"]["null_size"] = int(null_size)
+    cfg["images"].pop("index"), cfg["images"].pop("locations")
+    return cfg
+
+
+# the assay demo's plate: 30 compounds of 5 MOAs (GapNet's split holds out whole compounds: 70 / 10 / 20 %)
+DEMO_ASSAY_MOAS = ("Aurora kinase inhibitor", "Mitochondrial stressor", "Actin disruptor", "Tubulin binder",
+                   "HDAC inhibitor")
+
+
+def demo_assays_config(out: str | os.PathLike = "demo-assays", null_size: int = 2000) -> dict:
+    """``phenovec demo --assays``: ``preset: gapnet`` on 2 synthetic plates of 30 compounds (5 MOAs x 6) with 12
+    synthetic MOA-driven assays (label noise, missing entries): GapNet learns the assays
+    from 48-pixel crops for 6 epochs, the assays stage scores the held-out compounds, the report shows them."""
+    cfg = default_config()
+    treatments = [["DMSO", "control"]] + [[f"{m[:3].upper()}-{i}", m] for m in DEMO_ASSAY_MOAS for i in range(1, 7)]
+    cfg.update(out=str(out), preset="gapnet",
+               synth={"plates": 2, "wells": 36, "sites": 1, "size": 256, "cells": [18, 24], "seed": 0,
+                      "treatments": treatments, "bad_wells": 0, "control_wells": 6, "assays": 12},
+               train={"data": {"batch_size": 32, "workers": 0}, "train": {"epochs": 6, "threads": 2},
+                      "augment": {"enabled": True}})
     cfg["crop"]["box_size"] = 48
     cfg["report"]["null_size"] = int(null_size)
     cfg["images"].pop("index"), cfg["images"].pop("locations")
@@ -434,9 +650,11 @@ def _run_cli(a) -> dict:
     if a.stage == "demo" and a.bbbc021:
         from phenovec.demo import run_demo
 
-        return run_demo(a.data, a.out, a.null_size, progress=show_progress(a))
-    if a.stage == "demo":
-        config = demo_config(a.out, a.null_size)
+        return run_demo(a.data, a.out or "demo-bbbc021", a.null_size, progress=show_progress(a))
+    if a.stage == "demo" and a.assays:
+        config = demo_assays_config(a.out or "demo-assays", a.null_size)
+    elif a.stage == "demo":
+        config = demo_config(a.out or "demo-out", a.null_size)
     elif a.config is None:
         raise ValueError("phenovec run needs a configuration file (see --print-config)")
     elif a.out is not None:  # -o overrides the configuration's out
@@ -464,9 +682,12 @@ def add_run_parsers(stages) -> None:
     add_quiet(p)
     p.set_defaults(run=_run_cli)
     d = stages.add_parser("demo", help="the whole pipeline on a synthetic plate (a few minutes); prints the report")
-    add_out(p=d, help="output folder (rerun to resume; stages are cached)", required=False, default="demo-out")
+    add_out(p=d, help="output folder (rerun to resume; stages are cached; default: demo-out, or demo-bbbc021 with "
+                      "--bbbc021)", required=False, default=None)
     d.add_argument("--null-size", type=int, default=2000, help="null distribution size for mAP p-values")
     d.add_argument("--bbbc021", action="store_true", help="instead: evaluate the real BBBC021 CellProfiler profiles")
+    d.add_argument("--assays", action="store_true", help="instead: GapNet assay prediction (preset: gapnet) on "
+                                                        "synthetic plates with synthetic assay labels")
     d.add_argument("--data", default=None, help="with --bbbc021: folder of the BBBC021 files (default: "
                                                 "../shared/data/bbbc021-cytominergallery)")
     add_quiet(d)

@@ -230,7 +230,7 @@ def measured_vs_auc_figure(per_task, path: str | os.PathLike | None = None, *, t
     mapping run name -> table); returns a :class:`phenovec.report.figures.Figure` and writes the PNG to ``path``
     (atomically) when given. Tasks without an AUC are not drawn (the caption counts them)."""
     from phenovec.io.atomic import write_bytes_atomic
-    from phenovec.report.figures import Figure, _png, _pyplot
+    from phenovec.figure import Figure, png_bytes as _png, pyplot as _pyplot
 
     runs: Mapping[str, pd.DataFrame] = per_task if isinstance(per_task, Mapping) else {"": per_task}
     plt = _pyplot()

@@ -244,7 +244,8 @@ def crop_index(
                 flush(final=False)
         flush(final=True)
         parts = [pd.read_parquet(out / "cells" / f"site-{s:05d}.parquet") for s in sorted(done)]
-        cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        nonempty = [p for p in parts if len(p)]  # a site without cells (an empty well) adds no row and no dtype
+        cells = pd.concat(nonempty or parts[:1], ignore_index=True) if parts else pd.DataFrame()
         if len(cells):
             cells["edge"] = pd.Categorical(cells["edge"].astype(str), categories=list(OUTCOMES))
         cells.to_parquet(out / ".cells.parquet.tmp", index=False)

@@ -314,12 +314,14 @@ def synth_plate(out_dir, plates: int = 1, wells: Sequence[str] | int = 24, sites
                 size: int = 256, cells_per_site: tuple[int, int] = (20, 40),
                 channels: Sequence[str] = CHANNELS, treatments: Sequence[Sequence[str]] = DEFAULT_TREATMENTS,
                 seed: int = 0, compression: str = "deflate", cell_radius: float = 12.0,
-                plates_per_batch: int = 2, bad_wells: int = 0, progress: bool = True) -> dict[str, Path]:
+                plates_per_batch: int = 2, bad_wells: int = 0, control_wells: int | None = None,
+                progress: bool = True) -> dict[str, Path]:
     """Write a synthetic plate set under ``out_dir``; returns ``{"index", "nuclei", "images"}`` paths.
 
     Wells get treatments round-robin over a per-plate shuffled well order (so every treatment has
     ``len(wells) // len(treatments)`` or one more wells per plate, at plate positions that differ between
-    plates). Cells per site are drawn uniformly in ``cells_per_site`` (inclusive). Plates are named
+    plates); ``control_wells`` instead gives that many wells of each plate to the control (``DMSO``) and the others
+    round-robin to the other treatments, as real plates hold many more control wells. Cells per site are drawn uniformly in ``cells_per_site`` (inclusive). Plates are named
     ``SYNTH-P01`` ..., batches ``SYNTH-B01`` ... ``bad_wells`` wells per plate are empty or out of focus (module
     docstring). Existing files of the same names are overwritten; the index and
     the nuclei table are written last (a crash leaves no index).
@@ -348,7 +350,16 @@ def synth_plate(out_dir, plates: int = 1, wells: Sequence[str] | int = 24, sites
             plate_offset = pr.uniform(150.0, 450.0, len(CHANNELS))[ch_idx]
             illum = _illumination(seed, batch_i, size, len(CHANNELS))[ch_idx]
             order = pr.permutation(len(wells))
-            well_treat = {wells[w]: treats[i % len(treats)] for i, w in enumerate(order)}
+            if control_wells is None:
+                well_treat = {wells[w]: treats[i % len(treats)] for i, w in enumerate(order)}
+            else:
+                ctrl = [t for t in treats if t.control]
+                rest = [t for t in treats if not t.control]
+                if not ctrl or not rest or not 1 <= control_wells <= len(wells) - len(rest):
+                    raise ValueError(f"control_wells = {control_wells}: needs a DMSO treatment, another treatment and "
+                                     f"1 .. {len(wells) - len(rest)} wells for the {len(wells)}-well plates")
+                well_treat = {wells[w]: (ctrl[0] if i < control_wells else rest[(i - control_wells) % len(rest)])
+                              for i, w in enumerate(order)}
             bad = _bad_wells(_rng(seed, 7, p), well_treat, bad_wells, f"plate {plate}") if bad_wells else {}
             (img_root / plate).mkdir(parents=True, exist_ok=True)
             for w_i, well in enumerate(wells):

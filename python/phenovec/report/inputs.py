@@ -109,3 +109,12 @@ def load_input(profiles, *, moa_column: str, treatment_column: str, control_quer
     return ReportInput(meta=meta, x=x, features=list(prof.features), control=control, moa_column=moa_column,
                        treatment_column=treatment_column, plate_column=plate_column, control_query=control_query,
                        control_rule=rule, source=source)
+
+
+def subset_input(inp: ReportInput, mask: np.ndarray) -> ReportInput:
+    """The same input restricted to the rows of ``mask`` (e.g. the held-out wells)."""
+    mask = np.asarray(mask, dtype=bool)
+    return ReportInput(meta=inp.meta[mask].reset_index(drop=True), x=inp.x[mask], features=inp.features,
+                       control=inp.control[mask], moa_column=inp.moa_column, treatment_column=inp.treatment_column,
+                       plate_column=inp.plate_column, control_query=inp.control_query, control_rule=inp.control_rule,
+                       source=inp.source)

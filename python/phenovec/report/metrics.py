@@ -26,6 +26,7 @@ The same ``similarity`` metric ('cosine' by default) is used by every metric.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,14 @@ class ReportMetrics:
     pca_explained_variance_ratio: list = field(default_factory=list)
     per_moa: pd.DataFrame | None = None
     notes: list = field(default_factory=list)
+    # what was evaluated (held-out wells or all) and the training-wells view; set by build_report
+    scope: dict = field(default_factory=dict)
+    secondary: dict | None = None
+    views: pd.DataFrame | None = None  # PCA / UMAP of every well (phenovec.report.views)
+    views_explained_variance: list = field(default_factory=list)
+    context: Any = None  # phenovec.report.context.ReportContext or None
+    qc_wells: pd.DataFrame | None = None
+    qc_flagged: pd.DataFrame | None = None
 
 
 def activity_table(inp: ReportInput) -> pd.DataFrame:
@@ -113,30 +122,12 @@ def compute_metrics(inp: ReportInput, *, similarity: str = "cosine", null_size: 
               "treatment_wells_without_moa": int(meta.loc[~ctrl, m].isna().sum())}
     res = ReportMetrics(settings=settings, counts=counts, notes=notes)
 
-    # replicate (phenotypic activity) mAP
-    act = activity_table(inp)
-    try:
-        ap = pe.average_precision(act, x, pos_sameby=[t, REFERENCE_COLUMN], pos_diffby=[], neg_sameby=[],
-                                  neg_diffby=[t, REFERENCE_COLUMN], distance=similarity, progress_bar=False)
-        ap = ap[~ctrl].reset_index(drop=True)
-        rmap = pe.mean_average_precision(ap, [t], null_size=null_size, threshold=threshold, seed=seed,
-                                         progress_bar=False)
-        res.replicate_map = rmap.drop(columns=["indices"])
-        counts["treatments_with_replicates"] = int(len(rmap))
-    except pe.UnpairedError as e:
-        notes.append(f"replicate mAP: {e} (no treatment has two wells, or no control well)")
-
-    # MOA (phenotypic consistency) mAP
-    rows = np.flatnonzero(~ctrl & meta[m].notna().to_numpy())
-    try:
-        moa_ap = pe.average_precision(meta.iloc[rows][[t, m]].reset_index(drop=True), x[rows], pos_sameby=[m],
-                                      pos_diffby=[t], neg_sameby=[], neg_diffby=[m], distance=similarity,
-                                      progress_bar=False)
-        mmap = pe.mean_average_precision(moa_ap, [m], null_size=null_size, threshold=threshold, seed=seed,
-                                         progress_bar=False)
-        res.moa_map = mmap.drop(columns=["indices"])
-    except (pe.UnpairedError, ValueError) as e:
-        notes.append(f"MOA mAP: {e} (no MOA has two treatments)")
+    res.replicate_map = replicate_map_table(inp, similarity, null_size, seed, threshold, notes)
+    if res.replicate_map is not None:
+        counts["treatments_with_replicates"] = int(len(res.replicate_map))
+    res.moa_map = moa_map_table(inp, similarity, null_size, seed, threshold, notes)
+    moas = meta.loc[~ctrl & meta[m].notna().to_numpy()].groupby(m)[t].nunique()
+    counts["moas_with_two_treatments"] = int((moas >= 2).sum())
 
     # cytominer-eval retrieval family
     rr = retrieval_rows(inp)
@@ -173,6 +164,58 @@ def compute_metrics(inp: ReportInput, *, similarity: str = "cosine", null_size: 
 
     res.per_moa = per_moa_table(inp, res, threshold)
     return res
+
+
+def replicate_map_table(inp: ReportInput, similarity: str, null_size: int, seed: int, threshold: float,
+                        notes: list) -> pd.DataFrame | None:
+    """Replicate (phenotypic activity) mAP per treatment: replicates against control wells (module docstring)."""
+    t = inp.treatment_column
+    act = activity_table(inp)
+    try:
+        ap = pe.average_precision(act, inp.x, pos_sameby=[t, REFERENCE_COLUMN], pos_diffby=[], neg_sameby=[],
+                                  neg_diffby=[t, REFERENCE_COLUMN], distance=similarity, progress_bar=False)
+        ap = ap[~inp.control].reset_index(drop=True)
+        rmap = pe.mean_average_precision(ap, [t], null_size=null_size, threshold=threshold, seed=seed,
+                                         progress_bar=False)
+        return rmap.drop(columns=["indices"])
+    except pe.UnpairedError as e:
+        notes.append(f"replicate mAP: {e} (no treatment has two wells, or no control well)")
+        return None
+
+
+def moa_map_table(inp: ReportInput, similarity: str, null_size: int, seed: int, threshold: float,
+                  notes: list) -> pd.DataFrame | None:
+    """MOA (phenotypic consistency) mAP per MOA: same MOA, another treatment (module docstring)."""
+    t, m, meta = inp.treatment_column, inp.moa_column, inp.meta
+    rows = np.flatnonzero(~inp.control & meta[m].notna().to_numpy())
+    try:
+        moa_ap = pe.average_precision(meta.iloc[rows][[t, m]].reset_index(drop=True), inp.x[rows], pos_sameby=[m],
+                                      pos_diffby=[t], neg_sameby=[], neg_diffby=[m], distance=similarity,
+                                      progress_bar=False)
+        mmap = pe.mean_average_precision(moa_ap, [m], null_size=null_size, threshold=threshold, seed=seed,
+                                         progress_bar=False)
+        return mmap.drop(columns=["indices"])
+    except (pe.UnpairedError, ValueError) as e:
+        notes.append(f"MOA mAP: {e} (no MOA has two treatments)")
+        return None
+
+
+def map_summary(inp: ReportInput, similarity: str = "cosine", null_size: int = 10000, seed: int = 0,
+                threshold: float = 0.05) -> dict:
+    """Replicate and MOA mAP means with their denominators (the secondary, training-wells view of a report)."""
+    notes: list[str] = []
+    t, m = inp.treatment_column, inp.moa_column
+    out = {"wells": int(len(inp.meta)), "treatments": int(inp.meta.loc[~inp.control, t].nunique()),
+           "moas": int(inp.meta.loc[~inp.control, m].nunique()), "notes": notes}
+    r = replicate_map_table(inp, similarity, null_size, seed, threshold, notes)
+    if r is not None:
+        out.update(replicate_map=float(r["mean_average_precision"].mean()), replicate_scored=int(len(r)),
+                   replicate_significant=int(r["below_corrected_p"].sum()))
+    mm = moa_map_table(inp, similarity, null_size, seed, threshold, notes)
+    if mm is not None:
+        out.update(moa_map=float(mm["mean_average_precision"].mean()), moa_scored=int(len(mm)),
+                   moa_significant=int(mm["below_corrected_p"].sum()))
+    return out
 
 
 def per_moa_table(inp: ReportInput, res: ReportMetrics, threshold: float) -> pd.DataFrame:

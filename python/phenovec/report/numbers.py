@@ -11,6 +11,11 @@ Layout (``schema`` = ``phenovec.report/1``)::
     hit_at_k:       {percent_scores: [{percent, score}], accumulated: [{percent, hits, expected, normalised_score}]}
     pca:            {explained_variance_ratio: [...], wells: [{plate, treatment, moa, control, PC1, PC2}]}
     per_moa:        [...]
+    scope:          {evaluated, wells, by_split, held_out, split | reason}: which wells the metrics are over
+    training_wells: {wells, replicate_map, replicate_scored, ..., moa_map, ...} (secondary view) or null
+    views:          {explained_variance_ratio, wells: [{plate, treatment, moa, control, split, PC1, PC2, UMAP1, ...}]}
+    qc:             {cells_per_well: [...], flagged_wells: [...], edge: {inside: n, ...}} or null
+    training:       the training run's per-epoch table or null; dataset: its name or null
 
 A metric that could not be computed is ``null`` and ``notes`` says why.
 """
@@ -78,6 +83,16 @@ def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
             "percent_scores": r.hit_at_k_scores, "accumulated": r.hit_at_k_accumulated},
         "pca": {"explained_variance_ratio": r.pca_explained_variance_ratio, "wells": r.pca},
         "per_moa": r.per_moa,
+        "scope": r.scope,
+        "training_wells": r.secondary,
+        "views": None if r.views is None else {"explained_variance_ratio": r.views_explained_variance,
+                                                "wells": r.views},
+        "qc": None if r.qc_wells is None else {"cells_per_well": r.qc_wells, "flagged_wells": r.qc_flagged,
+                                               "edge": r.context.edge if r.context is not None else None},
+        "training": None if r.context is None or r.context.training is None else r.context.training,
+        "dataset": None if r.context is None else r.context.dataset,
+        "assays": None if r.context is None or r.context.assay_per_task is None else {
+            "per_task": r.context.assay_per_task, "summary": r.context.assay_summary},
         "provenance": provenance,
     }
     return clean(doc)
