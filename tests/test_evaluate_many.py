@@ -129,7 +129,7 @@ def test_mixed_rule_sets_share_full_blocks():
     assert_same(out["moa"], pe.average_precision(meta[keep].reset_index(drop=True), x[keep], **moa))
 
 
-def test_ties_exact_and_ties_copairs_differ_only_where_expected():
+def test_both_tie_modes_equal_single_calls():
     meta, x = synthetic(seed=2)
     for ties in ("exact", "copairs"):
         out = evaluate_many(meta, x, {"act": ACT}, ties=ties)["act"]

@@ -10,7 +10,8 @@ string in :mod:`phenovec.io.row_filter`'s language (never executed as code).
 
 How the work is shared:
 
-- one integer pass per rule set counts each row's positives M and candidates L (no similarities);
+- each row's positives M and candidates L are counted from group sizes (inclusion-exclusion over the
+  ``diffby`` columns; no similarities, no pair scan);
 - only rows with M > 0 under some rule set are queries (AP is NaN otherwise, as copairs);
 - queries are taken in blocks; for each block the union of the candidate columns of all rule sets is
   found, and the block's similarities are computed ONCE against those columns: against all N rows
