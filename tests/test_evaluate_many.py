@@ -101,7 +101,7 @@ ACT = dict(pos_sameby=["Metadata_cpd", REF], pos_diffby=[], neg_sameby=[], neg_d
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("distance", ["cosine", "pearson", "euclidean"])
+@pytest.mark.parametrize("distance", ["cosine", "pearson", "spearman", "euclidean"])
 def test_control_only_columns_identical_to_full(distance, dtype):
     meta, x = synthetic(dtype=dtype)
     full_stats, red_stats = {}, {}
