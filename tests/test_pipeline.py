@@ -130,3 +130,40 @@ def test_cli_run_out_overrides_the_configuration(tmp_path, monkeypatch):
     assert main(["run", str(p), "-o", str(tmp_path / "elsewhere"), "--quiet"]) == 2
     assert seen["config"]["out"] == str((tmp_path / "elsewhere").resolve()) and seen["progress"] is False
     assert seen["config"]["synth"]["plates"] == 1 and seen["config"]["train"] == default_config()["train"]
+
+
+def test_preset_gapnet_runs_an_assays_stage_and_reports_it(tmp_path):
+    """preset: gapnet: synthetic assay labels from the synth stage, train.task assays with the paper's recipe split
+    by compound, an assays stage scoring the held-out compounds, and an assay section in the report."""
+    from phenovec.pipeline import DEMO_ASSAY_MOAS
+
+    treatments = [["DMSO", "control"]] + [[f"{m[:3].upper()}-{i}", m] for m in DEMO_ASSAY_MOAS[:3] for i in range(4)]
+    cfg = {"out": str(tmp_path / "run"), "preset": "gapnet",
+           "synth": {"plates": 1, "wells": 17, "sites": 1, "size": 192, "cells": [12, 16], "seed": 2,
+                     "treatments": treatments, "control_wells": 5, "assays": 6},
+           "crop": {"box_size": 48},
+           "train": {"data": {"batch_size": 32, "workers": 0}, "train": {"epochs": 1, "threads": 2}},
+           "report": {"null_size": 100, "umap": False, "gallery": 0}}
+    res = run(cfg, progress=False)
+    assert list(res.stages) == ["synth", "crop", "train", "assays", "export", "profile", "process", "report"]
+    train_stage = json.loads((tmp_path / "run" / "train" / "stage.json").read_text())["config"]
+    assert train_stage["model"]["arch"] == "gapnet" and train_stage["data"]["split"] == "compound"
+    assert train_stage["optim"]["lr"] == 0.01 and train_stage["train"]["task"] == "assays"
+    summary = json.loads((tmp_path / "run" / "assays" / "summary.json").read_text())
+    split = pd.read_parquet(tmp_path / "run" / "train" / "split.parquet")
+    held = set(split.loc[split["split"] == summary["split"], "Metadata_Treatment"])
+    preds = pd.read_parquet(tmp_path / "run" / "assays" / "predictions.parquet")
+    assert set(preds["Metadata_Treatment"]) == held and summary["n_tasks"] == 6
+    doc = json.loads(res.report_json.read_text())
+    assert doc["assays"]["summary"]["n_tasks"] == 6 and len(doc["assays"]["per_task"]) == 6
+    assert "Assay prediction" in res.report_html.read_text() and "assays" in doc["figures"]
+
+
+def test_preset_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"preset = 'gapnett' is unknown.*did you mean 'gapnet'"):
+        load_run_config({"synth": {}, "preset": "gapnett"})
+    for name in ("index.csv", "nuclei.csv"):
+        (tmp_path / name).write_text("x\n")
+    images = {"index": str(tmp_path / "index.csv"), "locations": str(tmp_path / "nuclei.csv")}
+    with pytest.raises(ConfigError, match="preset gapnet needs train.assays.labels"):
+        load_run_config({"preset": "gapnet", "images": images})
