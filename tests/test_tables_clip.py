@@ -52,3 +52,25 @@ def test_bae_trains_and_keeps_the_raw_neighbourhoods(tables, tmp_path):
     acc = r.knn.pivot(index="representation", columns="label", values="accuracy")
     # the thesis' finding: a CP-only autoencoder stays near raw CP (0.428 / 0.784 vs 0.416 / 0.784)
     assert abs(acc.loc["bae", "moa"] - acc.loc["raw_cp", "moa"]) < 0.2
+
+
+def test_activity_labels_probe_every_representation(tmp_path):
+    """With data.labels a representation run also scores each representation by per-assay logistic probes on the
+    test compounds (the issue's "activity metrics when activity labels exist"); MOA-driven labels are predictable
+    from the learned space."""
+    import numpy as np
+
+    paths = write_synthetic_tables(tmp_path / "t", n_tasks=6, **DATA)
+    cfg = _cfg(paths, "clip", tmp_path / "clip", epochs=15)
+    cfg["data"].update(labels=paths["labels"], label_compound_column="compound", min_per_class=1)
+    r = train_tables(cfg)
+    import pandas as pd
+
+    act = pd.read_csv(tmp_path / "clip" / "activity.csv")
+    assert set(act["representation"]) == {"raw_cp", "raw_tx", "clip"} and act["task"].nunique() <= 6
+    scored = act.dropna(subset=["auc"])
+    assert len(scored) >= 3 and scored["auc"].between(0, 1).all()
+    mean = scored.groupby("representation")["auc"].mean()
+    assert mean["clip"] > 0.6, mean
+    assert r.evaluation["activity"]["clip"] == pytest.approx(act.loc[act["representation"] == "clip", "auc"].mean())
+    assert np.isfinite(mean).all()

@@ -21,7 +21,8 @@ InfoNCE), ``bae`` (bimodal masked autoencoder), ``simclr_profiles`` (SimCLR on o
       smiles: null              # SMILES column of the cp table (split: scaffold)
       split: perturbation       # perturbation (whole compounds) | scaffold (whole Murcko scaffolds, RDKit)
       split_fractions: [0.7, 0.1, 0.2]
-      labels: null              # fnn: an activity label file (phenovec.io.activity_labels layouts)
+      labels: null              # an activity label file (phenovec.io.activity_labels layouts): fnn's targets;
+                                # other tasks: per-assay logistic probes of each representation in the evaluation
       label_coding: auto        # auto | binary (1/0) | signed (+1/-1/0)
       label_compound_column: null  # the label file's compound column (null = its default)
       min_per_class: 2          # fnn: tasks with fewer training actives or inactives are dropped (warned)
@@ -170,7 +171,8 @@ TABLE_COMMENTS = {
     "data.smiles": "SMILES column of the cp table, for split: scaffold",
     "data.split": "perturbation (whole compounds per split) | scaffold (whole Murcko scaffolds)",
     "data.split_fractions": "train / val / test fractions",
-    "data.labels": "fnn: activity label file (long, wide or Matrix Market; phenovec.io.activity_labels)",
+    "data.labels": "activity label file (long, wide or Matrix Market; phenovec.io.activity_labels): fnn's targets; "
+                   "for clip / bae / simclr_profiles, the evaluation's per-assay probes of every representation",
     "data.label_coding": "auto | binary (1 / 0) | signed (+1 / -1 / 0 = unmeasured)",
     "data.label_compound_column": "the label file's compound column (null = the reader's default)",
     "data.min_per_class": "fnn: tasks with fewer training actives or inactives than this are dropped (warned)",
@@ -268,12 +270,10 @@ def validate_table_config(raw: dict, source: str = "<config>", base_dir: str | o
         d["tx"] = _path(d["tx"], "data.tx", source, base)
     elif d["tx"] is not None:
         raise ConfigError(f"{source}: data.tx is not used by train.task {task} (only by {', '.join(PAIRED_TASKS)})")
-    if task == "fnn":
-        if d["labels"] is None:
-            raise ConfigError(f"{source}: data.labels is required by train.task fnn (an activity label file)")
+    if task == "fnn" and d["labels"] is None:
+        raise ConfigError(f"{source}: data.labels is required by train.task fnn (an activity label file)")
+    if d["labels"] is not None:  # fnn: the targets; other tasks: the activity probes of the evaluation
         d["labels"] = _path(d["labels"], "data.labels", source, base)
-    elif d["labels"] is not None:
-        raise ConfigError(f"{source}: data.labels is only used by train.task fnn, not {task}")
     d["keys"] = _names(d["keys"], "data.keys", source)
     if d["tx_keys"] is not None:
         d["tx_keys"] = _names(d["tx_keys"], "data.tx_keys", source)

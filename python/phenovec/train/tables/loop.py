@@ -147,7 +147,7 @@ def prepare_table_data(cfg: dict) -> TableData:
     if paired.tx is not None:
         data.tx_scaler = fit_on_sources(paired.tx, meta["tx_row"].to_numpy(), train)
         data.tx, data.tx_features = data.tx_scaler(paired.tx), paired.tx_features
-    if task == "fnn":
+    if d["labels"] is not None:
         data.labels, data.tasks = _label_matrix(meta, cfg, train)
     return data
 
@@ -244,6 +244,20 @@ def _evaluate(model, data: TableData, cfg: dict, device, out: Path) -> tuple[dic
         summary["map"] = {f"{r.representation}/{r.label}": r.mean_average_precision for r in mp.itertuples()}
         write_text_atomic(out / "knn.csv", knn.to_csv(index=False))
         write_text_atomic(out / "map.csv", mp.to_csv(index=False))
+        if data.labels is not None:  # activity: a per-assay logistic probe of each representation
+            from phenovec.train.tables.evaluation import activity_table
+
+            tr = np.flatnonzero(data.split == "train")
+            train_reps = {"raw_cp": data.cp[tr], **({"raw_tx": data.tx[tr]} if data.tx is not None else {}),
+                          task: _embed(model, data.cp[tr], device)}
+            act = activity_table({k: train_reps[k] for k in train_reps}, {k: reps[k] for k in train_reps},
+                                 data.labels[tr], data.labels[test],
+                                 replicate_groups(data.meta.iloc[tr], d["compound"]),
+                                 replicate_groups(data.meta.iloc[test], d["compound"]), data.tasks,
+                                 seed=cfg["train"]["seed"])
+            tables["activity"] = act
+            summary["activity"] = {r: float(g["auc"].mean()) for r, g in act.groupby("representation", sort=False)}
+            write_text_atomic(out / "activity.csv", act.to_csv(index=False))
     write_json_atomic(out / "evaluation.json", summary)
     return summary, tables
 
