@@ -34,7 +34,7 @@ class CheckpointContract:
     channels: list
     crop_size: int
     intensity: dict
-    extra: dict = field(default_factory=dict)  # classes, label_column for the ONNX metadata
+    extra: dict = field(default_factory=dict)  # classes, tasks, label_column for the ONNX metadata
     crops: str | None = None  # data_config["crops"]: the crop store training read (parity crops come from it)
 
 
@@ -86,6 +86,8 @@ def load_contract(path: str | os.PathLike) -> CheckpointContract:
     extra = {}
     if dc.get("classes") is not None:
         extra["classes"] = tuple(str(c) for c in dc["classes"])
+    if dc.get("tasks"):  # train.task: assays (the head's outputs, in order)
+        extra["tasks"] = tuple(str(t) for t in dc["tasks"])
     if dc.get("label_column") is not None:
         extra["label_column"] = str(dc["label_column"])
     return CheckpointContract(path=path, model=model, channels=[str(c) for c in dc["channels"]],

@@ -1,6 +1,10 @@
 """``phenovec export``: a training checkpoint to ONNX, verified against PyTorch; prints a JSON report.
 
-    phenovec export CHECKPOINT -o model.onnx [--logits] [--opset 18] [--parity-crops OUT/crops.zarr]
+    phenovec export CHECKPOINT -o model.onnx [--logits] [--[no-]probabilities] [--opset 18] \
+        [--parity-crops OUT/crops.zarr]
+
+``--probabilities`` (default for a ``train.task: assays`` checkpoint): the graph also outputs the sigmoid of the
+assay head, which ``phenovec profile`` writes beside the features (``prob_<task>``).
     phenovec export --pretrained efficientnet_b0 --weights imagenet.pth --channels DNA ER RNA AGP Mito \
         --crop-size 128 [--input-size 224] -o model.onnx
 
@@ -40,8 +44,9 @@ def _pretrained_export(a):
     for flag, value in (("--channels", a.channels), ("--crop-size", a.crop_size)):
         if value is None:
             raise SystemExit(f"phenovec export --pretrained: {flag} is required")
-    if a.logits:
-        raise SystemExit("phenovec export --pretrained: the pretrained mode has no classifier (drop --logits)")
+    if a.logits or a.probabilities:
+        raise SystemExit("phenovec export --pretrained: the pretrained mode has no classifier (drop --logits / "
+                         "--probabilities)")
     if a.weights is None:
         print("phenovec export --pretrained: no --weights file: the network is randomly initialised",
               file=sys.stderr)
@@ -60,8 +65,8 @@ def _field_export(a):
 
     if a.field_size is None:
         raise SystemExit("phenovec export --fields: --field-size is required (the fields' side in pixels)")
-    if a.logits or a.parity_crops:
-        raise SystemExit("phenovec export --fields: --logits and --parity-crops are for crop models")
+    if a.logits or a.parity_crops or a.probabilities:
+        raise SystemExit("phenovec export --fields: --logits, --probabilities and --parity-crops are for crop models")
     contract = load_contract(a.checkpoint)
     mean = std = None
     if a.field_stats:
@@ -85,7 +90,8 @@ def _table_export(a, ck) -> dict:
     """A profile-table model (clip / bae / simclr_profiles / fnn) to ONNX, standardisation inside the graph."""
     from phenovec.train.tables.export import export_table_model
 
-    for flag, value in (("--fields", a.fields), ("--logits", a.logits), ("--parity-crops", a.parity_crops)):
+    for flag, value in (("--fields", a.fields), ("--logits", a.logits), ("--probabilities", a.probabilities),
+                        ("--parity-crops", a.parity_crops)):
         if value:
             raise SystemExit(f"phenovec export: {flag} is for crop models; {a.checkpoint} is a profile-table run")
     rep = export_table_model(ck, a.out, opset=a.opset, exporter=a.exporter, atol=a.atol)
@@ -120,8 +126,8 @@ def _run_export(a) -> dict:
             return _table_export(a, table)
         contract = load_contract(a.checkpoint)
         crops = load_parity_crops(a.parity_crops, contract, a.parity_n) if a.parity_crops else None
-        rep = export_onnx(contract, a.out, opset=a.opset, logits=a.logits, exporter=a.exporter, parity_crops=crops,
-                          n_store_crops=a.parity_n, atol=a.atol)
+        rep = export_onnx(contract, a.out, opset=a.opset, logits=a.logits, probabilities=a.probabilities,
+                          exporter=a.exporter, parity_crops=crops, n_store_crops=a.parity_n, atol=a.atol)
     summary = {"path": rep.path, "opset": rep.opset, "exporter": rep.exporter, "feature_dim": rep.feature_dim,
                "outputs": rep.outputs, "channels": rep.channels, "crop_size": rep.crop_size,
                "intensity": rep.intensity, "max_abs_diff": rep.max_abs_diff,
@@ -158,6 +164,10 @@ def add_export_parser(stages) -> argparse.ArgumentParser:
                    help="--pretrained: feed [0, 1] grey->RGB without ImageNet mean/SD standardisation")
     add_out(p, "output ONNX file (written atomically)")
     p.add_argument("--logits", action="store_true", help="also output the classifier logits")
+    p.add_argument("--probabilities", action=argparse.BooleanOptionalAction, default=None,
+                   help="also output the assay probabilities (sigmoid of the head, named by the checkpoint's tasks; "
+                        "phenovec profile writes them as prob_<task>); default: on for a train.task: assays "
+                        "checkpoint")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; 17 uses the TorchScript exporter)")
     p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
                    help="torch.onnx exporter (auto: dynamo for opset >= 18, else TorchScript)")

@@ -1,8 +1,9 @@
 """Export a profiling model (``ProfileNet``) to ONNX with its data contract embedded, verified against PyTorch.
 
 Graph: input ``crops`` (N x C x H x W float32, N dynamic, H = W = ``crop_size``) -> output ``features``
-(N x D: ``model.embed``, the pooled penultimate layer = the single-cell profile) and, with ``logits=True``,
-``logits`` (N x classes). The model's ``metadata_props`` carry the channels, crop size, intensity scaling and
+(N x D: ``model.embed``, the pooled penultimate layer = the single-cell profile), with ``logits=True``
+``logits`` (N x classes) and, with ``probabilities`` (default for a ``train.task: assays`` checkpoint),
+``probabilities`` (N x tasks, the sigmoid of the head inside the graph; ``phenovec profile`` writes them). The model's ``metadata_props`` carry the channels, crop size, intensity scaling and
 provenance (``phenovec.io.model_metadata``), so ``phenovec.runtime`` refuses mismatched input.
 
 Exporter: the torch.export-based ("dynamo") exporter is the default. In torch 2.15 it is the maintained path
@@ -83,24 +84,30 @@ def weights_sha256(model) -> str:
     return h.hexdigest()
 
 
-def _feature_head(model, logits: bool):
+def _feature_head(model, outputs: Sequence[str]):
     import torch
 
     class FeatureHead(torch.nn.Module):
-        """``crops -> features`` (``model.embed``) or ``crops -> (features, logits)`` (``forward_features``)."""
+        """``crops -> features`` (``model.embed``), or ``crops -> (features, logits?, probabilities?)`` from one
+        ``forward_features`` pass (probabilities = the sigmoid of the logits, inside the graph)."""
 
-        def __init__(self, m, with_logits: bool):
+        def __init__(self, m, names):
             super().__init__()
             self.m = m
-            self.with_logits = with_logits
+            self.names = tuple(names)
 
         def forward(self, x):
-            if self.with_logits:
-                f, lg = self.m.forward_features(x)
-                return f, lg
-            return self.m.embed(x)
+            if self.names == ("features",):
+                return self.m.embed(x)
+            f, lg = self.m.forward_features(x)
+            out = [f]
+            if "logits" in self.names:
+                out.append(lg)
+            if "probabilities" in self.names:
+                out.append(torch.sigmoid(lg))
+            return tuple(out)
 
-    return FeatureHead(model, logits).eval()
+    return FeatureHead(model, outputs).eval()
 
 
 def _resolve(model_or_checkpoint, channels, crop_size, intensity):
@@ -210,6 +217,8 @@ def export_onnx(
     intensity: Mapping[str, Any] | None = None,
     opset: int = 18,
     logits: bool = False,
+    probabilities: bool | None = None,
+    tasks: Sequence[str] | None = None,
     dtype: str = "float32",
     exporter: str = "auto",
     parity: bool = True,
@@ -226,7 +235,11 @@ def export_onnx(
 
     ``channels`` / ``crop_size`` / ``intensity`` are required for a bare model and default to the checkpoint's
     ``data_config`` (a given value that contradicts it is an error). The model runs in eval mode; its training
-    mode is restored afterwards. ``dtype`` is ``"float32"`` only: fp16 is a runtime choice (TensorRT
+    mode is restored afterwards. ``logits``: also output the head's logits. ``probabilities``: also output
+    ``sigmoid(logits)`` (N x tasks, the assay probabilities of a ``train.task: assays`` model; the metadata's
+    ``tasks`` name them); ``None`` (default) = on exactly when the checkpoint records assay ``tasks``
+    (``data_config["tasks"]``); ``tasks``: a bare model's task names (for a checkpoint they must equal its
+    own). ``dtype`` is ``"float32"`` only: fp16 is a runtime choice (TensorRT
     ``trt_fp16_enable`` in ``phenovec.runtime``), so one exported file serves every provider. With ``parity``
     (default) the written model is compared with PyTorch on ``parity_crops`` (real crops scaled as model input)
     when given; else, for a checkpoint whose training crop store (``data_config["crops"]``) still exists, on
@@ -264,17 +277,31 @@ def export_onnx(
         if parity_crops.dtype != np.float32:
             raise ValueError(f"parity_crops must be float32 scaled as {intensity}, got {parity_crops.dtype}")
     path = Path(path)
-    outputs = ["features", "logits"] if logits else ["features"]
+    if tasks is not None:
+        if "tasks" in extra and tuple(str(t) for t in tasks) != tuple(extra["tasks"]):
+            raise ValueError(f"tasks={list(tasks)} contradicts the checkpoint's data_config tasks "
+                             f"{list(extra['tasks'])}")
+        extra["tasks"] = tuple(str(t) for t in tasks)
+    if probabilities is None:
+        probabilities = bool(extra.get("tasks"))
+    if probabilities:
+        if not extra.get("tasks"):
+            raise ValueError("probabilities=True needs the assay task names: a train.task: assays checkpoint "
+                             "(data_config['tasks']) or tasks= for a bare model")
+        n_out = getattr(model, "num_classes", None)
+        if n_out is not None and int(n_out) != len(extra["tasks"]):
+            raise ValueError(f"the model's head has {n_out} outputs but {len(extra['tasks'])} tasks are named")
+    outputs = ["features"] + (["logits"] if logits else []) + (["probabilities"] if probabilities else [])
     was_training = model.training
     model.eval()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        head = _feature_head(model, logits)
+        head = _feature_head(model, outputs)
         gen = torch.Generator().manual_seed(seed)
         example = torch.rand(2, len(channels), crop_size, crop_size, generator=gen)  # batch 2: not specialised
         with torch.no_grad():
             ref = head(example)
-        feats = ref[0] if logits else ref
+        feats = ref[0] if len(outputs) > 1 else ref
         if feats.ndim != 2 or feats.shape[0] != 2:
             raise ValueError(f"model.embed returned shape {tuple(feats.shape)}, expected N x feature_dim")
         feature_dim = int(feats.shape[1])

@@ -1,7 +1,7 @@
 """Parity of an exported ONNX model with its PyTorch model: onnxruntime's CPU provider vs PyTorch eval mode.
 
 The ``features`` output is compared with ``model.embed(crops)`` and, when exported, ``logits`` with
-``model.forward(crops)``; the statistic is the maximum absolute element-wise difference over all given crops
+``model.forward(crops)`` and ``probabilities`` with its sigmoid; the statistic is the maximum absolute element-wise difference over all given crops
 (the issue's target: <= 1e-4 in float32). Above ``atol`` ``ParityError`` is raised (unless ``raise_on_fail=False``).
 
 The crops compared are real ones where possible: ``load_parity_crops`` reads the first N crops of a crop store
@@ -38,7 +38,8 @@ class ParityReport:
 
 
 def reference_outputs(model, crops: np.ndarray, names, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """PyTorch eval-mode outputs for ``names`` (``features`` = ``model.embed``, ``logits`` = ``model.forward``)."""
+    """PyTorch eval-mode outputs for ``names`` (``features`` = ``model.embed``, ``logits`` = ``model.forward``,
+    ``probabilities`` = ``sigmoid(model.forward)``)."""
     import torch
 
     was_training = model.training
@@ -48,9 +49,12 @@ def reference_outputs(model, crops: np.ndarray, names, batch_size: int = 64) -> 
         with torch.no_grad():
             for i in range(0, len(crops), batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(crops[i:i + batch_size]))
-                if "logits" in names:
+                if "logits" in names or "probabilities" in names:
                     f, lg = model.forward_features(x)
-                    out["logits"].append(lg.numpy())
+                    if "logits" in names:
+                        out["logits"].append(lg.numpy())
+                    if "probabilities" in names:
+                        out["probabilities"].append(torch.sigmoid(lg).numpy())
                 else:
                     f = model.embed(x)
                 out["features"].append(f.numpy())

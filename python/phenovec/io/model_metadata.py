@@ -11,11 +11,14 @@ Keys (all required in a phenovec model; ``format`` = ``phenovec-onnx``, ``format
 - ``intensity``: JSON dict describing how crops were scaled before the model (the training checkpoint's
   ``data_config["intensity"]``, e.g. ``{"crop_rescale": "minmax"}`` = DeepProfiler's per-crop per-channel
   min-max to [0, 1]); the runtime does not apply it, it only checks that the caller's scaling is the same;
-- ``feature_dim``: D of the ``features`` output (N x D); ``outputs``: JSON list, ``["features"]`` or
-  ``["features", "logits"]``;
+- ``feature_dim``: D of the ``features`` output (N x D); ``outputs``: JSON list, ``["features"]``, optionally
+  followed by ``"logits"`` (N x classes) and / or ``"probabilities"`` (N x tasks: the sigmoid of a multi-task
+  assay head, inside the graph);
 - ``arch``, ``model_config`` (JSON: ``ProfileNet.config``), ``weights_sha256`` (see
   ``phenovec.export.weights_sha256``), ``phenovec_version``, ``torch_version``, ``opset``, ``exporter``;
-- optional: ``classes`` (JSON list), ``label_column``;
+- optional: ``classes`` (JSON list), ``label_column``; ``tasks`` (JSON list: the assay tasks of a
+  ``train.task: assays`` model, in the order of its head's outputs; ``phenovec profile`` names the
+  ``probabilities`` columns ``prob_<task>``);
 - optional ``input_kind``: ``crops`` (default: single-cell crops around nuclei, N x C x crop_size x crop_size) or
   ``fields`` (whole fields of view, MOAProfiler; ``crop_size`` is then the field side the model takes);
 - optional ``feature_layout`` (JSON): absent = one vector per input, features named ``feature_<i>``;
@@ -66,6 +69,7 @@ class ModelMetadata:
     opset: int
     exporter: str
     classes: tuple[str, ...] | None = None
+    tasks: tuple[str, ...] | None = None
     label_column: str | None = None
     input_kind: str = "crops"
     feature_layout: dict | None = None
@@ -74,6 +78,8 @@ class ModelMetadata:
     def __post_init__(self):
         if self.input_kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {list(INPUT_KINDS)}, got {self.input_kind!r}")
+        if "probabilities" in self.outputs and not self.tasks:
+            raise ValueError("outputs include 'probabilities' but 'tasks' (the assay names) is missing or empty")
         if self.feature_layout is not None:
             lay = self.feature_layout
             if not isinstance(lay, Mapping) or lay.get("kind") != "per_channel":
@@ -93,6 +99,12 @@ class ModelMetadata:
         d = int(self.feature_layout["dim"])
         return [f"feature_{c}_{i}" for c in self.feature_layout["channels"] for i in range(d)]
 
+    def probability_names(self) -> list[str]:
+        """Names of the ``probabilities`` columns: ``prob_<task>`` (empty when the model has no such output)."""
+        if "probabilities" not in self.outputs:
+            return []
+        return [f"prob_{t}" for t in self.tasks]
+
     def to_props(self) -> dict[str, str]:
         props = {
             "format": FORMAT, "format_version": str(FORMAT_VERSION), "channels": _dumps(list(self.channels)),
@@ -104,6 +116,8 @@ class ModelMetadata:
         }
         if self.classes is not None:
             props["classes"] = _dumps(list(self.classes))
+        if self.tasks is not None:
+            props["tasks"] = _dumps(list(self.tasks))
         if self.label_column is not None:
             props["label_column"] = str(self.label_column)
         if self.input_kind != "crops":
@@ -131,7 +145,7 @@ class ModelMetadata:
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{source}: metadata key {key!r} is malformed ({props[key]!r}): {e}") from None
 
-        known = set(REQUIRED_KEYS) | {"classes", "label_column", "input_kind", "feature_layout"}
+        known = set(REQUIRED_KEYS) | {"classes", "tasks", "label_column", "input_kind", "feature_layout"}
         try:
             return cls(
                 channels=tuple(parse("channels", json.loads)), crop_size=parse("crop_size", int),
@@ -141,6 +155,7 @@ class ModelMetadata:
                 phenovec_version=props["phenovec_version"], torch_version=props["torch_version"],
                 opset=parse("opset", int), exporter=props["exporter"],
                 classes=tuple(parse("classes", json.loads)) if "classes" in props else None,
+                tasks=tuple(str(t) for t in parse("tasks", json.loads)) if "tasks" in props else None,
                 label_column=props.get("label_column"), input_kind=props.get("input_kind", "crops"),
                 feature_layout=parse("feature_layout", json.loads) if "feature_layout" in props else None,
                 extra={k: v for k, v in props.items() if k not in known},

@@ -255,6 +255,40 @@ class ProfileSession:
             return np.empty((0, self.feature_dim), np.float32)
         return self._run(crops, ["features"])[0]
 
+    def output_dim(self, outputs: Sequence[str] = ("features",)) -> int:
+        """Columns of :meth:`run_outputs` for ``outputs`` (``features``: feature_dim; ``probabilities``: the
+        metadata's tasks; another: the graph's static width)."""
+        self._check_outputs(outputs)
+        dims = {o.name: o.shape[1] if len(o.shape) == 2 else None for o in self.session.get_outputs()}
+        total = 0
+        for n in outputs:
+            d = (self.feature_dim if n == "features" else len(self.metadata.tasks or ()) if n == "probabilities"
+                 else dims.get(n))
+            if not isinstance(d, (int, np.integer)):
+                raise ValueError(f"{self.path}: output {n!r} has no static width ({dims.get(n)!r})")
+            total += int(d)
+        return total
+
+    def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
+        names = list(outputs)
+        if not names or names[0] != "features" or len(set(names)) != len(names):
+            raise ValueError(f"outputs must start with 'features' and name each output once, got {names}")
+        missing = [n for n in names if n not in self.output_names]
+        if missing:
+            raise ValueError(f"{self.path}: no output(s) {missing} (the model's outputs: {self.output_names})")
+        return names
+
+    def run_outputs(self, crops: np.ndarray, outputs: Sequence[str] = ("features",)) -> np.ndarray:
+        """The named outputs of ``crops`` side by side (``features`` first), N x :meth:`output_dim` float32;
+        ``("features",)`` is :meth:`run`."""
+        names = self._check_outputs(outputs)
+        if names == ["features"]:
+            return self.run(crops)
+        crops = self._validate(crops)
+        if len(crops) == 0:
+            return np.empty((0, self.output_dim(names)), np.float32)
+        return np.hstack(self._run(crops, names))
+
     def run_with_logits(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features, logits); the model must have been exported with ``logits=True``."""
         if "logits" not in self.output_names:
@@ -263,8 +297,10 @@ class ProfileSession:
         f, lg = self._run(crops, ["features", "logits"])
         return f, lg
 
-    def iter_batches(self, source, batch_size: int, progress: bool = False) -> Iterator[np.ndarray]:
-        """Features of ``source`` in order, one block per batch of at most ``batch_size`` crops.
+    def iter_batches(self, source, batch_size: int, progress: bool = False,
+                     outputs: Sequence[str] = ("features",)) -> Iterator[np.ndarray]:
+        """Features of ``source`` in order, one block per batch of at most ``batch_size`` crops (with ``outputs``
+        the named outputs side by side, features first: :meth:`run_outputs`).
 
         ``source``: an array-like with ``shape`` and slicing (numpy, Zarr) cut into consecutive batches, or an
         iterable of N_i x C x H x W arrays (e.g. one per site) regrouped into full batches of ``batch_size``
@@ -273,6 +309,7 @@ class ProfileSession:
         from tqdm.auto import tqdm
 
         batch_size = int(batch_size)
+        self._check_outputs(outputs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if hasattr(source, "shape") and hasattr(source, "__getitem__"):
@@ -280,18 +317,20 @@ class ProfileSession:
             with tqdm(total=n, unit="crop", desc="infer", disable=not progress) as bar:
                 for i in range(0, n, batch_size):
                     block = np.asarray(source[i:i + batch_size])
-                    yield self.run(block)
+                    yield self.run_outputs(block, outputs)
                     bar.update(len(block))
             return
         with tqdm(unit="crop", desc="infer", disable=not progress) as bar:
             for batch in rebatch((self._validate(b) for b in _as_blocks(source)), batch_size):
-                yield self.run(batch)
+                yield self.run_outputs(batch, outputs)
                 bar.update(len(batch))
 
-    def run_batches(self, source, batch_size: int, progress: bool = False) -> np.ndarray:
-        """``iter_batches`` concatenated: features of every crop of ``source``, N x feature_dim."""
-        blocks = list(self.iter_batches(source, batch_size, progress))
-        return np.concatenate(blocks) if blocks else np.empty((0, self.feature_dim), np.float32)
+    def run_batches(self, source, batch_size: int, progress: bool = False,
+                    outputs: Sequence[str] = ("features",)) -> np.ndarray:
+        """``iter_batches`` concatenated: features of every crop of ``source``, N x feature_dim (with ``outputs``:
+        the named outputs side by side, N x :meth:`output_dim`)."""
+        blocks = list(self.iter_batches(source, batch_size, progress, outputs))
+        return np.concatenate(blocks) if blocks else np.empty((0, self.output_dim(outputs)), np.float32)
 
     def __repr__(self) -> str:
         return (f"ProfileSession({str(self.path)!r}, providers={self.providers}, channels={self.channels}, "
