@@ -11,6 +11,16 @@ Under ``OUT`` (each written to a temporary sibling and renamed into place, so no
 - ``wells_mean.parquet``, ``wells_median.parquet``: the per-well profiles (``phenovec.profile.wells``), sorted
   by plate and well.
 
+A model exported with assay ``probabilities`` (``train.task: assays``, ``phenovec.export``) adds its task outputs
+beside the features, never among them, so nothing downstream (``phenovec process``: every non-``Metadata_``
+column of a well table is a feature; the report; ``embeddings.zarr``'s ``features``) takes a probability for a
+morphology feature:
+
+- per cell: ``prob_<task>`` columns of ``embeddings.zarr/meta.parquet`` (the row's cell; in the run's dtype);
+- per well: ``wells_probabilities.parquet``: the well metadata, ``Metadata_Object_Count`` and the mean of each
+  ``prob_<task>`` over the well's cells (GapNet's average over views, SC-CNN's over crops); the mean and median
+  tables hold the features only.
+
 Rows are in site order (index order), cells in location order within a site, whatever order sites finished in,
 so the outputs do not depend on the scheduler or on interruptions.
 
@@ -47,7 +57,7 @@ def site_cell_table(site_meta: pd.Series, cells: pd.DataFrame, codes: np.ndarray
 
 def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable, names: Sequence[str], dtype: str,
              attrs: dict, well_parts: Callable, chunk_rows: int = 16384, row_group_rows: int = 16384,
-             expected_rows: int | None = None) -> dict:
+             expected_rows: int | None = None, probabilities: Sequence[str] = ()) -> dict:
     """Write the final outputs (module docstring) from the parts; returns counts.
 
     ``read_part(s)`` -> (codes, features) of site ``s``; ``site_table(s, codes)`` -> its cell table
@@ -61,12 +71,16 @@ def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable,
     (``phenovec.io.embeddings.ParquetAppender``; at most ``WELL_ROW_GROUP`` rows for the wide well tables).
     Nothing is held across sites but those buffers. ``expected_rows``: an upper bound of the embedded cells (the
     located ones), which sizes the chunks of a store smaller than one chunk (``EmbeddingWriter``).
+
+    ``probabilities``: the ``prob_<task>`` names of the columns that follow the ``names`` features in every part
+    and well row (module docstring: written to the cells' metadata and ``wells_probabilities.parquet``).
     """
     from phenovec.io.embeddings import EmbeddingWriter, ParquetAppender
 
     writer = EmbeddingWriter(out / "embeddings.zarr", names, dtype=np.dtype(dtype), chunk_rows=chunk_rows,
                              overwrite=True, expected_rows=expected_rows)
     tables = [ParquetAppender(out / "cells.parquet", row_group_rows)]
+    probs, d = [str(p) for p in probabilities], len(names)
     n_emb, n_cells = 0, 0
     try:
         for s in range(n_sites):
@@ -76,19 +90,31 @@ def assemble(out: Path, n_sites: int, read_part: Callable, site_table: Callable,
             k = int(kept.sum())
             if len(feats) != k:
                 raise ValueError(f"part of site {s}: {len(feats)} embeddings for {k} kept cells")
+            if feats.ndim != 2 or feats.shape[1] != d + len(probs):
+                raise ValueError(f"part of site {s}: {feats.shape[1] if feats.ndim == 2 else feats.shape} columns, "
+                                 f"expected {d} features + {len(probs)} probabilities")
             rows = np.full(len(t), -1, np.int64)
             rows[kept] = n_emb + np.arange(k)
             n_emb += k
             n_cells += len(t)
-            writer.append(t.loc[kept].reset_index(drop=True), feats)  # the writer fills whole chunks
+            meta = t.loc[kept].reset_index(drop=True)
+            if probs:
+                meta = pd.concat([meta, pd.DataFrame(feats[:, d:], columns=probs)], axis=1)
+            writer.append(meta, feats[:, :d])  # the writer fills whole chunks
             t["row"] = rows
             tables[0].append(t)
         for op in ("mean", "median"):
             w = ParquetAppender(out / f"wells_{op}.parquet", min(row_group_rows, WELL_ROW_GROUP))
             tables.append(w)
+            wp = None
+            if probs and op == "mean":
+                wp = ParquetAppender(out / "wells_probabilities.parquet", min(row_group_rows, WELL_ROW_GROUP))
+                tables.append(wp)
             parts = well_parts(op)
             for df in ([parts] if isinstance(parts, pd.DataFrame) else parts):
-                w.append(df)
+                if wp is not None:
+                    wp.append(df.drop(columns=list(names)))
+                w.append(df.drop(columns=probs) if probs else df)
         writer.group.attrs.update(attrs)
         writer.close()
         for t in tables:

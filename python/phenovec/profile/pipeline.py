@@ -173,6 +173,11 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     thread or per process);
     ``max_in_flight``: tasks submitted at once (default 2 x worker slots + 1).
 
+    A model exported with assay ``probabilities`` (``train.task: assays``, ``phenovec export``) is run for its
+    features and probabilities together; the probabilities are written beside the features, never among them:
+    ``prob_<task>`` columns of the embeddings' cell metadata and ``wells_probabilities.parquet`` (per-well means),
+    in the run's ``dtype`` (``phenovec.profile.assemble``).
+
     ``illumination`` (images input; required exactly when the model was trained on illumination-corrected crops,
     metadata ``intensity.crop_illumination``): the flat fields of the index's plates, a ``phenovec illum`` folder
     or a ``{(plate, channel): path to .npy}`` mapping (``phenovec.ingest.illumination.load_illumination``); each
@@ -211,11 +216,14 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
         mode = "images"
     n_sites = len(sites)
     names = meta.feature_names()
+    probs = meta.probability_names()  # prob_<task> of an assays model, after the features in parts and wells
     config = {"mode": mode, "source": str(source), "input_sha256": input_fingerprint(sites, extra),
               "sites": n_sites, "cells": int(sum(ncells)), "model_weights_sha256": meta.weights_sha256,
               "channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
               "feature_dim": meta.feature_dim, "edge": edge if mode == "images" else None, "dtype": dtype,
               "batch_size": batch_size, "precision": precision}
+    if probs:  # only then, so that runs of models without probabilities keep their configuration (resume)
+        config["probabilities"] = probs
     attrs = {}
     if flats is not None:  # the content of the flat fields decides the output, not where they lie
         config["illumination"] = {p: {f["channel"]: f["sha256"] for f in prov} for p, prov in flats[1].items()}
@@ -223,7 +231,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     with output_folder(out) as run:  # locked; a run that fails before its first site leaves nothing
         store = PartStore(out, config)
 
-        wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
+        wells = WellWriter(out, sites, names + probs, lambda s: store.read(s)[1])
 
         done = store.done_sites()
         resumed = len(done)
@@ -286,11 +294,13 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
                       "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
                       "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode})
         counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, wells.rows,
-                          expected_rows=config["cells"])
+                          expected_rows=config["cells"], probabilities=probs)
         seconds = time.perf_counter() - t0
         store.mark_complete({**counts, "sites": n_sites})
     paths = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("cells", "cells.parquet"),
                                      ("wells_mean", "wells_mean.parquet"), ("wells_median", "wells_median.parquet"))}
+    if probs:
+        paths["wells_probabilities"] = out / "wells_probabilities.parquet"
     return ProfileResult(out, n_sites, counts["cells"], counts["embedded"], resumed, seconds, paths)
 
 

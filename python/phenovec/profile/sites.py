@@ -254,13 +254,20 @@ def cut_group(jobs: list, contract: InputContract, edge: str,
     return codes, [buf[:at].reshape(-1, len(contract.channels), contract.box_size, contract.box_size)]
 
 
+def profile_outputs(meta) -> tuple[str, ...]:
+    """The model outputs a profiling run writes: ``features``, and ``probabilities`` when the model has them
+    (a ``train.task: assays`` export; columns ``prob_<task>`` after the features, ``phenovec.profile.assemble``)."""
+    return ("features", "probabilities") if "probabilities" in meta.outputs else ("features",)
+
+
 def embed_site_group(ref: ModelRef, contract: InputContract, jobs: list, edge: str, batch_size: int,
                      dtype: str, flats: FlatFieldRef | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Embed a group of sites from images: ``[(site, codes, features in dtype), ...]`` in ``jobs`` order (the
-    crops of :func:`cut_group`, not referred to once the features are computed)."""
+    crops of :func:`cut_group`, not referred to once the features are computed); a model with probabilities
+    gives features and probabilities side by side (:func:`profile_outputs`)."""
     sess = worker_session(ref)
     codes, blocks = cut_group(jobs, contract, edge, flats)
-    feats = cast_features(sess.run_batches(blocks, batch_size), dtype)
+    feats = cast_features(sess.run_batches(blocks, batch_size, outputs=profile_outputs(sess.metadata)), dtype)
     out, at = [], 0
     for job, c in zip(jobs, codes):
         kept = int(np.count_nonzero(c <= 2))  # codes 0-2 have a crop row (compact), in cell order
@@ -282,7 +289,8 @@ class CropJob:
 
 def embed_crop_group(ref: ModelRef, contract: InputContract, store: str, channel_idx: list, jobs: list,
                      batch_size: int, dtype: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Embed a group of sites from a crop store (``crops.zarr``): rows read, channels picked by name, scaled."""
+    """Embed a group of sites from a crop store (``crops.zarr``): rows read, channels picked by name, scaled (the
+    outputs of :func:`profile_outputs`, side by side)."""
     import zarr
 
     sess = worker_session(ref)
@@ -296,7 +304,7 @@ def embed_crop_group(ref: ModelRef, contract: InputContract, store: str, channel
         lo, hi = int(rows.min()), int(rows.max()) + 1
         raw = np.asarray(arr[lo:hi])[rows - lo][:, channel_idx]
         blocks.append(contract.model_input_from_stored(raw))
-    feats = cast_features(sess.run_batches(blocks, batch_size), dtype)
+    feats = cast_features(sess.run_batches(blocks, batch_size, outputs=profile_outputs(sess.metadata)), dtype)
     out, at = [], 0
     for j, b in zip(jobs, blocks):
         out.append((j.site, j.codes, feats[at:at + len(b)]))
