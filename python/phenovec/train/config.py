@@ -16,7 +16,8 @@ A complete configuration with every default (``phenovec train --print-config`` p
       min_test_plates: 7        # well_holdout: spread each MOA's test wells over at least this many plates
       train_fraction: 0.7       # compound_holdout: train share of the other wells (the rest validate)
       exclude_edge: [dropped, invalid]  # cells without a usable crop never train; add "padded" to drop them too
-      balance: none             # none | sampler (each epoch draws equally per class) | loss (class weights)
+      balance: none             # none | sampler (each epoch draws equally per class) | loss (class weights) |
+                                # duplicate (every cell, plus minority-class cells repeated up to the largest class)
       subsample: 1.0            # fraction of the training cells drawn afresh every epoch (GapNet's SC-CNN: 0.2)
       normalize: auto           # auto | minmax | scale | none: how stored crops become model input (see data.py)
       batch_size: 64
@@ -27,12 +28,14 @@ A complete configuration with every default (``phenovec train --print-config`` p
       arch: efficientnet_b0     # see phenovec.train.models.ARCHS
       weights: null             # a user's state_dict file (e.g. ImageNet), adapted to the channel count
       dropout: 0.0
+      recipe: null              # null, or moaprofiler: the paper's recipe under every key set here (RECIPES)
     optim:
       name: sgd                 # sgd | adamw
       lr: 0.02
       weight_decay: 1.0e-4
       momentum: 0.9
-      schedule: cosine          # constant | step | cosine
+      schedule: cosine          # constant | step | cosine | multistep (x gamma at each of optim.milestones)
+      milestones: []            # epochs, for schedule: multistep (MOAProfiler: [50, 75])
       warmup_epochs: 5
       step_size: 10             # epochs, for schedule: step
       gamma: 0.1
@@ -86,7 +89,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
         "min_test_plates": (7, (int,), (0, 100000)),
         "train_fraction": (0.7, (float, int), (0.05, 0.95)),
         "exclude_edge": (["dropped", "invalid"], (list,), ("inside", "shifted", "padded", "dropped", "invalid")),
-        "balance": ("none", (str,), ("none", "sampler", "loss")),
+        "balance": ("none", (str,), ("none", "sampler", "loss", "duplicate")),
         "subsample": (1.0, (float, int), (1e-6, 1.0)),
         "normalize": ("auto", (str,), ("auto", "minmax", "scale", "none")),
         "batch_size": (64, (int,), (1, 1 << 20)),
@@ -98,13 +101,15 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
         "arch": ("efficientnet_b0", (str,), None),
         "weights": (None, (str, _NONE), "path"),
         "dropout": (0.0, (float, int), (0.0, 0.99)),
+        "recipe": (None, (str, _NONE), ("moaprofiler",)),
     },
     "optim": {
         "name": ("sgd", (str,), ("sgd", "adamw")),
         "lr": (0.02, (float, int), (0.0, 10.0)),
         "weight_decay": (1e-4, (float, int), (0.0, 1.0)),
         "momentum": (0.9, (float, int), (0.0, 1.0)),
-        "schedule": ("cosine", (str,), ("constant", "step", "cosine")),
+        "schedule": ("cosine", (str,), ("constant", "step", "cosine", "multistep")),
+        "milestones": ([], (list,), None),
         "warmup_epochs": (5, (int,), (0, 100000)),
         "step_size": (10, (int,), (1, 100000)),
         "gamma": (0.1, (float, int), (0.0, 1.0)),
@@ -130,6 +135,32 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
         "max_minutes": (None, (float, int, _NONE), (0.0, 1e9)),
     },
 }
+
+
+# model.recipe: a paper's training recipe, merged under the user's own keys (every value overridable)
+RECIPES = {
+    # MOAProfiler (Wong et al. 2023, digest part B): EfficientNet-B0, SGD lr 0.1 momentum 0.9 wd 1e-4, dropout 0.2,
+    # lr x0.1 at epochs 50 and 75 of 100, batch 56, best-validation checkpoint (best.pt), minority classes
+    # duplicated, per-channel brightness / contrast jitter up to 0.3, random 90-degree rotations and flips, the
+    # well-holdout split; the label is the MOA column
+    "moaprofiler": {
+        "data": {"label": "Metadata_MOA", "split": "well_holdout", "balance": "duplicate", "batch_size": 56},
+        "model": {"arch": "efficientnet_b0", "dropout": 0.2},
+        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4, "schedule": "multistep",
+                  "milestones": [50, 75], "gamma": 0.1, "warmup_epochs": 0, "label_smoothing": 0.0},
+        "augment": {"enabled": True, "crop": 0.0, "flip": True, "rotate": True, "brightness": 0.3,
+                    "contrast": [0.7, 1.3]},
+        "train": {"epochs": 100},
+    },
+}
+
+
+def _under(base: dict, over: dict) -> dict:
+    """``over`` merged over a deep copy of ``base`` (sections merged key by key)."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _under(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def task_schema(task: str = "classify") -> dict:
@@ -161,6 +192,11 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
         schema = task_schema(task)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    recipe = ((raw or {}).get("model") or {}).get("recipe") if isinstance((raw or {}).get("model"), dict) else None
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ConfigError(f"{source}: model.recipe = {recipe!r} is unknown{suggest(str(recipe), RECIPES)}")
+        raw = _under(RECIPES[recipe], raw)
     cfg = merge_sections(raw, schema, source)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
@@ -197,6 +233,11 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
     if len(c) != 2 or not all(isinstance(v, (int, float)) for v in c) or not (0 < c[0] <= c[1]):
         raise ConfigError(f"{source}: augment.contrast must be [low, high] with 0 < low <= high, got {c!r}")
     o = cfg["optim"]
+    ms = o["milestones"]
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms) or ms != sorted(set(ms)):
+        raise ConfigError(f"{source}: optim.milestones must be increasing epoch numbers >= 1, got {ms!r}")
+    if o["schedule"] == "multistep" and not ms:
+        raise ConfigError(f"{source}: optim.schedule: multistep needs optim.milestones (e.g. [50, 75])")
     if o["schedule"] == "cosine" and o["warmup_epochs"] >= t["epochs"]:
         raise ConfigError(f"{source}: optim.warmup_epochs ({o['warmup_epochs']}) must be shorter than train.epochs "
                           f"({t['epochs']}) for the cosine schedule")

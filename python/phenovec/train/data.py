@@ -169,13 +169,23 @@ def epoch_batches(rows: np.ndarray, targets: np.ndarray, chunk_cells: int, batch
                   subsample: float = 1.0, balance: bool = False, shuffle_chunks: int = 8,
                   drop_last: bool = False) -> list[np.ndarray]:
     """One epoch's batches as arrays of positions into ``rows`` (see the module docstring); deterministic in
-    (seed, epoch). Evaluation passes use ``seed=None``: every cell once, in storage order."""
+    (seed, epoch). Evaluation passes use ``seed=None``: every cell once, in storage order. ``balance``: False,
+    True / ``"sampler"`` (equal draws per class) or ``"duplicate"`` (every cell plus repeats of the minority
+    classes' cells up to the largest class's count)."""
     n = len(rows)
     if seed is None:
         order = np.argsort(rows, kind="stable")
         return [order[i : i + batch_size] for i in range(0, n, batch_size)]
     rng = np.random.default_rng([seed, epoch, 0xE90C])
-    if balance:
+    if balance == "duplicate":  # MOAProfiler: every cell, and minority-class cells repeated up to the largest class
+        classes, counts = np.unique(targets, return_counts=True)
+        top = int(counts.max()) if len(counts) else 0
+        extra = [rng.choice(np.flatnonzero(targets == c), size=top - n, replace=True)
+                 for c, n in zip(classes, counts) if n < top]
+        pick = np.concatenate([np.arange(n), *extra]) if extra else np.arange(n)
+        if subsample < 1.0:
+            pick = rng.choice(pick, size=max(1, int(round(subsample * len(pick)))), replace=False)
+    elif balance:
         classes = np.unique(targets)
         per = int(round(subsample * n / max(len(classes), 1)))
         per = max(per, 1)

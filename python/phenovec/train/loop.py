@@ -118,8 +118,8 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
     tr_rows, tr_y = rows[is_train], targets.values[is_train]
     va_rows, va_y = rows[is_val], targets.values[is_val]
     tr_groups = targets.groups[is_train] if targets.groups is not None else None
-    if d["balance"] == "sampler" and tr_groups is None:
-        raise ConfigError(f"data.balance: sampler is not defined for train.task: {t['task']} (use none)")
+    if d["balance"] in ("sampler", "duplicate") and tr_groups is None:
+        raise ConfigError(f"data.balance: {d['balance']} is not defined for train.task: {t['task']} (use none)")
     if tr_groups is None:
         tr_groups = np.zeros(len(tr_rows), dtype=np.int64)
     with output_folder(out) as run:  # locked; a run that fails before its first checkpoint leaves nothing
@@ -143,11 +143,12 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
         params = torch.nn.ModuleList([model] + ([extra] if extra is not None else []))
         optimizer = build_optimizer(params, o["name"], lr=o["lr"], weight_decay=o["weight_decay"],
                                     momentum=o["momentum"])
-        sampler = d["balance"] == "sampler"
+        sampler = d["balance"] if d["balance"] in ("sampler", "duplicate") else False
         steps = len(epoch_batches(tr_rows, tr_groups, crops.chunk_cells, d["batch_size"], t["seed"], 0,
                                   d["subsample"], sampler, d["shuffle_chunks"]))
         scheduler = build_scheduler(optimizer, o["schedule"], epochs=t["epochs"], steps_per_epoch=steps,
-                                    warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"])
+                                    warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"],
+                                    milestones=o["milestones"])
         scaler = torch.amp.GradScaler("cuda") if amp else None
 
         start_epoch, metrics, best = 0, [], {"epoch": None, score_key: None}

@@ -15,6 +15,7 @@ the multiplier of the base lr is:
 * ``constant``: 1;
 * ``step``: ``gamma ** (epoch // step_size)`` with ``epoch = i // steps_per_epoch`` (epochs counted
   from the start of training, warm-up included);
+* ``multistep``: ``gamma ** (number of milestones <= epoch)`` (MOAProfiler: x0.1 at epochs 50 and 75);
 * ``cosine``: ``0.5 * (1 + cos(pi * (i - W) / (T - W)))`` (1 at the end of warm-up, towards 0 at the
   end of training; DeepProfiler's ``0.5 (1 + cos(pi t / E)) lr``, per iteration);
 * for ``i >= T`` the multiplier keeps its last value (``i = T - 1``).
@@ -35,7 +36,7 @@ from torch.optim.lr_scheduler import LRScheduler
 __all__ = ["OPTIMIZERS", "SCHEDULES", "WarmupSchedule", "build_optimizer", "build_scheduler", "parameter_groups"]
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "cosine", "multistep")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -81,7 +82,8 @@ class WarmupSchedule(LRScheduler):
     """Per-iteration constant / step / cosine schedule with linear warm-up (closed form, see module doc)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, name: str, epochs: int, steps_per_epoch: int,
-                 warmup_epochs: float = 5, step_size: int = 10, gamma: float = 0.1, last_epoch: int = -1) -> None:
+                 warmup_epochs: float = 5, step_size: int = 10, gamma: float = 0.1, last_epoch: int = -1,
+                 milestones: tuple = ()) -> None:
         if not isinstance(name, str) or name.lower() not in SCHEDULES:
             raise ValueError(f"unknown lr schedule {name!r}; expected one of {list(SCHEDULES)}")
         for key, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
@@ -103,6 +105,12 @@ class WarmupSchedule(LRScheduler):
                              f"epochs ({epochs})")
         self.step_size = int(step_size)
         self.gamma = float(gamma)
+        ms = list(milestones or ())
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms) or ms != sorted(set(ms)):
+            raise ValueError(f"milestones must be increasing epoch numbers >= 1, got {milestones!r}")
+        if self.name == "multistep" and not ms:
+            raise ValueError("the multistep schedule needs milestones (epochs at which the lr is multiplied by gamma)")
+        self.milestones = ms
         super().__init__(optimizer, last_epoch)
 
     def factor(self, i: int) -> float:
@@ -114,6 +122,9 @@ class WarmupSchedule(LRScheduler):
             return 1.0
         if self.name == "step":
             return self.gamma ** ((i // self.steps_per_epoch) // self.step_size)
+        if self.name == "multistep":
+            epoch = i // self.steps_per_epoch
+            return self.gamma ** sum(1 for m in self.milestones if m <= epoch)
         t = (i - self.warmup_steps) / (self.total_steps - self.warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * t))
 
@@ -134,10 +145,11 @@ class WarmupSchedule(LRScheduler):
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str = "cosine", epochs: int = 30,
                     steps_per_epoch: int = 1, warmup_epochs: float = 5, step_size: int = 10,
-                    gamma: float = 0.1) -> WarmupSchedule:
+                    gamma: float = 0.1, milestones: tuple = ()) -> WarmupSchedule:
     """A :class:`WarmupSchedule` stepping per iteration (see the module docstring for the formulas).
 
     ``step_size`` (epochs) and ``gamma`` are used by ``"step"`` only. Call ``scheduler.step()`` after
     every ``optimizer.step()``; right after construction the optimizer holds the lr of iteration 0.
     """
-    return WarmupSchedule(optimizer, name, epochs, steps_per_epoch, warmup_epochs, step_size, gamma)
+    return WarmupSchedule(optimizer, name, epochs, steps_per_epoch, warmup_epochs, step_size, gamma,
+                          milestones=tuple(milestones))
