@@ -32,6 +32,7 @@ def test_synthetic_demo_spreads_holds_out_a_plate_and_reports_qc(tmp_path):
     # figures: every one the issue asks for, each with its data
     assert {"replicate_map", "moa_map", "pca_views", "umap_views", "training_curve", "gallery",
             "qc_cells"} <= set(doc["figures"])
+    assert sum(k.startswith("gradcam_") for k in doc["figures"]) == 6  # one Grad-CAM panel per MOA (and control)
     assert len(doc["training"]) == 6 and doc["views"]["wells"] and len(doc["views"]["wells"]) == len(prof)
     # QC: the empty wells the synthetic plates hold are reported as excluded, by name
     index = pd.read_csv(tmp_path / "demo" / "synth" / "index.csv").drop_duplicates(["Metadata_Plate", "Metadata_Well"])

@@ -70,7 +70,8 @@ SCHEMA = {
                "control": ("DMSO", (str,), None), "null_size": (10000, (int,), (10, 10_000_000)),
                "seed": (0, (int,), None), "evaluate_on": ("held_out", (str,), ("held_out", "all")),
                "dataset": (None, (str, NONE_TYPE), None), "umap": (True, (bool,), None),
-               "gallery": (3, (int,), (0, 50)), "min_cells": (5, (int,), (0, 1_000_000))},
+               "gallery": (3, (int,), (0, 50)), "min_cells": (5, (int,), (0, 1_000_000)),
+               "gradcam": (True, (bool,), None)},
 }
 # the keys of the train section the pipeline sets itself
 PIPELINE_SET = (("data", "crops"), ("train", "out"))
@@ -161,6 +162,7 @@ COMMENTS = {
     "report.umap": "add a UMAP of the well profiles (umap-learn) beside the PCA",
     "report.gallery": "example crops per MOA in the report (0: none)",
     "report.min_cells": "QC: wells with fewer profiled cells are flagged",
+    "report.gradcam": "Grad-CAM of the trained model for one example cell per MOA (needs report.gallery > 0)",
 }
 
 
@@ -480,6 +482,8 @@ def run(config, progress: bool = True) -> RunResult:
                       "training": trained if trained is not None else {"model": cfg["model"]}}
         context = _report_context(cfg, out, images, profiled, trained, crops if cfg["model"] is None else None,
                                   processed["profiles"])
+        if rep["gradcam"] and trained is not None and context.gallery:
+            context.gradcam = _gradcam_panels(trained["checkpoint"], crops, context.gallery, d / "gradcam")
         if assays is not None:
             import pandas as pd
 
@@ -526,6 +530,20 @@ def _score_assays(checkpoint: str, crops: str, d: Path, train_cfg: dict, images:
     measured_vs_auc_figure(per_task, d / "measured_vs_auc.png")
     return {"predictions": str(d / "predictions.parquet"), "per_task": str(d / "per_task.csv"),
             "summary": str(d / "summary.json"), "figure": str(d / "measured_vs_auc.png")}
+
+
+def _gradcam_panels(checkpoint: str, crops: str, gallery: list, out: Path) -> list:
+    """Grad-CAM PNGs (``phenovec.train.gradcam``) of the first gallery cell of each MOA: (MOA, treatment, bytes)."""
+    from phenovec.train.gradcam import gradcam_pngs
+
+    first: dict = {}
+    for cell in gallery:
+        first.setdefault(cell.moa, cell)
+    cells = list(first.values())
+    if len(cells) < 2:
+        return []  # an embedding model's target is the mean of the chosen crops: two at least
+    paths = gradcam_pngs(checkpoint, crops, [c.row for c in cells], out)
+    return [(c.moa, c.treatment, Path(p).read_bytes()) for c, p in zip(cells, paths)]
 
 
 def _attach_split(profiles_path: Path, split_path: Path) -> None:

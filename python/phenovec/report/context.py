@@ -13,6 +13,8 @@
   composite;
 * ``assay_per_task`` / ``assay_summary``: the held-out compounds' per-assay scores of an assay-prediction run
   (``phenovec.evaluate.assay_prediction``), shown as a table and AUC against measured compounds;
+* ``gradcam``: Grad-CAM panels of the trained model for the first gallery cell of each MOA (a heat map per
+  channel; ``phenovec.train.gradcam``);
 * ``run_dir``: paths in the provenance are written relative to it (no machine paths in a shared report).
 
 Everything is optional; a section without its input is left out and the report says so.
@@ -34,6 +36,7 @@ class GalleryCell:
     treatment: str
     plate: str
     well: str
+    row: int  # the crop's row in crops.zarr (for Grad-CAM of the same cell)
     crop: np.ndarray  # C x H x W, float32 in [0, 1] (per-channel 0.5-99.5 percentile scaling over the gallery)
 
 
@@ -50,6 +53,7 @@ class ReportContext:
     min_cells: int = 5  # wells with fewer profiled cells are flagged in QC
     assay_per_task: pd.DataFrame | None = None  # assay prediction (GapNet preset): per-assay AUC / AUPRC / F1
     assay_summary: dict | None = None
+    gradcam: list = field(default_factory=list)  # (MOA, treatment, PNG bytes) of phenovec.train.gradcam per crop
 
 
 def read_training(train_dir) -> pd.DataFrame | None:
@@ -120,7 +124,7 @@ def gallery_from_crops(crops_dir, moa_column: str, treatment_column: str, per_mo
     if len(channels) != data.shape[1]:
         channels = [f"ch{i}" for i in range(data.shape[1])]
     out = [GalleryCell(str(r[moa_column]), str(r[treatment_column]), str(r["Metadata_Plate"]), str(r["Metadata_Well"]),
-                       data[i]) for i, (_, r) in enumerate(chosen.iterrows())]
+                       int(r["row"]), data[i]) for i, (_, r) in enumerate(chosen.iterrows())]
     return out, channels
 
 

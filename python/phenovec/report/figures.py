@@ -281,8 +281,19 @@ def assay_figure(r: ReportMetrics) -> Figure | None:
     return Figure("assays", "Assay prediction: ROC AUC per assay", f.caption, f.png)
 
 
+def gradcam_figures(r: ReportMetrics) -> list[Figure]:
+    ctx = r.context
+    if ctx is None or not ctx.gradcam:
+        return []
+    return [Figure(f"gradcam_{i}", f"Grad-CAM: {moa} ({treatment})",
+                   "Where the trained model looks in one example cell: each stain, the Grad-CAM of the backbone's last "
+                   "convolutional block over it, and a heat map per channel (CAM x positive gradient x input of that "
+                   "stain, one scale; the title gives each stain's share).", png)
+            for i, (moa, treatment, png) in enumerate(ctx.gradcam)]
+
+
 def all_figures(r: ReportMetrics) -> list[Figure]:
     """Every figure that has its metric, in report order."""
     makers = (replicate_map_figure, moa_map_figure, enrichment_figure, precision_recall_figure, hit_at_k_figure,
               pca_views_figure, umap_views_figure, training_curve_figure, gallery_figure, qc_figure, assay_figure)
-    return [f for f in (mk(r) for mk in makers) if f is not None]
+    return [f for f in (mk(r) for mk in makers) if f is not None] + gradcam_figures(r)

@@ -255,6 +255,8 @@ def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: s
         "<details><summary>precision@R per treatment</summary>", _table(r.precision_at_r), "</details>",
         "<h2>Profiles at a glance: PCA and UMAP</h2>", figs_of("pca_views", "umap_views"),
         ("<h2>Example cells</h2>" + figs_of("gallery")) if "gallery" in figs else "",
+        ("<h2>Where the model looks (Grad-CAM)</h2>" + figs_of(*[k for k in figs if k.startswith("gradcam_")]))
+        if any(k.startswith("gradcam_") for k in figs) else "",
         ("<h2>Training</h2>" + figs_of("training_curve")) if "training_curve" in figs else "",
         _assay_section(r, figs_of("assays")),
         ("<h2>Quality control</h2>" + "".join(qc_parts)) if qc_parts else "",
