@@ -1,4 +1,6 @@
 """SimCLR on profile embeddings and the multi-task assay fnn learn on synthetic profiles."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,42 @@ def test_fnn_on_real_lincs_profiles_and_gapnet_labels(lincs_plate, tmp_path):
     measured = ~np.isnan(d.labels).all(axis=1)
     assert 10 <= d.meta.loc[measured, "Metadata_InChIKey14"].nunique() <= 15 and 0 < len(d.tasks) < 106
     assert np.isfinite(r.metrics["train_loss"]).all() and r.evaluation["tasks"] == len(d.tasks)
+
+
+def test_fnn_on_real_cell_injury_profiles_and_gapnet_labels(tmp_path):
+    """The profile path on the second real overlap: the cell-injury wells (plate-holdout file) of the compounds
+    GapNet's matrix labels, joined by the full InChIKey (the 14-character prefix is ambiguous there): labels reach
+    those wells, training runs, the held-out compounds are scored per assay."""
+    import pandas as pd
+
+    from conftest import shared
+    from phenovec.train.tables.config import load_table_config
+    from phenovec.train.tables.loop import prepare_table_data
+
+    labels = shared("hti-cnn-chembl-assay-labels", "overlap_cell_injury_compounds_labels.csv")
+    raw = pd.read_csv(shared("cell-injury-dahlin-dose", "aligned_plate_holdout.csv.gz"))
+    keys = set(pd.read_csv(labels, usecols=["INCHIKEY"])["INCHIKEY"])
+    feats = [c for c in raw.columns if c.startswith(("Cells_", "Cytoplasm_", "Nuclei_"))]
+    cp = pd.DataFrame({"Metadata_InChIKey": raw["Compound InChIKey"],
+                       "Metadata_dose": raw["Compound Concentration (microMolar)"],
+                       "Metadata_Plate": raw["Plate"], "Metadata_Well": raw["Well"]})
+    cp = pd.concat([cp, raw[feats]], axis=1)
+    cp = cp[cp["Metadata_InChIKey"].isin(keys)].reset_index(drop=True)
+    assert cp["Metadata_InChIKey"].nunique() == 15  # the labelled compounds this feature file holds
+    path = tmp_path / "injury.parquet"
+    cp.to_parquet(path)
+    cfg = {"data": {"cp": str(path), "keys": ["Metadata_InChIKey", "Metadata_dose"],
+                    "cp_metadata": ["Metadata_Plate", "Metadata_Well"], "labels": str(labels),
+                    "label_compound_column": "INCHIKEY", "label_coding": "signed", "min_per_class": 1,
+                    "split_fractions": [0.6, 0.1, 0.3], "batch_size": 32},
+           "model": {"fnn_hidden": [32, 32]}, "optim": {"lr": 1e-3},
+           "train": {"task": "fnn", "out": str(tmp_path / "out"), "epochs": 3, "device": "cpu", "threads": 1}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # thin tasks are dropped with a warning (tested above)
+        r = train_tables(cfg)
+        d = prepare_table_data(load_table_config(cfg))
+    measured = ~np.isnan(d.labels).all(axis=1)
+    assert measured.sum() > 0 and 0 < len(d.tasks) <= 149
+    assert np.isfinite(r.metrics["train_loss"]).all() and r.evaluation["tasks"] == len(d.tasks)
+    auc = pd.read_csv(tmp_path / "out" / "task_auc.csv")
+    assert len(auc) == len(d.tasks) and auc["auc"].dropna().between(0, 1).all()
