@@ -61,6 +61,7 @@ def run_scib(pre, post, labels, batches, jobs: int) -> tuple[dict, dict]:
         t0 = time.perf_counter()
         out = fn()
         t[name] = time.perf_counter() - t0
+        log(f"    scib {name}: {t[name]:.1f} s")
         return out
 
     nn = timed("knn_graph", lambda: pynndescent(post, n_neighbors=90, random_state=0, n_jobs=jobs))
@@ -89,6 +90,7 @@ def run_ours(pre, post, labels, batches, with_map: bool) -> tuple[dict, dict]:
         t0 = time.perf_counter()
         out = fn()
         t[name] = time.perf_counter() - t0
+        log(f"    ours {name}: {t[name]:.1f} s")
         return out
 
     g = timed("knn_graph", lambda: pi.knn_graph(post, 90))
@@ -178,6 +180,9 @@ def main() -> None:
                                             for k in row["scib_values"])
         doc["summary"].append(row)
         log(json.dumps({k: v for k, v in row.items() if not k.endswith("values")}, default=float))
+        if a.out:  # the document so far, so a long run that is stopped keeps its finished sizes
+            with open(a.out, "w") as f:
+                json.dump(doc, f, indent=2, default=float)
     emit_document(doc, a.out)
 
 

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from phenovec.evaluate.integration.annotations import embedding_matrix
 
-DEFAULT_BLOCK_BYTES = 32 * 2**20
+DEFAULT_BLOCK_BYTES = 128 * 2**20
 SCREEN_MARGIN = 8
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from phenovec.evaluate.integration.annotations import annotation_codes, embedding_matrix, label_codes
 from phenovec.evaluate.integration.threads import threads_for
 
-DEFAULT_BLOCK_BYTES = 32 * 2**20
+DEFAULT_BLOCK_BYTES = 128 * 2**20
 _BETWEEN = {"nearest": 0, "mean_other": 1, "furthest": 2}
 
 
