@@ -67,7 +67,7 @@ def test_the_walk_sees_every_stage():
     evaluate = {n.split()[1] for n in LEAVES if n.startswith("evaluate ")}
     assert evaluate >= {"map", "enrichment", "knn", "grit", "mp-value", "moa-similarity-delta", "three-group-pcc",
                         "class-latent-assignment", "holdout-moa-identification", "batch-diagnostic", "assays",
-                        "compare-assays", "probe", "suite"}, evaluate
+                        "compare-assays", "probe", "suite", "integration"}, evaluate
 
 
 @pytest.mark.parametrize("name", list(LEAVES))

@@ -392,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec import __version__
     from phenovec.activity.command import add_activity_parser
     from phenovec.evaluate.assay_command import add_assay_parsers
+    from phenovec.evaluate.integration_command import add_integration_parser
     from phenovec.evaluate.probe_command import add_probe_parser
     from phenovec.evaluate.suite_command import add_suite_parser
     from phenovec.export.command import add_export_parser
@@ -415,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_assay_parsers(metrics)
     add_probe_parser(metrics)
     add_suite_parser(metrics)
+    add_integration_parser(metrics)
     add_process_parser(stages)
     for add in (add_synth_parser, add_illum_parser, add_crop_parser, add_tiles_parser, add_train_parser,
                 add_export_parser, add_profile_parser, add_report_parser, add_activity_parser, add_explain_parser,
