@@ -1,9 +1,10 @@
 """train.task: assays (GapNet's multi-task assay prediction) through the image trainer on a synthetic plate.
 
 The plate has 30 compounds of 5 MOAs (+ DMSO); the labels are phenovec's synthetic MOA-driven assay labels (label
-noise, missing entries). The references: the labels themselves (held-out compounds' ROC AUC through
-phenovec.evaluate.assay_prediction, itself checked against scikit-learn in its own tests), the split table the run
-writes, and an uninterrupted run's weights for the resume.
+noise, missing entries). The references: the labels themselves and the noise-free MOA truth they were drawn from
+(held-out compounds' ROC AUC through phenovec.evaluate.assay_prediction, itself checked against scikit-learn in its
+own tests), the split table the run writes, an uninterrupted run's weights for the resume, and onnxruntime for the
+exported checkpoint.
 """
 import warnings
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from phenovec.evaluate.assay_prediction import assay_metrics, assay_summary, evaluate_assay_predictions
+from phenovec.export import export_onnx
 from phenovec.io.assay_labels import AssayLabelError, AssayTaskWarning, read_assay_labels
 from phenovec.train import ConfigError, load_checkpoint, train
 from phenovec.train.assay_inference import predict_assays
@@ -109,6 +111,14 @@ def test_gapnet_learns_assays_of_held_out_compounds(plate, tmp_path):
     assert summary["n_scored"] >= 3 and true_summary["n_scored"] >= 4
     assert summary["auc_mean"] > 0.65, per_task
     assert true_summary["auc_mean"] > 0.7
+
+    # the checkpoint exports like any ProfileNet (parity on the training store's crops); the task head's sigmoid
+    # is predict_assays' probabilities
+    rep = export_onnx(res.best, tmp_path / "gapnet.onnx", logits=True)
+    assert rep.parity_crops == "store" and rep.feature_dim == 1024 and rep.max_abs_diff <= 1e-4
+    other = dict(ck, data_config={**ck["data_config"], "task": "classify"})
+    with pytest.raises(ConfigError, match="not an assays run"):
+        predict_assays(other, crops)
 
 
 def test_resume_ends_with_the_uninterrupted_weights(plate, tmp_path):
