@@ -18,6 +18,7 @@ from phenovec.evaluate.integration.clustering import (
     nmi_ari_cluster_labels_kmeans,
     nmi_ari_cluster_labels_leiden,
 )
+from phenovec.evaluate.integration.distance_pass import knn_graph_and_silhouettes
 from phenovec.evaluate.integration.graph_connectivity import graph_connectivity
 from phenovec.evaluate.integration.isolated_labels import isolated_labels
 from phenovec.evaluate.integration.kbet import kbet, kbet_per_label
@@ -29,7 +30,7 @@ from phenovec.evaluate.integration.score import min_max_scale, overall_scores
 from phenovec.evaluate.integration.silhouette import bras, silhouette_batch, silhouette_label, silhouette_samples
 
 __all__ = [
-    "KnnGraph", "knn_graph",
+    "KnnGraph", "knn_graph", "knn_graph_and_silhouettes",
     "silhouette_samples", "silhouette_label", "silhouette_batch", "bras",
     "lisi_knn", "ilisi_knn", "clisi_knn",
     "kbet", "kbet_per_label",

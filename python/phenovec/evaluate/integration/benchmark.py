@@ -12,7 +12,8 @@ sphered / Harmony / ... profiles of the same wells scored by
 
 with scib-metrics' Benchmarker choices: one exact kNN graph of 90 neighbours per embedding, cut to 15 (graph
 connectivity, Leiden), 50 (kBET) and 90 (LISI); the label silhouettes computed once serve both
-``silhouette_label`` and ``isolated_labels``. Then each metric is min-max scaled across the embeddings and
+``silhouette_label`` and ``isolated_labels``, and come from the same pass over the pairwise distances as the kNN
+graph (:func:`~phenovec.evaluate.integration.distance_pass.knn_graph_and_silhouettes`). Then each metric is min-max scaled across the embeddings and
 ``total = 0.4 x batch correction + 0.6 x bio conservation`` ranks them (:mod:`.score`).
 
 Returns an :class:`IntegrationResult`: ``table`` (tidy: method, metric, metric_type, value, scaled),
@@ -34,11 +35,11 @@ from phenovec.evaluate.integration.clustering import nmi_ari_cluster_labels_kmea
 from phenovec.evaluate.integration.graph_connectivity import graph_connectivity
 from phenovec.evaluate.integration.isolated_labels import isolated_labels_from_samples
 from phenovec.evaluate.integration.kbet import kbet_per_label
-from phenovec.evaluate.integration.knn_graph import knn_graph
+from phenovec.evaluate.integration.distance_pass import knn_graph_and_silhouettes
 from phenovec.evaluate.integration.lisi import clisi_knn, ilisi_knn
 from phenovec.evaluate.integration.pcr import pcr_comparison
 from phenovec.evaluate.integration.retrieval import label_map
-from phenovec.evaluate.integration.silhouette import _label_asw, silhouette_batch, silhouette_samples
+from phenovec.evaluate.integration.silhouette import _label_asw, silhouette_batch
 
 METRIC_TYPES = {
     "isolated_labels": S.BIO,
@@ -126,10 +127,9 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
             t[step] = time.perf_counter() - t0
             return out
 
-        g = timed("knn_graph", lambda: knn_graph(x, kmax))
+        g, sil = timed("knn_graph_and_silhouettes", lambda: knn_graph_and_silhouettes(x, labels, kmax))
         sub = {k: g.subset_neighbors(min(k, kmax)) for k in NEIGHBOURS}
         vals = {}
-        sil = timed("silhouette_samples", lambda: silhouette_samples(x, labels))
         vals["silhouette_label"] = _label_asw(sil, True)
         vals["isolated_labels"] = isolated_labels_from_samples(sil, labels, batch)
         km = timed("kmeans", lambda: nmi_ari_cluster_labels_kmeans(x, labels, seed=seed))

@@ -89,6 +89,22 @@ def silhouette_samples(X, labels, chunk_size: int = 256, metric: Literal["euclid
         raise ValueError(f"between_cluster_distances must be one of {', '.join(_BETWEEN)}, "
                          f"got {between_cluster_distances!r}")
     x = embedding_matrix(X)
+    order, sc, freqs, bounds, xs, norms = sorted_by_label(x, labels, metric)
+    n = x.shape[0]
+    intra = np.empty(n)
+    inter = np.empty(n)
+    step = int(max(1, min(n, block_bytes // max(1, n * xs.itemsize))))
+    mode = _BETWEEN[between_cluster_distances]
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        G = xs[s:e] @ xs.T
+        _reduce_block(G, norms[s:e], norms, s, bounds, sc, metric == "cosine", mode, intra, inter)
+    return silhouettes_from_sums(intra, inter, freqs, sc, order)
+
+
+def sorted_by_label(x: np.ndarray, labels, metric: str = "euclidean"):
+    """``(order, sorted codes, class sizes, class bounds, rows sorted by class, their squared norms)``; rows are
+    centred (euclidean) or scaled to unit norm (cosine) in their float type."""
     n = x.shape[0]
     codes = label_codes(labels, "labels", n)
     order = np.argsort(codes, kind="stable")
@@ -105,20 +121,16 @@ def silhouette_samples(X, labels, chunk_size: int = 256, metric: Literal["euclid
     else:
         xs = (xs - xs.mean(axis=0, dtype=np.float64)).astype(x.dtype)
     norms = np.einsum("ij,ij->i", xs, xs, dtype=np.float64)
-    intra = np.empty(n)
-    inter = np.empty(n)
-    step = int(max(1, min(n, block_bytes // max(1, n * xs.itemsize))))
-    mode = _BETWEEN[between_cluster_distances]
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        G = xs[s:e] @ xs.T
-        _reduce_block(G, norms[s:e], norms, s, bounds, sc, metric == "cosine", mode, intra, inter)
+    return order, sc, freqs, bounds, xs, norms
+
+
+def silhouettes_from_sums(intra, inter, freqs, sc, order) -> np.ndarray:
+    """Silhouettes in input row order from the per-row own-class distance sums and nearest-class mean distances."""
     with np.errstate(divide="ignore", invalid="ignore"):
         a = intra / (freqs[sc] - 1)
         sil = (inter - a) / np.maximum(a, inter)
-    sil = np.nan_to_num(sil)
-    out = np.empty(n)
-    out[order] = sil
+    out = np.empty(len(sil))
+    out[order] = np.nan_to_num(sil)
     return out
 
 
