@@ -107,7 +107,8 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
     crops = open_crops(d["crops"], d["exclude_edge"])
     cells = crops.cells
     split = split_cells(cells, d, t["seed"])
-    is_train, is_val = (split == "train").to_numpy(), (split == "val").to_numpy()
+    # own, writable masks: under pandas' copy-on-write (pycytominer turns it on) to_numpy() gives read-only views
+    is_train, is_val = (split == "train").to_numpy(copy=True), (split == "val").to_numpy(copy=True)
     if not is_train.any():
         raise ConfigError(f"{d['crops']}: no training cells after the split (check data.holdout_plates)")
     targets = objective.targets(cells, is_train)
