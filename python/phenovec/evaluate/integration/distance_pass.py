@@ -13,10 +13,10 @@ import numpy as np
 from phenovec.evaluate.integration.annotations import embedding_matrix
 from phenovec.evaluate.integration.knn_graph import (
     DEFAULT_BLOCK_BYTES,
-    SCREEN_MARGIN,
     KnnGraph,
-    _refine,
     _screen_block,
+    refined_graph,
+    screen_sizes,
 )
 from phenovec.evaluate.integration.silhouette import _reduce_block, silhouettes_from_sums, sorted_by_label
 
@@ -26,12 +26,7 @@ def knn_graph_and_silhouettes(X, labels, n_neighbors: int = 90, *,
     """``(knn_graph(X, n_neighbors), silhouette_samples(X, labels))`` from one pass over the distances."""
     x = embedding_matrix(X)
     n = x.shape[0]
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
-    if n_neighbors > n:
-        raise ValueError(f"n_neighbors = {n_neighbors} exceeds the number of rows ({n})")
-    k = int(n_neighbors)
-    kk = min(n, k + SCREEN_MARGIN)
+    k, kk = screen_sizes(n_neighbors, n)
     order, sc, freqs, bounds, xs, norms = sorted_by_label(x, labels)
     intra, inter = np.empty(n), np.empty(n)
     cand_sorted = np.empty((n, kk), dtype=np.int64)
@@ -43,7 +38,4 @@ def knn_graph_and_silhouettes(X, labels, n_neighbors: int = 90, *,
         _reduce_block(G, norms[s:e], norms, s, bounds, sc, False, 0, intra, inter)
     cand = np.empty_like(cand_sorted)
     cand[order] = order[cand_sorted]
-    idx = np.empty((n, k), dtype=np.int64)
-    dist = np.empty((n, k), dtype=np.float64)
-    _refine(x, cand, k, idx, dist)
-    return KnnGraph(indices=idx, distances=dist), silhouettes_from_sums(intra, inter, freqs, sc, order)
+    return refined_graph(x, cand, k), silhouettes_from_sums(intra, inter, freqs, sc, order)

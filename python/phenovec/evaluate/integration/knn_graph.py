@@ -103,12 +103,7 @@ def knn_graph(X, n_neighbors: int = 90, *, block_bytes: int = DEFAULT_BLOCK_BYTE
     """Exact Euclidean ``n_neighbors``-nearest-neighbour graph of the rows of ``X`` (self included, first)."""
     x = embedding_matrix(X)
     n = x.shape[0]
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
-    if n_neighbors > n:
-        raise ValueError(f"n_neighbors = {n_neighbors} exceeds the number of rows ({n})")
-    k = int(n_neighbors)
-    kk = min(n, k + SCREEN_MARGIN)
+    k, kk = screen_sizes(n_neighbors, n)
     xc = (x - x.mean(axis=0, dtype=np.float64)).astype(x.dtype)
     norms = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
     cand = np.empty((n, kk), dtype=np.int64)
@@ -117,6 +112,21 @@ def knn_graph(X, n_neighbors: int = 90, *, block_bytes: int = DEFAULT_BLOCK_BYTE
         e = min(n, s + step)
         G = xc[s:e] @ xc.T
         _screen_block(G, norms[s:e], norms, s, kk, cand)
+    return refined_graph(x, cand, k)
+
+
+def screen_sizes(n_neighbors, n: int) -> tuple[int, int]:
+    """``(k, k + screening margin)`` for ``n`` rows; refuses a bad or too large ``n_neighbors``."""
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+    if n_neighbors > n:
+        raise ValueError(f"n_neighbors = {n_neighbors} exceeds the number of rows ({n})")
+    return int(n_neighbors), min(n, int(n_neighbors) + SCREEN_MARGIN)
+
+
+def refined_graph(x: np.ndarray, cand: np.ndarray, k: int) -> "KnnGraph":
+    """The graph of each row's ``k`` nearest among its screened candidates, on float64 distances."""
+    n = x.shape[0]
     idx = np.empty((n, k), dtype=np.int64)
     dist = np.empty((n, k), dtype=np.float64)
     _refine(x, cand, k, idx, dist)
