@@ -32,6 +32,19 @@ DEFAULT_BLOCK_BYTES = 128 * 2**20
 _BETWEEN = {"nearest": 0, "mean_other": 1, "furthest": 2}
 
 
+@numba.njit(fastmath=True, cache=True)
+def _class_sum(Grow, nbr, nall, lo, hi, cosine):
+    """Sum of the distances from one row to rows ``lo:hi`` (self included; vectorised)."""
+    s = 0.0
+    if cosine:
+        for j in range(lo, hi):
+            s += min(max(1.0 - Grow[j], 0.0), 2.0)
+    else:
+        for j in range(lo, hi):
+            s += np.sqrt(max(nbr + nall[j] - 2.0 * Grow[j], 0.0))
+    return s
+
+
 @numba.njit(parallel=True, cache=True)
 def _reduce_block(G, nb, nall, start, bounds, codes, cosine, mode, intra, inter):
     b, n = G.shape
@@ -43,20 +56,11 @@ def _reduce_block(G, nb, nall, start, bounds, codes, cosine, mode, intra, inter)
         other_sum = 0.0
         a_sum = 0.0
         for c in range(L):
-            s = 0.0
-            for j in range(bounds[c], bounds[c + 1]):
-                if j == me:
-                    continue
-                if cosine:
-                    d = 1.0 - G[r, j]
-                    if d < 0.0:
-                        d = 0.0
-                    elif d > 2.0:
-                        d = 2.0
-                else:
-                    d2 = nb[r] + nall[j] - 2.0 * G[r, j]
-                    d = np.sqrt(d2) if d2 > 0.0 else 0.0
-                s += d
+            if c == own:  # the row's own class, itself left out (distance to self is 0)
+                s = (_class_sum(G[r], nb[r], nall, bounds[c], me, cosine)
+                     + _class_sum(G[r], nb[r], nall, me + 1, bounds[c + 1], cosine))
+            else:
+                s = _class_sum(G[r], nb[r], nall, bounds[c], bounds[c + 1], cosine)
             if c == own:
                 a_sum = s
             else:
