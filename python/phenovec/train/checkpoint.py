@@ -90,3 +90,18 @@ def model_from_checkpoint(path_or_ck, map_location="cpu"):
     model.load_state_dict(ck["model_state"])
     model.eval()
     return model, ck
+
+
+def resume_checkpoint(out: str | os.PathLike, config_hash: str) -> dict | None:
+    """The ``last.pt`` of a run folder to resume from (None when there is none); a checkpoint of another
+    configuration (its ``config_hash`` differs) is refused with a ``ConfigError`` naming the file."""
+    from phenovec.io.config_schema import ConfigError
+
+    last = Path(out) / "last.pt"
+    if not last.exists():
+        return None
+    ck = load_checkpoint(last)
+    if ck.get("config_hash") != config_hash:
+        raise ConfigError(f"{last}: holds a run with another configuration; use a new train.out folder or delete it "
+                          "to start over")
+    return ck

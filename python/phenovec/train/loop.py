@@ -27,7 +27,7 @@ import pandas as pd
 
 from phenovec.io.atomic import output_folder, write_text_atomic
 from phenovec.io.profiles import write_table
-from phenovec.train.checkpoint import load_checkpoint, save_checkpoint
+from phenovec.train.checkpoint import resume_checkpoint, save_checkpoint
 from phenovec.train.config import ConfigError, config_hash, load_config
 from phenovec.train.data import (
     class_index,
@@ -155,11 +155,8 @@ def train(config, overrides: dict | None = None, progress: bool | None = None) -
         start_epoch, metrics, best = 0, [], {"epoch": None, score_key: None}
         last_path, best_path = out / "last.pt", out / "best.pt"
         run.resumable = last_path.exists()
-        if last_path.exists():
-            ck = load_checkpoint(last_path)
-            if ck.get("config_hash") != chash:
-                raise ConfigError(f"{last_path}: holds a run with another configuration; use a new train.out folder "
-                                  "or delete it to start over")
+        ck = resume_checkpoint(out, chash)
+        if ck is not None:
             model.load_state_dict(ck["model_state"])
             if extra is not None:
                 extra.load_state_dict(ck["objective_state"])

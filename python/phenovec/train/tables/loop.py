@@ -33,7 +33,7 @@ import pandas as pd
 
 from phenovec.io.atomic import output_folder, write_json_atomic, write_text_atomic
 from phenovec.io.profiles import read_table, write_table
-from phenovec.train.checkpoint import load_checkpoint, save_checkpoint
+from phenovec.train.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from phenovec.train.loop import device_from_name  # the image trainer's device rule (auto | cpu | cuda[:N])
 from phenovec.train.tables.config import PAIRED_TASKS, ConfigError, config_hash, load_table_config
 from phenovec.train.tables.pairing import (PERTURBATION, PairingError, fit_on_sources, pair_tables,
@@ -307,11 +307,8 @@ def train_tables(config, overrides: dict | None = None, progress: bool | None = 
         start_epoch, metrics, best = 0, [], {"epoch": None, "val_loss": None}
         last_path, best_path = out / "last.pt", out / "best.pt"
         run.resumable = last_path.exists()
-        if last_path.exists():
-            ck = load_checkpoint(last_path)
-            if ck.get("config_hash") != chash:
-                raise ConfigError(f"{last_path}: holds a run with another configuration; use a new train.out folder "
-                                  "or delete it to start over")
+        ck = resume_checkpoint(out, chash)
+        if ck is not None:
             model.load_state_dict(ck["model_state"])
             optimizer.load_state_dict(ck["optimizer_state"])
             start_epoch, metrics, best = int(ck["epoch"]), list(ck["metrics"]), dict(ck["best"])
