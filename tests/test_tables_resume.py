@@ -7,19 +7,14 @@ import pytest
 from phenovec.io.config_schema import ConfigError
 from phenovec.train.checkpoint import load_checkpoint
 from phenovec.train.tables.loop import train_tables
-from phenovec.train.tables.synthetic import synthetic_config, write_synthetic_tables
-
-DATA = {"n_moa": 3, "compounds_per_moa": 6, "replicates": 3, "cp_dim": 12, "tx_dim": 16}
-
+from small_tables import small_config, write_small_tables
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
-    return write_synthetic_tables(tmp_path_factory.mktemp("small"), n_tasks=4, **DATA)
+    return write_small_tables(tmp_path_factory.mktemp("small"))
 
 
-def _cfg(tables, task, out, epochs, **model):
-    return synthetic_config(tables, task, out, epochs=epochs, batch_size=8, width=16, embed_dim=8, proj_dim=4,
-                            dropout=0.1, **model)
+_cfg = small_config
 
 
 def _state(path):
