@@ -6,6 +6,7 @@ import pytest
 from phenovec.train.tables.loop import train_tables
 from small_tables import small_config, write_small_tables
 
+
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
     return write_small_tables(tmp_path_factory.mktemp("small"))

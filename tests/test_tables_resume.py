@@ -9,6 +9,7 @@ from phenovec.train.checkpoint import load_checkpoint
 from phenovec.train.tables.loop import train_tables
 from small_tables import small_config, write_small_tables
 
+
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
     return write_small_tables(tmp_path_factory.mktemp("small"))
