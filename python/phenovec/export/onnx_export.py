@@ -168,13 +168,14 @@ def _training_store_crops(ck, n: int):
     return load_parity_crops(store, ck, n, what=f"{ck.path}: data_config['crops']"), str(store)
 
 
-def _export_proto(head, example, opset: int, exporter: str, outputs: Sequence[str]):
+def export_proto(head, example, opset: int, exporter: str, outputs: Sequence[str], input_name: str = "crops"):
+    """The ONNX ModelProto of ``head`` on ``example`` (batch axis dynamic) with the chosen exporter."""
     import torch
 
     # keep stdout clean for the CLI's JSON: exporters may print progress there
     with contextlib.redirect_stdout(sys.stderr):
         if exporter == "dynamo":
-            prog = torch.onnx.export(head, (example,), None, dynamo=True, input_names=["crops"],
+            prog = torch.onnx.export(head, (example,), None, dynamo=True, input_names=[input_name],
                                      output_names=list(outputs), dynamic_shapes=({0: torch.export.Dim("batch")},),
                                      opset_version=opset, external_data=False, optimize=True, verbose=False)
             return prog.model_proto
@@ -185,8 +186,8 @@ def _export_proto(head, example, opset: int, exporter: str, outputs: Sequence[st
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(head, (example,), buf, dynamo=False, input_names=["crops"], output_names=list(outputs),
-                              dynamic_axes={n: {0: "batch"} for n in ["crops", *outputs]}, opset_version=opset,
+            torch.onnx.export(head, (example,), buf, dynamo=False, input_names=[input_name], output_names=list(outputs),
+                              dynamic_axes={n: {0: "batch"} for n in [input_name, *outputs]}, opset_version=opset,
                               do_constant_folding=True)
         import onnx
 
@@ -308,7 +309,7 @@ def export_onnx(
         declared = getattr(model, "feature_dim", None)
         if declared is not None and int(declared) != feature_dim:
             raise ValueError(f"model.feature_dim = {declared} but embed() returns {feature_dim} columns")
-        proto = _export_proto(head, example, opset, exporter, outputs)
+        proto = export_proto(head, example, opset, exporter, outputs)
         got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if got_opset != opset:
             raise ValueError(f"the {exporter} exporter emitted opset {got_opset}, not the requested {opset}")

@@ -20,19 +20,15 @@ mean and scale), and only then moved onto ``path``; a difference above ``atol`` 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from phenovec.export.onnx_export import resolve_exporter, weights_sha256
+from phenovec.export.onnx_export import export_proto, resolve_exporter, weights_sha256
 from phenovec.export.parity import ParityError, ParityReport
 
 __all__ = ["FORMAT", "TableExportReport", "export_table_model", "table_model_from_checkpoint"]
@@ -94,27 +90,6 @@ def _graph(model, mean: np.ndarray, scale: np.ndarray):
             return self.m.embed((x - self.mean) / self.scale)
 
     return Standardized().eval()
-
-
-def _export(graph, example, opset: int, exporter: str, output: str):
-    import torch
-
-    with contextlib.redirect_stdout(sys.stderr):
-        if exporter == "dynamo":
-            prog = torch.onnx.export(graph, (example,), None, dynamo=True, input_names=["profiles"],
-                                     output_names=[output], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                     opset_version=opset, external_data=False, optimize=True, verbose=False)
-            return prog.model_proto
-        import onnx
-
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(graph, (example,), buf, dynamo=False, input_names=["profiles"], output_names=[output],
-                              dynamic_axes={"profiles": {0: "batch"}, output: {0: "batch"}}, opset_version=opset,
-                              do_constant_folding=True)
-        return onnx.load_from_string(buf.getvalue())
 
 
 def check_table_parity(graph, onnx_path, profiles: np.ndarray, atol: float = 1e-4) -> ParityReport:
@@ -180,7 +155,7 @@ def export_table_model(checkpoint, path: str | os.PathLike, *, opset: int = 18, 
                                    .astype(np.float32))
         with torch.no_grad():
             feature_dim = int(graph(example).shape[1])
-        proto = _export(graph, example, opset, exporter, output)
+        proto = export_proto(graph, example, opset, exporter, [output], input_name="profiles")
         out_cols = list(dc["tasks"]) if task == "fnn" else [f"feature_{i}" for i in range(feature_dim)]
         props = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "task": task, "input": "profiles",
                  "output": output, "feature_columns": json.dumps(columns),
