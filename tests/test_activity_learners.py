@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from phenovec.activity.learner import TaskData  # noqa: E402

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from phenovec.train import train  # noqa: E402
 from phenovec.train.checkpoint import model_from_checkpoint  # noqa: E402

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from phenovec.train import ConfigError, embed_crops, load_checkpoint, load_config, train  # noqa: E402
 from phenovec.train.config import default_config  # noqa: E402
