@@ -599,8 +599,13 @@ def _report_context(cfg: dict, out: Path, images: dict, profiled: dict, trained:
         if "edge" in cells.columns:
             ctx.edge = {str(k): int(v) for k, v in cells["edge"].value_counts().items() if v}
         if rep["gallery"]:
-            prof = pd.read_parquet(profiles, columns=None)
-            held = prof[prof["Metadata_Split"] != "train"] if "Metadata_Split" in prof.columns else None
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(profiles).names  # only the well keys and the split, not every feature
+            held = None
+            if "Metadata_Split" in names:
+                prof = pd.read_parquet(profiles, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Split"])
+                held = prof[prof["Metadata_Split"] != "train"]
             ctx.gallery, ctx.channels = gallery_from_crops(crops, rep["moa_column"], rep["treatment_column"],
                                                            per_moa=rep["gallery"], seed=rep["seed"], wells=held)
     return ctx
