@@ -31,7 +31,7 @@ def test_synthetic_demo_spreads_holds_out_a_plate_and_reports_qc(tmp_path):
     assert moa["mean_average_precision"].std() > 0.05
     # figures: every one the issue asks for, each with its data
     assert {"replicate_map", "moa_map", "pca_views", "umap_views", "training_curve", "gallery",
-            "qc_cells"} <= set(doc["figures"])
+            "qc_cells", "batch_effects"} <= set(doc["figures"])
     assert sum(k.startswith("gradcam_") for k in doc["figures"]) == 6  # one Grad-CAM panel per MOA (and control)
     assert len(doc["training"]) == 6 and doc["views"]["wells"] and len(doc["views"]["wells"]) == len(prof)
     # QC: the empty wells the synthetic plates hold are reported as excluded, by name

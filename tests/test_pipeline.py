@@ -51,6 +51,9 @@ def test_run_chains_every_stage_caches_and_rebuilds_what_changed(tmp_path):
     assert numbers["training"] and len(numbers["training"]) == 2 and numbers["qc"]["cells_per_well"]
     assert "/" not in json.dumps(numbers["provenance"]["run"]["config"]["out"])  # paths relative to the run
     assert numbers["provenance"]["run"]["config"]["synth"]["seed"] == 1
+    # batch effects over both plates: the processed profiles beside the raw per-well means of the same wells
+    be = numbers["batch_effects"]
+    assert be["plates"] == 2 and be["methods"] == ["profiles", "well means before processing"] and be["scaled"]
     # the well profiles are the per-well means of the spherized single-cell embeddings the profile stage wrote
     assert {"Metadata_Treatment", "Metadata_MOA", "Metadata_Plate"} <= set(profiles.columns)
     again = run(cfg, progress=False)

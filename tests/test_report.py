@@ -94,12 +94,12 @@ def test_synthetic_report_renders_every_figure_in_chromium(tmp_path):
     page = paths.html.read_text()
     # self-contained: every image is an inline PNG, nothing is fetched
     srcs = re.findall(r'<img[^>]*src="([^"]*)"', page)
-    assert len(srcs) == len(doc["figures"]) == 6
+    assert len(srcs) == len(doc["figures"]) == 7
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(https?:)?//', page)
     dom = chromium_dom(paths.html, tmp_path)
-    assert _body_attr(dom, "data-figures-expected") == 6
-    assert _body_attr(dom, "data-figures-rendered") == 6, "some figure did not render in Chromium"
+    assert _body_attr(dom, "data-figures-expected") == 7
+    assert _body_attr(dom, "data-figures-rendered") == 7, "some figure did not render in Chromium"
     assert doc["counts"]["wells"] == len(df) and doc["counts"]["control_wells"] == 8
     assert doc["counts"]["treatments"] == 6 and doc["counts"]["moas"] == 3 and doc["counts"]["plates"] == 2
     assert doc["provenance"]["run"] == {"config": {"a": 1}, "hash": "abc"}
@@ -115,7 +115,7 @@ def test_chromium_counts_a_broken_figure(tmp_path):
     broken = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]{40}", "data:image/png;base64,AAAA", page, count=1)
     bad = tmp_path / "broken.html"
     bad.write_text(broken)
-    assert _body_attr(chromium_dom(bad, tmp_path), "data-figures-rendered") == 5
+    assert _body_attr(chromium_dom(bad, tmp_path), "data-figures-rendered") == 6
 
 
 def _zscore_to_controls(df: pd.DataFrame, feats, control: np.ndarray) -> np.ndarray:

@@ -493,12 +493,19 @@ def run(config, progress: bool = True) -> RunResult:
                              treatment_column=rep["treatment_column"], control_query=rep["control"],
                              control_key="report.control", provenance=provenance, null_size=rep["null_size"],
                              seed=rep["seed"], evaluate_on=rep["evaluate_on"], context=context, umap=rep["umap"],
-                             title="phenovec run report")
+                             title="phenovec run report", compare=_unprocessed(profiled))
         return {"html": str(paths.html), "json": str(paths.json)}
 
     k_rep = _key("report", rep, k_proc, assays)
     reported = stage("report", k_rep, rep, do_report)
     return RunResult(out, Path(reported["html"]), Path(reported["json"]), stages)
+
+
+def _unprocessed(profiled: dict) -> dict | None:
+    """The per-well means of the raw embeddings (the profile stage's ``wells_mean``), compared with the processed
+    profiles in the report's batch-effect section: what processing did to the plate effect."""
+    path = profiled.get("wells_mean")
+    return {"well means before processing": path} if path and Path(path).is_file() else None
 
 
 def _score_assays(checkpoint: str, crops: str, d: Path, train_cfg: dict, images: dict, progress) -> dict:

@@ -52,6 +52,8 @@ def build_report(
     evaluate_on: str = "held_out",
     context=None,
     umap: bool = False,
+    compare: dict | None = None,
+    batch_effects: bool = True,
 ) -> ReportPaths:
     """Evaluate well-level profiles and write ``OUT_DIR/NAME.html`` and ``OUT_DIR/NAME.json``.
 
@@ -69,6 +71,11 @@ def build_report(
     every well. Without the column every well is evaluated and the report says that no split was given.
     ``context``: a :class:`phenovec.report.context.ReportContext` (dataset name, training curve, QC, example
     cells); ``umap``: add a UMAP view (umap-learn; some seconds of JIT compilation).
+
+    **Batch effects.** With ``batch_effects`` (the default) and two or more plates, the scib integration metrics of
+    the treated wells (batch = plate, label = MOA) get their own section (:mod:`phenovec.report.batch_effects`);
+    ``compare`` (name -> profile table or path of the same wells, matched by plate and well) adds other embeddings
+    of those wells to it, e.g. the profiles before processing or after Harmony.
     """
     if evaluate_on not in ("held_out", "all"):
         raise ValueError(f"evaluate_on must be 'held_out' or 'all', got {evaluate_on!r}")
@@ -96,6 +103,14 @@ def build_report(
 
         res.qc_wells, res.qc_flagged = qc_tables(context.cells, context.layout, context.min_cells, treatment_column)
     timings["views"] = round(time.perf_counter() - t0, 4)
+    if batch_effects:
+        from phenovec.report.batch_effects import batch_effects as integration
+
+        t0 = time.perf_counter()
+        res.batch_effects = integration(inp, compare, seed=seed, notes=res.notes)
+        timings["batch_effects"] = round(time.perf_counter() - t0, 4)
+    elif compare:
+        raise ValueError("compare: needs batch_effects=True (the tables are compared in the batch-effect section)")
     t0 = time.perf_counter()
     figures = all_figures(res)
     timings["figures"] = round(time.perf_counter() - t0, 4)

@@ -27,6 +27,11 @@ def add_report_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--null-size", type=int, default=10000, help="null distribution size for the mAP p-values")
     p.add_argument("--seed", type=int, default=0, help="seed of the null distributions")
     p.add_argument("--threshold", type=float, default=0.05, help="significance level of the corrected p-values")
+    p.add_argument("--compare", nargs="+", metavar="NAME=PATH",
+                   help="other profile tables of the same wells (matched by plate and well) to compare in the "
+                        "batch-effect section, e.g. raw=wells_raw.parquet harmony=wells_harmony.parquet")
+    p.add_argument("--no-batch-effects", action="store_true",
+                   help="leave out the batch-effect section (integration metrics, batch = plate, label = MOA)")
     p.add_argument("--provenance", help="JSON file of run provenance (config, hashes, timings) to embed")
     add_quiet(p)
     p.set_defaults(run=run_report)
@@ -49,9 +54,20 @@ def run_report(a) -> dict:
             raise ValueError(f"--provenance {pp}: not valid JSON ({e})") from None
         if not isinstance(prov, dict):
             raise ValueError(f"--provenance {pp}: must hold a JSON object")
+    compare = {}
+    for item in a.compare or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--compare {item!r}: give NAME=PATH")
+        if name in compare:
+            raise ValueError(f"--compare: the name {name!r} is given twice")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--compare {name}: {path} not found")
+        compare[name] = path
     paths = build_report(a.profiles, a.out, moa_column=a.moa_column, treatment_column=a.treatment_column,
                          control_query=a.control, control_key="--control", plate_column=a.plate_column,
                          features=a.features if a.features else "infer", provenance=prov, similarity=a.similarity,
-                         null_size=a.null_size, seed=a.seed, threshold=a.threshold)
+                         null_size=a.null_size, seed=a.seed, threshold=a.threshold,
+                         compare=compare or None, batch_effects=not a.no_batch_effects)
     print(paths.html)
     return {"html": str(paths.html), "json": str(paths.json)}

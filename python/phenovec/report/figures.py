@@ -296,4 +296,7 @@ def all_figures(r: ReportMetrics) -> list[Figure]:
     """Every figure that has its metric, in report order."""
     makers = (replicate_map_figure, moa_map_figure, enrichment_figure, precision_recall_figure, hit_at_k_figure,
               pca_views_figure, umap_views_figure, training_curve_figure, gallery_figure, qc_figure, assay_figure)
-    return [f for f in (mk(r) for mk in makers) if f is not None] + gradcam_figures(r)
+    from phenovec.report.batch_effects import batch_effects_figure
+
+    return [f for f in (mk(r) for mk in makers) if f is not None] + gradcam_figures(r) + \
+        [f for f in (batch_effects_figure(r.batch_effects),) if f is not None]

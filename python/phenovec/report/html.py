@@ -200,6 +200,25 @@ def _assay_section(r: ReportMetrics, figure: str) -> str:
     return ("<h2>Assay prediction</h2>" + _kv(lines) + figure + "<h3>Per assay</h3>" + _table(ctx.assay_per_task))
 
 
+def _batch_section(r: ReportMetrics, figure: str) -> str:
+    b = r.batch_effects
+    if b is None:
+        return ""
+    scores = b.scores.copy()
+    explain = (f"scib integration metrics of the {b.wells} treated wells with an MOA (controls left out), every "
+               f"plate including the training plates: batch = plate ({b.plates} plates), label = MOA ({b.labels} "
+               "MOAs). Batch-correction metrics are near 1 when plates mix; bio-conservation metrics when wells "
+               "group by MOA. " + ("Scores are min-max scaled across the methods compared, then total = 0.4 x "
+                                   "batch correction + 0.6 x bio conservation (Arevalo et al. 2024)."
+                                   if b.scaled else "One method: the scores are unscaled means of each group's "
+                                   "metrics (total = 0.4 x batch correction + 0.6 x bio conservation)."))
+    wide = b.table.pivot(index="metric", columns="method", values="value").reindex(
+        list(dict.fromkeys(b.table["metric"])))[b.methods].reset_index()
+    wide.insert(1, "type", [b.table.loc[b.table["metric"] == m, "metric_type"].iloc[0] for m in wide["metric"]])
+    return ("<h2>Batch effects (integration metrics)</h2>" + f'<p class="explain">{html.escape(explain)}</p>'
+            + _table(scores) + figure + "<h3>Each metric</h3>" + _table(wide))
+
+
 def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: str = "phenovec report") -> str:
     """The whole page as a string (see the module docstring)."""
     figs = {f.key: _figure(f) for f in figures}
@@ -259,6 +278,7 @@ def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: s
         if any(k.startswith("gradcam_") for k in figs) else "",
         ("<h2>Training</h2>" + figs_of("training_curve")) if "training_curve" in figs else "",
         _assay_section(r, figs_of("assays")),
+        _batch_section(r, figs_of("batch_effects")),
         ("<h2>Quality control</h2>" + "".join(qc_parts)) if qc_parts else "",
         "<h2>Settings</h2>", _kv(settings),
         "<details><summary>Provenance (versions, inputs, timings, configuration)</summary>",

@@ -67,6 +67,7 @@ class ReportMetrics:
     context: Any = None  # phenovec.report.context.ReportContext or None
     qc_wells: pd.DataFrame | None = None
     qc_flagged: pd.DataFrame | None = None
+    batch_effects: Any = None  # phenovec.report.batch_effects.BatchEffects or None
 
 
 def activity_table(inp: ReportInput) -> pd.DataFrame:

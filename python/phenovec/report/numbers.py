@@ -16,6 +16,7 @@ Layout (``schema`` = ``phenovec.report/1``)::
     views:          {explained_variance_ratio, wells: [{plate, treatment, moa, control, split, PC1, PC2, UMAP1, ...}]}
     qc:             {cells_per_well: [...], flagged_wells: [...], edge: {inside: n, ...}} or null
     training:       the training run's per-epoch table or null; dataset: its name or null
+    batch_effects:  {wells, plates, labels, methods, scaled, scores: [...], metrics: [...]} or null
 
 A metric that could not be computed is ``null`` and ``notes`` says why.
 """
@@ -93,6 +94,10 @@ def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
         "dataset": None if r.context is None else r.context.dataset,
         "assays": None if r.context is None or r.context.assay_per_task is None else {
             "per_task": r.context.assay_per_task, "summary": r.context.assay_summary},
+        "batch_effects": None if r.batch_effects is None else {
+            "wells": r.batch_effects.wells, "plates": r.batch_effects.plates, "labels": r.batch_effects.labels,
+            "methods": r.batch_effects.methods, "scaled": r.batch_effects.scaled,
+            "scores": r.batch_effects.scores, "metrics": r.batch_effects.table},
         "provenance": provenance,
     }
     return clean(doc)

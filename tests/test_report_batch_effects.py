@@ -1,0 +1,87 @@
+"""The report's batch-effect section: the integration metrics of the treated wells, batch = plate, label = MOA."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from phenovec.evaluate.integration import integration_table
+from phenovec.report import build_report
+from test_report import NULL, _strict_json, synthetic
+
+
+def _treated(df):
+    return df[~df["Metadata_Control"]].reset_index(drop=True)
+
+
+def _with_wells(df):
+    df = df.copy()
+    df.insert(1, "Metadata_Well", [f"W{i:03d}" for i in range(len(df))])
+    return df
+
+
+def test_section_equals_integration_table_on_the_treated_wells(tmp_path):
+    df = synthetic()
+    paths = build_report(df, tmp_path / "rep", null_size=NULL)
+    doc = _strict_json(paths.json)
+    be = doc["batch_effects"]
+    t = _treated(df)
+    feats = [c for c in df.columns if c.startswith("feat_")]
+    ref = integration_table({"profiles": t[feats].to_numpy(float)}, "Metadata_Plate", "Metadata_MOA",
+                            metadata=t, min_max=False)
+    assert be["wells"] == len(t) == 36 and be["plates"] == 2 and be["labels"] == 3 and not be["scaled"]
+    got = {r["metric"]: r["value"] for r in be["metrics"]}
+    want = dict(zip(ref.table["metric"], ref.table["value"]))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], abs=1e-12, nan_ok=True), k
+    assert be["scores"][0]["total"] == pytest.approx(float(ref.scores["total"].iloc[0]), abs=1e-12)
+    page = paths.html.read_text()
+    assert "Batch effects (integration metrics)" in page and "batch_effects" in doc["figures"]
+
+
+def test_compare_tables_are_matched_by_well_and_ranked(tmp_path):
+    df = _with_wells(synthetic(seed=1))
+    feats = [c for c in df.columns if c.startswith("feat_")]
+    # the same wells with a strong plate offset added: more batch effect, so a lower batch-correction score
+    shifted = df.copy()
+    shifted.loc[shifted["Metadata_Plate"] == "P2", feats] += 25.0
+    shuffled = shifted.sample(frac=1.0, random_state=0)  # any row order: matched by plate and well
+    paths = build_report(df, tmp_path / "rep", null_size=NULL, compare={"plate offset": shuffled})
+    be = _strict_json(paths.json)["batch_effects"]
+    assert be["methods"] == ["profiles", "plate offset"] and be["scaled"]
+    scores = {r["method"]: r for r in be["scores"]}
+    assert scores["profiles"]["batch correction"] > scores["plate offset"]["batch correction"]
+    ilisi = {r["method"]: r["value"] for r in be["metrics"] if r["metric"] == "ilisi_knn"}
+    assert ilisi["profiles"] > ilisi["plate offset"]
+
+
+def test_left_out_with_a_note_and_bad_compare_named(tmp_path):
+    df = synthetic()
+    one = df[df["Metadata_Plate"] == "P1"].reset_index(drop=True)
+    doc = _strict_json(build_report(one, tmp_path / "one", null_size=NULL).json)
+    assert doc["batch_effects"] is None
+    assert any("batch effects" in n and "single plate" in n for n in doc["notes"])
+    wells = _with_wells(df)
+    with pytest.raises(ValueError, match="compare 'other'.*missing"):
+        build_report(wells, tmp_path / "bad", null_size=NULL, compare={"other": wells.iloc[5:]})
+    with pytest.raises(KeyError, match="compare 'nowell'.*Metadata_Well"):
+        build_report(wells, tmp_path / "bad2", null_size=NULL, compare={"nowell": df})
+    off = _strict_json(build_report(df, tmp_path / "off", null_size=NULL, batch_effects=False).json)
+    assert off["batch_effects"] is None and "batch_effects" not in off["figures"]
+
+
+def test_cli_compare_name_equals_path(tmp_path, capsys):
+    from phenovec.cli import main
+
+    df = _with_wells(synthetic(seed=2))
+    a, b = tmp_path / "a.parquet", tmp_path / "b.csv"
+    df.to_parquet(a)
+    df.sample(frac=1.0, random_state=1).to_csv(b, index=False)
+    assert main(["report", str(a), "--out", str(tmp_path / "o"), "--null-size", str(NULL),
+                 "--compare", f"again={b}"]) == 0
+    be = _strict_json(tmp_path / "o" / "report.json")["batch_effects"]
+    vals = pd.DataFrame(be["metrics"]).pivot(index="metric", columns="method", values="value")
+    # the same profiles in another file and row order: every metric equal (kmeans seeded alike)
+    np.testing.assert_allclose(vals["again"].to_numpy(float), vals["profiles"].to_numpy(float), atol=1e-9)
+    capsys.readouterr()
+    assert main(["report", str(a), "--out", str(tmp_path / "o2"), "--compare", str(b)]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
