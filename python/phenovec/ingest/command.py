@@ -67,15 +67,27 @@ def _intensity(a):
     return (kind, float(lo), float(hi))
 
 
+def _flat_fields(a, index):
+    """``--illumination``: a folder, or ``index`` for the flat fields the index names (LoadData ``Illum<Ch>``)."""
+    if a.illumination != "index":
+        return a.illumination
+    if index.illumination is None:
+        raise ValueError(f"--illumination index: {index.source} names no flat fields (LoadData FileName_Illum<Ch> "
+                         "or URL_Illum<Ch> columns, as in the Gallery's load_data_with_illum.csv)")
+    return index.illumination
+
+
 def _index_args(p: argparse.ArgumentParser) -> None:
     """The image index and its channel list (crop, illum, tiles)."""
-    p.add_argument("index", help="image index (.csv/.parquet): Metadata_Plate/Well/Site + FileName_<channel>")
+    p.add_argument("index", help="image index (.csv/.parquet, path or URL): Metadata_Plate/Well/Site + FileName_<channel>, "
+                                 "or a Cell Painting Gallery LoadData CSV (URL_Orig<Ch> / FileName_Orig<Ch>)")
     p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
 
 
 def _correction_args(p: argparse.ArgumentParser) -> None:
     """Illumination correction, intensity rescaling and output type (crop, tiles)."""
-    p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy)")
+    p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy), or "
+                                         "'index': the CellProfiler Illum<Ch>.npy files a load_data_with_illum CSV names")
     p.add_argument("--intensity", nargs=3, metavar=("KIND", "LO", "HI"),
                    help="rescale each image's channels to [0, 1]: 'percentile LO HI' (e.g. percentile 0.1 99.9) "
                         "or 'range LO HI' (fixed pixel values)")
@@ -89,7 +101,7 @@ def _run_crop(a) -> dict:
 
     index = read_image_index(a.index, a.channels, labels=a.labels)
     res = crop_index(index, a.locations, a.out, box_size=a.box_size, edge=a.edge, rescale=a.rescale,
-                     chunk_cells=a.chunk_cells, progress=show_progress(a), illumination=a.illumination,
+                     chunk_cells=a.chunk_cells, progress=show_progress(a), illumination=_flat_fields(a, index),
                      intensity=_intensity(a), dtype=a.dtype, mask=a.mask)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "crops": res.crops,
                "resumed_sites": res.resumed_sites, "box_size": a.box_size, "edge": a.edge, "channels": a.channels}
@@ -148,7 +160,7 @@ def _run_tiles(a) -> dict:
 
     index = read_image_index(a.index, a.channels)
     res = tile_index(index, a.out, factor=a.factor, views=tuple(a.views) if a.views else None,
-                     illumination=a.illumination, intensity=_intensity(a), dtype=a.dtype,
+                     illumination=_flat_fields(a, index), intensity=_intensity(a), dtype=a.dtype,
                      chunk_sites=a.chunk_sites, progress=show_progress(a))
     summary = {"out": str(res.out), "sites": res.sites, "tiles": res.tiles, "resumed_sites": res.resumed_sites,
                "factor": a.factor, "views": a.views, "channels": a.channels}

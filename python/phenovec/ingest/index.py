@@ -13,6 +13,11 @@ or ``AreaShape_Center_X/Y`` (``Location_Center_X/Y`` too), either one table with
 (``Metadata_Plate/Well/Site``) or one file per site given by a ``locations`` path column of the index.
 Every problem names the file and the column or row. :func:`site_centres` gives each site's cells compactly
 (packed arrays, or per-site files read on demand), so no run holds a DataFrame per site.
+
+CellProfiler LoadData CSVs as the Cell Painting Gallery ships them (``URL_Orig<Ch>`` / ``PathName_Orig<Ch>`` +
+``FileName_Orig<Ch>``, image URLs, ``Illum<Ch>`` flat fields) are read by :mod:`phenovec.ingest.load_data`;
+:func:`read_image_index` hands such a table (or any index given by URL) to it, and an OME-Zarr HCS plate
+(a ``.zarr`` store) to :func:`phenovec.ingest.ome_zarr.plate_index`.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ class ImageIndex:
     source: str
     frames: list[list[int]] | None = None  # page per site x channel (``Frame_<name>``); None: all page 0
     labels: list[str] | None = None  # label-image path per site; None: no label images
+    # flat field per (plate, channel) named by the index (LoadData ``FileName_Illum<Ch>``); None: none named
+    illumination: dict | None = None
 
     def site_frames(self, s: int) -> list[int] | None:
         """The pages of site ``s``'s channels, or None when every channel is page 0."""
@@ -68,7 +75,8 @@ def _channel_paths(df: pd.DataFrame, name: str, root: Path, where: str) -> list[
     return [str(p) if Path(p).is_absolute() else str(root / p) for p in files]
 
 
-def _frames(df: pd.DataFrame, channels: Sequence[str], where: str) -> list[list[int]] | None:
+def channel_frames(df: pd.DataFrame, channels: Sequence[str], where: str) -> list[list[int]] | None:
+    """Per row the page of each channel from its ``Frame_<channel>`` column (0 where absent); None: no such column."""
     cols = [f"Frame_{c}" for c in channels]
     if not any(c in df.columns for c in cols):
         return None
@@ -91,6 +99,16 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
     """Read an image index (see the module docstring); ``root`` overrides the folder relative paths start from.
     ``labels`` names the label-image column (``FileName_<labels>`` [+ ``PathName_<labels>``] or ``<labels>``);
     None: the ``Labels`` column if the index has one, else no label images."""
+    from phenovec.ingest import load_data
+
+    if not isinstance(path_or_df, pd.DataFrame):
+        from phenovec.ingest import ome_zarr
+
+        name = str(path_or_df).rstrip("/")
+        if ome_zarr.is_ome_zarr(name) or (load_data.image_source.protocol(name) and name.endswith(".zarr")):
+            return ome_zarr.plate_index(name, channels)
+        if load_data.image_source.protocol(name):
+            return load_data.read_load_data(path_or_df, channels, root=root, labels=labels)
     if isinstance(path_or_df, pd.DataFrame):
         df, where = path_or_df.reset_index(drop=True), "image index"
         base = Path(root) if root is not None else Path.cwd()
@@ -98,6 +116,8 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
         p = Path(path_or_df)
         df, where = read_table(p).reset_index(drop=True), str(p)
         base = Path(root) if root is not None else p.parent
+    if load_data.is_load_data(df.columns):
+        return load_data.index_from_load_data(df, channels, where=where, base=str(base), labels=labels)
     missing = [k for k in SITE_KEYS if k not in df.columns]
     if missing:
         raise KeyError(f"{where}: missing site column {missing[0]!r}")
@@ -113,7 +133,7 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
     if labels is None and ("FileName_Labels" in df.columns or "Labels" in df.columns):
         labels = "Labels"
     label_paths = _channel_paths(df, labels, base, where) if labels is not None else None
-    return ImageIndex(meta, list(channels), paths, where, frames=_frames(df, channels, where), labels=label_paths)
+    return ImageIndex(meta, list(channels), paths, where, frames=channel_frames(df, channels, where), labels=label_paths)
 
 
 def _center_columns(df: pd.DataFrame, where: str) -> tuple[str, str]:
