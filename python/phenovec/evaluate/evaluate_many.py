@@ -19,6 +19,10 @@ How the work is shared:
   union when it is small (replicate vs control wells: each query's replicates plus the reference rows,
   cost N x (M + R) x D instead of N^2 x D). Every rule set is then ranked from that block.
 
+Precision and device (``precision="fp32" | "bf16" | "fp16" | "tf32"``, ``device="cpu" | "cuda" | "auto" |
+"torch-cpu"``): see :mod:`phenovec.evaluate.precision` and :mod:`phenovec.evaluate.backend`. The defaults
+(fp32, cpu) are the exact Rust path above; the equalities with ``average_precision`` hold for them.
+
 ``columns="all"`` forces full rows (the reduced path is identical in value; the switch exists to
 measure it). Multilabel rules and grouped query units are not supported here: use
 :func:`phenovec.evaluate.average_precision` for those.
@@ -35,6 +39,7 @@ import pandas as pd
 
 from phenovec import _core
 from phenovec.evaluate.average_precision import TIES, UnpairedError, _inputs, normalize_ap
+from phenovec.evaluate.backend import DEFAULT_DEVICE_BLOCK_BYTES, Similarities, TorchRules, rank_block_torch
 from phenovec.evaluate.pairs import DEFAULT_BLOCK_BYTES, PairRules, block_rows_for
 from phenovec.evaluate.similarity import check_metric
 from phenovec.io.row_filter import filter_mask
@@ -130,6 +135,7 @@ class _Rule:
     l: np.ndarray = None
     ap: np.ndarray = None
     terms: list = None  # [positive terms, negative terms] of _terms
+    torch: object = None  # TorchRules on the torch path
 
 
 def _rows_mask(meta: pd.DataFrame, spec, name: str) -> np.ndarray:
@@ -245,23 +251,25 @@ def _columns_for(q: np.ndarray, rules: list[_Rule], n: int) -> np.ndarray | None
     return np.flatnonzero(mask).astype(np.int64)
 
 
-def _one_block(x, metric, q, rules, n, columns, f32_keys, euclidean, counters) -> None:
+def _one_block(sims: Similarities, q, rules, n, columns, f32_keys, euclidean, counters) -> None:
     """Similarities of the queries ``q`` once (all columns or only the needed ones), then every rule set ranked."""
     q = np.ascontiguousarray(q, dtype=np.int64)
     cols = _columns_for(q, rules, n) if columns == "auto" else None
     if cols is None:
-        cols = np.arange(n, dtype=np.int64)
-        block = _core.similarity_block(x, metric, q)
+        block = sims.block(q)
         counters["full_blocks"] += 1
     else:
-        # rows are prepared (normalised) one by one, so the sub-matrix gives the same values as the full one
-        block = _core.similarity_block(np.ascontiguousarray(x[cols]), metric, np.searchsorted(cols, q))
+        block = sims.block(q, cols)
         counters["reduced_blocks"] += 1
-    counters["similarities"] += block.size
+    counters["similarities"] += int(block.shape[0]) * int(block.shape[1])
+    all_cols = np.arange(n, dtype=np.int64) if cols is None else cols
     for r in rules:
         w = np.ascontiguousarray(r.m[q] > 0)
-        out = np.empty(len(q))
-        _rank_block(block, q, w, cols, r.active, r.ps, r.pd_, r.ns, r.nd, f32_keys, euclidean, out)
+        if sims.torch_ranking:
+            out = rank_block_torch(block, q, w, cols, r.torch, f32_keys, euclidean)
+        else:
+            out = np.empty(len(q))
+            _rank_block(block, q, w, all_cols, r.active, r.ps, r.pd_, r.ns, r.nd, f32_keys, euclidean, out)
         r.ap[q[w]] = out[w]
 
 
@@ -274,11 +282,18 @@ def evaluate_many(
     ties: str = "copairs",
     columns: str = "auto",
     stats: dict | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
+    emulate: bool = False,
+    device_block_bytes: int = DEFAULT_DEVICE_BLOCK_BYTES,
 ) -> dict[str, pd.DataFrame]:
     """Per-query AP for every rule set from one pass of similarity blocks (see the module docstring).
 
     ``stats``, when a dict, receives ``full_blocks``, ``reduced_blocks`` and ``similarities`` (the number
-    of similarity values computed), so a caller can see which path ran.
+    of similarity values computed), so a caller can see which path ran, and ``device``.
+    ``precision`` / ``emulate``: the similarity GEMM's arithmetic (:mod:`phenovec.evaluate.precision`; "fp32"
+    is exact). ``device``: "cpu" (default), "cuda", "auto" or "torch-cpu" (:mod:`phenovec.evaluate.backend`);
+    ``device_block_bytes`` bounds a torch block's temporaries.
     """
     if not isinstance(rule_sets, Mapping) or not rule_sets:
         raise ValueError("rule_sets: expected a non-empty mapping of name -> rules")
@@ -304,17 +319,23 @@ def evaluate_many(
         wanted |= r.m > 0
     queries = _query_order(np.flatnonzero(wanted).astype(np.int64), rules)
     f32_keys, euclidean = ties == "copairs", metric == "euclidean"
-    step = block_rows_for(n, x.itemsize, block_bytes)
-    counters = {"full_blocks": 0, "reduced_blocks": 0, "similarities": 0}
+    sims = Similarities(x, metric, precision, device, emulate)
+    if sims.torch_ranking:
+        for r in rules:
+            r.torch = TorchRules(r, sims.tdev)
+        step = sims.block_rows(n, block_bytes, device_block_bytes)
+    else:
+        step = block_rows_for(n, sims.itemsize, block_bytes)
+    counters = {"full_blocks": 0, "reduced_blocks": 0, "similarities": 0, "device": sims.device}
     for s in range(0, len(queries), step):
         chunk = queries[s : s + step]
         if columns == "auto" and len(chunk) > REDUCED_QUERY_ROWS:
             # probe one small block: when its candidate columns are few, take the chunk in small reduced blocks
             if _columns_for(chunk[:REDUCED_QUERY_ROWS], rules, n) is not None:
                 for t in range(0, len(chunk), REDUCED_QUERY_ROWS):
-                    _one_block(x, metric, chunk[t : t + REDUCED_QUERY_ROWS], rules, n, columns, f32_keys, euclidean, counters)
+                    _one_block(sims, chunk[t : t + REDUCED_QUERY_ROWS], rules, n, columns, f32_keys, euclidean, counters)
                 continue
-        _one_block(x, metric, chunk, rules, n, columns, f32_keys, euclidean, counters)
+        _one_block(sims, chunk, rules, n, columns, f32_keys, euclidean, counters)
     if stats is not None:
         stats.update(counters)
     results = {}

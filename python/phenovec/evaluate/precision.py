@@ -1,0 +1,112 @@
+"""Reduced-precision similarity GEMMs: which precision can run where, and how its inputs are rounded.
+
+``precision`` names the arithmetic of the similarity GEMM only; the rows are prepared (normalised, centred,
+ranked) in float32 or better and the rank comparisons are made on float32 keys (or the float type of the
+similarities with ``ties="exact"``):
+
+- ``"fp32"`` (default): the exact path, the GEMM in the input's float type (float32, or float64 for float64
+  input); on the CPU it is the Rust core, unchanged.
+- ``"bf16"``: GEMM inputs rounded to bfloat16 (8-bit significand), products accumulated in float32. On the CPU
+  through oneDNN (PyTorch's ``mkldnn.matmul.fp32_precision = "bf16"``: AMX / AVX512-BF16), refused on a CPU
+  without AVX512-BF16 or AMX; on CUDA a bf16 GEMM with float32 output.
+- ``"fp16"``: inputs rounded to float16 (11-bit significand), float32 accumulation: CUDA only.
+- ``"tf32"``: inputs rounded to TensorFloat-32 (11-bit significand, float32 range): CUDA compute capability
+  >= 8.0 only.
+
+``emulate=True`` runs any precision anywhere by rounding the prepared rows to it (round to nearest even, as the
+hardware converts) and multiplying in float32: the same values as the hardware path up to the order of the
+float32 sums, without its speed. It exists to measure the effect of a precision on a machine that lacks it.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
+
+
+def check_precision_name(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX tiles, as PyTorch detects them (False without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    cpu = torch.cpu
+    probes = [getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None)]
+    return torch.backends.mkldnn.is_available() and any(p is not None and p() for p in probes)
+
+
+def check_precision(precision: str, device: str, emulate: bool = False) -> None:
+    """Raise a ValueError saying why ``precision`` cannot run on ``device`` ("cpu", "torch-cpu", "cuda[:k]")."""
+    check_precision_name(precision)
+    if precision == "fp32" or emulate:
+        return
+    if not device.startswith("cuda"):
+        if precision == "bf16":
+            if not cpu_has_bf16():
+                raise ValueError("precision='bf16' cannot run on this CPU: it has neither AVX512-BF16 nor AMX (as "
+                                 "PyTorch detects them); use precision='fp32', a CUDA device, or emulate=True to "
+                                 "measure the effect of bf16 without its speed")
+            return
+        raise ValueError(f"precision={precision!r} cannot run on the CPU (a CUDA tensor-core format; PyTorch has no "
+                         f"CPU GEMM with {precision} inputs and float32 accumulation): use 'fp32' or 'bf16' on the "
+                         f"CPU, device='cuda', or emulate=True to measure its effect without its speed")
+    import torch
+
+    index = torch.device(device).index or 0
+    major, minor = torch.cuda.get_device_capability(index)
+    name = torch.cuda.get_device_name(index)
+    if precision == "tf32" and major < 8:
+        raise ValueError(f"precision='tf32' needs CUDA compute capability >= 8.0; {name} has {major}.{minor}")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision='bf16' is not supported by {name} (compute capability {major}.{minor})")
+
+
+def round_to(z: np.ndarray, precision: str) -> np.ndarray:
+    """float32 copy of ``z`` with every value rounded to ``precision`` (round to nearest, ties to even)."""
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    if precision == "fp32":
+        return z.copy()
+    if precision == "fp16":
+        return z.astype(np.float16).astype(np.float32)
+    drop = {"bf16": 16, "tf32": 13}[check_precision_name(precision)]  # float32 has 23 significand bits
+    bits = z.view(np.uint32).astype(np.uint64)
+    half = np.uint64(1 << (drop - 1))
+    lsb = (bits >> np.uint64(drop)) & np.uint64(1)
+    rounded = ((bits + half - np.uint64(1) + lsb) >> np.uint64(drop)) << np.uint64(drop)
+    return (rounded & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+
+
+@contextlib.contextmanager
+def matmul_mode(precision: str, device: str, emulate: bool = False):
+    """PyTorch's float32 matmul settings for one GEMM in ``precision`` (restored afterwards).
+
+    fp32 and emulated precisions force IEEE float32 (no TF32 / bf16 shortcuts); CPU bf16 asks oneDNN for bf16
+    inputs with float32 accumulation; CUDA tf32 allows TF32 tensor cores.
+    """
+    import torch
+
+    cpu_mode = "bf16" if (precision == "bf16" and not emulate and not device.startswith("cuda")) else "none"
+    cuda_tf32 = precision == "tf32" and not emulate and device.startswith("cuda")
+    mk = torch.backends.mkldnn.matmul
+    old_cpu = getattr(mk, "fp32_precision", None)
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        if old_cpu is not None:
+            mk.fp32_precision = cpu_mode
+        elif cpu_mode == "bf16":
+            raise ValueError("precision='bf16' on the CPU needs PyTorch's torch.backends.mkldnn.matmul.fp32_precision "
+                             f"(PyTorch >= 2.9; this is {torch.__version__})")
+        torch.backends.cuda.matmul.allow_tf32 = cuda_tf32
+        yield
+    finally:
+        if old_cpu is not None:
+            mk.fp32_precision = old_cpu
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
