@@ -43,6 +43,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--pcs", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ncores", type=int, default=0)
+    ap.add_argument("--device", default=None, help="phenovec's device: none (the exact CPU kernels, default), cuda, "
+                                                   "cpu (PyTorch) or auto")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -53,10 +55,10 @@ def main(argv=None) -> dict:
     logging.getLogger("harmonypy").setLevel(logging.WARNING)
     vars_use = ["Metadata_Plate", "Metadata_Row", "Metadata_Source"]
     x, meta = synthetic(2000, args.pcs, seed=1)
-    run_harmony(x, meta, vars_use, ncores=args.ncores)  # warm-up (Numba compile / cache load)
+    run_harmony(x, meta, vars_use, ncores=args.ncores, device=args.device)  # warm-up (Numba compile / cache load)
     out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "load_average": list(os.getloadavg())},
-           "pcs": args.pcs, "batch_variables": vars_use, "ncores": args.ncores, "runs": []}
+           "pcs": args.pcs, "device": args.device, "batch_variables": vars_use, "ncores": args.ncores, "runs": []}
     for n in args.cells:
         x, meta = synthetic(n, args.pcs)
         times = {"harmonypy": [], "phenovec": []}
@@ -68,7 +70,7 @@ def main(argv=None) -> dict:
                 if who == "harmonypy":
                     ref = harmonypy.run_harmony(x, meta, vars_use, verbose=False, ncores=args.ncores)
                 else:
-                    ours = run_harmony(x, meta, vars_use, ncores=args.ncores)
+                    ours = run_harmony(x, meta, vars_use, ncores=args.ncores, device=args.device)
                 times[who].append(time.perf_counter() - t)
         zr, zo = ref.Z_corr, ours.Z_corr
         hp, pv = statistics.median(times["harmonypy"]), statistics.median(times["phenovec"])

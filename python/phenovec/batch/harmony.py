@@ -268,6 +268,7 @@ def run_harmony(
     random_state=0,
     ncores=0,
     init_centroids=None,
+    device=None,
 ) -> Harmony:
     """Harmony batch correction: harmonypy 2.1.0's ``run_harmony`` (same arguments and defaults, except
     ``verbose=False``) with its numbers (module docstring).
@@ -355,6 +356,21 @@ def run_harmony(
     sigma32 = sigma_v.astype(np.float32)
     lamb32 = None if estimate else lamb_v.astype(np.float32)
 
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else None
+    if device is not None:
+        from phenovec.batch.harmony_torch import harmonize_torch
+
+        with _threads(ncores, n):  # the initialisation and the ridge systems stay on the CPU
+            state = harmonize_torch(
+                device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
+                float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
+                _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids)
+        state["labels"] = labels
+        state["vars_use"] = vars_use
+        return Harmony(state)
     with _threads(ncores, n):
         state = _harmonize(
             kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
@@ -382,20 +398,7 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
     n_batches = int(phi_n.sum())
     z_corr = z_orig.copy()
     kern.normalise_rows(z_corr)
-
-    if init_centroids is None:
-        y, mt = harmony_initial_centroids(z_corr, k, random_state)
-    else:
-        y = np.array(init_centroids, dtype=np.float32)
-        if y.shape != (k, d):
-            if y.shape == (d, k):
-                y = np.ascontiguousarray(y.T)
-            else:
-                raise ValueError(f"init_centroids must be nclust x d = {k} x {d}, got shape {y.shape}")
-        if not np.isfinite(y).all():
-            raise ValueError("init_centroids must be finite")
-        mt = kern.mt_seed(np.int64(random_state & 0xFFFFFFFF))
-        kern.mt_uniform01(mt, np.empty(k + k * n, np.float32))  # the draws harmonypy's initialisation makes
+    y, mt = start_centroids(z_corr, k, random_state, init_centroids)
     init = y.copy()
     kern.normalise_rows(y)
 
@@ -449,6 +452,26 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
         raise FloatingPointError("Harmony numerical error: corrected coordinates must be finite")
     return {"z_corr": z_corr, "z_orig": z_orig, "r": r, "y": y, "objective_harmony": obj_harmony,
             "objective_kmeans": obj_kmeans, "kmeans_rounds": rounds, "init_centroids": init}
+
+
+def start_centroids(z_cos: np.ndarray, k: int, random_state: int, init_centroids=None):
+    """(K x d float32 centroids, generator state): harmonypy's initialisation, or ``init_centroids`` with the
+    generator advanced past the draws harmonypy's initialisation makes."""
+    kern = load_kernel("harmony")
+    n, d = z_cos.shape
+    if init_centroids is None:
+        return harmony_initial_centroids(z_cos, k, random_state)
+    y = np.array(init_centroids, dtype=np.float32)
+    if y.shape != (k, d):
+        if y.shape == (d, k):
+            y = np.ascontiguousarray(y.T)
+        else:
+            raise ValueError(f"init_centroids must be nclust x d = {k} x {d}, got shape {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("init_centroids must be finite")
+    mt = kern.mt_seed(np.int64(random_state & 0xFFFFFFFF))
+    kern.mt_uniform01(mt, np.empty(k + k * n, np.float32))  # the draws harmonypy's initialisation makes
+    return y, mt
 
 
 def _kmeans_converged(obj: list, window: int, eps) -> bool:
@@ -530,19 +553,27 @@ class _Ridge:
     def solve(self, r, o, e, y):
         """Solve every active cluster's system; set ``y``'s rows to the intercepts; return ``(M, used)`` with
         ``M[b, k]`` the correction direction of batch b in cluster k (float32)."""
+        return self.solve_sums(lambda: self.combination_sums(r), o, e, y, r.shape[1])
+
+    def combination_sums(self, r) -> np.ndarray:
+        """``S[g, k] = sum over combination g's cells of R[j, k] [z_j, 1]`` (G x K x (d+1), double)."""
+        k, d = r.shape[1], self.d
+        runs = np.empty((len(self.run_begin), k, d + 1))
+        load_kernel("harmony").weighted_sums(r, self.z, self.order, self.run_begin, self.run_end, runs)
+        if len(runs) == len(self.starts):  # one run per combination
+            return runs
+        # runs are in combination order
+        return np.add.reduceat(runs.reshape(len(runs), -1), self.combo_first_run, axis=0).reshape(-1, k, d + 1)
+
+    def solve_sums(self, combination_sums, o, e, y, k: int):
+        """:meth:`solve` from the combination sums (a callable, called only when some cluster is corrected)."""
         d = self.d
-        k = r.shape[1]
         keep, active = self.keeps(o)
         used = keep.any(axis=1)
         m = np.zeros((self.n_batches, k, d), np.float32)
         if not active.any():
             return m, used
-        runs = np.empty((len(self.run_begin), k, d + 1))
-        load_kernel("harmony").weighted_sums(r, self.z, self.order, self.run_begin, self.run_end, runs)
-        if len(runs) == len(self.starts):  # one run per combination
-            sums = runs
-        else:  # runs are in combination order
-            sums = np.add.reduceat(runs.reshape(len(runs), -1), self.combo_first_run, axis=0).reshape(-1, k, d + 1)
+        sums = combination_sums()
         flat = sums.reshape(len(sums), -1)
         rz = (self.h.T @ flat).reshape(self.n_batches, k, d + 1)  # per batch
         totals = sums[:, :, d]  # G x K

@@ -84,13 +84,15 @@ def harmony(
     epsilon_harmony: float = 1e-2,
     random_state: int = 0,
     ncores: int = 0,
+    device: str | None = None,
     image_features: bool = False,
     return_fit: bool = False,
     output_file: str | os.PathLike | None = None,
 ):
     """Harmony (:func:`phenovec.batch.harmony.run_harmony`, harmonypy 2.1.0's numbers) on the features, or on their
     first ``n_components`` principal components (sklearn PCA, then columns ``PC1..``); batch variables ``vars_use``
-    are metadata columns. Output: the corrected features under the same names."""
+    are metadata columns. ``device``: None (the exact CPU kernels), ``"cuda"`` / ``"cpu"`` (PyTorch) or ``"auto"``.
+    Output: the corrected features under the same names."""
     from phenovec.batch.harmony import run_harmony
 
     df = _load(profiles)
@@ -108,7 +110,7 @@ def harmony(
     h = run_harmony(x, df[vars_use].reset_index(drop=True), vars_use, theta=theta, lamb=lamb, sigma=sigma,
                     nclust=nclust, max_iter_harmony=max_iter_harmony, max_iter_kmeans=max_iter_kmeans,
                     epsilon_cluster=epsilon_cluster, epsilon_harmony=epsilon_harmony, random_state=random_state,
-                    ncores=ncores)
+                    ncores=ncores, device=device)
     fit = BatchFit("harmony", {"features": feats, "vars_use": vars_use, "n_components": n_components,
                                "random_state": random_state, "objective_harmony": h.objective_harmony,
                                "kmeans_rounds": h.kmeans_rounds}, {"centroids": h.Y.T})

@@ -1,0 +1,77 @@
+"""Harmony on a torch device (``run_harmony(device=...)``) against harmonypy 2.1.0 itself: the same algorithm, start
+and cell orders, other float rounding. Runs on torch's CPU device here; the CUDA test asks for a GPU at run time."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import harmonypy  # the peer, pinned in requirements/ci.txt
+from phenovec.batch.harmony import run_harmony
+from test_batch_harmony import _data
+
+logging.getLogger("harmonypy").setLevel(logging.WARNING)
+
+CASES = [
+    (["Metadata_Plate"], {}),
+    (["Metadata_Plate", "Metadata_Row", "Metadata_Source"], {"nclust": 12, "theta": [2.0, 1.0, 1.0]}),
+    (["Metadata_Plate", "Metadata_Row"], {"lamb": 1.0, "sigma": 0.2, "block_size": 0.1, "tau": 5}),
+]
+
+
+def _close_to_harmonypy(x, meta, vars_use, kw, device):
+    ref = harmonypy.run_harmony(x, meta, vars_use, verbose=False, **kw)
+    ours = run_harmony(x, meta, vars_use, device=device, **kw)
+    scale = np.abs(ref.Z_corr).max()
+    assert np.abs(ours.Z_corr - ref.Z_corr).max() <= 2e-6 * scale
+    assert ours.kmeans_rounds == list(ref.kmeans_rounds)
+    np.testing.assert_allclose(ours.objective_harmony, ref.objective_harmony, rtol=2e-5)
+    np.testing.assert_allclose(ours.R, ref.R, atol=2e-5)
+    np.testing.assert_allclose(ours.Y, ref.Y, atol=2e-5)
+    return ours, ref
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one torch thread is faster on a shared machine (restored after the test)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("vars_use,kw", CASES)
+def test_torch_cpu_device_matches_harmonypy(vars_use, kw, one_torch_thread):
+    x, meta = _data(n=600, seed=4)
+    ours, ref = _close_to_harmonypy(x, meta, vars_use, kw, "cpu")
+    # and it corrected something: the result is not the input
+    assert np.abs(ours.Z_corr - x).max() > 0.1
+
+
+def test_torch_path_can_fail_a_wrong_answer():
+    """The comparison above can fail: another seed's run (other centroids and orders) is not within tolerance."""
+    x, meta = _data(n=600, seed=4)
+    ref = harmonypy.run_harmony(x, meta, ["Metadata_Plate"], verbose=False)
+    other = run_harmony(x, meta, ["Metadata_Plate"], device="cpu", random_state=7)
+    assert np.abs(other.Z_corr - ref.Z_corr).max() > 2e-6 * np.abs(ref.Z_corr).max()
+
+
+def test_auto_and_missing_cuda():
+    x, meta = _data(n=300, seed=5)
+    auto = run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device="auto")
+    exact = run_harmony(x, meta, ["Metadata_Plate"], nclust=8)
+    if torch.cuda.is_available():
+        np.testing.assert_allclose(auto.Z_corr, exact.Z_corr, atol=1e-4)
+    else:  # auto falls back to the exact CPU kernels: the same bits
+        assert np.array_equal(auto.Z_corr, exact.Z_corr)
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device="cuda")
+
+
+def test_cuda_device_matches_harmonypy():
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU (CUDA) visible to torch")
+    x, meta = _data(n=2000, seed=6)
+    _close_to_harmonypy(x, meta, ["Metadata_Plate", "Metadata_Row"], {}, "cuda")
