@@ -183,7 +183,7 @@ def keys_torch(s, f32_keys: bool, euclidean: bool):
 
 def rank_block_torch(s, q: np.ndarray, want: np.ndarray, cols: np.ndarray | None, rules: TorchRules,
                      f32_keys: bool, euclidean: bool) -> np.ndarray:
-    """AP of the wanted queries of one block ``s`` (a torch tensor, rows ``q``, columns ``cols`` or all).
+    """(AP, Mann-Whitney U) of the wanted queries of one block ``s`` (a torch tensor, rows ``q``, columns ``cols`` or all).
 
     For each query: its positive keys sorted ascending (padded with +inf), and for every negative the number of
     positives at or above it (``searchsorted``); the histogram of those numbers is all AP needs. The histogram
@@ -203,7 +203,7 @@ def rank_block_torch(s, q: np.ndarray, want: np.ndarray, cols: np.ndarray | None
     mp = pos.sum(dim=1)
     m_max = int(mp.max()) if len(q) else 0
     if m_max == 0:
-        return np.full(len(q), np.nan)
+        return np.full(len(q), np.nan), np.full(len(q), np.nan)
     inf = torch.tensor(float("inf"), dtype=key.dtype, device=tdev)
     asc = torch.topk(torch.where(pos, key, inf), m_max, dim=1, largest=False, sorted=True).values.contiguous()
     lo = torch.searchsorted(asc, key.contiguous(), side="left")  # first positive >= the negative's key
@@ -216,18 +216,31 @@ def rank_block_torch(s, q: np.ndarray, want: np.ndarray, cols: np.ndarray | None
 
 
 @numba.njit(cache=True)
-def ap_from_counts(cnt: np.ndarray, mp: np.ndarray) -> np.ndarray:
-    """AP per row from ``cnt[t, k]`` = negatives with exactly k positives at or above them (Numba kernel's sum)."""
-    out = np.empty(cnt.shape[0])
+def ap_and_u(cnt: np.ndarray, mp: int, mn: int) -> tuple[float, float]:
+    """AP and Mann-Whitney U of one query from ``cnt[k]`` = its negatives with exactly k positives at or above them.
+
+    AP sums precision at each positive in rank order; U counts (positive, negative) pairs with the positive first
+    (ties: positive first, as AP ranks them), so ROC-AUC = U / (mp * mn).
+    """
+    total = 0.0
+    above = 0
+    u = 0
+    for k in range(mp):
+        above += cnt[k]
+        total += np.float64(k + 1) / np.float64(k + above + 1)
+        u += mn - above
+    return total / mp, np.float64(u)
+
+
+@numba.njit(cache=True)
+def ap_from_counts(cnt: np.ndarray, mp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AP and U per row from ``cnt[t, k]`` (``ap_and_u``); NaN where a row has no positive."""
+    ap = np.empty(cnt.shape[0])
+    u = np.empty(cnt.shape[0])
     for t in range(cnt.shape[0]):
-        m = mp[t]
-        if m == 0:
-            out[t] = np.nan
+        if mp[t] == 0:
+            ap[t] = np.nan
+            u[t] = np.nan
             continue
-        total = 0.0
-        above = 0
-        for k in range(m):
-            above += cnt[t, k]
-            total += np.float64(k + 1) / np.float64(k + above + 1)
-        out[t] = total / m
-    return out
+        ap[t], u[t] = ap_and_u(cnt[t], mp[t], cnt[t].sum())
+    return ap, u

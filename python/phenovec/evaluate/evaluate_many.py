@@ -39,8 +39,9 @@ import pandas as pd
 
 from phenovec import _core
 from phenovec.evaluate.average_precision import TIES, UnpairedError, _inputs, normalize_ap
-from phenovec.evaluate.backend import DEFAULT_DEVICE_BLOCK_BYTES, Similarities, TorchRules, rank_block_torch
+from phenovec.evaluate.backend import DEFAULT_DEVICE_BLOCK_BYTES, Similarities, TorchRules, ap_and_u, rank_block_torch
 from phenovec.evaluate.pairs import DEFAULT_BLOCK_BYTES, PairRules, block_rows_for
+from phenovec.evaluate.roc_auc import METHODS as ROC_AUC_METHODS, add_roc_auc
 from phenovec.evaluate.similarity import check_metric
 from phenovec.io.row_filter import filter_mask
 
@@ -72,8 +73,8 @@ def _key(s, f32_keys, euclidean):
 
 
 @numba.njit(parallel=True, cache=True)
-def _rank_block(block, queries, want, cols, active, ps, pd_, ns, nd, f32_keys, euclidean, ap_out):
-    """AP of each wanted query (row t of ``block``; ``cols`` are the global rows of its columns)."""
+def _rank_block(block, queries, want, cols, active, ps, pd_, ns, nd, f32_keys, euclidean, ap_out, u_out):
+    """AP and Mann-Whitney U of each wanted query (row t of ``block``; ``cols`` are the global rows of its columns)."""
     nc = cols.shape[0]
     for t in numba.prange(queries.shape[0]):
         if not want[t]:
@@ -99,6 +100,7 @@ def _rank_block(block, queries, want, cols, active, ps, pd_, ns, nd, f32_keys, e
                     mn += 1
         if mp == 0:
             ap_out[t] = np.nan
+            u_out[t] = np.nan
             continue
         asc = np.sort(pos[:mp])
         cnt = np.zeros(mp + 1, np.int64)
@@ -114,12 +116,7 @@ def _rank_block(block, queries, want, cols, active, ps, pd_, ns, nd, f32_keys, e
                 else:
                     hi = mid
             cnt[mp - lo] += 1
-        total = 0.0
-        above = 0
-        for k in range(mp):
-            above += cnt[k]
-            total += np.float64(k + 1) / np.float64(k + above + 1)
-        ap_out[t] = total / mp
+        ap_out[t], u_out[t] = ap_and_u(cnt, mp, mn)
 
 
 @dataclass
@@ -134,6 +131,7 @@ class _Rule:
     m: np.ndarray = None
     l: np.ndarray = None
     ap: np.ndarray = None
+    u: np.ndarray = None  # Mann-Whitney U: (positive, negative) pairs with the positive ranked first
     terms: list = None  # [positive terms, negative terms] of _terms
     torch: object = None  # TorchRules on the torch path
 
@@ -266,11 +264,12 @@ def _one_block(sims: Similarities, q, rules, n, columns, f32_keys, euclidean, co
     for r in rules:
         w = np.ascontiguousarray(r.m[q] > 0)
         if sims.torch_ranking:
-            out = rank_block_torch(block, q, w, cols, r.torch, f32_keys, euclidean)
+            out, u = rank_block_torch(block, q, w, cols, r.torch, f32_keys, euclidean)
         else:
-            out = np.empty(len(q))
-            _rank_block(block, q, w, all_cols, r.active, r.ps, r.pd_, r.ns, r.nd, f32_keys, euclidean, out)
+            out, u = np.empty(len(q)), np.empty(len(q))
+            _rank_block(block, q, w, all_cols, r.active, r.ps, r.pd_, r.ns, r.nd, f32_keys, euclidean, out, u)
         r.ap[q[w]] = out[w]
+        r.u[q[w]] = u[w]
 
 
 def evaluate_many(
@@ -286,6 +285,8 @@ def evaluate_many(
     device: str = "cpu",
     emulate: bool = False,
     device_block_bytes: int = DEFAULT_DEVICE_BLOCK_BYTES,
+    roc_auc: bool = False,
+    roc_auc_method: str = "auto",
 ) -> dict[str, pd.DataFrame]:
     """Per-query AP for every rule set from one pass of similarity blocks (see the module docstring).
 
@@ -293,12 +294,16 @@ def evaluate_many(
     of similarity values computed), so a caller can see which path ran, and ``device``.
     ``precision`` / ``emulate``: the similarity GEMM's arithmetic (:mod:`phenovec.evaluate.precision`; "fp32"
     is exact). ``device``: "cpu" (default), "cuda", "auto" or "torch-cpu" (:mod:`phenovec.evaluate.backend`);
-    ``device_block_bytes`` bounds a torch block's temporaries.
+    ``device_block_bytes`` bounds a torch block's temporaries. ``roc_auc``: add ``roc_auc``, ``mann_whitney_u``
+    and ``roc_auc_p_value`` from the same ranked lists (:mod:`phenovec.evaluate.roc_auc`; ``roc_auc_method``
+    "auto" | "exact" | "asymptotic").
     """
     if not isinstance(rule_sets, Mapping) or not rule_sets:
         raise ValueError("rule_sets: expected a non-empty mapping of name -> rules")
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    if roc_auc_method not in ROC_AUC_METHODS:
+        raise ValueError(f"roc_auc_method must be one of {ROC_AUC_METHODS}, got {roc_auc_method!r}")
     if columns not in COLUMNS:
         raise ValueError(f"columns must be one of {COLUMNS}, got {columns!r}")
     metric = check_metric(distance)
@@ -314,6 +319,7 @@ def evaluate_many(
         if (r.l - r.m).sum() == 0:
             raise UnpairedError(f"rule set {r.name!r}: unable to find negative pairs: no two rows satisfy neg_sameby/neg_diffby")
         r.ap = np.full(n, np.nan)
+        r.u = np.full(n, np.nan)
     wanted = np.zeros(n, dtype=bool)
     for r in rules:
         wanted |= r.m > 0
@@ -348,5 +354,7 @@ def evaluate_many(
         norm = normalize_ap(np.nan_to_num(ap), m, l)
         norm[np.isnan(ap)] = np.nan
         df["normalized_average_precision"] = norm
+        if roc_auc:
+            add_roc_auc(df, r.u[r.rows], roc_auc_method)
         results[r.name] = df
     return results
