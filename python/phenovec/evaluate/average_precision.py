@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from phenovec import _core
-from phenovec.evaluate.null import null_distributions, unique_configs
+from phenovec.evaluate.exact_null import exact_p_values
+from phenovec.evaluate.null import NULL_METHODS, null_distributions, unique_configs
 from phenovec.evaluate.pairs import DEFAULT_BLOCK_BYTES, PairRules, Units, block_rows_for
 from phenovec.evaluate.similarity import as_features, as_profiles, check_metric
 
@@ -183,18 +184,30 @@ def multilabel_average_precision(
 
 def p_values(ap_scores: pd.DataFrame, null_size: int, seed: int, null_method: str = "copairs",
              progress_bar: bool = False) -> np.ndarray:
-    """Per-query AP p-values: (#{null >= AP} + 1) / (null_size + 1) (copairs ``p_values``; NaN without positives)."""
+    """Per-query AP p-values: (#{null >= AP} + 1) / (null_size + 1) (copairs ``p_values``; NaN without positives).
+
+    ``null_method="exact"``: P(AP' >= AP) by enumeration where C(L, M) is small
+    (:mod:`phenovec.evaluate.exact_null`), the ``"fast"`` sampled estimate elsewhere.
+    """
     for c in ("average_precision", "n_pos_pairs", "n_total_pairs"):
         if c not in ap_scores.columns:
             raise KeyError(f"ap_scores: missing column {c!r} (pass the output of average_precision)")
+    if null_method not in NULL_METHODS + ("exact",):
+        raise ValueError(f"null_method must be one of {NULL_METHODS + ('exact',)}, got {null_method!r}")
     mask = (ap_scores["n_pos_pairs"] > 0).to_numpy()
     pvals = np.full(len(ap_scores), np.nan, dtype=np.float32 if null_method == "copairs" else np.float64)
     if not mask.any():
         return pvals
     scores = ap_scores["average_precision"].to_numpy()[mask]
-    confs, inv = unique_configs(ap_scores["n_pos_pairs"].to_numpy()[mask], ap_scores["n_total_pairs"].to_numpy()[mask])
-    nulls = null_distributions(confs, null_size, seed, null_method, progress_bar)
-    nulls.sort(axis=1)
-    num = null_size - np.array([np.searchsorted(nulls[i], s) for s, i in zip(scores, inv)])
-    pvals[mask] = (num + 1) / (null_size + 1)
+    m, l = ap_scores["n_pos_pairs"].to_numpy()[mask], ap_scores["n_total_pairs"].to_numpy()[mask]
+    out = exact_p_values(scores, m, l) if null_method == "exact" else np.full(len(scores), np.nan)
+    todo = np.isnan(out)
+    if todo.any():
+        confs, inv = unique_configs(m[todo], l[todo])
+        nulls = null_distributions(confs, null_size, seed, "fast" if null_method == "exact" else null_method,
+                                   progress_bar)
+        nulls.sort(axis=1)
+        num = null_size - np.array([np.searchsorted(nulls[i], s) for s, i in zip(scores[todo], inv)])
+        out[todo] = (num + 1) / (null_size + 1)
+    pvals[mask] = out
     return pvals
