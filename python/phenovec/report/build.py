@@ -54,6 +54,7 @@ def build_report(
     umap: bool = False,
     compare: dict | None = None,
     batch_effects: bool = True,
+    moaprofiler: bool = False,
 ) -> ReportPaths:
     """Evaluate well-level profiles and write ``OUT_DIR/NAME.html`` and ``OUT_DIR/NAME.json``.
 
@@ -76,7 +77,12 @@ def build_report(
     the treated wells (batch = plate, label = MOA) get their own section (:mod:`phenovec.report.batch_effects`);
     ``compare`` (name -> profile table or path of the same wells, matched by plate and well) adds other embeddings
     of those wells to it, e.g. the profiles before processing or after Harmony.
+
+    **MOAProfiler.** ``moaprofiler=True`` adds Wong et al. 2023's evaluation protocol on the evaluated wells, the
+    treatment column read as the compound (:mod:`phenovec.report.moaprofiler`).
     """
+    if compare and not batch_effects:
+        raise ValueError("compare: needs batch_effects=True (the tables are compared in the batch-effect section)")
     if evaluate_on not in ("held_out", "all"):
         raise ValueError(f"evaluate_on must be 'held_out' or 'all', got {evaluate_on!r}")
     timings = {}
@@ -109,8 +115,12 @@ def build_report(
         t0 = time.perf_counter()
         res.batch_effects = integration(inp, compare, seed=seed, notes=res.notes)
         timings["batch_effects"] = round(time.perf_counter() - t0, 4)
-    elif compare:
-        raise ValueError("compare: needs batch_effects=True (the tables are compared in the batch-effect section)")
+    if moaprofiler:
+        from phenovec.report.moaprofiler import moaprofiler_section
+
+        t0 = time.perf_counter()
+        res.moaprofiler = moaprofiler_section(inp, primary, split_column=split_column, seed=seed, notes=res.notes)
+        timings["moaprofiler"] = round(time.perf_counter() - t0, 4)
     t0 = time.perf_counter()
     figures = all_figures(res)
     timings["figures"] = round(time.perf_counter() - t0, 4)

@@ -32,6 +32,8 @@ def add_report_parser(stages) -> argparse.ArgumentParser:
                         "batch-effect section, e.g. raw=wells_raw.parquet harmony=wells_harmony.parquet")
     p.add_argument("--no-batch-effects", action="store_true",
                    help="leave out the batch-effect section (integration metrics, batch = plate, label = MOA)")
+    p.add_argument("--moaprofiler", action="store_true",
+                   help="add MOAProfiler's evaluation protocol (Wong et al. 2023; the treatment column is the compound)")
     p.add_argument("--provenance", help="JSON file of run provenance (config, hashes, timings) to embed")
     add_quiet(p)
     p.set_defaults(run=run_report)
@@ -68,6 +70,6 @@ def run_report(a) -> dict:
                          control_query=a.control, control_key="--control", plate_column=a.plate_column,
                          features=a.features if a.features else "infer", provenance=prov, similarity=a.similarity,
                          null_size=a.null_size, seed=a.seed, threshold=a.threshold,
-                         compare=compare or None, batch_effects=not a.no_batch_effects)
+                         compare=compare or None, batch_effects=not a.no_batch_effects, moaprofiler=a.moaprofiler)
     print(paths.html)
     return {"html": str(paths.html), "json": str(paths.json)}

@@ -219,6 +219,35 @@ def _batch_section(r: ReportMetrics, figure: str) -> str:
             + _table(scores) + figure + "<h3>Each metric</h3>" + _table(wide))
 
 
+MOAPROFILER_LINES = (
+    ("intra", "mean Pearson r, same MOA"), ("inter", "mean Pearson r, different MOA"), ("delta", "delta"),
+    ("pcc_same_compound", "same compound"), ("pcc_same_moa", "same MOA, other compound"),
+    ("pcc_different_moa", "different MOA"), ("class_latent_f1", "class-latent assignment F1"),
+    ("knn_f1_k1", "k-NN weighted F1 at k = 1"), ("knn_best_f1", "k-NN best weighted F1"),
+    ("enrichment_99", "enrichment odds ratio at the 99th percentile"),
+    ("holdout_individual_vote", "hold-out compounds identified, individual vote"),
+    ("holdout_aggregated_vote", "hold-out compounds identified, aggregated vote"),
+    ("holdout_baseline", "hold-out chance (1 / MOAs)"))
+
+
+def _moaprofiler_section(r: ReportMetrics, figure: str) -> str:
+    sec = r.moaprofiler
+    if sec is None:
+        return ""
+    s = sec.summary
+    lines = {label: (f"{s[k]:.3g}" if isinstance(s[k], float) else str(s[k])) for k, label in MOAPROFILER_LINES
+             if s.get(k) is not None}
+    if "holdout_n_compounds" in s:
+        lines["hold-out compounds"] = f"{s['holdout_n_compounds']} of {s.get('holdout_n_test_moas')} MOAs"
+    explain = (f"Wong et al. 2023's protocol on {sec.wells} evaluated wells ({sec.compounds} compounds, {sec.moas} "
+               "MOAs with two or more compounds; controls left out), Pearson correlation. The hold-out "
+               "identification predicts each held-out compound's MOA from the training wells' MOA medians.")
+    return ("<h2>MOAProfiler evaluation</h2>" + f'<p class="explain">{html.escape(explain)}</p>' + _kv(lines)
+            + figure + ("<h3>Hold-out compounds</h3>" + _table(sec.holdout) if sec.holdout is not None else "")
+            + "<details><summary>Per MOA: intra / inter similarity</summary>" + _table(sec.delta_per_moa)
+            + "</details>")
+
+
 def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: str = "phenovec report") -> str:
     """The whole page as a string (see the module docstring)."""
     figs = {f.key: _figure(f) for f in figures}
@@ -279,6 +308,7 @@ def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: s
         ("<h2>Training</h2>" + figs_of("training_curve")) if "training_curve" in figs else "",
         _assay_section(r, figs_of("assays")),
         _batch_section(r, figs_of("batch_effects")),
+        _moaprofiler_section(r, figs_of(*[k for k in figs if k.startswith("moaprofiler_")])),
         ("<h2>Quality control</h2>" + "".join(qc_parts)) if qc_parts else "",
         "<h2>Settings</h2>", _kv(settings),
         "<details><summary>Provenance (versions, inputs, timings, configuration)</summary>",

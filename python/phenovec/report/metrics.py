@@ -68,6 +68,7 @@ class ReportMetrics:
     qc_wells: pd.DataFrame | None = None
     qc_flagged: pd.DataFrame | None = None
     batch_effects: Any = None  # phenovec.report.batch_effects.BatchEffects or None
+    moaprofiler: Any = None  # phenovec.report.moaprofiler.MoaProfilerSection or None
 
 
 def activity_table(inp: ReportInput) -> pd.DataFrame:

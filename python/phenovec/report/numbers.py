@@ -17,6 +17,7 @@ Layout (``schema`` = ``phenovec.report/1``)::
     qc:             {cells_per_well: [...], flagged_wells: [...], edge: {inside: n, ...}} or null
     training:       the training run's per-epoch table or null; dataset: its name or null
     batch_effects:  {wells, plates, labels, methods, scaled, scores: [...], metrics: [...]} or null
+    moaprofiler:    {wells, moas, compounds, summary, delta_per_moa, groups, knn, enrichment, holdout} or null
 
 A metric that could not be computed is ``null`` and ``notes`` says why.
 """
@@ -98,6 +99,11 @@ def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
             "wells": r.batch_effects.wells, "plates": r.batch_effects.plates, "labels": r.batch_effects.labels,
             "methods": r.batch_effects.methods, "scaled": r.batch_effects.scaled,
             "scores": r.batch_effects.scores, "metrics": r.batch_effects.table},
+        "moaprofiler": None if r.moaprofiler is None else {
+            "wells": r.moaprofiler.wells, "moas": r.moaprofiler.moas, "compounds": r.moaprofiler.compounds,
+            "summary": r.moaprofiler.summary, "delta_per_moa": r.moaprofiler.delta_per_moa,
+            "groups": r.moaprofiler.groups, "knn": r.moaprofiler.knn, "enrichment": r.moaprofiler.enrichment,
+            "holdout": r.moaprofiler.holdout},
         "provenance": provenance,
     }
     return clean(doc)
