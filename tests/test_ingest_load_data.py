@@ -216,3 +216,42 @@ def test_real_cpjump1_image_table(tmp_path):
     assert a.crops > 50
     np.testing.assert_array_equal(zarr.open_array(str(a.out / "crops.zarr"))[:],
                                   zarr.open_array(str(b.out / "crops.zarr"))[:])
+
+
+def test_frame_columns_pick_pages_of_one_multipage_tiff(plate, tmp_path):
+    """``Frame_Orig<Ch>``: every channel of a site in one multi-page TIFF (page = channel)."""
+    import tifffile
+
+    from phenovec import _core
+
+    ours = read_image_index(plate["index"], CHANNELS)
+    df = _gallery_table(plate, "path").drop(columns=[f"{k}_Orig{c}" for k in ("FileName", "PathName") for c in CHANNELS])
+    order = list(reversed(CHANNELS))  # pages stored in another order than the channels are asked
+    for s in range(len(ours)):
+        tifffile.imwrite(tmp_path / f"site{s}.tif", np.stack([_core.decode_image(ours.paths[s][CHANNELS.index(c)])
+                                                              for c in order]))
+    for c in CHANNELS:
+        df[f"FileName_Orig{c}"] = [f"site{s}.tif" for s in range(len(ours))]
+        df[f"Frame_Orig{c}"] = order.index(c)
+    df.to_csv(tmp_path / "load_data.csv", index=False)
+    ld = read_load_data(tmp_path / "load_data.csv")
+    assert ld.site_frames(0) == [order.index(c) for c in CHANNELS]
+    np.testing.assert_array_equal(_crops(ld, plate, tmp_path / "a"), _crops(ours, plate, tmp_path / "b"))
+
+
+def test_profile_runs_on_a_gallery_csv(plate, tmp_path):
+    """``profile`` reads the LoadData CSV like an index: the same embeddings as from the synth index."""
+    from phenovec.export import export_onnx
+    from phenovec.profile import profile_sites
+    from phenovec.train.models import build_model
+
+    onnx = tmp_path / "m.onnx"
+    export_onnx(build_model("resnet_tiny", len(CHANNELS), 3, seed=0).eval(), onnx, channels=list(CHANNELS),
+                crop_size=32, intensity={"input_scaling": "minmax", "dtype_max": 65535.0}, parity=False)
+    csv = tmp_path / "load_data.csv"
+    _gallery_table(plate, "uri").to_csv(csv, index=False)
+    a = profile_sites(onnx, csv, plate["nuclei"], tmp_path / "a", progress=False)
+    b = profile_sites(onnx, plate["index"], plate["nuclei"], tmp_path / "b", progress=False)
+    assert a.embedded == b.embedded > 0
+    za, zb = (zarr.open_group(str(r.out / "embeddings.zarr"), mode="r") for r in (a, b))
+    np.testing.assert_array_equal(za["features"][:], zb["features"][:])

@@ -105,3 +105,13 @@ def test_bad_plates_are_named(plate, tmp_path):
     zarr.open_group(str(tmp_path / "empty.zarr"), mode="w")
     with pytest.raises(ValueError, match=r"empty.zarr: no NGFF 'plate' metadata"):
         OmeZarrPlate(tmp_path / "empty.zarr")
+
+
+def test_a_plate_in_an_fsspec_store(plate, tmp_path, monkeypatch):
+    """A store given by URL (fsspec's memory://) is read the same way."""
+    monkeypatch.setenv("PHENOVEC_IMAGE_CACHE", str(tmp_path / "cache"))
+    write_hcs("memory://plates/p1.ome.zarr", plate["index"], "0.5")
+    zi = read_image_index("memory://plates/p1.ome.zarr", CHANNELS)
+    for s in range(len(zi)):
+        np.testing.assert_array_equal(np.stack([_core.decode_image(f) for f in zi.paths[s]]),
+                                      np.stack([_core.decode_image(f) for f in plate["index"].paths[s]]))
