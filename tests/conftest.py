@@ -7,6 +7,16 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# Test modules that run the scib-metrics peer, which loads JAX. JAX warns that os.fork() after it is loaded may
+# deadlock, and the Dask, DataLoader and profiling tests fork: these modules run last (and import the peer lazily,
+# tests/integration_data.py), so no test forks after JAX is loaded.
+JAX_PEER_MODULES = ("test_integration_clustering.py", "test_integration_kbet.py", "test_integration_metrics.py",
+                    "test_integration_table.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: Path(str(item.fspath)).name in JAX_PEER_MODULES)  # stable: the rest keep their order
+
 
 def shared(*parts: str) -> Path:
     p = SHARED_DATA.joinpath(*parts)

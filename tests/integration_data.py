@@ -1,5 +1,20 @@
-"""Seeded synthetic embeddings with label and batch structure for the integration-metric tests."""
+"""Seeded synthetic embeddings with label and batch structure for the integration-metric tests, and ``scib``: the
+scib-metrics peer, imported at its first use. scib-metrics imports JAX, and JAX warns that ``os.fork()`` after it is
+loaded may deadlock; the Dask and DataLoader tests fork, so JAX must not be loaded while the test modules are
+collected (tests/conftest.py also runs the scib comparisons last)."""
+import importlib
+
 import numpy as np
+
+
+class _Peer:
+    """``scib.NAME`` imports scib_metrics on first use (a missing peer fails there, as a plain import would)."""
+
+    def __getattr__(self, name):
+        return getattr(importlib.import_module("scib_metrics"), name)
+
+
+scib = _Peer()
 
 
 def synthetic(n=600, d=12, n_labels=5, n_batches=3, label_shift=1.2, batch_shift=0.6, seed=0, dtype=np.float64):

@@ -1,10 +1,9 @@
 """Integration metrics against scib-metrics 0.5.10 itself (PCR, isolated labels, k-means and Leiden NMI / ARI)."""
 import numpy as np
 import pytest
-import scib_metrics as scib
 
 import phenovec.evaluate.integration as pi
-from integration_data import scib_neighbors, synthetic_with_graph
+from integration_data import scib, scib_neighbors, synthetic_with_graph
 
 
 

@@ -1,10 +1,9 @@
 """kBET against scib-metrics 0.5.10, its diffusion-space neighbours replaced by the same exact kNN."""
 import numpy as np
 import pytest
-import scib_metrics as scib
 
 import phenovec.evaluate.integration as pi
-from integration_data import scib_neighbors, synthetic
+from integration_data import scib, scib_neighbors, synthetic
 
 
 

@@ -1,11 +1,10 @@
 """Integration metrics against scib-metrics 0.5.10 itself, on the same input and the same kNN graph."""
 import numpy as np
 import pytest
-import scib_metrics as scib
 import scipy.sparse as sp
 
 import phenovec.evaluate.integration as pi
-from integration_data import scib_neighbors, synthetic_with_graph
+from integration_data import scib, scib_neighbors, synthetic_with_graph
 
 
 
