@@ -509,3 +509,37 @@ def test_real_lincs(lincs_wells, lincs_plate):
     mb, fb = pe.moa_test_wells(lincs_plate, **LI, missing="drop", keep_controls=True)
     with pytest.raises(ValueError, match="plate_col: no same-MOA pair of wells is on two plates of column 'Metadata_Plate'"):
         pe.batch_diagnostic(mb, fb, **LI, plate_col="Metadata_Plate")
+
+
+def test_real_moa_profiles_bbbc021(bbbc021, bbbc021_std):
+    """process.moa_profiles on the real BBBC021 wells: its well level is the paper's DMSO standardisation (the
+    hand-written one above), both orders agree on well rows, and its compound (CLE) and MOA (MLE) medians place
+    each held-out compound near its own MOA."""
+    from phenovec.process.moa_profiles import moa_profiles
+
+    meta, x = bbbc021_std
+    feats = [c for c in bbbc021.columns if not c.startswith("Metadata_")]
+    kw = dict(control="DMSO", compound_col="Metadata_compound", moa_col="Metadata_moa", features=feats)
+    wells = moa_profiles(bbbc021, level="well", **kw)
+    key = ["Metadata_Plate", "Metadata_Well"]
+    ref = pd.concat([meta[key].reset_index(drop=True), pd.DataFrame(x, columns=feats)], axis=1)
+    ref = ref.sort_values(key).reset_index(drop=True)
+    np.testing.assert_allclose(wells[feats].to_numpy(float), ref[feats].to_numpy(float), atol=1e-9)
+    other = moa_profiles(bbbc021, level="well", order="median_then_standardize", **kw)
+    np.testing.assert_allclose(other[feats].to_numpy(float), wells[feats].to_numpy(float), atol=1e-9)
+    # compound hold-out on the profiles: MLEs from the training compounds' wells (with the DMSO wells that
+    # standardise them), each held-out compound's CLE from all its wells
+    treated = wells[wells["Metadata_compound"] != "DMSO"]
+    multi = treated.groupby("Metadata_moa")["Metadata_compound"].nunique()
+    treated = treated[treated["Metadata_moa"].isin(multi[multi > 1].index)].reset_index(drop=True)
+    held = set(treated.loc[one_per_moa_held_out(treated, **BB) == "test", "Metadata_compound"])
+    training = bbbc021[~bbbc021["Metadata_compound"].isin(held)]
+    mle = moa_profiles(training, level="moa", **kw)
+    mle = mle[mle["Metadata_moa"].isin(multi[multi > 1].index)]
+    cle = moa_profiles(bbbc021, level="compound", **kw)
+    cle = cle[cle["Metadata_compound"].isin(held)]
+    r = np.corrcoef(np.vstack([cle[feats].to_numpy(float), mle[feats].to_numpy(float)]))[: len(cle), len(cle):]
+    predicted = mle["Metadata_moa"].to_numpy()[r.argmax(axis=1)]
+    accuracy = float(np.mean(predicted == cle["Metadata_moa"].to_numpy()))
+    assert len(cle) == 12 and len(mle) == 12 and accuracy > 3 / 12  # chance: 1/12
+    record("BBBC021 moa_profiles", held_out_compounds=len(cle), cle_to_mle_accuracy=accuracy)
