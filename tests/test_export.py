@@ -273,9 +273,10 @@ def test_checkpoint_parity_uses_its_training_crops(tmp_path, real_crops, monkeyp
     rep = export_onnx(ck, tmp_path / "g.onnx", opset=17, parity_crops=real_crops[:3])
     assert rep.parity_source == "given" and rep.parity_crops == "given"
     np.testing.assert_array_equal(seen[-1], real_crops[:3])
-    # a field model's input is whole fields: the training store's crops are no parity input for it
-    rep = export_field_model(ck, tmp_path / "f.onnx", channels=None, field_size=2 * BOX, opset=17)
-    assert rep.parity_source == "random" and seen[-1].shape == (2, 5, 2 * BOX, 2 * BOX)
+    # a crop-trained checkpoint is no field model: its normalisation is per crop (refused, nothing written)
+    with pytest.raises(ValueError, match=r"best\.pt: the checkpoint was trained on crops"):
+        export_field_model(ck, tmp_path / "f.onnx", channels=None, field_size=2 * BOX, opset=17)
+    assert not (tmp_path / "f.onnx").exists()
     # the store gone: seeded random crops, warned about and recorded
     store.rename(tmp_path / "moved")
     with pytest.warns(UserWarning, match="the training crop store is gone"):

@@ -225,10 +225,22 @@ def test_cli_dispatch(setup, capsys):
         assert "expected auto, none or an integer >= 1" in capsys.readouterr().err
 
 
+def _field_checkpoint(path, model, mean=None, std=None, **extra):
+    """A field-trained checkpoint (data_config of ``phenovec train`` with data.fields) with the dtype_max rule."""
+    from phenovec.profile.fields import field_intensity
+    from phenovec.train.checkpoint import save_checkpoint
+
+    inten = field_intensity(SIZE, FACTOR, 65535.0, mean, std, trained_on="fields")
+    dc = {"channels": CHANNELS, "box_size": SIZE // FACTOR, "input_scaling": "field", "dtype_max": 65535.0,
+          "intensity": inten, "source": "fields", **extra}
+    return save_checkpoint({"model_config": model.config, "model_state": model.state_dict(), "data_config": dc},
+                           path)
+
+
 def test_export_from_checkpoint_and_distributed_run_identical(setup, tmp_path):
-    """A phenovec train checkpoint (crop-level data_config, same weights as the setup model) exported as a field
-    model gives the same weights hash and, profiled on a tcp LocalCluster, the same outputs as the bare-model
-    export profiled in threads; channels contradicting its data_config are refused."""
+    """A field-trained checkpoint (same weights as the setup model) exported as a field model gives the same
+    weights hash and, profiled on a tcp LocalCluster, the same outputs as the bare-model export profiled in
+    threads; channels or statistics contradicting its data_config, and a crop-trained checkpoint, are refused."""
     from distributed import LocalCluster
 
     from phenovec.runtime import read_metadata
@@ -236,18 +248,26 @@ def test_export_from_checkpoint_and_distributed_run_identical(setup, tmp_path):
 
     tmp, plate, _, inputs, onnx_path = setup
     model = calibrate_batchnorm(build_model("resnet_tiny", 5, 7, seed=0), inputs)
-    dc = {"channels": CHANNELS, "box_size": 48, "input_scaling": "minmax", "dtype_max": 65535.0,
-          "classes": [f"t{i}" for i in range(7)], "label_column": "Metadata_Treatment"}
-    ck = save_checkpoint({"model_config": model.config, "model_state": model.state_dict(), "data_config": dc},
-                         tmp_path / "best.pt")
     base = read_metadata(onnx_path)
+    classes = [f"t{i}" for i in range(7)]
+    ck = _field_checkpoint(tmp_path / "best.pt", model, base.intensity["mean"], base.intensity["std"],
+                           classes=classes, label_column="Metadata_Treatment")
     with pytest.raises(ValueError, match=r"best\.pt.*channels"):
-        export_field_model(ck, tmp_path / "bad.onnx", channels=CHANNELS[::-1], field_size=SIZE, factor=FACTOR)
+        export_field_model(ck, tmp_path / "bad.onnx", channels=CHANNELS[::-1])
+    with pytest.raises(ValueError, match=r"best\.pt: mean= differs from the channel statistics"):
+        export_field_model(ck, tmp_path / "bad.onnx", channels=None, mean=[0.0] * 5, std=[1.0] * 5)
+    crop = save_checkpoint({"model_config": model.config, "model_state": model.state_dict(),
+                            "data_config": {"channels": CHANNELS, "box_size": 48, "input_scaling": "minmax",
+                                            "dtype_max": 65535.0}}, tmp_path / "crop.pt")
+    with pytest.raises(ValueError, match=r"crop\.pt: the checkpoint was trained on crops"):
+        export_field_model(crop, tmp_path / "bad.onnx", channels=None, field_size=SIZE, factor=FACTOR)
+    assert not (tmp_path / "bad.onnx").exists()
     rep = export_field_model(ck, tmp_path / "ck.onnx", channels=None, field_size=SIZE, factor=FACTOR,
                              mean=base.intensity["mean"], std=base.intensity["std"])
     meta = read_metadata(tmp_path / "ck.onnx")
-    assert meta.weights_sha256 == base.weights_sha256 and meta.classes == tuple(dc["classes"])
-    assert meta.crop_size == SIZE // FACTOR and meta.intensity == base.intensity and meta.input_kind == "fields"
+    assert meta.weights_sha256 == base.weights_sha256 and meta.classes == tuple(classes)
+    assert meta.crop_size == SIZE // FACTOR and meta.input_kind == "fields"
+    assert meta.intensity == {**base.intensity, "trained_on": "fields"}
     assert rep.parity_crops == "random" and rep.max_abs_diff <= 1e-4
     profile_fields(onnx_path, plate["index"], tmp_path / "thr", batch_size=5, scheduler="threads", workers=1,
                    progress=False)
@@ -259,17 +279,15 @@ def test_export_from_checkpoint_and_distributed_run_identical(setup, tmp_path):
 
 
 def test_cli_export_fields_with_statistics(setup, tmp_path, capsys):
-    """`phenovec export CKPT --fields --field-stats INDEX`: the statistics equal numpy's over every field, the
-    metadata says fields, and profiling it equals the bare-model export (same weights, same statistics)."""
+    """`phenovec export CKPT --fields --field-stats INDEX` of a field checkpoint that records no statistics: they
+    equal numpy's over every field, the metadata says fields, and it has the bare-model export's weights; a
+    checkpoint that records its statistics refuses --field-stats, another --field-size is refused."""
     from phenovec.cli import main
     from phenovec.runtime import read_metadata
-    from phenovec.train.checkpoint import save_checkpoint
 
     tmp, plate, _, inputs, onnx_path = setup
     model = calibrate_batchnorm(build_model("resnet_tiny", 5, 7, seed=0), inputs)
-    dc = {"channels": CHANNELS, "box_size": 48, "input_scaling": "minmax", "dtype_max": 65535.0}
-    ck = save_checkpoint({"model_config": model.config, "model_state": model.state_dict(), "data_config": dc},
-                         tmp_path / "best.pt")
+    ck = _field_checkpoint(tmp_path / "best.pt", model)
     out = tmp_path / "cli.onnx"
     assert main(["export", str(ck), "--fields", "--field-size", str(SIZE), "--factor", str(FACTOR),
                  "--field-stats", str(plate["index"]), "-o", str(out)]) == 0
@@ -279,11 +297,12 @@ def test_cli_export_fields_with_statistics(setup, tmp_path, capsys):
     np.testing.assert_allclose(got.intensity["mean"], base.intensity["mean"], rtol=1e-9)
     np.testing.assert_allclose(got.intensity["std"], base.intensity["std"], rtol=1e-9)
     assert got.weights_sha256 == base.weights_sha256
-    for bad in (["--logits"], ["--field-size"]):
-        args = ["export", str(ck), "--fields", "--field-size", str(SIZE), "-o", str(tmp_path / "x.onnx")]
-        args = args[:-4] + args[-2:] if bad == ["--field-size"] else args + bad
-        assert main(args) == 2
-        assert bad[0] in capsys.readouterr().err
+    stats = _field_checkpoint(tmp_path / "stats.pt", model, got.intensity["mean"], got.intensity["std"])
+    for path, extra, msg in ((stats, ["--field-stats", str(plate["index"])], "leave --field-stats out"),
+                             (ck, ["--field-size", "64"], "field_size=64 differs"),
+                             (ck, ["--probabilities"], "--probabilities")):
+        assert main(["export", str(path), "--fields", *extra, "-o", str(tmp_path / "x.onnx")]) == 2
+        assert msg in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -12,12 +12,15 @@ assay head, which ``phenovec profile`` writes beside the features (``prob_<task>
 through the ImageNet-style ``ARCH`` with the user's torchvision ``state_dict`` (``--weights``), C x D features;
 crops scaled by per-crop per-channel min-max (DeepProfiler's rule).
 
-``--fields``: a whole-field model (MOAProfiler; ``phenovec.export.field_model``): the checkpoint's network taking
-whole ``--field-size`` fields (block-mean downsampled by ``--factor``), scaled to [0, 1] and, with
-``--field-stats INDEX``, standardised with per-channel statistics of that index's fields (``--stats-sites`` first
-sites); profile it with ``phenovec profile MODEL --index INDEX`` (no locations).
+``--fields``: a whole-field model (MOAProfiler; ``phenovec.export.field_model``) from a checkpoint trained on
+fields (``phenovec train`` with ``data.fields``): its network with the normalisation it was trained with (field
+size, downsampling factor, per-field [0, 1] scaling, the training fields' channel statistics), recorded in the
+metadata; ``--logits`` adds the classifier's logits (``phenovec profile`` then writes each field's class
+probabilities). A checkpoint trained on crops is refused (another normalisation), as are ``--field-size`` /
+``--factor`` values other than the checkpoint's. ``--field-stats INDEX`` (``--stats-sites`` first sites) only
+serves a field checkpoint that records no statistics. Profile it with ``phenovec profile MODEL --index INDEX``.
 
-    phenovec export CHECKPOINT --fields --field-size 1080 [--factor 2] [--field-stats index.csv] -o field.onnx
+    phenovec export CHECKPOINT --fields [--logits] -o field.onnx
 
 ``--parity-crops``: a crops store written by ``phenovec crop`` (the folder or its ``crops.zarr``); its first
 ``--parity-n`` crops are scaled with the checkpoint's ``input_scaling`` rule (``phenovec.train.data.scale_batch``,
@@ -61,21 +64,31 @@ def _pretrained_export(a):
 
 def _field_export(a):
     from phenovec.export.checkpoint import load_contract
-    from phenovec.export.field_model import export_field_model
+    from phenovec.export.field_model import checkpoint_field_intensity, export_field_model
 
-    if a.field_size is None:
-        raise SystemExit("phenovec export --fields: --field-size is required (the fields' side in pixels)")
-    if a.logits or a.parity_crops or a.probabilities:
-        raise SystemExit("phenovec export --fields: --logits, --probabilities and --parity-crops are for crop models")
-    contract = load_contract(a.checkpoint)
+    if a.parity_crops or a.probabilities:
+        raise SystemExit("phenovec export --fields: --probabilities and --parity-crops are for crop models (--logits "
+                         "adds the field classifier's logits: phenovec profile writes its class probabilities)")
+    try:
+        contract = load_contract(a.checkpoint)
+        # a crop-trained checkpoint is refused here, before any statistics are computed
+        inten = checkpoint_field_intensity(contract, len(contract.channels), field_size=a.field_size,
+                                           factor=a.factor)
+    except ValueError as e:
+        raise SystemExit(f"phenovec export --fields: {e}") from None
     mean = std = None
     if a.field_stats:
+        if inten.get("mean") is not None or inten.get("per_image") is not None:
+            raise SystemExit(f"phenovec export --fields: --field-stats: {a.checkpoint} records the normalisation it "
+                             "was trained with (per-field [0, 1] scaling and its training fields' channel "
+                             "statistics); leave --field-stats out")
         from phenovec.profile.fields import field_channel_stats
 
-        mean, std = field_channel_stats(a.field_stats, contract.channels, factor=a.factor, max_sites=a.stats_sites,
+        mean, std = field_channel_stats(a.field_stats, contract.channels, factor=inten["factor"],
+                                        dtype_max=inten["dtype_max"], max_sites=a.stats_sites,
                                         progress=show_progress(a))
     return export_field_model(contract, a.out, channels=contract.channels, field_size=a.field_size, factor=a.factor,
-                              mean=mean, std=std, opset=a.opset, exporter=a.exporter, atol=a.atol)
+                              mean=mean, std=std, logits=a.logits, opset=a.opset, exporter=a.exporter, atol=a.atol)
 
 
 def _table_checkpoint(path):
@@ -114,7 +127,7 @@ def _run_export(a) -> dict:
     elif a.fields:
         rep = _field_export(a)
     else:
-        for flag, value in (("--field-size", a.field_size), ("--field-stats", a.field_stats)):
+        for flag, value in (("--field-size", a.field_size), ("--field-stats", a.field_stats), ("--factor", a.factor)):
             if value is not None:
                 raise SystemExit(f"phenovec export: {flag} is for --fields")
         for flag, value in (("--weights", a.weights), ("--channels", a.channels), ("--crop-size", a.crop_size),
@@ -125,6 +138,9 @@ def _run_export(a) -> dict:
         if table is not None:
             return _table_export(a, table)
         contract = load_contract(a.checkpoint)
+        if contract.intensity.get("trained_on") == "fields":
+            raise SystemExit(f"phenovec export: {a.checkpoint} was trained on whole fields (data.fields); export it "
+                             "with --fields")
         crops = load_parity_crops(a.parity_crops, contract, a.parity_n) if a.parity_crops else None
         rep = export_onnx(contract, a.out, opset=a.opset, logits=a.logits, probabilities=a.probabilities,
                           exporter=a.exporter, parity_crops=crops, n_store_crops=a.parity_n, atol=a.atol)
@@ -155,10 +171,13 @@ def add_export_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--crop-size", type=int, help="--pretrained: crop side in pixels")
     p.add_argument("--input-size", type=int, help="--pretrained: resize crops to this side first")
     p.add_argument("--fields", action="store_true", help="export CHECKPOINT as a whole-field model (MOAProfiler)")
-    p.add_argument("--field-size", type=int, help="--fields: field side in pixels (e.g. 1080)")
-    p.add_argument("--factor", type=int, default=1, help="--fields: block-mean downsampling factor")
+    p.add_argument("--field-size", type=int, help="--fields: field side in pixels (default: the checkpoint's "
+                                                   "training fields; a different value is refused)")
+    p.add_argument("--factor", type=int, default=None, help="--fields: block-mean downsampling factor (default: "
+                                                            "the checkpoint's)")
     p.add_argument("--field-stats", metavar="INDEX", help="--fields: standardise with per-channel statistics of "
-                                                         "this image index's fields")
+                                                         "this image index's fields (only for a checkpoint that "
+                                                         "records no training statistics)")
     p.add_argument("--stats-sites", type=int, default=None, help="--fields: use the first N sites for statistics (default: all)")
     p.add_argument("--no-imagenet-normalize", action="store_true",
                    help="--pretrained: feed [0, 1] grey->RGB without ImageNet mean/SD standardisation")

@@ -14,8 +14,14 @@ torchvision ``transforms.Normalize`` and dataset-level channel statistics):
 
 1. decode every channel and block-mean downsample by ``f`` (``phenovec._core.field_tiles``: each f x f block ->
    its mean, float64 sum / f^2; f = 1 is full resolution); the result must be ``S/f x S/f`` = ``crop_size``;
-2. divide by ``dtype_max`` (65,535 for 16-bit images) -> [0, 1];
-3. with ``mean`` / ``std``: ``(x - mean_c) / std_c`` per channel (``field_channel_stats`` computes them).
+2. to [0, 1]: divide by ``dtype_max`` (65,535 for 16-bit images), or, with ``"per_image": "minmax"`` (a model
+   trained on a field store, ``phenovec.train.field_data``), per field and channel ``(x - min) / (max - min)``
+   (a constant plane -> 0), as training scaled its fields;
+3. with ``mean`` / ``std``: ``(x - mean_c) / std_c`` per channel (``field_channel_stats`` computes them; a
+   field-trained model carries its training fields' statistics).
+
+``"trained_on": "fields"`` records that the contract is the one the model was trained with (``phenovec train``
+with ``data.fields``); a contract without it was attached at export to a model trained otherwise.
 
 The arithmetic of steps 2-3 is float32 (as ``ToTensor`` + ``Normalize`` in MOAProfiler's code). There is no
 illumination correction step: a field model whose intensity records ``crop_illumination`` (or one exported from
@@ -50,6 +56,7 @@ from phenovec.profile.wells import OPERATIONS, WELL_ROW_GROUP, WellWriter
 
 INPUT_KIND = "fields"
 INPUT_SCALING = "field"
+PER_IMAGE = ("minmax",)  # intensity["per_image"]: how a field-trained model's fields reach [0, 1] (step 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -57,8 +64,10 @@ INPUT_SCALING = "field"
 
 
 def field_intensity(field_size: int, factor: int = 1, dtype_max: float = 65535.0, mean: Sequence[float] | None = None,
-                    std: Sequence[float] | None = None, n_channels: int | None = None) -> dict:
-    """The ``intensity`` dict of a field model (module docstring), validated; errors name the argument."""
+                    std: Sequence[float] | None = None, n_channels: int | None = None, per_image: str | None = None,
+                    trained_on: str | None = None) -> dict:
+    """The ``intensity`` dict of a field model (module docstring), validated; errors name the argument.
+    ``per_image`` / ``trained_on`` are written only when given (``"minmax"`` / ``"fields"``)."""
     try:
         field_size, factor = int(field_size), int(factor)
     except (TypeError, ValueError):
@@ -80,8 +89,17 @@ def field_intensity(field_size: int, factor: int = 1, dtype_max: float = 65535.0
                              + (f" ({n_channels} channels)" if n_channels is not None else ""))
         if not all(np.isfinite(mean)) or not all(np.isfinite(s) and s > 0 for s in std):
             raise ValueError(f"mean must be finite and std finite and > 0, got mean={mean}, std={std}")
-    return {"input_scaling": INPUT_SCALING, "factor": factor, "field_size": field_size, "dtype_max": dtype_max,
-            "mean": mean, "std": std}
+    out = {"input_scaling": INPUT_SCALING, "factor": factor, "field_size": field_size, "dtype_max": dtype_max,
+           "mean": mean, "std": std}
+    if per_image is not None:
+        if per_image not in PER_IMAGE:
+            raise ValueError(f"per_image must be one of {list(PER_IMAGE)} or None, got {per_image!r}")
+        out["per_image"] = per_image
+    if trained_on is not None:
+        if trained_on != INPUT_KIND:
+            raise ValueError(f"trained_on must be {INPUT_KIND!r} or None, got {trained_on!r}")
+        out["trained_on"] = trained_on
+    return out
 
 
 def intensity_from_metadata(meta, source: str = "model") -> dict:
@@ -98,7 +116,8 @@ def intensity_from_metadata(meta, source: str = "model") -> dict:
                          "intensity.crop_illumination = true); field profiling applies no illumination correction")
     try:
         out = field_intensity(inten["field_size"], inten["factor"], inten.get("dtype_max", 65535.0),
-                              inten.get("mean"), inten.get("std"), n_channels=len(meta.channels))
+                              inten.get("mean"), inten.get("std"), n_channels=len(meta.channels),
+                              per_image=inten.get("per_image"), trained_on=inten.get("trained_on"))
     except ValueError as e:
         raise ValueError(f"{source}: metadata intensity: {e}") from None
     if out["field_size"] // out["factor"] != int(meta.crop_size):
@@ -109,7 +128,13 @@ def intensity_from_metadata(meta, source: str = "model") -> dict:
 
 def scale_fields(tiles: np.ndarray, intensity: dict) -> np.ndarray:
     """Downsampled fields (C x h x w or N x C x h x w, pixel values) -> float32 model input (steps 2-3)."""
-    x = np.asarray(tiles, dtype=np.float32) / np.float32(intensity["dtype_max"])
+    x = np.asarray(tiles, dtype=np.float32)
+    if intensity.get("per_image") == "minmax":  # per field and channel, as phenovec.train.data.scale_batch
+        lo = x.min(axis=(-2, -1), keepdims=True)
+        span = x.max(axis=(-2, -1), keepdims=True) - lo
+        x = np.where(span > 0, (x - lo) / np.where(span > 0, span, np.float32(1)), np.float32(0))
+    else:
+        x = x / np.float32(intensity["dtype_max"])
     if intensity.get("mean") is not None:
         shape = (-1, 1, 1)
         x = (x - np.asarray(intensity["mean"], np.float32).reshape(shape)) / np.asarray(
@@ -170,23 +195,36 @@ def field_channel_stats(index, channels: Sequence[str], factor: int = 1, dtype_m
     n_sites = len(sites) if max_sites is None else min(len(sites), int(max_sites))
     if n_sites < 1:
         raise ValueError("field_channel_stats: the index has no sites (or max_sites < 1)")
-    c = len(channels)
-    n, mean, m2 = 0, np.zeros(c), np.zeros(c)
+    moments = ChannelMoments(len(channels))
     for s in tqdm(range(n_sites), desc="field stats", unit="field", disable=not progress):
         try:
             x = decode_field(paths[s], factor, frames[s]).astype(np.float64) / dtype_max
         except Exception as e:
             raise type(e)(f"site {s} ({paths[s][0]}): {e}") from None
-        x = x.reshape(c, -1)
+        moments.add(x.reshape(len(channels), -1))
+    return moments.result()
+
+
+class ChannelMoments:
+    """Per-channel mean and population SD streamed over blocks of pixels: float64 per-block moments merged by
+    Chan et al.'s parallel rule (never all pixels in memory)."""
+
+    def __init__(self, channels: int):
+        self.n, self.mean, self.m2 = 0, np.zeros(channels), np.zeros(channels)
+
+    def add(self, x: np.ndarray) -> None:
+        """``x``: C x pixels (float64)."""
         k = x.shape[1]
         mk = x.mean(axis=1)
         m2k = ((x - mk[:, None]) ** 2).sum(axis=1)
-        delta = mk - mean
-        tot = n + k
-        mean = mean + delta * (k / tot)
-        m2 = m2 + m2k + delta ** 2 * (n * k / tot)
-        n = tot
-    return [float(v) for v in mean], [float(v) for v in np.sqrt(m2 / n)]
+        delta = mk - self.mean
+        tot = self.n + k
+        self.mean = self.mean + delta * (k / tot)
+        self.m2 = self.m2 + m2k + delta ** 2 * (self.n * k / tot)
+        self.n = tot
+
+    def result(self) -> tuple[list[float], list[float]]:
+        return [float(v) for v in self.mean], [float(v) for v in np.sqrt(self.m2 / self.n)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,12 +240,39 @@ class FieldJob:
     frames: tuple | None = None
 
 
-def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: int,
-                      dtype: str) -> list[tuple[int, np.ndarray]]:
-    """Embed consecutive fields: ``[(site, 1 x D features in dtype), ...]`` in ``jobs`` order."""
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (max subtracted): the class probabilities of a classifier's logits."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def class_outputs(meta) -> tuple[str, ...]:
+    """The outputs a field run reads: ``features``, and ``logits`` when the model has them and names its classes
+    (a field classifier exported with ``--logits``: its per-field class probabilities are written)."""
+    return ("features", "logits") if "logits" in meta.outputs and meta.classes else ("features",)
+
+
+def probability_names(meta) -> list[str]:
+    """``prob_<class>`` columns of a field run (empty without logits)."""
+    return [f"prob_{c}" for c in meta.classes] if len(class_outputs(meta)) > 1 else []
+
+
+def embed_field_group(ref: ModelRef, intensity: dict, jobs: list, batch_size: int, dtype: str,
+                      classes: int = 0) -> list[tuple[int, np.ndarray]]:
+    """Embed consecutive fields: ``[(site, 1 x D features in dtype), ...]`` in ``jobs`` order; with ``classes``
+    > 0 the model's logits are read too and each row is the features followed by the softmax class
+    probabilities (1 x (D + classes))."""
     sess = worker_session(ref)
     x = np.stack([read_field_input(j.paths, intensity, j.frames, source=f"site {j.site}") for j in jobs])
-    feats = cast_features(sess.run_batches(x, batch_size), dtype)
+    if classes:
+        raw = sess.run_batches(x, batch_size, outputs=("features", "logits"))
+        if raw.shape[1] != sess.feature_dim + classes:
+            raise RuntimeError(f"{sess.path}: logits of width {raw.shape[1] - sess.feature_dim} for {classes} classes")
+        raw = np.concatenate([raw[:, :sess.feature_dim], softmax(raw[:, sess.feature_dim:])], axis=1)
+    else:
+        raw = sess.run_batches(x, batch_size)
+    feats = cast_features(raw, dtype)
     return [(j.site, feats[i:i + 1]) for i, j in enumerate(jobs)]
 
 
@@ -228,7 +293,10 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
       = the site's ``Metadata_*`` columns; attributes: channels, field_size, factor, crop_size, intensity, model
       weights hash and arch, phenovec version, mode "fields";
     - ``wells_mean.parquet``, ``wells_median.parquet``: per-well mean and median over the well's fields (the
-      median is MOAProfiler's aggregation), sorted by plate and well.
+      median is MOAProfiler's aggregation), sorted by plate and well;
+    - with a classifier exported with logits (``phenovec export --fields --logits``; metadata ``classes``):
+      ``field_probabilities.parquet``, one row per field in index order, the site's ``Metadata_*`` columns and
+      ``prob_<class>`` = the softmax of the logits (``phenovec.evaluate.field_classification`` scores it).
 
     ``batch_size``: fields per task and per inference call; ``micro_batch``: fields per onnxruntime call within it
     (``phenovec.runtime.ProfileSession``; changes no number); ``providers`` / ``precision`` / ``trt_cache_dir``: as
@@ -251,15 +319,22 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
     n_sites = len(sites)
     out = Path(out)
     names = meta.feature_names()
+    probs = probability_names(meta)
+    n_feat = len(names)
     extra = {"paths": [list(p) for p in paths], "frames": [None if f is None else list(f) for f in frames]}
     config = {"mode": INPUT_KIND, "source": str(source), "input_sha256": input_fingerprint(sites, extra),
               "sites": n_sites, "model_weights_sha256": meta.weights_sha256, "channels": channels,
               "crop_size": int(meta.crop_size), "intensity": intensity, "feature_dim": meta.feature_dim,
               "dtype": dtype, "batch_size": batch_size, "precision": precision}
+    if probs:  # only then, so that runs of models without logits keep their configuration (resume)
+        config["probabilities"] = probs
     with output_folder(out) as run:  # locked; a run that fails before its first field leaves nothing
         store = PartStore(out, config)
 
-        wells = WellWriter(out, sites, names, lambda s: store.read(s)[1])
+        def features(s):  # a part holds the features, then the class probabilities
+            return store.read(s)[1][:, :n_feat]
+
+        wells = WellWriter(out, sites, names, features)
 
         done = store.done_sites() & set(range(n_sites))
         run.resumable = bool(done)
@@ -273,7 +348,7 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
                 ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
                                     precision, trt_cache_dir, sessions)
                 window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
-                fn = functools.partial(embed_field_group, ref, intensity)
+                fn = functools.partial(embed_field_group, ref, intensity, classes=len(probs))
                 tasks = ([FieldJob(s, paths[s], frames[s]) for s in g] for g in groups)
                 for results in bounded_map(client, fn, tasks, window, batch_size=batch_size, dtype=dtype):
                     for s, feats in results:
@@ -292,7 +367,14 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
                  "crop_size": int(meta.crop_size), "intensity": intensity, "model_weights_sha256": meta.weights_sha256,
                  "model_arch": meta.arch, "phenovec_version": phenovec.__version__, "source": str(source),
                  "mode": INPUT_KIND}
-        _write_embeddings(out / "embeddings.zarr", n_sites, lambda s: store.read(s)[1], sites, names, dtype, attrs)
+        _write_embeddings(out / "embeddings.zarr", n_sites, features, sites, names, dtype, attrs)
+        if probs:
+            from phenovec.io.profiles import write_table
+
+            p = np.concatenate([store.read(s)[1][:, n_feat:] for s in range(n_sites)]) if n_sites else \
+                np.empty((0, len(probs)), np.dtype(dtype))
+            write_table(sites.assign(**{c: p[:, i] for i, c in enumerate(probs)}),
+                                 out / "field_probabilities.parquet")
         for op in OPERATIONS:  # streamed, one well at a time, as profile_sites' assembly
             table = ParquetAppender(out / f"wells_{op}.parquet", WELL_ROW_GROUP)
             try:
@@ -306,6 +388,8 @@ def profile_fields(model_onnx, index, out, *, batch_size: int = 8, scheduler: st
         store.mark_complete({"sites": n_sites, "fields": n_sites})
     paths_out = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("wells_mean", "wells_mean.parquet"),
                                          ("wells_median", "wells_median.parquet"))}
+    if probs:
+        paths_out["field_probabilities"] = out / "field_probabilities.parquet"
     return ProfileResult(out, n_sites, n_sites, n_sites, resumed, seconds, paths_out)
 
 

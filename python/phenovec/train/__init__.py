@@ -2,8 +2,10 @@
 
 ``train(config)`` runs the thesis recipe on a crops folder (``phenovec crop`` output) with exact resume;
 ``embed_crops`` embeds crops with a checkpoint. ``torch`` is imported only inside this stage and ``export``.
-Modules: ``config`` (YAML schema), ``data`` (splits, epoch plans, loader), ``models`` (ProfileNet),
-``augment``, ``schedule`` (optimisers, learning-rate schedules), ``checkpoint``, ``loop``, ``command`` (CLI).
+Modules: ``config`` (YAML schema), ``data`` (splits, epoch plans, loader), ``field_data`` (field stores:
+MOAProfiler's whole-field input), ``inputs`` (crop or field store -> model input), ``distributed`` (torchrun / DDP),
+``models`` (ProfileNet), ``augment``, ``schedule`` (optimisers, learning-rate schedules), ``checkpoint``, ``loop``,
+``command`` (CLI).
 """
 from phenovec.lazy_exports import lazy_exports
 

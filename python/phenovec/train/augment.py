@@ -28,6 +28,11 @@ whatever ops are enabled (so turning one op off does not change the draws of the
 reproduces a batch exactly on any device); the image work runs on the input's device. The generator
 state is part of ``state_dict()`` (``get_extra_state``), so a resumed run continues the same stream.
 In ``eval()`` mode, or with every op disabled, the module returns its input unchanged.
+
+``batch_slice = (total, start)`` (data-parallel training, ``phenovec.train.distributed``): the input is rows
+``start .. start + N`` of a global batch of ``total``; the random numbers are drawn for the whole global batch and
+those of the slice applied, so a sample is augmented exactly as in a one-process run. ``None`` (default): the input
+is the whole batch.
 """
 from __future__ import annotations
 
@@ -68,6 +73,7 @@ class Augment(nn.Module):
         self.crop_p, self.crop_min = float(crop_p), float(crop_min)
         self.brightness_delta = float(brightness_delta)
         self.contrast_range = (lo, hi)
+        self.batch_slice: tuple[int, int] | None = None
         self.generator = torch.Generator(device="cpu")
         if seed is None:
             self.generator.seed()
@@ -143,7 +149,12 @@ class Augment(nn.Module):
         if self.rot90 and h != w:
             raise ValueError(f"Augment: 90-degree rotations need square crops, got H x W = {h} x {w} "
                              f"(turn rot90 off for non-square inputs)")
-        r = self._draw(n, c, h, w)
+        total, start = self.batch_slice if self.batch_slice is not None else (n, 0)
+        if not (0 <= start and start + n <= total):
+            raise ValueError(f"Augment.batch_slice = {self.batch_slice}: a batch of {n} does not fit")
+        r = self._draw(total, c, h, w)
+        if total != n:
+            r = {k: v[start:start + n] for k, v in r.items()}
         dev = x.device
         out = x
         if self.crop:

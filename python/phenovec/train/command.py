@@ -3,6 +3,7 @@ tables (``phenovec.train.tables``: clip, bae, simclr_profiles, fnn), as the conf
 
     phenovec train config.yaml [--set train.epochs=3 --set data.batch_size=32]
     phenovec train --print-config [--task clip]   # every key with its default
+    torchrun --nproc-per-node 4 -m phenovec.cli train config.yaml   # data parallel (phenovec.train.distributed)
 
 Resumes the run in ``train.out`` when it holds a checkpoint of the same configuration. Prints a JSON summary.
 """
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from phenovec.cli_options import add_quiet, show_progress
 
 # every key of phenovec.train.config.SCHEMA, for --print-config (and the train section of phenovec run's)
 COMMENTS = {
     "data": "the crops and how they are split, sampled and fed",
-    "data.crops": "output folder of `phenovec crop` (crops.zarr + cells.parquet + manifest.json); required",
+    "data.crops": "output folder of `phenovec crop` (crops.zarr + cells.parquet + manifest.json); this or "
+                  "data.fields is required",
+    "data.fields": "null, or the output folder of `phenovec tiles` (whole fields, full or --factor downsampled): "
+                   "MOAProfiler's field classifier; each field min-max scaled to [0, 1] per channel, then "
+                   "standardised with the training fields' channel statistics",
+    "data.stats_fields": "data.fields: channel statistics over this many (seeded) training fields; null = all",
     "data.label": "the class each cell is trained to predict: any column of the cell table",
     "data.split_by": "all cells of one group land in one split (no leakage)",
     "data.val_fraction": "fraction of each label's groups for validation (at least one when it has two or more)",
@@ -122,7 +129,8 @@ def _run_train(a) -> dict:
                "last": str(res.last),
                "best": str(res.best) if res.best else None, "stopped_early": res.stopped_early,
                "classes": res.classes, "last_epoch": last}
-    print(json.dumps(summary, indent=2, default=float))
+    if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun every process returns this; rank 0 prints it
+        print(json.dumps(summary, indent=2, default=float))
     return summary
 
 
@@ -155,7 +163,8 @@ def _run_table_train(config_path, overrides: dict, progress) -> dict:
 
 def add_train_parser(stages) -> argparse.ArgumentParser:
     """Add ``train`` to the CLI's top-level subparsers; the handler is ``args.run``."""
-    p = stages.add_parser("train", help="train on crops (classifier, GapNet assays, SimCLR) or on profile tables "
+    p = stages.add_parser("train", help="train on crops or whole fields (classifier, GapNet assays, SimCLR; "
+                                       "torchrun for data-parallel) or on profile tables "
                                        "(CLIP, bimodal autoencoder, SimCLR, assay fnn); PyTorch")
     p.add_argument("config", nargs="?", help="training configuration (YAML)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",

@@ -4,6 +4,9 @@ A complete configuration with every default (``phenovec train --print-config`` p
 
     data:
       crops: crops-dir          # output folder of `phenovec crop` (crops.zarr + cells.parquet + manifest.json)
+      fields: null              # or: output folder of `phenovec tiles` (whole fields, MOAProfiler;
+                                # phenovec.train.field_data): give crops or fields
+      stats_fields: null        # fields: the channel statistics over this many training fields (null = all)
       label: Metadata_Treatment # any column of the cell table
       split_by: [Metadata_Plate, Metadata_Well]   # all cells of one group land in one split (no leakage)
       val_fraction: 0.2         # of each label's groups, at least one group when the label has two or more
@@ -78,7 +81,9 @@ _NONE = NONE_TYPE
 # section -> key -> (default, allowed types, check or None)
 SCHEMA: dict[str, dict[str, tuple[Any, tuple, Any]]] = {
     "data": {
-        "crops": (None, (str,), "path"),
+        "crops": (None, (str, _NONE), "path"),
+        "fields": (None, (str, _NONE), "path"),
+        "stats_fields": (None, (int, _NONE), (1, 1 << 40)),
         "label": ("Metadata_Treatment", (str,), None),
         "split_by": (["Metadata_Plate", "Metadata_Well"], (list, str), None),
         "val_fraction": (0.2, (float, int), (0.0, 0.9)),
@@ -176,7 +181,7 @@ def task_schema(task: str = "classify") -> dict:
 
 
 def default_config(task: str = "classify") -> dict:
-    """Every section and key with its default (``data.crops`` is required and has none)."""
+    """Every section and key with its default (``data.crops`` or ``data.fields`` is required and has none)."""
     out = defaults(task_schema(task))
     out["train"]["task"] = task
     return out
@@ -200,8 +205,19 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
     cfg = merge_sections(raw, schema, source)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
-    if d["crops"] is None:
-        raise ConfigError(f"{source}: data.crops is required (the output folder of `phenovec crop`)")
+    if d["crops"] is None and d["fields"] is None:
+        raise ConfigError(f"{source}: data.crops is required (the output folder of `phenovec crop`), or data.fields "
+                          "(the output folder of `phenovec tiles`: whole fields)")
+    if d["crops"] is not None and d["fields"] is not None:
+        raise ConfigError(f"{source}: give data.crops or data.fields, not both")
+    if d["fields"] is not None:
+        if t["task"] != "classify":
+            raise ConfigError(f"{source}: data.fields trains train.task: classify only, got {t['task']!r}")
+        if d["normalize"] != "auto":
+            raise ConfigError(f"{source}: data.normalize = {d['normalize']!r}: a field store's input is always "
+                              "scaled per field to [0, 1] and standardised per channel (leave data.normalize: auto)")
+    elif d["stats_fields"] is not None:
+        raise ConfigError(f"{source}: data.stats_fields is for data.fields")
     if isinstance(d["split_by"], str):
         d["split_by"] = [d["split_by"]]
     if d["split"] != "plates" and d["holdout_plates"]:
@@ -215,7 +231,9 @@ def validate_config(raw: dict, source: str = "<config>", base_dir: str | os.Path
             or abs(sum(fr) - 1) > 1e-9:
         raise ConfigError(f"{source}: data.split_fractions must be three fractions (train, val, test) summing to 1, "
                           f"got {fr!r}")
-    for key in ("crops",):
+    for key in ("crops", "fields"):
+        if d[key] is None:
+            continue
         p = (base / d[key]).resolve() if not Path(d[key]).is_absolute() else Path(d[key])
         if not p.exists():
             raise ConfigError(f"{source}: data.{key}: {d[key]!r} does not exist (looked at {p})")
@@ -266,4 +284,7 @@ def config_hash(cfg: dict) -> str:
         keep["train"].pop(k, None)
     for k in ("workers", "prefetch"):
         keep["data"].pop(k, None)
+    for k in ("fields", "stats_fields"):  # unset: the hash of a crop run is what it was before these keys existed
+        if keep["data"].get(k) is None:
+            keep["data"].pop(k, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()

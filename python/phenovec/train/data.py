@@ -222,8 +222,9 @@ def epoch_batches(rows: np.ndarray, targets: np.ndarray, chunk_cells: int, batch
 class ChunkReader:
     """Reads cells from the crops array through a small LRU cache of decoded chunks (one reader per process)."""
 
-    def __init__(self, path: Path, chunk_cells: int, cache_chunks: int = 16):
+    def __init__(self, path: Path, chunk_cells: int, cache_chunks: int = 16, array: str = "crops.zarr"):
         self.path, self.chunk_cells, self.cache_chunks = Path(path), chunk_cells, cache_chunks
+        self.array = array  # the array inside ``path``: crops.zarr, or tiles.zarr of a field store
         self._arr = None
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -234,7 +235,7 @@ class ChunkReader:
         if self._arr is None:
             import zarr
 
-            self._arr = zarr.open_array(str(self.path / "crops.zarr"), mode="r")
+            self._arr = zarr.open_array(str(self.path / self.array), mode="r")
         block = np.asarray(self._arr[c * self.chunk_cells : (c + 1) * self.chunk_cells])
         self._cache[c] = block
         while len(self._cache) > self.cache_chunks:
@@ -257,11 +258,13 @@ class ChunkReader:
 
 
 class BatchDataset:
-    """A map-style dataset whose items are whole batches: item i = (crops, targets, positions) of ``plan[i]``."""
+    """A map-style dataset whose items are whole batches: item i = (crops, targets, positions) of ``plan[i]``.
+    ``crops``: a :class:`CropSet` or a field store (``phenovec.train.field_data.FieldSet``: its ``array_name``)."""
 
     def __init__(self, crops: CropSet, rows: np.ndarray, targets: np.ndarray, plan: list[np.ndarray],
                  cache_chunks: int):
-        self.reader = ChunkReader(crops.path, crops.chunk_cells, cache_chunks)
+        self.reader = ChunkReader(crops.path, crops.chunk_cells, cache_chunks,
+                                  getattr(crops, "array_name", "crops.zarr"))
         self.rows, self.targets, self.plan = rows, targets, plan
 
     def __len__(self) -> int:
