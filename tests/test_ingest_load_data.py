@@ -255,3 +255,22 @@ def test_profile_runs_on_a_gallery_csv(plate, tmp_path):
     assert a.embedded == b.embedded > 0
     za, zb = (zarr.open_group(str(r.out / "embeddings.zarr"), mode="r") for r in (a, b))
     np.testing.assert_array_equal(za["features"][:], zb["features"][:])
+
+
+def test_fetch_false_keeps_urls_and_copies_site_by_site(plate, tmp_path):
+    df = _to_memory(plate, "gallery-lazy")
+    df.loc[2, "FileName_OrigDNA"] = "missing.tif"  # only fetching site 2 finds it missing
+    with fsspec.open("memory://gallery-lazy/load_data.csv", "w") as f:
+        df.to_csv(f, index=False)
+    cache = tmp_path / "cache"
+    ld = read_load_data("memory://gallery-lazy/load_data.csv", cache=cache, fetch=False)
+    assert all(p.startswith("memory://gallery-lazy/images/") for r in ld.paths for p in r)
+    assert not cache.exists()  # nothing copied yet
+    ours = read_image_index(plate["index"], CHANNELS)
+    local = ld.site_paths(1)
+    assert [Path(p).read_bytes() for p in local] == [Path(p).read_bytes() for p in ours.paths[1]]
+    assert len(list(cache.iterdir())) == len(CHANNELS)  # that site's images only
+    with pytest.raises(FileNotFoundError, match=r"load_data.csv: site 2 channel DNA: memory://.*missing.tif: not found"):
+        ld.site_paths(2)
+    with pytest.raises(FileNotFoundError, match=r"load_data.csv: row 2 column FileName_OrigDNA: memory://"):
+        read_load_data("memory://gallery-lazy/load_data.csv", cache=cache)  # fetch=True: found when read

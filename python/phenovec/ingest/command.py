@@ -82,6 +82,8 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("index", help="image index (.csv/.parquet, path or URL): Metadata_Plate/Well/Site + FileName_<channel>, "
                                  "or a Cell Painting Gallery LoadData CSV (URL_Orig<Ch> / FileName_Orig<Ch>)")
     p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"], help="channel names and order")
+    p.add_argument("--image-cache", help="where images named by object-store URL (s3://, gs://, ...) are copied "
+                                         "once (default $PHENOVEC_IMAGE_CACHE or ~/.cache/phenovec/images)")
 
 
 def _correction_args(p: argparse.ArgumentParser) -> None:
@@ -99,7 +101,7 @@ def _run_crop(a) -> dict:
     from phenovec.ingest.crop import crop_index
     from phenovec.ingest.index import read_image_index
 
-    index = read_image_index(a.index, a.channels, labels=a.labels)
+    index = read_image_index(a.index, a.channels, labels=a.labels, image_cache=a.image_cache)
     res = crop_index(index, a.locations, a.out, box_size=a.box_size, edge=a.edge, rescale=a.rescale,
                      chunk_cells=a.chunk_cells, progress=show_progress(a), illumination=_flat_fields(a, index),
                      intensity=_intensity(a), dtype=a.dtype, mask=a.mask)
@@ -132,7 +134,7 @@ def _run_illum(a) -> dict:
     from phenovec.ingest.illumination import compute_illumination
     from phenovec.ingest.index import read_image_index
 
-    index = read_image_index(a.index, a.channels)
+    index = read_image_index(a.index, a.channels, image_cache=a.image_cache)
     res = compute_illumination(index, a.out, down_scale_factor=a.down_scale_factor,
                                median_filter_size=a.median_filter_size, plates=a.plates, progress=show_progress(a))
     summary = {"out": str(a.out), "plates": sorted({k[0] for k in res}), "channels": a.channels,
@@ -158,7 +160,7 @@ def _run_tiles(a) -> dict:
     from phenovec.ingest.fields import tile_index
     from phenovec.ingest.index import read_image_index
 
-    index = read_image_index(a.index, a.channels)
+    index = read_image_index(a.index, a.channels, image_cache=a.image_cache)
     res = tile_index(index, a.out, factor=a.factor, views=tuple(a.views) if a.views else None,
                      illumination=_flat_fields(a, index), intensity=_intensity(a), dtype=a.dtype,
                      chunk_sites=a.chunk_sites, progress=show_progress(a))

@@ -52,6 +52,19 @@ class ImageIndex:
     labels: list[str] | None = None  # label-image path per site; None: no label images
     # flat field per (plate, channel) named by the index (LoadData ``FileName_Illum<Ch>``); None: none named
     illumination: dict | None = None
+    # local copy folder of images named by remote URL (``phenovec.ingest.image_source``); None: its default
+    image_cache: str | None = None
+
+    def site_paths(self, s: int) -> list[str]:
+        """Local paths of site ``s``'s channel images: a remote URL kept in :attr:`paths` (a LoadData index read
+        with ``fetch=False``) is copied into :attr:`image_cache` now, once; local paths are returned as they are."""
+        from phenovec.ingest import image_source
+
+        paths = list(self.paths[s])
+        if not any(image_source.is_remote(p) for p in paths):
+            return paths
+        return image_source.fetch_all(paths, self.image_cache,
+                                      where=lambda i: f"{self.source}: site {s} channel {self.channels[i]}")
 
     def site_frames(self, s: int) -> list[int] | None:
         """The pages of site ``s``'s channels, or None when every channel is page 0."""
@@ -95,10 +108,11 @@ def channel_frames(df: pd.DataFrame, channels: Sequence[str], where: str) -> lis
 
 
 def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLike | None = None,
-                     labels: str | None = None) -> ImageIndex:
+                     labels: str | None = None, image_cache: str | os.PathLike | None = None) -> ImageIndex:
     """Read an image index (see the module docstring); ``root`` overrides the folder relative paths start from.
     ``labels`` names the label-image column (``FileName_<labels>`` [+ ``PathName_<labels>``] or ``<labels>``);
-    None: the ``Labels`` column if the index has one, else no label images."""
+    None: the ``Labels`` column if the index has one, else no label images. ``image_cache``: where images named by
+    remote URL (LoadData, OME-Zarr) are copied (default: ``phenovec.ingest.image_source.default_cache``)."""
     from phenovec.ingest import load_data
 
     if not isinstance(path_or_df, pd.DataFrame):
@@ -106,9 +120,9 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
 
         name = str(path_or_df).rstrip("/")
         if ome_zarr.is_ome_zarr(name) or (load_data.image_source.protocol(name) and name.endswith(".zarr")):
-            return ome_zarr.plate_index(name, channels)
+            return ome_zarr.plate_index(name, channels, cache=image_cache)
         if load_data.image_source.protocol(name):
-            return load_data.read_load_data(path_or_df, channels, root=root, labels=labels)
+            return load_data.read_load_data(path_or_df, channels, root=root, labels=labels, cache=image_cache)
     if isinstance(path_or_df, pd.DataFrame):
         df, where = path_or_df.reset_index(drop=True), "image index"
         base = Path(root) if root is not None else Path.cwd()
@@ -117,7 +131,8 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
         df, where = read_table(p).reset_index(drop=True), str(p)
         base = Path(root) if root is not None else p.parent
     if load_data.is_load_data(df.columns):
-        return load_data.index_from_load_data(df, channels, where=where, base=str(base), labels=labels)
+        return load_data.index_from_load_data(df, channels, where=where, base=str(base), labels=labels,
+                                              cache=image_cache)
     missing = [k for k in SITE_KEYS if k not in df.columns]
     if missing:
         raise KeyError(f"{where}: missing site column {missing[0]!r}")

@@ -17,7 +17,8 @@ CorrectIlluminationApply (``Divide``) does; the index's ``illumination`` is the 
 must name one file per channel.
 
 Images are resolved through :mod:`phenovec.ingest.image_source`: local paths and ``file://`` URLs are used where
-they are, other URLs (object stores through fsspec's backends) are copied once into a local cache. Channels are
+they are, other URLs (object stores through fsspec's backends) are copied once into a local cache: all of them
+when the CSV is read (default), or with ``fetch=False`` site by site when ``ImageIndex.site_paths`` asks. Channels are
 named without the ``Orig`` prefix (``DNA`` for ``FileName_OrigDNA``; ``OrigDNA`` is accepted too). Every
 problem names the CSV, the row (0-based data row) and the column: a channel without a column, an empty file
 name, a missing or unreachable image, two flat fields for one plate x channel, a repeated site.
@@ -107,12 +108,14 @@ def _illumination(df: pd.DataFrame, names: Sequence[str], base: str, where: str,
 
 def index_from_load_data(df: pd.DataFrame, channels: Sequence[str] | None = None, *, where: str = "LoadData",
                          base: str = "", cache=None, check: bool = True, labels: str | None = None,
-                         illumination: bool = True) -> ImageIndex:
+                         illumination: bool = True, fetch: bool = True) -> ImageIndex:
     """An :class:`ImageIndex` from a LoadData table (module docstring). ``channels``: names and order (default
     the five Cell Painting channels when the table has them all, else every ``Orig`` channel); ``base``: the
     folder (path or URL) relative names start from; ``cache``: the local copy folder of remote images
-    (:mod:`~phenovec.ingest.image_source`); ``check``: local images must exist (remote ones are always
-    fetched); ``labels``: a label-image column stem (``FileName_<labels>`` / ``URL_<labels>``);
+    (:mod:`~phenovec.ingest.image_source`); ``check``: local images must exist; ``fetch``: remote images are
+    copied now (default; an unreachable one is an error naming its row and column), or (False) kept as URLs in
+    ``paths`` and copied site by site when :meth:`ImageIndex.site_paths` asks (a worker fetches only its own
+    sites); ``labels``: a label-image column stem (``FileName_<labels>`` / ``URL_<labels>``);
     ``illumination``: read the ``Illum<Ch>`` flat fields into ``index.illumination``."""
     df = df.reset_index(drop=True)
     missing = [k for k in SITE_KEYS if k not in df.columns]
@@ -140,10 +143,11 @@ def index_from_load_data(df: pd.DataFrame, channels: Sequence[str] | None = None
     per_channel = []
     for stem in stems:
         urls, cols = _column_urls(df, stem, base, where)
-        if check or any(image_source.is_remote(u) for u in urls):
+        remote = any(image_source.is_remote(u) for u in urls)
+        if (check and not remote) or (remote and fetch):
             urls = image_source.fetch_all(urls, cache, where=lambda i, cols=cols: f"{where}: row {i} column {cols[i]}")
         else:
-            urls = [image_source.local_file(u) for u in urls]
+            urls = [u if image_source.is_remote(u) else image_source.local_file(u) for u in urls]
         per_channel.append(urls)
     label_paths = None
     if labels is not None:
@@ -153,14 +157,16 @@ def index_from_load_data(df: pd.DataFrame, channels: Sequence[str] | None = None
         label_paths = image_source.fetch_all(urls, cache, where=lambda i: f"{where}: row {i} column {cols[i]}")
     meta = df[[c for c in df.columns if str(c).startswith("Metadata_")]]
     index = ImageIndex(meta, list(names), [list(p) for p in zip(*per_channel)], where,
-                       frames=channel_frames(df, stems, where), labels=label_paths)
+                       frames=channel_frames(df, stems, where), labels=label_paths,
+                       image_cache=None if cache is None else str(cache))
     if illumination:
         index.illumination = _illumination(df, names, base, where, cache)
     return index
 
 
 def read_load_data(source: str | os.PathLike, channels: Sequence[str] | None = None, *, root=None, cache=None,
-                   check: bool = True, labels: str | None = None, illumination: bool = True) -> ImageIndex:
+                   check: bool = True, labels: str | None = None, illumination: bool = True,
+                   fetch: bool = True) -> ImageIndex:
     """Read a LoadData CSV (or Parquet) at a path or URL into an :class:`ImageIndex` (see
     :func:`index_from_load_data`); relative image names start from ``root`` (default: the CSV's folder)."""
     src = str(source)
@@ -176,4 +182,4 @@ def read_load_data(source: str | os.PathLike, channels: Sequence[str] | None = N
     if root is None:
         root = src.rstrip("/").rsplit("/", 1)[0] if image_source.protocol(src) else str(Path(src).parent)
     return index_from_load_data(df, channels, where=src, base=str(root), cache=cache, check=check, labels=labels,
-                                illumination=illumination)
+                                illumination=illumination, fetch=fetch)
