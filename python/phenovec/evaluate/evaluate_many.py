@@ -73,48 +73,68 @@ def _key(s, f32_keys, euclidean):
 
 
 @numba.njit(parallel=True, cache=True)
-def _rank_block(block, queries, want, cols, active, ps, pd_, ns, nd, f32_keys, euclidean, ap_out, u_out):
-    """AP and Mann-Whitney U of each wanted query (row t of ``block``; ``cols`` are the global rows of its columns)."""
-    nc = cols.shape[0]
+def _rank_block(block, queries, want, m_cap, cols, sub, active, ps, pd_, ns, nd, f32_keys, euclidean, ap_out, u_out,
+                mp_out):
+    """AP and Mann-Whitney U of each wanted query (row t of ``block``; ``cols`` are the global rows of its columns).
+
+    Only the block columns ``sub`` (those that can pair with some query of the block under this rule) are visited.
+    Pass 1 keeps the query's positive keys (``m_cap`` of them at most: its M), sorted ascending; pass 2 bins every
+    negative by the number of positives at or above it (ties: positive first): nothing to find for a negative
+    below every positive (it precedes none) or above every positive, else a bucket table over the positives' key
+    range gives its place in O(1) for spread keys (a short scan where positives crowd one bucket). ``mp_out`` receives the number of
+    positives found, which the caller checks against M.
+    """
     for t in numba.prange(queries.shape[0]):
         if not want[t]:
             continue
         i = queries[t]
-        pos = np.empty(nc, np.float64)
-        neg = np.empty(nc, np.float64)
+        cap = m_cap[t]
+        pos = np.empty(cap, np.float64)
         mp = 0
-        mn = 0
-        for c in range(nc):
+        for k in range(sub.shape[0]):
+            c = sub[k]
             j = cols[c]
             if j == i or not active[j]:
                 continue
-            p = _match(i, j, ps, pd_)
-            q = _match(i, j, ns, nd)
-            if p or q:
-                s = _key(np.float64(block[t, c]), f32_keys, euclidean)
-                if p:
-                    pos[mp] = s
-                    mp += 1
-                if q:
-                    neg[mn] = s
-                    mn += 1
-        if mp == 0:
+            if _match(i, j, ps, pd_):
+                if mp < cap:
+                    pos[mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
+                mp += 1
+        mp_out[t] = mp
+        if mp == 0 or mp > cap:
             ap_out[t] = np.nan
             u_out[t] = np.nan
             continue
-        asc = np.sort(pos[:mp])
+        asc = np.sort(pos)
+        lowest = asc[0]
+        highest = asc[mp - 1]
+        # bucket table over (lowest, highest]: start[b] = first positive whose bucket is >= b, so a negative in
+        # bucket b has its first positive >= it at or after start[b], usually at it (4 buckets per positive)
+        nb = 4 * mp
+        scale = nb / (highest - lowest) if highest > lowest else 0.0
+        start = np.empty(nb + 1, np.int64)
+        p = 0
+        for b in range(nb + 1):
+            while p < mp and min(np.int64((asc[p] - lowest) * scale), nb) < b:
+                p += 1
+            start[b] = p
         cnt = np.zeros(mp + 1, np.int64)
-        for k in range(mn):
-            # positives with s >= v stay above this negative (ties: positive first); k-th in decreasing order
-            v = neg[k]
-            lo = 0
-            hi = mp
-            while lo < hi:  # first position with asc >= v
-                mid = (lo + hi) >> 1
-                if asc[mid] < v:
-                    lo = mid + 1
-                else:
-                    hi = mid
+        mn = 0
+        for k in range(sub.shape[0]):
+            c = sub[k]
+            j = cols[c]
+            if j == i or not active[j] or not _match(i, j, ns, nd):
+                continue
+            mn += 1
+            v = _key(np.float64(block[t, c]), f32_keys, euclidean)
+            if v <= lowest:
+                continue  # every positive at or above it: cnt[mp], which AP never reads
+            if v > highest:
+                cnt[0] += 1
+                continue
+            lo = start[min(np.int64((v - lowest) * scale), nb)]
+            while asc[lo] < v:  # first position with asc >= v (asc[mp - 1] >= v ends the scan)
+                lo += 1
             cnt[mp - lo] += 1
         ap_out[t], u_out[t] = ap_and_u(cnt, mp, mn)
 
@@ -249,6 +269,15 @@ def _columns_for(q: np.ndarray, rules: list[_Rule], n: int) -> np.ndarray | None
     return np.flatnonzero(mask).astype(np.int64)
 
 
+def _rule_columns(r: "_Rule", w: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:
+    """Positions in ``cols`` of the rows that pair (positive or negative) with at least one of the queries ``w``."""
+    mask = np.zeros(n, dtype=bool)
+    for terms in r.terms:
+        mask |= _partners(terms, w, n) > 0
+    mask &= r.active
+    return np.flatnonzero(mask[cols]).astype(np.int64)
+
+
 def _one_block(sims: Similarities, q, rules, n, columns, f32_keys, euclidean, counters) -> None:
     """Similarities of the queries ``q`` once (all columns or only the needed ones), then every rule set ranked."""
     q = np.ascontiguousarray(q, dtype=np.int64)
@@ -266,8 +295,14 @@ def _one_block(sims: Similarities, q, rules, n, columns, f32_keys, euclidean, co
         if sims.torch_ranking:
             out, u = rank_block_torch(block, q, w, cols, r.torch, f32_keys, euclidean)
         else:
-            out, u = np.empty(len(q)), np.empty(len(q))
-            _rank_block(block, q, w, all_cols, r.active, r.ps, r.pd_, r.ns, r.nd, f32_keys, euclidean, out, u)
+            out, u, found = np.empty(len(q)), np.empty(len(q)), np.zeros(len(q), dtype=np.int64)
+            sub = _rule_columns(r, q[w], all_cols, n)
+            _rank_block(block, q, w, np.ascontiguousarray(r.m[q]), all_cols, sub, r.active, r.ps, r.pd_, r.ns, r.nd,
+                        f32_keys, euclidean, out, u, found)
+            if not np.array_equal(found[w], r.m[q][w]):
+                bad = int(np.flatnonzero(found[w] != r.m[q][w])[0])
+                raise RuntimeError(f"rule set {r.name!r}: row {int(q[w][bad])} has {int(found[w][bad])} positives in its "
+                                   f"block but {int(r.m[q][w][bad])} by count (internal error)")
         r.ap[q[w]] = out[w]
         r.u[q[w]] = u[w]
 
