@@ -6,6 +6,8 @@
         [--trt-cache-dir DIR] [--sessions auto|per_thread|shared] [--illumination ILLUM] [--labels COLUMN] [--quiet]
     phenovec profile MODEL.onnx --crops CROPS_DIR -o OUT
     phenovec profile FIELD_MODEL.onnx --index index.csv -o OUT [--batch-size 8] [--dtype float32]
+    phenovec profile MODEL.onnx --index index.csv --locations nuclei.csv -o OUT --shard-by [Metadata_Plate]
+    phenovec profile MODEL.onnx --index P1/load_data.csv P2/load_data.csv ... -o OUT [--scheduler tcp://host:port]
 
 The model's metadata ``input_kind`` decides the mode: ``crops`` (single-cell model) -> ``profile_sites`` (images +
 locations, or a crop store; defaults batch 256, float16, edge drop); ``fields`` (whole-field model, MOAProfiler)
@@ -17,6 +19,11 @@ masked crops (``intensity.crop_mask``) needs an index with a label column (``Fil
 the one named by ``--labels``). Resumable: rerunning the same
 command into the same OUT skips finished sites (``phenovec.profile.parts``). The summary's ``cells`` counts
 fields for a field model.
+
+Several ``--index`` (one shard each) or ``--shard-by`` make a sharded run (``phenovec.profile.shards``: each
+shard a resumable run under ``OUT/shards/<name>/``, ``OUT/manifest.json`` listing their states, the well tables
+of all shards as the plate-partitioned datasets ``OUT/wells_mean/`` and ``OUT/wells_median/``); its summary lists
+the failed shards, and the exit status is non-zero when there are any.
 """
 from __future__ import annotations
 
@@ -40,6 +47,14 @@ def _run_profile(a) -> dict:
         opts["providers"] = a.providers[0] if a.providers == ["auto"] else a.providers
     if a.micro_batch is not None:
         opts["micro_batch"] = None if a.micro_batch == "none" else a.micro_batch
+    indexes = a.index or []
+    locations = a.locations or []
+    if len(indexes) > 1 or a.shard_by is not None:
+        return _run_shards(a, kind, opts)
+    if len(locations) > 1:
+        raise SystemExit(f"phenovec profile: {len(locations)} --locations for one --index (one table per index)")
+    a.index = indexes[0] if indexes else None
+    a.locations = locations[0] if locations else None
     if kind == "fields":
         from phenovec.profile.fields import profile_fields
 
@@ -77,6 +92,43 @@ def _run_profile(a) -> dict:
     return summary
 
 
+def _run_shards(a, kind: str, opts: dict) -> dict:
+    """Many plates: the indexes given, or one index split by ``--shard-by`` (``phenovec.profile.shards``). Prints
+    the summary, then exits non-zero naming the failed shards if any."""
+    from phenovec.profile.shards import DEFAULT_SHARD_BY, profile_shards
+
+    if kind == "fields":
+        raise SystemExit(f"phenovec profile: sharded runs (several --index or --shard-by) take single-cell models; "
+                         f"{a.model} has input_kind 'fields'")
+    if a.crops is not None:
+        raise SystemExit("phenovec profile: --crops profiles one crop store; sharded runs take --index")
+    if not a.index:
+        raise SystemExit("phenovec profile: --shard-by splits an --index; give one")
+    if len(a.index) > 1 and a.shard_by is not None:
+        raise SystemExit("phenovec profile: give several --index (one shard each) or one --index with --shard-by, "
+                         "not both")
+    if a.edge is not None:
+        opts["edge"] = a.edge
+    opts.setdefault("scheduler", "processes")
+    locations = a.locations if a.locations is None or len(a.locations) > 1 else a.locations[0]
+    res = profile_shards(a.model, a.index if len(a.index) > 1 else a.index[0], a.out, locations=locations,
+                         shard_by=a.shard_by or DEFAULT_SHARD_BY, labels=a.labels, illumination=a.illumination,
+                         progress=show_progress(a), **opts)
+    states = {}
+    for e in res.shards.values():
+        states[e["state"]] = states.get(e["state"], 0) + 1
+    summary = {"out": str(res.out), "shards": len(res.shards), "states": states, "cells": res.cells,
+               "embedded": res.embedded, "seconds": round(res.seconds, 3),
+               "cells_per_s": round(res.cells / res.seconds, 1) if res.seconds > 0 else None,
+               "manifest": str(res.out / "manifest.json"), "failed": res.failed}
+    print(json.dumps(summary, indent=2))
+    if res.failed:
+        first = next(iter(res.failed.items()))
+        raise SystemExit(f"{len(res.failed)} of {len(res.shards)} shards failed (see {res.out / 'manifest.json'}; "
+                         f"a rerun resumes them); {first[0]}: {first[1]}")
+    return summary
+
+
 def _micro_batch(text: str):
     """``--micro-batch``: auto, none or an integer >= 1 (checked by ``ProfileSession``'s rule)."""
     from phenovec.runtime.session import check_micro_batch
@@ -94,9 +146,13 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
     p = stages.add_parser("profile", help="profile cells (or whole fields) with an exported ONNX model (Dask, "
                                           "resumable): embeddings Zarr + per-well mean/median Parquet")
     p.add_argument("model", help="ONNX model written by phenovec export (its input_kind picks cells or fields)")
-    p.add_argument("--index", help="image index (CSV/Parquet; FileName_<channel> columns matched by name)")
-    p.add_argument("--locations", help="nuclei table (CSV/Parquet/SQLite); default: the index's "
-                                       "Metadata_Locations column (single-cell models only)")
+    p.add_argument("--index", nargs="+", help="image index (CSV/Parquet; FileName_<channel> columns matched by "
+                                              "name); several: a sharded run, one shard (plate) each")
+    p.add_argument("--locations", nargs="+", help="nuclei table (CSV/Parquet/SQLite), or one per --index; default: "
+                                                  "the index's Metadata_Locations column (single-cell models only)")
+    p.add_argument("--shard-by", nargs="?", const="Metadata_Plate", default=None, metavar="COLUMN",
+                   help="split --index into shards by COLUMN (default Metadata_Plate), each its own resumable run "
+                        "under OUT/shards/ on one Dask cluster, with OUT/manifest.json (phenovec.profile.shards)")
     p.add_argument("--crops", help="crops folder written by phenovec crop (instead of --index; single-cell models)")
     p.add_argument("--labels", help="label-image column of --index (FileName_<name> or <name>; default Labels if "
                                      "present), for a model trained on masked crops")
@@ -120,7 +176,8 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
                         "scheduler, else one per process), per_thread or shared (one per process, all its cores)")
     p.add_argument("--trt-cache-dir", default=None, help="TensorRT engine + timing cache folder, reused by reruns "
                                                          "(default: none)")
-    p.add_argument("--scheduler", default=None, help="threads (default), processes or tcp://host:port")
+    p.add_argument("--scheduler", default=None, help="threads (default; processes for a sharded run), processes or "
+                                                     "tcp://host:port")
     p.add_argument("--workers", type=int, default=None, help="threads / processes of the local cluster (default: "
                                                              "the CPU count)")
     p.add_argument("--dtype", choices=["float16", "float32"], default=None,

@@ -60,16 +60,27 @@ class PartStore:
         write_json_atomic(self.manifest_path, self.manifest)
 
     def part_path(self, site: int) -> Path:
-        return self.parts / f"site-{site:07d}.npz"
+        return part_path(self.parts, site)
 
     def done_sites(self) -> set[int]:
         return {int(p.stem.split("-")[1]) for p in self.parts.glob("site-*.npz")}
 
     def write(self, site: int, codes: np.ndarray, features: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, codes=np.asarray(codes, np.int8), features=features)
-        write_bytes_atomic(self.part_path(site), buf.getvalue())
+        write_part(self.parts, site, codes, features)
 
     def read(self, site: int) -> tuple[np.ndarray, np.ndarray]:
         with np.load(self.part_path(site)) as z:
             return z["codes"], z["features"]
+
+
+def part_path(parts: str | os.PathLike, site: int) -> Path:
+    """The part file of ``site`` in the ``parts`` folder of a run."""
+    return Path(parts) / f"site-{site:07d}.npz"
+
+
+def write_part(parts: str | os.PathLike, site: int, codes: np.ndarray, features: np.ndarray) -> None:
+    """Commit one finished site (module docstring): written whole or not at all. Also called in the worker that
+    embedded the site by a sharded run (``phenovec.profile.shards``), so its features never reach the driver."""
+    buf = io.BytesIO()
+    np.savez(buf, codes=np.asarray(codes, np.int8), features=features)
+    write_bytes_atomic(part_path(parts, site), buf.getvalue())

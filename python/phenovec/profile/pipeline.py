@@ -77,6 +77,32 @@ def input_fingerprint(sites: pd.DataFrame, extra) -> str:
     return h.hexdigest()
 
 
+def run_config(mode: str, source, sites: pd.DataFrame, extra: dict, ncells: list[int], meta, contract, edge: str,
+               dtype: str, batch_size: int, precision: str, flats) -> tuple[dict, dict]:
+    """(configuration, embeddings attributes) of a run: the configuration is what decides its output (the parts'
+    manifest, ``phenovec.profile.parts``: a resume with another one is refused), the attributes go to
+    ``embeddings.zarr`` (``phenovec.profile.assemble``). ``flats``: the illumination record of
+    :func:`_index_input` or None."""
+    import phenovec
+
+    probs = meta.probability_names()
+    config = {"mode": mode, "source": str(source), "input_sha256": input_fingerprint(sites, extra),
+              "sites": len(sites), "cells": int(sum(ncells)), "model_weights_sha256": meta.weights_sha256,
+              "channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
+              "feature_dim": meta.feature_dim, "edge": edge if mode == "images" else None, "dtype": dtype,
+              "batch_size": batch_size, "precision": precision}
+    if probs:  # only then, so that runs of models without probabilities keep their configuration (resume)
+        config["probabilities"] = probs
+    attrs = {}
+    if flats is not None:  # the content of the flat fields decides the output, not where they lie
+        config["illumination"] = {p: {f["channel"]: f["sha256"] for f in prov} for p, prov in flats[1].items()}
+        attrs["illumination_files"] = flats[1]
+    attrs.update({"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
+                  "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
+                  "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode})
+    return config, attrs
+
+
 def open_run_model(model_onnx, input_kind: str, dtype: str, batch_size, micro_batch="auto",
                    precision: str = "fp32", sessions: str = "auto",
                    scheduler: str | None = None, providers="auto") -> tuple[Path, object, int]:
@@ -189,8 +215,6 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     """
     from tqdm.auto import tqdm
 
-    import phenovec
-
     t0 = time.perf_counter()
     if out is None:
         raise ValueError("out: give the output folder")
@@ -217,17 +241,8 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     n_sites = len(sites)
     names = meta.feature_names()
     probs = meta.probability_names()  # prob_<task> of an assays model, after the features in parts and wells
-    config = {"mode": mode, "source": str(source), "input_sha256": input_fingerprint(sites, extra),
-              "sites": n_sites, "cells": int(sum(ncells)), "model_weights_sha256": meta.weights_sha256,
-              "channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
-              "feature_dim": meta.feature_dim, "edge": edge if mode == "images" else None, "dtype": dtype,
-              "batch_size": batch_size, "precision": precision}
-    if probs:  # only then, so that runs of models without probabilities keep their configuration (resume)
-        config["probabilities"] = probs
-    attrs = {}
-    if flats is not None:  # the content of the flat fields decides the output, not where they lie
-        config["illumination"] = {p: {f["channel"]: f["sha256"] for f in prov} for p, prov in flats[1].items()}
-        attrs["illumination_files"] = flats[1]
+    config, attrs = run_config(mode, source, sites, extra, ncells, meta, contract, edge, dtype, batch_size,
+                               precision, flats)
     with output_folder(out) as run:  # locked; a run that fails before its first site leaves nothing
         store = PartStore(out, config)
 
@@ -285,16 +300,7 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
             if missing:
                 raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
 
-        def site_table(s: int, codes: np.ndarray) -> pd.DataFrame:
-            from phenovec.profile.assemble import site_cell_table
-
-            return site_cell_table(sites.iloc[s], cells_of(s), codes)
-
-        attrs.update({"channels": list(contract.channels), "crop_size": contract.box_size, "intensity": meta.intensity,
-                      "edge": config["edge"], "model_weights_sha256": meta.weights_sha256, "model_arch": meta.arch,
-                      "phenovec_version": phenovec.__version__, "source": str(source), "mode": mode})
-        counts = assemble(out, n_sites, store.read, site_table, names, dtype, attrs, wells.rows,
-                          expected_rows=config["cells"], probabilities=probs)
+        counts = assemble_run(out, store, wells, sites, cells_of, names, probs, dtype, attrs, config["cells"])
         seconds = time.perf_counter() - t0
         store.mark_complete({**counts, "sites": n_sites})
     paths = {k: out / v for k, v in (("embeddings", "embeddings.zarr"), ("cells", "cells.parquet"),
@@ -302,6 +308,19 @@ def profile_sites(model_onnx, index=None, locations=None, out=None, *, crops_dir
     if probs:
         paths["wells_probabilities"] = out / "wells_probabilities.parquet"
     return ProfileResult(out, n_sites, counts["cells"], counts["embedded"], resumed, seconds, paths)
+
+
+def assemble_run(out: Path, store: PartStore, wells: WellWriter, sites: pd.DataFrame, cells_of, names: list,
+                 probs: list, dtype: str, attrs: dict, cells: int) -> dict:
+    """Assemble the outputs of a run whose sites are all committed in ``store`` (``phenovec.profile.assemble``);
+    ``cells_of(s)``: the located cells of site ``s``; ``cells``: the run's located cells. Returns the counts."""
+    from phenovec.profile.assemble import site_cell_table
+
+    def site_table(s: int, codes: np.ndarray) -> pd.DataFrame:
+        return site_cell_table(sites.iloc[s], cells_of(s), codes)
+
+    return assemble(out, len(sites), store.read, site_table, names, dtype, attrs, wells.rows, expected_rows=cells,
+                    probabilities=probs)
 
 
 def _crop_input(path: Path, contract, model: str):

@@ -1,0 +1,474 @@
+"""``profile_shards``: many plates in one run, each plate (shard) its own resumable profiling run, on one
+``dask.distributed`` cluster.
+
+Shards: a list of image indexes (each index one shard, named by its path below the indexes' common folder), or
+one index split by the values of a column (``shard_by``, ``Metadata_Plate`` by default; the nuclei table, when it
+has that column, is split the same way). Each shard's outputs are a :func:`~phenovec.profile.pipeline.profile_sites`
+run's, under ``OUT/shards/<name>/`` (``embeddings.zarr``, ``cells.parquet``, ``wells_mean.parquet``,
+``wells_median.parquet``, its ``manifest.json`` and parts), equal to a ``profile_sites`` run of that shard's
+sites alone; ``OUT/manifest.json`` lists the shards and their state (``phenovec.profile.manifest``); the well
+tables of all shards form one Parquet dataset per operation, partitioned by plate:
+``OUT/wells_mean/<plate>/<shard name>.parquet`` (likewise ``wells_median``, and ``wells_probabilities`` for a
+model with probabilities). The plate column stays inside every file with its type; the folders are named by the
+plate value alone (URI-escaped), not Hive's ``Metadata_Plate=<plate>``, because pandas and pyarrow read Hive
+folder names as a partition column of their own (a dictionary) that clashes with the file's column.
+``pandas.read_parquet(OUT / "wells_mean")`` and ``phenovec process`` read a folder as one table
+(``phenovec.process.source``: streamed, file by file).
+
+Where the work runs (the driver is this process):
+
+- the driver plans a shard (reads its index and locations: the site table and the packed centres,
+  ``phenovec.ingest.index.SiteCentres``) only when the cluster has room for its first task, and forgets it when
+  the shard is done, so it holds the shards in flight (a few), never the run's cells; the run's cost in the
+  driver per task is one submission and one small result;
+- a task (consecutive sites of one shard, about ``batch_size`` cells, as ``profile_sites`` groups them) runs on a
+  worker: decode + crop + inference (``phenovec.profile.sites``), then the worker commits each site's part
+  itself (``phenovec.profile.parts.write_part``) and returns only counts: features never travel to the driver;
+- when a shard's last task is done, its assembly (well profiles, ``embeddings.zarr``, the Parquet tables and its
+  plates' files of the well datasets) is one more task on the cluster, not in the driver.
+
+Tasks go to the cluster through one window of ``max_in_flight`` futures (default 2 x worker slots + 1) across
+shards, filled in shard order as tasks finish. A worker process killed mid-task (``processes`` workers run under
+Dask nannies, which restart them) loses that task only: the scheduler reruns it elsewhere, its sites are
+written once (a part that exists is the commit), and the output equals an uninterrupted run's. A shard whose
+task raises (a corrupt image: the error names the site and its file) is marked ``failed`` with that error and
+its other tasks are cancelled; the other shards go on, and :class:`ShardsResult` lists the failures (``phenovec
+profile`` exits non-zero). A rerun into the same ``OUT`` skips the complete shards and resumes the others from
+their committed sites.
+
+``scheduler``: ``"processes"`` (default: a ``LocalCluster`` of ``workers`` one-thread worker processes, Dask's
+default memory limit per worker: the machine's memory / workers), ``"threads"`` or the address of a running
+scheduler (``phenovec.profile.scheduler``); workers must read the model, images and ``OUT`` at the same paths.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+
+from phenovec.io.atomic import output_folder
+from phenovec.profile.manifest import ShardManifest
+
+DEFAULT_SHARD_BY = "Metadata_Plate"
+PLATE = "Metadata_Plate"
+WELL_DATASETS = {"mean": "wells_mean", "median": "wells_median", "probabilities": "wells_probabilities"}
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard: its ``key`` (the ``shard_by`` value, or the index path), folder ``name`` under ``OUT/shards``,
+    its ``index`` (a path, or the shard's rows of one index with ``root`` the folder its relative paths start
+    from) and ``locations`` (a path, a DataFrame, or None: the index's ``Metadata_Locations`` column)."""
+
+    key: str
+    name: str
+    index: object
+    root: str | None = None
+    locations: object = None
+    where: str = ""
+
+
+@dataclass
+class ShardsResult:
+    out: Path
+    shards: dict
+    cells: int
+    embedded: int
+    seconds: float
+    failed: dict = field(default_factory=dict)  # key -> error
+
+
+def shard_name(key: str) -> str:
+    """A folder name for shard ``key``: the key when it is made of letters, digits, ``._-`` only, else the key
+    with other characters replaced and 8 hex digits of its sha256 (two keys never share a folder)."""
+    s = re.sub(r"[^A-Za-z0-9._-]", "_", key)
+    if s != key or s.strip(".") == "":
+        s = f"{s}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    return s
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def shard_specs(index, locations=None, shard_by: str | None = DEFAULT_SHARD_BY) -> list[ShardSpec]:
+    """The shards of a run (module docstring). ``index``: one index (path or DataFrame), split by ``shard_by``, or
+    a list of index paths (one shard each; ``shard_by`` unused). ``locations``: None (the indexes'
+    ``Metadata_Locations``), one nuclei table for all, or (a list of indexes) one per index."""
+    from phenovec.io.profiles import read_table
+
+    indexes = _as_list(index)
+    if not indexes:
+        raise ValueError("index: give at least one image index")
+    locs = _as_list(locations) if isinstance(locations, (list, tuple)) else [locations]
+    if len(indexes) > 1:
+        if len(locs) not in (1, len(indexes)):
+            raise ValueError(f"locations: give one nuclei table for all {len(indexes)} indexes or one per index, "
+                             f"got {len(locs)}")
+        for i in indexes:
+            if isinstance(i, pd.DataFrame):
+                raise TypeError("a list of indexes must be paths (one shard each); split one DataFrame with "
+                                "shard_by instead")
+        paths = [Path(i).resolve() for i in indexes]
+        dup = [str(p) for p in paths if paths.count(p) > 1]
+        if dup:
+            raise ValueError(f"index {dup[0]} is given twice")
+        common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        keys = [str(p.relative_to(common)) for p in paths]
+        loc_of = (lambda i: locs[0]) if len(locs) == 1 else (lambda i: locs[i])
+        return [ShardSpec(k, shard_name(k), str(p), None, loc_of(i), str(p)) for i, (k, p) in enumerate(zip(keys, paths))]
+    if len(locs) != 1:
+        raise ValueError(f"locations: one index takes one nuclei table (or none), got {len(locs)}")
+    one, loc = indexes[0], locs[0]
+    if shard_by is None:
+        raise ValueError("shard_by: name the column that splits the index into shards (e.g. Metadata_Plate)")
+    if isinstance(one, pd.DataFrame):
+        df, where, root = one.reset_index(drop=True), "image index", None
+    else:
+        where = str(one)
+        df, root = read_table(Path(one)).reset_index(drop=True), str(Path(one).resolve().parent)
+    if shard_by not in df.columns:
+        raise KeyError(f"{where}: no column {shard_by!r} to shard by (its columns: {list(df.columns)[:12]})")
+    keys = df[shard_by].astype(str)
+    parts_of_loc = None
+    if loc is not None:
+        from phenovec.ingest.index import read_locations
+
+        table = loc if isinstance(loc, pd.DataFrame) else read_locations(loc)
+        if shard_by in table.columns:  # split once here: each shard matches only its own cells
+            parts_of_loc = {k: t.reset_index(drop=True)
+                            for k, t in table.groupby(table[shard_by].astype(str), sort=False)}
+            loc = None
+        else:
+            loc = table
+    specs = []
+    for k, rows in df.groupby(keys, sort=False):
+        sub_loc = parts_of_loc.get(k, pd.DataFrame(columns=["x", "y"])) if parts_of_loc is not None else loc
+        specs.append(ShardSpec(k, shard_name(k), rows.reset_index(drop=True), root, sub_loc,
+                               f"{where} ({shard_by} == {k!r})"))
+    return specs
+
+
+@dataclass(frozen=True)
+class SiteCheck:
+    """What the worker checks before it commits a site (as ``profile_sites`` does in its driver): the located
+    ``cells`` (``x``, ``y``, ``ObjectNumber``), the site's label and first image, the locations' name."""
+
+    cells: pd.DataFrame
+    label: str
+    image: str
+    locations: str
+
+
+def embed_commit(fn, parts_dir: str, jobs: list, checks: list) -> list[tuple[int, int, int]]:
+    """Worker task of a sharded run: ``fn(jobs)`` (``phenovec.profile.sites.embed_site_group``), then each site
+    checked and committed as its part in ``parts_dir`` unless it is there already (a task rerun after a lost
+    worker). Returns ``[(site, located cells, embedded cells)]``."""
+    from phenovec.ingest.crop import refuse_centres_outside
+    from phenovec.profile.parts import part_path, write_part
+
+    out = []
+    for (s, codes, feats), chk in zip(fn(jobs), checks):
+        if len(codes) != len(chk.cells):
+            raise RuntimeError(f"site {s}: {len(codes)} edge codes for {len(chk.cells)} located cells")
+        refuse_centres_outside(codes, chk.cells, chk.label, chk.image, chk.locations)
+        if not part_path(parts_dir, s).exists():
+            write_part(parts_dir, s, codes, feats)
+        out.append((s, len(codes), len(feats)))
+    return out
+
+
+@dataclass(frozen=True)
+class ShardAssembly:
+    """What the assembly task of a shard needs (its plan less the jobs)."""
+
+    out: str
+    top: str
+    name: str
+    config: dict
+    sites: pd.DataFrame
+    cells_of: object
+    names: list
+    probs: list
+    dtype: str
+    attrs: dict
+
+
+def assemble_shard(job: ShardAssembly) -> dict:
+    """Worker task: the outputs of a shard whose sites are all committed (``phenovec.profile.pipeline``'s
+    assembly), its plates' files of the run's well datasets, then the shard marked complete. Returns counts."""
+    from phenovec.profile.parts import PartStore
+    from phenovec.profile.pipeline import assemble_run
+    from phenovec.profile.wells import WellWriter
+
+    out = Path(job.out)
+    store = PartStore(out, job.config)
+    n = len(job.sites)
+    done = store.done_sites()
+    missing = sorted(set(range(n)) - done)
+    if missing:
+        raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
+    wells = WellWriter(out, job.sites, job.names + job.probs, lambda s: store.read(s)[1])
+    wells.resume(done)
+    counts = assemble_run(out, store, wells, job.sites, job.cells_of, job.names, job.probs, job.dtype, job.attrs,
+                          job.config["cells"])
+    write_well_datasets(out, Path(job.top), job.name, bool(job.probs))
+    store.mark_complete({**counts, "sites": n})
+    return {**counts, "sites": n}
+
+
+def plate_folder(plate: str) -> str:
+    """The folder name of ``plate`` in the well datasets: the value URI-escaped (``/``, ``=``, ``%`` ...); ``.``
+    and ``..`` as ``%2E`` and ``%2E%2E``."""
+    name = quote(plate, safe="")
+    return name.replace(".", "%2E") if name.strip(".") == "" else name
+
+
+def write_well_datasets(shard: Path, top: Path, name: str, probabilities: bool) -> None:
+    """Split the shard's well tables by plate into ``top/<wells_op>/<plate>/<name>.parquet`` (module docstring;
+    each file atomic; the plate value URI-escaped, ``.`` and ``..`` too)."""
+    from phenovec.io.atomic import write_bytes_atomic
+
+    ops = ["mean", "median"] + (["probabilities"] if probabilities else [])
+    for op in ops:
+        table = pd.read_parquet(shard / f"{WELL_DATASETS[op]}.parquet")
+        for plate, rows in table.groupby(table[PLATE].astype(str), sort=True):
+            folder = top / WELL_DATASETS[op] / plate_folder(plate)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(folder / f"{name}.parquet", rows.reset_index(drop=True).to_parquet(index=False))
+
+
+@dataclass
+class _Shard:
+    """A shard in flight in the driver."""
+
+    spec: ShardSpec
+    groups: deque
+    jobs_of: object
+    checks_of: object
+    parts: str
+    fn: object
+    assembly: ShardAssembly
+    outstanding: int = 0
+    cells: int = 0
+    futures: set = field(default_factory=set)
+
+
+def profile_shards(model_onnx, index, out, *, locations=None, shard_by: str | None = DEFAULT_SHARD_BY,
+                   labels: str | None = None, illumination=None, batch_size: int = 256,
+                   scheduler: str | None = "processes", workers: int | None = None, dtype: str = "float16",
+                   edge: str = "drop", providers="auto", precision: str = "fp32", trt_cache_dir=None,
+                   sessions: str = "auto", max_in_flight: int | None = None, micro_batch="auto",
+                   progress: bool = True) -> ShardsResult:
+    """Profile the shards of ``index`` (:func:`shard_specs`) with ``model_onnx`` into ``out`` (module docstring);
+    the options are :func:`~phenovec.profile.pipeline.profile_sites`'s (``labels``: the label-image column of
+    the indexes, for a model trained on masked crops). Returns a :class:`ShardsResult`; failed shards are listed
+    in it and in ``OUT/manifest.json``, not raised."""
+    from tqdm.auto import tqdm
+
+    from phenovec.profile.contract import contract_from_metadata
+    from phenovec.profile.pipeline import EDGE_POLICIES, open_run_model
+    from phenovec.profile.scheduler import open_client
+    from phenovec.profile.sites import run_model_ref
+
+    t0 = time.perf_counter()
+    if edge not in EDGE_POLICIES:
+        raise ValueError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
+    model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch, precision,
+                                                  sessions, scheduler, providers)
+    contract = contract_from_metadata(meta, source=str(model_path))
+    specs = shard_specs(index, locations, shard_by)
+    names = [shard_name(s.key) for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError("two shards map to one folder name; rename their keys")
+    out = Path(out).resolve()
+    top_config = {"model_weights_sha256": meta.weights_sha256, "dtype": dtype, "batch_size": batch_size,
+                  "edge": edge, "precision": precision, "channels": list(contract.channels),
+                  "shard_by": shard_by if len(_as_list(index)) == 1 else None}
+    opts = dict(model_path=model_path, meta=meta, contract=contract, illumination=illumination, labels=labels,
+                edge=edge, dtype=dtype, batch_size=batch_size, precision=precision)
+    with output_folder(out) as run:
+        manifest = ShardManifest(out, top_config, {s.key: {"dir": f"shards/{s.name}", "input": s.where}
+                                                   for s in specs})
+        run.resumable = True  # the manifest is the run's: kept whatever happens next
+        todo = deque()
+        for s in specs:
+            summary = _complete_summary(out / "shards" / s.name)
+            if summary is not None:
+                manifest.set(s.key, "done", **summary)
+            else:
+                todo.append(s)
+        manifest.flush(force=True)
+        if todo:
+            with open_client(scheduler or "processes", workers) as (client, slots, thr, per_thread):
+                ref = run_model_ref(str(model_path), meta.weights_sha256, providers, thr, per_thread, micro_batch,
+                                    precision, trt_cache_dir, sessions)
+                window = int(max_in_flight) if max_in_flight is not None else 2 * slots + 1
+                if window < 1:
+                    raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+                with tqdm(unit="cell", desc="profile shards", disable=not progress, smoothing=0.1) as bar:
+                    _drive(client, todo, manifest, out, ref, opts, window, bar)
+        manifest.flush(force=True)
+    done = {k: e for k, e in manifest.shards.items()}
+    failed = {k: e.get("error", "") for k, e in done.items() if e["state"] != "done"}
+    cells = sum(int(e.get("cells", 0)) for e in done.values() if e["state"] == "done")
+    embedded = sum(int(e.get("embedded", 0)) for e in done.values() if e["state"] == "done")
+    return ShardsResult(out, done, cells, embedded, time.perf_counter() - t0, failed)
+
+
+def _complete_summary(folder: Path) -> dict | None:
+    """The summary of a shard folder whose run is complete, else None."""
+    import json
+
+    m = folder / "manifest.json"
+    if not m.exists():
+        return None
+    try:
+        d = json.loads(m.read_text())
+    except ValueError:
+        return None
+    if not d.get("complete"):
+        return None
+    return {k: int(v) for k, v in d.get("summary", {}).items() if k in ("sites", "cells", "embedded")}
+
+
+def _plan(spec: ShardSpec, out: Path, ref, opts: dict) -> tuple[_Shard | None, dict]:
+    """Open a shard in the driver: its run configuration checked against its folder (another configuration is
+    refused there), its uncommitted task groups and its assembly job. None when the shard is already complete."""
+    from phenovec.ingest.crop import site_label
+    from phenovec.ingest.index import locations_name, read_image_index
+    from phenovec.profile.parts import PartStore
+    from phenovec.profile.pipeline import _index_input, run_config, task_groups
+    from phenovec.profile.sites import embed_site_group
+
+    contract, meta = opts["contract"], opts["meta"]
+    idx = read_image_index(spec.index, contract.channels, root=spec.root, labels=opts["labels"])
+    idx.source = spec.where
+    sites, jobs_of, cells_of, ncells, source, extra, flats = _index_input(
+        idx, spec.locations, contract, opts["illumination"], str(opts["model_path"]))
+    config, attrs = run_config("images", source, sites, extra, ncells, meta, contract, opts["edge"], opts["dtype"],
+                               opts["batch_size"], opts["precision"], flats)
+    folder = out / "shards" / spec.name
+    store = PartStore(folder, config)
+    info = {"sites": len(sites), "cells": int(sum(ncells))}
+    if store.complete:
+        return None, info
+    done = store.done_sites()
+    groups = deque(g for g in task_groups(ncells, opts["batch_size"]) if any(s not in done for s in g))
+    fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None, edge=opts["edge"],
+                           batch_size=opts["batch_size"], dtype=opts["dtype"])
+    loc_name = locations_name(spec.locations) if not isinstance(spec.locations, pd.DataFrame) else spec.where
+
+    def checks_of(s: int) -> SiteCheck:
+        return SiteCheck(cells_of(s), site_label(sites, s), extra["paths"][s][0], loc_name)
+
+    assembly = ShardAssembly(str(folder), str(out), spec.name, store.manifest["config"], sites, cells_of,
+                             meta.feature_names(), meta.probability_names(), opts["dtype"], attrs)
+    shard = _Shard(spec, groups, jobs_of, checks_of, str(store.parts), fn, assembly,
+                   cells=int(sum(ncells[s] for s in done)))
+    return shard, info
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _drive(client, todo: deque, manifest: ShardManifest, out: Path, ref, opts: dict, window: int, bar) -> None:
+    """The driver's loop (module docstring): tasks of the shards in order through one window of futures."""
+    from distributed import as_completed
+
+    active: dict[str, _Shard] = {}  # shards in flight, in opening order
+    kind: dict = {}  # future -> (shard key, "embed" | "assemble")
+    ac = as_completed()
+
+    def fail(key: str, err: str) -> None:
+        sh = active.pop(key, None)
+        if sh is not None:
+            for f in sh.futures:
+                kind.pop(f, None)
+                f.cancel()
+        manifest.set(key, "failed", error=err)
+
+    def submit_assembly(sh: _Shard) -> None:
+        f = client.submit(assemble_shard, sh.assembly, pure=False)
+        sh.futures.add(f)
+        sh.outstanding += 1
+        kind[f] = (sh.spec.key, "assemble")
+        ac.add(f)
+
+    def next_group():
+        """(shard, group) of the first shard in flight with a group left, opening the next shard if none."""
+        for sh in active.values():
+            if sh.groups:
+                return sh, sh.groups.popleft()
+        while todo:
+            spec = todo.popleft()
+            try:
+                sh, info = _plan(spec, out, ref, opts)
+            except Exception as e:  # a bad index or locations table fails that shard only
+                manifest.set(spec.key, "failed", error=_error(e))
+                continue
+            if sh is None:
+                manifest.set(spec.key, "done", **info)
+                continue
+            manifest.set(spec.key, "running", **info)
+            active[spec.key] = sh
+            bar.total = (bar.total or 0) + info["cells"]
+            bar.update(sh.cells)
+            if not sh.groups:  # every site committed before: assemble only
+                submit_assembly(sh)
+                continue
+            return sh, sh.groups.popleft()
+        return None
+
+    def fill() -> None:
+        while len(kind) < window:
+            nxt = next_group()
+            if nxt is None:
+                return
+            sh, g = nxt
+            f = client.submit(embed_commit, sh.fn, sh.parts, [sh.jobs_of(s) for s in g], [sh.checks_of(s) for s in g],
+                              pure=False)
+            sh.futures.add(f)
+            sh.outstanding += 1
+            kind[f] = (sh.spec.key, "embed")
+            ac.add(f)
+
+    fill()
+    for fut in ac:
+        what = kind.pop(fut, None)
+        if what is None:  # cancelled with its failed shard
+            fut.release()
+            continue
+        key, k = what
+        sh = active[key]
+        sh.futures.discard(fut)
+        sh.outstanding -= 1
+        try:
+            result = fut.result()
+        except Exception as e:
+            fut.release()
+            fail(key, _error(e))
+            fill()
+            continue
+        fut.release()
+        if k == "embed":
+            n = sum(c for _, c, _ in result)
+            sh.cells += n
+            bar.update(n)
+            if not sh.groups and sh.outstanding == 0:
+                submit_assembly(sh)
+        else:
+            del active[key]
+            manifest.set(key, "done", **{k2: int(v) for k2, v in result.items()})
+        fill()
+    for key in list(active):  # nothing left in flight: a shard still active lost its futures
+        fail(key, "its tasks ended without a result")
