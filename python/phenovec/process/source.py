@@ -8,6 +8,11 @@ streaming passes hold one batch at a time whatever the input size. Formats that 
 ``.h5ad`` / ``.zarr``, DeepProfiler ``.npz``) are read whole (:func:`phenovec.io.profiles.read_table`) and served
 from memory. ``declared_features`` is the list of feature columns when the format says which they are (an
 embedding store's features, AnnData ``var``, DeepProfiler ``features``), else ``None``.
+
+A list of inputs (e.g. the ``embeddings.zarr`` of every shard of a sharded profiling run,
+``phenovec.profile.shards``) is one :class:`ConcatSource`: the rows of each input in turn, never concatenated in
+memory. A Parquet folder (such as a sharded run's plate-partitioned ``wells_mean/``) is one ``ParquetSource``
+already: its files in path order, streamed.
 """
 from __future__ import annotations
 
@@ -165,6 +170,57 @@ class EmbeddingStoreSource:
             yield b[cols]
 
 
+class ConcatSource(_ArrayBatches):
+    """The rows of several sources one after another, as one source (row positions run on across them; a batch
+    never spans two sources). Every source must have the same columns (the first's order is kept) and, when they
+    declare their features, the same features."""
+
+    def __init__(self, sources: Sequence):
+        self.sources = [open_source(s) for s in sources]
+        if not self.sources:
+            raise ValueError("no input given (an empty list of sources)")
+        first = self.sources[0]
+        for src in self.sources[1:]:
+            if set(src.columns) != set(first.columns):
+                extra = sorted(set(src.columns) - set(first.columns))
+                missing = sorted(set(first.columns) - set(src.columns))
+                raise KeyError(f"{src.name}: its columns differ from {first.name}'s (" +
+                               (f"missing {missing[0]!r}" if missing else f"extra {extra[0]!r}") +
+                               f"; {len(missing)} missing, {len(extra)} extra): a list of inputs must be one table")
+            if src.declared_features != first.declared_features:
+                raise ValueError(f"{src.name}: declares other features than {first.name} (a list of embedding "
+                                 "stores must come from one model)")
+        self.columns = list(first.columns)
+        self.declared_features = first.declared_features
+        self.name = first.name if len(self.sources) == 1 else f"{first.name} (+{len(self.sources) - 1} more)"
+        self._n = None
+
+    @property
+    def num_rows(self) -> int:
+        if self._n is None:
+            self._n = sum(src.num_rows for src in self.sources)
+        return self._n
+
+    def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
+        cols = _check(self, columns) or self.columns
+        offset = 0
+        for src in self.sources:
+            for b in src.iter_batches(columns=cols, batch_rows=batch_rows):
+                b = b.set_axis(pd.RangeIndex(offset, offset + len(b)), axis=0)
+                offset += len(b)
+                yield b
+
+    def iter_arrays(self, meta_columns: Sequence[str], features: Sequence[str], batch_rows: int = 65536,
+                    dtype=np.float64) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        """Each source's own ``iter_arrays`` in turn (an embedding store's features straight from Zarr)."""
+        offset = 0
+        for src in self.sources:
+            for meta, x in src.iter_arrays(meta_columns, features, batch_rows=batch_rows, dtype=dtype):
+                meta = meta.set_axis(pd.RangeIndex(offset, offset + len(meta)), axis=0)
+                offset += len(meta)
+                yield meta, x
+
+
 def _check(src, columns):
     if columns is None:
         return None
@@ -176,10 +232,13 @@ def _check(src, columns):
     return cols
 
 
-def open_source(source) -> DataFrameSource | ParquetSource | CsvSource | EmbeddingStoreSource:
-    """A row source for a DataFrame, a Parquet file or dataset directory, a CSV/TSV file or a Zarr embedding store."""
-    if isinstance(source, (DataFrameSource, ParquetSource, CsvSource, EmbeddingStoreSource)):
+def open_source(source) -> DataFrameSource | ParquetSource | CsvSource | EmbeddingStoreSource | ConcatSource:
+    """A row source for a DataFrame, a Parquet file or dataset directory, a CSV/TSV file, a Zarr embedding store,
+    or a list / tuple of those (:class:`ConcatSource`, read one after another)."""
+    if isinstance(source, (DataFrameSource, ParquetSource, CsvSource, EmbeddingStoreSource, ConcatSource)):
         return source
+    if isinstance(source, (list, tuple)):
+        return open_source(source[0]) if len(source) == 1 else ConcatSource(source)
     if isinstance(source, pd.DataFrame):
         return DataFrameSource(source)
     if not isinstance(source, (str, os.PathLike)):
