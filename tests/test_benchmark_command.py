@@ -111,3 +111,32 @@ def test_bad_arguments(tmp_path):
     a = _args("--compare", "a.json", "b.json", "c.json")
     with pytest.raises(ValueError, match="--compare takes one record"):
         a.run(a)
+
+
+def test_user_index_and_profiles(tmp_path):
+    """Your data: an image index (here a Gallery LoadData CSV of a synthetic plate) and a well table."""
+    import pandas as pd
+
+    from phenovec.benchmark.eval_data import make_profiles
+    from phenovec.ingest.synth import CHANNELS, synth_plate
+
+    plate = synth_plate(tmp_path / "plate", plates=1, wells=3, sites_per_well=1, size=128, cells_per_site=(5, 9),
+                        seed=1, progress=False)
+    index = pd.read_csv(plate["index"])
+    ld = index[[c for c in index.columns if c.startswith("Metadata_")]].copy()
+    for c in CHANNELS:
+        ld[f"URL_Orig{c}"] = [(tmp_path / "plate" / f).resolve().as_uri() for f in index[f"FileName_{c}"]]
+    ld.to_csv(tmp_path / "load_data.csv", index=False)
+    meta, x, _ = make_profiles(300, 16, seed=2)
+    wells = pd.concat([meta, pd.DataFrame(x, columns=[f"f{i}" for i in range(16)])], axis=1)
+    wells.to_parquet(tmp_path / "wells.parquet")
+    a = _args("--stages", "decode", "crop", "eval", "--index", str(tmp_path / "load_data.csv"), "--locations",
+              str(plate["nuclei"]), "--sites", "2", "--profiles", str(tmp_path / "wells.parquet"), "--sameby",
+              "Metadata_MOA", "--repeats", "1", "--out", str(tmp_path / "r.json"), "--quiet")
+    rec = a.run(a)["record"]
+    nuclei = pd.read_csv(plate["nuclei"])
+    first = set(map(tuple, index[["Metadata_Well", "Metadata_Site"]].iloc[:2].astype(str).values))
+    cells = sum(tuple(map(str, r)) in first for r in nuclei[["Metadata_Well", "Metadata_Site"]].values)
+    assert rec["stages"]["crop"]["work"] == cells and rec["stages"]["decode"]["work"] == 2 * len(CHANNELS)
+    assert rec["stages"]["eval_map"]["n"] == 300 and rec["stages"]["eval_map"]["sameby"] == "Metadata_MOA"
+    assert rec["config"]["index"].endswith("load_data.csv") and not any(k.startswith("model[") for k in rec["stages"])

@@ -139,8 +139,8 @@ def _profiles(a, s: dict):
         df = read_table(a.profiles)
         if a.sameby not in df.columns:
             raise KeyError(f"{a.profiles}: no column {a.sameby!r} (--sameby)")
-        meta, x = split_profiles(df)
-        return meta, x, a.sameby
+        prof = split_profiles(df)
+        return prof.meta, prof.feats, a.sameby
     from phenovec.benchmark.eval_data import COMPOUND, make_profiles
 
     meta, x, _ = make_profiles(s["eval_n"], s["eval_dim"], a.seed)
@@ -163,11 +163,16 @@ def measure(a, s: dict, work: Path) -> dict:
               "stages": {}, "skipped": {}}
     image_stages = [x for x in a.stages if x != "eval"]
     if image_stages:
-        onnx, channels, box = _model(a, s, work)
+        if "model" in a.stages or "pipeline" in a.stages or a.model:
+            onnx, channels, box = _model(a, s, work)
+        else:  # decode / crop only: no model to build
+            from phenovec.ingest.synth import CHANNELS
+
+            onnx, channels, box = None, list(CHANNELS), s["box"]
         index, locations = _inputs(a, s, work, channels)
         sites = st.site_inputs(index, locations, channels, s["sites"])
         record["config"].update(box=box, channels=channels, sites=len(sites.paths), cells=sites.cells)
-        log(f"bench: {len(sites.paths)} sites, {sites.cells} cells, box {box}, model {onnx}")
+        log(f"bench: {len(sites.paths)} sites, {sites.cells} cells, box {box}, model {onnx or '-'}")
         crops = None
         if "decode" in a.stages:
             record["stages"]["decode"] = st.decode(sites, s["repeats"])

@@ -54,7 +54,8 @@ def site_inputs(index, locations, channels: Sequence[str], limit: int | None) ->
     out = Sites([], [], [])
     for s in range(n):
         x, y = centres.xy(s)
-        out.paths.append([index.paths[s][i] for i in pos])
+        local = index.site_paths(s)  # an object-store image is copied into the cache first
+        out.paths.append([local[i] for i in pos])
         out.xs.append(np.ascontiguousarray(x, np.float64))
         out.ys.append(np.ascontiguousarray(y, np.float64))
     return out
