@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -93,7 +94,7 @@ def fetch(url: str, cache: str | os.PathLike | None = None) -> str:
         raise OSError(f"{url}: cannot open protocol {protocol(url)!r} ({e}); install fsspec's backend for it "
                       "(e.g. s3fs for s3://, gcsfs for gs://)") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
         with fs.open(path, "rb") as src, open(tmp, "wb") as dst:
             while True:
@@ -123,15 +124,15 @@ def fetch_all(urls: Sequence[str], cache: str | os.PathLike | None = None, threa
             msg = f"{where(i)}: {e}" if where is not None else str(e)
             raise type(e)(msg) from None
 
-    remote = [i for i, u in enumerate(urls) if is_remote(u)]
-    out = [None] * len(urls)
+    first: dict[str, int] = {}  # each remote URL fetched once (one file for several channels: Frame_<Ch>)
     for i, u in enumerate(urls):
-        if not is_remote(u):
-            out[i] = one(i)
-    if remote:
-        with ThreadPoolExecutor(max(1, min(threads, len(remote)))) as pool:
-            for i, p in zip(remote, pool.map(one, remote)):
-                out[i] = p
+        if is_remote(u):
+            first.setdefault(str(u), i)
+    out = [None if is_remote(u) else one(i) for i, u in enumerate(urls)]
+    if first:
+        with ThreadPoolExecutor(max(1, min(threads, len(first)))) as pool:
+            got = dict(zip(first, pool.map(one, first.values())))
+        out = [got[str(u)] if o is None else o for u, o in zip(urls, out)]
     return out
 
 
