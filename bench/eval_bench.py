@@ -17,6 +17,18 @@ Cases (each timed in a fresh child process, so peak RSS is per case):
 4. ``full``: at the largest N (or ``--full-n``): replicate AP + mAP with p-values and MOA AP + mAP with
    p-values (``null_method="fast"``), in one child; time, breakdown and peak RSS.
 
+``--variants`` adds phenovec variants beside ``phenovec`` (each its own child, same data):
+
+- ``phenovec_bf16`` (replicate case): ``average_precision(..., precision="bf16")`` (oneDNN bf16 GEMM; refused
+  on a CPU without AVX512-BF16 / AMX);
+- ``phenovec_many`` / ``phenovec_many_bf16`` (full case): the issue-28 question set, replicate vs DMSO (copairs'
+  reference-index rules) + MOA consistency over the treated wells, ranked by ONE ``evaluate_many`` call (fp32 /
+  bf16), then both mAPs with the fast null; ``phenovec_many_cuda`` / ``phenovec_many_cuda_bf16``: the same on
+  ``device="cuda"`` (peak GPU memory recorded as ``peak_gpu_mb``). (``phenovec`` in the full case keeps the historical replicate-vs-all
+  + MOA as two ``average_precision`` calls.)
+
+PyTorch is imported and the Numba kernels are compiled before the timed repeats.
+
 Where both implementations ran, the copairs child keeps its last repeat's output and runs phenovec
 once after its timed repeats (not timed, after its peak RSS is read) and reports the max abs difference of AP (and of mAP and
 p-values with ``null_method="copairs"``).
@@ -132,6 +144,8 @@ def make_profiles(n: int, dim: int, seed: int = 0):
 # ----------------------------------------------------------------------------------------------
 
 REPLICATE = dict(pos_sameby=[COMPOUND], pos_diffby=[], neg_sameby=[], neg_diffby=[COMPOUND])
+REF = "Metadata_Reference_Index"  # copairs' reference index: DMSO wells numbered, treatments -1
+ACTIVITY = dict(pos_sameby=[COMPOUND, REF], pos_diffby=[], neg_sameby=[], neg_diffby=[COMPOUND, REF])
 MOA_RULES = dict(pos_sameby=[MOA], pos_diffby=[COMPOUND], neg_sameby=[], neg_diffby=[MOA])
 
 
@@ -181,8 +195,23 @@ def child(spec: dict) -> dict:
     if impl == "copairs":
         import copairs.map as cm
 
+    if impl.startswith("phenovec_") and impl != "phenovec_similarity":
+        import phenovec.evaluate as pe
+        from phenovec.evaluate.evaluate_many import evaluate_many
+
+        import torch  # noqa: F401  (import cost outside the timings)
+        precision = "bf16" if impl.endswith("bf16") else "fp32"
+        device = "cuda" if "_cuda" in impl else "cpu"
+        small = slice(0, 600)
+        evaluate_many(meta.iloc[small], x[small], {"r": REPLICATE}, precision=precision, device=device)  # warm up
+
     if case == "replicate":
-        if impl == "phenovec":
+        if impl == "phenovec_bf16":
+            def body():
+                ta, ap = _timed(lambda: pe.average_precision(meta, x, distance="cosine", precision="bf16", **REPLICATE))
+                tm, _ = _timed(lambda: ap.groupby(COMPOUND, observed=True)["average_precision"].mean())
+                return {"total": ta + tm, "ap": ta, "map_groupby": tm}
+        elif impl == "phenovec":
             def body():
                 ta, ap = _timed(lambda: pe.average_precision(meta, x, distance="cosine", **REPLICATE))
                 tm, _ = _timed(lambda: ap.groupby(COMPOUND, observed=True)["average_precision"].mean())
@@ -262,6 +291,29 @@ def child(spec: dict) -> dict:
                 for _, blk in pe.iter_similarity_blocks(x, "cosine"):
                     del blk
                 return {"total": time.perf_counter() - t}
+        parts, res["peak_rss_eval_mb"] = _repeat(spec, body)
+
+    elif case == "full" and impl.startswith("phenovec_many"):
+        dmso = (meta[COMPOUND] == "DMSO").to_numpy()
+        meta[REF] = np.where(dmso, np.arange(len(meta)), -1)
+        rule_sets = {"replicate_vs_dmso": ACTIVITY, "moa": {**MOA_RULES, "rows": ~dmso}}
+
+        def body():
+            stats = {}
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            ta, out = _timed(lambda: evaluate_many(meta, x, rule_sets, distance="cosine", precision=precision,
+                                                   device=device, stats=stats))
+            if device == "cuda":
+                res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                res["gpu"] = torch.cuda.get_device_name()
+            tm, _ = _timed(lambda: pe.mean_average_precision(out["replicate_vs_dmso"], [COMPOUND], null_size, THRESHOLD, 0,
+                                                              progress_bar=False, null_method="fast"))
+            tn, _ = _timed(lambda: pe.mean_average_precision(out["moa"], [MOA], null_size, THRESHOLD, 0,
+                                                              progress_bar=False, null_method="fast"))
+            res["blocks"] = stats
+            return {"total": ta + tm + tn, "evaluate_many_ap": ta, "replicate_map_fast_null": tm,
+                    "moa_map_fast_null": tn}
         parts, res["peak_rss_eval_mb"] = _repeat(spec, body)
 
     elif case == "full":
@@ -362,6 +414,12 @@ def main(argv=None) -> int:
     ap.add_argument("--breakdown-max-n", type=int, default=10**9)
     ap.add_argument("--full-n", type=int, default=None, help="N of the full evaluation (default: largest --n)")
     ap.add_argument("--full-repeats", type=int, default=1)
+    ap.add_argument("--variants", nargs="*", default=[],
+                    choices=["phenovec_bf16", "phenovec_many", "phenovec_many_bf16", "phenovec_many_cuda",
+                             "phenovec_many_cuda_bf16"],
+                    help="extra phenovec variants (replicate case: phenovec_bf16; full case: phenovec_many[_bf16])")
+    ap.add_argument("--full-impls", nargs="*", default=["phenovec"], choices=["phenovec", "none"],
+                    help="'none' skips the historical two-call full evaluation (e.g. at 100k, 425 s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child-timeout", type=float, default=1800.0)
     ap.add_argument("--out", type=Path, default=None)
@@ -405,6 +463,8 @@ def main(argv=None) -> int:
                                        "reason": f"N > --case-max-n {args.case_max_n}: see the full case"})
                 continue
             pv = add(dict(case=case, impl="phenovec", n=n, repeats=args.repeats))
+            if case == "replicate" and "phenovec_bf16" in args.variants:
+                add(dict(case=case, impl="phenovec_bf16", n=n, repeats=args.repeats))
             limit = args.peer_max_n if case == "replicate" else moa_max
             for peer in args.peers:
                 if n > limit:
@@ -414,7 +474,9 @@ def main(argv=None) -> int:
                 reps = peer_rep if n <= args.peer_repeat_max_n else 1
                 add(dict(case=case, impl=peer, n=n, repeats=reps, check=True))
     if "full" in args.cases:
-        add(dict(case="full", impl="phenovec", n=args.full_n or max(args.n), repeats=args.full_repeats))
+        full_n = args.full_n or max(args.n)
+        for impl in [i for i in args.full_impls if i != "none"] + [v for v in args.variants if v.startswith("phenovec_many")]:
+            add(dict(case="full", impl=impl, n=full_n, repeats=args.full_repeats))
 
     doc["summary"] = summarize(doc["results"])
     doc["machine"]["loadavg_end"] = os.getloadavg()
@@ -438,7 +500,6 @@ def summarize(results) -> list:
     bounds = {n: d["numpy_gemm"]["median_s"]["total"] for (c, n), d in by.items() if c == "bound" and "numpy_gemm" in d}
     rows = []
     for (case, n), d in sorted(by.items(), key=lambda kv: (["bound", "replicate", "moa", "full"].index(kv[0][0]), kv[0][1])):
-        pv = d.get("phenovec")
         cp = d.get("copairs")
         if case == "bound":
             row = {"case": case, "n": n, "numpy_gemm_s": bounds.get(n),
@@ -449,28 +510,34 @@ def summarize(results) -> list:
                 row["phenovec_similarity_over_bound"] = s / bounds[n] if bounds.get(n) else None
             rows.append(row)
             continue
-        if pv is None:
-            continue
-        keys = ["total"] if case in ("replicate", "full") else ["total_copairs_null", "total_fast_null"]
-        for key in keys:
-            row = {"case": case if key == "total" else f"{case} ({key[6:].replace('_', ' ')})", "n": n,
-                   "phenovec_s": pv["median_s"][key], "phenovec_repeats": len(pv["times_s"][key]),
-                   "phenovec_peak_rss_eval_mb": pv["peak_rss_eval_mb"], "phenovec_parts_s": pv["median_parts_s"]}
-            if cp is not None:
-                row["copairs_s"] = cp["median_s"]["total"]
-                row["copairs_repeats"] = len(cp["times_s"]["total"])
-                row["copairs_peak_rss_eval_mb"] = cp["peak_rss_eval_mb"]
-                row["copairs_over_phenovec"] = cp["median_s"]["total"] / pv["median_s"][key]
-                row["agreement"] = cp.get("agreement")
-            if n in bounds:
-                ap_s = pv["median_parts_s"].get("ap")
-                row["phenovec_over_bound"] = pv["median_s"][key] / bounds[n]
-                if ap_s is not None:
-                    row["phenovec_ap_over_bound"] = ap_s / bounds[n]
-                if case == "full":
-                    row["phenovec_over_bound"] = pv["median_s"][key] / (2 * bounds[n])
-                    row["bound_note"] = "full = two similarity passes: ratio against 2 x GEMM"
-            rows.append(row)
+        impls = [k for k in d if k.startswith("phenovec") and k != "phenovec_similarity"]
+        for impl in sorted(impls, key=lambda k: (k != "phenovec", k)):
+            rows.extend(summary_rows(case, n, impl, d[impl], cp, bounds))
+    return rows
+
+
+def summary_rows(case, n, impl, pv, cp, bounds) -> list:
+    rows = []
+    keys = ["total"] if case in ("replicate", "full") else ["total_copairs_null", "total_fast_null"]
+    for key in keys:
+        row = {"case": case if key == "total" else f"{case} ({key[6:].replace('_', ' ')})", "n": n, "impl": impl,
+               "phenovec_s": pv["median_s"][key], "phenovec_repeats": len(pv["times_s"][key]),
+               "phenovec_peak_rss_eval_mb": pv["peak_rss_eval_mb"], "phenovec_parts_s": pv["median_parts_s"]}
+        if cp is not None:
+            row["copairs_s"] = cp["median_s"]["total"]
+            row["copairs_repeats"] = len(cp["times_s"]["total"])
+            row["copairs_peak_rss_eval_mb"] = cp["peak_rss_eval_mb"]
+            row["copairs_over_phenovec"] = cp["median_s"]["total"] / pv["median_s"][key]
+            row["agreement"] = cp.get("agreement")
+        if n in bounds:
+            ap_s = pv["median_parts_s"].get("ap")
+            row["phenovec_over_bound"] = pv["median_s"][key] / bounds[n]
+            if ap_s is not None:
+                row["phenovec_ap_over_bound"] = ap_s / bounds[n]
+            if case == "full" and impl == "phenovec":
+                row["phenovec_over_bound"] = pv["median_s"][key] / (2 * bounds[n])
+                row["bound_note"] = "full = two similarity passes: ratio against 2 x GEMM"
+        rows.append(row)
     return rows
 
 
