@@ -35,7 +35,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from measure import emit_document, log, machine_info
+from measure import emit_document, log, machine_info, timed
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 TIFFFILE_CODEC = {"deflate": "zlib", "lzw": "lzw"}
@@ -159,16 +158,6 @@ def check_first_site(site, box) -> dict:
     same = bool(a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
                 and np.array_equal(codes == 0, kept) and set(np.unique(codes)) <= {0, 3})
     return {"identical": same, "cells": len(xs), "kept": int(kept.sum()), "shape": list(a.shape)}
-
-
-def timed(fn, repeats, label):
-    times, ret = [], None
-    for r in range(repeats):
-        t = time.perf_counter()
-        ret = fn()
-        times.append(time.perf_counter() - t)
-        log(f"  {label} repeat {r + 1}: {times[-1]:.3f} s")
-    return statistics.median(times), times, ret
 
 
 def bench_compression(comp, sites, box, repeats, workers) -> dict:

@@ -12,6 +12,7 @@
     phenovec report PROFILES --out DIR [--moa-column C --treatment-column C --control DMSO|QUERY]
     phenovec run config.yaml                 (every stage, cached by hash; see phenovec.pipeline)
     phenovec demo --out demo-out             (the whole pipeline on a synthetic plate)
+    phenovec bench --out bench.json [--quick] [--model M.onnx] [--compare other.json]   (this machine's rates)
 
 Every ``evaluate`` subcommand reads CSV / CSV.gz / Parquet, writes its table (CSV or Parquet by the
 file name) and a JSON summary (``--summary``, default: beside ``--out``), and prints the summary.
@@ -391,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     Dask, scikit-learn, SciPy or Zarr)."""
     from phenovec import __version__
     from phenovec.activity.command import add_activity_parser
+    from phenovec.benchmark.command import add_parser as add_bench_parser
     from phenovec.evaluate.assay_command import add_assay_parsers
     from phenovec.evaluate.integration_command import add_integration_parser
     from phenovec.evaluate.probe_command import add_probe_parser
@@ -420,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_process_parser(stages)
     for add in (add_synth_parser, add_illum_parser, add_crop_parser, add_tiles_parser, add_train_parser,
                 add_export_parser, add_profile_parser, add_report_parser, add_activity_parser, add_explain_parser,
-                add_run_parsers):
+                add_run_parsers, add_bench_parser):
         add(stages)
     return parser
 
