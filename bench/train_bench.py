@@ -29,6 +29,16 @@ output for reference only. Medians over ``--repeats``.
     python bench/train_bench.py --archs resnet_tiny efficientnet_b0 --box 96 --cells 1500 --repeats 3
     python bench/train_bench.py --archs gapnet efficientnet_b0 --task assays --box 96 --cells 300 --repeats 3
     python bench/train_bench.py --archs gapnet resnet101 --task assays --view 520x692 --view-only --repeats 3
+
+``--fields`` benchmarks MOAProfiler's field model instead (``phenovec.train.field_data``): a synthetic plate of
+``--field-sites`` sites of ``--size`` px tiled by ``phenovec.ingest.fields.tile_index`` with ``--factor`` (whole
+fields block-mean downsampled to ``size / factor`` px), then ``phenovec.train.train`` with ``model.recipe:
+moaprofiler`` (well holdout, duplicated minority classes, jitter / rotations / flips, per-field [0, 1] then channel
+standardisation) for one epoch per repeat: ``fields_per_s`` (the loop's training-pass rate) and
+``seconds_per_epoch`` (its training pass; ``epoch_wall_s`` adds validation and the checkpoint write), and the model
+bound (forward + backward + step on one in-memory batch of fields, as (b)), medians.
+
+    python bench/train_bench.py --fields --archs efficientnet_b0 --field-sites 64 --size 512 --factor 4 --repeats 3
 """
 from __future__ import annotations
 
@@ -60,6 +70,62 @@ def make_crops(root: Path, cells: int, box: int, size: int) -> Path:
     crop_index(read_image_index(p["index"], list(CHANNELS)), p["nuclei"], root / "crops", box_size=box, edge="shift",
                chunk_cells=256, progress=False)
     return root / "crops"
+
+
+def make_fields(root: Path, sites: int, size: int, factor: int) -> Path:
+    """A synthetic plate of ``sites`` sites (two per well, the 7 default treatments) tiled into whole fields."""
+    from phenovec.ingest.fields import tile_index
+    from phenovec.ingest.index import read_image_index
+    from phenovec.ingest.synth import CHANNELS, synth_plate
+
+    wells = max(14, -(-sites // 2))
+    p = synth_plate(root, plates=1, wells=wells, sites_per_well=2, size=size, seed=0, progress=False)
+    tile_index(read_image_index(p["index"], list(CHANNELS)), root / "fields", factor=factor, chunk_sites=4,
+               progress=False)
+    return root / "fields"
+
+
+def field_pipeline(fields: Path, out: Path, arch: str, batch: int, workers: int, threads: int) -> dict:
+    """One epoch of the moaprofiler recipe on ``fields``: the loop's fields/s, training-pass and wall seconds."""
+    from phenovec.train import train
+
+    cfg = {"data": {"fields": str(fields), "batch_size": batch, "workers": workers, "min_test_plates": 0},
+           "model": {"recipe": "moaprofiler", "arch": arch},
+           "train": {"epochs": 1, "out": str(out), "threads": threads, "seed": 0, "device": "cpu"}}
+    t0 = time.perf_counter()
+    res = train(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    row = res.metrics.iloc[-1]
+    return {"fields_per_s": float(row["cells_per_s"]), "train_fields": int(row["train_cells"]),
+            "train_seconds": float(row["train_seconds"]), "epoch_wall_s": wall}
+
+
+def run_fields(a) -> list:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"making {a.field_sites} fields of {a.size} px, downsampled by {a.factor}")
+        fields = make_fields(Path(tmp), a.field_sites, a.size, a.factor)
+        for arch in a.archs:
+            runs = []
+            side = a.size // a.factor
+            for r in range(a.repeats):
+                runs.append(field_pipeline(fields, Path(tmp) / f"run-{arch}-{r}", arch, a.batch, a.workers,
+                                           a.threads))
+                runs[-1]["model_bound_fields_per_s"] = model_bound_rate(
+                    arch, a.batch, side, max(1, runs[-1]["train_fields"] // a.batch), a.threads)
+                log(f"{arch} repeat {r + 1}: {runs[-1]['fields_per_s']:.2f} fields/s, "
+                    f"{runs[-1]['train_seconds']:.2f} s per training pass, model bound "
+                    f"{runs[-1]['model_bound_fields_per_s']:.2f} fields/s")
+            bound = statistics.median(r["model_bound_fields_per_s"] for r in runs)
+            results.append({"arch": arch, "mode": "fields", "field_side": a.size // a.factor, "factor": a.factor,
+                            "field_size": a.size, "batch": a.batch, "train_fields": runs[0]["train_fields"],
+                            "fields_per_s": statistics.median(r["fields_per_s"] for r in runs),
+                            "seconds_per_epoch": statistics.median(r["train_seconds"] for r in runs),
+                            "epoch_wall_s": statistics.median(r["epoch_wall_s"] for r in runs),
+                            "model_bound_fields_per_s": bound,
+                            "pipeline_x_of_model_bound": statistics.median(r["fields_per_s"] for r in runs) / bound,
+                            "runs": runs})
+    return results
 
 
 #: GapNet's paper: training views per epoch (Doc A, A1) and its outputs (209 assays)
@@ -145,8 +211,16 @@ def main() -> None:
     ap.add_argument("--view-batch", type=int, default=2)
     ap.add_argument("--view-steps", type=int, default=2)
     ap.add_argument("--view-only", action="store_true", help="time only the whole-view model bound (needs --view)")
+    ap.add_argument("--fields", action="store_true", help="benchmark the field model (MOAProfiler) on whole fields")
+    ap.add_argument("--field-sites", type=int, default=64, help="--fields: synthetic sites (fields)")
+    ap.add_argument("--factor", type=int, default=4, help="--fields: block-mean downsampling of the --size fields")
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.fields:
+        if a.size % a.factor:
+            ap.error(f"--size {a.size} must be divisible by --factor {a.factor}")
+        emit(a, run_fields(a))
+        return
     view = None
     if a.view:
         try:
