@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 
 def test_two_processes_equal_one(tmp_path):
-    plate = synth_plate(tmp_path / "plate", plates=2, wells=12, sites_per_well=2, size=128, cells_per_site=(4, 8),
+    plate = synth_plate(tmp_path / "plate", plates=2, wells=8, sites_per_well=2, size=128, cells_per_site=(4, 8),
                         seed=3, progress=False)
     tile_index(read_image_index(plate["index"], ["DNA", "ER", "RNA", "AGP", "Mito"]), tmp_path / "fields",
                factor=4, chunk_sites=4, progress=False)
