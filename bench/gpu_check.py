@@ -51,10 +51,11 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-CHECKS = ("kernels", "train", "ort_cuda", "ort_tensorrt", "eval", "harmony", "auto")
+#: run order: the quick checks first, so that a check that hangs until its limit costs the slow ones, not them
+CHECKS = ("auto", "harmony", "eval", "kernels", "train", "ort_cuda", "ort_tensorrt")
 #: each check's own time limit in seconds (full size, quick); the run's --budget-s caps them all together
-LIMITS = {"kernels": (110, 150), "train": (120, 150), "ort_cuda": (90, 120), "ort_tensorrt": (150, 120),
-          "eval": (80, 90), "harmony": (80, 90), "auto": (45, 90)}
+LIMITS = {"kernels": (120, 150), "train": (120, 150), "ort_cuda": (90, 120), "ort_tensorrt": (150, 120),
+          "eval": (75, 90), "harmony": (75, 90), "auto": (45, 90)}
 TRACE_CHARS = 2500
 #: the running child's result file and its check's result dict (parts are written there as they finish)
 PARTIAL: dict = {}
@@ -284,10 +285,25 @@ def _rows(n: int, d: int, dtype: str, seed: int, gpu: bool):
     return x.astype(dtype)
 
 
-def _rel(a, b) -> float:
+def _diff(a, b, step: int = 65_536) -> tuple[float, float]:
+    """(max |a - b|, that / max |b|) over row blocks (bounded temporaries on 1M x 1,280 float64)."""
     import numpy as np
 
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.ndim < 2:
+        a, b = a.reshape(1, -1), b.reshape(1, -1)
+    dmax = bmax = 0.0
+    for i in range(0, len(a), step):
+        bb = b[i:i + step].astype(np.float64, copy=False)
+        dmax = max(dmax, float(np.abs(a[i:i + step] - bb).max(initial=0.0)))
+        bmax = max(bmax, float(np.abs(bb).max(initial=0.0)))
+    return dmax, dmax / max(bmax, 1e-300)
+
+
+def _rel(a, b) -> float:
+    return _diff(a, b)[1]
 
 
 def check_kernels(ctx: Ctx) -> dict:
@@ -319,16 +335,21 @@ def check_kernels(ctx: Ctx) -> dict:
         chunks = [x[i:i + chunk] for i in range(0, n, chunk)]
         (cn, cmean, cm2), t_cpu = timed(cov.accumulate, chunks, d, device="cpu")
         (gn, gmean, gm2), t_gpu = timed(cov.accumulate, chunks, d, device="cuda", tile=tile, sync=sync)
-        out = {"cov_n_equal": int(cn) == int(gn), "cov_mean_rel": _rel(gmean, cmean), "cov_m2_rel": _rel(gm2, cm2),
-               "cov_m2_abs": float(np.abs(gm2 - cm2).max()), "cov_cpu_s": round(t_cpu, 3), "cov_cuda_s": round(t_gpu, 3)}
+        m2_abs, m2_rel = _diff(gm2, cm2)
+        out = {"cov_n_equal": int(cn) == int(gn), "cov_mean_rel": _rel(gmean, cmean), "cov_m2_rel": m2_rel,
+               "cov_m2_abs": m2_abs, "cov_cpu_s": round(t_cpu, 3), "cov_cuda_s": round(t_gpu, 3)}
         mean, scale = cmean, np.sqrt(np.diag(cm2) / (cn - 1))
         o_cpu, t_wc = timed(wh.whiten_cpu, x, mean, scale, w, chunk_rows=chunk)
         o_gpu, t_wg = timed(wh.whiten_cuda, x, mean, scale, w, chunk_rows=chunk, tile=tile, sync=sync)
-        out.update({"whiten_rel": _rel(o_gpu, o_cpu), "whiten_abs": float(np.abs(o_gpu - o_cpu).max()),
-                    "whiten_cpu_s": round(t_wc, 3), "whiten_cuda_s": round(t_wg, 3)})
+        w_abs, w_rel = _diff(o_gpu, o_cpu)
+        out.update({"whiten_rel": w_rel, "whiten_abs": w_abs, "whiten_cpu_s": round(t_wc, 3),
+                    "whiten_cuda_s": round(t_wg, 3)})
         del o_cpu, o_gpu
         if gpu:
-            out["bound"] = _cupy_bound(x, t_gpu)
+            try:
+                out["bound"] = _cupy_bound(x, t_gpu)
+            except Exception as e:  # noqa: BLE001 - the bound is a reference: its failure is recorded, not the kernels'
+                out["bound"] = {"status": "FAIL", "reason": f"{type(e).__name__}: {e}"[:300], "traceback": trace_tail(e)}
         else:
             out["bound"] = {"status": "SKIP", "reason": "the Numba CUDA simulator: no GPU to time against CuPy"}
         worst = max(out["cov_mean_rel"], out["cov_m2_rel"], out["whiten_rel"])
@@ -349,7 +370,7 @@ def check_kernels(ctx: Ctx) -> dict:
         g, t_g = timed(lambda: Spherizer("ZCA-cor", device="cuda").fit_stream(chunks), sync=sync)
         tc, t_tc = timed(c.transform, x)
         tg, t_tg = timed(g.transform, x, sync=sync)
-        rel = _rel(np.asarray(tg, dtype=np.float64), np.asarray(tc, dtype=np.float64))
+        rel = _rel(np.asarray(tg), np.asarray(tc))
         out = {"rows": m, "dim": k, "method": "ZCA-cor", "transform_rel": rel, "fit_cpu_s": round(t_c, 3),
                "fit_cuda_s": round(t_g, 3), "transform_cpu_s": round(t_tc, 3), "transform_cuda_s": round(t_tg, 3)}
         out.update(verdict(rel <= 1e-7, f"Spherizer cuda = cpu to {rel:.1e} relative",
@@ -481,8 +502,8 @@ def _train_loop(ctx: Ctx, dev) -> dict:
     crops = root / "crops"
     if not (crops / "manifest.json").exists():
         big = not ctx.quick
-        p = synth_plate(root, plates=2 if big else 1, wells=24 if big else 8, sites_per_well=2 if big else 1,
-                        size=512 if big else 192, cells_per_site=(60, 80) if big else (12, 16), seed=0,
+        p = synth_plate(root, plates=2 if big else 1, wells=24 if big else 8, sites_per_well=1,
+                        size=512 if big else 160, cells_per_site=(60, 80) if big else (14, 18), seed=0,
                         progress=False)
         crop_index(read_image_index(p["index"], list(CHANNELS)), p["nuclei"], crops, box_size=s["loop_box"],
                    edge="shift", chunk_cells=256, progress=False)
@@ -500,7 +521,7 @@ def _train_loop(ctx: Ctx, dev) -> dict:
     amp_on = ck.get("scaler_state") is not None
     out = {"arch": s["loop_arch"], "box": s["loop_box"], "batch": s["loop_batch"], "device": dev.type,
            "epochs": int(res.epochs), "train_loss": losses, "cells_per_s": [round(float(v), 1) for v in m["cells_per_s"]],
-           "train_cells": int(m["train_cells"].iloc[-1]), "val_accuracy": [float(v) for v in m["val_accuracy"]],
+           "train_cells": int(m["train_cells"].iloc[-1]), "val_accuracy": [None if v is None or v != v else float(v) for v in m["val_accuracy"]],
            "amp_grad_scaler_in_checkpoint": amp_on}
     ok = res.epochs == 2 and all(math.isfinite(v) for v in losses) and amp_on == (dev.type == "cuda")
     out.update(verdict(ok, f"2 epochs, loss {losses[0]:.3f} -> {losses[-1]:.3f}, {out['cells_per_s'][-1]:.0f} cells/s"
@@ -571,7 +592,8 @@ def _parity(a, b) -> dict:
 
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     cos = (a64 * b64).sum(1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-300)
-    return {"max_abs": float(np.abs(a64 - b64).max()), "rel": _rel(a64, b64), "min_row_cosine": float(cos.min())}
+    dmax, rel = _diff(a64, b64)
+    return {"max_abs": dmax, "rel": rel, "min_row_cosine": float(cos.min())}
 
 
 def _throughput(sess, batch: int, box: int, repeats: int = 3) -> dict:

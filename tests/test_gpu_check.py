@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_check.py"
-CHECKS = ("kernels", "train", "ort_cuda", "ort_tensorrt", "eval", "harmony", "auto")
+CHECKS = ("auto", "harmony", "eval", "kernels", "train", "ort_cuda", "ort_tensorrt")  # the run order
 
 
 def _run(out: Path, *args: str, sim: bool) -> tuple[subprocess.CompletedProcess, dict]:
