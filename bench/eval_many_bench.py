@@ -12,6 +12,10 @@ compound on different plates, MOAs of 2-8 compounds, float32, rows shuffled), pl
 - ``suite``: replicate vs DMSO + replicate vs all + MOA consistency as three single calls vs one
   ``evaluate_many`` call.
 
+``--precisions fp32 bf16`` also times ``many_control_only`` with a bf16 GEMM (``many_control_only_bf16``, its
+max |dAP| against fp32 reported); ``--no-single`` skips the N x N single call and ``columns="all"`` (for large N,
+where only the control-only path is affordable).
+
 Every phenovec output is compared with the single-rule call (``max_abs_diff_vs_single`` must be 0) and
 copairs' AP with the single-rule call. One JSON document on stdout (and ``--out``); progress on stderr.
 
@@ -61,6 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--copairs-max-n", type=int, default=20000)
     ap.add_argument("--cases", nargs="+", default=["activity", "suite"], choices=["activity", "suite"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    ap.add_argument("--no-single", action="store_true", help="activity: time only the control-only path")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -72,28 +78,39 @@ def main(argv=None) -> int:
     meta[REF] = np.where(dmso, np.arange(len(meta)), -1)
     doc = {"bench": "eval_many", "machine": machine_info(), "versions": versions(), "layout": layout,
            "args": vars(args), "results": {}}
-    # warm the Numba kernels (compiled once per machine, cached) outside the timings
+    # warm the Numba kernels (compiled once per machine, cached) and PyTorch outside the timings
     evaluate_many(meta.iloc[:400], x[:400], {"a": ACTIVITY})
+    if "bf16" in args.precisions:
+        evaluate_many(meta.iloc[:400], x[:400], {"a": ACTIVITY}, precision="bf16")
 
     if "activity" in args.cases:
         log(f"activity N={args.n} D={args.dim}")
         res = {}
-        res["single_full"], single = timed(lambda: pe.average_precision(meta, x, **ACTIVITY), args.repeats, "single_full")
         stats_all, stats_red = {}, {}
-        res["many_all"], full = timed(lambda: evaluate_many(meta, x, {"a": ACTIVITY}, columns="all", stats=stats_all),
-                                      args.repeats, "many_all")
+        if not args.no_single:
+            res["single_full"], single = timed(lambda: pe.average_precision(meta, x, **ACTIVITY), args.repeats, "single_full")
+            res["many_all"], full = timed(lambda: evaluate_many(meta, x, {"a": ACTIVITY}, columns="all", stats=stats_all),
+                                          args.repeats, "many_all")
+            res["many_all"].update(max_abs_diff_vs_single=max_diff(full["a"], single), **stats_all)
         res["many_control_only"], red = timed(
             lambda: evaluate_many(meta, x, {"a": ACTIVITY}, columns="auto", stats=stats_red), args.repeats, "many_control_only")
-        res["many_all"].update(max_abs_diff_vs_single=max_diff(full["a"], single), **stats_all)
-        res["many_control_only"].update(max_abs_diff_vs_single=max_diff(red["a"], single), **stats_red)
-        if args.n <= args.copairs_max_n and args.copairs_repeats > 0:
-            from copairs.map import average_precision as cp_ap
+        res["many_control_only"].update(**stats_red)
+        if "bf16" in args.precisions:
+            stats_bf = {}
+            res["many_control_only_bf16"], red_bf = timed(
+                lambda: evaluate_many(meta, x, {"a": ACTIVITY}, columns="auto", precision="bf16", stats=stats_bf),
+                args.repeats, "many_control_only_bf16")
+            res["many_control_only_bf16"].update(max_abs_diff_vs_fp32=max_diff(red_bf["a"], red["a"]), **stats_bf)
+        if not args.no_single:
+            res["many_control_only"]["max_abs_diff_vs_single"] = max_diff(red["a"], single)
+            if args.n <= args.copairs_max_n and args.copairs_repeats > 0:
+                from copairs.map import average_precision as cp_ap
 
-            res["copairs"], theirs = timed(lambda: cp_ap(meta, x, progress_bar=False, **ACTIVITY), args.copairs_repeats, "copairs")
-            res["copairs"]["max_abs_diff_vs_single"] = max_diff(theirs, single)
-            for k in ("single_full", "many_all", "many_control_only"):
-                res[k]["speedup_vs_copairs"] = res["copairs"]["median_s"] / res[k]["median_s"]
-        res["many_control_only"]["speedup_vs_single_full"] = res["single_full"]["median_s"] / res["many_control_only"]["median_s"]
+                res["copairs"], theirs = timed(lambda: cp_ap(meta, x, progress_bar=False, **ACTIVITY), args.copairs_repeats, "copairs")
+                res["copairs"]["max_abs_diff_vs_single"] = max_diff(theirs, single)
+                for k in ("single_full", "many_all", "many_control_only"):
+                    res[k]["speedup_vs_copairs"] = res["copairs"]["median_s"] / res[k]["median_s"]
+            res["many_control_only"]["speedup_vs_single_full"] = res["single_full"]["median_s"] / res["many_control_only"]["median_s"]
         doc["results"]["activity"] = res
 
     if "suite" in args.cases:

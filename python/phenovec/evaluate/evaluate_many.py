@@ -40,7 +40,7 @@ import pandas as pd
 from phenovec import _core
 from phenovec.evaluate.average_precision import TIES, UnpairedError, _inputs, normalize_ap
 from phenovec.evaluate.backend import DEFAULT_DEVICE_BLOCK_BYTES, Similarities, TorchRules, ap_and_u, rank_block_torch
-from phenovec.evaluate.pairs import DEFAULT_BLOCK_BYTES, PairRules, block_rows_for
+from phenovec.evaluate.pairs import PairRules, block_rows_for
 from phenovec.evaluate.roc_auc import METHODS as ROC_AUC_METHODS, add_roc_auc
 from phenovec.evaluate.similarity import check_metric
 from phenovec.io.row_filter import filter_mask
@@ -49,7 +49,10 @@ RULE_KEYS = ("pos_sameby", "pos_diffby", "neg_sameby", "neg_diffby")
 OPTIONAL_KEYS = ("rows",)
 COLUMNS = ("auto", "all")
 REDUCED_FRACTION = 0.5  # a block's column union below this fraction of N is computed as a reduced block
-REDUCED_QUERY_ROWS = 512  # queries per reduced block (few, so that their positives stay few)
+REDUCED_QUERY_ROWS = 512  # queries of the first reduced block (doubled while its columns stay few)
+# the Rust core prepares (normalises) every row it is given on each call, so blocks are larger than
+# average_precision's: at N = 100k a 1 GiB block is ~2,600 queries and the re-preparation ~3 % of the GEMM
+MANY_BLOCK_BYTES = 1 << 30
 
 
 @numba.njit(inline="always")
@@ -278,10 +281,29 @@ def _rule_columns(r: "_Rule", w: np.ndarray, cols: np.ndarray, n: int) -> np.nda
     return np.flatnonzero(mask[cols]).astype(np.int64)
 
 
-def _one_block(sims: Similarities, q, rules, n, columns, f32_keys, euclidean, counters) -> None:
-    """Similarities of the queries ``q`` once (all columns or only the needed ones), then every rule set ranked."""
+def _reduced_block(queries, pos, step, rules, n, sims, block_bytes, device_block_bytes):
+    """The next reduced block from ``pos``: (queries, their columns), or (None, None) when their columns are most rows.
+
+    Starts with ``REDUCED_QUERY_ROWS`` queries (at most ``step``, a full block's) and doubles while the columns stay few and the block within budget
+    (each call of the Rust core prepares the block's columns again, so few large blocks beat many small ones).
+    """
+    rows = min(REDUCED_QUERY_ROWS, step)
+    q = queries[pos : pos + rows]
+    cols = _columns_for(q, rules, n)
+    if cols is None:
+        return None, None
+    while pos + rows < len(queries):
+        bigger = queries[pos : pos + 2 * rows]
+        more = _columns_for(bigger, rules, n)
+        if more is None or sims.block_rows(len(more), block_bytes, device_block_bytes) < len(bigger):
+            break
+        rows, q, cols = 2 * rows, bigger, more
+    return q, cols
+
+
+def _one_block(sims: Similarities, q, cols, rules, n, f32_keys, euclidean, counters) -> None:
+    """Similarities of the queries ``q`` once (all columns, or only ``cols``), then every rule set ranked."""
     q = np.ascontiguousarray(q, dtype=np.int64)
-    cols = _columns_for(q, rules, n) if columns == "auto" else None
     if cols is None:
         block = sims.block(q)
         counters["full_blocks"] += 1
@@ -312,7 +334,7 @@ def evaluate_many(
     feats,
     rule_sets: Mapping[str, Mapping],
     distance: str = "cosine",
-    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    block_bytes: int = MANY_BLOCK_BYTES,
     ties: str = "copairs",
     columns: str = "auto",
     stats: dict | None = None,
@@ -368,15 +390,15 @@ def evaluate_many(
     else:
         step = block_rows_for(n, sims.itemsize, block_bytes)
     counters = {"full_blocks": 0, "reduced_blocks": 0, "similarities": 0, "device": sims.device}
-    for s in range(0, len(queries), step):
-        chunk = queries[s : s + step]
-        if columns == "auto" and len(chunk) > REDUCED_QUERY_ROWS:
-            # probe one small block: when its candidate columns are few, take the chunk in small reduced blocks
-            if _columns_for(chunk[:REDUCED_QUERY_ROWS], rules, n) is not None:
-                for t in range(0, len(chunk), REDUCED_QUERY_ROWS):
-                    _one_block(sims, chunk[t : t + REDUCED_QUERY_ROWS], rules, n, columns, f32_keys, euclidean, counters)
-                continue
-        _one_block(sims, chunk, rules, n, columns, f32_keys, euclidean, counters)
+    pos = 0
+    while pos < len(queries):
+        q, cols = queries[pos : pos + step], None
+        if columns == "auto":
+            q, cols = _reduced_block(queries, pos, step, rules, n, sims, block_bytes, device_block_bytes)
+            if cols is None:
+                q = queries[pos : pos + step]
+        _one_block(sims, q, cols, rules, n, f32_keys, euclidean, counters)
+        pos += len(q)
     if stats is not None:
         stats.update(counters)
     results = {}
