@@ -28,6 +28,7 @@ from phenovec.evaluate.precision import check_precision, check_precision_name, m
 
 DEVICES = ("auto", "cpu", "cuda", "torch-cpu")
 DEFAULT_DEVICE_BLOCK_BYTES = 2 * 2**30
+PREPARE_ROWS = 1 << 15  # rows prepared at a time
 BYTES_PER_BLOCK_ELEMENT = 48  # similarity, key, lo, bins, masks of one block element on the torch path
 
 
@@ -66,10 +67,12 @@ def prepare_rows(x: np.ndarray, metric: str, dtype) -> tuple[np.ndarray, np.ndar
         from scipy.stats import rankdata
 
         z = rankdata(np.asarray(x, dtype=np.float64), axis=1, method="average").astype(dtype)
-    if metric in ("pearson", "spearman"):
-        z -= z.mean(axis=1, dtype=np.float64).astype(dtype)[:, None]
-    ss = np.einsum("ij,ij->i", z.astype(np.float64, copy=False), z.astype(np.float64, copy=False))
-    z *= (1.0 / np.sqrt(ss)).astype(dtype)[:, None]
+    for s in range(0, len(z), PREPARE_ROWS):  # in row chunks: no N x D float64 copy
+        c = z[s : s + PREPARE_ROWS]
+        if metric in ("pearson", "spearman"):
+            c -= c.mean(axis=1, dtype=np.float64).astype(dtype)[:, None]
+        c64 = c.astype(np.float64)
+        c *= (1.0 / np.sqrt(np.einsum("ij,ij->i", c64, c64))).astype(dtype)[:, None]
     return z, None
 
 
