@@ -1,6 +1,7 @@
 """Data-parallel training (``torchrun``, DDP, gloo on the CPU): two processes give one process's run with the same
-global batch (losses, validation, weights to float tolerance; augmentation included), only rank 0 writes the run
-folder; the batch slicing and its loss weights."""
+global batch (losses, validation, weights and BatchNorm running statistics to float tolerance; augmentation and
+BatchNorm over the global batch included), only rank 0 writes the run folder; the batch slicing and its loss
+weights."""
 import os
 import socket
 import subprocess
@@ -51,7 +52,7 @@ def test_two_processes_equal_one(tmp_path):
     tile_index(read_image_index(plate["index"], ["DNA", "ER", "RNA", "AGP", "Mito"]), tmp_path / "fields",
                factor=4, chunk_sites=4, progress=False)
     cfg = {"data": {"fields": str(tmp_path / "fields"), "batch_size": 10, "workers": 0, "min_test_plates": 0},
-           "model": {"recipe": "moaprofiler", "arch": "gapnet", "dropout": 0.0},  # no BatchNorm, no dropout
+           "model": {"recipe": "moaprofiler", "arch": "resnet_tiny", "dropout": 0.0},  # BatchNorm synchronised
            "optim": {"lr": 0.01, "milestones": [1]},
            "train": {"epochs": 2, "out": str(tmp_path / "one"), "threads": 1, "seed": 11, "device": "cpu"}}
     one = train(cfg, progress=False)
@@ -73,7 +74,7 @@ def test_two_processes_equal_one(tmp_path):
     from phenovec.train.models import build_model
 
     torch.manual_seed(11)  # the loop's initialisation: the training moved the weights far more than the runs differ
-    init = build_model("gapnet", 5, len(one.classes), dropout=0.0).state_dict()
+    init = build_model("resnet_tiny", 5, len(one.classes), dropout=0.0).state_dict()
     moved = max(float((v - init[k]).abs().max()) for k, v in wa["model_state"].items())
     apart = max(float((v - wb["model_state"][k]).abs().max()) for k, v in wa["model_state"].items())
     assert apart < 1e-3 * moved, (apart, moved)

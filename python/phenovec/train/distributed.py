@@ -10,10 +10,13 @@ with NCCL on CUDA and gloo on the CPU (or an existing one is used). Every proces
 differ by at most one); the loss of a slice is weighted by its share of the global batch, so the gradients DDP
 averages are exactly those of the global batch's mean loss. The augmentation draws its random numbers for the
 whole global batch on every process and applies those of its slice (``Augment.batch_slice``), so each sample is
-augmented as one process would have augmented it. On CUDA the BatchNorm layers become ``SyncBatchNorm`` (batch
-statistics over the global batch); torch has no CPU SyncBatchNorm, so on the CPU a network with BatchNorm
-normalises each slice by its own statistics (warned) and only BatchNorm-free networks (``gapnet``, ``sc_cnn``)
-give one process's numbers there. Dropout masks are drawn per process (same distribution, other draws).
+augmented as one process would have augmented it. The BatchNorm layers normalise with the statistics of the global
+batch: torch's ``SyncBatchNorm`` on CUDA, and on the CPU (where torch has none) :class:`GlobalBatchNorm2d`, which
+sums each channel's count, sum and sum of squares (float64) over the processes with an all-reduce that is also
+summed in the backward pass (as ``SyncBatchNorm``), and updates the running statistics as ``BatchNorm2d`` does
+(unbiased variance); its state is ``BatchNorm2d``'s, so checkpoints do not change. Dropout masks are drawn per
+process (same distribution, other draws), and a stand-in sample of an empty slice enters its step's batch
+statistics: with dropout or such a step the weights are statistically, not numerically, one process's.
 
 Only rank 0 validates (the whole validation split, on the bare model), writes ``split.parquet``, checkpoints and
 metrics (atomically, ``phenovec.train.checkpoint``); the epoch's metrics row is broadcast so every process returns
@@ -26,6 +29,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 
 @dataclass
@@ -65,9 +70,6 @@ class World:
         """Element-wise sum of a list of numbers over the processes (float64)."""
         if not self.parallel:
             return [float(v) for v in values]
-        import torch
-        import torch.distributed as dist
-
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return [float(v) for v in t.cpu()]
@@ -76,22 +78,16 @@ class World:
         """Rank 0's ``obj`` on every process (plain data: numbers, strings, lists, dicts)."""
         if not self.parallel:
             return obj
-        import torch.distributed as dist
-
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def barrier(self) -> None:
         if self.parallel:
-            import torch.distributed as dist
-
             dist.barrier()
 
     def close(self) -> None:
         if self.owns_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
             self.owns_group = False
 
@@ -109,9 +105,6 @@ def _env_int(name: str, default: int) -> int:
 def join_world(device_name: str) -> World:
     """The world of this process: an initialised default process group, or ``WORLD_SIZE`` > 1 in the
     environment (``torchrun``: the group is created here, NCCL on CUDA, else gloo), else one process."""
-    import torch
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), False)
     size = _env_int("WORLD_SIZE", 1)
@@ -129,27 +122,80 @@ def join_world(device_name: str) -> World:
 
 def rank_device(world: World, device):
     """A process's device: ``cuda:LOCAL_RANK`` when training on CUDA in a multi-process world."""
-    import torch
-
     if world.parallel and device.type == "cuda" and device.index is None:
         return torch.device("cuda", world.local_rank)
     return device
 
 
 def wrap_model(world: World, model, device):
-    """DDP over ``model`` (SyncBatchNorm on CUDA; a warning for BatchNorm on the CPU), or ``model`` itself."""
+    """DDP over ``model`` with its BatchNorm layers synchronised (``SyncBatchNorm`` on CUDA,
+    :class:`GlobalBatchNorm2d` elsewhere; converted in place), or ``model`` itself in a one-process world."""
     if not world.parallel:
         return model
-    import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device.index])
-    if has_bn and world.main:
-        warnings.warn("data-parallel training on the CPU: torch has no CPU SyncBatchNorm, so each process "
-                      "normalises its slice of the batch with its own BatchNorm statistics (the weights differ "
-                      "from one process's; a BatchNorm-free network such as gapnet matches)", RuntimeWarning,
-                      stacklevel=2)
+    other = sorted({type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                    and not isinstance(m, torch.nn.BatchNorm2d)})
+    if other and world.main:
+        warnings.warn(f"data-parallel training on the CPU: {', '.join(other)} layers normalise each process's slice "
+                      "with its own statistics (only BatchNorm2d is synchronised here)", RuntimeWarning, stacklevel=2)
+    _global_batchnorm(model)
     return DistributedDataParallel(model)
+
+
+def _global_batchnorm(module) -> None:
+    """Make every ``BatchNorm2d`` under ``module`` a :class:`GlobalBatchNorm2d` in place: the class changes, the
+    parameter and buffer objects stay (an optimiser built before keeps updating them)."""
+    for m in module.modules():
+        if type(m) is torch.nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm2d
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """``all_reduce`` (sum) forward and backward: the gradient of every process's loss reaches each input."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training-mode statistics are those of the global batch over every process of the
+    default process group (module docstring); outside training, or without a process group, it is
+    ``BatchNorm2d``."""
+
+    def forward(self, x):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        c = x.shape[1]
+        xd = x.double()
+        local = torch.cat([xd.sum(dim=(0, 2, 3)), (xd * xd).sum(dim=(0, 2, 3)),
+                           xd.new_tensor([x.numel() // max(c, 1)])])
+        tot = _SumOverProcesses.apply(local)
+        n = tot[-1]
+        mean = tot[:c] / n
+        var = (tot[c:2 * c] / n - mean * mean).clamp_min(0)
+        shape = (1, c, 1, 1)
+        out = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var * (n / (n - 1)) if float(n) > 1 else var
+                self.running_mean.mul_(1 - f).add_(f * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - f).add_(f * unbiased.to(self.running_var.dtype))
+        return out
