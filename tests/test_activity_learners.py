@@ -208,7 +208,8 @@ def test_maml_meta_gradient_matches_autograd():
     ys, yq = torch.tensor([0, 1, 0, 1, 1, 0.0]), torch.tensor([1, 0, 0, 1, 1, 0, 1.0])
     grads = {}
     for first_order in (False, True):
-        learner = MAMLLearner(hidden=(8,), input_dropout=0.0, dropout=0.0, inner_steps=2, first_order=first_order)
+        learner = MAMLLearner(hidden=(8,), input_dropout=0.0, dropout=0.0, inner_steps=2, first_order=first_order,
+                              zero_head=False, balanced=False)  # the plain BCE written out below
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             learner._model = FNN(5, 1, hidden=(8,), input_dropout=0.0, dropout=0.0)

@@ -11,12 +11,16 @@ Configuration (paths relative to the configuration file; every key checked, erro
       assay_column: assay
       label_column: label
       # ... or one task per class of a profile column: one_vs_rest: injury_type, exclude_classes: [Control]
+      # (class_separator: '|' splits multi-label classes such as LINCS' "NFkB pathway inhibitor|proteasome inhibitor")
     profiles:
       path: wells.parquet        # anything phenovec.io.profiles.read_table reads
       compound_column: Metadata_compound   # or a list (compound and dose): ids joined by '|'
       features: infer            # or a list of columns
       consensus: median          # median | mean | modz over a compound's replicate wells
       samples: all               # or a row filter (phenovec.io.row_filter): "`Compound Name`.notna()"
+      joins: []                  # metadata tables left-joined first (phenovec.activity.wells)
+      nan_features: error        # error | drop: features with a missing value in a kept well
+      normalize: null            # or {method: standardize, by: Metadata_Plate, samples: "Metadata_moa == 'DMSO'"}
     tasks:
       min_actives: 10
       min_inactives: 10
@@ -37,7 +41,8 @@ Configuration (paths relative to the configuration file; every key checked, erro
     seed: 0
     threads: 1                   # PyTorch CPU threads while the learners run (null: torch's default)
 
-Each learner is built once, pre-trained on the train and validation tasks (the thesis' auxiliary tasks), then fitted
+Each learner is built once, pre-trained on the train and validation tasks (the thesis' auxiliary tasks; a learner
+that chooses settings on the validation tasks, ``uses_validation``, trains on the train tasks alone), then fitted
 on each episode's support set and scored on its query set. Outputs (written atomically into the output folder):
 ``results.csv`` (tidy: learner, task, M, episode, sizes, every metric, seconds), ``per_task.csv`` (means over
 episodes), ``summary.csv`` (means over episodes then tasks, per learner and M), ``wilcoxon.csv`` (one-sided paired
@@ -74,6 +79,7 @@ SCHEMA = {
         "column_index": (None, (str, NONE_TYPE), "path"),
         "one_vs_rest": (None, (str, NONE_TYPE), None),
         "exclude_classes": ([], (list,), None),
+        "class_separator": (None, (str, NONE_TYPE), None),
     },
     "profiles": {
         "path": (None, (str, NONE_TYPE), "path"),
@@ -81,6 +87,9 @@ SCHEMA = {
         "features": ("infer", (str, list), None),
         "consensus": ("median", (str,), ("median", "mean", "modz")),
         "samples": ("all", (str,), None),
+        "joins": ([], (list,), None),
+        "nan_features": ("error", (str,), ("error", "drop")),
+        "normalize": (None, (dict, NONE_TYPE), None),
     },
     "tasks": {
         "min_actives": (10, (int,), (1, 10 ** 9)),
@@ -148,8 +157,9 @@ class BenchmarkConfig:
         if (lab["path"] is None) == (lab["one_vs_rest"] is None):
             raise ConfigError(f"{source}: give exactly one of labels.path (a label file) and labels.one_vs_rest "
                               "(a class column of the profiles)")
-        if lab["exclude_classes"] and lab["one_vs_rest"] is None:
-            raise ConfigError(f"{source}: labels.exclude_classes needs labels.one_vs_rest")
+        for key in ("exclude_classes", "class_separator"):
+            if lab[key] and lab["one_vs_rest"] is None:
+                raise ConfigError(f"{source}: labels.{key} needs labels.one_vs_rest")
         if isinstance(prof["compound_column"], list) and not all(isinstance(c, str) for c in prof["compound_column"]):
             raise ConfigError(f"{source}: profiles.compound_column must be a column name or a list of names")
         if isinstance(prof["features"], str) and prof["features"] != "infer":
@@ -159,6 +169,10 @@ class BenchmarkConfig:
             from phenovec.io.row_filter import parse_filter
 
             parse_filter(prof["samples"], key=f"{source}: profiles.samples")
+        from phenovec.activity.wells import check_joins, check_normalize
+
+        prof["joins"] = check_joins(prof["joins"], source)
+        check_normalize(prof["normalize"], source)
         sizes = cfg["episodes"]["support_sizes"]
         if not sizes or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in sizes):
             raise ConfigError(f"{source}: episodes.support_sizes must be a non-empty list of integers >= 2, "
@@ -211,17 +225,10 @@ def fit_seed(seed: int, task: str, m: int, episode: int) -> int:
 def load_tasks(config: BenchmarkConfig):
     """The :class:`~phenovec.activity.tasks.TaskSet` of a configuration."""
     from phenovec.activity.tasks import build_tasks, compound_ids, compound_profiles
+    from phenovec.activity.wells import read_wells, resolver
     from phenovec.io.activity_labels import one_vs_rest_labels, read_activity_labels
-    from phenovec.io.profiles import read_table
 
-    prof_path = config.path("profiles", "path")
-    wells = read_table(prof_path)
-    if config.profiles["samples"] != "all":
-        from phenovec.io.row_filter import filter_mask
-
-        wells = wells[filter_mask(wells, config.profiles["samples"], key=f"{config.source}: profiles.samples")]
-        if wells.empty:
-            raise ValueError(f"{config.source}: profiles.samples selects no row of {prof_path}")
+    wells, features, prof_path = read_wells(config.profiles, resolver(config.base), config.source)
     lab = config.labels
     if lab["one_vs_rest"] is not None:
         ids = compound_ids(wells, config.profiles["compound_column"], source=str(prof_path))
@@ -229,14 +236,15 @@ def load_tasks(config: BenchmarkConfig):
             raise ValueError(f"{prof_path}: no column {lab['one_vs_rest']!r} (labels.one_vs_rest)")
         frame = pd.DataFrame({"compound": ids, "cls": wells[lab["one_vs_rest"]].to_numpy()})
         labels = one_vs_rest_labels(frame, compound_column="compound", class_column="cls", source=str(prof_path),
-                                    exclude=[str(c) for c in lab["exclude_classes"]])
+                                    exclude=[str(c) for c in lab["exclude_classes"]],
+                                    separator=lab["class_separator"])
     else:
         labels = read_activity_labels(
             config.path("labels", "path"), layout=lab["layout"], coding=lab["coding"],
             compound_column=lab["compound_column"], assay_column=lab["assay_column"],
             label_column=lab["label_column"], assays=lab["assays"], row_index=config.path("labels", "row_index"),
             column_index=config.path("labels", "column_index"))
-    profiles = compound_profiles(wells, config.profiles["compound_column"], features=config.profiles["features"],
+    profiles = compound_profiles(wells, config.profiles["compound_column"], features=features,
                                  operation=config.profiles["consensus"], source=str(prof_path))
     t = config.tasks
     return build_tasks(labels, profiles, min_actives=t["min_actives"], min_inactives=t["min_inactives"],
@@ -448,7 +456,10 @@ def _run_learners(learners: dict, ts, plan, config: BenchmarkConfig, rows: list,
     ep = config.episodes
     for name, learner in learners.items():
         t0 = time.perf_counter()
-        learner.pretrain(ts.train + ts.validation, seed=config.seed)
+        if getattr(learner, "uses_validation", False) and ts.train and ts.validation:
+            learner.pretrain(ts.train, seed=config.seed, validation=ts.validation)
+        else:
+            learner.pretrain(ts.train + ts.validation, seed=config.seed)
         pretrain_s = time.perf_counter() - t0
         n_done, t1 = 0, time.perf_counter()
         for task, m in plan:

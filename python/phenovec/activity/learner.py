@@ -27,6 +27,9 @@ class Learner(ABC):
     """A few-shot activity learner. Subclasses set :attr:`name` (the results table's ``learner`` column)."""
 
     name: str = "learner"
+    #: True when :meth:`pretrain` takes ``validation=`` tasks apart from the training tasks (to choose settings on);
+    #: the benchmark then pre-trains on the training tasks alone. Otherwise it gets training + validation tasks.
+    uses_validation: bool = False
 
     def pretrain(self, tasks: list[TaskData], *, seed: int = 0) -> "Learner":
         """Learn from the training tasks (meta-learners, multitask pre-training); single-task learners keep this

@@ -254,13 +254,18 @@ def _read_matrix_market(p: Path, coding: str, row_index, column_index) -> pd.Dat
 
 
 def one_vs_rest_labels(df: pd.DataFrame, *, compound_column: str, class_column: str, source: str = "profiles",
-                       exclude: Sequence[str] = ()) -> pd.DataFrame:
+                       exclude: Sequence[str] = (), separator: str | None = None) -> pd.DataFrame:
     """One task per class of ``class_column`` (``injury_type``): a compound is active in its own class's task and
     inactive in every other. Each compound must have one class (replicate wells agreeing); ``exclude`` drops classes
-    (such as ``Control``) from the tasks while their compounds stay inactives of the others."""
+    (such as ``Control``) from the tasks while their compounds stay inactives of the others.
+
+    With a ``separator`` (``"|"``) a class value lists several classes (LINCS' ``"NFkB pathway inhibitor|proteasome
+    inhibitor"``): the compound is active in each listed class's task; each compound must still have one value."""
     for key, col in (("compound_column", compound_column), ("class_column", class_column)):
         if col not in df.columns:
             raise ValueError(f"{source}: no column {col!r} ({key})")
+    if separator is not None and not separator:
+        raise ValueError(f"{source}: the class separator must be a non-empty string")
     compound = _ids(df[compound_column], f"{source}: column {compound_column!r}")
     cls = _ids(df[class_column], f"{source}: column {class_column!r}")
     pairs = pd.DataFrame({"compound": compound, "cls": cls}).drop_duplicates()
@@ -269,10 +274,23 @@ def one_vs_rest_labels(df: pd.DataFrame, *, compound_column: str, class_column: 
         c = pairs.compound[multi].iloc[0]
         raise ValueError(f"{source}: compound {c!r} has more than one {class_column!r} "
                          f"({', '.join(sorted(pairs.cls[pairs.compound == c]))})")
-    unknown = sorted(set(exclude) - set(pairs.cls))
+    members = [frozenset(_split_classes(v, separator, source, class_column)) for v in pairs.cls]
+    every = set().union(*members)
+    unknown = sorted(set(exclude) - every)
     if unknown:
         raise ValueError(f"{source}: excluded class {unknown[0]!r} is not a value of {class_column!r}")
-    classes = sorted(set(pairs.cls) - set(exclude))
+    classes = sorted(every - set(exclude))
     comp = pairs.compound.to_numpy()
     return _finish(np.tile(comp, len(classes)), np.repeat(np.asarray(classes, dtype=object), len(comp)),
-                   np.concatenate([(pairs.cls.to_numpy() == k).astype(np.int8) for k in classes]))
+                   np.concatenate([np.fromiter((k in m for m in members), dtype=np.int8, count=len(members))
+                                   for k in classes]))
+
+
+def _split_classes(value: str, separator: str | None, source: str, column: str) -> list[str]:
+    if separator is None:
+        return [value]
+    parts = [p.strip() for p in value.split(separator)]
+    if any(not p for p in parts):
+        raise ValueError(f"{source}: class {value!r} of column {column!r} has an empty part between "
+                         f"{separator!r} separators")
+    return parts
