@@ -33,7 +33,7 @@ context or a hang in one does not stop the others; an exception is recorded with
   the same bits as ``device=None``), each against the hardware the process sees.
 
 ``--out DIR`` writes ``gpu_check.json`` (machine: GPU, memory, driver, versions; every check's numbers) and
-``gpu_check.log`` (the children's stderr). Nothing hardware-dependent is imported at module level: the script
+``gpu_check.log`` (the children's output). Nothing hardware-dependent is imported at module level: the script
 imports torch, numba, CuPy and onnxruntime inside the checks only. Exit status 1 when a check FAILed.
 """
 from __future__ import annotations
@@ -919,6 +919,9 @@ def run_check(name: str, ctx: Ctx) -> dict:
 def child_main(args) -> int:
     ctx = Ctx(args)
     PARTIAL["path"] = args.result
+    if args.hang == args.child:  # test hook: a check that hangs, with a grandchild holding the output pipe
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        time.sleep(600)
     out = {"check": run_check(args.child, ctx)}
     if args.machine:
         try:
@@ -940,7 +943,30 @@ def _child_args(args, name: str, result: Path, machine: bool) -> list[str]:
         cmd.append("--ort-stand-in")
     if machine:
         cmd.append("--machine")
+    if args.hang:
+        cmd += ["--hang", args.hang]
     return cmd
+
+
+def run_child(cmd: list[str], limit: float, env: dict) -> tuple[str, int | None, bool]:
+    """Run one check's process in its own process group: (its output, exit status or None, timed out). At the limit
+    (or if this process is interrupted) the whole group is killed, DataLoader workers included, so that no
+    grandchild keeps the pipes open or the GPU busy."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO),
+                            env=env, process_group=0)
+    try:
+        out, _ = proc.communicate(timeout=limit)
+        return out, proc.returncode, False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return out or "", None, True
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def child_env(quick: bool) -> dict:
@@ -975,6 +1001,7 @@ def main(argv=None) -> int:
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--hang", choices=CHECKS, help=argparse.SUPPRESS)  # test hook: this check hangs (6 s limit)
     args = ap.parse_args(argv)
     if args.child:
         return child_main(args)
@@ -996,22 +1023,17 @@ def main(argv=None) -> int:
         args.work = work
         for i, name in enumerate(names):
             left = deadline - time.monotonic()
-            limit = min(LIMITS[name][1 if args.quick else 0], left - 3)
-            if limit < 10:
+            own = LIMITS[name][1 if args.quick else 0] if args.hang != name else 6.0
+            limit = min(own, left - 3)
+            if limit < min(10.0, own):
                 res = {"status": "SKIP", "reason": f"the run's time budget ({budget:.0f} s) was used up"}
             else:
                 result = Path(work) / f"{name}.json"
                 cmd = _child_args(args, name, result, machine=doc["machine"] is None)
                 t0 = time.monotonic()
-                try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=str(REPO),
-                                          env=child_env(args.quick))
-                    err, rc, timed_out = proc.stderr, proc.returncode, False
-                except subprocess.TimeoutExpired as e:
-                    err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-                    rc, timed_out = None, True
+                out_text, rc, timed_out = run_child(cmd, limit, child_env(args.quick))  # stdout and stderr
                 wall = time.monotonic() - t0
-                log_lines.append(f"===== {name} (rc={rc}, {wall:.1f} s)\n{err}")
+                log_lines.append(f"===== {name} (rc={rc}, {wall:.1f} s)\n{out_text}")
                 got = json.loads(result.read_text()) if result.exists() else None
                 if got is not None and got["check"].get("status") != "RUNNING":
                     res = got["check"]
@@ -1021,10 +1043,10 @@ def main(argv=None) -> int:
                     why = f"timed out after {limit:.0f} s (the check's limit)" if timed_out else \
                         f"the check's process ended with exit status {rc} before finishing"
                     res = {**(got["check"] if got is not None else {}), "status": "FAIL", "reason": why,
-                           "stderr_tail": err[-TRACE_CHARS:]}
+                           "process_output_tail": out_text[-TRACE_CHARS:]}
                 else:
                     res = {"status": "FAIL", "reason": f"the check's process ended with exit status {rc} and no result",
-                           "stderr_tail": err[-TRACE_CHARS:]}
+                           "process_output_tail": out_text[-TRACE_CHARS:]}
                 res["process_wall_s"] = round(wall, 2)
             doc["checks"][name] = res
             print(f"{res['status']} {name}: {res.get('reason', '')}", flush=True)

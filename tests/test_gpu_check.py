@@ -97,12 +97,17 @@ def test_quick_run_on_the_cpu(tmp_path):
 def test_checks_are_independent_and_the_ort_stand_in(tmp_path):
     """--check picks checks; --device cuda without a GPU makes the kernels check FAIL with its exception and traceback,
     the next check still runs, and the exit status is 1; --ort-stand-in runs the onnxruntime check's code (export,
-    parity, IO binding, the fp16 fallback, throughput) on the CPU provider."""
-    proc, doc = _run(tmp_path, "--check", "kernels", "--check", "ort_cuda", "--ort-stand-in", "--device", "cuda",
-                     sim=False)
+    parity, IO binding, the fp16 fallback, throughput) on the CPU provider; a hanging check is killed at its limit."""
+    proc, doc = _run(tmp_path, "--check", "kernels", "--check", "ort_cuda", "--check", "ort_tensorrt", "--ort-stand-in",
+                     "--device", "cuda", "--hang", "ort_tensorrt", sim=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     checks = doc["checks"]
-    assert list(checks) == ["kernels", "ort_cuda"] and doc["summary"] == {"PASS": 1, "FAIL": 1, "SKIP": 0}
+    assert list(checks) == ["kernels", "ort_cuda", "ort_tensorrt"]
+    assert doc["summary"] == {"PASS": 1, "FAIL": 2, "SKIP": 0}
+    # a check that hangs (its grandchild holding the output pipe) is killed, group and all, at its limit
+    hung = checks["ort_tensorrt"]
+    assert hung["status"] == "FAIL" and hung["reason"] == "timed out after 6 s (the check's limit)"
+    assert hung["process_wall_s"] < 30 and doc["machine"] is not None
     k = checks["kernels"]
     assert k["status"] == "FAIL" and "numba.cuda.is_available() is false" in k["reason"] and "Traceback" in k["traceback"]
     assert proc.stdout.splitlines()[0].startswith("FAIL kernels: RuntimeError")
