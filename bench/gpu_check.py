@@ -324,8 +324,9 @@ def check_kernels(ctx: Ctx) -> dict:
 
         sync = cuda.synchronize
         wx = np.random.default_rng(0).standard_normal((512, 64))
-        cov.accumulate([wx], 64, device="cuda", tile=tile)  # compile before timing
-        wh.whiten_cuda(wx, None, None, np.eye(64), tile=tile)
+        for xx in (wx, wx.astype(np.float32)):  # compile before timing: the kernels specialise on the input dtype
+            cov.accumulate([xx], 64, device="cuda", tile=tile)
+            wh.whiten_cuda(xx, None, None, np.eye(64), tile=tile)
     tol = 1e-9  # float64 accumulation on both paths: only the summation order differs
     rng = np.random.default_rng(1)
     w = rng.standard_normal((d, d)) / np.sqrt(d)
@@ -628,6 +629,22 @@ def _ort_gpu_provider(ctx: Ctx, provider: str):
     return ["CUDAExecutionProvider", "CPUExecutionProvider"], False
 
 
+def _provider_start(path, wanted: list[str]) -> dict:
+    """Whether onnxruntime starts ``wanted[0]`` for this model as is, and else after ``onnxruntime.preload_dlls()``
+    (onnxruntime-gpu finds pip's CUDA / cuDNN libraries, nvidia-*-cu13, only once they are preloaded: a session that
+    cannot load them falls back to the CPU without an error)."""
+    import onnxruntime as ort
+
+    def first():
+        return ort.InferenceSession(str(path), providers=wanted).get_providers()[0]
+
+    out = {"wanted": wanted[0], "started_as_is": first()}
+    if out["started_as_is"] != wanted[0] and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+        out["started_after_preload_dlls"] = first()
+    return out
+
+
 def check_ort(ctx: Ctx, provider: str) -> dict:
     import warnings
 
@@ -641,6 +658,8 @@ def check_ort(ctx: Ctx, provider: str) -> dict:
     parts = res["parts"]
     path, t_export = timed(_exported_model, ctx)
     res["export_s"] = round(t_export, 2)
+    if not stand_in:
+        res["provider_start"] = _provider_start(path, wanted)
     crops = _crops(s["ort_parity"], box)
     ref = ProfileSession(path, providers=["CPUExecutionProvider"], micro_batch=None).run(crops)
     trt_cache = str(ctx.work / "trt-cache")
