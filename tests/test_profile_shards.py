@@ -129,6 +129,32 @@ def test_cli_list_of_indexes_and_a_corrupt_shard(data, cluster, tmp_path, capsys
     _assert_equals_reference(out, data, names)
 
 
+def test_cli_shard_by_threads_and_refusals(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["profile", str(data["model"]), "--index", str(data["plate"]["index"]), "--locations",
+            str(data["plate"]["nuclei"]), "-o", str(out), "--batch-size", "8", "--scheduler", "threads",
+            "--workers", "2", "--shard-by", "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["shards"] == 3 and summary["states"] == {"done": 3} and summary["failed"] == {}
+    _assert_equals_reference(out, data, {p: p for p in PLATES})
+    both = ["profile", str(data["model"]), "--index", *map(str, data["per_plate"].values()), "--shard-by",
+            "-o", str(tmp_path / "x")]
+    assert main(both) == 2 and "not both" in capsys.readouterr().err
+    assert main([*argv[:-2], "--shard-by", "Metadata_Nope", "-o", str(tmp_path / "y")]) == 2
+    assert "no column 'Metadata_Nope' to shard by" in capsys.readouterr().err
+
+
+def test_shard_and_plate_folder_names():
+    from phenovec.profile.shards import plate_folder
+
+    assert shard_name("SYNTH-P01") == "SYNTH-P01"
+    a, b = shard_name("a/b"), shard_name("a_b")
+    assert a != b and "/" not in a and a.startswith("a_b-")
+    assert shard_name("..") not in ("..", ".") and "/" not in shard_name("../x")
+    assert plate_folder("P/1=2") == "P%2F1%3D2" and plate_folder("..") == "%2E%2E"
+
+
 # run in each worker process (as source: a function of this module would make the workers import it, and torch
 # with it): every site's decode + crop slowed by SECONDS
 SLOW_CUT_SITE = """

@@ -4,7 +4,8 @@
      "config": {...},                       what every shard shares (model weights hash, dtype, batch size, ...)
      "shards": {"<key>": {"dir": "shards/<name>", "input": "...", "state": "pending|running|done|failed",
                           "error": "...",  (failed: the exception, naming the file / site it came from)
-                          "sites": N, "cells": N, "embedded": N}}}
+                          "sites": N, "cells": N, "embedded": N,
+                          "assembly_seconds": S}}}    (the shard's assembly task, on a worker)
 
 It is a summary for people and scripts: the truth of a shard is its own folder (its ``manifest.json`` says
 ``complete``, ``phenovec.profile.parts``), so a run killed between two writes of this file loses nothing; a rerun
@@ -50,11 +51,9 @@ class ShardManifest:
                                  f"{[config.get(k) for k in diff]}); use a new output folder")
         before = (old or {}).get("shards", {})
         self.data = {"kind": KIND, "config": config, "shards": {}}
-        for key, info in shards.items():
-            entry = {"state": "pending", **{k: v for k, v in before.get(key, {}).items() if k != "error"}, **info}
-            if entry["state"] not in ("done",):
-                entry["state"] = "pending"
-            self.data["shards"][key] = entry
+        for key, info in shards.items():  # every shard pending until the run looks at its folder
+            old_entry = {k: v for k, v in before.get(key, {}).items() if k not in ("error", "state")}
+            self.data["shards"][key] = {**old_entry, **info, "state": "pending"}
         self._last = 0.0
         self.flush(force=True)
 

@@ -15,20 +15,25 @@ folder names as a partition column of their own (a dictionary) that clashes with
 ``pandas.read_parquet(OUT / "wells_mean")`` and ``phenovec process`` read a folder as one table
 (``phenovec.process.source``: streamed, file by file).
 
-Where the work runs (the driver is this process):
+Where the work runs (the driver is this process; every step but the bookkeeping is a task on the cluster):
 
-- the driver plans a shard (reads its index and locations: the site table and the packed centres,
-  ``phenovec.ingest.index.SiteCentres``) only when the cluster has room for its first task, and forgets it when
-  the shard is done, so it holds the shards in flight (a few), never the run's cells; the run's cost in the
-  driver per task is one submission and one small result;
+- a shard is planned by a task (:func:`plan_shard`: its index and locations read, the site table and the packed
+  centres, ``phenovec.ingest.index.SiteCentres``, its folder opened and its configuration checked); the plan
+  stays in the cluster's memory (Dask moves it to the workers that run the shard's tasks, once each, and drops it
+  when the shard is done) and the driver receives only the cells per site and the committed sites, from which it
+  groups the sites into tasks. So the driver holds no cell and no site table; per task it submits one small
+  message and receives one (the counts);
 - a task (consecutive sites of one shard, about ``batch_size`` cells, as ``profile_sites`` groups them) runs on a
-  worker: decode + crop + inference (``phenovec.profile.sites``), then the worker commits each site's part
-  itself (``phenovec.profile.parts.write_part``) and returns only counts: features never travel to the driver;
+  worker: decode + crop + inference (``phenovec.profile.sites``), the checks ``profile_sites`` makes, then the
+  worker commits each site's part itself (``phenovec.profile.parts.write_part``): features never travel;
 - when a shard's last task is done, its assembly (well profiles, ``embeddings.zarr``, the Parquet tables and its
-  plates' files of the well datasets) is one more task on the cluster, not in the driver.
+  plates' files of the well datasets) is one more task.
 
 Tasks go to the cluster through one window of ``max_in_flight`` futures (default 2 x worker slots + 1) across
-shards, filled in shard order as tasks finish. A worker process killed mid-task (``processes`` workers run under
+shards, filled in shard order as tasks finish; the next shard is planned while the planned ones still have
+tasks to submit. With one index split by ``shard_by`` the driver reads that index (and one nuclei table) whole to
+split it: for runs of billions of cells give one index (and nuclei table) per plate, as the Cell Painting Gallery
+ships its LoadData CSVs, or per-site ``Metadata_Locations``. A worker process killed mid-task (``processes`` workers run under
 Dask nannies, which restart them) loses that task only: the scheduler reruns it elsewhere, its sites are
 written once (a part that exists is the commit), and the output equals an uninterrupted run's. A shard whose
 task raises (a corrupt image: the error names the site and its file) is marked ``failed`` with that error and
@@ -157,72 +162,110 @@ def shard_specs(index, locations=None, shard_by: str | None = DEFAULT_SHARD_BY) 
     return specs
 
 
-@dataclass(frozen=True)
-class SiteCheck:
-    """What the worker checks before it commits a site (as ``profile_sites`` does in its driver): the located
-    ``cells`` (``x``, ``y``, ``ObjectNumber``), the site's label and first image, the locations' name."""
+@dataclass
+class ShardPlan:
+    """A shard's plan, made on a worker by :func:`plan_shard` and kept in the cluster's memory while the shard
+    runs (its tasks take it as an argument: Dask moves it to the workers that run them, once each): the site table,
+    the located cells (``jobs_of(s)``: the site's job; ``cells_of(s)``: its cell table), the run configuration
+    (checked against the shard's folder when planned), the worker function and the assembly's inputs."""
 
-    cells: pd.DataFrame
-    label: str
-    image: str
+    folder: str
+    top: str
+    name: str
+    sites: pd.DataFrame
+    jobs_of: object
+    cells_of: object
+    ncells: list
+    paths: list
+    config: dict
+    attrs: dict
+    names: list
+    probs: list
+    dtype: str
+    fn: object
     locations: str
+    complete: bool
+    done: list
 
 
-def embed_commit(fn, parts_dir: str, jobs: list, checks: list) -> list[tuple[int, int, int]]:
-    """Worker task of a sharded run: ``fn(jobs)`` (``phenovec.profile.sites.embed_site_group``), then each site
-    checked and committed as its part in ``parts_dir`` unless it is there already (a task rerun after a lost
-    worker). Returns ``[(site, located cells, embedded cells)]``."""
-    from phenovec.ingest.crop import refuse_centres_outside
+def plan_shard(spec: ShardSpec, out: str, ref, opts: dict) -> ShardPlan:
+    """Worker task: read a shard's index and locations (``phenovec.profile.pipeline``'s input, run
+    configuration), open its folder (``phenovec.profile.parts.PartStore``: another configuration is refused) and
+    note its committed sites."""
+    from phenovec.ingest.index import locations_name, read_image_index
+    from phenovec.profile.parts import PartStore
+    from phenovec.profile.pipeline import _index_input, run_config
+    from phenovec.profile.sites import embed_site_group
+
+    contract, meta = opts["contract"], opts["meta"]
+    idx = read_image_index(spec.index, contract.channels, root=spec.root, labels=opts["labels"])
+    idx.source = spec.where
+    sites, jobs_of, cells_of, ncells, source, extra, flats = _index_input(
+        idx, spec.locations, contract, opts["illumination"], str(opts["model_path"]))
+    config, attrs = run_config("images", source, sites, extra, ncells, meta, contract, opts["edge"], opts["dtype"],
+                               opts["batch_size"], opts["precision"], flats)
+    folder = Path(out) / "shards" / spec.name
+    store = PartStore(folder, config)
+    fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None, edge=opts["edge"],
+                           batch_size=opts["batch_size"], dtype=opts["dtype"])
+    loc_name = spec.where if isinstance(spec.locations, pd.DataFrame) else locations_name(spec.locations)
+    return ShardPlan(str(folder), str(out), spec.name, sites, jobs_of, cells_of, ncells,
+                     [p[0] for p in extra["paths"]], store.manifest["config"], attrs, meta.feature_names(),
+                     meta.probability_names(), opts["dtype"], fn, loc_name, store.complete,
+                     sorted(store.done_sites()))
+
+
+def plan_summary(plan: ShardPlan) -> dict:
+    """Worker task: what the driver needs of a plan: cells per site, committed sites, completeness."""
+    return {"ncells": plan.ncells, "done": plan.done, "complete": plan.complete}
+
+
+def embed_group(plan: ShardPlan, group: list) -> list[tuple[int, int, int]]:
+    """Worker task: embed sites ``group`` of a shard (``phenovec.profile.sites.embed_site_group``), check each as
+    ``profile_sites`` does (edge codes per located cell; a finite centre outside the image is an error naming the
+    locations, site, cell and image) and commit it as its part unless it is there already (a task rerun after a
+    lost worker). Returns ``[(site, located cells, embedded cells)]``: the features stay on the worker."""
+    from phenovec.ingest.crop import OUTCOMES, refuse_centres_outside, site_label
     from phenovec.profile.parts import part_path, write_part
 
+    parts = Path(plan.folder) / "parts"
+    jobs = [plan.jobs_of(s) for s in group]
+    invalid = OUTCOMES.index("invalid")
     out = []
-    for (s, codes, feats), chk in zip(fn(jobs), checks):
-        if len(codes) != len(chk.cells):
-            raise RuntimeError(f"site {s}: {len(codes)} edge codes for {len(chk.cells)} located cells")
-        refuse_centres_outside(codes, chk.cells, chk.label, chk.image, chk.locations)
-        if not part_path(parts_dir, s).exists():
-            write_part(parts_dir, s, codes, feats)
+    for (s, codes, feats), job in zip(plan.fn(jobs), jobs):
+        if len(codes) != plan.ncells[s]:
+            raise RuntimeError(f"site {s}: {len(codes)} edge codes for {plan.ncells[s]} located cells")
+        if (codes == invalid).any():  # the cell table only then (the check needs ObjectNumber for its message)
+            refuse_centres_outside(codes, plan.cells_of(s), site_label(plan.sites, s), plan.paths[s],
+                                   plan.locations)
+        if not part_path(parts, s).exists():
+            write_part(parts, s, codes, feats)
         out.append((s, len(codes), len(feats)))
     return out
 
 
-@dataclass(frozen=True)
-class ShardAssembly:
-    """What the assembly task of a shard needs (its plan less the jobs)."""
-
-    out: str
-    top: str
-    name: str
-    config: dict
-    sites: pd.DataFrame
-    cells_of: object
-    names: list
-    probs: list
-    dtype: str
-    attrs: dict
-
-
-def assemble_shard(job: ShardAssembly) -> dict:
+def assemble_shard(plan: ShardPlan) -> dict:
     """Worker task: the outputs of a shard whose sites are all committed (``phenovec.profile.pipeline``'s
     assembly), its plates' files of the run's well datasets, then the shard marked complete. Returns counts."""
     from phenovec.profile.parts import PartStore
     from phenovec.profile.pipeline import assemble_run
     from phenovec.profile.wells import WellWriter
 
-    out = Path(job.out)
-    store = PartStore(out, job.config)
-    n = len(job.sites)
+    t0 = time.perf_counter()
+    out = Path(plan.folder)
+    store = PartStore(out, plan.config)
+    n = len(plan.sites)
     done = store.done_sites()
     missing = sorted(set(range(n)) - done)
     if missing:
         raise RuntimeError(f"{out}: sites {missing[:10]} were not profiled")
-    wells = WellWriter(out, job.sites, job.names + job.probs, lambda s: store.read(s)[1])
+    wells = WellWriter(out, plan.sites, plan.names + plan.probs, lambda s: store.read(s)[1])
     wells.resume(done)
-    counts = assemble_run(out, store, wells, job.sites, job.cells_of, job.names, job.probs, job.dtype, job.attrs,
-                          job.config["cells"])
-    write_well_datasets(out, Path(job.top), job.name, bool(job.probs))
+    counts = assemble_run(out, store, wells, plan.sites, plan.cells_of, plan.names, plan.probs, plan.dtype,
+                          plan.attrs, plan.config["cells"])
+    write_well_datasets(out, Path(plan.top), plan.name, bool(plan.probs))
     store.mark_complete({**counts, "sites": n})
-    return {**counts, "sites": n}
+    return {**counts, "sites": n, "assembly_seconds": round(time.perf_counter() - t0, 3)}
 
 
 def plate_folder(plate: str) -> str:
@@ -248,15 +291,11 @@ def write_well_datasets(shard: Path, top: Path, name: str, probabilities: bool) 
 
 @dataclass
 class _Shard:
-    """A shard in flight in the driver."""
+    """A shard in flight in the driver: its plan's future (the plan stays on the cluster), its groups left."""
 
     spec: ShardSpec
-    groups: deque
-    jobs_of: object
-    checks_of: object
-    parts: str
-    fn: object
-    assembly: ShardAssembly
+    plan: object
+    groups: deque = field(default_factory=deque)
     outstanding: int = 0
     cells: int = 0
     futures: set = field(default_factory=set)
@@ -340,107 +379,57 @@ def _complete_summary(folder: Path) -> dict | None:
     return {k: int(v) for k, v in d.get("summary", {}).items() if k in ("sites", "cells", "embedded")}
 
 
-def _plan(spec: ShardSpec, out: Path, ref, opts: dict) -> tuple[_Shard | None, dict]:
-    """Open a shard in the driver: its run configuration checked against its folder (another configuration is
-    refused there), its uncommitted task groups and its assembly job. None when the shard is already complete."""
-    from phenovec.ingest.crop import site_label
-    from phenovec.ingest.index import locations_name, read_image_index
-    from phenovec.profile.parts import PartStore
-    from phenovec.profile.pipeline import _index_input, run_config, task_groups
-    from phenovec.profile.sites import embed_site_group
-
-    contract, meta = opts["contract"], opts["meta"]
-    idx = read_image_index(spec.index, contract.channels, root=spec.root, labels=opts["labels"])
-    idx.source = spec.where
-    sites, jobs_of, cells_of, ncells, source, extra, flats = _index_input(
-        idx, spec.locations, contract, opts["illumination"], str(opts["model_path"]))
-    config, attrs = run_config("images", source, sites, extra, ncells, meta, contract, opts["edge"], opts["dtype"],
-                               opts["batch_size"], opts["precision"], flats)
-    folder = out / "shards" / spec.name
-    store = PartStore(folder, config)
-    info = {"sites": len(sites), "cells": int(sum(ncells))}
-    if store.complete:
-        return None, info
-    done = store.done_sites()
-    groups = deque(g for g in task_groups(ncells, opts["batch_size"]) if any(s not in done for s in g))
-    fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None, edge=opts["edge"],
-                           batch_size=opts["batch_size"], dtype=opts["dtype"])
-    loc_name = locations_name(spec.locations) if not isinstance(spec.locations, pd.DataFrame) else spec.where
-
-    def checks_of(s: int) -> SiteCheck:
-        return SiteCheck(cells_of(s), site_label(sites, s), extra["paths"][s][0], loc_name)
-
-    assembly = ShardAssembly(str(folder), str(out), spec.name, store.manifest["config"], sites, cells_of,
-                             meta.feature_names(), meta.probability_names(), opts["dtype"], attrs)
-    shard = _Shard(spec, groups, jobs_of, checks_of, str(store.parts), fn, assembly,
-                   cells=int(sum(ncells[s] for s in done)))
-    return shard, info
-
-
 def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
 def _drive(client, todo: deque, manifest: ShardManifest, out: Path, ref, opts: dict, window: int, bar) -> None:
-    """The driver's loop (module docstring): tasks of the shards in order through one window of futures."""
+    """The driver's loop (module docstring): the shards' plan, embed and assembly tasks through one window of
+    futures; the next shard is planned when the groups of the planned ones would not fill the window."""
     from distributed import as_completed
 
-    active: dict[str, _Shard] = {}  # shards in flight, in opening order
-    kind: dict = {}  # future -> (shard key, "embed" | "assemble")
-    ac = as_completed()
+    from phenovec.profile.pipeline import task_groups
 
-    def fail(key: str, err: str) -> None:
+    active: dict[str, _Shard] = {}  # shards in flight, in opening order
+    kind: dict = {}  # future -> (shard key, "plan" | "embed" | "assemble")
+    ac = as_completed()
+    planning = []  # keys of shards whose plan is not back yet
+
+    def track(sh: _Shard, f, what: str) -> None:
+        sh.futures.add(f)
+        sh.outstanding += 1
+        kind[f] = (sh.spec.key, what)
+        ac.add(f)
+
+    def drop(key: str) -> None:
         sh = active.pop(key, None)
         if sh is not None:
             for f in sh.futures:
                 kind.pop(f, None)
                 f.cancel()
-        manifest.set(key, "failed", error=err)
+            sh.plan.release()
+        if key in planning:
+            planning.remove(key)
 
-    def submit_assembly(sh: _Shard) -> None:
-        f = client.submit(assemble_shard, sh.assembly, pure=False)
-        sh.futures.add(f)
-        sh.outstanding += 1
-        kind[f] = (sh.spec.key, "assemble")
-        ac.add(f)
-
-    def next_group():
-        """(shard, group) of the first shard in flight with a group left, opening the next shard if none."""
-        for sh in active.values():
-            if sh.groups:
-                return sh, sh.groups.popleft()
-        while todo:
-            spec = todo.popleft()
-            try:
-                sh, info = _plan(spec, out, ref, opts)
-            except Exception as e:  # a bad index or locations table fails that shard only
-                manifest.set(spec.key, "failed", error=_error(e))
-                continue
-            if sh is None:
-                manifest.set(spec.key, "done", **info)
-                continue
-            manifest.set(spec.key, "running", **info)
-            active[spec.key] = sh
-            bar.total = (bar.total or 0) + info["cells"]
-            bar.update(sh.cells)
-            if not sh.groups:  # every site committed before: assemble only
-                submit_assembly(sh)
-                continue
-            return sh, sh.groups.popleft()
-        return None
+    def open_next() -> None:
+        spec = todo.popleft()
+        pf = client.submit(plan_shard, spec, str(out), ref, opts, pure=False)
+        sh = active[spec.key] = _Shard(spec, pf)
+        planning.append(spec.key)
+        track(sh, client.submit(plan_summary, pf, pure=False), "plan")
+        manifest.set(spec.key, "running")
 
     def fill() -> None:
         while len(kind) < window:
-            nxt = next_group()
-            if nxt is None:
+            sh = next((a for a in active.values() if a.groups), None)
+            if sh is None:
+                if todo and not planning:
+                    open_next()
+                    continue
                 return
-            sh, g = nxt
-            f = client.submit(embed_commit, sh.fn, sh.parts, [sh.jobs_of(s) for s in g], [sh.checks_of(s) for s in g],
-                              pure=False)
-            sh.futures.add(f)
-            sh.outstanding += 1
-            kind[f] = (sh.spec.key, "embed")
-            ac.add(f)
+            track(sh, client.submit(embed_group, sh.plan, sh.groups.popleft(), pure=False), "embed")
+        if todo and not planning and sum(len(a.groups) for a in active.values()) < window:
+            open_next()  # plan ahead: the next shard's groups are ready when these run out
 
     fill()
     for fut in ac:
@@ -456,19 +445,38 @@ def _drive(client, todo: deque, manifest: ShardManifest, out: Path, ref, opts: d
             result = fut.result()
         except Exception as e:
             fut.release()
-            fail(key, _error(e))
+            drop(key)
+            manifest.set(key, "failed", error=_error(e))
             fill()
             continue
         fut.release()
-        if k == "embed":
+        if k == "plan":
+            planning.remove(key)
+            ncells = result["ncells"]
+            info = {"sites": len(ncells), "cells": int(sum(ncells))}
+            done = set(result["done"])
+            if result["complete"]:
+                drop(key)
+                manifest.set(key, "done", **info)
+                fill()
+                continue
+            manifest.set(key, "running", **info)
+            sh.groups = deque(g for g in task_groups(ncells, opts["batch_size"]) if any(s not in done for s in g))
+            sh.cells = int(sum(ncells[s] for s in done))
+            bar.total = (bar.total or 0) + info["cells"]
+            bar.update(sh.cells)
+        elif k == "embed":
             n = sum(c for _, c, _ in result)
             sh.cells += n
             bar.update(n)
-            if not sh.groups and sh.outstanding == 0:
-                submit_assembly(sh)
         else:
-            del active[key]
-            manifest.set(key, "done", **{k2: int(v) for k2, v in result.items()})
+            drop(key)
+            manifest.set(key, "done", **result)
+            fill()
+            continue
+        if not sh.groups and sh.outstanding == 0:  # every site committed: assemble on the cluster
+            track(sh, client.submit(assemble_shard, sh.plan, pure=False), "assemble")
         fill()
     for key in list(active):  # nothing left in flight: a shard still active lost its futures
-        fail(key, "its tasks ended without a result")
+        drop(key)
+        manifest.set(key, "failed", error="its tasks ended without a result")
