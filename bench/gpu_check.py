@@ -32,9 +32,12 @@ context or a hang in one does not stop the others; an exception is recorded with
   backend's ``resolve_device`` and ``run_harmony(device="auto")`` (seen from its result: the exact CPU path gives
   the same bits as ``device=None``), each against the hardware the process sees.
 
-``--out DIR`` writes ``gpu_check.json`` (machine: GPU, memory, driver, versions; every check's numbers) and
-``gpu_check.log`` (the children's output). Nothing hardware-dependent is imported at module level: the script
-imports torch, numba, CuPy and onnxruntime inside the checks only. Exit status 1 when a check FAILed.
+They run in the order of :data:`CHECKS` (the quick ones first) within ``--budget-s``; a check that outruns its own
+limit is killed with its whole process group and is a FAIL that keeps the parts it finished. ``--quick``: tiny sizes
+and one BLAS / OpenMP / Numba thread per check (a shared CPU machine). ``--out DIR`` writes ``gpu_check.json``
+(machine: GPU, memory, driver, versions; every check's numbers) after every check and ``gpu_check.log`` (the
+children's output). Nothing hardware-dependent is imported at module level: the script imports torch, numba, CuPy
+and onnxruntime inside the checks only. Exit status 1 when a check FAILed.
 """
 from __future__ import annotations
 
@@ -159,6 +162,10 @@ def ensure_phenovec():
     try:
         import phenovec  # noqa: F401
     except ImportError:
+        so = sorted((REPO / "python" / "phenovec").glob("_core*.so"))
+        if not so:
+            raise ImportError(f"phenovec is not installed and {REPO / 'python' / 'phenovec'} has no _core*.so (the "
+                              "Rust extension is git-ignored: carry python/phenovec/_core.abi3.so, bench/GPU.md)") from None
         sys.path.insert(0, str(REPO / "python"))
         import phenovec  # noqa: F401
 
@@ -859,10 +866,11 @@ def check_harmony(ctx: Ctx) -> dict:
            "speedup": round(t_cpu / t_dev, 2)}
     if not gpu:
         res["note"] = "no CUDA GPU: the torch path on PyTorch's CPU device"
-    ok = res["finite"] and rel <= 1e-3 and it_c == it_d
-    res.update(verdict(ok, f"Z_corr within {rel:.1e} relative of the exact path, {it_d} iterations, "
+    # the tests' bound for the torch path (other float rounding than the exact kernels); iterations are reported
+    ok = res["finite"] and rel <= 1e-3
+    res.update(verdict(ok, f"Z_corr within {rel:.1e} relative of the exact path, {it_d} iterations (exact {it_c}), "
                            f"{t_cpu:.2f} s exact vs {t_dev:.2f} s {dev} ({res['speedup']}x)",
-                       f"max rel dZ {rel:.3e} (<= 1e-3?), iterations {it_d} vs {it_c}"))
+                       f"max rel dZ {rel:.3e} (> 1e-3) or not finite; iterations {it_d} vs {it_c}"))
     return res
 
 
