@@ -176,3 +176,27 @@ def test_field_config_errors(plate, tmp_path):
     with pytest.raises(DataError, match="not a field store"):
         train(_cfg(tmp / "plate", tmp_path / "r"), progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_tiles_made_with_intensity_warned_then_refused_at_export(plate, tmp_path):
+    """Training on tiles rescaled at tiling time is warned about, and exporting such a checkpoint as a field model
+    is refused: profiling decodes raw fields."""
+    from phenovec.export.field_model import export_field_model
+    from phenovec.train.checkpoint import save_checkpoint
+    from phenovec.train.field_data import open_fields
+    from phenovec.train.inputs import field_rule
+    from phenovec.train.models import build_model
+
+    tmp, p, _ = plate
+    sub = read_image_index(pd.read_csv(p["index"]).iloc[:3], CHANNELS, root=p["index"].parent)
+    tile_index(sub, tmp_path / "pct", factor=FACTOR, intensity=("percentile", 1, 99), progress=False)
+    fs = open_fields(tmp_path / "pct")
+    with pytest.warns(UserWarning, match=r"tiled with intensity .*will refuse"):
+        rule = field_rule(fs, {"fields": str(tmp_path / "pct"), "stats_fields": None}, np.arange(3), 0)
+    model = build_model("resnet_tiny", 5, 2)
+    ck = save_checkpoint({"model_config": model.config, "model_state": model.state_dict(),
+                          "data_config": {**rule.data_config, "classes": ["a", "b"]}}, tmp_path / "pct.pt")
+    with pytest.raises(ValueError, match=r"pct\.pt: the checkpoint was trained on a field store made with intensity "
+                                         r"rescale \['percentile', 1\.0, 99\.0\]"):
+        export_field_model(ck, tmp_path / "pct.onnx", channels=None)
+    assert not (tmp_path / "pct.onnx").exists()

@@ -14,6 +14,7 @@ says how a loaded batch becomes model input in training (``train_scale``, then t
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,6 +67,11 @@ def field_rule(fields, data: dict, train_rows: np.ndarray, seed: int, stats: tup
     training fields (``data.stats_fields`` of them when set)."""
     from phenovec.train.field_data import SOURCE, Standardise, field_channel_moments, field_contract, minmax
 
+    steps = [k for k in ("illumination", "intensity") if fields.config.get(k) is not None]
+    if steps:
+        warnings.warn(f"{fields.path}: the fields were tiled with {' and '.join(steps)} (`phenovec tiles`); field "
+                      "profiling decodes raw fields without these steps, so `phenovec export --fields` will refuse "
+                      "this model (tile without them to train an exportable field model)", UserWarning, stacklevel=3)
     if stats is None:
         stats = field_channel_moments(fields, train_rows, max_fields=data["stats_fields"], seed=seed)
     mean, std = stats
