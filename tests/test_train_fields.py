@@ -200,3 +200,21 @@ def test_tiles_made_with_intensity_warned_then_refused_at_export(plate, tmp_path
                                          r"rescale \['percentile', 1\.0, 99\.0\]"):
         export_field_model(ck, tmp_path / "pct.onnx", channels=None)
     assert not (tmp_path / "pct.onnx").exists()
+
+
+def test_field_run_resumes_to_the_uninterrupted_weights(plate, tmp_path):
+    """A field run stopped after its first epoch (train.max_minutes: 0) and rerun finishes with the weights of an
+    uninterrupted run, bit for bit (the channel statistics come back from the checkpoint)."""
+    tmp, _, _ = plate
+    over = {"model.arch": "gapnet", "train.epochs": 2}
+    whole = train(_cfg(tmp / "fields", tmp_path / "whole", **over), progress=False)
+    cut = train(_cfg(tmp / "fields", tmp_path / "cut", **over, **{"train.max_minutes": 0}), progress=False)
+    assert cut.stopped_early and cut.epochs == 1
+    done = train(_cfg(tmp / "fields", tmp_path / "cut", **over), progress=False)
+    assert done.epochs == 2 and not done.stopped_early
+    a, b = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert a["data_config"] == b["data_config"]
+    assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(
+        columns=["train_seconds", "cells_per_s"]), pd.read_csv(tmp_path / "cut" / "metrics.csv").drop(
+        columns=["train_seconds", "cells_per_s"]))
