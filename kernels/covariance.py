@@ -70,8 +70,8 @@ def _cuda_kernels(tile: int):
 
     @cuda.jit
     def _colsum_kernel(x, n_rows, seg_rows, partial):
-        col = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        seg = cuda.blockIdx.y
+        seg = cuda.blockIdx.x  # row segments on grid.x (up to 2**31 - 1; grid.y stops at 65,535)
+        col = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         d = x.shape[1]
         if col >= d:
             return
@@ -138,7 +138,7 @@ def chunk_moments_cuda(x: np.ndarray, tile: int = TILE, seg_rows: int = SEG_ROWS
     nseg = math.ceil(n / seg_rows)
     dpart = cuda.device_array((nseg, d), dtype=np.float64)
     tpb = min(128, max(32, 1 << (d - 1).bit_length()))
-    colsum[(math.ceil(d / tpb), nseg), tpb](dx, n, seg_rows, dpart)
+    colsum[(nseg, math.ceil(d / tpb)), tpb](dx, n, seg_rows, dpart)
     total = dpart.copy_to_host().sum(axis=0)
     mean = total / n
     dshift = cuda.to_device(mean)

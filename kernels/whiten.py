@@ -81,8 +81,8 @@ def _cuda_kernel(tile: int):
         k_out = w.shape[1]
         ty = cuda.threadIdx.y
         tx = cuda.threadIdx.x
-        row = cuda.blockIdx.y * tile + ty
-        col = cuda.blockIdx.x * tile + tx
+        row = cuda.blockIdx.x * tile + ty  # rows on grid.x (up to 2**31 - 1 blocks; grid.y stops at 65,535)
+        col = cuda.blockIdx.y * tile + tx
         sa = cuda.shared.array(shape=(tile, tile), dtype=float64)
         sw = cuda.shared.array(shape=(tile, tile), dtype=float64)
         acc = 0.0
@@ -130,7 +130,7 @@ def whiten_cuda(x, mean, scale, w, chunk_rows: int = 65536, out: np.ndarray | No
         m = xc.shape[0]
         dx = cuda.to_device(xc)
         dout = cuda.device_array((m, k_out), dtype=np.float64)
-        grid = (math.ceil(k_out / tile), math.ceil(m / tile))
+        grid = (math.ceil(m / tile), math.ceil(k_out / tile))
         kernel[grid, (tile, tile)](dx, dmean, dscale, dw, dout)
         out[i : i + m] = dout.copy_to_host()
     return out
