@@ -126,6 +126,7 @@ def test_train_on_fields_then_export_and_profile_parity(plate, tmp_path, capsys)
     assert main(["export", str(out / "best.pt"), "--fields", "--logits", "-o", str(onnx_path)]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["input_kind"] == "fields" and rep["crop_size"] == 32 and rep["max_abs_diff"] <= 1e-4
+    assert rep["parity_source"] == "given" and rep["parity_n"] == 2  # the training store's first fields
     meta = read_metadata(onnx_path)
     assert meta.intensity == dc["intensity"] and meta.classes == tuple(res.classes)
     assert meta.outputs == ("features", "logits")

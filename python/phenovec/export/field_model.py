@@ -14,13 +14,17 @@ min-max to [0, 1], ``"per_image": "minmax"``, then the training fields' channel 
 "fields"``), which becomes the model's metadata unchanged. A checkpoint trained on crops has another
 normalisation (per crop, around one cell) and is refused with a message naming it, as is one trained on
 illumination-corrected crops or tiles: the field contract has no illumination step. A bare model (Python only)
-takes the contract from the arguments.
+takes the contract from the arguments. Parity (ONNX vs PyTorch) runs on the caller's fields, else on the first
+fields of a field checkpoint's training store while it exists (scaled as profiling scales them), else on seeded
+random fields.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from typing import Sequence
+
+import numpy as np
 
 from phenovec.export.onnx_export import ExportReport, export_onnx
 
@@ -50,7 +54,8 @@ def export_field_model(model_or_checkpoint, path: str | os.PathLike, *, channels
     takes its ``data_config`` channels and a given list must equal them). ``export_kwargs`` go to
     ``export_onnx`` (``opset``, ``logits``, ``exporter``, ``atol``, ``parity``, ``parity_crops`` = real fields
     already scaled, e.g. from ``phenovec.profile.fields.read_field_input``; default parity: ``n_random_crops`` =
-    2 seeded uniform [0, 1) fields). ``logits=True`` adds the classifier's logits, from which ``phenovec profile``
+    2 seeded uniform [0, 1) fields, or for a field checkpoint whose training store still exists its first 2
+    fields, scaled as profiling scales them). ``logits=True`` adds the classifier's logits, from which ``phenovec profile``
     writes each field's class probabilities.
     """
     import torch
@@ -87,6 +92,11 @@ def export_field_model(model_or_checkpoint, path: str | os.PathLike, *, channels
         intensity = checkpoint_field_intensity(ck, len(channels), field_size=field_size, factor=factor, mean=mean,
                                                std=std, dtype_max=dtype_max)
     side = intensity["field_size"] // intensity["factor"]
+    if not isinstance(model_or_checkpoint, torch.nn.Module) and export_kwargs.get("parity", True) \
+            and export_kwargs.get("parity_crops") is None:
+        fields = training_fields(ck.path, intensity, RANDOM_PARITY_FIELDS)
+        if fields is not None:  # the first fields of the training store, scaled as profiling scales them
+            export_kwargs["parity_crops"] = fields
     if not isinstance(model_or_checkpoint, torch.nn.Module):
         # the export's crop size is the field side; classes / label_column stay; a checkpoint's training store is
         # no parity input for export_onnx's crop reader (crops=None): parity runs on the caller's or random fields
@@ -130,15 +140,37 @@ def checkpoint_field_intensity(ck, n_channels: int, **given) -> dict:
                            n_channels=n_channels, per_image=inten.get("per_image"), trained_on=INPUT_KIND)
 
 
-def _tile_steps(path) -> list[str]:
-    """The tiling steps (illumination correction, intensity rescale) of a field checkpoint's training store, from
-    its ``data_config["field_config"]`` (empty when the file records none)."""
+def _data_config(path) -> dict:
     from phenovec.train.checkpoint import load_checkpoint
 
     try:
-        cfg = (load_checkpoint(path).get("data_config") or {}).get("field_config") or {}
+        return load_checkpoint(path).get("data_config") or {}
     except (OSError, ValueError):
-        return []
+        return {}
+
+
+def training_fields(path, intensity: dict, n: int):
+    """The first ``n`` fields of a field checkpoint's training store (``data_config["fields"]``) as float32 model
+    input (``phenovec.profile.fields.scale_fields``: the scaling profiling applies), or None when the checkpoint
+    records no store or it is gone."""
+    import zarr
+
+    from phenovec.profile.fields import scale_fields
+
+    store = _data_config(path).get("fields")
+    if store is None or not os.path.exists(os.path.join(store, "tiles.zarr")):
+        return None
+    tiles = zarr.open_array(os.path.join(store, "tiles.zarr"), mode="r")
+    side = intensity["field_size"] // intensity["factor"]
+    if tuple(tiles.shape[2:]) != (side, side):
+        return None
+    return scale_fields(np.asarray(tiles[:n]), intensity)
+
+
+def _tile_steps(path) -> list[str]:
+    """The tiling steps (illumination correction, intensity rescale) of a field checkpoint's training store, from
+    its ``data_config["field_config"]`` (empty when the file records none)."""
+    cfg = _data_config(path).get("field_config") or {}
     steps = []
     if cfg.get("illumination") is not None:
         steps.append("illumination correction")
