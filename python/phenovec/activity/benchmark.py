@@ -40,6 +40,7 @@ Configuration (paths relative to the configuration file; every key checked, erro
       logreg_quick: {learner: logreg, n_configs: 3}
     seed: 0
     threads: 1                   # PyTorch CPU threads while the learners run (null: torch's default)
+    workers: 1                   # processes running a learner's test episodes (the same rows as 1; see episode_runner)
 
 Each learner is built once, pre-trained on the train and validation tasks (the thesis' auxiliary tasks; a learner
 that chooses settings on the validation tasks, ``uses_validation``, trains on the train tasks alone), then fitted
@@ -57,13 +58,13 @@ import json
 import os
 import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from phenovec.activity.episode_runner import fit_seed  # noqa: F401  (the benchmark's per-episode fit seed)
 from phenovec.io.config_schema import NONE_TYPE, ConfigError, merge_sections, suggest
 
 SCHEMA = {
@@ -107,7 +108,7 @@ SCHEMA = {
         "small_tasks": ("error", (str,), ("error", "skip")),
     },
 }
-TOP_LEVEL = (*SCHEMA, "learners", "seed", "threads")
+TOP_LEVEL = (*SCHEMA, "learners", "seed", "threads", "workers")
 
 
 @dataclass
@@ -121,6 +122,7 @@ class BenchmarkConfig:
     learners: dict[str, dict]
     seed: int = 0
     threads: int | None = 1
+    workers: int = 1
     source: str = "config"
     base: Path = field(default_factory=Path.cwd)
 
@@ -151,6 +153,9 @@ class BenchmarkConfig:
         threads = raw.get("threads", 1)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"{source}: threads must be an integer >= 1 or null, got {threads!r}")
+        workers = raw.get("workers", 1)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"{source}: workers must be an integer >= 1, got {workers!r}")
         lab, prof = cfg["labels"], cfg["profiles"]
         if prof["path"] is None:
             raise ConfigError(f"{source}: profiles.path is required")
@@ -182,7 +187,8 @@ class BenchmarkConfig:
             if isinstance(v, float) and not (0 <= v < 1):
                 raise ConfigError(f"{source}: tasks.{key} must be a fraction in [0, 1) or a task count, got {v!r}")
         return cls(labels=lab, profiles=prof, tasks=cfg["tasks"], episodes=cfg["episodes"],
-                   learners=_learners(raw.get("learners"), source), seed=seed, threads=threads, source=source,
+                   learners=_learners(raw.get("learners"), source), seed=seed, threads=threads, workers=workers,
+                   source=source,
                    base=Path(base) if base is not None else Path.cwd())
 
     def path(self, section: str, key: str) -> Path | None:
@@ -214,12 +220,6 @@ def _learners(raw, source: str) -> dict[str, dict]:
             raise ConfigError(f"{source}: learners.{name}: unknown learner {kind!r}{suggest(str(kind), LEARNERS)}")
         out[str(name)] = {"learner": kind, "options": opts}
     return out
-
-
-def fit_seed(seed: int, task: str, m: int, episode: int) -> int:
-    """The seed a learner's ``fit`` gets for one episode: a function of the episode's identity alone."""
-    rng = np.random.default_rng([int(seed), zlib.crc32(str(task).encode("utf-8")), int(m), int(episode), 1])
-    return int(rng.integers(2 ** 31 - 1))
 
 
 def load_tasks(config: BenchmarkConfig):
@@ -313,7 +313,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike, *, progress: 
         write_text_atomic(folder / "report.md", report_markdown(config, ts, summary, wilcox, tp, skipped, plot))
         write_text_atomic(folder / "run.json", json.dumps(
             {"source": config.source, "seed": config.seed, "labels": config.labels, "profiles": config.profiles,
-             "tasks": config.tasks, "episodes": config.episodes, "learners": config.learners,
+             "tasks": config.tasks, "episodes": config.episodes, "learners": config.learners, "workers": config.workers,
              "dropped_tasks": ts.dropped, "skipped": skipped}, indent=1, default=str))
     return {"output": str(out), "test_tasks": len(ts.test), "train_tasks": len(ts.train),
             "validation_tasks": len(ts.validation), "dropped_tasks": len(ts.dropped), "episodes": len(results),
@@ -449,33 +449,26 @@ def torch_threads(threads: int | None):
 
 
 def _run_learners(learners: dict, ts, plan, config: BenchmarkConfig, rows: list, throughput: list, bar) -> None:
-    """Pre-train each learner, then fit and score it on every episode of ``plan`` (rows and throughput appended)."""
-    from phenovec.activity.episodes import episodes
-    from phenovec.activity.metrics import score
+    """Pre-train each learner, then fit and score it on every episode of ``plan`` (rows and throughput appended;
+    ``config.workers`` processes run the episodes, :mod:`~phenovec.activity.episode_runner`)."""
+    from phenovec.activity.episode_runner import EpisodeRunner
 
     ep = config.episodes
-    for name, learner in learners.items():
-        t0 = time.perf_counter()
-        if getattr(learner, "uses_validation", False) and ts.train and ts.validation:
-            learner.pretrain(ts.train, seed=config.seed, validation=ts.validation)
-        else:
-            learner.pretrain(ts.train + ts.validation, seed=config.seed)
-        pretrain_s = time.perf_counter() - t0
-        n_done, t1 = 0, time.perf_counter()
-        for task, m in plan:
-            for e in episodes(task, m, ep["episodes"], seed=config.seed, query_size=ep["query_size"]):
-                s = time.perf_counter()
-                learner.fit(task.x[e.support], task.y[e.support], seed=fit_seed(config.seed, task.name, m, e.episode))
-                p = learner.predict_proba(task.x[e.query])
-                secs = time.perf_counter() - s
-                where = f"learner {name!r}, task {task.name!r}, M = {m}, episode {e.episode}"
-                rows.append({"learner": name, "task": task.name, "M": m, "episode": e.episode,
-                             "support_actives": int(task.y[e.support].sum()), "query_size": len(e.query),
-                             "query_actives": int(task.y[e.query].sum()),
-                             **score(task.y[e.query], p, where=where), "seconds": secs})
-                n_done += 1
-                bar(1)
-        run_s = time.perf_counter() - t1
-        throughput.append({"learner": name, "class": type(learner).__name__, "pretrain_seconds": pretrain_s,
-                           "episodes": n_done, "episode_seconds": run_s,
-                           "episodes_per_second": n_done / run_s if run_s > 0 else float("inf")})
+    index = {id(task): i for i, task in enumerate(ts.test)}
+    pairs = [(index[id(task)], m) for task, m in plan]
+    with EpisodeRunner(config.workers, config.threads) as runner:
+        for name, learner in learners.items():
+            t0 = time.perf_counter()
+            if getattr(learner, "uses_validation", False) and ts.train and ts.validation:
+                learner.pretrain(ts.train, seed=config.seed, validation=ts.validation)
+            else:
+                learner.pretrain(ts.train + ts.validation, seed=config.seed)
+            pretrain_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            done = runner.run(learner, name, ts.test, pairs, n_episodes=ep["episodes"], seed=config.seed,
+                              query_size=ep["query_size"], bar=bar)
+            rows += done
+            run_s = time.perf_counter() - t1
+            throughput.append({"learner": name, "class": type(learner).__name__, "pretrain_seconds": pretrain_s,
+                               "episodes": len(done), "workers": config.workers, "episode_seconds": run_s,
+                               "episodes_per_second": len(done) / run_s if run_s > 0 else float("inf")})

@@ -21,6 +21,10 @@ def _run_benchmark(a) -> dict:
         if a.episodes < 1:
             raise ValueError(f"--episodes must be >= 1, got {a.episodes}")
         config.episodes["episodes"] = a.episodes
+    if a.workers is not None:
+        if a.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {a.workers}")
+        config.workers = a.workers
     if a.learners:
         unknown = [n for n in a.learners if n not in config.learners]
         if unknown:
@@ -67,6 +71,8 @@ def add_activity_parser(stages) -> None:
     p.add_argument("config", help="benchmark configuration (YAML; see phenovec.activity.benchmark)")
     add_out(p, "output folder (results.csv, summary.csv, wilcoxon.csv, throughput.csv, auroc_vs_m.png, report.md)")
     option(p, "--episodes", type=int, default=None, help="episodes per task and M (default: the configuration's)")
+    option(p, "--workers", type=int, default=None,
+           help="processes running each learner's test episodes (default: the configuration's; same results)")
     option(p, "--learners", nargs="+", default=None,
            help="run only these learners of the configuration (default: all)")
     add_quiet(p)

@@ -102,6 +102,13 @@ class MAMLLearner(Learner):
         #: mean query loss per meta-batch (the last :meth:`pretrain`)
         self.losses: list[float] = []
 
+    #: the network's mode while meta-training (dropout on); image networks keep BatchNorm in eval mode instead
+    meta_train_mode = True
+
+    def _network(self, n_out: int) -> torch.nn.Module:
+        """The network: an FNN from the profile width to ``n_out`` logits, its last layer named ``head``."""
+        return FNN(self.n_features, n_out, **self.fnn)
+
     @property
     def uses_validation(self) -> bool:
         """True when the test-time inner learning rate is chosen on validation tasks (``select_inner_lr``)."""
@@ -117,8 +124,8 @@ class MAMLLearner(Learner):
         rng = np.random.default_rng(seed)
         self._adapted = None
         with seeded(seed, self.device):
-            model = FNN(self.n_features, 1, **self.fnn).to(self.device)
-            self._model = model.train()
+            model = self._network(1).to(self.device)
+            self._model = model.train(self.meta_train_mode)
             params = dict(model.named_parameters())
             opt = torch.optim.Adam(params.values(), lr=self.outer_lr)
             meta_grad = grad(self._meta_loss, has_aux=True)

@@ -60,7 +60,7 @@ class ProtoNetLearner(Learner):
         rng = np.random.default_rng(seed)
         self._prototypes = None
         with seeded(seed, self.device):
-            encoder = FNN(self.n_features, self.embedding, **self.fnn).to(self.device)
+            encoder = self._network(self.embedding).to(self.device)
             opt = torch.optim.Adam(encoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             encoder.train()
             self.losses = []
@@ -94,7 +94,11 @@ class ProtoNetLearner(Learner):
             logits = self._logits(self._trained()(as_tensor(x, self.device)), self._prototypes)
             return torch.softmax(logits.double(), dim=1)[:, 1].cpu().numpy()
 
-    def _trained(self) -> FNN:
+    def _network(self, n_out: int) -> torch.nn.Module:
+        """The encoder: an FNN from the profile width to ``n_out`` (image learners build a crop encoder)."""
+        return FNN(self.n_features, n_out, **self.fnn)
+
+    def _trained(self) -> torch.nn.Module:
         if self._encoder is None:
             raise RuntimeError("protonet: call pretrain(training tasks) before fit")
         return self._encoder
