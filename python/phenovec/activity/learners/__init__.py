@@ -18,6 +18,8 @@ LEARNERS: dict[str, str] = {
     "maml": "maml:MAMLLearner",
     "maml_fo": "maml:FirstOrderMAMLLearner",
     "multitask": "multitask:MultitaskLearner",
+    "protonet_img": "images:ImageProtoNetLearner",
+    "maml_img": "images:ImageMAMLLearner",
 }
 
 
