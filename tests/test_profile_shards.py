@@ -143,6 +143,15 @@ def test_cli_shard_by_threads_and_refusals(data, tmp_path, capsys):
     assert main(both) == 2 and "not both" in capsys.readouterr().err
     assert main([*argv[:-2], "--shard-by", "Metadata_Nope", "-o", str(tmp_path / "y")]) == 2
     assert "no column 'Metadata_Nope' to shard by" in capsys.readouterr().err
+    # tasks of ~20 cells (several sites) inferred in batches of 8: the same numbers (CPU features do not depend
+    # on the batch), recorded in the configuration (a rerun with other tasks is refused)
+    res = profile_shards(data["model"], data["plate"]["index"], tmp_path / "t", locations=data["plate"]["nuclei"],
+                         batch_size=8, task_cells=20, scheduler="threads", workers=2, progress=False)
+    assert not res.failed
+    _assert_equals_reference(tmp_path / "t", data, {p: p for p in PLATES})
+    with pytest.raises(ValueError, match="task_cells"):
+        profile_shards(data["model"], data["plate"]["index"], tmp_path / "t", locations=data["plate"]["nuclei"],
+                       batch_size=8, scheduler="threads", progress=False)
 
 
 def test_shard_and_plate_folder_names():

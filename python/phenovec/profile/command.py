@@ -51,6 +51,9 @@ def _run_profile(a) -> dict:
     locations = a.locations or []
     if len(indexes) > 1 or a.shard_by is not None:
         return _run_shards(a, kind, opts)
+    if a.task_cells is not None:
+        raise SystemExit("phenovec profile: --task-cells is for sharded runs (several --index or --shard-by); one "
+                         "run's tasks hold --batch-size cells")
     if len(locations) > 1:
         raise SystemExit(f"phenovec profile: {len(locations)} --locations for one --index (one table per index)")
     a.index = indexes[0] if indexes else None
@@ -109,6 +112,8 @@ def _run_shards(a, kind: str, opts: dict) -> dict:
                          "not both")
     if a.edge is not None:
         opts["edge"] = a.edge
+    if a.task_cells is not None:
+        opts["task_cells"] = a.task_cells
     opts.setdefault("scheduler", "processes")
     locations = a.locations if a.locations is None or len(a.locations) > 1 else a.locations[0]
     res = profile_shards(a.model, a.index if len(a.index) > 1 else a.index[0], a.out, locations=locations,
@@ -184,6 +189,9 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
                    help="embeddings dtype (default float16 for cells, float32 for fields)")
     p.add_argument("--edge", choices=["drop", "shift", "pad"], default=None,
                    help="crop edge policy (default drop; single-cell models)")
+    p.add_argument("--task-cells", type=int, default=None,
+                   help="sharded runs: cells per task (default: --batch-size); bigger tasks cost the driver and "
+                        "scheduler less per cell, a worker more memory (a task's float32 crops)")
     p.add_argument("--max-in-flight", type=int, default=None, help="tasks submitted at once (default: 2 x worker "
                                                                     "slots + 1)")
     add_quiet(p, old=["--no-progress"])

@@ -204,6 +204,8 @@ def plan_shard(spec: ShardSpec, out: str, ref, opts: dict) -> ShardPlan:
         idx, spec.locations, contract, opts["illumination"], str(opts["model_path"]))
     config, attrs = run_config("images", source, sites, extra, ncells, meta, contract, opts["edge"], opts["dtype"],
                                opts["batch_size"], opts["precision"], flats)
+    if opts["task_cells"] != opts["batch_size"]:  # the sites a task's batches are cut from
+        config["task_cells"] = opts["task_cells"]
     folder = Path(out) / "shards" / spec.name
     store = PartStore(folder, config)
     fn = functools.partial(embed_site_group, ref, contract, flats=flats[0] if flats else None, edge=opts["edge"],
@@ -306,11 +308,14 @@ def profile_shards(model_onnx, index, out, *, locations=None, shard_by: str | No
                    scheduler: str | None = "processes", workers: int | None = None, dtype: str = "float16",
                    edge: str = "drop", providers="auto", precision: str = "fp32", trt_cache_dir=None,
                    sessions: str = "auto", max_in_flight: int | None = None, micro_batch="auto",
-                   progress: bool = True) -> ShardsResult:
+                   task_cells: int | None = None, progress: bool = True) -> ShardsResult:
     """Profile the shards of ``index`` (:func:`shard_specs`) with ``model_onnx`` into ``out`` (module docstring);
     the options are :func:`~phenovec.profile.pipeline.profile_sites`'s (``labels``: the label-image column of
-    the indexes, for a model trained on masked crops). Returns a :class:`ShardsResult`; failed shards are listed
-    in it and in ``OUT/manifest.json``, not raised."""
+    the indexes, for a model trained on masked crops). ``task_cells``: cells per task (consecutive sites grouped
+    until they hold that many; default ``batch_size``), inferred in batches of ``batch_size``: bigger tasks cost
+    the driver and scheduler less per cell (``bench/scale_bench.py``) and a worker more memory (its crop buffer
+    holds a task's crops, float32). Returns a :class:`ShardsResult`; failed shards are listed in it and in
+    ``OUT/manifest.json``, not raised."""
     from tqdm.auto import tqdm
 
     from phenovec.profile.contract import contract_from_metadata
@@ -324,6 +329,9 @@ def profile_shards(model_onnx, index, out, *, locations=None, shard_by: str | No
     model_path, meta, batch_size = open_run_model(model_onnx, "crops", dtype, batch_size, micro_batch, precision,
                                                   sessions, scheduler, providers)
     contract = contract_from_metadata(meta, source=str(model_path))
+    task_cells = batch_size if task_cells is None else int(task_cells)
+    if task_cells < 1:
+        raise ValueError(f"task_cells must be >= 1, got {task_cells}")
     specs = shard_specs(index, locations, shard_by)
     names = [shard_name(s.key) for s in specs]
     if len(set(names)) != len(names):
@@ -332,8 +340,10 @@ def profile_shards(model_onnx, index, out, *, locations=None, shard_by: str | No
     top_config = {"model_weights_sha256": meta.weights_sha256, "dtype": dtype, "batch_size": batch_size,
                   "edge": edge, "precision": precision, "channels": list(contract.channels),
                   "shard_by": shard_by if len(_as_list(index)) == 1 else None}
+    if task_cells != batch_size:  # only then: runs made before task_cells keep their configuration
+        top_config["task_cells"] = task_cells
     opts = dict(model_path=model_path, meta=meta, contract=contract, illumination=illumination, labels=labels,
-                edge=edge, dtype=dtype, batch_size=batch_size, precision=precision)
+                edge=edge, dtype=dtype, batch_size=batch_size, precision=precision, task_cells=task_cells)
     with output_folder(out) as run:
         manifest = ShardManifest(out, top_config, {s.key: {"dir": f"shards/{s.name}", "input": s.where}
                                                    for s in specs})
@@ -461,7 +471,7 @@ def _drive(client, todo: deque, manifest: ShardManifest, out: Path, ref, opts: d
                 fill()
                 continue
             manifest.set(key, "running", **info)
-            sh.groups = deque(g for g in task_groups(ncells, opts["batch_size"]) if any(s not in done for s in g))
+            sh.groups = deque(g for g in task_groups(ncells, opts["task_cells"]) if any(s not in done for s in g))
             sh.cells = int(sum(ncells[s] for s in done))
             bar.total = (bar.total or 0) + info["cells"]
             bar.update(sh.cells)
