@@ -394,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     from phenovec.activity.command import add_activity_parser
     from phenovec.benchmark.command import add_parser as add_bench_parser
     from phenovec.evaluate.assay_command import add_assay_parsers
+    from phenovec.evaluate.field_classification import add_parser as add_field_classification_parser
     from phenovec.evaluate.integration_command import add_integration_parser
     from phenovec.evaluate.probe_command import add_probe_parser
     from phenovec.evaluate.suite_command import add_suite_parser
@@ -419,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_probe_parser(metrics)
     add_suite_parser(metrics)
     add_integration_parser(metrics)
+    add_field_classification_parser(metrics)
     add_process_parser(stages)
     for add in (add_synth_parser, add_illum_parser, add_crop_parser, add_tiles_parser, add_train_parser,
                 add_export_parser, add_profile_parser, add_report_parser, add_activity_parser, add_explain_parser,

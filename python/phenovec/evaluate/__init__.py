@@ -29,6 +29,7 @@ _EXPORTS = {
     "class_latent_assignment": "class_latent_assignment",
     "holdout_moa_identification": "holdout_moa_identification",
     "batch_diagnostic": "batch_diagnostic",
+    "field_classification": "field_classification",
     # frozen-encoder probes (logistic regression / Random Forest on embeddings)
     **dict.fromkeys(["probe", "ProbeResult"], "probes"),
 }
