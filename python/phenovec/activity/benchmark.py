@@ -21,6 +21,7 @@ Configuration (paths relative to the configuration file; every key checked, erro
       joins: []                  # metadata tables left-joined first (phenovec.activity.wells)
       nan_features: error        # error | drop: features with a missing value in a kept well
       normalize: null            # or {method: standardize, by: Metadata_Plate, samples: "Metadata_moa == 'DMSO'"}
+      aux_columns: []            # auxiliary inputs (an image embedding, ...): learners with inputs: cp+ get them
     tasks:
       min_actives: 10
       min_inactives: 10
@@ -38,6 +39,7 @@ Configuration (paths relative to the configuration file; every key checked, erro
       logreg: {}
       fnn: {n_configs: 10}
       logreg_quick: {learner: logreg, n_configs: 3}
+      logreg_cp+: {learner: logreg, inputs: cp+}   # profiles + profiles.aux_columns (default inputs: cp)
     seed: 0
     threads: 1                   # PyTorch CPU threads while the learners run (null: torch's default)
     workers: 1                   # processes running a learner's test episodes (the same rows as 1; see episode_runner)
@@ -91,6 +93,7 @@ SCHEMA = {
         "joins": ([], (list,), None),
         "nan_features": ("error", (str,), ("error", "drop")),
         "normalize": (None, (dict, NONE_TYPE), None),
+        "aux_columns": ([], (list,), None),
     },
     "tasks": {
         "min_actives": (10, (int,), (1, 10 ** 9)),
@@ -178,6 +181,12 @@ class BenchmarkConfig:
 
         prof["joins"] = check_joins(prof["joins"], source)
         check_normalize(prof["normalize"], source)
+        if not all(isinstance(c, str) for c in prof["aux_columns"]):
+            raise ConfigError(f"{source}: profiles.aux_columns must be a list of column names")
+        learners = _learners(raw.get("learners"), source)
+        for name, spec in learners.items():
+            if spec["inputs"] == "cp+" and not prof["aux_columns"]:
+                raise ConfigError(f"{source}: learners.{name}: inputs cp+ needs profiles.aux_columns")
         sizes = cfg["episodes"]["support_sizes"]
         if not sizes or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in sizes):
             raise ConfigError(f"{source}: episodes.support_sizes must be a non-empty list of integers >= 2, "
@@ -187,7 +196,7 @@ class BenchmarkConfig:
             if isinstance(v, float) and not (0 <= v < 1):
                 raise ConfigError(f"{source}: tasks.{key} must be a fraction in [0, 1) or a task count, got {v!r}")
         return cls(labels=lab, profiles=prof, tasks=cfg["tasks"], episodes=cfg["episodes"],
-                   learners=_learners(raw.get("learners"), source), seed=seed, threads=threads, workers=workers,
+                   learners=learners, seed=seed, threads=threads, workers=workers,
                    source=source,
                    base=Path(base) if base is not None else Path.cwd())
 
@@ -202,6 +211,7 @@ class BenchmarkConfig:
 def _learners(raw, source: str) -> dict[str, dict]:
     """``name -> options`` with ``learner`` (the registry name) filled in; names checked against the registry."""
     from phenovec.activity.learners import LEARNERS
+    from phenovec.activity.tasks import INPUTS
 
     if raw is None:
         raise ConfigError(f"{source}: learners is required (known: {', '.join(sorted(LEARNERS))})")
@@ -218,7 +228,10 @@ def _learners(raw, source: str) -> dict[str, dict]:
         kind = opts.pop("learner", name)
         if kind not in LEARNERS:
             raise ConfigError(f"{source}: learners.{name}: unknown learner {kind!r}{suggest(str(kind), LEARNERS)}")
-        out[str(name)] = {"learner": kind, "options": opts}
+        inputs = opts.pop("inputs", "cp")
+        if inputs not in INPUTS:
+            raise ConfigError(f"{source}: learners.{name}.inputs = {inputs!r} is not one of {', '.join(INPUTS)}")
+        out[str(name)] = {"learner": kind, "options": opts, "inputs": inputs}
     return out
 
 
@@ -244,12 +257,18 @@ def load_tasks(config: BenchmarkConfig):
             compound_column=lab["compound_column"], assay_column=lab["assay_column"],
             label_column=lab["label_column"], assays=lab["assays"], row_index=config.path("labels", "row_index"),
             column_index=config.path("labels", "column_index"))
-    profiles = compound_profiles(wells, config.profiles["compound_column"], features=features,
+    aux = [str(c) for c in config.profiles["aux_columns"]]
+    for c in aux:
+        if c not in wells.columns:
+            raise ValueError(f"{prof_path}: no column {c!r} (profiles.aux_columns)")
+        if c in features:
+            raise ValueError(f"{prof_path}: column {c!r} is a profile feature already (profiles.aux_columns)")
+    profiles = compound_profiles(wells, config.profiles["compound_column"], features=features + aux,
                                  operation=config.profiles["consensus"], source=str(prof_path))
     t = config.tasks
     return build_tasks(labels, profiles, min_actives=t["min_actives"], min_inactives=t["min_inactives"],
                        test=t["test"], validation=t["validation"], test_tasks=t["test_tasks"], tasks=t["names"],
-                       missing_profiles=t["missing_profiles"], seed=config.seed)
+                       missing_profiles=t["missing_profiles"], seed=config.seed, aux_columns=aux)
 
 
 def _plan(tasks, sizes, query_size: int, small: str) -> tuple[list[tuple], list[dict]]:
@@ -448,16 +467,20 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
-def _run_learners(learners: dict, ts, plan, config: BenchmarkConfig, rows: list, throughput: list, bar) -> None:
+def _run_learners(learners: dict, full, plan, config: BenchmarkConfig, rows: list, throughput: list, bar) -> None:
     """Pre-train each learner, then fit and score it on every episode of ``plan`` (rows and throughput appended;
-    ``config.workers`` processes run the episodes, :mod:`~phenovec.activity.episode_runner`)."""
+    ``config.workers`` processes run the episodes, :mod:`~phenovec.activity.episode_runner`). Each learner sees the
+    tasks with its ``inputs`` (``cp`` or ``cp+``); the episodes are the same for both."""
     from phenovec.activity.episode_runner import EpisodeRunner
 
     ep = config.episodes
-    index = {id(task): i for i, task in enumerate(ts.test)}
+    index = {id(task): i for i, task in enumerate(full.test)}
     pairs = [(index[id(task)], m) for task, m in plan]
+    views = {}
     with EpisodeRunner(config.workers, config.threads) as runner:
         for name, learner in learners.items():
+            kind = config.learners[name].get("inputs", "cp")
+            ts = views.setdefault(kind, full.inputs(kind))
             t0 = time.perf_counter()
             if getattr(learner, "uses_validation", False) and ts.train and ts.validation:
                 learner.pretrain(ts.train, seed=config.seed, validation=ts.validation)
@@ -469,6 +492,7 @@ def _run_learners(learners: dict, ts, plan, config: BenchmarkConfig, rows: list,
                               query_size=ep["query_size"], bar=bar)
             rows += done
             run_s = time.perf_counter() - t1
-            throughput.append({"learner": name, "class": type(learner).__name__, "pretrain_seconds": pretrain_s,
+            throughput.append({"learner": name, "class": type(learner).__name__, "inputs": kind,
+                               "pretrain_seconds": pretrain_s,
                                "episodes": len(done), "workers": config.workers, "episode_seconds": run_s,
                                "episodes_per_second": len(done) / run_s if run_s > 0 else float("inf")})

@@ -15,6 +15,9 @@ import pandas as pd
 
 from phenovec.activity.learner import TaskData
 
+#: the input kinds of a learner: profiles alone, or profiles plus auxiliary input columns
+INPUTS = ("cp", "cp+")
+
 
 @dataclass(frozen=True)
 class TaskSet:
@@ -26,6 +29,25 @@ class TaskSet:
     test: list[TaskData]
     features: list[str]
     dropped: dict[str, str] = field(default_factory=dict)
+    #: auxiliary input columns: the last ``len(aux_columns)`` of ``features`` (FSL-CP's ``cp+`` inputs)
+    aux_columns: list[str] = field(default_factory=list)
+
+    def inputs(self, kind: str) -> "TaskSet":
+        """The tasks with the inputs of ``kind``: ``cp+`` = every column (profiles and auxiliary inputs), ``cp`` = the
+        profile columns alone (this set itself when there are no auxiliary columns)."""
+        if kind not in INPUTS:
+            raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {kind!r}")
+        if kind == "cp+":
+            if not self.aux_columns:
+                raise ValueError("inputs cp+ needs auxiliary input columns (profiles.aux_columns)")
+            return self
+        if not self.aux_columns:
+            return self
+        n = len(self.features) - len(self.aux_columns)
+
+        def cut(tasks):
+            return [TaskData(t.name, np.ascontiguousarray(t.x[:, :n]), t.y, t.compounds) for t in tasks]
+        return TaskSet(cut(self.train), cut(self.validation), cut(self.test), self.features[:n], dict(self.dropped))
 
     def summary(self) -> pd.DataFrame:
         """One row per kept task: ``task``, ``split``, ``n``, ``actives``, ``inactives``."""
@@ -90,7 +112,8 @@ def _count(value: float | int, n: int, key: str) -> int:
 
 def build_tasks(labels: pd.DataFrame, profiles: pd.DataFrame, *, min_actives: int = 10, min_inactives: int = 10,
                 test: float | int = 0.2, validation: float | int = 0.1, test_tasks: Sequence[str] | None = None,
-                tasks: Sequence[str] | None = None, missing_profiles: str = "error", seed: int = 0) -> TaskSet:
+                tasks: Sequence[str] | None = None, missing_profiles: str = "error", seed: int = 0,
+                aux_columns: Sequence[str] = ()) -> TaskSet:
     """Join the long ``labels`` (``compound``, ``assay``, ``label``) to compound ``profiles`` (from
     :func:`compound_profiles`) and split the kept tasks.
 
@@ -98,7 +121,8 @@ def build_tasks(labels: pd.DataFrame, profiles: pd.DataFrame, *, min_actives: in
     ``dropped``, with their counts), or exactly the assays ``tasks`` lists, each of which must pass (an error
     names the task otherwise). ``test`` / ``validation`` are fractions of the kept tasks or counts; the test tasks
     may instead be named (``test_tasks``). The split is a permutation by ``seed``. A labelled compound without a
-    profile is an error naming it (``missing_profiles="drop"`` drops its labels instead)."""
+    profile is an error naming it (``missing_profiles="drop"`` drops its labels instead). ``aux_columns`` names the
+    last columns of ``profiles`` that are auxiliary inputs (:meth:`TaskSet.inputs`)."""
     if missing_profiles not in ("error", "drop"):
         raise ValueError(f"missing_profiles must be 'error' or 'drop', got {missing_profiles!r}")
     for key, v in (("min_actives", min_actives), ("min_inactives", min_inactives)):
@@ -156,8 +180,12 @@ def build_tasks(labels: pd.DataFrame, profiles: pd.DataFrame, *, min_actives: in
         raise ValueError(f"no task has at least {min_actives} actives and {min_inactives} inactives "
                          f"({len(dropped)} tasks dropped" + (f"; the most balanced, {closest!r}, has "
                          f"{counts[closest][0]} actives and {counts[closest][1]} inactives)" if closest else ")"))
-    return split_tasks(kept, features=[str(c) for c in profiles.columns], test=test, validation=validation,
-                       test_tasks=test_tasks, seed=seed, dropped=dropped)
+    aux = [str(c) for c in aux_columns]
+    if aux and [str(c) for c in profiles.columns[-len(aux):]] != aux:
+        raise ValueError(f"profiles: the auxiliary input columns {aux} must be the last columns")
+    ts = split_tasks(kept, features=[str(c) for c in profiles.columns], test=test, validation=validation,
+                     test_tasks=test_tasks, seed=seed, dropped=dropped)
+    return TaskSet(ts.train, ts.validation, ts.test, ts.features, ts.dropped, aux)
 
 
 def split_tasks(tasks: list[TaskData], *, features: list[str], test: float | int = 0.2,
