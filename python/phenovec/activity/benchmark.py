@@ -374,30 +374,19 @@ def wilcoxon_table(per_task: pd.DataFrame, metric: str = "auroc") -> pd.DataFram
 
 
 def plot_auroc_vs_m(summary: pd.DataFrame, path: Path) -> Path | None:
-    """Mean AUROC against M, one line per learner (matplotlib, Agg); ``None`` when matplotlib is not installed."""
+    """Mean AUROC against M, one line per learner (:func:`~phenovec.activity.report_section.draw_auroc_vs_m`),
+    written atomically as PNG; ``None`` when matplotlib is not installed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ModuleNotFoundError:
         return None
+    from phenovec.activity.report_section import draw_auroc_vs_m
+    from phenovec.figure import png_bytes
     from phenovec.io.atomic import atomic_path
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, g in summary.groupby("learner", sort=False):
-        ax.plot(g["M"], g["auroc"], marker="o", label=name)
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("support set size M")
-    ax.set_ylabel("mean AUROC (episodes, then tasks)")
-    ax.set_xscale("log", base=2)
-    ms = sorted(summary["M"].unique())
-    ax.set_xticks(ms, [str(m) for m in ms])
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    png = png_bytes(draw_auroc_vs_m(summary))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+        Path(tmp).write_bytes(png)
     return path
 
 
