@@ -3,7 +3,10 @@ below-chance scores of the thesis' MAML (a training task's actives are inactives
 inner learning rate is chosen on the validation tasks, and the benchmark hands those over apart."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -134,6 +137,8 @@ def test_benchmark_pretrains_a_selecting_learner_on_train_tasks_only(tmp_path, m
                      "maml_plain": {"learner": "maml", "hidden": [16], "meta_batches": 2, "meta_batch_size": 2}}},
         base=tmp_path)
     run_benchmark(cfg, tmp_path / "out")
+    tp = pd.read_csv(tmp_path / "out" / "throughput.csv").set_index("learner")
+    assert json.loads(tp.loc["maml", "settings"])["inner_lr"] == 0.5 and pd.isna(tp.loc["maml_plain", "settings"])
     (_, train_a, val_a), (_, train_b, val_b) = calls
     assert len(train_a) == 4 and len(val_a) == 2 and not set(train_a) & set(val_a)
     assert train_b == sorted(train_a + val_a) and val_b == []

@@ -484,4 +484,15 @@ def _run_learners(learners: dict, full, plan, config: BenchmarkConfig, rows: lis
             throughput.append({"learner": name, "class": type(learner).__name__, "inputs": kind,
                                "pretrain_seconds": pretrain_s,
                                "episodes": len(done), "workers": config.workers, "episode_seconds": run_s,
-                               "episodes_per_second": len(done) / run_s if run_s > 0 else float("inf")})
+                               "episodes_per_second": len(done) / run_s if run_s > 0 else float("inf"),
+                               "settings": _chosen_settings(learner)})
+
+
+def _chosen_settings(learner) -> str:
+    """What a learner chose on its validation tasks, as JSON (MAML: the inner learning rate and each candidate's
+    mean AUROC); empty when it chose nothing."""
+    selection = getattr(learner, "selection", None)
+    if not selection:
+        return ""
+    return json.dumps({"inner_lr": learner.fit_lr,
+                       "validation_auroc": {str(k): round(float(v), 4) for k, v in selection.items()}})
