@@ -23,6 +23,13 @@ Configuration (YAML): ``phenovec run --print-config`` prints every key with its 
     process: {steps: null}  # recipe steps (null = the default above)
     report: {moa_column: Metadata_MOA, treatment_column: Metadata_Treatment, control: DMSO, null_size: 10000, seed: 0}
 
+``preset: moaprofiler`` runs MOAProfiler's field-level route instead: ``synth`` -> ``tiles`` (whole fields,
+``tiles.factor``) -> ``train`` (``data.fields``, ``model.recipe: moaprofiler``, the compound hold-out split) ->
+``export`` (``--fields --logits``) -> ``profile`` (one vector and class scores per field) -> ``process``
+(``moa_profiles``: control-standardised per plate, median per well) -> ``report`` (with the paper's protocol);
+``images.locations`` is not needed. ``preset: gapnet`` (and sc_cnn, densenet121, resnet101) adds an ``assays``
+stage after ``train``.
+
 The demo (``demo_config``) sets its own small values: a 2-plate synthetic set, 48-pixel crops, a tiny ResNet
 for 6 epochs, a 2000-draw null.
 
@@ -49,8 +56,10 @@ from phenovec.io.atomic import write_json_atomic
 from phenovec.io.digest import file_sha256
 from phenovec.io.config_schema import NONE_TYPE, ConfigError, merge_sections, suggest
 
-STAGES = ("synth", "crop", "train", "assays", "export", "profile", "process", "report")  # assays: with a preset
-TOP_KEYS = ("out", "preset", "synth", "model", "images", "crop", "train", "export", "profile", "process", "report")
+STAGES = ("synth", "crop", "tiles", "train", "assays", "export", "profile", "process", "report")  # assays, tiles: presets
+TOP_KEYS = ("out", "preset", "synth", "model", "images", "crop", "tiles", "train", "export", "profile", "process",
+            "report")
+MOAPROFILER = "moaprofiler"  # the field-level preset (the others are GapNet's, phenovec.train.objectives.assays)
 SCHEMA = {
     "images": {"index": (None, (str, NONE_TYPE), "path"), "locations": (None, (str, NONE_TYPE), "path"),
                "channels": (["DNA", "ER", "RNA", "AGP", "Mito"], (list,), None)},
@@ -60,6 +69,7 @@ SCHEMA = {
               "control_wells": (None, (int, NONE_TYPE), (1, 384)), "assays": (0, (int,), (0, 10_000))},
     "crop": {"box_size": (128, (int,), (8, 1024)), "edge": ("shift", (str,), ("drop", "shift", "pad")),
              "chunk_cells": (256, (int,), (1, 1 << 20))},
+    "tiles": {"factor": (1, (int,), (1, 64))},
     "export": {"opset": (18, (int,), (17, 30))},
     "profile": {"batch_size": (256, (int,), (1, 1 << 20)), "scheduler": (None, (str, NONE_TYPE), None),
                 "workers": (None, (int, NONE_TYPE), (1, 4096)),
@@ -74,7 +84,7 @@ SCHEMA = {
                "gradcam": (True, (bool,), None)},
 }
 # the keys of the train section the pipeline sets itself
-PIPELINE_SET = (("data", "crops"), ("train", "out"))
+PIPELINE_SET = (("data", "crops"), ("data", "fields"), ("train", "out"))
 # the demo's training: a tiny ResNet for a few minutes on 2 cores
 DEMO_TRAIN = {"model": {"arch": "resnet_tiny"}, "optim": {"lr": 0.05, "warmup_epochs": 1},
               "train": {"epochs": 6, "threads": 2}, "data": {"batch_size": 64, "workers": 0}}
@@ -84,6 +94,14 @@ def default_steps(control_query: str) -> list:
     return [{"feature_select": {"operation": ["variance_threshold"]}},
             {"spherize": {"method": "ZCA", "samples": control_query, "epsilon": 1e-6}},
             {"aggregate": {"strata": ["Metadata_Plate", "Metadata_Well"], "operation": "mean"}}]
+
+
+def moaprofiler_steps(report: dict) -> list:
+    """The moaprofiler preset's processing: field embeddings standardised per plate on the control fields, then the
+    median per well (Wong et al. 2023, B4; ``phenovec.process.moa_profiles``)."""
+    return [{"moa_profiles": {"level": "well", "order": "standardize_then_median", "control": report["control"],
+                              "control_col": report["treatment_column"], "compound_col": report["treatment_column"],
+                              "moa_col": report["moa_column"]}}]
 
 
 def default_train() -> dict:
@@ -102,7 +120,7 @@ def default_config() -> dict:
 
     cfg = defaults(SCHEMA)
     return {"out": "run-out", "preset": None, "synth": None, "model": None, "images": cfg["images"], "crop": cfg["crop"],
-            "train": default_train(), "export": cfg["export"], "profile": cfg["profile"],
+            "tiles": cfg["tiles"], "train": default_train(), "export": cfg["export"], "profile": cfg["profile"],
             "process": cfg["process"], "report": cfg["report"]}
 
 
@@ -134,6 +152,8 @@ COMMENTS = {
     "crop.chunk_cells": "cells per Zarr chunk (the resume unit)",
     "train": "the sections of `phenovec train` (data.crops and train.out are set by the pipeline); unused with "
              "model",
+    "tiles": "whole fields for the moaprofiler preset (phenovec tiles)",
+    "tiles.factor": "block-mean downsampling of each field (1: full size)",
     "export": "ONNX export (phenovec export)",
     "export.opset": "ONNX opset (>= 17; 17 uses the TorchScript exporter)",
     "profile": "single-cell embeddings and well profiles (phenovec profile)",
@@ -155,7 +175,9 @@ COMMENTS = {
     "preset": "null, or gapnet | sc_cnn | densenet121 | resnet101: GapNet's multi-task assay prediction "
               "(train.task: assays with the paper's optimiser, split by compound; an assays stage scores the held-out "
               "compounds and the report gets an assay section; train.assays.labels, or synth.assays for synthetic "
-              "labels)",
+              "labels); or moaprofiler: MOAProfiler's field-level model (tiles -> train on fields with model.recipe "
+              "moaprofiler, compound hold-out -> export --fields -> profile fields -> DMSO-standardised well medians "
+              "-> a report with the paper's evaluation protocol; images.locations unused)",
     "report.evaluate_on": "held_out (metrics on the wells the model did not train on: test, else val; the training "
                           "wells get a labelled secondary view) | all",
     "report.dataset": "null (the synthetic plate / the index file's name) or a name for the report's title",
@@ -212,7 +234,7 @@ def load_run_config(path_or_dict) -> dict:
                                   f"got {t!r}")
     img = cfg["images"]
     if cfg["synth"] is None:
-        for key in ("index", "locations"):
+        for key in ("index",) if raw.get("preset") == MOAPROFILER else ("index", "locations"):
             if img[key] is None:
                 raise ConfigError(f"{source}: images.{key} is required (or give a synth section to generate a plate)")
             img[key] = _resolve(base, img[key])
@@ -230,13 +252,16 @@ def load_run_config(path_or_dict) -> dict:
     if preset is not None:
         from phenovec.train.objectives.assays import PRESETS
 
-        if preset not in PRESETS:
-            raise ConfigError(f"{source}: preset = {preset!r} is unknown{suggest(str(preset), PRESETS)}")
+        known = [*PRESETS, MOAPROFILER]
+        if preset not in known:
+            raise ConfigError(f"{source}: preset = {preset!r} is unknown{suggest(str(preset), known)}")
         if model is not None:
             raise ConfigError(f"{source}: preset {preset} trains its own model; remove model")
     cfg["preset"] = preset
     tr = raw.get("train", default_train() if model is None else None)
-    if preset is not None:
+    if preset == MOAPROFILER:
+        tr = _moaprofiler_train(tr or {}, cfg["report"])
+    elif preset is not None:
         tr = _preset_train(preset, tr or {})
         labels = ((tr.get("assays") or {}).get("labels"))
         if labels is None and not (cfg["synth"] is not None and cfg["synth"]["assays"]):
@@ -286,6 +311,16 @@ def _preset_train(preset: str, user: dict) -> dict:
 
     base = _deep_merge(PRESETS[preset], {"train": {"task": "assays"},
                                          "data": {"compound_column": "Metadata_Treatment"}, "assays": {}})
+    return _deep_merge(base, user)
+
+
+def _moaprofiler_train(user: dict, report: dict) -> dict:
+    """The train section of ``preset: moaprofiler``: MOAProfiler's recipe (``model.recipe: moaprofiler``: the field
+    classifier of the MOA, DMSO a class) with the compound hold-out split (the report identifies the held-out
+    compounds' MOAs), the label and compound columns the report's, under the user's own keys."""
+    base = {"model": {"recipe": MOAPROFILER},
+            "data": {"label": report["moa_column"], "split": "compound_holdout",
+                     "compound_column": report["treatment_column"]}}
     return _deep_merge(base, user)
 
 
@@ -375,7 +410,9 @@ def run(config, progress: bool = True) -> RunResult:
         k_in = _key("synth", s, images["channels"])
         images.update(stage("synth", k_in, s, do_synth))
     else:
-        k_in = _key("images", file_sha256(images["index"]), file_sha256(images["locations"]), images["channels"])
+        k_in = _key("images", file_sha256(images["index"]),
+                    file_sha256(images["locations"]) if images["locations"] else None, images["channels"])
+    fields = cfg["preset"] == MOAPROFILER
 
     def index():
         from phenovec.ingest.index import read_image_index
@@ -383,7 +420,19 @@ def run(config, progress: bool = True) -> RunResult:
         return read_image_index(images["index"], images["channels"])
 
     assays = None
-    if cfg["model"] is None:
+    crops = None
+    if cfg["model"] is None and fields:
+        tiles_conf = cfg["tiles"]
+
+        def do_tiles(d: Path) -> dict:
+            from phenovec.ingest.fields import tile_index
+
+            tile_index(index(), d / "fields", factor=tiles_conf["factor"], progress=progress)
+            return {"fields": str(d / "fields")}
+
+        k_crop = _key("tiles", tiles_conf, k_in)
+        training_data = stage("tiles", k_crop, tiles_conf, do_tiles)["fields"]
+    elif cfg["model"] is None:
         crop_conf = cfg["crop"]
 
         def do_crop(d: Path) -> dict:
@@ -394,13 +443,14 @@ def run(config, progress: bool = True) -> RunResult:
             return {"crops": str(d / "crops")}
 
         k_crop = _key("crop", crop_conf, k_in)
-        crops = stage("crop", k_crop, crop_conf, do_crop)["crops"]
+        crops = training_data = stage("crop", k_crop, crop_conf, do_crop)["crops"]
+    if cfg["model"] is None:
 
         def do_train(d: Path) -> dict:
             from phenovec.train import train
 
             tr = copy.deepcopy(cfg["train"])
-            tr.setdefault("data", {})["crops"] = crops
+            tr.setdefault("data", {})["fields" if fields else "crops"] = training_data
             tr.setdefault("train", {})["out"] = str(d)
             if tr["train"].get("task") == "assays" and not (tr.get("assays") or {}).get("labels"):
                 tr.setdefault("assays", {})["labels"] = images["assay_labels"]
@@ -419,8 +469,13 @@ def run(config, progress: bool = True) -> RunResult:
         def do_export(d: Path) -> dict:
             from phenovec.export import export_onnx
 
-            # parity on the first crops of the crop stage's store (the checkpoint's data_config["crops"])
-            rep = export_onnx(trained["checkpoint"], d / "model.onnx", opset=cfg["export"]["opset"])
+            if fields:  # the field checkpoint's contract (size, factor, statistics) and its class scores
+                from phenovec.export.field_model import export_field_model
+
+                rep = export_field_model(trained["checkpoint"], d / "model.onnx", channels=None, logits=True,
+                                         opset=cfg["export"]["opset"])
+            else:  # parity on the first crops of the crop stage's store (the checkpoint's data_config["crops"])
+                rep = export_onnx(trained["checkpoint"], d / "model.onnx", opset=cfg["export"]["opset"])
             return {"model": str(d / "model.onnx"), "max_abs_diff": rep.max_abs_diff,
                     "parity_source": rep.parity_source}
 
@@ -435,6 +490,13 @@ def run(config, progress: bool = True) -> RunResult:
     def do_profile(d: Path) -> dict:
         from phenovec.profile import profile_sites
 
+        if fields:
+            from phenovec.profile.fields import profile_fields
+
+            res = profile_fields(model, index(), d, batch_size=min(prof_conf["batch_size"], 64),
+                                 scheduler=prof_conf["scheduler"], workers=prof_conf["workers"],
+                                 dtype=prof_conf["dtype"], precision=prof_conf["precision"], progress=progress)
+            return {k: str(v) for k, v in res.paths.items()} | {"fields": res.cells}
         res = profile_sites(model, index=index(), locations=images["locations"], out=d, batch_size=prof_conf["batch_size"],
                             scheduler=prof_conf["scheduler"], workers=prof_conf["workers"], dtype=prof_conf["dtype"],
                             precision=prof_conf["precision"], edge=cfg["crop"]["edge"], progress=progress)
@@ -445,7 +507,7 @@ def run(config, progress: bool = True) -> RunResult:
 
     rep = cfg["report"]
     control_query = f"`{rep['treatment_column']}` == {rep['control']!r}"  # a row filter (phenovec.io.row_filter)
-    steps = cfg["process"]["steps"] or default_steps(control_query)
+    steps = cfg["process"]["steps"] or (moaprofiler_steps(rep) if fields else default_steps(control_query))
 
     def do_process(d: Path) -> dict:
         import numpy as np
@@ -480,8 +542,7 @@ def run(config, progress: bool = True) -> RunResult:
 
         provenance = {"config": cfg, "stages": stages, "timings_s": timings,
                       "training": trained if trained is not None else {"model": cfg["model"]}}
-        context = _report_context(cfg, out, images, profiled, trained, crops if cfg["model"] is None else None,
-                                  processed["profiles"])
+        context = _report_context(cfg, out, images, profiled, trained, crops, processed["profiles"])
         if rep["gradcam"] and trained is not None and context.gallery:
             context.gradcam = _gradcam_panels(trained["checkpoint"], crops, context.gallery, d / "gradcam")
         if assays is not None:
@@ -493,7 +554,7 @@ def run(config, progress: bool = True) -> RunResult:
                              treatment_column=rep["treatment_column"], control_query=rep["control"],
                              control_key="report.control", provenance=provenance, null_size=rep["null_size"],
                              seed=rep["seed"], evaluate_on=rep["evaluate_on"], context=context, umap=rep["umap"],
-                             title="phenovec run report", compare=_unprocessed(profiled))
+                             title="phenovec run report", compare=_unprocessed(profiled), moaprofiler=fields)
         return {"html": str(paths.html), "json": str(paths.json)}
 
     k_rep = _key("report", rep, k_proc, assays)
@@ -671,6 +732,32 @@ def demo_assays_config(out: str | os.PathLike = "demo-assays", null_size: int = 
     return cfg
 
 
+# the MOAProfiler demo's plate: 3 MOAs x 3 compounds (the compound hold-out keeps one compound of each MOA away
+# from training) and DMSO, on small whole fields
+DEMO_MOAPROFILER_TREATMENTS = [["DMSO", "control"]] + [
+    [f"{code}-{i}", moa, strength] for code, moa in (("AKI", "Aurora kinase inhibitor"), ("MST", "Mitochondrial stressor"),
+                                                      ("ACT", "Actin disruptor"))
+    for i, strength in ((1, 1.0), (2, 1.0), (3, 0.9))]
+
+
+def demo_moaprofiler_config(out: str | os.PathLike = "demo-moaprofiler", null_size: int = 2000) -> dict:
+    """``phenovec demo --moaprofiler``: ``preset: moaprofiler`` on 2 synthetic plates of 9 compounds (3 MOAs x 3) and
+    DMSO: whole 128-pixel fields downsampled to 64, MOAProfiler's recipe with a tiny ResNet for 10 epochs (lr x0.1
+    at 8), the compound hold-out split, then profile fields -> well medians -> the report with the paper's
+    protocol (the held-out compounds' MOAs identified from the training wells); about 2 minutes on 2 cores."""
+    cfg = default_config()
+    cfg.update(out=str(out), preset=MOAPROFILER,
+               synth={"plates": 2, "wells": 30, "sites": 2, "size": 128, "cells": [15, 20], "seed": 3,
+                      "treatments": copy.deepcopy(DEMO_MOAPROFILER_TREATMENTS), "bad_wells": 0,
+                      "control_wells": None},
+               train={"model": {"arch": "resnet_tiny"}, "optim": {"lr": 0.05, "milestones": [8, 10]},
+                      "train": {"epochs": 10, "threads": 2}, "data": {"batch_size": 16, "workers": 0}})
+    cfg["tiles"]["factor"] = 2
+    cfg["report"].update(null_size=int(null_size), umap=False)
+    cfg["images"].pop("index"), cfg["images"].pop("locations")
+    return cfg
+
+
 def _run_cli(a) -> dict:
     from phenovec.cli_options import show_progress
 
@@ -683,6 +770,8 @@ def _run_cli(a) -> dict:
         return run_demo(a.data, a.out or "demo-bbbc021", a.null_size, progress=show_progress(a))
     if a.stage == "demo" and a.assays:
         config = demo_assays_config(a.out or "demo-assays", a.null_size)
+    elif a.stage == "demo" and a.moaprofiler:
+        config = demo_moaprofiler_config(a.out or "demo-moaprofiler", a.null_size)
     elif a.stage == "demo":
         config = demo_config(a.out or "demo-out", a.null_size)
     elif a.config is None:
@@ -718,6 +807,8 @@ def add_run_parsers(stages) -> None:
     d.add_argument("--bbbc021", action="store_true", help="instead: evaluate the real BBBC021 CellProfiler profiles")
     d.add_argument("--assays", action="store_true", help="instead: GapNet assay prediction (preset: gapnet) on "
                                                         "synthetic plates with synthetic assay labels")
+    d.add_argument("--moaprofiler", action="store_true", help="instead: MOAProfiler's field-level model and evaluation "
+                                                             "(preset: moaprofiler) on synthetic plates")
     d.add_argument("--data", default=None, help="with --bbbc021: folder of the BBBC021 files (default: "
                                                 "../shared/data/bbbc021-cytominergallery)")
     add_quiet(d)
