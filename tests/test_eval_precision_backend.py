@@ -67,8 +67,8 @@ def test_torch_ranking_bit_identical_to_numba_on_one_block(ties, euclidean):
     f32 = ties == "copairs"
     ref, ref_u, found = np.empty(len(q)), np.empty(len(q)), np.zeros(len(q), dtype=np.int64)
     cols = np.arange(len(meta), dtype=np.int64)
-    _rank_block(block, q, want, rule.m[q], cols, cols, rule.active, rule.ps, rule.pd_, rule.ns, rule.nd,
-                f32, euclidean, ref, ref_u, found)
+    _rank_block(block, q, want, rule.m[q], rule.l[q] - rule.m[q], cols, cols, rule.active, rule.ps, rule.pd_, rule.ns, rule.nd,
+                f32, euclidean, ref, ref_u, found, *rule.groups)
     np.testing.assert_array_equal(found, rule.m[q])
     got, got_u = rank_block_torch(torch.from_numpy(block), q, want, None, TorchRules(rule, "cpu"), f32, euclidean)
     np.testing.assert_array_equal(got, ref)

@@ -40,8 +40,16 @@ def test_kernel_equals_brute_force_with_ties(levels):
         want = rule.m[q] > 0
         ap, u, found = np.empty(len(q)), np.empty(len(q)), np.zeros(len(q), dtype=np.int64)
         cols = np.arange(n, dtype=np.int64)
-        _rank_block(sim, q, want, rule.m[q], cols, cols, rule.active, rule.ps, rule.pd_, rule.ns, rule.nd, False, False,
-                    ap, u, found)
+        assert len(rule.groups[1]) > 0  # one pos_sameby column: positives found through the group index
+        _rank_block(sim, q, want, rule.m[q], rule.l[q] - rule.m[q], cols, cols, rule.active, rule.ps, rule.pd_, rule.ns, rule.nd, False, False,
+                    ap, u, found, *rule.groups)
+        # the same without the index (a full scan for positives) gives the same bits
+        ap2, u2, found2 = np.empty(len(q)), np.empty(len(q)), np.zeros(len(q), dtype=np.int64)
+        none = np.zeros(0, dtype=np.int64)
+        _rank_block(sim, q, want, rule.m[q], rule.l[q] - rule.m[q], cols, cols, rule.active, rule.ps, rule.pd_, rule.ns, rule.nd, False, False,
+                    ap2, u2, found2, none, none)
+        np.testing.assert_array_equal(ap2[want], ap[want])
+        np.testing.assert_array_equal(u2[want], u[want])
         g, b = meta["grp"].to_numpy(), meta["batch"].to_numpy()
         for t, i in enumerate(q):
             if not want[t]:

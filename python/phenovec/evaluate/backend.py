@@ -109,6 +109,7 @@ class Similarities:
         self.low = None
         if self.device.startswith("cuda") and precision in ("bf16", "fp16") and not emulate:
             self.low = self.z.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+            self.z = None  # only the rounded rows stay on the device (2.6 GB instead of 7.7 GB at 1M x 1280)
         self.sq = None if sq is None else torch.from_numpy(sq).to(tdev)
         self.tdev = tdev
 

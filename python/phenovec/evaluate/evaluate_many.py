@@ -19,6 +19,11 @@ How the work is shared:
   union when it is small (replicate vs control wells: each query's replicates plus the reference rows,
   cost N x (M + R) x D instead of N^2 x D). Every rule set is then ranked from that block.
 
+Ranking (``_rank_block``, Numba, one query per thread): for each rule set only the block columns that can pair
+with one of the block's queries are visited; a query's M positive keys are collected and sorted, and every
+negative is binned by how many positives rank at or above it (a bucket table over the positive keys; nothing to
+find for a negative outside their range). AP and the Mann-Whitney U (for ROC-AUC) follow from the bins.
+
 Precision and device (``precision="fp32" | "bf16" | "fp16" | "tf32"``, ``device="cpu" | "cuda" | "auto" |
 "torch-cpu"``): see :mod:`phenovec.evaluate.precision` and :mod:`phenovec.evaluate.backend`. The defaults
 (fp32, cpu) are the exact Rust path above; the equalities with ``average_precision`` hold for them.
@@ -76,17 +81,21 @@ def _key(s, f32_keys, euclidean):
 
 
 @numba.njit(parallel=True, cache=True)
-def _rank_block(block, queries, want, m_cap, cols, sub, active, ps, pd_, ns, nd, f32_keys, euclidean, ap_out, u_out,
-                mp_out):
+def _rank_block(block, queries, want, m_cap, n_neg, cols, sub, active, ps, pd_, ns, nd, f32_keys, euclidean, ap_out,
+                u_out, mp_out, grp_order, grp_start):
     """AP and Mann-Whitney U of each wanted query (row t of ``block``; ``cols`` are the global rows of its columns).
 
     Only the block columns ``sub`` (those that can pair with some query of the block under this rule) are visited.
     Pass 1 keeps the query's positive keys (``m_cap`` of them at most: its M), sorted ascending; pass 2 bins every
     negative by the number of positives at or above it (ties: positive first): nothing to find for a negative
     below every positive (it precedes none) or above every positive, else a bucket table over the positives' key
-    range gives its place in O(1) for spread keys (a short scan where positives crowd one bucket). ``mp_out`` receives the number of
-    positives found, which the caller checks against M.
+    range gives its place in O(1) for spread keys (a short scan where positives crowd one bucket). ``mp_out``
+    receives the number of positives found, which the caller checks against M; ``n_neg`` (L - M, counted without
+    similarities) is each query's number of negatives, so a column below every positive is skipped unmatched. With a group index (``grp_start``
+    not empty: the rule's one combined ``pos_sameby`` code, rows ``grp_order[grp_start[g]:grp_start[g + 1]]`` in
+    group g), pass 1 visits the query's group only (its columns found in the sorted ``cols``).
     """
+    grouped = grp_start.shape[0] > 0
     for t in numba.prange(queries.shape[0]):
         if not want[t]:
             continue
@@ -94,15 +103,27 @@ def _rank_block(block, queries, want, m_cap, cols, sub, active, ps, pd_, ns, nd,
         cap = m_cap[t]
         pos = np.empty(cap, np.float64)
         mp = 0
-        for k in range(sub.shape[0]):
-            c = sub[k]
-            j = cols[c]
-            if j == i or not active[j]:
-                continue
-            if _match(i, j, ps, pd_):
-                if mp < cap:
-                    pos[mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
-                mp += 1
+        if grouped:
+            g = ps[0, i]
+            for k in range(grp_start[g], grp_start[g + 1]):
+                j = grp_order[k]
+                if j == i or not _match(i, j, ps, pd_):
+                    continue
+                c = np.searchsorted(cols, j)
+                if c < cols.shape[0] and cols[c] == j:
+                    if mp < cap:
+                        pos[mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
+                    mp += 1
+        else:
+            for k in range(sub.shape[0]):
+                c = sub[k]
+                j = cols[c]
+                if j == i or not active[j]:
+                    continue
+                if _match(i, j, ps, pd_):
+                    if mp < cap:
+                        pos[mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
+                    mp += 1
         mp_out[t] = mp
         if mp == 0 or mp > cap:
             ap_out[t] = np.nan
@@ -122,16 +143,14 @@ def _rank_block(block, queries, want, m_cap, cols, sub, active, ps, pd_, ns, nd,
                 p += 1
             start[b] = p
         cnt = np.zeros(mp + 1, np.int64)
-        mn = 0
         for k in range(sub.shape[0]):
             c = sub[k]
+            v = _key(np.float64(block[t, c]), f32_keys, euclidean)
+            if v <= lowest:
+                continue  # at or below every positive: cnt[mp], which AP never reads (negative or not)
             j = cols[c]
             if j == i or not active[j] or not _match(i, j, ns, nd):
                 continue
-            mn += 1
-            v = _key(np.float64(block[t, c]), f32_keys, euclidean)
-            if v <= lowest:
-                continue  # every positive at or above it: cnt[mp], which AP never reads
             if v > highest:
                 cnt[0] += 1
                 continue
@@ -139,7 +158,7 @@ def _rank_block(block, queries, want, m_cap, cols, sub, active, ps, pd_, ns, nd,
             while asc[lo] < v:  # first position with asc >= v (asc[mp - 1] >= v ends the scan)
                 lo += 1
             cnt[mp - lo] += 1
-        ap_out[t], u_out[t] = ap_and_u(cnt, mp, mn)
+        ap_out[t], u_out[t] = ap_and_u(cnt, mp, n_neg[t])
 
 
 @dataclass
@@ -157,6 +176,7 @@ class _Rule:
     u: np.ndarray = None  # Mann-Whitney U: (positive, negative) pairs with the positive ranked first
     terms: list = None  # [positive terms, negative terms] of _terms
     torch: object = None  # TorchRules on the torch path
+    groups: tuple = None  # (order, start) of the rows by their combined pos_sameby code, or two empty arrays
 
 
 def _rows_mask(meta: pd.DataFrame, spec, name: str) -> np.ndarray:
@@ -199,7 +219,19 @@ def _build_rule(meta: pd.DataFrame, name: str, spec: Mapping) -> _Rule:
     rule = _Rule(name, rows, active, full(_combine(pr.pos_same)), full(pr.pos_diff), full(_combine(pr.neg_same)),
                  full(pr.neg_diff))
     rule.terms = [_terms(rule.ps, rule.pd_), _terms(rule.ns, rule.nd)]
+    rule.groups = _group_index(rule.ps)
     return rule
+
+
+def _group_index(ps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Active rows sorted by their one combined ``pos_sameby`` code, and each code's start (empty without one)."""
+    if ps.shape[0] != 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    codes = ps[0]
+    act = np.flatnonzero(codes >= 0)
+    order = act[np.argsort(codes[act], kind="stable")].astype(np.int64)
+    start = np.concatenate([[0], np.cumsum(np.bincount(codes[act], minlength=int(codes.max()) + 1))]).astype(np.int64)
+    return order, start
 
 
 def _terms(same: np.ndarray, diff: np.ndarray) -> list:
@@ -319,8 +351,9 @@ def _one_block(sims: Similarities, q, cols, rules, n, f32_keys, euclidean, count
         else:
             out, u, found = np.empty(len(q)), np.empty(len(q)), np.zeros(len(q), dtype=np.int64)
             sub = _rule_columns(r, q[w], all_cols, n)
-            _rank_block(block, q, w, np.ascontiguousarray(r.m[q]), all_cols, sub, r.active, r.ps, r.pd_, r.ns, r.nd,
-                        f32_keys, euclidean, out, u, found)
+            _rank_block(block, q, w, np.ascontiguousarray(r.m[q]), np.ascontiguousarray(r.l[q] - r.m[q]), all_cols, sub,
+                        r.active, r.ps, r.pd_, r.ns, r.nd,
+                        f32_keys, euclidean, out, u, found, *r.groups)
             if not np.array_equal(found[w], r.m[q][w]):
                 bad = int(np.flatnonzero(found[w] != r.m[q][w])[0])
                 raise RuntimeError(f"rule set {r.name!r}: row {int(q[w][bad])} has {int(found[w][bad])} positives in its "
