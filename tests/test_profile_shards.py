@@ -154,6 +154,25 @@ def test_cli_shard_by_threads_and_refusals(data, tmp_path, capsys):
                        batch_size=8, scheduler="threads", progress=False)
 
 
+def test_run_killed_then_rerun_resumes_unfinished_shards(data, tmp_path, capsys):
+    """The whole run (driver and its threads) SIGKILLed after a few committed sites; the rerun keeps every
+    committed part, finishes, and equals the per-plate runs."""
+    from test_kill_resume import _kill_when, start_slowed
+
+    out = tmp_path / "out"
+    argv = ["profile", str(data["model"]), "--index", str(data["plate"]["index"]), "--locations",
+            str(data["plate"]["nuclei"]), "-o", str(out), "--batch-size", "8", "--scheduler", "threads",
+            "--workers", "2", "--shard-by", "--quiet"]
+    proc = start_slowed(argv, 0.3)
+    _kill_when(proc, lambda: len(list(out.glob("shards/*/parts/site-*.npz"))) >= 3)
+    before = {p: p.stat().st_mtime_ns for p in out.glob("shards/*/parts/site-*.npz")}
+    assert 3 <= len(before) < 12
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["states"] == {"done": 3}
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    _assert_equals_reference(out, data, {p: p for p in PLATES})
+
+
 def test_shard_and_plate_folder_names():
     from phenovec.profile.shards import plate_folder
 
