@@ -11,6 +11,8 @@ each finished well's mean and median row as soon as its last site is committed (
 at the end the outputs are assembled from the parts (``phenovec.profile.assemble``). A rerun with the same
 configuration skips committed sites (a task with any uncommitted site is rerun whole and only its uncommitted
 sites are written) and gives output identical to an uninterrupted run; another model or configuration is refused.
+Many plates at once, each its own such run on one cluster with planning, commits and assembly in the workers:
+``phenovec.profile.shards``.
 
 DeepProfiler (``deepprofiler profile``) follows the same per-site semantics (crop around each nucleus, per-crop
 min-max, one feature vector per cell, one file per site) but runs one site after another in one process.
