@@ -24,7 +24,8 @@ Cases (each timed in a fresh child process, so peak RSS is per case):
 - ``phenovec_many`` / ``phenovec_many_bf16`` (full case): the issue-28 question set, replicate vs DMSO (copairs'
   reference-index rules) + MOA consistency over the treated wells, ranked by ONE ``evaluate_many`` call (fp32 /
   bf16), then both mAPs with the fast null; ``phenovec_many_cuda`` / ``phenovec_many_cuda_bf16``: the same on
-  ``device="cuda"`` (peak GPU memory recorded as ``peak_gpu_mb``). (``phenovec`` in the full case keeps the historical replicate-vs-all
+  ``device="cuda"`` (peak GPU memory recorded as ``peak_gpu_mb``); ``phenovec_many_torch``: fp32 through PyTorch's
+  GEMM on the CPU (``engine="torch"``) instead of the Rust core. (``phenovec`` in the full case keeps the historical replicate-vs-all
   + MOA as two ``average_precision`` calls.)
 
 PyTorch is imported and the Numba kernels are compiled before the timed repeats.
@@ -132,6 +133,7 @@ def child(spec: dict) -> dict:
         import torch  # noqa: F401  (import cost outside the timings)
         precision = "bf16" if impl.endswith("bf16") else "fp32"
         device = "cuda" if "_cuda" in impl else "cpu"
+        engine = "torch" if impl.endswith("_torch") else "auto"
         small = slice(0, 600)
         evaluate_many(meta.iloc[small], x[small], {"r": REPLICATE}, precision=precision, device=device)  # warm up
 
@@ -233,7 +235,7 @@ def child(spec: dict) -> dict:
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             ta, out = _timed(lambda: evaluate_many(meta, x, rule_sets, distance="cosine", precision=precision,
-                                                   device=device, stats=stats))
+                                                   device=device, engine=engine, stats=stats))
             if device == "cuda":
                 res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
                 res["gpu"] = torch.cuda.get_device_name()
@@ -345,8 +347,8 @@ def main(argv=None) -> int:
     ap.add_argument("--full-n", type=int, default=None, help="N of the full evaluation (default: largest --n)")
     ap.add_argument("--full-repeats", type=int, default=1)
     ap.add_argument("--variants", nargs="*", default=[],
-                    choices=["phenovec_bf16", "phenovec_many", "phenovec_many_bf16", "phenovec_many_cuda",
-                             "phenovec_many_cuda_bf16"],
+                    choices=["phenovec_bf16", "phenovec_many", "phenovec_many_bf16", "phenovec_many_torch",
+                             "phenovec_many_cuda", "phenovec_many_cuda_bf16"],
                     help="extra phenovec variants (replicate case: phenovec_bf16; full case: phenovec_many[_bf16])")
     ap.add_argument("--full-impls", nargs="*", default=["phenovec"], choices=["phenovec", "none"],
                     help="'none' skips the historical two-call full evaluation (e.g. at 100k, 425 s)")

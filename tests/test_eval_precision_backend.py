@@ -140,6 +140,21 @@ def test_precisions_that_cannot_run_are_refused():
         assert resolve_device("auto") == "cpu"
 
 
+def test_torch_engine_on_the_cpu_equals_rust():
+    meta, x = synthetic(seed=8)
+    rule_sets = {"act": ACT, "moa": moa_rules(meta)}
+    rust = evaluate_many(meta, x, rule_sets)
+    torch_gemm = evaluate_many(meta, x, rule_sets, engine="torch")
+    for k in rule_sets:
+        np.testing.assert_allclose(ap(torch_gemm[k]), ap(rust[k]), rtol=0, atol=1e-12)
+    single = pe.average_precision(meta, x, engine="torch", **ACT)
+    np.testing.assert_allclose(ap(single), ap(rust["act"]), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        evaluate_many(meta, x, rule_sets, engine="blas")
+    with pytest.raises(ValueError, match="engine='rust' computes fp32 on the CPU only"):
+        evaluate_many(meta, x, rule_sets, engine="rust", precision="bf16")
+
+
 def test_similarity_blocks_of_the_torch_path_match_rust():
     _, x = synthetic(seed=5)
     q = np.array([0, 7, 100, 300], dtype=np.int64)

@@ -110,13 +110,14 @@ def average_precision(
     precision: str = "fp32",
     device: str = "cpu",
     emulate: bool = False,
+    engine: str = "auto",
 ) -> pd.DataFrame:
     """Per-query AP (copairs 0.5.5 semantics; see the module docstring for the exact rules).
 
-    ``precision`` other than "fp32", ``device`` other than "cpu" or ``emulate`` run through
+    ``precision`` other than "fp32", ``device`` other than "cpu", ``emulate`` or ``engine="torch"`` run through
     :func:`phenovec.evaluate.evaluate_many` (reduced-precision GEMM, PyTorch / CUDA; same columns).
     """
-    if precision != "fp32" or device != "cpu" or emulate:
+    if precision != "fp32" or device != "cpu" or emulate or engine not in ("auto", "rust"):
         if multilabel_col is not None:
             raise ValueError("multilabel_col: only precision='fp32' on device='cpu' is supported for multilabel rules")
         from phenovec.evaluate.evaluate_many import evaluate_many
@@ -124,7 +125,7 @@ def average_precision(
         rules = dict(pos_sameby=pos_sameby, pos_diffby=pos_diffby, neg_sameby=neg_sameby, neg_diffby=neg_diffby)
         meta, x = _inputs(meta, feats)
         return evaluate_many(meta, x, {"ap": rules}, distance=distance, block_bytes=block_bytes, ties=ties,
-                             precision=precision, device=device, emulate=emulate)["ap"]
+                             precision=precision, device=device, emulate=emulate, engine=engine)["ap"]
     if multilabel_col is not None:
         return multilabel_average_precision(meta, feats, pos_sameby, pos_diffby, neg_sameby, neg_diffby,
                                             multilabel_col, distance=distance, block_bytes=block_bytes, ties=ties)

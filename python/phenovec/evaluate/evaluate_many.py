@@ -377,6 +377,7 @@ def evaluate_many(
     device_block_bytes: int = DEFAULT_DEVICE_BLOCK_BYTES,
     roc_auc: bool = False,
     roc_auc_method: str = "auto",
+    engine: str = "auto",
 ) -> dict[str, pd.DataFrame]:
     """Per-query AP for every rule set from one pass of similarity blocks (see the module docstring).
 
@@ -384,7 +385,8 @@ def evaluate_many(
     of similarity values computed), so a caller can see which path ran, and ``device``.
     ``precision`` / ``emulate``: the similarity GEMM's arithmetic (:mod:`phenovec.evaluate.precision`; "fp32"
     is exact). ``device``: "cpu" (default), "cuda", "auto" or "torch-cpu" (:mod:`phenovec.evaluate.backend`);
-    ``device_block_bytes`` bounds a torch block's temporaries. ``roc_auc``: add ``roc_auc``, ``mann_whitney_u``
+    ``device_block_bytes`` bounds a torch block's temporaries. ``engine="torch"``: the CPU fp32 GEMM through
+    PyTorch instead of the Rust core (faster; not bit-identical to ``average_precision``). ``roc_auc``: add ``roc_auc``, ``mann_whitney_u``
     and ``roc_auc_p_value`` from the same ranked lists (:mod:`phenovec.evaluate.roc_auc`; ``roc_auc_method``
     "auto" | "exact" | "asymptotic").
     """
@@ -415,7 +417,7 @@ def evaluate_many(
         wanted |= r.m > 0
     queries = _query_order(np.flatnonzero(wanted).astype(np.int64), rules)
     f32_keys, euclidean = ties == "copairs", metric == "euclidean"
-    sims = Similarities(x, metric, precision, device, emulate)
+    sims = Similarities(x, metric, precision, device, emulate, engine)
     if sims.torch_ranking:
         for r in rules:
             r.torch = TorchRules(r, sims.tdev)
