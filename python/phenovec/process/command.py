@@ -39,7 +39,8 @@ def _output(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser, meta_features: bool = False) -> None:
-    p.add_argument("input", help=INPUT_HELP)
+    p.add_argument("input", nargs="+", help=INPUT_HELP + "; several inputs (e.g. the shards of a sharded profile "
+                                                      "run) are read one after another as one table")
     _output(p)
     option(p, "--features", nargs="+", default=None,
            help="feature columns (default: the input's declared features, else CellProfiler prefixes, "
@@ -61,9 +62,15 @@ def _by(v):
     return None if not v else (v[0] if len(v) == 1 else v)
 
 
+def _one_or_many(a) -> None:
+    """``a.input``: one path, or the list of several (read one after another, streamed where the step streams)."""
+    a.input = a.input[0] if len(a.input) == 1 else a.input
+
+
 def _run_step(a, step: str, kwargs: dict) -> dict:
     from phenovec.process.recipe import apply_recipe
 
+    _one_or_many(a)
     df = apply_recipe({"name": step, "steps": [{step: kwargs}]}, a.input, a.out, a.output_type,
                       progress=show_progress(a))
     return print_summary({"step": step, "arguments": kwargs, "rows": len(df), "columns": df.shape[1], "output": a.out})
@@ -74,6 +81,7 @@ def _fit_step(a, step: str, kwargs: dict) -> dict:
     from phenovec.io.profiles import read_table, write_profiles
     from phenovec.process.recipe import input_sha256
 
+    _one_or_many(a)
     if a.fit:
         kwargs = {**kwargs, "fit": a.fit}
     if getattr(a, "stream", False):
@@ -88,7 +96,12 @@ def _fit_step(a, step: str, kwargs: dict) -> dict:
                               "fit": a.save_fit})
     mod = __import__(f"phenovec.process.{step}", fromlist=[step])
     func = getattr(mod, step)
-    df = read_table(a.input)
+    if isinstance(a.input, list):  # in memory: the inputs one after another
+        import pandas as pd
+
+        df = pd.concat([read_table(x) for x in a.input], ignore_index=True)
+    else:
+        df = read_table(a.input)
     if len(df) == 0:
         raise ValueError(f"{a.input}: the input has no rows")
     out = func(df, return_fit=bool(a.save_fit), **kwargs)
@@ -115,7 +128,8 @@ def add_process_parser(stages) -> None:
 
     p = sub.add_parser("run", help="apply a recipe (ordered steps) to an input")
     p.add_argument("recipe", help="packaged recipe name (see `phenovec process recipes`) or a YAML file")
-    p.add_argument("input", help=INPUT_HELP)
+    p.add_argument("input", nargs="+", help=INPUT_HELP + "; several inputs (e.g. the shards of a sharded profile "
+                                                      "run) are read one after another as one table")
     _output(p)
     option(p, "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
            help="override a recipe key: STEP.ARGUMENT=VALUE (e.g. normalize.method=robustize), steps.N.ARGUMENT "
@@ -153,7 +167,8 @@ def add_process_parser(stages) -> None:
         "compute_object_count": a.compute_object_count, "object_feature": a.object_feature}))
 
     p = sub.add_parser("annotate", help="join a platemap (and external metadata) to profiles (pycytominer annotate)")
-    p.add_argument("input", help=INPUT_HELP)
+    p.add_argument("input", nargs="+", help=INPUT_HELP + "; several inputs (e.g. the shards of a sharded profile "
+                                                      "run) are read one after another as one table")
     _output(p)
     option(p, "--platemap", required=True,
            help="platemap: .txt / .tsv (tab-separated), .csv or any profile table format (required)")
@@ -283,6 +298,7 @@ def _run_recipe(a) -> dict:
     if a.platemap is not None:
         overrides.append(("annotate.platemap", a.platemap))
     r = Recipe.load(a.recipe, overrides=overrides)
+    _one_or_many(a)
     df = apply_recipe(r, a.input, a.out, a.output_type, progress=show_progress(a))
     prov = df.attrs["phenovec"]
     print(json.dumps(prov, indent=2, default=str))

@@ -263,9 +263,13 @@ def packaged_recipes() -> dict[str, Path]:
 
 
 def input_sha256(source) -> str:
-    """SHA-256 of an input: a file's bytes, a directory's files (sorted relative paths and bytes), or a
-    DataFrame's pandas row hashes (index excluded) and column names."""
+    """SHA-256 of an input: a file's bytes, a directory's files (sorted relative paths and bytes), a DataFrame's
+    pandas row hashes (index excluded) and column names, or of a list of inputs the hashes of each in order."""
     h = hashlib.sha256()
+    if isinstance(source, (list, tuple)):  # several inputs read as one table, in order
+        for item in source:
+            h.update(input_sha256(item).encode())
+        return h.hexdigest()
     if isinstance(source, pd.DataFrame):
         h.update(json.dumps([str(c) for c in source.columns]).encode())
         h.update(pd.util.hash_pandas_object(source, index=False).to_numpy().tobytes())
@@ -319,7 +323,10 @@ def apply_recipe(
             df = aggregate_stream(source, **kwargs)
         else:
             if df is None:
-                df = read_table(source) if is_path else source
+                if isinstance(source, (list, tuple)):  # several inputs, one after another (in memory here)
+                    df = pd.concat([read_table(x) for x in source], ignore_index=True)
+                else:
+                    df = read_table(source) if is_path else source
                 if len(df) == 0:
                     raise ValueError(f"{source if is_path else 'the input DataFrame'}: the input has no rows")
             if features_default == "non-metadata" and "features" not in kwargs and step != "annotate":

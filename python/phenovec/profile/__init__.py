@@ -10,8 +10,9 @@ _EXPORTS = {
     **dict.fromkeys(["InputContract", "contract_from_metadata", "match_channels"], "contract"),
     **dict.fromkeys(["field_channel_stats", "profile_fields"], "fields"),
     **dict.fromkeys(["ProfileResult", "profile_sites", "task_groups"], "pipeline"),
+    **dict.fromkeys(["ShardsResult", "profile_shards", "shard_specs"], "shards"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = ["InputContract", "ProfileResult", "contract_from_metadata", "field_channel_stats", "match_channels",
-           "profile_fields", "profile_sites", "task_groups"]
+__all__ = ["InputContract", "ProfileResult", "ShardsResult", "contract_from_metadata", "field_channel_stats",
+           "match_channels", "profile_fields", "profile_shards", "profile_sites", "shard_specs", "task_groups"]
