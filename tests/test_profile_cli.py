@@ -53,3 +53,48 @@ def test_profile_command_illumination(tmp_path, capsys):
     a = parser.parse_args([*args, "-o", str(tmp_path / "refused")])
     with pytest.raises(ValueError, match=r"corrected\.onnx: .*crop_illumination = true.*--illumination DIR"):
         a.run(a)
+
+
+def test_profile_command_illumination_from_a_load_data_index(tmp_path, capsys):
+    """--illumination index: the flat fields a Gallery load_data_with_illum CSV names (Illum<Ch>.npy, here the same
+    files phenovec illum wrote) give the same embeddings as the illumination folder; an index naming none is an
+    error."""
+    from phenovec.export import export_onnx
+    from phenovec.ingest.illumination import compute_illumination
+    from phenovec.ingest.index import read_image_index
+
+    plate, _ = make_plate_and_model(tmp_path)
+    compute_illumination(read_image_index(plate["index"], CHANNELS), tmp_path / "illum", progress=False)
+    onnx_path = tmp_path / "corrected.onnx"
+    export_onnx(calibrated_model(plate), onnx_path, channels=CHANNELS, crop_size=32, parity=False,
+                intensity={"input_scaling": "minmax", "dtype_max": 65535.0, "crop_illumination": True})
+    t = pd.read_csv(plate["index"])
+    root = plate["index"].parent
+    ld = t[[c for c in t.columns if c.startswith("Metadata_")]].copy()
+    for ch in CHANNELS:
+        files = [(root / f).resolve() for f in t[f"FileName_{ch}"]]
+        ld[f"FileName_Orig{ch}"] = [f.name for f in files]
+        ld[f"PathName_Orig{ch}"] = [str(f.parent) for f in files]
+        ld[f"FileName_Illum{ch}"] = [f"{p}_{ch}.npy" for p in t["Metadata_Plate"]]
+        ld[f"PathName_Illum{ch}"] = [str(tmp_path / "illum" / str(p)) for p in t["Metadata_Plate"]]
+    ld.to_csv(tmp_path / "load_data_with_illum.csv", index=False)
+    parser = argparse.ArgumentParser()
+    add_profile_parser(parser.add_subparsers())
+    common = ["--locations", str(plate["nuclei"]), "--workers", "1", "--batch-size", "8", "--dtype", "float32",
+              "--no-progress"]
+    a = parser.parse_args(["profile", str(onnx_path), "--index", str(plate["index"]), *common, "-o",
+                           str(tmp_path / "folder"), "--illumination", str(tmp_path / "illum")])
+    a.run(a)
+    a = parser.parse_args(["profile", str(onnx_path), "--index", str(tmp_path / "load_data_with_illum.csv"), *common,
+                           "-o", str(tmp_path / "index"), "--illumination", "index",
+                           "--image-cache", str(tmp_path / "cache")])
+    a.run(a)
+    capsys.readouterr()
+    got = EmbeddingStore(tmp_path / "index" / "embeddings.zarr").array[:]
+    want = EmbeddingStore(tmp_path / "folder" / "embeddings.zarr").array[:]
+    assert got.shape == want.shape and got.shape[0] > 0
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    a = parser.parse_args(["profile", str(onnx_path), "--index", str(plate["index"]), *common, "-o",
+                           str(tmp_path / "none"), "--illumination", "index"])
+    with pytest.raises(ValueError, match="--illumination index: .* names no flat fields"):
+        a.run(a)

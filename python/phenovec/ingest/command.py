@@ -67,7 +67,7 @@ def _intensity(a):
     return (kind, float(lo), float(hi))
 
 
-def _flat_fields(a, index):
+def flat_fields(a, index):
     """``--illumination``: a folder, or ``index`` for the flat fields the index names (LoadData ``Illum<Ch>``)."""
     if a.illumination != "index":
         return a.illumination
@@ -103,7 +103,7 @@ def _run_crop(a) -> dict:
 
     index = read_image_index(a.index, a.channels, labels=a.labels, image_cache=a.image_cache)
     res = crop_index(index, a.locations, a.out, box_size=a.box_size, edge=a.edge, rescale=a.rescale,
-                     chunk_cells=a.chunk_cells, progress=show_progress(a), illumination=_flat_fields(a, index),
+                     chunk_cells=a.chunk_cells, progress=show_progress(a), illumination=flat_fields(a, index),
                      intensity=_intensity(a), dtype=a.dtype, mask=a.mask)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "crops": res.crops,
                "resumed_sites": res.resumed_sites, "box_size": a.box_size, "edge": a.edge, "channels": a.channels}
@@ -162,7 +162,7 @@ def _run_tiles(a) -> dict:
 
     index = read_image_index(a.index, a.channels, image_cache=a.image_cache)
     res = tile_index(index, a.out, factor=a.factor, views=tuple(a.views) if a.views else None,
-                     illumination=_flat_fields(a, index), intensity=_intensity(a), dtype=a.dtype,
+                     illumination=flat_fields(a, index), intensity=_intensity(a), dtype=a.dtype,
                      chunk_sites=a.chunk_sites, progress=show_progress(a))
     summary = {"out": str(res.out), "sites": res.sites, "tiles": res.tiles, "resumed_sites": res.resumed_sites,
                "factor": a.factor, "views": a.views, "channels": a.channels}

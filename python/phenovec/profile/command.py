@@ -77,15 +77,17 @@ def _run_profile(a) -> dict:
             raise SystemExit("phenovec profile: give --index (with --locations) or --crops")
         if a.edge is not None:
             opts["edge"] = a.edge
-        index = a.index
-        if a.labels is not None:
+        index, illumination = a.index, a.illumination
+        if a.labels is not None or a.image_cache is not None or a.illumination == "index":
             if a.index is None:
-                raise SystemExit("phenovec profile: --labels names a label-image column of --index (a crop store's "
-                                 "crops were masked, or not, when they were cut)")
+                raise SystemExit("phenovec profile: --labels, --image-cache and --illumination index read --index (a "
+                                 "crop store's crops were masked and corrected, or not, when they were cut)")
+            from phenovec.ingest.command import flat_fields
             from phenovec.ingest.index import read_image_index
 
-            index = read_image_index(a.index, meta.channels, labels=a.labels)
-        res = profile_sites(a.model, index, a.locations, a.out, crops_dir=a.crops, illumination=a.illumination,
+            index = read_image_index(a.index, meta.channels, labels=a.labels, image_cache=a.image_cache)
+            illumination = flat_fields(a, index)
+        res = profile_sites(a.model, index, a.locations, a.out, crops_dir=a.crops, illumination=illumination,
                             progress=show_progress(a), **opts)
     summary = {"out": str(res.out), "sites": res.sites, "cells": res.cells, "embedded": res.embedded,
                "resumed_sites": res.resumed_sites, "seconds": round(res.seconds, 3),
@@ -162,7 +164,10 @@ def add_profile_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--labels", help="label-image column of --index (FileName_<name> or <name>; default Labels if "
                                      "present), for a model trained on masked crops")
     p.add_argument("--illumination", help="illumination folder from 'phenovec illum' ({plate}/{plate}_{channel}.npy) "
-                                          "for a model trained on illumination-corrected crops (--index only)")
+                                          "for a model trained on illumination-corrected crops (--index only), or "
+                                          "'index' for the flat fields a LoadData index names (Illum<Ch>.npy)")
+    p.add_argument("--image-cache", help="where images named by object-store URL (s3://, gs://, ...) are copied once "
+                                         "(default $PHENOVEC_IMAGE_CACHE or ~/.cache/phenovec/images)")
     add_out(p, "output folder (resumable)")
     p.add_argument("--batch-size", type=int, default=None, help="crops (default 256) or fields (default 8) per "
                                                                 "inference call")
