@@ -116,3 +116,30 @@ def test_real_benchmark_configs_build_their_tasks(name, tasks, features):
         assert set(summary.n) == {104}
         x = ts.train[0].x
         assert np.isfinite(x).all() and np.abs(np.median(x)) < 5  # z-scores, not raw means (areas in the 1000s)
+
+
+def test_separate_compounds_keeps_test_compounds_out_of_pretraining():
+    from phenovec.activity.tasks import build_tasks, compound_profiles, separate_compounds
+    from phenovec.activity.synthetic import synthetic_activity
+
+    _, wells = synthetic_activity(n_moas=6, compounds_per_moa=10, n_features=4, seed=2)
+    wells["dose"] = np.tile([1.0, 10.0, 100.0], len(wells) // 3)  # each compound at 3 doses: ids 'cpd|dose'
+    labels = one_vs_rest_labels(wells.assign(unit=wells.Metadata_compound + "|" + wells.dose.astype(str)),
+                                compound_column="unit", class_column="Metadata_MOA")
+    profiles = compound_profiles(wells, ["Metadata_compound", "dose"])
+    ts = build_tasks(labels, profiles, min_actives=5, min_inactives=5, test=2, validation=1, seed=0)
+    sep = separate_compounds(ts, pretrain_fraction=0.5, seed=0, min_actives=2, min_inactives=2)
+    names = {t.name for t in ts.train + ts.validation + ts.test}
+    assert {t.name for t in sep.train + sep.validation + sep.test} | set(sep.dropped) >= names
+
+    def compounds(tasks):
+        return {c.split("|")[0] for t in tasks for c in t.compounds}
+    pre, test = compounds(sep.train + sep.validation), compounds(sep.test)
+    assert pre and test and not pre & test  # no compound, at any dose, on both sides
+    assert len(pre) == 30 and len(test) == 30
+    by_id = separate_compounds(ts, pretrain_fraction=0.5, seed=0, min_actives=2, min_inactives=2, group_by="id")
+    assert compounds(by_id.train) & compounds(by_id.test)  # doses of one compound may then fall on both sides
+    with pytest.raises(ValueError, match="pretrain_fraction"):
+        separate_compounds(ts, pretrain_fraction=1.0)
+    with pytest.raises(ValueError, match="no test task"):
+        separate_compounds(ts, pretrain_fraction=0.5, min_actives=100)

@@ -30,6 +30,10 @@ Configuration (paths relative to the configuration file; every key checked, erro
       validation: 0.1
       test_tasks: null           # or the test tasks by name
       names: null                # or only these tasks (each must pass the thresholds)
+      separate_compounds: null   # or a fraction: pre-training tasks on that share of the compounds, test tasks on
+                                 # the rest (tasks.separate_compounds); a task keeps its side with at least
+                                 # min(min_actives, 2) actives and min(min_inactives, 2) inactives there
+      compound_groups: compound  # compound: ids 'name|dose' group by name; id: every id its own group
     episodes:
       support_sizes: [8, 16, 32, 64, 96]
       query_size: 32
@@ -103,6 +107,8 @@ SCHEMA = {
         "validation": (0.1, (int, float), (0, 10 ** 9)),
         "test_tasks": (None, (list, NONE_TYPE), None),
         "names": (None, (list, NONE_TYPE), None),
+        "separate_compounds": (None, (float, NONE_TYPE), (0.01, 0.99)),
+        "compound_groups": ("compound", (str,), ("compound", "id")),
     },
     "episodes": {
         "support_sizes": ([8, 16, 32, 64, 96], (list,), None),
@@ -266,9 +272,16 @@ def load_tasks(config: BenchmarkConfig):
     profiles = compound_profiles(wells, config.profiles["compound_column"], features=features + aux,
                                  operation=config.profiles["consensus"], source=str(prof_path))
     t = config.tasks
-    return build_tasks(labels, profiles, min_actives=t["min_actives"], min_inactives=t["min_inactives"],
-                       test=t["test"], validation=t["validation"], test_tasks=t["test_tasks"], tasks=t["names"],
-                       missing_profiles=t["missing_profiles"], seed=config.seed, aux_columns=aux)
+    ts = build_tasks(labels, profiles, min_actives=t["min_actives"], min_inactives=t["min_inactives"],
+                     test=t["test"], validation=t["validation"], test_tasks=t["test_tasks"], tasks=t["names"],
+                     missing_profiles=t["missing_profiles"], seed=config.seed, aux_columns=aux)
+    if t["separate_compounds"] is not None:
+        from phenovec.activity.tasks import separate_compounds
+
+        ts = separate_compounds(ts, pretrain_fraction=t["separate_compounds"], seed=config.seed,
+                                min_actives=min(t["min_actives"], 2), min_inactives=min(t["min_inactives"], 2),
+                                group_by=t["compound_groups"])
+    return ts
 
 
 def _plan(tasks, sizes, query_size: int, small: str) -> tuple[list[tuple], list[dict]]:

@@ -216,3 +216,47 @@ def split_tasks(tasks: list[TaskData], *, features: list[str], test: float | int
     train_names = sorted(order[n_val:])
     return TaskSet(train=[by_name[n] for n in train_names], validation=[by_name[n] for n in val_names],
                    test=[by_name[n] for n in test_names], features=list(features), dropped=dict(dropped or {}))
+
+
+def separate_compounds(ts: TaskSet, *, pretrain_fraction: float = 0.5, seed: int = 0, min_actives: int = 1,
+                       min_inactives: int = 1, group_by: str = "compound") -> TaskSet:
+    """``ts`` with the compounds split in two: the training and validation tasks keep a seeded ``pretrain_fraction``
+    of the compound groups, the test tasks the others. No test compound is then seen while pre-training.
+
+    One-vs-rest tasks label every compound in every task, and a compound active in a training task is inactive in
+    every test task: a learner pre-trained on the test compounds' labels can rank a test task from them alone.
+    ``group_by="compound"`` groups ids by their first ``|``-separated part (a compound at several doses is one
+    group); ``"id"`` takes each id as its own group. Tasks left with fewer than ``min_actives`` / ``min_inactives``
+    go to ``dropped``; ``ValueError`` when no test task or no pre-training task is left."""
+    if not 0 < pretrain_fraction < 1:
+        raise ValueError(f"pretrain_fraction must be in (0, 1), got {pretrain_fraction!r}")
+    if group_by not in ("compound", "id"):
+        raise ValueError(f"group_by must be 'compound' or 'id', got {group_by!r}")
+    every = sorted({str(c) for t in ts.train + ts.validation + ts.test for c in t.compounds})
+
+    def group(c: str) -> str:
+        return c.split("|", 1)[0] if group_by == "compound" else c
+    groups = sorted({group(c) for c in every})
+    rng = np.random.default_rng([seed, 0xD15])
+    order = [groups[i] for i in rng.permutation(len(groups))]
+    pretrain = set(order[:int(round(pretrain_fraction * len(groups)))])
+    dropped = dict(ts.dropped)
+
+    def keep(tasks: list[TaskData], side: bool) -> list[TaskData]:
+        out = []
+        for t in tasks:
+            mask = np.array([(group(str(c)) in pretrain) == side for c in t.compounds], dtype=bool)
+            n_act = int(t.y[mask].sum())
+            n_inact = int(mask.sum()) - n_act
+            if n_act < min_actives or n_inact < min_inactives:
+                dropped[t.name] = (f"{n_act} actives and {n_inact} inactives on its side of the compound split, "
+                                   f"fewer than {min_actives} / {min_inactives}")
+                continue
+            out.append(TaskData(t.name, t.x[mask], t.y[mask], t.compounds[mask]))
+        return out
+    train, validation, test = keep(ts.train, True), keep(ts.validation, True), keep(ts.test, False)
+    if not test:
+        raise ValueError("separate compounds: no test task keeps enough actives and inactives on the test side")
+    if not train + validation:
+        raise ValueError("separate compounds: no training task keeps enough actives and inactives")
+    return TaskSet(train, validation, test, list(ts.features), dropped, list(ts.aux_columns))
