@@ -97,8 +97,8 @@ def test_image_learners_learn_moa_tasks(crops, name):
     ts, shape = _tasks(crops, shuffle=False)
     signal = _mean_auroc(name, ts, shape)
     shuffled = _mean_auroc(name, *_tasks(crops, shuffle=True))
-    # measured (seed 0): protonet_img 0.775 vs 0.595 shuffled, maml_img 0.642 vs 0.527. The shuffled control is a
-    # fixed relabelling of the same wells, and the one-vs-rest training tasks label those wells too (a well active
-    # in a training task is inactive in every test task), so pre-training can lift it above 0.5.
+    # measured (seed 0): protonet_img 0.775 vs 0.595 shuffled, maml_img 0.642 vs 0.527. The shuffled control is one
+    # fixed relabelling of the same wells (also labelled by the training tasks), not a fresh draw: it need not sit
+    # at 0.5, only below the real signal.
     assert signal > 0.6, signal
     assert shuffled < signal - 0.08, (signal, shuffled)
