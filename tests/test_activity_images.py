@@ -102,3 +102,28 @@ def test_image_learners_learn_moa_tasks(crops, name):
     # at 0.5, only below the real signal.
     assert signal > 0.6, signal
     assert shuffled < signal - 0.08, (signal, shuffled)
+
+
+def test_benchmark_config_runs_image_learners_on_a_crop_store(crops, tmp_path):
+    """``crops:`` instead of ``profiles.path``: units from the crop store, one-vs-rest labels from its cell table, the
+    crop shape passed to protonet_img; the profile learners refuse nothing (logreg reads the flattened crops)."""
+    from phenovec.activity.benchmark import BenchmarkConfig, run_benchmark
+    from phenovec.io.config_schema import ConfigError
+
+    raw = {"labels": {"one_vs_rest": "Metadata_MOA"},
+           "crops": {"path": str(crops), "unit_columns": UNIT, "per_unit": 2},
+           "tasks": {"min_actives": 5, "min_inactives": 5, "test": 2, "validation": 0},
+           "episodes": {"support_sizes": [8], "episodes": 3},
+           "learners": {"protonet_img": {"episodes": 5}, "logreg": {"n_configs": 1}}}
+    summary = run_benchmark(BenchmarkConfig.from_dict(raw), tmp_path / "out")
+    assert summary["test_tasks"] == 2 and summary["episodes"] == 2 * 2 * 3
+    with pytest.raises(ConfigError, match="exactly one of profiles.path"):
+        BenchmarkConfig.from_dict({**raw, "profiles": {"path": "w.csv"}})
+    from phenovec.activity.synthetic import synthetic_activity
+
+    _, wells = synthetic_activity(n_moas=4, compounds_per_moa=12, n_features=4, seed=0)
+    wells.to_csv(tmp_path / "w.csv", index=False)
+    on_profiles = BenchmarkConfig.from_dict({**{k: v for k, v in raw.items() if k != "crops"},
+                                             "profiles": {"path": "w.csv"}}, base=tmp_path)
+    with pytest.raises(ConfigError, match="protonet_img needs crop inputs"):
+        run_benchmark(on_profiles, tmp_path / "o2")

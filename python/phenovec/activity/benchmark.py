@@ -22,6 +22,11 @@ Configuration (paths relative to the configuration file; every key checked, erro
       nan_features: error        # error | drop: features with a missing value in a kept well
       normalize: null            # or {method: standardize, by: Metadata_Plate, samples: "Metadata_moa == 'DMSO'"}
       aux_columns: []            # auxiliary inputs (an image embedding, ...): learners with inputs: cp+ get them
+    crops:                       # instead of profiles.path: a crop store for protonet_img / maml_img
+      path: null                 # a `phenovec crop` folder; one unit = its unit_columns' values
+      unit_columns: [Metadata_Plate, Metadata_Well]
+      per_unit: 8                # crops per unit (phenovec.activity.crop_units)
+      scaling: auto              # the trainer's input scaling
     tasks:
       min_actives: 10
       min_inactives: 10
@@ -110,6 +115,12 @@ SCHEMA = {
         "separate_compounds": (None, (float, NONE_TYPE), (0.01, 0.99)),
         "compound_groups": ("compound", (str,), ("compound", "id")),
     },
+    "crops": {
+        "path": (None, (str, NONE_TYPE), "path"),
+        "unit_columns": (["Metadata_Plate", "Metadata_Well"], (str, list), None),
+        "per_unit": (8, (int,), (1, 10 ** 4)),
+        "scaling": ("auto", (str,), ("auto", "none", "scale", "minmax")),
+    },
     "episodes": {
         "support_sizes": ([8, 16, 32, 64, 96], (list,), None),
         "query_size": (32, (int,), (2, 10 ** 6)),
@@ -134,6 +145,7 @@ class BenchmarkConfig:
     workers: int = 1
     source: str = "config"
     base: Path = field(default_factory=Path.cwd)
+    crops: dict = field(default_factory=lambda: {"path": None})
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "BenchmarkConfig":
@@ -166,8 +178,9 @@ class BenchmarkConfig:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"{source}: workers must be an integer >= 1, got {workers!r}")
         lab, prof = cfg["labels"], cfg["profiles"]
-        if prof["path"] is None:
-            raise ConfigError(f"{source}: profiles.path is required")
+        if (prof["path"] is None) == (cfg["crops"]["path"] is None):
+            raise ConfigError(f"{source}: give exactly one of profiles.path (profiles) and crops.path (a crop store, "
+                              "for the image learners)")
         if (lab["path"] is None) == (lab["one_vs_rest"] is None):
             raise ConfigError(f"{source}: give exactly one of labels.path (a label file) and labels.one_vs_rest "
                               "(a class column of the profiles)")
@@ -202,7 +215,7 @@ class BenchmarkConfig:
             if isinstance(v, float) and not (0 <= v < 1):
                 raise ConfigError(f"{source}: tasks.{key} must be a fraction in [0, 1) or a task count, got {v!r}")
         return cls(labels=lab, profiles=prof, tasks=cfg["tasks"], episodes=cfg["episodes"],
-                   learners=learners, seed=seed, threads=threads, workers=workers,
+                   learners=learners, crops=cfg["crops"], seed=seed, threads=threads, workers=workers,
                    source=source,
                    base=Path(base) if base is not None else Path.cwd())
 
@@ -243,26 +256,13 @@ def _learners(raw, source: str) -> dict[str, dict]:
 
 def load_tasks(config: BenchmarkConfig):
     """The :class:`~phenovec.activity.tasks.TaskSet` of a configuration."""
-    from phenovec.activity.tasks import build_tasks, compound_ids, compound_profiles
+    from phenovec.activity.tasks import build_tasks, compound_profiles
     from phenovec.activity.wells import read_wells, resolver
-    from phenovec.io.activity_labels import one_vs_rest_labels, read_activity_labels
 
+    if config.crops.get("path") is not None:
+        return _crop_tasks(config)
     wells, features, prof_path = read_wells(config.profiles, resolver(config.base), config.source)
-    lab = config.labels
-    if lab["one_vs_rest"] is not None:
-        ids = compound_ids(wells, config.profiles["compound_column"], source=str(prof_path))
-        if lab["one_vs_rest"] not in wells.columns:
-            raise ValueError(f"{prof_path}: no column {lab['one_vs_rest']!r} (labels.one_vs_rest)")
-        frame = pd.DataFrame({"compound": ids, "cls": wells[lab["one_vs_rest"]].to_numpy()})
-        labels = one_vs_rest_labels(frame, compound_column="compound", class_column="cls", source=str(prof_path),
-                                    exclude=[str(c) for c in lab["exclude_classes"]],
-                                    separator=lab["class_separator"])
-    else:
-        labels = read_activity_labels(
-            config.path("labels", "path"), layout=lab["layout"], coding=lab["coding"],
-            compound_column=lab["compound_column"], assay_column=lab["assay_column"],
-            label_column=lab["label_column"], assays=lab["assays"], row_index=config.path("labels", "row_index"),
-            column_index=config.path("labels", "column_index"))
+    labels = _labels(config, wells, config.profiles["compound_column"], str(prof_path))
     aux = [str(c) for c in config.profiles["aux_columns"]]
     for c in aux:
         if c not in wells.columns:
@@ -282,6 +282,43 @@ def load_tasks(config: BenchmarkConfig):
                                 min_actives=min(t["min_actives"], 2), min_inactives=min(t["min_inactives"], 2),
                                 group_by=t["compound_groups"])
     return ts
+
+
+def _labels(config: BenchmarkConfig, table: pd.DataFrame, compound_column, source: str) -> pd.DataFrame:
+    """The long label table of ``config``: one task per class of ``labels.one_vs_rest`` (a column of ``table``,
+    whose compound ids come from ``compound_column``), or the label file."""
+    from phenovec.activity.tasks import compound_ids
+    from phenovec.io.activity_labels import one_vs_rest_labels, read_activity_labels
+
+    lab = config.labels
+    if lab["one_vs_rest"] is None:
+        return read_activity_labels(
+            config.path("labels", "path"), layout=lab["layout"], coding=lab["coding"],
+            compound_column=lab["compound_column"], assay_column=lab["assay_column"],
+            label_column=lab["label_column"], assays=lab["assays"], row_index=config.path("labels", "row_index"),
+            column_index=config.path("labels", "column_index"))
+    ids = compound_ids(table, compound_column, source=source)
+    if lab["one_vs_rest"] not in table.columns:
+        raise ValueError(f"{source}: no column {lab['one_vs_rest']!r} (labels.one_vs_rest)")
+    frame = pd.DataFrame({"compound": ids, "cls": table[lab["one_vs_rest"]].to_numpy()})
+    return one_vs_rest_labels(frame, compound_column="compound", class_column="cls", source=source,
+                              exclude=[str(c) for c in lab["exclude_classes"]], separator=lab["class_separator"])
+
+
+def _crop_tasks(config: BenchmarkConfig):
+    """Tasks whose inputs are each unit's flattened crops (``crops`` section, :mod:`~phenovec.activity.crop_units`)."""
+    from phenovec.activity.crop_units import unit_crops
+    from phenovec.activity.tasks import TaskSet, build_tasks
+
+    c, t = config.crops, config.tasks
+    path = config.path("crops", "path")
+    x, cells, shape = unit_crops(path, c["unit_columns"], crops_per_unit=c["per_unit"], seed=config.seed,
+                                 scaling=c["scaling"])
+    labels = _labels(config, cells, c["unit_columns"], str(path / "cells.parquet"))
+    ts = build_tasks(labels, x, min_actives=t["min_actives"], min_inactives=t["min_inactives"], test=t["test"],
+                     validation=t["validation"], test_tasks=t["test_tasks"], tasks=t["names"],
+                     missing_profiles=t["missing_profiles"], seed=config.seed)
+    return TaskSet(ts.train, ts.validation, ts.test, ts.features, ts.dropped, crop_shape=shape)
 
 
 def _plan(tasks, sizes, query_size: int, small: str) -> tuple[list[tuple], list[dict]]:
@@ -317,8 +354,13 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike, *, progress: 
     plan, skipped = _plan(ts.test, ep["support_sizes"], ep["query_size"], ep["small_tasks"])
     learners = {}
     for name, spec in config.learners.items():
+        cls, options = learner_class(spec["learner"]), dict(spec["options"])
+        if getattr(cls, "takes_crop_shape", False):
+            if ts.crop_shape is None:
+                raise ConfigError(f"{config.source}: learners.{name}: {spec['learner']} needs crop inputs (crops.path)")
+            options.setdefault("crop_shape", ts.crop_shape)
         try:
-            learners[name] = learner_class(spec["learner"])(**spec["options"])
+            learners[name] = cls(**options)
         except TypeError as e:
             raise ConfigError(f"{config.source}: learners.{name}: {e}") from None
     rows, throughput = [], []

@@ -31,6 +31,8 @@ class TaskSet:
     dropped: dict[str, str] = field(default_factory=dict)
     #: auxiliary input columns: the last ``len(aux_columns)`` of ``features`` (FSL-CP's ``cp+`` inputs)
     aux_columns: list[str] = field(default_factory=list)
+    #: (C, H, W) when the inputs are flattened crops (:mod:`phenovec.activity.crop_units`), else None
+    crop_shape: tuple[int, int, int] | None = None
 
     def inputs(self, kind: str) -> "TaskSet":
         """The tasks with the inputs of ``kind``: ``cp+`` = every column (profiles and auxiliary inputs), ``cp`` = the
@@ -47,7 +49,8 @@ class TaskSet:
 
         def cut(tasks):
             return [TaskData(t.name, np.ascontiguousarray(t.x[:, :n]), t.y, t.compounds) for t in tasks]
-        return TaskSet(cut(self.train), cut(self.validation), cut(self.test), self.features[:n], dict(self.dropped))
+        return TaskSet(cut(self.train), cut(self.validation), cut(self.test), self.features[:n], dict(self.dropped),
+                       crop_shape=self.crop_shape)
 
     def summary(self) -> pd.DataFrame:
         """One row per kept task: ``task``, ``split``, ``n``, ``actives``, ``inactives``."""
@@ -259,4 +262,4 @@ def separate_compounds(ts: TaskSet, *, pretrain_fraction: float = 0.5, seed: int
         raise ValueError("separate compounds: no test task keeps enough actives and inactives on the test side")
     if not train + validation:
         raise ValueError("separate compounds: no training task keeps enough actives and inactives")
-    return TaskSet(train, validation, test, list(ts.features), dropped, list(ts.aux_columns))
+    return TaskSet(train, validation, test, list(ts.features), dropped, list(ts.aux_columns), ts.crop_shape)

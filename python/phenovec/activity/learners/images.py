@@ -62,6 +62,7 @@ class ImageProtoNetLearner(ProtoNetLearner):
     ``episodes``, ``support_size``, ``query_size``, ``lr``, ``weight_decay``, ``device``."""
 
     name = "protonet_img"
+    takes_crop_shape = True  # the benchmark passes the crop store's (C, H, W)
 
     def __init__(self, *, crop_shape: Sequence[int], arch: str = "resnet_tiny", embedding: int = 64,
                  episodes: int = 100, **options):
@@ -77,6 +78,7 @@ class ImageMAMLLearner(MAMLLearner):
     :class:`CropSetNet` with one logit. Options: ``crop_shape`` (C, H, W; required), ``arch``, and MAML's."""
 
     name = "maml_img"
+    takes_crop_shape = True
     meta_train_mode = False  # BatchNorm in eval mode (module docstring)
 
     def __init__(self, *, crop_shape: Sequence[int], arch: str = "resnet_tiny", first_order: bool = True,
