@@ -82,3 +82,27 @@ def test_knn_grit_mp_value_cli(tmp_path, bbbc021, lincs_plate):
     assert main(["evaluate", "mp-value", str(lsrc), "--control-perts", "DMSO", "--replicate-id", "Metadata_broad_sample",
                  "--nb-permutations", "20", "--out", str(tmp_path / "mp.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "mp.csv")) > 10
+
+
+def test_evaluate_map_cli_roc_auc_precision_and_exact_null(tmp_path, bbbc021, capsys):
+    """--roc-auc adds the per-query ROC-AUC and Mann-Whitney p (equal to the API's), --null-method exact runs,
+    --precision bf16 runs where the CPU has it and tf32 on the CPU is one clear error."""
+    from phenovec.evaluate.roc_auc import roc_auc
+
+    src = tmp_path / "b.parquet"
+    df = bbbc021[bbbc021["Metadata_moa"] != "DMSO"].reset_index(drop=True)
+    df.to_parquet(src)
+    common = ["--pos-sameby", "Metadata_moa", "--pos-diffby", "Metadata_compound", "--neg-diffby", "Metadata_moa",
+              "--null-size", "200"]
+    assert main(["evaluate", "map", str(src), *common, "--roc-auc", "--null-method", "exact",
+                 "--out", str(tmp_path / "auc.csv")]) == 0
+    got = pd.read_csv(tmp_path / "auc.csv")
+    feats = [c for c in df.columns if not c.startswith("Metadata_")]
+    want = roc_auc(df[[c for c in df.columns if c.startswith("Metadata_")]], df[feats].to_numpy(), ["Metadata_moa"],
+                   ["Metadata_compound"], [], ["Metadata_moa"])
+    assert len(got) == len(want) == 302
+    assert (got["roc_auc"] - want["roc_auc"].to_numpy()).abs().max() < 1e-9
+    assert json.loads((tmp_path / "auc.json").read_text())["null_method"] == "exact"
+    capsys.readouterr()
+    assert main(["evaluate", "map", str(src), *common, "--precision", "tf32", "--out", str(tmp_path / "t.csv")]) == 2
+    assert "tf32" in capsys.readouterr().err

@@ -209,6 +209,15 @@ def test_suite_command_writes_what_single_calls_give(tmp_path):
     np.testing.assert_array_equal(got["corrected_p_value"], want["corrected_p_value"])
     assert "stage1_p_value" in got.columns
     assert (tmp_path / "out" / "suite.json").is_file()
+    # roc_auc: true adds the per-query ROC-AUC and its Mann-Whitney p beside the APs, which stay the same
+    (tmp_path / "auc.yaml").write_text("roc_auc: true\n" + SUITE_YAML)
+    args = suite_parser().parse_args(["suite", str(tmp_path / "auc.yaml"), "-o", str(tmp_path / "auc"), "--quiet"])
+    args.run(args)
+    auc = pd.read_parquet(tmp_path / "auc" / "replicate_vs_dmso_ap.parquet")
+    assert {"roc_auc", "roc_auc_p_value"} <= set(auc.columns)
+    scored = auc["average_precision"].notna()  # queries without positives (the controls) have neither
+    assert auc.loc[scored, "roc_auc"].between(0, 1).all() and auc.loc[~scored, "roc_auc"].isna().all()
+    np.testing.assert_array_equal(auc["average_precision"], act["average_precision"])
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -218,6 +227,8 @@ def test_suite_command_writes_what_single_calls_give(tmp_path):
     (lambda s: s.replace('rows: "Metadata_cpd != \'DMSO\'"', "rows: [1, 2]"), "rule_sets.moa.rows"),
     (lambda s: s.replace("null_size: 500", "null_size: many"), "map.null_size"),
     (lambda s: s.replace("rows: \"Metadata_cpd != 'DMSO'\"", "rows: \"__import__('os')\""), "rule_sets.moa.rows"),
+    (lambda s: "precision: tf32\n" + s, "tf32"),
+    (lambda s: "roc_auc: maybe\n" + s, "roc_auc must be true or false"),
 ])
 def test_suite_config_errors_name_the_key(tmp_path, edit, message):
     from phenovec.evaluate.suite_command import read_suite, run_suite

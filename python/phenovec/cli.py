@@ -100,10 +100,17 @@ def _add_map(sub) -> None:
     p.add_argument("--null-size", type=int, default=10000, help="null distribution size for the mAP p-values")
     p.add_argument("--threshold", type=float, default=0.05, help="significance level of the corrected p-values")
     p.add_argument("--seed", type=int, default=0, help="seed of the null distributions")
-    p.add_argument("--null-method", choices=["copairs", "fast"], default="copairs",
-                   help="copairs: copairs 0.5.5's exact random stream; fast: the same null sampled in Rust")
+    p.add_argument("--null-method", choices=["copairs", "fast", "exact"], default="copairs",
+                   help="copairs: copairs 0.5.5's exact random stream; fast: the same null sampled in Rust; "
+                        "exact: enumerated for small (M, L), fast elsewhere")
     p.add_argument("--ties", choices=["copairs", "exact"], default="copairs",
                    help="copairs: copairs' float32 sort key; exact: float64 similarities")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "tf32"], default="fp32",
+                   help="similarity GEMM precision (fp32 exact; bf16 on AMX/AVX512-BF16 CPUs or CUDA; fp16/tf32 CUDA)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   help="where similarities are computed and ranked (auto: cuda when PyTorch sees a GPU)")
+    p.add_argument("--roc-auc", action="store_true",
+                   help="add roc_auc, mann_whitney_u and roc_auc_p_value per query (not with --multilabel-column)")
     p.add_argument("--map-out", help="mAP table path (default: OUT with _map)")
     p.set_defaults(run=_run_map)
 
@@ -130,9 +137,17 @@ def _run_map(args) -> dict:
     if label_col:
         meta[label_col] = meta[label_col].map(lambda v: v.split(args.label_sep) if isinstance(v, str) else v)
     progress = show_progress(args)
-    ap = pe.average_precision(meta, prof.feats, pos_sameby, args.pos_diffby, args.neg_sameby, neg_diffby,
-                              distance=args.similarity, multilabel_col=label_col, ties=args.ties,
-                              progress_bar=progress)
+    if args.roc_auc:
+        from phenovec.evaluate.roc_auc import roc_auc
+
+        if label_col:
+            raise ValueError("--roc-auc: not available with --multilabel-column")
+        ap = roc_auc(meta, prof.feats, pos_sameby, args.pos_diffby, args.neg_sameby, neg_diffby,
+                     distance=args.similarity, ties=args.ties, precision=args.precision, device=args.device)
+    else:
+        ap = pe.average_precision(meta, prof.feats, pos_sameby, args.pos_diffby, args.neg_sameby, neg_diffby,
+                                  distance=args.similarity, multilabel_col=label_col, ties=args.ties,
+                                  progress_bar=progress, precision=args.precision, device=args.device)
     sameby = args.map_sameby or [c for c in pos_sameby if c != "Metadata_Reference_Index"]
     if label_col and label_col in sameby and not args.map_sameby:
         sameby = [label_col]
@@ -150,6 +165,8 @@ def _run_map(args) -> dict:
         "fraction_below_corrected_p": float(m["below_corrected_p"].mean()),
         "map_table": str(map_out),
         "null_method": args.null_method,
+        "precision": args.precision,
+        "device": args.device,
     })
 
 

@@ -30,6 +30,8 @@ _EXPORTS = {
     "holdout_moa_identification": "holdout_moa_identification",
     "batch_diagnostic": "batch_diagnostic",
     "field_classification": "field_classification",
+    # per-query ROC-AUC with Mann-Whitney p-values (copairs' development branch)
+    **dict.fromkeys(["roc_auc", "mann_whitney_p_values"], "roc_auc"),
     # frozen-encoder probes (logistic regression / Random Forest on embeddings)
     **dict.fromkeys(["probe", "ProbeResult"], "probes"),
 }

@@ -6,10 +6,14 @@ The configuration (YAML, read with ``yaml.safe_load``; nothing in it is executed
     profiles: profiles.parquet            # relative paths are relative to the configuration file
     similarity: cosine                    # cosine | pearson | correlation | spearman | euclidean
     ties: copairs                         # copairs | exact
+    precision: fp32                       # fp32 (exact) | bf16 | fp16 | tf32 (see phenovec.evaluate.precision)
+    device: cpu                           # cpu | cuda | auto (cuda when PyTorch sees a GPU at run time)
+    roc_auc: false                        # true: roc_auc, mann_whitney_u, roc_auc_p_value per query
     query: "Metadata_plate != 'P9'"       # optional: rows evaluated at all
     reference: "Metadata_pert_type == 'control'"   # optional: adds Metadata_Reference_Index (copairs'
                                                    # assign_reference_index) for replicate-vs-control rule sets
     map: {null_size: 10000, threshold: 0.05, seed: 0, null_method: copairs}   # optional, these defaults
+                                          # null_method: copairs | fast | exact (enumerated for small (M, L))
     rule_sets:
       replicate_vs_dmso:
         pos_sameby: [Metadata_broad_sample, Metadata_Reference_Index]
@@ -38,7 +42,8 @@ from pathlib import Path
 
 from phenovec.cli_options import add_quiet, show_progress
 
-TOP_KEYS = ("profiles", "similarity", "ties", "query", "reference", "map", "rule_sets", "format")
+TOP_KEYS = ("profiles", "similarity", "ties", "query", "reference", "map", "rule_sets", "format", "precision", "device",
+            "roc_auc")
 RULE_KEYS = ("pos_sameby", "pos_diffby", "neg_sameby", "neg_diffby", "rows", "map_sameby", "hierarchical_by")
 MAP_KEYS = {"null_size": int, "threshold": float, "seed": int, "null_method": str}
 MAP_DEFAULTS = {"null_size": 10000, "threshold": 0.05, "seed": 0, "null_method": "copairs"}
@@ -81,8 +86,12 @@ def read_suite(path) -> dict:
             raise SuiteConfigError(f"{path}: missing key {key!r}")
     cfg = {"path": str(path), "profiles": str(path.parent / str(raw["profiles"])),
            "similarity": raw.get("similarity", "cosine"), "ties": raw.get("ties", "copairs"),
-           "query": raw.get("query"), "reference": raw.get("reference"), "format": raw.get("format", "parquet")}
-    for key in ("similarity", "ties", "format"):
+           "query": raw.get("query"), "reference": raw.get("reference"), "format": raw.get("format", "parquet"),
+           "precision": raw.get("precision", "fp32"), "device": raw.get("device", "cpu"),
+           "roc_auc": raw.get("roc_auc", False)}
+    if not isinstance(cfg["roc_auc"], bool):
+        raise SuiteConfigError(f"{path}: roc_auc must be true or false, got {cfg['roc_auc']!r:.80}")
+    for key in ("similarity", "ties", "format", "precision", "device"):
         if not isinstance(cfg[key], str):
             raise SuiteConfigError(f"{path}: {key} must be a string, got {cfg[key]!r:.80}")
     if cfg["format"] not in FORMATS:
@@ -157,7 +166,13 @@ def run_suite(cfg: dict, out_dir, progress: bool = False) -> dict:
         if r["rows"]:
             rule_sets[name]["rows"] = filter_mask(meta, r["rows"], key=f"{src}: rule_sets.{name}.rows")
     stats = {}
-    aps = evaluate_many(meta, prof.feats, rule_sets, distance=cfg["similarity"], ties=cfg["ties"], stats=stats)
+    try:
+        aps = evaluate_many(meta, prof.feats, rule_sets, distance=cfg["similarity"], ties=cfg["ties"], stats=stats,
+                            precision=cfg["precision"], device=cfg["device"], roc_auc=cfg["roc_auc"])
+    except ValueError as e:
+        if str(e).startswith(("precision", "device")):
+            raise SuiteConfigError(f"{src}: {e}") from None
+        raise
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = cfg["format"]
