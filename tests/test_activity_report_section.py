@@ -56,3 +56,18 @@ def test_missing_files_are_named(tmp_path, bench):
     (tmp_path / "summary.csv").write_text("learner,M\nx,8\n")
     with pytest.raises(ValueError, match="summary.csv: no column 'tasks'"):
         read_activity_section(tmp_path)
+
+
+def test_phenovec_report_activity_folder(bench, tmp_path):
+    """phenovec report --activity BENCH-OUT: the section, its two figures and its numbers in report.html / .json."""
+    from phenovec.cli import main
+    from test_report import NULL, synthetic
+
+    src = tmp_path / "wells.parquet"
+    synthetic().to_parquet(src)
+    assert main(["report", str(src), "--out", str(tmp_path / "rep"), "--null-size", str(NULL),
+                 "--activity", str(bench)]) == 0
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert {"activity_auroc_vs_m", "activity_wilcoxon"} <= set(doc["figures"])
+    assert len(doc["activity"]["auroc"]) == 4
+    assert "Few-shot activity prediction" in (tmp_path / "rep" / "report.html").read_text()

@@ -127,7 +127,7 @@ def activity_figures(sec: ActivitySection | None) -> list:
 def activity_section_html(sec: ActivitySection | None, figures_html: str = "") -> str:
     """The section's HTML (empty without a section): explanation, mean AUROC per learner x M, the figures, the
     p-value matrix per M and the throughput."""
-    from phenovec.report.html import _table
+    from phenovec.report.html import table_html as _table
 
     if sec is None:
         return ""

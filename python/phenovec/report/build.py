@@ -55,6 +55,7 @@ def build_report(
     compare: dict | None = None,
     batch_effects: bool = True,
     moaprofiler: bool = False,
+    activity=None,
 ) -> ReportPaths:
     """Evaluate well-level profiles and write ``OUT_DIR/NAME.html`` and ``OUT_DIR/NAME.json``.
 
@@ -79,7 +80,8 @@ def build_report(
     of those wells to it, e.g. the profiles before processing or after Harmony.
 
     **MOAProfiler.** ``moaprofiler=True`` adds Wong et al. 2023's evaluation protocol on the evaluated wells, the
-    treatment column read as the compound (:mod:`phenovec.report.moaprofiler`).
+    treatment column read as the compound (:mod:`phenovec.report.moaprofiler`). ``activity``: a ``phenovec
+    activity benchmark`` output folder: adds the few-shot section (mean AUROC vs M, Wilcoxon p-values).
     """
     if compare and not batch_effects:
         raise ValueError("compare: needs batch_effects=True (the tables are compared in the batch-effect section)")
@@ -121,6 +123,10 @@ def build_report(
         t0 = time.perf_counter()
         res.moaprofiler = moaprofiler_section(inp, primary, split_column=split_column, seed=seed, notes=res.notes)
         timings["moaprofiler"] = round(time.perf_counter() - t0, 4)
+    if activity is not None:
+        from phenovec.activity.report_section import read_activity_section
+
+        res.activity = read_activity_section(activity)
     t0 = time.perf_counter()
     figures = all_figures(res)
     timings["figures"] = round(time.perf_counter() - t0, 4)

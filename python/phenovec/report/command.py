@@ -34,6 +34,8 @@ def add_report_parser(stages) -> argparse.ArgumentParser:
                    help="leave out the batch-effect section (integration metrics, batch = plate, label = MOA)")
     p.add_argument("--moaprofiler", action="store_true",
                    help="add MOAProfiler's evaluation protocol (Wong et al. 2023; the treatment column is the compound)")
+    p.add_argument("--activity", default=None,
+                   help="a phenovec activity benchmark output folder: add the few-shot activity section")
     p.add_argument("--provenance", help="JSON file of run provenance (config, hashes, timings) to embed")
     add_quiet(p)
     p.set_defaults(run=run_report)
@@ -70,6 +72,7 @@ def run_report(a) -> dict:
                          control_query=a.control, control_key="--control", plate_column=a.plate_column,
                          features=a.features if a.features else "infer", provenance=prov, similarity=a.similarity,
                          null_size=a.null_size, seed=a.seed, threshold=a.threshold,
-                         compare=compare or None, batch_effects=not a.no_batch_effects, moaprofiler=a.moaprofiler)
+                         compare=compare or None, batch_effects=not a.no_batch_effects, moaprofiler=a.moaprofiler,
+                         activity=a.activity)
     print(paths.html)
     return {"html": str(paths.html), "json": str(paths.json)}

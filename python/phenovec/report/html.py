@@ -107,6 +107,9 @@ def _table(df: pd.DataFrame | None, max_rows: int | None = ROWS_SHOWN) -> str:
             "</summary>" + render(df.iloc[max_rows:]) + "</details>")
 
 
+table_html = _table  # public: other stages' report sections (phenovec.activity.report_section) render tables alike
+
+
 def _figure(f: Figure) -> str:
     data = base64.b64encode(f.png).decode("ascii")
     return (f'<figure id="fig-{html.escape(f.key)}"><img class="figure" alt="{html.escape(f.title)}" '
@@ -250,6 +253,8 @@ def _moaprofiler_section(r: ReportMetrics, figure: str) -> str:
 
 def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: str = "phenovec report") -> str:
     """The whole page as a string (see the module docstring)."""
+    from phenovec.activity.report_section import activity_section_html
+
     figs = {f.key: _figure(f) for f in figures}
 
     def figs_of(*keys):
@@ -309,6 +314,7 @@ def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: s
         _assay_section(r, figs_of("assays")),
         _batch_section(r, figs_of("batch_effects")),
         _moaprofiler_section(r, figs_of(*[k for k in figs if k.startswith("moaprofiler_")])),
+        activity_section_html(r.activity, figs_of(*[k for k in figs if k.startswith("activity_")])),
         ("<h2>Quality control</h2>" + "".join(qc_parts)) if qc_parts else "",
         "<h2>Settings</h2>", _kv(settings),
         "<details><summary>Provenance (versions, inputs, timings, configuration)</summary>",

@@ -69,6 +69,7 @@ class ReportMetrics:
     qc_flagged: pd.DataFrame | None = None
     batch_effects: Any = None  # phenovec.report.batch_effects.BatchEffects or None
     moaprofiler: Any = None  # phenovec.report.moaprofiler.MoaProfilerSection or None
+    activity: Any = None  # phenovec.activity.report_section.ActivitySection or None
 
 
 def activity_table(inp: ReportInput) -> pd.DataFrame:

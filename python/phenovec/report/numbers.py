@@ -18,6 +18,7 @@ Layout (``schema`` = ``phenovec.report/1``)::
     training:       the training run's per-epoch table or null; dataset: its name or null
     batch_effects:  {wells, plates, labels, methods, scaled, scores: [...], metrics: [...]} or null
     moaprofiler:    {wells, moas, compounds, summary, delta_per_moa, groups, knn, enrichment, holdout} or null
+    activity:       {source, auroc: [{learner, M, tasks, auroc}], wilcoxon: [{M, learner, versus, tasks, p}]} or null
 
 A metric that could not be computed is ``null`` and ``notes`` says why.
 """
@@ -69,6 +70,8 @@ def _map_block(table: pd.DataFrame | None, key: str):
 
 def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
     """The JSON document (see the module docstring), already cleaned."""
+    from phenovec.activity.report_section import activity_numbers
+
     doc = {
         "schema": SCHEMA,
         "settings": r.settings,
@@ -104,6 +107,7 @@ def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
             "summary": r.moaprofiler.summary, "delta_per_moa": r.moaprofiler.delta_per_moa,
             "groups": r.moaprofiler.groups, "knn": r.moaprofiler.knn, "enrichment": r.moaprofiler.enrichment,
             "holdout": r.moaprofiler.holdout},
+        "activity": activity_numbers(r.activity),
         "provenance": provenance,
     }
     return clean(doc)
