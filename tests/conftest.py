@@ -18,6 +18,20 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: Path(str(item.fspath)).name in JAX_PEER_MODULES)  # stable: the rest keep their order
 
 
+def synth_crop_store(root: Path, *, wells: int, sites_per_well: int, size: int, cells_per_site: tuple,
+                     box_size: int = 32) -> Path:
+    """A seeded synthetic plate (``phenovec synth``) cropped to 5 x box x box uint16 crops in ``root / "crops"``."""
+    from phenovec.ingest.crop import crop_index
+    from phenovec.ingest.index import read_image_index
+    from phenovec.ingest.synth import CHANNELS, synth_plate
+
+    p = synth_plate(root, plates=1, wells=wells, sites_per_well=sites_per_well, size=size,
+                    cells_per_site=cells_per_site, seed=0, progress=False)
+    crop_index(read_image_index(p["index"], list(CHANNELS)), p["nuclei"], root / "crops", box_size=box_size,
+               edge="shift", chunk_cells=128, progress=False)
+    return root / "crops"
+
+
 def shared(*parts: str) -> Path:
     p = SHARED_DATA.joinpath(*parts)
     if not p.exists():

@@ -29,16 +29,10 @@ def one_thread():
 def crops(tmp_path_factory):
     """56 wells (8 per treatment, 3 MOAs + DMSO) of 6-8 cells: 5 x 32 x 32 uint16 crops (conftest's synth_crops, 48 x 48
     crops of ~60 cells per well, takes several times longer to embed)."""
-    from phenovec.ingest.crop import crop_index
-    from phenovec.ingest.index import read_image_index
-    from phenovec.ingest.synth import CHANNELS, synth_plate
+    from conftest import synth_crop_store
 
-    root = tmp_path_factory.mktemp("activity-crops")
-    p = synth_plate(root, plates=1, wells=56, sites_per_well=1, size=128, cells_per_site=(6, 8), seed=0,
-                    progress=False)
-    crop_index(read_image_index(p["index"], list(CHANNELS)), p["nuclei"], root / "crops", box_size=32, edge="shift",
-               chunk_cells=128, progress=False)
-    return root / "crops"
+    return synth_crop_store(tmp_path_factory.mktemp("activity-crops"), wells=56, sites_per_well=1, size=128,
+                            cells_per_site=(6, 8))
 
 
 def _tasks(crops, shuffle: bool):

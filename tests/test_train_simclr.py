@@ -26,16 +26,10 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_crops(tmp_path_factory):
     """One synthetic plate (7 treatments of 4 MOAs, 28 wells, ~900 cells) cropped to 5 x 32 x 32 uint16."""
-    from phenovec.ingest.crop import crop_index
-    from phenovec.ingest.index import read_image_index
-    from phenovec.ingest.synth import CHANNELS, synth_plate
+    from conftest import synth_crop_store
 
-    root = tmp_path_factory.mktemp("simclr-plate")
-    p = synth_plate(root, plates=1, wells=28, sites_per_well=2, size=192, cells_per_site=(14, 18), seed=0,
-                    progress=False)
-    crop_index(read_image_index(p["index"], list(CHANNELS)), p["nuclei"], root / "crops", box_size=32, edge="shift",
-               chunk_cells=128, progress=False)
-    return root / "crops"
+    return synth_crop_store(tmp_path_factory.mktemp("simclr-plate"), wells=28, sites_per_well=2, size=192,
+                            cells_per_site=(14, 18))
 
 
 def _cfg(crops, out, **over):
