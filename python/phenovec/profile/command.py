@@ -79,9 +79,12 @@ def _run_profile(a) -> dict:
             opts["edge"] = a.edge
         index, illumination = a.index, a.illumination
         if a.labels is not None or a.image_cache is not None or a.illumination == "index":
+            if a.index is None and a.labels is not None:
+                raise SystemExit("phenovec profile: --labels names a label-image column of --index (a crop store's "
+                                 "crops were masked, or not, when they were cut)")
             if a.index is None:
-                raise SystemExit("phenovec profile: --labels, --image-cache and --illumination index read --index (a "
-                                 "crop store's crops were masked and corrected, or not, when they were cut)")
+                raise SystemExit("phenovec profile: --image-cache and --illumination index read --index (a crop "
+                                 "store's crops were corrected, or not, when they were cut)")
             from phenovec.ingest.command import flat_fields
             from phenovec.ingest.index import read_image_index
 
