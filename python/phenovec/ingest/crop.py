@@ -15,7 +15,8 @@ is recorded as done (its table part ``cells/site-NNNNN.parquet`` written, then `
 atomically) only once all its crops lie in committed chunks. A crash loses at most the sites in the pending
 partial chunk; a rerun with the same configuration skips the done sites and rewrites only uncommitted chunks, so
 no chunk holding committed cells is ever rewritten. A rerun with another configuration is refused.
-Decode and crop run in Rust (``phenovec._core.crop_site``: rayon, GIL released), per site in this order
+Images named by object-store URL (an index read with ``fetch=False``, ``phenovec.ingest.image_source``) are
+copied into the image cache site by site, as each site is cropped. Decode and crop run in Rust (``phenovec._core.crop_site``: rayon, GIL released), per site in this order
 (``rust/src/site.rs``): decode (page ``Frame_<ch>`` of each channel file) -> ``illumination`` (raw / the plate's
 flat field: a folder of :func:`phenovec.ingest.illumination.compute_illumination` or a mapping
 ``{(plate, channel): .npy}``) -> ``intensity`` (``("percentile", lo, hi)`` per image and channel or
@@ -213,12 +214,13 @@ def crop_index(
             if intensity is not None:
                 opts["intensity"] = intensity
             if mask is not None:
-                opts.update(labels=index.labels[s], mask=mask)
+                opts.update(labels=index.site_label_path(s), mask=mask)
                 ids = cell_label_ids(loc, f"locations of site {s} ({index.paths[s][0]})")
                 if ids is not None:
                     opts["label_ids"] = ids
             opts["dtype"] = dtype
-            crops, codes = _core.crop_site(index.paths[s], xs, ys, int(box_size), edge, bool(rescale), **opts)
+            # an image named by object-store URL is copied now, when its site is cropped (image_source)
+            crops, codes = _core.crop_site(index.site_paths(s), xs, ys, int(box_size), edge, bool(rescale), **opts)
             codes = np.asarray(codes, dtype=np.int64)
             refuse_centres_outside(codes, loc, site_label(index.sites, s), index.paths[s][0],
                                locations_name(locations))

@@ -136,6 +136,16 @@ def fetch_all(urls: Sequence[str], cache: str | os.PathLike | None = None, threa
     return out
 
 
+def local_paths(urls: Sequence[str], cache: str | os.PathLike | None = None,
+                where: Callable[[int], str] | None = None) -> list[str]:
+    """The local paths of one site's images: :func:`fetch_all` when any of ``urls`` is remote, else the local
+    paths themselves (``file:`` URLs resolved, nothing checked or copied)."""
+    urls = list(urls)
+    if any(is_remote(u) for u in urls):
+        return fetch_all(urls, cache, where=where)
+    return [local_file(u) for u in urls]
+
+
 def read_bytes(url: str) -> bytes:
     """The bytes of a small file (a LoadData CSV) at a path or URL; errors name the URL."""
     if not is_remote(url):

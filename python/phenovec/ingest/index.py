@@ -60,11 +60,18 @@ class ImageIndex:
         with ``fetch=False``) is copied into :attr:`image_cache` now, once; local paths are returned as they are."""
         from phenovec.ingest import image_source
 
-        paths = list(self.paths[s])
-        if not any(image_source.is_remote(p) for p in paths):
-            return paths
-        return image_source.fetch_all(paths, self.image_cache,
-                                      where=lambda i: f"{self.source}: site {s} channel {self.channels[i]}")
+        return image_source.local_paths(self.paths[s], self.image_cache,
+                                        where=lambda i: f"{self.source}: site {s} channel {self.channels[i]}")
+
+    def site_label_path(self, s: int) -> str | None:
+        """The local path of site ``s``'s label image (copied now when it is a remote URL), or None without
+        label images."""
+        from phenovec.ingest import image_source
+
+        if self.labels is None:
+            return None
+        return image_source.local_paths([self.labels[s]], self.image_cache,
+                                        where=lambda i: f"{self.source}: site {s} label image")[0]
 
     def site_frames(self, s: int) -> list[int] | None:
         """The pages of site ``s``'s channels, or None when every channel is page 0."""
@@ -108,11 +115,15 @@ def channel_frames(df: pd.DataFrame, channels: Sequence[str], where: str) -> lis
 
 
 def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLike | None = None,
-                     labels: str | None = None, image_cache: str | os.PathLike | None = None) -> ImageIndex:
+                     labels: str | None = None, image_cache: str | os.PathLike | None = None,
+                     fetch: bool = True) -> ImageIndex:
     """Read an image index (see the module docstring); ``root`` overrides the folder relative paths start from.
     ``labels`` names the label-image column (``FileName_<labels>`` [+ ``PathName_<labels>``] or ``<labels>``);
     None: the ``Labels`` column if the index has one, else no label images. ``image_cache``: where images named by
-    remote URL (LoadData, OME-Zarr) are copied (default: ``phenovec.ingest.image_source.default_cache``)."""
+    remote URL (LoadData, OME-Zarr) are copied (default: ``phenovec.ingest.image_source.default_cache``).
+    ``fetch``: copy a LoadData index's remote images now (default), or (False) keep their URLs in ``paths`` and
+    copy each site's when it is processed (:meth:`ImageIndex.site_paths`; the crop and profile stages do, on the
+    worker that processes the site), so a run over a remote plate starts at once."""
     from phenovec.ingest import load_data
 
     if not isinstance(path_or_df, pd.DataFrame):
@@ -122,7 +133,8 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
         if ome_zarr.is_ome_zarr(name) or (load_data.image_source.protocol(name) and name.endswith(".zarr")):
             return ome_zarr.plate_index(name, channels, cache=image_cache)
         if load_data.image_source.protocol(name):
-            return load_data.read_load_data(path_or_df, channels, root=root, labels=labels, cache=image_cache)
+            return load_data.read_load_data(path_or_df, channels, root=root, labels=labels, cache=image_cache,
+                                            fetch=fetch)
     if isinstance(path_or_df, pd.DataFrame):
         df, where = path_or_df.reset_index(drop=True), "image index"
         base = Path(root) if root is not None else Path.cwd()
@@ -132,7 +144,7 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
         base = Path(root) if root is not None else p.parent
     if load_data.is_load_data(df.columns):
         return load_data.index_from_load_data(df, channels, where=where, base=str(base), labels=labels,
-                                              cache=image_cache)
+                                              cache=image_cache, fetch=fetch)
     missing = [k for k in SITE_KEYS if k not in df.columns]
     if missing:
         raise KeyError(f"{where}: missing site column {missing[0]!r}")

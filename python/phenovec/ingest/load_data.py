@@ -18,7 +18,8 @@ must name one file per channel.
 
 Images are resolved through :mod:`phenovec.ingest.image_source`: local paths and ``file://`` URLs are used where
 they are, other URLs (object stores through fsspec's backends) are copied once into a local cache: all of them
-when the CSV is read (default), or with ``fetch=False`` site by site when ``ImageIndex.site_paths`` asks. Channels are
+when the CSV is read (default), or with ``fetch=False`` site by site when ``ImageIndex.site_paths`` /
+``site_label_path`` ask (the crop and profile stages: when, and where, the site is processed). Channels are
 named without the ``Orig`` prefix (``DNA`` for ``FileName_OrigDNA``; ``OrigDNA`` is accepted too). Every
 problem names the CSV, the row (0-based data row) and the column: a channel without a column, an empty file
 name, a missing or unreachable image, two flat fields for one plate x channel, a repeated site.
@@ -114,8 +115,8 @@ def index_from_load_data(df: pd.DataFrame, channels: Sequence[str] | None = None
     folder (path or URL) relative names start from; ``cache``: the local copy folder of remote images
     (:mod:`~phenovec.ingest.image_source`); ``check``: local images must exist; ``fetch``: remote images are
     copied now (default; an unreachable one is an error naming its row and column), or (False) kept as URLs in
-    ``paths`` and copied site by site when :meth:`ImageIndex.site_paths` asks (a worker fetches only its own
-    sites); ``labels``: a label-image column stem (``FileName_<labels>`` / ``URL_<labels>``);
+    ``paths`` (and label images in ``labels``) and copied site by site when :meth:`ImageIndex.site_paths` asks (a
+    worker fetches only its own sites); ``labels``: a label-image column stem (``FileName_<labels>`` / ``URL_<labels>``);
     ``illumination``: read the ``Illum<Ch>`` flat fields into ``index.illumination``."""
     df = df.reset_index(drop=True)
     missing = [k for k in SITE_KEYS if k not in df.columns]
@@ -154,7 +155,10 @@ def index_from_load_data(df: pd.DataFrame, channels: Sequence[str] | None = None
         if f"URL_{labels}" not in df.columns and f"FileName_{labels}" not in df.columns:
             raise KeyError(f"{where}: no label-image column FileName_{labels} or URL_{labels}")
         urls, cols = _column_urls(df, labels, base, where)
-        label_paths = image_source.fetch_all(urls, cache, where=lambda i: f"{where}: row {i} column {cols[i]}")
+        if fetch or not any(image_source.is_remote(u) for u in urls):
+            label_paths = image_source.fetch_all(urls, cache, where=lambda i: f"{where}: row {i} column {cols[i]}")
+        else:  # copied site by site (ImageIndex.site_label_path)
+            label_paths = [u if image_source.is_remote(u) else image_source.local_file(u) for u in urls]
     meta = df[[c for c in df.columns if str(c).startswith("Metadata_")]]
     index = ImageIndex(meta, list(names), [list(p) for p in zip(*per_channel)], where,
                        frames=channel_frames(df, stems, where), labels=label_paths,

@@ -88,7 +88,10 @@ def _run_profile(a) -> dict:
             from phenovec.ingest.command import flat_fields
             from phenovec.ingest.index import read_image_index
 
-            index = read_image_index(a.index, meta.channels, labels=a.labels, image_cache=a.image_cache)
+            # without --image-cache a LoadData index's object-store images are fetched site by site on the workers
+            # (into the default cache); with it, when read (the single run's site jobs do not carry the cache yet)
+            index = read_image_index(a.index, meta.channels, labels=a.labels, image_cache=a.image_cache,
+                                     fetch=a.image_cache is not None)
             illumination = flat_fields(a, index)
         res = profile_sites(a.model, index, a.locations, a.out, crops_dir=a.crops, illumination=illumination,
                             progress=show_progress(a), **opts)
@@ -123,7 +126,7 @@ def _run_shards(a, kind: str, opts: dict) -> dict:
     locations = a.locations if a.locations is None or len(a.locations) > 1 else a.locations[0]
     res = profile_shards(a.model, a.index if len(a.index) > 1 else a.index[0], a.out, locations=locations,
                          shard_by=a.shard_by or DEFAULT_SHARD_BY, labels=a.labels, illumination=a.illumination,
-                         progress=show_progress(a), **opts)
+                         image_cache=a.image_cache, progress=show_progress(a), **opts)
     states = {}
     for e in res.shards.values():
         states[e["state"]] = states.get(e["state"], 0) + 1

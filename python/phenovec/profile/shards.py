@@ -24,8 +24,10 @@ Where the work runs (the driver is this process; every step but the bookkeeping 
   groups the sites into tasks. So the driver holds no cell and no site table; per task it submits one small
   message and receives one (the counts);
 - a task (consecutive sites of one shard, about ``batch_size`` cells, as ``profile_sites`` groups them) runs on a
-  worker: decode + crop + inference (``phenovec.profile.sites``), the checks ``profile_sites`` makes, then the
-  worker commits each site's part itself (``phenovec.profile.parts.write_part``): features never travel;
+  worker: its sites' images fetched when they are object-store URLs (into ``image_cache``; the plan reads the
+  index without fetching anything), decode + crop + inference (``phenovec.profile.sites``), the checks
+  ``profile_sites`` makes, then the worker commits each site's part itself (``phenovec.profile.parts.write_part``):
+  features never travel;
 - when a shard's last task is done, its assembly (well profiles, ``embeddings.zarr``, the Parquet tables and its
   plates' files of the well datasets) is one more task.
 
@@ -47,6 +49,7 @@ scheduler (``phenovec.profile.scheduler``); workers must read the model, images 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -186,6 +189,7 @@ class ShardPlan:
     locations: str
     complete: bool
     done: list
+    image_cache: str | None = None
 
 
 def plan_shard(spec: ShardSpec, out: str, ref, opts: dict) -> ShardPlan:
@@ -198,7 +202,9 @@ def plan_shard(spec: ShardSpec, out: str, ref, opts: dict) -> ShardPlan:
     from phenovec.profile.sites import embed_site_group
 
     contract, meta = opts["contract"], opts["meta"]
-    idx = read_image_index(spec.index, contract.channels, root=spec.root, labels=opts["labels"])
+    # images named by object-store URL stay URLs: each site's are fetched by the task that embeds it
+    idx = read_image_index(spec.index, contract.channels, root=spec.root, labels=opts["labels"],
+                           image_cache=opts.get("image_cache"), fetch=False)
     idx.source = spec.where
     sites, jobs_of, cells_of, ncells, source, extra, flats = _index_input(
         idx, spec.locations, contract, opts["illumination"], str(opts["model_path"]))
@@ -214,7 +220,7 @@ def plan_shard(spec: ShardSpec, out: str, ref, opts: dict) -> ShardPlan:
     return ShardPlan(str(folder), str(out), spec.name, sites, jobs_of, cells_of, ncells,
                      [p[0] for p in extra["paths"]], store.manifest["config"], attrs, meta.feature_names(),
                      meta.probability_names(), opts["dtype"], fn, loc_name, store.complete,
-                     sorted(store.done_sites()))
+                     sorted(store.done_sites()), opts.get("image_cache"))
 
 
 def plan_summary(plan: ShardPlan) -> dict:
@@ -232,6 +238,8 @@ def embed_group(plan: ShardPlan, group: list) -> list[tuple[int, int, int]]:
 
     parts = Path(plan.folder) / "parts"
     jobs = [plan.jobs_of(s) for s in group]
+    if plan.image_cache is not None:  # where this worker copies the sites' object-store images
+        jobs = [dataclasses.replace(j, cache=plan.image_cache) for j in jobs]
     invalid = OUTCOMES.index("invalid")
     out = []
     for (s, codes, feats), job in zip(plan.fn(jobs), jobs):
@@ -308,13 +316,15 @@ def profile_shards(model_onnx, index, out, *, locations=None, shard_by: str | No
                    scheduler: str | None = "processes", workers: int | None = None, dtype: str = "float16",
                    edge: str = "drop", providers="auto", precision: str = "fp32", trt_cache_dir=None,
                    sessions: str = "auto", max_in_flight: int | None = None, micro_batch="auto",
-                   task_cells: int | None = None, progress: bool = True) -> ShardsResult:
+                   task_cells: int | None = None, image_cache=None, progress: bool = True) -> ShardsResult:
     """Profile the shards of ``index`` (:func:`shard_specs`) with ``model_onnx`` into ``out`` (module docstring);
     the options are :func:`~phenovec.profile.pipeline.profile_sites`'s (``labels``: the label-image column of
     the indexes, for a model trained on masked crops). ``task_cells``: cells per task (consecutive sites grouped
     until they hold that many; default ``batch_size``), inferred in batches of ``batch_size``: bigger tasks cost
     the driver and scheduler less per cell (``bench/scale_bench.py``) and a worker more memory (its crop buffer
-    holds a task's crops, float32). Returns a :class:`ShardsResult`; failed shards are listed in it and in
+    holds a task's crops, float32). ``image_cache``: where images named by object-store URL are copied
+    (``phenovec.ingest.image_source``), each site's by the worker that embeds it, when it does; None: the
+    default cache of each worker. Returns a :class:`ShardsResult`; failed shards are listed in it and in
     ``OUT/manifest.json``, not raised."""
     from tqdm.auto import tqdm
 
@@ -343,7 +353,8 @@ def profile_shards(model_onnx, index, out, *, locations=None, shard_by: str | No
     if task_cells != batch_size:  # only then: runs made before task_cells keep their configuration
         top_config["task_cells"] = task_cells
     opts = dict(model_path=model_path, meta=meta, contract=contract, illumination=illumination, labels=labels,
-                edge=edge, dtype=dtype, batch_size=batch_size, precision=precision, task_cells=task_cells)
+                edge=edge, dtype=dtype, batch_size=batch_size, precision=precision, task_cells=task_cells,
+                image_cache=None if image_cache is None else str(Path(image_cache).resolve()))
     with output_folder(out) as run:
         manifest = ShardManifest(out, top_config, {s.key: {"dir": f"shards/{s.name}", "input": s.where}
                                                    for s in specs})

@@ -1,5 +1,9 @@
 """The worker side of profiling: a group of sites -> per site (edge codes, embeddings).
 
+A site's images named by object-store URL (an index read with ``fetch=False``) are copied into the image cache
+by the worker that cuts the site, when it cuts it (:meth:`SiteJob.local_images`): a run over a remote plate
+starts at once, and the cache fills as the sites are processed.
+
 A task is one site or a few consecutive sites (grouped so a task holds about ``batch_size`` cells). In the
 worker: Rust decode + crop (``phenovec._core.crop_site``, GIL released) with the options of the model's
 :class:`~phenovec.profile.contract.InputContract` and of the site (pages, its plate's flat field, its label
@@ -181,7 +185,9 @@ def worker_flat_field(ref: FlatFieldRef, plate: str) -> np.ndarray:
 class SiteJob:
     """One site to embed from images: its id (index row), channel paths in model order, centres, pages, and for
     the crop steps of the model its plate (illumination), label image and cells' label ids (a masked model;
-    ``label_ids`` None: DeepProfiler's median rule)."""
+    ``label_ids`` None: DeepProfiler's median rule). A path (or label image) may be an object-store URL: it is
+    copied into ``cache`` (``phenovec.ingest.image_source``; None: its default cache) by the worker that cuts
+    the site, when it cuts it."""
 
     site: int
     paths: tuple
@@ -191,6 +197,19 @@ class SiteJob:
     plate: str | None = None
     labels: str | None = None
     label_ids: np.ndarray | None = None
+    cache: str | None = None
+
+    def local_images(self) -> tuple[list[str], str | None]:
+        """(channel paths, label image) as local files: remote URLs copied into :attr:`cache` now (errors name
+        the URL and the site)."""
+        from phenovec.ingest.image_source import local_paths
+
+        paths = local_paths(self.paths, self.cache, where=lambda i: f"site {self.site} image {i + 1} of "
+                                                                    f"{len(self.paths)}")
+        labels = self.labels
+        if labels is not None:
+            labels = local_paths([labels], self.cache, where=lambda i: f"site {self.site} label image")[0]
+        return paths, labels
 
 
 def cut_site(job: SiteJob, contract: InputContract, edge: str, out: np.ndarray | None = None,
@@ -201,19 +220,20 @@ def cut_site(job: SiteJob, contract: InputContract, edge: str, out: np.ndarray |
     rows. ``flats``: the run's flat fields (a model trained on illumination-corrected crops)."""
     from phenovec import _core
 
+    paths, labels = job.local_images()  # an object-store image is fetched here, on the worker cutting the site
     rescale, opts = contract.crop_site_args()
     if job.frames is not None:
         opts["frames"] = list(job.frames)
     if flats is not None:
         opts["flat"] = worker_flat_field(flats, job.plate)
     if contract.crop_mask is not None:
-        opts["labels"] = job.labels
+        opts["labels"] = labels
         if job.label_ids is not None:
             opts["label_ids"] = job.label_ids
     if out is not None:
         opts["out"] = out
     try:
-        crops, codes = _core.crop_site(list(job.paths), np.ascontiguousarray(job.xs, dtype=np.float64),
+        crops, codes = _core.crop_site(paths, np.ascontiguousarray(job.xs, dtype=np.float64),
                                        np.ascontiguousarray(job.ys, dtype=np.float64), contract.box_size, edge,
                                        rescale, compact=True, **opts)
     except Exception as e:  # decode errors name the file; add the site
