@@ -14,6 +14,7 @@
 //!   rescaling), [`crop`] (crop geometry and edge policies), [`labels`] (cell labels and masking),
 //!   [`site`] (one site's crop pipeline), [`tiles`] (whole-field tiles), [`buffer`] (large output
 //!   buffers on huge pages).
+//! - [`matmul`]: the similarity GEMM (run-time SIMD dispatch; values independent of the block shape).
 //! - [`float16`]: float32 -> float16 casts of feature rows (embeddings stored as float16).
 pub mod average_precision;
 pub mod buffer;
@@ -23,6 +24,7 @@ pub mod float16;
 pub mod image;
 pub mod intensity;
 pub mod labels;
+pub mod matmul;
 pub mod null;
 pub mod pairs;
 pub mod ranking;
