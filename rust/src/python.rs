@@ -68,6 +68,77 @@ fn similarity_block<'py>(py: Python<'py>, x: Feats<'py>, metric: &str, rows: PyR
     }
 }
 
+/// A feature matrix prepared once for one metric (`phenovec._core.Prepared(x, metric)`); `block(rows, cols=None)`
+/// gives the similarities of `rows` against all rows or against the rows `cols`, without preparing again.
+/// Values are bit-identical to `similarity_block(x, metric, rows)` (and to it on `x[cols]` for a column subset).
+#[pyclass(name = "Prepared", module = "phenovec._core", frozen)]
+struct PyPrepared {
+    inner: PreparedAny,
+}
+
+enum PreparedAny {
+    F32(Prepared<f32>),
+    F64(Prepared<f64>),
+}
+
+fn check_rows(v: PyReadonlyArray1<'_, i64>, n: usize, what: &str) -> PyResult<Vec<usize>> {
+    let rows = to_usize(v, what)?;
+    if let Some(&r) = rows.iter().find(|&&r| r >= n) {
+        return Err(PyValueError::new_err(format!("{what}: row {r} out of range (N = {n})")));
+    }
+    Ok(rows)
+}
+
+#[pymethods]
+impl PyPrepared {
+    #[new]
+    fn new(py: Python<'_>, x: Feats<'_>, metric: &str) -> PyResult<Self> {
+        let metric = Metric::parse(metric).map_err(err)?;
+        let inner = match &x {
+            Feats::F32(a) => {
+                let v = a.as_array();
+                py.allow_threads(|| Prepared::new(v, metric)).map(PreparedAny::F32)
+            }
+            Feats::F64(a) => {
+                let v = a.as_array();
+                py.allow_threads(|| Prepared::new(v, metric)).map(PreparedAny::F64)
+            }
+        }
+        .map_err(err)?;
+        Ok(PyPrepared { inner })
+    }
+
+    /// Similarities of `rows` against all rows (cols None) or against the rows `cols`: rows x N or rows x len(cols).
+    #[pyo3(signature = (rows, cols=None))]
+    fn block<'py>(&self, py: Python<'py>, rows: PyReadonlyArray1<'py, i64>, cols: Option<PyReadonlyArray1<'py, i64>>) -> PyResult<PyObject> {
+        let n = self.n();
+        let rows = check_rows(rows, n, "rows")?;
+        let cols = cols.map(|c| check_rows(c, n, "cols")).transpose()?;
+        Ok(match &self.inner {
+            PreparedAny::F32(p) => py.allow_threads(|| p.block_cols(&rows, cols.as_deref())).into_pyarray(py).into_any().unbind(),
+            PreparedAny::F64(p) => py.allow_threads(|| p.block_cols(&rows, cols.as_deref())).into_pyarray(py).into_any().unbind(),
+        })
+    }
+
+    /// Number of rows N.
+    #[getter]
+    fn n(&self) -> usize {
+        match &self.inner {
+            PreparedAny::F32(p) => p.n(),
+            PreparedAny::F64(p) => p.n(),
+        }
+    }
+
+    /// The metric's name.
+    #[getter]
+    fn metric(&self) -> &'static str {
+        match &self.inner {
+            PreparedAny::F32(p) => p.metric().name(),
+            PreparedAny::F64(p) => p.metric().name(),
+        }
+    }
+}
+
 /// Validate a feature matrix for a metric (finite; non-zero norm / variance) without computing.
 #[pyfunction]
 fn check_features(x: Feats<'_>, metric: &str) -> PyResult<()> {
@@ -498,6 +569,7 @@ fn to_float16<'py>(py: Python<'py>, x: numpy::PyReadonlyArrayDyn<'py, f32>) -> P
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(similarity_block, m)?)?;
     m.add_function(wrap_pyfunction!(check_features, m)?)?;
+    m.add_class::<PyPrepared>()?;
     m.add_function(wrap_pyfunction!(average_precision, m)?)?;
     m.add_function(wrap_pyfunction!(positive_ranks, m)?)?;
     m.add_function(wrap_pyfunction!(random_ap, m)?)?;

@@ -3,7 +3,8 @@
 ``device``:
 
 - ``"cpu"`` (default): the existing CPU path. With ``precision="fp32"`` the blocks come from the Rust core
-  (``phenovec._core.similarity_block``, exact, unchanged); with a reduced precision from a PyTorch GEMM on the
+  (``phenovec._core.Prepared``: rows prepared once, then blocks against all rows or given column rows, exact and
+  bit-identical to ``_core.similarity_block``); with a reduced precision from a PyTorch GEMM on the
   CPU (see :mod:`phenovec.evaluate.precision`). Ranking is the Numba kernel of :mod:`evaluate_many`.
 - ``"cuda"`` / ``"cuda:K"``: PyTorch on that GPU, blocks *and* ranking on the device. Only the prepared
   rows (N x D) and one block of queries (``device_block_bytes`` of block-sized temporaries) live there; the
@@ -106,6 +107,7 @@ class Similarities:
         self.torch_ranking = self.device != "cpu"
         if self.rust:
             self.itemsize = x.itemsize
+            self.prepared = _core.Prepared(x, metric)  # rows prepared once for every block
             return
         import torch
 
@@ -140,10 +142,9 @@ class Similarities:
 
     def block(self, q: np.ndarray, cols: np.ndarray | None = None):
         if self.rust:
-            if cols is None:
-                return _core.similarity_block(self.x, self.metric, q)
-            # rows are prepared (normalised) one by one, so the sub-matrix gives the same values as the full one
-            return _core.similarity_block(np.ascontiguousarray(self.x[cols]), self.metric, np.searchsorted(cols, q))
+            # a similarity's value does not depend on the block's rows or columns (the core's GEMM is shape-independent)
+            return self.prepared.block(np.asarray(q, dtype=np.int64),
+                                       None if cols is None else np.asarray(cols, dtype=np.int64))
         torch = self.torch
         qi = torch.from_numpy(np.asarray(q, dtype=np.int64)).to(self.tdev)
         ci = None if cols is None else torch.from_numpy(np.asarray(cols, dtype=np.int64)).to(self.tdev)

@@ -2,7 +2,8 @@
 
 ``evaluate_many(meta, feats, {name: rules, ...})`` returns ``{name: DataFrame}``, each frame equal to
 ``average_precision(meta[rows], feats[rows], **rules)`` (same rows, columns and values; AP values are
-bit-identical: the blocks come from the same Rust kernel, ``phenovec._core.similarity_block``, and the
+bit-identical: the blocks come from the same Rust kernel (``phenovec._core.Prepared``, rows prepared once; a
+similarity's value does not depend on the block it is computed in), and the
 ranking below repeats the core's arithmetic: copairs' float32 keys with ``ties="copairs"``, positives first
 on ties, AP summed in rank order). A rule set is a mapping with ``pos_sameby``, ``pos_diffby``,
 ``neg_sameby``, ``neg_diffby`` and optionally ``rows``: a boolean mask over ``meta``'s rows or a filter
@@ -55,8 +56,7 @@ OPTIONAL_KEYS = ("rows",)
 COLUMNS = ("auto", "all")
 REDUCED_FRACTION = 0.5  # a block's column union below this fraction of N is computed as a reduced block
 REDUCED_QUERY_ROWS = 512  # queries of the first reduced block (doubled while its columns stay few)
-# the Rust core prepares (normalises) every row it is given on each call, so blocks are larger than
-# average_precision's: at N = 100k a 1 GiB block is ~2,600 queries and the re-preparation ~3 % of the GEMM
+# blocks larger than average_precision's: fewer passes of the block's rule-set ranking (1 GiB = ~2,600 queries at N = 100k)
 MANY_BLOCK_BYTES = 1 << 30
 
 
@@ -317,7 +317,7 @@ def _reduced_block(queries, pos, step, rules, n, sims, block_bytes, device_block
     """The next reduced block from ``pos``: (queries, their columns), or (None, None) when their columns are most rows.
 
     Starts with ``REDUCED_QUERY_ROWS`` queries (at most ``step``, a full block's) and doubles while the columns stay few and the block within budget
-    (each call of the Rust core prepares the block's columns again, so few large blocks beat many small ones).
+    (few large blocks: each block gathers its columns once and ranks every rule set over them).
     """
     rows = min(REDUCED_QUERY_ROWS, step)
     q = queries[pos : pos + rows]
