@@ -18,10 +18,19 @@ Configuration (YAML): ``phenovec run --print-config`` prints every key with its 
     train: {...}           # sections data / model / optim / augment / train of `phenovec train`, with its defaults
                            # (data.crops and train.out are filled in by the pipeline)
     export: {opset: 18}
-    profile: {batch_size: 256, scheduler: null, workers: null, dtype: float32, precision: fp32}
+    profile: {batch_size: 256, scheduler: null, workers: null, dtype: float32, precision: fp32, shard_by: null,
+              task_cells: null}
                            # precision: fp32, fp16 (TensorRT) or bf16 (OpenVINO on AMX / AVX512-BF16 CPUs)
     process: {steps: null}  # recipe steps (null = the default above)
     report: {moa_column: Metadata_MOA, treatment_column: Metadata_Treatment, control: DMSO, null_size: 10000, seed: 0}
+
+**Many plates**: ``images.index`` may be a list of indexes (one per plate, e.g. the Cell Painting Gallery's
+LoadData CSVs; ``images.locations`` one table for all or one per index), or one index with ``profile.shard_by``
+(e.g. ``Metadata_Plate``). The profile stage then runs the plates as shards on one Dask cluster
+(``phenovec.profile.shards``: ``profile.scheduler`` null is a local cluster of ``profile.workers`` processes, or a
+``tcp://`` address; each shard resumable, ``profile/manifest.json`` their states, ``profile/wells_mean/`` the
+plate-partitioned well means); process reads every shard's embeddings in the shards' order, and the crop stage
+(training data) the plates' sites together.
 
 ``preset: moaprofiler`` runs MOAProfiler's field-level route instead: ``synth`` -> ``tiles`` (whole fields,
 ``tiles.factor``) -> ``train`` (``data.fields``, ``model.recipe: moaprofiler``, the compound hold-out split) ->
@@ -61,7 +70,7 @@ TOP_KEYS = ("out", "preset", "synth", "model", "images", "crop", "tiles", "train
             "report")
 MOAPROFILER = "moaprofiler"  # the field-level preset (the others are GapNet's, phenovec.train.objectives.assays)
 SCHEMA = {
-    "images": {"index": (None, (str, NONE_TYPE), "path"), "locations": (None, (str, NONE_TYPE), "path"),
+    "images": {"index": (None, (str, list, NONE_TYPE), "path"), "locations": (None, (str, list, NONE_TYPE), "path"),
                "channels": (["DNA", "ER", "RNA", "AGP", "Mito"], (list,), None)},
     "synth": {"plates": (2, (int,), (1, 1000)), "wells": (28, (int,), (2, 384)), "sites": (2, (int,), (1, 100)),
               "size": (256, (int,), (64, 4096)), "cells": ([25, 35], (list,), None), "seed": (0, (int,), None),
@@ -74,7 +83,8 @@ SCHEMA = {
     "profile": {"batch_size": (256, (int,), (1, 1 << 20)), "scheduler": (None, (str, NONE_TYPE), None),
                 "workers": (None, (int, NONE_TYPE), (1, 4096)),
                 "dtype": ("float32", (str,), ("float16", "float32")),
-                "precision": ("fp32", (str,), ("fp32", "fp16", "bf16"))},
+                "precision": ("fp32", (str,), ("fp32", "fp16", "bf16")),
+                "shard_by": (None, (str, NONE_TYPE), None), "task_cells": (None, (int, NONE_TYPE), (1, 1 << 24))},
     "process": {"steps": (None, (list, NONE_TYPE), None)},
     "report": {"moa_column": ("Metadata_MOA", (str,), None), "treatment_column": ("Metadata_Treatment", (str,), None),
                "control": ("DMSO", (str,), None), "null_size": (10000, (int,), (10, 10_000_000)),
@@ -142,9 +152,9 @@ COMMENTS = {
              "train and export",
     "images": "the plate's images (index and locations unused with synth)",
     "images.index": "image index (.csv / .parquet): Metadata_Plate / Well / Site + FileName_<channel>; required "
-                    "without synth",
+                    "without synth; a list of indexes (one per plate) profiles each as a shard",
     "images.locations": "nuclei table (.csv / .parquet / .sqlite) with Metadata_Plate / Well / Site and centres; "
-                        "required without synth",
+                        "required without synth; with a list of indexes one table for all or one per index",
     "images.channels": "channel names, in model input order",
     "crop": "single-cell crops for training (phenovec crop)",
     "crop.box_size": "crop side in pixels, centred on the nucleus",
@@ -162,6 +172,10 @@ COMMENTS = {
     "profile.workers": "null (the CPU count) or threads / processes of the local cluster",
     "profile.dtype": "float16 | float32: embeddings on disk",
     "profile.precision": "fp32 | fp16 (TensorRT) | bf16 (OpenVINO on AMX / AVX512-BF16 CPUs)",
+    "profile.shard_by": "null, or a column (e.g. Metadata_Plate) splitting the index into shards: a sharded run "
+                        "(also made by a list of images.index) on one Dask cluster (scheduler null: processes), "
+                        "each shard resumable (phenovec.profile.shards)",
+    "profile.task_cells": "sharded runs: cells per task (null: batch_size)",
     "process": "single-cell embeddings to well profiles (a phenovec process recipe)",
     "process.steps": "null = drop zero-variance features, spherize (ZCA) on the control cells, average per well; "
                      "or a list of recipe steps, e.g. [{normalize: {method: mad_robustize}}, {aggregate: {strata: "
@@ -237,9 +251,32 @@ def load_run_config(path_or_dict) -> dict:
         for key in ("index",) if raw.get("preset") == MOAPROFILER else ("index", "locations"):
             if img[key] is None:
                 raise ConfigError(f"{source}: images.{key} is required (or give a synth section to generate a plate)")
-            img[key] = _resolve(base, img[key])
-            if not Path(img[key]).is_file():
-                raise ConfigError(f"{source}: images.{key}: {img[key]} does not exist")
+            many = isinstance(img[key], list)
+            for i, p in enumerate(img[key] if many else [img[key]]):
+                where = f"images.{key}[{i}]" if many else f"images.{key}"
+                if not isinstance(p, str):
+                    raise ConfigError(f"{source}: {where} must be a path (str), got {type(p).__name__}")
+                p = _resolve(base, p)
+                if not Path(p).is_file():
+                    raise ConfigError(f"{source}: {where}: {p} does not exist")
+                if many:
+                    img[key][i] = p
+                else:
+                    img[key] = p
+            if many and not img[key]:
+                raise ConfigError(f"{source}: images.{key} is an empty list")
+        n_idx = len(img["index"]) if isinstance(img["index"], list) else 1
+        if isinstance(img["locations"], list) and len(img["locations"]) not in (1, n_idx):
+            raise ConfigError(f"{source}: images.locations: {len(img['locations'])} tables for {n_idx} indexes (one "
+                              "for all, or one per index)")
+    else:
+        for key in ("index", "locations"):
+            if isinstance(raw.get("images", {}).get(key), list):
+                raise ConfigError(f"{source}: images.{key}: a list of indexes is read without synth (synth writes "
+                                  "one index; shard it with profile.shard_by)")
+    if sharded(cfg) and raw.get("preset") == MOAPROFILER:
+        raise ConfigError(f"{source}: preset moaprofiler profiles whole fields in one run; remove profile.shard_by "
+                          "and give one images.index")
     model = raw.get("model")
     if model is not None:
         if not isinstance(model, str):
@@ -295,6 +332,65 @@ def load_run_config(path_or_dict) -> dict:
         except ValueError as e:
             raise ConfigError(f"{source}: process.steps: {e}") from None
     return cfg
+
+
+def sharded(cfg: dict) -> bool:
+    """True when the profile stage runs as shards (``phenovec.profile.shards``): a list of several indexes, or
+    ``profile.shard_by``."""
+    idx = cfg["images"].get("index")
+    return cfg["profile"]["shard_by"] is not None or (isinstance(idx, list) and len(idx) > 1)
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, list) else [x]
+
+
+def _merged_index(paths: list, channels: list):
+    """One :class:`~phenovec.ingest.index.ImageIndex` of several indexes (the crop and tiles stages: training
+    data from every plate), each read from its own folder."""
+    import pandas as pd
+
+    from phenovec.ingest.index import ImageIndex, read_image_index
+
+    parts = [read_image_index(p, channels) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    frames = None if all(p.frames is None for p in parts) else [
+        f for p in parts for f in (p.frames or [[0] * len(channels)] * len(p))]
+    labels = None if any(p.labels is None for p in parts) else [lab for p in parts for lab in p.labels]
+    return ImageIndex(pd.concat([p.sites for p in parts], ignore_index=True), list(channels),
+                      [r for p in parts for r in p.paths], " + ".join(map(str, paths)), frames=frames, labels=labels)
+
+
+def _merged_locations(locations):
+    """One nuclei table of several (a DataFrame), or the one path as it is."""
+    if not isinstance(locations, list):
+        return locations
+    if len(locations) == 1:
+        return locations[0]
+    import pandas as pd
+
+    from phenovec.ingest.index import read_locations
+
+    return pd.concat([read_locations(p) for p in locations], ignore_index=True)
+
+
+def _shard_cells(profiled: dict):
+    """The single-cell table (``Metadata_`` columns, then the features as float64) of the profile stage's
+    embeddings: one store, or every shard's in the shards' order (``profiled["embeddings"]`` a list)."""
+    import numpy as np
+    import pandas as pd
+
+    from phenovec.io.embeddings import EmbeddingStore
+
+    parts = []
+    for path in _as_list(profiled["embeddings"]):
+        store = EmbeddingStore(path)
+        meta = store.meta.reset_index(drop=True)
+        feats = np.asarray(store.array[:], dtype=np.float64)
+        parts.append(pd.concat([meta[[c for c in meta.columns if str(c).startswith("Metadata_")]],
+                                pd.DataFrame(feats, columns=list(store.features))], axis=1))
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -410,13 +506,17 @@ def run(config, progress: bool = True) -> RunResult:
         k_in = _key("synth", s, images["channels"])
         images.update(stage("synth", k_in, s, do_synth))
     else:
-        k_in = _key("images", file_sha256(images["index"]),
-                    file_sha256(images["locations"]) if images["locations"] else None, images["channels"])
+        def digest(x):  # one file: its hash as before lists were accepted (the stage keys of earlier runs hold)
+            return [file_sha256(p) for p in x] if isinstance(x, list) else file_sha256(x) if x else None
+
+        k_in = _key("images", digest(images["index"]), digest(images["locations"]), images["channels"])
     fields = cfg["preset"] == MOAPROFILER
 
     def index():
         from phenovec.ingest.index import read_image_index
 
+        if isinstance(images["index"], list):
+            return _merged_index(images["index"], images["channels"])
         return read_image_index(images["index"], images["channels"])
 
     assays = None
@@ -438,7 +538,7 @@ def run(config, progress: bool = True) -> RunResult:
         def do_crop(d: Path) -> dict:
             from phenovec.ingest.crop import crop_index
 
-            crop_index(index(), images["locations"], d / "crops", box_size=crop_conf["box_size"],
+            crop_index(index(), _merged_locations(images["locations"]), d / "crops", box_size=crop_conf["box_size"],
                        edge=crop_conf["edge"], chunk_cells=crop_conf["chunk_cells"], progress=progress)
             return {"crops": str(d / "crops")}
 
@@ -497,6 +597,8 @@ def run(config, progress: bool = True) -> RunResult:
                                  scheduler=prof_conf["scheduler"], workers=prof_conf["workers"],
                                  dtype=prof_conf["dtype"], precision=prof_conf["precision"], progress=progress)
             return {k: str(v) for k, v in res.paths.items()} | {"fields": res.cells}
+        if sharded(cfg):
+            return _profile_shards(model, images, prof_conf, cfg["crop"]["edge"], d, progress)
         res = profile_sites(model, index=index(), locations=images["locations"], out=d, batch_size=prof_conf["batch_size"],
                             scheduler=prof_conf["scheduler"], workers=prof_conf["workers"], dtype=prof_conf["dtype"],
                             precision=prof_conf["precision"], edge=cfg["crop"]["edge"], progress=progress)
@@ -510,17 +612,9 @@ def run(config, progress: bool = True) -> RunResult:
     steps = cfg["process"]["steps"] or (moaprofiler_steps(rep) if fields else default_steps(control_query))
 
     def do_process(d: Path) -> dict:
-        import numpy as np
-        import pandas as pd
-
-        from phenovec.io.embeddings import EmbeddingStore
         from phenovec.process.recipe import apply_recipe
 
-        store = EmbeddingStore(profiled["embeddings"])
-        meta = store.meta.reset_index(drop=True)
-        feats = np.asarray(store.array[:], dtype=np.float64)
-        cells = pd.concat([meta[[c for c in meta.columns if str(c).startswith("Metadata_")]],
-                          pd.DataFrame(feats, columns=list(store.features))], axis=1)
+        cells = _shard_cells(profiled)  # a sharded run: every shard's cells, in the shards' order
         keep = [c for c in cells.columns if c.startswith("Metadata_")]
         steps_run = [{**s} for s in steps]
         for s in steps_run:  # the per-well metadata rides along as strata
@@ -562,10 +656,41 @@ def run(config, progress: bool = True) -> RunResult:
     return RunResult(out, Path(reported["html"]), Path(reported["json"]), stages)
 
 
+def _profile_shards(model: str, images: dict, prof_conf: dict, edge: str, d: Path, progress) -> dict:
+    """The profile stage of a sharded run (``phenovec.profile.shards``): the indexes (or the one index split by
+    ``profile.shard_by``) as shards under ``d``; its outputs name every shard's embeddings and the well
+    datasets. A failed shard fails the stage, naming it (a rerun resumes the unfinished shards)."""
+    from phenovec.profile.shards import DEFAULT_SHARD_BY, profile_shards
+
+    idx, loc = images["index"], images["locations"]
+    if isinstance(idx, list) and len(idx) == 1:
+        idx = idx[0]
+    if isinstance(loc, list) and len(loc) == 1:
+        loc = loc[0]
+    res = profile_shards(model, idx, d, locations=loc, shard_by=prof_conf["shard_by"] or DEFAULT_SHARD_BY,
+                         batch_size=prof_conf["batch_size"], scheduler=prof_conf["scheduler"] or "processes",
+                         workers=prof_conf["workers"], dtype=prof_conf["dtype"], precision=prof_conf["precision"],
+                         edge=edge, task_cells=prof_conf["task_cells"], progress=progress)
+    if res.failed:
+        first = next(iter(res.failed.items()))
+        raise RuntimeError(f"{len(res.failed)} of {len(res.shards)} shards failed (see {d / 'manifest.json'}; a "
+                           f"rerun resumes them); {first[0]}: {first[1]}")
+    shards = [d / e["dir"] for e in res.shards.values()]
+    return {"embeddings": [str(s / "embeddings.zarr") for s in shards],
+            "cells_tables": [str(s / "cells.parquet") for s in shards],
+            "wells_mean": str(d / "wells_mean"), "wells_median": str(d / "wells_median"),
+            "manifest": str(d / "manifest.json"), "cells": res.cells, "embedded": res.embedded}
+
+
 def _unprocessed(profiled: dict) -> dict | None:
-    """The per-well means of the raw embeddings (the profile stage's ``wells_mean``), compared with the processed
-    profiles in the report's batch-effect section: what processing did to the plate effect."""
+    """The per-well means of the raw embeddings (the profile stage's ``wells_mean``: a file, or a sharded run's
+    plate-partitioned dataset), compared with the processed profiles in the report's batch-effect section: what
+    processing did to the plate effect."""
+    import pandas as pd
+
     path = profiled.get("wells_mean")
+    if path and Path(path).is_dir():
+        return {"well means before processing": pd.read_parquet(path)}
     return {"well means before processing": path} if path and Path(path).is_file() else None
 
 
@@ -651,16 +776,17 @@ def _report_context(cfg: dict, out: Path, images: dict, profiled: dict, trained:
         s = cfg["synth"]
         dataset = f"synthetic plates (phenovec synth: {s['plates']} plates x {s['wells']} wells, seed {s['seed']})"
     else:
-        dataset = Path(images["index"]).name
+        dataset = " + ".join(Path(p).name for p in _as_list(images["index"]))
     ctx = ReportContext(dataset=dataset, run_dir=out, min_cells=rep["min_cells"])
     if trained is not None:
         ctx.training = read_training(Path(trained["checkpoint"]).parent)
-    cells_path = Path(profiled["embeddings"]).parent / "cells.parquet"
-    if cells_path.is_file():
-        ctx.cells = pd.read_parquet(cells_path, columns=["Metadata_Plate", "Metadata_Well"])
+    cells_paths = [Path(p).parent / "cells.parquet" for p in _as_list(profiled["embeddings"])]
+    if all(p.is_file() for p in cells_paths):
+        ctx.cells = pd.concat([pd.read_parquet(p, columns=["Metadata_Plate", "Metadata_Well"]) for p in cells_paths],
+                              ignore_index=True)
     from phenovec.io.profiles import read_table
 
-    layout = read_table(images["index"])
+    layout = pd.concat([read_table(p) for p in _as_list(images["index"])], ignore_index=True)
     ctx.layout = layout if {"Metadata_Plate", "Metadata_Well"} <= set(layout.columns) else None
     if crops is not None:
         cells = pd.read_parquet(Path(crops) / "cells.parquet")
