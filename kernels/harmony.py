@@ -12,10 +12,12 @@ its thread count. These kernels keep that order where it decides the result bits
 - the k-means initialisation (a random cell per cluster, then per cluster the cell minimising
   ``-log(u) / |2 (1 - y.x)|``, then 10 Lloyd steps with Armadillo's distance order and tie-breaking);
 - the soft-assignment update, on one thread (its blocks depend on each other, and a parallel region per block
-  cost more than it saved on 2 busy cores: Numba divides a loop among its threads up front, so one descheduled
-  thread stalls the block) (blocks of ``N * block_size`` shuffled cells; O and E frozen within a block; each
-  block's cells grouped by batch in runs of at most 1024 cells, summed in float32 run by run; the softmax, its
-  sums, the objective terms accumulated in double per run);
+  cost more than it saved on 2 busy cores) (blocks of ``N * block_size`` shuffled cells; O and E frozen within a
+  block; each block's cells grouped by batch in runs of at most 1024 cells, summed in float32 run by run; the
+  softmax, its sums, the objective terms accumulated in double per run). 16 cells go through it at once, one per
+  SIMD lane (:func:`_reassign`), so every step is a vector instruction while each cell keeps its own order;
+  ``exp`` is :func:`expf`, glibc's algorithm written to vectorise (bit-identical to libm's ``expf`` on every
+  float32 in [-110, 0]);
 - the correction ``Z_corr = Z_orig - sum_k R_k M_k`` summed in float32 over clusters in order.
 
 The other loops run in parallel (Numba ``prange``). The dense products that only feed float64 sums (the ridge system's weighted sums) run in BLAS instead (see
@@ -27,7 +29,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 CELLS_PER_TASK = 1024
 F0 = np.float32(0.0)
@@ -38,6 +41,80 @@ F_2_32 = np.float32(4294967296.0)
 F_BELOW_1 = np.float32(np.nextafter(np.float32(1.0), np.float32(0.0)))
 F_INF = np.float32(np.inf)
 MASK32 = np.uint64(0xFFFFFFFF)
+
+# ------------------------------------------------------------------------------------------ glibc expf
+
+
+@intrinsic
+def _as_u64(typingctx, x):
+    """The bits of a float64 as uint64 (an LLVM bitcast: free, and vectorisable)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint64))
+    return types.uint64(types.float64), codegen
+
+
+@intrinsic
+def _as_f64(typingctx, x):
+    """The float64 whose bits are a uint64."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    return types.float64(types.uint64), codegen
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (``llvm.fma.f64``: one instruction on CPUs with FMA)."""
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        f64 = ir.DoubleType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f64], ir.FunctionType(f64, [f64, f64, f64]))
+        return builder.call(fn, args)
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+def _exp2_table(bits: int = 5) -> np.ndarray:
+    """``bits(2^(i/32)) - (i << 47)``: 2^(i/32) rounded to the nearest double (computed with 60 decimal digits),
+    with the index taken out of its exponent field (the table of glibc's ``expf``)."""
+    import decimal
+
+    ctx = decimal.Context(prec=60)
+    n = 1 << bits
+    exact = [float(ctx.power(decimal.Decimal(2), ctx.divide(decimal.Decimal(i), decimal.Decimal(n))))
+             for i in range(n)]
+    return (np.array(exact).view(np.uint64) - (np.arange(n, dtype=np.uint64) << np.uint64(52 - bits))).astype(np.uint64)
+
+
+_EXPF_TAB = _exp2_table()
+_EXPF_INV_LN2_N = float.fromhex("0x1.71547652b82fep+0") * 32
+_EXPF_SHIFT = float.fromhex("0x1.8p+52")
+_EXPF_C0 = float.fromhex("0x1.c6af84b912394p-5") / 32 / 32 / 32
+_EXPF_C1 = float.fromhex("0x1.ebfce50fac4f3p-3") / 32 / 32
+_EXPF_C2 = float.fromhex("0x1.62e42ff0c52d6p-1") / 32
+_EXPF_ZERO_BELOW = np.float32(-float.fromhex("0x1.9fe368p6"))  # log(2**-150): below it expf is 0
+
+
+@njit(cache=True, inline="always")
+def expf(x):
+    """glibc's ``expf`` (Szabolcs Nagy's algorithm: 2^(k/32) from a table times a cubic in double, rounded to
+    float32) for x <= 0, written so that loops over it vectorise. Bit for bit the libm ``expf`` Numba's
+    ``math.exp`` calls on float32 (and harmonypy's C++ uses): checked on every float32 in [-104, 0] (tests check
+    a sample). Inputs below ``log(2**-150)`` give 0; positive inputs are not used (arguments are ``x - max``)."""
+    xd = np.float64(x)
+    z = _EXPF_INV_LN2_N * xd
+    kd = z + _EXPF_SHIFT
+    ki = _as_u64(kd)
+    kd -= _EXPF_SHIFT
+    r = _fma(_EXPF_INV_LN2_N, xd, -kd)  # glibc's x86-64 FMA build contracts z - kd into one rounding
+    t = _EXPF_TAB[ki & np.uint64(31)] + (ki << np.uint64(47))
+    s = _as_f64(t)
+    p = _EXPF_C0 * r + _EXPF_C1
+    r2 = r * r
+    y = _EXPF_C2 * r + 1.0
+    y = p * r2 + y
+    y = y * s
+    return np.float32(y) if x >= _EXPF_ZERO_BELOW else F0
+
 
 # ------------------------------------------------------------------------------------------ std::mt19937
 
@@ -429,7 +506,7 @@ def _softmax(x, k):
         if x[i] > m:
             m = x[i]
     for i in range(k):
-        x[i] = np.float32(math.exp(x[i] - m))
+        x[i] = expf(x[i] - m)
     total = _accumulate(x, k)
     if not (np.isfinite(total) and total > F0):
         return False
@@ -622,66 +699,47 @@ def _logits_of(j, dj, logits, sigma, lead, log_div, cell_batches, k, n_cov):
             logits[g] = logits[g] + div[g]
 
 
+#: cells reassigned together in :func:`_reassign`: one SIMD lane per cell (16 float32 lanes: one AVX-512 vector)
+LANES = 16
+
+
 @njit(cache=True, inline="always")
-def _accumulate2(x, y, n):
-    """``_accumulate`` of two vectors at once (four independent chains; each result as ``_accumulate``'s)."""
-    x1 = F0
-    x2 = F0
-    y1 = F0
-    y2 = F0
-    j = 1
-    while j < n:
-        x1 += x[j - 1]
-        y1 += y[j - 1]
-        x2 += x[j]
-        y2 += y[j]
-        j += 2
-    if j - 1 < n:
-        x1 += x[j - 1]
-        y1 += y[j - 1]
-    return x1 + x2, y1 + y2
-
-
-@njit(cache=True)
-def _reassign_one(logits, dj, sigma, sums, k):
-    """Softmax of one cell's logits in place; ``(flags, error term, entropy term)``."""
-    m = -F_INF
-    for g in range(k):
-        if logits[g] > m:
-            m = logits[g]
-    weighted = 0.0
-    weighted_shifted = 0.0
-    for g in range(k):
-        shifted = logits[g] - m
-        ex = np.float32(math.exp(shifted))
-        logits[g] = ex
-        w = np.float64(sigma[g]) * ex
-        weighted += w
-        weighted_shifted += w * shifted
-    total = _accumulate(logits, k)
-    if not (np.isfinite(total) and total > F0):
-        return 1, 0.0, 0.0
-    cell_error = 0.0
-    for g in range(k):
-        pv = logits[g] / total
-        logits[g] = pv
-        sums[g] += pv
-        cell_error += np.float64(pv) * dj[g]
-    flags = 0
-    column_sum = _accumulate(logits, k)
-    if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4):
-        flags = 2
-    return flags, cell_error, (weighted_shifted - math.log(np.float64(total)) * weighted) / np.float64(total)
+def _arma_sum_step(x, base, g, acc1, acc2):
+    """Add entry g of each lane's vector to its ``arma::sum`` (even entries in one float32 sum, odd in another)."""
+    if g % 2 == 0:
+        for ln in range(LANES):
+            acc1[ln] += x[base + ln]
+    else:
+        for ln in range(LANES):
+            acc2[ln] += x[base + ln]
 
 
 @njit(cache=True)
 def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
               run_sums, run_error, run_entropy, run_flags):
     """Reassign the cells of each lead run (one batch of the first variable) with O and E frozen: the softmax of
-    the penalised logits, per cell in harmonypy's order. Two cells at a time: their dependency chains (the float and
-    double running sums) interleave, each cell's arithmetic unchanged, their contributions added in cell order."""
+    the penalised logits, per cell in harmonypy's order.
+
+    :data:`LANES` cells at a time, one per SIMD lane: their logits are laid out cluster by cluster (K x LANES), so
+    each step (logits, max, ``expf``, the two interleaved float32 sums of ``arma::sum``, the float64 running sums)
+    is one vector operation for all of them, while each cell's own arithmetic and summation order stay harmonypy's.
+    The cells' results are then added to the run's sums in cell order."""
     k = r.shape[1]
     n_cov = cell_batches.shape[1]
+    # flat K x LANES buffers indexed by hand (slicing a row per cluster would count references each time)
+    x = np.empty(k * LANES, np.float32)
+    dt = np.empty(k * LANES, np.float32)
+    mx = np.empty(LANES, np.float32)
+    acc1 = np.empty(LANES, np.float32)
+    acc2 = np.empty(LANES, np.float32)
+    total = np.empty(LANES, np.float32)
+    w = np.empty(LANES)
+    ws = np.empty(LANES)
+    ce = np.empty(LANES)
+    jj = np.empty(LANES, np.int64)
+    rows = np.empty(LANES, np.int64)
+    dist_flat = dist.ravel()
+    div_flat = log_div.ravel()
     for q in range(n_lead):
         lead = log_div[run_group[q]]
         sums = np.zeros(k, np.float32)
@@ -690,72 +748,77 @@ def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin
         flags = 0
         i = run_begin[q]
         while i < run_end[q]:
-            ja = cells[i]
-            la = r[ja]
-            da = dist[ja]
-            _logits_of(ja, da, la, sigma, lead, log_div, cell_batches, k, n_cov)
-            if i + 1 == run_end[q]:
-                f, ce, en = _reassign_one(la, da, sigma, sums, k)
-                flags |= f
-                if f != 1:
-                    error += ce
-                    entropy += en
-                i += 1
-                continue
-            jb = cells[i + 1]
-            lb = r[jb]
-            db = dist[jb]
-            _logits_of(jb, db, lb, sigma, lead, log_div, cell_batches, k, n_cov)
-            i += 2
-            ma = -F_INF
-            mb = -F_INF
+            nl = min(LANES, run_end[q] - i)
+            for ln in range(LANES):  # lanes past the run's end repeat its last cell; their results are dropped
+                jj[ln] = cells[i + min(ln, nl - 1)]
+            for ln in range(LANES):
+                rows[ln] = jj[ln] * k
             for g in range(k):
-                if la[g] > ma:
-                    ma = la[g]
-                if lb[g] > mb:
-                    mb = lb[g]
-            wa = 0.0
-            wsa = 0.0
-            wb = 0.0
-            wsb = 0.0
+                sg = sigma[g]
+                lg = lead[g]
+                base = g * LANES
+                for ln in range(LANES):
+                    dv = dist_flat[rows[ln] + g]
+                    dt[base + ln] = dv
+                    x[base + ln] = (-dv) / sg + lg
+            for c in range(1, n_cov):
+                for ln in range(LANES):
+                    rows[ln] = cell_batches[jj[ln], c] * k
+                for g in range(k):
+                    base = g * LANES
+                    for ln in range(LANES):
+                        x[base + ln] += div_flat[rows[ln] + g]
+            for ln in range(LANES):
+                mx[ln] = -F_INF
+                acc1[ln] = F0
+                acc2[ln] = F0
+                w[ln] = 0.0
+                ws[ln] = 0.0
+                ce[ln] = 0.0
             for g in range(k):
-                sa = la[g] - ma
-                sb = lb[g] - mb
-                ea = np.float32(math.exp(sa))
-                eb = np.float32(math.exp(sb))
-                la[g] = ea
-                lb[g] = eb
+                base = g * LANES
+                for ln in range(LANES):
+                    v = x[base + ln]
+                    mx[ln] = v if v > mx[ln] else mx[ln]
+            for g in range(k):
                 s64 = np.float64(sigma[g])
-                w = s64 * ea
-                wa += w
-                wsa += w * sa
-                w = s64 * eb
-                wb += w
-                wsb += w * sb
-            ta, tb = _accumulate2(la, lb, k)
-            if not (np.isfinite(ta) and ta > F0 and np.isfinite(tb) and tb > F0):
-                flags |= 1  # harmonypy stops the run with an error: which cell does not matter
-                continue
-            ca = 0.0
-            cb = 0.0
+                base = g * LANES
+                for ln in range(LANES):
+                    shifted = x[base + ln] - mx[ln]
+                    ex = expf(shifted)
+                    x[base + ln] = ex
+                    wg = s64 * ex
+                    w[ln] += wg
+                    ws[ln] += wg * shifted
+                _arma_sum_step(x, base, g, acc1, acc2)
+            for ln in range(LANES):
+                total[ln] = acc1[ln] + acc2[ln]
+                acc1[ln] = F0
+                acc2[ln] = F0
             for g in range(k):
-                pa = la[g] / ta
-                pb = lb[g] / tb
-                la[g] = pa
-                lb[g] = pb
-                sums[g] += pa
-                sums[g] += pb
-                ca += np.float64(pa) * da[g]
-                cb += np.float64(pb) * db[g]
-            csa, csb = _accumulate2(la, lb, k)
-            if not np.isfinite(csa) or abs(csa - F1) > np.float32(1e-4):
-                flags |= 2
-            if not np.isfinite(csb) or abs(csb - F1) > np.float32(1e-4):
-                flags |= 2
-            error += ca
-            entropy += (wsa - math.log(np.float64(ta)) * wa) / np.float64(ta)
-            error += cb
-            entropy += (wsb - math.log(np.float64(tb)) * wb) / np.float64(tb)
+                base = g * LANES
+                for ln in range(LANES):
+                    pv = x[base + ln] / total[ln]
+                    x[base + ln] = pv
+                    ce[ln] += np.float64(pv) * dt[base + ln]
+                _arma_sum_step(x, base, g, acc1, acc2)
+            for ln in range(nl):
+                t = total[ln]
+                if not (np.isfinite(t) and t > F0):
+                    flags |= 1  # harmonypy stops the run with an error: which cell does not matter
+                    continue
+                column_sum = acc1[ln] + acc2[ln]
+                if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4):
+                    flags |= 2
+                t64 = np.float64(t)
+                error += ce[ln]
+                entropy += (ws[ln] - math.log(t64) * w[ln]) / t64
+                j = jj[ln]
+                for g in range(k):
+                    pv = x[g * LANES + ln]
+                    r[j, g] = pv
+                    sums[g] += pv
+            i += nl
         run_sums[q] = sums
         run_error[q] = error
         run_entropy[q] = entropy
