@@ -211,3 +211,33 @@ def test_one_profiling_run_fetches_site_by_site_into_the_default_cache(plate, tm
     assert_same_outputs(tmp_path / "lazy", tmp_path / "local")
     assert sorted(e[2] for e in spy.fetches()) == [f"site {s} image 1 of 5" for s in range(len(lazy))]
     assert len(list((tmp_path / "default-cache").iterdir())) == len(lazy) * len(CHANNELS)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_ome_zarr_fields_are_written_site_by_site(plate, tmp_path, monkeypatch, where):
+    """An OME-Zarr plate read with ``fetch=False``: nothing but its metadata is read; crop writes each site's
+    channels into the cache just before cutting it, and the crops equal those of the eager index."""
+    from test_ingest_ome_zarr import write_hcs
+
+    one = read_image_index(plate["index"], CHANNELS)
+    first = one.sites["Metadata_Plate"] == one.sites["Metadata_Plate"].iloc[0]
+    rows = np.flatnonzero(first.to_numpy())
+    one.sites, one.paths = one.sites.iloc[rows].reset_index(drop=True), [one.paths[i] for i in rows]
+    store = write_hcs(str(tmp_path / "plate.ome.zarr") if where == "local" else "memory://omz/plate.ome.zarr",
+                      one, "0.5")
+    eager = read_image_index(store, CHANNELS, image_cache=tmp_path / "eager-cache")
+    b = crop_index(eager, plate["nuclei"], tmp_path / "eager", box_size=24, progress=False)
+    spy = Spy(monkeypatch)
+    lazy = read_image_index(store, CHANNELS, image_cache=tmp_path / "cache", fetch=False)
+    assert not spy.fetches() and not (tmp_path / "cache").exists()
+    a = crop_index(lazy, plate["nuclei"], tmp_path / "lazy", box_size=24, progress=False)
+    assert a.crops == b.crops > 0
+    np.testing.assert_array_equal(_crops(a.out), _crops(b.out))
+    assert [e[0] for e in spy.events] == ["fetch", "crop"] * len(lazy)
+    assert [e[2].split(": ")[-1] for e in spy.fetches()] == [f"site {s} channel DNA" for s in range(len(lazy))]
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*/*")) == sorted(f"{c}.tif" for c in CHANNELS
+                                                                             for _ in range(len(lazy)))
+    bad = lazy.paths[0][1].replace("/ER.tif", "/Brightfield.tif")
+    lazy.paths[0] = [lazy.paths[0][0], bad]
+    with pytest.raises(OSError, match=r"site 0 channel ER: omezarr://.*Brightfield.tif: .*no channel 'Brightfield'"):
+        lazy.site_paths(0)

@@ -8,8 +8,9 @@ to a local path here:
 - any other URL (``s3://``, ``gs://``, ``https://``, ``memory://`` ...) is read through ``fsspec``'s own backend
   for that protocol (``s3fs``, ``gcsfs`` ... when installed) and copied once into a cache folder as
   ``<cache>/<sha256 of the URL>/<file name>`` (written to a temporary name, then renamed: a killed copy leaves
-  no partial image); a later run finds it there and reads nothing. The cache is ``cache=`` when given, else
-  ``$PHENOVEC_IMAGE_CACHE``, else ``~/.cache/phenovec/images``.
+  no partial image); a later run finds it there and reads nothing. ``omezarr://`` names one channel of an
+  OME-Zarr field (``phenovec.ingest.ome_zarr.field_url``), written into the cache as a TIFF the same way. The
+  cache is ``cache=`` when given, else ``$PHENOVEC_IMAGE_CACHE``, else ``~/.cache/phenovec/images``.
 
 Errors say which URL failed and why (no backend for the protocol, not found, unreadable); callers add the file,
 row and column that named it.
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
+OME_ZARR = "omezarr"  # phenovec.ingest.ome_zarr.field_url: one channel of an OME-Zarr field, written as a TIFF
 # a scheme of 2+ letters (not a Windows drive) then ``:/``: ``s3://b/k``, ``file:///p`` and CellProfiler's ``file:/p``
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/")
 
@@ -86,27 +88,40 @@ def fetch(url: str, cache: str | os.PathLike | None = None) -> str:
     target = cached_path(url, default_cache() if cache is None else cache)
     if target.is_file():
         return str(target)
-    import fsspec
+    if protocol(url) == OME_ZARR:  # a channel of an OME-Zarr field (phenovec.ingest.ome_zarr.field_url)
+        from phenovec.ingest.ome_zarr import write_field_channel
 
-    try:
-        fs, path = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as e:
-        raise OSError(f"{url}: cannot open protocol {protocol(url)!r} ({e}); install fsspec's backend for it "
-                      "(e.g. s3fs for s3://, gcsfs for gs://)") from None
+        def write(tmp: Path) -> None:
+            try:
+                write_field_channel(url, tmp)
+            except (ValueError, KeyError) as e:
+                raise OSError(f"{url}: {e.args[0] if e.args else e}") from None
+    else:
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as e:
+            raise OSError(f"{url}: cannot open protocol {protocol(url)!r} ({e}); install fsspec's backend for it "
+                          "(e.g. s3fs for s3://, gcsfs for gs://)") from None
+
+        def write(tmp: Path) -> None:
+            with fs.open(path, "rb") as src, open(tmp, "wb") as dst:
+                while True:
+                    block = src.read(1 << 22)
+                    if not block:
+                        break
+                    dst.write(block)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
-        with fs.open(path, "rb") as src, open(tmp, "wb") as dst:
-            while True:
-                block = src.read(1 << 22)
-                if not block:
-                    break
-                dst.write(block)
+        write(tmp)
         os.replace(tmp, target)
     except FileNotFoundError:
         raise FileNotFoundError(f"{url}: not found") from None
     except OSError as e:
-        raise OSError(f"{url}: cannot read ({e})") from None
+        msg = str(e)
+        raise OSError(msg if msg.startswith(f"{url}: ") else f"{url}: cannot read ({e})") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -121,9 +121,10 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
     ``labels`` names the label-image column (``FileName_<labels>`` [+ ``PathName_<labels>``] or ``<labels>``);
     None: the ``Labels`` column if the index has one, else no label images. ``image_cache``: where images named by
     remote URL (LoadData, OME-Zarr) are copied (default: ``phenovec.ingest.image_source.default_cache``).
-    ``fetch``: copy a LoadData index's remote images now (default), or (False) keep their URLs in ``paths`` and
-    copy each site's when it is processed (:meth:`ImageIndex.site_paths`; the crop and profile stages do, on the
-    worker that processes the site), so a run over a remote plate starts at once."""
+    ``fetch``: copy a LoadData index's remote images (an OME-Zarr plate's fields) now (default), or (False) keep
+    their URLs (``phenovec.ingest.ome_zarr.field_url``) in ``paths`` and copy each site's when it is processed
+    (:meth:`ImageIndex.site_paths`; the crop and profile stages do, on the worker that processes the site), so a
+    run over a remote plate starts at once."""
     from phenovec.ingest import load_data
 
     if not isinstance(path_or_df, pd.DataFrame):
@@ -131,7 +132,7 @@ def read_image_index(path_or_df, channels: Sequence[str], root: str | os.PathLik
 
         name = str(path_or_df).rstrip("/")
         if ome_zarr.is_ome_zarr(name) or (load_data.image_source.protocol(name) and name.endswith(".zarr")):
-            return ome_zarr.plate_index(name, channels, cache=image_cache)
+            return ome_zarr.plate_index(name, channels, cache=image_cache, fetch=fetch)
         if load_data.image_source.protocol(name):
             return load_data.read_load_data(path_or_df, channels, root=root, labels=labels, cache=image_cache,
                                             fetch=fetch)
