@@ -18,7 +18,8 @@ Input: seeded synthetic profiles, ``n`` rows x ``--dim`` features (float32), ``-
 each child). Each (side, n) runs in a fresh child process: ``import_s`` (importing the package), ``wall_s`` (the
 metric set, including JIT compilation: numba's is cached on disk after the first run, JAX compiles in every
 process, as its users pay), per-metric seconds, ``peak_rss_mb`` (the child's VmHWM after data generation was
-reset: input + interpreter + metrics) and the metric values, so the two sides can be compared (kNN-dependent
+reset: input + interpreter + metrics), ``peak_tree_rss_mb`` (the sampled peak of the child plus its worker
+processes, which kbet_per_label starts at scale), the load average and the metric values, so the two sides can be compared (kNN-dependent
 metrics differ a little: scib's neighbours are approximate).
 
 Example (the numbers of RESULTS.md)::
@@ -114,6 +115,43 @@ def run_ours(pre, post, labels, batches, with_map: bool) -> tuple[dict, dict]:
     return t, v
 
 
+class TreePeak:
+    """Peak of the summed RSS of this process and its descendants (kbet_per_label's worker processes), sampled
+    every ``interval`` seconds in a thread (VmHWM covers this process alone)."""
+
+    def __init__(self, interval: float = 0.1):
+        import threading
+
+        import psutil
+
+        self.proc, self.peak, self.interval = psutil.Process(), 0, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        for p in [self.proc] + self.proc.children(recursive=True):
+            try:
+                total += p.memory_info().rss
+            except Exception:  # a worker that just exited
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._sample())
+
+    def __enter__(self):
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
 def child(spec: dict) -> dict:
     t0 = time.perf_counter()
     if spec["side"] == "scib":
@@ -124,12 +162,14 @@ def child(spec: dict) -> dict:
     pre, post, labels, batches = make_data(spec["n"], spec["dim"], spec["labels"], spec["batches"], spec["seed"])
     reset_peak()
     t0 = time.perf_counter()
-    if spec["side"] == "scib":
-        steps, values = run_scib(pre, post, labels, batches, spec["jobs"])
-    else:
-        steps, values = run_ours(pre, post, labels, batches, spec["n"] <= spec["map_max_n"])
+    with TreePeak() as tree:
+        if spec["side"] == "scib":
+            steps, values = run_scib(pre, post, labels, batches, spec["jobs"])
+        else:
+            steps, values = run_ours(pre, post, labels, batches, spec["n"] <= spec["map_max_n"])
     wall = time.perf_counter() - t0 - steps.get("mean_average_precision_extra", 0.0)
-    return dict(spec, import_s=import_s, wall_s=wall, steps_s=steps, values=values, peak_rss_mb=peak_mb())
+    return dict(spec, import_s=import_s, wall_s=wall, steps_s=steps, values=values, peak_rss_mb=peak_mb(),
+                peak_tree_rss_mb=tree.peak / 2**20, load_average=os.getloadavg())
 
 
 def main() -> None:
@@ -167,13 +207,17 @@ def main() -> None:
                 doc["runs"].append(res)
                 per.setdefault(side, []).append(res)
                 if "error" not in res:
-                    log(f"  {res['wall_s']:.1f} s, peak {res['peak_rss_mb']:.0f} MB")
+                    log(f"  {res['wall_s']:.1f} s, peak {res['peak_rss_mb']:.0f} MB (with workers "
+                        f"{res['peak_tree_rss_mb']:.0f} MB), load {res['load_average']}")
         row = {"n": n}
         for side, rs in per.items():
             ok = [r for r in rs if "error" not in r]
             if ok:
                 row[f"{side}_median_s"] = statistics.median(r["wall_s"] for r in ok)
                 row[f"{side}_peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+                row[f"{side}_peak_tree_rss_mb"] = max(r["peak_tree_rss_mb"] for r in ok)
+                row[f"{side}_runs_s"] = [r["wall_s"] for r in ok]
+                row[f"{side}_load_average"] = [r["load_average"] for r in ok]
                 row[f"{side}_values"] = ok[-1]["values"]
         if "ours_median_s" in row and "scib_median_s" in row:
             row["speedup"] = row["scib_median_s"] / row["ours_median_s"]

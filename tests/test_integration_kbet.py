@@ -44,3 +44,14 @@ def test_kbet_skips_small_and_single_batch_labels(exact_diffusion_neighbours):
     theirs, ref_df = scib.kbet_per_label(scib_neighbors(g), batches, labels, return_df=True)
     assert df["kBET"].isna().sum() == 2 and ref_df["kBET"].isna().sum() == 2
     assert abs(ours - theirs) < 1e-12
+
+
+def test_kbet_per_label_in_worker_processes_equals_in_process():
+    X, labels, batches = synthetic(n=900, n_labels=3, batch_shift=0.8, seed=5)
+    g = pi.knn_graph(X, 50)
+    serial, df1 = pi.kbet_per_label(g, batches, labels, return_df=True, n_jobs=1)
+    parallel, df2 = pi.kbet_per_label(g, batches, labels, return_df=True, n_jobs=2)
+    assert serial == parallel and 0 < serial < 1
+    np.testing.assert_array_equal(df1["kBET"], df2["kBET"])
+    with pytest.raises(ValueError, match="n_jobs"):
+        pi.kbet_per_label(g, batches, labels, n_jobs=0)

@@ -28,11 +28,11 @@ def test_knn_graph_is_exact_with_self_first(data):
 def test_one_distance_pass_equals_the_two_functions(data):
     X, labels, _, g = data
     for x in (X, X.astype(np.float32)):
-        g2, sil = pi.knn_graph_and_silhouettes(x, labels, 90, block_bytes=40_000)  # several blocks
+        g2, sil = pi.knn_graph_and_silhouettes(x, labels, 90, tile=37)  # several tiles, a partial one
         ref = pi.knn_graph(x, 90)
         np.testing.assert_array_equal(g2.indices, ref.indices)
         np.testing.assert_array_equal(g2.distances, ref.distances)
-        np.testing.assert_array_equal(sil, pi.silhouette_samples(x, labels, block_bytes=40_000))
+        np.testing.assert_array_equal(sil, pi.silhouette_samples(x, labels, tile=37))
 
 
 def test_knn_graph_ties_and_errors():

@@ -19,11 +19,48 @@ from __future__ import annotations
 
 import random
 
+import numba
 import numpy as np
 from sklearn.metrics.cluster import adjusted_rand_score, normalized_mutual_info_score
+from threadpoolctl import threadpool_limits
 
 from phenovec.evaluate.integration.annotations import annotation_codes, embedding_matrix
 from phenovec.evaluate.integration.knn_graph import as_neighbors
+
+
+@numba.njit(parallel=True, cache=True)
+def _assign_kernel(P, xx, cc, labels, mind):
+    n, k = P.shape
+    for i in numba.prange(n):
+        best = np.inf
+        arg = 0
+        for c in range(k):
+            d = xx[i] + cc[c] - 2.0 * P[i, c]
+            if d < 0.0:
+                d = 0.0
+            if d < best:
+                best = d
+                arg = c
+        labels[i] = arg
+        mind[i] = best
+
+
+@numba.njit(cache=True)
+def _centre_sums(X, labels, k):
+    sums = np.zeros((k, X.shape[1]))
+    for i in range(X.shape[0]):
+        sums[labels[i]] += X[i]
+    return sums
+
+
+def _assign(X: np.ndarray, C: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(nearest centre, its squared distance)`` per row: ``argmin`` / ``min`` of :func:`_sq_dists`, fused."""
+    labels = np.empty(X.shape[0], dtype=np.int64)
+    mind = np.empty(X.shape[0])
+    with threadpool_limits(1):  # an n x k product: a second BLAS thread costs more than it brings
+        P = X @ C.T
+    _assign_kernel(P, xx, np.einsum("ij,ij->i", C, C), labels, mind)
+    return labels, mind
 
 
 def _sq_dists(X: np.ndarray, C: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -82,7 +119,7 @@ class KMeans:
             if best is None or inertia < best[1]:
                 best = (C, inertia)
         C, inertia = best
-        self.labels_ = np.argmin(_sq_dists(Xc, C, xx), axis=1)
+        self.labels_ = _assign(Xc, C, xx)[0]
         self.cluster_centroids_ = C + mean
         self.inertia_ = inertia
         return self
@@ -91,21 +128,17 @@ class KMeans:
         k = self.n_clusters
         old, n_iter, prev_labels = np.inf, 0, None
         while True:
-            d = _sq_dists(X, C, xx)
-            labels = np.argmin(d, axis=1)
-            inertia = float(d[np.arange(len(X)), labels].sum())
+            labels, mind = _assign(X, C, xx)
+            inertia = float(mind.sum())
             if prev_labels is not None and np.array_equal(labels, prev_labels):
                 break  # fixed point: further iterations reproduce C exactly
             counts = np.maximum(np.bincount(labels, minlength=k), 1)
-            sums = np.zeros_like(C)
-            np.add.at(sums, labels, X)
-            C = sums / counts[:, None]
+            C = _centre_sums(X, labels, k) / counts[:, None]
             n_iter += 1
             if not (abs(old - inertia) > tol or n_iter < self.max_iter):
                 break
             old, prev_labels = inertia, labels
-        d = _sq_dists(X, C, xx)
-        return C, float(d.min(axis=1).sum())
+        return C, float(_assign(X, C, xx)[1].sum())
 
 
 def nmi_ari_cluster_labels_kmeans(X, labels, *, seed: int = 0, init="k-means++") -> dict[str, float]:

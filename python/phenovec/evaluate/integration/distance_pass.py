@@ -1,41 +1,230 @@
-"""One pass over all pairwise distances for the two metrics that need them: the kNN graph and the label silhouettes.
+"""The one pass over all pairwise distances behind the kNN graph and the silhouettes.
 
-:func:`knn_graph` and :func:`silhouette_samples` each compute every row's distance to every other row (one BLAS
-product per block of rows). :func:`knn_graph_and_silhouettes` computes each block once, on the rows sorted by
-label, and hands it to both Numba kernels (the top-``k + 8`` screen and the per-class distance sums), which
-halves the ``O(n^2 d)`` work of the benchmark. The results are those of the two functions (the kNN candidates
-are re-ranked on float64 distances and original row numbers as :func:`knn_graph` does; tests check equality).
+:func:`knn_graph`, :func:`silhouette_samples` and :func:`knn_graph_and_silhouettes` all run
+:func:`distance_pass`: the rows (sorted by class when silhouettes are wanted, so each class is a contiguous
+range of columns) are cut into tiles of ``TILE`` rows; a parallel Numba loop over row tiles multiplies its tile
+by every column tile (one small single-threaded BLAS ``gemm`` each, so the ``TILE x TILE`` block of products
+stays in the core's cache instead of streaming an ``n``-wide block through memory), turns the products into
+squared distances (``|x|^2 + |y|^2 - 2 x.y`` on centred rows, in the input's float type; cosine: ``1 - x.y`` on
+unit rows) and, while the block is hot, hands it to both consumers:
+
+- the kNN screen: each row's ``k + 8`` smallest squared distances in a bounded max-heap (ties: the smaller column
+  first); a block whose smallest value is above the row's current bound (found by a vectorised minimum) is
+  skipped. :func:`~phenovec.evaluate.integration.knn_graph.refined_graph` then recomputes the candidates'
+  distances in float64 and keeps the ``k`` nearest.
+- the per-class distance sums of the silhouettes: ``sum sqrt(max(d^2, 0))`` (cosine: ``clip(1 - x.y, 0, 2)``)
+  over each class's columns, the row's own distance set to exactly 0; at the end of the row tile each row's
+  ``a_i`` sum and nearest (or furthest, or mean other) class mean distance.
+
+Cost: ``n^2 d`` multiply-adds in BLAS plus ``O(n^2)`` vectorised work; memory ``O(n (k + d))`` plus per-thread
+``TILE x (TILE + classes)`` blocks.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from phenovec.evaluate.integration.annotations import embedding_matrix
-from phenovec.evaluate.integration.knn_graph import (
-    DEFAULT_BLOCK_BYTES,
-    KnnGraph,
-    _screen_block,
-    refined_graph,
-    screen_sizes,
-)
-from phenovec.evaluate.integration.silhouette import _reduce_block, silhouettes_from_sums, sorted_by_label
+TILE = 256
+CHUNK = 32
+SCREEN_MARGIN = 8
+BETWEEN = {"nearest": 0, "mean_other": 1, "furthest": 2}
 
 
-def knn_graph_and_silhouettes(X, labels, n_neighbors: int = 90, *,
-                              block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[KnnGraph, np.ndarray]:
+@numba.njit(inline="always")
+def _after(d1, i1, d2, i2):
+    return d1 > d2 or (d1 == d2 and i1 > i2)
+
+
+@numba.njit(inline="always")
+def _sift_down(hd, hi, kk, p, d, j):
+    """Put ``(d, j)`` at position ``p`` of the max-heap ``hd[:kk]`` (``hi``: its columns) and sift it down."""
+    while True:
+        left = 2 * p + 1
+        if left >= kk:
+            break
+        m = left
+        if left + 1 < kk and _after(hd[left + 1], hi[left + 1], hd[left], hi[left]):
+            m = left + 1
+        if _after(hd[m], hi[m], d, j):
+            hd[p] = hd[m]
+            hi[p] = hi[m]
+            p = m
+        else:
+            break
+    hd[p] = d
+    hi[p] = j
+
+
+@numba.njit(fastmath=True, cache=True)
+def _to_sq_dists(g, nb, norms, c0, cols, two):
+    for jj in range(cols):
+        g[jj] = nb + norms[c0 + jj] - two * g[jj]
+
+
+@numba.njit(fastmath=True, cache=True)
+def _to_cosine_dists(g, cols, zero, one, two):
+    for jj in range(cols):
+        g[jj] = min(max(one - g[jj], zero), two)
+
+
+@numba.njit(fastmath=True, cache=True)
+def _sqrt_sum(g, lo, hi, zero):
+    s = 0.0
+    for jj in range(lo, hi):
+        s += np.sqrt(max(g[jj], zero))
+    return s
+
+
+@numba.njit(fastmath=True, cache=True)
+def _plain_sum(g, lo, hi):
+    s = 0.0
+    for jj in range(lo, hi):
+        s += g[jj]
+    return s
+
+
+@numba.njit(fastmath=True, cache=True)
+def _smallest(g, lo, hi):
+    m = g[lo]
+    for jj in range(lo + 1, hi):
+        m = min(m, g[jj])
+    return m
+
+
+@numba.njit(parallel=True, cache=True)
+def _pass(tiles, norms, n, kk, cand, bounds, codes, n_classes, mode, cosine, one, intra, inter):
+    """``mode``: -1 no silhouette sums, else ``BETWEEN``'s code; ``kk`` = 0: no kNN screen; ``one``: 1 in the
+    rows' float type."""
+    nt, T, _ = tiles.shape
+    zero, two = one - one, one + one
+    for bt in numba.prange(nt):
+        r0 = bt * T
+        rows = min(T, n - r0)
+        A = tiles[bt]
+        csum = np.zeros((T, max(n_classes, 1)))
+        hd = np.empty((T, max(kk, 1)), dtype=tiles.dtype)
+        hi = np.empty((T, max(kk, 1)), dtype=np.int64)
+        cnt = np.zeros(T, dtype=np.int64)
+        for step in range(nt):  # the diagonal tile first: near rows (same class when sorted) tighten the heap early
+            ct = (bt + step) % nt
+            c0 = ct * T
+            cols = min(T, n - c0)
+            G = np.dot(A, tiles[ct].T)
+            for r in range(rows):
+                i = r0 + r
+                g = G[r]
+                if cosine:
+                    _to_cosine_dists(g, cols, zero, one, two)
+                else:
+                    _to_sq_dists(g, norms[i], norms, c0, cols, two)
+                own = i - c0 if ct == bt else -1
+                if mode >= 0:
+                    if own >= 0:
+                        g[own] = zero
+                    c = codes[c0]
+                    j = 0
+                    while j < cols:
+                        end = min(bounds[c + 1] - c0, cols)
+                        csum[r, c] += _plain_sum(g, j, end) if cosine else _sqrt_sum(g, j, end, zero)
+                        j = end
+                        c += 1
+                if kk > 0:
+                    if own >= 0:
+                        g[own] = -one
+                    hdr, hir = hd[r], hi[r]
+                    q = 0
+                    while cnt[r] < kk and q < cols:  # filling the heap, ordered once full
+                        hdr[cnt[r]] = g[q]
+                        hir[cnt[r]] = c0 + q
+                        cnt[r] += 1
+                        q += 1
+                        if cnt[r] == kk:
+                            for p in range(kk // 2 - 1, -1, -1):
+                                _sift_down(hdr, hir, kk, p, hdr[p], hir[p])
+                    while q < cols:  # chunks whose smallest value cannot enter the heap are skipped
+                        qe = min(q + CHUNK, cols)
+                        if _smallest(g, q, qe) <= hdr[0]:
+                            for jj in range(q, qe):
+                                if _after(hdr[0], hir[0], g[jj], c0 + jj):
+                                    _sift_down(hdr, hir, kk, 0, g[jj], c0 + jj)
+                        q = qe
+        for r in range(rows):
+            i = r0 + r
+            if kk > 0:
+                for c in range(kk):
+                    cand[i, c] = hi[r, c]
+            if mode >= 0:
+                own_c = codes[i]
+                best = np.inf if mode == 0 else -np.inf
+                other = 0.0
+                for c in range(n_classes):
+                    if c == own_c:
+                        continue
+                    size = bounds[c + 1] - bounds[c]
+                    if mode == 1:
+                        other += csum[r, c]
+                    else:
+                        mc = csum[r, c] / size
+                        if (mode == 0 and mc < best) or (mode == 2 and mc > best):
+                            best = mc
+                intra[i] = csum[r, own_c]
+                if mode == 1:
+                    tot = n - (bounds[own_c + 1] - bounds[own_c])
+                    inter[i] = other / tot if tot > 0 else np.nan
+                else:
+                    inter[i] = best
+
+
+def distance_pass(x: np.ndarray, norms: np.ndarray, kk: int = 0, *, codes: np.ndarray | None = None,
+                  bounds: np.ndarray | None = None, between: str | None = None, cosine: bool = False,
+                  tile: int = TILE):
+    """``(candidates n x kk or None, intra sums or None, between-class values or None)`` of the rows ``x``
+    (prepared: centred, or unit rows for ``cosine``; sorted by ``codes`` when silhouettes are asked, ``bounds``
+    their class ranges) and their squared norms ``norms``; ``tile``: rows per tile (tests use small ones)."""
+    n, d = x.shape
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
+        raise ValueError(f"tile must be a positive integer, got {tile!r}")
+    nt = -(-n // tile)
+    tiles = np.zeros((nt * tile, d), dtype=x.dtype)
+    tiles[:n] = x
+    tiles = tiles.reshape(nt, tile, d)
+    nrm = np.zeros(nt * tile, dtype=x.dtype)
+    nrm[:n] = norms
+    cand = np.empty((n, kk) if kk else (0, 0), dtype=np.int64)
+    mode = -1 if between is None else BETWEEN[between]
+    if mode >= 0:
+        intra, inter = np.empty(n), np.empty(n)
+        n_classes = len(bounds) - 1
+    else:
+        codes, bounds = np.zeros(1, np.int64), np.zeros(2, np.int64)
+        intra = inter = np.empty(0)
+        n_classes = 0
+    with threadpool_limits(1):  # one BLAS thread per Numba thread
+        _pass(tiles, nrm, n, kk, cand, bounds, codes, n_classes, mode, cosine, x.dtype.type(1), intra, inter)
+    return (cand if kk else None), (intra if mode >= 0 else None), (inter if mode >= 0 else None)
+
+
+def screen_sizes(n_neighbors, n: int) -> tuple[int, int]:
+    """``(k, k + screening margin)`` for ``n`` rows; refuses a bad or too large ``n_neighbors``."""
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+    if n_neighbors > n:
+        raise ValueError(f"n_neighbors = {n_neighbors} exceeds the number of rows ({n})")
+    return int(n_neighbors), min(n, int(n_neighbors) + SCREEN_MARGIN)
+
+
+def knn_graph_and_silhouettes(X, labels, n_neighbors: int = 90, *, tile: int = TILE):
     """``(knn_graph(X, n_neighbors), silhouette_samples(X, labels))`` from one pass over the distances."""
+    from phenovec.evaluate.integration.annotations import embedding_matrix
+    from phenovec.evaluate.integration.knn_graph import refined_graph
+    from phenovec.evaluate.integration.silhouette import silhouettes_from_sums, sorted_by_label
+
     x = embedding_matrix(X)
-    n = x.shape[0]
-    k, kk = screen_sizes(n_neighbors, n)
+    k, kk = screen_sizes(n_neighbors, x.shape[0])
     order, sc, freqs, bounds, xs, norms = sorted_by_label(x, labels)
-    intra, inter = np.empty(n), np.empty(n)
-    cand_sorted = np.empty((n, kk), dtype=np.int64)
-    step = int(max(1, min(n, block_bytes // max(1, n * xs.itemsize))))
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        G = xs[s:e] @ xs.T
-        _screen_block(G, norms[s:e], norms, s, kk, cand_sorted)
-        _reduce_block(G, norms[s:e], norms, s, bounds, sc, False, 0, intra, inter)
+    cand_sorted, intra, inter = distance_pass(xs, norms, kk, codes=sc, bounds=bounds, between="nearest",
+                                              tile=tile)
     cand = np.empty_like(cand_sorted)
     cand[order] = order[cand_sorted]
     return refined_graph(x, cand, k), silhouettes_from_sums(intra, inter, freqs, sc, order)

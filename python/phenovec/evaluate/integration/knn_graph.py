@@ -7,10 +7,10 @@ functions accept ours. Each row lists itself first (distance 0), then its neighb
 distance, ties by increasing row number.
 
 How (phenovec's Rust similarity engine returns similarity blocks, not top-k lists, so the graph is built here):
-the rows are centred, a block of rows at a time gets its squared distances to every row from one BLAS
-product (``|x|^2 + |y|^2 - 2 x.y``, in the input's float type; only one block of about ``block_bytes`` exists),
-and a parallel Numba kernel keeps each row's ``k + 8`` smallest; those candidates' distances are then
-recomputed directly in float64 (``sqrt(sum (x - y)^2)``) and the ``k`` smallest kept. The result is the exact
+the rows are centred and :func:`~phenovec.evaluate.integration.distance_pass.distance_pass` keeps each row's
+``k + 8`` smallest squared distances (cache-sized BLAS tiles, ``|x|^2 + |y|^2 - 2 x.y`` in the input's float
+type); those candidates' distances are then recomputed directly in float64 (``sqrt(sum (x - y)^2)``) and the
+``k`` smallest kept. The result is the exact
 kNN graph unless the float rounding of the screening product reorders a row's ``k``-th and ``k + 8``-th
 neighbour (not seen in practice). Cost: ``O(n^2 d)`` (BLAS) + ``O(n^2)`` selection; memory ``O(n k)``.
 
@@ -27,38 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from phenovec.evaluate.integration.annotations import embedding_matrix
+from phenovec.evaluate.integration.distance_pass import TILE, distance_pass, screen_sizes
 
-DEFAULT_BLOCK_BYTES = 128 * 2**20
-SCREEN_MARGIN = 8
-
-
-@numba.njit(parallel=True, cache=True)
-def _screen_block(G, nb, nall, start, kk, out_idx):
-    b, n = G.shape
-    for r in numba.prange(b):
-        best_d = np.empty(kk, dtype=np.float64)
-        best_i = np.empty(kk, dtype=np.int64)
-        cnt = 0
-        me = start + r
-        for j in range(n):
-            d = nb[r] + nall[j] - 2.0 * G[r, j]
-            if j == me:
-                d = -1.0
-            if cnt < kk:
-                p = cnt
-                cnt += 1
-            elif d < best_d[kk - 1]:
-                p = kk - 1
-            else:
-                continue
-            while p > 0 and best_d[p - 1] > d:
-                best_d[p] = best_d[p - 1]
-                best_i[p] = best_i[p - 1]
-                p -= 1
-            best_d[p] = d
-            best_i[p] = j
-        for c in range(kk):
-            out_idx[me, c] = best_i[c]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -99,29 +69,14 @@ def _refine(X, cand, k, out_idx, out_dist):
             out_dist[i, c] = dist[c]
 
 
-def knn_graph(X, n_neighbors: int = 90, *, block_bytes: int = DEFAULT_BLOCK_BYTES) -> "KnnGraph":
+def knn_graph(X, n_neighbors: int = 90, *, tile: int = TILE) -> "KnnGraph":
     """Exact Euclidean ``n_neighbors``-nearest-neighbour graph of the rows of ``X`` (self included, first)."""
     x = embedding_matrix(X)
-    n = x.shape[0]
-    k, kk = screen_sizes(n_neighbors, n)
+    k, kk = screen_sizes(n_neighbors, x.shape[0])
     xc = (x - x.mean(axis=0, dtype=np.float64)).astype(x.dtype)
     norms = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
-    cand = np.empty((n, kk), dtype=np.int64)
-    step = int(max(1, min(n, block_bytes // max(1, n * xc.itemsize))))
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        G = xc[s:e] @ xc.T
-        _screen_block(G, norms[s:e], norms, s, kk, cand)
+    cand = distance_pass(xc, norms, kk, tile=tile)[0]
     return refined_graph(x, cand, k)
-
-
-def screen_sizes(n_neighbors, n: int) -> tuple[int, int]:
-    """``(k, k + screening margin)`` for ``n`` rows; refuses a bad or too large ``n_neighbors``."""
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
-    if n_neighbors > n:
-        raise ValueError(f"n_neighbors = {n_neighbors} exceeds the number of rows ({n})")
-    return int(n_neighbors), min(n, int(n_neighbors) + SCREEN_MARGIN)
 
 
 def refined_graph(x: np.ndarray, cand: np.ndarray, k: int) -> "KnnGraph":

@@ -13,96 +13,34 @@ to [0, 2]).
   BRAS variants, :func:`bras`).
 
 How: rows are sorted by class once, so each row's per-class distance sums are sums over contiguous column
-ranges; a block of rows gets its distances to every row from one BLAS product (``|x|^2 + |y|^2 - 2 x.y`` on
-centred rows, in the input's float type, self distance exactly 0) and a parallel Numba kernel reduces the
-block to ``(a_i, b_i)`` without storing per-class sums. scib-metrics computes every distance directly in
+ranges, accumulated tile by tile by :func:`~phenovec.evaluate.integration.distance_pass.distance_pass`
+(``|x|^2 + |y|^2 - 2 x.y`` on centred rows, in the input's float type, self distance exactly 0). scib-metrics computes every distance directly in
 JAX float32; results agree to float rounding (tests: 1e-6).
 """
 from __future__ import annotations
 
 from typing import Literal
 
-import numba
 import numpy as np
 
 from phenovec.evaluate.integration.annotations import annotation_codes, embedding_matrix, label_codes
+from phenovec.evaluate.integration.distance_pass import BETWEEN, TILE, distance_pass
 from phenovec.evaluate.integration.threads import threads_for
-
-DEFAULT_BLOCK_BYTES = 128 * 2**20
-_BETWEEN = {"nearest": 0, "mean_other": 1, "furthest": 2}
-
-
-@numba.njit(fastmath=True, cache=True)
-def _class_sum(Grow, nbr, nall, lo, hi, cosine):
-    """Sum of the distances from one row to rows ``lo:hi`` (self included; vectorised)."""
-    s = 0.0
-    if cosine:
-        for j in range(lo, hi):
-            s += min(max(1.0 - Grow[j], 0.0), 2.0)
-    else:
-        for j in range(lo, hi):
-            s += np.sqrt(max(nbr + nall[j] - 2.0 * Grow[j], 0.0))
-    return s
-
-
-@numba.njit(parallel=True, cache=True)
-def _reduce_block(G, nb, nall, start, bounds, codes, cosine, mode, intra, inter):
-    b, n = G.shape
-    L = bounds.shape[0] - 1
-    for r in numba.prange(b):
-        me = start + r
-        own = codes[me]
-        best = np.inf if mode == 0 else -np.inf
-        other_sum = 0.0
-        a_sum = 0.0
-        for c in range(L):
-            if c == own:  # the row's own class, itself left out (distance to self is 0)
-                s = (_class_sum(G[r], nb[r], nall, bounds[c], me, cosine)
-                     + _class_sum(G[r], nb[r], nall, me + 1, bounds[c + 1], cosine))
-            else:
-                s = _class_sum(G[r], nb[r], nall, bounds[c], bounds[c + 1], cosine)
-            if c == own:
-                a_sum = s
-            else:
-                cnt = bounds[c + 1] - bounds[c]
-                if mode == 0:
-                    m = s / cnt
-                    if m < best:
-                        best = m
-                elif mode == 2:
-                    m = s / cnt
-                    if m > best:
-                        best = m
-                else:
-                    other_sum += s
-        intra[me] = a_sum
-        if mode == 1:
-            tot = n - (bounds[own + 1] - bounds[own])
-            inter[me] = other_sum / tot if tot > 0 else np.nan
-        else:
-            inter[me] = best
 
 
 def silhouette_samples(X, labels, chunk_size: int = 256, metric: Literal["euclidean", "cosine"] = "euclidean",
                        between_cluster_distances: Literal["nearest", "mean_other", "furthest"] = "nearest",
-                       *, block_bytes: int = DEFAULT_BLOCK_BYTES) -> np.ndarray:
+                       *, tile: int = TILE) -> np.ndarray:
     """Silhouette of every row against the classes of ``labels`` (``chunk_size`` is scib's; ignored here)."""
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-    if between_cluster_distances not in _BETWEEN:
-        raise ValueError(f"between_cluster_distances must be one of {', '.join(_BETWEEN)}, "
+    if between_cluster_distances not in BETWEEN:
+        raise ValueError(f"between_cluster_distances must be one of {', '.join(BETWEEN)}, "
                          f"got {between_cluster_distances!r}")
     x = embedding_matrix(X)
     order, sc, freqs, bounds, xs, norms = sorted_by_label(x, labels, metric)
-    n = x.shape[0]
-    intra = np.empty(n)
-    inter = np.empty(n)
-    step = int(max(1, min(n, block_bytes // max(1, n * xs.itemsize))))
-    mode = _BETWEEN[between_cluster_distances]
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        G = xs[s:e] @ xs.T
-        _reduce_block(G, norms[s:e], norms, s, bounds, sc, metric == "cosine", mode, intra, inter)
+    _, intra, inter = distance_pass(xs, norms, codes=sc, bounds=bounds, between=between_cluster_distances,
+                                    cosine=metric == "cosine", tile=tile)
     return silhouettes_from_sums(intra, inter, freqs, sc, order)
 
 
