@@ -294,40 +294,46 @@ def kmeans_random_cells(mt, n, k):
 
 
 @njit(cache=True)
-def kmeans_seed_cells(x, seeds, g, mt, first_cluster, chosen, cells):
-    """harmonypy 2.1.0 ``kmeans_init`` before its Lloyd steps, for clusters ``first_cluster ..`` (one per column of
-    ``g``): cluster i takes the cell minimising ``p = -log(u) / (|2 (1 - y_i.x)| + 1e-10)`` (u: N fresh uniform
-    draws; cells already taken excluded; the first on ties).
+def mt_uniform_rows(mt, rows, n):
+    """``rows`` x ``n`` uniform draws (:func:`mt_uniform01`), row after row."""
+    out = np.empty((rows, n), np.float32)
+    for i in range(rows):
+        mt_uniform01(mt, out[i])
+    return out
 
-    ``g[:, c] = x @ x[seeds[i]]`` from float32 BLAS only screens: every cell whose p could be the minimum given the
-    BLAS rounding (|error| < 1e-5 on unit vectors) is recomputed in harmonypy's order (eight-sum dot, float32
-    ``logf``), and the exact minimum among them is taken. A degenerate draw (every p equal) falls back to every
-    cell."""
+
+@njit(cache=True)
+def kmeans_seed_cells(x, seeds, g, u, neg_log_u, first_cluster, chosen, cells):
+    """harmonypy 2.1.0 ``kmeans_init`` before its Lloyd steps, for clusters ``first_cluster ..`` (one per column of
+    ``g``): cluster i takes the cell minimising ``p = -log(u) / (|2 (1 - y_i.x)| + 1e-10)`` (u: row c of ``u``, its
+    N fresh uniform draws; cells already taken excluded; the first on ties).
+
+    Only screens with ``g[:, c] = x @ x[seeds[i]]`` (float32 BLAS, |error| < 1e-5 on unit vectors) and
+    ``neg_log_u`` (numpy's vectorised float32 ``-log(u)``, relative error < 1e-6; a margin of 1e-5 is allowed):
+    every cell whose p could be the minimum is recomputed in harmonypy's order (eight-sum dot, float32 ``logf``),
+    and the exact minimum among them is taken. A degenerate draw (every p equal) falls back to every cell."""
     n, d = x.shape
-    u = np.empty(n, np.float32)
     lo = np.empty(n)
     delta = 1e-5
+    margin = 1e-5
     for c in range(g.shape[1]):
         i = first_cluster + c
-        mt_uniform01(mt, u)
+        uc = u[c]
+        ec = neg_log_u[c]
         y = x[seeds[i]]
         best_hi = np.inf
         for j in range(n):
-            if chosen[j]:
-                lo[j] = np.inf
-                continue
-            e = -math.log(np.float64(u[j]))
+            e = np.float64(ec[j])
             dist = abs((1.0 - np.float64(g[j, c])) * 2.0)
-            lo[j] = e * (1.0 - 1e-6) / (dist + delta + 1e-10)
-            hi = e * (1.0 + 1e-6) / (max(dist - delta, 0.0) + 1e-10)
-            if hi < best_hi:
-                best_hi = hi
+            lo[j] = np.inf if chosen[j] else e * (1.0 - margin) / (dist + delta + 1e-10)
+            hi = np.inf if chosen[j] else e * (1.0 + margin) / (max(dist - delta, 0.0) + 1e-10)
+            best_hi = min(best_hi, hi)
         best = -1
         best_p = F_INF
         for j in range(n):
             if lo[j] <= best_hi:
                 distance = abs((F1 - _dot8(y, x[j], d)) * F2)
-                pj = (-np.float32(math.log(u[j]))) / (distance + F_TINY)
+                pj = (-np.float32(math.log(uc[j]))) / (distance + F_TINY)
                 if pj < best_p:
                     best_p = pj
                     best = j

@@ -228,7 +228,10 @@ def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int 
     step = max(1, (1 << 24) // max(n, 1))  # screening dots for at most 2**24 (cell, cluster) pairs at a time
     for i in range(0, k, step):
         g = np.ascontiguousarray(x @ x[seeds[i: i + step]].T)
-        kern.kmeans_seed_cells(x, seeds, g, mt, i, chosen, cells)
+        u = kern.mt_uniform_rows(mt, g.shape[1], n)  # the draws, in harmonypy's order
+        with np.errstate(divide="ignore"):
+            neg_log_u = -np.log(u)  # numpy's SIMD log, for screening only
+        kern.kmeans_seed_cells(x, seeds, g, u, neg_log_u, i, chosen, cells)
     y = x[cells].copy()
     assignment = np.empty(n, np.int64)
     unsure = np.empty(n, np.bool_)
@@ -501,9 +504,8 @@ class _Ridge:
     Every sum the systems need (each batch's R-weighted coordinate sums and totals, the intercept's, the overlap
     of batches of different variables) is a sum over the cells of one *combination* of batches (one batch per
     variable), so the cells are sorted by combination once and each iteration computes, per combination g,
-    ``S_g = R_g^T [Z_g, 1]`` (N K (d+1) multiply-adds in all, whatever the number of variables);
-    the per-batch sums are then sums of the S_g (``kernels/harmony.py: weighted_sums``, in double, runs of cells in
-    parallel). The systems of all clusters that correct the same batches are
+    ``S_g = R_g^T [Z_g, 1]`` (N K (d+1) multiply-adds in all, whatever the number of variables, one ``dgemm`` per
+    combination); the per-batch sums are then sums of the S_g. The systems of all clusters that correct the same batches are
     solved together."""
 
     def __init__(self, z_orig, cell_batches, by_combination, phi_n, lamb, alpha, cutoff):
@@ -528,14 +530,11 @@ class _Ridge:
         self.h[np.arange(g)[:, None], self.combos] = 1.0
         # batch pairs of each combination, flattened: the R-weighted co-occurrence of batches is totals^T @ hh
         self.hh = (self.h[:, :, None] * self.h[:, None, :]).reshape(g, -1)
-        # runs of at most ~N/256 cells within a combination: the parallel tasks of the weighted sums
-        size = max(1024, -(-self.n // 256))
-        begin = np.concatenate([np.arange(a, b, size) for a, b in zip(self.starts, self.ends)])
-        self.run_begin = begin.astype(np.int64)
-        self.run_end = np.minimum(begin + size, np.repeat(self.ends, [len(range(a, b, size)) for a, b in
-                                                                      zip(self.starts, self.ends)])).astype(np.int64)
-        self.combo_first_run = np.searchsorted(self.run_begin, self.starts).astype(np.int64)
-        self.z = z_orig
+        # the original embedding in combination order with a column of ones, in double: S_g = R_g^T [Z_g, 1] is one
+        # BLAS product per combination
+        self.z_aug = np.empty((self.n, self.d + 1))
+        self.z_aug[:, :self.d] = z_orig[by_combination]
+        self.z_aug[:, self.d] = 1.0
 
     def keeps(self, o):
         avg = o / self.sizes[:, None]  # float32, B x K, as harmonypy
@@ -556,14 +555,14 @@ class _Ridge:
         return self.solve_sums(lambda: self.combination_sums(r), o, e, y, r.shape[1])
 
     def combination_sums(self, r) -> np.ndarray:
-        """``S[g, k] = sum over combination g's cells of R[j, k] [z_j, 1]`` (G x K x (d+1), double)."""
-        k, d = r.shape[1], self.d
-        runs = np.empty((len(self.run_begin), k, d + 1))
-        load_kernel("harmony").weighted_sums(r, self.z, self.order, self.run_begin, self.run_end, runs)
-        if len(runs) == len(self.starts):  # one run per combination
-            return runs
-        # runs are in combination order
-        return np.add.reduceat(runs.reshape(len(runs), -1), self.combo_first_run, axis=0).reshape(-1, k, d + 1)
+        """``S[g, k] = sum over combination g's cells of R[j, k] [z_j, 1]`` (G x K x (d+1), double: a ``dgemm`` per
+        combination)."""
+        k = r.shape[1]
+        rs = r[self.order]
+        out = np.empty((len(self.starts), k, self.d + 1))
+        for g, (a, b) in enumerate(zip(self.starts, self.ends)):
+            np.matmul(rs[a:b].T.astype(np.float64), self.z_aug[a:b], out=out[g])
+        return out
 
     def solve_sums(self, combination_sums, o, e, y, k: int):
         """:meth:`solve` from the combination sums (a callable, called only when some cluster is corrected)."""
