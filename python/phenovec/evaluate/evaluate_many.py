@@ -29,6 +29,14 @@ Precision and device (``precision="fp32" | "bf16" | "fp16" | "tf32"``, ``device=
 "torch-cpu"``): see :mod:`phenovec.evaluate.precision` and :mod:`phenovec.evaluate.backend`. The defaults
 (fp32, cpu) are the exact Rust path above; the equalities with ``average_precision`` hold for them.
 
+Symmetric tiles (``symmetric=True``, the default with ``columns="auto"``, on the exact Rust path): the queries
+that need every column are not taken in row blocks; instead each tile S_IJ of query rows I and J is computed once
+and serves the queries of I (its rows) and of J (its transpose: the core's similarities are bit-for-bit symmetric),
+halving the GEMM; the other candidate rows come in tiles against the query rows only. A query's positive keys are
+found first (S[G, G] of its ``pos_sameby`` group G, same values), sorted with their bucket table; every tile then
+bins its negatives into the query's counts. Used where every rule set has one combined ``pos_sameby`` code and the
+queries' positive state fits ``SYMMETRIC_STATE_BYTES``; AP and U are the row path's bit for bit (tested).
+
 ``columns="all"`` forces full rows (the reduced path is identical in value; the switch exists to
 measure it). Multilabel rules and grouped query units are not supported here: use
 :func:`phenovec.evaluate.average_precision` for those.
@@ -58,6 +66,9 @@ REDUCED_FRACTION = 0.5  # a block's column union below this fraction of N is com
 REDUCED_QUERY_ROWS = 512  # queries of the first reduced block (doubled while its columns stay few)
 # blocks larger than average_precision's: fewer passes of the block's rule-set ranking (1 GiB = ~2,600 queries at N = 100k)
 MANY_BLOCK_BYTES = 1 << 30
+SYMMETRIC_STATE_BYTES = 2 << 30  # symmetric tiles: all queries' positive keys, bucket tables and counts at most this
+SYMMETRIC_MIN_TILE, SYMMETRIC_MAX_TILE = 64, 4096  # rows per symmetric tile (a tile is at most block_bytes / 2)
+POS_BATCH_ROWS = 512  # rows of whole pos_sameby groups per block of the symmetric pass's positives
 
 
 @numba.njit(inline="always")
@@ -129,36 +140,112 @@ def _rank_block(block, queries, want, m_cap, n_neg, cols, sub, active, ps, pd_, 
             ap_out[t] = np.nan
             u_out[t] = np.nan
             continue
-        asc = np.sort(pos)
-        lowest = asc[0]
-        highest = asc[mp - 1]
-        # bucket table over (lowest, highest]: start[b] = first positive whose bucket is >= b, so a negative in
-        # bucket b has its first positive >= it at or after start[b], usually at it (4 buckets per positive)
-        nb = 4 * mp
-        scale = nb / (highest - lowest) if highest > lowest else 0.0
-        start = np.empty(nb + 1, np.int64)
-        p = 0
-        for b in range(nb + 1):
-            while p < mp and min(np.int64((asc[p] - lowest) * scale), nb) < b:
-                p += 1
-            start[b] = p
+        asc = np.sort(pos[:mp])
+        start = np.empty(4 * mp + 1, np.int64)
+        scale = _bucket_table(asc, start)
         cnt = np.zeros(mp + 1, np.int64)
         for k in range(sub.shape[0]):
             c = sub[k]
             v = _key(np.float64(block[t, c]), f32_keys, euclidean)
-            if v <= lowest:
+            if v <= asc[0]:
                 continue  # at or below every positive: cnt[mp], which AP never reads (negative or not)
             j = cols[c]
             if j == i or not active[j] or not _match(i, j, ns, nd):
                 continue
-            if v > highest:
-                cnt[0] += 1
-                continue
-            lo = start[min(np.int64((v - lowest) * scale), nb)]
-            while asc[lo] < v:  # first position with asc >= v (asc[mp - 1] >= v ends the scan)
-                lo += 1
-            cnt[mp - lo] += 1
+            cnt[_bin_of(v, asc, start, scale)] += 1
         ap_out[t], u_out[t] = ap_and_u(cnt, mp, n_neg[t])
+
+
+@numba.njit(inline="always")
+def _bucket_table(asc, start):
+    """Bucket table over (lowest, highest] of the ascending positive keys ``asc`` (``start`` has 4 M + 1 slots, 4 buckets
+    per positive): start[b] = first positive whose bucket is >= b, so a negative in bucket b has its first positive >= it
+    at or after start[b], usually at it. Returns the scale (buckets per unit of key)."""
+    mp = asc.shape[0]
+    nb = start.shape[0] - 1
+    lowest, highest = asc[0], asc[mp - 1]
+    scale = nb / (highest - lowest) if highest > lowest else 0.0
+    p = 0
+    for b in range(nb + 1):
+        while p < mp and min(np.int64((asc[p] - lowest) * scale), nb) < b:
+            p += 1
+        start[b] = p
+    return scale
+
+
+@numba.njit(inline="always")
+def _bin_of(v, asc, start, scale):
+    """The count slot of a negative with key ``v`` > the lowest positive: the number of positives ranked above it
+    (ties: positive first), 0 when it is above every positive."""
+    mp = asc.shape[0]
+    if v > asc[mp - 1]:
+        return 0
+    lo = start[min(np.int64((v - asc[0]) * scale), start.shape[0] - 1)]
+    while asc[lo] < v:  # first position with asc >= v (asc[mp - 1] >= v ends the scan)
+        lo += 1
+    return mp - lo
+
+
+@numba.njit(parallel=True, cache=True)
+def _group_positive_keys(block, rows, want, ps, pd_, f32_keys, euclidean, key_start, keys, found):
+    """Positive keys of the wanted rows among ``rows`` (whole ``pos_sameby`` groups; ``block`` = S[rows, rows]) into
+    ``keys[key_start[i]:key_start[i + 1]]`` (unsorted); ``found[i]`` = the number found (checked against M)."""
+    for t in numba.prange(rows.shape[0]):
+        i = rows[t]
+        if not want[i]:
+            continue
+        k0, cap, mp = key_start[i], key_start[i + 1] - key_start[i], 0
+        for c in range(rows.shape[0]):
+            j = rows[c]
+            if j == i or not _match(i, j, ps, pd_):  # codes of inactive rows are -1: never equal to an active row's
+                continue
+            if mp < cap:
+                keys[k0 + mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
+            mp += 1
+        found[i] = mp
+
+
+@numba.njit(parallel=True, cache=True)
+def _sort_positive_keys(queries, key_start, keys, tab_start, tabs, scale):
+    """Each query's positive keys sorted ascending in place, and its bucket table (``_bucket_table``)."""
+    for t in numba.prange(queries.shape[0]):
+        i = queries[t]
+        k0, k1 = key_start[i], key_start[i + 1]
+        keys[k0:k1] = np.sort(keys[k0:k1])
+        scale[i] = _bucket_table(keys[k0:k1], tabs[tab_start[i] : tab_start[i + 1]])
+
+
+@numba.njit(parallel=True, cache=True)
+def _bin_tile(block, rows, cols, want, active, ns, nd, f32_keys, euclidean, key_start, keys, tab_start, tabs, scale, cnt):
+    """Bin the negatives of one tile (``block`` = S[rows, cols]) into the counts of its wanted query rows.
+
+    ``cnt[key_start[i] + i : key_start[i + 1] + i + 1]`` holds query i's M + 1 counts (``_rank_block``'s ``cnt``)."""
+    for t in numba.prange(rows.shape[0]):
+        i = rows[t]
+        if not want[i]:
+            continue
+        k0, k1 = key_start[i], key_start[i + 1]
+        asc = keys[k0:k1]
+        start = tabs[tab_start[i] : tab_start[i + 1]]
+        sc = scale[i]
+        lowest = asc[0]
+        c0 = k0 + i
+        for c in range(cols.shape[0]):
+            v = _key(np.float64(block[t, c]), f32_keys, euclidean)
+            if v <= lowest:
+                continue
+            j = cols[c]
+            if j == i or not active[j] or not _match(i, j, ns, nd):
+                continue
+            cnt[c0 + _bin_of(v, asc, start, sc)] += 1
+
+
+@numba.njit(parallel=True, cache=True)
+def _ap_of_counts(queries, key_start, cnt, n_neg, ap_out, u_out):
+    for t in numba.prange(queries.shape[0]):
+        i = queries[t]
+        mp = key_start[i + 1] - key_start[i]
+        ap_out[t], u_out[t] = ap_and_u(cnt[key_start[i] + i : key_start[i + 1] + i + 1], mp, n_neg[i])
 
 
 @dataclass
@@ -362,6 +449,95 @@ def _one_block(sims: Similarities, q, cols, rules, n, f32_keys, euclidean, count
         r.u[q[w]] = u[w]
 
 
+def _symmetric_ok(sims: Similarities, rules: list["_Rule"], block_bytes: int) -> bool:
+    """Symmetric tiles need the Rust fp32 blocks, a group index per rule set (one combined ``pos_sameby`` code), groups
+    whose S[G, G] fits a block, and every query's positive state (keys, bucket table, counts: ~48 bytes per positive
+    pair) within ``SYMMETRIC_STATE_BYTES``."""
+    if not sims.rust:
+        return False
+    state = 0
+    for r in rules:
+        order, start = r.groups
+        if len(start) == 0:
+            return False
+        if int(np.diff(start).max(initial=0)) ** 2 * sims.itemsize > block_bytes:
+            return False
+        state += 48 * int(r.m.sum()) + 16 * len(r.m)
+    return state <= SYMMETRIC_STATE_BYTES
+
+
+class _PositiveState:
+    """One rule set's queries of the symmetric pass: sorted positive keys, bucket tables and negative counts (CSR by row)."""
+
+    def __init__(self, sims: Similarities, r: "_Rule", want: np.ndarray, f32_keys: bool, euclidean: bool):
+        n = len(want)
+        self.want, self.queries = want, np.flatnonzero(want).astype(np.int64)
+        m = np.where(want, r.m, 0)
+        self.key_start = np.concatenate([[0], np.cumsum(m)]).astype(np.int64)
+        self.keys = np.empty(int(self.key_start[-1]), np.float64)
+        self.tab_start = np.concatenate([[0], np.cumsum(np.where(want, 4 * m + 1, 0))]).astype(np.int64)
+        self.tabs = np.empty(int(self.tab_start[-1]), np.int64)
+        self.scale = np.zeros(n)
+        self.cnt = np.zeros(len(self.keys) + n, np.int64)
+        found = np.zeros(n, np.int64)
+        # the positives: S[G, G] of the queries' pos_sameby groups G, a batch of whole groups per block
+        order, start = r.groups
+        groups = np.unique(r.ps[0, self.queries])
+        batch, batch_rows = [], 0
+        for k, g in enumerate(groups):
+            batch.append(order[start[g] : start[g + 1]])
+            batch_rows += len(batch[-1])
+            if batch_rows >= POS_BATCH_ROWS or k == len(groups) - 1:
+                rows = np.concatenate(batch).astype(np.int64)
+                _group_positive_keys(sims.block(rows, rows), rows, want, r.ps, r.pd_, f32_keys, euclidean,
+                                     self.key_start, self.keys, found)
+                batch, batch_rows = [], 0
+        if not np.array_equal(found[want], r.m[want]):
+            bad = int(self.queries[np.flatnonzero(found[want] != r.m[want])[0]])
+            raise RuntimeError(f"rule set {r.name!r}: row {bad} has {int(found[bad])} positives in its group blocks but "
+                               f"{int(r.m[bad])} by count (internal error)")
+        _sort_positive_keys(self.queries, self.key_start, self.keys, self.tab_start, self.tabs, self.scale)
+
+    def bin(self, block, rows, cols, r: "_Rule", f32_keys: bool, euclidean: bool) -> None:
+        _bin_tile(block, rows, cols, self.want, r.active, r.ns, r.nd, f32_keys, euclidean, self.key_start, self.keys,
+                  self.tab_start, self.tabs, self.scale, self.cnt)
+
+    def finish(self, r: "_Rule") -> None:
+        ap, u = np.empty(len(self.queries)), np.empty(len(self.queries))
+        _ap_of_counts(self.queries, self.key_start, self.cnt, r.l - r.m, ap, u)
+        r.ap[self.queries] = ap
+        r.u[self.queries] = u
+
+
+def _symmetric_pass(sims: Similarities, queries: np.ndarray, rules: list["_Rule"], n: int, f32_keys: bool,
+                    euclidean: bool, block_bytes: int, counters: dict) -> None:
+    """Rank ``queries`` against all their candidates from symmetric tiles (see the module docstring)."""
+    is_query = np.zeros(n, dtype=bool)
+    is_query[queries] = True
+    candidate = np.zeros(n, dtype=bool)
+    for r in rules:
+        candidate |= r.active
+    qs = np.sort(queries).astype(np.int64)
+    others = np.flatnonzero(candidate & ~is_query).astype(np.int64)
+    tile = int(max(SYMMETRIC_MIN_TILE, min(SYMMETRIC_MAX_TILE, np.sqrt(block_bytes / (2 * sims.itemsize)))))
+    q_tiles = [qs[s : s + tile] for s in range(0, len(qs), tile)]
+    o_tiles = [others[s : s + tile] for s in range(0, len(others), tile)]
+    states = [_PositiveState(sims, r, is_query & (r.m > 0), f32_keys, euclidean) for r in rules]
+    for a, rows in enumerate(q_tiles):
+        for b, cols in enumerate(q_tiles[a:] + o_tiles, start=a):
+            block = sims.block(rows, cols)
+            counters["symmetric_tiles"] += 1
+            counters["similarities"] += int(block.shape[0]) * int(block.shape[1])
+            for r, st in zip(rules, states):
+                st.bin(block, rows, cols, r, f32_keys, euclidean)
+            if a < b < len(q_tiles):  # the same tile serves the column tile's queries: S[J, I] = S[I, J]ᵀ bit for bit
+                block_t = np.ascontiguousarray(block.T)
+                for r, st in zip(rules, states):
+                    st.bin(block_t, cols, rows, r, f32_keys, euclidean)
+    for r, st in zip(rules, states):
+        st.finish(r)
+
+
 def evaluate_many(
     meta,
     feats,
@@ -378,11 +554,14 @@ def evaluate_many(
     roc_auc: bool = False,
     roc_auc_method: str = "auto",
     engine: str = "auto",
+    symmetric: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Per-query AP for every rule set from one pass of similarity blocks (see the module docstring).
 
-    ``stats``, when a dict, receives ``full_blocks``, ``reduced_blocks`` and ``similarities`` (the number
-    of similarity values computed), so a caller can see which path ran, and ``device``.
+    ``stats``, when a dict, receives ``full_blocks``, ``reduced_blocks``, ``symmetric_tiles`` and ``similarities``
+    (the number of similarity values computed), so a caller can see which path ran, and ``device``. ``symmetric``
+    (with ``columns="auto"``): the queries that need every column are ranked from symmetric tiles where possible
+    (each tile S_IJ computed once for the queries of I and of J; identical values); False keeps row blocks.
     ``precision`` / ``emulate``: the similarity GEMM's arithmetic (:mod:`phenovec.evaluate.precision`; "fp32"
     is exact). ``device``: "cpu" (default), "cuda", "auto" or "torch-cpu" (:mod:`phenovec.evaluate.backend`);
     ``device_block_bytes`` bounds a torch block's temporaries. ``engine="torch"``: the CPU fp32 GEMM through
@@ -424,7 +603,9 @@ def evaluate_many(
         step = sims.block_rows(n, block_bytes, device_block_bytes)
     else:
         step = block_rows_for(n, sims.itemsize, block_bytes)
-    counters = {"full_blocks": 0, "reduced_blocks": 0, "similarities": 0, "device": sims.device}
+    counters = {"full_blocks": 0, "reduced_blocks": 0, "symmetric_tiles": 0, "similarities": 0, "device": sims.device}
+    tiles = columns == "auto" and symmetric and _symmetric_ok(sims, rules, block_bytes)
+    full_queries = []  # queries that need every column, ranked from symmetric tiles at the end
     pos = 0
     while pos < len(queries):
         q, cols = queries[pos : pos + step], None
@@ -432,8 +613,14 @@ def evaluate_many(
             q, cols = _reduced_block(queries, pos, step, rules, n, sims, block_bytes, device_block_bytes)
             if cols is None:
                 q = queries[pos : pos + step]
-        _one_block(sims, q, cols, rules, n, f32_keys, euclidean, counters)
+        if cols is None and tiles:
+            full_queries.append(q)
+            counters["full_blocks"] += 1
+        else:
+            _one_block(sims, q, cols, rules, n, f32_keys, euclidean, counters)
         pos += len(q)
+    if full_queries:
+        _symmetric_pass(sims, np.concatenate(full_queries), rules, n, f32_keys, euclidean, block_bytes, counters)
     if stats is not None:
         stats.update(counters)
     results = {}
