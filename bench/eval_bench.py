@@ -25,7 +25,8 @@ Cases (each timed in a fresh child process, so peak RSS is per case):
   reference-index rules) + MOA consistency over the treated wells, ranked by ONE ``evaluate_many`` call (fp32 /
   bf16), then both mAPs with the fast null; ``phenovec_many_cuda`` / ``phenovec_many_cuda_bf16``: the same on
   ``device="cuda"`` (peak GPU memory recorded as ``peak_gpu_mb``); ``phenovec_many_torch``: fp32 through PyTorch's
-  GEMM on the CPU (``engine="torch"``) instead of the Rust core. (``phenovec`` in the full case keeps the historical replicate-vs-all
+  GEMM on the CPU (``engine="torch"``) instead of the Rust core; ``phenovec_many_rows``: Rust fp32 with row blocks
+  instead of symmetric tiles (``symmetric=False``). (``phenovec`` in the full case keeps the historical replicate-vs-all
   + MOA as two ``average_precision`` calls.)
 
 PyTorch is imported and the Numba kernels are compiled before the timed repeats.
@@ -33,6 +34,9 @@ PyTorch is imported and the Numba kernels are compiled before the timed repeats.
 Where both implementations ran, the copairs child keeps its last repeat's output and runs phenovec
 once after its timed repeats (not timed, after its peak RSS is read) and reports the max abs difference of AP (and of mAP and
 p-values with ``null_method="copairs"``).
+
+Every repeat also records ``process_cpu_s``: the child's CPU seconds (all threads) during the repeat, a figure that
+a loaded machine changes far less than wall time.
 
 Peak RSS: ``peak_rss_eval_mb`` is the child's ``VmHWM`` during the timed calls only (the high-water
 mark is reset through ``/proc/self/clear_refs`` before each repeat, after data generation), i.e.
@@ -94,7 +98,9 @@ def _repeat(spec, body):
     parts, peaks, spent = [], [], 0.0
     for r in range(spec["repeats"]):
         can_reset = reset_peak()
+        c0 = time.process_time()
         p = body()
+        p["process_cpu_s"] = time.process_time() - c0  # all threads' CPU: comparable across loads, unlike wall time
         peaks.append(peak_mb() if can_reset else float("nan"))
         parts.append(p)
         spent += sum(v for k, v in p.items() if k.startswith("total"))
@@ -134,6 +140,7 @@ def child(spec: dict) -> dict:
         precision = "bf16" if impl.endswith("bf16") else "fp32"
         device = "cuda" if "_cuda" in impl else "cpu"
         engine = "torch" if impl.endswith("_torch") else "auto"
+        symmetric = not impl.endswith("_rows")
         small = slice(0, 600)
         evaluate_many(meta.iloc[small], x[small], {"r": REPLICATE}, precision=precision, device=device)  # warm up
 
@@ -235,7 +242,7 @@ def child(spec: dict) -> dict:
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             ta, out = _timed(lambda: evaluate_many(meta, x, rule_sets, distance="cosine", precision=precision,
-                                                   device=device, engine=engine, stats=stats))
+                                                   device=device, engine=engine, stats=stats, symmetric=symmetric))
             if device == "cuda":
                 res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
                 res["gpu"] = torch.cuda.get_device_name()
@@ -347,7 +354,7 @@ def main(argv=None) -> int:
     ap.add_argument("--full-n", type=int, default=None, help="N of the full evaluation (default: largest --n)")
     ap.add_argument("--full-repeats", type=int, default=1)
     ap.add_argument("--variants", nargs="*", default=[],
-                    choices=["phenovec_bf16", "phenovec_many", "phenovec_many_bf16", "phenovec_many_torch",
+                    choices=["phenovec_bf16", "phenovec_many", "phenovec_many_rows", "phenovec_many_bf16", "phenovec_many_torch",
                              "phenovec_many_cuda", "phenovec_many_cuda_bf16"],
                     help="extra phenovec variants (replicate case: phenovec_bf16; full case: phenovec_many[_bf16])")
     ap.add_argument("--full-impls", nargs="*", default=["phenovec"], choices=["phenovec", "none"],
