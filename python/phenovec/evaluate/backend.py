@@ -13,8 +13,9 @@
 - ``"torch-cpu"``: the CUDA code path run on PyTorch's CPU device (how the GPU path is tested without a GPU).
 
 ``engine`` (CPU, fp32): ``"auto"`` / ``"rust"`` = the Rust core's blocks, bit-identical to ``average_precision``;
-``"torch"`` = rows prepared once here and PyTorch's float32 GEMM (oneDNN sgemm: 2.2x less CPU than the Rust GEMM at
-20k x 1,280 on this machine), the same IEEE float32 arithmetic in another summation order (AP equal to 1e-12 on
+``"torch"`` = rows prepared once here and PyTorch's float32 GEMM (oneDNN sgemm; about the CPU time of the Rust core's
+GEMM since that runs on the ``gemm`` crate: 7.77 vs 7.79 CPU-s at 20k x 1,280, where ``matrixmultiply`` took 16.8), the
+same IEEE float32 arithmetic in another summation order (AP equal to 1e-12 on
 float64 input; on float32 input near-ties may resolve differently, as between copairs and phenovec).
 
 The torch path prepares the rows as the Rust core does (cosine: unit rows; pearson: centred unit rows; spearman:

@@ -565,7 +565,7 @@ def evaluate_many(
     ``precision`` / ``emulate``: the similarity GEMM's arithmetic (:mod:`phenovec.evaluate.precision`; "fp32"
     is exact). ``device``: "cpu" (default), "cuda", "auto" or "torch-cpu" (:mod:`phenovec.evaluate.backend`);
     ``device_block_bytes`` bounds a torch block's temporaries. ``engine="torch"``: the CPU fp32 GEMM through
-    PyTorch instead of the Rust core (faster; not bit-identical to ``average_precision``). ``roc_auc``: add ``roc_auc``, ``mann_whitney_u``
+    PyTorch instead of the Rust core (not bit-identical to ``average_precision``; no symmetric tiles). ``roc_auc``: add ``roc_auc``, ``mann_whitney_u``
     and ``roc_auc_p_value`` from the same ranked lists (:mod:`phenovec.evaluate.roc_auc`; ``roc_auc_method``
     "auto" | "exact" | "asymptotic").
     """
