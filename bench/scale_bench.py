@@ -405,10 +405,15 @@ def main(argv=None) -> dict:
             "driver_peak_rss_mb_change": round(b["driver_peak_rss_mb"] - a["driver_peak_rss_mb"], 1)}
     if args.kill_cells:
         rec["kill"] = kill_runs(args, model, images, int(args.kill_cells))
+    return emit(rec, args.out)
+
+
+def emit(rec: dict, out: str | None) -> dict:
+    """Print the record as JSON, and write it to ``out`` when given."""
     text = json.dumps(rec, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    if out:
+        Path(out).write_text(text)
     return rec
 
 

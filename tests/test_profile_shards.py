@@ -228,3 +228,16 @@ def test_worker_killed_mid_task_loses_only_that_task(data, cluster, tmp_path):
     assert 2 <= len(before) < 12
     assert {p: p.stat().st_mtime_ns for p in before} == before  # committed sites were not redone
     _assert_equals_reference(out, data, {p: p for p in PLATES})
+
+
+def test_a_client_of_a_running_scheduler_keeps_a_short_message_log(cluster):
+    """The driver's comm to a scheduler given by address logs LOG_EVENTS messages, not Dask's 1,000 (each an
+    update-graph of a few KB: bench/driver_memory.py --scheduler external traced that growth per task)."""
+    import dask
+
+    from phenovec.profile.scheduler import LOG_EVENTS, open_client
+
+    assert dask.config.get("distributed.admin.low-level-log-length") > LOG_EVENTS  # the default, outside
+    with open_client(cluster.scheduler_address, None) as (client, slots, _, _):
+        assert slots == 2 and client.scheduler_comm.recent_message_log.maxlen == LOG_EVENTS
+        assert client.submit(sum, [1, 2], pure=False).result() == 3

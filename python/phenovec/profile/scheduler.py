@@ -39,6 +39,10 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.admin.tick.interval": "1s",  # event-loop health check (warns after tick.limit, 3 s)
     "distributed.admin.system-monitor.interval": "5s",  # the dashboard's CPU / memory / network plots
 }
+# a client of a running scheduler: its batched comm keeps the last low-level-log-length messages it sent (Dask's
+# default 1,000 update-graph messages of ~2-3 KB each: the driver grew ~2.8 KB per task until 1,000 tasks, traced
+# with bench/driver_memory.py --scheduler external); the cluster's own configuration is not touched
+CLIENT_CONFIG = {"distributed.admin.low-level-log-length": LOG_EVENTS}
 THREADS_CLUSTER_CONFIG = {  # one in-process worker: nothing to steal, no process to pause or restart
     "distributed.scheduler.work-stealing": False,
     "distributed.worker.memory.monitor-interval": "1s",
@@ -58,7 +62,8 @@ def open_client(scheduler: str | None, workers: int | None):
 
     scheduler = scheduler or "threads"
     if scheduler.startswith("tcp://") or scheduler.startswith("tls://") or scheduler.startswith("inproc://"):
-        client = Client(scheduler)
+        with dask.config.set(CLIENT_CONFIG):  # the client's comm keeps its log length from its creation
+            client = Client(scheduler)
         try:
             slots = sum(client.nthreads().values()) or 1
             yield client, slots, None, False
