@@ -78,7 +78,12 @@ def test_one_index_with_shard_by_runs_as_shards(reference, tmp_path):
 
 
 def test_sharded_config_errors_name_the_key(reference, tmp_path):
+    from phenovec.pipeline import _merged_locations, sharded
+
     idx, loc = reference["synth"]["index"], reference["synth"]["locations"]
+    one = load_run_config({"images": {"index": [idx], "locations": [loc]}})
+    assert not sharded(one) and _merged_locations(one["images"]["locations"]) == loc  # a list of one: one run
+    assert sharded(load_run_config({"images": {"index": [idx, idx], "locations": loc}}))
     with pytest.raises(ConfigError, match=r"images\.index\[1\]: .*absent\.csv does not exist"):
         load_run_config({"images": {"index": [idx, str(tmp_path / "absent.csv")], "locations": loc}})
     with pytest.raises(ConfigError, match=r"images\.locations: 3 tables for 2 indexes"):

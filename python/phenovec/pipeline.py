@@ -599,7 +599,8 @@ def run(config, progress: bool = True) -> RunResult:
             return {k: str(v) for k, v in res.paths.items()} | {"fields": res.cells}
         if sharded(cfg):
             return _profile_shards(model, images, prof_conf, cfg["crop"]["edge"], d, progress)
-        res = profile_sites(model, index=index(), locations=images["locations"], out=d, batch_size=prof_conf["batch_size"],
+        res = profile_sites(model, index=index(), locations=_merged_locations(images["locations"]), out=d,
+                            batch_size=prof_conf["batch_size"],
                             scheduler=prof_conf["scheduler"], workers=prof_conf["workers"], dtype=prof_conf["dtype"],
                             precision=prof_conf["precision"], edge=cfg["crop"]["edge"], progress=progress)
         return {k: str(v) for k, v in res.paths.items()} | {"cells": res.cells, "embedded": res.embedded}
