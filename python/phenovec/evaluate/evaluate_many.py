@@ -216,8 +216,10 @@ def _sort_positive_keys(queries, key_start, keys, tab_start, tabs, scale):
 
 
 @numba.njit(parallel=True, cache=True)
-def _bin_tile(block, rows, cols, want, active, ns, nd, f32_keys, euclidean, key_start, keys, tab_start, tabs, scale, cnt):
-    """Bin the negatives of one tile (``block`` = S[rows, cols]) into the counts of its wanted query rows.
+def _bin_tile(block, rows, cols, sub, want, active, ns, nd, f32_keys, euclidean, key_start, keys, tab_start, tabs, scale,
+              cnt):
+    """Bin the negatives of one tile (``block`` = S[rows, cols]) into the counts of its wanted query rows, visiting only
+    the tile columns ``sub`` (those that can pair with one of its queries under this rule).
 
     ``cnt[key_start[i] + i : key_start[i + 1] + i + 1]`` holds query i's M + 1 counts (``_rank_block``'s ``cnt``)."""
     for t in numba.prange(rows.shape[0]):
@@ -230,7 +232,8 @@ def _bin_tile(block, rows, cols, want, active, ns, nd, f32_keys, euclidean, key_
         sc = scale[i]
         lowest = asc[0]
         c0 = k0 + i
-        for c in range(cols.shape[0]):
+        for k in range(sub.shape[0]):
+            c = sub[k]
             v = _key(np.float64(block[t, c]), f32_keys, euclidean)
             if v <= lowest:
                 continue
@@ -499,8 +502,12 @@ class _PositiveState:
         _sort_positive_keys(self.queries, self.key_start, self.keys, self.tab_start, self.tabs, self.scale)
 
     def bin(self, block, rows, cols, r: "_Rule", f32_keys: bool, euclidean: bool) -> None:
-        _bin_tile(block, rows, cols, self.want, r.active, r.ns, r.nd, f32_keys, euclidean, self.key_start, self.keys,
-                  self.tab_start, self.tabs, self.scale, self.cnt)
+        w = rows[self.want[rows]]
+        if len(w) == 0:
+            return
+        sub = _rule_columns(r, w, cols, len(self.want))
+        _bin_tile(block, rows, cols, sub, self.want, r.active, r.ns, r.nd, f32_keys, euclidean, self.key_start,
+                  self.keys, self.tab_start, self.tabs, self.scale, self.cnt)
 
     def finish(self, r: "_Rule") -> None:
         ap, u = np.empty(len(self.queries)), np.empty(len(self.queries))
