@@ -584,36 +584,38 @@ class _Ridge:
             # R-weighted co-occurrence of batches: diagonal O, across variables the overlaps
             cooc = (totals.T @ self.hh).reshape(k, self.n_batches, self.n_batches)
         estimate = self.lamb is None
-        groups: dict[bytes, list[int]] = {}
-        for kk in np.flatnonzero(active):
-            groups.setdefault(keep[:, kk].tobytes(), []).append(int(kk))
-        for ks in groups.values():
-            kept = np.flatnonzero(keep[:, ks[0]])
-            size = 1 + len(kept)
-            ks = np.asarray(ks)
-            a = np.zeros((len(ks), size, size))
-            rhs = np.zeros((len(ks), size, d))
-            ok = rz[kept][:, ks, d].T  # len(ks) x kept
-            pen = (self.alpha * e[kept][:, ks]).T.astype(np.float64) if estimate else \
-                np.broadcast_to(self.lamb[kept + 1].astype(np.float64), ok.shape)
-            a[:, 0, 1:] = ok
-            a[:, 1:, 0] = ok
-            rhs[:, 1:] = rz[kept][:, ks, :d].transpose(1, 0, 2)
-            if self.n_cov > 1:
-                a[:, 1:, 1:] = cooc[ks][:, kept][:, :, kept]
-                a[:, 0, 0] = cov_sum[ks]
-                rhs[:, 0] = z_all[ks]
-            else:
-                a[:, 0, 0] = ok.sum(axis=1)
-                rhs[:, 0] = rhs[:, 1:].sum(axis=1)
-                a[:, np.arange(1, size), np.arange(1, size)] = ok
-            a[:, np.arange(1, size), np.arange(1, size)] += pen
-            if not estimate and len(kept) == self.n_batches:
-                a[:, 0, 0] += float(self.lamb[0])
-            _check_pivots(a, ks)
-            w = np.linalg.solve(a, rhs)
-            y[ks] = w[:, 0].astype(np.float32)
-            m[kept[:, None], ks[None, :]] = w[:, 1:].transpose(1, 0, 2).astype(np.float32)
+        # every active cluster's system at full size (intercept + every batch), solved in one batched call; a batch
+        # the cluster does not correct gets an inert row and column (zero off the diagonal, rhs 0: its coefficient
+        # is 0 and the others are those of the cluster's own smaller system)
+        ks = np.flatnonzero(active)
+        kept = keep[:, ks].T  # n_active x B
+        size = 1 + self.n_batches
+        a = np.zeros((len(ks), size, size))
+        rhs = np.zeros((len(ks), size, d))
+        ok = np.where(kept, rz[:, ks, d].T, 0.0)  # n_active x B
+        pen = (self.alpha * e[:, ks]).T.astype(np.float64) if estimate else \
+            np.broadcast_to(self.lamb[1:].astype(np.float64), ok.shape)
+        a[:, 0, 1:] = ok
+        a[:, 1:, 0] = ok
+        rhs[:, 1:] = np.where(kept[:, :, None], rz[:, ks, :d].transpose(1, 0, 2), 0.0)
+        diag = np.arange(1, size)
+        if self.n_cov > 1:
+            a[:, 1:, 1:] = np.where(kept[:, :, None] & kept[:, None, :], cooc[ks], 0.0)
+            a[:, 0, 0] = cov_sum[ks]
+            rhs[:, 0] = z_all[ks]
+        else:
+            a[:, 0, 0] = ok.sum(axis=1)
+            rhs[:, 0] = rhs[:, 1:].sum(axis=1)
+            a[:, diag, diag] = ok
+        a[:, diag, diag] += np.where(kept, pen, 0.0)
+        if not estimate:
+            a[kept.all(axis=1), 0, 0] += float(self.lamb[0])
+        scale = a[:, diag, diag].max(axis=1, initial=1.0)
+        a[:, diag, diag] = np.where(kept, a[:, diag, diag], scale[:, None])
+        _check_pivots(a, ks)
+        w = np.linalg.solve(a, rhs)
+        y[ks] = w[:, 0].astype(np.float32)
+        m[:, ks] = np.where(kept.T[:, :, None], w[:, 1:].transpose(1, 0, 2), 0.0).astype(np.float32)
         return m, used
 
 
