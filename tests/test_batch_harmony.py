@@ -51,6 +51,9 @@ def assert_matches(ours, ref, z_rel=1e-6, rtol=1e-5, atol=1e-6):
     (["Metadata_Plate", "Metadata_Row"], {"theta": [2.0, 1.0], "random_state": 3}),
     (["Metadata_Plate", "Metadata_Row", "Metadata_Source"], {"nclust": 20, "max_iter_kmeans": 6}),
     (["Metadata_Plate", "Metadata_Row"], {"lamb": 1.0, "sigma": 0.2, "block_size": 0.1, "tau": 5}),
+    # a high cutoff: clusters correct only some batches (the ridge systems' inert rows), some none
+    (["Metadata_Plate", "Metadata_Row"], {"batch_prop_cutoff": 0.03}),
+    (["Metadata_Plate"], {"batch_prop_cutoff": 0.03, "lamb": 0.5}),
 ])
 def test_equals_harmonypy(vars_use, kw):
     x, meta = _data()
