@@ -186,11 +186,12 @@ def _bin_of(v, asc, start, scale):
     return mp - lo
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _group_positive_keys(block, rows, want, ps, pd_, f32_keys, euclidean, key_start, keys, found):
     """Positive keys of the wanted rows among ``rows`` (whole ``pos_sameby`` groups; ``block`` = S[rows, rows]) into
-    ``keys[key_start[i]:key_start[i + 1]]`` (unsorted); ``found[i]`` = the number found (checked against M)."""
-    for t in numba.prange(rows.shape[0]):
+    ``keys[key_start[i]:key_start[i + 1]]`` (unsorted); ``found[i]`` = the number found (checked against M).
+    Serial: a batch is small, and a parallel region's start costs more than its work on a loaded machine."""
+    for t in range(rows.shape[0]):
         i = rows[t]
         if not want[i]:
             continue
@@ -241,6 +242,19 @@ def _bin_tile(block, rows, cols, sub, want, active, ns, nd, f32_keys, euclidean,
             if j == i or not active[j] or not _match(i, j, ns, nd):
                 continue
             cnt[c0 + _bin_of(v, asc, start, sc)] += 1
+
+
+@numba.njit(parallel=True, cache=True)
+def _transpose(block):
+    """``block.T`` as a C-ordered copy, in 64 x 64 tiles (numpy's strided copy is several times slower)."""
+    r, c = block.shape
+    out = np.empty((c, r), block.dtype)
+    for bi in numba.prange((r + 63) // 64):
+        for bj in range(0, c, 64):
+            for i in range(bi * 64, min(r, bi * 64 + 64)):
+                for j in range(bj, min(c, bj + 64)):
+                    out[j, i] = block[i, j]
+    return out
 
 
 @numba.njit(parallel=True, cache=True)
@@ -538,7 +552,7 @@ def _symmetric_pass(sims: Similarities, queries: np.ndarray, rules: list["_Rule"
             for r, st in zip(rules, states):
                 st.bin(block, rows, cols, r, f32_keys, euclidean)
             if a < b < len(q_tiles):  # the same tile serves the column tile's queries: S[J, I] = S[I, J]ᵀ bit for bit
-                block_t = np.ascontiguousarray(block.T)
+                block_t = _transpose(block)
                 for r, st in zip(rules, states):
                     st.bin(block_t, cols, rows, r, f32_keys, euclidean)
     for r, st in zip(rules, states):
