@@ -142,7 +142,8 @@ def child(spec: dict) -> dict:
         engine = "torch" if impl.endswith("_torch") else "auto"
         symmetric = not impl.endswith("_rows")
         small = slice(0, 600)
-        evaluate_many(meta.iloc[small], x[small], {"r": REPLICATE}, precision=precision, device=device)  # warm up
+        evaluate_many(meta.iloc[small], x[small], {"r": REPLICATE}, precision=precision, device=device,
+                      symmetric=symmetric)  # warm up (compiles the kernels this variant uses)
 
     if case == "replicate":
         if impl == "phenovec_bf16":
