@@ -241,3 +241,40 @@ def test_a_client_of_a_running_scheduler_keeps_a_short_message_log(cluster):
     with open_client(cluster.scheduler_address, None) as (client, slots, _, _):
         assert slots == 2 and client.scheduler_comm.recent_message_log.maxlen == LOG_EVENTS
         assert client.submit(sum, [1, 2], pure=False).result() == 3
+
+
+def test_illumination_index_takes_each_shards_load_data_flat_fields(data, cluster, tmp_path):
+    """``illumination="index"`` (``--illumination index``): each shard's Gallery load_data_with_illum CSV names its
+    plate's Illum<Ch>.npy files; the embeddings equal those of the same flat fields given as a folder."""
+    from phenovec.export import export_onnx
+    from phenovec.ingest.illumination import compute_illumination
+    from phenovec.ingest.index import read_image_index
+    from phenovec.train.models import build_model
+
+    compute_illumination(read_image_index(data["plate"]["index"], CHANNELS), tmp_path / "illum", progress=False)
+    model = tmp_path / "corrected.onnx"
+    export_onnx(build_model("resnet_tiny", 5, 7, seed=0), model, channels=CHANNELS, crop_size=32, parity=False,
+                intensity={"input_scaling": "minmax", "dtype_max": 65535.0, "crop_illumination": True})
+    csvs = []
+    for p in PLATES[:2]:
+        t = pd.read_csv(data["per_plate"][p])
+        ld = t[[c for c in t.columns if c.startswith("Metadata_")]].copy()
+        for ch in CHANNELS:
+            folder = Path(data["per_plate"][p]).parent
+            ld[f"URL_Orig{ch}"] = [(folder / f).resolve().as_uri() for f in t[f"FileName_{ch}"]]
+            ld[f"FileName_Illum{ch}"] = f"{p}_{ch}.npy"
+            ld[f"PathName_Illum{ch}"] = str(tmp_path / "illum" / p)
+        (tmp_path / p).mkdir()
+        ld.to_csv(tmp_path / p / "load_data_with_illum.csv", index=False)
+        csvs.append(str(tmp_path / p / "load_data_with_illum.csv"))
+    kw = dict(locations=data["plate"]["nuclei"], batch_size=8, scheduler=cluster.scheduler_address, progress=False)
+    a = profile_shards(model, csvs, tmp_path / "index", illumination="index", **kw)
+    b = profile_shards(model, [str(data["per_plate"][p]) for p in PLATES[:2]], tmp_path / "folder",
+                       illumination=str(tmp_path / "illum"), **kw)
+    assert not a.failed and not b.failed and a.embedded == b.embedded > 0
+    for name_a, name_b in zip(sorted(a.shards), sorted(b.shards)):
+        assert_same_outputs(tmp_path / "index" / a.shards[name_a]["dir"], tmp_path / "folder" / b.shards[name_b]["dir"])
+    c = profile_shards(model, [str(data["per_plate"][p]) for p in PLATES[:2]], tmp_path / "none",
+                       illumination="index", **kw)
+    assert len(c.failed) == 2 and all("--illumination index: " in e and "names no flat fields" in e
+                                      for e in c.failed.values())

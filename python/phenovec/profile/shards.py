@@ -207,7 +207,7 @@ def plan_shard(spec: ShardSpec, out: str, ref, opts: dict) -> ShardPlan:
                            image_cache=opts.get("image_cache"), fetch=False)
     idx.source = spec.where
     sites, jobs_of, cells_of, ncells, source, extra, flats = _index_input(
-        idx, spec.locations, contract, opts["illumination"], str(opts["model_path"]))
+        idx, spec.locations, contract, shard_illumination(opts["illumination"], idx, spec), str(opts["model_path"]))
     config, attrs = run_config("images", source, sites, extra, ncells, meta, contract, opts["edge"], opts["dtype"],
                                opts["batch_size"], opts["precision"], flats)
     if opts["task_cells"] != opts["batch_size"]:  # the sites a task's batches are cut from
@@ -221,6 +221,17 @@ def plan_shard(spec: ShardSpec, out: str, ref, opts: dict) -> ShardPlan:
                      [p[0] for p in extra["paths"]], store.manifest["config"], attrs, meta.feature_names(),
                      meta.probability_names(), opts["dtype"], fn, loc_name, store.complete,
                      sorted(store.done_sites()), opts.get("image_cache"))
+
+
+def shard_illumination(illumination, idx, spec: ShardSpec):
+    """A shard's flat fields: ``illumination`` (a ``phenovec illum`` folder or a mapping) as given, or for
+    ``"index"`` the ``Illum<Ch>.npy`` files the shard's LoadData index names (``idx.illumination``)."""
+    if not (isinstance(illumination, str) and illumination == "index"):
+        return illumination
+    if idx.illumination is None:
+        raise ValueError(f"--illumination index: {spec.where} names no flat fields (LoadData FileName_Illum<Ch> or "
+                         "URL_Illum<Ch> columns, as in the Gallery's load_data_with_illum.csv)")
+    return idx.illumination
 
 
 def plan_summary(plan: ShardPlan) -> dict:
@@ -319,7 +330,8 @@ def profile_shards(model_onnx, index, out, *, locations=None, shard_by: str | No
                    task_cells: int | None = None, image_cache=None, progress: bool = True) -> ShardsResult:
     """Profile the shards of ``index`` (:func:`shard_specs`) with ``model_onnx`` into ``out`` (module docstring);
     the options are :func:`~phenovec.profile.pipeline.profile_sites`'s (``labels``: the label-image column of
-    the indexes, for a model trained on masked crops). ``task_cells``: cells per task (consecutive sites grouped
+    the indexes, for a model trained on masked crops; ``illumination="index"``: each shard's LoadData
+    ``Illum<Ch>.npy`` flat fields). ``task_cells``: cells per task (consecutive sites grouped
     until they hold that many; default ``batch_size``), inferred in batches of ``batch_size``: bigger tasks cost
     the driver and scheduler less per cell (``bench/scale_bench.py``) and a worker more memory (its crop buffer
     holds a task's crops, float32). ``image_cache``: where images named by object-store URL are copied
