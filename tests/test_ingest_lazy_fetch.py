@@ -142,7 +142,7 @@ def test_crop_resumed_fetches_only_the_sites_it_processes(plate, tmp_path, monke
 
 
 def test_sharded_profile_fetches_on_the_workers_and_names_a_missing_url(plate, tmp_path, monkeypatch):
-    """Two plates as LoadData CSVs in memory://, profiled as shards (threads scheduler: the memory filesystem is
+    """Two plates as LoadData CSVs in memory:// (by URL), profiled as shards (threads scheduler: the memory filesystem is
     this process's): each site's images are fetched by the task that embeds it, into --image-cache, once; the
     outputs equal per-plate runs on the local files; a missing image fails its shard naming the URL and site,
     and the rerun fetches only that shard's sites."""
@@ -157,9 +157,10 @@ def test_sharded_profile_fetches_on_the_workers_and_names_a_missing_url(plate, t
         if p == plates[1]:
             good = df.loc[1, "URL_OrigER"]
             df.loc[1, "URL_OrigER"] = f"memory://lazy-shards/{p}/images/missing.tif"
+        with fsspec.open(f"memory://lazy-shards/{p}/load_data.csv", "w") as f:  # the CSVs by URL too
+            df.to_csv(f, index=False)
+        csvs.append(f"memory://lazy-shards/{p}/load_data.csv")
         (tmp_path / p).mkdir()
-        df.to_csv(tmp_path / p / "load_data.csv", index=False)
-        csvs.append(tmp_path / p / "load_data.csv")
         ip = tmp_path / p / "index.csv"
         plate["table"].iloc[rows].assign(**{f"FileName_{c}": [str((plate["dir"] / f).resolve()) for f in
                                             plate["table"].iloc[rows][f"FileName_{c}"]] for c in CHANNELS}
@@ -170,7 +171,7 @@ def test_sharded_profile_fetches_on_the_workers_and_names_a_missing_url(plate, t
     spy = Spy(monkeypatch)
     kw = dict(locations=plate["nuclei"], batch_size=4, scheduler="threads", workers=2, image_cache=cache,
               progress=False)
-    res = profile_shards(plate["model"], [str(c) for c in csvs], tmp_path / "out", **kw)
+    res = profile_shards(plate["model"], csvs, tmp_path / "out", **kw)
     key = f"{plates[1]}/load_data.csv"
     assert list(res.failed) == [key]
     assert "site 1 image 2 of 5" in res.failed[key] and "missing.tif: not found" in res.failed[key]
@@ -188,7 +189,7 @@ def test_sharded_profile_fetches_on_the_workers_and_names_a_missing_url(plate, t
     fsspec.filesystem("memory").pipe(f"/lazy-shards/{plates[1]}/images/missing.tif",
                                      fsspec.filesystem("memory").cat_file(good))
     spy.events.clear()
-    again = profile_shards(plate["model"], [str(c) for c in csvs], tmp_path / "out", **kw)
+    again = profile_shards(plate["model"], csvs, tmp_path / "out", **kw)
     assert not again.failed
     assert {e[1][0].split("/")[3] for e in spy.fetches()} == {plates[1]}
     assert_same_outputs(tmp_path / "out" / "shards" / res.shards[key]["dir"].split("/")[-1],

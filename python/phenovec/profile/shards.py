@@ -1,7 +1,8 @@
 """``profile_shards``: many plates in one run, each plate (shard) its own resumable profiling run, on one
 ``dask.distributed`` cluster.
 
-Shards: a list of image indexes (each index one shard, named by its path below the indexes' common folder), or
+Shards: a list of image indexes (each index one shard, named by its path below the indexes' common folder; a
+LoadData CSV may be given by URL, e.g. the Cell Painting Gallery's, read by the worker that plans it), or
 one index split by the values of a column (``shard_by``, ``Metadata_Plate`` by default; the nuclei table, when it
 has that column, is split the same way). Each shard's outputs are a :func:`~phenovec.profile.pipeline.profile_sites`
 run's, under ``OUT/shards/<name>/`` (``embeddings.zarr``, ``cells.parquet``, ``wells_mean.parquet``,
@@ -62,6 +63,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from phenovec.ingest import image_source
 from phenovec.io.atomic import output_folder
 from phenovec.profile.manifest import ShardManifest
 
@@ -125,13 +127,21 @@ def shard_specs(index, locations=None, shard_by: str | None = DEFAULT_SHARD_BY) 
             if isinstance(i, pd.DataFrame):
                 raise TypeError("a list of indexes must be paths (one shard each); split one DataFrame with "
                                 "shard_by instead")
+        loc_of = (lambda i: locs[0]) if len(locs) == 1 else (lambda i: locs[i])
+        if any(image_source.protocol(str(i)) for i in indexes):  # LoadData CSVs by URL (the Gallery's)
+            names = [str(i) if image_source.protocol(str(i)) else str(Path(i).resolve()) for i in indexes]
+            dup = [n for n in names if names.count(n) > 1]
+            if dup:
+                raise ValueError(f"index {dup[0]} is given twice")
+            prefix = os.path.commonprefix([n.rsplit("/", 1)[0] + "/" for n in names])
+            keys = [n[prefix.rfind("/") + 1:] for n in names]
+            return [ShardSpec(k, shard_name(k), n, None, loc_of(i), n) for i, (k, n) in enumerate(zip(keys, names))]
         paths = [Path(i).resolve() for i in indexes]
         dup = [str(p) for p in paths if paths.count(p) > 1]
         if dup:
             raise ValueError(f"index {dup[0]} is given twice")
         common = Path(os.path.commonpath([str(p.parent) for p in paths]))
         keys = [str(p.relative_to(common)) for p in paths]
-        loc_of = (lambda i: locs[0]) if len(locs) == 1 else (lambda i: locs[i])
         return [ShardSpec(k, shard_name(k), str(p), None, loc_of(i), str(p)) for i, (k, p) in enumerate(zip(keys, paths))]
     if len(locs) != 1:
         raise ValueError(f"locations: one index takes one nuclei table (or none), got {len(locs)}")
