@@ -92,3 +92,25 @@ def test_sharded_config_errors_name_the_key(reference, tmp_path):
         load_run_config({"preset": "moaprofiler", "images": {"index": idx}, "profile": {"shard_by": "Metadata_Plate"}})
     with pytest.raises(ConfigError, match=r"profile\.task_cells must be int"):
         load_run_config({"images": {"index": idx, "locations": loc}, "profile": {"task_cells": "many"}})
+
+
+def test_an_index_by_url_is_taken_and_hashed_by_its_bytes(reference, tmp_path):
+    """A LoadData CSV given by URL (here fsspec's memory://) is accepted as images.index (read when used) and
+    keys the stages by its bytes; a missing local index is still refused."""
+    import hashlib
+
+    import fsspec
+
+    from phenovec.pipeline import _index_sites, _input_sha256
+
+    data = Path(reference["synth"]["index"]).read_bytes()
+    fsspec.filesystem("memory").pipe("/pipeline-url/index.csv", data)
+    url = "memory://pipeline-url/index.csv"
+    cfg = load_run_config({"images": {"index": [url, url.replace("index", "other")],
+                                      "locations": reference["synth"]["locations"]}})
+    assert cfg["images"]["index"][0] == url
+    assert _input_sha256(url) == hashlib.sha256(data).hexdigest()
+    fsspec.filesystem("memory").pipe("/pipeline-url/load_data.csv", b"Metadata_Plate,Metadata_Well,Metadata_Site,"
+                                     b"URL_OrigDNA\nP1,A01,1,memory://pipeline-url/a.tif\n")
+    sites = _index_sites("memory://pipeline-url/load_data.csv", ["DNA"])
+    assert list(sites["Metadata_Well"]) == ["A01"]

@@ -151,8 +151,9 @@ COMMENTS = {
     "model": "null (crop -> train -> export a model), or the path of an exported phenovec ONNX model: skips crop, "
              "train and export",
     "images": "the plate's images (index and locations unused with synth)",
-    "images.index": "image index (.csv / .parquet): Metadata_Plate / Well / Site + FileName_<channel>; required "
-                    "without synth; a list of indexes (one per plate) profiles each as a shard",
+    "images.index": "image index (.csv / .parquet; or a LoadData CSV, also by URL): Metadata_Plate / Well / Site "
+                    "+ FileName_<channel>; required without synth; a list of indexes (one per plate) profiles each "
+                    "as a shard",
     "images.locations": "nuclei table (.csv / .parquet / .sqlite) with Metadata_Plate / Well / Site and centres; "
                         "required without synth; with a list of indexes one table for all or one per index",
     "images.channels": "channel names, in model input order",
@@ -256,9 +257,12 @@ def load_run_config(path_or_dict) -> dict:
                 where = f"images.{key}[{i}]" if many else f"images.{key}"
                 if not isinstance(p, str):
                     raise ConfigError(f"{source}: {where} must be a path (str), got {type(p).__name__}")
-                p = _resolve(base, p)
-                if not Path(p).is_file():
-                    raise ConfigError(f"{source}: {where}: {p} does not exist")
+                if key == "index" and _is_url(p):  # a LoadData CSV by URL (the Gallery's): read when used
+                    pass
+                else:
+                    p = _resolve(base, p)
+                    if not Path(p).is_file():
+                        raise ConfigError(f"{source}: {where}: {p} does not exist")
                 if many:
                     img[key][i] = p
                 else:
@@ -360,6 +364,32 @@ def _merged_index(paths: list, channels: list):
     labels = None if any(p.labels is None for p in parts) else [lab for p in parts for lab in p.labels]
     return ImageIndex(pd.concat([p.sites for p in parts], ignore_index=True), list(channels),
                       [r for p in parts for r in p.paths], " + ".join(map(str, paths)), frames=frames, labels=labels)
+
+
+def _is_url(path: str) -> bool:
+    from phenovec.ingest import image_source
+
+    return image_source.is_remote(path)
+
+
+def _input_sha256(path: str) -> str:
+    """The sha256 of an input file, or of the bytes at its URL (an index given by URL)."""
+    if not _is_url(path):
+        return file_sha256(path)
+    from phenovec.ingest import image_source
+
+    return hashlib.sha256(image_source.read_bytes(path)).hexdigest()
+
+
+def _index_sites(path: str, channels: list):
+    """An index's table (its site columns at least) for the report's plate layout."""
+    from phenovec.io.profiles import read_table
+
+    if not _is_url(path):
+        return read_table(path)
+    from phenovec.ingest.index import read_image_index
+
+    return read_image_index(path, channels, fetch=False).sites
 
 
 def _merged_locations(locations):
@@ -507,7 +537,7 @@ def run(config, progress: bool = True) -> RunResult:
         images.update(stage("synth", k_in, s, do_synth))
     else:
         def digest(x):  # one file: its hash as before lists were accepted (the stage keys of earlier runs hold)
-            return [file_sha256(p) for p in x] if isinstance(x, list) else file_sha256(x) if x else None
+            return [_input_sha256(p) for p in x] if isinstance(x, list) else _input_sha256(x) if x else None
 
         k_in = _key("images", digest(images["index"]), digest(images["locations"]), images["channels"])
     fields = cfg["preset"] == MOAPROFILER
@@ -785,9 +815,7 @@ def _report_context(cfg: dict, out: Path, images: dict, profiled: dict, trained:
     if all(p.is_file() for p in cells_paths):
         ctx.cells = pd.concat([pd.read_parquet(p, columns=["Metadata_Plate", "Metadata_Well"]) for p in cells_paths],
                               ignore_index=True)
-    from phenovec.io.profiles import read_table
-
-    layout = pd.concat([read_table(p) for p in _as_list(images["index"])], ignore_index=True)
+    layout = pd.concat([_index_sites(p, images["channels"]) for p in _as_list(images["index"])], ignore_index=True)
     ctx.layout = layout if {"Metadata_Plate", "Metadata_Well"} <= set(layout.columns) else None
     if crops is not None:
         cells = pd.read_parquet(Path(crops) / "cells.parquet")
