@@ -73,6 +73,31 @@ def _fma(typingctx, a, b, c):
     return types.float64(types.float64, types.float64, types.float64), codegen
 
 
+def _stack_array_intrinsic(dtype):
+    @intrinsic
+    def stack_array(typingctx, n):
+        """A 1-D array of ``n`` (uninitialised) items on the calling function's stack: LLVM then knows it
+        overlaps no other array, which lets it vectorise loops that mix it with others. Call it outside loops."""
+        aryty = types.Array(dtype, 1, "C")
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            count = args[0]
+            data = builder.alloca(context.get_data_type(dtype), size=count)
+            ary = context.make_array(aryty)(context, builder)
+            itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(dtype)))
+            context.populate_array(ary, data=data, shape=cgutils.pack_array(builder, [count]),
+                                   strides=cgutils.pack_array(builder, [itemsize]), itemsize=itemsize, meminfo=None)
+            return ary._getvalue()
+        return aryty(types.intp), codegen
+    return stack_array
+
+
+_stack_f32 = _stack_array_intrinsic(types.float32)
+_stack_f64 = _stack_array_intrinsic(types.float64)
+
+
 def _exp2_table(bits: int = 5) -> np.ndarray:
     """``bits(2^(i/32)) - (i << 47)``: 2^(i/32) rounded to the nearest double (computed with 60 decimal digits),
     with the index taken out of its exponent field (the table of glibc's ``expf``)."""
@@ -729,19 +754,21 @@ def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin
     :data:`LANES` cells at a time, one per SIMD lane: their logits are laid out cluster by cluster (K x LANES), so
     each step (logits, max, ``expf``, the two interleaved float32 sums of ``arma::sum``, the float64 running sums)
     is one vector operation for all of them, while each cell's own arithmetic and summation order stay harmonypy's.
-    The cells' results are then added to the run's sums in cell order."""
+    The cells' results are then added to the run's sums in cell order. The lane buffers live on the stack (128 bytes
+    per cluster): LLVM then knows they overlap no other array and vectorises the lane loops (measured 1.5x on the
+    pass); ``phenovec.batch.harmony`` gives runs with many clusters a thread with a large stack."""
     k = r.shape[1]
     n_cov = cell_batches.shape[1]
     # flat K x LANES buffers indexed by hand (slicing a row per cluster would count references each time)
-    x = np.empty(k * LANES, np.float32)
-    dt = np.empty(k * LANES, np.float32)
-    mx = np.empty(LANES, np.float32)
-    acc1 = np.empty(LANES, np.float32)
-    acc2 = np.empty(LANES, np.float32)
-    total = np.empty(LANES, np.float32)
-    w = np.empty(LANES)
-    ws = np.empty(LANES)
-    ce = np.empty(LANES)
+    x = _stack_f32(k * LANES)
+    dt = _stack_f32(k * LANES)
+    mx = _stack_f32(LANES)
+    acc1 = _stack_f32(LANES)
+    acc2 = _stack_f32(LANES)
+    total = _stack_f32(LANES)
+    w = _stack_f64(LANES)
+    ws = _stack_f64(LANES)
+    ce = _stack_f64(LANES)
     jj = np.empty(LANES, np.int64)
     rows = np.empty(LANES, np.int64)
     dist_flat = dist.ravel()

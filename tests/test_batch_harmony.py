@@ -63,6 +63,32 @@ def test_equals_harmonypy(vars_use, kw):
     assert_matches(ours, ref)
 
 
+def test_many_clusters_run_in_a_thread_with_a_large_stack(monkeypatch):
+    """Above STACK_CLUSTERS clusters Harmony runs in a helper thread (the assignment kernel keeps its scratch on the
+    stack): same result as harmonypy, and errors still reach the caller."""
+    import importlib
+    import threading
+
+    module = importlib.import_module("phenovec.batch.harmony")  # the package also exports a function named harmony
+
+    monkeypatch.setattr(module, "STACK_CLUSTERS", 5)
+    seen = []
+    real = module._harmonize
+
+    def spy(*args):
+        seen.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(module, "_harmonize", spy)
+    x, meta = _data()
+    ref = harmonypy.run_harmony(x, meta, ["Metadata_Plate"], verbose=False, nclust=12)
+    ours = run_harmony(x, meta, ["Metadata_Plate"], nclust=12)
+    assert seen == ["phenovec-harmony"]
+    assert_matches(ours, ref)
+    with pytest.raises(FloatingPointError, match="singular"):
+        run_harmony(x, meta, ["Metadata_Plate"], nclust=12, lamb=0.0)
+
+
 def test_initial_centroids_are_harmonypys_and_can_be_given():
     x, meta = _data(seed=1)
     ref0 = harmonypy.run_harmony(x, meta, ["Metadata_Plate"], verbose=False, max_iter_harmony=0, random_state=5)

@@ -377,7 +377,8 @@ def run_harmony(
         state["vars_use"] = vars_use
         return Harmony(state)
     with _threads(ncores, n):
-        state = _harmonize(
+        state = _on_stack_for(
+            nclust, _harmonize,
             kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
             float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
             _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids, bool(verbose),
@@ -385,6 +386,38 @@ def run_harmony(
     state["labels"] = labels
     state["vars_use"] = vars_use
     return Harmony(state)
+
+
+#: clusters up to which the assignment kernel's scratch (``kernels/harmony.py: _reassign``, 128 bytes per cluster on
+#: the stack) runs on the calling thread; above, Harmony runs in a thread with a stack sized for it
+STACK_CLUSTERS = 4096
+
+
+def _on_stack_for(nclust: int, fn, *args):
+    """``fn(*args)``, in a helper thread with a large enough stack when ``nclust`` > :data:`STACK_CLUSTERS`."""
+    if nclust <= STACK_CLUSTERS:
+        return fn(*args)
+    import threading
+
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as err:  # re-raised in the caller
+            out["error"] = err
+
+    before = threading.stack_size()
+    threading.stack_size(max(before, 32 << 20) + 256 * nclust)
+    try:
+        worker = threading.Thread(target=target, name="phenovec-harmony")
+        worker.start()
+    finally:
+        threading.stack_size(before)
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def _check(flags: int, stage: str) -> None:
