@@ -988,53 +988,61 @@ def combination_order(cell_batches):
     return np.argsort(keys, kind="mergesort")
 
 
+@njit(cache=True)
+def _correct_cells(first, last, z_orig, r, m, used, cell_batches, by_combination, z_corr):
+    """:func:`apply_corrections` for positions ``first .. last`` of ``by_combination`` (buffers on the stack, indices
+    by hand: no per-row array views)."""
+    d = z_orig.shape[1]
+    k = r.shape[1]
+    n_cov = cell_batches.shape[1]
+    combined = _stack_f32(k * d)
+    total = _stack_f32(d)
+    have = False
+    corrected = False
+    prev = 0
+    for i in range(first, last):
+        j = by_combination[i]
+        same = have
+        if have:
+            for c in range(n_cov):
+                if cell_batches[j, c] != cell_batches[prev, c]:
+                    same = False
+                    break
+        if not same:
+            have = True
+            prev = j
+            corrected = False
+            for q in range(k * d):
+                combined[q] = F0
+            for c in range(n_cov):
+                b = cell_batches[j, c]
+                if not used[b]:
+                    continue
+                corrected = True
+                for g in range(k):
+                    for a in range(d):
+                        combined[g * d + a] += m[b, g, a]
+        if not corrected:
+            for a in range(d):
+                z_corr[j, a] = z_orig[j, a]
+            continue
+        for a in range(d):
+            total[a] = F0
+        for g in range(k):
+            rk = r[j, g]
+            base = g * d
+            for a in range(d):
+                total[a] += combined[base + a] * rk
+        for a in range(d):
+            z_corr[j, a] = z_orig[j, a] - total[a]
+
+
 @njit(cache=True, parallel=True)
 def apply_corrections(z_orig, r, m, used, cell_batches, by_combination, z_corr):
     """z_corr[j] = z_orig[j] - sum_k r[j, k] * (sum over j's used batches b of m[b, k]), the batch sum in covariate
     order and the cluster sum in cluster order (float32); cells with no used batch are copied."""
-    n, d = z_orig.shape
-    k = r.shape[1]
-    n_cov = cell_batches.shape[1]
+    n = z_orig.shape[0]
     n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
     for t in prange(n_tasks):
-        combined = np.zeros((k, d), np.float32)
-        total = np.zeros(d, np.float32)
-        have = False
-        corrected = False
-        prev = 0
-        for i in range(t * CELLS_PER_TASK, min(n, (t + 1) * CELLS_PER_TASK)):
-            j = by_combination[i]
-            same = have
-            if have:
-                for c in range(n_cov):
-                    if cell_batches[j, c] != cell_batches[prev, c]:
-                        same = False
-                        break
-            if not same:
-                have = True
-                prev = j
-                corrected = False
-                combined[:] = F0
-                for c in range(n_cov):
-                    b = cell_batches[j, c]
-                    if not used[b]:
-                        continue
-                    corrected = True
-                    for g in range(k):
-                        for a in range(d):
-                            combined[g, a] += m[b, g, a]
-            zj = z_orig[j]
-            out = z_corr[j]
-            if not corrected:
-                for a in range(d):
-                    out[a] = zj[a]
-                continue
-            total[:] = F0
-            rj = r[j]
-            for g in range(k):
-                rk = rj[g]
-                cg = combined[g]
-                for a in range(d):
-                    total[a] += cg[a] * rk
-            for a in range(d):
-                out[a] = zj[a] - total[a]
+        _correct_cells(t * CELLS_PER_TASK, min(n, (t + 1) * CELLS_PER_TASK), z_orig, r, m, used, cell_batches,
+                       by_combination, z_corr)
