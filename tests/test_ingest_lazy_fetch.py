@@ -214,6 +214,26 @@ def test_one_profiling_run_fetches_site_by_site_into_the_default_cache(plate, tm
     assert len(list((tmp_path / "default-cache").iterdir())) == len(lazy) * len(CHANNELS)
 
 
+def test_one_profiling_run_fetches_site_by_site_into_its_image_cache(plate, tmp_path, monkeypatch):
+    """An index read with ``fetch=False`` and an ``image_cache``: the single run's site jobs carry that cache, so the
+    workers copy each site's images there (nothing into the default cache) and the outputs equal the local run's."""
+    from phenovec.profile import profile_sites
+
+    monkeypatch.setenv("PHENOVEC_IMAGE_CACHE", str(tmp_path / "default-cache"))
+    cache = tmp_path / "run-cache"
+    lazy = read_image_index(_load_data(plate, "memory:lazy-cache"), CHANNELS, image_cache=cache, fetch=False)
+    assert not cache.exists() or not any(cache.iterdir())
+    spy = Spy(monkeypatch)
+    profile_sites(plate["model"], lazy, plate["nuclei"], tmp_path / "lazy", batch_size=4, scheduler="threads",
+                  workers=2, progress=False)
+    profile_sites(plate["model"], plate["index"], plate["nuclei"], tmp_path / "local", batch_size=4,
+                  scheduler="threads", workers=2, progress=False)
+    assert_same_outputs(tmp_path / "lazy", tmp_path / "local")
+    assert sorted(e[2] for e in spy.fetches()) == [f"site {s} image 1 of 5" for s in range(len(lazy))]
+    assert len(list(cache.iterdir())) == len(lazy) * len(CHANNELS)
+    assert not (tmp_path / "default-cache").exists() or not any((tmp_path / "default-cache").iterdir())
+
+
 @pytest.mark.parametrize("where", ["local", "memory"])
 def test_ome_zarr_fields_are_written_site_by_site(plate, tmp_path, monkeypatch, where):
     """An OME-Zarr plate read with ``fetch=False``: nothing but its metadata is read; crop writes each site's

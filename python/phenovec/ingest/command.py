@@ -101,7 +101,8 @@ def _run_crop(a) -> dict:
     from phenovec.ingest.crop import crop_index
     from phenovec.ingest.index import read_image_index
 
-    index = read_image_index(a.index, a.channels, labels=a.labels, image_cache=a.image_cache)
+    # object-store images are fetched site by site as crop_index cuts each site (illum and tiles read every image)
+    index = read_image_index(a.index, a.channels, labels=a.labels, image_cache=a.image_cache, fetch=False)
     res = crop_index(index, a.locations, a.out, box_size=a.box_size, edge=a.edge, rescale=a.rescale,
                      chunk_cells=a.chunk_cells, progress=show_progress(a), illumination=flat_fields(a, index),
                      intensity=_intensity(a), dtype=a.dtype, mask=a.mask)

@@ -88,10 +88,10 @@ def _run_profile(a) -> dict:
             from phenovec.ingest.command import flat_fields
             from phenovec.ingest.index import read_image_index
 
-            # without --image-cache a LoadData index's object-store images are fetched site by site on the workers
-            # (into the default cache); with it, when read (the single run's site jobs do not carry the cache yet)
+            # a LoadData index's object-store images are fetched site by site by the worker that cuts the site,
+            # into --image-cache (or the default cache)
             index = read_image_index(a.index, meta.channels, labels=a.labels, image_cache=a.image_cache,
-                                     fetch=a.image_cache is not None)
+                                     fetch=False)
             illumination = flat_fields(a, index)
         res = profile_sites(a.model, index, a.locations, a.out, crops_dir=a.crops, illumination=illumination,
                             progress=show_progress(a), **opts)

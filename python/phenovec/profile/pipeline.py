@@ -158,11 +158,11 @@ def _index_input(index, locations, contract, illumination, model: str):
     def jobs_of(s: int) -> SiteJob:  # made when the task is submitted, dropped when it is done
         if labels is None:
             x, y = centres.xy(s)
-            return SiteJob(s, paths[s], x, y, frames[s], plates[s])
+            return SiteJob(s, paths[s], x, y, frames[s], plates[s], cache=idx.image_cache)
         loc = centres.table(s)
         ids = cell_label_ids(loc, f"locations of site {s} ({paths[s][0]})")
         return SiteJob(s, paths[s], loc["x"].to_numpy(np.float64), loc["y"].to_numpy(np.float64), frames[s],
-                       plates[s], labels[s], ids)
+                       plates[s], labels[s], ids, cache=idx.image_cache)
 
     ncells = [int(c) for c in centres.counts]
     extra = {"paths": [list(p) for p in paths], "cells": ncells}
