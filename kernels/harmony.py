@@ -546,48 +546,59 @@ def _softmax(x, k):
     return True
 
 
+@njit(cache=True)
+def _assign_cells(first, last, x, y_t, sigma, dist, r):
+    """:func:`assign_without_diversity` for cells ``first .. last`` (stack buffers, rows indexed by hand); returns
+    the number of bad normalisers."""
+    d = x.shape[1]
+    k = y_t.shape[1]
+    acc = _stack_f32(k)
+    logits = _stack_f32(k)
+    bad = 0
+    for j in range(first, last):
+        for g in range(k):
+            acc[g] = F0
+        for a in range(d):
+            xa = x[j, a]
+            for g in range(k):
+                acc[g] += xa * y_t[a, g]
+        for g in range(k):
+            distance = F2 * (F1 - acc[g])
+            dist[j, g] = distance
+            logits[g] = (-distance) / sigma[g]
+        if not _softmax(logits, k):
+            bad += 1
+        for g in range(k):
+            r[j, g] = logits[g]
+    return bad
+
+
 @njit(cache=True, parallel=True)
 def assign_without_diversity(x, y, sigma, dist, r):
     """dist = 2 (1 - x.y) (summed over dimensions in order), R = softmax(-dist / sigma) per cell; returns the
     number of cells whose normaliser was not finite and positive."""
-    n, d = x.shape
-    k = y.shape[0]
+    n = x.shape[0]
     y_t = np.ascontiguousarray(y.T)
     n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
     bad = np.zeros(n_tasks, np.int64)
     for t in prange(n_tasks):
-        j0 = t * CELLS_PER_TASK
-        j1 = min(n, j0 + CELLS_PER_TASK)
-        for j in range(j0, j1):
-            xj = x[j]
-            dj = dist[j]
-            for g in range(k):
-                dj[g] = F0
-            for a in range(d):
-                xa = xj[a]
-                ya = y_t[a]
-                for g in range(k):
-                    dj[g] += xa * ya[g]
-            rj = r[j]
-            for g in range(k):
-                distance = F2 * (F1 - dj[g])
-                dj[g] = distance
-                rj[g] = (-distance) / sigma[g]
-            if not _softmax(rj, k):
-                bad[t] += 1
+        bad[t] = _assign_cells(t * CELLS_PER_TASK, min(n, (t + 1) * CELLS_PER_TASK), x, y_t, sigma, dist, r)
     return bad.sum()
 
 
 @njit(cache=True)
 def _run_sums(r, cells, run_begin, run_end, first, last, out):
     k = r.shape[1]
+    acc = _stack_f32(k)
     for q in range(first, last):
-        acc = np.zeros(k, np.float32)
+        for g in range(k):
+            acc[g] = F0
         for i in range(run_begin[q], run_end[q]):
-            row = r[cells[i]]
+            j = cells[i]
             for g in range(k):
-                acc[g] += row[g]
-        out[q] = acc
+                acc[g] += r[j, g]
+        for g in range(k):
+            out[q, g] = acc[g]
 
 
 @njit(cache=True)
