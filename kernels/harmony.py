@@ -376,12 +376,11 @@ def nearest_candidates(g, msq, tol, assignment, unsure):
     ``|m|^2 - 2 x.m``, and whether the runner-up is within ``tol`` (then the exact order must decide)."""
     n, k = g.shape
     for j in prange(n):
-        gj = g[j]
         best = 0
         b1 = np.inf
         b2 = np.inf
         for q in range(k):
-            v = np.float64(msq[q]) - 2.0 * np.float64(gj[q])
+            v = np.float64(msq[q]) - 2.0 * np.float64(g[j, q])
             if v < b1:
                 b2 = b1
                 b1 = v
