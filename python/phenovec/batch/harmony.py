@@ -34,13 +34,14 @@ more clusters than cells and non-finite coordinates are ``ValueError`` naming th
 Speed: the same work as harmonypy, cheaper where the order allows it: the k-means distances and the initial
 centroid choice screened with float32 BLAS and numpy's SIMD ``log`` (then harmonypy's exact order for the cells
 that could tie), the ridge sums once per combination of batches (one ``dgemm`` each) instead of once per batch and
-variable, the cluster systems solved in one batched call, the assignment pass 16 cells at a time, one per SIMD lane,
-with a vectorisable copy of glibc's ``expf`` (bit-identical to libm's); Numba-parallel loops elsewhere
-(``numba.set_num_threads(ncores)`` while running; the assignment pass is sequential, as its blocks depend on each
-other, and a parallel region per block costs more than it saves on 2 busy cores). Observed outputs: bit-identical
-to harmonypy 2.1.0 on every input tried (tests; 10k and 100k cells in the benchmark). Measured side by side in
-``bench/harmony_bench.py`` on 2 shared cores under load ~10: 1.8x harmonypy 2.1.0's wall-clock at 100k cells (1.6x
-in CPU seconds), ~1.0-1.2x at 10k; short of the 5x target (the sequential assignment pass is ~40 % of the time).
+variable, the cluster systems solved in one batched call, the assignment pass 16 cells at a time, one per SIMD lane
+(lane buffers on the stack, so that LLVM vectorises them), with a vectorisable copy of glibc's ``expf``
+(bit-identical to libm's); Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)`` while running; the
+assignment pass is sequential, as its blocks depend on each other, and a parallel region per block costs more than
+it saves on 2 busy cores). Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried (tests; 10k and
+100k cells in the benchmark). Measured side by side in ``bench/harmony_bench.py`` on 2 shared cores under load ~9:
+1.9x harmonypy 2.1.0's wall-clock at 100k cells (1.7x in CPU seconds), 1.3x at 10k; short of the 5x target (the
+sequential assignment pass is a third of the time).
 """
 from __future__ import annotations
 
