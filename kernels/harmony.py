@@ -547,12 +547,12 @@ def _softmax(x, k):
 
 @njit(cache=True)
 def _assign_cells(first, last, x, y_t, sigma, dist, r):
-    """:func:`assign_without_diversity` for cells ``first .. last`` (stack buffers, rows indexed by hand); returns
-    the number of bad normalisers."""
+    """:func:`assign_without_diversity` for cells ``first .. last`` (rows indexed by hand); returns the number of
+    bad normalisers."""
     d = x.shape[1]
     k = y_t.shape[1]
-    acc = _stack_f32(k)
-    logits = _stack_f32(k)
+    acc = np.empty(k, np.float32)  # on the heap: a Numba worker thread's stack may be small
+    logits = np.empty(k, np.float32)
     bad = 0
     for j in range(first, last):
         for g in range(k):
@@ -1000,13 +1000,13 @@ def combination_order(cell_batches):
 
 @njit(cache=True)
 def _correct_cells(first, last, z_orig, r, m, used, cell_batches, by_combination, z_corr):
-    """:func:`apply_corrections` for positions ``first .. last`` of ``by_combination`` (buffers on the stack, indices
-    by hand: no per-row array views)."""
+    """:func:`apply_corrections` for positions ``first .. last`` of ``by_combination`` (indices by hand: no per-row
+    array views)."""
     d = z_orig.shape[1]
     k = r.shape[1]
     n_cov = cell_batches.shape[1]
-    combined = _stack_f32(k * d)
-    total = _stack_f32(d)
+    combined = np.empty(k * d, np.float32)  # on the heap: a Numba worker thread's stack may be small
+    total = np.empty(d, np.float32)
     have = False
     corrected = False
     prev = 0

@@ -391,7 +391,7 @@ def run_harmony(
 
 #: clusters up to which the assignment kernel's scratch (``kernels/harmony.py: _reassign``, 128 bytes per cluster on
 #: the stack) runs on the calling thread; above, Harmony runs in a thread with a stack sized for it
-STACK_CLUSTERS = 4096
+STACK_CLUSTERS = 1024
 
 
 def _on_stack_for(nclust: int, fn, *args):
