@@ -370,13 +370,17 @@ def test_sortable_keys_preserve_order():
 def test_pair_metrics_never_build_the_full_matrix(small, monkeypatch):
     meta, x, _ = small
     calls = []
-    real = sim_mod._core.similarity_block
+    real = sim_mod._core.Prepared
 
-    def spy(feats, metric, rows):
-        calls.append(len(rows))
-        return real(feats, metric, rows)
+    class Spy:  # records the rows of every similarity block asked of the prepared rows
+        def __init__(self, feats, metric):
+            self.prepared = real(feats, metric)
 
-    monkeypatch.setattr(sim_mod._core, "similarity_block", spy)
+        def block(self, rows, *cols):
+            calls.append(len(rows))
+            return self.prepared.block(rows, *cols)
+
+    monkeypatch.setattr(sim_mod._core, "Prepared", Spy)
     pe.enrichment(meta, x, replicate_groups=["Metadata_moa"], percentile=[0.9], block_bytes=8 * 60 * 5)
     pe.replicate_reproducibility(meta, x, replicate_groups=["Metadata_moa"], return_median_correlations=True,
                                  block_bytes=8 * 60 * 5)

@@ -64,6 +64,7 @@ def iter_similarity_blocks(feats, metric: str = "cosine", block_bytes: int = DEF
     _core.check_features(x, metric)
     all_rows = np.arange(len(x), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     step = block_rows_for(len(x), x.itemsize, block_bytes)
+    prepared = _core.Prepared(x, metric)  # rows prepared once, not on every block (same values bit for bit)
     for s in range(0, len(all_rows), step):
         r = all_rows[s : s + step]
-        yield r, _core.similarity_block(x, metric, r)
+        yield r, prepared.block(r)
