@@ -22,10 +22,12 @@ reset: input + interpreter + metrics), ``peak_tree_rss_mb`` (the sampled peak of
 processes, which kbet_per_label starts at scale), the load average and the metric values, so the two sides can be compared (kNN-dependent
 metrics differ a little: scib's neighbours are approximate).
 
-Example (the numbers of RESULTS.md)::
+Example (the numbers of RESULTS.md: both sides at 10k and 100k, then phenovec alone at 300k; 1M is ~11x the
+300k distance pass, hours on 2 cores)::
 
-    python bench/integration_bench.py --n 10000 100000 --ours-only-n 1000000 --repeats 3 --scib-repeats 1 \
-        --out bench/out/integration.json
+    python bench/integration_bench.py --n 10000 100000 --repeats 3 --scib-repeats 1 --out integration.json
+    python bench/integration_bench.py --n 3000 --repeats 1 --scib-repeats 0 --ours-only-n 300000 --map-max-n 0 \
+        --out integration_300k.json
 """
 from __future__ import annotations
 

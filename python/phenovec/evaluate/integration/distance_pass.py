@@ -3,14 +3,15 @@
 :func:`knn_graph`, :func:`silhouette_samples` and :func:`knn_graph_and_silhouettes` all run
 :func:`distance_pass`: the rows (sorted by class when silhouettes are wanted, so each class is a contiguous
 range of columns) are cut into tiles of ``TILE`` rows; a parallel Numba loop over row tiles multiplies its tile
-by every column tile (one small single-threaded BLAS ``gemm`` each, so the ``TILE x TILE`` block of products
-stays in the core's cache instead of streaming an ``n``-wide block through memory), turns the products into
-squared distances (``|x|^2 + |y|^2 - 2 x.y`` on centred rows, in the input's float type; cosine: ``1 - x.y`` on
-unit rows) and, while the block is hot, hands it to both consumers:
+by every column tile, its own (diagonal) tile first (one small single-threaded BLAS ``gemm`` each, so the
+``TILE x TILE`` block of products stays in the core's cache instead of streaming an ``n``-wide block through
+memory), turns the products into squared distances (``|x|^2 + |y|^2 - 2 x.y`` on centred rows, in the input's
+float type; cosine: ``1 - x.y`` on unit rows) and, while the block is hot, hands it to both consumers:
 
 - the kNN screen: each row's ``k + 8`` smallest squared distances in a bounded max-heap (ties: the smaller column
-  first); a block whose smallest value is above the row's current bound (found by a vectorised minimum) is
-  skipped. :func:`~phenovec.evaluate.integration.knn_graph.refined_graph` then recomputes the candidates'
+  first, so the kept set does not depend on the scan order); a chunk of ``CHUNK`` columns whose smallest value
+  (a vectorised minimum) is above the heap's largest is skipped, which after the near diagonal tile is most of
+  them. :func:`~phenovec.evaluate.integration.knn_graph.refined_graph` then recomputes the candidates'
   distances in float64 and keeps the ``k`` nearest.
 - the per-class distance sums of the silhouettes: ``sum sqrt(max(d^2, 0))`` (cosine: ``clip(1 - x.y, 0, 2)``)
   over each class's columns, the row's own distance set to exactly 0; at the end of the row tile each row's
