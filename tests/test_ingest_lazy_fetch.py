@@ -196,13 +196,18 @@ def test_sharded_profile_fetches_on_the_workers_and_names_a_missing_url(plate, t
                         tmp_path / "ref" / plates[1])
 
 
-def test_one_profiling_run_fetches_site_by_site_into_the_default_cache(plate, tmp_path, monkeypatch):
-    """``profile_sites`` on an index read with ``fetch=False``: the workers copy each site's images (into the default
-    cache, ``$PHENOVEC_IMAGE_CACHE``) and the outputs equal those of the local files."""
+@pytest.mark.parametrize("own_cache", [False, True])
+def test_one_profiling_run_fetches_site_by_site(plate, tmp_path, monkeypatch, own_cache):
+    """``profile_sites`` on an index read with ``fetch=False``: the workers copy each site's images into the index's
+    ``image_cache`` (its site jobs carry it) or, without one, into the default cache (``$PHENOVEC_IMAGE_CACHE``),
+    nothing into the other, and the outputs equal those of the local files."""
     from phenovec.profile import profile_sites
 
-    monkeypatch.setenv("PHENOVEC_IMAGE_CACHE", str(tmp_path / "default-cache"))
-    lazy = read_image_index(_load_data(plate, "memory:lazy-one"), CHANNELS, fetch=False)
+    default = tmp_path / "default-cache"
+    monkeypatch.setenv("PHENOVEC_IMAGE_CACHE", str(default))
+    cache = tmp_path / "run-cache" if own_cache else None
+    lazy = read_image_index(_load_data(plate, f"memory:lazy-one-{own_cache}"), CHANNELS, image_cache=cache,
+                            fetch=False)
     assert all(p.startswith("memory://") for r in lazy.paths for p in r)
     spy = Spy(monkeypatch)
     profile_sites(plate["model"], lazy, plate["nuclei"], tmp_path / "lazy", batch_size=4, scheduler="threads",
@@ -211,27 +216,9 @@ def test_one_profiling_run_fetches_site_by_site_into_the_default_cache(plate, tm
                   scheduler="threads", workers=2, progress=False)
     assert_same_outputs(tmp_path / "lazy", tmp_path / "local")
     assert sorted(e[2] for e in spy.fetches()) == [f"site {s} image 1 of 5" for s in range(len(lazy))]
-    assert len(list((tmp_path / "default-cache").iterdir())) == len(lazy) * len(CHANNELS)
-
-
-def test_one_profiling_run_fetches_site_by_site_into_its_image_cache(plate, tmp_path, monkeypatch):
-    """An index read with ``fetch=False`` and an ``image_cache``: the single run's site jobs carry that cache, so the
-    workers copy each site's images there (nothing into the default cache) and the outputs equal the local run's."""
-    from phenovec.profile import profile_sites
-
-    monkeypatch.setenv("PHENOVEC_IMAGE_CACHE", str(tmp_path / "default-cache"))
-    cache = tmp_path / "run-cache"
-    lazy = read_image_index(_load_data(plate, "memory:lazy-cache"), CHANNELS, image_cache=cache, fetch=False)
-    assert not cache.exists() or not any(cache.iterdir())
-    spy = Spy(monkeypatch)
-    profile_sites(plate["model"], lazy, plate["nuclei"], tmp_path / "lazy", batch_size=4, scheduler="threads",
-                  workers=2, progress=False)
-    profile_sites(plate["model"], plate["index"], plate["nuclei"], tmp_path / "local", batch_size=4,
-                  scheduler="threads", workers=2, progress=False)
-    assert_same_outputs(tmp_path / "lazy", tmp_path / "local")
-    assert sorted(e[2] for e in spy.fetches()) == [f"site {s} image 1 of 5" for s in range(len(lazy))]
-    assert len(list(cache.iterdir())) == len(lazy) * len(CHANNELS)
-    assert not (tmp_path / "default-cache").exists() or not any((tmp_path / "default-cache").iterdir())
+    used, unused = (cache, default) if own_cache else (default, tmp_path / "run-cache")
+    assert len(list(used.iterdir())) == len(lazy) * len(CHANNELS)
+    assert not unused.exists() or not any(unused.iterdir())
 
 
 @pytest.mark.parametrize("where", ["local", "memory"])
