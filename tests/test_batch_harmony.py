@@ -156,6 +156,13 @@ def test_refusals_name_the_problem():
         run_harmony(x, meta, ["Metadata_Plate"], theta=[1.0, 2.0, 3.0])
 
 
+def _host_has_fma() -> bool:
+    """Whether this CPU has FMA (asked at run time, as glibc's ifunc does when it picks its expf build)."""
+    import llvmlite.binding as llvm
+
+    return bool(llvm.get_host_cpu_features().get("fma", False))
+
+
 def test_expf_is_libms_expf():
     """The vectorisable expf of the assignment kernels gives libm's expf bits (what Numba's math.exp and
     harmonypy's C++ call) on a sample of [-110, 0] and on inputs where a rounding detail shows (the FMA in the
@@ -181,6 +188,10 @@ def test_expf_is_libms_expf():
     ours, libm = np.empty_like(x), np.empty_like(x)
     both(x, ours, libm)
     bad = np.flatnonzero(ours.view(np.uint32) != libm.view(np.uint32))
+    if not _host_has_fma():
+        # glibc picks its FMA build of expf only on a CPU with FMA; elsewhere its plain build may differ from ours
+        # (and from the FMA build) by 1 ulp on the rounding case, so only that case may disagree there
+        bad = bad[x[bad] != np.float32(-63.09946060180664)]
     assert bad.size == 0, (x[bad[:5]], ours[bad[:5]], libm[bad[:5]])
     # the check can fail: there, exp in double rounded to float32 (a plausible stand-in) is 1 ulp off libm's expf
     known = np.flatnonzero(x == np.float32(-63.09946060180664))[0]
