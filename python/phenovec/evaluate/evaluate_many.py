@@ -29,13 +29,20 @@ Precision and device (``precision="fp32" | "bf16" | "fp16" | "tf32"``, ``device=
 "torch-cpu"``): see :mod:`phenovec.evaluate.precision` and :mod:`phenovec.evaluate.backend`. The defaults
 (fp32, cpu) are the exact Rust path above; the equalities with ``average_precision`` hold for them.
 
-Symmetric tiles (``symmetric=True``, the default with ``columns="auto"``, on the exact Rust path): the queries
+Symmetric tiles (``symmetric=True``, the default with ``columns="auto"``, on host blocks): the queries
 that need every column are not taken in row blocks; instead each tile S_IJ of query rows I and J is computed once
 and serves the queries of I (its rows) and of J (its transpose: the core's similarities are bit-for-bit symmetric),
 halving the GEMM; the other candidate rows come in tiles against the query rows only. A query's positive keys are
 found first (S[G, G] of its ``pos_sameby`` group G, same values), sorted with their bucket table; every tile then
 bins its negatives into the query's counts. Used where every rule set has one combined ``pos_sameby`` code and the
-queries' positive state fits ``SYMMETRIC_STATE_BYTES``; AP and U are the row path's bit for bit (tested).
+queries' positive state fits ``SYMMETRIC_STATE_BYTES``; AP and U are the row path's bit for bit (tested). In the tiles,
+a query with at most ``threshold_counts.FAST_MAX_M`` positives under a rule set without ``neg_sameby`` is ranked by
+thresholds (:mod:`phenovec.evaluate.threshold_counts`: each positive's key as a float32 similarity threshold, the
+negatives counted above each by vectorised compares, the tile's non-negatives taken back out by their
+``neg_diffby`` codes; a tile's column queries are counted from its columns, no transposed copy); other queries keep
+the bucket kernel. Both give the same counts, so the same AP and U bit for bit (tested). Symmetric tiles also run on
+PyTorch's CPU blocks (``precision="bf16"``, ``engine="torch"``), where a positive's similarity comes from its
+group's product and a negative's from a tile's: equal but for last-bit rounding of products of different shapes.
 
 ``columns="all"`` forces full rows (the reduced path is identical in value; the switch exists to
 measure it). Multilabel rules and grouped query units are not supported here: use
@@ -57,6 +64,8 @@ from phenovec.evaluate.backend import DEFAULT_DEVICE_BLOCK_BYTES, Similarities, 
 from phenovec.evaluate.pairs import PairRules, block_rows_for
 from phenovec.evaluate.roc_auc import METHODS as ROC_AUC_METHODS, add_roc_auc
 from phenovec.evaluate.similarity import check_metric
+from phenovec.evaluate.threshold_counts import (FAST_MAX_M, ap_of_cumulative, count_above, exclude_shared, key_of,
+                                               thresholds, tile_groups)
 from phenovec.io.row_filter import filter_mask
 
 RULE_KEYS = ("pos_sameby", "pos_diffby", "neg_sameby", "neg_diffby")
@@ -82,13 +91,7 @@ def _match(i, j, same, diff):
     return True
 
 
-@numba.njit(inline="always")
-def _key(s, f32_keys, euclidean):
-    if not f32_keys:
-        return s
-    if euclidean:
-        return -np.float64(np.float32(1.0) - np.float32(1.0 / (1.0 - s)))
-    return -np.float64(np.float32(1.0) - np.float32(s))
+_key = key_of  # the ranking key (threshold_counts.key_of)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -214,6 +217,15 @@ def _sort_positive_keys(queries, key_start, keys, tab_start, tabs, scale):
         k0, k1 = key_start[i], key_start[i + 1]
         keys[k0:k1] = np.sort(keys[k0:k1])
         scale[i] = _bucket_table(keys[k0:k1], tabs[tab_start[i] : tab_start[i + 1]])
+
+
+@numba.njit(parallel=True, cache=True)
+def _positive_thresholds(queries, key_start, keys, f32_keys, euclidean, thr):
+    """Each query's positive keys (ascending in ``keys``) as similarity thresholds, best positive first (``thresholds``)."""
+    for t in numba.prange(queries.shape[0]):
+        i = queries[t]
+        k0, k1 = key_start[i], key_start[i + 1]
+        thresholds(keys[k0:k1][::-1].copy(), f32_keys, euclidean, thr[k0:k1])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -467,10 +479,13 @@ def _one_block(sims: Similarities, q, cols, rules, n, f32_keys, euclidean, count
 
 
 def _symmetric_ok(sims: Similarities, rules: list["_Rule"], block_bytes: int) -> bool:
-    """Symmetric tiles need the Rust fp32 blocks, a group index per rule set (one combined ``pos_sameby`` code), groups
-    whose S[G, G] fits a block, and every query's positive state (keys, bucket table, counts: ~48 bytes per positive
-    pair) within ``SYMMETRIC_STATE_BYTES``."""
-    if not sims.rust:
+    """Symmetric tiles need host blocks (the Rust core's, or PyTorch's on the CPU in a reduced precision or
+    ``engine="torch"``), a group index per rule set (one combined ``pos_sameby`` code), groups whose S[G, G] fits a
+    block, and every query's positive state (keys, bucket table, counts: ~48 bytes per positive pair) within
+    ``SYMMETRIC_STATE_BYTES``. On the Rust path every similarity is the row path's bit for bit; on the PyTorch CPU
+    path a positive's similarity comes from its group's block and a negative's from a tile, products of different
+    shapes whose float rounding may differ in the last bit (the row path takes both from one block)."""
+    if sims.torch_ranking:
         return False
     state = 0
     for r in rules:
@@ -486,7 +501,8 @@ def _symmetric_ok(sims: Similarities, rules: list["_Rule"], block_bytes: int) ->
 class _PositiveState:
     """One rule set's queries of the symmetric pass: sorted positive keys, bucket tables and negative counts (CSR by row)."""
 
-    def __init__(self, sims: Similarities, r: "_Rule", want: np.ndarray, f32_keys: bool, euclidean: bool):
+    def __init__(self, sims: Similarities, r: "_Rule", want: np.ndarray, f32_keys: bool, euclidean: bool,
+                 fast: bool = True):
         n = len(want)
         self.want, self.queries = want, np.flatnonzero(want).astype(np.int64)
         m = np.where(want, r.m, 0)
@@ -514,20 +530,53 @@ class _PositiveState:
             raise RuntimeError(f"rule set {r.name!r}: row {bad} has {int(found[bad])} positives in its group blocks but "
                                f"{int(r.m[bad])} by count (internal error)")
         _sort_positive_keys(self.queries, self.key_start, self.keys, self.tab_start, self.tabs, self.scale)
+        # queries counted by thresholds (threshold_counts): no neg_sameby, float32 blocks, few positives; the others
+        # keep the bucket kernel
+        self.fast = np.zeros(n, dtype=bool)
+        if fast and r.ns.shape[0] == 0 and r.nd.shape[0] > 0 and sims.itemsize == 4:
+            self.fast = want & (m <= FAST_MAX_M)
+            self.base = int(r.nd.max()) + 2
+        self.slow = want & ~self.fast
+        if self.fast.any():
+            self.thr = np.empty(len(self.keys), np.float32)
+            self.dcnt = np.zeros(len(self.keys), np.int64)
+            _positive_thresholds(np.flatnonzero(self.fast), self.key_start, self.keys, f32_keys, euclidean, self.thr)
 
-    def bin(self, block, rows, cols, r: "_Rule", f32_keys: bool, euclidean: bool) -> None:
-        w = rows[self.want[rows]]
-        if len(w) == 0:
+    def bin(self, block, rows, cols, r: "_Rule", f32_keys: bool, euclidean: bool, transposed=None) -> None:
+        """Count the negatives of the queries ``rows`` among the candidates ``cols``: ``block`` = S[rows, cols], or
+        with ``transposed`` (a function giving S[rows, cols] when the bucket kernel needs it) ``block`` = S[cols, rows]."""
+        n = len(self.want)
+        w = rows[self.slow[rows]]
+        if len(w):
+            sub = _rule_columns(r, w, cols, n)
+            _bin_tile(block if transposed is None else transposed(), rows, cols, sub, self.slow, r.active, r.ns, r.nd,
+                      f32_keys, euclidean, self.key_start, self.keys, self.tab_start, self.tabs, self.scale, self.cnt)
+        w = rows[self.fast[rows]]
+        if not len(w):
             return
-        sub = _rule_columns(r, w, cols, len(self.want))
-        _bin_tile(block, rows, cols, sub, self.want, r.active, r.ns, r.nd, f32_keys, euclidean, self.key_start,
-                  self.keys, self.tab_start, self.tabs, self.scale, self.cnt)
+        # every active candidate that is a negative of some query of the tile is counted; those that are not negatives
+        # of a given query share one of its neg_diffby codes and are taken back out
+        neg = (_partners(r.terms[1], w, n) > 0)[cols] & r.active[cols]
+        if not neg.any():
+            return
+        sub = np.zeros(0, np.int64) if neg.all() else np.flatnonzero(neg).astype(np.int64)
+        t = transposed is not None
+        count_above(block, rows, self.fast, sub, self.key_start, self.thr, self.dcnt, transposed=t)
+        groups = tile_groups(r.nd, self.base, cols, np.flatnonzero(neg).astype(np.int64))
+        exclude_shared(block, rows, self.fast, cols, r.nd, self.base, *groups, self.key_start, self.thr, self.dcnt, t)
 
     def finish(self, r: "_Rule") -> None:
-        ap, u = np.empty(len(self.queries)), np.empty(len(self.queries))
-        _ap_of_counts(self.queries, self.key_start, self.cnt, r.l - r.m, ap, u)
-        r.ap[self.queries] = ap
-        r.u[self.queries] = u
+        slow = np.flatnonzero(self.slow).astype(np.int64)
+        ap, u = np.empty(len(slow)), np.empty(len(slow))
+        _ap_of_counts(slow, self.key_start, self.cnt, r.l - r.m, ap, u)
+        r.ap[slow] = ap
+        r.u[slow] = u
+        fast = np.flatnonzero(self.fast).astype(np.int64)
+        if len(fast):
+            ap, u = np.empty(len(fast)), np.empty(len(fast))
+            ap_of_cumulative(fast, self.key_start, self.dcnt, r.l - r.m, ap, u)
+            r.ap[fast] = ap
+            r.u[fast] = u
 
 
 def _symmetric_pass(sims: Similarities, queries: np.ndarray, rules: list["_Rule"], n: int, f32_keys: bool,
@@ -552,9 +601,15 @@ def _symmetric_pass(sims: Similarities, queries: np.ndarray, rules: list["_Rule"
             for r, st in zip(rules, states):
                 st.bin(block, rows, cols, r, f32_keys, euclidean)
             if a < b < len(q_tiles):  # the same tile serves the column tile's queries: S[J, I] = S[I, J]ᵀ bit for bit
-                block_t = _transpose(block)
+                block_t = []  # S[J, I] as a copy, made once if the bucket kernel needs it (threshold counts read S[I, J])
+
+                def transposed():
+                    if not block_t:
+                        block_t.append(_transpose(block))
+                    return block_t[0]
+
                 for r, st in zip(rules, states):
-                    st.bin(block_t, cols, rows, r, f32_keys, euclidean)
+                    st.bin(block, cols, rows, r, f32_keys, euclidean, transposed=transposed)
     for r, st in zip(rules, states):
         st.finish(r)
 
@@ -586,7 +641,7 @@ def evaluate_many(
     ``precision`` / ``emulate``: the similarity GEMM's arithmetic (:mod:`phenovec.evaluate.precision`; "fp32"
     is exact). ``device``: "cpu" (default), "cuda", "auto" or "torch-cpu" (:mod:`phenovec.evaluate.backend`);
     ``device_block_bytes`` bounds a torch block's temporaries. ``engine="torch"``: the CPU fp32 GEMM through
-    PyTorch instead of the Rust core (not bit-identical to ``average_precision``; no symmetric tiles). ``roc_auc``: add ``roc_auc``, ``mann_whitney_u``
+    PyTorch instead of the Rust core (not bit-identical to ``average_precision``). ``roc_auc``: add ``roc_auc``, ``mann_whitney_u``
     and ``roc_auc_p_value`` from the same ranked lists (:mod:`phenovec.evaluate.roc_auc`; ``roc_auc_method``
     "auto" | "exact" | "asymptotic").
     """
