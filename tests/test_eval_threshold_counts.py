@@ -5,8 +5,9 @@
 - the counts of similarities above each threshold equal a brute-force count, by rows and by columns (transposed
   tiles), over all candidates or a subset;
 - taking back out the candidates that share a neg_diffby code leaves exactly the negatives' counts;
-- evaluate_many's AP and U with threshold counts equal the bucket kernel's bit for bit (both kernels in one run
-  too, by the number of positives), and the fast path is what ran;
+- evaluate_many's AP and U with threshold counts equal the bucket kernel's bit for bit, in symmetric tiles and in
+  row blocks (both kernels in one run too, by the number of positives), and the fast path is what ran;
+- control-only row blocks (replicate vs DMSO) are ranked by thresholds and equal average_precision's;
 - symmetric tiles on PyTorch CPU blocks (engine="torch", bf16) agree with their row blocks.
 """
 import importlib
@@ -112,11 +113,13 @@ def test_exclusions_leave_the_negatives(transposed):
             assert dcnt[k] == int((s[t, neg] > thr[k]).sum()), (i, k)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("metric,ties,fast_max", [("cosine", "copairs", 64), ("euclidean", "exact", 64),
                                                   ("pearson", "copairs", 3), ("spearman", "exact", 3)])
-def test_evaluate_many_threshold_counts_equal_bucket_kernel(monkeypatch, metric, ties, fast_max):
-    """Threshold counts vs the bucket kernel (FAST_MAX_M = 0), float32: AP and U bit for bit. With FAST_MAX_M = 3
-    the replicate rules (M = 3) are counted by thresholds and the MOA rule's queries by the bucket kernel, in one run."""
+def test_evaluate_many_threshold_counts_equal_bucket_kernel(monkeypatch, metric, ties, fast_max, symmetric):
+    """Threshold counts vs the bucket kernel (FAST_MAX_M = 0), float32, symmetric tiles and row blocks (full and
+    control-only): AP and U bit for bit. With FAST_MAX_M = 3 the replicate rules (M = 3) are counted by thresholds
+    and the MOA rule's queries by the bucket kernel, in one run."""
     meta, x = synthetic(n_cpd=200, n_ctrl=90, d=24, seed=4, dtype=np.float32)
     sets = rule_sets(meta)
     bb = 150 * len(meta) * x.itemsize
@@ -124,11 +127,14 @@ def test_evaluate_many_threshold_counts_equal_bucket_kernel(monkeypatch, metric,
     real = em.count_above
     monkeypatch.setattr(em, "count_above", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(em, "FAST_MAX_M", fast_max)
-    fast = evaluate_many(meta, x, sets, distance=metric, ties=ties, block_bytes=bb, roc_auc=True)
+    stats = {}
+    fast = evaluate_many(meta, x, sets, distance=metric, ties=ties, block_bytes=bb, roc_auc=True, symmetric=symmetric,
+                         stats=stats)
     assert len(calls) > 10
+    assert (stats["symmetric_tiles"] > 0) == symmetric
     monkeypatch.setattr(em, "FAST_MAX_M", 0)
     calls.clear()
-    slow = evaluate_many(meta, x, sets, distance=metric, ties=ties, block_bytes=bb, roc_auc=True)
+    slow = evaluate_many(meta, x, sets, distance=metric, ties=ties, block_bytes=bb, roc_auc=True, symmetric=symmetric)
     assert not calls
     for k in sets:
         for c in ("average_precision", "mann_whitney_u"):
@@ -138,6 +144,7 @@ def test_evaluate_many_threshold_counts_equal_bucket_kernel(monkeypatch, metric,
 
 @pytest.mark.parametrize("engine,precision", [("torch", "fp32"), ("auto", "bf16")])
 def test_symmetric_tiles_on_torch_cpu_blocks(engine, precision):
+    """(The row blocks here are ranked by thresholds too: covered against the bucket kernel above.)"""
     pytest.importorskip("torch")
     meta, x = synthetic(n_cpd=200, n_ctrl=90, d=24, seed=4, dtype=np.float32)
     sets = {"act": ACT, **{k: v for k, v in rule_sets(meta).items() if k != "act"}}
@@ -154,3 +161,17 @@ def test_symmetric_tiles_on_torch_cpu_blocks(engine, precision):
         # one similarity per pair on each path, from products of different shapes: equal but for last-bit near-ties
         assert np.mean(a[ok] != b[ok]) < 0.01, k
         np.testing.assert_allclose(a[ok], b[ok], atol=0.05)
+
+
+def test_control_only_blocks_by_thresholds_equal_average_precision(monkeypatch):
+    import phenovec.evaluate as pe
+
+    meta, x = synthetic(n_cpd=150, n_ctrl=80, d=16, seed=6, dtype=np.float32)
+    calls = []
+    real = em.count_above
+    monkeypatch.setattr(em, "count_above", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stats = {}
+    out = evaluate_many(meta, x, {"act": ACT}, block_bytes=64 * len(meta) * 4, stats=stats, roc_auc=True)
+    assert stats["reduced_blocks"] > 0 and stats["full_blocks"] == 0 and calls
+    single = pe.average_precision(meta, x, **ACT)
+    np.testing.assert_array_equal(out["act"]["average_precision"].to_numpy(), single["average_precision"].to_numpy())

@@ -159,6 +159,46 @@ def _rank_block(block, queries, want, m_cap, n_neg, cols, sub, active, ps, pd_, 
         ap_out[t], u_out[t] = ap_and_u(cnt, mp, n_neg[t])
 
 
+@numba.njit(parallel=True, cache=True)
+def _block_positive_thresholds(block, queries, want, cols, sub, active, ps, pd_, f32_keys, euclidean, key_start, keys,
+                               thr, found, grp_order, grp_start):
+    """``_rank_block``'s first pass for the wanted queries (row t of ``block``, global row i = queries[t]): the positive
+    keys into ``keys[key_start[i]:key_start[i + 1]]``, sorted, and their thresholds (best first) into ``thr``;
+    ``found[t]`` = the number found (checked against M)."""
+    grouped = grp_start.shape[0] > 0
+    for t in numba.prange(queries.shape[0]):
+        if not want[t]:
+            continue
+        i = queries[t]
+        k0, cap = key_start[i], key_start[i + 1] - key_start[i]
+        mp = 0
+        if grouped:
+            g = ps[0, i]
+            for k in range(grp_start[g], grp_start[g + 1]):
+                j = grp_order[k]
+                if j == i or not _match(i, j, ps, pd_):
+                    continue
+                c = np.searchsorted(cols, j)
+                if c < cols.shape[0] and cols[c] == j:
+                    if mp < cap:
+                        keys[k0 + mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
+                    mp += 1
+        else:
+            for k in range(sub.shape[0]):
+                c = sub[k]
+                j = cols[c]
+                if j == i or not active[j] or not _match(i, j, ps, pd_):
+                    continue
+                if mp < cap:
+                    keys[k0 + mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
+                mp += 1
+        found[t] = mp
+        if mp != cap:
+            continue
+        desc = np.sort(keys[k0 : k0 + cap])[::-1].copy()
+        thresholds(desc, f32_keys, euclidean, thr[k0 : k0 + cap])
+
+
 @numba.njit(inline="always")
 def _bucket_table(asc, start):
     """Bucket table over (lowest, highest] of the ascending positive keys ``asc`` (``start`` has 4 M + 1 slots, 4 buckets
@@ -293,6 +333,7 @@ class _Rule:
     terms: list = None  # [positive terms, negative terms] of _terms
     torch: object = None  # TorchRules on the torch path
     groups: tuple = None  # (order, start) of the rows by their combined pos_sameby code, or two empty arrays
+    thr_state: tuple = None  # row blocks ranked by thresholds: (queries, key_start, keys, thresholds, counts, code base)
 
 
 def _rows_mask(meta: pd.DataFrame, spec, name: str) -> np.ndarray:
@@ -467,15 +508,55 @@ def _one_block(sims: Similarities, q, cols, rules, n, f32_keys, euclidean, count
         else:
             out, u, found = np.empty(len(q)), np.empty(len(q)), np.zeros(len(q), dtype=np.int64)
             sub = _rule_columns(r, q[w], all_cols, n)
-            _rank_block(block, q, w, np.ascontiguousarray(r.m[q]), np.ascontiguousarray(r.l[q] - r.m[q]), all_cols, sub,
-                        r.active, r.ps, r.pd_, r.ns, r.nd,
-                        f32_keys, euclidean, out, u, found, *r.groups)
+            fast = w & _threshold_queries(r, block)[q]
+            slow = w & ~fast
+            if slow.any():
+                _rank_block(block, q, slow, np.ascontiguousarray(r.m[q]), np.ascontiguousarray(r.l[q] - r.m[q]), all_cols,
+                            sub, r.active, r.ps, r.pd_, r.ns, r.nd,
+                            f32_keys, euclidean, out, u, found, *r.groups)
+            if fast.any():
+                _threshold_rank_block(block, q, fast, all_cols, sub, r, n, f32_keys, euclidean, out, u, found)
             if not np.array_equal(found[w], r.m[q][w]):
                 bad = int(np.flatnonzero(found[w] != r.m[q][w])[0])
                 raise RuntimeError(f"rule set {r.name!r}: row {int(q[w][bad])} has {int(found[w][bad])} positives in its "
                                    f"block but {int(r.m[q][w][bad])} by count (internal error)")
         r.ap[q[w]] = out[w]
         r.u[q[w]] = u[w]
+
+
+def _threshold_queries(r: "_Rule", block) -> np.ndarray:
+    """bool[N]: the rule set's queries ranked by thresholds in float32 blocks (at most ``FAST_MAX_M`` positives, no
+    ``neg_sameby``); their positive keys, thresholds and counts (CSR by row) are kept on the rule set."""
+    if r.ns.shape[0] > 0 or r.nd.shape[0] == 0 or block.dtype != np.float32:
+        return np.zeros(len(r.m), dtype=bool)
+    if r.thr_state is None:
+        fast = (r.m > 0) & (r.m <= FAST_MAX_M)
+        key_start = np.concatenate([[0], np.cumsum(np.where(fast, r.m, 0))]).astype(np.int64)
+        size = int(key_start[-1])
+        r.thr_state = (fast, key_start, np.empty(size), np.empty(size, np.float32), np.zeros(size, np.int64),
+                       int(r.nd.max()) + 2)
+    return r.thr_state[0]
+
+
+def _threshold_rank_block(block, q, fast, all_cols, sub, r: "_Rule", n, f32_keys, euclidean, out, u, found) -> None:
+    """AP and U of the block's ``fast`` queries by thresholds (:mod:`threshold_counts`): positives from the block,
+    negatives counted over the block's candidate columns, non-negatives taken back out by their neg_diffby codes."""
+    mask, key_start, keys, thr, dcnt, base = r.thr_state
+    _block_positive_thresholds(block, q, fast, all_cols, sub, r.active, r.ps, r.pd_, f32_keys, euclidean, key_start,
+                               keys, thr, found, *r.groups)
+    qf = q[fast]
+    if not np.array_equal(found[fast], r.m[qf]):
+        return  # the caller reports the row
+    neg = (_partners(r.terms[1], qf, n) > 0)[all_cols] & r.active[all_cols]
+    if neg.any():
+        idx = np.flatnonzero(neg).astype(np.int64)
+        count_above(block, q, mask, np.zeros(0, np.int64) if neg.all() else idx, key_start, thr, dcnt)
+        exclude_shared(block, q, mask, all_cols, r.nd, base, *tile_groups(r.nd, base, all_cols, idx), key_start, thr,
+                       dcnt, False)
+    ap, uu = np.empty(len(qf)), np.empty(len(qf))
+    ap_of_cumulative(qf, key_start, dcnt, r.l - r.m, ap, uu)
+    out[fast] = ap
+    u[fast] = uu
 
 
 def _symmetric_ok(sims: Similarities, rules: list["_Rule"], block_bytes: int) -> bool:
