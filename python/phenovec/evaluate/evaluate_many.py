@@ -94,6 +94,36 @@ def _match(i, j, same, diff):
 _key = key_of  # the ranking key (threshold_counts.key_of)
 
 
+@numba.njit(inline="always")
+def _positive_keys(block, t, i, cols, sub, active, ps, pd_, f32_keys, euclidean, grp_order, grp_start, out):
+    """Keys of query i's positives in row t of ``block`` (columns ``cols``) into ``out`` (as many as fit); returns how
+    many were found. With a group index (``grp_start`` not empty) only i's ``pos_sameby`` group is visited (its
+    columns found in the sorted ``cols``), else the block columns ``sub``."""
+    cap = out.shape[0]
+    mp = 0
+    if grp_start.shape[0] > 0:
+        g = ps[0, i]
+        for k in range(grp_start[g], grp_start[g + 1]):
+            j = grp_order[k]
+            if j == i or not _match(i, j, ps, pd_):
+                continue
+            c = np.searchsorted(cols, j)
+            if c < cols.shape[0] and cols[c] == j:
+                if mp < cap:
+                    out[mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
+                mp += 1
+    else:
+        for k in range(sub.shape[0]):
+            c = sub[k]
+            j = cols[c]
+            if j == i or not active[j] or not _match(i, j, ps, pd_):
+                continue
+            if mp < cap:
+                out[mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
+            mp += 1
+    return mp
+
+
 @numba.njit(parallel=True, cache=True)
 def _rank_block(block, queries, want, m_cap, n_neg, cols, sub, active, ps, pd_, ns, nd, f32_keys, euclidean, ap_out,
                 u_out, mp_out, grp_order, grp_start):
@@ -109,35 +139,13 @@ def _rank_block(block, queries, want, m_cap, n_neg, cols, sub, active, ps, pd_, 
     not empty: the rule's one combined ``pos_sameby`` code, rows ``grp_order[grp_start[g]:grp_start[g + 1]]`` in
     group g), pass 1 visits the query's group only (its columns found in the sorted ``cols``).
     """
-    grouped = grp_start.shape[0] > 0
     for t in numba.prange(queries.shape[0]):
         if not want[t]:
             continue
         i = queries[t]
         cap = m_cap[t]
         pos = np.empty(cap, np.float64)
-        mp = 0
-        if grouped:
-            g = ps[0, i]
-            for k in range(grp_start[g], grp_start[g + 1]):
-                j = grp_order[k]
-                if j == i or not _match(i, j, ps, pd_):
-                    continue
-                c = np.searchsorted(cols, j)
-                if c < cols.shape[0] and cols[c] == j:
-                    if mp < cap:
-                        pos[mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
-                    mp += 1
-        else:
-            for k in range(sub.shape[0]):
-                c = sub[k]
-                j = cols[c]
-                if j == i or not active[j]:
-                    continue
-                if _match(i, j, ps, pd_):
-                    if mp < cap:
-                        pos[mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
-                    mp += 1
+        mp = _positive_keys(block, t, i, cols, sub, active, ps, pd_, f32_keys, euclidean, grp_order, grp_start, pos)
         mp_out[t] = mp
         if mp == 0 or mp > cap:
             ap_out[t] = np.nan
@@ -165,33 +173,13 @@ def _block_positive_thresholds(block, queries, want, cols, sub, active, ps, pd_,
     """``_rank_block``'s first pass for the wanted queries (row t of ``block``, global row i = queries[t]): the positive
     keys into ``keys[key_start[i]:key_start[i + 1]]``, sorted, and their thresholds (best first) into ``thr``;
     ``found[t]`` = the number found (checked against M)."""
-    grouped = grp_start.shape[0] > 0
     for t in numba.prange(queries.shape[0]):
         if not want[t]:
             continue
         i = queries[t]
         k0, cap = key_start[i], key_start[i + 1] - key_start[i]
-        mp = 0
-        if grouped:
-            g = ps[0, i]
-            for k in range(grp_start[g], grp_start[g + 1]):
-                j = grp_order[k]
-                if j == i or not _match(i, j, ps, pd_):
-                    continue
-                c = np.searchsorted(cols, j)
-                if c < cols.shape[0] and cols[c] == j:
-                    if mp < cap:
-                        keys[k0 + mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
-                    mp += 1
-        else:
-            for k in range(sub.shape[0]):
-                c = sub[k]
-                j = cols[c]
-                if j == i or not active[j] or not _match(i, j, ps, pd_):
-                    continue
-                if mp < cap:
-                    keys[k0 + mp] = _key(np.float64(block[t, c]), f32_keys, euclidean)
-                mp += 1
+        mp = _positive_keys(block, t, i, cols, sub, active, ps, pd_, f32_keys, euclidean, grp_order, grp_start,
+                            keys[k0 : k0 + cap])
         found[t] = mp
         if mp != cap:
             continue
