@@ -756,9 +756,9 @@ def _arma_sum_step(x, base, g, acc1, acc2):
 
 
 @njit(cache=True)
-def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
-              run_sums, run_error, run_entropy, run_flags):
-    """Reassign the cells of each lead run (one batch of the first variable) with O and E frozen: the softmax of
+def _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums, run_error,
+                  run_entropy, run_flags):
+    """Reassign the cells of lead run ``q`` (one batch of the first variable) with O and E frozen: the softmax of
     the penalised logits, per cell in harmonypy's order.
 
     :data:`LANES` cells at a time, one per SIMD lane: their logits are laid out cluster by cluster (K x LANES), so
@@ -783,89 +783,107 @@ def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin
     rows = np.empty(LANES, np.int64)
     dist_flat = dist.ravel()
     div_flat = log_div.ravel()
+    lead = log_div[run_group[q]]
+    sums = np.zeros(k, np.float32)
+    error = 0.0
+    entropy = 0.0
+    flags = 0
+    i = run_begin[q]
+    while i < run_end[q]:
+        nl = min(LANES, run_end[q] - i)
+        for ln in range(LANES):  # lanes past the run's end repeat its last cell; their results are dropped
+            jj[ln] = cells[i + min(ln, nl - 1)]
+        for ln in range(LANES):
+            rows[ln] = jj[ln] * k
+        for g in range(k):
+            sg = sigma[g]
+            lg = lead[g]
+            base = g * LANES
+            for ln in range(LANES):
+                dv = dist_flat[rows[ln] + g]
+                dt[base + ln] = dv
+                x[base + ln] = (-dv) / sg + lg
+        for c in range(1, n_cov):
+            for ln in range(LANES):
+                rows[ln] = cell_batches[jj[ln], c] * k
+            for g in range(k):
+                base = g * LANES
+                for ln in range(LANES):
+                    x[base + ln] += div_flat[rows[ln] + g]
+        for ln in range(LANES):
+            mx[ln] = -F_INF
+            acc1[ln] = F0
+            acc2[ln] = F0
+            w[ln] = 0.0
+            ws[ln] = 0.0
+            ce[ln] = 0.0
+        for g in range(k):
+            base = g * LANES
+            for ln in range(LANES):
+                v = x[base + ln]
+                mx[ln] = v if v > mx[ln] else mx[ln]
+        for g in range(k):
+            s64 = np.float64(sigma[g])
+            base = g * LANES
+            for ln in range(LANES):
+                shifted = x[base + ln] - mx[ln]
+                ex = expf(shifted)
+                x[base + ln] = ex
+                wg = s64 * ex
+                w[ln] += wg
+                ws[ln] += wg * shifted
+            _arma_sum_step(x, base, g, acc1, acc2)
+        for ln in range(LANES):
+            total[ln] = acc1[ln] + acc2[ln]
+            acc1[ln] = F0
+            acc2[ln] = F0
+        for g in range(k):
+            base = g * LANES
+            for ln in range(LANES):
+                pv = x[base + ln] / total[ln]
+                x[base + ln] = pv
+                ce[ln] += np.float64(pv) * dt[base + ln]
+            _arma_sum_step(x, base, g, acc1, acc2)
+        for ln in range(nl):
+            t = total[ln]
+            if not (np.isfinite(t) and t > F0):
+                flags |= 1  # harmonypy stops the run with an error: which cell does not matter
+                continue
+            column_sum = acc1[ln] + acc2[ln]
+            if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4):
+                flags |= 2
+            t64 = np.float64(t)
+            error += ce[ln]
+            entropy += (ws[ln] - math.log(t64) * w[ln]) / t64
+            j = jj[ln]
+            for g in range(k):
+                pv = x[g * LANES + ln]
+                r[j, g] = pv
+                sums[g] += pv
+        i += nl
+    run_sums[q] = sums
+    run_error[q] = error
+    run_entropy[q] = entropy
+    run_flags[q] = flags
+
+
+@njit(cache=True)
+def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
+              run_sums, run_error, run_entropy, run_flags):
+    """:func:`_reassign_run` for each lead run of the block, in order."""
     for q in range(n_lead):
-        lead = log_div[run_group[q]]
-        sums = np.zeros(k, np.float32)
-        error = 0.0
-        entropy = 0.0
-        flags = 0
-        i = run_begin[q]
-        while i < run_end[q]:
-            nl = min(LANES, run_end[q] - i)
-            for ln in range(LANES):  # lanes past the run's end repeat its last cell; their results are dropped
-                jj[ln] = cells[i + min(ln, nl - 1)]
-            for ln in range(LANES):
-                rows[ln] = jj[ln] * k
-            for g in range(k):
-                sg = sigma[g]
-                lg = lead[g]
-                base = g * LANES
-                for ln in range(LANES):
-                    dv = dist_flat[rows[ln] + g]
-                    dt[base + ln] = dv
-                    x[base + ln] = (-dv) / sg + lg
-            for c in range(1, n_cov):
-                for ln in range(LANES):
-                    rows[ln] = cell_batches[jj[ln], c] * k
-                for g in range(k):
-                    base = g * LANES
-                    for ln in range(LANES):
-                        x[base + ln] += div_flat[rows[ln] + g]
-            for ln in range(LANES):
-                mx[ln] = -F_INF
-                acc1[ln] = F0
-                acc2[ln] = F0
-                w[ln] = 0.0
-                ws[ln] = 0.0
-                ce[ln] = 0.0
-            for g in range(k):
-                base = g * LANES
-                for ln in range(LANES):
-                    v = x[base + ln]
-                    mx[ln] = v if v > mx[ln] else mx[ln]
-            for g in range(k):
-                s64 = np.float64(sigma[g])
-                base = g * LANES
-                for ln in range(LANES):
-                    shifted = x[base + ln] - mx[ln]
-                    ex = expf(shifted)
-                    x[base + ln] = ex
-                    wg = s64 * ex
-                    w[ln] += wg
-                    ws[ln] += wg * shifted
-                _arma_sum_step(x, base, g, acc1, acc2)
-            for ln in range(LANES):
-                total[ln] = acc1[ln] + acc2[ln]
-                acc1[ln] = F0
-                acc2[ln] = F0
-            for g in range(k):
-                base = g * LANES
-                for ln in range(LANES):
-                    pv = x[base + ln] / total[ln]
-                    x[base + ln] = pv
-                    ce[ln] += np.float64(pv) * dt[base + ln]
-                _arma_sum_step(x, base, g, acc1, acc2)
-            for ln in range(nl):
-                t = total[ln]
-                if not (np.isfinite(t) and t > F0):
-                    flags |= 1  # harmonypy stops the run with an error: which cell does not matter
-                    continue
-                column_sum = acc1[ln] + acc2[ln]
-                if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4):
-                    flags |= 2
-                t64 = np.float64(t)
-                error += ce[ln]
-                entropy += (ws[ln] - math.log(t64) * w[ln]) / t64
-                j = jj[ln]
-                for g in range(k):
-                    pv = x[g * LANES + ln]
-                    r[j, g] = pv
-                    sums[g] += pv
-            i += nl
-        run_sums[q] = sums
-        run_error[q] = error
-        run_entropy[q] = entropy
-        run_flags[q] = flags
+        _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums,
+                      run_error, run_entropy, run_flags)
+
+
+@njit(cache=True, parallel=True)
+def _reassign_parallel(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
+                       run_sums, run_error, run_entropy, run_flags):
+    """:func:`_reassign` with the lead runs on the thread pool: each run reads the frozen O / E penalties and writes
+    only its own cells' rows and its own sums, so every value is the sequential pass's bit for bit."""
+    for q in prange(n_lead):
+        _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums,
+                      run_error, run_entropy, run_flags)
 
 
 @njit(cache=True)
@@ -889,7 +907,7 @@ def _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, sign):
 
 @njit(cache=True)
 def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, cov_bounds, n_blocks,
-                       cells_per_block):
+                       cells_per_block, parallel=False):
     """One pass of harmonypy 2.1.0 ``update_R`` over the shuffled cells ``order``: block by block, take the block
     out of O and E, reassign its cells with the diversity penalty (O, E frozen), put them back.
     Returns (error, entropy, flags) with the objective's terms summed in double."""
@@ -943,8 +961,12 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
         _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
         _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, -F1)
         _log_diversity(o, e, theta, log_div)
-        _reassign(r, dist, sigma, log_div, cell_batches, block_cells, run_group, run_begin, run_end, n_lead,
-                  run_sums, run_error, run_entropy, run_flags)
+        if parallel:
+            _reassign_parallel(r, dist, sigma, log_div, cell_batches, block_cells, run_group, run_begin, run_end,
+                               n_lead, run_sums, run_error, run_entropy, run_flags)
+        else:
+            _reassign(r, dist, sigma, log_div, cell_batches, block_cells, run_group, run_begin, run_end, n_lead,
+                      run_sums, run_error, run_entropy, run_flags)
         for q in range(n_lead):
             if run_flags[q] & 1:
                 return error, entropy, 1

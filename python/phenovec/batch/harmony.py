@@ -469,10 +469,14 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
             kern.normalise_rows(z_corr)
             assign("cluster initialization")
         done = 0
+        # a block's lead runs on the Numba threads (same values; each thread's scratch on its own stack)
+        import numba
+
+        parallel_runs = numba.get_num_threads() > 1 and r.shape[1] <= STACK_CLUSTERS
         for i in range(max_iter_kmeans):
             order = kern.mt_shuffled_range(mt, n)
             err, ent, flags = kern.update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches,
-                                                      cov_bounds, n_blocks, cells_per_block)
+                                                      cov_bounds, n_blocks, cells_per_block, parallel_runs)
             _check(int(flags), "assignment update")
             obj_kmeans.append(kern.objective(err, ent, o, e, theta, sigma, n)[0])
             done = i + 1
