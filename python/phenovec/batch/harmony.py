@@ -189,10 +189,12 @@ class Harmony:
 # --------------------------------------------------------------------------------------------- the algorithm
 
 
-#: with ``ncores=0``, cells below which Harmony runs on one thread: each Numba parallel region costs 10-40 ms on a
-#: busy 2-core machine, more than its share of the work for small inputs (measured: 10,000 cells 2.6 s on 2 threads,
-#: 1.5 s on 1; 100,000 cells 10.6 s on 2, 11.9 s on 1)
-PARALLEL_MIN_CELLS = 50_000
+#: with ``ncores=0``, cells below which Harmony runs on one thread. On 2 idle cores (session 25, medians of 5) two
+#: threads win from ~5,000 cells: 5,000 cells 0.19 s on 2 vs 0.25 s on 1, 10,000 0.30 vs 0.37 s, 30,000 0.63 vs
+#: 0.86 s; at 2,000 cells they do not (0.16 vs 0.20 s, both slower than harmonypy's 0.09-0.13 s). On a 2-core machine
+#: busy with other work a parallel region can cost 10-40 ms, and one thread was faster up to ~50,000 cells (session
+#: 22): pass ``ncores=1`` there.
+PARALLEL_MIN_CELLS = 5_000
 
 
 @contextmanager
