@@ -233,8 +233,9 @@ def rank_block_torch(s, q: np.ndarray, want: np.ndarray, cols: np.ndarray | None
 
 
 @numba.njit(cache=True)
-def ap_and_u(cnt: np.ndarray, mp: int, mn: int) -> tuple[float, float]:
-    """AP and Mann-Whitney U of one query from ``cnt[k]`` = its negatives with exactly k positives at or above them.
+def ap_and_u(cnt: np.ndarray, mp: int, mn: int, cumulative: bool = False) -> tuple[float, float]:
+    """AP and Mann-Whitney U of one query from ``cnt[k]`` = its negatives with exactly k positives at or above them
+    (or, ``cumulative``, ``cnt[k]`` = its negatives ranked above its k-th positive: the running sum of the former).
 
     AP sums precision at each positive in rank order; U counts (positive, negative) pairs with the positive first
     (ties: positive first, as AP ranks them), so ROC-AUC = U / (mp * mn).
@@ -243,7 +244,7 @@ def ap_and_u(cnt: np.ndarray, mp: int, mn: int) -> tuple[float, float]:
     above = 0
     u = 0
     for k in range(mp):
-        above += cnt[k]
+        above = cnt[k] if cumulative else above + cnt[k]
         total += np.float64(k + 1) / np.float64(k + above + 1)
         u += mn - above
     return total / mp, np.float64(u)

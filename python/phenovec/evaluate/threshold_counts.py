@@ -9,19 +9,21 @@ key(T) <= K, and a negative v ranks above the positive exactly when v > T. D[k] 
 compiler vectorises (a fraction of a nanosecond per pair for the M of MOA rule sets), instead of a key, a pair
 rule and a bucket search per pair.
 
-The count runs over every active column of the tile, and the columns that are not negatives are taken back out:
-for rule sets whose negatives are "every active row that differs from the query in one column" (one
-``neg_diffby`` column, no ``neg_sameby``: replicate vs all, MOA consistency), those are the rows sharing the
-query's code in that column (itself, its replicates, its positives), found through the column's group index and
-the tile's row positions (:func:`exclude_group`), their values read from the same tile. Each query's D[k] is
-summed over every tile that holds its row or column; :func:`ap_of_cumulative` gives AP and U in
-:func:`phenovec.evaluate.backend.ap_and_u`'s order of summation, so the results are the bucket kernel's bit for bit
+Every active candidate that is a negative of some query of the tile is counted, and for each query the counted
+candidates that are not its negatives are taken back out: with no ``neg_sameby``, those are the ones sharing one of
+its codes in a ``neg_diffby`` column (itself, its replicates, its positives, ...), found through the tile's own
+(column, code) groups (:func:`tile_groups`, :func:`exclude_shared`), their values read from the same tile. A tile's
+column queries are counted from the tile itself, in strips (no transposed copy). Each query's D[k] is summed over
+every tile that holds its row or column; :func:`ap_of_cumulative` gives AP and U by
+:func:`phenovec.evaluate.backend.ap_and_u` (``cumulative=True``), so the results are the bucket kernel's bit for bit
 (tested).
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+from phenovec.evaluate.backend import ap_and_u
 
 FAST_MAX_M = 64  # queries with at most this many positives are counted by thresholds (~0.05 ns per positive per pair)
 MAX_COUNT_COLUMNS = 1 << 24  # float32 counts are exact integers below this
@@ -168,9 +170,8 @@ def tile_groups(nd: np.ndarray, base: int, cols: np.ndarray, sub: np.ndarray) ->
     """The counted candidates (``sub``, positions in ``cols``) grouped by (``neg_diffby`` column d, code): sorted keys
     d * base + code (``base`` > every code), each key's start in ``members`` (tile column positions), for
     :func:`exclude_shared`."""
-    k = base
     codes = nd[:, cols[sub]]  # D x len(sub); rows counted are active: codes >= 0
-    keys = (np.arange(nd.shape[0], dtype=np.int64)[:, None] * k + codes).ravel()
+    keys = (np.arange(nd.shape[0], dtype=np.int64)[:, None] * base + codes).ravel()
     members = np.tile(sub, nd.shape[0])
     order = np.argsort(keys, kind="stable")
     keys, members = keys[order], members[order]
@@ -183,14 +184,13 @@ def exclude_shared(block, rows, want, cols, nd, base, uniq, start, members, thr_
     """Take back out of ``dcnt`` the counted candidates (``cols``) that are not negatives of query i = rows[t]: those
     sharing i's code in some ``neg_diffby`` column (i itself, its replicates, its positives, ...), each once
     (``tile_groups``). ``block`` = S[rows, cols], or S[cols, rows] with ``transposed``."""
-    k = base
     for t in numba.prange(rows.shape[0]):
         i = rows[t]
         if not want[i]:
             continue
         k0, k1 = thr_start[i], thr_start[i + 1]
         for d in range(nd.shape[0]):
-            key = d * k + nd[d, i]
+            key = d * base + nd[d, i]
             g = np.searchsorted(uniq, key)
             if g >= uniq.shape[0] or uniq[g] != key:
                 continue
@@ -212,16 +212,8 @@ def exclude_shared(block, rows, want, cols, nd, base, uniq, start, members, thr_
 
 @numba.njit(parallel=True, cache=True)
 def ap_of_cumulative(queries, thr_start, dcnt, n_neg, ap_out, u_out):
-    """AP and U of each query from its D[k] (``ap_and_u``'s sums, in its order: bit-identical given equal counts)."""
+    """AP and U of each query from its D[k] (``ap_and_u`` with ``cumulative``: bit-identical given equal counts)."""
     for t in numba.prange(queries.shape[0]):
         i = queries[t]
-        k0, mp = thr_start[i], thr_start[i + 1] - thr_start[i]
-        total = 0.0
-        u = 0
-        mn = n_neg[i]
-        for k in range(mp):
-            above = dcnt[k0 + k]
-            total += np.float64(k + 1) / np.float64(k + above + 1)
-            u += mn - above
-        ap_out[t] = total / mp
-        u_out[t] = np.float64(u)
+        k0, k1 = thr_start[i], thr_start[i + 1]
+        ap_out[t], u_out[t] = ap_and_u(dcnt[k0:k1], k1 - k0, n_neg[i], True)
