@@ -144,15 +144,19 @@ def test_evaluate_many_threshold_counts_equal_bucket_kernel(monkeypatch, metric,
 
 @pytest.mark.parametrize("engine,precision", [("torch", "fp32"), ("auto", "bf16")])
 def test_symmetric_tiles_on_torch_cpu_blocks(engine, precision):
-    """(The row blocks here are ranked by thresholds too: covered against the bucket kernel above.)"""
+    """(The row blocks here are ranked by thresholds too: covered against the bucket kernel above.) bf16 runs natively
+    where the CPU has AVX512-BF16 or AMX (asked now), else emulated: the same PyTorch CPU blocks, float32 GEMM."""
     pytest.importorskip("torch")
+    from phenovec.evaluate.precision import cpu_has_bf16
+
+    emulate = precision == "bf16" and not cpu_has_bf16()
     meta, x = synthetic(n_cpd=200, n_ctrl=90, d=24, seed=4, dtype=np.float32)
     sets = {"act": ACT, **{k: v for k, v in rule_sets(meta).items() if k != "act"}}
     bb = 150 * len(meta) * x.itemsize
     st_tiles, st_rows = {}, {}
-    tiles = evaluate_many(meta, x, sets, engine=engine, precision=precision, block_bytes=bb, stats=st_tiles)
-    rows = evaluate_many(meta, x, sets, engine=engine, precision=precision, block_bytes=bb, stats=st_rows,
-                         symmetric=False)
+    kw = dict(engine=engine, precision=precision, emulate=emulate, block_bytes=bb)
+    tiles = evaluate_many(meta, x, sets, stats=st_tiles, **kw)
+    rows = evaluate_many(meta, x, sets, stats=st_rows, symmetric=False, **kw)
     assert st_tiles["symmetric_tiles"] >= 10 and st_rows["symmetric_tiles"] == 0
     for k in sets:
         a, b = tiles[k]["average_precision"].to_numpy(), rows[k]["average_precision"].to_numpy()
