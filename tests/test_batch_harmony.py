@@ -89,6 +89,35 @@ def test_many_clusters_run_in_a_thread_with_a_large_stack(monkeypatch):
         run_harmony(x, meta, ["Metadata_Plate"], nclust=12, lamb=0.0)
 
 
+@pytest.mark.parametrize("nclust,parallel", [(20, True), (30, False)])
+def test_runs_on_threads_equal_harmonypy(monkeypatch, nclust, parallel):
+    """With 2 Numba threads a block's lead runs are reassigned in parallel (up to WORKER_STACK_CLUSTERS clusters, 25
+    here; above it the pass stays on the calling thread): the same result as harmonypy either way."""
+    import importlib
+
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip(f"needs 2 CPU threads for Numba's pool; this machine gives {numba.config.NUMBA_NUM_THREADS}")
+    module = importlib.import_module("phenovec.batch.harmony")
+    monkeypatch.setattr(module, "WORKER_STACK_CLUSTERS", 25)
+    kern = load_kernel("harmony")
+    seen = []
+    real = kern.update_assignments
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(kern, "update_assignments", spy)
+    x, meta = _data()
+    vars_use = ["Metadata_Plate", "Metadata_Row"]
+    ref = harmonypy.run_harmony(x, meta, vars_use, verbose=False, nclust=nclust)
+    ours = run_harmony(x, meta, vars_use, nclust=nclust, ncores=2)
+    assert seen and set(seen) == {parallel}
+    assert_matches(ours, ref)
+
+
 def test_initial_centroids_are_harmonypys_and_can_be_given():
     x, meta = _data(seed=1)
     ref0 = harmonypy.run_harmony(x, meta, ["Metadata_Plate"], verbose=False, max_iter_harmony=0, random_state=5)

@@ -36,12 +36,14 @@ centroid choice screened with float32 BLAS and numpy's SIMD ``log`` (then harmon
 that could tie), the ridge sums once per combination of batches (one ``dgemm`` each) instead of once per batch and
 variable, the cluster systems solved in one batched call, the assignment pass 16 cells at a time, one per SIMD lane
 (lane buffers on the stack, so that LLVM vectorises them), with a vectorisable copy of glibc's ``expf``
-(bit-identical to libm's); Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)`` while running; the
-assignment pass is sequential, as its blocks depend on each other, and a parallel region per block costs more than
-it saves on 2 busy cores). Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried (tests; 10k and
-100k cells in the benchmark). Measured side by side in ``bench/harmony_bench.py`` on 2 shared cores under load ~9:
-1.9x harmonypy 2.1.0's wall-clock at 100k cells (1.7x in CPU seconds), 1.3x at 10k; short of the 5x target (the
-sequential assignment pass is a third of the time).
+(bit-identical to libm's); Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)`` while running, from
+:data:`PARALLEL_MIN_CELLS` cells with ``ncores=0``). The assignment pass's blocks depend on each other, but within a
+block the runs of cells (one per batch of the first variable) are independent: they run on the Numba threads up to
+:data:`WORKER_STACK_CLUSTERS` clusters. Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried
+(tests; 10k and 100k cells in the benchmark). Measured side by side in ``bench/harmony_bench.py`` (medians of 5):
+1.3x harmonypy 2.1.0's wall-clock at 10k and 100k cells on 2 idle cores (1.6x in CPU seconds at 100k), 1.9x at
+100k on 2 cores under load ~9; short of the 5x target (the assignment passes alone take longer than 1/5 of
+harmonypy's time).
 """
 from __future__ import annotations
 
@@ -394,6 +396,9 @@ def run_harmony(
 #: clusters up to which the assignment kernel's scratch (``kernels/harmony.py: _reassign``, 128 bytes per cluster on
 #: the stack) runs on the calling thread; above, Harmony runs in a thread with a stack sized for it
 STACK_CLUSTERS = 1024
+#: clusters up to which a block's runs are reassigned on the Numba worker threads, whose stacks may be small (the
+#: scratch is then at most 32 KiB); above, the pass runs on the calling thread
+WORKER_STACK_CLUSTERS = 256
 
 
 def _on_stack_for(nclust: int, fn, *args):
@@ -434,6 +439,8 @@ def _check(flags: int, stage: str) -> None:
 def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta, lamb, alpha, nclust, block_size,
                max_iter_harmony, max_iter_kmeans, eps_kmeans, eps_harmony, cutoff, random_state, init_centroids,
                verbose):
+    import numba
+
     n, d = z_orig.shape
     k = nclust
     n_batches = int(phi_n.sum())
@@ -464,6 +471,9 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
     by_combination = kern.combination_order(cell_batches)
     ridge = _Ridge(z_orig, cell_batches, by_combination, phi_n, lamb, alpha, cutoff)
     window = 3
+    # a block's lead runs on the Numba threads (same values): each worker keeps the assignment scratch (128 bytes per
+    # cluster) on its own stack, which may be small, so only up to WORKER_STACK_CLUSTERS clusters (32 KiB)
+    parallel_runs = numba.get_num_threads() > 1 and k <= WORKER_STACK_CLUSTERS
     for it in range(1, max_iter_harmony + 1):
         if verbose:
             logger.info("Harmony iteration %d of %d", it, max_iter_harmony)
@@ -471,10 +481,6 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
             kern.normalise_rows(z_corr)
             assign("cluster initialization")
         done = 0
-        # a block's lead runs on the Numba threads (same values; each thread's scratch on its own stack)
-        import numba
-
-        parallel_runs = numba.get_num_threads() > 1 and r.shape[1] <= STACK_CLUSTERS
         for i in range(max_iter_kmeans):
             order = kern.mt_shuffled_range(mt, n)
             err, ent, flags = kern.update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches,
