@@ -1,9 +1,10 @@
-"""Benchmark phenovec's integration metric set against scib-metrics 0.5.10, end to end, side by side.
+"""Benchmark phenovec's integration metric set against scib-metrics (0.6.1), end to end, side by side.
 
 The metric set: scib's ``silhouette_label``, ``silhouette_batch``, ``isolated_labels``,
 ``nmi_ari_cluster_labels_kmeans``, ``clisi_knn``, ``ilisi_knn``, ``kbet_per_label``, ``graph_connectivity`` and
 ``pcr_comparison`` (against a second, "pre-integration" embedding of the same rows), with scib-metrics'
-Benchmarker neighbour counts (one 90-NN graph cut to 15 / 50 / 90).
+Benchmarker neighbour counts (one 90-NN graph cut to 15 / 50 / 90); with ``--sbee`` also 0.6.1's ``sbee`` (on the
+90-NN graph, as its Benchmarker), timed as a step of its own.
 
 - ``scib``: what a scib-metrics user runs: ``scib_metrics.nearest_neighbors.pynndescent(X, 90, random_state=0,
   n_jobs=--jobs)`` (the Benchmarker's default neighbour search, approximate) then each ``scib_metrics`` function
@@ -55,7 +56,7 @@ def make_data(n: int, dim: int, n_labels: int, n_batches: int, seed: int):
     return pre, post, labels, batches
 
 
-def run_scib(pre, post, labels, batches, jobs: int) -> tuple[dict, dict]:
+def run_scib(pre, post, labels, batches, jobs: int, sbee: bool = False) -> tuple[dict, dict]:
     import scib_metrics as sm
     from scib_metrics.nearest_neighbors import pynndescent
 
@@ -80,10 +81,12 @@ def run_scib(pre, post, labels, batches, jobs: int) -> tuple[dict, dict]:
     v["kbet_per_label"] = timed("kbet_per_label", lambda: sm.kbet_per_label(nn50, batches, labels))
     v["graph_connectivity"] = timed("graph_connectivity", lambda: sm.graph_connectivity(nn15, labels))
     v["pcr_comparison"] = timed("pcr_comparison", lambda: sm.pcr_comparison(pre, post, batches, categorical=True))
+    if sbee:
+        v["sbee"] = timed("sbee", lambda: sm.sbee(nn90, post, batches, labels))
     return t, v
 
 
-def run_ours(pre, post, labels, batches, with_map: bool) -> tuple[dict, dict]:
+def run_ours(pre, post, labels, batches, with_map: bool, sbee: bool = False) -> tuple[dict, dict]:
     import phenovec.evaluate.integration as pi
     from phenovec.evaluate.integration.distance_pass import knn_graph_and_silhouettes
     from phenovec.evaluate.integration.isolated_labels import isolated_labels_from_samples
@@ -110,6 +113,8 @@ def run_ours(pre, post, labels, batches, with_map: bool) -> tuple[dict, dict]:
     v["kbet_per_label"] = timed("kbet_per_label", lambda: pi.kbet_per_label(g50, batches, labels))
     v["graph_connectivity"] = timed("graph_connectivity", lambda: pi.graph_connectivity(g15, labels))
     v["pcr_comparison"] = timed("pcr_comparison", lambda: pi.pcr_comparison(pre, post, batches, categorical=True))
+    if sbee:
+        v["sbee"] = timed("sbee", lambda: pi.sbee(g90, post, batches, labels))
     if with_map:  # not part of the compared set
         t0 = time.perf_counter()
         v["mean_average_precision"] = pi.label_map(post, labels)
@@ -166,9 +171,9 @@ def child(spec: dict) -> dict:
     t0 = time.perf_counter()
     with TreePeak() as tree:
         if spec["side"] == "scib":
-            steps, values = run_scib(pre, post, labels, batches, spec["jobs"])
+            steps, values = run_scib(pre, post, labels, batches, spec["jobs"], spec["sbee"])
         else:
-            steps, values = run_ours(pre, post, labels, batches, spec["n"] <= spec["map_max_n"])
+            steps, values = run_ours(pre, post, labels, batches, spec["n"] <= spec["map_max_n"], spec["sbee"])
     wall = time.perf_counter() - t0 - steps.get("mean_average_precision_extra", 0.0)
     return dict(spec, import_s=import_s, wall_s=wall, steps_s=steps, values=values, peak_rss_mb=peak_mb(),
                 peak_tree_rss_mb=tree.peak / 2**20, load_average=os.getloadavg())
@@ -187,6 +192,7 @@ def main() -> None:
     ap.add_argument("--scib-repeats", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=os.cpu_count(), help="pynndescent n_jobs for scib's kNN")
     ap.add_argument("--map-max-n", type=int, default=20000, help="time phenovec's label mAP up to this n")
+    ap.add_argument("--sbee", action="store_true", help="add sBEE to the set (scib-metrics >= 0.6)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -197,7 +203,7 @@ def main() -> None:
            "scib_metrics": __import__("importlib.metadata").metadata.version("scib-metrics"), "runs": [],
            "summary": []}
     base = {"dim": a.dim, "labels": a.labels, "batches": a.batches, "seed": a.seed, "jobs": a.jobs,
-            "map_max_n": a.map_max_n}
+            "map_max_n": a.map_max_n, "sbee": a.sbee}
     for n in list(a.n) + list(a.ours_only_n):
         per = {}
         sides = ["ours", "scib"] if n in a.n else ["ours"]
@@ -223,6 +229,11 @@ def main() -> None:
                 row[f"{side}_values"] = ok[-1]["values"]
         if "ours_median_s" in row and "scib_median_s" in row:
             row["speedup"] = row["scib_median_s"] / row["ours_median_s"]
+            if a.sbee:
+                med = {side: statistics.median(r["steps_s"]["sbee"] for r in per[side] if "error" not in r)
+                       for side in ("ours", "scib")}
+                row["sbee_s"] = med
+                row["sbee_speedup"] = med["scib"] / med["ours"]
             row["max_abs_value_diff"] = max(abs(row["ours_values"][k] - row["scib_values"][k])
                                             for k in row["scib_values"])
         doc["summary"].append(row)

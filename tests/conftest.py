@@ -11,7 +11,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # deadlock, and the Dask, DataLoader and profiling tests fork: these modules run last (and import the peer lazily,
 # tests/integration_data.py), so no test forks after JAX is loaded.
 JAX_PEER_MODULES = ("test_integration_clustering.py", "test_integration_kbet.py", "test_integration_metrics.py",
-                    "test_integration_table.py")
+                    "test_integration_sbee.py", "test_integration_table.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,4 @@
-"""Integration metrics against scib-metrics 0.5.10 itself (PCR, isolated labels, k-means and Leiden NMI / ARI)."""
+"""Integration metrics against scib-metrics 0.6.1 itself (PCR, isolated labels, k-means and Leiden NMI / ARI)."""
 import numpy as np
 import pytest
 
@@ -25,6 +25,19 @@ def test_pcr(data):
     post = X - np.array([X[batches == b].mean(axis=0) for b in batches]) * 0.7
     assert abs(pi.pcr_comparison(X, post, batches, categorical=True)
                - scib.pcr_comparison(X, post, batches, categorical=True)) < 1e-6
+
+
+def test_pcr_refuses_a_constant_covariate_as_scib_does(data):
+    from scib_metrics.utils import principal_component_regression as scib_pcr
+
+    X = data[0]
+    for cov, kwargs in ((np.full(len(X), "plate0"), {"categorical": True}), (np.full(len(X), 2.5), {})):
+        with pytest.raises(ValueError, match="constant"):
+            scib_pcr(X, cov, **kwargs)
+        with pytest.raises(ValueError, match="covariate: every row has the value .*constant covariate"):
+            pi.principal_component_regression(X, cov, **kwargs)
+    with pytest.raises(ValueError, match="constant covariate"):
+        pi.pcr_comparison(X, X * 0.5, np.full(len(X), "plate0"), categorical=True)
 
 
 def test_isolated_labels(data):

@@ -1,4 +1,4 @@
-"""kBET against scib-metrics 0.5.10, its diffusion-space neighbours replaced by the same exact kNN."""
+"""kBET against scib-metrics 0.6.1, its diffusion-space neighbours replaced by the same exact kNN."""
 import numpy as np
 import pytest
 
@@ -44,6 +44,20 @@ def test_kbet_skips_small_and_single_batch_labels(exact_diffusion_neighbours):
     theirs, ref_df = scib.kbet_per_label(scib_neighbors(g), batches, labels, return_df=True)
     assert df["kBET"].isna().sum() == 2 and ref_df["kBET"].isna().sum() == 2
     assert abs(ours - theirs) < 1e-12
+
+
+def test_kbet_refuses_one_batch_as_scib_does():
+    X, _, batches = synthetic(n=120, seed=6)
+    g = pi.knn_graph(X, 20)
+    one = np.full(len(X), "plate0")
+    with pytest.raises(ValueError, match="two batches"):
+        scib.kbet(scib_neighbors(g), one)
+    with pytest.raises(ValueError, match="batches: 1 distinct value"):
+        pi.kbet(g, one)
+    b = batches.astype(object)
+    b[5] = None
+    with pytest.raises(ValueError, match="batches: missing value .* row 5"):
+        pi.kbet(g, b)
 
 
 def test_kbet_per_label_in_worker_processes_equals_in_process():

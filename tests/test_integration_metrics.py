@@ -1,4 +1,4 @@
-"""Integration metrics against scib-metrics 0.5.10 itself, on the same input and the same kNN graph."""
+"""Integration metrics against scib-metrics 0.6.1 itself, on the same input and the same kNN graph."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -101,6 +101,15 @@ def test_graph_connectivity(data):
 def test_accepts_scib_neighbors_results(data):
     _, _, batches, g = data
     assert pi.ilisi_knn(scib_neighbors(g), batches) == pi.ilisi_knn(g, batches)
+
+
+def test_silhouette_batch_undefined_as_scib(data):
+    X, labels, batches, _ = data
+    one_per_label = np.array([f"plate{v[-1]}" for v in labels])  # every label lies in one batch
+    with pytest.raises(ValueError, match="undefined"):
+        scib.silhouette_batch(X, labels, one_per_label)
+    with pytest.raises(ValueError, match="no label has rows from at least 2 batches"):
+        pi.silhouette_batch(X, labels, one_per_label)
 
 
 def test_bad_annotations(data):

@@ -62,7 +62,7 @@ def methods():
 
 def test_integration_table_ranks_batch_removal_first(methods, tmp_path):
     meta, emb = methods
-    res = pi.integration_table(emb, "Metadata_Plate", "Metadata_moa", metadata=meta)
+    res = pi.integration_table(emb, "Metadata_Plate", "Metadata_moa", metadata=meta, sbee=True)
     wide = res.wide()
     assert set(wide.columns) == {m for m in pi.METRIC_TYPES if "leiden" not in m}
     # the metrics computed inside the table are the metrics computed alone
@@ -70,6 +70,10 @@ def test_integration_table_ranks_batch_removal_first(methods, tmp_path):
     assert wide.loc["centred", "ilisi_knn"] == pi.ilisi_knn(g, meta["Metadata_Plate"])
     assert wide.loc["centred", "kbet_per_label"] == pi.kbet_per_label(g.subset_neighbors(50), meta["Metadata_Plate"],
                                                                       meta["Metadata_moa"])
+    assert wide.loc["centred", "sbee"] == pi.sbee(g, emb["centred"], meta["Metadata_Plate"], meta["Metadata_moa"])
+    assert wide.loc["centred", "sbee"] > wide.loc["raw", "sbee"]
+    assert "sbee" not in pi.integration_table(emb, "Metadata_Plate", "Metadata_moa", metadata=meta,
+                                              mean_average_precision=False).wide().columns
     assert wide.loc["raw", "pcr_comparison"] == 0 and wide.loc["centred", "pcr_comparison"] > 0.99
     scores = res.scores.set_index("method")
     assert scores.loc["centred", "rank"] == 1 and scores.loc["centred", S.BATCH] == 1.0
@@ -114,10 +118,11 @@ def test_cli(methods, tmp_path):
     add_integration_parser(parser.add_subparsers(dest="metric"))
     out = tmp_path / "integration.csv"
     args = parser.parse_args(["integration", *paths, "--batch-key", "Metadata_Plate", "--label-key", "Metadata_moa",
-                              "-o", str(out), "--no-map", "--figure", str(tmp_path / "h.png"), "--quiet"])
+                              "-o", str(out), "--no-map", "--figure", str(tmp_path / "h.png"), "--quiet", "--sbee"])
     args.run(args)
     table = pd.read_csv(out)
     assert set(table["method"]) == {"raw", "centred"} and "mean_average_precision" not in set(table["metric"])
+    assert "sbee" in set(table["metric"])
     summary = json.loads((tmp_path / "integration.json").read_text())
     assert [s["method"] for s in summary["scores"] if s["rank"] == 1] == ["centred"]
     assert (tmp_path / "h.png").exists()

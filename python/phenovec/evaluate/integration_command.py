@@ -2,7 +2,7 @@
 
     phenovec evaluate integration raw.parquet normalized.parquet sphered.parquet --names raw normalized sphered \
         --batch-key Metadata_Plate --label-key Metadata_moa -o integration.csv [--figure integration.png] \
-        [--baseline raw] [--leiden] [--no-map] [--query "Metadata_moa != 'DMSO'"] [--summary S.json]
+        [--baseline raw] [--leiden] [--sbee] [--no-map] [--query "Metadata_moa != 'DMSO'"] [--summary S.json]
 
 Each PROFILES table holds the same rows (same ``--batch-key`` / ``--label-key`` values, row for row); features are
 its non-Metadata columns (each table may have its own). Writes the tidy table (method, metric, metric_type,
@@ -37,7 +37,7 @@ def _run(args) -> dict:
                 raise ValueError(f"--query {args.query!r} selects no row of {path}")
         tables[nm] = df.reset_index(drop=True)
     res = integration_table(tables, args.batch_key, args.label_key, baseline=args.baseline, leiden=args.leiden,
-                            mean_average_precision=not args.no_map, seed=args.seed)
+                            mean_average_precision=not args.no_map, seed=args.seed, sbee=args.sbee)
     summary = {"metric": "integration", "batch_key": args.batch_key, "label_key": args.label_key,
                "methods": names, "scores": res.scores.to_dict(orient="records")}
     if args.figure:
@@ -57,6 +57,8 @@ def add_integration_parser(metrics) -> None:
     p.add_argument("--baseline", help="method whose profiles are the pre-integration reference of pcr_comparison "
                                       "(default: the first)")
     p.add_argument("--leiden", action="store_true", help="add Leiden NMI / ARI (needs python-igraph)")
+    p.add_argument("--sbee", action="store_true", help="add sBEE (scib-metrics 0.6.1's batch-mixing score; "
+                                                      "O(rows of a label ^ 2) distances)")
     p.add_argument("--no-map", action="store_true", help="skip the label mAP (O(n^2 log n))")
     p.add_argument("--seed", type=int, default=0, help="k-means seeding (default 0)")
     p.add_argument("--query", help="filter applied to every table before scoring, e.g. \"Metadata_moa != 'DMSO'\" "

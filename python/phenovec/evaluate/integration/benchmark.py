@@ -4,7 +4,8 @@ The scib benchmark as Arevalo et al. 2024 (figure 2) ran it on Cell Painting pro
 sphered / Harmony / ... profiles of the same wells scored by
 
 - batch correction: ``silhouette_batch``, ``ilisi_knn``, ``kbet_per_label``, ``graph_connectivity``,
-  ``pcr_comparison`` (against the ``baseline`` embedding, default the first);
+  ``pcr_comparison`` (against the ``baseline`` embedding, default the first), optionally ``sbee`` (``sbee=True``; off
+  by default, as in scib-metrics 0.6.1's Benchmarker);
 - bio conservation: ``isolated_labels``, ``nmi_ari_cluster_labels_kmeans`` (nmi, ari), ``silhouette_label``,
   ``clisi_knn``, optionally ``nmi_ari_cluster_labels_leiden`` (``leiden=True``, needs igraph), and phenovec's
   ``mean_average_precision`` (label retrieval, :func:`~phenovec.evaluate.integration.retrieval.label_map`;
@@ -39,6 +40,7 @@ from phenovec.evaluate.integration.distance_pass import knn_graph_and_silhouette
 from phenovec.evaluate.integration.lisi import clisi_knn, ilisi_knn
 from phenovec.evaluate.integration.pcr import pcr_comparison
 from phenovec.evaluate.integration.retrieval import label_map
+from phenovec.evaluate.integration.sbee import sbee as sbee_score
 from phenovec.evaluate.integration.silhouette import _label_asw, silhouette_batch
 
 METRIC_TYPES = {
@@ -55,6 +57,7 @@ METRIC_TYPES = {
     "kbet_per_label": S.BATCH,
     "graph_connectivity": S.BATCH,
     "pcr_comparison": S.BATCH,
+    "sbee": S.BATCH,
 }
 NEIGHBOURS = (15, 50, 90)
 
@@ -95,7 +98,7 @@ def _split(name: str, emb, batch_key: str, label_key: str, metadata):
 def integration_table(embeddings: Mapping[str, object], batch_key: str, label_key: str, *,
                       metadata: pd.DataFrame | None = None, baseline: str | None = None, leiden: bool = False,
                       mean_average_precision: bool = True, map_distance: str = "cosine", seed: int = 0,
-                      min_max: bool = True) -> IntegrationResult:
+                      min_max: bool = True, sbee: bool = False) -> IntegrationResult:
     """Score every embedding (name -> profile table or n x d matrix of the same rows) with the integration set."""
     if not embeddings:
         raise ValueError("embeddings: give at least one (name -> profile table or matrix)")
@@ -147,6 +150,8 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
         vals["graph_connectivity"] = timed("graph_connectivity", lambda: graph_connectivity(sub[15], labels))
         vals["pcr_comparison"] = timed("pcr_comparison",
                                        lambda: pcr_comparison(x_pre, x, batch, categorical=True))
+        if sbee:
+            vals["sbee"] = timed("sbee", lambda: sbee_score(sub[90], x, batch, labels))
         for m, v in vals.items():
             rows.append({"method": nm, "metric": m, "metric_type": METRIC_TYPES[m], "value": float(v)})
         secs.append({"method": nm, **t})

@@ -1,6 +1,6 @@
 """Cluster-label agreement: ``nmi_ari_cluster_labels_kmeans`` and ``nmi_ari_cluster_labels_leiden``.
 
-Definitions: scib-metrics 0.5.10's. NMI (arithmetic normalisation) and ARI (scikit-learn's) between the labels
+Definitions: scib-metrics 0.6.1's. NMI (arithmetic normalisation) and ARI (scikit-learn's) between the labels
 and a clustering of the embedding:
 
 - k-means with ``k`` = the number of labels, scib-metrics' :class:`KMeans`: rows centred, k-means++ seeding

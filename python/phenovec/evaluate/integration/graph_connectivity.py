@@ -1,6 +1,6 @@
 """Graph connectivity (``graph_connectivity``): does each label's kNN subgraph stay in one piece?
 
-Definition: scib-metrics 0.5.10's. For each label, the directed kNN graph (``knn_graph_distances``: an edge
+Definition: scib-metrics 0.6.1's. For each label, the directed kNN graph (``knn_graph_distances``: an edge
 from every row to each of its ``k`` neighbours, self edges and zero distances included) restricted to the
 label's rows is split into strongly connected components; the label scores ``largest component / rows``;
 the metric is the mean over labels. scipy's ``connected_components`` does the splitting on the same CSR

@@ -1,6 +1,6 @@
 """Isolated label score (``isolated_labels``): how well labels present in the fewest batches stay separate.
 
-Definition: scib-metrics 0.5.10's ``isolated_labels`` (its ASW form, not scib's F1 one). A label is isolated
+Definition: scib-metrics 0.6.1's ``isolated_labels`` (its ASW form, not scib's F1 one). A label is isolated
 when the number of distinct batches it occurs in is at most ``iso_threshold`` (default: the smallest such
 number over all labels). Score = mean over isolated labels of the mean rescaled label silhouette
 ``(s_i + 1) / 2`` of their rows, ``s_i`` the silhouette of every row against all labels (the same samples as

@@ -1,6 +1,6 @@
 """kBET (Buttner et al. 2018): ``kbet`` and the per-label ``kbet_per_label`` of the scib benchmark.
 
-Definitions: scib-metrics 0.5.10's (``scib_metrics.metrics._kbet``, ``utils._diffusion_nn``).
+Definitions: scib-metrics 0.6.1's (``scib_metrics.metrics._kbet``, ``utils._diffusion_nn``).
 
 ``kbet``: for each row, the batch counts among its kNN list (self included) against the global batch
 frequencies, Pearson's chi-square with ``B - 1`` degrees of freedom, p-value ``1 - chi2_cdf``
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -36,9 +35,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 from scipy.special import gammainc
 
-from phenovec.evaluate.integration.annotations import annotation_codes
+from phenovec.evaluate.integration.annotations import annotation_codes, batch_codes
 from phenovec.evaluate.integration.knn_graph import KnnGraph, as_neighbors, knn_graph
-from phenovec.evaluate.integration.threads import threads_for
+from phenovec.evaluate.integration.threads import threads_for, usable_cores
 
 logger = logging.getLogger(__name__)
 _EPS = 1e-8
@@ -51,7 +50,7 @@ def kbet(X, batches, alpha: float = 0.05) -> tuple[float, np.ndarray, np.ndarray
     g = as_neighbors(X)
     if len(batches) != g.n_samples:
         raise ValueError("Length of batches does not match number of cells.")
-    b = pd.factorize(np.asarray(batches), sort=True)[0]
+    b = batch_codes(batches, "batches")  # kBET needs 2 batches at least (scib-metrics 0.6.1 raises too)
     nb = int(b.max()) + 1
     freq = np.bincount(b, minlength=nb) / len(b)
     nbr = b[g.indices]
@@ -142,17 +141,10 @@ def kbet_per_label(X, batches, labels, alpha: float = 0.05, diffusion_n_comps: i
     return (final, df) if return_df else final
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def _run_labels(tasks: list, n_jobs: int | None) -> list[float]:
     """``_label_score`` of every task, in order: in process, or over ``n_jobs`` worker processes (largest first)."""
     if n_jobs is None:
-        n_jobs = _usable_cores() if sum(t[0].shape[0] for t in tasks) >= PARALLEL_ROWS else 1
+        n_jobs = usable_cores() if sum(t[0].shape[0] for t in tasks) >= PARALLEL_ROWS else 1
     n_jobs = min(n_jobs, len(tasks))
     if n_jobs <= 1:
         out = []

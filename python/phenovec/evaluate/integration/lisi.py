@@ -1,6 +1,6 @@
 """Local inverse Simpson index (LISI, Korsunsky et al. 2019): ``lisi_knn``, ``ilisi_knn``, ``clisi_knn``.
 
-Definitions are scib-metrics 0.5.10's (``scib_metrics.metrics._lisi`` / ``utils._lisi``), on the same kNN
+Definitions are scib-metrics 0.6.1's (``scib_metrics.metrics._lisi`` / ``utils._lisi``), on the same kNN
 graph: for each row, a Gaussian kernel ``P_j = exp(-beta d_j)`` over its neighbours (self weight 0; ``d`` the
 Euclidean kNN distances, not squared) whose entropy is matched to ``log(perplexity)`` by bisection on
 ``beta`` (start 1, double / halve until bracketed, stop when ``|H - log perplexity| < 1e-5`` or after 50

@@ -1,6 +1,6 @@
 """Principal component regression: ``principal_component_regression`` and ``pcr_comparison``.
 
-Definitions: scib-metrics 0.5.10's (Buttner et al. 2018). PCR = ``sum_k var_k R2_k / sum_k var_k`` over the
+Definitions: scib-metrics 0.6.1's (Buttner et al. 2018); a constant covariate (one batch) is an error, as there. PCR = ``sum_k var_k R2_k / sum_k var_k`` over the
 principal components ``k`` of ``X``, ``R2_k`` of regressing PC ``k`` on the covariate (one-hot if
 ``categorical``, centred, no intercept). ``pcr_comparison`` = ``(PCR_pre - PCR_post) / PCR_pre`` clipped at 0
 with a warning (``scale=True``; higher = more batch variance removed), or ``PCR_post - PCR_pre``.
@@ -31,6 +31,11 @@ def principal_component_regression(X, covariate, categorical: bool = False, n_co
     max_comp = min(n, d)
     if n_components is not None and n_components > max_comp:
         raise ValueError(f"n_components = {n_components} must be <= min(n_rows, n_features) = {max_comp}")
+    flat = cov.reshape(n, -1)
+    if n and (flat == flat[:1]).all():
+        raise ValueError(f"covariate: every row has the value {flat.ravel()[0]!r}: principal component regression "
+                         f"is undefined for a constant covariate (e.g. a single batch), as there is no variance to "
+                         f"regress against")
     xc = x - x.mean(axis=0)
     if categorical:
         codes = annotation_codes(cov.ravel(), "covariate", n)[0]

@@ -1,6 +1,6 @@
 """Aggregation of the integration metrics: min-max scaling across methods and the overall score.
 
-As scib-metrics' ``Benchmarker.get_results`` (0.5.10) and Arevalo et al. 2024 (Nature Communications): each
+As scib-metrics' ``Benchmarker.get_results`` (0.6.1) and Arevalo et al. 2024 (Nature Communications): each
 metric is min-max scaled across the compared methods (scikit-learn's ``MinMaxScaler``: ``(x - min) / (max -
 min)``, a constant metric scaled to 0, NaN left out of min / max and kept), the scaled metrics are averaged
 per type (``batch correction``, ``bio conservation``; NaN skipped), and ``total = 0.4 x batch + 0.6 x bio``.

@@ -1,6 +1,6 @@
 """Average silhouette width: ``silhouette_samples``, ``silhouette_label``, ``silhouette_batch``.
 
-Definitions are scib-metrics 0.5.10's (``scib_metrics.metrics._silhouette``, ``utils._silhouette``), which
+Definitions are scib-metrics 0.6.1's (``scib_metrics.metrics._silhouette``, ``utils._silhouette``), which
 follow scikit-learn's ``silhouette_samples``: ``a_i`` = mean distance to the other members of its class,
 ``b_i`` = smallest mean distance to another class, ``s_i = (b_i - a_i) / max(a_i, b_i)``, 0 where undefined
 (a singleton class, a single class). Distances: ``euclidean`` (default) or ``cosine`` (``1 - cos``, clipped

@@ -7,6 +7,7 @@ one), so problems of at most ``SMALL_ROWS`` rows run single-threaded.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager, nullcontext
 
 import numba
@@ -29,3 +30,11 @@ def _single_thread():
 def threads_for(rows: int):
     """A context running its body single-threaded when ``rows <= SMALL_ROWS``, else unchanged."""
     return _single_thread() if rows <= SMALL_ROWS else nullcontext()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; all CPUs where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
