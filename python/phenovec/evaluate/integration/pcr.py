@@ -1,9 +1,10 @@
 """Principal component regression: ``principal_component_regression`` and ``pcr_comparison``.
 
-Definitions: scib-metrics 0.6.1's (Buttner et al. 2018); a constant covariate (one batch) is an error, as there. PCR = ``sum_k var_k R2_k / sum_k var_k`` over the
-principal components ``k`` of ``X``, ``R2_k`` of regressing PC ``k`` on the covariate (one-hot if
-``categorical``, centred, no intercept). ``pcr_comparison`` = ``(PCR_pre - PCR_post) / PCR_pre`` clipped at 0
-with a warning (``scale=True``; higher = more batch variance removed), or ``PCR_post - PCR_pre``.
+Definitions: scib-metrics 0.6.1's (Buttner et al. 2018); a constant covariate (one batch) is an error, as there.
+PCR = ``sum_k var_k R2_k / sum_k var_k`` over the principal components ``k`` of ``X``, ``R2_k`` of regressing PC
+``k`` on the covariate (one-hot if ``categorical``, centred, no intercept). ``pcr_comparison`` =
+``(PCR_pre - PCR_post) / PCR_pre`` clipped at 0 with a warning (``scale=True``; higher = more batch variance
+removed), or ``PCR_post - PCR_pre``.
 
 How: with every component (``n_components=None``, as scib-metrics and its Benchmarker call it), the PCs are an
 orthogonal rotation of the centred data, so ``sum_k var_k R2_k`` is the covariate's explained sum of squares

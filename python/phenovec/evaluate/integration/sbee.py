@@ -13,7 +13,7 @@ Per row, the harmonic mean of two scores in [0, 1] (higher = better mixed):
 Score = mean over labels of the mean over the label's batches of the rows' mean.
 
 scib-metrics builds the distributions in a Python loop over rows and batches that scans every row
-(``O(n^2 B)``: hours at 100k) and the distances with ``cdist`` per group. Here the counts are one ``bincount``
+(``O(n^2 B)``) and the distances with ``cdist`` per group. Here the counts are one ``bincount``
 over the kNN table, and the medians come from one pass per label over row blocks of its distance matrix (a float64
 GEMM, ``np.partition`` for the two medians); rows whose median distance is within rounding of 0 are recomputed
 from differences, so a duplicate-row group gives scib's exact 0 (and its undefined score).
