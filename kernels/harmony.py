@@ -728,18 +728,6 @@ def _log_diversity(o, e, theta, out):
             out[b, g] = (log_expected - log_observed) * w
 
 
-@njit(cache=True, inline="always")
-def _logits_of(j, dj, logits, sigma, lead, log_div, cell_batches, k, n_cov):
-    """-dist / sigma plus the diversity penalty of each of the cell's batches (lead covariate first)."""
-    for g in range(k):
-        scaled = (-dj[g]) / sigma[g]
-        logits[g] = scaled + lead[g]
-    for c in range(1, n_cov):
-        div = log_div[cell_batches[j, c]]
-        for g in range(k):
-            logits[g] = logits[g] + div[g]
-
-
 #: cells reassigned together in :func:`_reassign`: one SIMD lane per cell (16 float32 lanes: one AVX-512 vector)
 LANES = 16
 
@@ -981,28 +969,6 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
 
 
 # ------------------------------------------------------------------------------------------ correction
-
-
-@njit(cache=True, parallel=True)
-def weighted_sums(r, z, cells, run_begin, run_end, out):
-    """``out[q, k, :d] = sum r[j, k] * z[j]`` and ``out[q, k, d] = sum r[j, k]`` over the cells ``cells[run_begin[q]:
-    run_end[q]]`` of each run q, accumulated in double (the ridge system's sums; harmonypy sums them in double too)."""
-    k = r.shape[1]
-    d = z.shape[1]
-    for q in prange(run_begin.shape[0]):
-        acc = np.zeros((k, d + 1))
-        zj = np.empty(d)
-        for i in range(run_begin[q], run_end[q]):
-            j = cells[i]
-            for a in range(d):
-                zj[a] = z[j, a]
-            for g in range(k):
-                rk = np.float64(r[j, g])
-                row = acc[g]
-                for a in range(d):
-                    row[a] += rk * zj[a]
-                row[d] += rk
-        out[q] = acc
 
 
 @njit(cache=True)
