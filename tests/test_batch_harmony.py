@@ -225,3 +225,29 @@ def test_expf_is_libms_expf():
     # the check can fail: there, exp in double rounded to float32 (a plausible stand-in) is 1 ulp off libm's expf
     known = np.flatnonzero(x == np.float32(-63.09946060180664))[0]
     assert ours[known] != np.float32(math.exp(float(x[known])))
+
+
+def test_kmeans_screen_matches_the_sequential_rule():
+    """The screen of the k-means steps: nearest = first minimum of |m|^2 - 2 x.m, unsure = runner-up within tol (an
+    equal runner-up included), on ties too."""
+    kern = load_kernel("harmony")
+    rng = np.random.default_rng(3)
+    for n, k in ((37, 5), (16, 1), (300, 23)):
+        gt = rng.normal(size=(k, n)).astype(np.float32)
+        msq = rng.random(k)
+        if k > 2:
+            gt[2, ::3] = gt[0, ::3]  # exact ties between means 0 and 2 (same norm below)
+            msq[2] = msq[0]
+        assignment = np.empty(n, np.int64)
+        unsure = np.empty(n, np.bool_)
+        kern.nearest_candidates(np.ascontiguousarray(gt.T), msq, 0.05, assignment, unsure)
+        v = msq[:, None] - 2.0 * gt.astype(np.float64)
+        for j in range(n):
+            col = v[:, j]
+            best = int(np.argmin(col))  # the first minimum
+            runner = np.min(np.delete(col, best)) if k > 1 else np.inf
+            assert assignment[j] == best, (n, k, j)
+            assert unsure[j] == (runner - col[best] <= 0.05), (n, k, j)
+        if k > 2:  # where the tied pair is nearest, the first of them wins and the cell is unsure
+            tied = np.flatnonzero(np.isin(assignment[::3], (0, 2))) * 3
+            assert len(tied) and (assignment[tied] == 0).all() and unsure[tied].all()
