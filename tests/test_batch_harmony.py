@@ -251,3 +251,31 @@ def test_kmeans_screen_matches_the_sequential_rule():
         if k > 2:  # where the tied pair is nearest, the first of them wins and the cell is unsure
             tied = np.flatnonzero(np.isin(assignment[::3], (0, 2))) * 3
             assert len(tied) and (assignment[tied] == 0).all() and unsure[tied].all()
+
+
+def test_ridge_sums_on_threads_are_the_same(monkeypatch):
+    """The ridge step's per-combination products run on Harmony's threads from RIDGE_THREADS_MIN_CELLS cells: the
+    same bits as on one thread."""
+    import importlib
+
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip(f"needs 2 CPU threads for Numba's pool; this machine gives {numba.config.NUMBA_NUM_THREADS}")
+    module = importlib.import_module("phenovec.batch.harmony")
+    x, meta = _data()
+    vars_use = ["Metadata_Plate", "Metadata_Source"]
+    one = run_harmony(x, meta, vars_use, ncores=2)  # below the threshold: one thread
+    pools = []
+    real = module.ThreadPoolExecutor
+
+    def spy(*args, **kwargs):
+        pools.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "RIDGE_THREADS_MIN_CELLS", 0)
+    monkeypatch.setattr(module, "ThreadPoolExecutor", spy)
+    two = run_harmony(x, meta, vars_use, ncores=2)
+    assert pools and all(p == (2,) for p in pools)
+    np.testing.assert_array_equal(one.Z_corr, two.Z_corr)
+    assert one.objective_harmony == two.objective_harmony

@@ -34,15 +34,16 @@ more clusters than cells and non-finite coordinates are ``ValueError`` naming th
 Speed: the same work as harmonypy, cheaper where the order allows it: the k-means distances and the initial
 centroid choice screened with float32 BLAS and numpy's SIMD ``log`` (then harmonypy's exact order for the cells
 that could tie), the ridge sums once per combination of batches (one ``dgemm`` each) instead of once per batch and
-variable, the cluster systems solved in one batched call, the assignment pass 16 cells at a time, one per SIMD lane
-(lane buffers on the stack, so that LLVM vectorises them), with a vectorisable copy of glibc's ``expf``
+variable (on the threads from :data:`RIDGE_THREADS_MIN_CELLS` cells), the cluster systems solved in one batched
+call, the assignment pass 16 cells at a time, one per SIMD lane (lane buffers on the stack, so that LLVM vectorises
+them), with a vectorisable copy of glibc's ``expf``
 (bit-identical to libm's); Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)`` while running, from
 :data:`PARALLEL_MIN_CELLS` cells with ``ncores=0``). The assignment pass's blocks depend on each other, but within a
 block the runs of cells (one per batch of the first variable) are independent: they run on the Numba threads up to
 :data:`WORKER_STACK_CLUSTERS` clusters. Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried
 (tests; 10k and 100k cells in the benchmark). Measured side by side in ``bench/harmony_bench.py`` (medians of 5):
-1.3x harmonypy 2.1.0's wall-clock at 10k and 100k cells on 2 idle cores (1.6x in CPU seconds at 100k), 1.9x at
-100k on 2 cores under load ~9; short of the 5x target (the assignment passes alone take longer than 1/5 of
+1.2x harmonypy 2.1.0's wall-clock at 10k and 1.4x at 100k cells on 2 idle cores (1.6x in CPU seconds at 100k),
+1.9x at 100k on 2 cores under load ~9; short of the 5x target (the assignment passes alone take longer than 1/5 of
 harmonypy's time).
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Sequence
 
@@ -393,6 +395,9 @@ def run_harmony(
     return Harmony(state)
 
 
+#: cells from which the ridge step's per-combination products run on Harmony's threads (measured on 2 idle cores:
+#: 0.02-0.03 s slower at 10k cells, 0.02-0.04 s faster at 30k, 0.19 s faster at 100k)
+RIDGE_THREADS_MIN_CELLS = 20_000
 #: clusters up to which the assignment kernel's scratch (``kernels/harmony.py: _reassign``, 128 bytes per cluster on
 #: the stack) runs on the calling thread; above, Harmony runs in a thread with a stack sized for it
 STACK_CLUSTERS = 1024
@@ -605,11 +610,28 @@ class _Ridge:
     def combination_sums(self, r) -> np.ndarray:
         """``S[g, k] = sum over combination g's cells of R[j, k] [z_j, 1]`` (G x K x (d+1), double: a ``dgemm`` per
         combination)."""
+        import numba
+
         k = r.shape[1]
-        rs = r[self.order]
         out = np.empty((len(self.starts), k, self.d + 1))
-        for g, (a, b) in enumerate(zip(self.starts, self.ends)):
-            np.matmul(rs[a:b].T.astype(np.float64), self.z_aug[a:b], out=out[g])
+
+        def combos(lo: int, hi: int) -> None:
+            for g in range(lo, hi):
+                a, b = self.starts[g], self.ends[g]
+                np.matmul(r[self.order[a:b]].T.astype(np.float64), self.z_aug[a:b], out=out[g])
+
+        # the combinations in contiguous shares of about equal cells, one per Numba thread (Harmony's thread count),
+        # from RIDGE_THREADS_MIN_CELLS cells: NumPy's products release the GIL, and each combination's sums are its
+        # own, so the result is the same on any count
+        workers = min(numba.get_num_threads(), len(self.starts)) if self.n >= RIDGE_THREADS_MIN_CELLS else 1
+        if workers <= 1:
+            combos(0, len(self.starts))
+            return out
+        cuts = np.searchsorted(self.starts, np.linspace(0, self.n, workers + 1)[1:-1])
+        bounds = [0, *cuts.tolist(), len(self.starts)]
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(combos, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]:
+                f.result()
         return out
 
     def solve_sums(self, combination_sums, o, e, y, k: int):
