@@ -89,16 +89,20 @@ def test_many_clusters_run_in_a_thread_with_a_large_stack(monkeypatch):
         run_harmony(x, meta, ["Metadata_Plate"], nclust=12, lamb=0.0)
 
 
+def _needs_two_numba_threads():
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip(f"needs 2 CPU threads for Numba's pool; this machine gives {numba.config.NUMBA_NUM_THREADS}")
+
+
 @pytest.mark.parametrize("nclust,parallel", [(20, True), (30, False)])
 def test_runs_on_threads_equal_harmonypy(monkeypatch, nclust, parallel):
     """With 2 Numba threads a block's lead runs are reassigned in parallel (up to WORKER_STACK_CLUSTERS clusters, 25
     here; above it the pass stays on the calling thread): the same result as harmonypy either way."""
     import importlib
 
-    import numba
-
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip(f"needs 2 CPU threads for Numba's pool; this machine gives {numba.config.NUMBA_NUM_THREADS}")
+    _needs_two_numba_threads()
     module = importlib.import_module("phenovec.batch.harmony")
     monkeypatch.setattr(module, "WORKER_STACK_CLUSTERS", 25)
     kern = load_kernel("harmony")
@@ -258,10 +262,7 @@ def test_ridge_sums_on_threads_are_the_same(monkeypatch):
     same bits as on one thread."""
     import importlib
 
-    import numba
-
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip(f"needs 2 CPU threads for Numba's pool; this machine gives {numba.config.NUMBA_NUM_THREADS}")
+    _needs_two_numba_threads()
     module = importlib.import_module("phenovec.batch.harmony")
     x, meta = _data()
     vars_use = ["Metadata_Plate", "Metadata_Source"]
