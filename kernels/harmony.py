@@ -744,17 +744,18 @@ def _arma_sum_step(x, base, g, acc1, acc2):
 
 
 @njit(cache=True)
-def _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums, run_error,
-                  run_entropy, run_flags):
-    """Reassign the cells of lead run ``q`` (one batch of the first variable) with O and E frozen: the softmax of
-    the penalised logits, per cell in harmonypy's order.
+def _reassign_lanes(i, m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
+    """Reassign the block's lead cells at positions ``i .. i + LANES - 1`` (below ``m``) of ``cells`` with O and E
+    frozen: the softmax of the penalised logits, per cell in harmonypy's order.
 
-    :data:`LANES` cells at a time, one per SIMD lane: their logits are laid out cluster by cluster (K x LANES), so
-    each step (logits, max, ``expf``, the two interleaved float32 sums of ``arma::sum``, the float64 running sums)
-    is one vector operation for all of them, while each cell's own arithmetic and summation order stay harmonypy's.
-    The cells' results are then added to the run's sums in cell order. The lane buffers live on the stack (128 bytes
-    per cluster): LLVM then knows they overlap no other array and vectorises the lane loops (measured 1.5x on the
-    pass); ``phenovec.batch.harmony`` gives runs with many clusters a thread with a large stack."""
+    :data:`LANES` cells at a time, one per SIMD lane, whatever their batches: their logits are laid out cluster by
+    cluster (K x LANES), so each step (logits, max, ``expf``, the two interleaved float32 sums of ``arma::sum``, the
+    float64 running sums) is one vector operation for all of them, while each cell's own arithmetic and summation
+    order stay harmonypy's. Each cell's R row, objective terms and flags go to its own slots; the caller sums them
+    run by run in cell order (:func:`update_assignments`), so runs of a few cells no longer leave lanes idle. The lane
+    buffers live on the stack (128 bytes per cluster): LLVM then knows they overlap no other array and vectorises the
+    lane loops (measured 1.5x on the pass); ``phenovec.batch.harmony`` gives runs with many clusters a thread with a
+    large stack."""
     k = r.shape[1]
     n_cov = cell_batches.shape[1]
     # flat K x LANES buffers indexed by hand (slicing a row per cluster would count references each time)
@@ -769,109 +770,102 @@ def _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, ru
     ce = _stack_f64(LANES)
     jj = np.empty(LANES, np.int64)
     rows = np.empty(LANES, np.int64)
+    lead = np.empty(LANES, np.int64)
     dist_flat = dist.ravel()
     div_flat = log_div.ravel()
-    lead = log_div[run_group[q]]
-    sums = np.zeros(k, np.float32)
-    error = 0.0
-    entropy = 0.0
-    flags = 0
-    i = run_begin[q]
-    while i < run_end[q]:
-        nl = min(LANES, run_end[q] - i)
-        for ln in range(LANES):  # lanes past the run's end repeat its last cell; their results are dropped
-            jj[ln] = cells[i + min(ln, nl - 1)]
+    nl = min(LANES, m - i)
+    for ln in range(LANES):  # lanes past the block's end repeat its last cell; their results are dropped
+        jj[ln] = cells[i + min(ln, nl - 1)]
+    for ln in range(LANES):
+        rows[ln] = jj[ln] * k
+        lead[ln] = cell_batches[jj[ln], 0] * k
+    for g in range(k):
+        sg = sigma[g]
+        base = g * LANES
         for ln in range(LANES):
-            rows[ln] = jj[ln] * k
-        for g in range(k):
-            sg = sigma[g]
-            lg = lead[g]
-            base = g * LANES
-            for ln in range(LANES):
-                dv = dist_flat[rows[ln] + g]
-                dt[base + ln] = dv
-                x[base + ln] = (-dv) / sg + lg
-        for c in range(1, n_cov):
-            for ln in range(LANES):
-                rows[ln] = cell_batches[jj[ln], c] * k
-            for g in range(k):
-                base = g * LANES
-                for ln in range(LANES):
-                    x[base + ln] += div_flat[rows[ln] + g]
+            dv = dist_flat[rows[ln] + g]
+            dt[base + ln] = dv
+            x[base + ln] = (-dv) / sg + div_flat[lead[ln] + g]
+    for c in range(1, n_cov):
         for ln in range(LANES):
-            mx[ln] = -F_INF
-            acc1[ln] = F0
-            acc2[ln] = F0
-            w[ln] = 0.0
-            ws[ln] = 0.0
-            ce[ln] = 0.0
+            rows[ln] = cell_batches[jj[ln], c] * k
         for g in range(k):
             base = g * LANES
             for ln in range(LANES):
-                v = x[base + ln]
-                mx[ln] = v if v > mx[ln] else mx[ln]
-        for g in range(k):
-            s64 = np.float64(sigma[g])
-            base = g * LANES
-            for ln in range(LANES):
-                shifted = x[base + ln] - mx[ln]
-                ex = expf(shifted)
-                x[base + ln] = ex
-                wg = s64 * ex
-                w[ln] += wg
-                ws[ln] += wg * shifted
-            _arma_sum_step(x, base, g, acc1, acc2)
+                x[base + ln] += div_flat[rows[ln] + g]
+    for ln in range(LANES):
+        mx[ln] = -F_INF
+        acc1[ln] = F0
+        acc2[ln] = F0
+        w[ln] = 0.0
+        ws[ln] = 0.0
+        ce[ln] = 0.0
+    for g in range(k):
+        base = g * LANES
         for ln in range(LANES):
-            total[ln] = acc1[ln] + acc2[ln]
-            acc1[ln] = F0
-            acc2[ln] = F0
+            v = x[base + ln]
+            mx[ln] = v if v > mx[ln] else mx[ln]
+    for g in range(k):
+        s64 = np.float64(sigma[g])
+        base = g * LANES
+        for ln in range(LANES):
+            shifted = x[base + ln] - mx[ln]
+            ex = expf(shifted)
+            x[base + ln] = ex
+            wg = s64 * ex
+            w[ln] += wg
+            ws[ln] += wg * shifted
+        _arma_sum_step(x, base, g, acc1, acc2)
+    for ln in range(LANES):
+        total[ln] = acc1[ln] + acc2[ln]
+        acc1[ln] = F0
+        acc2[ln] = F0
+    for g in range(k):
+        base = g * LANES
+        for ln in range(LANES):
+            pv = x[base + ln] / total[ln]
+            x[base + ln] = pv
+            ce[ln] += np.float64(pv) * dt[base + ln]
+        _arma_sum_step(x, base, g, acc1, acc2)
+    for ln in range(nl):
+        p = i + ln
+        t = total[ln]
+        cell_error[p] = 0.0
+        cell_entropy[p] = 0.0
+        if not (np.isfinite(t) and t > F0):
+            cell_flags[p] = 1  # harmonypy stops the run with an error: which cell does not matter
+            continue
+        column_sum = acc1[ln] + acc2[ln]
+        cell_flags[p] = 2 if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4) else 0
+        t64 = np.float64(t)
+        cell_error[p] = ce[ln]
+        cell_entropy[p] = (ws[ln] - math.log(t64) * w[ln]) / t64
+        j = jj[ln]
         for g in range(k):
-            base = g * LANES
-            for ln in range(LANES):
-                pv = x[base + ln] / total[ln]
-                x[base + ln] = pv
-                ce[ln] += np.float64(pv) * dt[base + ln]
-            _arma_sum_step(x, base, g, acc1, acc2)
-        for ln in range(nl):
-            t = total[ln]
-            if not (np.isfinite(t) and t > F0):
-                flags |= 1  # harmonypy stops the run with an error: which cell does not matter
-                continue
-            column_sum = acc1[ln] + acc2[ln]
-            if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4):
-                flags |= 2
-            t64 = np.float64(t)
-            error += ce[ln]
-            entropy += (ws[ln] - math.log(t64) * w[ln]) / t64
-            j = jj[ln]
-            for g in range(k):
-                pv = x[g * LANES + ln]
-                r[j, g] = pv
-                sums[g] += pv
-        i += nl
-    run_sums[q] = sums
-    run_error[q] = error
-    run_entropy[q] = entropy
-    run_flags[q] = flags
+            r[j, g] = x[g * LANES + ln]
 
 
 @njit(cache=True)
-def _reassign(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
-              run_sums, run_error, run_entropy, run_flags):
-    """:func:`_reassign_run` for each lead run of the block, in order."""
-    for q in range(n_lead):
-        _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums,
-                      run_error, run_entropy, run_flags)
+def _reassign(m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
+    """:func:`_reassign_lanes` over the block's ``m`` lead cells, :data:`LANES` at a time."""
+    for i in range(0, m, LANES):
+        _reassign_lanes(i, m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags)
 
 
 @njit(cache=True, parallel=True)
-def _reassign_parallel(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
-                       run_sums, run_error, run_entropy, run_flags):
-    """:func:`_reassign` with the lead runs on the thread pool: each run reads the frozen O / E penalties and writes
-    only its own cells' rows and its own sums, so every value is the sequential pass's bit for bit."""
-    for q in prange(n_lead):
-        _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums,
-                      run_error, run_entropy, run_flags)
+def _reassign_parallel(m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
+    """:func:`_reassign` on the thread pool: each group of lanes reads the frozen O / E penalties and writes only its
+    own cells' rows and slots, so every value is the sequential pass's bit for bit."""
+    for t in prange((m + LANES - 1) // LANES):
+        _reassign_lanes(t * LANES, m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy,
+                        cell_flags)
+
+
+@njit(cache=True, parallel=True)
+def _run_sums_parallel(r, cells, run_begin, run_end, n_runs, out):
+    """:func:`_run_sums` of runs ``0 .. n_runs - 1``, the runs on the thread pool (each writes its own row)."""
+    for q in prange(n_runs):
+        _run_sums(r, cells, run_begin, run_end, q, q + 1, out)
 
 
 @njit(cache=True)
@@ -942,29 +936,41 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
             if c == 0:
                 n_lead = n_runs
         run_sums = np.empty((n_runs, k), np.float32)
-        run_error = np.empty(n_lead)
-        run_entropy = np.empty(n_lead)
-        run_flags = np.empty(n_lead, np.int64)
+        cell_error = np.empty(m)
+        cell_entropy = np.empty(m)
+        cell_flags = np.empty(m, np.int64)
         # take the block out of O and E
-        _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
+        if parallel:
+            _run_sums_parallel(r, block_cells, run_begin, run_end, n_runs, run_sums)
+        else:
+            _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
         _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, -F1)
         _log_diversity(o, e, theta, log_div)
+        # the lead segment (positions 0 .. m - 1: the block's cells grouped by batch of the first variable)
         if parallel:
-            _reassign_parallel(r, dist, sigma, log_div, cell_batches, block_cells, run_group, run_begin, run_end,
-                               n_lead, run_sums, run_error, run_entropy, run_flags)
+            _reassign_parallel(m, r, dist, sigma, log_div, cell_batches, block_cells, cell_error, cell_entropy,
+                               cell_flags)
         else:
-            _reassign(r, dist, sigma, log_div, cell_batches, block_cells, run_group, run_begin, run_end, n_lead,
-                      run_sums, run_error, run_entropy, run_flags)
-        for q in range(n_lead):
-            if run_flags[q] & 1:
+            _reassign(m, r, dist, sigma, log_div, cell_batches, block_cells, cell_error, cell_entropy, cell_flags)
+        for i in range(m):
+            if cell_flags[i] & 1:
                 return error, entropy, 1
-        # put the block back
-        _run_sums(r, block_cells, run_begin, run_end, n_lead, n_runs, run_sums)
+        # put the block back: every run's sums (the lead runs' in cell order, as harmonypy sums a run), and the
+        # objective's terms per lead run in cell order, then run by run
+        if parallel:
+            _run_sums_parallel(r, block_cells, run_begin, run_end, n_runs, run_sums)
+        else:
+            _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
         _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, F1)
         for q in range(n_lead):
-            error += run_error[q]
-            entropy += run_entropy[q]
-            flags |= run_flags[q]
+            run_error = 0.0
+            run_entropy = 0.0
+            for i in range(run_begin[q], run_end[q]):
+                run_error += cell_error[i]
+                run_entropy += cell_entropy[i]
+                flags |= cell_flags[i]
+            error += run_error
+            entropy += run_entropy
     return error, entropy, flags
 
 
