@@ -187,6 +187,25 @@ def test_refusals_name_the_problem():
         run_harmony(bad, meta, ["Metadata_Plate"])
     with pytest.raises(ValueError, match="theta must be"):
         run_harmony(x, meta, ["Metadata_Plate"], theta=[1.0, 2.0, 3.0])
+    for sigma in (0.0, -0.1, float("nan"), 1e-46):  # 1e-46 is 0 as a float32
+        with pytest.raises(ValueError, match=r"sigma must be finite and positive .* cluster 0"):
+            run_harmony(x, meta, ["Metadata_Plate"], sigma=sigma)
+    with pytest.raises(ValueError, match=r"cluster 2"):
+        run_harmony(x, meta, ["Metadata_Plate"], nclust=4, sigma=[0.1, 0.1, 0.0, 0.1])
+
+
+@pytest.mark.parametrize("sigma,stage,what", [
+    (1e-38, "assignment update", "objectives must be finite"),
+    (1e-44, "initialization", "assignment normalizers must be finite and positive"),
+])
+def test_numerical_errors_stop_the_run_as_harmonypys(sigma, stage, what):
+    """A sigma so small that the logits overflow stops harmonypy with an error, at the same stage: ours too,
+    instead of returning a corrected embedding."""
+    x, meta = _data()
+    with pytest.raises(RuntimeError, match=f"during {stage}: {what}"):
+        harmonypy.run_harmony(x, meta, ["Metadata_Plate"], sigma=sigma, verbose=False)
+    with pytest.raises(FloatingPointError, match=f"during {stage}: {what}"):
+        run_harmony(x, meta, ["Metadata_Plate"], sigma=sigma)
 
 
 def _host_has_fma() -> bool:

@@ -349,6 +349,10 @@ def run_harmony(
         sigma_v = np.repeat(sigma_v, nclust)
     if sigma_v.shape != (nclust,):
         raise ValueError(f"sigma must be one number or one per cluster ({nclust}), got shape {sigma_v.shape}")
+    bad = ~(np.isfinite(sigma_v) & (sigma_v.astype(np.float32) > 0))
+    if bad.any():
+        q = int(np.argmax(bad))
+        raise ValueError(f"sigma must be finite and positive (as a float32), got {float(sigma_v[q])!r} for cluster {q}")
     theta_v = _per_batch(2.0 if theta is None else theta, phi_n, "theta")
     lamb_v = None if lamb is None else _numbers(lamb, "lamb")
     estimate = lamb_v is None or (lamb_v.size == 1 and lamb_v.reshape(-1)[0] == -1)
@@ -441,6 +445,15 @@ def _check(flags: int, stage: str) -> None:
         raise FloatingPointError(f"Harmony numerical error during {stage}: assignment columns must sum to one")
 
 
+def _finite_objective(value, stage: str):
+    """harmonypy's check after each objective: a non-finite one (sigma so small that the logits overflow) stops
+    the run."""
+    if not np.isfinite(value):
+        raise FloatingPointError(f"Harmony numerical error during {stage}: objectives must be finite (got {value}; "
+                                 "sigma too small for the distances?)")
+    return value
+
+
 def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta, lamb, alpha, nclust, block_size,
                max_iter_harmony, max_iter_kmeans, eps_kmeans, eps_harmony, cutoff, random_state, init_centroids,
                verbose):
@@ -467,7 +480,7 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
 
     assign("initialization")
     err, ent = kern.init_objective_terms(r, dist, sigma)
-    obj_kmeans = [kern.objective(err, ent, o, e, theta, sigma, n)[0]]
+    obj_kmeans = [_finite_objective(kern.objective(err, ent, o, e, theta, sigma, n)[0], "initialization")]
     obj_harmony = [obj_kmeans[-1]]
     rounds = []
 
@@ -491,7 +504,8 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
             err, ent, flags = kern.update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches,
                                                       cov_bounds, n_blocks, cells_per_block, parallel_runs)
             _check(int(flags), "assignment update")
-            obj_kmeans.append(kern.objective(err, ent, o, e, theta, sigma, n)[0])
+            obj_kmeans.append(_finite_objective(kern.objective(err, ent, o, e, theta, sigma, n)[0],
+                                                "assignment update"))
             done = i + 1
             if i > window and _kmeans_converged(obj_kmeans, window, eps_kmeans):
                 break

@@ -42,7 +42,8 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
     """The state dict of :func:`phenovec.batch.harmony._harmonize`, computed with torch on ``device``."""
     import torch
 
-    from phenovec.batch.harmony import _F32, _check, _harmony_converged, _kmeans_converged, _Ridge, start_centroids
+    from phenovec.batch.harmony import (_F32, _check, _finite_objective, _harmony_converged, _kmeans_converged,
+                                        _Ridge, start_centroids)
 
     kern = load_kernel("harmony")
     dev = _device(device)
@@ -85,7 +86,8 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
 
     dist = r = None
     assign("initialization")
-    obj_kmeans = [objective(float((r.double() * dist.double()).sum()), entropy_of(r))]
+    obj_kmeans = [_finite_objective(objective(float((r.double() * dist.double()).sum()), entropy_of(r)),
+                                    "initialization")]
     obj_harmony = [obj_kmeans[-1]]
     rounds = []
 
@@ -132,7 +134,7 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
                 e.add_(prb[:, None] * r_new.sum(0)[None, :])
                 error += float((r_new.double() * dist[idx].double()).sum())
                 entropy += entropy_of(r_new)
-            obj_kmeans.append(objective(error, entropy))
+            obj_kmeans.append(_finite_objective(objective(error, entropy), "assignment update"))
             done = i + 1
             if i > window and _kmeans_converged(obj_kmeans, window, eps_kmeans):
                 break
