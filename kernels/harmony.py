@@ -15,7 +15,7 @@ its thread count. These kernels keep that order where it decides the result bits
   cost more than it saved on 2 busy cores) (blocks of ``N * block_size`` shuffled cells; O and E frozen within a
   block; each block's cells grouped by batch in runs of at most 1024 cells, summed in float32 run by run; the
   softmax, its sums, the objective terms accumulated in double per run). 16 cells go through it at once, one per
-  SIMD lane (:func:`_reassign`), so every step is a vector instruction while each cell keeps its own order;
+  SIMD lane (:func:`_lane_softmax`), so every step is a vector instruction while each cell keeps its own order;
   ``exp`` is :func:`expf`, glibc's algorithm written to vectorise (bit-identical to libm's ``expf`` on every
   float32 in [-110, 0]);
 - the correction ``Z_corr = Z_orig - sum_k R_k M_k`` summed in float32 over clusters in order.
@@ -327,32 +327,42 @@ def mt_uniform_rows(mt, rows, n):
     return out
 
 
-@njit(cache=True)
-def kmeans_seed_cells(x, seeds, g, u, neg_log_u, first_cluster, chosen, cells):
-    """harmonypy 2.1.0 ``kmeans_init`` before its Lloyd steps, for clusters ``first_cluster ..`` (one per column of
-    ``g``): cluster i takes the cell minimising ``p = -log(u) / (|2 (1 - y_i.x)| + 1e-10)`` (u: row c of ``u``, its
+@njit(cache=True, parallel=True)
+def kmeans_seed_cells(x, seeds, gt, u, neg_log_u, first_cluster, chosen, cells):
+    """harmonypy 2.1.0 ``kmeans_init`` before its Lloyd steps, for clusters ``first_cluster ..`` (one per row of
+    ``gt``): cluster i takes the cell minimising ``p = -log(u) / (|2 (1 - y_i.x)| + 1e-10)`` (u: row c of ``u``, its
     N fresh uniform draws; cells already taken excluded; the first on ties).
 
-    Only screens with ``g[:, c] = x @ x[seeds[i]]`` (float32 BLAS, |error| < 1e-5 on unit vectors) and
+    Only screens with ``gt[c] = x[seeds[i]] @ x.T`` (float32 BLAS, |error| < 1e-5 on unit vectors) and
     ``neg_log_u`` (numpy's vectorised float32 ``-log(u)``, relative error < 1e-6; a margin of 1e-5 is allowed):
     every cell whose p could be the minimum is recomputed in harmonypy's order (eight-sum dot, float32 ``logf``),
-    and the exact minimum among them is taken. A degenerate draw (every p equal) falls back to every cell."""
+    and the exact minimum among them is taken. A degenerate draw (every p equal) falls back to every cell. The
+    screen's bounds run on the threads, 1024 cells per task (its minimum is the same on any count)."""
     n, d = x.shape
     lo = np.empty(n)
     delta = 1e-5
     margin = 1e-5
-    for c in range(g.shape[1]):
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    task_hi = np.empty(n_tasks)
+    for c in range(gt.shape[0]):
         i = first_cluster + c
         uc = u[c]
         ec = neg_log_u[c]
+        gc = gt[c]
         y = x[seeds[i]]
+        for t in prange(n_tasks):
+            least = np.inf
+            for j in range(t * CELLS_PER_TASK, min(n, (t + 1) * CELLS_PER_TASK)):
+                e = np.float64(ec[j])
+                dist = abs((1.0 - np.float64(gc[j])) * 2.0)
+                low = e * (1.0 - margin) / (dist + delta + 1e-10)
+                hi = e * (1.0 + margin) / (max(dist - delta, 0.0) + 1e-10)
+                lo[j] = np.inf if chosen[j] else low
+                least = min(least, np.inf if chosen[j] else hi)
+            task_hi[t] = least
         best_hi = np.inf
-        for j in range(n):
-            e = np.float64(ec[j])
-            dist = abs((1.0 - np.float64(g[j, c])) * 2.0)
-            lo[j] = np.inf if chosen[j] else e * (1.0 - margin) / (dist + delta + 1e-10)
-            hi = np.inf if chosen[j] else e * (1.0 + margin) / (max(dist - delta, 0.0) + 1e-10)
-            best_hi = min(best_hi, hi)
+        for t in range(n_tasks):
+            best_hi = min(best_hi, task_hi[t])
         best = -1
         best_p = F_INF
         for j in range(n):
@@ -371,24 +381,31 @@ def kmeans_seed_cells(x, seeds, g, u, neg_log_u, first_cluster, chosen, cells):
 
 
 @njit(cache=True, parallel=True)
-def nearest_candidates(g, msq, tol, assignment, unsure):
-    """From ``g = x @ means.T`` (float32 BLAS) and the means' squared norms: each cell's nearest mean by
-    ``|m|^2 - 2 x.m``, and whether the runner-up is within ``tol`` (then the exact order must decide)."""
-    n, k = g.shape
-    for j in prange(n):
-        best = 0
-        b1 = np.inf
-        b2 = np.inf
+def nearest_candidates(gt, msq, tol, assignment, unsure):
+    """From ``gt = means @ x.T`` (float32 BLAS, K x N) and the means' squared norms: each cell's nearest mean by
+    ``|m|^2 - 2 x.m`` (the first on ties), and whether the runner-up is within ``tol`` (then the exact order must
+    decide). 1024 cells per task, one per SIMD lane: each mean's row updates their best, runner-up and index at
+    once."""
+    k, n = gt.shape
+    n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+    for t in prange(n_tasks):
+        j0 = t * CELLS_PER_TASK
+        m = min(n, j0 + CELLS_PER_TASK) - j0
+        b1 = np.full(CELLS_PER_TASK, np.inf)
+        b2 = np.full(CELLS_PER_TASK, np.inf)
+        best = np.zeros(CELLS_PER_TASK, np.int64)
         for q in range(k):
-            v = np.float64(msq[q]) - 2.0 * np.float64(g[j, q])
-            if v < b1:
-                b2 = b1
-                b1 = v
-                best = q
-            elif v < b2:
-                b2 = v
-        assignment[j] = best
-        unsure[j] = (b2 - b1) <= tol
+            mq = np.float64(msq[q])
+            row = gt[q, j0:j0 + m]
+            for i in range(m):
+                v = mq - 2.0 * np.float64(row[i])
+                old = b1[i]
+                b2[i] = min(b2[i], max(old, v))  # v below the best: the old best is the runner-up
+                best[i] = q if v < old else best[i]
+                b1[i] = min(old, v)
+        for i in range(m):
+            assignment[j0 + i] = best[i]
+            unsure[j0 + i] = (b2[i] - b1[i]) <= tol
 
 
 @njit(cache=True, parallel=True)
@@ -728,7 +745,7 @@ def _log_diversity(o, e, theta, out):
             out[b, g] = (log_expected - log_observed) * w
 
 
-#: cells reassigned together in :func:`_reassign`: one SIMD lane per cell (16 float32 lanes: one AVX-512 vector)
+#: cells reassigned together in :func:`_lane_softmax`: one SIMD lane per cell (16 float32 lanes: one AVX-512 vector)
 LANES = 16
 
 
@@ -743,49 +760,36 @@ def _arma_sum_step(x, base, g, acc1, acc2):
             acc2[ln] += x[base + ln]
 
 
-@njit(cache=True)
-def _reassign_lanes(i, m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
-    """Reassign the block's lead cells at positions ``i .. i + LANES - 1`` (below ``m``) of ``cells`` with O and E
-    frozen: the softmax of the penalised logits, per cell in harmonypy's order.
-
-    :data:`LANES` cells at a time, one per SIMD lane, whatever their batches: their logits are laid out cluster by
-    cluster (K x LANES), so each step (logits, max, ``expf``, the two interleaved float32 sums of ``arma::sum``, the
-    float64 running sums) is one vector operation for all of them, while each cell's own arithmetic and summation
-    order stay harmonypy's. Each cell's R row, objective terms and flags go to its own slots; the caller sums them
-    run by run in cell order (:func:`update_assignments`), so runs of a few cells no longer leave lanes idle. The lane
-    buffers live on the stack (128 bytes per cluster): LLVM then knows they overlap no other array and vectorises the
-    lane loops (measured 1.5x on the pass); ``phenovec.batch.harmony`` gives runs with many clusters a thread with a
-    large stack."""
-    k = r.shape[1]
+@njit(cache=True, inline="always")
+def _lane_softmax(jj, lead, one_lead, dist_flat, div_flat, sigma, cell_batches, k, x, dt, mx, acc1, acc2, total, w, ws,
+                  ce, rows):
+    """The softmax of the penalised logits of the :data:`LANES` cells ``jj`` (``lead``: each lane's row offset into
+    the frozen penalties of its first-variable batch; ``one_lead``: all lanes share one), per cell in harmonypy's
+    order, one cell per SIMD lane: the logits are laid out cluster by cluster (K x LANES) in ``x``, so each step
+    (logits, max, ``expf``, the two interleaved float32 sums of ``arma::sum``, the float64 running sums) is one vector
+    operation for all of them. Leaves the assignments in ``x``, each lane's normaliser in ``total``, its column sum's
+    two halves in ``acc1`` / ``acc2`` and its float64 sums in ``w``, ``ws``, ``ce``."""
     n_cov = cell_batches.shape[1]
-    # flat K x LANES buffers indexed by hand (slicing a row per cluster would count references each time)
-    x = _stack_f32(k * LANES)
-    dt = _stack_f32(k * LANES)
-    mx = _stack_f32(LANES)
-    acc1 = _stack_f32(LANES)
-    acc2 = _stack_f32(LANES)
-    total = _stack_f32(LANES)
-    w = _stack_f64(LANES)
-    ws = _stack_f64(LANES)
-    ce = _stack_f64(LANES)
-    jj = np.empty(LANES, np.int64)
-    rows = np.empty(LANES, np.int64)
-    lead = np.empty(LANES, np.int64)
-    dist_flat = dist.ravel()
-    div_flat = log_div.ravel()
-    nl = min(LANES, m - i)
-    for ln in range(LANES):  # lanes past the block's end repeat its last cell; their results are dropped
-        jj[ln] = cells[i + min(ln, nl - 1)]
     for ln in range(LANES):
         rows[ln] = jj[ln] * k
-        lead[ln] = cell_batches[jj[ln], 0] * k
-    for g in range(k):
-        sg = sigma[g]
-        base = g * LANES
-        for ln in range(LANES):
-            dv = dist_flat[rows[ln] + g]
-            dt[base + ln] = dv
-            x[base + ln] = (-dv) / sg + div_flat[lead[ln] + g]
+    if one_lead:
+        lrow = lead[0]
+        for g in range(k):
+            sg = sigma[g]
+            lg = div_flat[lrow + g]
+            base = g * LANES
+            for ln in range(LANES):
+                dv = dist_flat[rows[ln] + g]
+                dt[base + ln] = dv
+                x[base + ln] = (-dv) / sg + lg
+    else:
+        for g in range(k):
+            sg = sigma[g]
+            base = g * LANES
+            for ln in range(LANES):
+                dv = dist_flat[rows[ln] + g]
+                dt[base + ln] = dv
+                x[base + ln] = (-dv) / sg + div_flat[lead[ln] + g]
     for c in range(1, n_cov):
         for ln in range(LANES):
             rows[ln] = cell_batches[jj[ln], c] * k
@@ -827,16 +831,128 @@ def _reassign_lanes(i, m, r, dist, sigma, log_div, cell_batches, cells, cell_err
             x[base + ln] = pv
             ce[ln] += np.float64(pv) * dt[base + ln]
         _arma_sum_step(x, base, g, acc1, acc2)
+
+
+@njit(cache=True, inline="always")
+def _lane_flags(t, acc1, acc2, ln):
+    """harmonypy's checks of one cell: 1 (stop: normaliser not finite and positive), 2 (column sum off 1), 0."""
+    if not (np.isfinite(t) and t > F0):
+        return 1
+    column_sum = acc1[ln] + acc2[ln]
+    return 2 if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4) else 0
+
+
+@njit(cache=True)
+def _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums, run_error,
+                  run_entropy, run_flags):
+    """Reassign the cells of lead run ``q`` (one batch of the first variable) with O and E frozen,
+    :data:`LANES` at a time (:func:`_lane_softmax`), and add their results to the run's sums in cell order. The lane
+    buffers live on the stack (128 bytes per cluster): LLVM then knows they overlap no other array and vectorises
+    the lane loops (measured 1.5x on the pass); ``phenovec.batch.harmony`` gives runs with many clusters a thread
+    with a large stack."""
+    k = r.shape[1]
+    # flat K x LANES buffers indexed by hand (slicing a row per cluster would count references each time)
+    x = _stack_f32(k * LANES)
+    dt = _stack_f32(k * LANES)
+    mx = _stack_f32(LANES)
+    acc1 = _stack_f32(LANES)
+    acc2 = _stack_f32(LANES)
+    total = _stack_f32(LANES)
+    w = _stack_f64(LANES)
+    ws = _stack_f64(LANES)
+    ce = _stack_f64(LANES)
+    jj = np.empty(LANES, np.int64)
+    rows = np.empty(LANES, np.int64)
+    lead = np.full(LANES, run_group[q] * k)
+    dist_flat = dist.ravel()
+    div_flat = log_div.ravel()
+    sums = np.zeros(k, np.float32)
+    error = 0.0
+    entropy = 0.0
+    flags = 0
+    i = run_begin[q]
+    while i < run_end[q]:
+        nl = min(LANES, run_end[q] - i)
+        for ln in range(LANES):  # lanes past the run's end repeat its last cell; their results are dropped
+            jj[ln] = cells[i + min(ln, nl - 1)]
+        _lane_softmax(jj, lead, True, dist_flat, div_flat, sigma, cell_batches, k, x, dt, mx, acc1, acc2, total, w,
+                      ws, ce, rows)
+        for ln in range(nl):
+            t = total[ln]
+            f = _lane_flags(t, acc1, acc2, ln)
+            flags |= f
+            if f & 1:
+                continue  # harmonypy stops the run with an error: which cell does not matter
+            t64 = np.float64(t)
+            error += ce[ln]
+            entropy += (ws[ln] - math.log(t64) * w[ln]) / t64
+            j = jj[ln]
+            for g in range(k):
+                pv = x[g * LANES + ln]
+                r[j, g] = pv
+                sums[g] += pv
+        i += nl
+    run_sums[q] = sums
+    run_error[q] = error
+    run_entropy[q] = entropy
+    run_flags[q] = flags
+
+
+@njit(cache=True)
+def _reassign_runs(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead, run_sums,
+                   run_error, run_entropy, run_flags):
+    """:func:`_reassign_run` for each lead run of the block, in order."""
+    for q in range(n_lead):
+        _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums,
+                      run_error, run_entropy, run_flags)
+
+
+@njit(cache=True, parallel=True)
+def _reassign_runs_parallel(r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, n_lead,
+                            run_sums, run_error, run_entropy, run_flags):
+    """:func:`_reassign_runs` with the lead runs on the thread pool: each run reads the frozen O / E penalties and
+    writes only its own cells' rows and its own sums, so every value is the sequential pass's bit for bit."""
+    for q in prange(n_lead):
+        _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums,
+                      run_error, run_entropy, run_flags)
+
+
+@njit(cache=True)
+def _reassign_lanes(i, m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
+    """Reassign the block's lead cells at positions ``i .. i + LANES - 1`` (below ``m``) of ``cells`` with O and E
+    frozen, whatever their batches (:func:`_lane_softmax`); each cell's R row, objective terms and flags go to its
+    own slots, and the caller sums them run by run in cell order, so runs of a few cells leave no lane idle."""
+    k = r.shape[1]
+    x = _stack_f32(k * LANES)
+    dt = _stack_f32(k * LANES)
+    mx = _stack_f32(LANES)
+    acc1 = _stack_f32(LANES)
+    acc2 = _stack_f32(LANES)
+    total = _stack_f32(LANES)
+    w = _stack_f64(LANES)
+    ws = _stack_f64(LANES)
+    ce = _stack_f64(LANES)
+    jj = np.empty(LANES, np.int64)
+    rows = np.empty(LANES, np.int64)
+    lead = np.empty(LANES, np.int64)
+    nl = min(LANES, m - i)
+    for ln in range(LANES):  # lanes past the block's end repeat its last cell; their results are dropped
+        jj[ln] = cells[i + min(ln, nl - 1)]
+    one_lead = True
+    for ln in range(LANES):
+        lead[ln] = cell_batches[jj[ln], 0] * k
+        one_lead = one_lead and lead[ln] == lead[0]
+    _lane_softmax(jj, lead, one_lead, dist.ravel(), log_div.ravel(), sigma, cell_batches, k, x, dt, mx, acc1, acc2,
+                  total, w, ws, ce, rows)
     for ln in range(nl):
         p = i + ln
         t = total[ln]
+        f = _lane_flags(t, acc1, acc2, ln)
+        cell_flags[p] = f
         cell_error[p] = 0.0
         cell_entropy[p] = 0.0
-        if not (np.isfinite(t) and t > F0):
-            cell_flags[p] = 1  # harmonypy stops the run with an error: which cell does not matter
+        if f & 1:
             continue
-        column_sum = acc1[ln] + acc2[ln]
-        cell_flags[p] = 2 if not np.isfinite(column_sum) or abs(column_sum - F1) > np.float32(1e-4) else 0
         t64 = np.float64(t)
         cell_error[p] = ce[ln]
         cell_entropy[p] = (ws[ln] - math.log(t64) * w[ln]) / t64
@@ -846,26 +962,19 @@ def _reassign_lanes(i, m, r, dist, sigma, log_div, cell_batches, cells, cell_err
 
 
 @njit(cache=True)
-def _reassign(m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
+def _reassign_packed(m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
     """:func:`_reassign_lanes` over the block's ``m`` lead cells, :data:`LANES` at a time."""
     for i in range(0, m, LANES):
         _reassign_lanes(i, m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags)
 
 
 @njit(cache=True, parallel=True)
-def _reassign_parallel(m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
-    """:func:`_reassign` on the thread pool: each group of lanes reads the frozen O / E penalties and writes only its
-    own cells' rows and slots, so every value is the sequential pass's bit for bit."""
+def _reassign_packed_parallel(m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy, cell_flags):
+    """:func:`_reassign_packed` on the thread pool: each group of lanes reads the frozen O / E penalties and writes
+    only its own cells' rows and slots, so every value is the sequential pass's bit for bit."""
     for t in prange((m + LANES - 1) // LANES):
         _reassign_lanes(t * LANES, m, r, dist, sigma, log_div, cell_batches, cells, cell_error, cell_entropy,
                         cell_flags)
-
-
-@njit(cache=True, parallel=True)
-def _run_sums_parallel(r, cells, run_begin, run_end, n_runs, out):
-    """:func:`_run_sums` of runs ``0 .. n_runs - 1``, the runs on the thread pool (each writes its own row)."""
-    for q in prange(n_runs):
-        _run_sums(r, cells, run_begin, run_end, q, q + 1, out)
 
 
 @njit(cache=True)
@@ -889,9 +998,12 @@ def _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, sign):
 
 @njit(cache=True)
 def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, cov_bounds, n_blocks,
-                       cells_per_block, parallel=False):
+                       cells_per_block, parallel=False, pack_below=64):
     """One pass of harmonypy 2.1.0 ``update_R`` over the shuffled cells ``order``: block by block, take the block
-    out of O and E, reassign its cells with the diversity penalty (O, E frozen), put them back.
+    out of O and E, reassign its cells with the diversity penalty (O, E frozen), put them back. A block whose lead
+    runs (its cells of one batch of the first variable) average fewer than ``pack_below`` cells is reassigned with its
+    cells packed :data:`LANES` to a step whatever their batch (:func:`_reassign_packed`: short runs would leave lanes
+    idle), else run by run (:func:`_reassign_runs`, which sums each run as it goes); the bits are the same.
     Returns (error, entropy, flags) with the objective's terms summed in double."""
     n = order.shape[0]
     k = r.shape[1]
@@ -936,31 +1048,49 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
             if c == 0:
                 n_lead = n_runs
         run_sums = np.empty((n_runs, k), np.float32)
+        # take the block out of O and E
+        _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
+        _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, -F1)
+        _log_diversity(o, e, theta, log_div)
+        if m >= pack_below * n_lead:
+            # long lead runs: run by run, each run's sums added up as its cells are reassigned
+            run_error = np.empty(n_lead)
+            run_entropy = np.empty(n_lead)
+            run_flags = np.empty(n_lead, np.int64)
+            if parallel:
+                _reassign_runs_parallel(r, dist, sigma, log_div, cell_batches, block_cells, run_group, run_begin,
+                                        run_end, n_lead, run_sums, run_error, run_entropy, run_flags)
+            else:
+                _reassign_runs(r, dist, sigma, log_div, cell_batches, block_cells, run_group, run_begin, run_end,
+                               n_lead, run_sums, run_error, run_entropy, run_flags)
+            for q in range(n_lead):
+                if run_flags[q] & 1:
+                    return error, entropy, 1
+            # put the block back
+            _run_sums(r, block_cells, run_begin, run_end, n_lead, n_runs, run_sums)
+            _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, F1)
+            for q in range(n_lead):
+                error += run_error[q]
+                entropy += run_entropy[q]
+                flags |= run_flags[q]
+            continue
+        # short lead runs: the lead segment (positions 0 .. m - 1, the cells grouped by batch of the first variable)
+        # packed LANES to a step whatever their batch, each cell's results to its own slots
         cell_error = np.empty(m)
         cell_entropy = np.empty(m)
         cell_flags = np.empty(m, np.int64)
-        # take the block out of O and E
         if parallel:
-            _run_sums_parallel(r, block_cells, run_begin, run_end, n_runs, run_sums)
+            _reassign_packed_parallel(m, r, dist, sigma, log_div, cell_batches, block_cells, cell_error, cell_entropy,
+                                      cell_flags)
         else:
-            _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
-        _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, -F1)
-        _log_diversity(o, e, theta, log_div)
-        # the lead segment (positions 0 .. m - 1: the block's cells grouped by batch of the first variable)
-        if parallel:
-            _reassign_parallel(m, r, dist, sigma, log_div, cell_batches, block_cells, cell_error, cell_entropy,
-                               cell_flags)
-        else:
-            _reassign(m, r, dist, sigma, log_div, cell_batches, block_cells, cell_error, cell_entropy, cell_flags)
+            _reassign_packed(m, r, dist, sigma, log_div, cell_batches, block_cells, cell_error, cell_entropy,
+                             cell_flags)
         for i in range(m):
             if cell_flags[i] & 1:
                 return error, entropy, 1
-        # put the block back: every run's sums (the lead runs' in cell order, as harmonypy sums a run), and the
-        # objective's terms per lead run in cell order, then run by run
-        if parallel:
-            _run_sums_parallel(r, block_cells, run_begin, run_end, n_runs, run_sums)
-        else:
-            _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
+        # put the block back: every run's sums (the lead runs' in cell order, as the runs' own), and the objective's
+        # terms per lead run in cell order, then run by run
+        _run_sums(r, block_cells, run_begin, run_end, 0, n_runs, run_sums)
         _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, F1)
         for q in range(n_lead):
             run_error = 0.0

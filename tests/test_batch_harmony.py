@@ -110,7 +110,7 @@ def test_runs_on_threads_equal_harmonypy(monkeypatch, nclust, parallel):
     real = kern.update_assignments
 
     def spy(*args):
-        seen.append(args[-1])
+        seen.append(args[12])  # parallel
         return real(*args)
 
     monkeypatch.setattr(kern, "update_assignments", spy)
@@ -120,6 +120,27 @@ def test_runs_on_threads_equal_harmonypy(monkeypatch, nclust, parallel):
     ours = run_harmony(x, meta, vars_use, nclust=nclust, ncores=2)
     assert seen and set(seen) == {parallel}
     assert_matches(ours, ref)
+
+
+@pytest.mark.parametrize("ncores", [1, 2])
+def test_packed_and_run_by_run_passes_equal_harmonypy(monkeypatch, ncores):
+    """A block's lead cells reassigned packed 16 to a step whatever their batch (PACK_BELOW_RUN above any run) or run
+    by run (0): both equal harmonypy, and each other bit for bit, on one thread and on two."""
+    import importlib
+
+    if ncores > 1:
+        _needs_two_numba_threads()
+    module = importlib.import_module("phenovec.batch.harmony")
+    x, meta = _data()
+    vars_use = ["Metadata_Plate", "Metadata_Row", "Metadata_Source"]
+    ref = harmonypy.run_harmony(x, meta, vars_use, verbose=False, nclust=20, block_size=0.2)
+    results = []
+    for pack_below in (0, 10**6):
+        monkeypatch.setattr(module, "PACK_BELOW_RUN", pack_below)
+        results.append(run_harmony(x, meta, vars_use, nclust=20, block_size=0.2, ncores=ncores))
+        assert_matches(results[-1], ref)
+    np.testing.assert_array_equal(results[0].Z_corr, results[1].Z_corr)
+    np.testing.assert_array_equal(results[0].R, results[1].R)
 
 
 def test_initial_centroids_are_harmonypys_and_can_be_given():
@@ -255,7 +276,7 @@ def test_kmeans_screen_matches_the_sequential_rule():
     equal runner-up included), on ties too."""
     kern = load_kernel("harmony")
     rng = np.random.default_rng(3)
-    for n, k in ((37, 5), (16, 1), (300, 23)):
+    for n, k in ((37, 5), (16, 1), (300, 23), (2500, 7)):  # 2500: three tasks of 1024 cells, the last short
         gt = rng.normal(size=(k, n)).astype(np.float32)
         msq = rng.random(k)
         if k > 2:
@@ -263,7 +284,7 @@ def test_kmeans_screen_matches_the_sequential_rule():
             msq[2] = msq[0]
         assignment = np.empty(n, np.int64)
         unsure = np.empty(n, np.bool_)
-        kern.nearest_candidates(np.ascontiguousarray(gt.T), msq, 0.05, assignment, unsure)
+        kern.nearest_candidates(gt, msq, 0.05, assignment, unsure)
         v = msq[:, None] - 2.0 * gt.astype(np.float64)
         for j in range(n):
             col = v[:, j]

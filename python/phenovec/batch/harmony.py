@@ -223,6 +223,23 @@ def _threads(ncores: int, n_cells: int):
         numba.set_num_threads(before)
 
 
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (float32) for the k-means screens, ``b``'s columns (the cells) in contiguous shares on Harmony's
+    threads (BLAS stays on one thread each: OpenBLAS' own threads spin after a product and slow the Numba loops that
+    follow). The screens allow for BLAS's rounding, so the result does not depend on the split."""
+    import numba
+
+    out = np.empty((a.shape[0], b.shape[1]), np.float32)
+    threads = numba.get_num_threads()
+    if threads <= 1 or b.shape[1] < PARALLEL_MIN_CELLS:
+        return np.matmul(a, b, out=out)
+    cuts = np.linspace(0, b.shape[1], threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]:
+            f.result()
+    return out
+
+
 def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int = 0) -> tuple[np.ndarray, Any]:
     """harmonypy 2.1.0's k-means initialisation on the unit-length embedding ``z_cos`` (N x d float32):
     returns ``(centroids K x d float32, generator state after it)``."""
@@ -235,19 +252,20 @@ def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int 
     chosen = np.zeros(n, dtype=np.bool_)
     cells = np.empty(k, dtype=np.int64)
     step = max(1, (1 << 24) // max(n, 1))  # screening dots for at most 2**24 (cell, cluster) pairs at a time
+    x_t = x.T
     for i in range(0, k, step):
-        g = np.ascontiguousarray(x @ x[seeds[i: i + step]].T)
-        u = kern.mt_uniform_rows(mt, g.shape[1], n)  # the draws, in harmonypy's order
+        gt = _product(x[seeds[i: i + step]], x_t)
+        u = kern.mt_uniform_rows(mt, gt.shape[0], n)  # the draws, in harmonypy's order
         with np.errstate(divide="ignore"):
             neg_log_u = -np.log(u)  # numpy's SIMD log, for screening only
-        kern.kmeans_seed_cells(x, seeds, g, u, neg_log_u, i, chosen, cells)
+        kern.kmeans_seed_cells(x, seeds, gt, u, neg_log_u, i, chosen, cells)
     y = x[cells].copy()
     assignment = np.empty(n, np.int64)
     unsure = np.empty(n, np.bool_)
     for _ in range(10):
         # nearest means by BLAS, then the exact float32 order for the cells whose runner-up is close
-        g = x @ y.T
-        kern.nearest_candidates(g, np.einsum("ij,ij->i", y, y, dtype=np.float64), _NEAR_TIE, assignment, unsure)
+        gt = _product(y, x_t)
+        kern.nearest_candidates(gt, np.einsum("ij,ij->i", y, y, dtype=np.float64), _NEAR_TIE, assignment, unsure)
         kern.assign_nearest_exact(x, y, np.flatnonzero(unsure), assignment)
         new, status = kern.lloyd_update(y, x, assignment)
         if status == 1:
@@ -402,6 +420,11 @@ def run_harmony(
 #: cells from which the ridge step's per-combination products run on Harmony's threads (measured on 2 idle cores:
 #: 0.02-0.03 s slower at 10k cells, 0.02-0.04 s faster at 30k, 0.19 s faster at 100k)
 RIDGE_THREADS_MIN_CELLS = 20_000
+#: lead runs (a block's cells of one batch of the first variable) shorter than this on average are reassigned packed
+#: 16 cells to a SIMD step whatever their batch (``kernels/harmony.py: update_assignments``; same bits either way).
+#: Measured on 2 idle cores: the passes at 2,000 cells (runs of ~5) 70 -> 38 ms, at 10,000 (~25) 101 -> 87-95 ms; at
+#: 100,000 (~250) packing was 5-10 % slower (the runs' sums then take a second pass over the block)
+PACK_BELOW_RUN = 64
 #: clusters up to which the assignment kernel's scratch (``kernels/harmony.py: _reassign``, 128 bytes per cluster on
 #: the stack) runs on the calling thread; above, Harmony runs in a thread with a stack sized for it
 STACK_CLUSTERS = 1024
@@ -502,7 +525,8 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
         for i in range(max_iter_kmeans):
             order = kern.mt_shuffled_range(mt, n)
             err, ent, flags = kern.update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches,
-                                                      cov_bounds, n_blocks, cells_per_block, parallel_runs)
+                                                      cov_bounds, n_blocks, cells_per_block, parallel_runs,
+                                                      PACK_BELOW_RUN)
             _check(int(flags), "assignment update")
             obj_kmeans.append(_finite_objective(kern.objective(err, ent, o, e, theta, sigma, n)[0],
                                                 "assignment update"))
