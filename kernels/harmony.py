@@ -1107,6 +1107,78 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
 # ------------------------------------------------------------------------------------------ correction
 
 
+@njit(cache=True, parallel=True)
+def combination_sums(r, z_aug, order, starts, ends, out):
+    """``out[g] = R_g^T Z_g``: for combination g (positions ``starts[g] .. ends[g]`` of the combination order, cells
+    ``order[p]``), the float64 sums of ``r[j, k] * z_aug[p]`` over its cells, one BLAS ``dgemm`` each (from Numba:
+    no Python call per combination); combinations on the threads (each writes its own ``out[g]``, BLAS on one
+    thread, so the result does not depend on the thread count)."""
+    k = r.shape[1]
+    for g in prange(starts.shape[0]):
+        first = starts[g]
+        m = ends[g] - first
+        rt = np.empty((k, m))
+        for p in range(m):
+            j = order[first + p]
+            for q in range(k):
+                rt[q, p] = r[j, q]
+        out[g] = np.dot(rt, z_aug[first:first + m])
+
+
+@njit(cache=True, parallel=True)
+def batch_sums(sums, offsets, members, out):
+    """``out[b] = sum of sums[g]`` over the combinations g of batch b (``members[offsets[b] .. offsets[b + 1]]``, in
+    combination order); batches on the threads."""
+    width = sums.shape[1] * sums.shape[2]
+    flat = sums.reshape(sums.shape[0], width)
+    out_flat = out.reshape(out.shape[0], width)
+    for b in prange(out.shape[0]):
+        for i in range(width):
+            out_flat[b, i] = 0.0
+        for m in range(offsets[b], offsets[b + 1]):
+            g = members[m]
+            for i in range(width):
+                out_flat[b, i] += flat[g, i]
+
+
+@njit(cache=True)
+def cooccurrence(totals, combos, n_batches):
+    """``out[k, b1, b2] = sum of totals[g, k]`` over the combinations g holding both batches b1 and b2 (the
+    R-weighted overlap of batches of different variables; the diagonal is each batch's O), combination order."""
+    n_groups, k = totals.shape
+    n_cov = combos.shape[1]
+    acc = np.zeros((n_batches, n_batches, k))
+    for g in range(n_groups):
+        for c1 in range(n_cov):
+            b1 = combos[g, c1]
+            for c2 in range(n_cov):
+                b2 = combos[g, c2]
+                for q in range(k):
+                    acc[b1, b2, q] += totals[g, q]
+    out = np.empty((k, n_batches, n_batches))
+    for b1 in range(n_batches):
+        for b2 in range(n_batches):
+            for q in range(k):
+                out[q, b1, b2] = acc[b1, b2, q]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def counted_sums(sums, counted):
+    """``out[k] = sum of sums[g, k]`` over the combinations g with ``counted[g, k]`` (combination order); clusters on
+    the threads."""
+    n_groups, k, d1 = sums.shape
+    out = np.zeros((k, d1))
+    for q in prange(k):
+        for g in range(n_groups):
+            if counted[g, q]:
+                for a in range(d1):
+                    out[q, a] += sums[g, q, a]
+    return out
+
+
+
+
 @njit(cache=True)
 def combination_order(cell_batches):
     """Cells sorted (stably) by their tuple of batches, and where each new tuple starts."""

@@ -297,26 +297,47 @@ def test_kmeans_screen_matches_the_sequential_rule():
             assert len(tied) and (assignment[tied] == 0).all() and unsure[tied].all()
 
 
-def test_ridge_sums_on_threads_are_the_same(monkeypatch):
-    """The ridge step's per-combination products run on Harmony's threads from RIDGE_THREADS_MIN_CELLS cells: the
-    same bits as on one thread."""
-    import importlib
-
+def test_ridge_sums_on_threads_are_the_same():
+    """The ridge step's per-combination products run on Harmony's Numba threads, each combination on its own: the
+    same bits on two threads as on one."""
     _needs_two_numba_threads()
-    module = importlib.import_module("phenovec.batch.harmony")
     x, meta = _data()
     vars_use = ["Metadata_Plate", "Metadata_Source"]
-    one = run_harmony(x, meta, vars_use, ncores=2)  # below the threshold: one thread
-    pools = []
-    real = module.ThreadPoolExecutor
-
-    def spy(*args, **kwargs):
-        pools.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, "RIDGE_THREADS_MIN_CELLS", 0)
-    monkeypatch.setattr(module, "ThreadPoolExecutor", spy)
+    one = run_harmony(x, meta, vars_use, ncores=1)
     two = run_harmony(x, meta, vars_use, ncores=2)
-    assert pools and all(p == (2,) for p in pools)
     np.testing.assert_array_equal(one.Z_corr, two.Z_corr)
     assert one.objective_harmony == two.objective_harmony
+
+
+def test_ridge_sums_equal_the_dense_products():
+    """The ridge step's sums (per combination of batches, per batch, the intercept's over counted combinations, the
+    co-occurrence of batches) equal the plain dense products they replace."""
+    import importlib
+
+    module = importlib.import_module("phenovec.batch.harmony")
+    kern = load_kernel("harmony")
+    rng = np.random.default_rng(5)
+    n, d, k = 700, 6, 9
+    cell_batches = np.stack([rng.integers(0, 4, n), 4 + rng.integers(0, 3, n), 7 + rng.integers(0, 2, n)], axis=1)
+    cell_batches[:40, 1] = 4  # an uneven spread: some combinations have a few cells
+    z = rng.normal(size=(n, d)).astype(np.float32)
+    r = rng.random((n, k)).astype(np.float32)
+    ridge = module._Ridge(z, cell_batches, kern.combination_order(cell_batches), np.array([4, 3, 2]), None,
+                          np.float32(0.2), np.float32(1e-5))
+    sums = ridge.combination_sums(r)
+    z1 = np.hstack([z, np.ones((n, 1), np.float32)]).astype(np.float64)
+    for g, (a, b) in enumerate(zip(ridge.starts, ridge.ends)):
+        cells = ridge.order[a:b]
+        assert (cell_batches[cells] == ridge.combos[g]).all()
+        np.testing.assert_allclose(sums[g], r[cells].astype(np.float64).T @ z1[cells], rtol=1e-12, atol=1e-12)
+    flat = sums.reshape(len(sums), -1)
+    per_batch = np.empty((ridge.n_batches, k, d + 1))
+    kern.batch_sums(sums, ridge.offsets, ridge.members, per_batch)
+    np.testing.assert_allclose(per_batch.reshape(ridge.n_batches, -1), ridge.h.T @ flat, rtol=1e-12, atol=1e-12)
+    counted = rng.random((len(sums), k)) < 0.7
+    np.testing.assert_allclose(kern.counted_sums(sums, counted), np.where(counted[:, :, None], sums, 0).sum(axis=0),
+                               rtol=1e-12, atol=1e-12)
+    totals = np.ascontiguousarray(sums[:, :, d])
+    pairs = (ridge.h[:, :, None] * ridge.h[:, None, :]).reshape(len(sums), -1)
+    np.testing.assert_allclose(kern.cooccurrence(totals, ridge.combos, ridge.n_batches),
+                               (totals.T @ pairs).reshape(k, ridge.n_batches, ridge.n_batches), rtol=1e-12, atol=1e-12)

@@ -193,12 +193,16 @@ class Harmony:
 # --------------------------------------------------------------------------------------------- the algorithm
 
 
-#: with ``ncores=0``, cells below which Harmony runs on one thread. On 2 idle cores (session 25, medians of 5) two
-#: threads win from ~5,000 cells: 5,000 cells 0.19 s on 2 vs 0.25 s on 1, 10,000 0.30 vs 0.37 s, 30,000 0.63 vs
-#: 0.86 s; at 2,000 cells they do not (0.16 vs 0.20 s, both slower than harmonypy's 0.09-0.13 s). On a 2-core machine
-#: busy with other work a parallel region can cost 10-40 ms, and one thread was faster up to ~50,000 cells (session
-#: 22): pass ``ncores=1`` there.
-PARALLEL_MIN_CELLS = 5_000
+#: with ``ncores=0``, cells below which Harmony runs on one thread. On 2 idle cores (session 27, medians of 9) two
+#: threads win from ~1,000 cells: 1,000 cells 0.044 s on 2 vs 0.048-0.051 s on 1, 2,000 0.095-0.10 vs 0.13 s, 5,000
+#: 0.165 vs 0.20 s; at 500 they do not (0.024-0.025 vs 0.023 s). (Session 25 measured 5,000, before the short runs
+#: were packed into the SIMD lanes and the ridge sums moved into Numba.) On a 2-core machine busy with other work a
+#: parallel region can cost 10-40 ms, and one thread was faster up to ~50,000 cells (session 22): pass ``ncores=1``
+#: there.
+PARALLEL_MIN_CELLS = 1_000
+#: cells from which the k-means screens' products are split over Harmony's threads (below, one product is cheaper
+#: than starting the threads)
+SPLIT_PRODUCT_MIN_CELLS = 5_000
 
 
 @contextmanager
@@ -231,7 +235,7 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     out = np.empty((a.shape[0], b.shape[1]), np.float32)
     threads = numba.get_num_threads()
-    if threads <= 1 or b.shape[1] < PARALLEL_MIN_CELLS:
+    if threads <= 1 or b.shape[1] < SPLIT_PRODUCT_MIN_CELLS:
         return np.matmul(a, b, out=out)
     cuts = np.linspace(0, b.shape[1], threads + 1).astype(np.int64)
     with ThreadPoolExecutor(threads) as pool:
@@ -417,9 +421,6 @@ def run_harmony(
     return Harmony(state)
 
 
-#: cells from which the ridge step's per-combination products run on Harmony's threads (measured on 2 idle cores:
-#: 0.02-0.03 s slower at 10k cells, 0.02-0.04 s faster at 30k, 0.19 s faster at 100k)
-RIDGE_THREADS_MIN_CELLS = 20_000
 #: lead runs (a block's cells of one batch of the first variable) shorter than this on average are reassigned packed
 #: 16 cells to a SIMD step whatever their batch (``kernels/harmony.py: update_assignments``; same bits either way).
 #: Measured on 2 idle cores: the passes at 2,000 cells (runs of ~5) 70 -> 38 ms, at 10,000 (~25) 101 -> 87-95 ms; at
@@ -619,8 +620,10 @@ class _Ridge:
         g = len(self.starts)
         self.h = np.zeros((g, self.n_batches))  # combination -> batch indicator
         self.h[np.arange(g)[:, None], self.combos] = 1.0
-        # batch pairs of each combination, flattened: the R-weighted co-occurrence of batches is totals^T @ hh
-        self.hh = (self.h[:, :, None] * self.h[:, None, :]).reshape(g, -1)
+        # each batch's combinations (CSR, combination order): a batch's sums are the sums of its combinations' sums
+        batch_of = self.combos.ravel()
+        self.members = np.repeat(np.arange(g), self.n_cov)[np.argsort(batch_of, kind="stable")]
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(batch_of, minlength=self.n_batches))])
         # the original embedding in combination order with a column of ones, in double: S_g = R_g^T [Z_g, 1] is one
         # BLAS product per combination
         self.z_aug = np.empty((self.n, self.d + 1))
@@ -647,29 +650,9 @@ class _Ridge:
 
     def combination_sums(self, r) -> np.ndarray:
         """``S[g, k] = sum over combination g's cells of R[j, k] [z_j, 1]`` (G x K x (d+1), double: a ``dgemm`` per
-        combination)."""
-        import numba
-
-        k = r.shape[1]
-        out = np.empty((len(self.starts), k, self.d + 1))
-
-        def combos(lo: int, hi: int) -> None:
-            for g in range(lo, hi):
-                a, b = self.starts[g], self.ends[g]
-                np.matmul(r[self.order[a:b]].T.astype(np.float64), self.z_aug[a:b], out=out[g])
-
-        # the combinations in contiguous shares of about equal cells, one per Numba thread (Harmony's thread count),
-        # from RIDGE_THREADS_MIN_CELLS cells: NumPy's products release the GIL, and each combination's sums are its
-        # own, so the result is the same on any count
-        workers = min(numba.get_num_threads(), len(self.starts)) if self.n >= RIDGE_THREADS_MIN_CELLS else 1
-        if workers <= 1:
-            combos(0, len(self.starts))
-            return out
-        cuts = np.searchsorted(self.starts, np.linspace(0, self.n, workers + 1)[1:-1])
-        bounds = [0, *cuts.tolist(), len(self.starts)]
-        with ThreadPoolExecutor(workers) as pool:
-            for f in [pool.submit(combos, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]:
-                f.result()
+        combination, on Harmony's threads)."""
+        out = np.empty((len(self.starts), r.shape[1], self.d + 1))
+        load_kernel("harmony").combination_sums(r, self.z_aug, self.order, self.starts, self.ends, out)
         return out
 
     def solve_sums(self, combination_sums, o, e, y, k: int):
@@ -680,17 +663,17 @@ class _Ridge:
         m = np.zeros((self.n_batches, k, d), np.float32)
         if not active.any():
             return m, used
+        kern = load_kernel("harmony")
         sums = combination_sums()
-        flat = sums.reshape(len(sums), -1)
-        rz = (self.h.T @ flat).reshape(self.n_batches, k, d + 1)  # per batch
-        totals = sums[:, :, d]  # G x K
+        rz = np.empty((self.n_batches, k, d + 1))  # per batch
+        kern.batch_sums(sums, self.offsets, self.members, rz)
         if self.n_cov > 1:
             # cells counted in the intercept: those with any batch kept in the cluster (once each)
             counted = (self.h @ keep) > 0  # G x K
-            weighted = sums.sum(axis=0) if counted.all() else np.where(counted[:, :, None], sums, 0.0).sum(axis=0)
+            weighted = kern.counted_sums(sums, counted)
             z_all, cov_sum = weighted[:, :d], weighted[:, d]
             # R-weighted co-occurrence of batches: diagonal O, across variables the overlaps
-            cooc = (totals.T @ self.hh).reshape(k, self.n_batches, self.n_batches)
+            cooc = kern.cooccurrence(np.ascontiguousarray(sums[:, :, d]), self.combos, self.n_batches)
         estimate = self.lamb is None
         # every active cluster's system at full size (intercept + every batch), solved in one batched call; a batch
         # the cluster does not correct gets an inert row and column (zero off the diagonal, rhs 0: its coefficient
