@@ -143,6 +143,23 @@ def test_packed_and_run_by_run_passes_equal_harmonypy(monkeypatch, ncores):
     np.testing.assert_array_equal(results[0].R, results[1].R)
 
 
+@pytest.mark.parametrize("ncores", [1, 2])
+def test_batches_over_1024_cells_in_a_block_equal_harmonypy_bit_for_bit(ncores):
+    """Blocks of 3,000 cells with ~1,500 of a batch: harmonypy sums each batch's cells in runs of at most 1,024 (its
+    task size), and so do the block sums here (a cell's run is its batch's first run + its place // 1024): R and
+    Z_corr equal harmonypy's exactly."""
+    if ncores > 1:
+        _needs_two_numba_threads()
+    x, meta = _data(n=6000, d=10)
+    kw = {"nclust": 10, "block_size": 0.5}
+    ref = harmonypy.run_harmony(x, meta, ["Metadata_Source", "Metadata_Row"], verbose=False, **kw)
+    ours = run_harmony(x, meta, ["Metadata_Source", "Metadata_Row"], ncores=ncores, **kw)
+    assert meta["Metadata_Source"].value_counts().min() * kw["block_size"] > 1024
+    np.testing.assert_array_equal(ours.R, ref.R)
+    np.testing.assert_array_equal(ours.Z_corr, ref.Z_corr)
+    assert ours.objective_kmeans == list(ref.objective_kmeans)
+
+
 def test_initial_centroids_are_harmonypys_and_can_be_given():
     x, meta = _data(seed=1)
     ref0 = harmonypy.run_harmony(x, meta, ["Metadata_Plate"], verbose=False, max_iter_harmony=0, random_state=5)
