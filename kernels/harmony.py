@@ -187,23 +187,24 @@ def mt_seed(seed):
 
 @njit(cache=True)
 def _twist(mt):
-    for kk in range(624):
-        y = (mt[kk] & np.uint64(0x80000000)) | (mt[(kk + 1) % 624] & np.uint64(0x7FFFFFFF))
-        v = mt[(kk + 397) % 624] ^ (y >> np.uint64(1))
-        if y & np.uint64(1):
-            v ^= np.uint64(0x9908B0DF)
-        mt[kk] = v
+    """The generator's next 624 words (the standard three-part loop: no modulo, the odd-bit branch as a mask)."""
+    upper = np.uint64(0x80000000)
+    lower = np.uint64(0x7FFFFFFF)
+    matrix = np.uint64(0x9908B0DF)
+    one = np.uint64(1)
+    for kk in range(227):
+        y = (mt[kk] & upper) | (mt[kk + 1] & lower)
+        mt[kk] = mt[kk + 397] ^ (y >> one) ^ ((np.uint64(0) - (y & one)) & matrix)
+    for kk in range(227, 623):
+        y = (mt[kk] & upper) | (mt[kk + 1] & lower)
+        mt[kk] = mt[kk - 227] ^ (y >> one) ^ ((np.uint64(0) - (y & one)) & matrix)
+    y = (mt[623] & upper) | (mt[0] & lower)
+    mt[623] = mt[396] ^ (y >> one) ^ ((np.uint64(0) - (y & one)) & matrix)
     mt[624] = 0
 
 
-@njit(cache=True)
-def mt_next(mt):
-    """The next 32-bit output of the generator (tempered), as uint64."""
-    if mt[624] >= 624:
-        _twist(mt)
-    i = mt[624]
-    y = mt[i]
-    mt[624] = i + 1
+@njit(cache=True, inline="always")
+def _temper(y):
     y ^= y >> np.uint64(11)
     y ^= (y << np.uint64(7)) & np.uint64(0x9D2C5680)
     y ^= (y << np.uint64(15)) & np.uint64(0xEFC60000)
@@ -212,13 +213,36 @@ def mt_next(mt):
 
 
 @njit(cache=True)
+def mt_next(mt):
+    """The next 32-bit output of the generator (tempered), as uint64."""
+    if mt[624] >= 624:
+        _twist(mt)
+    i = mt[624]
+    mt[624] = i + 1
+    return _temper(mt[i])
+
+
+@njit(cache=True, inline="always")
+def _uniform01(word):
+    u = np.float32(word) / F_2_32
+    return F_BELOW_1 if u >= F1 else u
+
+
+@njit(cache=True)
 def mt_uniform01(mt, out):
-    """``std::uniform_real_distribution<float>(0, 1)`` draws (libstdc++: one word / 2**32, below 1)."""
-    for j in range(out.shape[0]):
-        u = np.float32(mt_next(mt)) / F_2_32
-        if u >= F1:
-            u = F_BELOW_1
-        out[j] = u
+    """``std::uniform_real_distribution<float>(0, 1)`` draws (libstdc++: one word / 2**32, below 1); the words of
+    each twist tempered and converted in one vectorisable loop."""
+    n = out.shape[0]
+    j = 0
+    while j < n:
+        if mt[624] >= 624:
+            _twist(mt)
+        i = mt[624]
+        take = min(n - j, 624 - i)
+        for t in range(take):
+            out[j + t] = _uniform01(_temper(mt[i + t]))
+        mt[624] = i + take
+        j += take
 
 
 @njit(cache=True)
@@ -707,7 +731,8 @@ def rebuild_o_e(r, pr_b, cells, run_group, run_begin, run_end, o, e):
         for g in range(k):
             e[b, g] = totals[g] * pr_b[b]
     sums = np.empty((run_group.shape[0], k), np.float32)
-    _run_sums(r, cells, run_begin, run_end, 0, run_group.shape[0], sums)
+    for q in prange(run_group.shape[0]):  # each run its own sum, in cell order
+        _run_sums(r, cells, run_begin, run_end, q, q + 1, sums)
     o[:] = F0
     for q in range(run_group.shape[0]):
         for g in range(k):
@@ -1180,12 +1205,12 @@ def combination_sums(r, z_aug, order, starts, ends, out):
     for g in prange(starts.shape[0]):
         first = starts[g]
         m = ends[g] - first
-        rt = np.empty((k, m))
+        rows = np.empty((m, k))
         for p in range(m):
             j = order[first + p]
             for q in range(k):
-                rt[q, p] = r[j, q]
-        out[g] = np.dot(rt, z_aug[first:first + m])
+                rows[p, q] = r[j, q]
+        out[g] = np.dot(rows.T, z_aug[first:first + m])
 
 
 @njit(cache=True, parallel=True)

@@ -198,6 +198,16 @@ def test_generator_is_mt19937():
     bg = np.random.MT19937()
     bg._legacy_seeding(12345)
     np.testing.assert_array_equal(ours, bg.random_raw(2000))
+    # uniform draws in pieces that start and end inside and across twists, mixed with single words
+    mt = kern.mt_seed(12345)
+    bg = np.random.MT19937()
+    bg._legacy_seeding(12345)
+    for size in (1, 623, 700, 5, 1248, 3):
+        out = np.empty(size, np.float32)
+        kern.mt_uniform01(mt, out)
+        want = bg.random_raw(size).astype(np.float32) / np.float32(2.0**32)
+        np.testing.assert_array_equal(out, np.minimum(want, np.nextafter(np.float32(1), np.float32(0))))
+        assert kern.mt_next(mt) == bg.random_raw(1)[0]
     # a shuffle is a permutation, and the two libstdc++ paths (pairs below 65536 elements) both run
     for n in (10, 11, 70000):
         p = kern.mt_shuffled_range(kern.mt_seed(1), n)
