@@ -11,18 +11,20 @@ its thread count. These kernels keep that order where it decides the result bits
   the compiler of the 2.1.0 wheel: two swap positions per word while ``N * N < 2**32``, Lemire's bounded integers);
 - the k-means initialisation (a random cell per cluster, then per cluster the cell minimising
   ``-log(u) / |2 (1 - y.x)|``, then 10 Lloyd steps with Armadillo's distance order and tie-breaking);
-- the soft-assignment update, on one thread (its blocks depend on each other, and a parallel region per block
-  cost more than it saved on 2 busy cores) (blocks of ``N * block_size`` shuffled cells; O and E frozen within a
-  block; each block's cells grouped by batch in runs of at most 1024 cells, summed in float32 run by run; the
-  softmax, its sums, the objective terms accumulated in double per run). 16 cells go through it at once, one per
-  SIMD lane (:func:`_lane_softmax`), so every step is a vector instruction while each cell keeps its own order;
-  ``exp`` is :func:`expf`, glibc's algorithm written to vectorise (bit-identical to libm's ``expf`` on every
-  float32 in [-110, 0]);
+- the soft-assignment update (blocks of ``N * block_size`` shuffled cells, one after the other; O and E frozen
+  within a block; each block's cells grouped by batch in runs of at most 1024 cells, summed in float32 run by run;
+  the softmax, its sums, the objective terms accumulated in double per cell, then per run in cell order). 16 cells
+  go through it at once, one per SIMD lane (:func:`_lane_softmax`), so every step is a vector instruction while
+  each cell keeps its own order; ``exp`` is :func:`expf`, glibc's algorithm written to vectorise (bit-identical to
+  libm's ``expf`` on every float32 in [-110, 0]). Within a block the cells are independent, so the lanes run on
+  the threads: run by run (:func:`_reassign_runs_parallel`) or, for short runs, packed whatever their batch
+  (:func:`_reassign_packed_parallel`);
 - the correction ``Z_corr = Z_orig - sum_k R_k M_k`` summed in float32 over clusters in order.
 
-The other loops run in parallel (Numba ``prange``). The dense products that only feed float64 sums (the ridge system's weighted sums) run in BLAS instead (see
-``phenovec.batch.harmony``). Every parallel loop writes per-task results that are combined in task order, so the
-results do not depend on the number of threads.
+The other loops run in parallel (Numba ``prange``). The products that only feed float64 sums (the ridge system's
+weighted sums) are BLAS ``dgemm`` calls (:func:`combination_sums`; see ``phenovec.batch.harmony``). Every parallel
+loop writes per-task results that are combined in task order, so the results do not depend on the number of
+threads.
 """
 from __future__ import annotations
 
@@ -120,9 +122,11 @@ def _prefetch_row(typingctx, arr, row):
         itemsize = context.get_abi_sizeof(context.get_data_type(aryty.dtype))
         nbytes = builder.mul(builder.extract_value(ary.shape, 1), context.get_constant(types.intp, itemsize))
         read, keep, data = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
-        with cgutils.for_range_slice(builder, zero, nbytes, context.get_constant(types.intp, 64), intp=intp) as (off, _):
+        line = context.get_constant(types.intp, 64)
+        with cgutils.for_range_slice(builder, zero, nbytes, line, intp=intp) as (off, _):
             builder.call(fn, [builder.gep(base, [off]), read, keep, data])
-        builder.call(fn, [builder.gep(base, [builder.sub(nbytes, context.get_constant(types.intp, 1))]), read, keep, data])
+        last = builder.sub(nbytes, context.get_constant(types.intp, 1))
+        builder.call(fn, [builder.gep(base, [last]), read, keep, data])
         return context.get_dummy_value()
     return types.void(arr, row), codegen
 

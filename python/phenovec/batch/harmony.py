@@ -31,20 +31,26 @@ the objective trajectory to 1e-5 relative. An empty k-means cluster that Armadil
 phenovec's policies (stricter than harmonypy, which accepts them): a batch with one cell, a missing batch label,
 more clusters than cells and non-finite coordinates are ``ValueError`` naming the variable, batch, row or column.
 
-Speed: the same work as harmonypy, cheaper where the order allows it: the k-means distances and the initial
-centroid choice screened with float32 BLAS and numpy's SIMD ``log`` (then harmonypy's exact order for the cells
-that could tie), the ridge sums once per combination of batches (one ``dgemm`` each) instead of once per batch and
-variable (on the threads from :data:`RIDGE_THREADS_MIN_CELLS` cells), the cluster systems solved in one batched
-call, the assignment pass 16 cells at a time, one per SIMD lane (lane buffers on the stack, so that LLVM vectorises
-them), with a vectorisable copy of glibc's ``expf``
-(bit-identical to libm's); Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)`` while running, from
-:data:`PARALLEL_MIN_CELLS` cells with ``ncores=0``). The assignment pass's blocks depend on each other, but within a
-block the runs of cells (one per batch of the first variable) are independent: they run on the Numba threads up to
-:data:`WORKER_STACK_CLUSTERS` clusters. Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried
-(tests; 10k and 100k cells in the benchmark). Measured side by side in ``bench/harmony_bench.py`` (medians of 5):
-1.2x harmonypy 2.1.0's wall-clock at 10k and 1.4x at 100k cells on 2 idle cores (1.6x in CPU seconds at 100k),
-1.9x at 100k on 2 cores under load ~9; short of the 5x target (the assignment passes alone take longer than 1/5 of
-harmonypy's time).
+Speed: the same work as harmonypy, cheaper where the order allows it:
+
+* the k-means initialisation's distances and centroid choice screened with float32 BLAS (products split over the
+  threads) and numpy's SIMD ``log``, then harmonypy's exact order only for the cells that could tie;
+* the assignment pass 16 cells at a time, one per SIMD lane (lane buffers on the stack, so that LLVM vectorises
+  them), with a vectorisable copy of glibc's ``expf`` (bit-identical to libm's). A block's cells are independent
+  given the frozen O and E: its runs (one per batch of the first variable) run on the Numba threads up to
+  :data:`WORKER_STACK_CLUSTERS` clusters, or, where the runs are short (:data:`PACK_BELOW_RUN`), its cells are
+  packed into the lanes whatever their batch. The block's batch sums are one sweep over its cells with the rows
+  asked for ahead (``llvm.prefetch``);
+* the ridge sums once per combination of batches (one ``dgemm`` each, called from a Numba loop on the threads)
+  instead of once per batch and variable, the cluster systems solved in one batched call;
+* Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)`` while running, from
+  :data:`PARALLEL_MIN_CELLS` cells with ``ncores=0``).
+
+Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried (tests; 1k to 100k cells in the benchmark).
+Measured side by side in ``bench/harmony_bench.py`` on 2 idle cores (session 27, medians of 5): 1.8x harmonypy
+2.1.0's wall-clock at 100k cells x 50 PCs (1.71 vs 3.01 s, 1.8x in CPU seconds), 1.4x at 10k, 0.9x at 2k and 0.8x at
+1k (0.12 vs 0.11 s, 0.05 vs 0.04 s). Short of the issue's 5x: the assignment passes alone (0.7 s at 100k, their
+blocks sequential by definition) take longer than a fifth of harmonypy's time.
 """
 from __future__ import annotations
 
@@ -597,8 +603,8 @@ class _Ridge:
     of batches of different variables) is a sum over the cells of one *combination* of batches (one batch per
     variable), so the cells are sorted by combination once and each iteration computes, per combination g,
     ``S_g = R_g^T [Z_g, 1]`` (N K (d+1) multiply-adds in all, whatever the number of variables, one ``dgemm`` per
-    combination); the per-batch sums are then sums of the S_g. The systems of all clusters that correct the same batches are
-    solved together."""
+    combination); the per-batch sums are then sums of the S_g. The systems of all clusters that correct the same
+    batches are solved together."""
 
     def __init__(self, z_orig, cell_batches, by_combination, phi_n, lamb, alpha, cutoff):
         self.n, self.d = z_orig.shape
