@@ -432,8 +432,9 @@ def run_harmony(
 #: Measured on 2 idle cores: the passes at 2,000 cells (runs of ~5) 70 -> 38 ms, at 10,000 (~25) 101 -> 87-95 ms; at
 #: 100,000 (~250) packing was 5-10 % slower (the runs' sums then take a second pass over the block)
 PACK_BELOW_RUN = 64
-#: clusters up to which the assignment kernel's scratch (``kernels/harmony.py: _reassign``, 128 bytes per cluster on
-#: the stack) runs on the calling thread; above, Harmony runs in a thread with a stack sized for it
+#: clusters up to which the assignment kernels' scratch (``kernels/harmony.py: _reassign_run``, ``_reassign_lanes``;
+#: 128 bytes per cluster on the stack) runs on the calling thread; above, Harmony runs in a thread with a stack sized
+#: for it
 STACK_CLUSTERS = 1024
 #: clusters up to which a block's runs are reassigned on the Numba worker threads, whose stacks may be small (the
 #: scratch is then at most 32 KiB); above, the pass runs on the calling thread
