@@ -819,6 +819,15 @@ def _arma_sum_step(x, base, g, acc1, acc2):
 
 
 @njit(cache=True, inline="always")
+def _lane_scratch(k):
+    """The lane buffers of :func:`_lane_softmax`, on the caller's stack (inlined, so the caller's frame holds them):
+    flat K x LANES logits and distances, indexed by hand (slicing a row per cluster would count references each
+    time), and one float32 or float64 per lane for the running values."""
+    return (_stack_f32(k * LANES), _stack_f32(k * LANES), _stack_f32(LANES), _stack_f32(LANES), _stack_f32(LANES),
+            _stack_f32(LANES), _stack_f64(LANES), _stack_f64(LANES), _stack_f64(LANES))
+
+
+@njit(cache=True, inline="always")
 def _lane_softmax(jj, lead, one_lead, dist_flat, div_flat, sigma, cell_batches, k, x, dt, mx, acc1, acc2, total, w, ws,
                   ce, rows):
     """The softmax of the penalised logits of the :data:`LANES` cells ``jj`` (``lead``: each lane's row offset into
@@ -909,16 +918,7 @@ def _reassign_run(q, r, dist, sigma, log_div, cell_batches, cells, run_group, ru
     the lane loops (measured 1.5x on the pass); ``phenovec.batch.harmony`` gives runs with many clusters a thread
     with a large stack."""
     k = r.shape[1]
-    # flat K x LANES buffers indexed by hand (slicing a row per cluster would count references each time)
-    x = _stack_f32(k * LANES)
-    dt = _stack_f32(k * LANES)
-    mx = _stack_f32(LANES)
-    acc1 = _stack_f32(LANES)
-    acc2 = _stack_f32(LANES)
-    total = _stack_f32(LANES)
-    w = _stack_f64(LANES)
-    ws = _stack_f64(LANES)
-    ce = _stack_f64(LANES)
+    x, dt, mx, acc1, acc2, total, w, ws, ce = _lane_scratch(k)
     jj = np.empty(LANES, np.int64)
     rows = np.empty(LANES, np.int64)
     lead = np.full(LANES, run_group[q] * k)
@@ -981,15 +981,7 @@ def _reassign_lanes(i, m, r, dist, sigma, log_div, cell_batches, cells, cell_err
     frozen, whatever their batches (:func:`_lane_softmax`); each cell's R row, objective terms and flags go to its
     own slots, and the caller sums them run by run in cell order, so runs of a few cells leave no lane idle."""
     k = r.shape[1]
-    x = _stack_f32(k * LANES)
-    dt = _stack_f32(k * LANES)
-    mx = _stack_f32(LANES)
-    acc1 = _stack_f32(LANES)
-    acc2 = _stack_f32(LANES)
-    total = _stack_f32(LANES)
-    w = _stack_f64(LANES)
-    ws = _stack_f64(LANES)
-    ce = _stack_f64(LANES)
+    x, dt, mx, acc1, acc2, total, w, ws, ce = _lane_scratch(k)
     jj = np.empty(LANES, np.int64)
     rows = np.empty(LANES, np.int64)
     lead = np.empty(LANES, np.int64)
