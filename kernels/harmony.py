@@ -115,7 +115,8 @@ def _prefetch_row(typingctx, arr, row):
         zero = context.get_constant(types.intp, 0)
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], zero])
         i8p = ir.IntType(8).as_pointer()
-        name = "llvm.prefetch.p0" if getattr(i8p, "is_opaque", True) else "llvm.prefetch.p0i8"
+        # typed pointers (older llvmlite, and llvmlite 0.50 by default) mangle the name with the pointee type
+        name = "llvm.prefetch.p0" if getattr(i8p, "is_opaque", False) else "llvm.prefetch.p0i8"
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name)
         base = builder.bitcast(ptr, i8p)
