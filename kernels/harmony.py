@@ -1210,20 +1210,38 @@ def combination_sums(r, z_aug, order, starts, ends, out):
         out[g] = np.dot(rows.T, z_aug[first:first + m])
 
 
+#: clusters per task of :func:`batch_sums` (its tasks split the columns of the sums)
+SUM_CLUSTERS_PER_TASK = 4
+
+
 @njit(cache=True, parallel=True)
-def batch_sums(sums, offsets, members, out):
-    """``out[b] = sum of sums[g]`` over the combinations g of batch b (``members[offsets[b] .. offsets[b + 1]]``, in
-    combination order); batches on the threads."""
-    width = sums.shape[1] * sums.shape[2]
-    flat = sums.reshape(sums.shape[0], width)
-    out_flat = out.reshape(out.shape[0], width)
-    for b in prange(out.shape[0]):
-        for i in range(width):
-            out_flat[b, i] = 0.0
-        for m in range(offsets[b], offsets[b + 1]):
-            g = members[m]
-            for i in range(width):
-                out_flat[b, i] += flat[g, i]
+def batch_sums(sums, combos, counted, out, weighted):
+    """From the combination sums (G x K x (d+1)): ``out[b] = sum of sums[g]`` over the combinations g holding batch b,
+    and ``weighted[k] = sum of sums[g, k]`` over the combinations g with ``counted[g, k]``, both in combination
+    order. One read of ``sums`` (it outgrows the caches: 20 MB at 480 combinations x 100 clusters), its clusters in
+    tasks of :data:`SUM_CLUSTERS_PER_TASK` on the threads."""
+    n_groups, k, d1 = sums.shape
+    n_cov = combos.shape[1]
+    n_tasks = (k + SUM_CLUSTERS_PER_TASK - 1) // SUM_CLUSTERS_PER_TASK
+    for t in prange(n_tasks):
+        q0 = t * SUM_CLUSTERS_PER_TASK
+        q1 = min(k, q0 + SUM_CLUSTERS_PER_TASK)
+        for q in range(q0, q1):
+            for a in range(d1):
+                weighted[q, a] = 0.0
+            for b in range(out.shape[0]):
+                for a in range(d1):
+                    out[b, q, a] = 0.0
+        for g in range(n_groups):
+            for c in range(n_cov):
+                b = combos[g, c]
+                for q in range(q0, q1):
+                    for a in range(d1):
+                        out[b, q, a] += sums[g, q, a]
+            for q in range(q0, q1):
+                if counted[g, q]:
+                    for a in range(d1):
+                        weighted[q, a] += sums[g, q, a]
 
 
 @njit(cache=True)
@@ -1246,22 +1264,6 @@ def cooccurrence(totals, combos, n_batches):
             for q in range(k):
                 out[q, b1, b2] = acc[b1, b2, q]
     return out
-
-
-@njit(cache=True, parallel=True)
-def counted_sums(sums, counted):
-    """``out[k] = sum of sums[g, k]`` over the combinations g with ``counted[g, k]`` (combination order); clusters on
-    the threads."""
-    n_groups, k, d1 = sums.shape
-    out = np.zeros((k, d1))
-    for q in prange(k):
-        for g in range(n_groups):
-            if counted[g, q]:
-                for a in range(d1):
-                    out[q, a] += sums[g, q, a]
-    return out
-
-
 
 
 @njit(cache=True)

@@ -359,11 +359,11 @@ def test_ridge_sums_equal_the_dense_products():
         np.testing.assert_allclose(sums[g], r[cells].astype(np.float64).T @ z1[cells], rtol=1e-12, atol=1e-12)
     flat = sums.reshape(len(sums), -1)
     per_batch = np.empty((ridge.n_batches, k, d + 1))
-    kern.batch_sums(sums, ridge.offsets, ridge.members, per_batch)
-    np.testing.assert_allclose(per_batch.reshape(ridge.n_batches, -1), ridge.h.T @ flat, rtol=1e-12, atol=1e-12)
+    weighted = np.empty((k, d + 1))
     counted = rng.random((len(sums), k)) < 0.7
-    np.testing.assert_allclose(kern.counted_sums(sums, counted), np.where(counted[:, :, None], sums, 0).sum(axis=0),
-                               rtol=1e-12, atol=1e-12)
+    kern.batch_sums(sums, ridge.combos, counted, per_batch, weighted)
+    np.testing.assert_allclose(per_batch.reshape(ridge.n_batches, -1), ridge.h.T @ flat, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(weighted, np.where(counted[:, :, None], sums, 0).sum(axis=0), rtol=1e-12, atol=1e-12)
     totals = np.ascontiguousarray(sums[:, :, d])
     pairs = (ridge.h[:, :, None] * ridge.h[:, None, :]).reshape(len(sums), -1)
     np.testing.assert_allclose(kern.cooccurrence(totals, ridge.combos, ridge.n_batches),

@@ -627,10 +627,6 @@ class _Ridge:
         g = len(self.starts)
         self.h = np.zeros((g, self.n_batches))  # combination -> batch indicator
         self.h[np.arange(g)[:, None], self.combos] = 1.0
-        # each batch's combinations (CSR, combination order): a batch's sums are the sums of its combinations' sums
-        batch_of = self.combos.ravel()
-        self.members = np.repeat(np.arange(g), self.n_cov)[np.argsort(batch_of, kind="stable")]
-        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(batch_of, minlength=self.n_batches))])
         # the original embedding in combination order with a column of ones, in double: S_g = R_g^T [Z_g, 1] is one
         # BLAS product per combination
         self.z_aug = np.empty((self.n, self.d + 1))
@@ -672,12 +668,12 @@ class _Ridge:
             return m, used
         kern = load_kernel("harmony")
         sums = combination_sums()
+        # cells counted in the intercept: those with any batch kept in the cluster (once each; several variables)
+        counted = (self.h @ keep) > 0  # G x K
         rz = np.empty((self.n_batches, k, d + 1))  # per batch
-        kern.batch_sums(sums, self.offsets, self.members, rz)
+        weighted = np.empty((k, d + 1))
+        kern.batch_sums(sums, self.combos, counted, rz, weighted)
         if self.n_cov > 1:
-            # cells counted in the intercept: those with any batch kept in the cluster (once each)
-            counted = (self.h @ keep) > 0  # G x K
-            weighted = kern.counted_sums(sums, counted)
             z_all, cov_sum = weighted[:, :d], weighted[:, d]
             # R-weighted co-occurrence of batches: diagonal O, across variables the overlaps
             cooc = kern.cooccurrence(np.ascontiguousarray(sums[:, :, d]), self.combos, self.n_batches)
