@@ -31,8 +31,32 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import config, prange, types
+from numba import njit as _numba_njit
 from numba.extending import intrinsic
+
+
+def njit(*args, **kwargs):
+    """``numba.njit`` with LLVM's SLP vectoriser on while these kernels compile (Numba leaves it off by default,
+    ``NUMBA_SLP_VECTORIZE=0``): the lane kernels' 16-lane accumulations (max, sums) then become vector instructions
+    instead of 16 scalar ones. SLP does not reorder floating-point arithmetic, so the results are the same bits;
+    measured at 100k cells: the assignment pass 47 -> 42 ms. Numba reads the setting each time it optimises a
+    function, so it is switched on only around these dispatchers' compilations (and the kernels they call)."""
+    def wrap(fn):
+        dispatcher = _numba_njit(*args, **kwargs)(fn)
+        compile_ = dispatcher.compile
+
+        def compile_with_slp(sig):
+            before = config.SLP_VECTORIZE
+            config.SLP_VECTORIZE = 1
+            try:
+                return compile_(sig)
+            finally:
+                config.SLP_VECTORIZE = before
+
+        dispatcher.compile = compile_with_slp
+        return dispatcher
+    return wrap
 
 CELLS_PER_TASK = 1024
 F0 = np.float32(0.0)

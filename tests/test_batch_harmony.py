@@ -258,6 +258,31 @@ def test_numerical_errors_stop_the_run_as_harmonypys(sigma, stage, what):
         run_harmony(x, meta, ["Metadata_Plate"], sigma=sigma)
 
 
+def test_kernels_compile_with_llvm_slp_and_leave_numba_setting_alone(monkeypatch):
+    """The Harmony kernels' ``njit`` switches LLVM's SLP vectoriser on while they compile (Numba's default is off) and
+    puts Numba's setting back afterwards; functions compiled elsewhere keep Numba's setting."""
+    import numba
+    from numba.core import codegen
+
+    kern = load_kernel("harmony")
+    seen = []
+    real = codegen.create_pass_builder
+
+    def spy(*args, **kwargs):
+        seen.append(bool(kwargs.get("slp_vectorize")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(codegen, "create_pass_builder", spy)
+    before = numba.config.SLP_VECTORIZE
+    assert kern.njit()(lambda a: a + 1)(1) == 2  # a fresh function: compiled now, not loaded from a cache
+    assert any(seen)
+    assert numba.config.SLP_VECTORIZE == before
+    if not before:
+        seen.clear()
+        assert numba.njit(lambda a: a + 2)(1) == 3
+        assert seen and not any(seen)
+
+
 def _host_has_fma() -> bool:
     """Whether this CPU has FMA (asked at run time, as glibc's ifunc does when it picks its expf build)."""
     import llvmlite.binding as llvm
