@@ -22,7 +22,8 @@ its thread count. These kernels keep that order where it decides the result bits
 - the correction ``Z_corr = Z_orig - sum_k R_k M_k`` summed in float32 over clusters in order.
 
 The other loops run in parallel (Numba ``prange``). The products that only feed float64 sums (the ridge system's
-weighted sums) are BLAS ``dgemm`` calls (:func:`combination_sums`; see ``phenovec.batch.harmony``). Every parallel
+weighted sums) are BLAS ``dgemm`` calls (:func:`combination_sums`; see ``phenovec.batch.harmony``), and each
+cluster's ridge system is solved with LAPACK ``gesv`` (:func:`ridge_systems`). Every parallel
 loop writes per-task results that are combined in task order, so the results do not depend on the number of
 threads.
 """
@@ -1288,6 +1289,91 @@ def cooccurrence(totals, combos, n_batches):
             for q in range(k):
                 out[q, b1, b2] = acc[b1, b2, q]
     return out
+
+
+@njit(cache=True, inline="always")
+def _cholesky_pivots_ok(a, work):
+    """harmonypy's singularity test of one ridge system: every Cholesky pivot above 1e-10 times the largest
+    diagonal entry (a pivot that is not positive fails too). ``work`` (same shape) is overwritten."""
+    size = a.shape[0]
+    largest = a[0, 0]
+    for i in range(1, size):
+        largest = max(largest, a[i, i])
+    limit = 1e-10 * largest
+    for j in range(size):
+        for i in range(j, size):
+            v = a[i, j]
+            for q in range(j):
+                v -= work[i, q] * work[j, q]
+            if i == j:
+                if not (v > limit):
+                    return False
+                work[j, j] = math.sqrt(v)
+            else:
+                work[i, j] = v / work[j, j]
+    return True
+
+
+@njit(cache=True, parallel=True)
+def ridge_systems(clusters, keep, rz, a00, rhs0, cooc, pen, lamb0, m, y, bad):
+    """harmonypy 2.1.0's per-cluster ridge regressions, each active cluster's on its own thread task: the system
+    over the intercept and every batch (``size = 1 + B``; a batch the cluster does not correct gets an inert row
+    and column, so the other coefficients are those of the cluster's smaller system), assembled from the weighted
+    sums, checked (:func:`_cholesky_pivots_ok`) and solved (LAPACK ``gesv``).
+
+    ``rz[b, k]``: batch b's R-weighted coordinate sums and total (B x K x (d+1)); ``a00[k]`` / ``rhs0[k]``: the
+    intercept's total and coordinate sums; ``cooc[k]``: the R-weighted overlaps of batches (B x B; an empty array
+    with one batch variable: the batches are then disjoint and the diagonal is the totals); ``pen[b, k]`` the ridge
+    penalty; ``lamb0`` the intercept's penalty, added when every batch is corrected (0: none). Writes ``y[k]`` (the
+    intercept), ``m[:, k]`` (each batch's direction; 0 for a batch not corrected) and ``bad[i]`` (1: singular)."""
+    n_batches = keep.shape[0]
+    d = rhs0.shape[1]
+    size = 1 + n_batches
+    several = cooc.shape[0] > 0
+    for i in prange(clusters.shape[0]):
+        k = clusters[i]
+        a = np.zeros((size, size))
+        rhs = np.zeros((size, d))
+        all_kept = True
+        for b in range(n_batches):
+            if not keep[b, k]:
+                all_kept = False
+                continue
+            ok = rz[b, k, d]
+            a[0, b + 1] = ok
+            a[b + 1, 0] = ok
+            for c in range(d):
+                rhs[b + 1, c] = rz[b, k, c]
+            if several:
+                for b2 in range(n_batches):
+                    if keep[b2, k]:
+                        a[b + 1, b2 + 1] = cooc[k, b, b2]
+            else:
+                a[b + 1, b + 1] = ok
+        a[0, 0] = a00[k]
+        for c in range(d):
+            rhs[0, c] = rhs0[k, c]
+        scale = 1.0
+        for b in range(n_batches):
+            if keep[b, k]:
+                a[b + 1, b + 1] += pen[b, k]
+                scale = max(scale, a[b + 1, b + 1])
+        if all_kept:
+            a[0, 0] += lamb0
+        for b in range(n_batches):
+            if not keep[b, k]:
+                a[b + 1, b + 1] = scale
+        if not _cholesky_pivots_ok(a, np.empty((size, size))):
+            bad[i] = 1
+            continue
+        bad[i] = 0
+        w = np.linalg.solve(a, rhs)
+        for c in range(d):
+            y[k, c] = np.float32(w[0, c])
+        for b in range(n_batches):
+            if keep[b, k]:
+                for c in range(d):
+                    m[b, k, c] = np.float32(w[b + 1, c])
 
 
 @njit(cache=True)

@@ -605,8 +605,8 @@ class _Ridge:
     of batches of different variables) is a sum over the cells of one *combination* of batches (one batch per
     variable), so the cells are sorted by combination once and each iteration computes, per combination g,
     ``S_g = R_g^T [Z_g, 1]`` (N K (d+1) multiply-adds in all, whatever the number of variables, one ``dgemm`` per
-    combination); the per-batch sums are then sums of the S_g. The systems of all clusters that correct the same
-    batches are solved together."""
+    combination); the per-batch sums are then sums of the S_g. The clusters' systems are assembled, checked and
+    solved in one Numba kernel, a cluster per thread task (``ridge_systems``)."""
 
     def __init__(self, z_orig, cell_batches, by_combination, phi_n, lamb, alpha, cutoff):
         self.n, self.d = z_orig.shape
@@ -674,54 +674,28 @@ class _Ridge:
         rz = np.empty((self.n_batches, k, d + 1))  # per batch
         weighted = np.empty((k, d + 1))
         kern.batch_sums(sums, self.combos, counted, rz, weighted)
-        if self.n_cov > 1:
-            z_all, cov_sum = weighted[:, :d], weighted[:, d]
-            # R-weighted co-occurrence of batches: diagonal O, across variables the overlaps
-            cooc = kern.cooccurrence(np.ascontiguousarray(sums[:, :, d]), self.combos, self.n_batches)
-        estimate = self.lamb is None
-        # every active cluster's system at full size (intercept + every batch), solved in one batched call; a batch
-        # the cluster does not correct gets an inert row and column (zero off the diagonal, rhs 0: its coefficient
-        # is 0 and the others are those of the cluster's own smaller system)
         ks = np.flatnonzero(active)
-        kept = keep[:, ks].T  # n_active x B
-        size = 1 + self.n_batches
-        a = np.zeros((len(ks), size, size))
-        rhs = np.zeros((len(ks), size, d))
-        ok = np.where(kept, rz[:, ks, d].T, 0.0)  # n_active x B
-        pen = (self.alpha * e[:, ks]).T.astype(np.float64) if estimate else \
-            np.broadcast_to(self.lamb[1:].astype(np.float64), ok.shape)
-        a[:, 0, 1:] = ok
-        a[:, 1:, 0] = ok
-        rhs[:, 1:] = np.where(kept[:, :, None], rz[:, ks, :d].transpose(1, 0, 2), 0.0)
-        diag = np.arange(1, size)
         if self.n_cov > 1:
-            a[:, 1:, 1:] = np.where(kept[:, :, None] & kept[:, None, :], cooc[ks], 0.0)
-            a[:, 0, 0] = cov_sum[ks]
-            rhs[:, 0] = z_all[ks]
+            a00, rhs0 = weighted[:, d], weighted[:, :d]
+            cooc = kern.cooccurrence(np.ascontiguousarray(sums[:, :, d]), self.combos, self.n_batches)
         else:
-            a[:, 0, 0] = ok.sum(axis=1)
-            rhs[:, 0] = rhs[:, 1:].sum(axis=1)
-            a[:, diag, diag] = ok
-        a[:, diag, diag] += np.where(kept, pen, 0.0)
-        if not estimate:
-            a[kept.all(axis=1), 0, 0] += float(self.lamb[0])
-        scale = a[:, diag, diag].max(axis=1, initial=1.0)
-        a[:, diag, diag] = np.where(kept, a[:, diag, diag], scale[:, None])
-        _check_pivots(a, ks)
-        w = np.linalg.solve(a, rhs)
-        y[ks] = w[:, 0].astype(np.float32)
-        m[:, ks] = np.where(kept.T[:, :, None], w[:, 1:].transpose(1, 0, 2), 0.0).astype(np.float32)
+            # one variable: the intercept's sums are the kept batches' (numpy's sums, as harmonypy's order was
+            # matched with them)
+            kept = keep[:, ks].T
+            a00 = np.zeros(k)
+            rhs0 = np.zeros((k, d))
+            a00[ks] = np.where(kept, rz[:, ks, d].T, 0.0).sum(axis=1)
+            rhs0[ks] = np.where(kept[:, :, None], rz[:, ks, :d].transpose(1, 0, 2), 0.0).sum(axis=1)
+            cooc = np.empty((0, 0, 0))
+        if self.lamb is None:  # estimated penalties
+            pen, lamb0 = (self.alpha * e).astype(np.float64), 0.0
+        else:
+            pen, lamb0 = np.broadcast_to(self.lamb[1:].astype(np.float64)[:, None], e.shape), float(self.lamb[0])
+        bad = np.zeros(len(ks), np.int64)
+        kern.ridge_systems(ks, keep, rz, a00, np.ascontiguousarray(rhs0), cooc, np.ascontiguousarray(pen), lamb0, m,
+                           y, bad)
+        if bad.any():
+            raise FloatingPointError(f"Harmony ridge correction, cluster {int(ks[np.argmax(bad)])}: the ridge system "
+                                     "is singular; lamb (or alpha) is zero or too small")
         return m, used
 
-
-def _check_pivots(a: np.ndarray, clusters: np.ndarray) -> None:
-    """harmonypy's singularity test: a Cholesky pivot below 1e-10 times the largest diagonal entry."""
-    try:
-        chol = np.linalg.cholesky(a)
-        piv = np.diagonal(chol, axis1=1, axis2=2) ** 2
-        bad = piv.min(axis=1) <= 1e-10 * np.diagonal(a, axis1=1, axis2=2).max(axis=1)
-    except np.linalg.LinAlgError:
-        bad = np.ones(len(a), dtype=bool)
-    if bad.any():
-        raise FloatingPointError(f"Harmony ridge correction, cluster {int(clusters[np.argmax(bad)])}: the ridge system "
-                                 "is singular; lamb (or alpha) is zero or too small")
