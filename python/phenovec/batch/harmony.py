@@ -234,21 +234,35 @@ def _threads(ncores: int, n_cells: int):
         numba.set_num_threads(before)
 
 
-def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` (float32) for the k-means screens, ``b``'s columns (the cells) in contiguous shares on Harmony's
-    threads (BLAS stays on one thread each: OpenBLAS' own threads spin after a product and slow the Numba loops that
-    follow). The screens allow for BLAS's rounding, so the result does not depend on the split."""
+def _product(a: np.ndarray, b: np.ndarray, buffer: np.ndarray, pool: ThreadPoolExecutor | None) -> np.ndarray:
+    """``a @ b`` (float32) for the k-means screens, into the first ``len(a)`` rows of ``buffer`` (reused: a fresh
+    K x N result is mapped and faulted in anew each time, which doubled the product's time at 100k cells), ``b``'s
+    columns (the cells) in contiguous shares on ``pool``'s threads (BLAS stays on one thread each: OpenBLAS' own
+    threads spin after a product and slow the Numba loops that follow). The screens allow for BLAS's rounding, so
+    the result does not depend on the split."""
     import numba
 
-    out = np.empty((a.shape[0], b.shape[1]), np.float32)
-    threads = numba.get_num_threads()
-    if threads <= 1 or b.shape[1] < SPLIT_PRODUCT_MIN_CELLS:
+    out = buffer[: a.shape[0]]
+    if pool is None:
         return np.matmul(a, b, out=out)
-    cuts = np.linspace(0, b.shape[1], threads + 1).astype(np.int64)
-    with ThreadPoolExecutor(threads) as pool:
-        for f in [pool.submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]:
-            f.result()
+    cuts = np.linspace(0, b.shape[1], numba.get_num_threads() + 1).astype(np.int64)
+    for f in [pool.submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]:
+        f.result()
     return out
+
+
+@contextmanager
+def _product_pool(n_cells: int):
+    """The threads of :func:`_product` (Harmony's thread count, from :data:`SPLIT_PRODUCT_MIN_CELLS` cells), or
+    None."""
+    import numba
+
+    threads = numba.get_num_threads()
+    if threads <= 1 or n_cells < SPLIT_PRODUCT_MIN_CELLS:
+        yield None
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="phenovec-harmony-product") as pool:
+        yield pool
 
 
 def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int = 0) -> tuple[np.ndarray, Any]:
@@ -264,28 +278,31 @@ def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int 
     cells = np.empty(k, dtype=np.int64)
     step = max(1, (1 << 24) // max(n, 1))  # screening dots for at most 2**24 (cell, cluster) pairs at a time
     x_t = x.T
-    for i in range(0, k, step):
-        gt = _product(x[seeds[i: i + step]], x_t)
-        u = kern.mt_uniform_rows(mt, gt.shape[0], n)  # the draws, in harmonypy's order
-        with np.errstate(divide="ignore"):
-            neg_log_u = -np.log(u)  # numpy's SIMD log, for screening only
-        kern.kmeans_seed_cells(x, seeds, gt, u, neg_log_u, i, chosen, cells)
-    y = x[cells].copy()
+    buffer = np.empty((k, n), np.float32)  # every screen's product (the seeds' have at most k rows)
     assignment = np.empty(n, np.int64)
     unsure = np.empty(n, np.bool_)
-    for _ in range(10):
-        # nearest means by BLAS, then the exact float32 order for the cells whose runner-up is close
-        gt = _product(y, x_t)
-        kern.nearest_candidates(gt, np.einsum("ij,ij->i", y, y, dtype=np.float64), _NEAR_TIE, assignment, unsure)
-        kern.assign_nearest_exact(x, y, np.flatnonzero(unsure), assignment)
-        new, status = kern.lloyd_update(y, x, assignment)
-        if status == 1:
-            raise ValueError("Harmony's k-means initialisation failed (every cluster but one is empty); "
-                             "use fewer clusters (nclust) or pass init_centroids")
-        if status == 2:
-            warnings.warn("an empty k-means cluster was refilled with the last cell (harmonypy picks a random cell "
-                          "with Armadillo's generator): results depart from harmonypy", HarmonyWarning, stacklevel=3)
-        y = new
+    with _product_pool(n) as pool:
+        for i in range(0, k, step):
+            gt = _product(x[seeds[i: i + step]], x_t, buffer, pool)
+            u = kern.mt_uniform_rows(mt, gt.shape[0], n)  # the draws, in harmonypy's order
+            with np.errstate(divide="ignore"):
+                neg_log_u = -np.log(u)  # numpy's SIMD log, for screening only
+            kern.kmeans_seed_cells(x, seeds, gt, u, neg_log_u, i, chosen, cells)
+        y = x[cells].copy()
+        for _ in range(10):
+            # nearest means by BLAS, then the exact float32 order for the cells whose runner-up is close
+            gt = _product(y, x_t, buffer, pool)
+            kern.nearest_candidates(gt, np.einsum("ij,ij->i", y, y, dtype=np.float64), _NEAR_TIE, assignment, unsure)
+            kern.assign_nearest_exact(x, y, np.flatnonzero(unsure), assignment)
+            new, status = kern.lloyd_update(y, x, assignment)
+            if status == 1:
+                raise ValueError("Harmony's k-means initialisation failed (every cluster but one is empty); "
+                                 "use fewer clusters (nclust) or pass init_centroids")
+            if status == 2:
+                warnings.warn("an empty k-means cluster was refilled with the last cell (harmonypy picks a random "
+                              "cell with Armadillo's generator): results depart from harmonypy", HarmonyWarning,
+                              stacklevel=3)
+            y = new
     return y, mt
 
 
