@@ -170,6 +170,12 @@ def test_initial_centroids_are_harmonypys_and_can_be_given():
     init, _ = harmony_initial_centroids(z, ref0.K, random_state=5)
     y = init / np.linalg.norm(init, axis=1, keepdims=True)
     np.testing.assert_allclose(y.T, ref0.Y, atol=1e-6)
+    # the screens' products in a caller's scratch array (Harmony lends its distance matrix): the same centroids
+    scratch = np.full((len(z), ref0.K), np.nan, np.float32)
+    np.testing.assert_array_equal(harmony_initial_centroids(z, ref0.K, random_state=5, scratch=scratch)[0], init)
+    assert not np.isnan(scratch).all()
+    with pytest.raises(ValueError, match="scratch must be a contiguous float32 array of at least"):
+        harmony_initial_centroids(z, ref0.K, random_state=5, scratch=scratch[:-1])
     # given centroids = harmonypy's own: the run is harmonypy's
     ref = harmonypy.run_harmony(x, meta, ["Metadata_Plate"], verbose=False, random_state=5)
     ours = run_harmony(x, meta, ["Metadata_Plate"], random_state=5, init_centroids=init)

@@ -265,9 +265,12 @@ def _product_pool(n_cells: int):
         yield pool
 
 
-def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int = 0) -> tuple[np.ndarray, Any]:
+def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int = 0,
+                              scratch: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
     """harmonypy 2.1.0's k-means initialisation on the unit-length embedding ``z_cos`` (N x d float32):
-    returns ``(centroids K x d float32, generator state after it)``."""
+    returns ``(centroids K x d float32, generator state after it)``. ``scratch``: a contiguous float32 array of at
+    least N x K entries to hold the screens' products (Harmony passes its distance matrix, which the first
+    assignment overwrites: at 100k cells that is 40 MB this machine need not map afresh)."""
     kern = load_kernel("harmony")
     mt = kern.mt_seed(np.int64(int(random_state) & 0xFFFFFFFF))
     x = np.ascontiguousarray(z_cos, dtype=np.float32)
@@ -278,7 +281,12 @@ def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int 
     cells = np.empty(k, dtype=np.int64)
     step = max(1, (1 << 24) // max(n, 1))  # screening dots for at most 2**24 (cell, cluster) pairs at a time
     x_t = x.T
-    buffer = np.empty((k, n), np.float32)  # every screen's product (the seeds' have at most k rows)
+    if scratch is None:
+        buffer = np.empty((k, n), np.float32)  # every screen's product (the seeds' have at most k rows)
+    else:
+        if scratch.dtype != np.float32 or scratch.size < k * n or not scratch.flags.c_contiguous:
+            raise ValueError(f"scratch must be a contiguous float32 array of at least {k} x {n} entries")
+        buffer = scratch.reshape(-1)[: k * n].reshape(k, n)
     assignment = np.empty(n, np.int64)
     unsure = np.empty(n, np.bool_)
     with _product_pool(n) as pool:
@@ -513,11 +521,11 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
     n_batches = int(phi_n.sum())
     z_corr = z_orig.copy()
     kern.normalise_rows(z_corr)
-    y, mt = start_centroids(z_corr, k, random_state, init_centroids)
+    dist = np.empty((n, k), np.float32)
+    y, mt = start_centroids(z_corr, k, random_state, init_centroids, scratch=dist)
     init = y.copy()
     kern.normalise_rows(y)
 
-    dist = np.empty((n, k), np.float32)
     r = np.empty((n, k), np.float32)
     o = np.zeros((n_batches, k), np.float32)
     e = np.zeros((n_batches, k), np.float32)
@@ -574,13 +582,14 @@ def _harmonize(kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta
             "objective_kmeans": obj_kmeans, "kmeans_rounds": rounds, "init_centroids": init}
 
 
-def start_centroids(z_cos: np.ndarray, k: int, random_state: int, init_centroids=None):
-    """(K x d float32 centroids, generator state): harmonypy's initialisation, or ``init_centroids`` with the
-    generator advanced past the draws harmonypy's initialisation makes."""
+def start_centroids(z_cos: np.ndarray, k: int, random_state: int, init_centroids=None, scratch=None):
+    """(K x d float32 centroids, generator state): harmonypy's initialisation (``scratch``: see
+    :func:`harmony_initial_centroids`), or ``init_centroids`` with the generator advanced past the draws
+    harmonypy's initialisation makes."""
     kern = load_kernel("harmony")
     n, d = z_cos.shape
     if init_centroids is None:
-        return harmony_initial_centroids(z_cos, k, random_state)
+        return harmony_initial_centroids(z_cos, k, random_state, scratch)
     y = np.array(init_centroids, dtype=np.float32)
     if y.shape != (k, d):
         if y.shape == (d, k):
