@@ -23,7 +23,7 @@ its thread count. These kernels keep that order where it decides the result bits
 
 The other loops run in parallel (Numba ``prange``). The products that only feed float64 sums (the ridge system's
 weighted sums) are BLAS ``dgemm`` calls (:func:`combination_sums`; see ``phenovec.batch.harmony``), and each
-cluster's ridge system is solved with LAPACK ``gesv`` (:func:`ridge_systems`). Every parallel
+cluster's ridge system is solved as harmonypy solves it, in double (:func:`ridge_systems`). Every parallel
 loop writes per-task results that are combined in task order, so the results do not depend on the number of
 threads.
 """
@@ -1291,89 +1291,174 @@ def cooccurrence(totals, combos, n_batches):
     return out
 
 
-@njit(cache=True, inline="always")
-def _cholesky_pivots_ok(a, work):
-    """harmonypy's singularity test of one ridge system: every Cholesky pivot above 1e-10 times the largest
-    diagonal entry (a pivot that is not positive fails too). ``work`` (same shape) is overwritten."""
-    size = a.shape[0]
-    largest = a[0, 0]
-    for i in range(1, size):
-        largest = max(largest, a[i, i])
-    limit = 1e-10 * largest
-    for j in range(size):
-        for i in range(j, size):
-            v = a[i, j]
-            for q in range(j):
-                v -= work[i, q] * work[j, q]
-            if i == j:
-                if not (v > limit):
-                    return False
-                work[j, j] = math.sqrt(v)
-            else:
-                work[i, j] = v / work[j, j]
-    return True
+@njit(cache=True, parallel=True, error_model="numpy")
+def ridge_systems(clusters, keep, batch_cov, rz, a00, rhs0, cooc, pen, lamb0, m, y, bad):
+    """harmonypy 2.1.0's per-cluster ridge regressions (its ``solve_ridge_cluster``), each active cluster's on its
+    own thread task, in double.
 
+    Cluster k's system has a row for the intercept and one per batch it corrects (``keep[:, k]``). The kept batches
+    of the covariate with the most of them share no cells: they form a diagonal block D, which is eliminated first;
+    what is left (the intercept and the other covariates' batches, ``n`` rows) is the Schur complement
+    ``S = A - C D^-1 C'``, factored by Cholesky (a pivot not above 1e-10 times A's largest diagonal entry: the
+    system is singular, ``bad[i] = 1``), then the dense rows are solved and the diagonal ones follow from them.
+    Every step runs in harmonypy's order, skipping the zero couplings it skips.
 
-@njit(cache=True, parallel=True)
-def ridge_systems(clusters, keep, rz, a00, rhs0, cooc, pen, lamb0, m, y, bad):
-    """harmonypy 2.1.0's per-cluster ridge regressions, each active cluster's on its own thread task: the system
-    over the intercept and every batch (``size = 1 + B``; a batch the cluster does not correct gets an inert row
-    and column, so the other coefficients are those of the cluster's smaller system), assembled from the weighted
-    sums, checked (:func:`_cholesky_pivots_ok`) and solved (LAPACK ``gesv``).
-
-    ``rz[b, k]``: batch b's R-weighted coordinate sums and total (B x K x (d+1)); ``a00[k]`` / ``rhs0[k]``: the
-    intercept's total and coordinate sums; ``cooc[k]``: the R-weighted overlaps of batches (B x B; an empty array
-    with one batch variable: the batches are then disjoint and the diagonal is the totals); ``pen[b, k]`` the ridge
-    penalty; ``lamb0`` the intercept's penalty, added when every batch is corrected (0: none). Writes ``y[k]`` (the
-    intercept), ``m[:, k]`` (each batch's direction; 0 for a batch not corrected) and ``bad[i]`` (1: singular)."""
+    ``batch_cov[b]``: batch b's covariate; ``rz[b, k]``: batch b's R-weighted coordinate sums and total
+    (B x K x (d+1)); with several covariates ``a00[k]`` / ``rhs0[k]``: the intercept's total and coordinate sums
+    (each cell once) and ``cooc[k, b1, b2]`` the R-weighted overlap of batches of different covariates (with one,
+    the intercept's sums are the kept batches' and ``cooc`` is not read); ``pen[b, k]``: the ridge penalty;
+    ``lamb0``: the intercept's, added when every batch is corrected (0: none). Writes ``y[k]`` (the intercept),
+    ``m[b, k]`` for each kept batch. A zero diagonal entry (a kept batch with no weight and no penalty) gives NaN
+    directions, as harmonypy's do (``error_model="numpy"``: no exception), which the caller's finiteness check
+    reports."""
     n_batches = keep.shape[0]
     d = rhs0.shape[1]
-    size = 1 + n_batches
-    several = cooc.shape[0] > 0
+    n_cov = 0
+    for b in range(n_batches):
+        n_cov = max(n_cov, batch_cov[b] + 1)
     for i in prange(clusters.shape[0]):
         k = clusters[i]
-        a = np.zeros((size, size))
-        rhs = np.zeros((size, d))
-        all_kept = True
+        kept_per_cov = np.zeros(n_cov, np.int64)
+        n_keep = 0
+        for b in range(n_batches):
+            if keep[b, k]:
+                kept_per_cov[batch_cov[b]] += 1
+                n_keep += 1
+        diag_cov = 0
+        for c in range(1, n_cov):
+            if kept_per_cov[c] > kept_per_cov[diag_cov]:
+                diag_cov = c
+        n_diag = kept_per_cov[diag_cov]
+        n = 1 + n_keep - n_diag
+        slot = np.full(n_batches, -1, np.int64)  # row in the dense block (>= 1) or the diagonal one (>= 0)
+        s = np.zeros((n, n))
+        cpl = np.zeros((n, n_diag))
+        dg = np.empty(n_diag)
+        rhs_dense = np.zeros((n, d))
+        rhs_diag = np.empty((n_diag, d))
+        nd = 1
+        nj = 0
+        total = 0.0
         for b in range(n_batches):
             if not keep[b, k]:
-                all_kept = False
                 continue
-            ok = rz[b, k, d]
-            a[0, b + 1] = ok
-            a[b + 1, 0] = ok
-            for c in range(d):
-                rhs[b + 1, c] = rz[b, k, c]
-            if several:
-                for b2 in range(n_batches):
-                    if keep[b2, k]:
-                        a[b + 1, b2 + 1] = cooc[k, b, b2]
+            o = rz[b, k, d]
+            total += o
+            if batch_cov[b] == diag_cov:
+                slot[b] = nj
+                cpl[0, nj] = o
+                dg[nj] = o + pen[b, k]
+                for a in range(d):
+                    rhs_diag[nj, a] = rz[b, k, a]
+                nj += 1
             else:
-                a[b + 1, b + 1] = ok
-        a[0, 0] = a00[k]
-        for c in range(d):
-            rhs[0, c] = rhs0[k, c]
-        scale = 1.0
-        for b in range(n_batches):
-            if keep[b, k]:
-                a[b + 1, b + 1] += pen[b, k]
-                scale = max(scale, a[b + 1, b + 1])
-        if all_kept:
-            a[0, 0] += lamb0
+                slot[b] = nd
+                s[nd, 0] = o
+                s[0, nd] = o
+                s[nd, nd] = o + pen[b, k]
+                for a in range(d):
+                    rhs_dense[nd, a] = rz[b, k, a]
+                nd += 1
+        if n_cov > 1:
+            s[0, 0] = a00[k]
+            for a in range(d):
+                rhs_dense[0, a] = rhs0[k, a]
+            for b1 in range(n_batches):
+                if not keep[b1, k]:
+                    continue
+                for b2 in range(b1 + 1, n_batches):
+                    if not keep[b2, k] or batch_cov[b2] == batch_cov[b1]:
+                        continue
+                    overlap = cooc[k, b1, b2]
+                    d1 = batch_cov[b1] != diag_cov
+                    d2 = batch_cov[b2] != diag_cov
+                    if d1 and d2:
+                        s[slot[b1], slot[b2]] += overlap
+                        s[slot[b2], slot[b1]] += overlap
+                    elif d1:
+                        cpl[slot[b1], slot[b2]] += overlap
+                    elif d2:
+                        cpl[slot[b2], slot[b1]] += overlap
+        else:
+            s[0, 0] = total
+            for b in range(n_batches):
+                if keep[b, k]:
+                    for a in range(d):
+                        rhs_dense[0, a] += rz[b, k, a]
+        if n_keep == n_batches:
+            s[0, 0] += lamb0
+        largest = 0.0
+        for x in range(n):
+            largest = max(largest, s[x, x])
+        # eliminate the diagonal block (lower triangle of S, and the dense right-hand sides)
+        for j in range(n_diag):
+            for x in range(n):
+                cx = cpl[x, j]
+                if cx == 0.0:
+                    continue
+                scale = cx / dg[j]
+                for yy in range(x, n):
+                    s[yy, x] -= scale * cpl[yy, j]
+                for a in range(d):
+                    rhs_dense[x, a] -= scale * rhs_diag[j, a]
+        # Cholesky S = L L' in place, column by column
+        limit = 1e-10 * largest
+        singular = False
+        for c in range(n):
+            if not (s[c, c] > limit):
+                singular = True
+                break
+            s[c, c] = math.sqrt(s[c, c])
+            for rr in range(c + 1, n):
+                s[rr, c] /= s[c, c]
+            for c2 in range(c + 1, n):
+                f = s[c2, c]
+                if f == 0.0:
+                    continue
+                for rr in range(c2, n):
+                    s[rr, c2] -= f * s[rr, c]
+        bad[i] = 1 if singular else 0
+        if singular:
+            continue
+        for c in range(n):
+            for a in range(d):
+                rhs_dense[c, a] /= s[c, c]
+            for rr in range(c + 1, n):
+                lv = s[rr, c]
+                if lv == 0.0:
+                    continue
+                for a in range(d):
+                    rhs_dense[rr, a] -= lv * rhs_dense[c, a]
+        for c in range(n - 1, -1, -1):
+            for rr in range(c + 1, n):
+                lv = s[rr, c]
+                if lv == 0.0:
+                    continue
+                for a in range(d):
+                    rhs_dense[c, a] -= lv * rhs_dense[rr, a]
+            for a in range(d):
+                rhs_dense[c, a] /= s[c, c]
+        for a in range(d):
+            y[k, a] = np.float32(rhs_dense[0, a])
+        w = np.empty(d)
         for b in range(n_batches):
             if not keep[b, k]:
-                a[b + 1, b + 1] = scale
-        if not _cholesky_pivots_ok(a, np.empty((size, size))):
-            bad[i] = 1
-            continue
-        bad[i] = 0
-        w = np.linalg.solve(a, rhs)
-        for c in range(d):
-            y[k, c] = np.float32(w[0, c])
-        for b in range(n_batches):
-            if keep[b, k]:
-                for c in range(d):
-                    m[b, k, c] = np.float32(w[b + 1, c])
+                continue
+            if batch_cov[b] == diag_cov:
+                j = slot[b]
+                for a in range(d):
+                    w[a] = rhs_diag[j, a]
+                for x in range(n):
+                    cx = cpl[x, j]
+                    if cx == 0.0:
+                        continue
+                    for a in range(d):
+                        w[a] -= cx * rhs_dense[x, a]
+                for a in range(d):
+                    m[b, k, a] = np.float32(w[a] / dg[j])
+            else:
+                for a in range(d):
+                    m[b, k, a] = np.float32(rhs_dense[slot[b], a])
 
 
 @njit(cache=True)

@@ -405,9 +405,10 @@ def test_ridge_sums_equal_the_dense_products():
 
 @pytest.mark.parametrize("several", [True, False])
 def test_ridge_systems_equal_each_clusters_own_system(several):
-    """The ridge kernel solves every active cluster's system at full size, a batch the cluster does not correct
-    given an inert row: its intercept and kept batches' directions equal those of the cluster's own smaller system
-    (only the kept batches), solved directly; a batch not kept gets 0; a singular system is flagged, not solved."""
+    """The ridge kernel (harmonypy's elimination of the largest covariate's diagonal block, then Cholesky of the
+    rest) gives each active cluster's intercept and kept batches' directions as its own system over the intercept
+    and the kept batches, solved directly; a batch not kept gets nothing; a singular system is flagged, not solved;
+    a kept batch with no weight and no penalty gives NaN directions (harmonypy's 0 / 0), not an exception."""
     kern = load_kernel("harmony")
     rng = np.random.default_rng(11)
     n_batches, k, d = 7, 6, 5
@@ -417,43 +418,51 @@ def test_ridge_systems_equal_each_clusters_own_system(several):
     if several:
         h[np.arange(cells), rng.integers(0, 4, cells)] = 1
         h[np.arange(cells), rng.integers(4, 7, cells)] = 1
+        batch_cov = np.array([0, 0, 0, 0, 1, 1, 1])
     else:
         h[np.arange(cells), rng.integers(0, n_batches, cells)] = 1
+        batch_cov = np.zeros(n_batches, np.int64)
     r = rng.random((cells, k))
     z = rng.normal(size=(cells, d)) * 3
     rz = np.concatenate([np.einsum("jb,jk,jc->bkc", h, r, z), (h.T @ r)[:, :, None]], axis=2)
-    a00 = r.sum(axis=0)
+    a00 = r.sum(axis=0)  # the intercept's sums (several variables; with one they come from the kept batches)
     rhs0 = r.T @ z
     cooc = np.einsum("jb,jk,jc->kbc", h, r, h) if several else np.empty((0, 0, 0))
     keep = rng.random((n_batches, k)) < 0.7
     keep[:, 4] = True  # every batch corrected: the intercept's penalty applies
+    keep[:, 5] = [True, True, False, False, True, True, True]  # the second variable has the most kept batches
     pen = rng.random((n_batches, k)) + 0.5
     lamb0 = 0.25
     clusters = np.array([0, 1, 2, 4, 5])
     m = np.zeros((n_batches, k, d), np.float32)
     y = np.full((k, d), -7.0, np.float32)
     bad = np.full(len(clusters), -1)
-    kern.ridge_systems(clusters, keep, rz, a00, rhs0, cooc, pen, lamb0, m, y, bad)
+    kern.ridge_systems(clusters, keep, batch_cov, rz, a00, rhs0, cooc, pen, lamb0, m, y, bad)
     assert (bad == 0).all()
     np.testing.assert_array_equal(y[3], np.float32(-7.0))  # not an active cluster: left alone
     for q in clusters:
         kb = np.flatnonzero(keep[:, q])
         size = 1 + len(kb)
         a = np.zeros((size, size))
-        a[0, 0] = a00[q] + (lamb0 if keep[:, q].all() else 0.0)
+        a[0, 0] = (a00[q] if several else rz[kb, q, d].sum()) + (lamb0 if keep[:, q].all() else 0.0)
         a[0, 1:] = a[1:, 0] = rz[kb, q, d]
         a[1:, 1:] = cooc[q][np.ix_(kb, kb)] if several else np.diag(rz[kb, q, d])
         a[1:, 1:] += np.diag(pen[kb, q])
-        rhs = np.vstack([rhs0[q], rz[kb, q, :d]])
+        rhs = np.vstack([rhs0[q] if several else rz[kb, q, :d].sum(axis=0), rz[kb, q, :d]])
         w = np.linalg.solve(a, rhs)
         np.testing.assert_allclose(y[q], w[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(m[kb, q], w[1:], rtol=1e-5, atol=1e-5)
         assert not m[np.flatnonzero(~keep[:, q]), q].any()
-    # a kept batch with no weight in cluster 1 and no penalty: a singular system, flagged
-    rz[2, 1] = 0.0
-    keep[2, 1] = True
-    pen[2, 1] = 0.0
+    # cluster 1: every batch kept, no penalty: the intercept is the sum of a variable's batches, singular
+    keep[:, 1] = True
+    pen[:, 1] = 0.0
+    # cluster 2: batch 0 kept with no weight and no penalty: 0 / 0 in its direction
+    keep[:, 2] = True
+    rz[0, 2] = 0.0
+    pen[0, 2] = 0.0
     if several:
-        cooc[1, 2, :] = cooc[1, :, 2] = 0.0
-    kern.ridge_systems(clusters, keep, rz, a00, rhs0, cooc, pen, lamb0, m, y, bad)
+        cooc[2, 0, :] = cooc[2, :, 0] = 0.0
+    m[:] = 0.0
+    kern.ridge_systems(clusters, keep, batch_cov, rz, a00, rhs0, cooc, pen, 0.0, m, y, bad)
     assert bad.tolist() == [0, 1, 0, 0, 0]
+    assert np.isnan(m[0, 2]).all() and np.isfinite(m[1:, 2]).all()

@@ -42,7 +42,8 @@ Speed: the same work as harmonypy, cheaper where the order allows it:
   packed into the lanes whatever their batch. The block's batch sums are one sweep over its cells with the rows
   asked for ahead (``llvm.prefetch``);
 * the ridge sums once per combination of batches (one ``dgemm`` each, called from a Numba loop on the threads)
-  instead of once per batch and variable, the cluster systems solved in one batched call;
+  instead of once per batch and variable, the clusters' systems solved on the threads as harmonypy solves them
+  (the largest covariate's diagonal block eliminated, the rest by Cholesky, in double);
 * Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)`` while running, from
   :data:`PARALLEL_MIN_CELLS` cells with ``ncores=0``), all compiled with LLVM's SLP vectoriser on (Numba's default
   is off; ``kernels/harmony.py: njit``).
@@ -632,7 +633,8 @@ class _Ridge:
     variable), so the cells are sorted by combination once and each iteration computes, per combination g,
     ``S_g = R_g^T [Z_g, 1]`` (N K (d+1) multiply-adds in all, whatever the number of variables, one ``dgemm`` per
     combination); the per-batch sums are then sums of the S_g. The clusters' systems are assembled, checked and
-    solved in one Numba kernel, a cluster per thread task (``ridge_systems``)."""
+    solved in one Numba kernel, a cluster per thread task, by harmonypy's method (``ridge_systems``: the diagonal
+    block of the covariate with the most kept batches eliminated first, the rest factored by Cholesky)."""
 
     def __init__(self, z_orig, cell_batches, by_combination, phi_n, lamb, alpha, cutoff):
         self.n, self.d = z_orig.shape
@@ -640,6 +642,7 @@ class _Ridge:
         self.n_batches = int(phi_n.sum())
         self.phi_n = phi_n
         self.cov_first = np.concatenate([[0], np.cumsum(phi_n)[:-1]]).astype(np.int64)
+        self.batch_cov = np.repeat(np.arange(self.n_cov), phi_n).astype(np.int64)
         self.lamb = lamb
         self.alpha = alpha
         self.cutoff = cutoff
@@ -702,24 +705,17 @@ class _Ridge:
         kern.batch_sums(sums, self.combos, counted, rz, weighted)
         ks = np.flatnonzero(active)
         if self.n_cov > 1:
-            a00, rhs0 = weighted[:, d], weighted[:, :d]
             cooc = kern.cooccurrence(np.ascontiguousarray(sums[:, :, d]), self.combos, self.n_batches)
         else:
-            # one variable: the intercept's sums are the kept batches' (numpy's sums, as harmonypy's order was
-            # matched with them)
-            kept = keep[:, ks].T
-            a00 = np.zeros(k)
-            rhs0 = np.zeros((k, d))
-            a00[ks] = np.where(kept, rz[:, ks, d].T, 0.0).sum(axis=1)
-            rhs0[ks] = np.where(kept[:, :, None], rz[:, ks, :d].transpose(1, 0, 2), 0.0).sum(axis=1)
-            cooc = np.empty((0, 0, 0))
+            cooc = np.empty((0, 0, 0))  # one variable: the batches share no cells
         if self.lamb is None:  # estimated penalties
             pen, lamb0 = (self.alpha * e).astype(np.float64), 0.0
         else:
             pen, lamb0 = np.broadcast_to(self.lamb[1:].astype(np.float64)[:, None], e.shape), float(self.lamb[0])
         bad = np.zeros(len(ks), np.int64)
-        kern.ridge_systems(ks, keep, rz, a00, np.ascontiguousarray(rhs0), cooc, np.ascontiguousarray(pen), lamb0, m,
-                           y, bad)
+        kern.ridge_systems(ks, keep, self.batch_cov, rz, np.ascontiguousarray(weighted[:, d]),
+                           np.ascontiguousarray(weighted[:, :d]), cooc,
+                           np.ascontiguousarray(pen), lamb0, m, y, bad)
         if bad.any():
             raise FloatingPointError(f"Harmony ridge correction, cluster {int(ks[np.argmax(bad)])}: the ridge system "
                                      "is singular; lamb (or alpha) is zero or too small")
