@@ -1269,6 +1269,52 @@ def batch_sums(sums, combos, counted, out, weighted):
                         weighted[q, a] += sums[g, q, a]
 
 
+@njit(cache=True, parallel=True)
+def fused_batch_sums(r, z_aug, order, starts, ends, combos, counted, n_tasks, out, weighted, totals):
+    """:func:`combination_sums` and :func:`batch_sums` without the G x K x (d+1) tensor between them, for
+    combinations of a few cells (where that tensor outweighs the cells): ``n_tasks`` tasks each own a contiguous
+    share of the clusters, compute each combination's sums for them (a ``dgemm`` on the share's columns) and add
+    them to the batch and intercept sums at once, in combination order; ``totals[g, k]`` gets combination g's total
+    weight in cluster k. BLAS may round a product on fewer columns differently in the last bit of a double, so the
+    caller fixes ``n_tasks`` (not the thread count): the result then does not depend on the threads."""
+    k = r.shape[1]
+    d1 = z_aug.shape[1]
+    n_groups = starts.shape[0]
+    n_cov = combos.shape[1]
+    share = (k + n_tasks - 1) // n_tasks
+    for t in prange(n_tasks):
+        q0 = t * share
+        q1 = min(k, q0 + share)
+        if q0 >= q1:
+            continue
+        kc = q1 - q0
+        for q in range(q0, q1):
+            for a in range(d1):
+                weighted[q, a] = 0.0
+            for b in range(out.shape[0]):
+                for a in range(d1):
+                    out[b, q, a] = 0.0
+        for g in range(n_groups):
+            first = starts[g]
+            m = ends[g] - first
+            rows = np.empty((m, kc))
+            for p in range(m):
+                j = order[first + p]
+                for q in range(kc):
+                    rows[p, q] = r[j, q0 + q]
+            sums = np.dot(rows.T, z_aug[first:first + m])
+            for c in range(n_cov):
+                b = combos[g, c]
+                for q in range(kc):
+                    for a in range(d1):
+                        out[b, q0 + q, a] += sums[q, a]
+            for q in range(kc):
+                totals[g, q0 + q] = sums[q, d1 - 1]
+                if counted[g, q0 + q]:
+                    for a in range(d1):
+                        weighted[q0 + q, a] += sums[q, a]
+
+
 @njit(cache=True)
 def cooccurrence(totals, combos, n_batches):
     """``out[k, b1, b2] = sum of totals[g, k]`` over the combinations g holding both batches b1 and b2 (the

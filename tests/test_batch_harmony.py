@@ -403,6 +403,43 @@ def test_ridge_sums_equal_the_dense_products():
                                (totals.T @ pairs).reshape(k, ridge.n_batches, ridge.n_batches), rtol=1e-12, atol=1e-12)
 
 
+def test_fused_ridge_sums_equal_the_stored_ones(monkeypatch):
+    """Where combinations hold a few cells the ridge sums skip the per-combination tensor: the batch, intercept and
+    combination sums equal those from the stored tensor (to BLAS's rounding of a product on fewer columns), and a
+    Harmony run on either path is harmonypy's, with the same bits on one thread as on two."""
+    import importlib
+
+    module = importlib.import_module("phenovec.batch.harmony")
+    kern = load_kernel("harmony")
+    rng = np.random.default_rng(3)
+    n, d, k = 500, 7, 11
+    cell_batches = np.stack([rng.integers(0, 5, n), 5 + rng.integers(0, 4, n), 9 + rng.integers(0, 3, n)], axis=1)
+    z = rng.normal(size=(n, d)).astype(np.float32)
+    r = rng.random((n, k)).astype(np.float32)
+    ridge = module._Ridge(z, cell_batches, kern.combination_order(cell_batches), np.array([5, 4, 3]), None,
+                          np.float32(0.2), np.float32(1e-5))
+    counted = rng.random((len(ridge.starts), k)) < 0.8
+    stored = ridge.batch_sums_of(ridge.combination_sums(r), counted)
+    for tasks in (1, 2, 3, 20):
+        fused = (np.empty_like(stored[0]), np.empty_like(stored[1]), np.empty_like(stored[2]))
+        kern.fused_batch_sums(r, ridge.z_aug, ridge.order, ridge.starts, ridge.ends, ridge.combos, counted, tasks,
+                              *fused)
+        for a, b in zip(stored, fused):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
+    x, meta = _data()
+    vars_use = ["Metadata_Plate", "Metadata_Row", "Metadata_Source"]
+    ref = harmonypy.run_harmony(x, meta, vars_use, verbose=False)
+    for below in (0, 10**9):  # stored tensor / fused
+        monkeypatch.setattr(module, "FUSED_BELOW_CELLS", below)
+        ours = run_harmony(x, meta, vars_use)
+        assert_matches(ours, ref)
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        np.testing.assert_array_equal(run_harmony(x, meta, vars_use, ncores=1).Z_corr,
+                                      run_harmony(x, meta, vars_use, ncores=2).Z_corr)
+
+
 @pytest.mark.parametrize("several", [True, False])
 def test_ridge_systems_equal_each_clusters_own_system(several):
     """The ridge kernel (harmonypy's elimination of the largest covariate's diagonal block, then Cholesky of the

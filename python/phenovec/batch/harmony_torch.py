@@ -141,7 +141,8 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
         rounds.append(done)
         obj_harmony.append(obj_kmeans[-1])
         y_np = y.cpu().numpy().copy()
-        m, used = ridge.solve_sums(combination_sums, o.cpu().numpy(), e.cpu().numpy(), y_np, k)
+        m, used = ridge.solve_sums(lambda counted: ridge.batch_sums_of(combination_sums(), counted), o.cpu().numpy(),
+                                   e.cpu().numpy(), y_np, k)
         m_dev = torch.from_numpy(m).to(dev)
         used_dev = torch.from_numpy(used).to(dev)
         zc = z0.clone()
