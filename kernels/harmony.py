@@ -60,6 +60,9 @@ def njit(*args, **kwargs):
     return wrap
 
 CELLS_PER_TASK = 1024
+#: float32 sums kept in one fixed-length stack accumulator (the correction's dimensions, the plain assignment's
+#: clusters): a constant trip count lets LLVM unroll the loop and hold the sums in vector registers
+ACC_CHUNK = 64
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 F2 = np.float32(2.0)
@@ -647,24 +650,30 @@ def _softmax(x, k):
 
 @njit(cache=True)
 def _assign_cells(first, last, x, y_t, sigma, dist, r):
-    """:func:`assign_without_diversity` for cells ``first .. last`` (rows indexed by hand); returns the number of
-    bad normalisers."""
+    """:func:`assign_without_diversity` for cells ``first .. last`` (rows indexed by hand; ``y_t``: the centroids
+    as chunks x d x :data:`ACC_CHUNK` clusters, zero-padded, so that a chunk's fixed-length stack accumulator stays
+    in vector registers over the dimensions, as in :func:`_correct_cells`); returns the number of bad
+    normalisers."""
     d = x.shape[1]
-    k = y_t.shape[1]
-    acc = np.empty(k, np.float32)  # on the heap: a Numba worker thread's stack may be small
-    logits = np.empty(k, np.float32)
+    n_chunks = y_t.shape[0]
+    k = sigma.shape[0]
+    acc = _stack_f32(ACC_CHUNK)
+    logits = np.empty(k, np.float32)  # on the heap: a Numba worker thread's stack may be small
     bad = 0
     for j in range(first, last):
-        for g in range(k):
-            acc[g] = F0
-        for a in range(d):
-            xa = x[j, a]
-            for g in range(k):
-                acc[g] += xa * y_t[a, g]
-        for g in range(k):
-            distance = F2 * (F1 - acc[g])
-            dist[j, g] = distance
-            logits[g] = (-distance) / sigma[g]
+        for c in range(n_chunks):
+            for gg in range(ACC_CHUNK):
+                acc[gg] = F0
+            for a in range(d):
+                xa = x[j, a]
+                for gg in range(ACC_CHUNK):
+                    acc[gg] += xa * y_t[c, a, gg]
+            g0 = c * ACC_CHUNK
+            for gg in range(min(ACC_CHUNK, k - g0)):
+                g = g0 + gg
+                distance = F2 * (F1 - acc[gg])
+                dist[j, g] = distance
+                logits[g] = (-distance) / sigma[g]
         if not _softmax(logits, k):
             bad += 1
         for g in range(k):
@@ -677,7 +686,13 @@ def assign_without_diversity(x, y, sigma, dist, r):
     """dist = 2 (1 - x.y) (summed over dimensions in order), R = softmax(-dist / sigma) per cell; returns the
     number of cells whose normaliser was not finite and positive."""
     n = x.shape[0]
-    y_t = np.ascontiguousarray(y.T)
+    k = y.shape[0]
+    n_chunks = (k + ACC_CHUNK - 1) // ACC_CHUNK
+    d = y.shape[1]
+    y_t = np.zeros((n_chunks, d, ACC_CHUNK), np.float32)  # chunk x dimension x cluster, zero-padded
+    for g in range(k):
+        for a in range(d):
+            y_t[g // ACC_CHUNK, a, g % ACC_CHUNK] = y[g, a]
     n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
     bad = np.zeros(n_tasks, np.int64)
     for t in prange(n_tasks):
@@ -1525,12 +1540,18 @@ def combination_order(cell_batches):
 @njit(cache=True)
 def _correct_cells(first, last, z_orig, r, m, used, cell_batches, by_combination, z_corr):
     """:func:`apply_corrections` for positions ``first .. last`` of ``by_combination`` (indices by hand: no per-row
-    array views)."""
+    array views). A cell's correction is summed :data:`ACC_CHUNK` dimensions at a time in a stack accumulator whose
+    loop has a fixed length: LLVM unrolls it and keeps the sums in vector registers over the clusters (the combined
+    directions are stored padded with zeros to a multiple of it), instead of loading and storing them per cluster
+    (100k cells x 50 PCs: 39.5 -> 22 ms a call, same bits)."""
     d = z_orig.shape[1]
     k = r.shape[1]
     n_cov = cell_batches.shape[1]
-    combined = np.empty(k * d, np.float32)  # on the heap: a Numba worker thread's stack may be small
-    total = np.empty(d, np.float32)
+    n_chunks = (d + ACC_CHUNK - 1) // ACC_CHUNK
+    # chunk x cluster x dimension: every index a loop counter from 0, so LLVM drops Numba's negative-index checks
+    # (with them, the loads stayed scalar and the call took 70-80 ms instead of 22-26)
+    combined = np.empty((n_chunks, k, ACC_CHUNK), np.float32)  # on the heap: a worker thread's stack may be small
+    acc = _stack_f32(ACC_CHUNK)
     have = False
     corrected = False
     prev = 0
@@ -1546,29 +1567,31 @@ def _correct_cells(first, last, z_orig, r, m, used, cell_batches, by_combination
             have = True
             prev = j
             corrected = False
-            for q in range(k * d):
-                combined[q] = F0
+            combined[:] = F0
             for c in range(n_cov):
                 b = cell_batches[j, c]
                 if not used[b]:
                     continue
                 corrected = True
-                for g in range(k):
-                    for a in range(d):
-                        combined[g * d + a] += m[b, g, a]
+                for cc in range(n_chunks):
+                    a0 = cc * ACC_CHUNK
+                    for g in range(k):
+                        for a in range(min(ACC_CHUNK, d - a0)):
+                            combined[cc, g, a] += m[b, g, a0 + a]
         if not corrected:
             for a in range(d):
                 z_corr[j, a] = z_orig[j, a]
             continue
-        for a in range(d):
-            total[a] = F0
-        for g in range(k):
-            rk = r[j, g]
-            base = g * d
-            for a in range(d):
-                total[a] += combined[base + a] * rk
-        for a in range(d):
-            z_corr[j, a] = z_orig[j, a] - total[a]
+        for c in range(n_chunks):
+            for a in range(ACC_CHUNK):
+                acc[a] = F0
+            for g in range(k):
+                rk = r[j, g]
+                for a in range(ACC_CHUNK):
+                    acc[a] += combined[c, g, a] * rk
+            a0 = c * ACC_CHUNK
+            for a in range(min(ACC_CHUNK, d - a0)):
+                z_corr[j, a0 + a] = z_orig[j, a0 + a] - acc[a]
 
 
 @njit(cache=True, parallel=True)

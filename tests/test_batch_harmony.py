@@ -63,6 +63,17 @@ def test_equals_harmonypy(vars_use, kw):
     assert_matches(ours, ref)
 
 
+def test_more_pcs_and_clusters_than_one_accumulator_chunk_equal_harmonypy():
+    """The correction sums 64 dimensions and the plain assignment 64 clusters at a time (kernels' ACC_CHUNK): with
+    70 PCs and 70 clusters both take two chunks, the second mostly padding; the result is harmonypy's."""
+    x, meta = _data(n=2100, d=70, seed=4)
+    ref = harmonypy.run_harmony(x, meta, ["Metadata_Plate", "Metadata_Row"], verbose=False, nclust=70,
+                                max_iter_harmony=3)
+    ours = run_harmony(x, meta, ["Metadata_Plate", "Metadata_Row"], nclust=70, max_iter_harmony=3)
+    assert load_kernel("harmony").ACC_CHUNK < 70
+    assert_matches(ours, ref)
+
+
 def test_many_clusters_run_in_a_thread_with_a_large_stack(monkeypatch):
     """Above STACK_CLUSTERS clusters Harmony runs in a helper thread (the assignment kernel keeps its scratch on the
     stack): same result as harmonypy, and errors still reach the caller."""
