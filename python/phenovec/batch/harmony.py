@@ -49,9 +49,9 @@ Speed: the same work as harmonypy, cheaper where the order allows it:
   is off; ``kernels/harmony.py: njit``).
 
 Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried (tests; 1k to 100k cells in the benchmark).
-Measured side by side in ``bench/harmony_bench.py`` on 2 idle cores (session 28, medians of 5): 1.9x harmonypy
-2.1.0's wall-clock at 100k cells x 50 PCs (1.71 vs 3.24 s), 1.7x at 10k, 1.3x at 2k and 1.0x at 1k (0.083 vs
-0.107 s, 0.042 vs 0.041 s). Short of the issue's 5x: the assignment passes alone (0.6 s at 100k, their blocks
+Measured side by side in ``bench/harmony_bench.py`` on 2 idle cores (session 28, medians of 5): 2.0x harmonypy
+2.1.0's wall-clock at 100k cells x 50 PCs (1.50 vs 3.03 s), 2.1x at 10k, 1.5x at 2k and 1.2x at 1k (0.071 vs
+0.104 s, 0.033 vs 0.039 s). Short of the issue's 5x: the assignment passes alone (0.6 s at 100k, their blocks
 sequential by definition) take longer than a fifth of harmonypy's time.
 """
 from __future__ import annotations
