@@ -648,6 +648,18 @@ def _softmax(x, k):
     return True
 
 
+@njit(cache=True, inline="always")
+def _chunk_weighted_sum(acc, weights, j, table, c):
+    """``acc[:] = sum over t (in order) of table[c, t, :] * weights[j, t]`` in float32, :data:`ACC_CHUNK` lanes: a
+    fixed-length stack accumulator, indexed only by loop counters, which LLVM keeps in vector registers over t."""
+    for lane in range(ACC_CHUNK):
+        acc[lane] = F0
+    for t in range(table.shape[1]):
+        w = weights[j, t]
+        for lane in range(ACC_CHUNK):
+            acc[lane] += table[c, t, lane] * w
+
+
 @njit(cache=True)
 def _assign_cells(first, last, x, y_t, sigma, dist, r):
     """:func:`assign_without_diversity` for cells ``first .. last`` (rows indexed by hand; ``y_t``: the centroids
@@ -662,12 +674,7 @@ def _assign_cells(first, last, x, y_t, sigma, dist, r):
     bad = 0
     for j in range(first, last):
         for c in range(n_chunks):
-            for gg in range(ACC_CHUNK):
-                acc[gg] = F0
-            for a in range(d):
-                xa = x[j, a]
-                for gg in range(ACC_CHUNK):
-                    acc[gg] += xa * y_t[c, a, gg]
+            _chunk_weighted_sum(acc, x, j, y_t, c)
             g0 = c * ACC_CHUNK
             for gg in range(min(ACC_CHUNK, k - g0)):
                 g = g0 + gg
@@ -1232,6 +1239,19 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
 # ------------------------------------------------------------------------------------------ correction
 
 
+@njit(cache=True, inline="always")
+def _combination_product(r, z_aug, order, starts, ends, g, q0, q1):
+    """Combination g's ``R_g[:, q0:q1]^T Z_g`` (float64, one BLAS ``dgemm``), its cells' rows gathered first."""
+    first = starts[g]
+    m = ends[g] - first
+    rows = np.empty((m, q1 - q0))
+    for p in range(m):
+        j = order[first + p]
+        for q in range(q1 - q0):
+            rows[p, q] = r[j, q0 + q]
+    return np.dot(rows.T, z_aug[first:first + m])
+
+
 @njit(cache=True, parallel=True)
 def combination_sums(r, z_aug, order, starts, ends, out):
     """``out[g] = R_g^T Z_g``: for combination g (positions ``starts[g] .. ends[g]`` of the combination order, cells
@@ -1240,14 +1260,33 @@ def combination_sums(r, z_aug, order, starts, ends, out):
     thread, so the result does not depend on the thread count)."""
     k = r.shape[1]
     for g in prange(starts.shape[0]):
-        first = starts[g]
-        m = ends[g] - first
-        rows = np.empty((m, k))
-        for p in range(m):
-            j = order[first + p]
-            for q in range(k):
-                rows[p, q] = r[j, q]
-        out[g] = np.dot(rows.T, z_aug[first:first + m])
+        out[g] = _combination_product(r, z_aug, order, starts, ends, g, 0, k)
+
+
+@njit(cache=True, inline="always")
+def _zero_sums(out, weighted, q0, q1):
+    """Zero clusters ``q0 .. q1 - 1`` of the batch sums ``out`` (B x K x (d+1)) and the intercept's ``weighted``."""
+    for q in range(q0, q1):
+        for a in range(weighted.shape[1]):
+            weighted[q, a] = 0.0
+        for b in range(out.shape[0]):
+            for a in range(weighted.shape[1]):
+                out[b, q, a] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _add_to_batches(out, weighted, combos, counted, g, sums, q0, q1, sums_first):
+    """Add combination g's sums of clusters ``q0 .. q1 - 1`` (``sums`` row ``q - sums_first`` for cluster q) to each
+    of its batches' sums in ``out`` and, where ``counted[g, q]``, to the intercept's ``weighted``."""
+    for c in range(combos.shape[1]):
+        b = combos[g, c]
+        for q in range(q0, q1):
+            for a in range(weighted.shape[1]):
+                out[b, q, a] += sums[q - sums_first, a]
+    for q in range(q0, q1):
+        if counted[g, q]:
+            for a in range(weighted.shape[1]):
+                weighted[q, a] += sums[q - sums_first, a]
 
 
 #: clusters per task of :func:`batch_sums` (its tasks split the columns of the sums)
@@ -1261,27 +1300,13 @@ def batch_sums(sums, combos, counted, out, weighted):
     order. One read of ``sums`` (it outgrows the caches: 20 MB at 480 combinations x 100 clusters), its clusters in
     tasks of :data:`SUM_CLUSTERS_PER_TASK` on the threads."""
     n_groups, k, d1 = sums.shape
-    n_cov = combos.shape[1]
     n_tasks = (k + SUM_CLUSTERS_PER_TASK - 1) // SUM_CLUSTERS_PER_TASK
     for t in prange(n_tasks):
         q0 = t * SUM_CLUSTERS_PER_TASK
         q1 = min(k, q0 + SUM_CLUSTERS_PER_TASK)
-        for q in range(q0, q1):
-            for a in range(d1):
-                weighted[q, a] = 0.0
-            for b in range(out.shape[0]):
-                for a in range(d1):
-                    out[b, q, a] = 0.0
+        _zero_sums(out, weighted, q0, q1)
         for g in range(n_groups):
-            for c in range(n_cov):
-                b = combos[g, c]
-                for q in range(q0, q1):
-                    for a in range(d1):
-                        out[b, q, a] += sums[g, q, a]
-            for q in range(q0, q1):
-                if counted[g, q]:
-                    for a in range(d1):
-                        weighted[q, a] += sums[g, q, a]
+            _add_to_batches(out, weighted, combos, counted, g, sums[g], q0, q1, 0)
 
 
 @njit(cache=True, parallel=True)
@@ -1295,7 +1320,6 @@ def fused_batch_sums(r, z_aug, order, starts, ends, combos, counted, n_tasks, ou
     k = r.shape[1]
     d1 = z_aug.shape[1]
     n_groups = starts.shape[0]
-    n_cov = combos.shape[1]
     share = (k + n_tasks - 1) // n_tasks
     for t in prange(n_tasks):
         q0 = t * share
@@ -1303,31 +1327,12 @@ def fused_batch_sums(r, z_aug, order, starts, ends, combos, counted, n_tasks, ou
         if q0 >= q1:
             continue
         kc = q1 - q0
-        for q in range(q0, q1):
-            for a in range(d1):
-                weighted[q, a] = 0.0
-            for b in range(out.shape[0]):
-                for a in range(d1):
-                    out[b, q, a] = 0.0
+        _zero_sums(out, weighted, q0, q1)
         for g in range(n_groups):
-            first = starts[g]
-            m = ends[g] - first
-            rows = np.empty((m, kc))
-            for p in range(m):
-                j = order[first + p]
-                for q in range(kc):
-                    rows[p, q] = r[j, q0 + q]
-            sums = np.dot(rows.T, z_aug[first:first + m])
-            for c in range(n_cov):
-                b = combos[g, c]
-                for q in range(kc):
-                    for a in range(d1):
-                        out[b, q0 + q, a] += sums[q, a]
+            sums = _combination_product(r, z_aug, order, starts, ends, g, q0, q1)
+            _add_to_batches(out, weighted, combos, counted, g, sums, q0, q1, q0)
             for q in range(kc):
                 totals[g, q0 + q] = sums[q, d1 - 1]
-                if counted[g, q0 + q]:
-                    for a in range(d1):
-                        weighted[q0 + q, a] += sums[q, a]
 
 
 @njit(cache=True)
@@ -1583,12 +1588,7 @@ def _correct_cells(first, last, z_orig, r, m, used, cell_batches, by_combination
                 z_corr[j, a] = z_orig[j, a]
             continue
         for c in range(n_chunks):
-            for a in range(ACC_CHUNK):
-                acc[a] = F0
-            for g in range(k):
-                rk = r[j, g]
-                for a in range(ACC_CHUNK):
-                    acc[a] += combined[c, g, a] * rk
+            _chunk_weighted_sum(acc, r, j, combined, c)
             a0 = c * ACC_CHUNK
             for a in range(min(ACC_CHUNK, d - a0)):
                 z_corr[j, a0 + a] = z_orig[j, a0 + a] - acc[a]
