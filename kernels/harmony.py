@@ -1436,14 +1436,14 @@ def ridge_systems(clusters, keep, batch_cov, rz, a00, rhs0, cooc, pen, lamb0, m,
                     if not keep[b2, k] or batch_cov[b2] == batch_cov[b1]:
                         continue
                     overlap = cooc[k, b1, b2]
-                    d1 = batch_cov[b1] != diag_cov
-                    d2 = batch_cov[b2] != diag_cov
-                    if d1 and d2:
+                    dense1 = batch_cov[b1] != diag_cov
+                    dense2 = batch_cov[b2] != diag_cov
+                    if dense1 and dense2:
                         s[slot[b1], slot[b2]] += overlap
                         s[slot[b2], slot[b1]] += overlap
-                    elif d1:
+                    elif dense1:
                         cpl[slot[b1], slot[b2]] += overlap
-                    elif d2:
+                    elif dense2:
                         cpl[slot[b2], slot[b1]] += overlap
         else:
             s[0, 0] = total
