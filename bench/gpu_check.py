@@ -754,6 +754,7 @@ def check_eval(ctx: Ctx) -> dict:
 
     from phenovec.benchmark.eval_data import COMPOUND, make_profiles
     from phenovec.evaluate.average_precision import average_precision
+    from phenovec.evaluate.precision import cpu_has_bf16
 
     gpu = ctx.torch_gpu()
     dev = "cuda" if gpu else "torch-cpu"
@@ -812,7 +813,8 @@ def check_eval(ctx: Ctx) -> dict:
         out = {}
         for precision in ("tf32", "bf16", "fp16"):
             kw = {"device": dev, "precision": precision}
-            if not gpu and precision != "bf16":
+            # without a GPU: bf16 natively where the CPU has AVX512-BF16 or AMX, every other precision emulated
+            if not gpu and (precision != "bf16" or not cpu_has_bf16()):
                 kw = {"device": "cpu", "precision": precision, "emulate": True}
             try:
                 a, t = timed(ap_of, x, meta, sync=sync_torch, **kw)

@@ -1,8 +1,9 @@
 """Reduced-precision similarity GEMMs and the PyTorch backend of evaluate_many.
 
 - the torch path (run on PyTorch's CPU device, "torch-cpu") gives the CPU path's AP: equal to 1e-12 on float64
-  input for every metric, both tie modes, full and control-only blocks; its ranking alone is bit-identical to
-  the Numba kernel on the same similarity block;
+  input for every metric, both tie modes, full and control-only blocks (Spearman with exact ties: but for the rare
+  rows whose exactly tied pairs the two GEMMs round apart); its ranking alone is bit-identical to the Numba kernel
+  on the same similarity block;
 - rounding to bf16 / fp16 / tf32 is the hardware's (round to nearest even), checked against torch and numpy;
 - a precision that cannot run on the device is refused with a message naming it; fp32 stays the default;
 - the CUDA test runs only where PyTorch sees a GPU (it skips naming the missing hardware).
@@ -49,7 +50,16 @@ def test_torch_path_equals_cpu_path(distance, ties):
         for k in sets:
             a, b = ap(cpu[k]), ap(out[k])
             np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
-            np.testing.assert_allclose(b, a, rtol=0, atol=1e-12, err_msg=k)
+            if distance == "spearman" and ties == "exact":
+                # Spearman similarities of 24 ranks take few values, so many pairs tie exactly in real arithmetic;
+                # ties="exact" orders them by the last bit each GEMM rounds to (the Rust core's, or torch's, whose
+                # summation order depends on the CPU: on AVX2 MKL it differs from the core's). Only rows holding
+                # such a positive / negative tie may move, by swaps of neighbours (seen on AVX2: 9 % of the MOA rows,
+                # by <= 6e-5; 2 of 320 control rows, by <= 0.008)
+                diff = np.abs(b - a)
+                assert np.nanmax(diff) < 0.02 and np.nanmean(diff) < 1e-3, k
+            else:
+                np.testing.assert_allclose(b, a, rtol=0, atol=1e-12, err_msg=k)
             for c in ("n_pos_pairs", "n_total_pairs"):
                 np.testing.assert_array_equal(out[k][c].to_numpy(), cpu[k][c].to_numpy())
             assert np.isfinite(a).sum() > 100
@@ -165,7 +175,9 @@ def test_similarity_blocks_of_the_torch_path_match_rust():
         # euclidean: -sqrt(|a|^2 + |b|^2 - 2 a.b) cancels near 0 (a row against itself), ~sqrt(ulp) absolute
         atol = 1e-6 if metric == "euclidean" else 1e-12
         np.testing.assert_allclose(full, _core.similarity_block(x, metric, q), rtol=0, atol=atol, err_msg=metric)
-        np.testing.assert_array_equal(s.block(q, cols).numpy(), full[:, cols])
+        # a block on some columns: the same values up to the GEMM's summation order, which on some CPUs (AVX2 MKL)
+        # depends on the number of columns (an ulp or two)
+        np.testing.assert_allclose(s.block(q, cols).numpy(), full[:, cols], rtol=0, atol=1e-15, err_msg=metric)
 
 
 def test_cuda_backend_matches_cpu():

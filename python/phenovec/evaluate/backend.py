@@ -16,7 +16,8 @@
 ``"torch"`` = rows prepared once here and PyTorch's float32 GEMM (oneDNN sgemm; about the CPU time of the Rust core's
 GEMM since that runs on the ``gemm`` crate: 7.77 vs 7.79 CPU-s at 20k x 1,280, where ``matrixmultiply`` took 16.8), the
 same IEEE float32 arithmetic in another summation order (AP equal to 1e-12 on
-float64 input; on float32 input near-ties may resolve differently, as between copairs and phenovec).
+float64 input, but for Spearman's exactly tied pairs under ``ties="exact"``, which each GEMM's last bit orders; on
+float32 input near-ties may resolve differently, as between copairs and phenovec).
 
 The torch path prepares the rows as the Rust core does (cosine: unit rows; pearson: centred unit rows; spearman:
 average ranks, centred, unit; euclidean: squared norms kept, ``-sqrt(max(0, |a|^2 + |b|^2 - 2 a.b))``), with
@@ -97,14 +98,14 @@ class Similarities:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.device = resolve_device(device)
+        self.rust = self.device == "cpu" and precision == "fp32" and not emulate and engine != "torch"
+        if engine == "rust" and not self.rust:  # an argument conflict, whatever this machine can run
+            raise ValueError(f"engine='rust' computes fp32 on the CPU only (got precision={precision!r}, "
+                             f"device={device!r}, emulate={emulate})")
         check_precision(precision, self.device, emulate)
         self.metric, self.precision, self.emulate = metric, precision, emulate
         self.x = x
         self.n = len(x)
-        self.rust = self.device == "cpu" and precision == "fp32" and not emulate and engine != "torch"
-        if engine == "rust" and not self.rust:
-            raise ValueError(f"engine='rust' computes fp32 on the CPU only (got precision={precision!r}, "
-                             f"device={device!r}, emulate={emulate})")
         self.torch_ranking = self.device != "cpu"
         if self.rust:
             self.itemsize = x.itemsize
