@@ -126,7 +126,6 @@ def test_pngs_and_channel_shares_for_a_classifier_and_an_embedding_reference(pla
     assert paths[0].exists()
     s = pd.read_csv(tmp_path / "emb" / "channel_share.csv")
     assert (s["target"] == "similarity to the reference").all() and -1 <= s["score"].iloc[0] <= 1
-    print("embedding path, channel A share:", s.loc[s["channel"] == "A", "share"].item())
     assert s.loc[s["channel"] == "A", "share"].item() > 0.6
     # a finer layer by name
     model, _ = model_from_checkpoint(classifier)
