@@ -16,12 +16,14 @@
 ``"torch"`` = rows prepared once here and PyTorch's float32 GEMM (oneDNN sgemm; about the CPU time of the Rust core's
 GEMM since that runs on the ``gemm`` crate: 7.77 vs 7.79 CPU-s at 20k x 1,280, where ``matrixmultiply`` took 16.8), the
 same IEEE float32 arithmetic in another summation order (AP equal to 1e-12 on
-float64 input, but for Spearman's exactly tied pairs under ``ties="exact"``, which each GEMM's last bit orders; on
-float32 input near-ties may resolve differently, as between copairs and phenovec).
+float64 input; on float32 input near-ties may resolve differently, as between copairs and phenovec).
 
 The torch path prepares the rows as the Rust core does (cosine: unit rows; pearson: centred unit rows; spearman:
-average ranks, centred, unit; euclidean: squared norms kept, ``-sqrt(max(0, |a|^2 + |b|^2 - 2 a.b))``), with
-the norms accumulated in float64 and the rows stored in float32 (or float64 for float64 input at ``fp32``).
+average ranks centred and doubled, ``2 r - (D + 1)``, integers, with each row's inverse norm; euclidean: squared
+norms kept, ``-sqrt(max(0, |a|^2 + |b|^2 - 2 a.b))``), with the norms accumulated in float64 and the rows stored in
+float32 (or float64 for float64 input at ``fp32``). Spearman's dot products of integer rows are exact in any
+summation order (float64: up to ~295,000 features; float32: up to 369), and both paths scale them by
+``inv_i * inv_j`` in that order: the same bits on every CPU and GPU, so pairs tied in real arithmetic stay tied.
 Its ranking computes the same keys as the Numba kernel and the same integer counts, and sums AP on the host
 in the same order, so given equal similarities it gives bit-identical AP (tested); its similarities differ
 from the Rust GEMM's by float rounding only (a different summation order).
@@ -64,25 +66,33 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def prepare_rows(x: np.ndarray, metric: str, dtype) -> tuple[np.ndarray, np.ndarray | None]:
-    """The Rust core's preparation in numpy: (rows, squared norms for euclidean or None), rows in ``dtype``.
+def prepare_rows(x: np.ndarray, metric: str, dtype) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The Rust core's preparation in numpy: (rows, squared norms for euclidean or None, inverse norms for
+    spearman or None), in ``dtype``.
 
     ``x`` must already have passed ``_core.check_features`` (finite; non-zero norm / variance).
     """
-    z = np.array(x, dtype=dtype, copy=True, order="C")
-    if metric == "euclidean":
-        return z, np.einsum("ij,ij->i", z, z)
-    if metric == "spearman":
+    if metric == "spearman":  # the core's spearman_rows: 2 r - (D + 1), and 1 / sqrt(sum z^2) rounded once to dtype
         from scipy.stats import rankdata
 
-        z = rankdata(np.asarray(x, dtype=np.float64), axis=1, method="average").astype(dtype)
+        z = np.empty(x.shape, dtype=dtype)
+        inv = np.empty(len(x), dtype=dtype)
+        for s in range(0, len(z), PREPARE_ROWS):  # in row chunks: no N x D float64 copy
+            r = rankdata(np.asarray(x[s : s + PREPARE_ROWS], dtype=np.float64), axis=1, method="average")
+            r = 2.0 * r - (x.shape[1] + 1)
+            inv[s : s + PREPARE_ROWS] = 1.0 / np.sqrt(np.einsum("ij,ij->i", r, r))
+            z[s : s + PREPARE_ROWS] = r
+        return z, None, inv
+    z = np.array(x, dtype=dtype, copy=True, order="C")
+    if metric == "euclidean":
+        return z, np.einsum("ij,ij->i", z, z), None
     for s in range(0, len(z), PREPARE_ROWS):  # in row chunks: no N x D float64 copy
         c = z[s : s + PREPARE_ROWS]
-        if metric in ("pearson", "spearman"):
+        if metric == "pearson":
             c -= c.mean(axis=1, dtype=np.float64).astype(dtype)[:, None]
         c64 = c.astype(np.float64)
         c *= (1.0 / np.sqrt(np.einsum("ij,ij->i", c64, c64))).astype(dtype)[:, None]
-    return z, None
+    return z, None, None
 
 
 class Similarities:
@@ -116,7 +126,7 @@ class Similarities:
         self.torch = torch
         tdev = "cpu" if self.device == "torch-cpu" else self.device
         dtype = x.dtype if precision == "fp32" else np.float32
-        z, sq = prepare_rows(x, metric, dtype)
+        z, sq, inv = prepare_rows(x, metric, dtype)
         if emulate or precision in ("fp16", "tf32") and not self.device.startswith("cuda"):
             z = round_to(z, precision) if precision != "fp32" else z
         self.itemsize = 4 if precision != "fp32" else x.itemsize
@@ -126,6 +136,7 @@ class Similarities:
             self.low = self.z.to(torch.bfloat16 if precision == "bf16" else torch.float16)
             self.z = None  # only the rounded rows stay on the device (2.6 GB instead of 7.7 GB at 1M x 1280)
         self.sq = None if sq is None else torch.from_numpy(sq).to(tdev)
+        self.inv = None if inv is None else torch.from_numpy(inv).to(tdev)
         self.tdev = tdev
 
     def _mm(self, qi, ci):
@@ -151,6 +162,8 @@ class Similarities:
         qi = torch.from_numpy(np.asarray(q, dtype=np.int64)).to(self.tdev)
         ci = None if cols is None else torch.from_numpy(np.asarray(cols, dtype=np.int64)).to(self.tdev)
         s = self._mm(qi, ci)
+        if self.inv is not None:  # spearman: the exact integer dot times (inv_i * inv_j), as the core
+            s.mul_(torch.outer(self.inv[qi], self.inv if ci is None else self.inv[ci]).to(s.dtype))
         if self.sq is not None:
             sq_c = self.sq if ci is None else self.sq[ci]
             d2 = self.sq[qi][:, None].to(s.dtype) + sq_c[None, :].to(s.dtype) - 2 * s
