@@ -807,6 +807,22 @@ def check_eval(ctx: Ctx) -> dict:
 
     run_part(parts, "float64", fp64)
 
+    def spearman():
+        # exact integer rank dot products and one shared scaling (evaluate/backend.py): the device's similarities are
+        # the CPU's bits, so even ties="exact" must give the same AP
+        m = s["eval_n64"]
+        x64, mm = x[:m].astype(np.float64), meta.iloc[:m].reset_index(drop=True)
+        a_cpu, t_cpu = timed(ap_of, x64, mm, distance="spearman", ties="exact")
+        a_dev, t_dev = timed(ap_of, x64, mm, distance="spearman", ties="exact", device=dev, sync=sync_torch)
+        same = bool(np.array_equal(a_cpu, a_dev, equal_nan=True))
+        mx = float(np.nanmax(np.abs(a_dev - a_cpu)))
+        out = {"n": m, "bit_identical": same, "max_abs_dap": mx, "cpu_s": round(t_cpu, 3), "device_s": round(t_dev, 3)}
+        out.update(verdict(same, "spearman, ties='exact': AP bit-identical to the CPU's",
+                           f"spearman, ties='exact': AP differs from the CPU's (max |dAP| {mx:.3e})"))
+        return out
+
+    run_part(parts, "spearman", spearman)
+
     def reduced():
         if "ap" not in cpu32:
             raise Skip("no float32 CPU reference (float32 part failed)")

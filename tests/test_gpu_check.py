@@ -78,6 +78,7 @@ def test_quick_run_on_the_cpu(tmp_path):
     assert e["status"] == "PASS" and e["device"] == "torch-cpu"
     assert e["parts"]["float64"]["max_abs_dap"] <= 1e-10 and e["parts"]["float32"]["max_abs_dap"] <= 0.05
     assert e["parts"]["float32"]["queries"] > 0
+    assert e["parts"]["spearman"]["status"] == "PASS" and e["parts"]["spearman"]["bit_identical"]
     for precision in ("tf32", "bf16", "fp16"):
         assert 0 <= e["parts"]["reduced_precision"][precision]["max_abs_dap"] < 0.2
 
