@@ -1,8 +1,9 @@
 """Similarity between profiles, computed in blocks by the Rust core.
 
 Metrics: ``cosine``, ``pearson`` (alias ``correlation``, copairs' name), ``spearman`` (Pearson on
-per-row average ranks; exact integer rank dot products, then one scaling, so exactly tied pairs tie on every CPU) and ``euclidean`` (the *negative* distance, so larger is more similar; any
-ranking metric gives the same result as copairs' 1/(1+d)). Rows with non-finite values, zero norm
+per-row average ranks; exact integer rank dot products, then one scaling, so exactly tied pairs tie on
+every CPU) and ``euclidean`` (the *negative* distance, so larger is more similar; any ranking metric
+gives the same result as copairs' 1/(1+d)). Rows with non-finite values, zero norm
 (cosine) or zero variance (pearson/spearman) are refused with the row number.
 """
 from __future__ import annotations
