@@ -186,6 +186,16 @@ def test_similarity_blocks_of_the_torch_path_match_rust():
     np.testing.assert_array_equal(s32, _core.similarity_block(x32, "spearman", q))
 
 
+def test_spearman_rows_are_the_cores_integers_and_refuse_a_constant_row():
+    z, inv = _core.spearman_rows(np.array([[6.0, 6.0, 1.0, 1.0, 3.5, 3.5], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]))
+    np.testing.assert_array_equal(z, [[4, 4, -4, -4, 0, 0], [-5, -3, -1, 1, 3, 5]])  # 2 r - (D + 1), ties averaged
+    np.testing.assert_array_equal(inv, [1 / 8, 1 / np.sqrt(70.0)])
+    z32, inv32 = _core.spearman_rows(np.array([[3.0, 1.0, 2.0]], dtype=np.float32))
+    assert z32.dtype == inv32.dtype == np.float32 and z32.tolist() == [[2.0, -2.0, 0.0]]
+    with pytest.raises(ValueError, match="row 1 .*spearman"):
+        _core.spearman_rows(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
+
+
 def test_cuda_backend_matches_cpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False on this machine)")

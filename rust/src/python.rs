@@ -9,7 +9,7 @@ use crate::error::EvalError;
 use crate::null;
 use crate::pairs::{Labels, MultiMode, PairRule};
 use crate::ranking::{rank_units, Units};
-use crate::similarity::{Metric, Prepared, Real};
+use crate::similarity::{spearman_rows as core_spearman_rows, Metric, Prepared, Real};
 
 fn err(e: EvalError) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -148,6 +148,24 @@ fn check_features(x: Feats<'_>, metric: &str) -> PyResult<()> {
         Feats::F64(a) => Prepared::new(a.as_array(), metric).map(|_| ()),
     }
     .map_err(err)
+}
+
+/// Spearman's prepared rows, as `Prepared` holds them: `(z, inv)` with `z = 2 r - (D + 1)` (the doubled centred
+/// average ranks of each row) and `inv` each row's inverse norm, in the input's float type. Other engines (the torch
+/// path) take these so that their similarity blocks are the core's bits.
+#[pyfunction]
+fn spearman_rows<'py>(py: Python<'py>, x: Feats<'py>) -> PyResult<(PyObject, PyObject)> {
+    fn go<'py, T: Real + numpy::Element>(py: Python<'py>, x: PyReadonlyArray2<'py, T>) -> PyResult<(PyObject, PyObject)> {
+        let mut z = x.as_array().as_standard_layout().into_owned();
+        let inv = py
+            .allow_threads(|| core_spearman_rows(&mut z))
+            .map_err(|row| err(EvalError::ZeroVariance { row, metric: "spearman" }))?;
+        Ok((z.into_pyarray(py).into_any().unbind(), inv.into_pyarray(py).into_any().unbind()))
+    }
+    match x {
+        Feats::F32(a) => go(py, a),
+        Feats::F64(a) => go(py, a),
+    }
 }
 
 /// Shared arguments of the ranking entry points.
@@ -569,6 +587,7 @@ fn to_float16<'py>(py: Python<'py>, x: numpy::PyReadonlyArrayDyn<'py, f32>) -> P
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(similarity_block, m)?)?;
     m.add_function(wrap_pyfunction!(check_features, m)?)?;
+    m.add_function(wrap_pyfunction!(spearman_rows, m)?)?;
     m.add_class::<PyPrepared>()?;
     m.add_function(wrap_pyfunction!(average_precision, m)?)?;
     m.add_function(wrap_pyfunction!(positive_ranks, m)?)?;

@@ -72,17 +72,11 @@ def prepare_rows(x: np.ndarray, metric: str, dtype) -> tuple[np.ndarray, np.ndar
 
     ``x`` must already have passed ``_core.check_features`` (finite; non-zero norm / variance).
     """
-    if metric == "spearman":  # the core's spearman_rows: 2 r - (D + 1), and 1 / sqrt(sum z^2) rounded once to dtype
-        from scipy.stats import rankdata
-
-        z = np.empty(x.shape, dtype=dtype)
-        inv = np.empty(len(x), dtype=dtype)
-        for s in range(0, len(z), PREPARE_ROWS):  # in row chunks: no N x D float64 copy
-            r = rankdata(np.asarray(x[s : s + PREPARE_ROWS], dtype=np.float64), axis=1, method="average")
-            r = 2.0 * r - (x.shape[1] + 1)
-            inv[s : s + PREPARE_ROWS] = 1.0 / np.sqrt(np.einsum("ij,ij->i", r, r))
-            z[s : s + PREPARE_ROWS] = r
-        return z, None, inv
+    if metric == "spearman":
+        # the core's own preparation (2 r - (D + 1) and the inverse norms), ranked in the input's precision; the
+        # integers are exact in any float type, and a float64 inverse norm rounds to float32 as the core's does
+        z, inv = _core.spearman_rows(np.ascontiguousarray(x))
+        return z.astype(dtype, copy=False), None, inv.astype(dtype, copy=False)
     z = np.array(x, dtype=dtype, copy=True, order="C")
     if metric == "euclidean":
         return z, np.einsum("ij,ij->i", z, z), None
