@@ -380,6 +380,21 @@ def test_ridge_sums_on_threads_are_the_same():
     assert one.objective_harmony == two.objective_harmony
 
 
+@pytest.mark.parametrize("shape", [(0, 2), (1, 1), (500, 1), (3000, 3)])
+def test_combination_order_is_the_stable_sort_of_the_batch_tuples(shape):
+    """The cells' order by batch tuple (the ridge step's combinations) is numpy's stable sort of the tuples'
+    mixed-radix keys, ties in cell order, with unused batch codes in between."""
+    rng = np.random.default_rng(shape[0])
+    spans = [7, 2, 40][:shape[1]]
+    cell_batches = np.stack([rng.integers(0, s, shape[0]) * (1 + (c == 0)) for c, s in enumerate(spans)],
+                            axis=1).astype(np.int64) if shape[0] else np.zeros(shape, np.int64)
+    keys = np.zeros(shape[0], np.int64)
+    for c in range(shape[1]):
+        keys = keys * (int(cell_batches[:, c].max(initial=0)) + 1) + cell_batches[:, c]
+    got = load_kernel("harmony").combination_order(cell_batches)
+    np.testing.assert_array_equal(got, np.argsort(keys, kind="stable"))
+
+
 def test_ridge_sums_equal_the_dense_products():
     """The ridge step's sums (per combination of batches, per batch, the intercept's over counted combinations, the
     co-occurrence of batches) equal the plain dense products they replace."""
