@@ -154,6 +154,49 @@ def test_packed_and_run_by_run_passes_equal_harmonypy(monkeypatch, ncores):
     np.testing.assert_array_equal(results[0].R, results[1].R)
 
 
+def _kernel_calls_that_compile_twice(source: str) -> list[str]:
+    """Calls, inside the kernels, of another compiled (not inlined) kernel with an int constant, a variable first set
+    to one, or a ``prange`` index as an argument: Numba compiles the callee again for ``Literal[int]`` / ``uint64``
+    beside its ``int64`` version."""
+    import ast
+
+    tree = ast.parse(source)
+    compiled = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            for dec in node.decorator_list:
+                if isinstance(dec, ast.Call) and getattr(dec.func, "id", "") == "njit" and not any(
+                        kw.arg == "inline" for kw in dec.keywords):
+                    compiled.add(node.name)
+    found = []
+    for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in compiled):
+        prange_vars = {loop.target.id for loop in ast.walk(fn) if isinstance(loop, ast.For)
+                       and isinstance(loop.iter, ast.Call) and getattr(loop.iter.func, "id", "") == "prange"}
+        # a variable first set to an int constant is typed Literal[int] too, until Numba unifies it (n = 0; n = f(n))
+        int_vars = {t.id for a in ast.walk(fn) if isinstance(a, ast.Assign) and isinstance(a.value, ast.Constant)
+                    and isinstance(a.value.value, int) for t in a.targets if isinstance(t, ast.Name)}
+        for call in ast.walk(fn):
+            if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) in compiled):
+                continue
+            for arg in call.args:
+                if (isinstance(arg, ast.Constant) and isinstance(arg.value, int)) or (
+                        isinstance(arg, ast.Name) and arg.id in prange_vars | int_vars):
+                    found.append(f"{fn.name} -> {call.func.id}({ast.unparse(arg)}), line {call.lineno}")
+    return found
+
+
+def test_kernels_call_each_other_with_int64_arguments_only():
+    """A first Harmony call compiles each kernel once: no kernel passes an int constant or a prange index (typed
+    uint64) to another compiled kernel, which would compile it a second time (session 31: 230 -> 125 compilations,
+    ~20 s of a first call). The check can fail: it finds the calls the kernels made before."""
+    path = load_kernel("harmony").__file__
+    source = open(path).read()
+    assert _kernel_calls_that_compile_twice(source) == []
+    before = source.replace("_reassign_run(np.int64(q), r,", "_reassign_run(q, r,").replace(
+        "j = _bounded(mt, np.int64(2))", "j = _bounded(mt, 2)")
+    assert len(_kernel_calls_that_compile_twice(before)) == 2
+
+
 @pytest.mark.parametrize("ncores", [1, 2])
 def test_batches_over_1024_cells_in_a_block_equal_harmonypy_bit_for_bit(ncores):
     """Blocks of 3,000 cells with ~1,500 of a batch: harmonypy sums each batch's cells in runs of at most 1,024 (its
