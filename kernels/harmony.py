@@ -1024,8 +1024,8 @@ def _reassign_runs_parallel(r, dist, sigma, log_div, cell_batches, cells, run_gr
     """:func:`_reassign_runs` with the lead runs on the thread pool: each run reads the frozen O / E penalties and
     writes only its own cells' rows and its own sums, so every value is the sequential pass's bit for bit."""
     for q in prange(n_lead):
-        _reassign_run(np.int64(q), r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end, run_sums,
-                      run_error, run_entropy, run_flags)
+        _reassign_run(np.int64(q), r, dist, sigma, log_div, cell_batches, cells, run_group, run_begin, run_end,
+                      run_sums, run_error, run_entropy, run_flags)
 
 
 @njit(cache=True)
