@@ -42,8 +42,8 @@ Speed: the same work as harmonypy, cheaper where the order allows it:
   packed into the lanes whatever their batch. The block's batch sums are one sweep over its cells with the rows
   asked for ahead (``llvm.prefetch``);
 * the ridge sums once per combination of batches (one ``dgemm`` each, called from a Numba loop on the threads)
-  instead of once per batch and variable, the clusters' systems solved on the threads as harmonypy solves them
-  (the largest covariate's diagonal block eliminated, the rest by Cholesky, in double);
+  instead of once per batch and variable, the clusters' systems solved as harmonypy solves them (the largest
+  covariate's diagonal block eliminated, the rest by Cholesky, in double);
 * Numba-parallel loops elsewhere (``numba.set_num_threads(ncores)`` while running, from
   :data:`PARALLEL_MIN_CELLS` cells with ``ncores=0``), all compiled with LLVM's SLP vectoriser on (Numba's default
   is off; ``kernels/harmony.py: njit``).
@@ -640,7 +640,7 @@ class _Ridge:
     variable), so the cells are sorted by combination once and each iteration computes, per combination g,
     ``S_g = R_g^T [Z_g, 1]`` (N K (d+1) multiply-adds in all, whatever the number of variables, one ``dgemm`` per
     combination); the per-batch sums are then sums of the S_g. The clusters' systems are assembled, checked and
-    solved in one Numba kernel, a cluster per thread task, by harmonypy's method (``ridge_systems``: the diagonal
+    solved in one Numba kernel, cluster by cluster, by harmonypy's method (``ridge_systems``: the diagonal
     block of the covariate with the most kept batches eliminated first, the rest factored by Cholesky)."""
 
     def __init__(self, z_orig, cell_batches, by_combination, phi_n, lamb, alpha, cutoff):
