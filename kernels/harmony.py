@@ -1143,6 +1143,7 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
     error = 0.0
     entropy = 0.0
     flags = 0
+    zero = np.int64(0)  # not the constant 0: a kernel called with it is compiled again for Literal[int](0)
     for blk in range(n_blocks):
         idx_min = blk * cells_per_block
         idx_max = (blk + 1) * cells_per_block - 1
@@ -1159,7 +1160,6 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
         run_begin = np.empty(max_runs, np.int64)
         run_end = np.empty(max_runs, np.int64)
         cell_run = np.empty((m, n_cov), np.int64)  # each cell's run, per covariate
-        zero = np.int64(0)
         n_runs = zero
         n_lead = zero
         for c in range(n_cov):

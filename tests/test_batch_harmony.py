@@ -186,11 +186,12 @@ def _kernel_calls_that_compile_twice(source: str) -> list[str]:
 
 
 def test_kernels_call_each_other_with_int64_arguments_only():
-    """A first Harmony call compiles each kernel once: no kernel passes an int constant or a prange index (typed
-    uint64) to another compiled kernel, which would compile it a second time (session 31: 230 -> 125 compilations,
-    ~20 s of a first call). The check can fail: it finds the calls the kernels made before."""
-    path = load_kernel("harmony").__file__
-    source = open(path).read()
+    """A first Harmony call compiles each kernel once: no kernel passes an int constant, a variable first set to one
+    or a prange index (typed uint64) to another compiled kernel, which would compile it a second time (session 31:
+    230 -> 125 compilations, ~20 s of a first call). The check can fail: it finds the calls the kernels made before."""
+    from pathlib import Path
+
+    source = Path(load_kernel("harmony").__file__).read_text()
     assert _kernel_calls_that_compile_twice(source) == []
     before = source.replace("_reassign_run(np.int64(q), r,", "_reassign_run(q, r,").replace(
         "j = _bounded(mt, np.int64(2))", "j = _bounded(mt, 2)")
