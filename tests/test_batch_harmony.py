@@ -351,6 +351,52 @@ def _host_has_fma() -> bool:
     return bool(llvm.get_host_cpu_features().get("fma", False))
 
 
+@pytest.mark.parametrize("k", [8, 13, 100])
+def test_lane_layout_changes_move_every_item(k):
+    """The lane kernels' layout changes (8 x 8 transposes, then item by item for the last k % 8 clusters): rows to
+    lanes (stored, and added in the order ``lanes + rows``) and lanes back to rows give numpy's gather / scatter
+    exactly, for k a multiple of 8, with a tail, and Harmony's default of 100; the transpose refuses a 2-D array."""
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    kern = load_kernel("harmony")
+    lanes_from_rows, rows_from_lanes, transpose8 = kern._lanes_from_rows, kern._rows_from_lanes, kern._transpose8
+    n_lanes = kern.LANES
+
+    @njit
+    def there_and_back(src, starts, lanes, added, jj, back):
+        k = lanes.shape[0] // n_lanes
+        kb = k - k % 8
+        s_at = np.empty(8, np.int64)
+        d_at = np.empty(8, np.int64)
+        lanes_from_rows(src, starts, lanes, k, kb, s_at, d_at, False)
+        lanes_from_rows(src, starts, added, k, kb, s_at, d_at, True)
+        rows_from_lanes(lanes, jj, back, k, s_at, d_at)
+
+    rng = np.random.default_rng(k)
+    n = 40
+    src = rng.standard_normal(n * k).astype(np.float32)
+    cells = rng.choice(n, n_lanes, replace=False)
+    starts = (cells * k).astype(np.int64)
+    lanes = np.full(k * n_lanes, np.nan, np.float32)
+    added = rng.standard_normal(k * n_lanes).astype(np.float32)
+    before = added.copy()
+    back = np.zeros(n * k, np.float32)
+    there_and_back(src, starts, lanes, added, cells.astype(np.int64), back)
+    expected = src.reshape(n, k)[cells].T.reshape(-1)  # cluster by cluster, the lanes side by side
+    assert np.array_equal(lanes, expected)
+    assert np.array_equal(added, before + expected)
+    assert np.array_equal(back.reshape(n, k)[cells], src.reshape(n, k)[cells])
+    assert not back.reshape(n, k)[np.setdiff1d(np.arange(n), cells)].any()  # no other row written
+
+    @njit
+    def on_a_matrix(m, at):
+        transpose8(m, at, m, at)
+
+    with pytest.raises(TypingError, match="src must be a 1-D C-contiguous float32 array"):
+        on_a_matrix(np.zeros((8, 8), np.float32), np.zeros(8, np.int64))
+
+
 def test_expf_is_libms_expf():
     """The vectorisable expf of the assignment kernels gives libm's expf bits (what Numba's math.exp and
     harmonypy's C++ call) on a sample of [-110, 0] and on inputs where a rounding detail shows (the FMA in the
