@@ -62,6 +62,10 @@ def njit(*args, **kwargs):
     return wrap
 
 CELLS_PER_TASK = 1024
+#: rows asked for ahead of the row being read wherever cells are visited in a shuffled or grouped order
+#: (:func:`_prefetch_row`; 4-32 measured alike, 0 twice as slow in the block sums). At 100k cells x 50 PCs: the
+#: k-means group sums 3.9 -> 1.7 ms a step, the correction 34 -> 22 ms a call
+PREFETCH_AHEAD = 16
 #: float32 sums kept in one fixed-length stack accumulator (the correction's dimensions, the plain assignment's
 #: clusters): a constant trip count lets LLVM unroll the loop and hold the sums in vector registers
 ACC_CHUNK = 64
@@ -632,7 +636,10 @@ def _sum_groups(x, offsets, cells, sums):
     d = x.shape[1]
     for g in prange(n_groups):
         acc = np.zeros(d, np.float32)
-        for i in range(offsets[g], offsets[g + 1]):
+        end = offsets[g + 1]
+        for i in range(offsets[g], end):
+            if i + PREFETCH_AHEAD < end:
+                _prefetch_row(x, cells[i + PREFETCH_AHEAD])
             row = x[cells[i]]
             for a in range(d):
                 acc[a] += row[a]
@@ -781,7 +788,10 @@ def _run_sums(r, cells, run_begin, run_end, first, last, out):
     for q in range(first, last):
         for g in range(k):
             acc[g] = F0
-        for i in range(run_begin[q], run_end[q]):
+        end = run_end[q]
+        for i in range(run_begin[q], end):
+            if i + PREFETCH_AHEAD < end:
+                _prefetch_row(r, cells[i + PREFETCH_AHEAD])
             j = cells[i]
             for g in range(k):
                 acc[g] += r[j, g]
@@ -1202,8 +1212,6 @@ def _reassign_packed_parallel(m, r, dist, sigma, log_div, cell_batches, cells, c
                         cell_flags)
 
 
-#: rows asked for ahead of the row being summed (:func:`_prefetch_row`); 4-32 measured alike, 0 twice as slow
-PREFETCH_AHEAD = 16
 
 
 @njit(cache=True)
@@ -1374,6 +1382,8 @@ def _combination_product(r, z_aug, order, starts, ends, g, q0, q1):
     m = ends[g] - first
     rows = np.empty((m, q1 - q0))
     for p in range(m):
+        if p + PREFETCH_AHEAD < m:
+            _prefetch_row(r, order[first + p + PREFETCH_AHEAD])
         j = order[first + p]
         for q in range(q1 - q0):
             rows[p, q] = r[j, q0 + q]
@@ -1712,6 +1722,10 @@ def _correct_cells(first, last, z_orig, r, m, used, cell_batches, by_combination
     prev = 0
     for i in range(first, last):
         j = by_combination[i]
+        if i + PREFETCH_AHEAD < last:
+            ahead = by_combination[i + PREFETCH_AHEAD]
+            _prefetch_row(r, ahead)
+            _prefetch_row(z_orig, ahead)
         same = have
         if have:
             for c in range(n_cov):
