@@ -535,32 +535,42 @@ def kmeans_seed_cells(x, seeds, gt, u, neg_log_u, first_cluster, chosen, cells):
         cells[i] = best
 
 
+@njit(cache=True, inline="always")
+def _screen_nearest(gt, j0, msq, tol, assignment, unsure):
+    """From ``gt`` (K x m: column i the products ``means @ x[j0 + i]``) and the means' squared norms: cell
+    ``j0 + i``'s nearest mean by ``|m|^2 - 2 x.m`` (the first on ties), and whether the runner-up is within ``tol``
+    (then the exact order must decide). One cell per SIMD lane: each mean's row updates their best, runner-up and
+    index at once."""
+    k, m = gt.shape
+    b1 = np.full(m, np.inf)
+    b2 = np.full(m, np.inf)
+    best = np.zeros(m, np.int64)
+    for q in range(k):
+        mq = np.float64(msq[q])
+        for i in range(m):
+            v = mq - 2.0 * np.float64(gt[q, i])
+            old = b1[i]
+            b2[i] = min(b2[i], max(old, v))  # v below the best: the old best is the runner-up
+            best[i] = q if v < old else best[i]
+            b1[i] = min(old, v)
+    for i in range(m):
+        assignment[j0 + i] = best[i]
+        unsure[j0 + i] = (b2[i] - b1[i]) <= tol
+
+
 @njit(cache=True, parallel=True)
-def nearest_candidates(gt, msq, tol, assignment, unsure):
-    """From ``gt = means @ x.T`` (float32 BLAS, K x N) and the means' squared norms: each cell's nearest mean by
-    ``|m|^2 - 2 x.m`` (the first on ties), and whether the runner-up is within ``tol`` (then the exact order must
-    decide). 1024 cells per task, one per SIMD lane: each mean's row updates their best, runner-up and index at
-    once."""
-    k, n = gt.shape
+def nearest_candidates(x, means, msq, tol, assignment, unsure):
+    """:func:`_screen_nearest` for every cell of ``x`` (N x d float32) against ``means`` (K x d float32), 1024
+    cells per task: each task's ``means @ x_task.T`` (a BLAS ``sgemm``, K x 1024: 400 KB at 100 clusters) is
+    screened while it is still in the core's cache, instead of one K x N product (40 MB at 100k cells) written to
+    memory and read back (100k cells: 20 -> 11 ms a k-means step). The screen allows for BLAS's rounding, so the
+    split does not change the result."""
+    n = x.shape[0]
     n_tasks = (n + CELLS_PER_TASK - 1) // CELLS_PER_TASK
     for t in prange(n_tasks):
         j0 = t * CELLS_PER_TASK
-        m = min(n, j0 + CELLS_PER_TASK) - j0
-        b1 = np.full(CELLS_PER_TASK, np.inf)
-        b2 = np.full(CELLS_PER_TASK, np.inf)
-        best = np.zeros(CELLS_PER_TASK, np.int64)
-        for q in range(k):
-            mq = np.float64(msq[q])
-            row = gt[q, j0:j0 + m]
-            for i in range(m):
-                v = mq - 2.0 * np.float64(row[i])
-                old = b1[i]
-                b2[i] = min(b2[i], max(old, v))  # v below the best: the old best is the runner-up
-                best[i] = q if v < old else best[i]
-                b1[i] = min(old, v)
-        for i in range(m):
-            assignment[j0 + i] = best[i]
-            unsure[j0 + i] = (b2[i] - b1[i]) <= tol
+        j1 = min(n, j0 + CELLS_PER_TASK)
+        _screen_nearest(np.dot(means, x[j0:j1].T), np.int64(j0), msq, tol, assignment, unsure)
 
 
 @njit(cache=True, parallel=True)

@@ -434,18 +434,29 @@ def test_expf_is_libms_expf():
 
 def test_kmeans_screen_matches_the_sequential_rule():
     """The screen of the k-means steps: nearest = first minimum of |m|^2 - 2 x.m, unsure = runner-up within tol (an
-    equal runner-up included), on ties too."""
+    equal runner-up included), on ties too; and the screen of whole embeddings (each task's product computed where
+    it is screened) gives numpy's nearest means, across task boundaries."""
+    from numba import njit
+
     kern = load_kernel("harmony")
+    screen = kern._screen_nearest
+
+    @njit
+    def screen_at(gt, j0, msq, tol, assignment, unsure):
+        screen(gt, j0, msq, tol, assignment, unsure)
+
     rng = np.random.default_rng(3)
-    for n, k in ((37, 5), (16, 1), (300, 23), (2500, 7)):  # 2500: three tasks of 1024 cells, the last short
+    for n, k in ((37, 5), (16, 1), (300, 23), (2500, 7)):
         gt = rng.normal(size=(k, n)).astype(np.float32)
         msq = rng.random(k)
         if k > 2:
             gt[2, ::3] = gt[0, ::3]  # exact ties between means 0 and 2 (same norm below)
             msq[2] = msq[0]
-        assignment = np.empty(n, np.int64)
-        unsure = np.empty(n, np.bool_)
-        kern.nearest_candidates(gt, msq, 0.05, assignment, unsure)
+        assignment = np.full(n + 5, -1, np.int64)
+        unsure = np.zeros(n + 5, np.bool_)
+        screen_at(gt, np.int64(5), msq, 0.05, assignment, unsure)  # cell i of the tile is cell 5 + i
+        assert (assignment[:5] == -1).all() and not unsure[:5].any()
+        assignment, unsure = assignment[5:], unsure[5:]
         v = msq[:, None] - 2.0 * gt.astype(np.float64)
         for j in range(n):
             col = v[:, j]
@@ -456,6 +467,19 @@ def test_kmeans_screen_matches_the_sequential_rule():
         if k > 2:  # where the tied pair is nearest, the first of them wins and the cell is unsure
             tied = np.flatnonzero(np.isin(assignment[::3], (0, 2))) * 3
             assert len(tied) and (assignment[tied] == 0).all() and unsure[tied].all()
+    n, k, d = 2500, 9, 6  # three tasks of 1024 cells, the last short
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    means = rng.normal(size=(k, d)).astype(np.float32)
+    msq = np.einsum("ij,ij->i", means, means, dtype=np.float64)
+    assignment = np.empty(n, np.int64)
+    unsure = np.empty(n, np.bool_)
+    kern.nearest_candidates(x, means, msq, 1e-4, assignment, unsure)
+    v = msq[:, None] - 2.0 * (means.astype(np.float64) @ x.T.astype(np.float64))
+    order = np.sort(v, axis=0)
+    clear = order[1] - order[0] > 1e-3  # away from a tie: BLAS's float32 rounding cannot decide these
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(assignment[clear], np.argmin(v, axis=0)[clear])
+    assert not unsure[clear].any()
 
 
 def test_ridge_sums_on_threads_are_the_same():

@@ -283,7 +283,7 @@ def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int 
     step = max(1, (1 << 24) // max(n, 1))  # screening dots for at most 2**24 (cell, cluster) pairs at a time
     x_t = x.T
     if scratch is None:
-        buffer = np.empty((k, n), np.float32)  # every screen's product (the seeds' have at most k rows)
+        buffer = np.empty((k, n), np.float32)  # every seeding screen's product (at most k rows)
     else:
         if scratch.dtype != np.float32 or scratch.size < k * n or not scratch.flags.c_contiguous:
             raise ValueError(f"scratch must be a contiguous float32 array of at least {k} x {n} entries")
@@ -299,9 +299,9 @@ def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int 
             kern.kmeans_seed_cells(x, seeds, gt, u, neg_log_u, i, chosen, cells)
         y = x[cells].copy()
         for _ in range(10):
-            # nearest means by BLAS, then the exact float32 order for the cells whose runner-up is close
-            gt = _product(y, x_t, buffer, pool)
-            kern.nearest_candidates(gt, np.einsum("ij,ij->i", y, y, dtype=np.float64), _NEAR_TIE, assignment, unsure)
+            # nearest means by BLAS (a task of cells at a time), then the exact float32 order for the cells whose
+            # runner-up is close
+            kern.nearest_candidates(x, y, np.einsum("ij,ij->i", y, y, dtype=np.float64), _NEAR_TIE, assignment, unsure)
             kern.assign_nearest_exact(x, y, np.flatnonzero(unsure), assignment)
             new, status = kern.lloyd_update(y, x, assignment)
             if status == 1:
