@@ -33,10 +33,12 @@ more clusters than cells and non-finite coordinates are ``ValueError`` naming th
 
 Speed: the same work as harmonypy, cheaper where the order allows it:
 
-* the k-means initialisation's distances and centroid choice screened with float32 BLAS (products split over the
-  threads) and numpy's SIMD ``log``, then harmonypy's exact order only for the cells that could tie;
+* the k-means initialisation's distances and centroid choice screened with float32 BLAS (the seeding's products
+  split over the threads; each Lloyd step's product computed per task of 1,024 cells and screened while in cache)
+  and numpy's SIMD ``log``, then harmonypy's exact order only for the cells that could tie;
 * the assignment pass 16 cells at a time, one per SIMD lane (lane buffers on the stack, so that LLVM vectorises
-  them), with a vectorisable copy of glibc's ``expf`` (bit-identical to libm's). A block's cells are independent
+  them; the cells' rows turned into lanes and back by 8 x 8 transposes), with a vectorisable copy of glibc's
+  ``expf`` (bit-identical to libm's). A block's cells are independent
   given the frozen O and E: its runs (one per batch of the first variable) run on the Numba threads up to
   :data:`WORKER_STACK_CLUSTERS` clusters, or, where the runs are short (:data:`PACK_BELOW_RUN`), its cells are
   packed into the lanes whatever their batch. The block's batch sums are one sweep over its cells with the rows
@@ -49,10 +51,10 @@ Speed: the same work as harmonypy, cheaper where the order allows it:
   is off; ``kernels/harmony.py: njit``).
 
 Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried (tests; 1k to 100k cells in the benchmark).
-Measured side by side in ``bench/harmony_bench.py`` on 2 idle cores (session 28, medians of 5): 2.0x harmonypy
-2.1.0's wall-clock at 100k cells x 50 PCs (1.50 vs 3.03 s), 2.1x at 10k, 1.5x at 2k and 1.2x at 1k (0.071 vs
-0.104 s, 0.033 vs 0.039 s). Short of the issue's 5x: the assignment passes alone (0.6 s at 100k, their blocks
-sequential by definition) take longer than a fifth of harmonypy's time.
+Measured side by side in ``bench/harmony_bench.py`` on a 2-core AMD EPYC Zen 3 (session 32, medians of 5): 2.6x
+harmonypy 2.1.0's wall-clock at 100k cells x 50 PCs (1.49 vs 3.93 s), 2.0x at 10k, 1.1x at 2k and 1.0x at 1k.
+Short of the issue's 5x: the assignment passes alone (0.66 s at 100k, their blocks sequential by definition) take
+longer than a fifth of harmonypy's time.
 """
 from __future__ import annotations
 
