@@ -1267,14 +1267,91 @@ def _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, sign):
 
 
 @njit(cache=True)
+def _group_block(block, cell_batches, cov_bounds, n_batches, block_cells, run_group, run_begin, run_end, cell_run):
+    """Group a block's cells by batch, once per covariate (stable), in runs of at most 1024 cells: ``block_cells``
+    (covariate c's grouping at positions ``c * m ..``), the runs (batch, first and last position), each cell's run per
+    covariate (``cell_run``). Returns (runs, runs of the first covariate)."""
+    m = block.shape[0]
+    n_cov = cell_batches.shape[1]
+    zero = np.int64(0)
+    # the block's rows of cell_batches, read once where the counting and the grouping below read each row twice per
+    # covariate, each time from a random place (1.5 ms less a pass at 100k cells)
+    block_batches = np.empty((m, n_cov), np.int64)
+    for i in range(m):
+        for c in range(n_cov):
+            block_batches[i, c] = cell_batches[block[i], c]
+    n_runs = zero
+    n_lead = zero
+    for c in range(n_cov):
+        first = zero if c == 0 else cov_bounds[c - 1]
+        last = cov_bounds[c]
+        counts = np.zeros(last - first + 1, np.int64)
+        for i in range(m):
+            counts[block_batches[i, c] - first + 1] += 1
+        for b in range(last - first):
+            counts[b + 1] += counts[b]
+        first_run = np.empty(last - first, np.int64)
+        q = n_runs
+        for b in range(last - first):
+            first_run[b] = q
+            q += (counts[b + 1] - counts[b] + CELLS_PER_TASK - 1) // CELLS_PER_TASK
+        n_runs = _runs_of(counts, c * m, run_group, run_begin, run_end, n_runs, first)
+        nxt = counts[:-1].copy()
+        for i in range(m):
+            b = block_batches[i, c] - first
+            p = nxt[b]
+            block_cells[c * m + p] = block[i]
+            cell_run[i, c] = first_run[b] + (p - counts[b]) // CELLS_PER_TASK
+            nxt[b] += 1
+        if c == 0:
+            n_lead = n_runs
+    return n_runs, n_lead
+
+
+@njit(cache=True, inline="always")
+def _block_bounds(blk, n_blocks, cells_per_block, n):
+    """Positions ``first .. last - 1`` of the shuffled order in block ``blk`` (harmonypy's: the last block takes the
+    rest; empty past the end)."""
+    first = blk * cells_per_block
+    last = n if blk == n_blocks - 1 else min(n, (blk + 1) * cells_per_block)
+    return first, max(first, last)
+
+
+@njit(cache=True, parallel=True)
+def _plan_pass(order, r, cell_batches, cov_bounds, n_batches, n_blocks, cells_per_block, block_cells, run_group,
+               run_begin, run_end, cell_run, n_runs, n_lead, run_sums):
+    """Every block's grouping (:func:`_group_block`) and the sums that take it out of O and E, the blocks on the
+    threads, before the pass changes R: a cell's R row changes only when its own block is reassigned, so each block's
+    sums are the ones harmonypy takes at the block's turn (and each is summed in block order, as there). The blocks
+    share ``block_cells`` and ``cell_run`` at their positions in the order; the runs and sums are per block."""
+    n = order.shape[0]
+    n_cov = cell_batches.shape[1]
+    for t in prange(n_blocks):
+        blk = np.int64(t)
+        first, last = _block_bounds(blk, n_blocks, cells_per_block, n)
+        n_runs[blk] = 0
+        n_lead[blk] = 0
+        if first == last:
+            continue
+        block = order[first:last]
+        cr = cell_run[first:last]
+        q, lead = _group_block(block, cell_batches, cov_bounds, n_batches, block_cells[first * n_cov: last * n_cov],
+                               run_group[blk], run_begin[blk], run_end[blk], cr)
+        n_runs[blk] = q
+        n_lead[blk] = lead
+        _block_run_sums(r, block, cr, np.int64(0), np.int64(0), q, run_sums[blk])
+
+
+@njit(cache=True)
 def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, cov_bounds, n_blocks,
                        cells_per_block, parallel=False, pack_below=64):
     """One pass of harmonypy 2.1.0 ``update_R`` over the shuffled cells ``order``: block by block, take the block
-    out of O and E, reassign its cells with the diversity penalty (O, E frozen), put them back. A block whose lead
-    runs (its cells of one batch of the first variable) average fewer than ``pack_below`` cells is reassigned with its
-    cells packed :data:`LANES` to a step whatever their batch (:func:`_reassign_packed`: short runs would leave lanes
-    idle), else run by run (:func:`_reassign_runs`, which sums each run as it goes); the bits are the same.
-    Returns (error, entropy, flags) with the objective's terms summed in double."""
+    out of O and E, reassign its cells with the diversity penalty (O, E frozen), put them back. The blocks' groupings
+    and the sums that take them out are computed first, all blocks at once on the threads (:func:`_plan_pass`). A
+    block whose lead runs (its cells of one batch of the first variable) average fewer than ``pack_below`` cells is
+    reassigned with its cells packed :data:`LANES` to a step whatever their batch (:func:`_reassign_packed`: short
+    runs would leave lanes idle), else run by run (:func:`_reassign_runs`, which sums each run as it goes); the bits
+    are the same. Returns (error, entropy, flags) with the objective's terms summed in double."""
     n = order.shape[0]
     k = r.shape[1]
     n_cov = cell_batches.shape[1]
@@ -1285,56 +1362,33 @@ def update_assignments(order, r, dist, o, e, pr_b, sigma, theta, cell_batches, c
     entropy = 0.0
     flags = 0
     zero = np.int64(0)  # not the constant 0: a kernel called with it is compiled again for Literal[int](0)
+    largest = max(cells_per_block, n - (n_blocks - 1) * cells_per_block)
+    max_runs = n_cov * (largest // CELLS_PER_TASK + 1) + n_batches + 1
+    all_cells = np.empty(n * n_cov, np.int64)
+    all_cell_run = np.empty((n, n_cov), np.int64)
+    all_group = np.empty((n_blocks, max_runs), np.int64)
+    all_begin = np.empty((n_blocks, max_runs), np.int64)
+    all_end = np.empty((n_blocks, max_runs), np.int64)
+    all_runs = np.empty(n_blocks, np.int64)
+    all_lead = np.empty(n_blocks, np.int64)
+    all_sums = np.empty((n_blocks, max_runs, k), np.float32)
+    _plan_pass(order, r, cell_batches, cov_bounds, n_batches, n_blocks, cells_per_block, all_cells, all_group,
+               all_begin, all_end, all_cell_run, all_runs, all_lead, all_sums)
     for blk in range(n_blocks):
-        idx_min = blk * cells_per_block
-        idx_max = (blk + 1) * cells_per_block - 1
-        if blk == n_blocks - 1:
-            idx_max = n - 1
-        if idx_min >= n:
+        idx_min, idx_max = _block_bounds(blk, n_blocks, cells_per_block, n)
+        if idx_min == idx_max:
             break
-        m = idx_max - idx_min + 1
-        block = order[idx_min: idx_max + 1]
-        # group the block's cells by batch, once per covariate (stable), runs of <= 1024 cells
-        block_cells = np.empty(m * n_cov, np.int64)
-        max_runs = n_cov * (m // CELLS_PER_TASK + 1) + n_batches + 1
-        run_group = np.empty(max_runs, np.int64)
-        run_begin = np.empty(max_runs, np.int64)
-        run_end = np.empty(max_runs, np.int64)
-        cell_run = np.empty((m, n_cov), np.int64)  # each cell's run, per covariate
-        # the block's rows of cell_batches, read once where the counting and the grouping below read each row twice
-        # per covariate, each time from a random place (1.5 ms less a pass at 100k cells)
-        block_batches = np.empty((m, n_cov), np.int64)
-        for i in range(m):
-            for c in range(n_cov):
-                block_batches[i, c] = cell_batches[block[i], c]
-        n_runs = zero
-        n_lead = zero
-        for c in range(n_cov):
-            first = zero if c == 0 else cov_bounds[c - 1]
-            last = cov_bounds[c]
-            counts = np.zeros(last - first + 1, np.int64)
-            for i in range(m):
-                counts[block_batches[i, c] - first + 1] += 1
-            for b in range(last - first):
-                counts[b + 1] += counts[b]
-            first_run = np.empty(last - first, np.int64)
-            q = n_runs
-            for b in range(last - first):
-                first_run[b] = q
-                q += (counts[b + 1] - counts[b] + CELLS_PER_TASK - 1) // CELLS_PER_TASK
-            n_runs = _runs_of(counts, c * m, run_group, run_begin, run_end, n_runs, first)
-            nxt = counts[:-1].copy()
-            for i in range(m):
-                b = block_batches[i, c] - first
-                p = nxt[b]
-                block_cells[c * m + p] = block[i]
-                cell_run[i, c] = first_run[b] + (p - counts[b]) // CELLS_PER_TASK
-                nxt[b] += 1
-            if c == 0:
-                n_lead = n_runs
-        run_sums = np.empty((n_runs, k), np.float32)
+        m = idx_max - idx_min
+        block = order[idx_min:idx_max]
+        block_cells = all_cells[idx_min * n_cov: idx_max * n_cov]
+        cell_run = all_cell_run[idx_min:idx_max]
+        run_group = all_group[blk]
+        run_begin = all_begin[blk]
+        run_end = all_end[blk]
+        n_runs = all_runs[blk]
+        n_lead = all_lead[blk]
+        run_sums = all_sums[blk]
         # take the block out of O and E
-        _block_run_sums(r, block, cell_run, zero, zero, n_runs, run_sums)
         _move_block(o, e, pr_b, run_sums, run_group, n_runs, n_lead, totals, -F1)
         _log_diversity(o, e, theta, log_div)
         if m >= pack_below * n_lead:
