@@ -77,6 +77,8 @@ F_2_32 = np.float32(4294967296.0)
 F_BELOW_1 = np.float32(np.nextafter(np.float32(1.0), np.float32(0.0)))
 F_INF = np.float32(np.inf)
 MASK32 = np.uint64(0xFFFFFFFF)
+_EXACT_DOUBLE_BITS = np.uint64(0x4330000000000000)  # the bits of 2**52
+_TWO_52 = 4503599627370496.0
 
 # ------------------------------------------------------------------------------------------ glibc expf
 
@@ -326,7 +328,11 @@ def mt_next(mt):
 
 @njit(cache=True, inline="always")
 def _uniform01(word):
-    u = np.float32(word) / F_2_32
+    """libstdc++'s ``generate_canonical<float>`` of one 32-bit word: ``float(word) / 2**32``, below 1. The word is
+    made a double exactly by the 2**52 trick (its bits under a 2**52 exponent, minus 2**52), which vectorises on AVX2;
+    Numba's uint64 -> float32 conversion does not (no such instruction before AVX-512). Rounding that exact double to
+    float32 is the one rounding of the direct conversion, so the same bits."""
+    u = np.float32(_as_f64(_EXACT_DOUBLE_BITS | word) - _TWO_52) / F_2_32
     return F_BELOW_1 if u >= F1 else u
 
 
@@ -474,12 +480,10 @@ def kmeans_random_cells(mt, n, k):
 
 
 @njit(cache=True)
-def mt_uniform_rows(mt, rows, n):
-    """``rows`` x ``n`` uniform draws (:func:`mt_uniform01`), row after row."""
-    out = np.empty((rows, n), np.float32)
-    for i in range(rows):
+def mt_uniform_rows(mt, out):
+    """Fill the rows of ``out`` (2-D float32) with uniform draws (:func:`mt_uniform01`), row after row."""
+    for i in range(out.shape[0]):
         mt_uniform01(mt, out[i])
-    return out
 
 
 @njit(cache=True, parallel=True)

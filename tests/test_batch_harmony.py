@@ -643,3 +643,32 @@ def test_ridge_systems_equal_each_clusters_own_system(several):
     kern.ridge_systems(clusters, keep, batch_cov, rz, a00, rhs0, cooc, pen, 0.0, m, y, bad)
     assert bad.tolist() == [0, 1, 0, 0, 0]
     assert np.isnan(m[0, 2]).all() and np.isfinite(m[1:, 2]).all()
+
+
+def test_blas_that_numba_calls_runs_on_one_thread_during_a_run():
+    """Harmony runs BLAS on one thread; Numba's np.dot (the k-means screens, the ridge sums) calls SciPy's own OpenBLAS,
+    which a fresh process loads only when a kernel first needs it. threadpoolctl limits only the libraries loaded
+    when the limit is entered, so Harmony loads it first: in a fresh process, SciPy's BLAS loaded inside the run
+    (as Numba loads it) still runs on one thread."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 CPUs: with one, every BLAS runs on one thread anyway")
+    code = (
+        "import json\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from phenovec.batch.harmony import _threads\n"
+        "with _threads(0, 100000):\n"
+        "    import scipy.linalg.cython_blas\n"
+        "    blas = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "    print(json.dumps([(i['filepath'], i['num_threads']) for i in blas]))\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "", "OMP_NUM_THREADS": ""}
+    env = {k: v for k, v in env.items() if v}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    libs = json.loads(out.strip().splitlines()[-1])
+    assert any("scipy_openblas" in path and "64_" not in path for path, _ in libs), libs  # SciPy's own, not numpy's
+    assert all(threads == 1 for _, threads in libs), libs

@@ -221,6 +221,10 @@ def _threads(ncores: int, n_cells: int):
     while Harmony runs: its BLAS products are small ones, which BLAS threads only slow down (measured 10-20x on 2
     busy cores)."""
     import numba
+    # SciPy's own OpenBLAS, which Numba's np.dot calls (the ridge sums, the k-means screens), loaded before the limit:
+    # threadpoolctl limits only the libraries loaded when it is entered, so a process's first run used to run those
+    # products on 2 BLAS threads inside each Numba thread
+    import scipy.linalg.cython_blas  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     before = numba.get_num_threads()
@@ -292,13 +296,22 @@ def harmony_initial_centroids(z_cos: np.ndarray, nclust: int, random_state: int 
         buffer = scratch.reshape(-1)[: k * n].reshape(k, n)
     assignment = np.empty(n, np.int64)
     unsure = np.empty(n, np.bool_)
+    # the draws and their logs a few rows at a time, in two reused buffers: fresh K x N arrays (40 MB each at 100k
+    # cells) cost more in page faults than the draws themselves, and these stay in the caches
+    draw_rows = min(k, max(1, (1 << 21) // max(n, 1)))
+    draws = np.empty((draw_rows, n), np.float32)
+    neg_logs = np.empty((draw_rows, n), np.float32)
     with _product_pool(n) as pool:
         for i in range(0, k, step):
             gt = _product(x[seeds[i: i + step]], x_t, buffer, pool)
-            u = kern.mt_uniform_rows(mt, gt.shape[0], n)  # the draws, in harmonypy's order
-            with np.errstate(divide="ignore"):
-                neg_log_u = -np.log(u)  # numpy's SIMD log, for screening only
-            kern.kmeans_seed_cells(x, seeds, gt, u, neg_log_u, i, chosen, cells)
+            for s in range(0, gt.shape[0], draw_rows):
+                rows = min(draw_rows, gt.shape[0] - s)
+                u, neg_log_u = draws[:rows], neg_logs[:rows]
+                kern.mt_uniform_rows(mt, u)  # the draws, in harmonypy's order
+                with np.errstate(divide="ignore"):
+                    np.log(u, out=neg_log_u)  # numpy's SIMD log, for screening only
+                np.negative(neg_log_u, out=neg_log_u)
+                kern.kmeans_seed_cells(x, seeds, gt[s: s + rows], u, neg_log_u, i + s, chosen, cells)
         y = x[cells].copy()
         for _ in range(10):
             # nearest means by BLAS (a task of cells at a time), then the exact float32 order for the cells whose
