@@ -41,8 +41,9 @@ Speed: the same work as harmonypy, cheaper where the order allows it:
   ``expf`` (bit-identical to libm's). A block's cells are independent
   given the frozen O and E: its runs (one per batch of the first variable) run on the Numba threads up to
   :data:`WORKER_STACK_CLUSTERS` clusters, or, where the runs are short (:data:`PACK_BELOW_RUN`), its cells are
-  packed into the lanes whatever their batch. The block's batch sums are one sweep over its cells with the rows
-  asked for ahead (``llvm.prefetch``);
+  packed into the lanes whatever their batch. Every block's grouping and the sums that take it out of O and E
+  are computed at the pass's start, the blocks on the threads (a cell's R row changes only at its own block's
+  turn); the sums that put a block back are one sweep over its cells, the rows asked for ahead (``llvm.prefetch``);
 * the ridge sums once per combination of batches (one ``dgemm`` each, called from a Numba loop on the threads)
   instead of once per batch and variable, the clusters' systems solved as harmonypy solves them (the largest
   covariate's diagonal block eliminated, the rest by Cholesky, in double);
@@ -51,8 +52,9 @@ Speed: the same work as harmonypy, cheaper where the order allows it:
   is off; ``kernels/harmony.py: njit``).
 
 Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried (tests; 1k to 100k cells in the benchmark).
-Measured side by side in ``bench/harmony_bench.py`` on a 2-core AMD EPYC Zen 3 (session 32, medians of 5): 2.6x
-harmonypy 2.1.0's wall-clock at 100k cells x 50 PCs (1.49 vs 3.93 s), 2.0x at 10k, 1.1x at 2k and 1.0x at 1k.
+Measured side by side in ``bench/harmony_bench.py`` on a 2-core AMD EPYC Zen 3 (session 32, medians of 5): 2.6-2.9x
+harmonypy 2.1.0's wall-clock at 100k cells x 50 PCs (1.62 vs 4.73 s), 1.6-2.1x at 10k, 1.1-1.6x at 2k and
+1.0-1.2x at 1k.
 Short of the issue's 5x: the assignment passes alone (0.66 s at 100k, their blocks sequential by definition) take
 longer than a fifth of harmonypy's time.
 """
