@@ -277,6 +277,41 @@ def test_generator_is_mt19937():
         assert np.array_equal(np.sort(p), np.arange(n)) and not np.array_equal(p, np.arange(n))
 
 
+def _libstdcxx_shuffle(words, n):
+    """libstdc++ 14 ``std::shuffle(0..n-1)`` for n * n >= 2**32 (one position per draw), written plainly from the
+    generator's 32-bit words: Lemire's bounded integers (``uniform_int_distribution::_S_nd``), swap by swap."""
+    a = list(range(n))
+    for i in range(1, n):
+        r = i + 1
+        product = next(words) * r
+        if product & 0xFFFFFFFF < r:
+            threshold = (2**32 - r) % r
+            while product & 0xFFFFFFFF < threshold:
+                product = next(words) * r
+        j = product >> 32
+        a[i], a[j] = a[j], a[i]
+    return np.array(a)
+
+
+@pytest.mark.parametrize("n", [65536, 70001])
+def test_large_shuffles_are_libstdcxx_swap_by_swap(n):
+    """Large shuffles draw their swap positions ahead of the swaps (to ask for the elements early): the same
+    permutations and generator state as the plain loop, twice in a row from one generator."""
+    kern = load_kernel("harmony")
+    mt = kern.mt_seed(3)
+    bg = np.random.MT19937()
+    bg._legacy_seeding(3)
+
+    def draw():
+        while True:
+            yield from (int(w) for w in bg.random_raw(4096))
+
+    words = draw()
+    for _ in range(2):
+        np.testing.assert_array_equal(kern.mt_shuffled_range(mt, n), _libstdcxx_shuffle(words, n))
+    assert kern.mt_next(mt) == next(words)
+
+
 def test_refusals_name_the_problem():
     x, meta = _data(n=300)
     one = meta.copy()
