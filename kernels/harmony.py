@@ -554,27 +554,48 @@ def kmeans_seed_cells(x, seeds, gt, u, neg_log_u, first_cluster, chosen, cells):
         cells[i] = best
 
 
+#: cells screened together by :func:`_screen_nearest`: their best, runner-up and index stay in vector registers over
+#: the means (16: one 1,024-cell screen 135 -> 61 us on the Zen 3; 8: 108 us; 32 and 64 spill: 222 us)
+SCREEN_TILE = 16
+
+
+@njit(cache=True, inline="always")
+def _screen_tile(gt, i0, w, msq, b1, b2, best):
+    """The screen of :func:`_screen_nearest` for the ``w`` cells ``i0 ..`` of ``gt``, over every mean in order."""
+    for ln in range(w):
+        b1[ln] = np.inf
+        b2[ln] = np.inf
+        best[ln] = 0
+    for q in range(gt.shape[0]):
+        mq = np.float64(msq[q])
+        for ln in range(w):
+            v = mq - 2.0 * np.float64(gt[q, i0 + ln])
+            old = b1[ln]
+            b2[ln] = min(b2[ln], max(old, v))  # v below the best: the old best is the runner-up
+            best[ln] = q if v < old else best[ln]
+            b1[ln] = min(old, v)
+
+
 @njit(cache=True, inline="always")
 def _screen_nearest(gt, j0, msq, tol, assignment, unsure):
     """From ``gt`` (K x m: column i the products ``means @ x[j0 + i]``) and the means' squared norms: cell
     ``j0 + i``'s nearest mean by ``|m|^2 - 2 x.m`` (the first on ties), and whether the runner-up is within ``tol``
-    (then the exact order must decide). One cell per SIMD lane: each mean's row updates their best, runner-up and
-    index at once."""
-    k, m = gt.shape
-    b1 = np.full(m, np.inf)
-    b2 = np.full(m, np.inf)
-    best = np.zeros(m, np.int64)
-    for q in range(k):
-        mq = np.float64(msq[q])
-        for i in range(m):
-            v = mq - 2.0 * np.float64(gt[q, i])
-            old = b1[i]
-            b2[i] = min(b2[i], max(old, v))  # v below the best: the old best is the runner-up
-            best[i] = q if v < old else best[i]
-            b1[i] = min(old, v)
-    for i in range(m):
-        assignment[j0 + i] = best[i]
-        unsure[j0 + i] = (b2[i] - b1[i]) <= tol
+    (then the exact order must decide). :data:`SCREEN_TILE` cells at a time, one per SIMD lane, their running best,
+    runner-up and index on the stack (so in registers: LLVM knows they alias nothing), each mean's products updating
+    them at once; a constant tile width lets LLVM unroll the lanes."""
+    m = gt.shape[1]
+    b1 = _stack_f64(SCREEN_TILE)
+    b2 = _stack_f64(SCREEN_TILE)
+    best = _stack_i64(SCREEN_TILE)
+    for i0 in range(0, m, SCREEN_TILE):
+        w = min(SCREEN_TILE, m - i0)
+        if w == SCREEN_TILE:
+            _screen_tile(gt, i0, SCREEN_TILE, msq, b1, b2, best)
+        else:
+            _screen_tile(gt, i0, w, msq, b1, b2, best)
+        for ln in range(w):
+            assignment[j0 + i0 + ln] = best[ln]
+            unsure[j0 + i0 + ln] = (b2[ln] - b1[ln]) <= tol
 
 
 @njit(cache=True, parallel=True)
