@@ -576,13 +576,14 @@ def _screen_tile(gt, i0, w, msq, b1, b2, best):
             b1[ln] = min(old, v)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _screen_nearest(gt, j0, msq, tol, assignment, unsure):
     """From ``gt`` (K x m: column i the products ``means @ x[j0 + i]``) and the means' squared norms: cell
     ``j0 + i``'s nearest mean by ``|m|^2 - 2 x.m`` (the first on ties), and whether the runner-up is within ``tol``
     (then the exact order must decide). :data:`SCREEN_TILE` cells at a time, one per SIMD lane, their running best,
     runner-up and index on the stack (so in registers: LLVM knows they alias nothing), each mean's products updating
-    them at once; a constant tile width lets LLVM unroll the lanes."""
+    them at once; a constant tile width lets LLVM unroll the lanes. Not inlined: the stack arrays are made where the
+    function starts and freed when it returns, where inlined into a loop they would be made again each turn."""
     m = gt.shape[1]
     b1 = _stack_f64(SCREEN_TILE)
     b2 = _stack_f64(SCREEN_TILE)
