@@ -183,6 +183,19 @@ class Harmony:
         return int(self._s["y"].shape[0])
 
     @property
+    def sigma(self) -> np.ndarray:
+        """The clusters' softmax widths (K, float64 of Harmony's float32; phenovec addition, which
+        :class:`phenovec.batch.symphony.HarmonyReference` keeps)."""
+        return self._s["sigma"].astype(np.float64)
+
+    def reference(self):
+        """This run as a Symphony reference (:class:`phenovec.batch.symphony.HarmonyReference`), onto which new
+        profiles are mapped without running Harmony again (phenovec addition)."""
+        from phenovec.batch.symphony import HarmonyReference
+
+        return HarmonyReference.from_harmony(self)
+
+    @property
     def objective_harmony(self) -> list[float]:
         return [float(v) for v in self._s["objective_harmony"]]
 
@@ -459,6 +472,7 @@ def run_harmony(
                 _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids)
         state["labels"] = labels
         state["vars_use"] = vars_use
+        state["sigma"] = sigma32
         return Harmony(state)
     with _threads(ncores, n):
         state = _on_stack_for(
@@ -469,6 +483,7 @@ def run_harmony(
         )
     state["labels"] = labels
     state["vars_use"] = vars_use
+    state["sigma"] = sigma32
     return Harmony(state)
 
 

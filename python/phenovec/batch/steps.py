@@ -6,7 +6,8 @@ Row selections (``controls``, ``negcon``, ``background``, ``rows``) are filters 
 (``"Metadata_pert_type == 'negcon'"``), never run as code. Steps with a fit take ``fit=`` (a
 :class:`~phenovec.batch.fit_record.BatchFit` or the path of a saved one) to re-apply it instead of fitting, and
 ``return_fit=True`` to also return theirs (``(table, fit)``); ``output_file`` writes the table as the process steps
-do. Harmony is transductive (no re-application): its fit records the parameters, centroids and objective.
+do. Harmony's fit is a Symphony reference (:mod:`phenovec.batch.symphony`): re-applied, it maps new profiles onto the
+fitted run instead of running Harmony again.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def harmony(
     profiles,
     features: str | Sequence[str] = "infer",
     meta_features: str | Sequence[str] = "infer",
-    vars_use: str | Sequence[str] = "Metadata_Plate",
+    vars_use: str | Sequence[str] | None = None,
     n_components: int | None = None,
     theta=None,
     lamb=None,
@@ -85,35 +86,65 @@ def harmony(
     random_state: int = 0,
     ncores: int = 0,
     device: str | None = None,
+    fit=None,
     image_features: bool = False,
     return_fit: bool = False,
     output_file: str | os.PathLike | None = None,
 ):
     """Harmony (:func:`phenovec.batch.harmony.run_harmony`, harmonypy 2.1.0's numbers) on the features, or on their
     first ``n_components`` principal components (sklearn PCA, then columns ``PC1..``); batch variables ``vars_use``
-    are metadata columns. ``device``: None (the exact CPU kernels), ``"cuda"`` / ``"cpu"`` (PyTorch) or ``"auto"``.
-    Output: the corrected features under the same names."""
+    (default ``Metadata_Plate``) are metadata columns. ``device``: None (the exact CPU kernels), ``"cuda"`` /
+    ``"cpu"`` (PyTorch) or ``"auto"``. Output: the corrected features under the same names.
+
+    The fit is a Symphony reference (:mod:`phenovec.batch.symphony`): with ``fit=``, the profiles are not corrected
+    by a new Harmony run but mapped onto the fitted one (its features, its PCA if any, its batch variables unless
+    ``vars_use`` names others; ``lamb``: the query's ridge penalty, default 1), so new plates join a corrected set
+    without changing it."""
     from phenovec.batch.harmony import run_harmony
+    from phenovec.batch.symphony import HarmonyReference
 
     df = _load(profiles)
-    vars_use = [vars_use] if isinstance(vars_use, str) else list(vars_use)
+    if fit is not None:
+        fit = as_fit(fit, "harmony")
+        missing = [a for a in ("cluster_sums", "cluster_weights", "sigma") if a not in fit.arrays]
+        if missing:
+            raise ValueError(f"this harmony fit has no Symphony reference ({', '.join(missing)} missing): fit it "
+                             "again with this version to map new profiles onto it")
+        vars_use = fit.params["vars_use"] if vars_use is None else vars_use
+    vars_use = ["Metadata_Plate"] if vars_use is None else [vars_use] if isinstance(vars_use, str) else list(vars_use)
     check_columns(df, vars_use, "vars_use")
-    feats, meta = _columns(df, features, meta_features, image_features, exclude=vars_use)
+    if fit is not None:
+        feats, meta = _columns(df, fit.params["features"], meta_features, image_features)
+    else:
+        feats, meta = _columns(df, features, meta_features, image_features, exclude=vars_use)
     x = numeric_features(df, feats, np.float64)
     _finite(x, feats, df.index, "harmony")
     names = feats
+    if fit is not None:
+        if "pca_components" in fit.arrays:
+            x = (x - fit.arrays["pca_mean"]) @ fit.arrays["pca_components"].T
+            names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
+        reference = HarmonyReference(fit.arrays["cluster_sums"], fit.arrays["cluster_weights"], fit.arrays["sigma"])
+        mapped = reference.map(x, df[vars_use].reset_index(drop=True), vars_use, lamb=lamb)
+        return _finish(df, feats, meta, mapped.Z_corr, names, fit, return_fit, output_file)
+    pca_arrays = {}
     if n_components is not None:
         from sklearn.decomposition import PCA
 
-        x = PCA(n_components=int(n_components)).fit_transform(x)
+        model = PCA(n_components=int(n_components))
+        x = model.fit_transform(x)
         names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
+        pca_arrays = {"pca_mean": model.mean_, "pca_components": model.components_}
     h = run_harmony(x, df[vars_use].reset_index(drop=True), vars_use, theta=theta, lamb=lamb, sigma=sigma,
                     nclust=nclust, max_iter_harmony=max_iter_harmony, max_iter_kmeans=max_iter_kmeans,
                     epsilon_cluster=epsilon_cluster, epsilon_harmony=epsilon_harmony, random_state=random_state,
                     ncores=ncores, device=device)
+    reference = h.reference()
     fit = BatchFit("harmony", {"features": feats, "vars_use": vars_use, "n_components": n_components,
                                "random_state": random_state, "objective_harmony": h.objective_harmony,
-                               "kmeans_rounds": h.kmeans_rounds}, {"centroids": h.Y.T})
+                               "kmeans_rounds": h.kmeans_rounds},
+                   {"centroids": h.Y.T, "cluster_sums": reference.cluster_sums,
+                    "cluster_weights": reference.cluster_weights, "sigma": reference.sigma, **pca_arrays})
     return _finish(df, feats, meta, h.Z_corr, names, fit, return_fit, output_file)
 
 
