@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: query rows assigned at a time (their K logits stay in cache)
+ROWS_PER_BLOCK = 8192
 
 @dataclass(frozen=True)
 class SymphonyMapping:
@@ -105,10 +107,14 @@ class HarmonyReference:
         if (norms == 0).any():
             raise ValueError(f"query row {int(np.argmax(norms[:, 0] == 0))} is all zeros: it has no direction to "
                              "assign to a cluster")
-        logits = -2.0 * (1.0 - (x / norms) @ self.centroids.T) / self.sigma
-        logits -= logits.max(axis=1, keepdims=True)
-        r = np.exp(logits)
-        r /= r.sum(axis=1, keepdims=True)
+        y = self.centroids.T
+        r = np.empty((x.shape[0], self.K))
+        for lo in range(0, x.shape[0], ROWS_PER_BLOCK):  # blocks of rows: the temporaries stay in cache
+            hi = min(lo + ROWS_PER_BLOCK, x.shape[0])
+            logits = -2.0 * (1.0 - (x[lo:hi] / norms[lo:hi]) @ y) / self.sigma
+            logits -= logits.max(axis=1, keepdims=True)
+            block = np.exp(logits, out=r[lo:hi])
+            block /= block.sum(axis=1, keepdims=True)
         return r
 
     def map(self, data_mat, meta_data=None, vars_use=None, lamb=None) -> SymphonyMapping:
@@ -129,11 +135,9 @@ class HarmonyReference:
         offset = 1
         for v, nv in enumerate(n_levels):
             order, bounds = _levels(codes[:, v], nv)
-            rs, delta = r[order], np.empty((x.shape[0], x.shape[1]))
             for b in range(nv):
-                lo, hi = bounds[b], bounds[b + 1]
-                delta[lo:hi] = rs[lo:hi] @ w[:, offset + b, :]
-            z[order] -= delta
+                cells = order[bounds[b]:bounds[b + 1]]
+                z[cells] -= r[cells] @ w[:, offset + b, :]
             offset += nv
         return SymphonyMapping(z, r)
 
@@ -149,10 +153,10 @@ class HarmonyReference:
         gram[:, 0, 0] = r.sum(axis=0) + self.cluster_weights
         rhs[:, 0, :] = r.T @ x + self.cluster_sums
         starts = np.concatenate([[1], 1 + np.cumsum(n_levels)]).astype(np.int64)
-        cells = np.arange(n)
+        every_cell = np.arange(n)
 
         def weight_sums(key, n_keys):  # (n_keys x K): the assignments summed per key
-            onehot = sp.csr_matrix((np.ones(n), (key, cells)), shape=(n_keys, n))
+            onehot = sp.csr_matrix((np.ones(n), (key, every_cell)), shape=(n_keys, n))
             return np.asarray(onehot @ r)
 
         for v, nv in enumerate(n_levels):
@@ -163,10 +167,9 @@ class HarmonyReference:
             idx = np.arange(sv, sv + nv)
             gram[:, idx, idx] = s
             order, bounds = _levels(codes[:, v], nv)
-            rs, xs = r[order], x[order]
             for b in range(nv):
-                lo, hi = bounds[b], bounds[b + 1]
-                rhs[:, sv + b, :] = rs[lo:hi].T @ xs[lo:hi]
+                cells = order[bounds[b]:bounds[b + 1]]
+                rhs[:, sv + b, :] = r[cells].T @ x[cells]
             for u in range(v):
                 su, nu = starts[u], n_levels[u]
                 pair = weight_sums(codes[:, u] * nv + codes[:, v], nu * nv).reshape(nu, nv, k).transpose(2, 0, 1)

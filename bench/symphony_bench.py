@@ -1,0 +1,110 @@
+"""Symphony mapping: phenovec.batch.symphony vs symphonypy 0.2.4's ``map_embedding``, side by side in one process,
+same reference, same query.
+
+    python bench/symphony_bench.py --reference 20000 --query 10000 100000 --pcs 50 --plates 24 384 --repeats 3
+
+The reference (synthetic PCs: 12 cell states, plate and source offsets) is corrected once by Harmony (phenovec's
+``run_harmony``; symphonypy's ``harmony_integrate`` runs harmonypy 2.1.0 on it, whose numbers are the same). Each
+query has plates the reference has not seen (``--plates`` of them, plus 3 sources as a second batch variable).
+Each repeat maps the query with symphonypy then phenovec (order alternating between repeats); the timings are
+wall-clock medians of the mapping alone. symphonypy's time includes its projection of the query onto the
+reference's loadings (here an identity, a ``d x d`` product). Check: max |Z_corr difference| / max |Z_corr|.
+Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+
+def synthetic(n: int, d: int, n_plates: int, prefix: str, seed: int):
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(7).normal(size=(12, d)) * 0.8
+    meta = pd.DataFrame({"Metadata_Plate": [f"{prefix}{p:04d}" for p in rng.integers(0, n_plates, n)],
+                         "Metadata_Source": rng.integers(0, 3, n).astype(str)},
+                        index=[f"{prefix}{i}" for i in range(n)])
+    x = centers[rng.integers(0, 12, n)] + rng.normal(size=(n, d)) * 0.3
+    for col, scale in (("Metadata_Plate", 0.3), ("Metadata_Source", 0.5)):
+        codes = pd.factorize(meta[col])[0]
+        x += (rng.normal(size=(codes.max() + 1, d)) * scale)[codes]
+    x[:, 0] += 2.0  # every row's largest coordinate positive (symphonypy flips the others: phenovec.batch.symphony)
+    return np.clip(x, -9.5, 9.5), meta  # symphonypy clips the query at +-10 before projecting it
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reference", type=int, default=20000)
+    ap.add_argument("--query", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--pcs", type=int, default=50)
+    ap.add_argument("--plates", type=int, nargs="+", default=[24, 384])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    import anndata
+    import symphonypy as sp
+
+    from phenovec.batch.harmony import run_harmony
+
+    logging.getLogger("harmonypy").setLevel(logging.WARNING)
+    logging.getLogger("symphonypy").setLevel(logging.WARNING)
+    key = ["Metadata_Plate", "Metadata_Source"]
+    d = args.pcs
+    x_ref, meta_ref = synthetic(args.reference, d, 24, "R", seed=0)
+    ref = anndata.AnnData(X=x_ref.copy(), obs=meta_ref)
+    ref.obsm["X_pca"] = x_ref.copy()
+    ref.var["mean"] = 0.0
+    ref.var["std"] = 1.0
+    ref.varm["PCs"] = np.eye(d)
+    sp.pp.harmony_integrate(ref, key=key, random_seed=0)
+    h = run_harmony(x_ref, meta_ref, key, random_state=0)
+    reference = h.reference()
+    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()},
+               "reference_cells": args.reference, "pcs": d, "nclust": reference.K,
+               "reference_z_corr_identical": bool(np.array_equal(h.Z_corr, ref.obsm["X_pca_harmony"])), "runs": []}
+    for n in args.query:
+        for n_plates in args.plates:
+            x_q, meta_q = synthetic(n, d, n_plates, "Q", seed=1)
+            times = {"symphonypy": [], "phenovec": []}
+            check = None
+            for rep in range(args.repeats):
+                order = ("symphonypy", "phenovec") if rep % 2 == 0 else ("phenovec", "symphonypy")
+                for who in order:
+                    if who == "symphonypy":
+                        q = anndata.AnnData(X=x_q.copy(), obs=meta_q)
+                        q.uns["log1p"] = {}
+                        t = time.perf_counter()
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            sp.tl.map_embedding(q, ref, key=key, use_genes_column=None)
+                        times[who].append(time.perf_counter() - t)
+                        theirs = q.obsm["X_pca_harmony"]
+                    else:
+                        t = time.perf_counter()
+                        ours = reference.map(x_q, meta_q, key).Z_corr
+                        times[who].append(time.perf_counter() - t)
+                check = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+            med = {k: statistics.median(v) for k, v in times.items()}
+            run = {"query_cells": n, "plates": n_plates, "symphonypy_s": med["symphonypy"],
+                   "phenovec_s": med["phenovec"], "speedup": med["symphonypy"] / med["phenovec"],
+                   "z_corr_max_rel_diff": check, "all_s": times}
+            results["runs"].append(run)
+            print(json.dumps({k: v for k, v in run.items() if k != "all_s"}), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
