@@ -175,6 +175,10 @@ def test_harmony_step_fit_maps_new_plates(tmp_path):
         harmony(query_table.drop(columns="Cells_f3"), fit=path)
     with pytest.raises(KeyError, match="vars_use: unknown column 'Metadata_Plate'"):
         harmony(query_table.drop(columns="Metadata_Plate"), fit=path)
+    nan = query_table.astype({"Metadata_Plate": object})
+    nan.loc["Qcell17", "Metadata_Plate"] = None
+    with pytest.raises(ValueError, match=r"'Metadata_Plate' is missing .* row 'Qcell17'"):
+        harmony(nan, fit=path)
     old = BatchFit("harmony", fit.params, {"centroids": fit.arrays["centroids"]})
     with pytest.raises(ValueError, match="no Symphony reference"):
         harmony(query_table, fit=old)

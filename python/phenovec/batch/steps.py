@@ -125,7 +125,7 @@ def harmony(
             x = (x - fit.arrays["pca_mean"]) @ fit.arrays["pca_components"].T
             names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
         reference = HarmonyReference(fit.arrays["cluster_sums"], fit.arrays["cluster_weights"], fit.arrays["sigma"])
-        mapped = reference.map(x, df[vars_use].reset_index(drop=True), vars_use, lamb=lamb)
+        mapped = reference.map(x, df[vars_use], vars_use, lamb=lamb)  # errors name the table's row labels
         return _finish(df, feats, meta, mapped.Z_corr, names, fit, return_fit, output_file)
     pca_arrays = {}
     if n_components is not None:
