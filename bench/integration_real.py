@@ -14,8 +14,9 @@ Methods: ``raw`` (features as given, NaN / constant columns dropped); ``normaliz
 (standardize per plate on the control wells); ``sphered`` = ``normalized``, then ``phenovec.process.feature_select``
 (variance + correlation threshold 0.9, so the control wells outnumber the features) and ``phenovec.process.spherize``
 (ZCA-cor on the control wells, epsilon ``--epsilon``); plus ``phenovec.batch``'s corrections of the normalised profiles:
-``harmony`` (harmonypy 2.1.0's algorithm on the first 50 PCs, batch = plate, seed 0) and ``tvn`` (PCA on the
-control wells + per-plate CORAL). Harmony / TVN always correct by plate (also for ``bbbc021-week``). Prints one table per dataset and writes them (tidy CSV +
+``harmony`` (harmonypy 2.1.0's algorithm on the first 50 PCs, batch = plate, seed 0), ``symphony`` (Harmony fitted
+on every other plate, sorted by name, and the other plates mapped onto that fit: ``phenovec.batch.symphony``) and
+``tvn`` (PCA on the control wells + per-plate CORAL). Harmony / TVN always correct by plate (also for ``bbbc021-week``). Prints one table per dataset and writes them (tidy CSV +
 scores + heat map) under ``--out``.
 
     python bench/integration_real.py --out /tmp/integration-real
@@ -83,6 +84,12 @@ def methods(df: pd.DataFrame, epsilon: float) -> dict[str, pd.DataFrame]:
     else:
         n_pc = min(50, len(norm) - 1, sum(not c.startswith("Metadata_") for c in norm.columns))
         out["harmony"] = harmony(norm, vars_use="Metadata_Plate", n_components=n_pc, random_state=0)
+        # Symphony: Harmony on every other plate, the rest mapped onto that fit (new plates, reference unchanged)
+        plates = sorted(norm["Metadata_Plate"].unique())
+        new = norm["Metadata_Plate"].isin(plates[1::2])
+        fitted, fit = harmony(norm[~new], vars_use="Metadata_Plate", n_components=n_pc, random_state=0,
+                              return_fit=True)
+        out["symphony"] = pd.concat([fitted, harmony(norm[new], fit=fit)]).loc[norm.index]
         out["tvn"] = tvn(norm, controls=control, batch="Metadata_Plate")
     return out
 

@@ -198,3 +198,31 @@ def test_harmony_step_fit_in_a_recipe(tmp_path):
     out = apply_recipe({"name": "map", "steps": [{"harmony": {"fit": path}}]}, _table(x_q, meta_q))
     direct = harmony(_table(x_q, meta_q), fit=path)
     pd.testing.assert_frame_equal(out.reset_index(drop=True), direct.reset_index(drop=True))
+
+
+def test_cli_batch_saves_a_fit_and_maps_new_plates_onto_it(tmp_path, capsys):
+    """``phenovec process batch harmony``: fit with --set arguments and --save-fit, then --fit maps a new table;
+    both equal the Python calls. Unknown arguments and a fit for a step without one are refused."""
+    from phenovec.cli import main
+
+    x_ref, meta_ref = _cells(500, d=6, seed=0)
+    x_q, meta_q = _cells(200, d=6, n_plates=2, plate_prefix="Q", seed=1)
+    ref_csv, q_csv = tmp_path / "ref.csv", tmp_path / "query.csv"
+    _table(x_ref, meta_ref).to_csv(ref_csv, index=False)
+    _table(x_q, meta_q).to_csv(q_csv, index=False)
+    fit_path = tmp_path / "harmony.npz"
+    assert main(["process", "batch", "harmony", str(ref_csv), "-o", str(tmp_path / "ref.parquet"), "--set",
+                 "vars_use=[Metadata_Plate]", "--set", "nclust=10", "--save-fit", str(fit_path)]) == 0
+    assert main(["process", "batch", "harmony", str(q_csv), "-o", str(tmp_path / "q.parquet"),
+                 "--fit", str(fit_path)]) == 0
+    ref_table, q_table = pd.read_csv(ref_csv), pd.read_csv(q_csv)
+    corrected, fit = harmony(ref_table, vars_use=["Metadata_Plate"], nclust=10, return_fit=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ref.parquet"), corrected)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "q.parquet"), harmony(q_table, fit=fit))
+    capsys.readouterr()
+    assert main(["process", "batch", "harmony", str(q_csv), "-o", str(tmp_path / "x.parquet"),
+                 "--set", "n_clusters=10"]) == 2
+    assert "harmony has no argument 'n_clusters'" in capsys.readouterr().err
+    assert main(["process", "batch", "rank_int", str(q_csv), "-o", str(tmp_path / "x.parquet"),
+                 "--save-fit", str(tmp_path / "r.npz")]) == 2
+    assert "rank_int has no fit" in capsys.readouterr().err

@@ -16,5 +16,8 @@ _EXPORTS = {
     "remove_outliers": "steps", "rank_int": "steps", "pca": "steps", "sphere_by_map": "steps",
     "arm_correction": "steps",
 }
+#: the profile-table steps (``phenovec.batch.steps``), as recipe steps and ``phenovec process batch`` name them
+STEPS = ("harmony", "tvn", "subtract_well_mean", "regress_cell_count", "remove_outliers", "rank_int", "pca",
+         "sphere_by_map", "arm_correction")
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,6 +11,8 @@
     phenovec process spherize INPUT -o OUT.parquet --method ZCA-cor --samples "..." --save-fit fit.npz
     phenovec process feature-select INPUT -o OUT.parquet --operation variance_threshold correlation_threshold
     phenovec process consensus INPUT -o OUT.parquet --replicate-columns Metadata_cpd --operation modz
+    phenovec process batch harmony INPUT -o OUT.parquet --set vars_use=[Metadata_Plate] --set n_components=50 \\
+        --save-fit harmony.npz                                  (then: batch harmony NEW -o NEW_OUT --fit harmony.npz)
 
 Inputs: anything :func:`phenovec.io.profiles.read_table` reads (CSV, Parquet, AnnData .h5ad / .zarr, phenovec's
 embeddings.zarr, DeepProfiler .npz). Outputs are CSV, Parquet, AnnData .h5ad or .zarr by the file name (or
@@ -76,8 +78,8 @@ def _run_step(a, step: str, kwargs: dict) -> dict:
     return print_summary({"step": step, "arguments": kwargs, "rows": len(df), "columns": df.shape[1], "output": a.out})
 
 
-def _fit_step(a, step: str, kwargs: dict) -> dict:
-    """normalize / spherize, which can save their fit or apply a saved one."""
+def _fit_step(a, step: str, kwargs: dict, func=None) -> dict:
+    """normalize / spherize / a batch correction (``func``), which can save their fit or apply a saved one."""
     from phenovec.io.profiles import read_table, write_profiles
     from phenovec.process.recipe import input_sha256
 
@@ -94,8 +96,8 @@ def _fit_step(a, step: str, kwargs: dict) -> dict:
             out[1].save(a.save_fit)
         return print_summary({"step": step, "arguments": kwargs, "output": a.out, "streamed": True,
                               "fit": a.save_fit})
-    mod = __import__(f"phenovec.process.{step}", fromlist=[step])
-    func = getattr(mod, step)
+    if func is None:
+        func = getattr(__import__(f"phenovec.process.{step}", fromlist=[step]), step)
     if isinstance(a.input, list):  # in memory: the inputs one after another
         import pandas as pd
 
@@ -104,7 +106,7 @@ def _fit_step(a, step: str, kwargs: dict) -> dict:
         df = read_table(a.input)
     if len(df) == 0:
         raise ValueError(f"{a.input}: the input has no rows")
-    out = func(df, return_fit=bool(a.save_fit), **kwargs)
+    out = func(df, **({"return_fit": True} if a.save_fit else {}), **kwargs)
     if a.save_fit:
         out, fit = out
         fit.save(a.save_fit)
@@ -214,6 +216,21 @@ def add_process_parser(stages) -> None:
         **_feature_kwargs(a), "method": a.method, "samples": a.samples, "epsilon": a.epsilon,
         "center": not a.no_center, "by": _by(a.by)}))
 
+    from phenovec.batch import STEPS as BATCH_STEPS
+
+    p = sub.add_parser("batch", help="a batch correction of phenovec.batch (harmony, tvn, the JUMP recipe's steps): "
+                                     "fit it (and save the fit), or re-apply a saved fit")
+    p.add_argument("correction", choices=BATCH_STEPS, help="the correction (its arguments: --set)")
+    p.add_argument("input", nargs="+", help=INPUT_HELP + "; several inputs are read one after another as one table")
+    _output(p)
+    option(p, "--set", dest="arguments", action="append", default=[], metavar="ARGUMENT=VALUE",
+           help="an argument of the correction, VALUE read as YAML, e.g. vars_use=[Metadata_Plate] n_components=50 "
+                "(repeatable; default: the correction's defaults)")
+    option(p, "--fit", default=None, help="re-apply this saved fit (.npz) instead of fitting; for harmony, map the "
+                                           "profiles onto the fitted run (Symphony) (default: fit)")
+    option(p, "--save-fit", default=None, help="save the fit (.npz; default: not saved)")
+    p.set_defaults(run=_run_batch)
+
     p = sub.add_parser("feature-select", help="variance / frequency / correlation / NA / outlier / blocklist / noise")
     _common(p)
     option(p, "--operation", nargs="+", default=["variance_threshold"],
@@ -289,6 +306,20 @@ def _show_recipe(a) -> dict:
     text = p.read_text()
     print(text, end="" if text.endswith("\n") else "\n")
     return {"recipe": str(p)}
+
+
+def _run_batch(a) -> dict:
+    """``phenovec process batch CORRECTION``: its arguments checked as a recipe's ``--set`` keys are."""
+    import inspect
+
+    from phenovec.process.recipe import Recipe, _step_function
+
+    func = _step_function(a.correction)
+    if (a.fit or a.save_fit) and "fit" not in inspect.signature(func).parameters:
+        raise ValueError(f"{a.correction} has no fit to save or re-apply")
+    recipe = Recipe.from_obj({"name": a.correction, "steps": [{a.correction: {}}]})
+    kwargs = recipe.with_overrides([f"{a.correction}.{item}" for item in a.arguments]).steps[0][1]
+    return _fit_step(a, a.correction, kwargs, func=func)
 
 
 def _run_recipe(a) -> dict:

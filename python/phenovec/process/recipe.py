@@ -42,11 +42,10 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+# batch correction (phenovec.batch): Harmony, TVN and the JUMP profiling recipe's steps
+from phenovec.batch import STEPS as BATCH_STEPS
 from phenovec.io.row_filter import parse_filter
 
-# batch correction (phenovec.batch): Harmony, TVN and the JUMP profiling recipe's steps
-BATCH_STEPS = ("harmony", "tvn", "subtract_well_mean", "regress_cell_count", "remove_outliers", "rank_int", "pca",
-               "sphere_by_map", "arm_correction")
 STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus",
               "moa_profiles") + BATCH_STEPS
 # the arguments of any step that are row filters (phenovec.io.row_filter), checked when the recipe is read
