@@ -102,7 +102,9 @@ class HarmonyReference:
 
     def assign(self, data_mat) -> np.ndarray:
         """Soft assignments (n x K) of the rows of ``data_mat`` (n x d, the reference's coordinates)."""
-        x = _query_matrix(data_mat, self.cluster_sums.shape[1])
+        return self._assign(_query_matrix(data_mat, self.cluster_sums.shape[1]))
+
+    def _assign(self, x: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         if (norms == 0).any():
             raise ValueError(f"query row {int(np.argmax(norms[:, 0] == 0))} is all zeros: it has no direction to "
@@ -122,7 +124,7 @@ class HarmonyReference:
         batches named by ``vars_use`` (columns of ``meta_data``; None: the query is one batch). ``lamb``: the ridge
         penalty, one number, one per batch variable or one per batch level (levels in sorted order); default 1."""
         x = _query_matrix(data_mat, self.cluster_sums.shape[1])
-        r = self.assign(x)
+        r = self._assign(x)
         codes, n_levels = _query_batches(meta_data, vars_use, x.shape[0])
         penalty = _penalties(lamb, n_levels)
         unpenalised = [v for v, part in enumerate(np.split(penalty, np.cumsum(n_levels)[:-1])) if not part.any()]
@@ -130,19 +132,20 @@ class HarmonyReference:
             # each variable's levels add up to the intercept: two such sums are the same column of Phi
             raise ValueError("the query's ridge systems are singular when two batch variables have lamb 0 on every "
                              "level: give at least one of them a positive lamb")
-        w = self._ridge(x, r, codes, n_levels, penalty)
+        levels = [_levels(codes[:, v], nv) for v, nv in enumerate(n_levels)]
+        w = self._ridge(x, r, codes, n_levels, levels, penalty)
         z = x.copy()
         offset = 1
-        for v, nv in enumerate(n_levels):
-            order, bounds = _levels(codes[:, v], nv)
+        for nv, (order, bounds) in zip(n_levels, levels):
             for b in range(nv):
                 cells = order[bounds[b]:bounds[b + 1]]
                 z[cells] -= r[cells] @ w[:, offset + b, :]
             offset += nv
         return SymphonyMapping(z, r)
 
-    def _ridge(self, x, r, codes, n_levels, penalty) -> np.ndarray:
-        """Every cluster's ridge solution W_k ((B + 1) x d, the intercept's row 0), stacked K x (B + 1) x d."""
+    def _ridge(self, x, r, codes, n_levels, levels, penalty) -> np.ndarray:
+        """Every cluster's ridge solution W_k ((B + 1) x d, the intercept's row 0), stacked K x (B + 1) x d
+        (``levels``: each variable's cells sorted by level and the levels' bounds, :func:`_levels`)."""
         import scipy.sparse as sp
 
         n, d = x.shape
@@ -166,7 +169,7 @@ class HarmonyReference:
             gram[:, sv:sv + nv, 0] = s
             idx = np.arange(sv, sv + nv)
             gram[:, idx, idx] = s
-            order, bounds = _levels(codes[:, v], nv)
+            order, bounds = levels[v]
             for b in range(nv):
                 cells = order[bounds[b]:bounds[b + 1]]
                 rhs[:, sv + b, :] = r[cells].T @ x[cells]
@@ -177,14 +180,13 @@ class HarmonyReference:
                 gram[:, sv:sv + nv, su:su + nu] = pair.transpose(0, 2, 1)
         diag = np.arange(1, b1)
         gram[:, diag, diag] += penalty
+        singular = "a cluster's ridge system for the query is singular: give every batch level a positive lamb"
         try:
             w = np.linalg.solve(gram, rhs)
         except np.linalg.LinAlgError:
-            raise ValueError("a cluster's ridge system for the query is singular: give every batch level a positive "
-                             "lamb") from None
+            raise ValueError(singular) from None
         if not np.isfinite(w).all():
-            raise ValueError("a cluster's ridge system for the query is singular: give every batch level a positive "
-                             "lamb")
+            raise ValueError(singular)
         w[:, 0, :] = 0.0  # the intercept (the cluster's own position) is kept
         return w
 
