@@ -11,7 +11,7 @@
     phenovec process spherize INPUT -o OUT.parquet --method ZCA-cor --samples "..." --save-fit fit.npz
     phenovec process feature-select INPUT -o OUT.parquet --operation variance_threshold correlation_threshold
     phenovec process consensus INPUT -o OUT.parquet --replicate-columns Metadata_cpd --operation modz
-    phenovec process batch harmony INPUT -o OUT.parquet --set vars_use=[Metadata_Plate] --set n_components=50 \\
+    phenovec process batch harmony INPUT -o OUT.parquet --set "vars_use=[Metadata_Plate]" --set n_components=50 \\
         --save-fit harmony.npz                                  (then: batch harmony NEW -o NEW_OUT --fit harmony.npz)
 
 Inputs: anything :func:`phenovec.io.profiles.read_table` reads (CSV, Parquet, AnnData .h5ad / .zarr, phenovec's
