@@ -128,7 +128,8 @@ def test_mapping_refusals_name_the_problem():
         ref.map(x_q, nan, "Metadata_Plate")
     with pytest.raises(KeyError, match="'Metadata_Well' is not a column"):
         ref.map(x_q, meta_q, "Metadata_Well")
-    with pytest.raises(ValueError, match=r"one per batch level \(2\); got 3 values"):
+    with pytest.raises(ValueError, match=r"lamb must be one number, one per batch variable \(1\), or one per batch "
+                                         r"\(2\); got shape \(3,\)"):
         ref.map(x_q, meta_q, "Metadata_Plate", lamb=[1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="not negative"):
         ref.map(x_q, meta_q, "Metadata_Plate", lamb=-1.0)
@@ -137,6 +138,15 @@ def test_mapping_refusals_name_the_problem():
         ref.map(x_q, meta_q, ["Metadata_Plate", "Metadata_Site"], lamb=0.0)
     with pytest.raises(ValueError, match="one value per cluster"):
         HarmonyReference(ref.cluster_sums, ref.cluster_weights[:-1], ref.sigma)
+    sums = ref.cluster_sums.copy()
+    sums[1, 2] = np.nan
+    with pytest.raises(ValueError, match="cluster_sums must be finite"):
+        HarmonyReference(sums, ref.cluster_weights, ref.sigma)
+    sums[1] = 0.0
+    with pytest.raises(ValueError, match="reference cluster 1 has no weight or a zero centroid"):
+        HarmonyReference(sums, ref.cluster_weights, ref.sigma)
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        HarmonyReference(ref.cluster_sums, ref.cluster_weights, 0.0)
 
 
 def _table(x, meta):

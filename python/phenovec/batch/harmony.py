@@ -106,7 +106,7 @@ def _label_codes(values, name: str) -> tuple[np.ndarray, list]:
     return np.asarray(codes, dtype=np.int64), list(uniques)
 
 
-def _numbers(values, name: str) -> np.ndarray:
+def _numbers(values, name: str, dtype=np.float32) -> np.ndarray:
     try:
         a = np.asarray(values)
         if a.dtype.kind == "O":
@@ -117,12 +117,13 @@ def _numbers(values, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a number or a sequence of numbers, not {a.dtype}")
     if a.ndim > 1 and a.size == max(a.shape):
         a = a.reshape(-1)
-    return a.astype(np.float32)
+    return a.astype(dtype)
 
 
-def _per_batch(values, phi_n: np.ndarray, name: str, other: str | None = None) -> np.ndarray:
-    """One float32 per batch from one number, one per variable or one per batch (harmonypy's ``_per_batch``)."""
-    v = _numbers(values, name)
+def _per_batch(values, phi_n: np.ndarray, name: str, other: str | None = None, dtype=np.float32) -> np.ndarray:
+    """One value per batch from one number, one per variable or one per batch (harmonypy's ``_per_batch``; float32
+    as there, or ``dtype``)."""
+    v = _numbers(values, name, dtype)
     if v.ndim == 0:
         return np.repeat(v, int(phi_n.sum()))
     if v.ndim == 1 and len(v) == len(phi_n):
@@ -470,21 +471,15 @@ def run_harmony(
                 device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
                 float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
                 _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids)
-        state["labels"] = labels
-        state["vars_use"] = vars_use
-        state["sigma"] = sigma32
-        return Harmony(state)
-    with _threads(ncores, n):
-        state = _on_stack_for(
-            nclust, _harmonize,
-            kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
-            float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
-            _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids, bool(verbose),
-        )
-    state["labels"] = labels
-    state["vars_use"] = vars_use
-    state["sigma"] = sigma32
-    return Harmony(state)
+    else:
+        with _threads(ncores, n):
+            state = _on_stack_for(
+                nclust, _harmonize,
+                kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
+                float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
+                _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids, bool(verbose),
+            )
+    return Harmony({**state, "labels": labels, "vars_use": vars_use, "sigma": sigma32})
 
 
 #: lead runs (a block's cells of one batch of the first variable) shorter than this on average are reassigned packed

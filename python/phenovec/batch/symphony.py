@@ -228,21 +228,10 @@ def _query_batches(meta_data, vars_use, n: int) -> tuple[np.ndarray, list[int]]:
 
 
 def _penalties(lamb, n_levels: list[int]) -> np.ndarray:
-    """One float64 penalty per batch level: one number, one per variable, or one per level."""
-    total = int(sum(n_levels))
-    if lamb is None:
-        return np.ones(total)
-    try:
-        a = np.asarray(lamb, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise ValueError(f"lamb must be a number or a sequence of numbers, got {lamb!r}") from None
-    if a.size == 1:
-        a = np.repeat(a, total)
-    elif a.size == len(n_levels) and a.size != total:
-        a = np.repeat(a, n_levels)
-    elif a.size != total:
-        raise ValueError(f"lamb must be one number, one per batch variable ({len(n_levels)}) or one per batch level "
-                         f"({total}); got {a.size} values")
+    """One float64 penalty per batch level (1 by default): one number, one per variable, or one per level."""
+    from phenovec.batch.harmony import _per_batch
+
+    a = _per_batch(1.0 if lamb is None else lamb, np.asarray(n_levels), "lamb", dtype=np.float64)
     if not np.isfinite(a).all() or (a < 0).any():
         raise ValueError("lamb must be finite and not negative")
     return a

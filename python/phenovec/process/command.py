@@ -310,16 +310,14 @@ def _show_recipe(a) -> dict:
 
 def _run_batch(a) -> dict:
     """``phenovec process batch CORRECTION``: its arguments checked as a recipe's ``--set`` keys are."""
-    import inspect
+    from phenovec.batch import steps
+    from phenovec.process.recipe import Recipe, step_arguments
 
-    from phenovec.process.recipe import Recipe, _step_function
-
-    func = _step_function(a.correction)
-    if (a.fit or a.save_fit) and "fit" not in inspect.signature(func).parameters:
+    if (a.fit or a.save_fit) and "fit" not in step_arguments(a.correction):
         raise ValueError(f"{a.correction} has no fit to save or re-apply")
     recipe = Recipe.from_obj({"name": a.correction, "steps": [{a.correction: {}}]})
     kwargs = recipe.with_overrides([f"{a.correction}.{item}" for item in a.arguments]).steps[0][1]
-    return _fit_step(a, a.correction, kwargs, func=func)
+    return _fit_step(a, a.correction, kwargs, func=getattr(steps, a.correction))
 
 
 def _run_recipe(a) -> dict:
