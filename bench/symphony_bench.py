@@ -9,7 +9,12 @@ query has plates the reference has not seen (``--plates`` of them, plus 3 source
 Each repeat maps the query with symphonypy then phenovec (order alternating between repeats); the timings are
 wall-clock medians of the mapping alone. symphonypy's time includes its projection of the query onto the
 reference's loadings (here an identity, a ``d x d`` product). Check: max |Z_corr difference| / max |Z_corr|.
-Prints JSON.
+
+``--confidence`` also times Symphony's per-cell mapping metric once per query size (phenovec.batch.mapping_confidence:
+``ClusterSpread.fit`` on the reference, then ``distance``; symphonypy's ``per_cell_confidence``, its clusters'
+covariances computed afresh each repeat, on the same uncorrected reference coordinates), the peer only up to
+``--confidence-peer-max`` query cells: it holds K x n x d arrays (4 GB per copy at 100k x 50 PCs x 100 clusters).
+Check: max |metric difference| / max metric. Prints JSON.
 """
 from __future__ import annotations
 
@@ -40,6 +45,41 @@ def synthetic(n: int, d: int, n_plates: int, prefix: str, seed: int):
     return np.clip(x, -9.5, 9.5), meta  # symphonypy clips the query at +-10 before projecting it
 
 
+def confidence(sp, ref, q, h, x_ref, x_q, r_q, args) -> dict:
+    """Symphony's per-cell mapping metric: symphonypy's ``per_cell_confidence`` (``q``: its last mapped query)
+    against ``ClusterSpread.fit`` + ``distance`` (fit and score timed apart), alternating, medians."""
+    from phenovec.batch.mapping_confidence import ClusterSpread
+
+    n = len(x_q)
+    peer = n <= args.confidence_peer_max
+    times = {"symphonypy": [], "phenovec_fit": [], "phenovec_distance": []}
+    theirs = ours = None
+    for rep in range(args.repeats):
+        order = ("symphonypy", "phenovec") if rep % 2 == 0 else ("phenovec", "symphonypy")
+        for who in order:
+            if who == "symphonypy" and peer:
+                for cached in ("inv_cluster_covs", "cluster_centers"):
+                    ref.uns["harmony"].pop(cached, None)
+                t = time.perf_counter()
+                sp.tl.per_cell_confidence(q, ref, ref_basis_adjusted="X_pca")
+                times[who].append(time.perf_counter() - t)
+                theirs = q.obs["symphony_per_cell_dist"].to_numpy()
+            elif who == "phenovec":
+                t = time.perf_counter()
+                spread = ClusterSpread.fit(x_ref, h.R)
+                t1 = time.perf_counter()
+                ours = spread.distance(x_q, r_q)
+                times["phenovec_fit"].append(t1 - t)
+                times["phenovec_distance"].append(time.perf_counter() - t1)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    total = med["phenovec_fit"] + med["phenovec_distance"]
+    return {"confidence_query_cells": n, "symphonypy_s": med.get("symphonypy"), "phenovec_fit_s": med["phenovec_fit"],
+            "phenovec_distance_s": med["phenovec_distance"], "phenovec_s": total,
+            "speedup": med["symphonypy"] / total if peer else None,
+            "metric_max_rel_diff": float(np.abs(ours - theirs).max() / np.abs(theirs).max()) if peer else None,
+            "all_s": times}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=int, default=20000)
@@ -47,6 +87,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--pcs", type=int, default=50)
     ap.add_argument("--plates", type=int, nargs="+", default=[24, 384])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--confidence", action="store_true", help="also time the per-cell mapping metric")
+    ap.add_argument("--confidence-peer-max", type=int, default=20000)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -98,6 +140,10 @@ def main(argv=None) -> dict:
                    "phenovec_s": med["phenovec"], "speedup": med["symphonypy"] / med["phenovec"],
                    "z_corr_max_rel_diff": check, "all_s": times}
             results["runs"].append(run)
+            print(json.dumps({k: v for k, v in run.items() if k != "all_s"}), flush=True)
+        if args.confidence:
+            run = confidence(sp, ref, q, h, x_ref, x_q, reference.map(x_q, meta_q, key).R, args)
+            results.setdefault("confidence", []).append(run)
             print(json.dumps({k: v for k, v in run.items() if k != "all_s"}), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -210,21 +210,31 @@ def test_harmony_step_fit_in_a_recipe(tmp_path):
     pd.testing.assert_frame_equal(out.reset_index(drop=True), direct.reset_index(drop=True))
 
 
+def cli_fit_then_map(tmp_path, n_ref, n_query, d, *sets):
+    """A reference table (4 plates) and a query table of new plates (2) written as CSV; ``phenovec process batch
+    harmony`` fitted on the first (``--set`` each of ``sets``, ``--save-fit``, output ref.parquet), then mapping the
+    second (``--fit``, output q.parquet). Returns the two CSVs' paths and the fit's."""
+    from phenovec.cli import main
+
+    x_ref, meta_ref = _cells(n_ref, d=d, seed=0)
+    x_q, meta_q = _cells(n_query, d=d, n_plates=2, plate_prefix="Q", seed=1)
+    ref_csv, q_csv, fit_path = tmp_path / "ref.csv", tmp_path / "query.csv", tmp_path / "harmony.npz"
+    _table(x_ref, meta_ref).to_csv(ref_csv, index=False)
+    _table(x_q, meta_q).to_csv(q_csv, index=False)
+    args = [a for kv in sets for a in ("--set", kv)]
+    assert main(["process", "batch", "harmony", str(ref_csv), "-o", str(tmp_path / "ref.parquet"), *args,
+                 "--save-fit", str(fit_path)]) == 0
+    assert main(["process", "batch", "harmony", str(q_csv), "-o", str(tmp_path / "q.parquet"),
+                 "--fit", str(fit_path)]) == 0
+    return ref_csv, q_csv, fit_path
+
+
 def test_cli_batch_saves_a_fit_and_maps_new_plates_onto_it(tmp_path, capsys):
     """``phenovec process batch harmony``: fit with --set arguments and --save-fit, then --fit maps a new table;
     both equal the Python calls. Unknown arguments and a fit for a step without one are refused."""
     from phenovec.cli import main
 
-    x_ref, meta_ref = _cells(500, d=6, seed=0)
-    x_q, meta_q = _cells(200, d=6, n_plates=2, plate_prefix="Q", seed=1)
-    ref_csv, q_csv = tmp_path / "ref.csv", tmp_path / "query.csv"
-    _table(x_ref, meta_ref).to_csv(ref_csv, index=False)
-    _table(x_q, meta_q).to_csv(q_csv, index=False)
-    fit_path = tmp_path / "harmony.npz"
-    assert main(["process", "batch", "harmony", str(ref_csv), "-o", str(tmp_path / "ref.parquet"), "--set",
-                 "vars_use=[Metadata_Plate]", "--set", "nclust=10", "--save-fit", str(fit_path)]) == 0
-    assert main(["process", "batch", "harmony", str(q_csv), "-o", str(tmp_path / "q.parquet"),
-                 "--fit", str(fit_path)]) == 0
+    ref_csv, q_csv, _ = cli_fit_then_map(tmp_path, 500, 200, 6, "vars_use=[Metadata_Plate]", "nclust=10")
     ref_table, q_table = pd.read_csv(ref_csv), pd.read_csv(q_csv)
     corrected, fit = harmony(ref_table, vars_use=["Metadata_Plate"], nclust=10, return_fit=True)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ref.parquet"), corrected)

@@ -22,6 +22,10 @@ from phenovec.batch.fit_record import BatchFit, as_fit
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 
 
+#: the harmony step's column of Symphony's per-cell mapping metric (``mapping_confidence``)
+MAPPING_DISTANCE = "Metadata_mapping_distance"
+
+
 def _load(profiles) -> pd.DataFrame:
     if isinstance(profiles, pd.DataFrame):
         return profiles
@@ -50,6 +54,13 @@ def _finish(df, feats, meta, out: np.ndarray, names, fit, return_fit, output_fil
         write_profiles(result, output_file, output_type=output_type, features=list(names))
         result = str(output_file)
     return (result, fit) if return_fit else result
+
+
+def _with_column(df, meta, name, values):
+    """``df`` with the metadata column ``name`` set (replaced if there) and ``meta`` listing it."""
+    df = df.copy()
+    df[name] = values
+    return df, list(meta) + ([name] if name not in set(meta) else [])
 
 
 def _finite(x, feats, index, step):
@@ -86,6 +97,7 @@ def harmony(
     random_state: int = 0,
     ncores: int = 0,
     device: str | None = None,
+    mapping_confidence: bool | None = None,
     fit=None,
     image_features: bool = False,
     return_fit: bool = False,
@@ -99,10 +111,18 @@ def harmony(
     The fit is a Symphony reference (:mod:`phenovec.batch.symphony`): with ``fit=``, the profiles are not corrected
     by a new Harmony run but mapped onto the fitted one (its features, its PCA if any, its batch variables unless
     ``vars_use`` names others; ``lamb``: the query's ridge penalty, default 1), so new plates join a corrected set
-    without changing it."""
+    without changing it.
+
+    ``mapping_confidence=True`` also keeps each cluster's spread in the fit and adds Symphony's per-cell mapping
+    metric (:mod:`phenovec.batch.mapping_confidence`) as a ``Metadata_mapping_distance`` column: on the reference's
+    rows when fitting (the distribution to read new plates against), on the mapped rows when re-applying. Default
+    (None): off when fitting; when re-applying, on if the fit kept the spread."""
     from phenovec.batch.harmony import run_harmony
+    from phenovec.batch.mapping_confidence import ClusterSpread
     from phenovec.batch.symphony import HarmonyReference
 
+    if mapping_confidence is not None and not isinstance(mapping_confidence, (bool, np.bool_)):
+        raise ValueError(f"mapping_confidence must be true or false, got {mapping_confidence!r}")
     df = _load(profiles)
     if fit is not None:
         fit = as_fit(fit, "harmony")
@@ -111,6 +131,11 @@ def harmony(
             raise ValueError(f"this harmony fit has no Symphony reference ({', '.join(missing)} missing): fit it "
                              "again with this version to map new profiles onto it")
         vars_use = fit.params["vars_use"] if vars_use is None else vars_use
+        has_spread = "spread_covariances" in fit.arrays
+        if mapping_confidence and not has_spread:
+            raise ValueError("mapping_confidence needs the clusters' spread, which this harmony fit did not keep: "
+                             "fit it with mapping_confidence=True")
+        mapping_confidence = has_spread if mapping_confidence is None else bool(mapping_confidence)
     vars_use = ["Metadata_Plate"] if vars_use is None else [vars_use] if isinstance(vars_use, str) else list(vars_use)
     check_columns(df, vars_use, "vars_use")
     if fit is not None:
@@ -126,6 +151,9 @@ def harmony(
             names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
         reference = HarmonyReference(fit.arrays["cluster_sums"], fit.arrays["cluster_weights"], fit.arrays["sigma"])
         mapped = reference.map(x, df[vars_use], vars_use, lamb=lamb)  # errors name the table's row labels
+        if mapping_confidence:
+            spread = ClusterSpread(fit.arrays["spread_means"], fit.arrays["spread_covariances"])
+            df, meta = _with_column(df, meta, MAPPING_DISTANCE, spread.distance(x, mapped.R))
         return _finish(df, feats, meta, mapped.Z_corr, names, fit, return_fit, output_file)
     pca_arrays = {}
     if n_components is not None:
@@ -140,11 +168,17 @@ def harmony(
                     epsilon_cluster=epsilon_cluster, epsilon_harmony=epsilon_harmony, random_state=random_state,
                     ncores=ncores, device=device)
     reference = h.reference()
+    spread_arrays = {}
+    if mapping_confidence:
+        spread = ClusterSpread.fit(x, h.R)
+        spread_arrays = {"spread_means": spread.means, "spread_covariances": spread.covariances}
+        df, meta = _with_column(df, meta, MAPPING_DISTANCE, spread.distance(x, h.R))
     fit = BatchFit("harmony", {"features": feats, "vars_use": vars_use, "n_components": n_components,
                                "random_state": random_state, "objective_harmony": h.objective_harmony,
                                "kmeans_rounds": h.kmeans_rounds},
                    {"centroids": h.Y.T, "cluster_sums": reference.cluster_sums,
-                    "cluster_weights": reference.cluster_weights, "sigma": reference.sigma, **pca_arrays})
+                    "cluster_weights": reference.cluster_weights, "sigma": reference.sigma, **pca_arrays,
+                    **spread_arrays})
     return _finish(df, feats, meta, h.Z_corr, names, fit, return_fit, output_file)
 
 
