@@ -115,8 +115,8 @@ def harmony(
 
     ``mapping_confidence=True`` also keeps each cluster's spread in the fit and adds Symphony's per-cell mapping
     metric (:mod:`phenovec.batch.mapping_confidence`) as a ``Metadata_mapping_distance`` column: on the reference's
-    rows when fitting (the distribution to read new plates against), on the mapped rows when re-applying. Default
-    (None): off when fitting; when re-applying, on if the fit kept the spread."""
+    rows when fitting (scored in sample, so they run low), on the mapped rows when re-applying. Default (None): off
+    when fitting; when re-applying, on if the fit kept the spread."""
     from phenovec.batch.harmony import run_harmony
     from phenovec.batch.mapping_confidence import ClusterSpread
     from phenovec.batch.symphony import HarmonyReference

@@ -117,6 +117,9 @@ def build_report(
         t0 = time.perf_counter()
         res.batch_effects = integration(inp, compare, seed=seed, notes=res.notes)
         timings["batch_effects"] = round(time.perf_counter() - t0, 4)
+    from phenovec.report.mapping import mapping_section
+
+    res.mapping = mapping_section(inp)  # only with the harmony step's Metadata_mapping_distance column
     if moaprofiler:
         from phenovec.report.moaprofiler import moaprofiler_section
 

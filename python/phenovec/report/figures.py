@@ -297,9 +297,11 @@ def all_figures(r: ReportMetrics) -> list[Figure]:
     makers = (replicate_map_figure, moa_map_figure, enrichment_figure, precision_recall_figure, hit_at_k_figure,
               pca_views_figure, umap_views_figure, training_curve_figure, gallery_figure, qc_figure, assay_figure)
     from phenovec.report.batch_effects import batch_effects_figure
+    from phenovec.report.mapping import mapping_figures
     from phenovec.activity.report_section import activity_figures
     from phenovec.report.moaprofiler import moaprofiler_figures
 
     return [f for f in (mk(r) for mk in makers) if f is not None] + gradcam_figures(r) + \
-        [f for f in (batch_effects_figure(r.batch_effects),) if f is not None] + moaprofiler_figures(r.moaprofiler) \
+        [f for f in (batch_effects_figure(r.batch_effects),) if f is not None] + mapping_figures(r.mapping) \
+        + moaprofiler_figures(r.moaprofiler) \
         + activity_figures(r.activity)

@@ -254,6 +254,7 @@ def _moaprofiler_section(r: ReportMetrics, figure: str) -> str:
 def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: str = "phenovec report") -> str:
     """The whole page as a string (see the module docstring)."""
     from phenovec.activity.report_section import activity_section_html
+    from phenovec.report.mapping import mapping_section_html
 
     figs = {f.key: _figure(f) for f in figures}
 
@@ -313,6 +314,7 @@ def render_html(r: ReportMetrics, figures: list[Figure], numbers: dict, title: s
         ("<h2>Training</h2>" + figs_of("training_curve")) if "training_curve" in figs else "",
         _assay_section(r, figs_of("assays")),
         _batch_section(r, figs_of("batch_effects")),
+        mapping_section_html(r.mapping, figs_of("mapping_distance")),
         _moaprofiler_section(r, figs_of(*[k for k in figs if k.startswith("moaprofiler_")])),
         activity_section_html(r.activity, figs_of(*[k for k in figs if k.startswith("activity_")])),
         ("<h2>Quality control</h2>" + "".join(qc_parts)) if qc_parts else "",

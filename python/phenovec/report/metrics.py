@@ -68,6 +68,7 @@ class ReportMetrics:
     qc_wells: pd.DataFrame | None = None
     qc_flagged: pd.DataFrame | None = None
     batch_effects: Any = None  # phenovec.report.batch_effects.BatchEffects or None
+    mapping: Any = None  # phenovec.report.mapping.MappingSection or None
     moaprofiler: Any = None  # phenovec.report.moaprofiler.MoaProfilerSection or None
     activity: Any = None  # phenovec.activity.report_section.ActivitySection or None
 

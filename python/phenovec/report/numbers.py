@@ -17,6 +17,8 @@ Layout (``schema`` = ``phenovec.report/1``)::
     qc:             {cells_per_well: [...], flagged_wells: [...], edge: {inside: n, ...}} or null
     training:       the training run's per-epoch table or null; dataset: its name or null
     batch_effects:  {wells, plates, labels, methods, scaled, scores: [...], metrics: [...]} or null
+    mapping:        {column, per_plate: [...], top: [...]} (profiles mapped with the harmony step's
+                    mapping_confidence) or null
     moaprofiler:    {wells, moas, compounds, summary, delta_per_moa, groups, knn, enrichment, holdout} or null
     activity:       {source, auroc: [{learner, M, tasks, auroc}], wilcoxon: [{M, learner, versus, tasks, p}]} or null
 
@@ -71,6 +73,7 @@ def _map_block(table: pd.DataFrame | None, key: str):
 def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
     """The JSON document (see the module docstring), already cleaned."""
     from phenovec.activity.report_section import activity_numbers
+    from phenovec.report.mapping import mapping_numbers
 
     doc = {
         "schema": SCHEMA,
@@ -102,6 +105,7 @@ def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
             "wells": r.batch_effects.wells, "plates": r.batch_effects.plates, "labels": r.batch_effects.labels,
             "methods": r.batch_effects.methods, "scaled": r.batch_effects.scaled,
             "scores": r.batch_effects.scores, "metrics": r.batch_effects.table},
+        "mapping": mapping_numbers(r.mapping),
         "moaprofiler": None if r.moaprofiler is None else {
             "wells": r.moaprofiler.wells, "moas": r.moaprofiler.moas, "compounds": r.moaprofiler.compounds,
             "summary": r.moaprofiler.summary, "delta_per_moa": r.moaprofiler.delta_per_moa,

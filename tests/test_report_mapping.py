@@ -1,0 +1,71 @@
+"""The report's mapping section (phenovec.report.mapping): wells mapped onto a Harmony fit with the harmony step's
+mapping_confidence, read within their plate."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from phenovec.report import build_report
+from phenovec.report.mapping import COLUMN, TOP
+from test_report import NULL, _strict_json, synthetic
+
+
+def _mapped(seed=0):
+    """The synthetic report table with a mapping distance: plate P2 offset (all its wells x 5, so its ordinary
+    wells are further than P1's far ones), one treatment far from the reference (x 4 its plate's controls)."""
+    df = synthetic(seed=seed)
+    rng = np.random.default_rng(seed)
+    dist = rng.uniform(2.0, 3.0, len(df)) * np.where(df["Metadata_Plate"] == "P2", 5.0, 1.0)
+    far = (df["Metadata_Treatment"] == "moa1-t0").to_numpy()
+    dist[far] *= 4.0
+    df.insert(4, COLUMN, dist)
+    return df, far
+
+
+def test_section_reads_distances_within_each_plate(tmp_path):
+    df, far = _mapped()
+    paths = build_report(df, tmp_path / "rep", null_size=NULL, batch_effects=False)
+    doc = _strict_json(paths.json)
+    sec = doc["mapping"]
+    assert sec["column"] == COLUMN
+    plates = {r["plate"]: r for r in sec["per_plate"]}
+    for p in ("P1", "P2"):
+        g = df[df["Metadata_Plate"] == p]
+        base = g.loc[g["Metadata_Control"], COLUMN].median()
+        assert plates[p]["baseline_distance"] == pytest.approx(base, rel=1e-12)
+        assert plates[p]["controls"] == 4 and plates[p]["wells"] == len(g)
+        treated = g.loc[~g["Metadata_Control"], COLUMN]
+        assert plates[p]["treated_over_2x"] == int((treated > 2 * base).sum())
+    # the far treatment's wells lead the list on both plates, although P2's offset raises every P2 distance
+    top = sec["top"]
+    assert len(top) == TOP
+    assert {r["treatment"] for r in top[:int(far.sum())]} == {"moa1-t0"}
+    assert {r["plate"] for r in top[:int(far.sum())]} == {"P1", "P2"}
+    for r in top:
+        g = df[df["Metadata_Plate"] == r["plate"]]
+        assert r["ratio"] == pytest.approx(r["distance"] / g.loc[g["Metadata_Control"], COLUMN].median(), rel=1e-12)
+    page = paths.html.read_text()
+    assert "Mapping onto the reference" in page and "mapping_distance" in doc["figures"]
+    # the distance is metadata: the profiles' features (and so every other metric) are unchanged
+    plain = _strict_json(build_report(df.drop(columns=COLUMN), tmp_path / "plain", null_size=NULL,
+                                      batch_effects=False).json)
+    assert plain["mapping"] is None and "mapping_distance" not in plain["figures"]
+    assert plain["replicate_map"] == doc["replicate_map"]
+
+
+def test_plate_without_controls_and_bad_distances(tmp_path):
+    df, _ = _mapped(seed=1)
+    df = df[~((df["Metadata_Plate"] == "P2") & df["Metadata_Control"])].reset_index(drop=True)
+    sec = _strict_json(build_report(df, tmp_path / "rep", null_size=NULL, batch_effects=False).json)["mapping"]
+    p2 = {r["plate"]: r for r in sec["per_plate"]}["P2"]
+    assert p2["controls"] == 0 and p2["baseline"] == "all wells' median (no controls)"
+    assert p2["baseline_distance"] == pytest.approx(df.loc[df["Metadata_Plate"] == "P2", COLUMN].median())
+    bad = df.astype({COLUMN: object})
+    bad.loc[7, COLUMN] = "n/a"
+    with pytest.raises(ValueError, match=f"{COLUMN} is 'n/a' at row 7"):
+        build_report(bad, tmp_path / "bad", null_size=NULL, batch_effects=False)
+
+
+def test_column_is_the_harmony_steps():
+    from phenovec.batch.steps import MAPPING_DISTANCE
+
+    assert COLUMN == MAPPING_DISTANCE
