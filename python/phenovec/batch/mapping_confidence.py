@@ -93,7 +93,9 @@ class ClusterSpread:
             j = int(lone[0])
             raise ValueError(f"reference cluster {j} has its weight ({v1[j]:.3g}) on a single cell: its covariance "
                              "is undefined; fit fewer clusters")
-        center = z.mean(axis=0)  # moments about the data's centre: no cancellation in the subtraction below
+        # moments about the data's centre: the subtraction below then loses digits only in proportion to
+        # (|m_k - centre| / the cluster's narrowest spread)^2, not to the coordinates' offset from 0
+        center = z.mean(axis=0)
         moments = np.zeros((k, d * (d + 1) // 2))
         for lo in range(0, n, ROWS_PER_BLOCK):
             hi = min(lo + ROWS_PER_BLOCK, n)

@@ -106,12 +106,12 @@ def mapping_section_html(sec: MappingSection | None, figures_html: str = "") -> 
 
     if sec is None:
         return ""
-    explain = ("These profiles were mapped onto a saved Harmony fit (Symphony), and each well's "
-               f"{COLUMN} says how far it landed from the reference clusters it was assigned to. The "
-               "distances are taken before the mapping's correction, so a plate's own offset raises all of its "
-               "wells: read them within a plate, over the plate's baseline (its control wells' median). A treated "
-               "well far above that baseline resembles nothing the reference holds: a new phenotype, or a failed "
-               "well.")
+    explain = (f"Each well's {COLUMN} (the harmony step's mapping_confidence: Symphony's per-cell mapping "
+               "metric) says how far it lies from the Harmony reference clusters it was assigned to. The distances "
+               "are taken before the mapping's correction, so a plate's own offset raises all of its wells: read "
+               "them within a plate, over the plate's baseline (its control wells' median). A treated well far "
+               "above that baseline resembles nothing the reference holds: a new phenotype, or a failed well. (On "
+               "the reference's own plates the distances are in sample and run low.)")
     return "".join(["<h2>Mapping onto the reference</h2>", f'<p class="explain">{html.escape(explain)}</p>',
                     table_html(sec.per_plate), figures_html,
                     f"<h3>Treated wells furthest from the reference (top {len(sec.top)}, by distance over their "
