@@ -68,7 +68,7 @@ def test_spread_refusals_name_the_problem():
         ClusterSpread.fit(x, r[:-1])
     bad = x.copy()
     bad[11, 3] = np.nan
-    with pytest.raises(ValueError, match="reference coordinates has a non-finite value in row 11, column 3"):
+    with pytest.raises(ValueError, match="the reference coordinates: value nan in row 11, column 3"):
         ClusterSpread.fit(bad, r)
     neg = r.copy()
     neg[9, 1] = -0.1

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from phenovec.batch.finite import require_finite
+
 #: a covariance whose smallest eigenvalue is below this fraction of its largest is refused as singular: its
 #: Mahalanobis distances would be rounding errors
 MIN_CONDITION = 1e-12
@@ -174,7 +176,5 @@ def _matrix(a, what: str) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)  # read only: no copy of a float64 input
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{what} must be a non-empty 2-D array, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        row, col = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{what} has a non-finite value in row {int(row)}, column {int(col)}")
+    require_finite(a, what)
     return a

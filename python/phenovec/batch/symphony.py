@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from phenovec.batch.finite import require_finite
+
 #: query rows assigned at a time (their K logits stay in cache)
 ROWS_PER_BLOCK = 8192
 
@@ -199,9 +201,7 @@ def _query_matrix(data_mat, d: int) -> np.ndarray:
         raise ValueError(f"the query must be n x {d} (the reference's coordinates), got shape {x.shape}")
     if x.shape[0] == 0:
         raise ValueError("the query has no rows")
-    if not np.isfinite(x).all():
-        row, col = np.argwhere(~np.isfinite(x))[0]
-        raise ValueError(f"the query has a non-finite value in row {int(row)}, column {int(col)}")
+    require_finite(x, "the query")
     return x
 
 
