@@ -85,19 +85,20 @@ def mapping_figures(sec: MappingSection | None) -> list:
     for i, p in enumerate(plates):
         g = sec.wells[sec.wells["plate"] == p]
         for is_control, colour, label in ((True, "0.6", "controls"), (False, "tab:blue", "treated")):
-            v = g.loc[g["control"] == is_control, "ratio"].to_numpy()
+            v = np.maximum(g.loc[g["control"] == is_control, "ratio"].to_numpy(), 1e-2)  # > 0 on the log axis
             ax.scatter(i + jitter.uniform(-0.25, 0.25, len(v)), v, s=9, color=colour, alpha=0.8,
                        label=label if i == 0 else None, zorder=1 if is_control else 2)
     ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
     ax.axhline(2.0, color="tab:red", lw=0.8, ls="--", label="2 x baseline")
     ax.set_xticks(range(len(plates)), plates, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("distance / plate baseline")
+    ax.set_yscale("log")  # one failed well at 100x must not flatten the rest
+    ax.set_ylabel("distance / plate baseline (log)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return [Figure("mapping_distance", "Mapping onto the reference: distance per plate",
                    "Symphony's per-cell mapping metric of each well (a Mahalanobis distance to the reference "
-                   "clusters it was assigned to), over its plate's control median: wells far above their plate's "
-                   "controls resemble nothing in the reference.", png_bytes(fig))]
+                   "clusters it was assigned to), over its plate's control median, on a log scale: wells far above "
+                   "their plate's controls resemble nothing in the reference.", png_bytes(fig))]
 
 
 def mapping_section_html(sec: MappingSection | None, figures_html: str = "") -> str:
