@@ -28,16 +28,23 @@ import pandas as pd
 from integration_real import bbbc021, cell_injury, clean, markdown
 
 
-def leave_one_out(df: pd.DataFrame, label: str, pcs: int) -> pd.DataFrame:
-    from sklearn.metrics import roc_auc_score
-
-    from phenovec.batch import harmony
-    from phenovec.batch.steps import MAPPING_DISTANCE
+def normalised_halves(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The wells normalised per plate to their controls, and which of them are on every other plate (sorted by
+    name): the plates to map."""
     from phenovec.process import normalize
 
     norm = clean(normalize(df, samples="Metadata_control == True", method="standardize", by="Metadata_Plate"))
     plates = sorted(norm["Metadata_Plate"].unique())
-    new = norm["Metadata_Plate"].isin(plates[1::2]).to_numpy()
+    return norm, norm["Metadata_Plate"].isin(plates[1::2]).to_numpy()
+
+
+def leave_one_out(df: pd.DataFrame, label: str, pcs: int) -> pd.DataFrame:
+    from sklearn.metrics import roc_auc_score
+
+    from phenovec.batch import harmony
+    from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
+
+    norm, new = normalised_halves(df)
     rows = []
     for held in sorted(norm.loc[~norm["Metadata_control"], label].unique()):
         ref = norm[~new & (norm[label] != held).to_numpy()]
@@ -60,13 +67,9 @@ def leave_one_out(df: pd.DataFrame, label: str, pcs: int) -> pd.DataFrame:
 def mapped_report(out: str, pcs: int) -> dict:
     """BBBC021's odd plates mapped onto a fit of its even plates (every class), reported with ``build_report``."""
     from phenovec.batch import harmony
-    from phenovec.process import normalize
     from phenovec.report import build_report
 
-    df = clean(bbbc021())
-    norm = clean(normalize(df, samples="Metadata_control == True", method="standardize", by="Metadata_Plate"))
-    plates = sorted(norm["Metadata_Plate"].unique())
-    new = norm["Metadata_Plate"].isin(plates[1::2]).to_numpy()
+    norm, new = normalised_halves(clean(bbbc021()))
     _, fit = harmony(norm[~new], vars_use="Metadata_Plate", n_components=pcs, random_state=0,
                      mapping_confidence=True, return_fit=True)
     mapped = harmony(norm[new], fit=fit)

@@ -11,7 +11,7 @@ import pytest
 from phenovec.batch import harmony
 from phenovec.batch.harmony import run_harmony
 from phenovec.batch.mapping_confidence import ClusterSpread
-from phenovec.batch.steps import MAPPING_DISTANCE
+from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
 from test_batch_symphony import _cells, _symphonypy, _table, cli_fit_then_map
 
 logging.getLogger("harmonypy").setLevel(logging.WARNING)

@@ -63,9 +63,8 @@ def test_plate_without_controls_and_bad_distances(tmp_path):
     bad.loc[7, COLUMN] = "n/a"
     with pytest.raises(ValueError, match=f"{COLUMN} is 'n/a' at row 7"):
         build_report(bad, tmp_path / "bad", null_size=NULL, batch_effects=False)
+    negative = df.copy()
+    negative.loc[3, COLUMN] = -0.5
+    with pytest.raises(ValueError, match=f"{COLUMN} is -0.5 at row 3: .* finite number >= 0"):
+        build_report(negative, tmp_path / "neg", null_size=NULL, batch_effects=False)
 
-
-def test_column_is_the_harmony_steps():
-    from phenovec.batch.steps import MAPPING_DISTANCE
-
-    assert COLUMN == MAPPING_DISTANCE

@@ -34,6 +34,8 @@ import numpy as np
 
 from phenovec.batch.finite import require_finite
 
+#: the profile-table column of the metric (the ``harmony`` step's ``mapping_confidence``; the report reads it)
+MAPPING_DISTANCE = "Metadata_mapping_distance"
 #: a covariance whose smallest eigenvalue is below this fraction of its largest is refused as singular: its
 #: Mahalanobis distances would be rounding errors
 MIN_CONDITION = 1e-12
@@ -49,7 +51,7 @@ class ClusterSpread:
 
     means: np.ndarray
     covariances: np.ndarray
-    _whiteners: np.ndarray = field(init=False, repr=False, compare=False)
+    _inverses: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         m = np.asarray(self.means, dtype=np.float64)
@@ -71,9 +73,10 @@ class ClusterSpread:
                              f"eigenvalue {eigenvalues[j, 0] / max(abs(eigenvalues[j, -1]), 1e-300):.2g}): its cells "
                              f"span fewer than the {d} dimensions; score fewer components or fit fewer clusters")
         whiteners = np.linalg.inv(np.linalg.cholesky(c))  # S^-1 = W^T W with W = L^-1 (lower triangular)
+        inverses = np.einsum("kji,kjl->kil", whiteners, whiteners)
         object.__setattr__(self, "means", m)
         object.__setattr__(self, "covariances", c)
-        object.__setattr__(self, "_whiteners", whiteners)
+        object.__setattr__(self, "_inverses", inverses)
 
     @classmethod
     def fit(cls, z, r) -> "ClusterSpread":
@@ -127,9 +130,8 @@ class ClusterSpread:
         # of the rows' pairwise products with every cluster's packed A, one of the rows with every A m'
         center = self.means.mean(axis=0)
         m = self.means - center
-        inverse = np.einsum("kji,kjl->kil", self._whiteners, self._whiteners)  # S^-1 = W^T W
-        packed = _pack(inverse)
-        am = np.einsum("kij,kj->ki", inverse, m)
+        packed = _pack(self._inverses)
+        am = np.einsum("kij,kj->ki", self._inverses, m)
         mam = np.einsum("ki,ki->k", am, m)
         out = np.empty(x.shape[0])
         for lo in range(0, x.shape[0], ROWS_PER_BLOCK):

@@ -19,11 +19,8 @@ import pandas as pd
 
 from phenovec.batch.finite import require_finite
 from phenovec.batch.fit_record import BatchFit, as_fit
+from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
-
-
-#: the harmony step's column of Symphony's per-cell mapping metric (``mapping_confidence``)
-MAPPING_DISTANCE = "Metadata_mapping_distance"
 
 
 def _load(profiles) -> pd.DataFrame:

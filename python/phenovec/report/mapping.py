@@ -18,11 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from phenovec.batch.mapping_confidence import MAPPING_DISTANCE as COLUMN
 from phenovec.report.inputs import ReportInput
 
-#: the column the harmony step writes (``phenovec.batch.steps.MAPPING_DISTANCE``; repeated here so that reading a
-#: report does not import the batch package; a test checks they are the same)
-COLUMN = "Metadata_mapping_distance"
 #: treated wells listed as furthest from the reference
 TOP = 15
 
@@ -45,7 +43,9 @@ def mapping_section(inp: ReportInput) -> MappingSection | None:
     bad = ~np.isfinite(dist) | (dist < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{inp.source}: {COLUMN} is {inp.meta[COLUMN].iloc[row]!r} at row {row}: the mapping "
+        value = inp.meta[COLUMN].iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value  # -0.5, not np.float64(-0.5)
+        raise ValueError(f"{inp.source}: {COLUMN} is {value!r} at row {row}: the mapping "
                          "distance must be a finite number >= 0")
     plate = inp.meta[inp.plate_column].astype(str).to_numpy()
     wells = pd.DataFrame({"plate": plate, "treatment": inp.meta[inp.treatment_column].astype(str).to_numpy(),
