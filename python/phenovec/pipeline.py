@@ -64,6 +64,7 @@ import yaml
 from phenovec.io.atomic import write_json_atomic
 from phenovec.io.digest import file_sha256
 from phenovec.io.config_schema import NONE_TYPE, ConfigError, merge_sections, suggest
+from phenovec.io.yaml_load import load_yaml
 
 STAGES = ("synth", "crop", "tiles", "train", "assays", "export", "profile", "process", "report")  # assays, tiles: presets
 TOP_KEYS = ("out", "preset", "synth", "model", "images", "crop", "tiles", "train", "export", "profile", "process",
@@ -223,7 +224,7 @@ def load_run_config(path_or_dict) -> dict:
         if not path.is_file():
             raise ConfigError(f"run configuration {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         source, base = str(path), path.parent.resolve()

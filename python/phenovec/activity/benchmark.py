@@ -151,9 +151,11 @@ class BenchmarkConfig:
     def from_file(cls, path: str | os.PathLike) -> "BenchmarkConfig":
         import yaml
 
+        from phenovec.io.yaml_load import load_yaml
+
         p = Path(path)
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+            raw = load_yaml(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{p}: no such benchmark configuration") from None
         except yaml.YAMLError as e:

@@ -1,6 +1,6 @@
 """``phenovec evaluate suite CONFIG.yaml``: several copairs rule sets from one similarity pass (``evaluate_many``).
 
-The configuration (YAML, read with ``yaml.safe_load``; nothing in it is executed: row filters are parsed by
+The configuration (YAML, read with :func:`phenovec.io.yaml_load.load_yaml`; nothing in it is executed: row filters are parsed by
 :mod:`phenovec.io.row_filter`)::
 
     profiles: profiles.parquet            # relative paths are relative to the configuration file
@@ -69,11 +69,13 @@ def read_suite(path) -> dict:
     """Parse and check a suite configuration; returns a plain dict (paths resolved against the file's folder)."""
     import yaml
 
+    from phenovec.io.yaml_load import load_yaml
+
     path = Path(path)
     if not path.is_file():
         raise SuiteConfigError(f"suite configuration {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise SuiteConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -80,6 +80,8 @@ def read_config_source(path_or_dict, overrides: dict | None = None):
 
     import yaml
 
+    from phenovec.io.yaml_load import load_yaml
+
     if isinstance(path_or_dict, dict):
         raw, source, base = copy.deepcopy(path_or_dict), "<config>", None
     else:
@@ -87,7 +89,7 @@ def read_config_source(path_or_dict, overrides: dict | None = None):
         if not path.is_file():
             raise ConfigError(f"training configuration {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         source, base = str(path), path.parent

@@ -23,7 +23,7 @@ the sorted files' bytes), the phenovec version and the shape after each step.
 Overrides (``Recipe.load(..., overrides=["normalize.method=robustize"])``, the CLI's ``--set``): ``STEP.ARGUMENT``
 for a step that occurs once, ``steps.N.ARGUMENT`` for the N-th step (1-based), deeper keys into a mapping
 argument (``consensus.modz_args.method``), or ``name`` / ``description``. The value is read with
-``yaml.safe_load`` (``1e-6`` a float, ``[a, b]`` a list, ``null`` None). A key that names no step, or an argument
+YAML (:func:`phenovec.io.yaml_load.load_yaml`: ``1e-6`` a float, ``[a, b]`` a list, ``null`` None). A key that names no step, or an argument
 the step's function does not take, is a ``ValueError`` naming the key. A step argument the recipe leaves ``null``
 but the step needs (``annotate``'s ``platemap``) is an error naming the key to set, before anything runs.
 """
@@ -34,7 +34,6 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ import pandas as pd
 # batch correction (phenovec.batch): Harmony, TVN and the JUMP profiling recipe's steps
 from phenovec.batch import STEPS as BATCH_STEPS
 from phenovec.io.row_filter import parse_filter
+from phenovec.io.yaml_load import load_yaml
 
 STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus",
               "moa_profiles") + BATCH_STEPS
@@ -140,7 +140,7 @@ class Recipe:
 
         p = recipe_path(path)
         try:
-            obj = yaml.safe_load(p.read_text())
+            obj = load_yaml(p.read_text())
         except yaml.YAMLError as e:
             raise ValueError(f"{p}: not valid YAML: {e}") from None
         try:
@@ -217,7 +217,6 @@ class Recipe:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _RUNNER_ARGUMENTS = ("profiles", "population_df", "output_file", "output_type", "return_fit")
 
 
@@ -238,11 +237,9 @@ def _parse_override(item) -> tuple[str, Any]:
     if not key:
         raise ValueError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
     except yaml.YAMLError as e:
         raise ValueError(f"--set {key}: the value {text!r} is not a YAML scalar or list: {e}") from None
-    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 (PyYAML) reads 1e-5 as a string; it is the number
     return key, value
 
 

@@ -88,12 +88,12 @@ COMMENTS = {
 
 
 def _parse_override(text: str) -> tuple[str, object]:
-    import yaml
+    from phenovec.io.yaml_load import load_yaml
 
     key, sep, value = text.partition("=")
     if not sep or "." not in key:
         raise ValueError(f"--set {text!r}: use section.key=value, e.g. train.epochs=3")
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), load_yaml(value)
 
 
 def _run_train(a) -> dict:
