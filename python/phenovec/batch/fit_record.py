@@ -22,6 +22,8 @@ class BatchFit:
     step: str
     params: dict
     arrays: dict = field(default_factory=dict)
+    #: where the fit came from (its file, once loaded), for error messages
+    source: str = field(default="the given fit", compare=False)
 
     def save(self, path: str | os.PathLike) -> Path:
         spec = {"format": FORMAT, "version": FORMAT_VERSION, "step": self.step, "params": self.params}
@@ -37,7 +39,28 @@ class BatchFit:
             raise ValueError(f"{path}: batch-correction fit version {spec.get('version')} is not supported")
         if step is not None and spec.get("step") != step:
             raise ValueError(f"{path} is a {spec.get('step')!r} fit, not a {step!r} fit")
-        return cls(spec["step"], spec["params"], dict(arrays))
+        if not isinstance(spec.get("params"), dict):
+            raise ValueError(f"{path}: batch-correction fit has no 'params' mapping")
+        return cls(spec["step"], spec["params"], dict(arrays), source=str(path))
+
+    def param(self, name: str):
+        """The recorded parameter ``name``; ``ValueError`` naming the fit's file when it is missing."""
+        if name not in self.params:
+            raise ValueError(f"{self.source}: this {self.step} fit records no {name!r}; fit it again")
+        return self.params[name]
+
+    def array(self, name: str, shape: tuple | None = None) -> np.ndarray:
+        """The array ``name``, checked against ``shape`` (a tuple; ``None`` entries take any length): ``ValueError``
+        naming the fit's file when it is missing or of another shape (a fit edited by hand, or saved for other
+        features), where the arithmetic would fail obscurely or, broadcasting, silently."""
+        if name not in self.arrays:
+            raise ValueError(f"{self.source}: this {self.step} fit has no array {name!r}; fit it again")
+        a = np.asarray(self.arrays[name])
+        if shape is not None and (a.ndim != len(shape) or any(w is not None and w != n for w, n in zip(shape, a.shape))):
+            want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
+            raise ValueError(f"{self.source}: the {self.step} fit's {name!r} has shape {a.shape}, expected {want} "
+                             f"for its {len(self.params.get('features', []))} features")
+        return a
 
 
 def as_fit(fit, step: str) -> BatchFit:

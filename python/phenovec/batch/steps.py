@@ -8,6 +8,11 @@ Row selections (``controls``, ``negcon``, ``background``, ``rows``) are filters 
 ``return_fit=True`` to also return theirs (``(table, fit)``); ``output_file`` writes the table as the process steps
 do. Harmony's fit is a Symphony reference (:mod:`phenovec.batch.symphony`): re-applied, it maps new profiles onto the
 fitted run instead of running Harmony again.
+
+Re-applying a fit takes the columns the fit recorded (its features, and its batch, well, count, arm or row-filter
+columns) unless the call names others; the arguments only fitting needs (``controls``, ``negcon``, ``background``)
+may then be left out. A fit's arrays are checked against its features before use: a fit edited by hand, or saved
+for other columns, is refused naming its file.
 """
 from __future__ import annotations
 
@@ -21,6 +26,25 @@ from phenovec.batch.finite import require_finite
 from phenovec.batch.fit_record import BatchFit, as_fit
 from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
+
+
+class _Default(str):
+    """A column argument left at its default: re-applying a fit, the column the fit recorded is used instead."""
+
+
+def _recorded(fit, name: str, value):
+    """``value``, or, re-applying ``fit`` with ``value`` left at its default, the fit's recorded ``name``."""
+    if fit is not None and isinstance(value, _Default) and name in fit.params:
+        return fit.params[name]
+    return value
+
+
+def _needed(value, name: str, step: str, example: str):
+    """``value``, which fitting ``step`` needs: ``ValueError`` saying how to give it when it is missing."""
+    if value is None:
+        raise ValueError(f"{step} needs {name} to fit: a row filter such as \"{example}\" (--set {name}=... on the "
+                         f"command line, {name}: ... in a recipe); or give a fit to re-apply")
+    return value
 
 
 def _load(profiles) -> pd.DataFrame:
@@ -43,6 +67,10 @@ def _finish(df, feats, meta, out: np.ndarray, names, fit, return_fit, output_fil
     passthrough = [c for c in df.columns if c not in set(feats) and c not in set(meta)
                    and str(c).startswith(("Image_", "ome_arrow_"))]
     kept = [c for c in df.columns if c not in set(feats) and c not in set(meta) and c not in set(passthrough)]
+    clash = [c for c in names if c in set(meta) | set(passthrough) | set(kept)]
+    if clash:
+        raise ValueError(f"the output column {clash[0]!r} is also a column of the input that is not a feature; "
+                         "rename or drop it, or name the features to correct with features=[...]")
     result = pd.concat([df.loc[:, meta], df.loc[:, passthrough], df.loc[:, kept],
                         pd.DataFrame(out, columns=list(names), index=df.index)], axis="columns")
     if output_file is not None:
@@ -68,7 +96,7 @@ def _prepare(df, step, fit, features, meta_features, image_features, exclude=(),
     """``(fit or None, features, metadata, feature matrix)``: with a fit, its features; else the inferred ones."""
     if fit is not None:
         fit = as_fit(fit, step)
-        feats, meta = _columns(df, fit.params["features"], meta_features, image_features)
+        feats, meta = _columns(df, fit.param("features"), meta_features, image_features)
     else:
         feats, meta = _columns(df, features, meta_features, image_features, exclude=exclude)
     x = numeric_features(df, feats, np.float64)
@@ -127,7 +155,7 @@ def harmony(
         if missing:
             raise ValueError(f"this harmony fit has no Symphony reference ({', '.join(missing)} missing): fit it "
                              "again with this version to map new profiles onto it")
-        vars_use = fit.params["vars_use"] if vars_use is None else vars_use
+        vars_use = fit.param("vars_use") if vars_use is None else vars_use
         has_spread = "spread_covariances" in fit.arrays
         if mapping_confidence and not has_spread:
             raise ValueError("mapping_confidence needs the clusters' spread, which this harmony fit did not keep: "
@@ -136,7 +164,7 @@ def harmony(
     vars_use = ["Metadata_Plate"] if vars_use is None else [vars_use] if isinstance(vars_use, str) else list(vars_use)
     check_columns(df, vars_use, "vars_use")
     if fit is not None:
-        feats, meta = _columns(df, fit.params["features"], meta_features, image_features)
+        feats, meta = _columns(df, fit.param("features"), meta_features, image_features)
     else:
         feats, meta = _columns(df, features, meta_features, image_features, exclude=vars_use)
     x = numeric_features(df, feats, np.float64)
@@ -144,7 +172,7 @@ def harmony(
     names = feats
     if fit is not None:
         if "pca_components" in fit.arrays:
-            x = (x - fit.arrays["pca_mean"]) @ fit.arrays["pca_components"].T
+            x = (x - fit.array("pca_mean", (len(feats),))) @ fit.array("pca_components", (None, len(feats))).T
             names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
         reference = HarmonyReference(fit.arrays["cluster_sums"], fit.arrays["cluster_weights"], fit.arrays["sigma"])
         mapped = reference.map(x, df[vars_use], vars_use, lamb=lamb)  # errors name the table's row labels
@@ -181,8 +209,8 @@ def harmony(
 
 def tvn(
     profiles,
-    controls: str,
-    batch: str | None = "Metadata_Plate",
+    controls: str | None = None,
+    batch: str | None = _Default("Metadata_Plate"),
     features: str | Sequence[str] = "infer",
     meta_features: str | Sequence[str] = "infer",
     regularization: float = 0.5,
@@ -192,10 +220,13 @@ def tvn(
     return_fit: bool = False,
     output_file: str | os.PathLike | None = None,
 ):
-    """TVN (:mod:`phenovec.batch.tvn`): PCA on the ``controls`` rows, per-``batch`` CORAL; outputs ``PC1..``."""
+    """TVN (:mod:`phenovec.batch.tvn`): PCA on the ``controls`` rows, per-``batch`` CORAL (``batch=None``: none);
+    outputs ``PC1..``. Re-applied, the fit's batch column unless ``batch`` names another."""
     from phenovec.batch.tvn import apply_tvn, fit_tvn
 
     df = _load(profiles)
+    fit = None if fit is None else as_fit(fit, "tvn")
+    batch = _recorded(fit, "batch", batch)
     if batch is not None:
         check_columns(df, [batch], "batch")
         if df[batch].isna().any():
@@ -203,16 +234,26 @@ def tvn(
     batches = None if batch is None else df[batch].to_numpy()
     fit, feats, meta, x = _prepare(df, "tvn", fit, features, meta_features, image_features, finite=True)
     if fit is None:
-        mask = select_samples(df, controls, key="tvn controls")
+        mask = select_samples(df, _needed(controls, "controls", "tvn", "Metadata_pert_type == 'negcon'"),
+                              key="tvn controls")
         fit = fit_tvn(x, mask, batches, regularization, target)
-        fit.params.update({"features": feats, "controls": controls, "batch": batch})
+        fit.params.update({"features": feats, "controls": controls, "batch": None if batch is None else str(batch)})
+    else:
+        d = len(feats)
+        for name in ("mean1", "scale1", "pca_mean"):
+            fit.array(name, (d,))
+        p = fit.array("pca_components", (None, d)).shape[0]
+        for name in ("mean2", "scale2"):
+            fit.array(name, (p,))
+        if fit.param("coral"):
+            fit.array("coral", (len(fit.param("batches")), p, p))
     out = apply_tvn(fit, x, batches)
     return _finish(df, feats, meta, out, [f"PC{i}" for i in range(1, out.shape[1] + 1)], fit, return_fit, output_file)
 
 
 def subtract_well_mean(
     profiles,
-    well: str = "Metadata_Well",
+    well: str = _Default("Metadata_Well"),
     features: str | Sequence[str] = "infer",
     meta_features: str | Sequence[str] = "infer",
     fit=None,
@@ -220,22 +261,26 @@ def subtract_well_mean(
     return_fit: bool = False,
     output_file: str | os.PathLike | None = None,
 ):
-    """Subtract each feature's mean over the rows of the same well position (:mod:`phenovec.batch.well_position`)."""
+    """Subtract each feature's mean over the rows of the same well position (:mod:`phenovec.batch.well_position`).
+    Re-applied, the fit's well column unless ``well`` names another."""
     from phenovec.batch.well_position import subtract_well_means, well_means
 
     df = _load(profiles)
+    fit = None if fit is None else as_fit(fit, "subtract_well_mean")
+    well = _recorded(fit, "well", well)
     check_columns(df, [well], "well")
     fit, feats, meta, x = _prepare(df, "subtract_well_mean", fit, features, meta_features, image_features, [well])
     if fit is None:
-        labels, means = well_means(x, df[well])
-        fit = BatchFit("subtract_well_mean", {"features": feats, "well": well, "wells": labels}, {"means": means})
-    out = subtract_well_means(x, df[well], fit.params["wells"], fit.arrays["means"])
+        labels, means = well_means(x, df[well], df.index, feats)
+        fit = BatchFit("subtract_well_mean", {"features": feats, "well": str(well), "wells": labels}, {"means": means})
+    wells = fit.param("wells")
+    out = subtract_well_means(x, df[well], wells, fit.array("means", (len(wells), len(feats))))
     return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)
 
 
 def regress_cell_count(
     profiles,
-    cell_count: str = "Cells_Count_Count",
+    cell_count: str = _Default("Cells_Count_Count"),
     min_unique: int = 100,
     features: str | Sequence[str] = "infer",
     meta_features: str | Sequence[str] = "infer",
@@ -245,20 +290,30 @@ def regress_cell_count(
     output_file: str | os.PathLike | None = None,
 ):
     """Replace each feature with more than ``min_unique`` values by its OLS residual on ``cell_count``
-    (:mod:`phenovec.batch.cell_count`); the count column itself is kept unchanged."""
+    (:mod:`phenovec.batch.cell_count`); the count column itself is kept unchanged. Re-applied, the fit's count
+    column unless ``cell_count`` names another."""
     from phenovec.batch.cell_count import apply_cell_count, fit_cell_count
 
     df = _load(profiles)
+    fit = None if fit is None else as_fit(fit, "regress_cell_count")
+    cell_count = _recorded(fit, "cell_count", cell_count)
     check_columns(df, [cell_count], "cell_count")
-    counts = pd.to_numeric(df[cell_count], errors="raise").to_numpy(dtype=np.float64)
+    counts = numeric_features(df, [cell_count], np.float64)[:, 0]
     fit, feats, meta, x = _prepare(df, "regress_cell_count", fit, features, meta_features, image_features,
                                    [cell_count])
     if fit is None:
         mask, a, b = fit_cell_count(x, counts, min_unique)
-        fit = BatchFit("regress_cell_count", {"features": feats, "cell_count": cell_count, "min_unique": min_unique},
+        fit = BatchFit("regress_cell_count", {"features": feats, "cell_count": str(cell_count), "min_unique": min_unique},
                        {"regressed": mask, "intercept": a, "slope": b})
-    out = apply_cell_count(x, counts, fit.arrays["regressed"], fit.arrays["intercept"], fit.arrays["slope"])
+    d = (len(feats),)
+    out = apply_cell_count(x, counts, fit.array("regressed", d).astype(bool), fit.array("intercept", d),
+                           fit.array("slope", d))
     return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)
+
+
+def _positive_threshold(value, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{where}: threshold must be a finite number > 0, got {value!r}")
 
 
 def remove_outliers(
@@ -279,9 +334,14 @@ def remove_outliers(
     df = _load(profiles)
     fit, feats, meta, x = _prepare(df, "remove_outliers", fit, features, meta_features, image_features)
     if fit is not None:
-        kept = list(fit.params["kept"])
-        threshold, clip = fit.params["threshold"], fit.params["clip"]
-    else:
+        kept = list(fit.param("kept"))
+        threshold, clip = fit.param("threshold"), fit.param("clip")
+        unknown = [f for f in kept if f not in set(feats)]
+        if unknown:
+            raise ValueError(f"{fit.source}: the remove_outliers fit keeps {unknown[0]!r}, which is not one of its "
+                             "features")
+    _positive_threshold(threshold, "remove_outliers" if fit is None else f"{fit.source}: remove_outliers")
+    if fit is None:
         drop = outlier_features(x, threshold)
         kept = [f for f, d in zip(feats, drop) if not d]
         fit = BatchFit("remove_outliers", {"features": feats, "kept": kept, "threshold": float(threshold),
@@ -329,13 +389,16 @@ def pca(
     if fit is None:
         fit = fit_pca(x, variance)
         fit.params["features"] = feats
+    else:
+        fit.array("mean", (len(feats),))
+        fit.array("components", (None, len(feats)))
     out = apply_pca(fit, x)
     return _finish(df, feats, meta, out, [f"PC{i}" for i in range(1, out.shape[1] + 1)], fit, return_fit, output_file)
 
 
 def sphere_by_map(
     profiles,
-    negcon: str,
+    negcon: str | None = None,
     perturbation: str = "Metadata_JCP2022",
     plate: str = "Metadata_Plate",
     poscon: str | None = None,
@@ -351,13 +414,15 @@ def sphere_by_map(
 ):
     """Sphering fitted on the ``negcon`` rows with epsilon chosen by mAP over the recipe's grid
     (:mod:`phenovec.batch.sphering_search`); the fit keeps the chosen epsilon, every candidate's scores and the
-    whitening (re-applied with ``fit=``)."""
+    whitening (re-applied with ``fit=``): ``((x - mean) / scale) @ W``, ``scale`` the negcon rows' standard
+    deviations for the ``-cor`` methods (as :class:`~phenovec.process.spherize.Spherizer` transforms)."""
     from phenovec.batch.sphering_search import choose_epsilon, epsilon_grid
     from phenovec.process.spherize import Spherizer
 
     df = _load(profiles)
     fit, feats, meta, x = _prepare(df, "sphere_by_map", fit, features, meta_features, image_features, finite=True)
     if fit is None:
+        negcon = _needed(negcon, "negcon", "sphere_by_map", "Metadata_pert_type == 'negcon'")
         check_columns(df, [perturbation, plate], "perturbation/plate")
         neg = select_samples(df, negcon, key="sphere_by_map negcon")
         pos = None if poscon is None else select_samples(df, poscon, key="sphere_by_map poscon")
@@ -366,18 +431,26 @@ def sphere_by_map(
         sph = Spherizer(method=method, epsilon=best, center=True, device="cpu").fit(x[neg])
         fit = BatchFit("sphere_by_map", {"features": feats, "method": method, "epsilon": best, "negcon": negcon,
                                          "scores": table.to_dict(orient="list")},
-                       {"W": sph.W_, "mean": sph.mean_})
-    out = (x - fit.arrays["mean"]) @ fit.arrays["W"]
-    names = [f"PC{i}" for i in range(1, out.shape[1] + 1)] if fit.params["method"].startswith("PCA") else feats
+                       {"W": sph.W_, "mean": sph.mean_, **({} if sph.scale_ is None else {"scale": sph.scale_})})
+    d = len(feats)
+    method = fit.param("method")
+    z = x - fit.array("mean", (d,))
+    if method.endswith("-cor"):
+        if "scale" not in fit.arrays:
+            raise ValueError(f"{fit.source}: this {method} sphere_by_map fit has no 'scale' (fits saved before "
+                             "phenovec kept it whitened unstandardised rows); fit it again")
+        z = z / fit.array("scale", (d,))
+    out = z @ fit.array("W", (d, None))
+    names = [f"PC{i}" for i in range(1, out.shape[1] + 1)] if method.startswith("PCA") else feats
     return _finish(df, feats, meta, out, names, fit, return_fit, output_file)
 
 
 def arm_correction(
     profiles,
-    background: str,
-    arm: str = "Metadata_arm",
+    background: str | None = None,
+    arm: str = _Default("Metadata_arm"),
     gene: str | None = "Metadata_Symbol",
-    rows: str | None = None,
+    rows: str | None = _Default("all"),
     min_genes: int = 20,
     features: str | Sequence[str] = "infer",
     meta_features: str | Sequence[str] = "infer",
@@ -387,20 +460,25 @@ def arm_correction(
     output_file: str | os.PathLike | None = None,
 ):
     """CRISPR chromosome-arm correction (:mod:`phenovec.batch.arm_correction`): subtract each arm's mean over the
-    ``background`` rows (knockouts of unexpressed genes) from the ``rows`` (default all) on that arm."""
+    ``background`` rows (knockouts of unexpressed genes) from the ``rows`` (default all) on that arm. Re-applied,
+    the fit's arm column and row filter unless ``arm`` / ``rows`` name others."""
     from phenovec.batch.arm_correction import apply_arm_means, fit_arm_means
 
     df = _load(profiles)
-    check_columns(df, [arm] + ([gene] if gene else []), "arm/gene")
-    sel = None if rows is None else select_samples(df, rows, key="arm_correction rows")
+    fit = None if fit is None else as_fit(fit, "arm_correction")
+    arm, rows = _recorded(fit, "arm", arm), _recorded(fit, "rows", rows)
+    check_columns(df, [arm] + ([gene] if gene and fit is None else []), "arm/gene")
+    sel = None if rows is None or rows == "all" else select_samples(df, rows, key="arm_correction rows")
     fit, feats, meta, x = _prepare(df, "arm_correction", fit, features, meta_features, image_features)
     if fit is None:
-        bg = select_samples(df, background, key="arm_correction background")
+        bg = select_samples(df, _needed(background, "background", "arm_correction", "Metadata_zfpkm < -3"),
+                            key="arm_correction background")
         if sel is not None:
             bg &= sel
         labels, means = fit_arm_means(x, df[arm].to_numpy(), bg, None if gene is None else df[gene].to_numpy(),
                                       min_genes)
-        fit = BatchFit("arm_correction", {"features": feats, "arm": arm, "arms": labels, "background": background,
-                                          "min_genes": min_genes}, {"means": means})
-    out = apply_arm_means(x, df[arm].to_numpy(), fit.params["arms"], fit.arrays["means"], sel)
+        fit = BatchFit("arm_correction", {"features": feats, "arm": str(arm), "arms": labels, "background": background,
+                                          "rows": None if rows is None else str(rows), "min_genes": min_genes}, {"means": means})
+    arms = fit.param("arms")
+    out = apply_arm_means(x, df[arm].to_numpy(), arms, fit.array("means", (len(arms), len(feats))), sel)
     return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)
