@@ -38,6 +38,18 @@ def test_pcr_refuses_a_constant_covariate_as_scib_does(data):
             pi.principal_component_regression(X, cov, **kwargs)
     with pytest.raises(ValueError, match="constant covariate"):
         pi.pcr_comparison(X, X * 0.5, np.full(len(X), "plate0"), categorical=True)
+    # a missing value in a numeric covariate: scib-metrics returns NaN silently; refused here, naming the row
+    cov = np.arange(len(X), dtype=float)
+    cov[7] = np.nan
+    assert np.isnan(scib_pcr(X, cov))
+    with pytest.raises(ValueError, match=r"covariate: value nan in row 7 \(1 non-finite\)"):
+        pi.principal_component_regression(X, cov)
+    with pytest.raises(ValueError, match="categorical=True"):
+        pi.principal_component_regression(X, np.array(["a", "b"] * (len(X) // 2) + ["a"] * (len(X) % 2)))
+    bad = X.copy()
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match=r"X: non-finite value inf \(NaN / inf\) in row 3, column 2"):
+        pi.principal_component_regression(bad, cov)
 
 
 def test_isolated_labels(data):

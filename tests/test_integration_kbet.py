@@ -69,3 +69,27 @@ def test_kbet_per_label_in_worker_processes_equals_in_process():
     np.testing.assert_array_equal(df1["kBET"], df2["kBET"])
     with pytest.raises(ValueError, match="n_jobs"):
         pi.kbet_per_label(g, batches, labels, n_jobs=0)
+
+
+def test_kbet_per_label_small_labels_own_cap_or_scib_carry_over(exact_diffusion_neighbours):
+    """Labels of 65-88 rows: scib-metrics caps each label's diffusion components by the rows of every label before
+    it (its loop reassigns ``diffusion_n_comps``); ``scib_carry_over=True`` gives its numbers, the default caps each
+    label by its own rows, so a label's score no longer depends on the other labels' names."""
+    X, labels, batches = synthetic(n=300, n_labels=4, n_batches=3, seed=1)
+    g = pi.knn_graph(X, 50)
+    nn = scib_neighbors(g)
+    sizes = np.unique(labels, return_counts=True)[1]
+    assert sizes.max() < 101 and len(set(sizes)) > 1
+    theirs, ref_df = scib.kbet_per_label(nn, batches, labels, return_df=True)
+    carried, df = pi.kbet_per_label(g, batches, labels, return_df=True, scib_carry_over=True)
+    np.testing.assert_allclose(df["kBET"], ref_df["kBET"], atol=1e-12)
+    assert abs(carried - theirs) < 1e-12
+    own, own_df = pi.kbet_per_label(g, batches, labels, return_df=True)
+    assert not np.allclose(own_df["kBET"], ref_df["kBET"])  # this data shows the difference
+    # the label whose score differs most, renamed to sort first: scib's loop then caps it by its own rows only,
+    # so scib's numbers become the default's, and the default's do not move
+    moved = own_df["cluster"][np.argmax(np.abs(own_df["kBET"] - ref_df["kBET"]))]
+    renamed = np.where(labels == moved, "a_" + str(moved), labels)
+    again = pi.kbet_per_label(g, batches, renamed)
+    assert abs(again - own) < 1e-12
+    assert abs(scib.kbet_per_label(nn, batches, renamed) - own) < 1e-12

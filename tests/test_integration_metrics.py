@@ -39,6 +39,21 @@ def test_one_distance_pass_equals_the_two_functions(data):
         np.testing.assert_array_equal(sil, pi.silhouette_samples(x, labels, tile=37))
 
 
+def test_one_distance_pass_breaks_ties_by_row_number():
+    """30 identical rows (more than k + 8 tie) with interleaved labels: the pass sorted by label keeps the same
+    tied rows as the unsorted kNN graph (by row number), so the integration table's graph is ``knn_graph``'s."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    X[:30] = X[0]
+    labels = np.array(["b", "a"] * 30)
+    ref = pi.knn_graph(X, 5)
+    assert ref.indices[0].tolist() == [0, 1, 2, 3, 4]
+    for tile in (7, 256):
+        g, _ = pi.knn_graph_and_silhouettes(X, labels, 5, tile=tile)
+        np.testing.assert_array_equal(g.indices, ref.indices)
+        np.testing.assert_array_equal(g.distances, ref.distances)
+
+
 def test_knn_graph_ties_and_errors():
     X = np.array([[0.0, 0], [1, 0], [0, 0], [-1, 0], [0, 3]])
     g = pi.knn_graph(X, 3)

@@ -39,6 +39,9 @@ def test_overall_score_equals_scib_benchmarker():
     metrics = {"silhouette_label": S.BIO, "clisi_knn": S.BIO, "isolated_labels": S.BIO,
                "ilisi_knn": S.BATCH, "kbet_per_label": S.BATCH, "pcr_comparison": S.BATCH}
     wide = pd.DataFrame(rng.random((4, len(metrics))), index=methods, columns=list(metrics))
+    # a metric on which the methods tie up to one rounding step: sklearn's MinMaxScaler (scib's) keeps it ~0; a plain
+    # division by its range (phenovec before) stretched it to 0 and 1 and moved the ranking
+    wide["isolated_labels"] = [0.3, np.nextafter(0.3, 1.0), 0.3, 0.3]
     ad = anndata.AnnData(np.zeros((4, 2)), obs=pd.DataFrame({"b": list("xyxy"), "l": list("ppqq")}))
     bm = Benchmarker(ad, "b", "l", methods, progress_bar=False)
     res = wide.T.copy()
@@ -48,6 +51,7 @@ def test_overall_score_equals_scib_benchmarker():
     ours = pi.overall_scores(wide, metrics)
     for col, theirs in ((S.BATCH, "Batch correction"), (S.BIO, "Bio conservation"), (S.TOTAL, "Total")):
         np.testing.assert_allclose(ours[col].to_numpy(float), ref.loc[methods, theirs].to_numpy(float), atol=1e-12)
+    assert pi.min_max_scale(wide)["isolated_labels"].abs().max() < 1e-15
 
 
 @pytest.fixture(scope="module")

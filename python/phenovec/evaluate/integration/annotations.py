@@ -52,6 +52,8 @@ def embedding_matrix(X, key: str = "X") -> np.ndarray:
         raise ValueError(f"{key}: at least 2 rows needed, got {x.shape[0]}")
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
-        raise ValueError(f"{key}: non-finite value (NaN / inf) in row {int(np.flatnonzero(bad)[0])} "
+        r = int(np.flatnonzero(bad)[0])
+        c = int(np.flatnonzero(~np.isfinite(x[r]))[0])
+        raise ValueError(f"{key}: non-finite value {x[r, c]} (NaN / inf) in row {r}, column {c} "
                          f"({int(bad.sum())} such rows)")
     return np.ascontiguousarray(x)

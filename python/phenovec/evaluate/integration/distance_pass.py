@@ -9,7 +9,8 @@ memory), turns the products into squared distances (``|x|^2 + |y|^2 - 2 x.y`` on
 float type; cosine: ``1 - x.y`` on unit rows) and, while the block is hot, hands it to both consumers:
 
 - the kNN screen: each row's ``k + 8`` smallest squared distances in a bounded max-heap (ties: the smaller column
-  first, so the kept set does not depend on the scan order); a chunk of ``CHUNK`` columns whose smallest value
+  first, by the row's number in the input even when the rows are sorted by class, so the kept set does not depend
+  on the scan order); a chunk of ``CHUNK`` columns whose smallest value
   (a vectorised minimum) is above the heap's largest is skipped, which after the near diagonal tile is most of
   them. :func:`~phenovec.evaluate.integration.knn_graph.refined_graph` then recomputes the candidates'
   distances in float64 and keeps the ``k`` nearest.
@@ -94,9 +95,9 @@ def _smallest(g, lo, hi):
 
 
 @numba.njit(parallel=True, cache=True)
-def _pass(tiles, norms, n, kk, cand, bounds, codes, n_classes, mode, cosine, one, intra, inter):
+def _pass(tiles, norms, n, kk, cand, ids, bounds, codes, n_classes, mode, cosine, one, intra, inter):
     """``mode``: -1 no silhouette sums, else ``BETWEEN``'s code; ``kk`` = 0: no kNN screen; ``one``: 1 in the
-    rows' float type."""
+    rows' float type; ``ids``: each row's number in the caller's order (the heap's tie-break and the candidates)."""
     nt, T, _ = tiles.shape
     zero, two = one - one, one + one
     for bt in numba.prange(nt):
@@ -137,7 +138,7 @@ def _pass(tiles, norms, n, kk, cand, bounds, codes, n_classes, mode, cosine, one
                     q = 0
                     while cnt[r] < kk and q < cols:  # filling the heap, ordered once full
                         hdr[cnt[r]] = g[q]
-                        hir[cnt[r]] = c0 + q
+                        hir[cnt[r]] = ids[c0 + q]
                         cnt[r] += 1
                         q += 1
                         if cnt[r] == kk:
@@ -147,8 +148,8 @@ def _pass(tiles, norms, n, kk, cand, bounds, codes, n_classes, mode, cosine, one
                         qe = min(q + CHUNK, cols)
                         if _smallest(g, q, qe) <= hdr[0]:
                             for jj in range(q, qe):
-                                if _after(hdr[0], hir[0], g[jj], c0 + jj):
-                                    _sift_down(hdr, hir, kk, 0, g[jj], c0 + jj)
+                                if _after(hdr[0], hir[0], g[jj], ids[c0 + jj]):
+                                    _sift_down(hdr, hir, kk, 0, g[jj], ids[c0 + jj])
                         q = qe
         for r in range(rows):
             i = r0 + r
@@ -179,10 +180,13 @@ def _pass(tiles, norms, n, kk, cand, bounds, codes, n_classes, mode, cosine, one
 
 def distance_pass(x: np.ndarray, norms: np.ndarray, kk: int = 0, *, codes: np.ndarray | None = None,
                   bounds: np.ndarray | None = None, between: str | None = None, cosine: bool = False,
-                  tile: int = TILE):
+                  ids: np.ndarray | None = None, tile: int = TILE):
     """``(candidates n x kk or None, intra sums or None, between-class values or None)`` of the rows ``x``
     (prepared: centred, or unit rows for ``cosine``; sorted by ``codes`` when silhouettes are asked, ``bounds``
-    their class ranges) and their squared norms ``norms``; ``tile``: rows per tile (tests use small ones)."""
+    their class ranges) and their squared norms ``norms``; ``tile``: rows per tile (tests use small ones).
+    ``ids``: the rows' numbers in the caller's order when ``x`` is a reordering (default ``0..n-1``): the
+    candidates are given as these numbers, and equal distances are kept by increasing number, so the kept set is
+    the one an unsorted pass keeps."""
     n, d = x.shape
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
         raise ValueError(f"tile must be a positive integer, got {tile!r}")
@@ -193,6 +197,7 @@ def distance_pass(x: np.ndarray, norms: np.ndarray, kk: int = 0, *, codes: np.nd
     nrm = np.zeros(nt * tile, dtype=x.dtype)
     nrm[:n] = norms
     cand = np.empty((n, kk) if kk else (0, 0), dtype=np.int64)
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
     mode = -1 if between is None else BETWEEN[between]
     if mode >= 0:
         intra, inter = np.empty(n), np.empty(n)
@@ -202,7 +207,7 @@ def distance_pass(x: np.ndarray, norms: np.ndarray, kk: int = 0, *, codes: np.nd
         intra = inter = np.empty(0)
         n_classes = 0
     with threadpool_limits(1):  # one BLAS thread per Numba thread
-        _pass(tiles, nrm, n, kk, cand, bounds, codes, n_classes, mode, cosine, x.dtype.type(1), intra, inter)
+        _pass(tiles, nrm, n, kk, cand, ids, bounds, codes, n_classes, mode, cosine, x.dtype.type(1), intra, inter)
     return (cand if kk else None), (intra if mode >= 0 else None), (inter if mode >= 0 else None)
 
 
@@ -225,7 +230,7 @@ def knn_graph_and_silhouettes(X, labels, n_neighbors: int = 90, *, tile: int = T
     k, kk = screen_sizes(n_neighbors, x.shape[0])
     order, sc, freqs, bounds, xs, norms = sorted_by_label(x, labels)
     cand_sorted, intra, inter = distance_pass(xs, norms, kk, codes=sc, bounds=bounds, between="nearest",
-                                              tile=tile)
+                                              ids=order, tile=tile)
     cand = np.empty_like(cand_sorted)
-    cand[order] = order[cand_sorted]
+    cand[order] = cand_sorted  # the candidates are already original row numbers
     return refined_graph(x, cand, k), silhouettes_from_sums(intra, inter, freqs, sc, order)

@@ -13,6 +13,12 @@ subgraph is one strongly connected component, a diffusion map of it (density-nor
 as 1, in float32) gives a ``k0 + 1``-NN graph on which kBET is run; otherwise components of at least ``3 k0``
 rows are used if they hold 75 % of the rows, else the label scores 0. Score = mean over labels (NaN skipped).
 
+scib-metrics 0.6.1 also carries one label's cap over to the next: its loop reassigns ``diffusion_n_comps =
+min(diffusion_n_comps, rows - 1)``, so a label with fewer than 101 rows (common for MOAs on well profiles) lowers
+the components of every label sorted after it, and a label's score depends on the names of the others.
+phenovec caps each label by its own rows (the definition above) unless ``scib_carry_over=True``, which reproduces
+scib-metrics' numbers (tested both ways).
+
 Deviations, both to compute the same definition exactly and faster: scib-metrics finds the diffusion-space
 neighbours with pynndescent (approximate); phenovec uses its exact :func:`knn_graph` (the tests feed scib-metrics
 the same exact neighbours, and then the two agree). Eigenpairs of subgraphs up to 2,000 rows come from a dense
@@ -99,8 +105,11 @@ def diffusion_nn(X: sp.spmatrix, k: int, n_comps: int = 100) -> KnnGraph:
 
 
 def kbet_per_label(X, batches, labels, alpha: float = 0.05, diffusion_n_comps: int = 100, return_df: bool = False,
-                   *, n_jobs: int | None = None):
+                   *, n_jobs: int | None = None, scib_carry_over: bool = False):
     """kBET acceptance per label on diffusion neighbourhoods, averaged over labels (higher = better mixed).
+
+    ``scib_carry_over=True``: each label's diffusion components capped by every earlier label's rows as well, as
+    scib-metrics 0.6.1's loop does (module docstring); default: by its own rows.
 
     ``n_jobs``: worker processes for the per-label diffusion maps (ARPACK holds the GIL, so threads cannot share
     them); default: the usable cores when the labels hold at least ``PARALLEL_ROWS`` rows, else 1 (in process).
@@ -133,6 +142,10 @@ def kbet_per_label(X, batches, labels, alpha: float = 0.05, diffusion_n_comps: i
         k0 = int(min(70, max(10, quarter_mean)))
         if k0 * n_obs >= size_max:
             k0 = int(np.floor(size_max / n_obs))
+        if scib_carry_over:
+            rows_used = _diffusion_rows(sub, k0)
+            if rows_used is not None:  # scib caps before it tries the map, in label order
+                diffusion_n_comps = min(diffusion_n_comps, rows_used - 1)
         tasks[c] = (sub, b_sub, k0, alpha, diffusion_n_comps)
     for c, score in zip(tasks, _run_labels(list(tasks.values()), n_jobs)):
         scores[c] = score
@@ -165,6 +178,16 @@ def _run_labels(tasks: list, n_jobs: int | None) -> list[float]:
 def _label_score_single_threaded(task) -> float:
     with threads_for(0):
         return _label_score(*task)
+
+
+def _diffusion_rows(sub, k0: int) -> int | None:
+    """The rows of a label's subgraph its diffusion map runs on (:func:`_label_score`'s branches), or None when the
+    label scores 0 without one."""
+    n_comp, comp = connected_components(sub, connection="strong")
+    if n_comp == 1:
+        return sub.shape[0]
+    keep = int(np.isin(comp, np.flatnonzero(np.bincount(comp) >= 3 * k0)).sum())
+    return keep if keep / len(comp) >= 0.75 else None
 
 
 def _label_score(sub, b_sub, k0: int, alpha: float, diffusion_n_comps: int) -> float:

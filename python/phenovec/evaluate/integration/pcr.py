@@ -42,9 +42,16 @@ def principal_component_regression(X, covariate, categorical: bool = False, n_co
         codes = annotation_codes(cov.ravel(), "covariate", n)[0]
         onehot = None
     else:
-        c = cov.reshape(n, -1).astype(np.float64)
+        try:
+            c = cov.reshape(n, -1).astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError("covariate: not numeric; give categorical=True for labels such as batches") from None
         if c.shape[1] != 1:
             raise ValueError(f"covariate: a numeric covariate must be one column, got shape {cov.shape}")
+        if not np.isfinite(c).all():
+            r = int(np.flatnonzero(~np.isfinite(c[:, 0]))[0])
+            raise ValueError(f"covariate: value {c[r, 0]} in row {r} ({int((~np.isfinite(c)).sum())} non-finite); "
+                             "drop or fill those rows first")
         c = c[:, 0] - c[:, 0].mean()
     if n_components is None or n_components >= max_comp:
         tss = float(np.einsum("ij,ij->", xc, xc))

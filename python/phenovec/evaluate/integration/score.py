@@ -18,10 +18,12 @@ WEIGHTS = {BATCH: 0.4, BIO: 0.6}
 
 
 def min_max_scale(wide: pd.DataFrame) -> pd.DataFrame:
-    """Each column (metric) of a methods x metrics table scaled to [0, 1] across the methods."""
+    """Each column (metric) of a methods x metrics table scaled to [0, 1] across the methods, as scikit-learn's
+    ``MinMaxScaler`` (scib-metrics' ``Benchmarker``) scales: a column whose range is below ``10 * eps`` is taken as
+    constant (divided by 1, not by its range), so rounding noise between tied methods is not stretched to 0 and 1."""
     w = wide.astype(float)
     lo, hi = w.min(axis=0), w.max(axis=0)
-    rng = (hi - lo).where(hi - lo != 0, 1.0)
+    rng = (hi - lo).where(hi - lo >= 10 * np.finfo(np.float64).eps, 1.0)
     return (w - lo) / rng
 
 
