@@ -107,6 +107,11 @@ def test_integration_table_refusals(methods):
     t2 = t1.sample(frac=1, random_state=0)
     with pytest.raises(ValueError, match="rows differ"):
         pi.integration_table({"a": t1, "b": t2}, "Metadata_Plate", "Metadata_moa")
+    # batch / label columns without the Metadata_ prefix are annotations, not (non-numeric) features
+    plain = t1.assign(plate=t1["Metadata_Plate"]).drop(columns="Metadata_Plate")
+    a = pi.integration_table({"a": plain}, "plate", "Metadata_moa", mean_average_precision=False).wide()
+    b = pi.integration_table({"a": t1}, "Metadata_Plate", "Metadata_moa", mean_average_precision=False).wide()
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_cli(methods, tmp_path):

@@ -76,9 +76,14 @@ class IntegrationResult:
 
 def _split(name: str, emb, batch_key: str, label_key: str, metadata):
     if isinstance(emb, pd.DataFrame):
-        from phenovec.io.profiles import split_profiles
+        from phenovec.io.profiles import declared_features, is_metadata_column, split_profiles
 
-        prof = split_profiles(emb.reset_index(drop=True))
+        df = emb.reset_index(drop=True)
+        keys = [k for k in dict.fromkeys((batch_key, label_key)) if k in df.columns]
+        feats = declared_features(df)
+        feats = [c for c in df.columns if not is_metadata_column(c)] if feats is None else feats
+        # the batch and label columns are annotations whatever their names (a plain ``plate`` column too)
+        prof = split_profiles(df, features=[c for c in feats if c not in set(keys)])
         meta = prof.meta
         for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
             if key not in meta.columns:
