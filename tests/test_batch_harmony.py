@@ -340,6 +340,69 @@ def test_refusals_name_the_problem():
         run_harmony(x, meta, ["Metadata_Plate"], nclust=4, sigma=[0.1, 0.1, 0.0, 0.1])
 
 
+def test_inputs_read_as_harmonypy_reads_them():
+    """A categorical batch column whose categories are not in sorted order (per-batch theta / lamb follow the sorted
+    labels, as harmonypy's ``_factorize``; they followed the categories' order), a square data matrix (PCs x
+    cells, harmonypy's reading), ``random_state=None`` (seed 0) and a C-contiguous ``Y``."""
+    x, meta = _data(n=300)
+    cat = meta.assign(Metadata_Plate=pd.Categorical(meta["Metadata_Plate"], categories=["4", "3", "2", "1", "0", "9"]))
+    for kw in ({"theta": [0.5, 1, 2, 4, 8]}, {"lamb": [0.1, 1, 5, 10, 0.5]}):
+        ref = harmonypy.run_harmony(x, meta, "Metadata_Plate", verbose=False, **kw)
+        assert np.array_equal(run_harmony(x, cat, "Metadata_Plate", **kw).Z_corr, ref.Z_corr)
+        assert np.array_equal(harmonypy.run_harmony(x, cat, "Metadata_Plate", verbose=False, **kw).Z_corr, ref.Z_corr)
+    sq, sq_meta = x[:, :12][:12], meta.iloc[:12].assign(Metadata_Plate=list("aabbccaabbcc"))
+    ref = harmonypy.run_harmony(sq, sq_meta, "Metadata_Plate", nclust=2, verbose=False)
+    ours = run_harmony(sq, sq_meta, "Metadata_Plate", nclust=2)
+    assert np.array_equal(ours.Z_orig, ref.Z_orig) and np.array_equal(ours.Z_orig, sq.T.astype(np.float32))
+    assert np.array_equal(ours.Z_corr, ref.Z_corr)
+    none = run_harmony(x, meta, "Metadata_Plate", random_state=None)
+    assert np.array_equal(none.Z_corr, run_harmony(x, meta, "Metadata_Plate", random_state=0).Z_corr)
+    assert np.array_equal(none.Z_corr, harmonypy.run_harmony(x, meta, "Metadata_Plate", random_state=None,
+                                                             verbose=False).Z_corr)
+    assert none.Y.flags.c_contiguous and np.array_equal(none.Y, harmonypy.run_harmony(
+        x, meta, "Metadata_Plate", verbose=False).Y)
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_verbose_prints_progress(device, capfd):
+    """``verbose=True`` prints the run's size and each iteration to stderr without any logging set up (harmonypy has
+    its own handler), on both paths; quiet otherwise, and no handler is left behind."""
+    x, meta = _data(n=300)
+    run_harmony(x, meta, "Metadata_Plate", verbose=True, device=device)
+    err = capfd.readouterr().err
+    assert "Harmony: 300 cells x 12 dimensions, 10 clusters" in err and "Harmony iteration 1 of 10" in err
+    assert ("PyTorch on cpu" in err) == (device == "cpu")
+    run_harmony(x, meta, "Metadata_Plate", device=device)
+    assert capfd.readouterr().err == ""
+    assert logging.getLogger("phenovec.batch.harmony").handlers == []
+
+
+def test_parameters_that_would_run_silently_wrong_are_refused():
+    x, meta = _data(n=300)
+    for name in ("batch_prop_cutoff", "epsilon_harmony", "epsilon_cluster", "alpha", "block_size"):
+        for bad in (None, float("nan"), "0.1"):
+            with pytest.raises(ValueError, match=rf"{name} must be a finite number, got"):
+                run_harmony(x, meta, "Metadata_Plate", **{name: bad})
+    with pytest.raises(ValueError, match="block_size must be above 0"):
+        run_harmony(x, meta, "Metadata_Plate", block_size=0)
+    big = x.copy()
+    big[5, 3] = 1e39
+    with pytest.raises(ValueError, match=r"value 1e\+39 in row 5, column 3 is beyond float32's range"):
+        run_harmony(big, meta, "Metadata_Plate")
+
+
+def test_step_names_the_tables_row_label():
+    from phenovec.batch import harmony as harmony_step
+
+    x, meta = _data(n=300)
+    df = pd.concat([meta, pd.DataFrame(x, columns=[f"Cells_f{j}" for j in range(x.shape[1])])], axis=1)
+    df.index = [f"well{i}" for i in range(len(df))]
+    df["Metadata_Plate"] = df["Metadata_Plate"].astype(object)
+    df.loc["well7", "Metadata_Plate"] = None
+    with pytest.raises(ValueError, match=r"'Metadata_Plate' is missing .* row 'well7'"):
+        harmony_step(df)
+
+
 @pytest.mark.parametrize("sigma,stage,what", [
     (1e-38, "assignment update", "objectives must be finite"),
     (1e-44, "initialization", "assignment normalizers must be finite and positive"),

@@ -76,6 +76,36 @@ from phenovec.process.kernel_loader import load_kernel
 logger = logging.getLogger("phenovec.batch.harmony")
 
 _F32 = np.float32
+
+
+def _real(value, name: str) -> float:
+    """``value`` as a float: ``ValueError`` naming ``name`` for None, a string or a non-finite number (float32 of
+    None is NaN, which would run on silently: a NaN cut-off corrects nothing, a NaN epsilon never converges)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@contextmanager
+def _progress(verbose: bool):
+    """With ``verbose``, Harmony's progress lines reach stderr (as harmonypy's own handler prints them) unless the
+    caller's logging already takes them; the handler is removed afterwards."""
+    if not verbose or logger.hasHandlers() and logger.getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 #: squared-distance gap below which a cell's nearest k-means centroid is decided in harmonypy's exact float32 order
 #: (float32 BLAS errs by ~1e-6 on unit vectors); cells farther apart get the same answer either way
 _NEAR_TIE = 1e-4
@@ -89,10 +119,13 @@ class HarmonyWarning(UserWarning):
 
 
 def _label_codes(values, name: str) -> tuple[np.ndarray, list]:
-    """Codes of a batch variable in sorted-label order (harmonypy's ``_factorize``); missing labels raise."""
+    """Codes of a batch variable in sorted-label order (harmonypy's ``_factorize``; a categorical's used labels
+    sorted by value too, not in its categories' order); missing labels raise."""
     import pandas as pd
 
     s = pd.Series(np.asarray(values, dtype=object) if not hasattr(values, "dtype") else values)
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype(object)
     na = s.isna().to_numpy()
     if na.any():
         row = int(np.argmax(na))
@@ -176,8 +209,8 @@ class Harmony:
 
     @property
     def Y(self) -> np.ndarray:
-        """Centroids (d x K)."""
-        return self._s["y"].T.astype(np.float64)
+        """Centroids (d x K, C-contiguous as harmonypy's)."""
+        return np.ascontiguousarray(self._s["y"].T, dtype=np.float64)
 
     @property
     def K(self) -> int:
@@ -372,10 +405,13 @@ def run_harmony(
     """Harmony batch correction: harmonypy 2.1.0's ``run_harmony`` (same arguments and defaults, except
     ``verbose=False``) with its numbers (module docstring).
 
-    ``data_mat``: cells x PCs (or PCs x cells) array or DataFrame (numeric columns); ``meta_data``: a DataFrame
+    ``data_mat``: cells x PCs (or PCs x cells; a square one is read as PCs x cells, as harmonypy reads it) array or
+    DataFrame (numeric columns); ``meta_data``: a DataFrame
     (or mapping of columns) with the batch variables ``vars_use`` (one name or a list). ``theta`` / ``lamb``: one
     number, one per variable or one per batch (levels in sorted order); ``lamb=None`` (or -1) estimates the
-    penalty as ``alpha * E``. ``ncores``: Numba threads (0: all of them from :data:`PARALLEL_MIN_CELLS` cells on,
+    penalty as ``alpha * E``. ``verbose=True`` prints the run's size and each iteration to stderr (through the
+    ``phenovec.batch.harmony`` logger; a handler of the caller's takes them instead). ``random_state=None`` is
+    seed 0, as in harmonypy. ``ncores``: Numba threads (0: all of them from :data:`PARALLEL_MIN_CELLS` cells on,
     else one). ``init_centroids``: K x d centroids to start from
     (phenovec addition; the random stream is advanced past harmonypy's initialisation draws first, so passing
     harmonypy's own initial centroids reproduces its run).
@@ -393,13 +429,20 @@ def run_harmony(
         raise ValueError("vars_use names no batch variable")
     columns = [_column(meta_data, v) for v in vars_use]
     n = len(columns[0])
-    if data.shape[0] == n:
-        z = data
-    elif data.shape[1] == n:
+    if data.shape[1] == n:  # harmonypy's order: a square matrix is PCs x cells
         z = data.T
+    elif data.shape[0] == n:
+        z = data
     else:
         raise ValueError(f"data_mat has shape {data.shape}, but meta_data has {n} cells. One dimension of data_mat "
                          "must match the number of cells.")
+    if data.dtype.kind == "f" and data.dtype.itemsize > 4:
+        require_finite(z, "Harmony data_mat")
+        big = np.abs(z) > np.finfo(np.float32).max
+        if big.any():
+            r, c = np.argwhere(big)[0]
+            raise ValueError(f"Harmony data_mat: value {float(z[r, c])!r} in row {int(r)}, column {int(c)} is beyond float32's "
+                             "range (Harmony runs in float32, as harmonypy); rescale the coordinates")
     z_orig = np.ascontiguousarray(z, dtype=np.float32)
     require_finite(z_orig, "Harmony data_mat")
     d = z_orig.shape[1]
@@ -449,7 +492,7 @@ def run_harmony(
             lamb_v = np.insert(_per_batch(lamb_v, phi_n, "lamb", other), 0, 0)
         if not np.all(np.isfinite(lamb_v)) or np.any(lamb_v < 0):
             raise ValueError("lamb must be finite and not negative")
-    elif not (math.isfinite(alpha) and alpha >= 0):
+    elif not _real(alpha, "alpha") >= 0:
         raise ValueError("alpha must be finite and not negative")
     n_b = np.bincount(cell_batches.ravel(), minlength=n_batches).astype(np.float32)
     pr_b = (n_b / n).astype(np.float32)
@@ -459,26 +502,39 @@ def run_harmony(
     sigma32 = sigma_v.astype(np.float32)
     lamb32 = None if estimate else lamb_v.astype(np.float32)
 
+    block_size = _real(block_size, "block_size")
+    if not 0 < np.float32(block_size):
+        raise ValueError(f"block_size must be above 0 (the fraction of the cells updated at a time), got {block_size!r}")
+    numbers = [_F32(_real(v, name)) for v, name in ((alpha, "alpha"), (epsilon_cluster, "epsilon_cluster"),
+                                                    (epsilon_harmony, "epsilon_harmony"),
+                                                    (batch_prop_cutoff, "batch_prop_cutoff"))]
+    alpha32, eps_cluster, eps_harmony, cutoff = numbers
+    seed = 0 if random_state is None else int(random_state)  # harmonypy: None is seed 0
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else None
-    if device is not None:
-        from phenovec.batch.harmony_torch import harmonize_torch
+    with _progress(bool(verbose)):
+        if verbose:
+            logger.info("Harmony: %d cells x %d dimensions, %d clusters, batch variables %s (%s batches), %s", n, d,
+                        nclust, vars_use, "+".join(str(int(p)) for p in phi_n),
+                        "exact CPU kernels" if device is None else f"PyTorch on {device}")
+        if device is not None:
+            from phenovec.batch.harmony_torch import harmonize_torch
 
-        with _threads(ncores, n):  # the initialisation and the ridge systems stay on the CPU
-            state = harmonize_torch(
-                device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
-                float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
-                _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids)
-    else:
-        with _threads(ncores, n):
-            state = _on_stack_for(
-                nclust, _harmonize,
-                kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, _F32(alpha), nclust,
-                float(block_size), int(max_iter_harmony), int(max_iter_kmeans), _F32(epsilon_cluster),
-                _F32(epsilon_harmony), _F32(batch_prop_cutoff), int(random_state), init_centroids, bool(verbose),
-            )
+            with _threads(ncores, n):  # the initialisation and the ridge systems stay on the CPU
+                state = harmonize_torch(
+                    device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, alpha32, nclust,
+                    block_size, int(max_iter_harmony), int(max_iter_kmeans), eps_cluster, eps_harmony, cutoff, seed,
+                    init_centroids, bool(verbose))
+        else:
+            with _threads(ncores, n):
+                state = _on_stack_for(
+                    nclust, _harmonize,
+                    kern, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma32, theta_v, lamb32, alpha32, nclust,
+                    block_size, int(max_iter_harmony), int(max_iter_kmeans), eps_cluster, eps_harmony, cutoff, seed,
+                    init_centroids, bool(verbose),
+                )
     return Harmony({**state, "labels": labels, "vars_use": vars_use, "sigma": sigma32})
 
 

@@ -38,12 +38,12 @@ def _device(name: str):
 
 def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta, lamb, alpha, nclust,
                     block_size, max_iter_harmony, max_iter_kmeans, eps_kmeans, eps_harmony, cutoff, random_state,
-                    init_centroids) -> dict:
+                    init_centroids, verbose: bool = False) -> dict:
     """The state dict of :func:`phenovec.batch.harmony._harmonize`, computed with torch on ``device``."""
     import torch
 
     from phenovec.batch.harmony import (_F32, _check, _finite_objective, _harmony_converged, _kmeans_converged,
-                                        _Ridge, start_centroids)
+                                        _Ridge, logger, start_centroids)
 
     kern = load_kernel("harmony")
     dev = _device(device)
@@ -107,6 +107,8 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
         return out.cpu().numpy()
 
     for it in range(1, max_iter_harmony + 1):
+        if verbose:
+            logger.info("Harmony iteration %d of %d", it, max_iter_harmony)
         if len(obj_harmony) > 1:
             zc = torch.nn.functional.normalize(zc, dim=1)
             assign("cluster initialization")
@@ -154,6 +156,8 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
                 zc[rows] = z0[rows] - r[rows] @ m_dev[batches].sum(0)
         y = torch.nn.functional.normalize(torch.from_numpy(y_np).to(dev), dim=1)
         if _harmony_converged(obj_harmony[-2], obj_harmony[-1], eps_harmony):
+            if verbose:
+                logger.info("Harmony converged after %d iteration%s", it, "s" if it > 1 else "")
             break
     z_corr = zc.cpu().numpy()
     if not np.isfinite(z_corr).all():

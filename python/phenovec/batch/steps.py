@@ -188,7 +188,7 @@ def harmony(
         x = model.fit_transform(x)
         names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
         pca_arrays = {"pca_mean": model.mean_, "pca_components": model.components_}
-    h = run_harmony(x, df[vars_use].reset_index(drop=True), vars_use, theta=theta, lamb=lamb, sigma=sigma,
+    h = run_harmony(x.T, df[vars_use], vars_use, theta=theta, lamb=lamb, sigma=sigma,
                     nclust=nclust, max_iter_harmony=max_iter_harmony, max_iter_kmeans=max_iter_kmeans,
                     epsilon_cluster=epsilon_cluster, epsilon_harmony=epsilon_harmony, random_state=random_state,
                     ncores=ncores, device=device)
