@@ -12,8 +12,8 @@ float type; cosine: ``1 - x.y`` on unit rows) and, while the block is hot, hands
   first, by the row's number in the input even when the rows are sorted by class, so the kept set does not depend
   on the scan order); a chunk of ``CHUNK`` columns whose smallest value
   (a vectorised minimum) is above the heap's largest is skipped, which after the near diagonal tile is most of
-  them. :func:`~phenovec.evaluate.integration.knn_graph.refined_graph` then recomputes the candidates'
-  distances in float64 and keeps the ``k`` nearest.
+  them. :func:`~phenovec.evaluate.integration.knn_graph.certified_graph` then recomputes the candidates'
+  distances in float64, keeps the ``k`` nearest and proves them exact (or recomputes the row exactly).
 - the per-class distance sums of the silhouettes: ``sum sqrt(max(d^2, 0))`` (cosine: ``clip(1 - x.y, 0, 2)``)
   over each class's columns, the row's own distance set to exactly 0; at the end of the row tile each row's
   ``a_i`` sum and nearest (or furthest, or mean other) class mean distance.
@@ -22,6 +22,8 @@ Cost: ``n^2 d`` multiply-adds in BLAS plus ``O(n^2)`` vectorised work; memory ``
 ``TILE x (TILE + classes)`` blocks.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -95,9 +97,10 @@ def _smallest(g, lo, hi):
 
 
 @numba.njit(parallel=True, cache=True)
-def _pass(tiles, norms, n, kk, cand, ids, bounds, codes, n_classes, mode, cosine, one, intra, inter):
+def _pass(tiles, norms, n, kk, cand, screen, ids, bounds, codes, n_classes, mode, cosine, one, intra, inter):
     """``mode``: -1 no silhouette sums, else ``BETWEEN``'s code; ``kk`` = 0: no kNN screen; ``one``: 1 in the
-    rows' float type; ``ids``: each row's number in the caller's order (the heap's tie-break and the candidates)."""
+    rows' float type; ``ids``: each row's number in the caller's order (the heap's tie-break and the candidates);
+    ``screen``: each row's largest kept screened value (every other column's is at least that)."""
     nt, T, _ = tiles.shape
     zero, two = one - one, one + one
     for bt in numba.prange(nt):
@@ -156,6 +159,7 @@ def _pass(tiles, norms, n, kk, cand, ids, bounds, codes, n_classes, mode, cosine
             if kk > 0:
                 for c in range(kk):
                     cand[i, c] = hi[r, c]
+                screen[i] = np.inf if kk >= n else hd[r, 0]  # kk = n: no column left out
             if mode >= 0:
                 own_c = codes[i]
                 best = np.inf if mode == 0 else -np.inf
@@ -178,10 +182,23 @@ def _pass(tiles, norms, n, kk, cand, ids, bounds, codes, n_classes, mode, cosine
                     inter[i] = best
 
 
+class Pass(NamedTuple):
+    """What :func:`distance_pass` found: per row (in the caller's row numbers for ``candidates``, in ``x``'s order
+    for the rest) its ``kk`` screened candidates, the largest kept screened value (every left-out column's value is
+    at least that: what :func:`~phenovec.evaluate.integration.knn_graph.certified_graph` checks the candidates
+    with), and the silhouettes' sums."""
+
+    candidates: np.ndarray | None
+    screen: np.ndarray | None
+    intra: np.ndarray | None
+    inter: np.ndarray | None
+
+
 def distance_pass(x: np.ndarray, norms: np.ndarray, kk: int = 0, *, codes: np.ndarray | None = None,
                   bounds: np.ndarray | None = None, between: str | None = None, cosine: bool = False,
                   ids: np.ndarray | None = None, tile: int = TILE):
-    """``(candidates n x kk or None, intra sums or None, between-class values or None)`` of the rows ``x``
+    """A :class:`Pass` (candidates n x kk, screen values, intra sums, between-class values; None where not asked) of
+    the rows ``x``
     (prepared: centred, or unit rows for ``cosine``; sorted by ``codes`` when silhouettes are asked, ``bounds``
     their class ranges) and their squared norms ``norms``; ``tile``: rows per tile (tests use small ones).
     ``ids``: the rows' numbers in the caller's order when ``x`` is a reordering (default ``0..n-1``): the
@@ -197,6 +214,7 @@ def distance_pass(x: np.ndarray, norms: np.ndarray, kk: int = 0, *, codes: np.nd
     nrm = np.zeros(nt * tile, dtype=x.dtype)
     nrm[:n] = norms
     cand = np.empty((n, kk) if kk else (0, 0), dtype=np.int64)
+    screen = np.empty(n if kk else 0)
     ids = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
     mode = -1 if between is None else BETWEEN[between]
     if mode >= 0:
@@ -207,8 +225,10 @@ def distance_pass(x: np.ndarray, norms: np.ndarray, kk: int = 0, *, codes: np.nd
         intra = inter = np.empty(0)
         n_classes = 0
     with threadpool_limits(1):  # one BLAS thread per Numba thread
-        _pass(tiles, nrm, n, kk, cand, ids, bounds, codes, n_classes, mode, cosine, x.dtype.type(1), intra, inter)
-    return (cand if kk else None), (intra if mode >= 0 else None), (inter if mode >= 0 else None)
+        _pass(tiles, nrm, n, kk, cand, screen, ids, bounds, codes, n_classes, mode, cosine, x.dtype.type(1), intra,
+              inter)
+    return Pass(cand if kk else None, screen if kk else None, intra if mode >= 0 else None,
+                inter if mode >= 0 else None)
 
 
 def screen_sizes(n_neighbors, n: int) -> tuple[int, int]:
@@ -223,14 +243,13 @@ def screen_sizes(n_neighbors, n: int) -> tuple[int, int]:
 def knn_graph_and_silhouettes(X, labels, n_neighbors: int = 90, *, tile: int = TILE):
     """``(knn_graph(X, n_neighbors), silhouette_samples(X, labels))`` from one pass over the distances."""
     from phenovec.evaluate.integration.annotations import embedding_matrix
-    from phenovec.evaluate.integration.knn_graph import refined_graph
+    from phenovec.evaluate.integration.knn_graph import certified_graph
     from phenovec.evaluate.integration.silhouette import silhouettes_from_sums, sorted_by_label
 
     x = embedding_matrix(X)
     k, kk = screen_sizes(n_neighbors, x.shape[0])
     order, sc, freqs, bounds, xs, norms = sorted_by_label(x, labels)
-    cand_sorted, intra, inter = distance_pass(xs, norms, kk, codes=sc, bounds=bounds, between="nearest",
-                                              ids=order, tile=tile)
-    cand = np.empty_like(cand_sorted)
-    cand[order] = cand_sorted  # the candidates are already original row numbers
-    return refined_graph(x, cand, k), silhouettes_from_sums(intra, inter, freqs, sc, order)
+    p = distance_pass(xs, norms, kk, codes=sc, bounds=bounds, between="nearest", ids=order, tile=tile)
+    cand, screen, xn = np.empty_like(p.candidates), np.empty_like(p.screen), np.empty_like(norms)
+    cand[order], screen[order], xn[order] = p.candidates, p.screen, norms  # candidates: already original numbers
+    return certified_graph(x, cand, screen, xn, k, xs.dtype), silhouettes_from_sums(p.intra, p.inter, freqs, sc, order)

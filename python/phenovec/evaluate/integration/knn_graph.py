@@ -10,9 +10,15 @@ How (phenovec's Rust similarity engine returns similarity blocks, not top-k list
 the rows are centred and :func:`~phenovec.evaluate.integration.distance_pass.distance_pass` keeps each row's
 ``k + 8`` smallest squared distances (cache-sized BLAS tiles, ``|x|^2 + |y|^2 - 2 x.y`` in the input's float
 type); those candidates' distances are then recomputed directly in float64 (``sqrt(sum (x - y)^2)``) and the
-``k`` smallest kept. The result is the exact
-kNN graph unless the float rounding of the screening product reorders a row's ``k``-th and ``k + 8``-th
-neighbour (not seen in practice). Cost: ``O(n^2 d)`` (BLAS) + ``O(n^2)`` selection; memory ``O(n k)``.
+``k`` smallest kept. Each row's list is then proved exact (:func:`certified_graph`): a left-out row ``j`` had a
+screened value of at least the row's largest kept one ``h``, which is within ``(d + 8) eps (|x_i| + |x_j|)^2`` of
+its true squared distance (the rounding bound of the product in the pass's float type), and a ``j`` with
+``|x_j| > |x_i| + d_k`` is farther than ``d_k`` by the triangle inequality; so when ``d_k^2 < h - (d + 8) eps
+(2 |x_i| + d_k)^2`` no left-out row is as near as the ``k``-th kept one. A row that this does not prove (float32
+rows in tight clusters far from the centre, or many exact ties such as duplicated rows) is screened again from float64
+products and proved the same way, and a row still not proved (ties at its ``k``-th distance) is recomputed from its
+direct float64 distances to every row. Cost: ``O(n^2 d)`` (BLAS) + ``O(n^2)`` selection, plus ``O(n d)`` per recomputed
+row; memory ``O(n k)``.
 
 ``knn_graph_connectivities`` is UMAP's fuzzy simplicial set (umap-learn 0.5's ``fuzzy_simplicial_set`` with
 ``set_op_mix_ratio = local_connectivity = 1``, as scib-metrics calls it): the same float32 arithmetic in
@@ -27,23 +33,25 @@ import numpy as np
 import scipy.sparse as sp
 
 from phenovec.evaluate.integration.annotations import embedding_matrix
-from phenovec.evaluate.integration.distance_pass import TILE, distance_pass, screen_sizes
+from phenovec.evaluate.integration.distance_pass import TILE, _sift_down, distance_pass, screen_sizes
 
 
 
 @numba.njit(parallel=True, cache=True)
-def _refine(X, cand, k, out_idx, out_dist):
+def _refine(X, rows, cand, k, out_idx, out_dist):
+    """Row ``rows[t]``'s ``k`` nearest among its candidates ``cand[t]``, by direct float64 distances."""
     n, kk = cand.shape
     d_feat = X.shape[1]
-    for i in numba.prange(n):
+    for t in numba.prange(n):
+        i = rows[t]
         dist = np.empty(kk, dtype=np.float64)
         idx = np.empty(kk, dtype=np.int64)
         for c in range(kk):
-            j = cand[i, c]
+            j = cand[t, c]
             s = 0.0
             for f in range(d_feat):
-                t = np.float64(X[i, f]) - np.float64(X[j, f])
-                s += t * t
+                u = np.float64(X[i, f]) - np.float64(X[j, f])
+                s += u * u
             dist[c] = np.sqrt(s)
             idx[c] = j
         # insertion sort by (distance, not self, index)
@@ -65,8 +73,40 @@ def _refine(X, cand, k, out_idx, out_dist):
             dist[p] = dv
             idx[p] = iv
         for c in range(k):
-            out_idx[i, c] = idx[c]
-            out_dist[i, c] = dist[c]
+            out_idx[t, c] = idx[c]
+            out_dist[t, c] = dist[c]
+
+
+@numba.njit(parallel=True, cache=True)
+def _exact_rows(X, rows, k, out_idx, out_dist):
+    """Each row of ``rows``: its ``k`` nearest among all rows by direct float64 distances, self first, then by
+    distance, ties by row number (a bounded max-heap over every row, then sorted)."""
+    n, d_feat = X.shape
+    for t in numba.prange(rows.shape[0]):
+        i = rows[t]
+        hd = np.empty(k, dtype=np.float64)
+        hi = np.empty(k, dtype=np.int64)
+        for j in range(n):
+            s = 0.0
+            for f in range(d_feat):
+                u = np.float64(X[i, f]) - np.float64(X[j, f])
+                s += u * u
+            key = -1.0 if j == i else np.sqrt(s)  # self first, whatever its duplicates
+            if j < k:
+                hd[j] = key
+                hi[j] = j
+                if j == k - 1:
+                    for p in range(k // 2 - 1, -1, -1):
+                        _sift_down(hd, hi, k, p, hd[p], hi[p])
+            elif key < hd[0] or (key == hd[0] and j < hi[0]):
+                _sift_down(hd, hi, k, 0, key, j)
+        for a in range(k - 1, 0, -1):  # heap sort: largest last
+            dv, iv = hd[a], hi[a]
+            hd[a], hi[a] = hd[0], hi[0]
+            _sift_down(hd, hi, a, 0, dv, iv)
+        for c in range(k):
+            out_idx[t, c] = hi[c]
+            out_dist[t, c] = max(hd[c], 0.0)
 
 
 def knn_graph(X, n_neighbors: int = 90, *, tile: int = TILE) -> "KnnGraph":
@@ -75,17 +115,68 @@ def knn_graph(X, n_neighbors: int = 90, *, tile: int = TILE) -> "KnnGraph":
     k, kk = screen_sizes(n_neighbors, x.shape[0])
     xc = (x - x.mean(axis=0, dtype=np.float64)).astype(x.dtype)
     norms = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
-    cand = distance_pass(xc, norms, kk, tile=tile)[0]
-    return refined_graph(x, cand, k)
+    p = distance_pass(xc, norms, kk, tile=tile)
+    return certified_graph(x, p.candidates, p.screen, norms, k, xc.dtype)
 
 
-def refined_graph(x: np.ndarray, cand: np.ndarray, k: int) -> "KnnGraph":
-    """The graph of each row's ``k`` nearest among its screened candidates, on float64 distances."""
-    n = x.shape[0]
-    idx = np.empty((n, k), dtype=np.int64)
-    dist = np.empty((n, k), dtype=np.float64)
-    _refine(x, cand, k, idx, dist)
+def refined_graph(x: np.ndarray, cand: np.ndarray, k: int, rows: np.ndarray | None = None) -> "KnnGraph":
+    """The graph of each row's ``k`` nearest among its screened candidates, on float64 distances (``rows``: the
+    rows ``cand``'s lines belong to; default all, in order)."""
+    rows = np.arange(x.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    idx = np.empty((len(rows), k), dtype=np.int64)
+    dist = np.empty((len(rows), k), dtype=np.float64)
+    _refine(x, rows, cand, k, idx, dist)
     return KnnGraph(indices=idx, distances=dist)
+
+
+def _float64_screen(x: np.ndarray, rows: np.ndarray, kk: int, block: int = 128):
+    """``(candidates, screen values, centred squared norms)`` of ``rows`` from float64 products (``x`` centred in
+    float64; blocks of ``block`` rows against all)."""
+    x64 = x.astype(np.float64)
+    x64 -= x64.mean(axis=0)
+    n64 = np.einsum("ij,ij->i", x64, x64)
+    cand = np.empty((len(rows), kk), dtype=np.int64)
+    screen = np.empty(len(rows))
+    for a in range(0, len(rows), block):
+        r = rows[a:a + block]
+        d2 = n64[r][:, None] + n64[None, :] - 2.0 * (x64[r] @ x64.T)
+        d2[np.arange(len(r)), r] = -1.0  # each row keeps itself
+        part = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
+        cand[a:a + len(r)] = part
+        screen[a:a + len(r)] = np.take_along_axis(d2, part, axis=1).max(axis=1)
+    if x.shape[0] <= kk:
+        screen[:] = np.inf
+    return cand, screen, n64[rows]
+
+
+def uncertain_rows(g: "KnnGraph", screen: np.ndarray, norms: np.ndarray, d: int, dtype) -> np.ndarray:
+    """The rows whose refined ``k``-th distance the screen does not prove to beat every left-out row (module
+    docstring): ``d_k^2 >= h - (d + 8) eps (2 |x_i| + d_k)^2``, ``h`` the row's largest screened value kept, ``|x_i|``
+    its centred norm, ``eps`` that of the pass's float type (with a relative margin for the float64 checks)."""
+    dk = g.distances[:, -1]
+    slack = (d + 8) * float(np.finfo(dtype).eps) * (2.0 * np.sqrt(norms) + dk) ** 2
+    with np.errstate(invalid="ignore"):  # screen = inf where no row was left out
+        return np.flatnonzero(~(dk * dk * (1 + 1e-12) < np.asarray(screen, dtype=np.float64) - slack))
+
+
+def certified_graph(x: np.ndarray, cand: np.ndarray, screen: np.ndarray, norms: np.ndarray, k: int,
+                    dtype) -> "KnnGraph":
+    """The refined graph of the screened candidates, each row proved exact or recomputed exactly (module docstring):
+    ``x`` the rows, ``norms`` their centred squared norms, ``screen`` each row's largest kept screened value and
+    ``dtype`` the float type the screen ran in."""
+    g = refined_graph(x, cand, k)
+    redo = uncertain_rows(g, screen, norms, x.shape[1], dtype)
+    if len(redo) and np.finfo(dtype).eps > np.finfo(np.float64).eps:  # screened again in float64 (BLAS)
+        c64, s64, n64 = _float64_screen(x, redo, cand.shape[1])
+        again = refined_graph(x, c64, k, redo)
+        g.indices[redo], g.distances[redo] = again.indices, again.distances
+        redo = redo[uncertain_rows(again, s64, n64, x.shape[1], np.float64)]
+    if len(redo):  # ties at the k-th distance (duplicated rows) or float64 cancellation: every row, directly
+        idx = np.empty((len(redo), k), dtype=np.int64)
+        dist = np.empty((len(redo), k), dtype=np.float64)
+        _exact_rows(x, redo.astype(np.int64), k, idx, dist)
+        g.indices[redo], g.distances[redo] = idx, dist
+    return g
 
 
 @dataclass

@@ -42,9 +42,9 @@ def silhouette_samples(X, labels, chunk_size: int = 256, metric: Literal["euclid
                          f"got {between_cluster_distances!r}")
     x = embedding_matrix(X)
     order, sc, freqs, bounds, xs, norms = sorted_by_label(x, labels, metric)
-    _, intra, inter = distance_pass(xs, norms, codes=sc, bounds=bounds, between=between_cluster_distances,
-                                    cosine=metric == "cosine", tile=tile)
-    return silhouettes_from_sums(intra, inter, freqs, sc, order)
+    p = distance_pass(xs, norms, codes=sc, bounds=bounds, between=between_cluster_distances,
+                      cosine=metric == "cosine", tile=tile)
+    return silhouettes_from_sums(p.intra, p.inter, freqs, sc, order)
 
 
 def sorted_by_label(x: np.ndarray, labels, metric: str = "euclidean"):
