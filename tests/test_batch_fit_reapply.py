@@ -172,6 +172,23 @@ def test_damaged_or_edited_fits_are_refused_naming_the_file(tmp_path):
         subtract_well_mean(df, fit=tmp_path / "json.npz")
 
 
+def test_harmony_fit_arrays_checked_against_its_features(tmp_path):
+    """A harmony fit whose Symphony reference or spread is of another size than its features: refused naming the
+    file (it was blamed on the query: "the query must be n x ...")."""
+    from phenovec.batch import harmony
+
+    df = _table(n=240)
+    _, fit = harmony(df, features=FEATS, vars_use="Metadata_Batch", nclust=4, mapping_confidence=True,
+                     return_fit=True)
+    bad_sums = _edited(tmp_path, fit, "h1.npz", arrays={"cluster_sums": fit.arrays["cluster_sums"][:, :4]})
+    with pytest.raises(ValueError, match=r"h1\.npz: the harmony fit's 'cluster_sums' has shape \(4, 4\), "
+                                         r"expected \(any, 5\)"):
+        harmony(df, fit=bad_sums)
+    bad_spread = _edited(tmp_path, fit, "h2.npz", arrays={"spread_covariances": fit.arrays["spread_covariances"][:3]})
+    with pytest.raises(ValueError, match=r"h2\.npz: the harmony fit's 'spread_covariances' has shape \(3, 5, 5\)"):
+        harmony(df, fit=bad_spread)
+
+
 def test_input_checks_of_the_steps():
     df = _table()
     for bad in (-5, 0, float("nan"), float("inf"), "100", True):

@@ -107,6 +107,32 @@ def test_assignment_scales_rows_to_unit_length_only():
     np.testing.assert_array_equal(r.argmax(axis=1), [1, 0, 2])
 
 
+def test_assignment_of_rows_at_the_ends_of_the_float_range():
+    """Rows of 1e160 (their squared length overflows) and 1e-170 (it underflows) are assigned as the same rows at
+    scale 1: each row is divided by its largest coordinate before its length is taken."""
+    x_ref, meta_ref = _cells(300, d=4, seed=0)
+    ref = run_harmony(x_ref, meta_ref, "Metadata_Plate", nclust=5).reference()
+    x = _cells(20, d=4, seed=3)[0]
+    r = ref.assign(x)
+    for scale in (1e160, 1e-170):
+        np.testing.assert_allclose(ref.assign(x * scale), r, rtol=1e-12, atol=1e-15)
+    assert (ref == ref) is True and ref != HarmonyReference(ref.cluster_sums, ref.cluster_weights, ref.sigma)
+    hash(ref)  # identity semantics: arrays are not compared element-wise
+
+
+def test_reference_from_a_result_in_the_old_layout_is_refused():
+    """harmonypy <= 0.0.10 kept R as K x N and Z_corr as d x N; with K == d their shapes agree, and the reference
+    would have N clusters. Each cell's assignments must sum to 1."""
+    x_ref, meta_ref = _cells(300, d=5, seed=0)
+    h = run_harmony(x_ref, meta_ref, "Metadata_Plate", nclust=5)
+
+    class Old:
+        R, Z_corr = h.R.T, h.Z_corr.T
+
+    with pytest.raises(ValueError, match=r"look like K x N.* pass R\.T and Z_corr\.T"):
+        HarmonyReference.from_harmony(Old, sigma=0.1)
+
+
 def test_mapping_refusals_name_the_problem():
     x_ref, meta_ref = _cells(300, d=4, seed=0)
     ref = run_harmony(x_ref, meta_ref, "Metadata_Plate", nclust=5).reference()

@@ -56,8 +56,10 @@ class BatchFit:
         if name not in self.arrays:
             raise ValueError(f"{self.source}: this {self.step} fit has no array {name!r}; fit it again")
         a = np.asarray(self.arrays[name])
-        if shape is not None and (a.ndim != len(shape) or any(w is not None and w != n for w, n in zip(shape, a.shape))):
-            want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
+        wrong = a.ndim != len(shape) or any(w is not None and w != n for w, n in zip(shape, a.shape)) if shape else False
+        if wrong:
+            want = ", ".join("any" if w is None else str(w) for w in shape)
+            want = f"({want},)" if len(shape) == 1 else f"({want})"
             raise ValueError(f"{self.source}: the {self.step} fit's {name!r} has shape {a.shape}, expected {want} "
                              f"for its {len(self.params.get('features', []))} features")
         return a

@@ -441,8 +441,8 @@ def run_harmony(
         big = np.abs(z) > np.finfo(np.float32).max
         if big.any():
             r, c = np.argwhere(big)[0]
-            raise ValueError(f"Harmony data_mat: value {float(z[r, c])!r} in row {int(r)}, column {int(c)} is beyond float32's "
-                             "range (Harmony runs in float32, as harmonypy); rescale the coordinates")
+            raise ValueError(f"Harmony data_mat: value {float(z[r, c])!r} in row {int(r)}, column {int(c)} is beyond "
+                             "float32's range (Harmony runs in float32, as harmonypy); rescale the coordinates")
     z_orig = np.ascontiguousarray(z, dtype=np.float32)
     require_finite(z_orig, "Harmony data_mat")
     d = z_orig.shape[1]
@@ -504,7 +504,8 @@ def run_harmony(
 
     block_size = _real(block_size, "block_size")
     if not 0 < np.float32(block_size):
-        raise ValueError(f"block_size must be above 0 (the fraction of the cells updated at a time), got {block_size!r}")
+        raise ValueError(f"block_size must be above 0 (the fraction of the cells updated at a time), got "
+                         f"{block_size!r}")
     numbers = [_F32(_real(v, name)) for v, name in ((alpha, "alpha"), (epsilon_cluster, "epsilon_cluster"),
                                                     (epsilon_harmony, "epsilon_harmony"),
                                                     (batch_prop_cutoff, "batch_prop_cutoff"))]

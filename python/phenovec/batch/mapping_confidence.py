@@ -43,7 +43,7 @@ MIN_CONDITION = 1e-12
 ROWS_PER_BLOCK = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClusterSpread:
     """Per reference cluster, the weighted mean (``means``, K x d) and weighted unbiased covariance
     (``covariances``, K x d x d) of the reference's coordinates; float64. Every covariance must be positive

@@ -174,10 +174,14 @@ def harmony(
         if "pca_components" in fit.arrays:
             x = (x - fit.array("pca_mean", (len(feats),))) @ fit.array("pca_components", (None, len(feats))).T
             names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
-        reference = HarmonyReference(fit.arrays["cluster_sums"], fit.arrays["cluster_weights"], fit.arrays["sigma"])
+        dims = x.shape[1]
+        sums = fit.array("cluster_sums", (None, dims))
+        k = sums.shape[0]
+        reference = HarmonyReference(sums, fit.array("cluster_weights", (k,)), fit.array("sigma", (k,)))
         mapped = reference.map(x, df[vars_use], vars_use, lamb=lamb)  # errors name the table's row labels
         if mapping_confidence:
-            spread = ClusterSpread(fit.arrays["spread_means"], fit.arrays["spread_covariances"])
+            spread = ClusterSpread(fit.array("spread_means", (k, dims)),
+                                   fit.array("spread_covariances", (k, dims, dims)))
             df, meta = _with_column(df, meta, MAPPING_DISTANCE, spread.distance(x, mapped.R))
         return _finish(df, feats, meta, mapped.Z_corr, names, fit, return_fit, output_file)
     pca_arrays = {}
@@ -303,7 +307,8 @@ def regress_cell_count(
                                    [cell_count])
     if fit is None:
         mask, a, b = fit_cell_count(x, counts, min_unique)
-        fit = BatchFit("regress_cell_count", {"features": feats, "cell_count": str(cell_count), "min_unique": min_unique},
+        fit = BatchFit("regress_cell_count", {"features": feats, "cell_count": str(cell_count),
+                                              "min_unique": min_unique},
                        {"regressed": mask, "intercept": a, "slope": b})
     d = (len(feats),)
     out = apply_cell_count(x, counts, fit.array("regressed", d).astype(bool), fit.array("intercept", d),
@@ -478,7 +483,8 @@ def arm_correction(
         labels, means = fit_arm_means(x, df[arm].to_numpy(), bg, None if gene is None else df[gene].to_numpy(),
                                       min_genes)
         fit = BatchFit("arm_correction", {"features": feats, "arm": str(arm), "arms": labels, "background": background,
-                                          "rows": None if rows is None else str(rows), "min_genes": min_genes}, {"means": means})
+                                          "rows": None if rows is None else str(rows), "min_genes": min_genes},
+                       {"means": means})
     arms = fit.param("arms")
     out = apply_arm_means(x, df[arm].to_numpy(), arms, fit.array("means", (len(arms), len(feats))), sel)
     return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)

@@ -21,6 +21,12 @@ query): the tests run it and match its corrected query and its ``R`` to 1e-9. Di
   agree whenever each row's largest coordinate is positive.
 - symphonypy forms every cluster's (B + 1) x N matrices densely (O(K B N d)); here the sums run per batch level
   (O(N V K d) for V batch variables), so hundreds of plates cost no more than a few.
+- A ``lamb`` given per level follows the levels in sorted order, numbers sorted as numbers (harmonypy's order);
+  symphonypy turns labels into text first, so for numeric labels (plates 2, 10, 33) it sorts them "10", "2", "33"
+  and gives each penalty to another plate. Pass text labels for its order.
+
+Each query row is divided by its largest absolute coordinate before it is scaled to unit length (the same
+direction; a row of 1e160 or 1e-170 would otherwise overflow or underflow the length).
 
 ``lamb`` (the query's ridge penalty per batch level) is 1 by default, as in symphonypy.
 """
@@ -35,7 +41,7 @@ from phenovec.batch.finite import require_finite
 #: query rows assigned at a time (their K logits stay in cache)
 ROWS_PER_BLOCK = 8192
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SymphonyMapping:
     """A query mapped onto a :class:`HarmonyReference`: corrected coordinates (n x d) and soft assignments to the
     reference's clusters (n x K), both float64."""
@@ -44,7 +50,7 @@ class SymphonyMapping:
     R: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HarmonyReference:
     """What Symphony keeps of a Harmony run: ``cluster_sums`` (``C = R.T @ Z_corr``, K x d), ``cluster_weights``
     (``Nr = R.sum(0)``, K) and ``sigma`` (K), all float64."""
@@ -86,6 +92,10 @@ class HarmonyReference:
         z = np.asarray(result.Z_corr, dtype=np.float64)
         if r.ndim != 2 or z.ndim != 2 or r.shape[0] != z.shape[0]:
             raise ValueError(f"R ({r.shape}) and Z_corr ({z.shape}) must both have one row per cell")
+        if not np.allclose(r.sum(axis=1), 1.0, atol=1e-3):  # each cell's assignments sum to 1
+            hint = " (they look like K x N, harmonypy <= 0.0.10's layout: pass R.T and Z_corr.T)" \
+                if np.allclose(r.sum(axis=0), 1.0, atol=1e-3) else ""
+            raise ValueError(f"R's rows must be cells whose assignments sum to 1{hint}")
         if sigma is None:
             sigma = getattr(result, "sigma", None)
         if sigma is None:
@@ -107,10 +117,12 @@ class HarmonyReference:
         return self._assign(_query_matrix(data_mat, self.cluster_sums.shape[1]))
 
     def _assign(self, x: np.ndarray) -> np.ndarray:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise ValueError(f"query row {int(np.argmax(norms[:, 0] == 0))} is all zeros: it has no direction to "
+        scale = np.abs(x).max(axis=1, keepdims=True)
+        if (scale == 0).any():
+            raise ValueError(f"query row {int(np.argmax(scale[:, 0] == 0))} is all zeros: it has no direction to "
                              "assign to a cluster")
+        x = x / scale  # the largest coordinate 1 in size: the length neither overflows nor underflows
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
         y = self.centroids.T
         r = np.empty((x.shape[0], self.K))
         for lo in range(0, x.shape[0], ROWS_PER_BLOCK):  # blocks of rows: the temporaries stay in cache
