@@ -232,8 +232,17 @@ def test_worker_sessions_per_thread_on_cpu_shared_on_gpu(setup, monkeypatch):
     sha = read_metadata(onnx_path).weights_sha256
     ref = sites.run_model_ref(str(onnx_path), sha, ["CPUExecutionProvider"], 1, True)
     assert ref.per_thread and ref.intra_op_threads == 1
+    import threading
+
+    both = threading.Barrier(2, timeout=60)  # every task waits for one on the other thread: both threads take part
+
+    def session_id(_):
+        sid = id(sites.worker_session(ref))
+        both.wait()
+        return sid
+
     with ThreadPoolExecutor(2) as pool:
-        a = list(pool.map(lambda _: id(sites.worker_session(ref)), range(8)))
+        a = list(pool.map(session_id, range(8)))
     assert len(set(a)) == 2  # one per thread, reused within a thread
     s = sites.worker_session(ref)
     assert s is sites.worker_session(ref) and s._lock is None

@@ -479,7 +479,7 @@ def arm_correction(
         bg = select_samples(df, _needed(background, "background", "arm_correction", "Metadata_zfpkm < -3"),
                             key="arm_correction background")
         if sel is not None:
-            bg &= sel
+            bg = bg & sel  # not in place: the filter's mask may be a read-only view (pandas copy-on-write)
         labels, means = fit_arm_means(x, df[arm].to_numpy(), bg, None if gene is None else df[gene].to_numpy(),
                                       min_genes)
         fit = BatchFit("arm_correction", {"features": feats, "arm": str(arm), "arms": labels, "background": background,
