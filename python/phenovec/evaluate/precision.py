@@ -8,7 +8,8 @@ similarities with ``ties="exact"``):
   input); on the CPU it is the Rust core, unchanged.
 - ``"bf16"``: GEMM inputs rounded to bfloat16 (8-bit significand), products accumulated in float32. On the CPU
   through oneDNN (PyTorch's ``mkldnn.matmul.fp32_precision = "bf16"``: AMX / AVX512-BF16), refused on a CPU
-  without AVX512-BF16 or AMX; on CUDA a bf16 GEMM with float32 output.
+  where PyTorch does not run it (no AVX512-BF16 or AMX; or, probed, AVX512-BF16 without AMX, as AMD Zen 4, where
+  PyTorch 2.15 keeps the GEMM in float32); on CUDA a bf16 GEMM with float32 output.
 - ``"fp16"``: inputs rounded to float16 (11-bit significand), float32 accumulation: CUDA only.
 - ``"tf32"``: inputs rounded to TensorFloat-32 (11-bit significand, float32 range): CUDA compute capability
   >= 8.0 only.
@@ -20,6 +21,7 @@ float32 sums, without its speed. It exists to measure the effect of a precision 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 
@@ -32,15 +34,33 @@ def check_precision_name(precision: str) -> str:
     return precision
 
 
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX tiles, as PyTorch detects them (False without torch)."""
+def _bf16_units() -> tuple[bool, bool]:
+    """(AVX512-BF16, AMX tiles) as PyTorch detects them ((False, False) without torch or oneDNN)."""
     try:
         import torch
     except ImportError:
-        return False
+        return False, False
+    if not torch.backends.mkldnn.is_available():
+        return False, False
     cpu = torch.cpu
-    probes = [getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None)]
-    return torch.backends.mkldnn.is_available() and any(p is not None and p() for p in probes)
+    return tuple(bool(p is not None and p()) for p in (getattr(cpu, "_is_avx512_bf16_supported", None),
+                                                       getattr(cpu, "_is_amx_tile_supported", None)))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16() -> bool:
+    """Whether PyTorch runs float32 GEMMs with bf16 inputs on this CPU when asked (``matmul_mode("bf16")``): it has
+    AVX512-BF16 or AMX, and a probe product whose float32 and bf16 values differ comes back in bf16. PyTorch 2.15
+    honours the request on AMX CPUs (Sapphire Rapids) but not on an AVX512-BF16 CPU without AMX (AMD Zen 4), where
+    the GEMM silently stays float32. Probed once per process, at the first call."""
+    if not any(_bf16_units()):
+        return False
+    import torch
+
+    a = torch.full((32, 64), 1.0 + 2.0**-12)  # 1 + 2^-12 rounds to 1 in bf16
+    with matmul_mode("bf16", "cpu"):
+        v = float((a @ torch.ones(64, 32))[0, 0])
+    return v == 64.0
 
 
 def check_precision(precision: str, device: str, emulate: bool = False) -> None:
@@ -51,9 +71,11 @@ def check_precision(precision: str, device: str, emulate: bool = False) -> None:
     if not device.startswith("cuda"):
         if precision == "bf16":
             if not cpu_has_bf16():
-                raise ValueError("precision='bf16' cannot run on this CPU: it has neither AVX512-BF16 nor AMX (as "
-                                 "PyTorch detects them); use precision='fp32', a CUDA device, or emulate=True to "
-                                 "measure the effect of bf16 without its speed")
+                why = ("PyTorch runs its float32 GEMMs in float32 here all the same (this CPU has AVX512-BF16 "
+                       "without AMX)" if any(_bf16_units()) else "it has neither AVX512-BF16 nor AMX (as PyTorch "
+                       "detects them)")
+                raise ValueError(f"precision='bf16' cannot run on this CPU: {why}; use precision='fp32', a CUDA "
+                                 "device, or emulate=True to measure the effect of bf16 without its speed")
             return
         raise ValueError(f"precision={precision!r} cannot run on the CPU (a CUDA tensor-core format; PyTorch has no "
                          f"CPU GEMM with {precision} inputs and float32 accumulation): use 'fp32' or 'bf16' on the "
