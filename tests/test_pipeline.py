@@ -91,6 +91,11 @@ def test_an_interrupted_stage_resumes(tmp_path, monkeypatch):
     ({"synth": {}, "train": {"optim": {"lrr": 1}}}, r"\(train\): unknown key 'optim\.lrr'"),
     ({"synth": {}, "train": {"data": {"crops": "c"}}}, r"train\.data\.crops is set by the pipeline"),
     ({"synth": {}, "process": {"steps": [{"normalise": {}}]}}, r"process\.steps: .*normalise"),
+    # a batch step's typo or missing filter: refused when the config is read, not after crop / train / profile
+    ({"synth": {}, "process": {"steps": [{"harmony": {"vars": "Metadata_Plate"}}]}},
+     r"process\.steps: recipe step 1 \(harmony\): unknown argument 'vars' \(arguments: .*vars_use"),
+    ({"synth": {}, "process": {"steps": [{"aggregate": {}}, {"tvn": {"batch": "Metadata_Plate"}}]}},
+     r"process\.steps: .*step 2 \(tvn\) needs controls to fit"),
     ({"synth": {}, "profile": {"dtype": "int8"}}, r"profile\.dtype = 'int8' is not one of"),
 ])
 def test_config_errors_name_the_key_or_file(tmp_path, raw, match):

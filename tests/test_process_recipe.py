@@ -292,3 +292,17 @@ def test_set_overrides_and_unknown_keys():
                        ("normalize.method.deeper=x", r"normalize\.method\.deeper.*not a mapping")]:
         with pytest.raises(ValueError, match=match):
             Recipe.load("lincs-cellprofiler", overrides=[bad])
+
+
+def test_a_steps_error_names_the_step_and_unknown_arguments_are_refused_when_read():
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from phenovec.process.recipe import Recipe, apply_recipe
+
+    df = pd.DataFrame({"Metadata_Plate": ["P1", "P2"] * 10, "Cells_a": np.arange(20.0), "Cells_b": np.ones(20)})
+    with pytest.raises(KeyError, match=r"recipe 't', step 2 \(harmony\): vars_use: unknown column 'Metadata_Batch'"):
+        apply_recipe({"name": "t", "steps": [{"rank_int": {}}, {"harmony": {"vars_use": "Metadata_Batch"}}]}, df)
+    with pytest.raises(ValueError, match=r"recipe step 1 \(remove_outliers\): unknown argument 'treshold'"):
+        Recipe.from_obj([{"remove_outliers": {"treshold": 5}}])

@@ -333,7 +333,7 @@ def load_run_config(path_or_dict) -> dict:
         from phenovec.process.recipe import Recipe
 
         try:
-            Recipe.from_obj(cfg["process"]["steps"])
+            Recipe.from_obj(cfg["process"]["steps"]).check_required()
         except ValueError as e:
             raise ConfigError(f"{source}: process.steps: {e}") from None
     return cfg

@@ -50,6 +50,8 @@ STEP_NAMES = ("aggregate", "annotate", "normalize", "feature_select", "spherize"
               "moa_profiles") + BATCH_STEPS
 # the arguments of any step that are row filters (phenovec.io.row_filter), checked when the recipe is read
 FILTER_ARGUMENTS = ("samples", "controls", "negcon", "poscon", "background", "rows")
+# the batch steps' row filters that fitting needs (re-applying a fit does not)
+NEEDED_TO_FIT = {"tvn": "controls", "sphere_by_map": "negcon", "arm_correction": "background"}
 
 
 def _step_function(name: str) -> Callable:
@@ -124,6 +126,11 @@ class Recipe:
             bad = {"output_file", "profiles", "population_df"} & set(kwargs)
             if bad:
                 raise ValueError(f"recipe step {i} ({step}): {sorted(bad)[0]!r} is set by the recipe runner, not the step")
+            allowed = step_arguments(step)
+            unknown = [k for k in kwargs if k not in allowed]
+            if unknown:  # refused when read, not when the step runs (after the steps before it)
+                raise ValueError(f"recipe step {i} ({step}): unknown argument {unknown[0]!r} (arguments: "
+                                 f"{', '.join(allowed)})")
             for key in FILTER_ARGUMENTS:  # a bad filter is refused when the recipe is read, before any step
                 value = kwargs.get(key)
                 if isinstance(value, str) and value != "all":
@@ -200,8 +207,13 @@ class Recipe:
         return r
 
     def check_required(self) -> None:
-        """``ValueError`` naming the key to set when a step lacks an argument it needs (annotate's platemap)."""
+        """``ValueError`` naming the key to set when a step lacks an argument it needs (annotate's platemap; the
+        batch steps' row filters that fitting needs, when no fit is given)."""
         for i, (step, kwargs) in enumerate(self.steps, 1):
+            needed = NEEDED_TO_FIT.get(step)
+            if needed and kwargs.get(needed) is None and kwargs.get("fit") is None:
+                raise ValueError(f"recipe {self.name!r}, step {i} ({step}) needs {needed} to fit (a row filter such "
+                                 "as \"Metadata_pert_type == 'negcon'\"), unless fit names a saved fit to re-apply")
             if step == "annotate" and kwargs.get("platemap") is None:
                 raise ValueError(f"recipe {self.name!r}, step {i} (annotate) needs a platemap: give --platemap FILE "
                                  "(or --set annotate.platemap=FILE; from Python, overrides=[('annotate.platemap', "
@@ -241,6 +253,17 @@ def _parse_override(item) -> tuple[str, Any]:
     except yaml.YAMLError as e:
         raise ValueError(f"--set {key}: the value {text!r} is not a YAML scalar or list: {e}") from None
     return key, value
+
+
+def _with_step(e: Exception, where: str) -> Exception:
+    """``e`` with ``where`` before its message (the same type, traceback kept), or ``e`` itself if it cannot be."""
+    if not e.args or not isinstance(e.args[0], str) or e.args[0].startswith(where):
+        return e
+    try:
+        new = type(e)(f"{where}: {e.args[0]}", *e.args[1:])
+    except Exception:
+        return e
+    return new.with_traceback(e.__traceback__)
 
 
 def recipe_path(recipe: str | os.PathLike) -> Path:
@@ -327,7 +350,10 @@ def apply_recipe(
                     raise ValueError(f"{source if is_path else 'the input DataFrame'}: the input has no rows")
             if features_default == "non-metadata" and "features" not in kwargs and step != "annotate":
                 kwargs = {**kwargs, "features": [c for c in df.columns if not str(c).startswith("Metadata_")]}
-            df = _step_function(step)(df, **kwargs)
+            try:
+                df = _step_function(step)(df, **kwargs)
+            except (ValueError, KeyError) as e:  # name the step: a recipe's errors come from any of them
+                raise _with_step(e, f"recipe {r.name!r}, step {i + 1} ({step})") from None
         log.append({"step": step, "rows": int(len(df)), "columns": int(df.shape[1]),
                     "seconds": round(time.perf_counter() - t0, 3)})
     provenance = {
