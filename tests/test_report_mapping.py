@@ -68,3 +68,42 @@ def test_plate_without_controls_and_bad_distances(tmp_path):
     with pytest.raises(ValueError, match=f"{COLUMN} is -0.5 at row 3: .* finite number >= 0"):
         build_report(negative, tmp_path / "neg", null_size=NULL, batch_effects=False)
 
+
+
+def test_zero_control_median_numeric_plates_and_missing_plate_labels(tmp_path):
+    """Controls whose median distance is 0 (the plate's wells had no ratio and vanished from the figure and the
+    list): the plate's own median instead; plates 1, 2, 10 in numeric order (they sorted as 1, 10, 2); a well
+    without a plate label left out, noted (it was a plate called 'nan')."""
+    df, far = _mapped(seed=2)
+    plates = df["Metadata_Plate"].map({"P1": 10, "P2": 2}).astype(object)
+    plates.iloc[::7] = 1  # a third plate, labelled 1
+    df["Metadata_Plate"] = plates
+    two = (df["Metadata_Plate"] == 2) & df["Metadata_Control"]
+    df.loc[two, COLUMN] = 0.0
+    df.loc[df.index[3], "Metadata_Plate"] = None
+    doc = _strict_json(build_report(df, tmp_path / "rep", null_size=NULL, batch_effects=False).json)
+    sec = doc["mapping"]
+    assert [r["plate"] for r in sec["per_plate"]] == ["1", "2", "10"]
+    p2 = {r["plate"]: r for r in sec["per_plate"]}["2"]
+    g = df[df["Metadata_Plate"] == 2]
+    assert p2["baseline"] == "all wells' median (control median 0)"
+    assert p2["baseline_distance"] == pytest.approx(g[COLUMN].median(), rel=1e-12) and p2["baseline_distance"] > 0
+    assert any(r["plate"] == "2" for r in sec["top"])  # its far wells are listed
+    assert sum(r["wells"] for r in sec["per_plate"]) == len(df) - 1
+    assert any("1 well(s) without a plate label" in n for n in doc["notes"])
+
+
+def test_aggregate_keeps_the_mapping_distance_as_each_wells_median():
+    """Cells mapped before they are aggregated (a run's recipe): the distance survives as each well's median, so the
+    report's section still appears (aggregate dropped it with the other per-cell metadata)."""
+    from phenovec.process.aggregate import aggregate
+
+    rng = np.random.default_rng(0)
+    cells = pd.DataFrame({"Metadata_Plate": np.repeat(["P1", "P2"], 30), "Metadata_Well": np.tile(np.repeat(
+        ["A01", "A02", "A03"], 10), 2), COLUMN: rng.uniform(1, 5, 60), "Cells_a": rng.normal(size=60)})
+    for operation in ("median", "mean"):
+        wells = aggregate(cells, operation=operation)
+        want = cells.groupby(["Metadata_Plate", "Metadata_Well"])[COLUMN].median().to_numpy()
+        np.testing.assert_allclose(wells[COLUMN].to_numpy(), want, rtol=1e-15)
+        assert list(wells.columns) == ["Metadata_Plate", "Metadata_Well", COLUMN, "Cells_a"]
+    assert COLUMN not in aggregate(cells.drop(columns=COLUMN)).columns

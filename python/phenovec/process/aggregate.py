@@ -298,7 +298,9 @@ def aggregate(
 ):
     """Group profiles by ``strata`` and take the per-group ``median`` or ``mean`` of every feature.
 
-    Same signature, output and semantics as ``pycytominer.aggregate`` 1.7.1 (see the module docstring): medians
+    Same signature, output and semantics as ``pycytominer.aggregate`` 1.7.1 (see the module docstring; one
+    addition: a ``Metadata_mapping_distance`` column, the harmony step's per-cell mapping metric, is kept as each
+    group's median instead of dropped with the other metadata): medians
     equal the peer's exactly, means to 1e-12 relative (float64 sums in row order vs the peer's Kahan sums).
     ``population_df`` is a DataFrame or a table path (:func:`phenovec.io.profiles.read_table`). With
     ``output_file`` the table is written (csv/parquet/h5ad/zarr by ``output_type`` or the name) and the path is
@@ -333,6 +335,13 @@ def aggregate(
         values = _means(sums, rows, nan_counts)
     counts = _object_counts(population_df[object_feature], pos, keys) if compute_object_count else None
     out = _assemble(keys, values, feats, counts)
+    from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
+
+    if MAPPING_DISTANCE in population_df.columns and MAPPING_DISTANCE not in strata + feats:
+        # the harmony step's per-cell mapping metric, mapped before aggregating: each group's median, so the report's
+        # mapping section still reads it per well (pycytominer has no such column and drops other metadata)
+        d = numeric_features(population_df, [MAPPING_DISTANCE])
+        out.insert(len(strata), MAPPING_DISTANCE, _group_median(d, pos, n_groups)[:, 0])
     return _write(out, output_file, output_type, compression_options, float_format)
 
 

@@ -12,10 +12,17 @@ Arevalo et al. 2024's ranking), computed on the report's wells with
   (``phenovec run`` adds the per-well means before processing, so the table shows what processing did to the
   batch effect; ``phenovec report --compare NAME=PATH`` adds others, e.g. a Harmony-corrected table).
 
+``pcr_comparison`` (how much of the plate's share of the variance an embedding removed) is measured against the
+first ``compare`` table, the baseline, which the section names (``phenovec run``'s: the well means before
+processing; on the command line list the unprocessed table first). Without a compare table it is left out: against
+itself every table scores 0.
+
 With one method the min-max scaling across methods is meaningless, so the scores are the unscaled means (as
 scib-metrics' Benchmarker does with ``min_max_scale=False``); with several, the scaled ranking. The section is left
 out, with the reason in the report's notes, when there is a single plate, fewer than two MOAs or fewer than
-``MIN_WELLS`` wells.
+``MIN_WELLS`` wells. Wells without a plate label are left out of it (noted), a metric whose definition does not
+apply to the wells (``silhouette_batch`` when no MOA has wells on two plates) is left blank with the reason noted,
+and compare tables are skipped, noted, when the profiles have no well column to match them by.
 """
 from __future__ import annotations
 
@@ -42,11 +49,26 @@ class BatchEffects:
     labels: int
     methods: list[str] = field(default_factory=list)
     scaled: bool = False
+    baseline: str | None = None  # the table pcr_comparison is measured against (None: left out)
+    undefined: dict = field(default_factory=dict)  # metric -> why it does not apply
 
 
 def _rows(inp: ReportInput) -> np.ndarray:
     moa = inp.meta[inp.moa_column]
     return np.flatnonzero(~inp.control & moa.notna().to_numpy())
+
+
+def _key_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Key columns as text, numbers written canonically ("001", 1 and 1.0 all "1"): a CSV read back turns plate
+    "001" into the number 1, which must still match."""
+    def canon(v):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return str(v)
+        return str(int(f)) if np.isfinite(f) and f == int(f) else repr(f)
+
+    return frame.apply(lambda col: col.map(canon))
 
 
 def _aligned(name: str, table, keys: list[str], wanted: pd.DataFrame) -> np.ndarray:
@@ -58,16 +80,18 @@ def _aligned(name: str, table, keys: list[str], wanted: pd.DataFrame) -> np.ndar
         if k not in df.columns:
             raise KeyError(f"compare {name!r}: no column {k!r} to match its wells to the report's")
     prof = split_profiles(df.reset_index(drop=True))
-    key_df = prof.meta[keys].astype(str)
+    key_df, want_df = prof.meta[keys].astype(str), wanted[keys].astype(str)
+    if not pd.MultiIndex.from_frame(want_df).isin(pd.MultiIndex.from_frame(key_df)).all():
+        key_df, want_df = _key_text(prof.meta[keys]), _key_text(wanted[keys])  # e.g. plate "001" read back as 1
     if key_df.duplicated().any():
         dup = key_df[key_df.duplicated()].iloc[0].tolist()
         raise ValueError(f"compare {name!r}: well {dup} appears twice (one row per well is needed)")
     pos = pd.Series(np.arange(len(key_df)), index=pd.MultiIndex.from_frame(key_df))
-    want = pd.MultiIndex.from_frame(wanted[keys].astype(str))
+    want = pd.MultiIndex.from_frame(want_df)
     missing = ~want.isin(pos.index)
     if missing.any():
         raise ValueError(f"compare {name!r}: {int(missing.sum())} of the report's wells are missing, e.g. "
-                         f"{list(want[missing][0])}")
+                         f"{list(want[missing][0])} (its own first wells: {key_df.head(2).values.tolist()})")
     x = prof.feats.to_numpy(np.float64) if hasattr(prof.feats, "to_numpy") else np.asarray(prof.feats, np.float64)
     return x[pos.loc[want].to_numpy()]
 
@@ -79,6 +103,12 @@ def batch_effects(inp: ReportInput, compare: dict | None = None, *, seed: int = 
 
     notes = notes if notes is not None else []
     rows = _rows(inp)
+    if inp.plate_column in inp.meta.columns:
+        no_plate = inp.meta[inp.plate_column].iloc[rows].isna().to_numpy()
+        if no_plate.any():
+            notes.append(f"batch effects: {int(no_plate.sum())} treated well(s) without a plate label "
+                         f"({inp.plate_column}) left out of the section")
+            rows = rows[~no_plate]
     meta = inp.meta.iloc[rows].reset_index(drop=True)
     plates = meta[inp.plate_column].nunique() if inp.plate_column in meta.columns else 0
     labels = meta[inp.moa_column].nunique()
@@ -88,10 +118,12 @@ def batch_effects(inp: ReportInput, compare: dict | None = None, *, seed: int = 
         notes.append(f"batch effects (integration metrics) left out: {why}")
         return None
     embeddings = {PROFILES: inp.x[rows]}
+    if compare and KEYS[1] not in meta.columns:
+        notes.append(f"batch effects: the compare tables ({', '.join(compare)}) left out: the report's profiles "
+                     f"have no {KEYS[1]!r} column to match their wells by (profiles not per well)")
+        compare = None
     if compare:
-        keys = [inp.plate_column] + [k for k in KEYS[1:] if k in meta.columns]
-        if len(keys) < 2:
-            raise KeyError(f"compare: the report's profiles need a {KEYS[1]!r} column to match wells")
+        keys = [inp.plate_column, KEYS[1]]
         for name, table in compare.items():
             if name == PROFILES:
                 raise ValueError(f"compare: {PROFILES!r} is the report's own profiles; give another name")
@@ -99,10 +131,13 @@ def batch_effects(inp: ReportInput, compare: dict | None = None, *, seed: int = 
     md = pd.DataFrame({"batch": meta[inp.plate_column].astype(str).to_numpy(),
                        "label": meta[inp.moa_column].astype(str).to_numpy()})
     scaled = len(embeddings) > 1
-    res = integration_table(embeddings, "batch", "label", metadata=md, baseline=list(embeddings)[-1] if scaled
-                            else None, seed=seed, min_max=scaled)
+    baseline = next(iter(compare)) if compare else None
+    res = integration_table(embeddings, "batch", "label", metadata=md, baseline=baseline, seed=seed, min_max=scaled,
+                            pcr=baseline is not None, skip_undefined=True)
+    for metric, why in res.undefined.items():
+        notes.append(f"batch effects: {metric} left blank: {why}")
     return BatchEffects(table=res.table, scores=res.scores, wells=len(rows), plates=int(plates), labels=int(labels),
-                        methods=list(embeddings), scaled=scaled)
+                        methods=list(embeddings), scaled=scaled, baseline=baseline, undefined=dict(res.undefined))
 
 
 def batch_effects_figure(b: BatchEffects | None):
@@ -124,7 +159,7 @@ def batch_effects_figure(b: BatchEffects | None):
                    for x in metrics], rotation=55, ha="right", fontsize=7)
     ax.set_ylabel("value (higher is better)")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"Integration metrics: batch = plate ({b.plates}), label = MOA ({b.labels}), {b.wells} wells",
                  fontsize=9)
     fig.tight_layout()

@@ -119,7 +119,7 @@ def build_report(
         timings["batch_effects"] = round(time.perf_counter() - t0, 4)
     from phenovec.report.mapping import mapping_section
 
-    res.mapping = mapping_section(inp)  # only with the harmony step's Metadata_mapping_distance column
+    res.mapping = mapping_section(inp, notes=res.notes)  # only with the harmony step's Metadata_mapping_distance column
     if moaprofiler:
         from phenovec.report.moaprofiler import moaprofiler_section
 

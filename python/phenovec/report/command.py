@@ -25,11 +25,13 @@ def add_report_parser(stages) -> argparse.ArgumentParser:
     p.add_argument("--features", nargs="+", help="feature columns (default: every non-Metadata_ column)")
     add_similarity(p, "cosine")
     p.add_argument("--null-size", type=int, default=10000, help="null distribution size for the mAP p-values")
-    p.add_argument("--seed", type=int, default=0, help="seed of the null distributions")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the null distributions and of the batch-effect section's k-means")
     p.add_argument("--threshold", type=float, default=0.05, help="significance level of the corrected p-values")
     p.add_argument("--compare", nargs="+", metavar="NAME=PATH",
                    help="other profile tables of the same wells (matched by plate and well) to compare in the "
-                        "batch-effect section, e.g. raw=wells_raw.parquet harmony=wells_harmony.parquet")
+                        "batch-effect section, e.g. raw=wells_raw.parquet harmony=wells_harmony.parquet; the first "
+                        "is the baseline pcr_comparison is measured against (list the unprocessed table first)")
     p.add_argument("--no-batch-effects", action="store_true",
                    help="leave out the batch-effect section (integration metrics, batch = plate, label = MOA)")
     p.add_argument("--moaprofiler", action="store_true",

@@ -208,13 +208,17 @@ def _batch_section(r: ReportMetrics, figure: str) -> str:
     if b is None:
         return ""
     scores = b.scores.copy()
-    explain = (f"scib integration metrics of the {b.wells} treated wells with an MOA (controls left out), every "
-               f"plate including the training plates: batch = plate ({b.plates} plates), label = MOA ({b.labels} "
-               "MOAs). Batch-correction metrics are near 1 when plates mix; bio-conservation metrics when wells "
-               "group by MOA. " + ("Scores are min-max scaled across the methods compared, then total = 0.4 x "
-                                   "batch correction + 0.6 x bio conservation (Arevalo et al. 2024)."
-                                   if b.scaled else "One method: the scores are unscaled means of each group's "
-                                   "metrics (total = 0.4 x batch correction + 0.6 x bio conservation)."))
+    explain = (f"scib integration metrics of the {b.wells} treated wells with an MOA (controls left out), on every "
+               f"plate, whatever the wells' training split: batch = plate ({b.plates} plates), label = MOA "
+               f"({b.labels} MOAs). Batch-correction metrics are near 1 when plates mix; bio-conservation metrics "
+               "when wells group by MOA. " + ("Scores are min-max scaled across the methods compared, then total = "
+                                              "0.4 x batch correction + 0.6 x bio conservation (Arevalo et al. 2024)."
+                                              if b.scaled else "One method: the scores are unscaled means of each "
+                                              "group's metrics (total = 0.4 x batch correction + 0.6 x bio "
+                                              "conservation).")
+               + (f" pcr_comparison is measured against {b.baseline!r} (the baseline)." if b.baseline else
+                  " pcr_comparison is left out: no baseline table to compare with.")
+               + "".join(f" {m} is blank: {why}." for m, why in b.undefined.items()))
     wide = b.table.pivot(index="metric", columns="method", values="value").reindex(
         list(dict.fromkeys(b.table["metric"])))[b.methods].reset_index()
     wide.insert(1, "type", [b.table.loc[b.table["metric"] == m, "metric_type"].iloc[0] for m in wide["metric"]])

@@ -5,7 +5,9 @@ Profiles mapped onto a saved Harmony fit with ``mapping_confidence`` (the ``harm
 When the report's profiles have that column, this section shows it the way it can be read: within a plate, since
 a plate's own offset (which the mapping then removes) raises all its wells' distances. Each well's distance is
 divided by the median distance of its plate's control wells (the controls are the phenotype every reference holds;
-a plate without control wells is divided by the median of all its wells instead, and the table says so). The
+a plate without control wells, or whose controls' median is 0, is divided by the median of all its wells
+instead, and the table says so). Plates are ordered as their labels sort (numbers as numbers); wells without a
+plate label are left out, noted. The
 section gives per plate the wells' distances, the treated wells furthest from the reference by that ratio, and a
 strip plot of every plate. Without the column the section is left out; a missing or non-finite distance is an
 error naming its row.
@@ -35,10 +37,20 @@ class MappingSection:
     wells: pd.DataFrame
 
 
-def mapping_section(inp: ReportInput) -> MappingSection | None:
+def _plate_order(labels) -> list:
+    """Distinct plate labels sorted as numbers when every one is a number (1, 2, 10), else as text."""
+    uniq = list(dict.fromkeys(labels))
+    try:
+        return sorted(uniq, key=float)
+    except (TypeError, ValueError):
+        return sorted(uniq, key=str)
+
+
+def mapping_section(inp: ReportInput, notes: list | None = None) -> MappingSection | None:
     """The section of the report's profiles (None without a ``Metadata_mapping_distance`` column)."""
     if COLUMN not in inp.meta.columns:
         return None
+    notes = notes if notes is not None else []
     dist = pd.to_numeric(inp.meta[COLUMN], errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(dist) | (dist < 0)
     if bad.any():
@@ -47,18 +59,29 @@ def mapping_section(inp: ReportInput) -> MappingSection | None:
         value = value.item() if isinstance(value, np.generic) else value  # -0.5, not np.float64(-0.5)
         raise ValueError(f"{inp.source}: {COLUMN} is {value!r} at row {row}: the mapping "
                          "distance must be a finite number >= 0")
-    plate = inp.meta[inp.plate_column].astype(str).to_numpy()
-    wells = pd.DataFrame({"plate": plate, "treatment": inp.meta[inp.treatment_column].astype(str).to_numpy(),
+    plate = inp.meta[inp.plate_column]
+    wells = pd.DataFrame({"plate": plate.to_numpy(), "treatment": inp.meta[inp.treatment_column].astype(str).to_numpy(),
                           "moa": inp.meta[inp.moa_column].to_numpy(), "control": inp.control, "distance": dist})
     if "Metadata_Well" in inp.meta.columns:
         wells.insert(1, "well", inp.meta["Metadata_Well"].astype(str).to_numpy())
+    if plate.isna().any():
+        notes.append(f"mapping section: {int(plate.isna().sum())} well(s) without a plate label "
+                     f"({inp.plate_column}) left out")
+        wells = wells[plate.notna().to_numpy()].reset_index(drop=True)
+    order = _plate_order(wells["plate"])
+    wells["plate"] = wells["plate"].astype(str)
     rows = []
-    for p, g in wells.groupby("plate", sort=True):
+    for p in map(str, order):
+        g = wells[wells["plate"] == p]
         controls = g.loc[g["control"], "distance"]
         treated = g.loc[~g["control"], "distance"]
-        base = float(controls.median()) if len(controls) else float(g["distance"].median())
-        rows.append({"plate": p, "wells": len(g), "controls": len(controls),
-                     "baseline": "control median" if len(controls) else "all wells' median (no controls)",
+        base, how = (float(controls.median()), "control median") if len(controls) else (np.nan, "")
+        if not base > 0:  # no controls, or their median is 0: the plate's own median
+            base = float(g["distance"].median())
+            how = "all wells' median (" + ("no controls" if not len(controls) else "control median 0") + ")"
+            if not base > 0:
+                base, how = np.nan, "none (the plate's median distance is 0)"
+        rows.append({"plate": p, "wells": len(g), "controls": len(controls), "baseline": how,
                      "baseline_distance": base,
                      "treated_median": float(treated.median()) if len(treated) else np.nan,
                      "treated_max": float(treated.max()) if len(treated) else np.nan,
@@ -66,7 +89,8 @@ def mapping_section(inp: ReportInput) -> MappingSection | None:
     per_plate = pd.DataFrame(rows)
     base = per_plate.set_index("plate")["baseline_distance"]
     denom = base.loc[wells["plate"]].to_numpy()
-    wells["ratio"] = np.divide(dist, denom, out=np.full(len(dist), np.nan), where=denom > 0)
+    d = wells["distance"].to_numpy()
+    wells["ratio"] = np.divide(d, denom, out=np.full(len(d), np.nan), where=denom > 0)
     top = (wells[~wells["control"]].sort_values(["ratio", "distance"], ascending=False, kind="stable")
            .head(TOP).drop(columns="control").reset_index(drop=True))
     return MappingSection(per_plate=per_plate, top=top, wells=wells)
@@ -97,8 +121,9 @@ def mapping_figures(sec: MappingSection | None) -> list:
     fig.tight_layout()
     return [Figure("mapping_distance", "Mapping onto the reference: distance per plate",
                    "Symphony's per-cell mapping metric of each well (a Mahalanobis distance to the reference "
-                   "clusters it was assigned to), over its plate's control median, on a log scale: wells far above "
-                   "their plate's controls resemble nothing in the reference.", png_bytes(fig))]
+                   "clusters it was assigned to), over its plate's baseline (its control wells' median; all its "
+                   "wells' median for a plate without controls), on a log scale: wells far above their plate's "
+                   "baseline resemble nothing in the reference.", png_bytes(fig))]
 
 
 def mapping_section_html(sec: MappingSection | None, figures_html: str = "") -> str:

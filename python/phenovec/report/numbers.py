@@ -16,7 +16,8 @@ Layout (``schema`` = ``phenovec.report/1``)::
     views:          {explained_variance_ratio, wells: [{plate, treatment, moa, control, split, PC1, PC2, UMAP1, ...}]}
     qc:             {cells_per_well: [...], flagged_wells: [...], edge: {inside: n, ...}} or null
     training:       the training run's per-epoch table or null; dataset: its name or null
-    batch_effects:  {wells, plates, labels, methods, scaled, scores: [...], metrics: [...]} or null
+    batch_effects:  {wells, plates, labels, methods, scaled, baseline, undefined, scores: [...], metrics: [...]}
+                    or null
     mapping:        {column, per_plate: [...], top: [...]} (profiles mapped with the harmony step's
                     mapping_confidence) or null
     moaprofiler:    {wells, moas, compounds, summary, delta_per_moa, groups, knn, enrichment, holdout} or null
@@ -104,6 +105,7 @@ def report_numbers(r: ReportMetrics, provenance: dict) -> dict:
         "batch_effects": None if r.batch_effects is None else {
             "wells": r.batch_effects.wells, "plates": r.batch_effects.plates, "labels": r.batch_effects.labels,
             "methods": r.batch_effects.methods, "scaled": r.batch_effects.scaled,
+            "baseline": r.batch_effects.baseline, "undefined": r.batch_effects.undefined,
             "scores": r.batch_effects.scores, "metrics": r.batch_effects.table},
         "mapping": mapping_numbers(r.mapping),
         "moaprofiler": None if r.moaprofiler is None else {

@@ -67,6 +67,8 @@ class IntegrationResult:
     table: pd.DataFrame
     scores: pd.DataFrame
     seconds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: metric -> why it is NaN (``skip_undefined=True``: its definition does not apply to these rows)
+    undefined: dict = field(default_factory=dict)
 
     def wide(self, scaled: bool = False) -> pd.DataFrame:
         """Methods x metrics (raw values, or min-max scaled)."""
@@ -103,8 +105,14 @@ def _split(name: str, emb, batch_key: str, label_key: str, metadata):
 def integration_table(embeddings: Mapping[str, object], batch_key: str, label_key: str, *,
                       metadata: pd.DataFrame | None = None, baseline: str | None = None, leiden: bool = False,
                       mean_average_precision: bool = True, map_distance: str = "cosine", seed: int = 0,
-                      min_max: bool = True, sbee: bool = False) -> IntegrationResult:
-    """Score every embedding (name -> profile table or n x d matrix of the same rows) with the integration set."""
+                      min_max: bool = True, sbee: bool = False, pcr: bool = True,
+                      skip_undefined: bool = False) -> IntegrationResult:
+    """Score every embedding (name -> profile table or n x d matrix of the same rows) with the integration set.
+
+    ``pcr=False`` leaves ``pcr_comparison`` out (it compares each embedding with the ``baseline``, so it is 0 by
+    construction when there is no other table to compare with). ``skip_undefined=True``: a metric whose definition
+    does not apply to these rows (``silhouette_batch`` when no label spans two batches, ...) is NaN, left out of the
+    scores' means, with the reason in ``result.undefined``, instead of an error."""
     if not embeddings:
         raise ValueError("embeddings: give at least one (name -> profile table or matrix)")
     names = list(embeddings)
@@ -123,7 +131,7 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
             raise ValueError(f"{nm}: rows differ from {names[0]}'s (the {batch_key} / {label_key} columns must be "
                              f"the same, row for row)")
     kmax = min(max(NEIGHBOURS), n)
-    rows, secs = [], []
+    rows, secs, undefined = [], [], {}
     x_pre = data[baseline][0]
     for nm in names:
         x = data[nm][0]
@@ -131,7 +139,13 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
 
         def timed(step, fn):
             t0 = time.perf_counter()
-            out = fn()
+            try:
+                out = fn()
+            except ValueError as e:
+                if not skip_undefined or step not in METRIC_TYPES:
+                    raise
+                undefined.setdefault(step, str(e))
+                out = np.nan
             t[step] = time.perf_counter() - t0
             return out
 
@@ -153,8 +167,9 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
         vals["ilisi_knn"] = timed("ilisi_knn", lambda: ilisi_knn(sub[90], batch))
         vals["kbet_per_label"] = timed("kbet_per_label", lambda: kbet_per_label(sub[50], batch, labels))
         vals["graph_connectivity"] = timed("graph_connectivity", lambda: graph_connectivity(sub[15], labels))
-        vals["pcr_comparison"] = timed("pcr_comparison",
-                                       lambda: pcr_comparison(x_pre, x, batch, categorical=True))
+        if pcr:
+            vals["pcr_comparison"] = timed("pcr_comparison",
+                                           lambda: pcr_comparison(x_pre, x, batch, categorical=True))
         if sbee:
             vals["sbee"] = timed("sbee", lambda: sbee_score(sub[90], x, batch, labels))
         for m, v in vals.items():
@@ -166,7 +181,8 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
     table["scaled"] = [scaled.loc[r.method, r.metric] for r in table.itertuples()]
     scores = S.overall_scores(wide, METRIC_TYPES, min_max=min_max)
     scores.index.name = "method"
-    return IntegrationResult(table=table, scores=scores.reset_index(), seconds=pd.DataFrame(secs))
+    return IntegrationResult(table=table, scores=scores.reset_index(), seconds=pd.DataFrame(secs),
+                             undefined=undefined)
 
 
 def integration_heatmap(result: IntegrationResult, path, title: str | None = None):
