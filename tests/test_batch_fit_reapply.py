@@ -191,9 +191,12 @@ def test_harmony_fit_arrays_checked_against_its_features(tmp_path):
 
 def test_input_checks_of_the_steps():
     df = _table()
-    for bad in (-5, 0, float("nan"), float("inf"), "100", True):
+    for bad in (-5, 0, float("nan"), float("inf"), "100", True, np.bool_(True), np.float32(-1)):
         with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
             remove_outliers(df, features=FEATS, threshold=bad)
+    plain = remove_outliers(df, features=FEATS, threshold=5)
+    for scalar in (np.int64(5), np.float32(5.0)):  # numpy numbers are numbers
+        pd.testing.assert_frame_equal(remove_outliers(df, features=FEATS, threshold=scalar), plain)
     inf = df.set_index(pd.Index([f"r{i}" for i in range(len(df))]))
     inf.loc["r9", "Cells_f3"] = np.inf
     with pytest.raises(ValueError, match=r"value inf in row 'r9', feature 'Cells_f3'"):

@@ -375,6 +375,18 @@ def test_verbose_prints_progress(device, capfd):
     run_harmony(x, meta, "Metadata_Plate", device=device)
     assert capfd.readouterr().err == ""
     assert logging.getLogger("phenovec.batch.harmony").handlers == []
+    # logging set up above INFO by the caller: each line once (the records also reached the root's handler)
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("ROOT %(message)s"))
+    root.addHandler(handler)
+    try:
+        run_harmony(x, meta, "Metadata_Plate", verbose=True, device=device)
+    finally:
+        root.removeHandler(handler)
+    err = capfd.readouterr().err
+    assert err.count("Harmony iteration 1 of 10") == 1 and "ROOT" not in err
+    assert logging.getLogger("phenovec.batch.harmony").propagate
 
 
 def test_parameters_that_would_run_silently_wrong_are_refused():

@@ -306,3 +306,5 @@ def test_a_steps_error_names_the_step_and_unknown_arguments_are_refused_when_rea
         apply_recipe({"name": "t", "steps": [{"rank_int": {}}, {"harmony": {"vars_use": "Metadata_Batch"}}]}, df)
     with pytest.raises(ValueError, match=r"recipe step 1 \(remove_outliers\): unknown argument 'treshold'"):
         Recipe.from_obj([{"remove_outliers": {"treshold": 5}}])
+    # aggregate's streaming arguments (it runs as aggregate_stream first on a file) are arguments of the step
+    Recipe.from_obj([{"aggregate": {"batch_rows": 1000, "memory_budget_bytes": 1 << 20}}])

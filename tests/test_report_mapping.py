@@ -93,17 +93,24 @@ def test_zero_control_median_numeric_plates_and_missing_plate_labels(tmp_path):
     assert any("1 well(s) without a plate label" in n for n in doc["notes"])
 
 
-def test_aggregate_keeps_the_mapping_distance_as_each_wells_median():
-    """Cells mapped before they are aggregated (a run's recipe): the distance survives as each well's median, so the
+def test_aggregate_keeps_the_mapping_distance_per_well(tmp_path):
+    """Cells mapped before they are aggregated (a run's recipe): the distance survives, aggregated as the features
+    are (each well's median or mean), in memory and streamed from a file (the first step of a recipe), so the
     report's section still appears (aggregate dropped it with the other per-cell metadata)."""
-    from phenovec.process.aggregate import aggregate
+    from phenovec.process.aggregate import aggregate, aggregate_stream
+    from phenovec.process.recipe import apply_recipe
 
     rng = np.random.default_rng(0)
     cells = pd.DataFrame({"Metadata_Plate": np.repeat(["P1", "P2"], 30), "Metadata_Well": np.tile(np.repeat(
         ["A01", "A02", "A03"], 10), 2), COLUMN: rng.uniform(1, 5, 60), "Cells_a": rng.normal(size=60)})
+    shuffled = cells.sample(frac=1.0, random_state=1)  # groups not contiguous: the median spills to buckets
+    shuffled.to_parquet(tmp_path / "cells.parquet")
     for operation in ("median", "mean"):
-        wells = aggregate(cells, operation=operation)
-        want = cells.groupby(["Metadata_Plate", "Metadata_Well"])[COLUMN].median().to_numpy()
-        np.testing.assert_allclose(wells[COLUMN].to_numpy(), want, rtol=1e-15)
-        assert list(wells.columns) == ["Metadata_Plate", "Metadata_Well", COLUMN, "Cells_a"]
+        want = cells.groupby(["Metadata_Plate", "Metadata_Well"])[COLUMN].agg(operation).to_numpy()
+        for wells in (aggregate(cells, operation=operation), aggregate_stream(cells, operation=operation),
+                      aggregate_stream(tmp_path / "cells.parquet", operation=operation, batch_rows=7),
+                      apply_recipe([{"aggregate": {"operation": operation}}], tmp_path / "cells.parquet")):
+            wells = wells.sort_values(["Metadata_Plate", "Metadata_Well"])
+            np.testing.assert_allclose(wells[COLUMN].to_numpy(), want, rtol=1e-14)
+            assert list(wells.columns) == ["Metadata_Plate", "Metadata_Well", COLUMN, "Cells_a"]
     assert COLUMN not in aggregate(cells.drop(columns=COLUMN)).columns

@@ -61,3 +61,25 @@ def test_training_configuration_takes_exponent_numbers(tmp_path):
     assert cfg["optim"]["lr"] == 3e-3 and cfg["optim"]["weight_decay"] == 5e-5
     assert _parse_override("optim.lr=1e-4") == ("optim.lr", 1e-4)
     assert load_config(path, dict([_parse_override("optim.lr=2E-2")]))["optim"]["lr"] == 2e-2
+
+
+def test_printed_configurations_read_back():
+    """A string that reads as an exponent number ("1e5", a treatment named so) is quoted when phenovec prints it."""
+    from phenovec.commented_yaml import inline_yaml
+
+    for value in ("1e5", "2E-3", [1e5, "3e1"], {"control": "1e5", "lr": 1e-4}):
+        text = inline_yaml(value)
+        assert load_yaml(text) == value and yaml.safe_load(text) == value, text
+
+
+def test_errors_keep_their_type_and_gain_where():
+    from phenovec.error_context import with_context
+
+    e = with_context(KeyError("Metadata_X"), "recipe 'r', step 2 (pca)")
+    assert type(e) is KeyError and e.args[0] == "recipe 'r', step 2 (pca): Metadata_X"
+    # a constructor that takes other arguments: the nearest plain type, naming the original
+    bad = UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte")
+    e = with_context(bad, "plate.csv: cannot read as csv")
+    assert type(e) is ValueError and str(e).startswith("plate.csv: cannot read as csv: UnicodeDecodeError: 'utf-8'")
+    same = ValueError("w: said already")
+    assert with_context(same, "w") is same

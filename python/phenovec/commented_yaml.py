@@ -5,17 +5,21 @@
 
 ``comments`` maps each dotted key path (a section too) to its comment; a key without one is an error, so a new
 configuration key cannot be printed undocumented. Values are written in YAML flow style (``[DNA, ER]``,
-``null``), so ``yaml.safe_load`` of the text gives the configuration back.
+``null``; a string that looks like an exponent number, "1e5", quoted), so :func:`phenovec.io.yaml_load.load_yaml`
+(or ``yaml.safe_load``) of the text gives the configuration back.
 """
 from __future__ import annotations
 
 import yaml
 
+from phenovec.io.yaml_load import ExponentSafeDumper
+
 COMMENT_COLUMN = 36
 
 
 def inline_yaml(value) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    text = yaml.dump(value, Dumper=ExponentSafeDumper, default_flow_style=True, width=1 << 30,
+                     sort_keys=False).strip()
     return text[:-3].rstrip() if text.endswith("\n...") else text
 
 

@@ -98,14 +98,16 @@ def _progress(verbose: bool):
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # the caller's handlers (set above INFO) would print each line a second time
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 #: squared-distance gap below which a cell's nearest k-means centroid is decided in harmonypy's exact float32 order
 #: (float32 BLAS errs by ~1e-6 on unit vectors); cells farther apart get the same answer either way
 _NEAR_TIE = 1e-4

@@ -317,7 +317,8 @@ def regress_cell_count(
 
 
 def _positive_threshold(value, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (np.isfinite(value) and value > 0):
         raise ValueError(f"{where}: threshold must be a finite number > 0, got {value!r}")
 
 

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from phenovec.error_context import with_context
 from phenovec.io.atomic import atomic_path
 
 METADATA_PREFIX = "Metadata_"
@@ -255,7 +256,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         msg = str(e.args[0]) if e.args else str(e)
         if str(p) in msg:
             raise
-        raise type(e)(f"{p}: cannot read as {kind}: {msg}") from None
+        raise with_context(e, f"{p}: cannot read as {kind}") from None
     except Exception as e:  # pyarrow / h5py / zarr / pandas parser errors: say which file and what was expected
         raise ValueError(f"{p}: cannot read as {kind} ({type(e).__name__}: {e}); phenovec reads {READ_FORMATS}") from None
 

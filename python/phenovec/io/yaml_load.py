@@ -15,8 +15,16 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(rf"^(?:{EXPONENT_FLOAT.pattern})$"),
-                              list("-+0123456789."))
+
+
+class ExponentSafeDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes a string which :func:`load_yaml` would read as a number (``"1e5"``), so
+    what phenovec prints (``--print-config``) reads back as it was."""
+
+
+for _cls in (_Loader, ExponentSafeDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(rf"^(?:{EXPONENT_FLOAT.pattern})$"),
+                               list("-+0123456789."))
 
 
 def load_yaml(text: str):

@@ -282,6 +282,23 @@ def _write(df: pd.DataFrame, output_file, output_type, compression_options, floa
 # ------------------------------------------------------------------------------------------------ in memory
 
 
+def _carried_columns(columns, strata: list, feats: list) -> list:
+    """Per-row measurements in metadata columns that aggregation keeps, aggregated as the features are: the harmony
+    step's mapping distance (``Metadata_mapping_distance``), so cells mapped onto a Harmony fit before they are
+    aggregated still carry it per well for the report. pycytominer has no such column."""
+    from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
+
+    return [MAPPING_DISTANCE] if MAPPING_DISTANCE in set(columns) and MAPPING_DISTANCE not in strata + feats else []
+
+
+def _with_carried(out: pd.DataFrame, strata: list, carried: list) -> pd.DataFrame:
+    """``out`` with the carried columns moved from the features to just after the strata."""
+    if not carried:
+        return out
+    cols = [c for c in out.columns if c not in set(carried)]
+    return out[cols[:len(strata)] + carried + cols[len(strata):]]
+
+
 def aggregate(
     population_df,
     strata: Sequence[str] = ["Metadata_Plate", "Metadata_Well"],
@@ -299,8 +316,8 @@ def aggregate(
     """Group profiles by ``strata`` and take the per-group ``median`` or ``mean`` of every feature.
 
     Same signature, output and semantics as ``pycytominer.aggregate`` 1.7.1 (see the module docstring; one
-    addition: a ``Metadata_mapping_distance`` column, the harmony step's per-cell mapping metric, is kept as each
-    group's median instead of dropped with the other metadata): medians
+    addition: a ``Metadata_mapping_distance`` column, the harmony step's per-cell mapping metric, is kept, aggregated
+    as the features are, instead of dropped with the other metadata): medians
     equal the peer's exactly, means to 1e-12 relative (float64 sums in row order vs the peer's Kahan sums).
     ``population_df`` is a DataFrame or a table path (:func:`phenovec.io.profiles.read_table`). With
     ``output_file`` the table is written (csv/parquet/h5ad/zarr by ``output_type`` or the name) and the path is
@@ -322,6 +339,8 @@ def aggregate(
 
     feats = _features(population_df, features, image_features, declared_features(population_df))
     _check_disjoint(strata, feats)
+    carried = _carried_columns(population_df.columns, strata, feats)
+    feats = feats + carried  # aggregated with the features, then moved among the metadata
 
     x = numeric_features(population_df, feats)
     pos, keys = group_keys(population_df[strata])
@@ -334,14 +353,7 @@ def aggregate(
         nan_counts = _accumulate_sums(sums, rows, None, pos, x)
         values = _means(sums, rows, nan_counts)
     counts = _object_counts(population_df[object_feature], pos, keys) if compute_object_count else None
-    out = _assemble(keys, values, feats, counts)
-    from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
-
-    if MAPPING_DISTANCE in population_df.columns and MAPPING_DISTANCE not in strata + feats:
-        # the harmony step's per-cell mapping metric, mapped before aggregating: each group's median, so the report's
-        # mapping section still reads it per well (pycytominer has no such column and drops other metadata)
-        d = numeric_features(population_df, [MAPPING_DISTANCE])
-        out.insert(len(strata), MAPPING_DISTANCE, _group_median(d, pos, n_groups)[:, 0])
+    out = _with_carried(_assemble(keys, values, feats, counts), strata, carried)
     return _write(out, output_file, output_type, compression_options, float_format)
 
 
@@ -481,6 +493,8 @@ def aggregate_stream(
         raise ValueError(f"{src.name}: the input has no rows")
     feats = _features(head, features, image_features, getattr(src, "declared_features", None))
     _check_disjoint(strata, feats)
+    carried = _carried_columns(src.columns, strata, feats)
+    feats = feats + carried  # aggregated with the features, then moved among the metadata
     del head
     columns = list(dict.fromkeys(strata + ([object_feature] if compute_object_count else []) + feats))
     total = _cheap_num_rows(src)
@@ -510,7 +524,7 @@ def aggregate_stream(
         c = np.zeros(len(keys), dtype=np.int64)
         c[pos] = counts_by_gid[: len(pos)]
         counts = _count_column(c, keys)
-    out = _assemble(keys, values, feats, counts)
+    out = _with_carried(_assemble(keys, values, feats, counts), strata, carried)
     out.attrs["aggregate_stream"] = {"operation": operation, "groups": len(ids), **how}
     return _write(out, output_file, output_type, compression_options, float_format)
 

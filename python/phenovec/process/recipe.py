@@ -43,6 +43,7 @@ import pandas as pd
 
 # batch correction (phenovec.batch): Harmony, TVN and the JUMP profiling recipe's steps
 from phenovec.batch import STEPS as BATCH_STEPS
+from phenovec.error_context import with_context
 from phenovec.io.row_filter import parse_filter
 from phenovec.io.yaml_load import load_yaml
 
@@ -233,8 +234,14 @@ _RUNNER_ARGUMENTS = ("profiles", "population_df", "output_file", "output_type", 
 
 
 def step_arguments(step: str) -> list[str]:
-    """The keyword arguments a recipe may give ``step`` (its function's, less those the runner sets)."""
-    return [a for a in inspect.signature(_step_function(step)).parameters if a not in _RUNNER_ARGUMENTS]
+    """The keyword arguments a recipe may give ``step`` (its function's, less those the runner sets; for
+    ``aggregate`` also ``aggregate_stream``'s, which runs it as a recipe's first step on a file)."""
+    params = list(inspect.signature(_step_function(step)).parameters)
+    if step == "aggregate":
+        from phenovec.process.aggregate import aggregate_stream
+
+        params += [a for a in inspect.signature(aggregate_stream).parameters if a not in params]
+    return [a for a in params if a not in _RUNNER_ARGUMENTS and a != "source"]
 
 
 def _parse_override(item) -> tuple[str, Any]:
@@ -253,17 +260,6 @@ def _parse_override(item) -> tuple[str, Any]:
     except yaml.YAMLError as e:
         raise ValueError(f"--set {key}: the value {text!r} is not a YAML scalar or list: {e}") from None
     return key, value
-
-
-def _with_step(e: Exception, where: str) -> Exception:
-    """``e`` with ``where`` before its message (the same type, traceback kept), or ``e`` itself if it cannot be."""
-    if not e.args or not isinstance(e.args[0], str) or e.args[0].startswith(where):
-        return e
-    try:
-        new = type(e)(f"{where}: {e.args[0]}", *e.args[1:])
-    except Exception:
-        return e
-    return new.with_traceback(e.__traceback__)
 
 
 def recipe_path(recipe: str | os.PathLike) -> Path:
@@ -353,7 +349,7 @@ def apply_recipe(
             try:
                 df = _step_function(step)(df, **kwargs)
             except (ValueError, KeyError) as e:  # name the step: a recipe's errors come from any of them
-                raise _with_step(e, f"recipe {r.name!r}, step {i + 1} ({step})") from None
+                raise with_context(e, f"recipe {r.name!r}, step {i + 1} ({step})") from e.__cause__
         log.append({"step": step, "rows": int(len(df)), "columns": int(df.shape[1]),
                     "seconds": round(time.perf_counter() - t0, 3)})
     provenance = {

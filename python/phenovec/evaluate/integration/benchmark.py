@@ -42,6 +42,7 @@ from phenovec.evaluate.integration.pcr import pcr_comparison
 from phenovec.evaluate.integration.retrieval import label_map
 from phenovec.evaluate.integration.sbee import sbee as sbee_score
 from phenovec.evaluate.integration.silhouette import _label_asw, silhouette_batch
+from phenovec.evaluate.integration.undefined import UndefinedMetricError
 
 METRIC_TYPES = {
     "isolated_labels": S.BIO,
@@ -141,7 +142,7 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
             t0 = time.perf_counter()
             try:
                 out = fn()
-            except ValueError as e:
+            except UndefinedMetricError as e:
                 if not skip_undefined or step not in METRIC_TYPES:
                     raise
                 undefined.setdefault(step, str(e))

@@ -20,6 +20,7 @@ import numpy as np
 
 from phenovec.evaluate.integration.annotations import batch_codes, label_codes
 from phenovec.evaluate.integration.knn_graph import as_neighbors
+from phenovec.evaluate.integration.undefined import UndefinedMetricError
 
 
 @numba.njit(parallel=True, cache=True)
@@ -109,7 +110,7 @@ def clisi_knn(X, labels, perplexity: float | None = None, scale: bool = True) ->
     g = as_neighbors(X)
     codes = label_codes(labels, "labels", g.n_samples)
     if codes.max() < 1 and scale:
-        raise ValueError("labels: a single label; clisi_knn's scaling (L - m) / (L - 1) needs at least 2")
+        raise UndefinedMetricError("labels: a single label; clisi_knn's scaling (L - m) / (L - 1) needs at least 2")
     lisi = lisi_knn(g, codes, perplexity=perplexity)
     clisi = float(np.nanmedian(lisi))
     if scale:

@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from phenovec.evaluate.integration.annotations import annotation_codes, embedding_matrix
+from phenovec.evaluate.integration.undefined import UndefinedMetricError
 
 
 def principal_component_regression(X, covariate, categorical: bool = False, n_components: int | None = None) -> float:
@@ -34,9 +35,9 @@ def principal_component_regression(X, covariate, categorical: bool = False, n_co
         raise ValueError(f"n_components = {n_components} must be <= min(n_rows, n_features) = {max_comp}")
     flat = cov.reshape(n, -1)
     if n and (flat == flat[:1]).all():
-        raise ValueError(f"covariate: every row has the value {flat.ravel()[0]!r}: principal component regression "
-                         f"is undefined for a constant covariate (e.g. a single batch), as there is no variance to "
-                         f"regress against")
+        raise UndefinedMetricError(f"covariate: every row has the value {flat.ravel()[0]!r}: principal component "
+                                   f"regression is undefined for a constant covariate (e.g. a single batch), as there "
+                                   f"is no variance to regress against")
     xc = x - x.mean(axis=0)
     if categorical:
         codes = annotation_codes(cov.ravel(), "covariate", n)[0]

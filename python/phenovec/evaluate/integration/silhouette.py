@@ -29,6 +29,7 @@ import numpy as np
 from phenovec.evaluate.integration.annotations import annotation_codes, embedding_matrix, label_codes
 from phenovec.evaluate.integration.distance_pass import BETWEEN, TILE, distance_pass
 from phenovec.evaluate.integration.threads import threads_for
+from phenovec.evaluate.integration.undefined import UndefinedMetricError
 
 
 def silhouette_samples(X, labels, chunk_size: int = 256, metric: Literal["euclidean", "cosine"] = "euclidean",
@@ -111,8 +112,8 @@ def silhouette_batch(X, labels, batch, rescale: bool = True, chunk_size: int = 2
             s = 1 - s
         means.append(s.mean())
     if not means:
-        raise ValueError("silhouette_batch: no label has rows from at least 2 batches (and fewer batches than "
-                         "rows); batch mixing within labels is undefined")
+        raise UndefinedMetricError("silhouette_batch: no label has rows from at least 2 batches (and fewer batches "
+                                   "than rows); batch mixing within labels is undefined")
     return float(np.mean(means))
 
 
