@@ -58,8 +58,11 @@ def cpu_has_bf16() -> bool:
     import torch
 
     a = torch.full((32, 64), 1.0 + 2.0**-12)  # 1 + 2^-12 rounds to 1 in bf16
-    with matmul_mode("bf16", "cpu"):
-        v = float((a @ torch.ones(64, 32))[0, 0])
+    try:
+        with matmul_mode("bf16", "cpu"):
+            v = float((a @ torch.ones(64, 32))[0, 0])
+    except ValueError:  # a PyTorch without the oneDNN bf16 setting (< 2.9)
+        return False
     return v == 64.0
 
 
