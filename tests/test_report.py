@@ -104,7 +104,7 @@ def test_synthetic_report_renders_every_figure_in_chromium(tmp_path):
     assert doc["counts"]["treatments"] == 6 and doc["counts"]["moas"] == 3 and doc["counts"]["plates"] == 2
     assert doc["provenance"]["run"] == {"config": {"a": 1}, "hash": "abc"}
     assert doc["provenance"]["versions"]["numpy"] == np.__version__
-    assert doc["notes"] == []
+    assert [n for n in doc["notes"] if "kbet_per_label is weak here" not in n] == []  # 12 wells per MOA: kBET noted
     assert len(doc["per_moa"]) == 3 and [r["n_wells"] for r in doc["per_moa"]] == [12, 12, 12]
 
 

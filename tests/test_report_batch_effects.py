@@ -30,6 +30,8 @@ def test_section_equals_integration_table_on_the_treated_wells(tmp_path):
     assert be["wells"] == len(t) == 36 and be["plates"] == 2 and be["labels"] == 3 and not be["scaled"]
     # one table: pcr_comparison has no baseline (against itself it is 0 and would cap batch correction at 0.8)
     assert be["baseline"] is None and "pcr_comparison" not in {r["metric"] for r in be["metrics"]}
+    # 12 wells per MOA: kBET's neighbourhoods of 11 see most of each, which the notes say
+    assert any("kbet_per_label is weak here: the MOAs it scores have a median of 12 wells" in n for n in doc["notes"])
     assert "pcr_comparison is left out: no baseline table" in paths.html.read_text()
     got = {r["metric"]: r["value"] for r in be["metrics"]}
     want = dict(zip(ref.table["metric"], ref.table["value"]))

@@ -34,6 +34,8 @@ import pandas as pd
 from phenovec.report.inputs import ReportInput
 
 MIN_WELLS = 8
+#: MOAs' median wells below which the report notes that kBET (neighbourhoods of at least 11 wells) is weak
+KBET_FEW_WELLS = 40
 KEYS = ("Metadata_Plate", "Metadata_Well")
 PROFILES = "profiles"
 
@@ -136,6 +138,12 @@ def batch_effects(inp: ReportInput, compare: dict | None = None, *, seed: int = 
                             pcr=baseline is not None, skip_undefined=True)
     for metric, why in res.undefined.items():
         notes.append(f"batch effects: {metric} left blank: {why}")
+    sizes = meta[inp.moa_column].value_counts()
+    sizes = sizes[sizes >= 10]  # kBET scores MOAs of 10 wells or more
+    if len(sizes) and sizes.median() < KBET_FEW_WELLS:
+        notes.append(f"batch effects: kbet_per_label is weak here: the MOAs it scores have a median of "
+                     f"{int(sizes.median())} wells, and its neighbourhoods hold at least 11, so each test sees much "
+                     "of its MOA and tends to accept; read ilisi_knn beside it")
     return BatchEffects(table=res.table, scores=res.scores, wells=len(rows), plates=int(plates), labels=int(labels),
                         methods=list(embeddings), scaled=scaled, baseline=baseline, undefined=dict(res.undefined))
 
