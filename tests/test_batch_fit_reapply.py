@@ -234,3 +234,24 @@ def test_cli_reapplies_without_the_fitting_filters(tmp_path, capsys):
     assert main(["process", "batch", "tvn", str(src), "-o", str(tmp_path / "x.csv")]) != 0
     err = capsys.readouterr().err
     assert "tvn needs controls to fit" in err and "Traceback" not in err
+
+
+def test_harmony_step_pca_is_exact_and_the_same_each_run():
+    """The harmony step's ``n_components`` PCA is a full SVD: sklearn's default took a randomized, unseeded SVD from
+    500 rows, so the same table gave another Harmony run each time (seen on the cell-injury plates: coordinates
+    differing by up to 82 between two runs)."""
+    from sklearn.decomposition import PCA
+
+    from phenovec.batch import harmony
+
+    rng = np.random.default_rng(0)
+    n, d = 600, 100
+    df = pd.DataFrame({"Metadata_Plate": np.repeat(["P0", "P1", "P2"], n // 3)})
+    x = rng.normal(size=(n, d))  # a flat spectrum: a randomized SVD's components vary from run to run
+    for j in range(d):
+        df[f"Cells_f{j}"] = x[:, j]
+    runs = [harmony(df, n_components=5, nclust=6, return_fit=True) for _ in range(2)]
+    cols = [f"PC{i}" for i in range(1, 6)]
+    pd.testing.assert_frame_equal(runs[0][0][cols], runs[1][0][cols])
+    full = PCA(n_components=5, svd_solver="full").fit(x)
+    np.testing.assert_allclose(runs[0][1].arrays["pca_components"], full.components_, atol=1e-8)

@@ -129,7 +129,8 @@ def harmony(
     output_file: str | os.PathLike | None = None,
 ):
     """Harmony (:func:`phenovec.batch.harmony.run_harmony`, harmonypy 2.1.0's numbers) on the features, or on their
-    first ``n_components`` principal components (sklearn PCA, then columns ``PC1..``); batch variables ``vars_use``
+    first ``n_components`` principal components (sklearn PCA, full SVD, then columns ``PC1..``); batch variables
+    ``vars_use``
     (default ``Metadata_Plate``) are metadata columns. ``device``: None (the exact CPU kernels), ``"cuda"`` /
     ``"cpu"`` (PyTorch) or ``"auto"``. Output: the corrected features under the same names.
 
@@ -188,7 +189,8 @@ def harmony(
     if n_components is not None:
         from sklearn.decomposition import PCA
 
-        model = PCA(n_components=int(n_components))
+        model = PCA(n_components=int(n_components), svd_solver="full")  # exact and deterministic (sklearn's "auto"
+        # takes a randomized, unseeded SVD from 500 rows: the same table gave another Harmony run each time)
         x = model.fit_transform(x)
         names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
         pca_arrays = {"pca_mean": model.mean_, "pca_components": model.components_}
