@@ -139,3 +139,14 @@ def test_cli(methods, tmp_path):
                               "--label-key", "Metadata_moa", "-o", str(out)])
     with pytest.raises(ValueError, match="--names: 1 names for 2"):
         args.run(args)
+    # every label on one plate: silhouette_batch is undefined, left blank and named, the rest scored
+    meta, emb = methods
+    split = meta.assign(Metadata_Plate=meta["Metadata_moa"])
+    df = pd.concat([split, pd.DataFrame(emb["raw"], columns=[f"f{i}" for i in range(emb["raw"].shape[1])])], axis=1)
+    df.to_parquet(tmp_path / "split.parquet")
+    args = parser.parse_args(["integration", str(tmp_path / "split.parquet"), "--batch-key", "Metadata_Plate",
+                              "--label-key", "Metadata_moa", "-o", str(tmp_path / "split.csv"), "--no-map", "--quiet"])
+    args.run(args)
+    table = pd.read_csv(tmp_path / "split.csv").set_index("metric")["value"]
+    assert np.isnan(table["silhouette_batch"]) and np.isfinite(table["ilisi_knn"])
+    assert "silhouette_batch" in json.loads((tmp_path / "split.json").read_text())["undefined"]

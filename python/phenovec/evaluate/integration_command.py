@@ -7,11 +7,14 @@
 Each PROFILES table holds the same rows (same ``--batch-key`` / ``--label-key`` values, row for row); features are
 its non-Metadata columns (each table may have its own). Writes the tidy table (method, metric, metric_type,
 value, scaled), a JSON summary with the per-method batch-correction / bio-conservation / total scores and rank
-(0.4 x batch + 0.6 x bio over min-max scaled metrics, Arevalo et al. 2024), and with ``--figure`` the heat map.
+(0.4 x batch + 0.6 x bio over min-max scaled metrics, Arevalo et al. 2024), and with ``--figure`` the heat map. A
+metric undefined for these rows (``silhouette_batch`` when no label spans two batches, ...) is left blank, named in
+the summary's ``undefined`` and on stderr.
 See :mod:`phenovec.evaluate.integration`. ``add_integration_parser(metrics)`` adds it to ``phenovec evaluate``.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from phenovec.cli_options import add_out, add_quiet
@@ -37,9 +40,12 @@ def _run(args) -> dict:
                 raise ValueError(f"--query {args.query!r} selects no row of {path}")
         tables[nm] = df.reset_index(drop=True)
     res = integration_table(tables, args.batch_key, args.label_key, baseline=args.baseline, leiden=args.leiden,
-                            mean_average_precision=not args.no_map, seed=args.seed, sbee=args.sbee)
+                            mean_average_precision=not args.no_map, seed=args.seed, sbee=args.sbee,
+                            skip_undefined=True)
+    for metric, why in res.undefined.items():  # blank (NaN) in the table, out of the scores' means
+        print(f"phenovec: {metric} left blank: {why}", file=sys.stderr)
     summary = {"metric": "integration", "batch_key": args.batch_key, "label_key": args.label_key,
-               "methods": names, "scores": res.scores.to_dict(orient="records")}
+               "methods": names, "scores": res.scores.to_dict(orient="records"), "undefined": res.undefined}
     if args.figure:
         integration_heatmap(res, args.figure, title=f"batch = {args.batch_key}, label = {args.label_key}")
         summary["figure"] = str(args.figure)
