@@ -19,6 +19,16 @@ def test_sbee_equals_scib(kwargs):
     assert abs(ours - ref) < 1e-12 and 0 < ours < 1
 
 
+@pytest.mark.parametrize("offset", [1e5, 1e6])
+def test_sbee_of_uncentred_rows_equals_scib(offset):
+    """Raw units far from 0 (a constant offset, as CellProfiler intensities): the medians' GEMM cancelled to 6e-6 off
+    scib's direct distances at 1e6 before the rows were centred per label; the kNN graph is the offset's too."""
+    X, labels, batches, g = synthetic_with_graph(30, n=400, seed=2)
+    Xo = X + offset
+    ref = scib.sbee(scib_neighbors(g), Xo, batches, labels)
+    assert abs(pi.sbee(g, Xo, batches, labels) - ref) < 1e-12
+
+
 def test_sbee_edge_cases_equal_scib():
     X, labels, batches = synthetic(n=400, n_labels=4, n_batches=3, seed=8)
     lab, bat = labels.astype(object), batches.astype(object)

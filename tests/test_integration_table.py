@@ -150,3 +150,8 @@ def test_cli(methods, tmp_path):
     table = pd.read_csv(tmp_path / "split.csv").set_index("metric")["value"]
     assert np.isnan(table["silhouette_batch"]) and np.isfinite(table["ilisi_knn"])
     assert "silhouette_batch" in json.loads((tmp_path / "split.json").read_text())["undefined"]
+    # every label a single row: nothing to retrieve (mAP) and no label kBET can score, both blank and named
+    single = meta.assign(Metadata_moa=[f"w{i}" for i in range(len(meta))])
+    res = pi.integration_table(emb, "Metadata_Plate", "Metadata_moa", metadata=single, skip_undefined=True)
+    assert {"mean_average_precision", "kbet_per_label"} <= set(res.undefined)
+    assert res.wide()[["mean_average_precision", "kbet_per_label"]].isna().all().all()

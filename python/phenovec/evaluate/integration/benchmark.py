@@ -161,6 +161,8 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
             ld = timed("leiden", lambda: nmi_ari_cluster_labels_leiden(sub[15], labels, seed=42))
             vals["nmi_ari_cluster_labels_leiden_nmi"], vals["nmi_ari_cluster_labels_leiden_ari"] = ld["nmi"], ld["ari"]
         vals["clisi_knn"] = timed("clisi_knn", lambda: clisi_knn(sub[90], labels)) if labels.max() > 0 else np.nan
+        if labels.max() == 0 and skip_undefined:
+            undefined.setdefault("clisi_knn", "a single label: clisi_knn's scaling (L - m) / (L - 1) needs two")
         if mean_average_precision:
             vals["mean_average_precision"] = timed("mean_average_precision",
                                                    lambda: label_map(x, labels, distance=map_distance))
@@ -173,6 +175,8 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
                                            lambda: pcr_comparison(x_pre, x, batch, categorical=True))
         if sbee:
             vals["sbee"] = timed("sbee", lambda: sbee_score(sub[90], x, batch, labels))
+        if np.isnan(vals["kbet_per_label"]) and skip_undefined:  # every label skipped: under 10 rows or one batch
+            undefined.setdefault("kbet_per_label", "no label has at least 10 rows from two or more batches")
         for m, v in vals.items():
             rows.append({"method": nm, "metric": m, "metric_type": METRIC_TYPES[m], "value": float(v)})
         secs.append({"method": nm, **t})
@@ -221,6 +225,6 @@ def integration_heatmap(result: IntegrationResult, path, title: str | None = Non
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
+        fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight")  # the colour bar's label stays in
     plt.close(fig)
     return path

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from phenovec.evaluate.average_precision import average_precision
+from phenovec.evaluate.average_precision import UnpairedError, average_precision
 from phenovec.evaluate.integration.annotations import annotation_codes, embedding_matrix
+from phenovec.evaluate.integration.undefined import UndefinedMetricError
 
 
 def label_map(X, labels, batch=None, *, distance: str = "cosine", across_batches: bool = False) -> float:
@@ -27,7 +28,10 @@ def label_map(X, labels, batch=None, *, distance: str = "cosine", across_batches
             raise ValueError("label_map: across_batches=True needs the batch annotation")
         meta["batch"] = annotation_codes(batch, "batch", n)[0]
         pos_diffby = ["batch"]
-    ap = average_precision(meta, x, pos_sameby=["label"], pos_diffby=pos_diffby, neg_sameby=[],
-                           neg_diffby=["label"], distance=distance, progress_bar=False)
+    try:
+        ap = average_precision(meta, x, pos_sameby=["label"], pos_diffby=pos_diffby, neg_sameby=[],
+                               neg_diffby=["label"], distance=distance, progress_bar=False)
+    except UnpairedError as e:  # one label, or no label with two rows: nothing to retrieve
+        raise UndefinedMetricError(f"label_map: {e}") from None
     ap = ap[ap["n_pos_pairs"] > 0]
     return float(ap.groupby("label")["average_precision"].mean().mean())
