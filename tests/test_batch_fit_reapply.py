@@ -255,3 +255,52 @@ def test_harmony_step_pca_is_exact_and_the_same_each_run():
     pd.testing.assert_frame_equal(runs[0][0][cols], runs[1][0][cols])
     full = PCA(n_components=5, svd_solver="full").fit(x)
     np.testing.assert_allclose(runs[0][1].arrays["pca_components"], full.components_, atol=1e-8)
+
+
+def test_cli_never_loses_an_input_or_an_output(tmp_path, capsys):
+    """--save-fit at the input's or the output's path (the input was overwritten by the fit, and the recorded input
+    hash was the fit's; the output then overwrote the fit), a folder at the output path (it was deleted with its
+    files), a bad output name (refused only after the work, leaving a fit without its table): refused first."""
+    from phenovec.cli import main
+
+    df = _table()
+    src = tmp_path / "in.csv"
+    df.to_csv(src, index=False)
+    before = src.read_bytes()
+    for save_fit, out in ((src, tmp_path / "o.csv"), (tmp_path / "x.csv", tmp_path / "x.csv")):
+        assert main(["process", "batch", "pca", str(src), "-o", str(out), "--save-fit", str(save_fit),
+                     "--set", f"features={FEATS}"]) == 2
+        assert "--save-fit" in capsys.readouterr().err and src.read_bytes() == before
+    folder = tmp_path / "kept.csv"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("important")
+    assert main(["process", "batch", "pca", str(src), "-o", str(folder), "--set", f"features={FEATS}"]) == 2
+    assert (folder / "notes.txt").read_text() == "important" and "is a folder" in capsys.readouterr().err
+    assert main(["process", "batch", "pca", str(src), "-o", str(tmp_path / "x.txt"), "--save-fit",
+                 str(tmp_path / "p.npz"), "--set", f"features={FEATS}"]) == 2
+    assert not (tmp_path / "p.npz").exists() and "cannot tell the output type" in capsys.readouterr().err
+
+
+def test_cli_argument_checks(tmp_path, capsys):
+    from phenovec.cli import main
+
+    df = _table()
+    src = tmp_path / "in.csv"
+    df.to_csv(src, index=False)
+    for sets, message in (
+        (["controls=Metadata_note == 'ctl: a'"], "a row filter must be text, got dict"),  # YAML read a mapping
+        (["controls=1"], "a row filter must be text, got int"),
+    ):
+        assert main(["process", "batch", "tvn", str(src), "-o", str(tmp_path / "t.csv"),
+                     *[a for s in sets for a in ("--set", s)]]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="no epsilon to try"):
+        sphere_by_map(df, negcon="Metadata_JCP2022 == 'DMSO'", epsilons=[], features=FEATS)
+    with pytest.raises(ValueError, match="n_epsilons must be a whole number >= 1"):
+        sphere_by_map(df, negcon="Metadata_JCP2022 == 'DMSO'", n_epsilons=0, features=FEATS)
+    from phenovec.batch import harmony
+
+    for bad in (2.5, True, 0):
+        with pytest.raises(ValueError, match="n_components must be a positive whole number"):
+            harmony(df, features=FEATS, vars_use="Metadata_Batch", n_components=bad)

@@ -189,6 +189,10 @@ def harmony(
     if n_components is not None:
         from sklearn.decomposition import PCA
 
+        if isinstance(n_components, (bool, np.bool_)) or not isinstance(n_components, (int, np.integer)) \
+                or n_components < 1:
+            raise ValueError(f"harmony: n_components must be a positive whole number, got {n_components!r}")
+
         model = PCA(n_components=int(n_components), svd_solver="full")  # exact and deterministic (sklearn's "auto"
         # takes a randomized, unseeded SVD from 500 rows: the same table gave another Harmony run each time)
         x = model.fit_transform(x)
@@ -434,7 +438,11 @@ def sphere_by_map(
         check_columns(df, [perturbation, plate], "perturbation/plate")
         neg = select_samples(df, negcon, key="sphere_by_map negcon")
         pos = None if poscon is None else select_samples(df, poscon, key="sphere_by_map poscon")
-        grid = epsilon_grid(n_epsilons) if epsilons is None else np.asarray(epsilons, dtype=np.float64)
+        if epsilons is None and not (isinstance(n_epsilons, (int, np.integer)) and n_epsilons >= 1):
+            raise ValueError(f"sphere_by_map: n_epsilons must be a whole number >= 1, got {n_epsilons!r}")
+        grid = epsilon_grid(n_epsilons) if epsilons is None else np.asarray(epsilons, dtype=np.float64).reshape(-1)
+        if grid.size == 0:
+            raise ValueError("sphere_by_map: no epsilon to try (epsilons is empty, or n_epsilons < 1)")
         best, table = choose_epsilon(x, df[perturbation].to_numpy(), df[plate].to_numpy(), neg, method, grid, pos)
         sph = Spherizer(method=method, epsilon=best, center=True, device="cpu").fit(x[neg])
         fit = BatchFit("sphere_by_map", {"features": feats, "method": method, "epsilon": best, "negcon": negcon,

@@ -362,6 +362,9 @@ def write_profiles(
     kind = output_type or infer_output_type(p)
     if kind not in OUTPUT_TYPES:
         raise ValueError(f"unknown output_type {kind!r}; use one of {OUTPUT_TYPES}")
+    if p.is_dir() and not (kind == "anndata_zarr" and _is_anndata_zarr(p)):
+        raise IsADirectoryError(f"{p} is a folder{' (not an AnnData Zarr store)' if kind == 'anndata_zarr' else ''}: "
+                                "phenovec replaces only an output of its own kind there; give another name")
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from phenovec.cli_options import add_out, add_quiet, option, show_progress
 
@@ -98,6 +99,17 @@ def _fit_step(a, step: str, kwargs: dict, func=None) -> dict:
                               "fit": a.save_fit})
     if func is None:
         func = getattr(__import__(f"phenovec.process.{step}", fromlist=[step]), step)
+    inputs = a.input if isinstance(a.input, list) else [a.input]
+    if a.save_fit:  # checked before anything is read or written: a fit saved over its input or output loses one
+        fit_path = Path(a.save_fit).resolve()
+        for other, what in [(x, "an input") for x in inputs] + [(a.out, "the output (-o)")]:
+            if Path(other).resolve() == fit_path:
+                raise ValueError(f"--save-fit {a.save_fit}: that is {what}; save the fit under another name")
+    if a.output_type is None:
+        from phenovec.io.profiles import infer_output_type
+
+        infer_output_type(Path(a.out))  # a bad output name is refused before the work, not after it
+    input_hash = input_sha256(a.input)  # before anything is written
     if isinstance(a.input, list):  # in memory: the inputs one after another
         import pandas as pd
 
@@ -107,12 +119,14 @@ def _fit_step(a, step: str, kwargs: dict, func=None) -> dict:
     if len(df) == 0:
         raise ValueError(f"{a.input}: the input has no rows")
     out = func(df, **({"return_fit": True} if a.save_fit else {}), **kwargs)
+    fit = None
     if a.save_fit:
         out, fit = out
-        fit.save(a.save_fit)
     meta = {"step": step, "arguments": {k: str(v) for k, v in kwargs.items()}, "input": a.input,
-            "input_sha256": input_sha256(a.input)}
+            "input_sha256": input_hash}
     write_profiles(out, a.out, output_type=a.output_type, metadata=meta)
+    if fit is not None:  # after the output: a failed write leaves no fit without its table
+        fit.save(a.save_fit)
     return print_summary({**meta, "rows": len(out), "columns": out.shape[1], "output": a.out, "fit": a.save_fit})
 
 

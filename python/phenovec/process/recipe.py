@@ -134,6 +134,10 @@ class Recipe:
                                  f"{', '.join(allowed)})")
             for key in FILTER_ARGUMENTS:  # a bad filter is refused when the recipe is read, before any step
                 value = kwargs.get(key)
+                if value is not None and not isinstance(value, str):  # YAML read "a: b" as a mapping, 1 as a number
+                    raise ValueError(f"recipe step {i} ({step}) {key}: a row filter must be text, got "
+                                     f"{type(value).__name__} {value!r}; quote it (--set {key}=\"...\", or "
+                                     f"{key}: \"...\" in YAML)")
                 if isinstance(value, str) and value != "all":
                     parse_filter(value, key=f"recipe step {i} ({step}) {key}")
             steps.append((str(step), dict(kwargs)))
