@@ -122,17 +122,21 @@ def _fit_step(a, step: str, kwargs: dict, func=None) -> dict:
     fit = None
     if a.save_fit:
         out, fit = out
-    meta = {"step": step, "arguments": {k: str(v) for k, v in kwargs.items()}, "input": a.input,
-            "input_sha256": input_hash}
+    from phenovec import __version__
+
+    meta = {"step": step, "arguments": {k: v if isinstance(v, (str, int, float, bool, list, dict, type(None)))
+                                        else str(v) for k, v in kwargs.items()},
+            "input": a.input, "input_sha256": input_hash, "phenovec_version": __version__}
     write_profiles(out, a.out, output_type=a.output_type, metadata=meta)
     if fit is not None:  # after the output: a failed write leaves no fit without its table
         fit.save(a.save_fit)
-    return print_summary({**meta, "rows": len(out), "columns": out.shape[1], "output": a.out, "fit": a.save_fit})
+    return print_summary({**meta, "rows": len(out), "columns": out.shape[1], "output": a.out, "fit": a.save_fit,
+                          "fit_applied": a.fit})
 
 
 def add_process_parser(stages) -> None:
     pr = stages.add_parser("process", help="collate, aggregate, annotate, normalize, feature-select, spherize, "
-                                           "consensus; recipes")
+                                           "consensus; batch corrections (process batch); recipes")
     sub = pr.add_subparsers(dest="step", required=True)
 
     p = sub.add_parser("recipes", help="list the packaged recipes (name and what it does)")
@@ -238,8 +242,9 @@ def add_process_parser(stages) -> None:
     p.add_argument("input", nargs="+", help=INPUT_HELP + "; several inputs are read one after another as one table")
     _output(p)
     option(p, "--set", dest="arguments", action="append", default=[], metavar="ARGUMENT=VALUE",
-           help="an argument of the correction, VALUE read as YAML, e.g. vars_use=[Metadata_Plate] n_components=50 "
-                "(repeatable; default: the correction's defaults)")
+           help="an argument of the correction, VALUE read as YAML, one per --set, e.g. --set "
+                "'vars_use=[Metadata_Plate]' --set n_components=50; quote a row filter: --set \"controls=Metadata_"
+                "pert_type == 'negcon'\" (repeatable; default: the correction's defaults)")
     option(p, "--fit", default=None, help="re-apply this saved fit (.npz) instead of fitting; for harmony, map the "
                                            "profiles onto the fitted run (Symphony) (default: fit)")
     option(p, "--save-fit", default=None, help="save the fit (.npz; default: not saved)")

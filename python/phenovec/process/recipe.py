@@ -217,8 +217,9 @@ class Recipe:
         for i, (step, kwargs) in enumerate(self.steps, 1):
             needed = NEEDED_TO_FIT.get(step)
             if needed and kwargs.get(needed) is None and kwargs.get("fit") is None:
+                example = "Metadata_zfpkm < -3" if step == "arm_correction" else "Metadata_pert_type == 'negcon'"
                 raise ValueError(f"recipe {self.name!r}, step {i} ({step}) needs {needed} to fit (a row filter such "
-                                 "as \"Metadata_pert_type == 'negcon'\"), unless fit names a saved fit to re-apply")
+                                 f"as \"{example}\"), unless fit names a saved fit to re-apply")
             if step == "annotate" and kwargs.get("platemap") is None:
                 raise ValueError(f"recipe {self.name!r}, step {i} (annotate) needs a platemap: give --platemap FILE "
                                  "(or --set annotate.platemap=FILE; from Python, overrides=[('annotate.platemap', "
