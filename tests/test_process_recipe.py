@@ -308,3 +308,7 @@ def test_a_steps_error_names_the_step_and_unknown_arguments_are_refused_when_rea
         Recipe.from_obj([{"remove_outliers": {"treshold": 5}}])
     # aggregate's streaming arguments (it runs as aggregate_stream first on a file) are arguments of the step
     Recipe.from_obj([{"aggregate": {"batch_rows": 1000, "memory_budget_bytes": 1 << 20}}])
+    # ... and an aggregate that runs in memory (not first, or on a DataFrame) ignores them instead of failing
+    cells = pd.DataFrame({"Metadata_Plate": ["P"] * 4, "Metadata_Well": ["A", "A", "B", "B"], "Cells_a": np.arange(4.0)})
+    for steps in ([{"aggregate": {"batch_rows": 100}}], [{"rank_int": {}}, {"aggregate": {"batch_rows": 100}}]):
+        assert len(apply_recipe(steps, cells)) == 2

@@ -238,6 +238,15 @@ class Recipe:
 _RUNNER_ARGUMENTS = ("profiles", "population_df", "output_file", "output_type", "return_fit")
 
 
+def _stream_only_arguments() -> list[str]:
+    """``aggregate_stream``'s arguments that ``aggregate`` lacks: how a streamed first step runs (batch size, memory
+    budget, spill folder, progress), not what it computes, so an in-memory aggregate ignores them."""
+    from phenovec.process.aggregate import aggregate, aggregate_stream
+
+    plain = set(inspect.signature(aggregate).parameters)
+    return [a for a in inspect.signature(aggregate_stream).parameters if a not in plain and a != "source"]
+
+
 def step_arguments(step: str) -> list[str]:
     """The keyword arguments a recipe may give ``step`` (its function's, less those the runner sets; for
     ``aggregate`` also ``aggregate_stream``'s, which runs it as a recipe's first step on a file)."""
@@ -349,6 +358,8 @@ def apply_recipe(
                     df = read_table(source) if is_path else source
                 if len(df) == 0:
                     raise ValueError(f"{source if is_path else 'the input DataFrame'}: the input has no rows")
+            if step == "aggregate":  # in memory: the streaming knobs do not apply
+                kwargs = {k: v for k, v in kwargs.items() if k not in set(_stream_only_arguments())}
             if features_default == "non-metadata" and "features" not in kwargs and step != "annotate":
                 kwargs = {**kwargs, "features": [c for c in df.columns if not str(c).startswith("Metadata_")]}
             try:
