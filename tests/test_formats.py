@@ -21,7 +21,9 @@ from phenovec.process.source import open_source
 from conftest import SHARED_DATA
 
 DP_DIR = SHARED_DATA / "pycytominer-deepprofiler-lincs"
-WRITE_NAMES = ["p.csv", "p.csv.gz", "p.tsv", "p.parquet", "p.h5ad", "p.zarr"]
+WRITE_NAMES = ["p.csv", "p.csv.gz", "p.csv.bz2", "p.csv.xz", "p.tsv", "p.tsv.gz", "p.parquet", "p.h5ad", "p.zarr"]
+# what a compressed text table must start with (it was written plain under a .xz / .bz2 name, unreadable)
+TEXT_MAGIC = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".xz": b"\xfd7zXZ"}
 
 
 def _table(n=24, seed=0) -> pd.DataFrame:
@@ -46,7 +48,10 @@ def test_every_writer_reads_back_equal(tmp_path, name):
     df = _table()
     path = write_profiles(df, tmp_path / name, metadata={"step": "test"})
     back = read_table(path)
-    typed = not name.endswith((".csv", ".csv.gz", ".tsv"))  # text loses only what CSV cannot say
+    typed = not (".csv" in name or ".tsv" in name)  # text loses only what CSV cannot say
+    for suffix, magic in TEXT_MAGIC.items():
+        if name.endswith(suffix):
+            assert path.read_bytes().startswith(magic), name
     pd.testing.assert_frame_equal(back, df, check_dtype=typed, check_exact=name.endswith((".parquet", ".h5ad", ".zarr")),
                                   rtol=1e-15)
     if typed:
@@ -58,6 +63,13 @@ def test_every_writer_reads_back_equal(tmp_path, name):
     src = open_source(path)
     streamed = pd.concat(list(src.iter_batches(batch_rows=7)))
     pd.testing.assert_frame_equal(streamed.reset_index(drop=True), back)
+
+
+@pytest.mark.parametrize("name", ["p.csv.zip", "p.csv.bak", "p.csv.gz.part"])
+def test_text_names_that_cannot_be_read_back_are_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="output type|text table"):
+        write_profiles(_table(), tmp_path / name)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name", ["p.parquet", "p.h5ad", "p.zarr", "p.csv"])

@@ -33,7 +33,10 @@ METADATA_PREFIX = "Metadata_"
 ID_COLUMNS = ("ImageNumber", "ObjectNumber", "TableNumber")
 # DataFrame.attrs key where readers that know the feature columns list them
 FEATURES_ATTR = "phenovec_features"
-READ_FORMATS = (".csv / .csv.gz / .tsv, .parquet (file or folder), AnnData .h5ad or .zarr, a phenovec embedding "
+# text tables: a .csv / .tsv name, optionally compressed (pandas' codec for the last suffix); .txt is read only
+TEXT_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+TEXT_SUFFIXES = tuple(b + c for b in (".csv", ".tsv") for c in ("", *TEXT_COMPRESSIONS))
+READ_FORMATS = (".csv / .tsv (plain, .gz, .bz2, .xz or .zst), .parquet (file or folder), AnnData .h5ad or .zarr, a phenovec embedding "
                 "store (embeddings.zarr), DeepProfiler .npz (file or folder)")
 
 
@@ -196,8 +199,7 @@ def table_format(path: str | os.PathLike) -> str:
         kind = "anndata_h5ad"
     elif name.endswith(".npz"):
         kind = "deepprofiler"
-    elif any(name.endswith(e) for e in (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".tsv", ".tsv.gz",
-                                         ".txt")):
+    elif name.endswith((*TEXT_SUFFIXES, ".txt")):
         return "csv"
     elif by_magic is not None:
         return by_magic
@@ -303,18 +305,29 @@ def _read_anndata(p: Path, kind: str) -> pd.DataFrame:
     return declare_features(df, [c for c in names if not is_metadata_column(c)])
 
 
+def text_compression(path: str | os.PathLike) -> str | None:
+    """pandas' compression for a .csv / .tsv name (None when plain), read from the name's last suffix.
+
+    The writers write to a temporary name, where pandas' own inference would see no suffix: a ``.csv.xz`` came out
+    as plain text under that name, which nothing could read back."""
+    name = Path(path).name.lower()
+    if not name.endswith(TEXT_SUFFIXES):
+        raise ValueError(f"{path}: not a text table name (use one of {', '.join(TEXT_SUFFIXES)})")
+    return next((c for suffix, c in TEXT_COMPRESSIONS.items() if name.endswith(suffix)), None)
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write CSV (optionally .gz) or Parquet atomically: a temporary file renamed into place."""
+    """Write CSV / TSV (optionally compressed, by the name: .gz, .bz2, .xz, .zst) or Parquet atomically: a temporary
+    file renamed into place."""
     p = Path(path)
     name = p.name.lower()
-    if not name.endswith((".parquet", ".pq")) and ".csv" not in name and ".tsv" not in name:
-        raise ValueError(f"{p}: unknown table format (use .csv, .csv.gz or .parquet)")
+    if not name.endswith((".parquet", ".pq", *TEXT_SUFFIXES)):
+        raise ValueError(f"{p}: unknown table format (use .parquet, or one of {', '.join(TEXT_SUFFIXES)})")
     with atomic_path(p) as tmp:
         if name.endswith((".parquet", ".pq")):
             df.to_parquet(tmp, index=False)
         else:
-            comp = "gzip" if name.endswith(".gz") else None
-            df.to_csv(tmp, index=False, sep="\t" if ".tsv" in name else ",", compression=comp)
+            df.to_csv(tmp, index=False, sep="\t" if ".tsv" in name else ",", compression=text_compression(p))
     return p
 
 
@@ -322,7 +335,7 @@ OUTPUT_TYPES = ("csv", "parquet", "anndata_h5ad", "anndata_zarr")
 
 
 def infer_output_type(path: str | os.PathLike) -> str:
-    """The pycytominer output type a file name implies (.csv[.gz]/.tsv, .parquet, .h5ad, .zarr)."""
+    """The pycytominer output type a file name implies (.csv / .tsv, plain or compressed; .parquet, .h5ad, .zarr)."""
     name = Path(path).name.lower()
     if name.endswith((".parquet", ".pq")):
         return "parquet"
@@ -330,9 +343,10 @@ def infer_output_type(path: str | os.PathLike) -> str:
         return "anndata_h5ad"
     if name.endswith(".zarr"):
         return "anndata_zarr"
-    if ".csv" in name or ".tsv" in name:
+    if name.endswith(TEXT_SUFFIXES):
         return "csv"
-    raise ValueError(f"{path}: cannot tell the output type from the name (use .csv, .csv.gz, .parquet, .h5ad or .zarr)")
+    raise ValueError(f"{path}: cannot tell the output type from the name (use .parquet, .h5ad, .zarr or "
+                     f"{', '.join(TEXT_SUFFIXES)})")
 
 
 def write_profiles(
@@ -346,8 +360,8 @@ def write_profiles(
 ) -> Path:
     """Write a profile table as pycytominer's output types, atomically (temporary name, then rename).
 
-    - ``csv``: ``DataFrame.to_csv(index=False)``; gzip when the name ends in ``.gz`` or
-      ``compression_options`` says so; ``float_format`` as pandas.
+    - ``csv``: ``DataFrame.to_csv(index=False)``; compressed as the name says (.gz, .bz2, .xz, .zst) unless
+      ``compression_options`` says otherwise; ``float_format`` as pandas.
     - ``parquet``: snappy; ``metadata`` (a JSON-serialisable dict) is stored in the Parquet schema's
       key-value metadata under the key ``phenovec`` (read it back with :func:`read_profile_metadata`).
     - ``anndata_h5ad`` / ``anndata_zarr``: ``X`` = the feature columns (``features``, default: every
@@ -370,8 +384,8 @@ def write_profiles(
     try:
         if kind == "csv":
             comp = compression_options
-            if comp is None and p.name.lower().endswith(".gz"):
-                comp = "gzip"
+            if comp is None and p.name.lower().endswith(TEXT_SUFFIXES):
+                comp = text_compression(p)
             df.to_csv(tmp, index=False, sep="\t" if ".tsv" in p.name.lower() else ",",
                       compression=comp, float_format=float_format)
         elif kind == "parquet":
