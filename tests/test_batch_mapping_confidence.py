@@ -86,12 +86,32 @@ def test_spread_refusals_name_the_problem():
     with pytest.raises(ValueError, match=r"reference cluster 0's covariance is not positive definite \(smallest "
                                          r".* 4 dimensions"):
         ClusterSpread.fit(flat, r)
+    const = x.copy()
+    const[:, 1] = 2.5
+    with pytest.raises(ValueError, match=r"variance 0 in coordinate 1 .* constant"):
+        ClusterSpread.fit(const, r)
+    skewed = spread.covariances.copy()
+    skewed[2, 0, 3] += 0.5  # one triangle edited: eigvalsh / cholesky would read only the other
+    with pytest.raises(ValueError, match=r"cluster 2's covariance is not symmetric \(\[0, 3\]"):
+        ClusterSpread(spread.means, skewed)
     with pytest.raises(ValueError, match=r"covariances must be K x d x d = \(5, 4, 4\)"):
         ClusterSpread(spread.means, spread.covariances[:, :3])
     with pytest.raises(ValueError, match=r"the query must be n x 4 .* got shape \(7, 3\)"):
         spread.distance(x[:7, :3], r[:7])
     with pytest.raises(ValueError, match=r"the query's R must be n x K = \(7, 5\), got shape \(7, 4\)"):
         spread.distance(x[:7], r[:7, :4])
+
+
+def test_singularity_check_does_not_depend_on_units():
+    """The Mahalanobis distance does not change when a coordinate is rescaled, nor may the refusal of a singular
+    covariance: raw features whose spreads differ by 1e7 (an area in pixels beside a Zernike moment) were refused as
+    'not positive definite' (eigenvalue ratio 1e-14) while their correlations were well conditioned."""
+    x, meta = _cells(500, d=3, seed=2)
+    r = run_harmony(x, meta, "Metadata_Plate", nclust=4).R
+    units = np.array([1e4, 1.0, 1e-3])
+    want = ClusterSpread.fit(x, r).distance(x, r)
+    got = ClusterSpread.fit(x * units, r).distance(x * units, r)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
 
 
 def test_harmony_step_mapping_confidence(tmp_path):
@@ -123,6 +143,32 @@ def test_harmony_step_mapping_confidence(tmp_path):
     off = harmony(query_table, fit=path, mapping_confidence=False)
     assert MAPPING_DISTANCE not in off.columns
     pd.testing.assert_frame_equal(off, mapped.drop(columns=MAPPING_DISTANCE))
+    # a run that does not score it drops an earlier run's column (the report would show it as this run's)
+    with pytest.warns(UserWarning, match=f"dropping the input's {MAPPING_DISTANCE}"):
+        pd.testing.assert_frame_equal(harmony(stale, fit=path, mapping_confidence=False), off)
+    with pytest.warns(UserWarning, match=f"dropping the input's {MAPPING_DISTANCE}"):
+        refit = harmony(ref_table.assign(**{MAPPING_DISTANCE: 1.0}), n_components=6)
+    pd.testing.assert_frame_equal(refit, corrected.drop(columns=MAPPING_DISTANCE))
+
+    # an all-zero row is named by its label, not its position
+    zeroed = query_table.set_axis([f"q{i}" for i in range(len(query_table))])
+    zeroed.loc["q7", fit.params["features"]] = fit.arrays["pca_mean"]  # zero in the fit's PCs
+    with pytest.raises(ValueError, match="harmony: row 'q7' is all zeros in the fit's principal components"):
+        harmony(zeroed, fit=path)
+    # a fit edited by hand is refused naming its file
+    from phenovec.batch.fit_record import BatchFit
+
+    edited = dict(fit.arrays)
+    covs = edited["spread_covariances"].copy()
+    covs[0, 0, 1] += 100.0
+    edited["spread_covariances"] = covs
+    bad = BatchFit(fit.step, fit.params, edited).save(tmp_path / "edited.npz")
+    with pytest.raises(ValueError, match=r"edited\.npz: reference cluster 0's covariance is not symmetric"):
+        harmony(query_table, fit=bad)
+    edited["cluster_sums"] = np.full_like(fit.arrays["cluster_sums"], np.nan)
+    bad = BatchFit(fit.step, fit.params, edited).save(tmp_path / "edited2.npz")
+    with pytest.raises(ValueError, match=r"edited2\.npz: .*cluster_sums must be finite"):
+        harmony(query_table, fit=bad)
 
     plain = harmony(ref_table, n_components=6, return_fit=True)[1]
     assert MAPPING_DISTANCE not in harmony(query_table, fit=plain).columns

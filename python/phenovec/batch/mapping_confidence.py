@@ -36,8 +36,9 @@ from phenovec.batch.finite import require_finite
 
 #: the profile-table column of the metric (the ``harmony`` step's ``mapping_confidence``; the report reads it)
 MAPPING_DISTANCE = "Metadata_mapping_distance"
-#: a covariance whose smallest eigenvalue is below this fraction of its largest is refused as singular: its
-#: Mahalanobis distances would be rounding errors
+#: a covariance whose correlation matrix (the covariance scaled to unit variances, so that the check does not depend
+#: on the coordinates' units, as the Mahalanobis distance does not) has its smallest eigenvalue below this fraction
+#: of its largest is refused as singular: its Mahalanobis distances would be rounding errors
 MIN_CONDITION = 1e-12
 #: rows scored (or summed) at a time: their pairwise products (1,024 x 1,275 doubles at d = 50) stay small
 ROWS_PER_BLOCK = 1024
@@ -65,13 +66,31 @@ class ClusterSpread:
         for name, a in (("means", m), ("covariances", c)):
             if not np.isfinite(a).all():
                 raise ValueError(f"the cluster spread's {name} must be finite")
-        eigenvalues = np.linalg.eigvalsh(c)  # ascending, per cluster
+        variances = np.diagonal(c, axis1=1, axis2=2)
+        flat = np.argwhere(~(variances > 0))
+        if flat.size:
+            j, i = (int(v) for v in flat[0])
+            raise ValueError(f"reference cluster {j}'s covariance has variance {variances[j, i]:.3g} in coordinate {i} "
+                             f"(0-based): that coordinate is constant over the cluster's cells (or the fit was edited); "
+                             "drop constant features (feature_select) or score principal components (n_components)")
+        spread = np.sqrt(variances)
+        unit = spread[:, :, None] * spread[:, None, :]
+        # symmetric to rounding, by its own scale (eigvalsh and cholesky read one triangle only: a fit edited in the
+        # other would be used silently as something else)
+        skew = np.abs(c - np.swapaxes(c, 1, 2)) / unit
+        if not (skew <= 1e-9).all():
+            j, i, l = (int(v) for v in np.argwhere(~(skew <= 1e-9))[0])
+            raise ValueError(f"reference cluster {j}'s covariance is not symmetric ([{i}, {l}] = {c[j, i, l]:.6g}, "
+                             f"[{l}, {i}] = {c[j, l, i]:.6g}): not a covariance; fit it again")
+        eigenvalues = np.linalg.eigvalsh(c / unit)  # ascending, per cluster; the correlation matrices'
         flat = np.flatnonzero(~(eigenvalues[:, 0] > MIN_CONDITION * eigenvalues[:, -1]))
         if flat.size:
             j = int(flat[0])
             raise ValueError(f"reference cluster {j}'s covariance is not positive definite (smallest / largest "
-                             f"eigenvalue {eigenvalues[j, 0] / max(abs(eigenvalues[j, -1]), 1e-300):.2g}): its cells "
-                             f"span fewer than the {d} dimensions; score fewer components or fit fewer clusters")
+                             f"eigenvalue of its correlations {eigenvalues[j, 0] / eigenvalues[j, -1]:.2g}): its "
+                             f"cells span fewer than the {d} dimensions (collinear coordinates, or too few cells "
+                             "in the cluster); score fewer principal components, drop collinear features or fit fewer "
+                             "clusters")
         whiteners = np.linalg.inv(np.linalg.cholesky(c))  # S^-1 = W^T W with W = L^-1 (lower triangular)
         inverses = np.einsum("kji,kjl->kil", whiteners, whiteners)
         object.__setattr__(self, "means", m)

@@ -17,6 +17,7 @@ for other columns, is refused naming its file.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ import pandas as pd
 from phenovec.batch.finite import require_finite
 from phenovec.batch.fit_record import BatchFit, as_fit
 from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
+from phenovec.error_context import with_context
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 
 
@@ -170,19 +172,33 @@ def harmony(
         feats, meta = _columns(df, features, meta_features, image_features, exclude=vars_use)
     x = numeric_features(df, feats, np.float64)
     _finite(x, feats, df.index, "harmony")
+    if not mapping_confidence and MAPPING_DISTANCE in df.columns:
+        # an earlier fit's or mapping's metric would pass for this run's (the report reads it as such)
+        warnings.warn(f"harmony: dropping the input's {MAPPING_DISTANCE} column: it scores another Harmony run than "
+                      "this one (mapping_confidence is off)", UserWarning, stacklevel=2)
+        df = df.drop(columns=[MAPPING_DISTANCE])
+        meta = [c for c in meta if c != MAPPING_DISTANCE]
     names = feats
     if fit is not None:
         if "pca_components" in fit.arrays:
             x = (x - fit.array("pca_mean", (len(feats),))) @ fit.array("pca_components", (None, len(feats))).T
             names = [f"PC{i}" for i in range(1, x.shape[1] + 1)]
+        zero = np.flatnonzero(~(np.abs(x).max(axis=1) > 0))
+        if zero.size:
+            where = " in the fit's principal components" if names is not feats else ""
+            raise ValueError(f"harmony: row {df.index[zero[0]]!r} is all zeros{where}: it has no direction to assign "
+                             "to a Harmony cluster")
         dims = x.shape[1]
         sums = fit.array("cluster_sums", (None, dims))
         k = sums.shape[0]
-        reference = HarmonyReference(sums, fit.array("cluster_weights", (k,)), fit.array("sigma", (k,)))
-        mapped = reference.map(x, df[vars_use], vars_use, lamb=lamb)  # errors name the table's row labels
-        if mapping_confidence:
+        try:  # a fit edited by hand is refused naming its file
+            reference = HarmonyReference(sums, fit.array("cluster_weights", (k,)), fit.array("sigma", (k,)))
             spread = ClusterSpread(fit.array("spread_means", (k, dims)),
-                                   fit.array("spread_covariances", (k, dims, dims)))
+                                   fit.array("spread_covariances", (k, dims, dims))) if mapping_confidence else None
+        except ValueError as e:
+            raise with_context(e, str(fit.source)) from None
+        mapped = reference.map(x, df[vars_use], vars_use, lamb=lamb)  # errors name the table's row labels
+        if spread is not None:
             df, meta = _with_column(df, meta, MAPPING_DISTANCE, spread.distance(x, mapped.R))
         return _finish(df, feats, meta, mapped.Z_corr, names, fit, return_fit, output_file)
     pca_arrays = {}
