@@ -63,6 +63,51 @@ def test_cli_annotate_old_output_spelling_and_errors(wells_and_platemap, tmp_pat
     assert "(default: Metadata_well_position Metadata_Well)" in flat
 
 
+def test_repeated_platemap_keys_are_refused_naming_the_file(wells_and_platemap, tmp_path, capsys):
+    """A platemap listing a well twice silently repeated that well's profile, once per listing (pycytominer does the
+    same), doubling its weight in every aggregate and mAP after it."""
+    w, pm_path = wells_and_platemap
+    pm = pd.read_csv(pm_path, sep="\t")
+    doubled = pd.concat([pm, pm.iloc[[3]].assign(broad_sample="other")], ignore_index=True)
+    bad = tmp_path / "platemap.txt"
+    doubled.to_csv(bad, sep="\t", index=False)
+    well = pm["well_position"].iloc[3]
+    with pytest.raises(ValueError, match=f"platemap.txt: platemap rows \\[3, {len(pm)}\\] share the key "
+                                         f"Metadata_well_position = '{well}'"):
+        from phenovec.process.annotate import annotate
+
+        annotate(w, str(bad))
+    src = write_profiles(w, tmp_path / "wells.parquet")
+    assert main(["process", "annotate", str(src), "--platemap", str(bad), "-o", str(tmp_path / "a.parquet")]) == 2
+    assert "share the key" in capsys.readouterr().err and not (tmp_path / "a.parquet").exists()
+    # the peer repeats the row: what the refusal prevents
+    assert len(pycytominer.annotate(w, doubled, join_on=["Metadata_well_position", "Metadata_Well"])) == len(w) + 1
+
+
+def test_external_metadata_prefixing_and_repeats_as_pycytominer():
+    from phenovec.process.annotate import annotate
+
+    prof = pd.DataFrame({"Metadata_Well": ["A01", "A02", "A03"], "Metadata_broad_sample": ["c1", "c2", "c1"],
+                         "Cells_x": [1.0, 2.0, 3.0]})
+    pm = pd.DataFrame({"well_position": ["A01", "A02", "A03"], "dose": [1.0, 2.0, 3.0]})
+    ext = pd.DataFrame({"Metadata_broad_sample": ["c1", "c2"], "Cells_line": ["U2OS", "A549"], "Nuclei_n": [1.0, 2.0],
+                        "Image_Count": [3, 4], "Image_url": ["u1", "u2"], "moa": ["m1", "m2"],
+                        "Image_Metadata_QC": ["ok", "bad"]})
+    kw = dict(join_on=["Metadata_well_position", "Metadata_Well"], external_metadata=ext,
+              external_join_on="Metadata_broad_sample")
+    ours, peer = annotate(prof, pm, **kw), pycytominer.annotate(prof, pm, **kw)
+    assert list(ours.columns) == list(peer.columns)
+    assert "Cells_line" in ours.columns and "Metadata_moa" in ours.columns
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), peer.reset_index(drop=True), check_dtype=False)
+    # exact duplicate rows are harmless (dropped as by the peer); two different rows for one key are refused
+    kw["external_metadata"] = pd.concat([ext, ext.iloc[[0]]], ignore_index=True)
+    assert len(annotate(prof, pm, **kw)) == 3
+    kw["external_metadata"] = pd.concat([ext, ext.iloc[[0]].assign(moa="m3")], ignore_index=True)
+    with pytest.raises(ValueError, match=r"the external metadata: external metadata rows \[0, 2\] share the key "
+                                         r"Metadata_broad_sample = 'c1'"):
+        annotate(prof, pm, **kw)
+
+
 def _help(argv, capsys) -> str:
     with pytest.raises(SystemExit):
         main(argv)

@@ -5,11 +5,15 @@ the platemap (DataFrame, or a CSV/TSV path, delimiter inferred by the file name)
 to every column lacking it (``add_metadata_id_to_platemap=True``); it is merged with the profiles
 ``platemap.merge(profiles, left_on=join_on[0], right_on=join_on[1], how="inner", suffixes=("_platemap", None))``
 and ``join_on[0]`` is dropped when the names differ; ``external_metadata`` (with ``external_join_on``) is
-left-merged with pycytominer's prefixing rule (``Metadata_`` / ``Image_`` / ``Image_Metadata_`` columns keep their
-names, every other column gets ``Metadata_``), then duplicate rows are dropped; ``clean_cellprofiler`` renames
+left-merged with pycytominer's prefixing rule (``Metadata_`` / ``Image_Metadata_`` columns and those pycytominer
+infers as features, ``Cells`` / ``Nuclei`` / ``Cytoplasm`` / numeric ``Image_``, keep their names, every other column
+gets ``Metadata_``), then duplicate rows are dropped; ``clean_cellprofiler`` renames
 ``Image_Metadata_{Plate,Well,Site}`` to ``Metadata_*``; finally metadata columns come first. Differences from the
 peer: a profile row that matches no platemap row is dropped by the inner join in both, but phenovec warns with the
-count (the peer drops it silently); a join column that is missing raises ``KeyError`` naming it.
+count (the peer drops it silently); a platemap that lists a join key twice, or external metadata with two different
+rows for one key, is refused naming the key (the peer silently repeats every matching profile, once per listing,
+which doubles its weight in every aggregate, consensus and mAP after it); a join column that is missing raises
+``KeyError`` naming it.
 """
 from __future__ import annotations
 
@@ -31,9 +35,19 @@ def _prefix_platemap(pm: pd.DataFrame) -> pd.DataFrame:
 
 
 def _prefix_external(ext: pd.DataFrame) -> pd.DataFrame:
+    """pycytominer 1.7.1's ``prepare_external_metadata_for_annotate``: ``Metadata_*`` and ``Image_Metadata_*`` keep
+    their names, and so does every column ``infer_cp_features(image_features=True)`` calls a feature (a name starting
+    ``Image`` / ``Cells`` / ``Nuclei`` / ``Cytoplasm`` that holds no nested values; an ``Image_`` one only if numeric);
+    every other column gets ``Metadata_``."""
+    def feature_like(c) -> bool:
+        if not c.startswith(("Image", "Cells", "Nuclei", "Cytoplasm")):
+            return False
+        if ext[c].dtype == object and not all(pd.api.types.is_scalar(v) for v in ext[c].dropna()):
+            return False
+        return not c.startswith("Image_") or pd.api.types.is_numeric_dtype(ext[c])
+
     keep = {c for c in ext.columns if isinstance(c, str) and (
-        c.startswith(METADATA_PREFIX) or c.startswith("Image_Metadata_")
-        or (c.startswith("Image_") and pd.api.types.is_numeric_dtype(ext[c])))}
+        c.startswith((METADATA_PREFIX, "Image_Metadata_")) or feature_like(c))}
     ext = ext.copy()
     ext.columns = pd.Index([c if c in keep else f"Metadata_{c}" if isinstance(c, str) else c for c in ext.columns])
     return ext
@@ -48,6 +62,19 @@ def _load(table, what: str) -> pd.DataFrame:
     if p.suffix in (".txt",):
         return pd.read_csv(p, sep="\t")
     return read_table(p)
+
+
+def _refuse_repeated_keys(table: pd.DataFrame, keys: list, source, what: str) -> None:
+    """``ValueError`` naming the file (or ``what``), the key columns and the first key value listed on two rows."""
+    known = table[keys].dropna()
+    repeated = known.duplicated(keep=False)
+    if repeated.any():
+        first = known[repeated].iloc[0]
+        value = first.iloc[0] if len(keys) == 1 else tuple(first)
+        name = source if isinstance(source, (str, Path)) else f"the {what}"
+        raise ValueError(f"{name}: {what} rows {list(known.index[repeated & (known == first).all(axis=1)][:5])} "
+                         f"share the key {keys[0] if len(keys) == 1 else keys} = {value!r}: every profile matching "
+                         "it would be repeated, once per row; list each key once")
 
 
 def annotate(
@@ -73,6 +100,7 @@ def annotate(
         raise KeyError(f"join_on: platemap has no column {join[0]!r} (columns: {list(pm.columns)[:8]}...)")
     if join[1] not in prof.columns:
         raise KeyError(f"join_on: profiles have no column {join[1]!r}")
+    _refuse_repeated_keys(pm, [join[0]], platemap, "platemap")
     out = pm.merge(prof, left_on=join[0], right_on=join[1], how="inner", suffixes=("_platemap", None))
     if join[0] != join[1]:
         out = out.drop(columns=join[0])
@@ -84,6 +112,12 @@ def annotate(
         raise ValueError("external_metadata and external_join_on must be given together")
     if external_metadata is not None:
         ext = _prefix_external(_load(external_metadata, "external_metadata"))
+        keys = [external_join_on] if isinstance(external_join_on, str) else list(external_join_on)
+        missing = [k for k in keys if k not in ext.columns]
+        if missing:
+            raise KeyError(f"external_join_on: external metadata has no column {missing[0]!r} (after pycytominer's "
+                           f"Metadata_ prefixing; columns: {list(ext.columns)[:8]}...)")
+        _refuse_repeated_keys(ext.drop_duplicates(), keys, external_metadata, "external metadata")
         out = out.merge(ext, on=external_join_on, how="left", suffixes=(None, "_external")).reset_index(drop=True)
         out = out.drop_duplicates()
     if clean_cellprofiler:
