@@ -16,7 +16,8 @@ those ``DataFrame.query`` selects for the same string. Nothing in it is ever exe
 - ``col.isna()`` / ``col.notna()`` / ``col.isnull()`` / ``col.notnull()``, and a boolean column on its own.
 
 Missing values behave as in ``DataFrame.query``: ``NaN == x`` is False, ``NaN != x`` is True, ``NaN < x`` is
-False; a missing value of a nullable boolean result selects no row. Anything else (attribute access, ``@``
+False, also in pandas' nullable ``string`` columns compared with a literal; a missing value of any other nullable
+result (``Int64``, ``boolean``, two string columns) selects no row. Anything else (attribute access, ``@``
 variables, other calls, subscripts, lambdas, comprehensions, f-strings, ``:=``, dunder names, arithmetic, ...)
 raises ``ValueError`` naming the key the string came from and the offending piece, at parse time.
 """
@@ -103,6 +104,8 @@ class RowFilter:
     def _eval(self, node, cols: dict) -> pd.Series:
         if isinstance(node, _Cmp):
             left, right = self._value(node.left, cols), self._value(node.right, cols)
+            if isinstance(node.left, _Lit) != isinstance(node.right, _Lit):
+                left, right = _as_query_compares(left), _as_query_compares(right)
             try:
                 res = _apply_compare(node.op, left, right)
             except (TypeError, ValueError) as e:
@@ -135,6 +138,15 @@ class RowFilter:
     @staticmethod
     def _value(node, cols: dict):
         return cols[node.name] if isinstance(node, _Col) else node.value
+
+
+def _as_query_compares(v):
+    """A pandas ``string`` column as ``DataFrame.query`` compares it with a literal: as an object column (a missing
+    value ``!= 'x'`` is True); the column's own operators give <NA>, which selected no row. (Column against column,
+    query keeps the string operators, and so does this.)"""
+    if isinstance(v, pd.Series) and isinstance(v.dtype, pd.StringDtype):
+        return v.astype(object).where(v.notna(), None)
+    return v
 
 
 def _apply_compare(op: str, left, right) -> pd.Series:
