@@ -129,6 +129,21 @@ def test_sphere_by_map_picks_the_best_epsilon():
     assert len(epsilon_grid()) == 25 and 1e-5 <= epsilon_grid().min() and epsilon_grid().max() <= 1e3
 
 
+def test_constant_feature_is_named_by_sphering_and_normalize():
+    """A constant feature under a -cor whitening is refused naming it (the epsilon search and normalize's spherize
+    called it 'column 4')."""
+    from phenovec.process.normalize import normalize
+
+    df = _plates(n_plates=2, d=5)
+    df["Cells_f3"] = 5.0
+    with pytest.raises(ValueError, match="constant over the .* fit rows: 'Cells_f3'"):
+        sphere_by_map(df, negcon="Metadata_JCP2022 == 'DMSO'", features=FEATS, method="ZCA-cor", epsilons=[0.1])
+    with pytest.raises(ValueError, match="constant over the .* fit rows: 'Cells_f3'"):
+        normalize(df, features=FEATS, method="spherize", spherize_method="ZCA-cor")
+    with pytest.raises(ValueError, match="group Metadata_Plate='P0'.*: 'Cells_f3'"):
+        normalize(df, features=FEATS, method="spherize", spherize_method="PCA-cor", by="Metadata_Plate")
+
+
 def test_arm_correction_subtracts_background_mean():
     rng = np.random.default_rng(3)
     n = 200

@@ -57,8 +57,9 @@ def map_scores(x: np.ndarray, perts, plates, negcon: np.ndarray, poscon: np.ndar
 
 
 def choose_epsilon(x: np.ndarray, perts, plates, negcon: np.ndarray, method: str = "ZCA", epsilons=None,
-                   poscon: np.ndarray | None = None):
-    """Sphere with every candidate epsilon, score each by mAP; returns ``(best epsilon, scores table)``."""
+                   poscon: np.ndarray | None = None, names=None):
+    """Sphere with every candidate epsilon, score each by mAP; returns ``(best epsilon, scores table)``. ``names``:
+    the columns' names in errors (a constant feature)."""
     from phenovec.process.spherize import Spherizer
 
     epsilons = epsilon_grid() if epsilons is None else np.asarray(epsilons, dtype=np.float64)
@@ -68,7 +69,7 @@ def choose_epsilon(x: np.ndarray, perts, plates, negcon: np.ndarray, method: str
     rows = []
     for eps in epsilons:
         sph = Spherizer(method=method, epsilon=float(eps), center=True, device="cpu")
-        sph.fit(x[negcon])
+        sph.fit(x[negcon], names=names)
         rows.append({"epsilon": float(eps), **map_scores(sph._transform_matrix(x), perts, plates, negcon, poscon)})
     table = pd.DataFrame(rows)
     best = table.sort_values(by="score").iloc[-1]

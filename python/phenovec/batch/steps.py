@@ -459,8 +459,9 @@ def sphere_by_map(
         grid = epsilon_grid(n_epsilons) if epsilons is None else np.asarray(epsilons, dtype=np.float64).reshape(-1)
         if grid.size == 0:
             raise ValueError("sphere_by_map: no epsilon to try (epsilons is empty, or n_epsilons < 1)")
-        best, table = choose_epsilon(x, df[perturbation].to_numpy(), df[plate].to_numpy(), neg, method, grid, pos)
-        sph = Spherizer(method=method, epsilon=best, center=True, device="cpu").fit(x[neg])
+        best, table = choose_epsilon(x, df[perturbation].to_numpy(), df[plate].to_numpy(), neg, method, grid, pos,
+                                     names=feats)
+        sph = Spherizer(method=method, epsilon=best, center=True, device="cpu").fit(x[neg], names=feats)
         fit = BatchFit("sphere_by_map", {"features": feats, "method": method, "epsilon": best, "negcon": negcon,
                                          "scores": table.to_dict(orient="list")},
                        {"W": sph.W_, "mean": sph.mean_, **({} if sph.scale_ is None else {"scale": sph.scale_})})

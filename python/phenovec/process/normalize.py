@@ -533,7 +533,8 @@ def _fit_matrix(x: np.ndarray, mask: np.ndarray, codes: np.ndarray, grouper: _Gr
             for g, rows in zip(groups, slices):
                 try:
                     models[g] = Spherizer(method=params["spherize_method"], epsilon=params["spherize_epsilon"],
-                                          center=params["spherize_center"], return_numpy=True).fit(xf[rows])
+                                          center=params["spherize_center"], return_numpy=True).fit(xf[rows],
+                                                                                                   names=feats)
                 except ValueError as e:
                     if not grouper.by:
                         raise

@@ -267,9 +267,14 @@ class Spherizer:
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, X, y=None) -> "Spherizer":
-        """Fit on the rows of ``X`` (DataFrame of features or ``n x d`` array), in memory (SVD, as the peer)."""
+    def fit(self, X, y=None, *, names: Sequence[str] | None = None) -> "Spherizer":
+        """Fit on the rows of ``X`` (DataFrame of features or ``n x d`` array), in memory (SVD, as the peer).
+        ``names``: what errors and warnings call an array's columns (default ``column i``)."""
         x, cols, _ = self._matrix(X, "spherize fit input")
+        if names is not None and not isinstance(X, pd.DataFrame):
+            if len(names) != x.shape[1]:
+                raise ValueError(f"names: {len(names)} names for {x.shape[1]} columns")
+            cols = list(names)
         notes = self._fit_matrix(x, cols)
         self.feature_names_in_ = cols if isinstance(X, pd.DataFrame) else None
         for _, m in notes.messages(self.epsilon):
