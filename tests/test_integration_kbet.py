@@ -71,6 +71,27 @@ def test_kbet_per_label_in_worker_processes_equals_in_process():
         pi.kbet_per_label(g, batches, labels, n_jobs=0)
 
 
+def test_kbet_workers_do_not_rerun_an_unguarded_script(tmp_path):
+    """A plain script (no ``if __name__ == "__main__":``) calling kbet_per_label with worker processes: the
+    workers must not run its top level again (multiprocessing's forkserver did, and died bootstrapping)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import numpy as np\n"
+        "import phenovec.evaluate.integration as pi\n"
+        "print('TOP', flush=True)\n"
+        "rng = np.random.default_rng(0)\n"
+        "X = rng.normal(size=(600, 8)); X[:300] += 3\n"
+        "labels = np.repeat(['a', 'b'], 300); batches = np.tile(['p', 'q'], 300)\n"
+        "print('SCORE', pi.kbet_per_label(pi.knn_graph(X, 50), batches, labels, n_jobs=2), flush=True)\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("TOP") == 1, run.stdout
+    assert "SCORE" in run.stdout
+
+
 def test_kbet_per_label_small_labels_own_cap_or_scib_carry_over(exact_diffusion_neighbours):
     """Labels of 65-88 rows: scib-metrics caps each label's diffusion components by the rows of every label before
     it (its loop reassigns ``diffusion_n_comps``); ``scib_carry_over=True`` gives its numbers, the default caps each

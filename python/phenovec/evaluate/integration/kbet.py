@@ -31,8 +31,6 @@ label at a time single-threaded (:mod:`.threads`).
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -165,10 +163,14 @@ def _run_labels(tasks: list, n_jobs: int | None) -> list[float]:
             with threads_for(t[0].shape[0]):
                 out.append(_label_score(*t))
         return out
+    from joblib import Parallel, delayed
+
     biggest_first = sorted(range(len(tasks)), key=lambda i: -tasks[i][0].shape[0])
-    ctx = multiprocessing.get_context("forkserver")  # a fresh interpreter: no fork of a threaded (or JAX) parent
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as ex:
-        done = list(ex.map(_label_score_single_threaded, [tasks[i] for i in biggest_first]))
+    # joblib's loky workers: fresh interpreters (no fork of a threaded, or JAX, parent) that, unlike
+    # multiprocessing's forkserver / spawn, do not run the caller's __main__ again: a plain script calling this
+    # without an ``if __name__ == "__main__":`` guard ran its own top level in each worker and died there
+    done = Parallel(n_jobs=n_jobs, backend="loky", batch_size=1, pre_dispatch="all")(
+        delayed(_label_score_single_threaded)(tasks[i]) for i in biggest_first)
     out = [0.0] * len(tasks)
     for i, score in zip(biggest_first, done):
         out[i] = score
