@@ -1,5 +1,6 @@
 """Integration metrics against scib-metrics 0.6.1 itself (PCR, isolated labels, k-means and Leiden NMI / ARI)."""
 import numpy as np
+import pandas as pd
 import pytest
 
 import phenovec.evaluate.integration as pi
@@ -50,6 +51,36 @@ def test_pcr_refuses_a_constant_covariate_as_scib_does(data):
     bad[3, 2] = np.inf
     with pytest.raises(ValueError, match=r"X: non-finite value inf \(NaN / inf\) in row 3, column 2"):
         pi.principal_component_regression(bad, cov)
+
+
+def test_pcr_without_variance_to_compare_is_undefined(data):
+    """A baseline with no batch variance (profiles standardised per plate: PCR ~1e-33, rounding) made
+    pcr_comparison the quotient of two rounding errors, which min-max scaling stretched into 0 vs 1 and a ranking
+    that flipped with the order of the tables (or ZeroDivisionError, as scib-metrics, when exactly 0); an embedding
+    without variance gave NaN silently. Both are UndefinedMetricError now, blank in integration_table."""
+    from phenovec.evaluate.integration.undefined import UndefinedMetricError
+
+    X, labels, batches, _ = data
+    per_plate = X.copy()
+    for b in np.unique(batches):
+        on = batches == b
+        per_plate[on] = (X[on] - X[on].mean(axis=0)) / X[on].std(axis=0)
+    rotated = per_plate @ np.linalg.qr(np.random.default_rng(0).normal(size=(X.shape[1],) * 2))[0]
+    assert pi.principal_component_regression(per_plate, batches, categorical=True) < 1e-25
+    with pytest.raises(UndefinedMetricError, match="no batch variance to remove"):
+        pi.pcr_comparison(per_plate, rotated, batches, categorical=True)
+    with pytest.raises(UndefinedMetricError, match="every row is the same"):
+        pi.principal_component_regression(np.zeros_like(X), batches, categorical=True)
+    with pytest.raises(UndefinedMetricError, match="every row is the same"):
+        pi.pcr_comparison(X, np.zeros_like(X), batches, categorical=True)
+    assert pi.pcr_comparison(per_plate, X, batches, categorical=True, scale=False) > 0  # unscaled: defined
+    res = pi.integration_table({"per_plate": per_plate, "rotated": rotated}, "Metadata_Plate", "Metadata_moa",
+                               metadata=pd.DataFrame({"Metadata_Plate": batches, "Metadata_moa": labels}),
+                               mean_average_precision=False, skip_undefined=True)
+    assert "no batch variance to remove" in res.undefined["pcr_comparison"]
+    assert res.table.query("metric == 'pcr_comparison'")["value"].isna().all()
+    totals = res.scores.set_index("method")["total"]
+    assert totals["per_plate"] == pytest.approx(totals["rotated"], abs=1e-9)  # the same distances: the same score
 
 
 def test_isolated_labels(data):

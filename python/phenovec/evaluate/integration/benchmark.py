@@ -178,6 +178,8 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
         if np.isnan(vals["kbet_per_label"]) and skip_undefined:  # every label skipped: under 10 rows or one batch
             undefined.setdefault("kbet_per_label", "no label has at least 10 rows from two or more batches")
         for m, v in vals.items():
+            if skip_undefined and np.isnan(v) and m not in undefined:  # a NaN no check above explained
+                undefined[m] = f"came out NaN for {nm!r}"
             rows.append({"method": nm, "metric": m, "metric_type": METRIC_TYPES[m], "value": float(v)})
         secs.append({"method": nm, **t})
     table = pd.DataFrame(rows)

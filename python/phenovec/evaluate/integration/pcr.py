@@ -4,7 +4,10 @@ Definitions: scib-metrics 0.6.1's (Buttner et al. 2018); a constant covariate (o
 PCR = ``sum_k var_k R2_k / sum_k var_k`` over the principal components ``k`` of ``X``, ``R2_k`` of regressing PC
 ``k`` on the covariate (one-hot if ``categorical``, centred, no intercept). ``pcr_comparison`` =
 ``(PCR_pre - PCR_post) / PCR_pre`` clipped at 0 with a warning (``scale=True``; higher = more batch variance
-removed), or ``PCR_post - PCR_pre``.
+removed), or ``PCR_post - PCR_pre``. Undefined (:class:`UndefinedMetricError`, where scib-metrics returns NaN or
+divides by zero): an embedding without variance, and with ``scale=True`` a baseline whose PCR is at most
+``PCR_FLOOR`` (e.g. profiles standardised per plate: no batch variance left to remove, and the quotient of two
+rounding errors, 1e-33 / 1e-33, is noise that min-max scaling stretched into a ranking).
 
 How: with every component (``n_components=None``, as scib-metrics and its Benchmarker call it), the PCs are an
 orthogonal rotation of the centred data, so ``sum_k var_k R2_k`` is the covariate's explained sum of squares
@@ -21,6 +24,9 @@ import numpy as np
 
 from phenovec.evaluate.integration.annotations import annotation_codes, embedding_matrix
 from phenovec.evaluate.integration.undefined import UndefinedMetricError
+
+#: a baseline PCR (a share of variance) at or below this is rounding error: ``pcr_comparison`` is undefined
+PCR_FLOOR = 1e-12
 
 
 def principal_component_regression(X, covariate, categorical: bool = False, n_components: int | None = None) -> float:
@@ -64,8 +70,14 @@ def principal_component_regression(X, covariate, categorical: bool = False, n_co
         else:
             cc = float(c @ c)
             ess = 0.0 if cc == 0 else float(np.sum((xc.T @ c) ** 2) / cc)
-        return ess / tss if tss > 0 else float("nan")
+        if not tss > 0:
+            raise UndefinedMetricError("X: every row is the same: principal component regression (a share of "
+                                       "variance) is undefined without variance")
+        return ess / tss
     # top n_components through the d x d scatter matrix
+    if not np.einsum("ij,ij->", xc, xc) > 0:
+        raise UndefinedMetricError("X: every row is the same: principal component regression (a share of "
+                                   "variance) is undefined without variance")
     w, v = np.linalg.eigh(xc.T @ xc)
     top = np.argsort(w)[::-1][:n_components]
     coords = xc @ v[:, top]
@@ -92,6 +104,11 @@ def pcr_comparison(X_pre, X_post, covariate, scale: bool = True, **kwargs) -> fl
     pre = principal_component_regression(X_pre, covariate, **kwargs)
     post = principal_component_regression(X_post, covariate, **kwargs)
     if scale:
+        if not pre > PCR_FLOOR:
+            raise UndefinedMetricError(
+                f"pcr_comparison: the covariate explains {pre:.3g} of X_pre's variance (rounding error at most): "
+                "there is no batch variance to remove, so the share removed is undefined (scib-metrics divides by it "
+                "anyway: 0 / 0, or rounding noise that min-max scaling then stretches to 0 or 1)")
         out = (pre - post) / pre
         if out < 0:
             warnings.warn("PCR comparison score is negative, meaning variance contribution increased after "
