@@ -24,6 +24,34 @@ def test_evaluate_map_cli(tmp_path, bbbc021, capsys):
     assert 0 < summary["mean_average_precision"] < 1
 
 
+def test_files_beside_the_output_keep_its_whole_name(tmp_path, bbbc021, capsys):
+    """The summary and the per-group table beside ``-o run.v2.csv`` are run.v2.json / run.v2_map.csv (they were
+    run.json / run_map.v2.csv: runs -o run.v1.csv and -o run.v2.csv overwrote each other's summary); a --summary in
+    a new folder is made; a --summary that is the output or a folder is refused before anything is written."""
+    from phenovec.cli import beside
+
+    assert beside("d/run.v2.csv", suffix=".json").name == "run.v2.json"
+    assert beside("run.v2.csv.gz", "_map").name == "run.v2_map.csv.gz"
+    assert beside("x.parquet", "_confusion").name == "x_confusion.parquet"
+    assert beside("plain", suffix=".json").name == "plain.json"
+    src = tmp_path / "b.parquet"
+    bbbc021.head(120).to_parquet(src)
+    argv = ["evaluate", "map", str(src), "--pos-sameby", "Metadata_moa", "--neg-diffby", "Metadata_moa",
+            "--null-size", "50"]
+    assert main(argv + ["--out", str(tmp_path / "run.v2.csv")]) == 0
+    assert (tmp_path / "run.v2.json").exists() and (tmp_path / "run.v2_map.csv").exists()
+    assert not (tmp_path / "run.json").exists()
+    assert main(argv + ["--out", str(tmp_path / "s.csv"), "--summary", str(tmp_path / "new" / "s.json")]) == 0
+    assert json.loads((tmp_path / "new" / "s.json").read_text())["output"].endswith("s.csv")
+    capsys.readouterr()
+    assert main(argv + ["--out", str(tmp_path / "t.csv"), "--summary", str(tmp_path / "t.csv")]) == 2
+    assert "is the output table's path" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
+    (tmp_path / "adir").mkdir()
+    assert main(argv + ["--out", str(tmp_path / "u.csv"), "--summary", str(tmp_path / "adir")]) == 2
+    assert "is a folder" in capsys.readouterr().err and not (tmp_path / "u.csv").exists()
+    assert not list((tmp_path / "adir").iterdir()) and not list(tmp_path.glob(".*tmp*"))
+
+
 def test_cli_reports_unknown_column(tmp_path, bbbc021, capsys):
     src = tmp_path / "b.csv.gz"
     bbbc021.head(50).to_csv(src, index=False)

@@ -57,15 +57,38 @@ def _load(args):
     return split_profiles(df.reset_index(drop=True), features=args.features, meta=args.meta_features)
 
 
+def beside(out, tag: str = "", suffix: str | None = None) -> Path:
+    """A file next to the table ``out``: its name with ``tag`` inserted before the table suffix (.csv, .csv.gz,
+    .parquet, ...), which ``suffix`` replaces if given: ``beside("run.v2.csv", "_map")`` -> ``run.v2_map.csv``,
+    ``beside("run.v2.csv", suffix=".json")`` -> ``run.v2.json`` (the name up to its first dot made runs' files
+    overwrite each other)."""
+    from phenovec.io.profiles import TEXT_SUFFIXES
+
+    out = Path(out)
+    name = out.name
+    table = next((s for s in sorted((*TEXT_SUFFIXES, ".parquet", ".pq"), key=len, reverse=True)
+                  if name.lower().endswith(s) and len(s) < len(name)), out.suffix)
+    stem = name[: len(name) - len(table)]
+    return out.with_name(stem + tag + (table if suffix is None else suffix))
+
+
+def summary_path(out, summary=None) -> Path:
+    """``--summary``, else ``--out`` with its table suffix replaced by .json."""
+    return Path(summary) if summary else beside(out, suffix=".json")
+
+
 def _finish(args, table, summary: dict) -> dict:
+    from phenovec.io.atomic import write_text_atomic
     from phenovec.io.profiles import write_table
 
+    spath = summary_path(args.out, args.summary)
+    if spath.resolve() == Path(args.out).resolve():
+        raise ValueError(f"--summary {spath} is the output table's path (-o): give the summary another name")
+    if spath.is_dir():
+        raise IsADirectoryError(f"--summary {spath} is a folder: give a file name (e.g. {spath / 'summary.json'})")
     out = write_table(table, args.out)
-    spath = Path(args.summary) if args.summary else out.with_name(out.name.split(".")[0] + ".json")
     summary = {"command": " ".join(sys.argv[1:]), "output": str(out), **summary}
-    tmp = spath.with_name("." + spath.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
-    tmp.replace(spath)
+    write_text_atomic(spath, json.dumps(summary, indent=2, default=_json_default))
     print(json.dumps(summary, indent=2, default=_json_default))
     return summary
 
@@ -154,7 +177,7 @@ def _run_map(args) -> dict:
     m = pe.mean_average_precision(ap, sameby, null_size=args.null_size, threshold=args.threshold, seed=args.seed,
                                   null_method=args.null_method, progress_bar=progress)
     out = Path(args.out)
-    map_out = Path(args.map_out) if args.map_out else out.with_name(out.name.split(".")[0] + "_map" + "".join(out.suffixes))
+    map_out = Path(args.map_out) if args.map_out else beside(out, "_map")
     write_table(m.drop(columns=["indices"]), map_out)
     return _finish(args, ap, {
         "metric": "mean_average_precision",
@@ -300,7 +323,7 @@ def _run_knn(args) -> dict:
                                  k=k, exclude_same=args.exclude_same, similarity_metric=args.similarity,
                                  leave_out=args.leave_out)
     out = Path(args.out)
-    pred_out = out.with_name(out.name.split(".")[0] + "_predictions" + "".join(out.suffixes))
+    pred_out = beside(out, "_predictions")
     from phenovec.io.profiles import write_table
 
     write_table(pred, pred_out)

@@ -35,8 +35,7 @@ def _run_probe(args) -> dict:
                 train_value=args.train_value, test_value=args.test_value, group_column=args.group_column,
                 n_folds=args.folds, models=args.models, seed=args.seed, n_trees=args.trees)
     out = Path(args.out)
-    stem, suffix = out.name.split(".")[0], "".join(out.suffixes)
-    conf_out = write_table(res.confusion, out.with_name(f"{stem}_confusion{suffix}"))
+    conf_out = write_table(res.confusion, beside(out, "_confusion"))
     extra = {"confusion_table": str(conf_out)}
     if args.predictions:
         extra["predictions"] = str(write_table(res.predictions, args.predictions))
