@@ -1,6 +1,7 @@
 """The overall score (by hand and against scib-metrics' Benchmarker), integration_table, its errors and its CLI."""
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -155,3 +156,53 @@ def test_cli(methods, tmp_path):
     res = pi.integration_table(emb, "Metadata_Plate", "Metadata_moa", metadata=single, skip_undefined=True)
     assert {"mean_average_precision", "kbet_per_label"} <= set(res.undefined)
     assert res.wide()[["mean_average_precision", "kbet_per_label"]].isna().all().all()
+
+
+def test_cli_refuses_outputs_before_work_and_names_files_and_rows(methods, tmp_path, capsys):
+    """Output names are checked before the metrics run (an input table was replaced by the results, the heat map by
+    the table; a bad suffix failed after the whole run); a table's bad value or label is named by its file, its
+    data row (as read, before --query) and its feature; --figure writes the format its name says."""
+    from phenovec.cli import main
+
+    meta, emb = methods
+    paths = []
+    for nm, x in emb.items():
+        df = pd.concat([meta, pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])], axis=1)
+        paths.append(str(tmp_path / f"{nm}.parquet"))
+        df.to_parquet(paths[-1])
+    base = ["evaluate", "integration", *paths, "--batch-key", "Metadata_Plate", "--label-key", "Metadata_moa",
+            "--no-map", "--quiet"]
+    before = {p: Path(p).read_bytes() for p in paths}
+    for extra, says in ((["-o", paths[1]], "is the input table"),
+                        (["-o", str(tmp_path / "t.csv"), "--summary", str(tmp_path / "t.csv")], "also -o's path"),
+                        (["-o", str(tmp_path / "t.csv"), "--figure", str(tmp_path / "x.svg"), "--summary",
+                          str(tmp_path / "x.svg")], "also --summary's path"),
+                        (["-o", str(tmp_path / "t.csv"), "--summary", paths[0]], "is the input table"),
+                        (["-o", str(tmp_path / "t.txt")], "the table is written as"),
+                        (["-o", str(tmp_path / "t.csv"), "--figure", str(tmp_path / "h.jpeg")], "heat map is written")):
+        assert main(base + extra) == 2, extra
+        assert says in capsys.readouterr().err, extra
+    assert {p: Path(p).read_bytes() for p in paths} == before and not (tmp_path / "t.csv").exists()
+    # --figure as PDF / SVG
+    assert main(base + ["-o", str(tmp_path / "ok.csv"), "--figure", str(tmp_path / "h.pdf")]) == 0
+    assert (tmp_path / "h.pdf").read_bytes().startswith(b"%PDF")
+    capsys.readouterr()
+    # a NaN feature and a missing label: the file, the data row before --query, the feature
+    df = pd.read_parquet(paths[1])
+    df.loc[57, "f3"] = np.nan
+    df.to_parquet(tmp_path / "nan.parquet")
+    assert main(["evaluate", "integration", paths[0], str(tmp_path / "nan.parquet"), "--batch-key", "Metadata_Plate",
+                 "--label-key", "Metadata_moa", "--no-map", "-o", str(tmp_path / "n.csv"),
+                 "--query", f"Metadata_moa != '{df.loc[0, 'Metadata_moa']}'"]) == 2
+    err = capsys.readouterr().err
+    assert "nan.parquet: feature 'f3' is nan in row 57" in err, err
+    df = pd.read_parquet(paths[1])
+    df.loc[33, "Metadata_moa"] = None
+    df.to_parquet(tmp_path / "nolabel.parquet")
+    assert main(["evaluate", "integration", str(tmp_path / "nolabel.parquet"), "--batch-key", "Metadata_Plate",
+                 "--label-key", "Metadata_moa", "--no-map", "-o", str(tmp_path / "m.csv")]) == 2
+    assert "nolabel.parquet: label_key 'Metadata_moa' is missing (NaN / None) in row 33" in capsys.readouterr().err
+    zero = pd.read_parquet(paths[1])
+    zero.loc[12, [c for c in zero.columns if c.startswith("f")]] = 0.0
+    with pytest.raises(ValueError, match="z: row 12 has zero norm"):
+        pi.integration_table({"z": zero}, "Metadata_Plate", "Metadata_moa")

@@ -20,9 +20,37 @@ from pathlib import Path
 from phenovec.cli_options import add_out, add_quiet
 
 
+def _check_outputs(args) -> None:
+    """Refuse, before any work, output names that cannot be written or that would replace an input or another
+    output (the whole run's metrics came first, then a bad name's error, or an input table silently replaced)."""
+    from phenovec.cli import summary_path
+    from phenovec.evaluate.integration.benchmark import HEATMAP_FORMATS
+    from phenovec.io.profiles import TEXT_SUFFIXES
+
+    if not str(args.out).lower().endswith((".parquet", ".pq", *TEXT_SUFFIXES)):
+        raise ValueError(f"-o {args.out}: the table is written as .parquet or {', '.join(TEXT_SUFFIXES)}")
+    if args.figure and Path(args.figure).suffix.lower().lstrip(".") not in HEATMAP_FORMATS:
+        raise ValueError(f"--figure {args.figure}: the heat map is written as .{', .'.join(HEATMAP_FORMATS)}")
+    outputs = {"-o": Path(args.out), "--summary": summary_path(args.out, args.summary)}
+    if args.figure:
+        outputs["--figure"] = Path(args.figure)
+    inputs = {Path(p).resolve(): p for p in args.profiles}
+    seen = {}
+    for flag, path in outputs.items():
+        where = path.resolve()
+        if where in inputs:
+            raise ValueError(f"{flag} {path} is the input table {inputs[where]}: give the output another name")
+        if where in seen:
+            raise ValueError(f"{flag} {path} is also {seen[where]}'s path: give each output its own name")
+        if path.is_dir():
+            raise IsADirectoryError(f"{flag} {path} is a folder: give a file name")
+        seen[where] = flag
+
+
 def _run(args) -> dict:
     from phenovec.cli import _finish
     from phenovec.evaluate.integration import integration_heatmap, integration_table
+    from phenovec.evaluate.integration.benchmark import _split
     from phenovec.io.profiles import read_table
     from phenovec.io.row_filter import filter_mask
 
@@ -31,6 +59,7 @@ def _run(args) -> dict:
         raise ValueError(f"--names: {len(names)} names for {len(args.profiles)} profile tables")
     if len(set(names)) != len(names):
         raise ValueError(f"--names: duplicate method names {names} (give distinct --names)")
+    _check_outputs(args)
     tables = {}
     for nm, path in zip(names, args.profiles):
         df = read_table(path)
@@ -38,7 +67,8 @@ def _run(args) -> dict:
             df = df[filter_mask(df, args.query, key="--query")]
             if df.empty:
                 raise ValueError(f"--query {args.query!r} selects no row of {path}")
-        tables[nm] = df.reset_index(drop=True)
+        _split(str(path), df, args.batch_key, args.label_key, None)  # its errors name the file and its data rows
+        tables[nm] = df
     res = integration_table(tables, args.batch_key, args.label_key, baseline=args.baseline, leiden=args.leiden,
                             mean_average_precision=not args.no_map, seed=args.seed, sbee=args.sbee,
                             skip_undefined=True)
@@ -69,7 +99,7 @@ def add_integration_parser(metrics) -> None:
     p.add_argument("--seed", type=int, default=0, help="k-means seeding (default 0)")
     p.add_argument("--query", help="filter applied to every table before scoring, e.g. \"Metadata_moa != 'DMSO'\" "
                                    "(see phenovec.io.row_filter)")
-    p.add_argument("--figure", help="heat map PNG of the scaled metrics and scores")
+    p.add_argument("--figure", help="heat map of the scaled metrics and scores (.png, .pdf or .svg)")
     add_out(p, "output table (.csv, .csv.gz or .parquet)")
     p.add_argument("--summary", help="JSON summary path (default: OUT with .json)")
     add_quiet(p)

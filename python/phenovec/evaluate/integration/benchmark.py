@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -77,10 +78,19 @@ class IntegrationResult:
         return w.loc[list(dict.fromkeys(self.table["method"])), list(dict.fromkeys(self.table["metric"]))]
 
 
+def _label(rows, i) -> str:
+    """A row's label as errors show it (``57``, ``'well_A01'``; numpy scalars as plain values)."""
+    v = rows[int(i)]
+    return repr(v.item() if isinstance(v, np.generic) else v)
+
+
 def _split(name: str, emb, batch_key: str, label_key: str, metadata):
+    """``(features, batches, labels, row labels)`` of one embedding; a table's errors name its row labels (its
+    index: a file's data rows, 0-based, as ``read_table`` numbers them) and feature names."""
     if isinstance(emb, pd.DataFrame):
         from phenovec.io.profiles import declared_features, is_metadata_column, split_profiles
 
+        rows = emb.index
         df = emb.reset_index(drop=True)
         keys = [k for k in dict.fromkeys((batch_key, label_key)) if k in df.columns]
         feats = declared_features(df)
@@ -91,7 +101,24 @@ def _split(name: str, emb, batch_key: str, label_key: str, metadata):
         for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
             if key not in meta.columns:
                 raise KeyError(f"{name}: {what} {key!r} is not a metadata column (have {list(meta.columns)[:8]})")
-        return embedding_matrix(prof.feats, f"{name} features"), meta[batch_key].to_numpy(), meta[label_key].to_numpy()
+            missing = np.flatnonzero(pd.isna(meta[key]).to_numpy())
+            if missing.size:
+                raise ValueError(f"{name}: {what} {key!r} is missing (NaN / None) in row {_label(rows, missing[0])} "
+                                 f"({missing.size} such rows); drop or fill them first")
+        try:
+            x = embedding_matrix(prof.feats, f"{name} features")
+        except ValueError as e:
+            try:
+                values = np.asarray(prof.feats, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise e from None
+            if np.isfinite(values).all():
+                raise
+            r, c = np.argwhere(~np.isfinite(values))[0]
+            raise ValueError(f"{name}: feature {prof.features[c]!r} is {values[r, c]} in row {_label(rows, r)} "
+                             f"({int((~np.isfinite(values)).any(axis=1).sum())} rows with NaN / inf); drop or impute "
+                             "them first") from None
+        return x, meta[batch_key].to_numpy(), meta[label_key].to_numpy(), rows
     if metadata is None:
         raise ValueError(f"{name}: a matrix embedding needs metadata= (a table with {batch_key!r} and {label_key!r})")
     for key in (batch_key, label_key):
@@ -100,7 +127,7 @@ def _split(name: str, emb, batch_key: str, label_key: str, metadata):
     x = embedding_matrix(emb, name)
     if len(metadata) != x.shape[0]:
         raise ValueError(f"{name}: {x.shape[0]} rows but metadata has {len(metadata)}")
-    return x, metadata[batch_key].to_numpy(), metadata[label_key].to_numpy()
+    return x, metadata[batch_key].to_numpy(), metadata[label_key].to_numpy(), pd.RangeIndex(x.shape[0])
 
 
 def integration_table(embeddings: Mapping[str, object], batch_key: str, label_key: str, *,
@@ -126,7 +153,7 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
     batch = annotation_codes(ref[1], batch_key, n, min_levels=2)[0]
     labels = annotation_codes(ref[2], label_key, n)[0]
     for nm in names[1:]:
-        x, b, l = data[nm]
+        x, b, l, _ = data[nm]
         if x.shape[0] != n or not (np.array_equal(pd.Series(b).astype(str), pd.Series(ref[1]).astype(str))
                                    and np.array_equal(pd.Series(l).astype(str), pd.Series(ref[2]).astype(str))):
             raise ValueError(f"{nm}: rows differ from {names[0]}'s (the {batch_key} / {label_key} columns must be "
@@ -134,6 +161,12 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
     kmax = min(max(NEIGHBOURS), n)
     rows, secs, undefined = [], [], {}
     x_pre = data[baseline][0]
+    if mean_average_precision and map_distance == "cosine":
+        for nm in names:
+            zero = np.flatnonzero(~(np.einsum("ij,ij->i", data[nm][0], data[nm][0]) > 0))
+            if zero.size:
+                raise ValueError(f"{nm}: row {_label(data[nm][3], zero[0])} has zero norm ({zero.size} such rows): its cosine "
+                                 "similarity (the mAP's) is undefined; drop it, or give map_distance='euclidean'")
     for nm in names:
         x = data[nm][0]
         t = {}
@@ -192,9 +225,15 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
                              undefined=undefined)
 
 
+HEATMAP_FORMATS = ("png", "pdf", "svg")
+
+
 def integration_heatmap(result: IntegrationResult, path, title: str | None = None):
     """Heat map of the min-max scaled metrics (rows: methods by decreasing total; columns: metrics grouped by
-    type, then the three aggregate scores), each cell annotated with the raw value; written atomically."""
+    type, then the three aggregate scores), each cell annotated with the raw value; written atomically as PNG, PDF or SVG by the name's suffix."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in HEATMAP_FORMATS:
+        raise ValueError(f"{path}: the heat map is written as {', '.join(HEATMAP_FORMATS)} (by the name's suffix)")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,6 +266,6 @@ def integration_heatmap(result: IntegrationResult, path, title: str | None = Non
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight")  # the colour bar's label stays in
+        fig.savefig(tmp, dpi=130, format=fmt, bbox_inches="tight")  # the colour bar's label stays in
     plt.close(fig)
     return path
