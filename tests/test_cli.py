@@ -137,3 +137,18 @@ def test_evaluate_map_cli_roc_auc_precision_and_exact_null(tmp_path, bbbc021, ca
         capsys.readouterr()
         assert main(["evaluate", "map", str(src), *common, "--precision", "tf32", "--out", str(tmp_path / "t.csv")]) == 2
         assert "tf32" in capsys.readouterr().err
+
+
+def test_a_numerical_failure_is_a_one_line_error(tmp_path, capsys):
+    """Harmony's 'objectives must be finite' (sigma=1e-38, as harmonypy) was a traceback with exit status 1."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(120, 6)), columns=[f"Cells_f{i}" for i in range(6)])
+    df.insert(0, "Metadata_Plate", np.repeat(["P1", "P2", "P3"], 40))
+    df.to_parquet(tmp_path / "p.parquet")
+    rc = main(["process", "batch", "harmony", str(tmp_path / "p.parquet"), "-o", str(tmp_path / "o.parquet"),
+               "--set", "sigma=1e-38", "--set", "nclust=4"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phenovec: error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -511,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"phenovec: error: {msg}", file=sys.stderr)
         return 2
-    except (KeyError, ValueError, OSError) as e:  # OSError: missing, unreadable or unwritable files, full disks
+    except (KeyError, ValueError, OSError, FloatingPointError) as e:  # OSError: missing, unreadable or unwritable
+        # files, full disks; FloatingPointError: a computation the input's values make undefined (Harmony's objective)
         print(f"phenovec: error: {_error_message(e)}", file=sys.stderr)
         return 2
     except SystemExit as e:  # a stage's own refusal: SystemExit("message")
