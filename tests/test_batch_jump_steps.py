@@ -129,6 +129,20 @@ def test_sphere_by_map_picks_the_best_epsilon():
     assert len(epsilon_grid()) == 25 and 1e-5 <= epsilon_grid().min() and epsilon_grid().max() <= 1e3
 
 
+def test_sphere_by_map_refuses_missing_labels_and_unscorable_tables():
+    df = _plates(n_plates=2, d=5)
+    kw = dict(negcon="Metadata_JCP2022 == 'DMSO'", features=FEATS, epsilons=[0.1, 1.0])
+    for column in ("Metadata_JCP2022", "Metadata_Plate"):
+        bad = df.copy()
+        bad.loc[4, column] = None  # read as the text 'nan': one more perturbation / plate, another epsilon chosen
+        with pytest.raises(ValueError, match=f"column '{column}' is missing .* in row 4"):
+            sphere_by_map(bad, **kw)
+    single = df.assign(Metadata_JCP2022=[("DMSO" if p == "DMSO" else f"c{i}")
+                                          for i, p in enumerate(df["Metadata_JCP2022"])])
+    with pytest.raises(ValueError, match="sphere_by_map: no perturbation in 'Metadata_JCP2022' .* 2 or more"):
+        sphere_by_map(single, **kw)
+
+
 def test_constant_feature_is_named_by_sphering_and_normalize():
     """A constant feature under a -cor whitening is refused naming it (the epsilon search and normalize's spherize
     called it 'column 4')."""
@@ -162,6 +176,11 @@ def test_arm_correction_subtracts_background_mean():
             ref[on] -= df.loc[on & bg, FEATS].mean().to_numpy()
     np.testing.assert_allclose(out[FEATS].to_numpy(), ref, atol=1e-12)
     np.testing.assert_array_equal(out.loc[:4, FEATS].to_numpy(), df.loc[:4, FEATS].to_numpy())
+    inf = df.copy()
+    first_bg = int(np.flatnonzero(bg & (df["Metadata_arm"] == "1p").to_numpy())[0])
+    inf.loc[first_bg, "Cells_f2"] = np.inf  # it made every 1p row -1.8e308 (nan_to_num), silently
+    with pytest.raises(ValueError, match=f"value inf in background row {first_bg}, feature 'Cells_f2'"):
+        arm_correction(inf, background="Metadata_unexpressed == True", features=FEATS, min_genes=10)
     none = arm_correction(df, background="Metadata_unexpressed == True", features=FEATS, min_genes=1000)
     np.testing.assert_array_equal(none[FEATS].to_numpy(), df[FEATS].to_numpy())
 

@@ -7,7 +7,8 @@ Here: ``arm`` gives each row's arm (missing: the row is not corrected, as the re
 ``background`` selects the rows whose knockouts are unexpressed genes (the recipe: zFPKM < -3), ``gene`` names the
 gene of each row. An arm is corrected only when its background rows cover more than ``min_genes`` distinct genes (the
 recipe: > 20 unexpressed genes on the arm, counted in its expression table); rows of other arms are unchanged. The
-arm's mean ignores missing values (pandas ``mean``)."""
+arm's mean ignores missing values (pandas ``mean``); an infinite value in a background row has no mean and is refused
+(the ``arm_correction`` step names its row and feature)."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,7 +43,7 @@ def apply_arm_means(x: np.ndarray, arms, labels: list, means: np.ndarray, rows: 
     out = np.array(x, dtype=np.float64, copy=True)
     arms = pd.Series(arms).reset_index(drop=True)
     sel = np.ones(len(out), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
-    m = np.nan_to_num(means, nan=0.0)
+    m = np.where(np.isnan(means), 0.0, means)  # not nan_to_num: it also made an inf mean +-1.8e308
     for i, arm in enumerate(labels):
         on = sel & (arms == arm).to_numpy()
         out[on] -= m[i]

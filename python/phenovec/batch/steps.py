@@ -452,6 +452,11 @@ def sphere_by_map(
     if fit is None:
         negcon = _needed(negcon, "negcon", "sphere_by_map", "Metadata_pert_type == 'negcon'")
         check_columns(df, [perturbation, plate], "perturbation/plate")
+        for column, what in ((perturbation, "perturbation"), (plate, "plate")):
+            missing = np.flatnonzero(df[column].isna().to_numpy())
+            if missing.size:  # read as the text 'nan' it was one more perturbation / plate, and moved the epsilon
+                raise ValueError(f"sphere_by_map: {what} column {column!r} is missing (NaN / None) in row "
+                                 f"{df.index[missing[0]]!r} ({missing.size} such rows); drop or fill them first")
         neg = select_samples(df, negcon, key="sphere_by_map negcon")
         pos = None if poscon is None else select_samples(df, poscon, key="sphere_by_map poscon")
         if epsilons is None and not (isinstance(n_epsilons, (int, np.integer)) and n_epsilons >= 1):
@@ -459,8 +464,15 @@ def sphere_by_map(
         grid = epsilon_grid(n_epsilons) if epsilons is None else np.asarray(epsilons, dtype=np.float64).reshape(-1)
         if grid.size == 0:
             raise ValueError("sphere_by_map: no epsilon to try (epsilons is empty, or n_epsilons < 1)")
-        best, table = choose_epsilon(x, df[perturbation].to_numpy(), df[plate].to_numpy(), neg, method, grid, pos,
-                                     names=feats)
+        from phenovec.evaluate.average_precision import UnpairedError
+
+        try:
+            best, table = choose_epsilon(x, df[perturbation].to_numpy(), df[plate].to_numpy(), neg, method, grid,
+                                         pos, names=feats)
+        except UnpairedError:
+            raise ValueError(f"sphere_by_map: no perturbation in {perturbation!r} (other than the negcon and poscon "
+                             "rows) has 2 or more replicate rows, so no epsilon can be scored by mAP; check the "
+                             "perturbation column and the negcon filter") from None
         sph = Spherizer(method=method, epsilon=best, center=True, device="cpu").fit(x[neg], names=feats)
         fit = BatchFit("sphere_by_map", {"features": feats, "method": method, "epsilon": best, "negcon": negcon,
                                          "scores": table.to_dict(orient="list")},
@@ -508,11 +520,19 @@ def arm_correction(
                             key="arm_correction background")
         if sel is not None:
             bg = bg & sel  # not in place: the filter's mask may be a read-only view (pandas copy-on-write)
+        inf = np.argwhere(np.isinf(x) & bg[:, None])
+        if inf.size:  # NaN is skipped by the arms' means (pandas mean); inf would make every row of its arm -inf
+            r, c = inf[0]
+            raise ValueError(f"arm_correction: value {x[r, c]} in background row {df.index[r]!r}, feature "
+                             f"{feats[c]!r}; an infinite value has no mean")
         labels, means = fit_arm_means(x, df[arm].to_numpy(), bg, None if gene is None else df[gene].to_numpy(),
                                       min_genes)
         fit = BatchFit("arm_correction", {"features": feats, "arm": str(arm), "arms": labels, "background": background,
                                           "rows": None if rows is None else str(rows), "min_genes": min_genes},
                        {"means": means})
     arms = fit.param("arms")
-    out = apply_arm_means(x, df[arm].to_numpy(), arms, fit.array("means", (len(arms), len(feats))), sel)
+    means = fit.array("means", (len(arms), len(feats)))
+    if np.isinf(means).any():
+        raise ValueError(f"{fit.source}: the arm_correction fit's means hold an infinite value; fit it again")
+    out = apply_arm_means(x, df[arm].to_numpy(), arms, means, sel)
     return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)
