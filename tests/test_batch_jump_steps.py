@@ -205,3 +205,49 @@ def test_batch_steps_run_in_a_recipe_and_bad_filters_are_refused_when_read(tmp_p
     assert len(out) == n and np.isfinite(out.filter(regex="^(?!Metadata_)").to_numpy(dtype=float)).all()
     with pytest.raises(ValueError, match=r"recipe step 1 \(tvn\) controls"):
         Recipe.from_obj([{"tvn": {"controls": "Metadata_pert_type === 'negcon'"}}])
+
+
+@pytest.mark.parametrize("hop", ["memory", "parquet", "zarr", "cli-zarr"])
+def test_steps_after_a_pca_take_its_components_not_the_kept_columns(tmp_path, hop):
+    """After a step that outputs PC1.., the table's other columns (a numeric class code, CellProfiler columns the
+    step was not given) are kept; the next step's inference took them for its features and rank-transformed the class
+    code. The PCs are now declared (in memory, and in Parquet / AnnData files)."""
+    from phenovec.cli import main
+    from phenovec.io.profiles import read_table, write_profiles
+
+    df = _plates(n_plates=4, d=5)
+    df["injury_code"] = np.arange(len(df)) % 3  # an annotation without the Metadata_ prefix
+    df["Cells_extra"] = np.linspace(0, 1, len(df))  # a feature the pca below is not given
+    feats = FEATS[:4]
+    if hop == "cli-zarr":
+        write_profiles(df, tmp_path / "in.parquet")
+        assert main(["process", "batch", "pca", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "pcs.zarr"),
+                     "--set", f"features={feats}", "--quiet"]) in (0, None)
+        pcs = read_table(tmp_path / "pcs.zarr")
+    else:
+        pcs = pca(df, features=feats)
+        if hop != "memory":
+            pcs = read_table(write_profiles(pcs, tmp_path / f"pcs.{hop}"))
+    names = [c for c in pcs.columns if c.startswith("PC")]
+    out = rank_int(pcs)
+    np.testing.assert_array_equal(out["injury_code"].to_numpy(), df["injury_code"].to_numpy())
+    np.testing.assert_array_equal(out["Cells_extra"].to_numpy(), df["Cells_extra"].to_numpy())
+    assert not np.array_equal(out[names].to_numpy(), pcs[names].to_numpy())  # the PCs were transformed
+
+
+def test_anndata_output_keeps_annotations_out_of_x(tmp_path):
+    """A same-name step's AnnData output from the CLI put every numeric non-Metadata column (a class code) into X,
+    so the next step read it as a feature; X now holds the features the steps infer (the API wrote it so)."""
+    import anndata as ad
+
+    from phenovec.cli import main
+    from phenovec.io.profiles import write_profiles
+
+    df = _plates(n_plates=3, d=5)
+    df["injury_code"] = np.arange(len(df)) % 3
+    write_profiles(df, tmp_path / "in.parquet")
+    assert main(["process", "batch", "rank_int", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "o.zarr"),
+                 "--quiet"]) in (0, None)
+    adata = ad.read_zarr(tmp_path / "o.zarr")
+    assert "injury_code" in adata.obs.columns and "injury_code" not in adata.var_names
+    assert set(adata.var_names) == set(FEATS) | {"Cells_Count_Count"}

@@ -27,6 +27,7 @@ from phenovec.batch.finite import require_finite
 from phenovec.batch.fit_record import BatchFit, as_fit
 from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
 from phenovec.error_context import with_context
+from phenovec.io.profiles import declare_features
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 
 
@@ -75,6 +76,11 @@ def _finish(df, feats, meta, out: np.ndarray, names, fit, return_fit, output_fil
                          "rename or drop it, or name the features to correct with features=[...]")
     result = pd.concat([df.loc[:, meta], df.loc[:, passthrough], df.loc[:, kept],
                         pd.DataFrame(out, columns=list(names), index=df.index)], axis="columns")
+    if list(names) != list(feats):
+        # new feature columns (PC1..): declared, so that a later step (in memory, or through Parquet / AnnData, which
+        # keep the list) takes them, not the kept columns: its inference took CellProfiler-prefixed columns left
+        # over, or every other numeric column (a class code, a count), for features
+        declare_features(result, names)
     if output_file is not None:
         from phenovec.io.profiles import write_profiles
 

@@ -17,6 +17,7 @@ metadata. Without it, CellProfiler's object ids (:data:`ID_COLUMNS`) are metadat
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ METADATA_PREFIX = "Metadata_"
 ID_COLUMNS = ("ImageNumber", "ObjectNumber", "TableNumber")
 # DataFrame.attrs key where readers that know the feature columns list them
 FEATURES_ATTR = "phenovec_features"
+# the Parquet schema-metadata key of a table's declared features (write_profiles writes it, read_table reads it)
+_FEATURES_KEY = "phenovec_features"
 # text tables: a .csv / .tsv name, optionally compressed (pandas' codec for the last suffix); .txt is read only
 TEXT_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 TEXT_SUFFIXES = tuple(b + c for b in (".csv", ".tsv") for c in ("", *TEXT_COMPRESSIONS))
@@ -244,7 +247,14 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         if kind == "csv":
             return pd.read_csv(p, sep=_separator(p), low_memory=False)
         if kind == "parquet":
-            return pd.read_parquet(p)
+            df = pd.read_parquet(p)
+            if p.is_file():
+                import pyarrow.parquet as pq
+
+                names = json.loads((pq.read_schema(p).metadata or {}).get(_FEATURES_KEY, b"null"))
+                if isinstance(names, list) and names and all(n in df.columns for n in names):
+                    declare_features(df, names)
+            return df
         if kind == "embeddings":
             from phenovec.io.embeddings import EmbeddingStore
 
@@ -363,15 +373,17 @@ def write_profiles(
     - ``csv``: ``DataFrame.to_csv(index=False)``; compressed as the name says (.gz, .bz2, .xz, .zst) unless
       ``compression_options`` says otherwise; ``float_format`` as pandas.
     - ``parquet``: snappy; ``metadata`` (a JSON-serialisable dict) is stored in the Parquet schema's
-      key-value metadata under the key ``phenovec`` (read it back with :func:`read_profile_metadata`).
-    - ``anndata_h5ad`` / ``anndata_zarr``: ``X`` = the feature columns (``features``, default: every
-      non-``Metadata_`` numeric column except :data:`ID_COLUMNS`, or the features ``df.attrs`` declares), ``obs``
-      = every other column, ``var`` index = feature names; ``metadata`` goes to ``uns["phenovec"]``, the column
-      order and dtypes to ``uns["phenovec_columns"]`` (so :func:`read_table` gives the same table back). (pycytominer puts *every* numeric column, numeric metadata
-      included, into ``X``; phenovec keeps metadata in ``obs`` so it is never mistaken for a feature.)
+      key-value metadata under the key ``phenovec`` (read it back with :func:`read_profile_metadata`); the features
+      ``df.attrs`` declares (a step's ``PC1..`` outputs) under ``phenovec_features``, which :func:`read_table`
+      declares again, so a later step does not take the table's other numeric columns for features.
+    - ``anndata_h5ad`` / ``anndata_zarr``: ``X`` = the feature columns (``features``, else the features ``df.attrs``
+      declares, else those phenovec's steps infer: CellProfiler-prefixed columns, or without any every
+      non-``Metadata_`` numeric column except :data:`ID_COLUMNS`), ``obs`` = every other column, ``var`` index =
+      feature names; ``metadata`` goes to ``uns["phenovec"]``, the column order and dtypes to
+      ``uns["phenovec_columns"]`` (so :func:`read_table` gives the same table back). (pycytominer puts *every* numeric
+      column, numeric metadata included, into ``X``; phenovec keeps metadata in ``obs`` so it is never mistaken for
+      a feature.)
     """
-    import json
-
     p = Path(path)
     kind = output_type or infer_output_type(p)
     if kind not in OUTPUT_TYPES:
@@ -393,17 +405,27 @@ def write_profiles(
             import pyarrow.parquet as pq
 
             table = pa.Table.from_pandas(df, preserve_index=False)
-            if metadata is not None:
+            declared = declared_features(df)
+            if metadata is not None or declared:
                 kv = dict(table.schema.metadata or {})
-                kv[b"phenovec"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+                if metadata is not None:
+                    kv[b"phenovec"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+                if declared:  # the feature list travels with the file (read_table declares it again)
+                    kv[_FEATURES_KEY.encode()] = json.dumps(list(declared)).encode()
                 table = table.replace_schema_metadata(kv)
             pq.write_table(table, tmp, compression="snappy")
         else:
             import anndata as ad
 
             feats = list(features) if features is not None else declared_features(df)
-            if feats is None:
-                feats = [c for c in df.columns if not is_metadata_column(c) and pd.api.types.is_numeric_dtype(df[c])]
+            if feats is None:  # the features every phenovec step would infer (CellProfiler's prefixes first), so
+                # that an annotation such as a numeric class code stays in obs
+                from phenovec.process.columns import resolve_columns
+
+                try:
+                    feats = resolve_columns(df)[0]
+                except ValueError:
+                    feats = []
             obs = df[[c for c in df.columns if c not in set(feats)]].copy()
             obs.index = obs.index.astype(str)
             all32 = bool(feats) and all(df[f].dtype == np.float32 for f in feats)
