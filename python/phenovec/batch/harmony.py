@@ -55,7 +55,7 @@ Speed: the same work as harmonypy, cheaper where the order allows it:
 Observed outputs: bit-identical to harmonypy 2.1.0 on every input tried (tests; 1k to 100k cells in the benchmark).
 Measured side by side in ``bench/harmony_bench.py`` on a 2-core AMD EPYC Zen 3 (sessions 32-33, medians of 5):
 2.6-3.0x harmonypy 2.1.0's wall-clock at 100k cells x 50 PCs (1.62 vs 4.73 s, 2.01 vs 5.89 s), 2.8x at 1M (one run
-each: 19.5 vs 54.9 s), 1.6-2.4x at 10k, 1.1-1.6x at 2k and 1.0-1.2x at 1k.
+each: 19.5 vs 54.9 s), 1.6-2.4x at 10k, 1.1-1.6x at 2k and 0.9-1.2x at 1k.
 Short of the issue's 5x: the assignment passes alone (0.66 s at 100k, their blocks sequential by definition) take
 longer than a fifth of harmonypy's time.
 """
