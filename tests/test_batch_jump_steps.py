@@ -251,3 +251,15 @@ def test_anndata_output_keeps_annotations_out_of_x(tmp_path):
     adata = ad.read_zarr(tmp_path / "o.zarr")
     assert "injury_code" in adata.obs.columns and "injury_code" not in adata.var_names
     assert set(adata.var_names) == set(FEATS) | {"Cells_Count_Count"}
+
+
+def test_steps_keep_a_float32_table_float32():
+    """Steps compute in float64; a float32 table's features come back float32 (they were upcast, doubling memory
+    and file size), equal to the float64 computation rounded once."""
+    df = _plates(n_plates=3, d=5)
+    df32 = df.astype({f: np.float32 for f in FEATS})
+    for step in (subtract_well_mean, rank_int):
+        got = step(df32, features=FEATS)
+        want = step(df32.astype({f: np.float64 for f in FEATS}), features=FEATS)
+        assert all(got[f].dtype == np.float32 for f in FEATS)
+        np.testing.assert_array_equal(got[FEATS].to_numpy(), want[FEATS].to_numpy().astype(np.float32))

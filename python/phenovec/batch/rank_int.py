@@ -15,20 +15,30 @@ from phenovec.batch.finite import require_finite
 BLOM = 3.0 / 8.0
 
 
-def blom_transform(x: np.ndarray, ties: str = "stochastic", seed: int = 0, c: float = BLOM) -> np.ndarray:
-    """Apply the transform to every column of ``x`` (n x d); ``ValueError`` naming the first missing entry."""
+def blom_transform(x: np.ndarray, ties: str = "stochastic", seed: int = 0, c: float = BLOM, *,
+                   in_place: bool = False) -> np.ndarray:
+    """Apply the transform to every column of ``x`` (n x d); ``ValueError`` naming the first missing entry.
+    ``in_place=True`` (``x`` a float64 array of the caller's own) writes the result into ``x``. A few columns at a
+    time: the ranks' temporaries are slabs, not tables (the whole-table version held ~5 float64 copies at once)."""
     from scipy.special import ndtri
     from scipy.stats import rankdata
 
     if ties not in ("stochastic", "average"):
         raise ValueError(f"ties must be 'stochastic' or 'average', got {ties!r}")
-    x = np.asarray(x, dtype=np.float64)
-    require_finite(x, "rank inverse-normal transform")
-    n = x.shape[0]
+    out = x if in_place and isinstance(x, np.ndarray) and x.dtype == np.float64 else np.array(x, dtype=np.float64)
+    require_finite(out, "rank inverse-normal transform")
+    n = out.shape[0]
     if ties == "stochastic":
         perm = np.random.default_rng(seed=seed).permutation(n)
         back = np.argsort(perm)
-        ranks = rankdata(x[perm], method="ordinal", axis=0)[back]
-    else:
-        ranks = rankdata(x, method="average", axis=0)
-    return ndtri((ranks - c) / (n - 2 * c + 1))
+    for lo in range(0, out.shape[1], _COLUMNS):
+        cols = slice(lo, lo + _COLUMNS)
+        if ties == "stochastic":
+            ranks = rankdata(out[perm, cols], method="ordinal", axis=0)[back]
+        else:
+            ranks = rankdata(out[:, cols], method="average", axis=0)
+        out[:, cols] = ndtri((ranks - c) / (n - 2 * c + 1))
+    return out
+
+
+_COLUMNS = 16  # columns ranked at a time

@@ -6,7 +6,7 @@ Row selections (``controls``, ``negcon``, ``background``, ``rows``) are filters 
 (``"Metadata_pert_type == 'negcon'"``), never run as code. Steps with a fit take ``fit=`` (a
 :class:`~phenovec.batch.fit_record.BatchFit` or the path of a saved one) to re-apply it instead of fitting, and
 ``return_fit=True`` to also return theirs (``(table, fit)``); ``output_file`` writes the table as the process steps
-do. Harmony's fit is a Symphony reference (:mod:`phenovec.batch.symphony`): re-applied, it maps new profiles onto the
+do. Steps compute in float64; when every input feature is float32 the output features are float32 too. Harmony's fit is a Symphony reference (:mod:`phenovec.batch.symphony`): re-applied, it maps new profiles onto the
 fitted run instead of running Harmony again.
 
 Re-applying a fit takes the columns the fit recorded (its features, and its batch, well, count, arm or row-filter
@@ -74,8 +74,13 @@ def _finish(df, feats, meta, out: np.ndarray, names, fit, return_fit, output_fil
     if clash:
         raise ValueError(f"the output column {clash[0]!r} is also a column of the input that is not a feature; "
                          "rename or drop it, or name the features to correct with features=[...]")
+    if feats and all(df[c].dtype == np.float32 for c in feats):
+        out = out.astype(np.float32)  # computed in float64; a float32 table stays float32 (half the memory and file)
+    # copy=False: the result's features are ``out`` itself, not one more copy of the table (``out`` is the step's
+    # own new array; the metadata slices above are copies)
     result = pd.concat([df.loc[:, meta], df.loc[:, passthrough], df.loc[:, kept],
-                        pd.DataFrame(out, columns=list(names), index=df.index)], axis="columns")
+                        pd.DataFrame(out, columns=list(names), index=df.index, copy=False)], axis="columns",
+                       copy=False)
     if list(names) != list(feats):
         # new feature columns (PC1..): declared, so that a later step (in memory, or through Parquet / AnnData, which
         # keep the list) takes them, not the kept columns: its inference took CellProfiler-prefixed columns left
@@ -306,7 +311,7 @@ def subtract_well_mean(
         labels, means = well_means(x, df[well], df.index, feats)
         fit = BatchFit("subtract_well_mean", {"features": feats, "well": str(well), "wells": labels}, {"means": means})
     wells = fit.param("wells")
-    out = subtract_well_means(x, df[well], wells, fit.array("means", (len(wells), len(feats))))
+    out = subtract_well_means(x, df[well], wells, fit.array("means", (len(wells), len(feats))), in_place=True)
     return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)
 
 
@@ -402,7 +407,7 @@ def rank_int(
     feats, meta = _columns(df, features, meta_features, image_features)
     x = numeric_features(df, feats, np.float64)
     _finite(x, feats, df.index, "rank_int")
-    return _finish(df, feats, meta, blom_transform(x, ties, seed), feats, None, False, output_file)
+    return _finish(df, feats, meta, blom_transform(x, ties, seed, in_place=True), feats, None, False, output_file)
 
 
 def pca(
