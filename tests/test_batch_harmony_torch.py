@@ -45,6 +45,17 @@ def test_torch_cpu_device_matches_harmonypy(vars_use, kw, one_torch_thread):
     assert np.abs(ours.Z_corr - x).max() > 0.1
 
 
+def test_torch_zero_rows_start_as_harmonypy(one_torch_thread):
+    """All-zero profiles (a blank well after centring) stay zero in the cosine-normalised start, as harmonypy's
+    scale_to_unit_length leaves them: the torch path normalises on the host with the CPU path's kernel, so it picks
+    harmonypy's initial centroids (torch's normalize, in other rounding, picked others: 2e-2 relative off)."""
+    x, meta = _data(n=300, seed=5)
+    x[:2] = 0.0
+    ours, _ = _close_to_harmonypy(x, meta, ["Metadata_Plate"], {"nclust": 8}, "cpu")
+    exact = run_harmony(x, meta, ["Metadata_Plate"], nclust=8)
+    assert np.array_equal(ours.initial_centroids, exact.initial_centroids)
+
+
 def test_torch_path_can_fail_a_wrong_answer():
     """The comparison above can fail: another seed's run (other centroids and orders) is not within tolerance."""
     x, meta = _data(n=600, seed=4)

@@ -3,8 +3,9 @@
 The algorithm of :mod:`phenovec.batch.harmony` (harmonypy 2.1.0's), step for step, with the cell-by-cell loops
 replaced by tensor operations on the device:
 
-* the same start: harmonypy's initial centroids and the same ``mt19937`` cell orders (drawn on the CPU, a few
-  bytes per cell per pass);
+* the same start: the rows normalised on the host by the CPU path's kernel (harmonypy's ``scale_to_unit_length``;
+  zero rows stay zero), harmonypy's initial centroids from them, and the same ``mt19937`` cell orders (drawn on the
+  CPU, a few bytes per cell per pass);
 * clustering on the device: distances ``2 (1 - z.y)`` as one matrix product, soft assignments by softmax, and each
   pass of the diversity-penalised update block by block (a block's cells are reassigned together with O and E
   frozen, as harmonypy does, so a block is a handful of tensor operations; blocks stay sequential);
@@ -27,13 +28,25 @@ from phenovec.process.kernel_loader import load_kernel
 
 
 def _device(name: str):
+    """The torch device of ``name`` (already checked by :func:`phenovec.batch.harmony.harmony_device`; checked again
+    for direct callers)."""
     import torch
 
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"Harmony device {name!r}: torch sees no CUDA GPU on this machine "
-                           f"(torch {torch.__version__}); use device=None (the CPU kernels) or 'auto'")
+                         f"(torch {torch.__version__}); use device=None (the CPU kernels) or 'auto'")
     return dev
+
+
+def _normalise_rows(t):
+    """Rows of ``t`` scaled to unit L2 norm as ``kern.normalise_rows`` scales them (harmonypy's
+    ``scale_to_unit_length``: the norm summed in double and rounded to float32; zero rows stay zero), on the
+    device."""
+    import torch
+
+    nrm = t.double().square().sum(1).sqrt().float()
+    return torch.where(nrm[:, None] > 0, t / torch.where(nrm > 0, nrm, 1.0)[:, None], t)
 
 
 def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta, lamb, alpha, nclust,
@@ -53,10 +66,17 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
     n_batches = int(phi_n.sum())
 
     z0 = torch.from_numpy(z_orig).to(dev)
-    zc = torch.nn.functional.normalize(z0, dim=1)
-    y_np, mt = start_centroids(zc.cpu().numpy(), k, random_state, init_centroids)
+    # the start on the host, as the CPU path makes it: the same normalised rows (torch's normalize divides by
+    # max(norm, 1e-12) in other rounding; the k-means initialisation's choices hang on the last bits), the same
+    # centroids, normalised the same way
+    z_cos = z_orig.copy()
+    kern.normalise_rows(z_cos)
+    y_np, mt = start_centroids(z_cos, k, random_state, init_centroids)
     init = y_np.copy()
-    y = torch.nn.functional.normalize(torch.from_numpy(y_np).to(dev), dim=1)
+    y_np = np.ascontiguousarray(y_np, dtype=np.float32)
+    kern.normalise_rows(y_np)
+    zc = torch.from_numpy(z_cos).to(dev)
+    y = torch.from_numpy(y_np).to(dev)
     cb = torch.from_numpy(cell_batches).to(dev)
     # one-hot batch membership (N x B, one 1 per variable): O's updates and the penalty sums are matrix products
     phi = torch.zeros((n, n_batches), dtype=f32, device=dev)
@@ -110,7 +130,7 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
         if verbose:
             logger.info("Harmony iteration %d of %d", it, max_iter_harmony)
         if len(obj_harmony) > 1:
-            zc = torch.nn.functional.normalize(zc, dim=1)
+            zc = _normalise_rows(zc)
             assign("cluster initialization")
         done = 0
         for i in range(max_iter_kmeans):
@@ -154,7 +174,8 @@ def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma
             batches = batches[used_dev[batches]]
             if len(batches):
                 zc[rows] = z0[rows] - r[rows] @ m_dev[batches].sum(0)
-        y = torch.nn.functional.normalize(torch.from_numpy(y_np).to(dev), dim=1)
+        kern.normalise_rows(y_np)  # the new centroids (the intercepts, on the host), as the CPU path normalises them
+        y = torch.from_numpy(y_np).to(dev)
         if _harmony_converged(obj_harmony[-2], obj_harmony[-1], eps_harmony):
             if verbose:
                 logger.info("Harmony converged after %d iteration%s", it, "s" if it > 1 else "")
