@@ -64,6 +64,67 @@ def test_torch_path_can_fail_a_wrong_answer():
     assert np.abs(other.Z_corr - ref.Z_corr).max() > 2e-6 * np.abs(ref.Z_corr).max()
 
 
+def _matmul_flags() -> tuple:
+    """PyTorch's float32 matmul settings as a caller reads them (the legacy getter raises on a mix of the APIs)."""
+    b = torch.backends
+    try:
+        legacy = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        legacy = "mixed"
+    return b.cuda.matmul.fp32_precision, b.mkldnn.matmul.fp32_precision, b.fp32_precision, legacy
+
+
+def _reduced_legacy():
+    torch.set_float32_matmul_precision("high")
+
+
+def _reduced_allow_tf32():
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def _reduced_per_backend():
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.mkldnn.matmul, "fp32_precision"), reason="PyTorch < 2.9")
+@pytest.mark.parametrize("reduce", [_reduced_legacy, _reduced_allow_tf32, _reduced_per_backend])
+def test_torch_path_ignores_reduced_precision_matmul_settings(reduce, one_torch_thread, monkeypatch):
+    """A caller's TF32 / bf16 matmul settings (common in training scripts) do not reach the run: its matmuls run in
+    IEEE float32 (read inside the run), the result is the default settings' bit for bit, and the caller's
+    settings read back as they were afterwards, also after an error."""
+    import phenovec.batch.harmony_torch as ht
+
+    x, meta = _data(n=300, seed=5)
+    default = run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device="cpu")
+    inside = []
+    device_of = ht._device
+
+    def spy(name):
+        inside.append(_matmul_flags())
+        return device_of(name)
+
+    monkeypatch.setattr(ht, "_device", spy)
+    before = _matmul_flags()
+    try:
+        reduce()
+        caller = _matmul_flags()
+        assert caller != before
+        ours = run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device="cpu")
+        assert inside == [("ieee", "ieee", before[2], "highest")]
+        assert _matmul_flags() == caller
+        assert np.array_equal(ours.Z_corr, default.Z_corr)
+        with pytest.raises(ValueError, match="sigma"):  # an error inside the run restores them too
+            monkeypatch.setattr(ht, "_device", lambda name: (_ for _ in ()).throw(ValueError("sigma!")))
+            run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device="cpu")
+        assert _matmul_flags() == caller
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        torch.backends.mkldnn.matmul.fp32_precision = "none"
+    assert _matmul_flags() == before
+
+
 def test_auto_and_missing_cuda():
     x, meta = _data(n=300, seed=5)
     auto = run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device="auto")

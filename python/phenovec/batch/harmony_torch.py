@@ -14,9 +14,11 @@ replaced by tensor operations on the device:
   CPU: at most K systems of size B + 1), and the correction applied on the device.
 
 Floating-point rounding differs from harmonypy's C++ (other summation orders, the device's ``exp``), so the result
-is close to harmonypy's (tests: ``Z_corr`` within 1e-3 relative and the same number of iterations on the CPU
-device) but not bit-identical; the Numba path (``device=None``) stays the exact one. GPU memory: the N x d
-embedding, N x K assignments and distances, and one combination's cells at a time; never N x N.
+is close to harmonypy's (tests: ``Z_corr`` within 2e-6 relative and the same number of iterations on the CPU
+device) but not bit-identical; the Numba path (``device=None``) stays the exact one. The float32 matmuls run in
+IEEE float32 whatever the caller's PyTorch settings (no TF32 / bf16 shortcuts; the settings are restored after).
+GPU memory: the N x d embedding, N x K assignments and distances, and one combination's cells at a time; never
+N x N.
 """
 from __future__ import annotations
 
@@ -49,10 +51,23 @@ def _normalise_rows(t):
     return torch.where(nrm[:, None] > 0, t / torch.where(nrm > 0, nrm, 1.0)[:, None], t)
 
 
-def harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta, lamb, alpha, nclust,
-                    block_size, max_iter_harmony, max_iter_kmeans, eps_kmeans, eps_harmony, cutoff, random_state,
-                    init_centroids, verbose: bool = False) -> dict:
-    """The state dict of :func:`phenovec.batch.harmony._harmonize`, computed with torch on ``device``."""
+def harmonize_torch(*args, **kwargs) -> dict:
+    """The state dict of :func:`phenovec.batch.harmony._harmonize`, computed with torch on a device
+    (:func:`_harmonize_torch`'s arguments), its float32 matmuls in IEEE float32 whatever the caller set: a training
+    script's ``torch.set_float32_matmul_precision("high")`` or ``torch.backends.cuda.matmul.allow_tf32 = True``
+    would run them with TF32 inputs on a GPU (10-bit significands; 3e-3 relative off harmonypy in an emulation), or
+    bf16 ones on a CPU with AMX. The caller's settings are restored afterwards
+    (:func:`phenovec.evaluate.precision.float32_matmul_flags`)."""
+    from phenovec.evaluate.precision import float32_matmul_flags
+
+    with float32_matmul_flags("ieee", "ieee"):
+        return _harmonize_torch(*args, **kwargs)
+
+
+def _harmonize_torch(device, z_orig, cell_batches, cov_bounds, phi_n, pr_b, sigma, theta, lamb, alpha, nclust,
+                     block_size, max_iter_harmony, max_iter_kmeans, eps_kmeans, eps_harmony, cutoff, random_state,
+                     init_centroids, verbose: bool = False) -> dict:
+    """:func:`harmonize_torch`'s work (float32 matmul settings already forced)."""
     import torch
 
     from phenovec.batch.harmony import (_F32, _check, _finite_objective, _harmony_converged, _kmeans_converged,

@@ -109,29 +109,69 @@ def round_to(z: np.ndarray, precision: str) -> np.ndarray:
     return (rounded & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
 
 
+#: the per-backend float32 matmul settings of PyTorch >= 2.9 (``torch.backends.<backend>.matmul.fp32_precision``)
+#: that :func:`float32_matmul_flags` sets and restores: cuBLAS's (TF32 tensor cores) and oneDNN's (bf16 / TF32 on
+#: CPUs with AMX). cuDNN's (convolutions, RNNs) are left alone: none of phenovec's torch paths calls them.
+_MATMUL_BACKENDS = ("cuda", "mkldnn")
+
+
+def _matmul_backend(torch, name: str):
+    return getattr(getattr(torch.backends, name), "matmul", None)
+
+
+@contextlib.contextmanager
+def float32_matmul_flags(cuda: str = "ieee", cpu: str = "ieee"):
+    """PyTorch's float32 matmuls in ``cuda`` ("ieee" or "tf32") on CUDA and ``cpu`` ("ieee" or "bf16") on the CPU
+    while the block runs, whatever the caller set (``torch.set_float32_matmul_precision("high")``,
+    ``torch.backends.cuda.matmul.allow_tf32 = True`` or the per-backend ``fp32_precision``); the caller's settings
+    are restored afterwards, also on an error.
+
+    PyTorch >= 2.9 keeps two records that it cross-checks (the legacy matmul precision, and a per-backend one that
+    it reads): both are set consistently here, the legacy one through ``set_float32_matmul_precision``, then each
+    backend's explicitly ("ieee", not "none", which inherits from ``torch.backends.fp32_precision``); restoring goes
+    in the same order, so a caller's state reads back as it was (a caller that mixed the two APIs, so that
+    ``get_float32_matmul_precision`` raises, gets its per-backend settings back). Older PyTorch has only
+    ``set_float32_matmul_precision`` and ``allow_tf32``: CPU bf16 then raises ValueError."""
+    import torch
+
+    legacy_of = {("ieee", "ieee"): "highest", ("tf32", "ieee"): "high"}
+    backends = {name: _matmul_backend(torch, name) for name in _MATMUL_BACKENDS}
+    new_api = all(b is not None and hasattr(b, "fp32_precision") for b in backends.values())
+    if not new_api and cpu != "ieee":
+        raise ValueError(f"precision={cpu!r} on the CPU needs PyTorch's torch.backends.mkldnn.matmul.fp32_precision "
+                         f"(PyTorch >= 2.9; this is {torch.__version__})")
+    try:
+        old_legacy = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller mixed the legacy and per-backend APIs: only the latter can be read back
+        old_legacy = None
+    old = {name: b.fp32_precision for name, b in backends.items()} if new_api else {}
+    old_tf32 = None if new_api else torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.set_float32_matmul_precision(legacy_of.get((cuda, cpu), "highest"))
+        if new_api:
+            backends["cuda"].fp32_precision = cuda
+            backends["mkldnn"].fp32_precision = cpu
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = cuda == "tf32"
+        yield
+    finally:
+        if old_legacy is not None:
+            torch.set_float32_matmul_precision(old_legacy)
+        for name, value in old.items():
+            backends[name].fp32_precision = value
+        if old_tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = old_tf32
+
+
 @contextlib.contextmanager
 def matmul_mode(precision: str, device: str, emulate: bool = False):
-    """PyTorch's float32 matmul settings for one GEMM in ``precision`` (restored afterwards).
+    """PyTorch's float32 matmul settings for one GEMM in ``precision`` (restored afterwards;
+    :func:`float32_matmul_flags`).
 
     fp32 and emulated precisions force IEEE float32 (no TF32 / bf16 shortcuts); CPU bf16 asks oneDNN for bf16
     inputs with float32 accumulation; CUDA tf32 allows TF32 tensor cores.
     """
-    import torch
-
-    cpu_mode = "bf16" if (precision == "bf16" and not emulate and not device.startswith("cuda")) else "none"
-    cuda_tf32 = precision == "tf32" and not emulate and device.startswith("cuda")
-    mk = torch.backends.mkldnn.matmul
-    old_cpu = getattr(mk, "fp32_precision", None)
-    old_tf32 = torch.backends.cuda.matmul.allow_tf32
-    try:
-        if old_cpu is not None:
-            mk.fp32_precision = cpu_mode
-        elif cpu_mode == "bf16":
-            raise ValueError("precision='bf16' on the CPU needs PyTorch's torch.backends.mkldnn.matmul.fp32_precision "
-                             f"(PyTorch >= 2.9; this is {torch.__version__})")
-        torch.backends.cuda.matmul.allow_tf32 = cuda_tf32
+    cpu_mode = "bf16" if (precision == "bf16" and not emulate and not device.startswith("cuda")) else "ieee"
+    cuda_mode = "tf32" if (precision == "tf32" and not emulate and device.startswith("cuda")) else "ieee"
+    with float32_matmul_flags(cuda_mode, cpu_mode):
         yield
-    finally:
-        if old_cpu is not None:
-            mk.fp32_precision = old_cpu
-        torch.backends.cuda.matmul.allow_tf32 = old_tf32
