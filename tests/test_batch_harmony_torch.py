@@ -133,8 +133,52 @@ def test_auto_and_missing_cuda():
         np.testing.assert_allclose(auto.Z_corr, exact.Z_corr, atol=1e-4)
     else:  # auto falls back to the exact CPU kernels: the same bits
         assert np.array_equal(auto.Z_corr, exact.Z_corr)
-        with pytest.raises(RuntimeError, match="no CUDA GPU"):
-            run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device="cuda")
+        for cuda in ("cuda", "CUDA:0", torch.device("cuda", 1)):  # a ValueError, which the CLI reports in one line
+            with pytest.raises(ValueError, match="device='cuda(:0|:1)?': torch sees no CUDA GPU"):
+                run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device=cuda)
+
+
+@pytest.mark.parametrize("device", ["gpu", "meta", "mps", "cuda:x", "", False, 0, torch.device("meta")])
+def test_bad_device_is_a_value_error_before_any_work(device):
+    """A device Harmony cannot run on is a ValueError naming ``device`` and the accepted values, raised before the
+    input is looked at (here NaN data, refused otherwise); torch's own errors were RuntimeError ("gpu"),
+    NotImplementedError ("meta") or TypeError (False), from the middle of the run."""
+    x, meta = _data(n=300, seed=5)
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"device.*accepted: None, 'none', 'auto', 'cpu', 'cuda', 'cuda:N'"):
+        run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device=device)
+
+
+def test_device_spellings(one_torch_thread):
+    """"none" (the benchmark's and the CLI's word for None) is the exact path; names in any case and torch.device
+    objects are the devices they name."""
+    x, meta = _data(n=300, seed=5)
+    exact = run_harmony(x, meta, ["Metadata_Plate"], nclust=8)
+    for none in ("none", " None "):
+        assert np.array_equal(run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device=none).Z_corr, exact.Z_corr)
+    cpu = run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device="cpu")
+    for same in ("CPU", torch.device("cpu")):
+        assert np.array_equal(run_harmony(x, meta, ["Metadata_Plate"], nclust=8, device=same).Z_corr, cpu.Z_corr)
+
+
+def test_cli_bad_device_is_one_error_line(tmp_path, capsys):
+    """``phenovec process batch harmony ... --set device=gpu``: one ``phenovec: error:`` line naming the device,
+    exit status 2, no output written (a RuntimeError traceback before)."""
+    import pandas as pd
+
+    from phenovec.cli import main
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(60, 5)), columns=[f"f{i}" for i in range(5)])
+    df.insert(0, "Metadata_Plate", np.repeat(["p1", "p2", "p3"], 20))
+    df.to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "out.csv"
+    rc = main(["process", "batch", "harmony", str(tmp_path / "in.csv"), "-o", str(out), "--set", "device=gpu",
+               "--set", "nclust=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("phenovec: error:") and "device='gpu'" in err[0]
+    assert not out.exists()
 
 
 def test_cuda_device_matches_harmonypy():

@@ -87,6 +87,55 @@ def _real(value, name: str) -> float:
     return float(value)
 
 
+#: the ``device`` values :func:`run_harmony` accepts (strings in any case; or a ``torch.device`` of type cpu / cuda)
+DEVICES = ("None", "'none'", "'auto'", "'cpu'", "'cuda'", "'cuda:N'")
+
+
+def harmony_device(device) -> str | None:
+    """``device`` checked and resolved before any work: None (the exact CPU kernels) for None, ``"none"`` and
+    ``"auto"`` without a CUDA GPU (or without PyTorch); ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (PyTorch) for those
+    strings in any case, ``"auto"`` with a GPU, or a ``torch.device`` of type cpu / cuda. Anything else, a CUDA
+    device torch cannot see (no GPU, an index past the last) or a PyTorch device without PyTorch is a ValueError
+    naming ``device``: torch's own errors (RuntimeError for ``"gpu"``, NotImplementedError for ``"meta"``,
+    TypeError for ``False``) came from the middle of the run, past the CLI's error reporting."""
+    import re
+
+    accepted = f"accepted: {', '.join(DEVICES)} or a torch.device of type cpu or cuda"
+    if device is None:
+        return None
+    if type(device).__name__ == "device" and type(device).__module__.startswith("torch"):
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"Harmony device={str(device)!r}: device type {device.type!r} is not supported "
+                             f"({accepted})")
+        name = "cpu" if device.type == "cpu" else str(device)
+    elif isinstance(device, str):
+        name = device.strip().lower()
+        if name == "none":
+            return None
+        if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+            raise ValueError(f"Harmony device={device!r} is not a device Harmony runs on ({accepted})")
+    else:
+        raise ValueError(f"Harmony device must be None or a device name, got device={device!r} ({accepted})")
+    try:
+        import torch
+    except ImportError:
+        if name == "auto":
+            return None
+        raise ValueError(f"Harmony device={name!r} runs on PyTorch, which is not installed; use device=None (the "
+                         "exact CPU kernels)") from None
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else None
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"Harmony device={name!r}: torch sees no CUDA GPU on this machine (torch "
+                             f"{torch.__version__}); use device=None (the exact CPU kernels), 'cpu' or 'auto'")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"Harmony device={name!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return name
+
+
 @contextmanager
 def _progress(verbose: bool):
     """With ``verbose``, Harmony's progress lines reach stderr (as harmonypy's own handler prints them) unless the
@@ -416,8 +465,12 @@ def run_harmony(
     seed 0, as in harmonypy. ``ncores``: Numba threads (0: all of them from :data:`PARALLEL_MIN_CELLS` cells on,
     else one). ``init_centroids``: K x d centroids to start from
     (phenovec addition; the random stream is advanced past harmonypy's initialisation draws first, so passing
-    harmonypy's own initial centroids reproduces its run).
+    harmonypy's own initial centroids reproduces its run). ``device``: None or ``"none"`` (default: the exact CPU
+    kernels), ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` or a ``torch.device`` (PyTorch,
+    :mod:`phenovec.batch.harmony_torch`: close to harmonypy, not bit-identical), ``"auto"`` (CUDA where torch sees
+    a GPU, else None); anything else is a ValueError before any work (:func:`harmony_device`).
     """
+    device = harmony_device(device)  # before any work: a bad device is refused at once
     kern = load_kernel("harmony")
     if hasattr(data_mat, "select_dtypes"):
         data_mat = data_mat.select_dtypes(include=[np.number]).to_numpy()
@@ -513,10 +566,6 @@ def run_harmony(
                                                     (batch_prop_cutoff, "batch_prop_cutoff"))]
     alpha32, eps_cluster, eps_harmony, cutoff = numbers
     seed = 0 if random_state is None else int(random_state)  # harmonypy: None is seed 0
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else None
     with _progress(bool(verbose)):
         if verbose:
             logger.info("Harmony: %d cells x %d dimensions, %d clusters, batch variables %s (%s batches), %s", n, d,

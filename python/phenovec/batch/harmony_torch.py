@@ -36,7 +36,7 @@ def _device(name: str):
 
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"Harmony device {name!r}: torch sees no CUDA GPU on this machine "
+        raise ValueError(f"Harmony device={name!r}: torch sees no CUDA GPU on this machine "
                          f"(torch {torch.__version__}); use device=None (the CPU kernels) or 'auto'")
     return dev
 

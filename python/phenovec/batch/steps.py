@@ -145,7 +145,7 @@ def harmony(
     first ``n_components`` principal components (sklearn PCA, full SVD, then columns ``PC1..``); batch variables
     ``vars_use``
     (default ``Metadata_Plate``) are metadata columns. ``device``: None (the exact CPU kernels), ``"cuda"`` /
-    ``"cpu"`` (PyTorch) or ``"auto"``. Output: the corrected features under the same names.
+    ``"cuda:N"`` / ``"cpu"`` (PyTorch) or ``"auto"`` (:func:`phenovec.batch.harmony.harmony_device`). Output: the corrected features under the same names.
 
     The fit is a Symphony reference (:mod:`phenovec.batch.symphony`): with ``fit=``, the profiles are not corrected
     by a new Harmony run but mapped onto the fitted one (its features, its PCA if any, its batch variables unless
@@ -156,12 +156,13 @@ def harmony(
     metric (:mod:`phenovec.batch.mapping_confidence`) as a ``Metadata_mapping_distance`` column: on the reference's
     rows when fitting (scored in sample, so they run low), on the mapped rows when re-applying. Default (None): off
     when fitting; when re-applying, on if the fit kept the spread."""
-    from phenovec.batch.harmony import run_harmony
+    from phenovec.batch.harmony import harmony_device, run_harmony
     from phenovec.batch.mapping_confidence import ClusterSpread
     from phenovec.batch.symphony import HarmonyReference
 
     if mapping_confidence is not None and not isinstance(mapping_confidence, (bool, np.bool_)):
         raise ValueError(f"mapping_confidence must be true or false, got {mapping_confidence!r}")
+    device = harmony_device(device)  # a bad device is refused before the table is read and the PCA fitted
     df = _load(profiles)
     if fit is not None:
         fit = as_fit(fit, "harmony")
