@@ -23,7 +23,7 @@ MODELS = ("logistic", "random_forest")  # phenovec.evaluate.probes.MODELS, spell
 
 
 def _run_probe(args) -> dict:
-    from phenovec.cli import _finish, _load
+    from phenovec.cli import _finish, _load, beside
     from phenovec.evaluate.probes import probe
     from phenovec.io.profiles import write_table
 
