@@ -60,6 +60,13 @@ def peer_step(step: str, src: str, dst: str) -> None:
     df.to_parquet(dst)
 
 
+def compare_outputs(peer_path: str, ours_path: str) -> dict:
+    p, o = pd.read_parquet(peer_path), pd.read_parquet(ours_path)
+    feats = [c for c in p.columns if not c.startswith("Metadata_")]
+    diff = float(np.abs(p[feats].to_numpy(np.float64) - o[feats].to_numpy(np.float64)).max())
+    return {"max_abs_diff": diff, "output_dtype": {"peer": str(p[feats[0]].dtype), "phenovec": str(o[feats[0]].dtype)}}
+
+
 def run_child(argv: list[str], timeout: float) -> dict:
     """Wall seconds and peak RSS (MB) of one child process (its own rusage)."""
     t0 = time.perf_counter()
@@ -84,6 +91,8 @@ def run_child(argv: list[str], timeout: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--make-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--compare-child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=300_000)
     ap.add_argument("--d", type=int, default=500)
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
@@ -94,10 +103,20 @@ def main(argv=None) -> int:
     if a.peer_child:
         peer_step(*a.peer_child)
         return 0
+    if a.compare_child:
+        Path(a.compare_child[2]).write_text(json.dumps(compare_outputs(*a.compare_child[:2])))
+        return 0
+    if a.make_child:
+        make_table(Path(a.make_child[0]), int(a.make_child[1]), int(a.make_child[2]))
+        return 0
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
         tmp = Path(tmp)
         src = tmp / "table.parquet"
-        make_table(src, a.n, a.d)
+        # the table made and the outputs compared in children too: Linux carries a process's peak RSS across fork +
+        # exec, so a parent that had held the tables would lend its peak to every child measured after it
+        made = run_child([sys.executable, __file__, "--make-child", str(src), str(a.n), str(a.d)], a.timeout)
+        if "error" in made:
+            raise SystemExit(f"making the table: {made['error']}")
         results, agree = [], True
         for step in a.steps:
             peer_out, ours_out = tmp / f"{step}.peer.parquet", tmp / f"{step}.phenovec.parquet"
@@ -106,14 +125,17 @@ def main(argv=None) -> int:
                               str(ours_out), "--quiet"], a.timeout)
             row = {"step": step, "peer": peer, "phenovec": ours}
             if "error" not in peer and "error" not in ours:
-                p, o = pd.read_parquet(peer_out), pd.read_parquet(ours_out)
-                feats = [c for c in p.columns if not c.startswith("Metadata_")]
-                diff = float(np.abs(p[feats].to_numpy(np.float64) - o[feats].to_numpy(np.float64)).max())
+                cmp_path = tmp / f"{step}.compare.json"
+                done = run_child([sys.executable, __file__, "--compare-child", str(peer_out), str(ours_out),
+                                  str(cmp_path)], a.timeout)
+                if "error" in done:
+                    raise SystemExit(f"comparing the outputs of {step}: {done['error']}")
+                cmp = json.loads(cmp_path.read_text())
+                diff = cmp["max_abs_diff"]
                 # the recipe's well mean in float32 pandas against phenovec's float64 mean rounded once to float32
                 tol = 1e-5 if step == "subtract_well_mean" else 1e-6
                 row.update(max_abs_diff=diff, agreement=diff <= tol, speedup=peer["seconds"] / ours["seconds"],
-                           memory_ratio=peer["peak_rss_mb"] / ours["peak_rss_mb"],
-                           output_dtype={"peer": str(p[feats[0]].dtype), "phenovec": str(o[feats[0]].dtype)})
+                           memory_ratio=peer["peak_rss_mb"] / ours["peak_rss_mb"], output_dtype=cmp["output_dtype"])
                 agree &= row["agreement"]
                 print(f"{step}: recipe {peer['seconds']:.1f} s / {peer['peak_rss_mb']:.0f} MB, phenovec "
                       f"{ours['seconds']:.1f} s / {ours['peak_rss_mb']:.0f} MB, max abs diff {diff:.2g}",
