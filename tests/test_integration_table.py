@@ -115,15 +115,21 @@ def test_integration_table_refusals(methods):
     pd.testing.assert_frame_equal(a, b)
 
 
+def _write_tables(meta, emb, folder) -> list[str]:
+    """Each embedding as a Parquet profile table (the metadata, then features f0..) in ``folder``; their paths."""
+    paths = []
+    for nm, x in emb.items():
+        df = pd.concat([meta, pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])], axis=1)
+        paths.append(str(folder / f"{nm}.parquet"))
+        df.to_parquet(paths[-1])
+    return paths
+
+
 def test_cli(methods, tmp_path):
     from phenovec.evaluate.integration_command import add_integration_parser
 
     meta, emb = methods
-    paths = []
-    for nm, x in emb.items():
-        df = pd.concat([meta, pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])], axis=1)
-        paths.append(str(tmp_path / f"{nm}.parquet"))
-        df.to_parquet(paths[-1])
+    paths = _write_tables(meta, emb, tmp_path)
     parser = argparse.ArgumentParser()
     add_integration_parser(parser.add_subparsers(dest="metric"))
     out = tmp_path / "integration.csv"
@@ -165,11 +171,7 @@ def test_cli_refuses_outputs_before_work_and_names_files_and_rows(methods, tmp_p
     from phenovec.cli import main
 
     meta, emb = methods
-    paths = []
-    for nm, x in emb.items():
-        df = pd.concat([meta, pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])], axis=1)
-        paths.append(str(tmp_path / f"{nm}.parquet"))
-        df.to_parquet(paths[-1])
+    paths = _write_tables(meta, emb, tmp_path)
     base = ["evaluate", "integration", *paths, "--batch-key", "Metadata_Plate", "--label-key", "Metadata_moa",
             "--no-map", "--quiet"]
     before = {p: Path(p).read_bytes() for p in paths}
