@@ -229,10 +229,29 @@ def test_steps_after_a_pca_take_its_components_not_the_kept_columns(tmp_path, ho
         if hop != "memory":
             pcs = read_table(write_profiles(pcs, tmp_path / f"pcs.{hop}"))
     names = [c for c in pcs.columns if c.startswith("PC")]
+    pcs = subtract_well_mean(pcs)  # a step that keeps its names carries the declaration on (pd.concat dropped it)
+    if hop in ("parquet", "zarr"):
+        pcs = read_table(write_profiles(pcs, tmp_path / f"swm.{hop}"))
     out = rank_int(pcs)
     np.testing.assert_array_equal(out["injury_code"].to_numpy(), df["injury_code"].to_numpy())
     np.testing.assert_array_equal(out["Cells_extra"].to_numpy(), df["Cells_extra"].to_numpy())
     assert not np.array_equal(out[names].to_numpy(), pcs[names].to_numpy())  # the PCs were transformed
+
+
+def test_a_declaration_is_stale_once_a_column_is_added(tmp_path):
+    """A PCA output read back, a new feature column added, written again (by pandas, which keeps attrs too): the
+    declaration no longer says which columns are features, so it is not used (the new column was ignored)."""
+    from phenovec.io.profiles import declared_features, read_table, write_profiles
+
+    pcs = read_table(write_profiles(pca(_plates(n_plates=4, d=5), features=FEATS[:4]), tmp_path / "p.parquet"))
+    assert declared_features(pcs) == [c for c in pcs.columns if c.startswith("PC")]
+    assert declared_features(pcs.assign(Metadata_note="x")) is not None  # metadata may be added
+    grown = pcs.assign(Cells_new=1.0)
+    assert declared_features(grown) is None
+    grown.to_parquet(tmp_path / "g.parquet")
+    assert declared_features(read_table(tmp_path / "g.parquet")) is None
+    write_profiles(grown, tmp_path / "g2.parquet")
+    assert declared_features(read_table(tmp_path / "g2.parquet")) is None
 
 
 def test_anndata_output_keeps_annotations_out_of_x(tmp_path):

@@ -296,3 +296,19 @@ def test_deepprofiler_npz_never_unpickles(tmp_path, payload):
     assert not marker.exists()
     # and the pickle module would have run it: the test's payload is real
     assert pickle.loads(pickle.dumps(0)) == 0
+
+
+@pytest.mark.parametrize("name, options", [("p.csv.gz", "infer"), ("p.csv.gz", {"method": "infer"}),
+                                           ("p.csv.xz", {"method": "infer", "preset": 1}),
+                                           ("p.csv.gz", {"method": "gzip", "mtime": 1})])
+def test_compression_options_follow_the_name(tmp_path, name, options):
+    """compression_options='infer' inferred from the temporary name (no suffix): plain text under .csv.gz."""
+    path = write_profiles(_table(), tmp_path / name, compression_options=options)
+    assert path.read_bytes().startswith(TEXT_MAGIC[path.suffix])
+    pd.testing.assert_frame_equal(read_table(path), read_table(write_profiles(_table(), tmp_path / "plain.csv")))
+
+
+def test_compression_that_contradicts_the_name_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="compression 'gzip' does not match the name"):
+        write_profiles(_table(), tmp_path / "p.csv", compression_options={"method": "gzip"})
+    assert not list(tmp_path.iterdir())

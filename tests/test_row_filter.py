@@ -130,7 +130,8 @@ def test_nan_semantics_and_columns():
                              "w": pd.array(["a", None, "b"], dtype="string")})
     assert filter_mask(nullable, "v != 1", key="k").tolist() == pandas_mask(nullable, "v != 1").tolist()
     assert filter_mask(nullable, "w == 'a' | v > 2", key="k").tolist() == [True, False, True]
-    for text in ("w != 'a'", "~(w == 'a')", "w != 'a' | w == 'a'", "w != w", "w >= 'a'"):
+    for text in ("w != 'a'", "~(w == 'a')", "w != 'a' | w == 'a'", "w != w", "w >= 'a'", "w != 1", "w != None",
+                 "w == None"):
         assert filter_mask(nullable, text, key="k").tolist() == pandas_mask(nullable, text).tolist(), text
     assert filter_mask(nullable, "w != 'a'", key="k").tolist() == [False, True, True]
 

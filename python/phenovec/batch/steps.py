@@ -27,7 +27,7 @@ from phenovec.batch.finite import require_finite
 from phenovec.batch.fit_record import BatchFit, as_fit
 from phenovec.batch.mapping_confidence import MAPPING_DISTANCE
 from phenovec.error_context import with_context
-from phenovec.io.profiles import declare_features
+from phenovec.io.profiles import declare_features, declared_features
 from phenovec.process.columns import check_columns, numeric_features, resolve_columns, select_samples
 
 
@@ -81,10 +81,11 @@ def _finish(df, feats, meta, out: np.ndarray, names, fit, return_fit, output_fil
     result = pd.concat([df.loc[:, meta], df.loc[:, passthrough], df.loc[:, kept],
                         pd.DataFrame(out, columns=list(names), index=df.index, copy=False)], axis="columns",
                        copy=False)
-    if list(names) != list(feats):
-        # new feature columns (PC1..): declared, so that a later step (in memory, or through Parquet / AnnData, which
-        # keep the list) takes them, not the kept columns: its inference took CellProfiler-prefixed columns left
-        # over, or every other numeric column (a class code, a count), for features
+    if list(names) != list(feats) or declared_features(df) is not None:
+        # new feature columns (PC1..), or an input whose features were declared: declared, so that a later step (in
+        # memory, or through Parquet / AnnData, which keep the list) takes them, not the kept columns: its inference
+        # took CellProfiler-prefixed columns left over, or every other numeric column (a class code), for features.
+        # (pd.concat keeps no attrs here: the declaration is made again, not inherited.)
         declare_features(result, names)
     if output_file is not None:
         from phenovec.io.profiles import write_profiles

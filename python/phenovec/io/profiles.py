@@ -36,6 +36,8 @@ ID_COLUMNS = ("ImageNumber", "ObjectNumber", "TableNumber")
 FEATURES_ATTR = "phenovec_features"
 # the Parquet schema-metadata key of a table's declared features (write_profiles writes it, read_table reads it)
 _FEATURES_KEY = "phenovec_features"
+# DataFrame.attrs key of the non-metadata columns that were not features when the features were declared
+_OTHERS_ATTR = "phenovec_other_columns"
 # text tables: a .csv / .tsv name, optionally compressed (pandas' codec for the last suffix); .txt is read only
 TEXT_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 TEXT_SUFFIXES = tuple(b + c for b in (".csv", ".tsv") for c in ("", *TEXT_COMPRESSIONS))
@@ -55,9 +57,16 @@ class FeatureNames(tuple):
         return self
 
 
-def declare_features(df: pd.DataFrame, names) -> pd.DataFrame:
-    """Record ``names`` as ``df``'s feature columns (``df.attrs[FEATURES_ATTR]``); returns ``df``."""
-    df.attrs[FEATURES_ATTR] = FeatureNames(str(n) for n in names)
+def declare_features(df: pd.DataFrame, names, others=None) -> pd.DataFrame:
+    """Record ``names`` as ``df``'s feature columns (``df.attrs[FEATURES_ATTR]``), and the table's other
+    non-metadata columns of the moment (``others``: default those of ``df``), so that a column added later (a new
+    feature) makes the declaration stale rather than silently left out; returns ``df``."""
+    names = FeatureNames(str(n) for n in names)
+    if others is None:
+        declared = set(names)
+        others = [c for c in df.columns if str(c) not in declared and not is_metadata_column(c)]
+    df.attrs[FEATURES_ATTR] = names
+    df.attrs[_OTHERS_ATTR] = FeatureNames(str(c) for c in others)
     return df
 
 
@@ -155,7 +164,14 @@ def declared_features(df: pd.DataFrame) -> list[str] | None:
     if not names:
         return None
     cols = set(df.columns)
-    return list(names) if all(n in cols for n in names) else None
+    if not all(n in cols for n in names):
+        return None
+    others = df.attrs.get(_OTHERS_ATTR)
+    if others is not None:  # a non-metadata column added since the declaration: it no longer says which are features
+        known = set(names) | set(others)
+        if any(str(c) not in known and not is_metadata_column(c) for c in df.columns):
+            return None
+    return list(names)
 
 
 def _check_columns(df: pd.DataFrame, cols: Sequence[str], what: str) -> list[str]:
@@ -251,9 +267,13 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
             if p.is_file():
                 import pyarrow.parquet as pq
 
-                names = json.loads((pq.read_schema(p).metadata or {}).get(_FEATURES_KEY, b"null"))
-                if isinstance(names, list) and names and all(n in df.columns for n in names):
-                    declare_features(df, names)
+                record = json.loads((pq.read_schema(p).metadata or {}).get(_FEATURES_KEY.encode(), b"null"))
+                if isinstance(record, dict) and isinstance(record.get("features"), list) and record["features"]:
+                    declare_features(df, record["features"], record.get("others") or [])
+                elif df.attrs.get(FEATURES_ATTR) and df.attrs.get(_OTHERS_ATTR) is None:
+                    # pyarrow restores pandas' attrs itself; a declaration without the columns that were not
+                    # features then (an older writer) cannot be checked for staleness, so it is not trusted
+                    df.attrs.pop(FEATURES_ATTR, None)
             return df
         if kind == "embeddings":
             from phenovec.io.embeddings import EmbeddingStore
@@ -333,6 +353,23 @@ def text_compression(path: str | os.PathLike) -> str | None:
     return next((c for suffix, c in TEXT_COMPRESSIONS.items() if name.endswith(suffix)), None)
 
 
+def _csv_compression(p: Path, options):
+    """pandas' ``compression`` for writing ``p`` (through a temporary name, where pandas' "infer" sees no suffix):
+    the name's codec, with ``options``' other keys; a method that contradicts a .csv / .tsv name is refused (the
+    file could not be read back by its name)."""
+    named = text_compression(p) if p.name.lower().endswith(TEXT_SUFFIXES) else None
+    method = options if isinstance(options, str) or options is None else options.get("method")
+    if options is None or method == "infer":
+        if isinstance(options, dict):
+            rest = {k: v for k, v in options.items() if k != "method"}
+            return {"method": named, **rest} if named else None
+        return named
+    if p.name.lower().endswith(TEXT_SUFFIXES) and method != named:
+        raise ValueError(f"{p}: compression {method!r} does not match the name, which says "
+                         f"{named or 'no compression'}; name the file for its compression (e.g. .csv.gz for gzip)")
+    return options
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write CSV / TSV (optionally compressed, by the name: .gz, .bz2, .xz, .zst) or Parquet atomically: a temporary
     file renamed into place."""
@@ -402,9 +439,7 @@ def write_profiles(
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     try:
         if kind == "csv":
-            comp = compression_options
-            if comp is None and p.name.lower().endswith(TEXT_SUFFIXES):
-                comp = text_compression(p)
+            comp = _csv_compression(p, compression_options)
             df.to_csv(tmp, index=False, sep="\t" if ".tsv" in p.name.lower() else ",",
                       compression=comp, float_format=float_format)
         elif kind == "parquet":
@@ -413,12 +448,14 @@ def write_profiles(
 
             table = pa.Table.from_pandas(df, preserve_index=False)
             declared = declared_features(df)
+            if declared:  # written by phenovec's own key (read_table ignores the attrs pyarrow also stores)
+                declared = {"features": list(declared), "others": [str(c) for c in df.attrs.get(_OTHERS_ATTR, [])]}
             if metadata is not None or declared:
                 kv = dict(table.schema.metadata or {})
                 if metadata is not None:
                     kv[b"phenovec"] = json.dumps(metadata, sort_keys=True, default=str).encode()
                 if declared:  # the feature list travels with the file (read_table declares it again)
-                    kv[_FEATURES_KEY.encode()] = json.dumps(list(declared)).encode()
+                    kv[_FEATURES_KEY.encode()] = json.dumps(declared).encode()
                 table = table.replace_schema_metadata(kv)
             pq.write_table(table, tmp, compression="snappy", use_dictionary=dictionary_columns(df))
         else:

@@ -104,7 +104,9 @@ class RowFilter:
     def _eval(self, node, cols: dict) -> pd.Series:
         if isinstance(node, _Cmp):
             left, right = self._value(node.left, cols), self._value(node.right, cols)
-            if isinstance(node.left, _Lit) != isinstance(node.right, _Lit):
+            literal = node.left if isinstance(node.left, _Lit) else node.right if isinstance(node.right, _Lit) else None
+            if literal is not None and isinstance(literal.value, str) and not (isinstance(node.left, _Lit)
+                                                                              and isinstance(node.right, _Lit)):
                 left, right = _as_query_compares(left), _as_query_compares(right)
             try:
                 res = _apply_compare(node.op, left, right)
@@ -141,9 +143,9 @@ class RowFilter:
 
 
 def _as_query_compares(v):
-    """A pandas ``string`` column as ``DataFrame.query`` compares it with a literal: as an object column (a missing
-    value ``!= 'x'`` is True); the column's own operators give <NA>, which selected no row. (Column against column,
-    query keeps the string operators, and so does this.)"""
+    """A pandas ``string`` column as ``DataFrame.query`` compares it with a string literal: as an object column (a
+    missing value ``!= 'x'`` is True); the column's own operators give <NA>, which selected no row. (Against a
+    number, None or another column, query keeps the string operators, and so does this.)"""
     if isinstance(v, pd.Series) and isinstance(v.dtype, pd.StringDtype):
         return v.astype(object).where(v.notna(), None)
     return v
