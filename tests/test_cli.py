@@ -45,10 +45,17 @@ def test_files_beside_the_output_keep_its_whole_name(tmp_path, bbbc021, capsys):
     assert json.loads((tmp_path / "new" / "s.json").read_text())["output"].endswith("s.csv")
     capsys.readouterr()
     assert main(argv + ["--out", str(tmp_path / "t.csv"), "--summary", str(tmp_path / "t.csv")]) == 2
-    assert "is the output table's path" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
+    assert "also -o's path" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
+    # a summary over a side table, or the input: refused before anything is written (the _map table was)
+    assert main(argv + ["--out", str(tmp_path / "v.csv"), "--summary", str(tmp_path / "v_map.csv")]) == 2
+    assert "is also --summary's path" in capsys.readouterr().err
+    assert main(argv + ["--out", str(src)]) == 2
+    assert "is the input table" in capsys.readouterr().err and src.stat().st_size > 0
+    assert not (tmp_path / "v.csv").exists() and not (tmp_path / "v_map.csv").exists()
     (tmp_path / "adir").mkdir()
     assert main(argv + ["--out", str(tmp_path / "u.csv"), "--summary", str(tmp_path / "adir")]) == 2
     assert "is a folder" in capsys.readouterr().err and not (tmp_path / "u.csv").exists()
+    assert not (tmp_path / "u_map.csv").exists()
     assert not list((tmp_path / "adir").iterdir()) and not list(tmp_path.glob(".*tmp*"))
 
 

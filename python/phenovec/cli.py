@@ -77,15 +77,32 @@ def summary_path(out, summary=None) -> Path:
     return Path(summary) if summary else beside(out, suffix=".json")
 
 
+def check_outputs(args, **extra) -> None:
+    """Before any work: ``-o``, the summary and the command's other outputs (``extra``: their flag or name ->
+    path) must be distinct files, none a folder and none an input (``args.profiles``); a collision replaced one
+    output (or the input) with another, or failed only after the tables beside it had been written."""
+    outputs = {"-o": Path(args.out), "--summary": summary_path(args.out, getattr(args, "summary", None))}
+    outputs.update({k: Path(v) for k, v in extra.items() if v is not None})
+    profiles = getattr(args, "profiles", None)
+    inputs = {Path(p).resolve(): p for p in ([profiles] if isinstance(profiles, (str, Path)) else profiles or [])}
+    seen = {}
+    for flag, path in outputs.items():
+        where = path.resolve()
+        if where in inputs:
+            raise ValueError(f"{flag} {path} is the input table {inputs[where]}: give the output another name")
+        if where in seen:
+            raise ValueError(f"{flag} {path} is also {seen[where]}'s path: give each output its own name")
+        if path.is_dir():
+            raise IsADirectoryError(f"{flag} {path} is a folder: give a file name")
+        seen[where] = flag
+
+
 def _finish(args, table, summary: dict) -> dict:
     from phenovec.io.atomic import write_text_atomic
     from phenovec.io.profiles import write_table
 
     spath = summary_path(args.out, args.summary)
-    if spath.resolve() == Path(args.out).resolve():
-        raise ValueError(f"--summary {spath} is the output table's path (-o): give the summary another name")
-    if spath.is_dir():
-        raise IsADirectoryError(f"--summary {spath} is a folder: give a file name (e.g. {spath / 'summary.json'})")
+    check_outputs(args)
     out = write_table(table, args.out)
     summary = {"command": " ".join(sys.argv[1:]), "output": str(out), **summary}
     write_text_atomic(spath, json.dumps(summary, indent=2, default=_json_default))
@@ -145,6 +162,9 @@ def _run_map(args) -> dict:
     from phenovec.io.profiles import write_table
     from phenovec.io.row_filter import filter_mask
 
+    out = Path(args.out)
+    map_out = Path(args.map_out) if args.map_out else beside(out, "_map")
+    check_outputs(args, **{"the mAP table": map_out})
     prof = _load(args)
     meta = prof.meta.copy()
     pos_sameby = list(args.pos_sameby)
@@ -176,8 +196,6 @@ def _run_map(args) -> dict:
         sameby = [label_col]
     m = pe.mean_average_precision(ap, sameby, null_size=args.null_size, threshold=args.threshold, seed=args.seed,
                                   null_method=args.null_method, progress_bar=progress)
-    out = Path(args.out)
-    map_out = Path(args.map_out) if args.map_out else beside(out, "_map")
     write_table(m.drop(columns=["indices"]), map_out)
     return _finish(args, ap, {
         "metric": "mean_average_precision",
@@ -317,6 +335,7 @@ def _run_mp_value(args) -> dict:
 def _run_knn(args) -> dict:
     from phenovec.evaluate import knn_accuracy
 
+    check_outputs(args, **{"the predictions table": beside(args.out, "_predictions")})
     prof = _load(args)
     k = "all" if args.k == ["all"] else [int(v) for v in args.k]
     summary, pred = knn_accuracy(prof.meta, prof.feats, moa_col=args.moa_column, compound_col=args.compound_column,

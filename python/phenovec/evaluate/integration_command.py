@@ -23,7 +23,7 @@ from phenovec.cli_options import add_out, add_quiet
 def _check_outputs(args) -> None:
     """Refuse, before any work, output names that cannot be written or that would replace an input or another
     output (the whole run's metrics came first, then a bad name's error, or an input table silently replaced)."""
-    from phenovec.cli import summary_path
+    from phenovec.cli import check_outputs
     from phenovec.evaluate.integration.benchmark import HEATMAP_FORMATS
     from phenovec.io.profiles import TEXT_SUFFIXES
 
@@ -31,20 +31,7 @@ def _check_outputs(args) -> None:
         raise ValueError(f"-o {args.out}: the table is written as .parquet or {', '.join(TEXT_SUFFIXES)}")
     if args.figure and Path(args.figure).suffix.lower().lstrip(".") not in HEATMAP_FORMATS:
         raise ValueError(f"--figure {args.figure}: the heat map is written as .{', .'.join(HEATMAP_FORMATS)}")
-    outputs = {"-o": Path(args.out), "--summary": summary_path(args.out, args.summary)}
-    if args.figure:
-        outputs["--figure"] = Path(args.figure)
-    inputs = {Path(p).resolve(): p for p in args.profiles}
-    seen = {}
-    for flag, path in outputs.items():
-        where = path.resolve()
-        if where in inputs:
-            raise ValueError(f"{flag} {path} is the input table {inputs[where]}: give the output another name")
-        if where in seen:
-            raise ValueError(f"{flag} {path} is also {seen[where]}'s path: give each output its own name")
-        if path.is_dir():
-            raise IsADirectoryError(f"{flag} {path} is a folder: give a file name")
-        seen[where] = flag
+    check_outputs(args, **{"--figure": args.figure})
 
 
 def _run(args) -> dict:

@@ -23,10 +23,11 @@ MODELS = ("logistic", "random_forest")  # phenovec.evaluate.probes.MODELS, spell
 
 
 def _run_probe(args) -> dict:
-    from phenovec.cli import _finish, _load, beside
+    from phenovec.cli import _finish, _load, beside, check_outputs
     from phenovec.evaluate.probes import probe
     from phenovec.io.profiles import write_table
 
+    check_outputs(args, **{"the confusion table": beside(args.out, "_confusion"), "--predictions": args.predictions})
     prof = _load(args)
     if args.split_column is None and args.group_column is None:
         raise ValueError("phenovec evaluate probe needs --split-column (train / test rows) or --group-column "
