@@ -184,3 +184,19 @@ def test_numeric_features_in_row_slabs_equals_per_column(order):
         want = np.column_stack([df[c].to_numpy(dtype=dtype) for c in feats])
         np.testing.assert_array_equal(x, want)
         assert x.dtype == dtype and (x.flags.c_contiguous if order == "C" else x.flags.f_contiguous)
+
+
+def test_streamed_csv_keeps_a_metadata_column_one_type(tmp_path):
+    """A chunk of digit-only plate names was read as numbers and one beside '1001a' as text: aggregate_stream gave
+    plate 1001 twice, with two wrong medians. The metadata columns' types come from the whole file."""
+    from phenovec.process.aggregate import aggregate, aggregate_stream
+
+    n = 70_000
+    df = pd.DataFrame({"Metadata_Plate": ["1001"] * n, "Metadata_Well": ["A01"] * n,
+                       "Cells_x": np.arange(n, dtype=float)})
+    df.loc[n - 1, "Metadata_Plate"] = "1001a"
+    df.to_csv(tmp_path / "plates.csv", index=False)
+    want = aggregate(str(tmp_path / "plates.csv"))
+    got = aggregate_stream(str(tmp_path / "plates.csv"), batch_rows=20_000)
+    assert len(got) == 2
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))

@@ -98,6 +98,7 @@ class CsvSource(_ArrayBatches):
         except Exception as e:
             raise ValueError(f"{path}: cannot read as CSV ({type(e).__name__}: {e})") from None
         self._n = None
+        self._dtypes = {}
 
     @property
     def num_rows(self) -> int:
@@ -105,10 +106,25 @@ class CsvSource(_ArrayBatches):
             self._n = sum(len(b) for b in self.iter_batches(columns=self.columns[:1]))
         return self._n
 
+    def _metadata_dtypes(self, cols) -> dict:
+        """The dtypes a whole-file read gives the metadata columns among ``cols``, read once: pandas infers a
+        chunk's types from that chunk alone, so plate '1001' came back as the number 1001 in a chunk of digit-only
+        names and as text beside '1001a': two groups of one plate in a streamed aggregate."""
+        from phenovec.io.profiles import is_metadata_column
+
+        wanted = [c for c in (self.columns if cols is None else cols) if is_metadata_column(c)]
+        missing = [c for c in wanted if c not in self._dtypes]
+        if missing:
+            whole = pd.read_csv(self.path, sep=self.sep, usecols=missing, low_memory=False)
+            self._dtypes.update({c: (str if whole[c].dtype == object else whole[c].dtype) for c in missing})
+        return {c: self._dtypes[c] for c in wanted}
+
     def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
         cols = _check(self, columns)
         offset = 0
-        for b in pd.read_csv(self.path, sep=self.sep, usecols=cols, chunksize=batch_rows, low_memory=False):
+        dtypes = self._metadata_dtypes(cols)
+        for b in pd.read_csv(self.path, sep=self.sep, usecols=cols, chunksize=batch_rows, low_memory=False,
+                             dtype=dtypes):
             if cols is not None:
                 b = b[cols]
             b.index = pd.RangeIndex(offset, offset + len(b))
