@@ -134,6 +134,12 @@ def test_columns_resolution_and_errors():
     bad = df.assign(Cells_a=[1.0, "x", 3.0])
     with pytest.raises(ValueError, match=r"'Cells_a' is not numeric: row 1 holds 'x'"):
         numeric_features(bad, ["Cells_a"])
+    # numeric strings are numbers, as pycytominer's astype(float) reads them; the bad value is the one named
+    text = df.assign(Cells_a=["1.5", " 2.5 ", "oops"])
+    with pytest.raises(ValueError, match=r"'Cells_a' is not numeric: row 2 holds 'oops'"):
+        numeric_features(text, ["Cells_a"])
+    np.testing.assert_array_equal(numeric_features(df.assign(Cells_a=["1.5", "2.5", "3.5"]), ["Cells_a"])[:, 0],
+                                  [1.5, 2.5, 3.5])
     with pytest.raises(KeyError, match="Cells_zz"):
         resolve_columns(df, features=["Cells_zz"])
     with pytest.raises(ValueError, match="matches no row"):

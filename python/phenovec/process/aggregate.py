@@ -22,8 +22,9 @@ Differences (documented policy): features are resolved with :func:`phenovec.proc
 its features (phenovec's ``embeddings.zarr``, AnnData, DeepProfiler ``.npz``: ``declared_features``) uses exactly
 those, so per-cell metadata such as ``ObjectNumber``, ``x``, ``y`` is never averaged; with
 ``compute_object_count`` and the default ``object_feature="Metadata_ObjectNumber"`` absent, ``ObjectNumber``
-(CellProfiler's and phenovec's per-cell column) is counted instead; feature columns that hold strings other than missing-value tokens raise ``ValueError`` naming column and
-row (the peer raises from ``astype(float)``); an unknown stratum raises ``KeyError`` naming it; a stratum that is
+(CellProfiler's and phenovec's per-cell column) is counted instead; numeric strings in a feature column are numbers
+(as the peer's ``astype(float)`` reads them), other strings than missing-value tokens raise ``ValueError`` naming
+column, row and value (the peer raises from ``astype(float)``); an unknown stratum raises ``KeyError`` naming it; a stratum that is
 also a feature raises ``ValueError``.
 
 ``aggregate_stream`` computes the same table from a row source (:func:`phenovec.process.source.open_source`:

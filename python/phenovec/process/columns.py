@@ -115,9 +115,9 @@ def numeric_features(df: pd.DataFrame, features: Sequence[str], dtype=np.float64
     """The feature block as a float matrix (NaN kept), C-contiguous (``order="C"``) or Fortran (``"F"``: the
     cheapest when pandas holds the features in one block, and what column-wise statistics want).
 
-    Object columns whose only strings are missing-value tokens ("nan", "None", "NA", "") become NaN, as in
-    pycytominer 1.7.1; any other non-numeric value raises ``ValueError`` naming the column, the row label and
-    the value (mixed dtypes are never coerced silently).
+    In object columns, missing-value tokens ("nan", "None", "NA", "") become NaN, as in pycytominer 1.7.1, and
+    numeric strings ("1.5") numbers, as its ``astype(float)`` reads them; any other value raises ``ValueError``
+    naming the column, the row label and the value.
     """
     features = list(features)
     dtypes = df.dtypes[features] if features else []
@@ -151,14 +151,21 @@ def numeric_features(df: pd.DataFrame, features: Sequence[str], dtype=np.float64
         if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             cols.append(s.to_numpy(dtype=dtype, na_value=np.nan) if s.hasnans else s.to_numpy(dtype=dtype))
             continue
-        strings = s[s.map(lambda v: isinstance(v, str))]
-        bad = strings[~strings.map(lambda v: v.strip().lower() in MISSING_TOKENS)]
-        if len(bad):
-            raise ValueError(
-                f"feature column {c!r} is not numeric: row {bad.index[0]} holds {bad.iloc[0]!r}"
-            )
+        values = s.to_numpy(dtype=object).copy()
+        text = np.flatnonzero([isinstance(v, str) for v in values])
+        if text.size:
+            # missing-value tokens become NaN; other strings as pycytominer's astype(float) reads them ("1.5" is a
+            # number); the first that is no number is named by its row (it had named the first string of all)
+            stripped = pd.Series(values[text], dtype=object).str.strip()
+            token = stripped.str.lower().isin(MISSING_TOKENS).to_numpy()
+            numbers = pd.to_numeric(stripped.where(~token), errors="coerce").to_numpy(dtype=np.float64)
+            bad = text[~token & np.isnan(numbers)]
+            if bad.size:
+                raise ValueError(f"feature column {c!r} is not numeric: row {s.index[bad[0]]!r} holds "
+                                 f"{values[bad[0]]!r}")
+            values[text] = numbers
         try:
-            cols.append(pd.to_numeric(s.where(~s.index.isin(strings.index), np.nan)).to_numpy(dtype=dtype))
+            cols.append(pd.to_numeric(pd.Series(values, dtype=object)).to_numpy(dtype=dtype, na_value=np.nan))
         except (TypeError, ValueError) as e:
             raise ValueError(f"feature column {c!r} is not numeric ({e})") from None
     if not cols:
