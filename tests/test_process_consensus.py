@@ -173,3 +173,20 @@ def test_pairwise_correlations_follow_pandas():
             np.fill_diagonal(ours, np.nan)
             np.fill_diagonal(peer, np.nan)
             np.testing.assert_allclose(ours, peer, rtol=0, atol=1e-12, err_msg=f"trial {trial} {method}")
+
+
+def test_one_feature_name_and_replicate_column_errors():
+    """pycytominer takes one feature as a string (modz and aggregate paths); an unknown replicate column is named as
+    replicate_columns (it was 'strata', aggregate's word)."""
+    from phenovec.process.consensus import consensus
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(40, 3)), columns=["Cells_a", "Cells_b", "Cells_c"])
+    df.insert(0, "Metadata_moa", np.repeat(["m1", "m2"], 20))
+    for op in ("median", "modz"):
+        ours = consensus(df, replicate_columns=["Metadata_moa"], operation=op, features="Cells_a")
+        peer = pycytominer.consensus(df, replicate_columns=["Metadata_moa"], operation=op, features="Cells_a")
+        assert list(ours.columns) == list(peer.columns) == ["Metadata_moa", "Cells_a"]
+        np.testing.assert_allclose(ours["Cells_a"].to_numpy(), peer["Cells_a"].to_numpy(), rtol=1e-9)
+    with pytest.raises(KeyError, match="replicate_columns: unknown column 'Metadata_nope'"):
+        consensus(df, replicate_columns=["Metadata_nope"])

@@ -511,3 +511,28 @@ def test_profiles_path_input(tmp_path, lincs):
     pd.testing.assert_frame_equal(_ours(str(p), operation="correlation_threshold", corr_threshold=0.6),
                                   _peer(str(p), operation="correlation_threshold", corr_threshold=0.6))
 
+
+
+def test_cli_exposes_frequency_and_variance_options(tmp_path):
+    """--freq-cut / --unique-cut / --min-variance / --blocklist-name / --image-features reach feature_select (only
+    a recipe's --set could change them), and the output equals the API's."""
+    from phenovec.cli import main
+    from phenovec.process.feature_select import feature_select
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(40, 3)), columns=["Cells_a", "Cells_b", "Cells_c"])
+    df["Cells_c"] = np.where(np.arange(40) < 38, 1.0, 2.0)  # 2 of 40 rows differ: freq ratio 2/38
+    df.insert(0, "Metadata_moa", np.repeat(["m1", "m2"], 20))
+    df.to_parquet(tmp_path / "in.parquet")
+    for cut, kept in ((0.1, ["Cells_a", "Cells_b"]), (0.01, ["Cells_a", "Cells_b", "Cells_c"])):
+        out = tmp_path / f"o{cut}.parquet"
+        assert main(["process", "feature-select", str(tmp_path / "in.parquet"), "-o", str(out), "--operation",
+                     "frequency_threshold", "--freq-cut", str(cut), "--quiet"]) in (0, None)
+        got = pd.read_parquet(out)
+        assert [c for c in got.columns if c.startswith("Cells")] == kept
+        want = feature_select(df, operation=["frequency_threshold"], freq_cut=cut)
+        assert list(want.columns) == list(got.columns)
+    out = tmp_path / "v.parquet"
+    assert main(["process", "feature-select", str(tmp_path / "in.parquet"), "-o", str(out), "--min-variance", "0.5",
+                 "--quiet"]) in (0, None)
+    assert "Cells_c" not in pd.read_parquet(out).columns

@@ -253,12 +253,25 @@ def add_process_parser(stages) -> None:
     p = sub.add_parser("feature-select", help="variance / frequency / correlation / NA / outlier / blocklist / noise")
     _common(p)
     option(p, "--operation", nargs="+", default=["variance_threshold"],
-           help="variance_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal")
+           help="variance_threshold, frequency_threshold, correlation_threshold, drop_na_columns, blocklist, "
+                "drop_outliers, noise_removal (run in the order given, each on the previous ones' survivors)")
     option(p, "--samples", default="all", help=SAMPLES_HELP)
-    option(p, "--corr-threshold", type=float, default=0.9, help="correlation_threshold: drop above this |r|")
+    option(p, "--corr-threshold", type=float, default=0.9,
+           help="correlation_threshold: drop one feature of each pair whose signed r is above this (as pycytominer: "
+                "r = -0.99 is kept)")
     option(p, "--corr-method", default="pearson", choices=["pearson", "spearman", "kendall"],
            help="correlation_threshold: correlation")
     option(p, "--na-cutoff", type=float, default=0.05, help="drop_na_columns: largest allowed fraction of NA")
+    option(p, "--freq-cut", type=float, default=0.05,
+           help="frequency_threshold: smallest allowed ratio of the second most common value's count to the most "
+                "common's")
+    option(p, "--unique-cut", type=float, default=0.01,
+           help="frequency_threshold: smallest allowed ratio of distinct values to rows")
+    option(p, "--min-variance", type=float, default=1e-6, help="variance_threshold: smallest allowed variance")
+    option(p, "--blocklist-name", nargs="+", default=None,
+           help="blocklist: which named lists of the blocklist file to use (default: its 'default' list)")
+    option(p, "--image-features", action="store_true", help="count Image_ columns as features (pycytominer's "
+                                                             "image_features)")
     option(p, "--blocklist-file", default=None, help="blocklist: file of feature names (default: pycytominer's)")
     option(p, "--outlier-cutoff", type=float, default=500, help="drop_outliers: largest allowed |value|")
     option(p, "--noise-removal-perturb-groups", default=None, help="noise_removal: column of perturbation groups (default: none)")
@@ -267,6 +280,8 @@ def add_process_parser(stages) -> None:
     p.set_defaults(run=lambda a: _run_step(a, "feature_select", {
         **({"features": a.features} if a.features else {}), "operation": a.operation, "samples": a.samples,
         "corr_threshold": a.corr_threshold, "corr_method": a.corr_method, "na_cutoff": a.na_cutoff,
+        "freq_cut": a.freq_cut, "unique_cut": a.unique_cut, "min_variance": a.min_variance,
+        **({"blocklist_name": a.blocklist_name} if a.blocklist_name else {}), "image_features": a.image_features,
         "blocklist_file": a.blocklist_file, "outlier_cutoff": a.outlier_cutoff,
         "noise_removal_perturb_groups": a.noise_removal_perturb_groups,
         "noise_removal_stdev_cutoff": a.noise_removal_stdev_cutoff}))

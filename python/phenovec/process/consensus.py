@@ -87,8 +87,14 @@ def consensus(
             precision=int(args.get("precision", 4)),
         )
     else:
-        out = aggregate(profiles, strata=replicate_columns, features=features, operation=operation)
+        check_columns(profiles, _strata_list(replicate_columns), "replicate_columns")  # aggregate says "strata"
+        out = aggregate(profiles, strata=replicate_columns, features=_feature_list(features), operation=operation)
     return _write(out, output_file, output_type, compression_options, float_format)
+
+
+def _feature_list(features):
+    """One feature name as a list of one, as pycytominer takes it (``"infer"`` stays the inference)."""
+    return [features] if isinstance(features, str) and features != "infer" else features
 
 
 def modz(
@@ -107,7 +113,7 @@ def modz(
         raise ValueError(f"method {method!r} not supported, select one of {list(CORRELATION_METHODS)}")
     method = method.lower()
     reps = check_columns(population_df, _strata_list(replicate_columns), "replicate_columns")
-    feats, _ = resolve_columns(population_df, features)
+    feats, _ = resolve_columns(population_df, _feature_list(features))
     _check_disjoint(reps, feats)
     x = numeric_features(population_df, feats)
     pos, keys = group_keys(population_df[reps])
