@@ -29,12 +29,29 @@ def fit_cell_count(x: np.ndarray, counts: np.ndarray, min_unique: int = 100):
     return mask, intercept, slope
 
 
-def apply_cell_count(x: np.ndarray, counts: np.ndarray, mask, intercept, slope) -> np.ndarray:
-    """Residuals of the regressed columns (original values where the count or the value is missing)."""
-    out = np.array(x, dtype=np.float64, copy=True)
+def apply_cell_count(x: np.ndarray, counts: np.ndarray, mask, intercept, slope, in_place: bool = False,
+                     slab_rows: int = 16_384) -> np.ndarray:
+    """Residuals of the regressed columns (original values where the count or the value is missing).
+    ``in_place=True`` writes them into ``x`` (a C-contiguous float64 array the caller owns) instead of a copy.
+    Computed a slab of rows at a time, each entry as ``x - (intercept + count * slope)``: the whole-table residual,
+    outer product, sum and ``np.where`` were four float64 tables beside ``x`` and its copy."""
+    if in_place and isinstance(x, np.ndarray) and x.dtype == np.float64 and x.flags.writeable:
+        out = x
+    else:
+        out = np.array(x, dtype=np.float64, copy=True)
     c = np.asarray(counts, dtype=np.float64)
     cols = np.flatnonzero(mask)
-    resid = out[:, cols] - (intercept[cols] + np.outer(c, slope[cols]))
-    keep = np.isfinite(resid)
-    out[:, cols] = np.where(keep, resid, out[:, cols])
+    if cols.size == 0:
+        return out
+    a, b = intercept[cols], slope[cols]
+    every = cols.size == out.shape[1]  # every column regressed: the slab itself, no gather / scatter
+    for r0 in range(0, out.shape[0], slab_rows):
+        r1 = min(out.shape[0], r0 + slab_rows)
+        block = out[r0:r1] if every else out[r0:r1, cols]
+        resid = np.multiply.outer(c[r0:r1], b)  # np.outer's products
+        resid += a  # intercept + count * slope (the same sum either way round)
+        np.subtract(block, resid, out=resid)
+        np.copyto(block, resid, where=np.isfinite(resid))
+        if not every:
+            out[r0:r1, cols] = block
     return out

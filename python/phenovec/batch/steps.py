@@ -347,7 +347,8 @@ def regress_cell_count(
                        {"regressed": mask, "intercept": a, "slope": b})
     d = (len(feats),)
     out = apply_cell_count(x, counts, fit.array("regressed", d).astype(bool), fit.array("intercept", d),
-                           fit.array("slope", d))
+                           fit.array("slope", d), in_place=True)  # x is this step's own matrix
+    del x
     return _finish(df, feats, meta, out, feats, fit, return_fit, output_file)
 
 
