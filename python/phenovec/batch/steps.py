@@ -438,7 +438,8 @@ def pca(
     else:
         fit.array("mean", (len(feats),))
         fit.array("components", (None, len(feats)))
-    out = apply_pca(fit, x)
+    out = apply_pca(fit, x, in_place=True)  # x is this step's own matrix
+    del x
     return _finish(df, feats, meta, out, [f"PC{i}" for i in range(1, out.shape[1] + 1)], fit, return_fit, output_file)
 
 
