@@ -58,3 +58,16 @@ def test_require_finite_names_the_first_bad_entry_across_slabs():
         require_finite(np.array([[1.0, 2], [3, 4], [5, np.nan]]).T.reshape(2, 3), "t", lambda r: f"r{r}",
                        lambda c: f"c{c}")
     require_finite(np.ones((7, 0)), "t")
+
+
+def test_tvn_in_place_equals_the_copying_path():
+    from phenovec.batch.tvn import apply_tvn, fit_tvn
+
+    r = np.random.default_rng(3)
+    x = r.normal(size=(400, 12)) * r.random(12) * 10 + r.normal(size=12)
+    batches = np.repeat(["a", "b", "c", "d"], 100)
+    fit = fit_tvn(x, r.random(400) < 0.5, batches, 0.5, "controls")
+    want = apply_tvn(fit, x, batches)
+    y = x.copy()
+    np.testing.assert_array_equal(apply_tvn(fit, y, batches, in_place=True), want)
+    assert not np.array_equal(y, x)  # it did work in y

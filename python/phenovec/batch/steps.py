@@ -286,7 +286,8 @@ def tvn(
             fit.array(name, (p,))
         if fit.param("coral"):
             fit.array("coral", (len(fit.param("batches")), p, p))
-    out = apply_tvn(fit, x, batches)
+    out = apply_tvn(fit, x, batches, in_place=True)  # x is this step's own matrix
+    del x
     return _finish(df, feats, meta, out, [f"PC{i}" for i in range(1, out.shape[1] + 1)], fit, return_fit, output_file)
 
 

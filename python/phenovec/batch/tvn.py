@@ -92,12 +92,21 @@ def _labels(batches: np.ndarray) -> list:
         return uniq
 
 
-def apply_tvn(fit: BatchFit, x: np.ndarray, batches: np.ndarray | None = None) -> np.ndarray:
-    """Apply a TVN fit to rows ``x`` (their batches among the fitted ones)."""
+def apply_tvn(fit: BatchFit, x: np.ndarray, batches: np.ndarray | None = None, in_place: bool = False) -> np.ndarray:
+    """Apply a TVN fit to rows ``x`` (their batches among the fitted ones). ``in_place=True``: ``x`` (a float64
+    array the caller owns and no longer needs) is standardised and centred in place, the same operations without
+    one or two float64 copies of the table before the projection."""
     a = fit.arrays
-    z = (np.asarray(x, dtype=np.float64) - a["mean1"]) / a["scale1"]
-    z = (z - a["pca_mean"]) @ a["pca_components"].T
-    z = (z - a["mean2"]) / a["scale2"]
+    if in_place and isinstance(x, np.ndarray) and x.dtype == np.float64 and x.flags.writeable:
+        x -= a["mean1"]
+        x /= a["scale1"]
+        x -= a["pca_mean"]
+        z = x @ a["pca_components"].T
+    else:
+        z = (np.asarray(x, dtype=np.float64) - a["mean1"]) / a["scale1"]
+        z = (z - a["pca_mean"]) @ a["pca_components"].T
+    z -= a["mean2"]  # z is the projection's own new array
+    z /= a["scale2"]
     if fit.params["coral"]:
         if batches is None:
             raise ValueError("this TVN fit has per-batch CORAL matrices: give the batch of every row")
