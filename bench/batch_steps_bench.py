@@ -211,10 +211,11 @@ def main(argv=None) -> int:
                 diff = cmp["max_abs_diff"]
                 # the recipe's well mean in float32 pandas against phenovec's float64 mean rounded once to float32;
                 # its float32 residuals (and float64 ones from statsmodels) against phenovec's float64 ones rounded
-                # once; its PCA fitted in float32 against phenovec's in float64. The new steps' tables reach ~1e3:
+                # once; its PCA fitted in float32 (x'x summed over 300k rows) against phenovec's in float64: 2e-5 of the
+                # largest score at 300k x 500, before and after session 37. The new steps' tables reach ~1e3:
                 # their tolerance is relative to the output's largest |value|
                 tol = {"subtract_well_mean": 1e-5, "rank_int": 1e-6, "regress_cell_count": 1e-6,
-                       "remove_outliers": 0.0, "pca": 1e-5}[step]
+                       "remove_outliers": 0.0, "pca": 1e-4}[step]
                 if TABLE[step] != "plain":
                     tol *= max(1.0, cmp["max_abs"])
                 row.update(max_abs_diff=diff, agreement=diff <= tol, speedup=peer["seconds"] / ours["seconds"],
