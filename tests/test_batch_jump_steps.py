@@ -282,3 +282,24 @@ def test_steps_keep_a_float32_table_float32():
         want = step(df32.astype({f: np.float64 for f in FEATS}), features=FEATS)
         assert all(got[f].dtype == np.float32 for f in FEATS)
         np.testing.assert_array_equal(got[FEATS].to_numpy(), want[FEATS].to_numpy().astype(np.float32))
+
+
+def test_pca_of_a_float32_table_projects_straight_to_float32():
+    """The float32 scores come slab by slab (no float64 scores table), equal to the float64 scores rounded once."""
+    import importlib
+
+    bp = importlib.import_module("phenovec.batch.pca")  # the module (phenovec.batch.pca is also the step)
+
+    df = _plates(n_plates=8, d=5)
+    df32 = df.astype({f: np.float32 for f in FEATS})
+    old = bp._SLAB_ROWS
+    bp._SLAB_ROWS = 7  # several slabs, a ragged last one
+    try:
+        got, fit = pca(df32, features=FEATS, return_fit=True)
+    finally:
+        bp._SLAB_ROWS = old
+    pcs = [c for c in got.columns if c.startswith("PC")]
+    assert all(got[c].dtype == np.float32 for c in pcs)
+    x = df32[FEATS].to_numpy(np.float64)
+    want = ((x - fit.arrays["mean"]) @ fit.arrays["components"].T).astype(np.float32)
+    np.testing.assert_array_equal(got[pcs].to_numpy(), want)

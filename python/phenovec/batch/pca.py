@@ -23,10 +23,22 @@ def fit_pca(x: np.ndarray, variance: float = 0.98) -> BatchFit:
                     {"mean": p.mean_, "components": p.components_})
 
 
-def apply_pca(fit: BatchFit, x: np.ndarray, in_place: bool = False) -> np.ndarray:
+def apply_pca(fit: BatchFit, x: np.ndarray, in_place: bool = False, dtype=np.float64) -> np.ndarray:
     """The scores ``(x - mean) @ components.T``; ``in_place=True`` centres ``x`` itself (a float64 array the caller
-    owns and no longer needs) instead of a centred copy, one float64 table less at the peak."""
+    owns and no longer needs) instead of a centred copy, one float64 table less at the peak. ``dtype=np.float32``:
+    each slab of rows is projected in float64 and stored rounded once to float32, with no float64 scores table."""
     if in_place and isinstance(x, np.ndarray) and x.dtype == np.float64 and x.flags.writeable:
         x -= fit.arrays["mean"]
-        return x @ fit.arrays["components"].T
-    return (np.asarray(x, dtype=np.float64) - fit.arrays["mean"]) @ fit.arrays["components"].T
+        centred = x
+    else:
+        centred = np.asarray(x, dtype=np.float64) - fit.arrays["mean"]
+    components = fit.arrays["components"]
+    if np.dtype(dtype) == np.float64:
+        return centred @ components.T
+    out = np.empty((centred.shape[0], components.shape[0]), dtype=dtype)
+    for lo in range(0, centred.shape[0], _SLAB_ROWS):
+        out[lo:lo + _SLAB_ROWS] = centred[lo:lo + _SLAB_ROWS] @ components.T
+    return out
+
+
+_SLAB_ROWS = 16384  # rows projected at a time when the scores are stored in float32

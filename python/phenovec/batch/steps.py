@@ -75,7 +75,9 @@ def _finish(df, feats, meta, out: np.ndarray, names, fit, return_fit, output_fil
         raise ValueError(f"the output column {clash[0]!r} is also a column of the input that is not a feature; "
                          "rename or drop it, or name the features to correct with features=[...]")
     if feats and all(df[c].dtype == np.float32 for c in feats):
-        out = out.astype(np.float32)  # computed in float64; a float32 table stays float32 (half the memory and file)
+        # computed in float64; a float32 table stays float32 (half the memory and file); no copy when a step
+        # already wrote float32
+        out = out.astype(np.float32, copy=False)
     # copy=False: the result's features are ``out`` itself, not one more copy of the table (``out`` is the step's
     # own new array; the metadata slices above are copies)
     result = pd.concat([df.loc[:, meta], df.loc[:, passthrough], df.loc[:, kept],
@@ -439,7 +441,9 @@ def pca(
     else:
         fit.array("mean", (len(feats),))
         fit.array("components", (None, len(feats)))
-    out = apply_pca(fit, x, in_place=True)  # x is this step's own matrix
+    float32 = bool(feats) and all(df[c].dtype == np.float32 for c in feats)  # _finish's output type, written
+    # directly: the float64 scores (as large as the table at 98 % of 500 random features) are never whole
+    out = apply_pca(fit, x, in_place=True, dtype=np.float32 if float32 else np.float64)  # x: this step's own
     del x
     return _finish(df, feats, meta, out, [f"PC{i}" for i in range(1, out.shape[1] + 1)], fit, return_fit, output_file)
 
