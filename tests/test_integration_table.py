@@ -208,3 +208,5 @@ def test_cli_refuses_outputs_before_work_and_names_files_and_rows(methods, tmp_p
     zero.loc[12, [c for c in zero.columns if c.startswith("f")]] = 0.0
     with pytest.raises(ValueError, match="z: row 12 has zero norm"):
         pi.integration_table({"z": zero}, "Metadata_Plate", "Metadata_moa")
+    with pytest.raises(ValueError, match="zero.parquet: row 12 has zero norm"):
+        pi.integration_table({"z": zero}, "Metadata_Plate", "Metadata_moa", sources={"z": "zero.parquet"})

@@ -37,7 +37,6 @@ def _check_outputs(args) -> None:
 def _run(args) -> dict:
     from phenovec.cli import _finish
     from phenovec.evaluate.integration import integration_heatmap, integration_table
-    from phenovec.evaluate.integration.benchmark import _split
     from phenovec.io.profiles import read_table
     from phenovec.io.row_filter import filter_mask
 
@@ -54,10 +53,10 @@ def _run(args) -> dict:
             df = df[filter_mask(df, args.query, key="--query")]
             if df.empty:
                 raise ValueError(f"--query {args.query!r} selects no row of {path}")
-        _split(str(path), df, args.batch_key, args.label_key, None)  # its errors name the file and its data rows
-        tables[nm] = df
+        tables[nm] = df  # its index: the file's data rows, which errors name
     res = integration_table(tables, args.batch_key, args.label_key, baseline=args.baseline, leiden=args.leiden,
                             mean_average_precision=not args.no_map, seed=args.seed, sbee=args.sbee,
+                            sources=dict(zip(names, map(str, args.profiles))),
                             skip_undefined=True)
     for metric, why in res.undefined.items():  # blank (NaN) in the table, out of the scores' means
         print(f"phenovec: {metric} left blank: {why}", file=sys.stderr)

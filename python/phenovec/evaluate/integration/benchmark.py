@@ -134,20 +134,22 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
                       metadata: pd.DataFrame | None = None, baseline: str | None = None, leiden: bool = False,
                       mean_average_precision: bool = True, map_distance: str = "cosine", seed: int = 0,
                       min_max: bool = True, sbee: bool = False, pcr: bool = True,
-                      skip_undefined: bool = False) -> IntegrationResult:
+                      skip_undefined: bool = False, sources: Mapping[str, str] | None = None) -> IntegrationResult:
     """Score every embedding (name -> profile table or n x d matrix of the same rows) with the integration set.
 
     ``pcr=False`` leaves ``pcr_comparison`` out (it compares each embedding with the ``baseline``, so it is 0 by
     construction when there is no other table to compare with). ``skip_undefined=True``: a metric whose definition
     does not apply to these rows (``silhouette_batch`` when no label spans two batches, ...) is NaN, left out of the
-    scores' means, with the reason in ``result.undefined``, instead of an error."""
+    scores' means, with the reason in ``result.undefined``, instead of an error. ``sources``: what errors about a
+    table's rows call it (name -> its file; default the name); a table's errors name its index labels as rows."""
     if not embeddings:
         raise ValueError("embeddings: give at least one (name -> profile table or matrix)")
     names = list(embeddings)
     baseline = names[0] if baseline is None else baseline
     if baseline not in embeddings:
         raise KeyError(f"baseline {baseline!r} is not one of the embeddings {names}")
-    data = {nm: _split(nm, embeddings[nm], batch_key, label_key, metadata) for nm in names}
+    where = {nm: str((sources or {}).get(nm, nm)) for nm in names}  # what errors call each (its file)
+    data = {nm: _split(where[nm], embeddings[nm], batch_key, label_key, metadata) for nm in names}
     ref = data[names[0]]
     n = ref[0].shape[0]
     batch = annotation_codes(ref[1], batch_key, n, min_levels=2)[0]
@@ -165,7 +167,7 @@ def integration_table(embeddings: Mapping[str, object], batch_key: str, label_ke
         for nm in names:
             zero = np.flatnonzero(~(np.einsum("ij,ij->i", data[nm][0], data[nm][0]) > 0))
             if zero.size:
-                raise ValueError(f"{nm}: row {_label(data[nm][3], zero[0])} has zero norm ({zero.size} such rows): its cosine "
+                raise ValueError(f"{where[nm]}: row {_label(data[nm][3], zero[0])} has zero norm ({zero.size} such rows): its cosine "
                                  "similarity (the mAP's) is undefined; drop it, or give map_distance='euclidean'")
     for nm in names:
         x = data[nm][0]
