@@ -1,7 +1,7 @@
 """The JUMP recipe's batch steps on a large table: ``phenovec process batch STEP`` against the recipe's own code, side
 by side, each in a fresh child process (wall time and peak RSS from the child's rusage), outputs compared.
 
-    python bench/batch_steps_bench.py --n 300000 --d 500 --steps subtract_well_mean rank_int
+    python bench/batch_steps_bench.py --n 300000 --d 500 --repeats 3
 
 The table: ``n`` rows x ``d`` float32 features (``Cells_f*``), ``Metadata_Plate`` and ``Metadata_Well`` (384 wells a
 plate), written once as Parquet. The peer is the recipe's code (broadinstitute/jump-profiling-recipe,
@@ -162,6 +162,16 @@ def run_child(argv: list[str], timeout: float) -> dict:
     return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+def _median(runs: list[dict]) -> dict:
+    """The median seconds and peak RSS of a side's runs (each its own child), or the first error."""
+    errors = [r for r in runs if "error" in r]
+    if errors:
+        return errors[0]
+    return {"seconds": float(np.median([r["seconds"] for r in runs])),
+            "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in runs])),
+            "runs": len(runs), "seconds_each": [r["seconds"] for r in runs]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer-child", nargs=3, help=argparse.SUPPRESS)
@@ -171,6 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--d", type=int, default=500)
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating (medians reported)")
     ap.add_argument("--tmp", help="work folder (default: a temporary folder, removed at the end)")
     ap.add_argument("--out", help="also write the JSON document here")
     a = ap.parse_args(argv)
@@ -197,9 +208,14 @@ def main(argv=None) -> int:
         for step in a.steps:
             src = tmp / f"{TABLE[step]}.parquet"
             peer_out, ours_out = tmp / f"{step}.peer.parquet", tmp / f"{step}.phenovec.parquet"
-            peer = run_child([sys.executable, __file__, "--peer-child", step, str(src), str(peer_out)], a.timeout)
-            ours = run_child([sys.executable, "-m", "phenovec.cli", "process", "batch", step, str(src), "-o",
-                              str(ours_out), "--quiet"], a.timeout)
+            peer_argv = [sys.executable, __file__, "--peer-child", step, str(src), str(peer_out)]
+            ours_argv = [sys.executable, "-m", "phenovec.cli", "process", "batch", step, str(src), "-o",
+                         str(ours_out), "--quiet"]
+            runs = {"peer": [], "phenovec": []}
+            for _ in range(a.repeats):  # alternating, so that a slow minute of the machine hits both sides
+                runs["peer"].append(run_child(peer_argv, a.timeout))
+                runs["phenovec"].append(run_child(ours_argv, a.timeout))
+            peer, ours = (_median(runs[k]) for k in ("peer", "phenovec"))
             row = {"step": step, "peer": peer, "phenovec": ours}
             if "error" not in peer and "error" not in ours:
                 cmp_path = tmp / f"{step}.compare.json"
