@@ -103,7 +103,9 @@ class CsvSource(_ArrayBatches):
     @property
     def num_rows(self) -> int:
         if self._n is None:
-            self._n = sum(len(b) for b in self.iter_batches(columns=self.columns[:1]))
+            # the rows alone: no metadata dtypes needed (iter_batches would read the column twice to get them)
+            self._n = sum(len(b) for b in pd.read_csv(self.path, sep=self.sep, usecols=[0], chunksize=65536,
+                                                       dtype=str))
         return self._n
 
     def _metadata_dtypes(self, cols) -> dict:
